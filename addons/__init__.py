@@ -1,0 +1,1 @@
+"""mitmproxy addons of the TokenSense gateway: one class per concern, no business logic."""

@@ -1,0 +1,63 @@
+"""Classifies each request, answers /health, and checks the TokenSense key."""
+
+from __future__ import annotations
+
+import asyncio
+
+from mitmproxy import http
+
+from addons.common import CALL, answer_error, answer_json
+from tokensense.auth import client_key
+from tokensense.crypto import hash_key
+from tokensense.errors import GatewayError, format_for_path
+from tokensense.metering import CallContext
+from tokensense.routing import Endpoint, classify
+from tokensense.runtime import Runtime
+
+
+class Auth:
+    def __init__(self, runtime: Runtime) -> None:
+        self.runtime = runtime
+
+    async def request(self, flow: http.HTTPFlow) -> None:
+        if flow.response or flow.error or CALL in flow.metadata:
+            return
+        req = flow.request
+        path = req.path.partition("?")[0]
+        try:
+            route = classify(req.method, path)
+        except GatewayError as e:
+            flow.metadata[CALL] = CallContext(Endpoint.HEALTH, format_for_path(path), recorded=True)
+            answer_error(flow, format_for_path(path), e)
+            return
+        call = CallContext(route.endpoint, route.fmt, path_model=route.model, action=route.action)
+        flow.metadata[CALL] = call
+        if route.endpoint is Endpoint.HEALTH:
+            call.recorded = True  # a health check is not a provider call
+            ok = self.runtime.started and await asyncio.to_thread(self.runtime.database_ok)
+            answer_json(flow, 200 if ok else 503, {"status": "ok" if ok else "degraded",
+                                                   "database": "ok" if ok else "unreachable"})
+            return
+        if not self.runtime.started or self.runtime.keys is None:
+            answer_error(flow, route.fmt, GatewayError(503, "TokenSense is starting; retry in a moment."))
+            return
+        key = client_key(req.headers, req.query)
+        if not key:
+            answer_error(flow, route.fmt, GatewayError(
+                401, "No TokenSense key: send it as `Authorization: Bearer tsk_...` (or x-api-key, x-goog-api-key, ?key=).",
+                code="missing_api_key"))
+            return
+        key_hash = hash_key(key)
+        info = self.runtime.keys.key(key_hash)
+        if info is None:
+            info = await asyncio.to_thread(self.runtime.keys.load_key, key_hash)
+        if info is None:
+            answer_error(flow, route.fmt, GatewayError(401, "Unknown TokenSense key.", code="invalid_api_key"))
+            return
+        if info.revoked:
+            answer_error(flow, route.fmt, GatewayError(401, f"The TokenSense key `{info.name}` has been revoked.",
+                                                       code="revoked_api_key"))
+            return
+        call.key = info
+
+

@@ -1,0 +1,109 @@
+"""Times every call, meters streams as they pass, and queues one usage record per call."""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+
+from mitmproxy import http
+
+from addons.common import get_call
+from tokensense.metering import CallContext, PassthroughStream, build_record
+from tokensense.runtime import Runtime
+from tokensense.usage import TokenUsage
+from tokensense.usage_extract import find_usage_object
+
+log = logging.getLogger(__name__)
+
+
+def _is_event_stream(response: http.Response) -> bool:
+    return response.headers.get("content-type", "").startswith("text/event-stream")
+
+
+class Metering:
+    def __init__(self, runtime: Runtime) -> None:
+        self.runtime = runtime
+
+    def responseheaders(self, flow: http.HTTPFlow) -> None:
+        call = get_call(flow)
+        if call is None or flow.response is None:
+            return
+        call.first_byte = time.perf_counter()
+        flow.response.headers["x-tokensense-request-id"] = call.request_id
+        if call.provider is None or not _is_event_stream(flow.response):
+            return
+        call.stream = True
+        if flow.response.stream:  # another addon (translation) already streams it
+            return
+        adapter = call.provider
+        call.stream_usage = adapter.stream_usage()
+        flow.response.stream = PassthroughStream(
+            call, call.stream_usage, adapter.usage_markers(),
+            drop_usage_chunk=not call.client_wants_usage and adapter.usage_key == b"usage"
+            and adapter.name in ("openai", "xai", "mistral"),
+        )
+
+    def response(self, flow: http.HTTPFlow) -> None:
+        call = get_call(flow)
+        if call is None or call.recorded or flow.response is None:
+            return
+        response = flow.response
+        status = response.status_code
+        if call.provider is not None and call.usage is None and not response.stream and call.stream_usage is None:
+            call.usage = self._usage_from_body(call, response.raw_content or b"")
+        if status >= 400 and call.error is None:
+            call.error = _error_message(response.raw_content)
+        record = self._record(call, status)
+        if "x-tokensense-request-id" not in response.headers:
+            response.headers["x-tokensense-request-id"] = call.request_id
+        if not response.stream and call.provider is not None:
+            response.headers["x-tokensense-cost-usd"] = f"{record.cost_usd:.8f}".rstrip("0").rstrip(".") or "0"
+
+    def error(self, flow: http.HTTPFlow) -> None:
+        call = get_call(flow)
+        if call is None or call.recorded:
+            return
+        status = call.status or (499 if flow.error and "client" in flow.error.msg.lower() else 502)
+        if call.error is None and flow.error:
+            call.error = flow.error.msg
+        self._record(call, status)
+
+    def _usage_from_body(self, call: CallContext, content: bytes) -> TokenUsage | None:
+        adapter = call.provider
+        assert adapter is not None
+        if not content:
+            return None
+        if adapter.usage_key:
+            obj = find_usage_object(content, adapter.usage_key)
+            if obj is not None:
+                return adapter.usage_from_object(obj)
+        try:
+            return adapter.usage_from_body(json.loads(content))
+        except (ValueError, UnicodeDecodeError):
+            return None
+
+    def _record(self, call: CallContext, status: int):
+        call.recorded = True
+        call.status = status
+        record = build_record(call, status=status, prices=self.runtime.prices)
+        if self.runtime.recorder is not None:
+            self.runtime.recorder.submit(record)
+        return record
+
+
+def _error_message(content: bytes | None) -> str | None:
+    """A short error description from an error body, for the record (no prompt text)."""
+    if not content:
+        return None
+    try:
+        body = json.loads(content)
+    except (ValueError, UnicodeDecodeError):
+        return None
+    error = body.get("error") if isinstance(body, dict) else None
+    if isinstance(error, dict):
+        message = error.get("message") or error.get("type") or error.get("status")
+        return str(message)[:300] if message else None
+    if isinstance(error, str):
+        return error[:300]
+    return None

@@ -1,0 +1,102 @@
+"""Reads the model, picks the provider, and rewrites the request for it (key, URL, usage option)."""
+
+from __future__ import annotations
+
+import json
+
+from mitmproxy import http
+
+from addons.common import answer_error, answer_json, get_call
+from tokensense.auth import KEY_HEADERS
+from tokensense.catalog import list_models
+from tokensense.errors import GatewayError
+from tokensense.metering import attribution
+from tokensense.providers import PROVIDERS
+from tokensense.routing import PASSTHROUGH, Endpoint, join_url, parse_json_body, resolve_model
+from tokensense.runtime import Runtime
+
+TRANSLATED = "tokensense.translated"  # metadata flag: the translation addon owns this chat call
+
+
+class Router:
+    def __init__(self, runtime: Runtime) -> None:
+        self.runtime = runtime
+
+    def request(self, flow: http.HTTPFlow) -> None:
+        call = get_call(flow)
+        if flow.response or flow.error or call is None or call.key is None:
+            return
+        try:
+            if call.route_endpoint is Endpoint.MODELS:
+                self._answer_models(flow)
+                return
+            self._route(flow)
+        except GatewayError as e:
+            answer_error(flow, call.fmt, e)
+
+    def _answer_models(self, flow: http.HTTPFlow) -> None:
+        call = get_call(flow)
+        assert call is not None and self.runtime.keys is not None
+        call.recorded = True
+        available = [name for name in PROVIDERS if self.runtime.keys.credential(name).api_key]
+        answer_json(flow, 200, list_models(available, custom=self.runtime.prices.custom))
+
+    def _route(self, flow: http.HTTPFlow) -> None:
+        call = get_call(flow)
+        assert call is not None and self.runtime.keys is not None
+        req = flow.request
+        endpoint = call.route_endpoint
+        path = req.path.partition("?")[0]
+        body = parse_json_body(req.raw_content)
+        if endpoint is Endpoint.GEMINI:
+            requested = call.path_model
+            call.stream = call.action == "streamGenerateContent"
+        else:
+            requested = body.get("model")
+            call.stream = body.get("stream") is True
+        adapter, model = resolve_model(requested, self.runtime.prices)
+        call.provider, call.model = adapter, model
+        call.attribution = attribution(req.headers, call.key)
+
+        translated = False
+        if adapter.name not in PASSTHROUGH.get(endpoint, frozenset()):
+            if endpoint is Endpoint.CHAT and adapter.name in ("anthropic", "gemini"):
+                translated = True
+            else:
+                raise GatewayError(400, f"The model `{requested}` ({adapter.display_name}) is not served on "
+                                   f"{path}.", code="unsupported_model_for_endpoint", param="model")
+
+        credential = self.runtime.keys.credential(adapter.name)
+        if not credential.api_key:
+            raise GatewayError(403, f"No {adapter.display_name} API key is configured. Run `tokensense providers set "
+                               f"{adapter.name} --api-key ...` or set {adapter.env_key}.", code="provider_key_missing")
+
+        changed = False
+        if requested != model and endpoint is not Endpoint.GEMINI:
+            body["model"] = model  # `provider/model` names the provider; the provider wants its own name
+            changed = True
+        if (not translated and call.stream and endpoint is Endpoint.CHAT):
+            options = body.get("stream_options")
+            call.client_wants_usage = isinstance(options, dict) and options.get("include_usage") is True
+            if not call.client_wants_usage:
+                # Ask upstream for the usage chunk; the metering addon removes it again.
+                body["stream_options"] = {**(options if isinstance(options, dict) else {}), "include_usage": True}
+                changed = True
+
+        if translated:
+            flow.metadata[TRANSLATED] = body
+            call.client_wants_usage = isinstance(body.get("stream_options"), dict) and \
+                body["stream_options"].get("include_usage") is True
+        elif changed:
+            req.content = json.dumps(body, separators=(",", ":")).encode()
+
+        for header in KEY_HEADERS:
+            req.headers.pop(header, None)
+        req.query.pop("key", None)
+        upstream_path = "/v1" + path if endpoint in (Endpoint.CHAT, Endpoint.EMBEDDINGS) and \
+            not path.startswith("/v1/") else path
+        query = req.path.partition("?")[2]
+        req.url = join_url(credential.base_url, upstream_path, query)
+        req.headers.update(adapter.auth_headers(credential.api_key))
+        if adapter.name == "anthropic" and "anthropic-version" not in req.headers:
+            req.headers["anthropic-version"] = "2023-06-01"

@@ -1,0 +1,22 @@
+"""The ordered list of TokenSense addons, shared by the mitmdump script and `tokensense serve`."""
+
+from __future__ import annotations
+
+from addons.auth import Auth
+from addons.lifecycle import Lifecycle
+from addons.metering import Metering
+from addons.routing import Router
+from addons.upstream_errors import UpstreamErrors
+from tokensense.runtime import Runtime
+
+
+def build_addons(runtime: Runtime | None = None) -> list[object]:
+    """The addons in hook order: each one's `request` runs after the ones before it."""
+    runtime = runtime or Runtime()
+    return [
+        Lifecycle(runtime),
+        Auth(runtime),
+        Router(runtime),
+        UpstreamErrors(runtime.settings.upstream_timeout),
+        Metering(runtime),
+    ]

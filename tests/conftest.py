@@ -1,0 +1,185 @@
+"""Shared fixtures: the fake provider and the gateway as real processes on loopback."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import sqlite3
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpx
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+BIN = Path(sys.executable).parent
+PROVIDER_PREFIXES = {"openai": "openai", "anthropic": "anthropic", "gemini": "gemini", "xai": "xai",
+                     "mistral": "mistral", "fal": "fal"}
+PROVIDER_KEYS = {"openai": "sk-test-openai", "gemini": "gm-test-gemini", "xai": "xai-test-key",
+                 "mistral": "mis-test-key", "fal": "fal-test-key"}
+ENV_KEYS = {"openai": "OPENAI_API_KEY", "gemini": "GEMINI_API_KEY", "xai": "XAI_API_KEY",
+            "mistral": "MISTRAL_API_KEY", "fal": "FAL_KEY"}
+STORED_ANTHROPIC_KEY = "sk-ant-stored-key"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def clean_env() -> dict[str, str]:
+    """The environment for child processes, without any real provider key or TokenSense setting."""
+    env = {k: v for k, v in os.environ.items()
+           if not k.startswith("TOKENSENSE_") and k not in ENV_KEYS.values() and k != "ANTHROPIC_API_KEY"}
+    env["PYTHONUNBUFFERED"] = "1"
+    return env
+
+
+@dataclass
+class FakeProvider:
+    url: str
+    process: subprocess.Popen
+
+    def requests(self) -> list[dict]:
+        return httpx.get(f"{self.url}/_fake/requests", timeout=10).json()
+
+    def clear(self) -> None:
+        httpx.delete(f"{self.url}/_fake/requests", timeout=10)
+
+    def last(self, prefix: str | None = None) -> dict:
+        reqs = [r for r in self.requests() if prefix is None or r.get("prefix", "").strip("/") == prefix]
+        assert reqs, f"the fake provider received no request (prefix {prefix})"
+        return reqs[-1]
+
+
+def start_fake_provider(extra_args: list[str] | None = None) -> FakeProvider:
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "tokensense.fakeprovider", "--host", "127.0.0.1", "--port", "0", *(extra_args or [])],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=ROOT, env=clean_env(),
+    )
+    assert proc.stdout is not None
+    line = proc.stdout.readline().strip()
+    if "listening on" not in line:
+        proc.kill()
+        raise RuntimeError(f"fake provider did not start: {line!r}")
+    return FakeProvider(url=line.rsplit(" ", 1)[-1], process=proc)
+
+
+def stop(proc: subprocess.Popen) -> None:
+    if proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+@dataclass
+class Gateway:
+    url: str
+    home: Path
+    env: dict[str, str]
+    process: subprocess.Popen
+    key: str
+    fake: FakeProvider
+    log_path: Path
+    extra: dict = field(default_factory=dict)
+
+    @property
+    def db_path(self) -> Path:
+        return self.home / "tokensense.db"
+
+    def cli(self, *args: str, check: bool = True) -> subprocess.CompletedProcess:
+        result = subprocess.run([str(BIN / "tokensense"), *args], capture_output=True, text=True,
+                                env=self.env, timeout=60)
+        if check and result.returncode != 0:
+            raise AssertionError(f"tokensense {' '.join(args)} failed: {result.stderr}")
+        return result
+
+    def records(self, **where: object) -> list[dict]:
+        if not self.db_path.exists():
+            return []
+        conn = sqlite3.connect(self.db_path)
+        conn.row_factory = sqlite3.Row
+        try:
+            clause = " AND ".join(f"{k} = ?" for k in where) or "1=1"
+            rows = conn.execute(f"SELECT * FROM usage WHERE {clause} ORDER BY id", tuple(where.values())).fetchall()
+        except sqlite3.OperationalError:
+            return []
+        finally:
+            conn.close()
+        return [dict(r) for r in rows]
+
+    def wait_records(self, count: int = 1, timeout: float = 15.0, **where: object) -> list[dict]:
+        """Poll until `count` records match (records are written in batches off the proxy's loop)."""
+        deadline = time.monotonic() + timeout
+        while True:
+            rows = self.records(**where)
+            if len(rows) >= count or time.monotonic() > deadline:
+                return rows
+            time.sleep(0.05)
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+
+def start_gateway(tmp: Path, fake: FakeProvider, *, extra_env: dict[str, str] | None = None) -> Gateway:
+    home = tmp / "home"
+    env = clean_env()
+    env["TOKENSENSE_HOME"] = str(home)
+    env["TOKENSENSE_UPSTREAM_TIMEOUT"] = "3"
+    env["TOKENSENSE_FLUSH_INTERVAL"] = "0.05"
+    for provider, prefix in PROVIDER_PREFIXES.items():
+        env[f"TOKENSENSE_{provider.upper()}_BASE_URL"] = f"{fake.url}/{prefix}"
+    for provider, var in ENV_KEYS.items():
+        env[var] = PROVIDER_KEYS[provider]
+    env.update(extra_env or {})
+    pre = Gateway(url="", home=home, env=env, process=None, key="", fake=fake, log_path=tmp / "gateway.log")  # type: ignore[arg-type]
+    pre.cli("providers", "set", "anthropic", "--api-key", STORED_ANTHROPIC_KEY)
+    created = json.loads(pre.cli("keys", "create", "e2e", "--project", "proj-default", "--json").stdout)
+    port = free_port()
+    log_path = tmp / "gateway.log"
+    log = log_path.open("w")
+    proc = subprocess.Popen([str(BIN / "tokensense"), "serve", "--port", str(port)], stdout=log,
+                            stderr=subprocess.STDOUT, env=env, cwd=tmp)
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 60
+    while True:
+        try:
+            if httpx.get(f"{url}/health", timeout=2).status_code == 200:
+                break
+        except httpx.HTTPError:
+            pass
+        if proc.poll() is not None or time.monotonic() > deadline:
+            stop(proc)
+            raise RuntimeError(f"gateway did not start:\n{log_path.read_text()}")
+        time.sleep(0.1)
+    return Gateway(url=url, home=home, env=env, process=proc, key=created["key"], fake=fake, log_path=log_path)
+
+
+@pytest.fixture(scope="session")
+def fake_provider() -> Iterator[FakeProvider]:
+    fake = start_fake_provider()
+    yield fake
+    stop(fake.process)
+
+
+@pytest.fixture(scope="session")
+def gateway(tmp_path_factory: pytest.TempPathFactory, fake_provider: FakeProvider) -> Iterator[Gateway]:
+    gw = start_gateway(tmp_path_factory.mktemp("gateway"), fake_provider)
+    yield gw
+    stop(gw.process)
+
+
+@pytest.fixture
+def exec_id() -> str:
+    """A unique `x-execution-id`, to find this test's usage records."""
+    return f"exec-{uuid.uuid4().hex[:12]}"

@@ -1,0 +1,106 @@
+"""Endpoint classification, provider routing by model name, key extraction and error shapes."""
+
+from __future__ import annotations
+
+import pytest
+
+from tokensense.auth import client_key
+from tokensense.config import ModelPrice
+from tokensense.errors import ErrorFormat, GatewayError, error_body, format_for_path
+from tokensense.pricing import PriceBook
+from tokensense.routing import Endpoint, classify, join_url, parse_json_body, resolve_model
+
+BOOK = PriceBook({"my-finetune": ModelPrice(provider="openai", input_per_mtok=1, output_per_mtok=2)})
+
+
+@pytest.mark.parametrize(("method", "path", "endpoint", "fmt"), [
+    ("POST", "/v1/chat/completions", Endpoint.CHAT, ErrorFormat.OPENAI),
+    ("POST", "/chat/completions", Endpoint.CHAT, ErrorFormat.OPENAI),
+    ("POST", "/v1/embeddings", Endpoint.EMBEDDINGS, ErrorFormat.OPENAI),
+    ("POST", "/v1/messages", Endpoint.MESSAGES, ErrorFormat.ANTHROPIC),
+    ("POST", "/v1beta/models/gemini-2.5-flash:generateContent", Endpoint.GEMINI, ErrorFormat.GOOGLE),
+    ("POST", "/v1/models/gemini-2.5-flash:streamGenerateContent", Endpoint.GEMINI, ErrorFormat.GOOGLE),
+    ("GET", "/v1/models", Endpoint.MODELS, ErrorFormat.OPENAI),
+    ("GET", "/health", Endpoint.HEALTH, ErrorFormat.OPENAI),
+])
+def test_classify(method: str, path: str, endpoint: Endpoint, fmt: ErrorFormat) -> None:
+    route = classify(method, path)
+    assert route.endpoint is endpoint and route.fmt is fmt
+
+
+def test_classify_gemini_reads_model_and_action() -> None:
+    route = classify("POST", "/v1beta/models/gemini-2.5-pro:streamGenerateContent")
+    assert (route.model, route.action) == ("gemini-2.5-pro", "streamGenerateContent")
+
+
+def test_unknown_endpoint_is_404() -> None:
+    with pytest.raises(GatewayError) as e:
+        classify("POST", "/v2/unknown")
+    assert e.value.status == 404
+
+
+@pytest.mark.parametrize(("model", "provider", "name"), [
+    ("gpt-4o-mini", "openai", "gpt-4o-mini"),
+    ("o3-mini", "openai", "o3-mini"),
+    ("text-embedding-3-small", "openai", "text-embedding-3-small"),
+    ("claude-sonnet-4-5", "anthropic", "claude-sonnet-4-5"),
+    ("gemini-2.5-flash", "gemini", "gemini-2.5-flash"),
+    ("grok-4", "xai", "grok-4"),
+    ("mistral-small-latest", "mistral", "mistral-small-latest"),
+    ("codestral-latest", "mistral", "codestral-latest"),
+    ("openai/gpt-4o", "openai", "gpt-4o"),
+    ("google/gemini-2.5-pro", "gemini", "gemini-2.5-pro"),
+    ("my-finetune", "openai", "my-finetune"),
+    ("openai/my-finetune", "openai", "my-finetune"),
+])
+def test_resolve_model(model: str, provider: str, name: str) -> None:
+    adapter, resolved = resolve_model(model, BOOK)
+    assert (adapter.name, resolved) == (provider, name)
+
+
+@pytest.mark.parametrize("model", ["gpt-does-not-exist", "llama-3-70b", "claude-imaginary-9"])
+def test_unknown_models_are_404(model: str) -> None:
+    with pytest.raises(GatewayError) as e:
+        resolve_model(model, BOOK)
+    assert e.value.status == 404 and model in e.value.message
+
+
+def test_missing_model_is_400() -> None:
+    with pytest.raises(GatewayError) as e:
+        resolve_model(None, BOOK)
+    assert e.value.status == 400 and e.value.param == "model"
+
+
+@pytest.mark.parametrize("raw", [b"", b"{not json", b"[1, 2]", b"\xff\xfe"])
+def test_bad_json_is_400(raw: bytes) -> None:
+    with pytest.raises(GatewayError) as e:
+        parse_json_body(raw)
+    assert e.value.status == 400
+
+
+@pytest.mark.parametrize(("headers", "query", "key"), [
+    ({"authorization": "Bearer tsk_a"}, {}, "tsk_a"),
+    ({"x-api-key": "tsk_b"}, {}, "tsk_b"),
+    ({"x-goog-api-key": "tsk_c"}, {}, "tsk_c"),
+    ({}, {"key": "tsk_d"}, "tsk_d"),
+    ({"authorization": "Basic abc"}, {}, None),
+    ({}, {}, None),
+])
+def test_client_key_from_every_sdk_location(headers: dict, query: dict, key: str | None) -> None:
+    assert client_key(headers, query) == key
+
+
+def test_base_url_prefix_is_kept() -> None:
+    assert join_url("https://gw.example.com/openai/", "/v1/chat/completions") == \
+        "https://gw.example.com/openai/v1/chat/completions"
+    assert join_url("http://h", "/v1beta/models/m:streamGenerateContent", "alt=sse").endswith("?alt=sse")
+
+
+def test_error_shapes_per_endpoint_format() -> None:
+    assert error_body(ErrorFormat.OPENAI, 401, "no")["error"]["type"] == "authentication_error"
+    assert error_body(ErrorFormat.ANTHROPIC, 404, "no") == {"type": "error",
+                                                            "error": {"type": "not_found_error", "message": "no"}}
+    assert error_body(ErrorFormat.GOOGLE, 403, "no") == {"error": {"code": 403, "message": "no",
+                                                                   "status": "PERMISSION_DENIED"}}
+    assert format_for_path("/v1/messages") is ErrorFormat.ANTHROPIC
+    assert format_for_path("/v1beta/models/x:generateContent") is ErrorFormat.GOOGLE

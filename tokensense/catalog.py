@@ -1,0 +1,36 @@
+"""The models a key may use, for `GET /v1/models` (OpenAI list format)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+
+from genai_prices import data_snapshot
+
+from tokensense.config import ModelPrice
+from tokensense.providers import PROVIDERS, ProviderAdapter, get_provider
+
+
+def catalog_models(adapter: ProviderAdapter) -> list[str]:
+    """Models of the price catalog that TokenSense routes to `adapter` by name."""
+    snapshot = data_snapshot.get_snapshot()
+    for provider in snapshot.providers:
+        if provider.id == adapter.prices_id:
+            return sorted(m.id for m in provider.models if adapter.owns_model(m.id) and not m.deprecated)
+    return []
+
+
+def list_models(providers: Iterable[str], *, custom: dict[str, ModelPrice], extra: dict[str, list[str]] | None = None,
+                allowed: Callable[[str, str], bool] = lambda provider, model: True) -> dict:
+    """`{"object": "list", "data": [...]}` for the providers that have a key configured."""
+    data: list[dict] = []
+    seen: set[str] = set()
+    for name in providers:
+        adapter = PROVIDERS[name]
+        models = catalog_models(adapter) + list((extra or {}).get(name, []))
+        models += [m for m, price in custom.items() if get_provider(price.provider) is adapter]
+        for model in models:
+            if model in seen or not allowed(name, model):
+                continue
+            seen.add(model)
+            data.append({"id": model, "object": "model", "created": 0, "owned_by": name})
+    return {"object": "list", "data": data}

@@ -1,0 +1,86 @@
+"""OpenAI, and the OpenAI-compatible providers xAI and Mistral."""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+from tokensense.providers.base import ProviderAdapter, StreamUsage, _int
+from tokensense.usage import TokenUsage
+
+
+def usage_from_openai(usage: Any) -> TokenUsage | None:
+    """OpenAI `usage` (chat, embeddings) in TokenSense terms."""
+    if not isinstance(usage, dict):
+        return None
+    prompt_details = usage.get("prompt_tokens_details") or usage.get("input_tokens_details") or {}
+    completion_details = usage.get("completion_tokens_details") or usage.get("output_tokens_details") or {}
+    return TokenUsage(
+        input_tokens=_int(usage.get("prompt_tokens", usage.get("input_tokens"))),
+        output_tokens=_int(usage.get("completion_tokens", usage.get("output_tokens"))),
+        cached_input_tokens=_int(prompt_details.get("cached_tokens")) if isinstance(prompt_details, dict) else 0,
+        reasoning_tokens=_int(completion_details.get("reasoning_tokens")) if isinstance(completion_details, dict) else 0,
+    )
+
+
+class OpenAIStreamUsage(StreamUsage):
+    """OpenAI streams report usage once, in the last chunk (with `include_usage`)."""
+
+    def __init__(self) -> None:
+        self._usage: TokenUsage | None = None
+
+    def feed(self, event: str | None, data: dict) -> None:
+        usage = usage_from_openai(data.get("usage"))
+        if usage is not None:
+            self._usage = usage
+
+    def result(self) -> TokenUsage:
+        return self._usage or TokenUsage()
+
+
+class OpenAIAdapter(ProviderAdapter):
+    name: ClassVar[str] = "openai"
+    display_name: ClassVar[str] = "OpenAI"
+    default_base_url: ClassVar[str] = "https://api.openai.com"
+    env_key: ClassVar[str] = "OPENAI_API_KEY"
+    prices_id: ClassVar[str] = "openai"
+    model_prefixes: ClassVar[tuple[str, ...]] = (
+        "gpt-", "o1", "o3", "o4", "chatgpt-", "text-embedding-", "dall-e-", "gpt-image-", "tts-", "whisper-",
+    )
+    auth_header: ClassVar[str] = "authorization"
+
+    def auth_headers(self, api_key: str) -> dict[str, str]:
+        return {"authorization": f"Bearer {api_key}"}
+
+    usage_key: ClassVar[bytes | None] = b"usage"
+
+    def usage_from_object(self, usage: dict) -> TokenUsage | None:
+        return usage_from_openai(usage)
+
+    def usage_from_body(self, body: Any) -> TokenUsage | None:
+        return usage_from_openai(body.get("usage")) if isinstance(body, dict) else None
+
+    def stream_usage(self) -> StreamUsage:
+        return OpenAIStreamUsage()
+
+    def usage_markers(self) -> tuple[bytes, ...]:
+        return (b'"usage"',)
+
+
+class XAIAdapter(OpenAIAdapter):
+    name: ClassVar[str] = "xai"
+    display_name: ClassVar[str] = "xAI"
+    default_base_url: ClassVar[str] = "https://api.x.ai"
+    env_key: ClassVar[str] = "XAI_API_KEY"
+    prices_id: ClassVar[str] = "x-ai"
+    model_prefixes: ClassVar[tuple[str, ...]] = ("grok-",)
+
+
+class MistralAdapter(OpenAIAdapter):
+    name: ClassVar[str] = "mistral"
+    display_name: ClassVar[str] = "Mistral"
+    default_base_url: ClassVar[str] = "https://api.mistral.ai"
+    env_key: ClassVar[str] = "MISTRAL_API_KEY"
+    prices_id: ClassVar[str] = "mistral"
+    model_prefixes: ClassVar[tuple[str, ...]] = (
+        "mistral-", "magistral-", "codestral-", "ministral-", "pixtral-", "open-mistral-", "open-mixtral-",
+    )

@@ -1,0 +1,56 @@
+"""Settings read from the environment (`TOKENSENSE_*`), with the embedded defaults."""
+
+from __future__ import annotations
+
+import functools
+import os
+from pathlib import Path
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+def _default_home() -> Path:
+    return Path.home() / ".tokensense"
+
+
+class Settings(BaseSettings):
+    """Everything configurable from the environment; each field is `TOKENSENSE_<NAME>`."""
+
+    model_config = SettingsConfigDict(env_prefix="TOKENSENSE_", extra="ignore")
+
+    home: Path = Field(default_factory=_default_home)
+    database_url: str | None = None
+    redis_url: str | None = None
+    secret: str | None = None
+    upstream_timeout: float = 600.0
+    flush_interval: float = 0.25
+    config_file: Path | None = None
+
+    openai_base_url: str | None = None
+    anthropic_base_url: str | None = None
+    gemini_base_url: str | None = None
+    xai_base_url: str | None = None
+    mistral_base_url: str | None = None
+    fal_base_url: str | None = None
+
+    @property
+    def effective_database_url(self) -> str:
+        if self.database_url:
+            return self.database_url
+        return f"sqlite:///{self.home / 'tokensense.db'}"
+
+    def base_url_override(self, provider: str) -> str | None:
+        return getattr(self, f"{provider}_base_url", None)
+
+
+@functools.cache
+def get_settings() -> Settings:
+    """The process-wide settings (read once; `reset_settings` re-reads the environment)."""
+    settings = Settings()
+    settings.home = Path(os.path.expanduser(settings.home))
+    return settings
+
+
+def reset_settings() -> None:
+    get_settings.cache_clear()

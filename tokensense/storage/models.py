@@ -1,0 +1,94 @@
+"""SQLModel tables: TokenSense keys, provider credentials and usage records."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import UTC, datetime
+
+from sqlalchemy import JSON, Column
+from sqlmodel import Field, SQLModel
+
+
+def utcnow() -> datetime:
+    """Now, timezone-aware in UTC (SQLModel stores aware datetimes)."""
+    return datetime.now(UTC)
+
+
+def new_id() -> str:
+    return uuid.uuid4().hex[:16]
+
+
+class ApiKeyBase(SQLModel):
+    name: str = Field(index=True, unique=True)
+    budget_usd: float | None = None
+    budget_period: str = "total"  # total | monthly | daily
+    rpm: int | None = None
+    tpm: int | None = None
+    plan: str | None = None  # free | pro | enterprise
+    allowed_models: list[str] = Field(default_factory=list, sa_column=Column(JSON, nullable=False, default=list))
+    allowed_providers: list[str] = Field(default_factory=list, sa_column=Column(JSON, nullable=False, default=list))
+    project: str | None = None
+
+
+class ApiKey(ApiKeyBase, table=True):
+    """A TokenSense key (`tsk_...`). Only the SHA-256 of the key is stored."""
+
+    __tablename__ = "api_keys"
+
+    id: str = Field(default_factory=new_id, primary_key=True)
+    key_hash: str = Field(index=True, unique=True)
+    key_prefix: str  # first characters, for display only
+    created_at: datetime = Field(default_factory=utcnow)
+    revoked_at: datetime | None = None
+
+
+class ProviderCredential(SQLModel, table=True):
+    """A provider API key, encrypted at rest (Fernet), and an optional base URL."""
+
+    __tablename__ = "provider_credentials"
+
+    provider: str = Field(primary_key=True)
+    encrypted_key: str
+    base_url: str | None = None
+    updated_at: datetime = Field(default_factory=utcnow)
+
+
+class UsageBase(SQLModel):
+    request_id: str = Field(default_factory=new_id, index=True)
+    key_id: str | None = Field(default=None, index=True)
+    key_name: str | None = None
+    provider: str | None = Field(default=None, index=True)
+    model: str | None = Field(default=None, index=True)
+    endpoint: str = ""
+    status: int = 0
+    error: str | None = None
+    stream: bool = False
+    input_tokens: int = 0
+    output_tokens: int = 0
+    cached_input_tokens: int = 0
+    cache_write_tokens: int = 0
+    reasoning_tokens: int = 0
+    images: int = 0
+    characters: int = 0
+    seconds: float = 0.0
+    cost_usd: float = 0.0
+    latency_ms: float | None = None
+    ttft_ms: float | None = None
+    workflow: str | None = Field(default=None, index=True)
+    step: str | None = None
+    execution_id: str | None = None
+    source: str | None = None
+    project: str | None = Field(default=None, index=True)
+
+
+class UsageCreate(UsageBase):
+    created_at: datetime = Field(default_factory=utcnow)
+
+
+class Usage(UsageBase, table=True):
+    """One call through TokenSense: who made it, what it used, what it cost."""
+
+    __tablename__ = "usage"
+
+    id: int | None = Field(default=None, primary_key=True)
+    created_at: datetime = Field(default_factory=utcnow, index=True)

@@ -1,0 +1,407 @@
+"""Repository functions: TokenSense keys, encrypted provider credentials, usage records and reports."""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Iterable, Sequence
+from datetime import UTC, datetime
+from typing import Any
+from urllib.parse import urlsplit
+
+from sqlalchemy import func, insert
+from sqlalchemy.exc import IntegrityError
+from sqlmodel import Session, col, select
+
+from tokensense.crypto import decrypt_secret, encrypt_secret, hash_key, new_key
+from tokensense.storage.models import ApiKey, ProviderCredential, Usage, UsageCreate
+
+PROVIDERS: tuple[str, ...] = ("openai", "anthropic", "gemini", "xai", "mistral", "fal")
+PROVIDER_ENV_VARS: dict[str, str] = {
+    "openai": "OPENAI_API_KEY",
+    "anthropic": "ANTHROPIC_API_KEY",
+    "gemini": "GEMINI_API_KEY",
+    "xai": "XAI_API_KEY",
+    "mistral": "MISTRAL_API_KEY",
+    "fal": "FAL_KEY",
+}
+BUDGET_PERIODS: tuple[str, ...] = ("total", "monthly", "daily")
+PLANS: tuple[str, ...] = ("free", "pro", "enterprise")
+USAGE_GROUP_FIELDS: tuple[str, ...] = (
+    "workflow",
+    "step",
+    "execution_id",
+    "source",
+    "project",
+    "model",
+    "provider",
+    "key_name",
+    "endpoint",
+    "status",
+)
+USAGE_GROUP_ALIASES: dict[str, str] = {"key": "key_name"}
+USAGE_RECORD_FIELDS: tuple[str, ...] = (
+    "id",
+    "created_at",
+    *(name for name in Usage.model_fields if name not in ("id", "created_at")),
+)
+KEY_PREFIX_LENGTH = 10  # "tsk_" and six characters: enough to recognise a key, useless to guess it
+
+
+def as_utc(moment: datetime) -> datetime:
+    """`moment` as an aware UTC datetime; a naive one is taken to be UTC already."""
+    if moment.tzinfo is None:
+        return moment.replace(tzinfo=UTC)
+    return moment.astimezone(UTC)
+
+
+def _for_column(moment: datetime, column: Any) -> datetime:
+    """`moment` (UTC) in the form `column` binds: aware for a timezone-aware column
+    (SQLModel's default for `datetime`, which refuses naive values), naive otherwise."""
+    utc = as_utc(moment)
+    return utc if getattr(column.type, "timezone", False) else utc.replace(tzinfo=None)
+
+
+def _now_for(column: Any) -> datetime:
+    return _for_column(datetime.now(UTC), column)
+
+
+class NotFoundError(LookupError):
+    """The key or provider credential the caller named does not exist."""
+
+
+class _Unset(enum.Enum):
+    UNSET = enum.auto()
+
+
+UNSET = _Unset.UNSET
+"""Marks an `update_key` argument the caller did not give (None means "clear it")."""
+
+
+# --- validation -------------------------------------------------------------
+
+
+def normalize_provider(provider: str) -> str:
+    """`provider` in lower case, or `ValueError` naming the valid providers."""
+    name = provider.strip().lower()
+    if name not in PROVIDERS:
+        raise ValueError(f"unknown provider {provider!r}; choose one of: {', '.join(PROVIDERS)}")
+    return name
+
+
+def _validate_name(name: str) -> str:
+    name = name.strip()
+    if not name:
+        raise ValueError("a key name cannot be empty")
+    if len(name) > 200:
+        raise ValueError("a key name can be at most 200 characters long")
+    return name
+
+
+def _validate_budget(budget_usd: float | None) -> float | None:
+    if budget_usd is not None and not budget_usd >= 0:  # `not >=` also rejects NaN
+        raise ValueError(f"budget must be a non-negative amount of US dollars, not {budget_usd}")
+    return budget_usd
+
+
+def _validate_budget_period(budget_period: str) -> str:
+    if budget_period not in BUDGET_PERIODS:
+        raise ValueError(f"unknown budget period {budget_period!r}; choose one of: {', '.join(BUDGET_PERIODS)}")
+    return budget_period
+
+
+def _validate_rate(label: str, value: int | None) -> int | None:
+    if value is not None and value <= 0:
+        raise ValueError(f"{label} must be a positive number of {label}s per minute, not {value}")
+    return value
+
+
+def _validate_plan(plan: str | None) -> str | None:
+    if plan is not None and plan not in PLANS:
+        raise ValueError(f"unknown plan {plan!r}; choose one of: {', '.join(PLANS)}")
+    return plan
+
+
+def _validate_models(models: Iterable[str]) -> list[str]:
+    patterns = [m.strip() for m in models]
+    if any(not m for m in patterns):
+        raise ValueError("an allowed-model pattern cannot be empty")
+    return list(dict.fromkeys(patterns))
+
+
+def _validate_providers(providers: Iterable[str]) -> list[str]:
+    return list(dict.fromkeys(normalize_provider(p) for p in providers))
+
+
+def _validate_base_url(base_url: str | None) -> str | None:
+    if base_url is None:
+        return None
+    parts = urlsplit(base_url.strip())
+    if parts.scheme not in ("http", "https") or not parts.netloc:
+        raise ValueError(f"base URL must be an http:// or https:// URL, not {base_url!r}")
+    return base_url.strip().rstrip("/")
+
+
+# --- TokenSense keys --------------------------------------------------------
+
+
+def create_key(
+    *,
+    session: Session,
+    name: str,
+    budget_usd: float | None = None,
+    budget_period: str = "total",
+    rpm: int | None = None,
+    tpm: int | None = None,
+    plan: str | None = None,
+    allowed_models: Sequence[str] = (),
+    allowed_providers: Sequence[str] = (),
+    project: str | None = None,
+) -> tuple[ApiKey, str]:
+    """Store a new key and return its row and the plaintext key (which is not kept anywhere)."""
+    name = _validate_name(name)
+    if session.exec(select(ApiKey).where(ApiKey.name == name)).first() is not None:
+        raise ValueError(f"a key named {name!r} already exists (names stay taken after revoking); choose another name")
+    key = new_key()
+    row = ApiKey(
+        name=name,
+        budget_usd=_validate_budget(budget_usd),
+        budget_period=_validate_budget_period(budget_period),
+        rpm=_validate_rate("request", rpm),
+        tpm=_validate_rate("token", tpm),
+        plan=_validate_plan(plan),
+        allowed_models=_validate_models(allowed_models),
+        allowed_providers=_validate_providers(allowed_providers),
+        project=project or None,
+        key_hash=hash_key(key),
+        key_prefix=key[:KEY_PREFIX_LENGTH],
+        created_at=_now_for(ApiKey.__table__.c.created_at),
+    )
+    session.add(row)
+    try:
+        session.commit()
+    except IntegrityError as e:  # another process created the same name since our check
+        session.rollback()
+        raise ValueError(f"a key named {name!r} already exists; choose another name") from e
+    session.refresh(row)
+    return row, key
+
+
+def list_keys(*, session: Session, include_revoked: bool = True) -> list[ApiKey]:
+    """All keys, oldest first."""
+    statement = select(ApiKey).order_by(col(ApiKey.created_at), col(ApiKey.name))
+    if not include_revoked:
+        statement = statement.where(col(ApiKey.revoked_at).is_(None))
+    return list(session.exec(statement).all())
+
+
+def get_key_by_hash(*, session: Session, key_hash: str) -> ApiKey | None:
+    """The key whose hash is `key_hash`, revoked or not (the caller checks `revoked_at`)."""
+    return session.exec(select(ApiKey).where(ApiKey.key_hash == key_hash)).first()
+
+
+def get_key(*, session: Session, name_or_id: str) -> ApiKey:
+    """The key with this name, else with this id; `NotFoundError` when there is none."""
+    row = session.exec(select(ApiKey).where(ApiKey.name == name_or_id)).first()
+    if row is None:
+        row = session.get(ApiKey, name_or_id)
+    if row is None:
+        raise NotFoundError(f"no key named or with id {name_or_id!r}; `tokensense keys list` shows the keys")
+    return row
+
+
+def revoke_key(*, session: Session, name_or_id: str) -> ApiKey:
+    """Mark the key revoked (it stays listed, and its name stays taken); revoking twice keeps the first time."""
+    row = get_key(session=session, name_or_id=name_or_id)
+    if row.revoked_at is None:
+        row.revoked_at = _now_for(ApiKey.__table__.c.revoked_at)
+        session.add(row)
+        session.commit()
+        session.refresh(row)
+    return row
+
+
+def update_key(
+    *,
+    session: Session,
+    name_or_id: str,
+    budget_usd: float | None | _Unset = UNSET,
+    budget_period: str | _Unset = UNSET,
+    rpm: int | None | _Unset = UNSET,
+    tpm: int | None | _Unset = UNSET,
+    plan: str | None | _Unset = UNSET,
+    allowed_models: Sequence[str] | _Unset = UNSET,
+    allowed_providers: Sequence[str] | _Unset = UNSET,
+    project: str | None | _Unset = UNSET,
+) -> ApiKey:
+    """Change the limits of a key; arguments left `UNSET` keep their value, `None` clears one."""
+    row = get_key(session=session, name_or_id=name_or_id)
+    if budget_usd is not UNSET:
+        row.budget_usd = _validate_budget(budget_usd)
+    if budget_period is not UNSET:
+        row.budget_period = _validate_budget_period(budget_period)
+    if rpm is not UNSET:
+        row.rpm = _validate_rate("request", rpm)
+    if tpm is not UNSET:
+        row.tpm = _validate_rate("token", tpm)
+    if plan is not UNSET:
+        row.plan = _validate_plan(plan)
+    if allowed_models is not UNSET:
+        row.allowed_models = _validate_models(allowed_models)
+    if allowed_providers is not UNSET:
+        row.allowed_providers = _validate_providers(allowed_providers)
+    if project is not UNSET:
+        row.project = project or None
+    session.add(row)
+    session.commit()
+    session.refresh(row)
+    return row
+
+
+# --- provider credentials ---------------------------------------------------
+
+
+def set_provider(*, session: Session, provider: str, api_key: str, base_url: str | None = None) -> ProviderCredential:
+    """Store (or replace) the provider's API key, encrypted, and its optional base URL."""
+    provider = normalize_provider(provider)
+    api_key = api_key.strip()
+    if not api_key:
+        raise ValueError(f"the API key for {provider} is empty")
+    encrypted = encrypt_secret(api_key)
+    row = session.get(ProviderCredential, provider)
+    if row is None:
+        row = ProviderCredential(provider=provider, encrypted_key=encrypted)
+    row.encrypted_key = encrypted
+    row.base_url = _validate_base_url(base_url)
+    row.updated_at = _now_for(ProviderCredential.__table__.c.updated_at)
+    session.add(row)
+    session.commit()
+    session.refresh(row)
+    return row
+
+
+def list_providers(*, session: Session) -> list[ProviderCredential]:
+    """The stored provider credentials (still encrypted), by provider name."""
+    return list(session.exec(select(ProviderCredential).order_by(col(ProviderCredential.provider))).all())
+
+
+def remove_provider(*, session: Session, provider: str) -> None:
+    """Delete the stored credential; `NotFoundError` when none is stored."""
+    provider = normalize_provider(provider)
+    row = session.get(ProviderCredential, provider)
+    if row is None:
+        raise NotFoundError(f"no key is stored for {provider}; `tokensense providers list` shows what is")
+    session.delete(row)
+    session.commit()
+
+
+def get_provider_secret(*, session: Session, provider: str) -> tuple[str, str | None] | None:
+    """The decrypted API key and base URL stored for `provider`, or None when none is stored.
+
+    Environment fallbacks (`PROVIDER_ENV_VARS`) are the caller's business.
+    Raises `SecretMismatchError` when the key was encrypted with another secret.
+    """
+    row = session.get(ProviderCredential, normalize_provider(provider))
+    if row is None:
+        return None
+    return decrypt_secret(row.encrypted_key), row.base_url
+
+
+# --- usage ------------------------------------------------------------------
+
+
+def record_usages(*, session: Session, usages: Sequence[UsageCreate]) -> int:
+    """Insert the records in one batched statement; return how many were written."""
+    if not usages:
+        return 0
+    created_at = Usage.__table__.c.created_at
+    rows = [usage.model_dump() for usage in usages]
+    for row in rows:
+        row["created_at"] = _for_column(row["created_at"], created_at)
+    session.exec(insert(Usage), params=rows)
+    session.commit()
+    return len(rows)
+
+
+def normalize_group_fields(by: Iterable[str]) -> list[str]:
+    """The usage fields to group by, aliases resolved; `ValueError` naming the allowed ones."""
+    fields: list[str] = []
+    for raw in by:
+        name = raw.strip().lower()
+        name = USAGE_GROUP_ALIASES.get(name, name)
+        if name not in USAGE_GROUP_FIELDS:
+            raise ValueError(f"cannot group usage by {raw!r}; allowed fields: {', '.join(USAGE_GROUP_FIELDS)} (and key)")
+        if name not in fields:
+            fields.append(name)
+    if not fields:
+        raise ValueError(f"give at least one field to group by: {', '.join(USAGE_GROUP_FIELDS)}")
+    return fields
+
+
+def iso_utc(moment: datetime) -> str:
+    """ISO 8601 with an explicit `+00:00`, whether the database gave back a naive or an aware time."""
+    return as_utc(moment).isoformat()
+
+
+def usage_record_dict(row: Usage) -> dict[str, Any]:
+    """One usage record as a JSON-ready dict; `created_at` is ISO 8601 in UTC."""
+    data = row.model_dump()
+    data["created_at"] = iso_utc(row.created_at)
+    return {name: data[name] for name in USAGE_RECORD_FIELDS}
+
+
+def query_usage(
+    *,
+    session: Session,
+    since: datetime | None = None,
+    by: Sequence[str] | None = None,
+    limit: int | None = None,
+) -> list[dict[str, Any]]:
+    """Usage since `since` (naive datetimes are UTC).
+
+    Without `by`: one dict per record, newest first (`limit` keeps the newest).
+    With `by`: one dict per group with the group fields and `requests`,
+    `input_tokens`, `output_tokens`, `cost_usd`, aggregated by the database,
+    costliest first (`limit` keeps the costliest groups).
+    """
+    if limit is not None and limit <= 0:
+        raise ValueError(f"limit must be a positive number, not {limit}")
+    conditions = [] if since is None else [col(Usage.created_at) >= _for_column(since, Usage.__table__.c.created_at)]
+
+    if not by:
+        statement = select(Usage).where(*conditions).order_by(col(Usage.created_at).desc(), col(Usage.id).desc())
+        if limit is not None:
+            statement = statement.limit(limit)
+        return [usage_record_dict(row) for row in session.exec(statement).all()]
+
+    fields = normalize_group_fields(by)
+    group_columns = [getattr(Usage, name) for name in fields]
+    cost = func.coalesce(func.sum(Usage.cost_usd), 0.0)
+    statement = (
+        select(
+            *group_columns,
+            func.count().label("requests"),
+            func.coalesce(func.sum(Usage.input_tokens), 0).label("input_tokens"),
+            func.coalesce(func.sum(Usage.output_tokens), 0).label("output_tokens"),
+            cost.label("cost_usd"),
+        )
+        .where(*conditions)
+        .group_by(*group_columns)
+        .order_by(cost.desc(), func.count().desc(), *group_columns)
+    )
+    if limit is not None:
+        statement = statement.limit(limit)
+    results = []
+    for row in session.exec(statement).all():
+        group = dict(zip(fields, row[: len(fields)], strict=True))
+        requests, input_tokens, output_tokens, cost_usd = row[len(fields) :]
+        results.append(
+            {
+                **group,
+                "requests": int(requests),
+                "input_tokens": int(input_tokens),
+                "output_tokens": int(output_tokens),
+                "cost_usd": float(cost_usd),
+            }
+        )
+    return results
+

@@ -1,0 +1,1 @@
+"""The TokenSense terminal dashboard (`tokensense dashboard`), built with Textual."""
