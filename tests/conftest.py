@@ -131,7 +131,7 @@ class Gateway:
         return self.log_path.read_text(errors="replace")
 
 
-def start_gateway(tmp: Path, fake: FakeProvider, *, extra_env: dict[str, str] | None = None) -> Gateway:
+def start_gateway(tmp: Path, fake: FakeProvider, *, extra_env: dict[str, str | None] | None = None) -> Gateway:
     home = tmp / "home"
     env = clean_env()
     env["TOKENSENSE_HOME"] = str(home)
@@ -141,7 +141,11 @@ def start_gateway(tmp: Path, fake: FakeProvider, *, extra_env: dict[str, str] | 
         env[f"TOKENSENSE_{provider.upper()}_BASE_URL"] = f"{fake.url}/{prefix}"
     for provider, var in ENV_KEYS.items():
         env[var] = PROVIDER_KEYS[provider]
-    env.update(extra_env or {})
+    for name, value in (extra_env or {}).items():
+        if value is None:
+            env.pop(name, None)
+        else:
+            env[name] = value
     pre = Gateway(url="", home=home, env=env, process=None, key="", fake=fake, log_path=tmp / "gateway.log")  # type: ignore[arg-type]
     pre.cli("providers", "set", "anthropic", "--api-key", STORED_ANTHROPIC_KEY)
     created = json.loads(pre.cli("keys", "create", "e2e", "--project", "proj-default", "--json").stdout)

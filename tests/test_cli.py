@@ -188,6 +188,7 @@ def test_keys_update(run) -> None:
     _assert_user_error(run("keys", "update", "ci"), "nothing to change")
     _assert_user_error(run("keys", "update", "nope", "--rpm", "1"), "no key named or with id 'nope'")
     _assert_user_error(run("keys", "update", "ci", "--allow-provider", "openia"), "unknown provider 'openia'")
+    _assert_user_error(run("keys", "update", "ci", "--allow-model", "x", "--allow-any-model"), "not allowed with argument")
 
 
 # --- providers ----------------------------------------------------------------

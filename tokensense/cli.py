@@ -561,21 +561,24 @@ def _add_key_options(parser: argparse.ArgumentParser, *, update: bool) -> None:
         "--plan", type=_choice(repo.PLANS, allow_none=update), metavar="{" + ",".join(repo.PLANS) + "}",
         help=f"plan tier, which gives default rate limits{clear}", **keep,
     )
-    limits.add_argument(
+    models = limits.add_mutually_exclusive_group() if update else limits
+    models.add_argument(
         "--allow-model", metavar="GLOB", action="append",
         help="allow only models matching GLOB (e.g. 'gpt-4o*'); repeat for more"
         + ("; replaces the current list" if update else "; default: all models"),
         **keep,
     )
-    limits.add_argument(
+    if update:
+        models.add_argument("--allow-any-model", action="store_true", help="remove the model restriction")
+    providers = limits.add_mutually_exclusive_group() if update else limits
+    providers.add_argument(
         "--allow-provider", metavar="P", action="append",
         help=f"allow only provider P ({', '.join(repo.PROVIDERS)}); repeat for more"
         + ("; replaces the current list" if update else "; default: all providers"),
         **keep,
     )
     if update:
-        limits.add_argument("--allow-any-model", action="store_true", help="remove the model restriction")
-        limits.add_argument("--allow-any-provider", action="store_true", help="remove the provider restriction")
+        providers.add_argument("--allow-any-provider", action="store_true", help="remove the provider restriction")
     limits.add_argument(
         "--project", metavar="P", type=_or_none(str) if update else str,
         help=f"project that usage is attributed to when a request has no x-project header{clear}", **keep,

@@ -77,16 +77,24 @@ def _write_new_key_file(path: Path) -> None:
     if not path.parent.exists():
         path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
         os.chmod(path.parent, 0o700)  # mkdir's mode is filtered by the umask
+    key = Fernet.generate_key() + b"\n"
     fd, tmp_name = tempfile.mkstemp(prefix=".secret-", dir=path.parent)  # mkstemp: mode 0600
     try:
         with os.fdopen(fd, "wb") as tmp:
-            tmp.write(Fernet.generate_key() + b"\n")
+            tmp.write(key)
             tmp.flush()
             os.fsync(tmp.fileno())
         try:
             os.link(tmp_name, path)
         except FileExistsError:
             pass
+        except OSError:  # a filesystem without hard links: exclusive create instead
+            try:
+                fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            except FileExistsError:
+                return
+            with os.fdopen(fd, "wb") as out:
+                out.write(key)
     finally:
         os.unlink(tmp_name)
 

@@ -137,6 +137,7 @@ class DashboardApp(App[None]):
         self._poll_worker: Worker[None] | None = None
         self._polling_query: DashboardQuery | None = None
         self._last_full_refresh = float("-inf")
+        self._last_query_seconds = 0.0
         self._database_error: str | None = None
 
     # Layout
@@ -193,6 +194,11 @@ class DashboardApp(App[None]):
         return DashboardQuery(window=self.window, group_by=by, filters=filters, buckets=max(width, 10) if width else 60)
 
     def _poll_tick(self) -> None:
+        # On a big database a full refresh can take a good part of a second: leave
+        # the worker idle at least as long as the last one took, so a busy gateway
+        # does not keep the dashboard querying back to back.
+        if time.monotonic() - self._last_full_refresh < self._last_query_seconds:
+            return
         self.request_refresh(force=False)
 
     def request_refresh(self, *, force: bool) -> None:
@@ -215,6 +221,7 @@ class DashboardApp(App[None]):
         """Read the database in a thread and post what changed; never touches widgets."""
         worker = get_current_worker()
         now = self.clock()
+        started = time.perf_counter()
         try:
             with Session(self.engine) as session:
                 marker = change_marker(session)
@@ -226,7 +233,7 @@ class DashboardApp(App[None]):
                 self.post_message(DatabaseUnavailable(str(error).splitlines()[0]))
             return
         if not worker.is_cancelled:
-            self.post_message(DashboardRefreshed(snapshot))
+            self.post_message(DashboardRefreshed(snapshot, time.perf_counter() - started))
 
     @on(DashboardRefreshed)
     def _show_snapshot(self, message: DashboardRefreshed) -> None:
@@ -236,6 +243,7 @@ class DashboardApp(App[None]):
         self.snapshot = snapshot
         self.refresh_count += 1
         self._last_full_refresh = time.monotonic()
+        self._last_query_seconds = message.seconds
         if self._database_error is not None:
             self._database_error = None
             self.notify("The database answers again.", title="Database")

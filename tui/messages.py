@@ -14,6 +14,8 @@ class DashboardRefreshed(Message):
     """A poll ran every query: the numbers to show."""
 
     snapshot: DashboardSnapshot
+    seconds: float
+    """How long the queries took."""
 
 
 @dataclass

@@ -40,10 +40,10 @@ _ERROR_TYPES = {
 }
 
 MODELS = [
-    ("claude-opus-4-1", "Claude Opus 4.1"),
+    ("claude-opus-4-6", "Claude Opus 4.6"),
+    ("claude-sonnet-4-6", "Claude Sonnet 4.6"),
     ("claude-sonnet-4-5", "Claude Sonnet 4.5"),
     ("claude-haiku-4-5", "Claude Haiku 4.5"),
-    ("claude-3-5-haiku-latest", "Claude Haiku 3.5"),
 ]
 
 MISSING_KEY = "x-api-key header is required"
