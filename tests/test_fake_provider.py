@@ -1,4 +1,5 @@
 """The fake provider, judged by the official SDKs pointed straight at it (no gateway)."""
+# ruff: noqa: F811  (the fixtures imported from fakeprovider_fixture are used as test arguments)
 
 from __future__ import annotations
 
@@ -13,12 +14,12 @@ import anthropic
 import httpx
 import openai
 import pytest
+from fakeprovider_fixture import fake_provider, fake_provider_url, fake_requests, running_fake_provider  # noqa: F401
 from google import genai
 from google.genai import errors as genai_errors
 from google.genai import types
 from pydantic import BaseModel
 
-from fakeprovider_fixture import fake_provider, fake_provider_url, fake_requests, running_fake_provider  # noqa: F401
 from tokensense.fakeprovider import start
 from tokensense.fakeprovider.textgen import Controls, Conversation, example_from_schema, plan_answer
 
@@ -45,7 +46,11 @@ TIME_TOOL = {
 ANTHROPIC_WEATHER_TOOL = {
     "name": "get_weather",
     "description": "Weather for a city",
-    "input_schema": {"type": "object", "properties": {"location": {"type": "string"}, "metric": {"type": "boolean"}}, "required": ["location", "metric"]},
+    "input_schema": {
+        "type": "object",
+        "properties": {"location": {"type": "string"}, "metric": {"type": "boolean"}},
+        "required": ["location", "metric"],
+    },
 }
 
 
@@ -180,9 +185,7 @@ def test_openai_parallel_tool_calls_and_tool_choice_none(fake_provider: str) -> 
 
 def test_openai_streamed_tool_calls_reassemble(fake_provider: str) -> None:
     client = openai_client(fake_provider)
-    with client.chat.completions.stream(
-        model="gpt-4o", messages=[{"role": "user", "content": "weather?"}], tools=[WEATHER_TOOL]
-    ) as stream:
+    with client.chat.completions.stream(model="gpt-4o", messages=[{"role": "user", "content": "weather?"}], tools=[WEATHER_TOOL]) as stream:
         final = stream.get_final_completion()
     (call,) = final.choices[0].message.tool_calls
     assert final.choices[0].finish_reason == "tool_calls"
@@ -277,7 +280,9 @@ def test_openai_images_generate(fake_provider: str) -> None:
 
 def test_openai_audio_speech_streams_audio(fake_provider: str) -> None:
     client = openai_client(fake_provider)
-    with client.audio.speech.with_streaming_response.create(model="tts-1", voice="alloy", input="Hello there world", response_format="wav") as response:
+    with client.audio.speech.with_streaming_response.create(
+        model="tts-1", voice="alloy", input="Hello there world", response_format="wav"
+    ) as response:
         assert response.headers["content-type"] == "audio/wav"
         audio = b"".join(response.iter_bytes())
     with wave.open(io.BytesIO(audio)) as parsed:
@@ -405,7 +410,9 @@ def test_anthropic_overloaded_and_count_tokens(fake_provider: str) -> None:
     assert isinstance(caught.value, anthropic.InternalServerError)
     assert caught.value.body["error"]["type"] == "overloaded_error"
 
-    counted = client.messages.count_tokens(model="claude-sonnet-4-6", system="One two", messages=[{"role": "user", "content": "three four five"}])
+    counted = client.messages.count_tokens(
+        model="claude-sonnet-4-6", system="One two", messages=[{"role": "user", "content": "three four five"}]
+    )
     assert counted.input_tokens == 5
 
 
@@ -439,7 +446,9 @@ def test_gemini_stream_and_headers(fake_provider: str) -> None:
         client.models.generate_content_stream(
             model="gemini-2.5-flash",
             contents="Stream please",
-            config=types.GenerateContentConfig(http_options=types.HttpOptions(headers={"x-fake-cached-tokens": "1", "x-fake-reasoning-tokens": "4"})),
+            config=types.GenerateContentConfig(
+                http_options=types.HttpOptions(headers={"x-fake-cached-tokens": "1", "x-fake-reasoning-tokens": "4"})
+            ),
         )
     )
     assert "".join(chunk.text for chunk in chunks) == "Hello from gemini-2.5-flash."
@@ -504,7 +513,9 @@ def test_gemini_json_count_tokens_and_v1_path(fake_provider: str) -> None:
 
 def test_gemini_embeddings_and_imagen(fake_provider: str) -> None:
     client = gemini_client(fake_provider)
-    embedded = client.models.embed_content(model="gemini-embedding-001", contents=["hello", "world"], config=types.EmbedContentConfig(output_dimensionality=16))
+    embedded = client.models.embed_content(
+        model="gemini-embedding-001", contents=["hello", "world"], config=types.EmbedContentConfig(output_dimensionality=16)
+    )
     assert [len(e.values) for e in embedded.embeddings] == [16, 16]
 
     # This google-genai release only calls Imagen on Vertex AI, so :predict is checked over plain HTTP.
@@ -537,7 +548,11 @@ def test_fal_flux_sync_answer(fake_provider: str) -> None:
     assert "inference" in body["timings"]
     assert httpx.get(body["images"][0]["url"]).content.startswith(b"\x89PNG")
 
-    custom = httpx.post(f"{fake_provider}/fal-ai/flux/schnell", headers={"Authorization": "Key fal-test"}, json={"prompt": "x", "image_size": {"width": 300, "height": 200}})
+    custom = httpx.post(
+        f"{fake_provider}/fal-ai/flux/schnell",
+        headers={"Authorization": "Key fal-test"},
+        json={"prompt": "x", "image_size": {"width": 300, "height": 200}},
+    )
     assert (custom.json()["images"][0]["width"], custom.json()["images"][0]["height"]) == (300, 200)
 
     missing_key = httpx.post(f"{fake_provider}/fal-ai/flux/dev", headers={"Authorization": "Bearer nope"}, json={"prompt": "x"})
@@ -559,7 +574,9 @@ def test_error_status_in_each_native_shape(fake_provider: str) -> None:
     client = gemini_client(fake_provider)
     with pytest.raises(genai_errors.ServerError) as unavailable:
         client.models.generate_content(
-            model="gemini-2.5-flash", contents="hi", config=types.GenerateContentConfig(http_options=types.HttpOptions(headers={"x-fake-status": "503"}))
+            model="gemini-2.5-flash",
+            contents="hi",
+            config=types.GenerateContentConfig(http_options=types.HttpOptions(headers={"x-fake-status": "503"})),
         )
     assert unavailable.value.code == 503
     assert unavailable.value.status == "UNAVAILABLE"
@@ -581,13 +598,21 @@ def test_missing_keys_are_401_in_native_shapes(fake_provider: str) -> None:
     assert claude.status_code == 401 and claude.json()["type"] == "error" and claude.json()["error"]["type"] == "authentication_error"
     gemini = httpx.post(f"{fake_provider}/v1beta/models/gemini-2.5-flash:generateContent", json={"contents": []})
     assert gemini.status_code == 401 and gemini.json()["error"]["status"] == "UNAUTHENTICATED"
-    by_query = httpx.post(f"{fake_provider}/v1beta/models/gemini-2.5-flash:generateContent?key=abc", json={"contents": [{"parts": [{"text": "hi"}]}]})
+    by_query = httpx.post(
+        f"{fake_provider}/v1beta/models/gemini-2.5-flash:generateContent?key=abc", json={"contents": [{"parts": [{"text": "hi"}]}]}
+    )
     assert by_query.status_code == 200
     with_x_api_key = httpx.post(
-        f"{fake_provider}/v1/messages", headers={"x-api-key": "k"}, json={"model": "claude-haiku-4-5", "max_tokens": 5, "messages": [{"role": "user", "content": "hi"}]}
+        f"{fake_provider}/v1/messages",
+        headers={"x-api-key": "k"},
+        json={"model": "claude-haiku-4-5", "max_tokens": 5, "messages": [{"role": "user", "content": "hi"}]},
     )
     assert with_x_api_key.status_code == 200
-    no_max_tokens = httpx.post(f"{fake_provider}/v1/messages", headers={"x-api-key": "k"}, json={"model": "claude-haiku-4-5", "messages": [{"role": "user", "content": "hi"}]})
+    no_max_tokens = httpx.post(
+        f"{fake_provider}/v1/messages",
+        headers={"x-api-key": "k"},
+        json={"model": "claude-haiku-4-5", "messages": [{"role": "user", "content": "hi"}]},
+    )
     assert no_max_tokens.status_code == 400 and no_max_tokens.json()["error"]["type"] == "invalid_request_error"
 
 
@@ -600,7 +625,11 @@ def test_delay_is_honoured(fake_provider: str) -> None:
 
 def test_broken_connections(fake_provider: str) -> None:
     with pytest.raises(httpx.TransportError):
-        httpx.post(f"{fake_provider}/v1/chat/completions", headers={"Authorization": "Bearer k", "x-fake-broken": "1"}, json={"model": "gpt-4o", "messages": [{"role": "user", "content": "hi"}]})
+        httpx.post(
+            f"{fake_provider}/v1/chat/completions",
+            headers={"Authorization": "Bearer k", "x-fake-broken": "1"},
+            json={"model": "gpt-4o", "messages": [{"role": "user", "content": "hi"}]},
+        )
     with pytest.raises(httpx.TransportError):
         with httpx.stream(
             "POST",
@@ -615,11 +644,17 @@ def test_broken_connections(fake_provider: str) -> None:
 
 def test_prefix_routing_and_request_log(fake_provider: str) -> None:
     openai_client(fake_provider, "/xai").chat.completions.create(model="grok-4", messages=[{"role": "user", "content": "hi"}])
-    anthropic_client(fake_provider, "/claude").messages.create(model="claude-haiku-4-5", max_tokens=5, messages=[{"role": "user", "content": "hi"}])
+    anthropic_client(fake_provider, "/claude").messages.create(
+        model="claude-haiku-4-5", max_tokens=5, messages=[{"role": "user", "content": "hi"}]
+    )
     google_client = gemini_client(fake_provider, "/google")
     google_client.models.generate_content(model="gemini-2.5-flash", contents="hi")
     httpx.post(f"{fake_provider}/fal/fal-ai/flux/dev", headers={"Authorization": "Key k"}, json={"prompt": "x"})
-    httpx.post(f"{fake_provider}/mistral/chat/completions", headers={"Authorization": "Bearer k"}, json={"model": "mistral-small-latest", "messages": [{"role": "user", "content": "hi"}]})
+    httpx.post(
+        f"{fake_provider}/mistral/chat/completions",
+        headers={"Authorization": "Bearer k"},
+        json={"model": "mistral-small-latest", "messages": [{"role": "user", "content": "hi"}]},
+    )
     logged = fake_requests(fake_provider)
     assert [(entry["prefix"], entry["provider"]) for entry in logged] == [
         ("/xai", "openai"),
@@ -688,7 +723,9 @@ def test_example_from_schema_follows_required_refs_and_types() -> None:
             "ignored": {"type": "string"},
         },
         "required": ["city", "note"],
-        "$defs": {"City": {"type": "OBJECT", "properties": {"n": {"type": "NUMBER"}, "ok": {"type": "BOOLEAN"}, "tags": {"type": "ARRAY"}}}},
+        "$defs": {
+            "City": {"type": "OBJECT", "properties": {"n": {"type": "NUMBER"}, "ok": {"type": "BOOLEAN"}, "tags": {"type": "ARRAY"}}}
+        },
     }
     assert example_from_schema(schema) == {"city": {"n": 1, "ok": True, "tags": []}, "note": "Paris"}
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import queue
 import threading
+import time
 from collections.abc import Callable
 
 from sqlalchemy.engine import Engine
@@ -60,24 +61,34 @@ class UsageRecorder:
     def _run(self) -> None:
         stopping = False
         while not stopping:
-            batch: list[UsageCreate] = []
-            try:
-                item = self._queue.get(timeout=self.interval)
-            except queue.Empty:
-                continue
-            while True:
-                if item is _STOP:
-                    stopping = True
-                else:
-                    batch.append(item)
-                if len(batch) >= self.max_batch:
-                    break
+            item = self._queue.get()
+            if item is _STOP:
+                break
+            # Collect for up to `interval` after the first record: one transaction per batch.
+            batch: list[UsageCreate] = [item]
+            deadline = time.monotonic() + self.interval
+            while len(batch) < self.max_batch:
+                remaining = deadline - time.monotonic()
                 try:
-                    item = self._queue.get_nowait()
+                    item = self._queue.get(timeout=remaining) if remaining > 0 else self._queue.get_nowait()
                 except queue.Empty:
                     break
-            if batch:
-                self._write(batch, final=stopping)
+                if item is _STOP:
+                    stopping = True
+                    break
+                batch.append(item)
+            self._write(batch, final=stopping)
+        # Anything submitted after close() was called still gets written.
+        leftovers = []
+        while True:
+            try:
+                item = self._queue.get_nowait()
+            except queue.Empty:
+                break
+            if item is not _STOP:
+                leftovers.append(item)
+        if leftovers:
+            self._write(leftovers, final=True)
 
     def _write(self, batch: list[UsageCreate], *, final: bool) -> None:
         attempt = 0

@@ -62,7 +62,9 @@ def error(status: int, message: str, param: str | None = None) -> BodyReply:
     headers = {"request-id": request_id}
     if status == 429:
         headers["retry-after"] = "1"
-    return json_reply({"type": "error", "error": {"type": kind, "message": message}, "request_id": request_id}, status=status, headers=headers)
+    return json_reply(
+        {"type": "error", "error": {"type": kind, "message": message}, "request_id": request_id}, status=status, headers=headers
+    )
 
 
 def _body(req: FakeRequest) -> dict[str, Any]:
@@ -243,7 +245,9 @@ def _message_events(message_id: str, model: str, answer: Answer, full_usage: dic
     ]
     index = 0
     if answer.text or not answer.tool_calls:
-        events.append(sse_event("content_block_start", {"type": "content_block_start", "index": 0, "content_block": {"type": "text", "text": ""}}))
+        events.append(
+            sse_event("content_block_start", {"type": "content_block_start", "index": 0, "content_block": {"type": "text", "text": ""}})
+        )
         events.append(sse_event("ping", {"type": "ping"}))
         events.extend(
             sse_event("content_block_delta", {"type": "content_block_delta", "index": 0, "delta": {"type": "text_delta", "text": piece}})
@@ -255,14 +259,21 @@ def _message_events(message_id: str, model: str, answer: Answer, full_usage: dic
         events.append(
             sse_event(
                 "content_block_start",
-                {"type": "content_block_start", "index": index, "content_block": {"type": "tool_use", "id": call.id, "name": call.name, "input": {}}},
+                {
+                    "type": "content_block_start",
+                    "index": index,
+                    "content_block": {"type": "tool_use", "id": call.id, "name": call.name, "input": {}},
+                },
             )
         )
         if index == 0:
             events.append(sse_event("ping", {"type": "ping"}))
         for piece in [""] + split_pieces(call.arguments_json):
             events.append(
-                sse_event("content_block_delta", {"type": "content_block_delta", "index": index, "delta": {"type": "input_json_delta", "partial_json": piece}})
+                sse_event(
+                    "content_block_delta",
+                    {"type": "content_block_delta", "index": index, "delta": {"type": "input_json_delta", "partial_json": piece}},
+                )
             )
         events.append(sse_event("content_block_stop", {"type": "content_block_stop", "index": index}))
         index += 1

@@ -43,7 +43,9 @@ def image_size(value: Any) -> tuple[int, int]:
         return IMAGE_SIZES[DEFAULT_IMAGE_SIZE]
     if isinstance(value, str):
         if value not in IMAGE_SIZES:
-            raise FakeError(422, f"image_size must be one of {', '.join(IMAGE_SIZES)} or {{width, height}}, got {value!r}", param="image_size")
+            raise FakeError(
+                422, f"image_size must be one of {', '.join(IMAGE_SIZES)} or {{width, height}}, got {value!r}", param="image_size"
+            )
         return IMAGE_SIZES[value]
     if isinstance(value, dict) and isinstance(value.get("width"), int) and isinstance(value.get("height"), int):
         return value["width"], value["height"]
@@ -65,7 +67,12 @@ def generate(req: FakeRequest) -> Reply:
     if not isinstance(seed, int):
         seed = zlib.crc32(prompt.encode())
     images = [
-        {"url": f"{req.origin}/_fake/images/{new_id('fal-', 16)}-{width}x{height}.png", "width": width, "height": height, "content_type": "image/png"}
+        {
+            "url": f"{req.origin}/_fake/images/{new_id('fal-', 16)}-{width}x{height}.png",
+            "width": width,
+            "height": height,
+            "content_type": "image/png",
+        }
         for _ in range(count)
     ]
     return json_reply(

@@ -54,7 +54,10 @@ _ASPECT_SIZES = {
     "16:9": (1408, 768),
 }
 
-MISSING_KEY = "Method doesn't allow unregistered callers (callers without established identity). Please use API Key or other form of API consumer identity to call this API."
+MISSING_KEY = (
+    "Method doesn't allow unregistered callers (callers without established identity). "
+    "Please use API Key or other form of API consumer identity to call this API."
+)
 
 
 def authenticated(req: FakeRequest) -> bool:

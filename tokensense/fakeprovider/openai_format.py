@@ -23,7 +23,6 @@ from tokensense.fakeprovider.textgen import (
     Answer,
     Controls,
     Conversation,
-    PromptCount,
     ToolSpec,
     count_words,
     default_reply,
@@ -173,7 +172,11 @@ def read_conversation(body: dict[str, Any]) -> Conversation:
     limit = body.get("max_completion_tokens", body.get("max_tokens"))
     if limit is not None:
         if not isinstance(limit, int) or limit < 1:
-            raise FakeError(400, f"Invalid 'max_tokens': integer below minimum value. Expected a value >= 1, but got {limit!r} instead.", param="max_tokens")
+            raise FakeError(
+                400,
+                f"Invalid 'max_tokens': integer below minimum value. Expected a value >= 1, but got {limit!r} instead.",
+                param="max_tokens",
+            )
         conv.max_tokens = limit
     return conv
 
@@ -214,7 +217,9 @@ def chat(req: FakeRequest) -> Reply:
     headers = {"x-request-id": new_id("req_")}
     if body.get("stream"):
         include_usage = bool((body.get("stream_options") or {}).get("include_usage"))
-        return StreamReply(200, _chat_chunks(completion_id, created, conv.model, answer, usage, include_usage), "text/event-stream; charset=utf-8", headers)
+        return StreamReply(
+            200, _chat_chunks(completion_id, created, conv.model, answer, usage, include_usage), "text/event-stream; charset=utf-8", headers
+        )
 
     message: dict[str, Any] = {
         "role": "assistant",
@@ -277,7 +282,11 @@ def embeddings(req: FakeRequest) -> Reply:
     body = _body(req)
     model = str(_require(body, "model"))
     raw_input = _require(body, "input")
-    inputs: list[Any] = [raw_input] if isinstance(raw_input, str) or (isinstance(raw_input, list) and raw_input and isinstance(raw_input[0], int)) else list(raw_input)
+    inputs: list[Any] = (
+        [raw_input]
+        if isinstance(raw_input, str) or (isinstance(raw_input, list) and raw_input and isinstance(raw_input[0], int))
+        else list(raw_input)
+    )
     if not inputs:
         raise FakeError(400, "'input' must not be empty.", param="input")
     dimensions = body.get("dimensions") or _EMBEDDING_DIMENSIONS.get(model, _DEFAULT_EMBEDDING_DIMENSIONS)
@@ -357,7 +366,11 @@ def speech(req: FakeRequest) -> Reply:
     _require(body, "voice")
     response_format = body.get("response_format") or "mp3"
     if response_format not in media.AUDIO_CONTENT_TYPES:
-        raise FakeError(400, f"Invalid 'response_format': {response_format!r} is not one of {sorted(media.AUDIO_CONTENT_TYPES)}.", param="response_format")
+        raise FakeError(
+            400,
+            f"Invalid 'response_format': {response_format!r} is not one of {sorted(media.AUDIO_CONTENT_TYPES)}.",
+            param="response_format",
+        )
     audio = media.speech_audio(text, response_format)
     step = max(1, math.ceil(len(audio) / 4))
     chunks = [audio[i : i + step] for i in range(0, len(audio), step)]
@@ -411,7 +424,9 @@ def transcriptions(req: FakeRequest) -> Reply:
             headers=headers,
         )
     if response_format != "json":
-        raise FakeError(400, f"Invalid 'response_format': {response_format!r}; use json, text, srt, verbose_json or vtt.", param="response_format")
+        raise FakeError(
+            400, f"Invalid 'response_format': {response_format!r}; use json, text, srt, verbose_json or vtt.", param="response_format"
+        )
     return json_reply({"text": text, "usage": usage}, headers=headers)
 
 

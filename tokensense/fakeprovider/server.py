@@ -17,7 +17,7 @@ from aiohttp import web
 from aiohttp.client_exceptions import ClientConnectionResetError
 
 from tokensense.fakeprovider import anthropic_format, fal_format, gemini_format, media, openai_format
-from tokensense.fakeprovider.replies import BodyReply, FakeError, FakeRequest, Reply, StreamReply, json_reply
+from tokensense.fakeprovider.replies import BodyReply, FakeError, FakeRequest, Reply, json_reply
 from tokensense.fakeprovider.textgen import NO_CONTROLS, ControlError, Controls, parse_controls
 
 REQUEST_LOG_SIZE = 2000
@@ -98,7 +98,10 @@ def _unknown_route(method: str, path: str) -> BodyReply:
 async def _read_body(request: web.Request) -> tuple[Any, dict[str, bytes]]:
     """Parsed JSON; for multipart a summary of fields and file sizes (files returned apart); else text."""
     if request.content_type == "multipart/form-data":
-        form = await request.post()
+        try:
+            form = await request.post()
+        except ValueError as e:  # malformed multipart: the handler answers 400 for a non-form body
+            return f"unreadable multipart body: {e}", {}
         fields: dict[str, str] = {}
         summary: dict[str, dict[str, Any]] = {}
         files: dict[str, bytes] = {}
