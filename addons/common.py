@@ -6,8 +6,13 @@ import json
 
 from mitmproxy import http
 
+from tokensense.auth import KEY_HEADERS
 from tokensense.errors import ErrorFormat, GatewayError, error_bytes
+from tokensense.keystore import Credential
 from tokensense.metering import CallContext
+from tokensense.providers import ProviderAdapter
+from tokensense.routing import join_url
+from tokensense.runtime import Runtime
 
 CALL = "tokensense.call"
 JSON_HEADERS = {"content-type": "application/json"}
@@ -32,3 +37,26 @@ def answer_error(flow: http.HTTPFlow, fmt: ErrorFormat, error: GatewayError, hea
 
 def answer_json(flow: http.HTTPFlow, status: int, body: object) -> None:
     flow.response = http.Response.make(status, json.dumps(body).encode(), JSON_HEADERS)
+
+
+def require_credential(runtime: Runtime, adapter: ProviderAdapter) -> Credential:
+    """The provider key to use, or a 403 that says how to configure one."""
+    assert runtime.keys is not None
+    credential = runtime.keys.credential(adapter.name)
+    if not credential.api_key:
+        raise GatewayError(403, f"No {adapter.display_name} API key is configured. Run `tokensense providers set "
+                           f"{adapter.name} --api-key ...` or set {adapter.env_key}.", code="provider_key_missing")
+    return credential
+
+
+def send_upstream(flow: http.HTTPFlow, adapter: ProviderAdapter, credential: Credential, upstream_path: str) -> None:
+    """Point the request at the provider: its URL (with the base URL's prefix), its auth, no client key."""
+    req = flow.request
+    for header in KEY_HEADERS:
+        req.headers.pop(header, None)
+    req.query.pop("key", None)
+    query = req.path.partition("?")[2]
+    req.url = join_url(credential.base_url, upstream_path, query)
+    req.headers.update(adapter.auth_headers(credential.api_key or ""))
+    if adapter.name == "anthropic" and "anthropic-version" not in req.headers:
+        req.headers["anthropic-version"] = "2023-06-01"

@@ -6,13 +6,12 @@ import json
 
 from mitmproxy import http
 
-from addons.common import answer_error, answer_json, get_call
-from tokensense.auth import KEY_HEADERS
+from addons.common import answer_error, answer_json, get_call, require_credential, send_upstream
 from tokensense.catalog import list_models
 from tokensense.errors import GatewayError
 from tokensense.metering import attribution
 from tokensense.providers import PROVIDERS
-from tokensense.routing import PASSTHROUGH, Endpoint, join_url, parse_json_body, resolve_model
+from tokensense.routing import MEDIA_ENDPOINTS, PASSTHROUGH, Endpoint, parse_json_body, resolve_model
 from tokensense.runtime import Runtime
 
 TRANSLATED = "tokensense.translated"  # metadata flag: the translation addon owns this chat call
@@ -46,6 +45,8 @@ class Router:
         assert call is not None and self.runtime.keys is not None
         req = flow.request
         endpoint = call.route_endpoint
+        if endpoint in MEDIA_ENDPOINTS:
+            return  # the media addon routes these
         path = req.path.partition("?")[0]
         body = parse_json_body(req.raw_content)
         if endpoint is Endpoint.GEMINI:
@@ -66,10 +67,7 @@ class Router:
                 raise GatewayError(400, f"The model `{requested}` ({adapter.display_name}) is not served on "
                                    f"{path}.", code="unsupported_model_for_endpoint", param="model")
 
-        credential = self.runtime.keys.credential(adapter.name)
-        if not credential.api_key:
-            raise GatewayError(403, f"No {adapter.display_name} API key is configured. Run `tokensense providers set "
-                               f"{adapter.name} --api-key ...` or set {adapter.env_key}.", code="provider_key_missing")
+        credential = require_credential(self.runtime, adapter)
 
         changed = False
         if requested != model and endpoint is not Endpoint.GEMINI:
@@ -90,13 +88,6 @@ class Router:
         elif changed:
             req.content = json.dumps(body, separators=(",", ":")).encode()
 
-        for header in KEY_HEADERS:
-            req.headers.pop(header, None)
-        req.query.pop("key", None)
         upstream_path = "/v1" + path if endpoint in (Endpoint.CHAT, Endpoint.EMBEDDINGS) and \
             not path.startswith("/v1/") else path
-        query = req.path.partition("?")[2]
-        req.url = join_url(credential.base_url, upstream_path, query)
-        req.headers.update(adapter.auth_headers(credential.api_key))
-        if adapter.name == "anthropic" and "anthropic-version" not in req.headers:
-            req.headers["anthropic-version"] = "2023-06-01"
+        send_upstream(flow, adapter, credential, upstream_path)

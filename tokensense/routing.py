@@ -57,6 +57,10 @@ PASSTHROUGH: dict[Endpoint, frozenset[str]] = {
 }
 
 
+# Endpoints whose requests the media addon routes (multipart bodies, translated image APIs).
+MEDIA_ENDPOINTS = frozenset({Endpoint.IMAGES, Endpoint.SPEECH, Endpoint.TRANSCRIPTIONS})
+
+
 def classify(method: str, path: str) -> Route:
     """The endpoint for `method path` (path without the query), or a 404 GatewayError."""
     if path == "/health" and method in ("GET", "HEAD"):

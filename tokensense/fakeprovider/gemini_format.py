@@ -243,7 +243,9 @@ def _embedding(content: Any, model: str, dimensions: Any) -> dict[str, Any]:
     if not isinstance(content, dict):
         raise FakeError(400, "* EmbedContentRequest.content: content is not specified")
     text = " ".join(part.get("text", "") for part in content.get("parts") or [] if isinstance(part, dict))
-    size = int(dimensions or _EMBEDDING_DIMENSIONS.get(model, _DEFAULT_EMBEDDING_DIMENSIONS))
+    size = dimensions or _EMBEDDING_DIMENSIONS.get(model, _DEFAULT_EMBEDDING_DIMENSIONS)
+    if not isinstance(size, int) or not 1 <= size <= 8192:
+        raise FakeError(400, f"outputDimensionality must be an integer from 1 to 8192, got {size!r}")
     return {"values": list(embedding_vector(text, size))}
 
 
@@ -275,8 +277,8 @@ def predict(req: FakeRequest) -> Reply:
     if not isinstance(instances, list) or not instances or not isinstance(instances[0], dict) or not instances[0].get("prompt"):
         raise FakeError(400, "* PredictRequest.instances[0].prompt: prompt is not specified")
     parameters = body.get("parameters") or {}
-    count = int(parameters.get("sampleCount") or 4)
-    if not 1 <= count <= 8:
+    count = parameters.get("sampleCount") or 4
+    if not isinstance(count, int) or not 1 <= count <= 8:
         raise FakeError(400, f"sampleCount must be between 1 and 8, got {count}")
     width, height = _ASPECT_SIZES.get(parameters.get("aspectRatio") or "1:1", (1024, 1024))
     encoded = base64.b64encode(media.png_bytes(width, height)).decode()

@@ -282,14 +282,15 @@ def embeddings(req: FakeRequest) -> Reply:
     body = _body(req)
     model = str(_require(body, "model"))
     raw_input = _require(body, "input")
-    inputs: list[Any] = (
-        [raw_input]
-        if isinstance(raw_input, str) or (isinstance(raw_input, list) and raw_input and isinstance(raw_input[0], int))
-        else list(raw_input)
-    )
-    if not inputs:
-        raise FakeError(400, "'input' must not be empty.", param="input")
+    if isinstance(raw_input, str) or (isinstance(raw_input, list) and raw_input and isinstance(raw_input[0], int)):
+        inputs: list[Any] = [raw_input]
+    elif isinstance(raw_input, list) and raw_input:
+        inputs = raw_input
+    else:
+        raise FakeError(400, "'input' must be a non-empty string, array of strings, or array of token arrays.", param="input")
     dimensions = body.get("dimensions") or _EMBEDDING_DIMENSIONS.get(model, _DEFAULT_EMBEDDING_DIMENSIONS)
+    if not isinstance(dimensions, int) or not 1 <= dimensions <= 8192:
+        raise FakeError(400, f"Invalid 'dimensions': expected an integer from 1 to 8192, got {dimensions!r}.", param="dimensions")
     as_base64 = body.get("encoding_format") == "base64"
     words = 0
     data = []
@@ -324,8 +325,8 @@ def images(req: FakeRequest) -> Reply:
     body = _body(req)
     model = str(body.get("model") or "dall-e-2")
     prompt = _require(body, "prompt")
-    count = int(body.get("n") or 1)
-    if not 1 <= count <= 10:
+    count = body.get("n") or 1
+    if not isinstance(count, int) or not 1 <= count <= 10:
         raise FakeError(400, f"Invalid 'n': expected a value between 1 and 10, got {count}.", param="n")
     width, height = _image_size(body.get("size"))
     gpt_image = model.startswith("gpt-image")

@@ -181,7 +181,7 @@ def _contents(messages: list[dict]) -> tuple[list[dict], list[dict]]:
             calls = oa.assistant_tool_calls(message, i, PROVIDER)
             calls_by_id.update((call.id, call) for call in calls)
             parts = [{"text": text} for text in oa.assistant_texts(message, i)]
-            parts.extend(_function_call_part(call, message, i, j) for j, call in enumerate(calls))
+            parts.extend(_function_call_part(call, message, j) for j, call in enumerate(calls))
             if parts:
                 _append_turn(contents, "model", parts)
         elif role == "tool":
@@ -241,7 +241,7 @@ def _image_part(url: str, param: str) -> dict:
     raise TranslationError(f"{param}.image_url.url must be an http(s) or data URL", param=f"{param}.image_url.url")
 
 
-def _function_call_part(call: oa.AssistantToolCall, message: dict, i: int, j: int) -> dict:
+def _function_call_part(call: oa.AssistantToolCall, message: dict, j: int) -> dict:
     state = call.state if isinstance(call.state, dict) else {}
     function_call: dict = {"name": call.name, "args": call.arguments}
     if state.get(_ID_STATE):
@@ -380,8 +380,8 @@ def chat_response_from_provider(resp: dict, *, model: str) -> dict:
             elif "text" in part:
                 texts.append(part["text"])
             # Other parts (code execution, generated images) come from features this translation never enables.
-        content = "".join(texts) if texts else (None if tool_calls else "")
         finish = _finish_reason(candidate.get("finishReason"), called=bool(tool_calls))
+        content = "".join(texts) if texts else (None if tool_calls or finish == "content_filter" else "")
         choices.append(oa.choice(index, content=content, tool_calls=tool_calls, finish_reason=finish))
     if not choices and (resp.get("promptFeedback") or {}).get("blockReason"):
         choices.append(oa.choice(0, content=None, tool_calls=[], finish_reason="content_filter"))
