@@ -38,9 +38,9 @@ class Lifecycle:
         self.runtime.start()
         log.info("TokenSense gateway ready (database: %s)", _safe_url(self.runtime.settings.effective_database_url))
 
-    def done(self) -> None:
+    async def done(self) -> None:
         # mitmproxy calls `done` on SIGINT/SIGTERM too: the recorder drains its queue.
-        self.runtime.close()
+        await self.runtime.aclose()
 
 
 def _safe_url(url: str) -> str:

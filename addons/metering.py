@@ -89,6 +89,11 @@ class Metering:
         record = build_record(call, status=status, prices=self.runtime.prices)
         if self.runtime.recorder is not None:
             self.runtime.recorder.submit(record)
+        for callback in call.on_record:
+            try:
+                callback(record)
+            except Exception:
+                log.exception("usage callback failed")
         return record
 
 

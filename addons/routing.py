@@ -15,6 +15,7 @@ from tokensense.routing import MEDIA_ENDPOINTS, PASSTHROUGH, Endpoint, parse_jso
 from tokensense.runtime import Runtime
 
 TRANSLATED = "tokensense.translated"  # metadata flag: the translation addon owns this chat call
+BODY = "tokensense.body"  # the parsed JSON request body, for later addons (no second parse)
 
 
 class Router:
@@ -56,7 +57,8 @@ class Router:
             requested = body.get("model")
             call.stream = body.get("stream") is True
         adapter, model = resolve_model(requested, self.runtime.prices)
-        call.provider, call.model = adapter, model
+        call.provider, call.model, call.requested_model = adapter, model, requested
+        flow.metadata[BODY] = body
         call.attribution = attribution(req.headers, call.key)
 
         translated = False

@@ -5,6 +5,7 @@ from __future__ import annotations
 from addons.auth import Auth
 from addons.lifecycle import Lifecycle
 from addons.metering import Metering
+from addons.policy import Policy
 from addons.routing import Router
 from addons.upstream_errors import UpstreamErrors
 from tokensense.runtime import Runtime
@@ -17,6 +18,7 @@ def build_addons(runtime: Runtime | None = None) -> list[object]:
         Lifecycle(runtime),
         Auth(runtime),
         Router(runtime),
+        Policy(runtime),
         UpstreamErrors(runtime.settings.upstream_timeout),
         Metering(runtime),
     ]

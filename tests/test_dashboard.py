@@ -12,6 +12,7 @@ from sqlalchemy import Engine
 from sqlmodel import Session
 from textual.pilot import Pilot
 from textual.widgets import DataTable, Static, TabbedContent
+from textual.worker import WorkerCancelled
 
 from tokensense.storage.db import init_db, make_engine
 from tokensense.storage.models import ApiKey, Usage
@@ -110,11 +111,21 @@ def make_app(engine: Engine, **options: object) -> DashboardApp:
     return DashboardApp(engine, clock=lambda: NOW, poll_interval=0.05, **options)  # type: ignore[arg-type]
 
 
+async def idle(pilot: Pilot[None], app: DashboardApp) -> None:
+    """Let the running polls finish and their messages be handled."""
+    try:
+        await app.workers.wait_for_complete()
+    except WorkerCancelled:
+        pass  # a newer view replaced that poll (exclusive workers)
+    # A short sleep, not `pause()`: that waits for the CPU to go idle, which a
+    # dashboard polling every 50 ms never quite does.
+    await pilot.pause(0.01)
+
+
 async def settle(pilot: Pilot[None], app: DashboardApp) -> None:
     """Wait until the screen shows a poll's answer for the current view."""
     for _ in range(MAX_WAITS):
-        await app.workers.wait_for_complete()
-        await pilot.pause()
+        await idle(pilot, app)
         if app.snapshot is not None and app.snapshot.query == app.current_query():
             return
     raise AssertionError("the dashboard never showed data for the current view")
@@ -265,8 +276,7 @@ async def test_a_record_written_while_the_dashboard_runs_appears(engine: Engine)
             )
             session.commit()
         for _ in range(MAX_WAITS):
-            await app.workers.wait_for_complete()
-            await pilot.pause()
+            await idle(pilot, app)
             if app.snapshot.totals.requests == before.requests + 1:
                 break
         assert app.snapshot.totals.requests == before.requests + 1
@@ -284,7 +294,7 @@ async def test_an_idle_dashboard_does_not_rerun_the_queries(engine: Engine) -> N
         shown = app.refresh_count
         for _ in range(10):
             await pilot.pause(0.02)
-            await app.workers.wait_for_complete()
+            await idle(pilot, app)
         # Polls ran (the change marker), but nothing changed, so nothing was redrawn.
         assert app.refresh_count == shown
 
@@ -294,7 +304,7 @@ async def test_budget_bars_and_request_log(engine: Engine) -> None:
     async with app.run_test(size=(100, 30)) as pilot:
         await settle(pilot, app)
         await pilot.press("b")
-        await pilot.pause()
+        await idle(pilot, app)
         assert app.query_one("#tabs", TabbedContent).active == "tab-budgets"
         bars = {bar.budget.name: bar for bar in app.query(BudgetBar) if bar.budget}
         assert list(bars) == ["intern", "batch", "prod", "ci"]
@@ -306,7 +316,7 @@ async def test_budget_bars_and_request_log(engine: Engine) -> None:
         assert "no budget" in rendered["ci"]
 
         await pilot.press("l")
-        await pilot.pause()
+        await idle(pilot, app)
         log = app.query_one("#log", RequestLog)
         assert log.row_count == len(RECORDS)
         first = [str(cell) for cell in log.get_row_at(0)]
@@ -326,7 +336,7 @@ async def test_readable_at_80_by_24(engine: Engine) -> None:
         assert groups.row_count == 4
         for key in ("b", "l", "d"):
             await pilot.press(key)
-            await pilot.pause()
+            await idle(pilot, app)
         assert app.query_one("#tabs", TabbedContent).active == "tab-spend"
 
 
@@ -335,8 +345,7 @@ async def test_database_errors_are_shown_not_raised(tmp_path: Path) -> None:
     app = make_app(engine)
     async with app.run_test(size=(100, 30)) as pilot:
         for _ in range(MAX_WAITS):
-            await app.workers.wait_for_complete()
-            await pilot.pause()
+            await idle(pilot, app)
             if "database unavailable" in text_of(app, "#summary"):
                 break
         assert "database unavailable" in text_of(app, "#summary")
@@ -398,3 +407,15 @@ def test_snapshot_budgets(snap_compare, tmp_path: Path) -> None:  # noqa: ANN001
         await settle(pilot, app)
 
     assert snap_compare(app, terminal_size=(100, 30), run_before=budgets)
+
+
+async def test_an_empty_database_says_so(tmp_path: Path) -> None:
+    engine = make_engine(f"sqlite:///{tmp_path / 'new.db'}")
+    init_db(engine)
+    app = make_app(engine)
+    async with app.run_test(size=(80, 24)) as pilot:
+        await settle(pilot, app)
+        assert "no calls in the last 1h" in text_of(app, "#breadcrumb")
+        assert app.query_one("#no-keys", Static).display
+        assert app.query_one("#groups", SpendTable).row_count == 0
+    engine.dispose()

@@ -64,6 +64,8 @@ class CallContext:
     timed_out: bool = False
     recorded: bool = False
     translator: Any = None  # set by the translation addon for Anthropic/Gemini chat
+    requested_model: str | None = None  # the model as the client named it (`provider/model` included)
+    on_record: list[Callable[[UsageCreate], None]] = field(default_factory=list)  # run once the call is recorded
     extra: dict[str, Any] = field(default_factory=dict)
 
     def mark_first_token(self) -> None:

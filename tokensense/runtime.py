@@ -10,6 +10,7 @@ from sqlalchemy.engine import Engine
 
 from tokensense.config import FileConfig, load_config
 from tokensense.keystore import KeyStore
+from tokensense.limits import CounterStore, make_counters
 from tokensense.pricing import PriceBook
 from tokensense.recorder import UsageRecorder
 from tokensense.settings import Settings, get_settings
@@ -27,6 +28,7 @@ class Runtime:
         self.prices = PriceBook()
         self.keys: KeyStore | None = None
         self.recorder: UsageRecorder | None = None
+        self.counters: CounterStore | None = None
         self.started = False
         self._lock = threading.Lock()
 
@@ -49,7 +51,17 @@ class Runtime:
             self.keys = KeyStore(self._engine, self.settings)
             self.keys.start()
             self.recorder = UsageRecorder(self._engine, interval=self.settings.flush_interval)
+            self.counters = make_counters(self.settings.redis_url)
             self.started = True
+
+    def spent_since(self, key_id: str, since):  # noqa: ANN001, ANN201 - datetime | None -> float
+        """What the key spent in the window, from the database (blocking: call from a thread)."""
+        from sqlmodel import Session
+
+        from tokensense.storage.repo import spent_since
+
+        with Session(self.engine) as session:
+            return spent_since(session=session, key_id=key_id, since=since)
 
     def database_ok(self) -> bool:
         """A cheap round trip to the database (blocking: call from a thread)."""
@@ -66,3 +78,8 @@ class Runtime:
             self.recorder.close()
         if self.keys:
             self.keys.stop()
+
+    async def aclose(self) -> None:
+        self.close()
+        if self.counters is not None:
+            await self.counters.close()

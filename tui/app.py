@@ -12,7 +12,7 @@ from sqlalchemy import Engine
 from sqlalchemy.exc import SQLAlchemyError
 from sqlmodel import Session
 from textual import on, work
-from textual.app import App, ComposeResult
+from textual.app import App, ComposeResult, ScreenStackError
 from textual.binding import Binding
 from textual.containers import Horizontal, Vertical, VerticalScroll
 from textual.content import Content
@@ -190,10 +190,20 @@ class DashboardApp(App[None]):
             filters = tuple(zip(DRILL_PATH, self.drill))
         else:
             by, filters = self.grouping, ()
-        width = self.query_one("#spark", Sparkline).size.width
+        sparks = self.query("#spark")
+        width = sparks.first().size.width if sparks else 0
         return DashboardQuery(window=self.window, group_by=by, filters=filters, buckets=max(width, 10) if width else 60)
 
+    def _widgets_present(self) -> bool:
+        """False while the app shuts down: its widgets are gone, late ticks and messages remain."""
+        try:
+            return bool(self.query("#spark"))
+        except ScreenStackError:
+            return False
+
     def _poll_tick(self) -> None:
+        if not self._widgets_present():
+            return
         # On a big database a full refresh can take a good part of a second: leave
         # the worker idle at least as long as the last one took, so a busy gateway
         # does not keep the dashboard querying back to back.
@@ -238,6 +248,8 @@ class DashboardApp(App[None]):
     @on(DashboardRefreshed)
     def _show_snapshot(self, message: DashboardRefreshed) -> None:
         snapshot = message.snapshot
+        if not self._widgets_present():
+            return
         if snapshot.query != self.current_query():
             return  # the view changed while this poll ran; a newer one is on its way
         self.snapshot = snapshot
@@ -248,6 +260,7 @@ class DashboardApp(App[None]):
             self._database_error = None
             self.notify("The database answers again.", title="Database")
         self._show_summary(snapshot)
+        self._show_breadcrumb()
         self._show_sparkline(snapshot)
         self.query_one("#groups", SpendTable).show_groups(snapshot.groups, field=snapshot.query.group_by)
         self._show_budgets(snapshot)
@@ -255,6 +268,8 @@ class DashboardApp(App[None]):
 
     @on(DatabaseUnavailable)
     def _show_database_error(self, message: DatabaseUnavailable) -> None:
+        if not self._widgets_present():
+            return
         if message.error != self._database_error:
             self.notify(
                 f"{message.error}\nCheck that the database is up; the dashboard keeps retrying.",
@@ -313,17 +328,20 @@ class DashboardApp(App[None]):
 
     def _show_breadcrumb(self) -> None:
         crumb = self.query_one("#breadcrumb", Static)
+        parts: list[Content | str] = []
         if self.grouping != "workflow":
-            crumb.update(Content.from_markup("[dim]all $what[/]", what=PLURALS[self.grouping]))
-            return
-        parts: list[Content | str] = [Content.from_markup("[dim]all workflows[/]")]
-        for field, value in zip(DRILL_PATH, self.drill):
-            parts.append(Content.from_markup(" [dim]›[/] "))
-            shown = "(none)" if value is None else value
-            parts.append(Content.from_markup("[b]$value[/]", value=shown))
-        level = DRILL_PATH[len(self.drill)]
-        if self.drill:
-            parts.append(Content.from_markup(" [dim]› $what[/]", what=PLURALS[level]))
+            parts.append(Content.from_markup("[dim]all $what[/]", what=PLURALS[self.grouping]))
+        else:
+            parts.append(Content.from_markup("[dim]all workflows[/]"))
+            for value in self.drill:
+                shown = "(none)" if value is None else value
+                parts.append(Content.from_markup(" [dim]›[/] [b]$value[/]", value=shown))
+            if self.drill:
+                parts.append(Content.from_markup(" [dim]› $what[/]", what=PLURALS[DRILL_PATH[len(self.drill)]]))
+        snapshot = self.snapshot
+        if snapshot is not None and not snapshot.groups and snapshot.query == self.current_query():
+            window = "ever" if self.window == "all" else f"in the last {self.window}"
+            parts.append(Content.from_markup("  [i $text-warning]no calls $window[/]", window=window))
         crumb.update(Content.assemble(*parts))
 
     # View changes

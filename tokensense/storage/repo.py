@@ -405,3 +405,11 @@ def query_usage(
         )
     return results
 
+
+
+def spent_since(*, session: Session, key_id: str, since: datetime | None) -> float:
+    """What a key has spent (USD) since `since` (None: ever), summed in SQL."""
+    statement = select(func.coalesce(func.sum(Usage.cost_usd), 0.0)).where(Usage.key_id == key_id)
+    if since is not None:
+        statement = statement.where(Usage.created_at >= since)
+    return float(session.exec(statement).one())

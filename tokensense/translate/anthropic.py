@@ -32,8 +32,13 @@ Mapping decisions (each one is a 400 `TranslationError` where noted):
 - `parallel_tool_calls: false` → `tool_choice.disable_parallel_tool_use: true`.
 - `user` / `safety_identifier` → `metadata.user_id` (safety_identifier wins).
 - `service_tier`: auto → auto, default → standard_only; others are a 400.
-- `temperature` is passed unchanged: Anthropic's range is 0–1 and it answers
-  400 above 1 rather than us rescaling a value the client chose.
+- `temperature`, `top_p` (and `top_k` from extra_body) are passed unchanged
+  to models before Claude 4.7 (Anthropic's temperature range is 0–1: it
+  answers 400 above 1 rather than us rescaling the client's value; the
+  installed SDK, pinned to API version 2026-10-21, no longer sends them, so the
+  gateway must call older models with an API version that accepts them).
+  Claude 4.7 and later reject sampling parameters: a 400 here. temperature=1
+  and top_p=1 are OpenAI's defaults and are not sent at all.
 - `n` > 1, `seed`, penalties, `logprobs`, `logit_bias`, `verbosity`, audio,
   `prediction`, `web_search_options`, legacy `functions`, message `name`,
   non-function tools and any parameter not listed here: 400 naming it.
@@ -107,6 +112,7 @@ _ERROR_TYPES_BY_STATUS = {
     504: "timeout_error",
     529: "overloaded_error",
 }
+_SAMPLING_DEFAULTS = {"temperature": 1, "top_p": 1}
 _MODEL_VERSION = re.compile(r"^claude-(?:[a-z]+-)?(?P<major>\d+)(?:-(?P<minor>\d{1,2}))?(?=[-@]|$)")
 _THINKING_STATE = "anthropic_thinking"
 
@@ -125,9 +131,7 @@ def chat_request_to_provider(body: dict) -> dict:
     out: dict = {"model": model, "max_tokens": requested_max or DEFAULT_MAX_TOKENS, "messages": turns}
     if "stream" in body:
         out["stream"] = bool(body["stream"])
-    for key in ("temperature", "top_p", "top_k"):
-        if key in body:
-            out[key] = body[key]
+    _add_sampling(out, body, model)
     if "stop" in body and (stops := oa.stop_sequences(body["stop"])):
         out["stop_sequences"] = stops
 
@@ -149,6 +153,35 @@ def chat_request_to_provider(body: dict) -> dict:
             )
         out["service_tier"] = tier
     return out
+
+
+def _add_sampling(out: dict, body: dict, model: str) -> None:
+    for key in ("temperature", "top_p", "top_k"):
+        if key not in body or body[key] == _SAMPLING_DEFAULTS.get(key):
+            continue  # OpenAI's default (1) is Anthropic's too: sending nothing is the same request
+        if rejects_sampling_params(model):
+            raise TranslationError(
+                f"{key}={body[key]!r} is not supported for {model}: Anthropic rejects sampling parameters "
+                "on Claude 4.7 and later models; remove it",
+                param=key,
+            )
+        out[key] = body[key]
+
+
+def rejects_sampling_params(model: str) -> bool:
+    """Whether `model` answers 400 to any non-default temperature, top_p or top_k (Claude 4.7 and later).
+
+    Names that carry no version are taken to be current models.
+    """
+    version = _model_version(model)
+    return version is None or version >= (4, 7)
+
+
+def _model_version(model: str) -> tuple[int, int] | None:
+    match = _MODEL_VERSION.match(model.rsplit("/", 1)[-1])
+    if not match:
+        return None
+    return int(match["major"]), int(match["minor"] or 0)
 
 
 def _messages(messages: list[dict]) -> tuple[list[dict], list[dict]]:
@@ -321,10 +354,8 @@ def uses_adaptive_thinking(model: str) -> bool:
 
     Names that carry no version are taken to be current models.
     """
-    match = _MODEL_VERSION.match(model.rsplit("/", 1)[-1])
-    if not match:
-        return True
-    return (int(match["major"]), int(match["minor"] or 0)) >= (4, 6)
+    version = _model_version(model)
+    return version is None or version >= (4, 6)
 
 
 def _add_thinking(out: dict, body: dict, model: str, requested_max: int | None) -> None:

@@ -47,14 +47,20 @@ class BudgetBar(Widget):
             return Text()
         width = self.size.width
         name_width = max(8, min(20, width // 4))
+        # A fixed-width right part keeps the bars of all keys the same length.
+        info_width = max(12, min(30, width // 3))
         name = Text(budget.name[:name_width].ljust(name_width) + " ", style="bold", no_wrap=True)
         period = PERIOD_NAMES.get(budget.budget_period, budget.budget_period)
         fraction = budget.fraction
         if fraction is None or budget.budget_usd is None:
-            info = Text(f" {format_cost(budget.spent_usd)} {period}", no_wrap=True)
-            bar_width = max(0, width - name.cell_len - info.cell_len)
-            middle = Text("no budget".center(bar_width)[:bar_width], style=self.get_component_rich_style("budget-bar--none"))
-            return Text.assemble(name, middle, info, no_wrap=True)
+            bar_width = max(0, width - name.cell_len - 6 - info_width)
+            info = f"{format_cost(budget.spent_usd)} {period}"
+            return Text.assemble(
+                name,
+                ("no budget".ljust(bar_width + 6)[: bar_width + 6], self.get_component_rich_style("budget-bar--none")),
+                info[:info_width].ljust(info_width),
+                no_wrap=True,
+            )
 
         if fraction >= 1:
             level = "budget-bar--over"
@@ -62,16 +68,15 @@ class BudgetBar(Widget):
             level = "budget-bar--warning"
         else:
             level = "budget-bar--ok"
-        percent = f"{fraction * 100:4.0f}%"
-        info = Text.assemble(
-            (f" {percent} ", self.get_component_rich_style(level)),
-            f"{format_cost(budget.spent_usd)} / {format_cost(budget.budget_usd)} {period}",
+        style = self.get_component_rich_style(level)
+        info = f"{format_cost(budget.spent_usd)} / {format_cost(budget.budget_usd)} {period}"
+        bar_width = max(0, width - name.cell_len - 6 - info_width)
+        filled = min(bar_width, round(min(fraction, 1.0) * bar_width))
+        return Text.assemble(
+            name,
+            ("━" * filled, style),
+            ("━" * (bar_width - filled), self.get_component_rich_style("budget-bar--track")),
+            (f"{fraction * 100:5.0f}% ", style),
+            info[:info_width].ljust(info_width),
             no_wrap=True,
         )
-        bar_width = max(0, width - name.cell_len - info.cell_len)
-        filled = min(bar_width, round(min(fraction, 1.0) * bar_width))
-        bar = Text.assemble(
-            ("━" * filled, self.get_component_rich_style(level)),
-            ("━" * (bar_width - filled), self.get_component_rich_style("budget-bar--track")),
-        )
-        return Text.assemble(name, bar, info, no_wrap=True)

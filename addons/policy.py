@@ -1,0 +1,121 @@
+"""Enforces each key's policies before a call goes upstream: 403 access, 429 rate limits, 402 budgets."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+from mitmproxy import http
+
+from addons.common import answer_error, get_call
+from addons.routing import BODY
+from tokensense.errors import GatewayError
+from tokensense.limits import RateDecision
+from tokensense.metering import CallContext
+from tokensense.policy import budget_window, check_access, estimate_cost, estimate_usage, limits_for
+from tokensense.runtime import Runtime
+from tokensense.storage.models import UsageCreate
+from tokensense.usage import TokenUsage
+
+log = logging.getLogger(__name__)
+RATE = "tokensense.ratelimit"
+
+
+class Policy:
+    def __init__(self, runtime: Runtime) -> None:
+        self.runtime = runtime
+        self._tasks: set[asyncio.Task] = set()
+
+    async def request(self, flow: http.HTTPFlow) -> None:
+        call = get_call(flow)
+        if flow.response or flow.error or call is None or call.key is None or call.provider is None:
+            return
+        counters = self.runtime.counters
+        assert counters is not None and call.model is not None
+        key = call.key
+        try:
+            check_access(key, call.provider, call.model, call.requested_model)
+        except GatewayError as e:
+            answer_error(flow, call.fmt, e)
+            return
+
+        body = flow.metadata.get(BODY)
+        estimate = estimate_usage(body) if isinstance(body, dict) else TokenUsage()
+        limits = limits_for(key)
+        if limits.rpm is not None or limits.tpm is not None:
+            tokens = estimate.input_tokens + estimate.output_tokens
+            try:
+                decision = await counters.acquire_rate(key.id, call.request_id, limits.rpm, limits.tpm, tokens)
+            except Exception as e:  # counters unavailable (Redis down): serve, and say so in the log
+                log.warning("rate-limit counters unavailable, not enforcing: %s", type(e).__name__)
+            else:
+                flow.metadata[RATE] = decision
+                if not decision.allowed:
+                    limit = f"{decision.rpm} requests" if decision.limited_by == "requests" else f"{decision.tpm} tokens"
+                    answer_error(flow, call.fmt, GatewayError(
+                        429, f"The key `{key.name}` reached its limit of {limit} per minute; "
+                        f"retry after {decision.retry_after:.1f}s.", code="rate_limit_exceeded"),
+                        headers=decision.headers())
+                    return
+                call.on_record.append(lambda record, c=call: self._settle_tokens(c, record))
+
+        if key.budget_usd is not None:
+            window, start, resets_in = budget_window(key.budget_period)
+            amount = estimate_cost(self.runtime.prices, call.provider, call.model, estimate)
+            try:
+                budget = await counters.reserve_budget(
+                    key.id, window, key.budget_usd, amount,
+                    lambda: self.runtime.spent_since(key.id, start), (resets_in or 0) + 3600)
+            except Exception as e:
+                log.warning("budget counters unavailable, not enforcing: %s", type(e).__name__)
+                return
+            if not budget.allowed:
+                period = {"daily": "for today", "monthly": "for this month"}.get(key.budget_period, "in total")
+                answer_error(flow, call.fmt, GatewayError(
+                    402, f"The key `{key.name}` has spent its budget of ${key.budget_usd:g} {period} "
+                    f"(${budget.spent:.6f} spent).", code="budget_exceeded"), headers=_rate_headers(flow))
+                return
+            call.on_record.append(lambda record, c=call, w=window, a=amount: self._settle_budget(c, w, a, record))
+
+    def responseheaders(self, flow: http.HTTPFlow) -> None:
+        if flow.response is not None:
+            flow.response.headers.update(_rate_headers(flow))
+
+    def response(self, flow: http.HTTPFlow) -> None:
+        # Answers TokenSense made itself (4xx before forwarding) get the headers here.
+        if flow.response is not None and RATE in flow.metadata and \
+                "x-ratelimit-limit-requests" not in flow.response.headers and \
+                "x-ratelimit-limit-tokens" not in flow.response.headers:
+            flow.response.headers.update(_rate_headers(flow))
+
+    def _settle_tokens(self, call: CallContext, record: UsageCreate) -> None:
+        assert call.key is not None and self.runtime.counters is not None
+        self._spawn(self.runtime.counters.settle_tokens(call.key.id, call.request_id,
+                                                        record.input_tokens + record.output_tokens))
+
+    def _settle_budget(self, call: CallContext, window: str, reserved: float, record: UsageCreate) -> None:
+        assert call.key is not None and self.runtime.counters is not None
+        self._spawn(self.runtime.counters.settle_budget(call.key.id, window, reserved, record.cost_usd))
+
+    def _spawn(self, coro) -> None:  # noqa: ANN001
+        task = asyncio.get_running_loop().create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._done)
+
+    def _done(self, task: asyncio.Task) -> None:
+        self._tasks.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            log.warning("settling counters failed: %s", type(task.exception()).__name__)
+
+    async def done(self) -> None:
+        if self._tasks:
+            await asyncio.wait(list(self._tasks), timeout=5)
+
+
+def _rate_headers(flow: http.HTTPFlow) -> dict[str, str]:
+    decision: RateDecision | None = flow.metadata.get(RATE)
+    if decision is None:
+        return {}
+    headers = decision.headers()
+    headers.pop("retry-after", None) if decision.allowed else None
+    return headers
