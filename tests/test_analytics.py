@@ -2,27 +2,62 @@
 
 from __future__ import annotations
 
+import os
+import uuid
 from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta, timezone
 
 import pytest
+from sqlalchemy import Engine
 from sqlalchemy.pool import StaticPool
 from sqlmodel import Session, SQLModel, create_engine
 
 from tokensense import analytics
 from tokensense.analytics import DashboardQuery, GroupRow, Totals
+from tokensense.storage.db import normalize_database_url
 from tokensense.storage.models import ApiKey, Usage
 
 NOW = datetime(2025, 6, 15, 12, 0, tzinfo=UTC)
 
 
-@pytest.fixture
-def session() -> Iterator[Session]:
+@contextmanager
+def _sqlite_engine() -> Iterator[Engine]:
     engine = create_engine("sqlite://", poolclass=StaticPool, connect_args={"check_same_thread": False})
-    SQLModel.metadata.create_all(engine)
-    with Session(engine) as session:
-        yield session
-    engine.dispose()
+    try:
+        yield engine
+    finally:
+        engine.dispose()
+
+
+@contextmanager
+def _postgres_engine() -> Iterator[Engine]:
+    """An engine on a throwaway schema of the server in TOKENSENSE_TEST_POSTGRES_URL."""
+    url = os.environ.get("TOKENSENSE_TEST_POSTGRES_URL")
+    if not url:
+        pytest.skip("set TOKENSENSE_TEST_POSTGRES_URL to run the analytics tests on PostgreSQL")
+    schema = f"test_analytics_{uuid.uuid4().hex[:12]}"
+    admin = create_engine(normalize_database_url(url))
+    with admin.begin() as connection:
+        connection.exec_driver_sql(f"CREATE SCHEMA {schema}")
+    engine = create_engine(normalize_database_url(url), connect_args={"options": f"-csearch_path={schema}"})
+    try:
+        yield engine
+    finally:
+        engine.dispose()
+        with admin.begin() as connection:
+            connection.exec_driver_sql(f"DROP SCHEMA {schema} CASCADE")
+        admin.dispose()
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
+def session(request: pytest.FixtureRequest) -> Iterator[Session]:
+    """Every test runs on in-memory SQLite, and on PostgreSQL when one is configured."""
+    backend = _sqlite_engine if request.param == "sqlite" else _postgres_engine
+    with backend() as engine:
+        SQLModel.metadata.create_all(engine)
+        with Session(engine) as session:
+            yield session
 
 
 def add(session: Session, *, ago: timedelta, **fields: object) -> Usage:

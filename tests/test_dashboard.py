@@ -366,6 +366,18 @@ def test_run_refuses_an_unknown_window(capsys: pytest.CaptureFixture[str]) -> No
     assert "unknown window '2h'" in capsys.readouterr().err
 
 
+async def test_an_empty_database_says_so(tmp_path: Path) -> None:
+    engine = make_engine(f"sqlite:///{tmp_path / 'new.db'}")
+    init_db(engine)
+    app = make_app(engine)
+    async with app.run_test(size=(80, 24)) as pilot:
+        await settle(pilot, app)
+        assert "no calls in the last 1h" in text_of(app, "#breadcrumb")
+        assert app.query_one("#no-keys", Static).display
+        assert app.query_one("#groups", SpendTable).row_count == 0
+    engine.dispose()
+
+
 # Snapshots: fixed data, frozen clock, fixed terminal size.
 
 
@@ -408,14 +420,3 @@ def test_snapshot_budgets(snap_compare, tmp_path: Path) -> None:  # noqa: ANN001
 
     assert snap_compare(app, terminal_size=(100, 30), run_before=budgets)
 
-
-async def test_an_empty_database_says_so(tmp_path: Path) -> None:
-    engine = make_engine(f"sqlite:///{tmp_path / 'new.db'}")
-    init_db(engine)
-    app = make_app(engine)
-    async with app.run_test(size=(80, 24)) as pilot:
-        await settle(pilot, app)
-        assert "no calls in the last 1h" in text_of(app, "#breadcrumb")
-        assert app.query_one("#no-keys", Static).display
-        assert app.query_one("#groups", SpendTable).row_count == 0
-    engine.dispose()

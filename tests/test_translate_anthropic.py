@@ -7,16 +7,15 @@ import copy
 import json
 import types
 import typing
-
-import typing_extensions
 from pathlib import Path
 from typing import Any
 
 import anthropic
-import httpx2 as httpx
+import httpx2 as httpx  # the installed anthropic and openai SDKs are built on httpx2
 import openai
 import pydantic
 import pytest
+import typing_extensions
 from anthropic.types import message_create_params
 from openai.lib.streaming.chat import ChatCompletionStreamState
 from openai.types.chat import ChatCompletion, ChatCompletionChunk
@@ -840,3 +839,16 @@ def test_error_from_provider(status: int, body: bytes, type_: str, code: str, me
     assert (error["error"]["type"], error["error"]["code"]) == (type_, code)
     assert message in error["error"]["message"]
     openai.types.ErrorObject.model_validate(error["error"])
+
+
+def test_translation_error_body() -> None:
+    with pytest.raises(TranslationError) as raised:
+        tr.chat_request_to_provider(openai_request(n=2))
+    assert raised.value.openai_error() == {
+        "error": {
+            "message": "n=2 is not supported for Anthropic models; remove it from the request",
+            "type": "invalid_request_error",
+            "param": "n",
+            "code": "unsupported_parameter",
+        }
+    }

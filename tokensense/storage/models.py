@@ -5,7 +5,7 @@ from __future__ import annotations
 import uuid
 from datetime import UTC, datetime
 
-from sqlalchemy import JSON, Column
+from sqlalchemy import JSON, Column, Index
 from sqlmodel import Field, SQLModel
 
 
@@ -40,6 +40,7 @@ class ApiKey(ApiKeyBase, table=True):
     key_prefix: str  # first characters, for display only
     created_at: datetime = Field(default_factory=utcnow)
     revoked_at: datetime | None = None
+    updated_at: datetime | None = None  # when its limits were last changed; None if never
 
 
 class ProviderCredential(SQLModel, table=True):
@@ -89,6 +90,11 @@ class Usage(UsageBase, table=True):
     """One call through TokenSense: who made it, what it used, what it cost."""
 
     __tablename__ = "usage"
+    # Each schema change here needs a migration in tokensense/migrations/versions (docs/migrations.md).
+    __table_args__ = (
+        Index("ix_usage_key_id_created_at", "key_id", "created_at"),  # a key's spend in its budget period
+        Index("ix_usage_created_at_workflow", "created_at", "workflow"),  # the dashboard's windows by workflow
+    )
 
     id: int | None = Field(default=None, primary_key=True)
     created_at: datetime = Field(default_factory=utcnow, index=True)

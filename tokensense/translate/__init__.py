@@ -12,13 +12,15 @@ class TranslationError(ValueError):
     """A request that cannot be expressed in the provider's format: the gateway answers 400.
 
     `param` names the offending request field the way OpenAI does in its own 400s
-    (`"n"`, `"messages[2].content[1].type"`), or is None when no single field is at fault.
+    (`"n"`, `"messages[2].content[1].type"`), or is None when no single field is at fault;
+    `code` is OpenAI's `unsupported_parameter` for a field the provider has no place for.
     """
 
-    def __init__(self, message: str, *, param: str | None = None) -> None:
+    def __init__(self, message: str, *, param: str | None = None, code: str | None = None) -> None:
         super().__init__(message)
         self.message = message
         self.param = param
+        self.code = code
 
     def openai_error(self) -> dict:
         """The OpenAI error body for this failure (the gateway sends it with status 400)."""
@@ -27,6 +29,6 @@ class TranslationError(ValueError):
                 "message": self.message,
                 "type": "invalid_request_error",
                 "param": self.param,
-                "code": "unsupported_parameter" if self.param else None,
+                "code": self.code,
             }
         }

@@ -236,7 +236,7 @@ def _image_part(url: str, param: str) -> dict:
             raise TranslationError(f"{param}.image_url.url is not a base64 data URL", param=f"{param}.image_url.url")
         mime, data = parsed
         return {"inlineData": {"mimeType": "image/jpeg" if mime == "image/jpg" else mime, "data": data}}
-    if url.startswith(("https://", "http://", "gs://")):
+    if url.startswith(("https://", "http://")):
         return {"fileData": {"mimeType": oa.guess_mime_type(url, "image/jpeg"), "fileUri": url}}
     raise TranslationError(f"{param}.image_url.url must be an http(s) or data URL", param=f"{param}.image_url.url")
 

@@ -81,7 +81,11 @@ def reject_unmapped(body: dict, handled: set[str] | frozenset[str], provider: st
         if key in _OPENAI_DEFAULTS and value == _OPENAI_DEFAULTS[key]:
             continue
         shown = f"{key}={value!r}" if isinstance(value, (int, float, str, bool)) else f"'{key}'"
-        raise TranslationError(f"{shown} is not supported for {provider} models; remove it from the request", param=key)
+        raise TranslationError(
+            f"{shown} is not supported for {provider} models; remove it from the request",
+            param=key,
+            code="unsupported_parameter",
+        )
 
 
 def require_model(body: dict) -> str:
@@ -109,6 +113,7 @@ def reject_message_fields(message: dict, i: int, allowed: set[str], provider: st
         raise TranslationError(
             f"messages[{i}].{key} is not supported for {provider} models; remove it from the message",
             param=f"messages[{i}].{key}",
+            code="unsupported_parameter",
         )
 
 
