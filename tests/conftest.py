@@ -131,7 +131,8 @@ class Gateway:
         return self.log_path.read_text(errors="replace")
 
 
-def start_gateway(tmp: Path, fake: FakeProvider, *, extra_env: dict[str, str | None] | None = None) -> Gateway:
+def start_gateway(tmp: Path, fake: FakeProvider, *, extra_env: dict[str, str | None] | None = None,
+                  key_name: str = "e2e") -> Gateway:
     home = tmp / "home"
     env = clean_env()
     env["TOKENSENSE_HOME"] = str(home)
@@ -148,7 +149,7 @@ def start_gateway(tmp: Path, fake: FakeProvider, *, extra_env: dict[str, str | N
             env[name] = value
     pre = Gateway(url="", home=home, env=env, process=None, key="", fake=fake, log_path=tmp / "gateway.log")  # type: ignore[arg-type]
     pre.cli("providers", "set", "anthropic", "--api-key", STORED_ANTHROPIC_KEY)
-    created = json.loads(pre.cli("keys", "create", "e2e", "--project", "proj-default", "--json").stdout)
+    created = json.loads(pre.cli("keys", "create", key_name, "--project", "proj-default", "--json").stdout)
     port = free_port()
     log_path = tmp / "gateway.log"
     log = log_path.open("w")

@@ -32,7 +32,6 @@ from tokensense.analytics import (
 from tui.formatting import format_cost, format_count, format_span, format_tokens
 from tui.messages import DashboardRefreshed, DatabaseUnavailable
 from tui.widgets import BudgetBar, ChoiceStrip, RequestLog, SpendTable
-from tui.widgets.spend_table import FIELD_TITLES
 
 GROUPINGS: tuple[tuple[str, str, str], ...] = (
     # (usage field, text in the strip, key)
@@ -427,14 +426,16 @@ def run(args: argparse.Namespace) -> int:
         engine = make_engine(url)
         init_db(engine)
     except SQLAlchemyError as error:
+        reason = str(error).splitlines()[0]
         print(
-            f"tokensense dashboard: cannot open the database {display_url(url)}: {error}\n"
+            f"tokensense dashboard: cannot open the database {display_url(url)}: {reason}\n"
             "Check TOKENSENSE_DATABASE_URL (or --database-url) and that the server is running.",
             file=sys.stderr,
         )
         return 1
+    app = DashboardApp(engine, window=window)
     try:
-        DashboardApp(engine, window=window).run()
+        app.run()
     finally:
         engine.dispose()
-    return 0
+    return app.return_code or 0

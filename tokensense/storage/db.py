@@ -6,9 +6,8 @@ import os
 import threading
 from pathlib import Path
 
-from sqlalchemy import Engine, event
+from sqlalchemy import Engine, event, inspect, text
 from sqlalchemy.engine import URL, make_url
-from sqlalchemy.exc import IntegrityError, ProgrammingError
 from sqlalchemy.pool import StaticPool
 from sqlmodel import SQLModel, create_engine
 
@@ -16,6 +15,7 @@ from tokensense.settings import get_settings
 from tokensense.storage import models  # noqa: F401  (registers the tables on SQLModel.metadata)
 
 SQLITE_BUSY_TIMEOUT_MS = 5000
+VERSION_TABLE = "alembic_version"  # where Alembic records the schema revision
 
 _engine: Engine | None = None
 _engine_lock = threading.Lock()
@@ -89,14 +89,43 @@ def make_engine(url: str | None = None, *, echo: bool = False) -> Engine:
     return create_engine(parsed, echo=echo, pool_pre_ping=True)
 
 
+def is_in_memory(engine: Engine) -> bool:
+    """Whether `engine` is an in-memory SQLite database (`sqlite://`, as the unit tests use)."""
+    url = engine.url
+    if url.get_backend_name() != "sqlite":
+        return False
+    database = url.database or ""
+    return database in ("", ":memory:") or "mode=memory" in database or url.query.get("mode") == "memory"
+
+
+def schema_is_current(engine: Engine) -> bool:
+    """Whether the database records the newest schema revision (one or two quick queries, no Alembic)."""
+    from tokensense.migrations import head_revision
+
+    with engine.connect() as connection:
+        if not inspect(connection).has_table(VERSION_TABLE):
+            return False
+        versions = connection.execute(text(f"SELECT version_num FROM {VERSION_TABLE}")).scalars().all()
+    return versions == [head_revision()]
+
+
 def init_db(engine: Engine) -> None:
-    """Create the tables that do not exist yet."""
-    try:
+    """Bring the database schema to the newest revision (Alembic migrations; see docs/migrations.md).
+
+    At the newest revision already, this is one check. Otherwise the migrations run
+    under a lock, so instances starting together upgrade once: an empty database gets
+    every revision; one that `create_all` made before TokenSense had migrations is
+    stamped with the revision it matches, then upgraded. In-memory SQLite (tests)
+    gets its tables directly.
+    """
+    if is_in_memory(engine):
         SQLModel.metadata.create_all(engine)
-    except (IntegrityError, ProgrammingError):
-        # Another instance created the same tables between our check and our
-        # CREATE (PostgreSQL reports that as a duplicate); the second pass sees them.
-        SQLModel.metadata.create_all(engine)
+        return
+    if schema_is_current(engine):
+        return
+    from tokensense.storage.migrate import upgrade_database
+
+    upgrade_database(engine)
 
 
 def get_engine() -> Engine:

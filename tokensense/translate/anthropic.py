@@ -519,10 +519,13 @@ class ChatStreamTranslator:
             out = [self._chunks.tool_call_start(call_index=call_index, call_id=call_id, name=block["name"])]
             if block.get("input"):
                 state.arguments_sent = True
-                out.append(self._chunks.tool_call_arguments(call_index=call_index, fragment=oa.arguments_json(block["input"])))
+                fragment = oa.arguments_json(block["input"])
+                out.append(self._chunks.tool_call_arguments(call_index=call_index, fragment=fragment))
             return out
         if kind == "thinking":
-            self._blocks[index] = _Block("thinking", thinking=[block.get("thinking") or ""], signature=block.get("signature") or "")
+            self._blocks[index] = _Block(
+                "thinking", thinking=[block.get("thinking") or ""], signature=block.get("signature") or ""
+            )
         elif kind == "redacted_thinking":
             self._thinking.append(_thinking_block(block))
         return []
@@ -550,7 +553,8 @@ class ChatStreamTranslator:
             # A call without arguments streams no input_json_delta; the unstreamed answer says "{}".
             return [self._chunks.tool_call_arguments(call_index=block.call_index, fragment="{}")]
         if block.kind == "thinking":
-            self._thinking.append({"type": "thinking", "thinking": "".join(block.thinking), "signature": block.signature})
+            thinking = {"type": "thinking", "thinking": "".join(block.thinking), "signature": block.signature}
+            self._thinking.append(thinking)
         return []
 
     def _usage_chunk(self) -> list[dict]:

@@ -17,7 +17,7 @@ Mapping decisions (each one is a 400 `TranslationError` where noted):
   same streamed or not. A Gemini-given id is used as is. Thought signatures
   (required back with the calls of the turn in progress on Gemini 3) travel
   inside the tool-call id (`openai_format.encode_tool_call_id`) and return on
-  the same `functionCall` part; a `extra_content.google.thought_signature` on
+  the same `functionCall` part; an `extra_content.google.thought_signature` on
   a tool call (what Google's own OpenAI endpoint emits) is honoured too.
   Signatures on text parts are optional for Gemini and are not kept.
 - Images: data URLs → `inlineData`; http(s) URLs → `fileData` with a mime type
@@ -143,7 +143,10 @@ _ID_STATE = "gemini_id"
 
 
 def chat_request_to_provider(body: dict) -> dict:
-    """An OpenAI chat-completions request body as a Gemini GenerateContentRequest body (model and stream go in the URL)."""
+    """An OpenAI chat-completions request body as a Gemini GenerateContentRequest body.
+
+    The model and streaming go in the URL, which the gateway builds.
+    """
     body = oa.present(body)
     oa.reject_unmapped(body, _HANDLED_PARAMS, PROVIDER)
     model = oa.require_model(body)
@@ -533,6 +536,8 @@ def error_from_provider(status: int, body: bytes) -> dict:
 def _openai_error(error: dict, *, status: int | None) -> dict:
     status_name = error.get("status")
     code = error.get("code") if isinstance(error.get("code"), int) else status
-    error_type = _ERROR_TYPES_BY_STATUS_NAME.get(status_name or "") or _ERROR_TYPES_BY_STATUS.get(code or 500, "api_error")
+    error_type = _ERROR_TYPES_BY_STATUS_NAME.get(status_name or "") or _ERROR_TYPES_BY_STATUS.get(
+        code or 500, "api_error"
+    )
     message = error.get("message") or f"Gemini answered with {status_name or code}"
     return oa.error(message, type=error_type, code=status_name)

@@ -1,4 +1,4 @@
-"""OpenAI chat-completions pieces shared by the provider translators: reading requests, building answers, chunks and usage."""
+"""OpenAI chat-completions pieces the provider translators share: reading requests, building answers and chunks."""
 
 from __future__ import annotations
 
@@ -375,7 +375,9 @@ def assistant_tool_calls(message: dict, i: int, provider: str) -> list[Assistant
     for j, call in enumerate(calls):
         param = f"messages[{i}].tool_calls[{j}]"
         if not isinstance(call, dict) or call.get("type", "function") != "function":
-            raise TranslationError(f"{param}: only function tool calls can be translated for {provider} models", param=f"{param}.type")
+            raise TranslationError(
+                f"{param}: only function tool calls can be translated for {provider} models", param=f"{param}.type"
+            )
         call_id = call.get("id")
         function = call.get("function") or {}
         name = function.get("name")
