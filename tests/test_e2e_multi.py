@@ -39,7 +39,7 @@ def _require_services() -> None:
     except Exception as e:
         pytest.skip(f"Redis at {REDIS_URL} is not reachable ({type(e).__name__}: {e})")
     if shutil.which("nginx") is None:
-        pytest.skip("nginx is not installed (apt-get install nginx-light); .ci/run installs it")
+        pytest.skip("nginx is not installed (apt-get install nginx); .ci/run installs it")
 
 
 @dataclass
