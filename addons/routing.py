@@ -84,10 +84,12 @@ class Router:
                 changed = True
 
         if translated:
+            # The translation addon rewrites and sends it.
             flow.metadata[TRANSLATED] = body
             call.client_wants_usage = isinstance(body.get("stream_options"), dict) and \
                 body["stream_options"].get("include_usage") is True
-        elif changed:
+            return
+        if changed:
             req.content = json.dumps(body, separators=(",", ":")).encode()
 
         upstream_path = "/v1" + path if endpoint in (Endpoint.CHAT, Endpoint.EMBEDDINGS) and \

@@ -7,6 +7,7 @@ from addons.lifecycle import Lifecycle
 from addons.metering import Metering
 from addons.policy import Policy
 from addons.routing import Router
+from addons.translation import Translation
 from addons.upstream_errors import UpstreamErrors
 from tokensense.runtime import Runtime
 
@@ -18,6 +19,7 @@ def build_addons(runtime: Runtime | None = None) -> list[object]:
         Lifecycle(runtime),
         Auth(runtime),
         Router(runtime),
+        Translation(runtime),
         Policy(runtime),
         UpstreamErrors(runtime.settings.upstream_timeout),
         Metering(runtime),

@@ -269,5 +269,7 @@ def token_detail_surcharge(prices: PriceBook, prices_id: str, model: str, usage:
 
 def catalog_media_cost(prices_id: str, model: str, *, characters: int = 0, seconds: float = 0.0) -> float:
     """USD from the genai-prices catalog for characters or audio seconds, for media models not in the table."""
-    cost = _catalog_price(prices_id, model, input_characters=characters, input_audio_seconds=math.ceil(seconds))
+    whole = math.ceil(seconds)  # the catalog counts whole seconds
+    cost = _catalog_price(prices_id, model, input_characters=characters, audio_seconds=whole,
+                          input_audio_seconds=whole)
     return cost or 0.0

@@ -17,7 +17,7 @@ from alembic.autogenerate.api import AutogenContext
 from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 from alembic.script import Script, ScriptDirectory
-from alembic.script.revision import ResolutionError
+from alembic.util import CommandError
 from sqlalchemy import Connection, Engine, create_engine, event, inspect, text
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.pool import NullPool
@@ -138,6 +138,14 @@ def current_revision(bind: Engine | Connection) -> str | None:
     return MigrationContext.configure(bind).get_current_revision()
 
 
+def is_known_revision(revision: str) -> bool:
+    """Whether `revision` is one of the shipped revision scripts."""
+    try:
+        return script_directory().get_revision(revision) is not None
+    except CommandError:
+        return False
+
+
 def upgrade(bind: Engine | Connection, revision: str = "head") -> None:
     """Run the revisions from the database's current one up to `revision`.
 
@@ -198,14 +206,11 @@ def _bring_to_head(connection: Connection) -> tuple[str | None, str]:
                 f"{', '.join(sorted(TOKENSENSE_TABLES - present))}, and no migration history; "
                 "point TokenSense at an empty database or one it created"
             )
-    else:
-        try:
-            script.get_revision(before)
-        except ResolutionError:
-            raise SchemaVersionError(
-                f"the database is at schema revision {before!r}, which TokenSense {__version__} does not know "
-                f"(its newest is {head!r}); a newer TokenSense upgraded it, so run that version or a later one"
-            ) from None
+    elif not is_known_revision(before):
+        raise SchemaVersionError(
+            f"the database is at schema revision {before!r}, which TokenSense {__version__} does not know "
+            f"(its newest is {head!r}); a newer TokenSense upgraded it, so run that version or a later one"
+        )
     upgrade(connection, "head")
     return before, head
 
