@@ -10,7 +10,7 @@ from addons.common import CALL, answer_error, answer_json
 from tokensense.auth import client_key
 from tokensense.crypto import hash_key
 from tokensense.errors import GatewayError, format_for_path
-from tokensense.metering import CallContext
+from tokensense.metering import CallContext, attribution
 from tokensense.routing import Endpoint, classify
 from tokensense.runtime import Runtime
 
@@ -41,6 +41,7 @@ class Auth:
         if not self.runtime.started or self.runtime.keys is None:
             answer_error(flow, route.fmt, GatewayError(503, "TokenSense is starting; retry in a moment."))
             return
+        call.attribution = attribution(req.headers, None)
         key = client_key(req.headers, req.query)
         if not key:
             answer_error(flow, route.fmt, GatewayError(
@@ -59,5 +60,7 @@ class Auth:
                                                        code="revoked_api_key"))
             return
         call.key = info
+        if not call.attribution["project"]:
+            call.attribution["project"] = info.project
 
 

@@ -86,7 +86,7 @@ class Metering:
     def _record(self, call: CallContext, status: int):
         call.recorded = True
         call.status = status
-        record = build_record(call, status=status, prices=self.runtime.prices)
+        record = build_record(call, status=status, prices=self.runtime.prices, media_cost=call.extra.get("media_cost"))
         if self.runtime.recorder is not None:
             self.runtime.recorder.submit(record)
         for callback in call.on_record:

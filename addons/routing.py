@@ -9,7 +9,6 @@ from mitmproxy import http
 from addons.common import answer_error, answer_json, get_call, require_credential, send_upstream
 from tokensense.catalog import list_models
 from tokensense.errors import GatewayError
-from tokensense.metering import attribution
 from tokensense.providers import PROVIDERS
 from tokensense.routing import MEDIA_ENDPOINTS, PASSTHROUGH, Endpoint, parse_json_body, resolve_model
 from tokensense.runtime import Runtime
@@ -59,7 +58,6 @@ class Router:
         adapter, model = resolve_model(requested, self.runtime.prices)
         call.provider, call.model, call.requested_model = adapter, model, requested
         flow.metadata[BODY] = body
-        call.attribution = attribution(req.headers, call.key)
 
         translated = False
         if adapter.name not in PASSTHROUGH.get(endpoint, frozenset()):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from addons.auth import Auth
 from addons.lifecycle import Lifecycle
+from addons.media import Media
 from addons.metering import Metering
 from addons.policy import Policy
 from addons.routing import Router
@@ -19,6 +20,7 @@ def build_addons(runtime: Runtime | None = None) -> list[object]:
         Lifecycle(runtime),
         Auth(runtime),
         Router(runtime),
+        Media(runtime),
         Translation(runtime),
         Policy(runtime),
         UpstreamErrors(runtime.settings.upstream_timeout),

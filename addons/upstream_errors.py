@@ -7,6 +7,12 @@ passes without response headers, cancels that upstream connection; and a
 wrapper around mitmproxy's HTTP/1 server that, for flows TokenSense handles,
 writes a JSON error instead of the HTML page. (HTTP/2 clients still get
 mitmproxy's own error response; the SDKs speak HTTP/1.1.)
+
+The same wrapper drops empty body pieces of a streamed response. A stream
+callable returns `b""` when it has nothing to send yet (half an SSE event, or
+the usage chunk it removes), and mitmproxy's HTTP/1 server would write that
+as a zero-length chunk, `0\r\n\r\n`, which is the end of a chunked body: the
+client would stop reading there and take the rest of the stream for garbage.
 """
 
 from __future__ import annotations
@@ -17,7 +23,7 @@ import logging
 from mitmproxy import ctx, http
 from mitmproxy.proxy import commands
 from mitmproxy.proxy.layers.http import _http1
-from mitmproxy.proxy.layers.http._events import ResponseProtocolError
+from mitmproxy.proxy.layers.http._events import ResponseData, ResponseProtocolError
 
 from addons.common import get_call
 from tokensense.errors import error_bytes
@@ -49,14 +55,21 @@ _original_send = _http1.Http1Server.send
 
 
 def _send(self, event):  # type: ignore[no-untyped-def]
+    # Not a generator itself: the common case hands mitmproxy's own generator back
+    # without wrapping it (the caller does `yield from self.send(event)`).
+    if isinstance(event, ResponseData):
+        return _original_send(self, event) if event.data else ()
     if isinstance(event, ResponseProtocolError) and self.response is None and self.request is not None:
         call = getattr(self.request, _ATTR, None)
         status = event.code.http_status_code()
         if call is not None and status is not None:
-            yield commands.SendData(self.conn, _json_error_response(call, status, event.message))
-            yield commands.CloseConnection(self.conn)
-            return
-    yield from _original_send(self, event)
+            return _send_json_error(self.conn, call, status, event.message)
+    return _original_send(self, event)
+
+
+def _send_json_error(conn, call: CallContext, status: int, message: str):  # type: ignore[no-untyped-def]
+    yield commands.SendData(conn, _json_error_response(call, status, message))
+    yield commands.CloseConnection(conn)
 
 
 def install_error_pages() -> None:

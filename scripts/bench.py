@@ -548,7 +548,13 @@ def _gaps(trace: StreamTrace) -> list[float]:
 
 
 async def _streams(url: str, key: str, model: str, n: int, chunks: int, delay_ms: int) -> list[StreamTrace]:
-    return list(await asyncio.gather(*(_one_stream(url, key, model, chunks, delay_ms) for _ in range(n))))
+    """`n` streams open at once, started `delay_ms / n` apart: their chunks arrive spread evenly."""
+
+    async def staggered(i: int) -> StreamTrace:
+        await asyncio.sleep(i * delay_ms / n / 1000)
+        return await _one_stream(url, key, model, chunks, delay_ms)
+
+    return list(await asyncio.gather(*(staggered(i) for i in range(n))))
 
 
 # -- measuring -----------------------------------------------------------------------------------
@@ -598,6 +604,7 @@ class Progress:
         self.bar = RichProgress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
                                 TimeElapsedColumn(), console=self.console, transient=True)
         self.task = self.bar.add_task("starting", total=total)
+        self.started = time.monotonic()
 
     def __enter__(self) -> Progress:
         self.bar.start()
@@ -610,7 +617,7 @@ class Progress:
         self.bar.update(self.task, description=what)
 
     def done(self, line: str) -> None:
-        self.bar.console.print(line, highlight=False)
+        self.bar.console.print(f"[{time.monotonic() - self.started:5.0f} s] {line}", highlight=False)
         self.bar.advance(self.task)
 
 
@@ -667,6 +674,8 @@ def _run(plan: Plan, args: argparse.Namespace, procs: Processes) -> dict[str, An
         stream_traces: dict[str, list[StreamTrace]] = {"direct": [], "tokensense": []}
         stream_urls = {"direct": setup.fake_url + CHAT_PATH,
                        "tokensense": setup.tokensense_url}
+        for url in stream_urls.values():  # warm-up: the first xAI call looks its model up
+            asyncio.run(_streams(url, setup.key, STREAM_MODEL, 2, 4, plan.chunk_delay_ms))
         for rnd in range(plan.stream_rounds):
             for lane in (("direct", "tokensense") if rnd % 2 == 0 else ("tokensense", "direct")):
                 progress.doing(f"streams {rnd + 1}/{plan.stream_rounds}: {lane}")

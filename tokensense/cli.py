@@ -799,10 +799,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     # demo
     demo = commands.add_parser(
-        "demo", help="send demo traffic through a running gateway",
-        description="Send a stream of demo requests through a gateway on localhost, to watch the dashboard move.",
+        "demo", help="run the gateway with built-in fake providers and send demo traffic",
+        description="Start the gateway and built-in fake providers on localhost and send a steady stream of "
+                    "attributed demo traffic (no provider key needed); watch it with `tokensense dashboard`.",
     )
-    demo.add_argument("--port", type=_port, default=8080, help="the gateway's port (default: 8080)")
+    demo.add_argument("--port", type=_port, default=8080, help="the demo gateway's port (default: 8080)")
     demo.add_argument("--rate", metavar="N", type=_positive_float, default=2.0, help="requests per second (default: 2)")
     demo.add_argument("--duration", metavar="SECONDS", type=_seconds, default=0.0, help="stop after this long (default: 0 = run until Ctrl-C)")
     demo.set_defaults(handler=_cmd_demo)

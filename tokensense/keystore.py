@@ -103,7 +103,7 @@ class KeyStore:
         with Session(self.engine) as session:
             rows = session.exec(select(ApiKey)).all()
             keys = {row.key_hash: KeyInfo.from_row(row) for row in rows}
-            creds_rows = session.exec(select(ProviderCredential)).all()
+            creds_rows = [] if self.settings.ignore_stored_providers else session.exec(select(ProviderCredential)).all()
             stored = [(c.provider, c.encrypted_key, c.base_url) for c in creds_rows]
         credentials: dict[str, Credential] = {}
         for provider, encrypted, base_url in stored:

@@ -556,3 +556,41 @@ def upload_limit_bytes(value: str | float | None) -> int:
     if not math.isfinite(megabytes) or megabytes <= 0:
         raise ValueError(f"TOKENSENSE_MAX_UPLOAD_MB must be more than 0, not {value!r}")
     return int(megabytes * 1024 * 1024)
+
+
+# --- which provider serves which media endpoint ---------------------------------------------
+
+
+class MediaRoute(NamedTuple):
+    kind: str  # "openai_images", "imagen", "fal", "speech", "transcription"
+    upstream_path: str
+
+
+def media_route(endpoint: str, provider: str, model: str, *, declared: bool = False) -> MediaRoute:
+    """Where a media request for `model` of `provider` goes, or a 400 naming the model.
+
+    `endpoint` is the `Endpoint` value. A model declared in config.toml skips
+    the name checks (its provider is taken at its word).
+    """
+    if endpoint == "images.generations":
+        if provider in ("openai", "xai") and (declared or provider == "xai" or
+                                              model.startswith(("dall-e-", "gpt-image-", "chatgpt-image"))):
+            return MediaRoute("openai_images", "/v1/images/generations")
+        if provider == "gemini" and (declared or model.startswith("imagen-")):
+            return MediaRoute("imagen", f"/v1beta/models/{model}:predict")
+        if provider == "fal":
+            return MediaRoute("fal", f"/{model}")
+    elif endpoint == "audio.speech":
+        if provider == "openai" and (declared or model.startswith("tts-") or "-tts" in model):
+            return MediaRoute("speech", "/v1/audio/speech")
+    elif endpoint == "audio.transcriptions":
+        if provider == "mistral" or (provider == "openai" and (declared or model.startswith("whisper-")
+                                                               or "transcribe" in model)):
+            return MediaRoute("transcription", "/v1/audio/transcriptions")
+    served = {
+        "images.generations": "OpenAI dall-e-*/gpt-image-*, Google imagen-* and fal-ai/* models",
+        "audio.speech": "OpenAI tts-* and gpt-4o-mini-tts models",
+        "audio.transcriptions": "OpenAI whisper-* and gpt-4o-*transcribe models (and Mistral's)",
+    }.get(endpoint, "no models")
+    raise GatewayError(400, f"The model `{model}` ({provider}) is not served on /v1/{endpoint.replace('.', '/')}: "
+                       f"it takes {served}.", code="unsupported_model_for_endpoint", param="model")

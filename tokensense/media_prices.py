@@ -165,6 +165,7 @@ class MediaPriceTable:
                 update["per_image_by_size"] = {**base.per_image_by_size, **update["per_image_by_size"]}
             self.prices[model] = base.model_copy(update=update)
         self.models = frozenset(self.prices)
+        self.declared = self.models - DEFAULT_MEDIA_PRICES.keys()  # models only config.toml knows
 
     def get(self, model: str) -> MediaPrice | None:
         return self.prices.get(model)

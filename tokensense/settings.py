@@ -26,6 +26,8 @@ class Settings(BaseSettings):
     upstream_timeout: float = 600.0
     flush_interval: float = 0.25
     config_file: Path | None = None
+    # Use only environment provider keys (the demo points them at its fake providers).
+    ignore_stored_providers: bool = False
 
     openai_base_url: str | None = None
     anthropic_base_url: str | None = None

@@ -16,7 +16,7 @@ REVISION_FILE = re.compile(r"^(\d{4})_[a-z0-9_]+\.py$")
 
 
 @functools.cache
-def head_revision() -> str:
+def head_revision(versions_dir: Path = VERSIONS_DIR) -> str:
     """The newest revision id, read from the file names alone (no Alembic import, no module loaded).
 
     Revisions are numbered `0001_...`, `0002_...` in one line of history, and each file
@@ -24,7 +24,7 @@ def head_revision() -> str:
     check made at every start cheap; `tests/test_migrations.py` checks it against
     Alembic's own reading of the scripts.
     """
-    names = sorted(p.name for p in VERSIONS_DIR.iterdir() if REVISION_FILE.match(p.name))
+    names = sorted(p.name for p in versions_dir.iterdir() if REVISION_FILE.match(p.name))
     if not names:
-        raise RuntimeError(f"no migration scripts in {VERSIONS_DIR}")
+        raise RuntimeError(f"no migration scripts in {versions_dir}")
     return names[-1].removesuffix(".py")

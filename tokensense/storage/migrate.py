@@ -45,10 +45,10 @@ class SchemaVersionError(SQLAlchemyError):
 # --- Alembic configuration -----------------------------------------------------
 
 
-def alembic_config(connection: Connection | None = None) -> Config:
-    """An Alembic config for the shipped scripts; `connection` is the one env.py migrates."""
+def alembic_config(connection: Connection | None = None, *, directory: Path = MIGRATIONS_DIR) -> Config:
+    """An Alembic config for the scripts in `directory` (the shipped ones); env.py migrates `connection`."""
     config = Config()
-    config.set_main_option("script_location", str(MIGRATIONS_DIR).replace("%", "%%"))
+    config.set_main_option("script_location", str(directory).replace("%", "%%"))
     config.set_main_option("file_template", "%%(rev)s")  # versions/0002_limits.py holds revision 0002_limits
     config.attributes["connection"] = connection
     return config
@@ -96,6 +96,12 @@ def _sqlite_writer(engine: Engine) -> Engine:
         poolclass=NullPool,
         connect_args={"check_same_thread": False, "timeout": SQLITE_LOCK_TIMEOUT_S, "isolation_level": None},
     )
+
+    @event.listens_for(writer, "connect")
+    def use_wal(dbapi_connection: Any, connection_record: Any) -> None:
+        # As make_engine's connections do. A new file must be WAL before the lock is
+        # taken: switching the journal mode needs a lock that a waiting process cannot get.
+        dbapi_connection.execute("PRAGMA journal_mode=WAL")
 
     @event.listens_for(writer, "begin")
     def begin_immediate(connection: Connection) -> None:
@@ -225,14 +231,14 @@ def revision_id(message: str, *, after: str | None = None) -> str:
     return f"{number:04d}_{slug}"
 
 
-def new_revision(message: str, *, autogenerate: bool = False) -> Path:
-    """Write the next revision script in `tokensense/migrations/versions` and return its path.
+def new_revision(message: str, *, autogenerate: bool = False, directory: Path = MIGRATIONS_DIR) -> Path:
+    """Write the next revision script, `versions/NNNN_<message>.py`, and return its path.
 
     With `autogenerate`, Alembic fills it with what the models have that a database at
     the head revision lacks (it builds that database in a temporary SQLite file). Read
-    it before committing: autogenerate misses renames and server defaults.
+    it before committing: autogenerate misses renames, data changes and server defaults.
     """
-    rev_id = revision_id(message)
+    rev_id = revision_id(message, after=head_revision(directory / "versions"))
     with contextlib.ExitStack() as stack:
         connection = None
         if autogenerate:
@@ -240,10 +246,12 @@ def new_revision(message: str, *, autogenerate: bool = False) -> Path:
             engine = create_engine(f"sqlite:///{folder}/head.db", poolclass=NullPool)
             stack.callback(engine.dispose)
             connection = stack.enter_context(engine.begin())
-            upgrade(connection, "head")
-        made = command.revision(alembic_config(connection), message=message, rev_id=rev_id, autogenerate=autogenerate)
+            command.upgrade(alembic_config(connection, directory=directory), "head")
+        made = command.revision(
+            alembic_config(connection, directory=directory), message=message, rev_id=rev_id, autogenerate=autogenerate
+        )
     head_revision.cache_clear()
     script_directory.cache_clear()
-    scripts = made if isinstance(made, list) else [made]
-    assert scripts and isinstance(scripts[0], Script)
-    return Path(scripts[0].path)
+    script = made[0] if isinstance(made, list) else made
+    assert isinstance(script, Script) and script.path
+    return Path(script.path)

@@ -2,7 +2,7 @@
 
 Revision ID: 0001_initial
 Revises:
-Created: 2025-11-25
+Created: 2026-11-25
 
 Written by hand to match what `SQLModel.metadata.create_all` made before TokenSense
 had migrations, so a database created that way can be stamped with this revision

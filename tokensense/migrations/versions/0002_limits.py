@@ -2,7 +2,7 @@
 
 Revision ID: 0002_limits
 Revises: 0001_initial
-Created: 2025-11-25
+Created: 2026-11-25
 
 `ix_usage_key_id_created_at` serves the budget check (the sum of a key's cost since
 the start of its period); `ix_usage_created_at_workflow` the dashboard's time-window

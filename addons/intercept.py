@@ -1,0 +1,209 @@
+"""Intercept mode: meters calls to provider hosts made through TokenSense as a regular (HTTPS_PROXY) proxy."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+from collections.abc import Sequence
+
+from mitmproxy import ctx, exceptions, http
+from mitmproxy.net.tls import starts_like_tls_record
+from mitmproxy.proxy import layer, layers, server_hooks
+from mitmproxy.proxy.layers.tls import parse_client_hello
+from mitmproxy.proxy.mode_specs import ProxyMode, ReverseMode
+
+from addons.common import CALL, answer_error, get_call
+from addons.routing import BODY
+from tokensense.crypto import hash_key
+from tokensense.errors import GatewayError
+from tokensense.intercept import KEY_HEADER, HostTable, intercepted_call, parse_hostmap, with_stream_usage
+from tokensense.keystore import KeyInfo
+from tokensense.metering import CallContext, attribution
+from tokensense.runtime import Runtime
+
+log = logging.getLogger(__name__)
+
+INTERCEPTED = "intercepted"  # CallContext.extra flag: a call made through the intercept proxy
+_PENDING_KEY = "intercept_key"  # CallContext.extra: the checked TokenSense key, until InterceptKey hands it over
+
+
+def _intercepting(mode: ProxyMode | None) -> bool:
+    """Every mode but the gateway's reverse mode is intercept mode (regular, upstream, socks5, ...)."""
+    return mode is not None and not isinstance(mode, ReverseMode)
+
+
+class Intercept:
+    """Decides which connections of the regular proxy are decrypted, and meters the provider calls in them.
+
+    Runs before Auth. A flow it meters gets a CallContext (so Auth and Router,
+    which serve the gateway, leave it alone) with the client's own provider key
+    left in place. Any other flow of a regular-mode client gets `None` under
+    `tokensense.call`: no TokenSense addon touches it.
+    """
+
+    def __init__(self, runtime: Runtime) -> None:
+        self.runtime = runtime
+        self.hostmap: dict[str, tuple[str, int]] = {}
+        self._table: HostTable | None = None
+        self._table_config: object = None
+
+    def load(self, loader) -> None:  # type: ignore[no-untyped-def]
+        loader.add_option(
+            "tokensense_intercept_require_key", bool, False,
+            f"Intercept mode: refuse provider calls without a TokenSense key in the `{KEY_HEADER}` header "
+            "(removed before forwarding), and apply that key's policies.",
+        )
+        loader.add_option(
+            "tokensense_intercept_hostmap", Sequence[str], [],
+            "Intercept mode, for tests and demos: connect to ADDRESS:PORT whenever a client asks for HOST "
+            "(HOST=ADDRESS:PORT; repeat the option for more hosts). TLS SNI and the Host header stay HOST.",
+        )
+
+    def configure(self, updated: set[str]) -> None:
+        if "tokensense_intercept_hostmap" in updated:
+            try:
+                self.hostmap = parse_hostmap(ctx.options.tokensense_intercept_hostmap)
+            except ValueError as e:
+                raise exceptions.OptionsError(str(e)) from e
+
+    def running(self) -> None:
+        for spec in ctx.options.mode:
+            if not spec.startswith("reverse"):
+                ca = os.path.join(os.path.expanduser(ctx.options.confdir), "mitmproxy-ca-cert.pem")
+                log.info("TokenSense intercept proxy (%s): point HTTPS_PROXY at it; clients must trust %s",
+                         spec, ca)
+
+    def hosts(self) -> HostTable:
+        """The provider host table for the current configuration (rebuilt when config.toml is reloaded)."""
+        config = self.runtime.config
+        if self._table is None or self._table_config is not config:
+            try:
+                self._table = HostTable(config.intercept_hosts)
+            except ValueError as e:
+                log.error("%s; intercepting only the built-in provider hosts", e)
+                self._table = HostTable()
+            self._table_config = config
+        return self._table
+
+    # -- connections -----------------------------------------------------------------
+
+    def next_layer(self, nextlayer: layer.NextLayer) -> None:
+        """A tunnel to a host that is not a provider's is passed through as opaque TLS: never decrypted."""
+        context = nextlayer.context
+        if nextlayer.layer is not None or not _intercepting(context.client.proxy_mode) \
+                or not context.server.address or context.client.tls_established:
+            return
+        names: list[str | None] = [context.server.address[0]]
+        data = nextlayer.data_client()
+        if starts_like_tls_record(data):
+            try:
+                hello = parse_client_hello(data)
+            except ValueError:
+                hello = None
+            names.append(hello.sni if hello else None)  # an incomplete hello: decide on the address alone
+        if not self.hosts().decrypts(names):
+            nextlayer.layer = layers.TCPLayer(context, ignore=True)
+
+    def server_connect(self, data: server_hooks.ServerConnectionHookData) -> None:
+        if not self.hostmap or not _intercepting(data.client.proxy_mode) or not data.server.address:
+            return
+        target = self.hostmap.get(data.server.address[0].lower())
+        if target is not None:
+            data.server.address = target
+
+    # -- requests --------------------------------------------------------------------
+
+    async def request(self, flow: http.HTTPFlow) -> None:
+        if flow.response or flow.error or CALL in flow.metadata or not _intercepting(flow.client_conn.proxy_mode):
+            return
+        req = flow.request
+        adapter = self.hosts().provider(req.pretty_host)
+        if adapter is None:
+            flow.metadata[CALL] = None  # not a provider: leave it alone
+            return
+        presented = req.headers.pop(KEY_HEADER, None)  # never forwarded to the provider
+        body = _json_body(req)
+        call = intercepted_call(adapter, req.method, req.path, body, form_model=_form_model(req, body))
+        if call is None:
+            flow.metadata[CALL] = None  # a provider path TokenSense does not meter (model lists, files, ...)
+            return
+        call.extra[INTERCEPTED] = True
+        flow.metadata[CALL] = call
+        key = None
+        if ctx.options.tokensense_intercept_require_key:
+            key = await self._check_key(flow, call, presented)
+            if key is None:
+                return
+            call.extra[_PENDING_KEY] = key
+        call.attribution = attribution(req.headers, key)
+        new_body, call.client_wants_usage = with_stream_usage(call, body)
+        if new_body is not None:
+            req.content = json.dumps(new_body, separators=(",", ":")).encode()
+        if isinstance(body, dict):
+            flow.metadata[BODY] = new_body or body  # the policy addon estimates tokens from it
+
+    async def _check_key(self, flow: http.HTTPFlow, call: CallContext, presented: str | None) -> KeyInfo | None:
+        """The TokenSense key the intercepted call presents, or None after answering 401/503."""
+        if not self.runtime.started or self.runtime.keys is None:
+            answer_error(flow, call.fmt, GatewayError(503, "TokenSense is starting; retry in a moment."))
+            return None
+        presented = (presented or "").strip()
+        if not presented:
+            answer_error(flow, call.fmt, GatewayError(
+                401, f"This TokenSense proxy requires a TokenSense key: send it in the `{KEY_HEADER}` header "
+                "(your provider key stays in its usual header).", code="missing_api_key"))
+            return None
+        key_hash = hash_key(presented)
+        info = self.runtime.keys.key(key_hash)
+        if info is None:
+            info = await asyncio.to_thread(self.runtime.keys.load_key, key_hash)
+        if info is None:
+            answer_error(flow, call.fmt, GatewayError(401, f"Unknown TokenSense key in `{KEY_HEADER}`.",
+                                                      code="invalid_api_key"))
+            return None
+        if info.revoked:
+            answer_error(flow, call.fmt, GatewayError(401, f"The TokenSense key `{info.name}` has been revoked.",
+                                                      code="revoked_api_key"))
+            return None
+        return info
+
+
+class InterceptKey:
+    """Hands an intercepted call its TokenSense key once the gateway's router is past.
+
+    The router reroutes every call that has a key (to the configured provider
+    with the stored provider key); an intercepted call must keep its own
+    destination and key. Placed after the router and before the policy addon,
+    so the key's policies (access, rate limits, budget) still apply.
+    """
+
+    def request(self, flow: http.HTTPFlow) -> None:
+        call = get_call(flow)
+        if call is None or flow.response or flow.error or call.key is not None:
+            return
+        key = call.extra.pop(_PENDING_KEY, None)
+        if key is not None:
+            call.key = key
+
+
+def _json_body(req: http.Request) -> object:
+    if "json" not in req.headers.get("content-type", "json"):
+        return None
+    try:
+        content = req.content
+        return json.loads(content) if content else None
+    except (ValueError, UnicodeDecodeError):
+        return None
+
+
+def _form_model(req: http.Request, body: object) -> str | None:
+    """The `model` field of a multipart upload (audio transcriptions)."""
+    if body is not None or "multipart/form-data" not in req.headers.get("content-type", ""):
+        return None
+    try:
+        value = req.multipart_form.get(b"model")
+    except ValueError:
+        return None
+    return value.decode("utf-8", "replace") if value else None

@@ -1,0 +1,314 @@
+"""Routes, translates and meters the media endpoints: images (OpenAI, Imagen, fal), speech, transcriptions."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from mitmproxy import ctx, exceptions, http
+
+from addons.common import answer_error, get_call, require_credential, send_upstream
+from tokensense import media
+from tokensense.errors import GatewayError
+from tokensense.media_prices import MediaPriceError, MediaPriceTable, catalog_media_cost, token_detail_surcharge
+from tokensense.metering import CallContext, PassthroughStream, attribution
+from tokensense.providers import ProviderAdapter
+from tokensense.routing import MEDIA_ENDPOINTS, Endpoint, parse_json_body, resolve_model
+from tokensense.runtime import Runtime
+from tokensense.translate.gemini import error_from_provider as gemini_error
+from tokensense.usage import TokenUsage
+
+log = logging.getLogger(__name__)
+
+MEDIA = "tokensense.media"  # flow metadata: what the response hooks need to know about the request
+_MB = 1024 * 1024
+
+
+@dataclass(slots=True)
+class MediaCall:
+    """One media request, as the response hooks need it."""
+
+    kind: str  # see media.MediaRoute
+    size: str | None = None
+    quality: str | None = None
+    characters: int = 0  # speech input
+    audio_format: str = "mp3"  # speech output
+    upload: media.FormFile | None = None  # transcription input (a view into the request body)
+    stream_usage: media.AudioStreamUsage | None = None
+
+
+class _CountingStream:
+    """`flow.response.stream` for binary speech audio: passes every chunk on untouched, counting it."""
+
+    def __init__(self, call: CallContext, meter: media.AudioMeter, on_end: Callable[[], None]) -> None:
+        self.call = call
+        self.meter = meter
+        self.on_end = on_end
+
+    def __call__(self, data: bytes) -> bytes:
+        if data:
+            self.call.mark_first_token()
+            self.meter.feed(data)
+            return data
+        self.on_end()
+        return data
+
+
+class Media:
+    def __init__(self, runtime: Runtime) -> None:
+        self.runtime = runtime
+        self.max_upload_bytes = media.upload_limit_bytes(None)
+        self._prices: MediaPriceTable | None = None
+        self._prices_error: str | None = None
+
+    def load(self, loader) -> None:  # type: ignore[no-untyped-def]
+        default = media.DEFAULT_MAX_UPLOAD_MB
+        try:
+            default = media.upload_limit_bytes(os.environ.get("TOKENSENSE_MAX_UPLOAD_MB")) / _MB
+        except ValueError as e:
+            log.error("%s; using %g MB", e, default)
+        loader.add_option("tokensense_max_upload_mb", float, default,
+                          "Largest audio upload /v1/audio/transcriptions accepts, in MB (env TOKENSENSE_MAX_UPLOAD_MB).")
+
+    def configure(self, updated: set[str]) -> None:
+        if "tokensense_max_upload_mb" in updated:
+            try:
+                self.max_upload_bytes = media.upload_limit_bytes(ctx.options.tokensense_max_upload_mb)
+            except ValueError as e:
+                raise exceptions.OptionsError(str(e)) from e
+
+    def running(self) -> None:
+        self._load_prices()
+
+    @property
+    def prices(self) -> MediaPriceTable:
+        if self._prices is None:
+            self._load_prices()
+        assert self._prices is not None
+        return self._prices
+
+    def _load_prices(self) -> None:
+        try:
+            self._prices = MediaPriceTable(self.runtime.config.media_prices)
+            self._prices_error = None
+        except MediaPriceError as e:
+            self._prices = MediaPriceTable()
+            self._prices_error = f"config.toml: {e}"
+            log.error("%s; media requests are refused until it is fixed", self._prices_error)
+
+    # --- request ------------------------------------------------------------------------------
+
+    def request(self, flow: http.HTTPFlow) -> None:
+        call = get_call(flow)
+        if flow.response or flow.error or call is None or call.key is None \
+                or call.route_endpoint not in MEDIA_ENDPOINTS:
+            return
+        if not call.attribution:
+            call.attribution = attribution(flow.request.headers, call.key)
+        try:
+            self.prices  # noqa: B018 (loads the table: a script reloaded after `running` has none yet)
+            if self._prices_error:
+                raise GatewayError(500, f"TokenSense's media prices are invalid ({self._prices_error}).",
+                                   code="config_error")
+            if call.route_endpoint is Endpoint.TRANSCRIPTIONS:
+                self._transcription(flow, call)
+            else:
+                self._json_request(flow, call)
+        except GatewayError as e:
+            answer_error(flow, call.fmt, e)
+
+    def _resolve(self, call: CallContext, requested: object) -> tuple[ProviderAdapter, str, media.MediaRoute]:
+        adapter, model = resolve_model(requested, self.runtime.prices, media_models=self.prices.models)
+        call.provider, call.model = adapter, model
+        call.requested_model = requested if isinstance(requested, str) else None
+        declared = model in self.runtime.prices.custom or model in self.prices.declared
+        return adapter, model, media.media_route(call.route_endpoint.value, adapter.name, model, declared=declared)
+
+    def _json_request(self, flow: http.HTTPFlow, call: CallContext) -> None:
+        req = flow.request
+        body = parse_json_body(req.raw_content)
+        requested = body.get("model")
+        adapter, model, route = self._resolve(call, requested)
+        state = MediaCall(route.kind, size=_str(body.get("size")), quality=_str(body.get("quality")))
+        call.stream = body.get("stream") is True
+        if route.kind == "imagen":
+            upstream = media.imagen_request(body)
+        elif route.kind == "fal":
+            upstream = media.fal_request(body)
+        else:
+            if route.kind == "openai_images" and adapter.name == "openai":
+                media.check_openai_image_request(model, body)
+            if route.kind == "speech":
+                text = body.get("input")
+                state.characters = len(text) if isinstance(text, str) else 0
+                state.audio_format = _str(body.get("response_format")) or "mp3"
+            upstream = body if requested != model else None
+            if upstream is not None:
+                upstream["model"] = model  # `provider/model` names the provider; the provider wants its own name
+        credential = require_credential(self.runtime, adapter)
+        if upstream is not None:
+            req.content = json.dumps(upstream, separators=(",", ":")).encode()
+            req.headers["content-type"] = "application/json"
+        flow.metadata[MEDIA] = state
+        send_upstream(flow, adapter, credential, route.upstream_path)
+
+    def _transcription(self, flow: http.HTTPFlow, call: CallContext) -> None:
+        req = flow.request
+        raw = req.raw_content or b""
+        if len(raw) > self.max_upload_bytes:
+            raise GatewayError(413, f"The upload is {len(raw) / _MB:.1f} MB; TokenSense accepts audio uploads of up "
+                               f"to {self.max_upload_bytes / _MB:g} MB (TOKENSENSE_MAX_UPLOAD_MB).",
+                               code="request_too_large", param="file")
+        form = media.parse_form(raw, req.headers.get("content-type", ""))
+        requested = form.fields.get("model")
+        adapter, model, route = self._resolve(call, requested)
+        upload = form.files.get("file")
+        if upload is None or not len(upload.data):
+            raise GatewayError(400, "The request has no audio: send it as the multipart `file` part.",
+                               code="missing_parameter", param="file")
+        call.stream = form.fields.get("stream", "").lower() == "true"
+        credential = require_credential(self.runtime, adapter)
+        if requested != model:
+            del upload, form.files["file"]  # release the view into the old body before it is replaced
+            req.content = media.replace_field(raw, form, "model", model)
+            form = media.parse_form(req.raw_content or b"", req.headers.get("content-type", ""))
+            upload = form.files["file"]
+        flow.metadata[MEDIA] = MediaCall(route.kind, upload=upload)
+        send_upstream(flow, adapter, credential, route.upstream_path)
+
+    # --- response -----------------------------------------------------------------------------
+
+    def responseheaders(self, flow: http.HTTPFlow) -> None:
+        state: MediaCall | None = flow.metadata.get(MEDIA)
+        call = get_call(flow)
+        response = flow.response
+        if state is None or call is None or response is None or response.stream \
+                or not 200 <= response.status_code < 300:
+            return
+        if response.headers.get("content-type", "").startswith("text/event-stream"):
+            if state.kind in ("speech", "transcription"):
+                # gpt-4o-mini-tts `stream_format: sse` and transcription `stream: true` report token usage in their
+                # last event; meter it here (not in the metering addon) to add the audio-token price and units.
+                call.stream = True
+                state.stream_usage = media.AudioStreamUsage()
+                call.stream_usage = state.stream_usage
+                response.stream = PassthroughStream(call, state.stream_usage, (b'"usage"',), drop_usage_chunk=False,
+                                                    on_end=lambda: self._finish_audio(call, state))
+            return
+        if state.kind == "speech":
+            call.stream = True
+            meter = media.AudioMeter(state.audio_format)
+            response.stream = _CountingStream(call, meter, lambda: self._finish_speech(call, state, meter))
+
+    def response(self, flow: http.HTTPFlow) -> None:
+        state: MediaCall | None = flow.metadata.get(MEDIA)
+        call = get_call(flow)
+        response = flow.response
+        if state is None or call is None or response is None or call.recorded or response.stream:
+            return
+        try:
+            if state.kind in ("imagen", "fal"):
+                self._translate_images(response, call, state)
+            elif response.status_code < 300 and state.kind == "openai_images":
+                self._meter_openai_images(response, call, state)
+            elif response.status_code < 300 and state.kind == "transcription":
+                self._finish_audio(call, state, content=response.content or b"",
+                                   content_type=response.headers.get("content-type", ""))
+        finally:
+            state.upload = None
+
+    def _translate_images(self, response: http.Response, call: CallContext, state: MediaCall) -> None:
+        content = response.content or b""
+        if response.status_code >= 400:
+            error = gemini_error(response.status_code, content) if state.kind == "imagen" else \
+                media.fal_error(response.status_code, content)
+            call.error = str(error["error"].get("message"))[:300]
+            _set_json(response, error)
+            return
+        try:
+            answer = json.loads(content)
+        except (ValueError, UnicodeDecodeError):
+            name = "Imagen" if state.kind == "imagen" else "fal"
+            call.error = f"{name} answered with a body that is not JSON"
+            response.status_code = 502
+            _set_json(response, {"error": {"message": call.error, "type": "api_error", "param": None,
+                                           "code": "upstream_error"}})
+            return
+        translated = media.imagen_answer(answer) if state.kind == "imagen" else media.fal_answer(answer)
+        _set_json(response, translated.body)
+        count = len(translated.body["data"])
+        assert call.model is not None
+        call.usage = TokenUsage(images=count)
+        call.extra["media_cost"] = self.prices.image_cost(call.model, count=count, size=state.size,
+                                                          quality=state.quality, pixels=translated.pixels)
+
+    def _meter_openai_images(self, response: http.Response, call: CallContext, state: MediaCall) -> None:
+        try:
+            answer = json.loads(response.content or b"")
+        except (ValueError, UnicodeDecodeError):
+            return
+        usage, image_in, image_out = media.image_usage(answer)
+        assert call.provider is not None and call.model is not None
+        call.usage = usage
+        if usage.input_tokens or usage.output_tokens:  # gpt-image: priced by tokens
+            call.extra["media_cost"] = token_detail_surcharge(
+                self.runtime.prices, call.provider.prices_id, call.model, usage,
+                input_image_tokens=image_in, output_image_tokens=image_out)
+        else:
+            size = _str(answer.get("size")) or state.size
+            quality = _str(answer.get("quality")) or state.quality
+            call.extra["media_cost"] = self.prices.image_cost(call.model, count=usage.images, size=size,
+                                                              quality=quality)
+
+    def _finish_speech(self, call: CallContext, state: MediaCall, meter: media.AudioMeter) -> None:
+        assert call.provider is not None and call.model is not None
+        seconds = meter.seconds()
+        call.usage = TokenUsage(characters=state.characters, seconds=round(seconds, 3) if seconds else 0.0)
+        if self.prices.get(call.model) is not None:
+            cost = self.prices.speech_cost(call.model, characters=state.characters, seconds=seconds)
+        else:
+            cost = catalog_media_cost(call.provider.prices_id, call.model, characters=state.characters)
+        call.extra["media_cost"] = cost
+
+    def _finish_audio(self, call: CallContext, state: MediaCall, *, content: bytes = b"",
+                      content_type: str = "") -> None:
+        """Usage and cost of a transcription (or an SSE speech stream), once its answer is complete."""
+        assert call.provider is not None and call.model is not None
+        if state.stream_usage is not None:
+            audio = state.stream_usage.usage
+        else:
+            audio = media.transcription_usage(content, content_type)
+        measured = None
+        if audio.duration is None and audio.billed_seconds is None and state.upload is not None:
+            measured = media.audio_seconds(state.upload.data, state.upload.filename)
+        seconds = media.billed_seconds(audio, measured)
+        usage = (audio.tokens or TokenUsage()).model_copy(update={
+            "seconds": round(seconds, 3) if seconds else 0.0,
+            "characters": state.characters,
+        })
+        call.usage = usage
+        if usage.input_tokens or usage.output_tokens:
+            cost = token_detail_surcharge(self.runtime.prices, call.provider.prices_id, call.model, usage,
+                                          input_audio_tokens=audio.audio_tokens)
+        elif state.kind == "speech":
+            cost = self.prices.speech_cost(call.model, characters=state.characters, seconds=seconds)
+        elif seconds is None:
+            cost = 0.0
+        elif self.prices.get(call.model) is not None:
+            cost = self.prices.minute_cost(call.model, seconds)
+        else:
+            cost = catalog_media_cost(call.provider.prices_id, call.model, seconds=seconds)
+        call.extra["media_cost"] = cost
+        state.upload = None
+
+
+def _str(value: object) -> str | None:
+    return value if isinstance(value, str) else None
+
+
+def _set_json(response: http.Response, body: dict) -> None:
+    response.headers["content-type"] = "application/json"
+    response.content = json.dumps(body, separators=(",", ":")).encode()

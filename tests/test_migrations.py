@@ -1,0 +1,426 @@
+"""Schema migrations: an existing SQLite or PostgreSQL database is upgraded in place and keeps its records."""
+
+from __future__ import annotations
+
+import shutil
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pytest
+from alembic import command
+from alembic.autogenerate import compare_metadata, produce_migrations, render_python_code
+from alembic.runtime.migration import MigrationContext
+from sqlalchemy import Column, Engine, Integer, MetaData, Table, inspect, text
+from sqlmodel import Session, SQLModel, select
+from sqlmodel.sql.sqltypes import AutoString, UTCDateTime
+
+from tokensense import cli, crypto
+from tokensense.migrations import INITIAL_REVISION, MIGRATIONS_DIR, VERSIONS_DIR, head_revision
+from tokensense.settings import reset_settings
+from tokensense.storage import db, migrate
+from tokensense.storage.models import ApiKey, Usage, UsageCreate
+
+PG_URL = "postgresql://postgres@127.0.0.1:5432/test"
+HEAD = "0002_limits"
+NEW_INDEXES = {"ix_usage_key_id_created_at": ["key_id", "created_at"], "ix_usage_created_at_workflow": ["created_at", "workflow"]}
+
+
+@pytest.fixture(autouse=True)
+def environment(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
+    home = tmp_path / "home"
+    monkeypatch.setenv("TOKENSENSE_HOME", str(home))
+    monkeypatch.setenv("TOKENSENSE_SECRET", "test secret")
+    monkeypatch.delenv("TOKENSENSE_DATABASE_URL", raising=False)
+    reset_settings()
+    crypto.reset_fernet_cache()
+    db.reset_engine()
+    yield home
+    db.reset_engine()
+    reset_settings()
+    crypto.reset_fernet_cache()
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
+def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    """An empty database: a SQLite file, or a fresh schema of the real PostgreSQL (dropped afterwards)."""
+    if request.param == "sqlite":
+        yield f"sqlite:///{tmp_path / 'tokensense.db'}"
+        return
+    schema = f"ts_migrate_{uuid.uuid4().hex[:10]}"
+    try:
+        import psycopg
+
+        with psycopg.connect(PG_URL, connect_timeout=3, autocommit=True) as conn:
+            conn.execute(f'CREATE SCHEMA "{schema}"')
+    except Exception as e:  # noqa: BLE001
+        pytest.skip(f"PostgreSQL at {PG_URL} is not reachable ({type(e).__name__}: {e})")
+    try:
+        yield f"{PG_URL}?options=-csearch_path%3D{schema}"
+    finally:
+        with psycopg.connect(PG_URL, autocommit=True) as conn:
+            conn.execute(f'DROP SCHEMA "{schema}" CASCADE')
+
+
+@pytest.fixture
+def engine(database_url: str) -> Iterator[Engine]:
+    engine = db.make_engine(database_url)
+    yield engine
+    engine.dispose()
+
+
+def previous_schema() -> MetaData:
+    """The tables as `create_all` made them before revision 0002: today's models without what 0002 added.
+
+    Copied columns keep their `index=True` and `unique=True`, so the single-column
+    indexes come along; the composite indexes of 0002 are table arguments and do not.
+    """
+    metadata = MetaData(naming_convention=dict(SQLModel.metadata.naming_convention))
+    for table in SQLModel.metadata.sorted_tables:
+        columns = [c._copy() for c in table.columns if (table.name, c.name) != ("api_keys", "updated_at")]
+        Table(table.name, metadata, *columns)
+    return metadata
+
+
+def fill_with_plain_sql(engine: Engine) -> None:
+    """Keys, a provider key and usage records written the way an older TokenSense left them."""
+    sqlite = engine.dialect.name == "sqlite"
+    # SQLAlchemy stores DATETIME on SQLite as naive UTC text; PostgreSQL has timestamptz.
+    at = "2025-01-15 10:00:00.000000" if sqlite else "2025-01-15 10:00:00+00"
+    later = "2025-01-15 10:05:00.000000" if sqlite else "2025-01-15 10:05:00+00"
+    with engine.begin() as conn:
+        conn.execute(
+            text(
+                "INSERT INTO api_keys (id, name, budget_usd, budget_period, rpm, tpm, plan, allowed_models, "
+                "allowed_providers, project, key_hash, key_prefix, created_at, revoked_at) VALUES "
+                "(:id, :name, :budget, 'monthly', 60, NULL, 'pro', :models, '[]', 'alpha', :hash, 'tsk_abc', :at, NULL)"
+            ),
+            [
+                {"id": "k1", "name": "ci", "budget": 5.0, "models": '["gpt-4o*"]', "hash": "h" * 64, "at": at},
+                {"id": "k2", "name": "batch", "budget": None, "models": "[]", "hash": "g" * 64, "at": at},
+            ],
+        )
+        conn.execute(
+            text("INSERT INTO provider_credentials (provider, encrypted_key, base_url, updated_at) VALUES ('openai', 'enc', NULL, :at)"),
+            {"at": at},
+        )
+        conn.execute(
+            text(
+                "INSERT INTO usage (request_id, key_id, key_name, provider, model, endpoint, status, stream, input_tokens, "
+                "output_tokens, cached_input_tokens, cache_write_tokens, reasoning_tokens, images, characters, seconds, "
+                "cost_usd, workflow, created_at) VALUES (:rid, :key, :name, 'openai', 'gpt-4o-mini', '/v1/chat/completions', "
+                "200, :stream, :inp, 5, 0, 0, 0, 0, 0, 0, :cost, 'triage', :at)"
+            ),
+            [
+                {"rid": "r1", "key": "k1", "name": "ci", "stream": False, "inp": 10, "cost": 0.25, "at": at},
+                {"rid": "r2", "key": "k1", "name": "ci", "stream": True, "inp": 20, "cost": 0.5, "at": later},
+                {"rid": "r3", "key": "k2", "name": "batch", "stream": False, "inp": 30, "cost": 1.0, "at": later},
+            ],
+        )
+
+
+def assert_records_kept(engine: Engine) -> None:
+    """What fill_with_plain_sql wrote reads back through the models, and the upgraded tables take new rows."""
+    with Session(engine) as session:
+        keys = {k.name: k for k in session.exec(select(ApiKey)).all()}
+        assert set(keys) == {"ci", "batch"}
+        ci = keys["ci"]
+        assert (ci.id, ci.budget_usd, ci.budget_period, ci.rpm, ci.tpm, ci.plan, ci.project) == ("k1", 5.0, "monthly", 60, None, "pro", "alpha")
+        assert ci.allowed_models == ["gpt-4o*"] and ci.allowed_providers == []
+        assert ci.created_at == datetime(2025, 1, 15, 10, tzinfo=UTC)
+        assert ci.updated_at is None  # the new column: existing keys were never changed
+        records = session.exec(select(Usage).order_by(Usage.id)).all()
+        assert [(r.request_id, r.key_id, r.input_tokens, r.cost_usd, r.stream) for r in records] == [
+            ("r1", "k1", 10, 0.25, False), ("r2", "k1", 20, 0.5, True), ("r3", "k2", 30, 1.0, False),
+        ]
+
+        ci.updated_at = datetime(2025, 2, 1, 12, tzinfo=UTC)
+        session.add(ci)
+        session.add(Usage.model_validate(UsageCreate(key_id="k1", cost_usd=2.0)))
+        session.commit()
+    with Session(engine) as session:
+        assert session.exec(select(ApiKey).where(ApiKey.name == "ci")).one().updated_at == datetime(2025, 2, 1, 12, tzinfo=UTC)
+        assert len(session.exec(select(Usage)).all()) == 4  # the id sequence continues after the old rows
+
+
+def assert_head_schema(engine: Engine) -> None:
+    assert migrate.current_revision(engine) == HEAD
+    inspector = inspect(engine)
+    assert "updated_at" in {c["name"] for c in inspector.get_columns("api_keys")}
+    indexes = {i["name"]: i["column_names"] for i in inspector.get_indexes("usage")}
+    assert {name: indexes.get(name) for name in NEW_INDEXES} == NEW_INDEXES
+    with engine.connect() as conn:
+        assert migrate.schema_differences(conn) == []
+
+
+def differences(engine: Engine, metadata: MetaData) -> list:
+    with engine.connect() as conn:
+        context = MigrationContext.configure(conn, opts={"compare_type": True, "target_metadata": metadata})
+        return compare_metadata(context, metadata)
+
+
+# --- upgrading existing databases ------------------------------------------------
+
+
+def test_previous_schema_is_upgraded_in_place_and_keeps_its_records(engine: Engine) -> None:
+    """A database at the previous schema (0001_initial) with data in it reaches the head through init_db."""
+    migrate.upgrade(engine, INITIAL_REVISION)
+    assert migrate.current_revision(engine) == INITIAL_REVISION
+    fill_with_plain_sql(engine)
+
+    db.init_db(engine)
+
+    assert_head_schema(engine)
+    assert_records_kept(engine)
+
+
+def test_database_made_before_migrations_is_stamped_then_upgraded(engine: Engine) -> None:
+    """A database that `create_all` made before TokenSense had migrations has no alembic_version table."""
+    previous_schema().create_all(engine)
+    fill_with_plain_sql(engine)
+    assert not inspect(engine).has_table("alembic_version")
+
+    db.init_db(engine)
+
+    assert_head_schema(engine)
+    assert_records_kept(engine)
+
+
+def test_database_made_by_create_all_of_the_current_models_is_stamped_at_head(engine: Engine) -> None:
+    SQLModel.metadata.create_all(engine)
+    with Session(engine) as session:
+        session.add(Usage.model_validate(UsageCreate(key_id="k1", cost_usd=1.0)))
+        session.commit()
+
+    db.init_db(engine)
+
+    assert_head_schema(engine)
+    with Session(engine) as session:
+        assert [u.cost_usd for u in session.exec(select(Usage)).all()] == [1.0]
+
+
+def test_empty_database_gets_every_revision(engine: Engine) -> None:
+    db.init_db(engine)
+    assert_head_schema(engine)
+    with engine.connect() as conn:
+        assert conn.execute(text("SELECT version_num FROM alembic_version")).scalars().all() == [HEAD]
+
+
+def test_instances_starting_together_migrate_once(database_url: str) -> None:
+    """Four init_db at once on one empty database all succeed: they wait on the migration lock.
+
+    The test holds that lock (PostgreSQL's advisory lock, or SQLite's write lock) until all
+    four are blocked on it, so they really contend for the same empty database.
+    """
+    engines = [db.make_engine(database_url) for _ in range(4)]
+    errors: list[BaseException] = []
+
+    def start(engine: Engine) -> None:
+        try:
+            db.init_db(engine)
+        except BaseException as e:  # noqa: BLE001
+            errors.append(e)
+
+    holder = db.make_engine(database_url)
+    threads = [threading.Thread(target=start, args=(e,)) for e in engines]
+    try:
+        with migrate.migration_connection(holder) as conn:
+            if conn.dialect.name == "sqlite":
+                conn.execute(text("SELECT 1"))  # the write lock is taken at BEGIN IMMEDIATE already
+            for thread in threads:
+                thread.start()
+            waiting = _wait_until(lambda: _waiting_for_lock(holder) == len(threads)) if conn.dialect.name == "postgresql" else True
+            time.sleep(0.3)
+            assert waiting and all(t.is_alive() for t in threads), "init_db did not wait for the migration lock"
+        for thread in threads:
+            thread.join(timeout=60)
+        assert not errors, errors
+        assert not any(t.is_alive() for t in threads)
+        assert_head_schema(holder)
+        with holder.connect() as conn:
+            assert conn.execute(text("SELECT version_num FROM alembic_version")).scalars().all() == [HEAD]
+    finally:
+        for engine in [*engines, holder]:
+            engine.dispose()
+
+
+def _waiting_for_lock(engine: Engine) -> int:
+    with engine.connect() as conn:
+        return conn.execute(
+            text("SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND NOT granted AND database = "
+                 "(SELECT oid FROM pg_database WHERE datname = current_database())")
+        ).scalar_one()
+
+
+def _wait_until(condition: Callable[[], bool], timeout: float = 10.0) -> bool:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.05)
+    return True
+
+
+def test_upgrade_is_one_transaction_on_sqlite(tmp_path: Path) -> None:
+    """A migration that fails half-way leaves the previous schema, not a half-built one."""
+    engine = db.make_engine(f"sqlite:///{tmp_path / 'x.db'}")
+    try:
+        with pytest.raises(RuntimeError), migrate.migration_connection(engine) as conn:
+            migrate.upgrade(conn, "head")
+            raise RuntimeError("crash during the migration")
+        assert inspect(engine).get_table_names() == []
+    finally:
+        engine.dispose()
+
+
+def test_current_database_costs_one_check_and_no_alembic(engine: Engine, monkeypatch: pytest.MonkeyPatch) -> None:
+    db.init_db(engine)
+
+    def must_not_run(engine: Engine) -> None:
+        raise AssertionError("init_db ran Alembic on a database at the head revision")
+
+    monkeypatch.setattr(migrate, "upgrade_database", must_not_run)
+    started = time.perf_counter()
+    for _ in range(10):
+        db.init_db(engine)
+    assert (time.perf_counter() - started) / 10 < 0.1  # milliseconds in practice; loose for busy machines
+
+
+def test_database_from_a_newer_tokensense_is_a_clear_error(engine: Engine) -> None:
+    db.init_db(engine)
+    with engine.begin() as conn:
+        conn.execute(text("UPDATE alembic_version SET version_num = '0099_future'"))
+    with pytest.raises(migrate.SchemaVersionError, match="schema revision '0099_future', which TokenSense .* does not know"):
+        db.init_db(engine)
+
+
+def test_unrelated_tables_with_tokensense_names_are_refused(engine: Engine) -> None:
+    with engine.begin() as conn:
+        conn.execute(text("CREATE TABLE usage (id INTEGER PRIMARY KEY, what VARCHAR)"))
+    with pytest.raises(migrate.SchemaVersionError, match="has the TokenSense tables usage but not api_keys, provider_credentials"):
+        db.init_db(engine)
+
+
+def test_in_memory_sqlite_keeps_create_all() -> None:
+    engine = db.make_engine("sqlite://")
+    try:
+        db.init_db(engine)
+        assert {"api_keys", "provider_credentials", "usage"} <= set(inspect(engine).get_table_names())
+        assert migrate.current_revision(engine) is None
+    finally:
+        engine.dispose()
+
+
+# --- models and migrations agree -------------------------------------------------
+
+
+def test_models_and_migrations_agree(engine: Engine) -> None:
+    """Upgrading an empty database gives exactly what the models describe (Alembic's autogenerate sees nothing to do)."""
+    migrate.upgrade(engine)
+    with engine.connect() as conn:
+        assert migrate.schema_differences(conn) == []
+
+
+def test_initial_revision_is_the_schema_before_migrations(engine: Engine) -> None:
+    """0001_initial is what `create_all` made from the models before 0002; downgrading 0002 returns to it."""
+    migrate.upgrade(engine, INITIAL_REVISION)
+    assert differences(engine, previous_schema()) == []
+    migrate.upgrade(engine)
+    with engine.begin() as conn:
+        command.downgrade(migrate.alembic_config(conn), INITIAL_REVISION)
+    assert differences(engine, previous_schema()) == []
+
+
+def test_the_comparison_sees_a_model_change_without_a_migration(engine: Engine) -> None:
+    """The agreement check is not vacuous: a column the migrations lack, or a changed type, shows up."""
+    migrate.upgrade(engine)
+    changed = MetaData(naming_convention=dict(SQLModel.metadata.naming_convention))
+    for table in SQLModel.metadata.sorted_tables:
+        columns = [c._copy() for c in table.columns if (table.name, c.name) != ("usage", "key_name")]
+        if table.name == "usage":
+            columns += [Column("key_name", Integer()), Column("labels", Integer())]
+        Table(table.name, changed, *columns)
+    found = set()
+    for diff in differences(engine, changed):
+        for op in diff if isinstance(diff, list) else [diff]:
+            if op[0] == "add_column":
+                found.add((op[0], op[2], op[3].name))
+            elif op[0] == "modify_type":
+                found.add((op[0], op[2], op[3]))
+    assert found == {("add_column", "usage", "labels"), ("modify_type", "usage", "key_name")}
+
+
+def test_new_revisions_spell_sqlmodel_types_as_plain_sqlalchemy(engine: Engine) -> None:
+    """Autogenerate writes `sa.String()`, not `sqlmodel.sql.sqltypes.AutoString()` (which the scripts do not import)."""
+    migrate.upgrade(engine)
+    changed = MetaData(naming_convention=dict(SQLModel.metadata.naming_convention))
+    for table in SQLModel.metadata.sorted_tables:
+        extra = [Column("label", AutoString()), Column("seen_at", UTCDateTime())] if table.name == "api_keys" else []
+        Table(table.name, changed, *(c._copy() for c in table.columns), *extra)
+    with engine.connect() as conn:
+        context = MigrationContext.configure(conn, opts={**migrate.context_options(conn.dialect.name), "target_metadata": changed})
+        code = render_python_code(produce_migrations(context, changed).upgrade_ops, render_item=migrate.render_item)
+    assert "sa.Column('label', sa.String(), nullable=True)" in code
+    assert "sa.Column('seen_at', sa.DateTime(timezone=True), nullable=True)" in code
+    assert "sqlmodel" not in code
+
+
+def test_head_is_read_from_the_file_names() -> None:
+    """The start-up check reads the head from file names; Alembic must agree, with one line of history."""
+    script = migrate.script_directory()
+    assert script.get_heads() == [head_revision()] == [HEAD]
+    revisions = list(script.walk_revisions())
+    assert all(Path(r.path).name == f"{r.revision}.py" for r in revisions)
+    numbers = sorted(int(r.revision.split("_")[0]) for r in revisions)
+    assert numbers == list(range(1, len(numbers) + 1))
+
+
+def test_new_revision_follows_the_head(tmp_path: Path) -> None:
+    """scripts/new-migration: the next number, a file named after its id; autogenerate finds nothing today."""
+    directory = tmp_path / "migrations"
+    shutil.copytree(MIGRATIONS_DIR, directory, ignore=shutil.ignore_patterns("__pycache__"))
+    path = migrate.new_revision("Add key labels!", autogenerate=True, directory=directory)
+    assert path == directory / "versions" / "0003_add_key_labels.py"
+    source = path.read_text()
+    assert 'down_revision: str | None = "0002_limits"' in source or "down_revision: str | None = '0002_limits'" in source
+    assert "op." not in source  # the models and the head agree: nothing to do
+    assert head_revision(directory / "versions") == "0003_add_key_labels"
+    assert not (VERSIONS_DIR / "0003_add_key_labels.py").exists()
+
+
+# --- the command line ------------------------------------------------------------
+
+
+def test_db_commands(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    url = f"sqlite:///{tmp_path / 'cli.db'}"
+    engine = db.make_engine(url)
+    migrate.upgrade(engine, INITIAL_REVISION)
+    engine.dispose()
+
+    assert cli.main(["db", "current", "--database-url", url]) == 0
+    assert capsys.readouterr().out == f"0001_initial; the newest is {HEAD}: run `tokensense db upgrade` (the gateway also upgrades when it starts)\n"
+    assert cli.main(["db", "upgrade", "--database-url", url]) == 0
+    assert capsys.readouterr().out == f"Upgraded {url} from 0001_initial to {HEAD}.\n"
+    assert cli.main(["db", "upgrade", "--database-url", url]) == 0
+    assert capsys.readouterr().out == f"{url} is at the newest schema revision, {HEAD}.\n"
+    assert cli.main(["db", "current", "--json", "--database-url", url]) == 0
+    assert capsys.readouterr().out == f'{{\n  "current": "{HEAD}",\n  "head": "{HEAD}",\n  "up_to_date": true\n}}\n'
+
+
+def test_db_commands_on_a_database_from_a_newer_tokensense(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    url = f"sqlite:///{tmp_path / 'cli.db'}"
+    engine = db.make_engine(url)
+    db.init_db(engine)
+    with engine.begin() as conn:
+        conn.execute(text("UPDATE alembic_version SET version_num = '0099_future'"))
+    engine.dispose()
+
+    assert cli.main(["db", "current", "--database-url", url]) == 0
+    assert "0099_future, which this TokenSense does not know" in capsys.readouterr().out
+    assert cli.main(["keys", "list", "--database-url", url]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: database error (") and "'0099_future'" in err and "Traceback" not in err
+    assert err.count("\n") == 1
