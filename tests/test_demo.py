@@ -23,7 +23,6 @@ def test_demo_sends_attributed_traffic_across_providers(tmp_path) -> None:
     rows = conn.execute("SELECT workflow, provider, status, cost_usd, stream FROM usage").fetchall()
     conn.close()
     assert len(rows) >= 10
-    assert {r[0] for r in rows} >= {"lead-enrichment", "support-bot", "doc-indexing"} & {r[0] for r in rows}
     assert len({r[0] for r in rows if r[0]}) >= 2
     assert len({r[1] for r in rows if r[1]}) >= 3
     assert sum(r[3] for r in rows) > 0
