@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 from addons.auth import Auth
+from addons.intercept import Intercept, InterceptKey
 from addons.lifecycle import Lifecycle
 from addons.media import Media
 from addons.metering import Metering
 from addons.policy import Policy
+from addons.recording import Recording
 from addons.routing import Router
 from addons.translation import Translation
 from addons.upstream_errors import UpstreamErrors
@@ -18,11 +20,14 @@ def build_addons(runtime: Runtime | None = None) -> list[object]:
     runtime = runtime or Runtime()
     return [
         Lifecycle(runtime),
+        Intercept(runtime),  # before Auth: intercepted calls never meet the gateway's key check
         Auth(runtime),
         Router(runtime),
         Media(runtime),
         Translation(runtime),
+        InterceptKey(),  # after the gateway's routing, before Policy: see addons/intercept.py
         Policy(runtime),
         UpstreamErrors(runtime.settings.upstream_timeout),
         Metering(runtime),
+        Recording(),  # last: sees every call metered
     ]
