@@ -60,3 +60,14 @@ def send_upstream(flow: http.HTTPFlow, adapter: ProviderAdapter, credential: Cre
     req.headers.update(adapter.auth_headers(credential.api_key or ""))
     if adapter.name == "anthropic" and "anthropic-version" not in req.headers:
         req.headers["anthropic-version"] = "2023-06-01"
+    call = get_call(flow)
+    if call is not None and call.stream:
+        # TokenSense reads streams as they pass: ask for them uncompressed.
+        req.headers["accept-encoding"] = "identity"
+
+
+def response_body(response: http.Response) -> bytes:
+    """The response body, decompressed if the provider compressed it (usage must be read from it)."""
+    if "content-encoding" in response.headers:
+        return response.get_content(strict=False) or b""
+    return response.raw_content or b""

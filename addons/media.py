@@ -71,7 +71,8 @@ class Media:
         except ValueError as e:
             log.error("%s; using %g MB", e, default)
         loader.add_option("tokensense_max_upload_mb", float, default,
-                          "Largest audio upload /v1/audio/transcriptions accepts, in MB (env TOKENSENSE_MAX_UPLOAD_MB).")
+                          "Largest audio upload /v1/audio/transcriptions accepts, in MB "
+                          "(default: env TOKENSENSE_MAX_UPLOAD_MB, else 25).")
 
     def configure(self, updated: set[str]) -> None:
         if "tokensense_max_upload_mb" in updated:

@@ -8,7 +8,7 @@ import time
 
 from mitmproxy import http
 
-from addons.common import get_call
+from addons.common import get_call, response_body
 from tokensense.metering import CallContext, PassthroughStream, build_record
 from tokensense.runtime import Runtime
 from tokensense.usage import TokenUsage
@@ -50,10 +50,12 @@ class Metering:
             return
         response = flow.response
         status = response.status_code
+        body: bytes | None = None
         if call.provider is not None and call.usage is None and not response.stream and call.stream_usage is None:
-            call.usage = self._usage_from_body(call, response.raw_content or b"")
+            body = response_body(response)
+            call.usage = self._usage_from_body(call, body)
         if status >= 400 and call.error is None:
-            call.error = _error_message(response.raw_content)
+            call.error = _error_message(body if body is not None else response_body(response))
         record = self._record(call, status)
         if "x-tokensense-request-id" not in response.headers:
             response.headers["x-tokensense-request-id"] = call.request_id

@@ -7,7 +7,7 @@ from types import ModuleType
 
 from mitmproxy import http
 
-from addons.common import answer_error, get_call, require_credential, send_upstream
+from addons.common import answer_error, get_call, require_credential, response_body, send_upstream
 from addons.routing import TRANSLATED
 from tokensense.errors import GatewayError
 from tokensense.runtime import Runtime
@@ -80,7 +80,7 @@ class Translation:
         response = flow.response
         if call is None or call.translator is None or response is None or response.stream:
             return
-        content = response.raw_content or b""
+        content = response_body(response)
         model = call.requested_model or call.model or ""
         if 200 <= response.status_code < 300:
             try:
@@ -95,5 +95,6 @@ class Translation:
         else:
             translated = call.translator.error_from_provider(response.status_code, content)
             call.error = str(translated.get("error", {}).get("message", ""))[:300] or None
+        response.headers.pop("content-encoding", None)
         response.content = json.dumps(translated).encode()
         response.headers["content-type"] = "application/json"

@@ -170,26 +170,26 @@ def main(argv: list[str] | None = None) -> int:
         console.print(f"inserted {args.records:,} records in {elapsed:.1f} s ({args.records / elapsed:,.0f} rows/s)")
 
     with Session(engine) as session:
-        marker = change_marker(session)
+        marker = change_marker(session=session)
     console.print(f"usage rows: {marker.usage_count:,}, keys: {marker.key_count}")
 
     def full_refresh(query: DashboardQuery) -> Callable[[], object]:
         def run() -> object:
             with Session(engine) as session:
-                return dashboard_snapshot(session, query=query, now=now)
+                return dashboard_snapshot(session=session, query=query, now=now)
 
         return run
 
     def idle_poll() -> object:
         with Session(engine) as session:
-            return change_marker(session)
+            return change_marker(session=session)
 
     # The busiest steps of the busiest workflow, for the drill-down rows.
     with Session(engine) as session:
-        top = dashboard_snapshot(session, query=DashboardQuery(window="all"), now=now)
+        top = dashboard_snapshot(session=session, query=DashboardQuery(window="all"), now=now)
         workflow = top.groups[0].value if top.groups else None
         step_query = DashboardQuery(window="all", group_by="step", filters=((DRILL_PATH[0], workflow),))
-        steps = dashboard_snapshot(session, query=step_query, now=now)
+        steps = dashboard_snapshot(session=session, query=step_query, now=now)
         step = steps.groups[0].value if steps.groups else None
 
     measurements: list[tuple[str, tuple[float, float, float]]] = [

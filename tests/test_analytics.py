@@ -126,20 +126,20 @@ def test_period_start_is_utc_midnight_and_first_of_month() -> None:
 
 
 def test_totals_cover_the_window(workflows: Session) -> None:
-    hour = analytics.usage_totals(workflows, since=NOW - timedelta(hours=1))
+    hour = analytics.usage_totals(session=workflows, since=NOW - timedelta(hours=1))
     assert hour == Totals(requests=5, input_tokens=660, output_tokens=66, cost_usd=pytest.approx(0.61), errors=2)
-    everything = analytics.usage_totals(workflows)
+    everything = analytics.usage_totals(session=workflows)
     assert everything.requests == 6
     assert everything.cost_usd == pytest.approx(1.61)
     assert everything.tokens == 1660 + 166
 
 
 def test_totals_of_an_empty_table(session: Session) -> None:
-    assert analytics.usage_totals(session) == Totals(0, 0, 0, 0.0, 0)
+    assert analytics.usage_totals(session=session) == Totals(0, 0, 0, 0.0, 0)
 
 
 def test_group_by_workflow_orders_by_cost_and_shares_sum_to_one(workflows: Session) -> None:
-    rows = analytics.group_usage(workflows, by="workflow", since=NOW - timedelta(hours=1))
+    rows = analytics.group_usage(session=workflows, by="workflow", since=NOW - timedelta(hours=1))
     assert [row.value for row in rows] == ["support", "summarize", None]
     support = rows[0]
     assert support == GroupRow("support", 3, 600, 60, pytest.approx(0.55), pytest.approx(0.55 / 0.61))
@@ -147,23 +147,25 @@ def test_group_by_workflow_orders_by_cost_and_shares_sum_to_one(workflows: Sessi
 
 
 def test_drill_down_workflow_to_steps_to_executions(workflows: Session) -> None:
-    steps = analytics.group_usage(workflows, by="step", filters={"workflow": "support"})
+    steps = analytics.group_usage(session=workflows, by="step", filters={"workflow": "support"})
     assert [(row.value, row.requests) for row in steps] == [("answer", 2), ("classify", 2)]
-    recent_steps = analytics.group_usage(workflows, by="step", since=NOW - minutes(60), filters={"workflow": "support"})
+    recent_steps = analytics.group_usage(
+        session=workflows, by="step", since=NOW - minutes(60), filters={"workflow": "support"}
+    )
     assert [(row.value, row.cost_usd) for row in recent_steps] == [("classify", pytest.approx(0.30)), ("answer", 0.25)]
     executions = analytics.group_usage(
-        workflows, by="execution_id", filters={"workflow": "support", "step": "classify"}
+        session=workflows, by="execution_id", filters={"workflow": "support", "step": "classify"}
     )
     assert [(row.value, row.cost_usd) for row in executions] == [("r2", 0.20), ("r1", 0.10)]
 
 
 def test_a_none_filter_matches_records_without_the_field(workflows: Session) -> None:
-    rows = analytics.group_usage(workflows, by="model", filters={"workflow": None})
+    rows = analytics.group_usage(session=workflows, by="model", filters={"workflow": None})
     assert [(row.value, row.requests) for row in rows] == [("gpt-4o-mini", 1)]
 
 
 def test_limit_keeps_the_share_of_all_groups(workflows: Session) -> None:
-    rows = analytics.group_usage(workflows, by="execution_id", limit=1)
+    rows = analytics.group_usage(session=workflows, by="execution_id", limit=1)
     assert len(rows) == 1
     assert rows[0].value == "r0"
     assert rows[0].share == pytest.approx(1.00 / 1.61)
@@ -171,15 +173,15 @@ def test_limit_keeps_the_share_of_all_groups(workflows: Session) -> None:
 
 @pytest.mark.parametrize("field", ["model", "provider", "project", "source", "key_name", "step", "execution_id"])
 def test_every_group_field_is_accepted(workflows: Session, field: str) -> None:
-    rows = analytics.group_usage(workflows, by=field)
+    rows = analytics.group_usage(session=workflows, by=field)
     assert sum(row.requests for row in rows) == 6
 
 
 def test_unknown_group_field_is_refused(session: Session) -> None:
     with pytest.raises(ValueError, match="cannot group or filter usage by 'cost_usd'"):
-        analytics.group_usage(session, by="cost_usd")
+        analytics.group_usage(session=session, by="cost_usd")
     with pytest.raises(ValueError, match="'endpoint'"):
-        analytics.usage_totals(session, filters={"endpoint": "/v1/messages"})
+        analytics.usage_totals(session=session, filters={"endpoint": "/v1/messages"})
 
 
 def test_spend_series_puts_each_record_in_its_bucket(session: Session) -> None:
@@ -189,19 +191,19 @@ def test_spend_series_puts_each_record_in_its_bucket(session: Session) -> None:
     add(session, ago=minutes(1), cost_usd=4.0)  # bucket 5
     add(session, ago=minutes(-2), cost_usd=8.0)  # after "now" (writer's clock ahead): last bucket
     add(session, ago=minutes(90), cost_usd=16.0)  # before the window: not counted
-    series = analytics.spend_series(session, start=NOW - timedelta(hours=1), end=NOW, buckets=6)
+    series = analytics.spend_series(session=session, start=NOW - timedelta(hours=1), end=NOW, buckets=6)
     assert series.start == NOW - timedelta(hours=1)
     assert series.bucket == minutes(10)
     assert series.values == (1.0, 2.5, 0.0, 0.0, 0.0, 12.0)
     with_earlier = analytics.spend_series(
-        session, start=NOW - timedelta(hours=1), end=NOW, buckets=6, include_earlier=True
+        session=session, start=NOW - timedelta(hours=1), end=NOW, buckets=6, include_earlier=True
     )
     assert with_earlier.values[0] == 17.0
 
 
 def test_spend_series_needs_a_bucket(session: Session) -> None:
     with pytest.raises(ValueError, match="at least one bucket"):
-        analytics.spend_series(session, start=NOW - minutes(5), end=NOW, buckets=0)
+        analytics.spend_series(session=session, start=NOW - minutes(5), end=NOW, buckets=0)
 
 
 def test_key_budgets_follow_each_keys_period(session: Session) -> None:
@@ -215,7 +217,7 @@ def test_key_budgets_follow_each_keys_period(session: Session) -> None:
         add(session, ago=timedelta(days=2), key_id=f"id-{name}", cost_usd=2.0)  # this month
         add(session, ago=timedelta(days=40), key_id=f"id-{name}", cost_usd=30.0)  # last month
 
-    budgets = {budget.name: budget for budget in analytics.key_budgets(session, now=NOW)}
+    budgets = {budget.name: budget for budget in analytics.key_budgets(session=session, now=NOW)}
     assert set(budgets) == {"monthly", "daily", "lifetime", "free"}
     assert budgets["daily"].spent_usd == pytest.approx(0.5)
     assert budgets["daily"].period_start == datetime(2025, 6, 15, tzinfo=UTC)
@@ -226,7 +228,7 @@ def test_key_budgets_follow_each_keys_period(session: Session) -> None:
     assert budgets["free"].fraction is None
     assert budgets["free"].spent_usd == pytest.approx(32.5)
     # Most used budget first, keys without a budget last.
-    order = [budget.name for budget in analytics.key_budgets(session, now=NOW)]
+    order = [budget.name for budget in analytics.key_budgets(session=session, now=NOW)]
     assert order == ["daily", "lifetime", "monthly", "free"]
 
 
@@ -234,40 +236,40 @@ def test_key_budgets_without_total_keys_read_only_this_month(session: Session) -
     add_key(session, "monthly", budget=2.0, period="monthly")
     add(session, ago=timedelta(days=3), key_id="id-monthly", cost_usd=3.0)
     add(session, ago=timedelta(days=45), key_id="id-monthly", cost_usd=50.0)
-    (budget,) = analytics.key_budgets(session, now=NOW)
+    (budget,) = analytics.key_budgets(session=session, now=NOW)
     assert budget.spent_usd == pytest.approx(3.0)
     assert budget.fraction == pytest.approx(1.5)
 
 
 def test_key_budgets_without_keys(session: Session) -> None:
     add(session, ago=minutes(1), key_id="nobody", cost_usd=1.0)
-    assert analytics.key_budgets(session, now=NOW) == []
+    assert analytics.key_budgets(session=session, now=NOW) == []
 
 
 def test_recent_usage_is_newest_first(workflows: Session) -> None:
-    recent = analytics.recent_usage(workflows, limit=3)
+    recent = analytics.recent_usage(session=workflows, limit=3)
     assert [record.cost_usd for record in recent] == [0.10, 0.20, 0.25]
-    assert len(analytics.recent_usage(workflows, limit=100)) == 6
+    assert len(analytics.recent_usage(session=workflows, limit=100)) == 6
 
 
 def test_change_marker_moves_on_insert_and_revoke(session: Session) -> None:
-    empty = analytics.change_marker(session)
+    empty = analytics.change_marker(session=session)
     assert empty == analytics.ChangeMarker(0, 0, 0, 0)
     add(session, ago=minutes(1), cost_usd=1.0)
     add_key(session, "k", budget=None)
-    after = analytics.change_marker(session)
+    after = analytics.change_marker(session=session)
     assert after.usage_count == 1 and after.usage_max_id >= 1 and after.key_count == 1
     key = session.get(ApiKey, "id-k")
     assert key is not None
     key.revoked_at = NOW
     session.add(key)
     session.commit()
-    assert analytics.change_marker(session).keys_revoked == 1
+    assert analytics.change_marker(session=session).keys_revoked == 1
 
 
 def test_dashboard_snapshot_runs_every_query(workflows: Session) -> None:
     query = DashboardQuery(window="1h", group_by="step", filters=(("workflow", "support"),), buckets=12)
-    snapshot = analytics.dashboard_snapshot(workflows, query=query, now=NOW)
+    snapshot = analytics.dashboard_snapshot(session=workflows, query=query, now=NOW)
     assert snapshot.since == NOW - timedelta(hours=1)
     assert snapshot.totals.requests == 5  # the header ignores the drill-down
     assert [row.value for row in snapshot.groups] == ["classify", "answer"]
@@ -278,7 +280,7 @@ def test_dashboard_snapshot_runs_every_query(workflows: Session) -> None:
 
 
 def test_dashboard_snapshot_all_window_starts_at_the_first_record(workflows: Session) -> None:
-    snapshot = analytics.dashboard_snapshot(workflows, query=DashboardQuery(window="all", buckets=10), now=NOW)
+    snapshot = analytics.dashboard_snapshot(session=workflows, query=DashboardQuery(window="all", buckets=10), now=NOW)
     assert snapshot.since is None
     assert snapshot.series.start == NOW - timedelta(hours=3)
     assert sum(snapshot.series.values) == pytest.approx(1.61)

@@ -1,4 +1,4 @@
-"""End to end: images, speech and transcriptions with the official openai SDK through the gateway to the fake provider."""
+"""End to end: images, speech and transcriptions with the openai SDK, through the gateway to the fake provider."""
 
 from __future__ import annotations
 
@@ -287,7 +287,8 @@ def test_oversize_upload_is_413(small_upload_gateway: Gateway, exec_id: str) -> 
     gw = small_upload_gateway
     before = len(gw.fake.requests())
     with pytest.raises(openai.APIStatusError) as e:
-        client(gw, exec_id).audio.transcriptions.create(model="whisper-1", file=("long.wav", wav_file(40.0), "audio/wav"))
+        client(gw, exec_id).audio.transcriptions.create(model="whisper-1",
+                                                        file=("long.wav", wav_file(40.0), "audio/wav"))
     assert e.value.status_code == 413
     error = _openai_error(e.value)
     assert error["type"] == "invalid_request_error" and "1 MB" in error["message"]

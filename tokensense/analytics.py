@@ -202,7 +202,7 @@ def _group_key_sqlite(element: _GroupKey, compiler: Any, **kw: Any) -> str:
     return "+" + compiler.process(column, **kw)
 
 
-def usage_totals(session: Session, *, since: datetime | None = None, filters: Filters | None = None) -> Totals:
+def usage_totals(*, session: Session, since: datetime | None = None, filters: Filters | None = None) -> Totals:
     """Requests, tokens, cost and errors of the records since `since` (all when `None`)."""
     statement = select(
         func.count(),
@@ -216,8 +216,8 @@ def usage_totals(session: Session, *, since: datetime | None = None, filters: Fi
 
 
 def group_usage(
-    session: Session,
     *,
+    session: Session,
     by: str,
     since: datetime | None = None,
     filters: Filters | None = None,
@@ -281,7 +281,7 @@ def _bucket_index_sqlite(element: _BucketIndex, compiler: Any, **kw: Any) -> str
     return f"CAST((julianday({timestamp}) - julianday({start})) * 86400.0 / {seconds} AS INTEGER)"
 
 
-def first_usage_at(session: Session, *, filters: Filters | None = None) -> datetime | None:
+def first_usage_at(*, session: Session, filters: Filters | None = None) -> datetime | None:
     """Time of the oldest record (matching `filters`), or `None` when there is none."""
     statement = select(func.min(Usage.created_at)).where(*_conditions(since=None, filters=filters))
     first = session.exec(statement).one()
@@ -289,8 +289,8 @@ def first_usage_at(session: Session, *, filters: Filters | None = None) -> datet
 
 
 def spend_series(
-    session: Session,
     *,
+    session: Session,
     start: datetime,
     end: datetime,
     buckets: int,
@@ -324,11 +324,13 @@ def spend_series(
     return SpendSeries(start, timedelta(seconds=seconds), tuple(values))
 
 
-def key_budgets(session: Session, *, now: datetime, include_revoked: bool = False) -> list[KeyBudget]:
+def key_budgets(*, session: Session, now: datetime, include_revoked: bool = False) -> list[KeyBudget]:
     """Every key's spend in its budget period, most used budget first, then keys without one.
 
     One aggregate query for all keys: the monthly and daily sums are conditional
-    sums; when no key has a `total` budget it reads only this month's records.
+    sums. A `total` budget needs every record; without one, only this month's
+    (or today's) are read. Rows are not filtered by key: SQLite would fetch them
+    through `ix_usage_key_id` one by one, slower than the plain scan it needs anyway.
     """
     statement = select(ApiKey.id, ApiKey.name, ApiKey.budget_usd, ApiKey.budget_period)
     if not include_revoked:
@@ -349,10 +351,10 @@ def key_budgets(session: Session, *, now: datetime, include_revoked: bool = Fals
         func.coalesce(func.sum(cost), 0.0),
         func.coalesce(func.sum(case((created >= month_bound, cost), else_=0.0)), 0.0),
         func.coalesce(func.sum(case((created >= day_bound, cost), else_=0.0)), 0.0),
-    ).where(col(Usage.key_id).in_([key_id for key_id, *_ in keys]))
+    )
     if "total" not in periods:
         spent = spent.where(created >= (month_bound if "monthly" in periods else day_bound))
-    spent = spent.group_by(Usage.key_id)
+    spent = spent.group_by(_GroupKey(col(Usage.key_id)))
     by_key = {key_id: (float(total), float(month), float(day)) for key_id, total, month, day in session.exec(spent)}
 
     budgets = []
@@ -373,8 +375,8 @@ def _budget_order(budget: KeyBudget) -> tuple[int, float, str]:
 
 
 def recent_usage(
-    session: Session,
     *,
+    session: Session,
     limit: int = 100,
     since: datetime | None = None,
     filters: Filters | None = None,
@@ -389,7 +391,7 @@ def recent_usage(
     return list(session.exec(statement).all())
 
 
-def change_marker(session: Session) -> ChangeMarker:
+def change_marker(*, session: Session) -> ChangeMarker:
     """Max id and row counts of the usage and key tables, in one round trip."""
     statement = select(
         select(func.coalesce(func.max(Usage.id), 0)).scalar_subquery(),
@@ -428,8 +430,8 @@ class DashboardSnapshot:
 
 
 def dashboard_snapshot(
-    session: Session,
     *,
+    session: Session,
     query: DashboardQuery,
     now: datetime,
     marker: ChangeMarker | None = None,
@@ -444,21 +446,21 @@ def dashboard_snapshot(
     since = window_start(query.window, now=now)
     filters = dict(query.filters)
     if marker is None:
-        marker = change_marker(session)
+        marker = change_marker(session=session)
     series_start = since
     if series_start is None:
-        series_start = first_usage_at(session) or now - timedelta(hours=1)
+        series_start = first_usage_at(session=session) or now - timedelta(hours=1)
         series_start = min(series_start, now - timedelta(minutes=1))
-    series = spend_series(session, start=series_start, end=now, buckets=query.buckets, include_earlier=since is None)
+    series = spend_series(session=session, start=series_start, end=now, buckets=query.buckets, include_earlier=since is None)
     return DashboardSnapshot(
         query=query,
         now=now,
         since=since,
         marker=marker,
-        totals=usage_totals(session, since=since),
-        groups=group_usage(session, by=query.group_by, since=since, filters=filters, limit=query.group_limit),
+        totals=usage_totals(session=session, since=since),
+        groups=group_usage(session=session, by=query.group_by, since=since, filters=filters, limit=query.group_limit),
         series=series,
-        budgets=key_budgets(session, now=now),
-        recent=recent_usage(session, limit=query.log_limit),
+        budgets=key_budgets(session=session, now=now),
+        recent=recent_usage(session=session, limit=query.log_limit),
     )
 

@@ -430,8 +430,21 @@ def _cmd_providers_remove(args: argparse.Namespace) -> int:
 _AGGREGATES = ("requests", "input_tokens", "output_tokens", "cost_usd")
 
 
+def _media_cell(r: dict[str, Any]) -> str:
+    """The media units of one record: `2 images`, `44 chars, 3.6 s`, or `-`."""
+    parts = []
+    if r.get("images"):
+        parts.append(f"{r['images']} image{'s' if r['images'] != 1 else ''}")
+    if r.get("characters"):
+        parts.append(f"{r['characters']} chars")
+    if r.get("seconds"):
+        parts.append(f"{r['seconds']:.1f} s")
+    return ", ".join(parts) or "-"
+
+
 def _print_usage_records(records: list[dict[str, Any]]) -> None:
-    headers = ["TIME (UTC)", "KEY", "PROVIDER", "MODEL", "ENDPOINT", "STATUS", "IN", "OUT", "COST", "LATENCY", "WORKFLOW", "STEP"]
+    headers = ["TIME (UTC)", "KEY", "PROVIDER", "MODEL", "ENDPOINT", "STATUS", "IN", "OUT", "MEDIA", "COST", "LATENCY",
+               "WORKFLOW", "STEP"]
     rows = [
         [
             repo.as_utc(datetime.fromisoformat(r["created_at"])).strftime("%Y-%m-%d %H:%M:%S"),
@@ -442,6 +455,7 @@ def _print_usage_records(records: list[dict[str, Any]]) -> None:
             _cell(r["status"]),
             str(r["input_tokens"]),
             str(r["output_tokens"]),
+            _media_cell(r),
             _money(r["cost_usd"], 6),
             "-" if r["latency_ms"] is None else f"{r['latency_ms']:.0f} ms",
             _cell(r["workflow"]),
@@ -565,6 +579,23 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     except ImportError as e:
         raise _Unavailable("demo", e) from e
     return run_demo(args) or 0
+
+
+def _cmd_reprice(args: argparse.Namespace) -> int:
+    from tokensense.reprice import format_report, reprice_file
+
+    report = reprice_file(args.file)
+    if args.json:
+        _print_json(report.model_dump(mode="json"))
+    else:
+        print(format_report(report))
+    return 0
+
+
+def _cmd_replay(args: argparse.Namespace) -> int:
+    from tokensense.replay import run_replay
+
+    return run_replay(args) or 0
 
 
 # --- the parser -------------------------------------------------------------
@@ -807,6 +838,33 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--rate", metavar="N", type=_positive_float, default=2.0, help="requests per second (default: 2)")
     demo.add_argument("--duration", metavar="SECONDS", type=_seconds, default=0.0, help="stop after this long (default: 0 = run until Ctrl-C)")
     demo.set_defaults(handler=_cmd_demo)
+
+    # reprice, replay (saved flow files, docs/intercept.md)
+    reprice = commands.add_parser(
+        "reprice", parents=[as_json], help="re-price the calls in a saved flow file with today's prices",
+        formatter_class=_FORMATTER,
+        description="Read a flow file saved by `serve --record` (or mitmdump -w), read the usage of every provider "
+        "answer in it again (streams included), price it with today's catalog and config.toml, and print totals "
+        "by workflow and by model next to the cost recorded at the time. Works offline.",
+        epilog="example:\n  tokensense reprice calls.flows --json",
+    )
+    reprice.add_argument("file", metavar="FILE", help="a mitmproxy flow file")
+    reprice.set_defaults(handler=_cmd_reprice)
+
+    replay = commands.add_parser(
+        "replay", help="serve the provider answers saved in a flow file (no provider is called)",
+        formatter_class=_FORMATTER,
+        description="Serve the answers saved in a flow file as a reverse proxy: point an SDK's base URL at "
+        "http://HOST:PORT (any key). Requests are matched on method and path, and answered in recorded order; "
+        "an unmatched request gets a 404. Built on mitmproxy's server replay.",
+        epilog="example:\n  tokensense replay calls.flows --port 8082 --reuse",
+    )
+    replay.add_argument("file", metavar="FILE", help="a mitmproxy flow file")
+    replay.add_argument("--host", default="127.0.0.1", help="address to listen on (default: 127.0.0.1)")
+    replay.add_argument("--port", type=_port, default=8082, help="port to listen on (default: 8082)")
+    replay.add_argument("--reuse", action="store_true", help="serve a recorded answer again for every match "
+                        "(default: each answer once, in order)")
+    replay.set_defaults(handler=_cmd_replay)
 
     return parser
 

@@ -12,7 +12,8 @@ from pathlib import Path
 from typing import Any
 
 from mitmproxy import http
-from mitmproxy.io import FlowWriter
+from mitmproxy.exceptions import FlowReadException
+from mitmproxy.io import FlowReader, FlowWriter
 
 from tokensense.sse import EventSplitter
 
@@ -256,3 +257,13 @@ class FlowFileWriter:
                 with self._idle:
                     self._pending -= 1
                     self._idle.notify_all()
+
+
+def read_flow_file(path: Path) -> list[object]:
+    """Every flow in a mitmproxy flow file; a file that is not one is a ValueError that says so."""
+    try:
+        with path.open("rb") as f:
+            return list(FlowReader(f).stream())
+    except FlowReadException as e:
+        raise ValueError(f"{path} is not a mitmproxy flow file ({e}); record one with "
+                         "`tokensense serve --record FILE` or `mitmdump -w FILE`") from None

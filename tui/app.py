@@ -233,10 +233,10 @@ class DashboardApp(App[None]):
         started = time.perf_counter()
         try:
             with Session(self.engine) as session:
-                marker = change_marker(session)
+                marker = change_marker(session=session)
                 if marker == known:
                     return
-                snapshot = dashboard_snapshot(session, query=query, now=now, marker=marker)
+                snapshot = dashboard_snapshot(session=session, query=query, now=now, marker=marker)
         except SQLAlchemyError as error:
             if not worker.is_cancelled:
                 self.post_message(DatabaseUnavailable(str(error).splitlines()[0]))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import gzip
 import json
 import re
 import socket
@@ -190,7 +191,13 @@ async def _send(request: web.Request, reply: Reply, controls: Controls) -> web.S
     reason = "Overloaded" if reply.status == 529 else None
     if isinstance(reply, BodyReply):
         if not controls.broken:
-            return web.Response(status=reply.status, reason=reason, body=reply.body, headers=headers)
+            body = reply.body
+            # Like the real APIs, compress JSON answers for clients that accept gzip.
+            if reply.content_type.startswith("application/json") and \
+                    "gzip" in request.headers.get("Accept-Encoding", "") and len(body) > 64:
+                body = gzip.compress(body, compresslevel=1)
+                headers["Content-Encoding"] = "gzip"
+            return web.Response(status=reply.status, reason=reason, body=body, headers=headers)
         # Promise the whole body, send half of it, then drop the connection.
         response = web.StreamResponse(status=reply.status, reason=reason, headers=headers)
         response.content_length = len(reply.body)

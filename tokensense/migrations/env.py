@@ -45,7 +45,7 @@ def run() -> None:
         return
     engine = make_engine(url)
     try:
-        with engine.begin() as connection:
+        with migrate.migration_connection(engine) as connection:
             run_on(connection)
     finally:
         engine.dispose()
