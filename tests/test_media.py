@@ -8,6 +8,7 @@ import math
 import wave
 from collections.abc import Iterator
 from contextlib import contextmanager
+from types import SimpleNamespace
 
 import pytest
 from mitmproxy.test import tflow
@@ -393,3 +394,19 @@ def test_transcription_without_usage_is_measured_from_the_upload() -> None:
     assert call.extra["media_cost"] == pytest.approx(0.003)
     assert flow.metadata[MEDIA].upload is None, "the view into the upload is released once metered"
     assert math.isclose(call.usage.seconds, 30.0)
+
+
+def test_invalid_media_prices_in_config_refuse_media_requests_with_the_reason() -> None:
+    runtime = Runtime(Settings())
+    runtime.config.media_prices = {"dall-e-3": {"per_kilo": 1.0}}
+    addon = Media(runtime)
+    addon.running()
+    flow = tflow.tflow()
+    flow.request.path = "/v1/images/generations"
+    flow.request.content = b'{"model": "dall-e-3", "prompt": "x"}'
+    call = CallContext(Endpoint.IMAGES, ErrorFormat.OPENAI)
+    call.key = SimpleNamespace(project=None)  # type: ignore[assignment]
+    flow.metadata[CALL] = call
+    addon.request(flow)
+    assert flow.response is not None and flow.response.status_code == 500
+    assert "per_kilo" in json.loads(flow.response.content)["error"]["message"]

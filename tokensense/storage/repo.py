@@ -251,6 +251,7 @@ def update_key(
         row.allowed_providers = _validate_providers(allowed_providers)
     if project is not UNSET:
         row.project = project or None
+    row.updated_at = datetime.now(UTC)
     session.add(row)
     session.commit()
     session.refresh(row)
