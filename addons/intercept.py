@@ -143,6 +143,8 @@ class Intercept:
             req.content = json.dumps(new_body, separators=(",", ":")).encode()
         if isinstance(body, dict):
             flow.metadata[BODY] = new_body or body  # the policy addon estimates tokens from it
+        if call.stream:
+            req.headers["accept-encoding"] = "identity"  # streams are metered as they pass: uncompressed
 
     async def _check_key(self, flow: http.HTTPFlow, call: CallContext, presented: str | None) -> KeyInfo | None:
         """The TokenSense key the intercepted call presents, or None after answering 401/503."""

@@ -110,7 +110,8 @@ class Media:
         if not call.attribution:
             call.attribution = attribution(flow.request.headers, call.key)
         try:
-            self.prices  # noqa: B018 (loads the table: a script reloaded after `running` has none yet)
+            if self._prices is None:  # a script reloaded after `running` has no table yet
+                self._load_prices()
             if self._prices_error:
                 raise GatewayError(500, f"TokenSense's media prices are invalid ({self._prices_error}).",
                                    code="config_error")
@@ -209,6 +210,9 @@ class Media:
         call = get_call(flow)
         response = flow.response
         if state is None or call is None or response is None or call.recorded or response.stream:
+            return
+        if call.status is not None:  # answered by TokenSense itself (a policy refusal): already OpenAI-shaped
+            state.upload = None
             return
         try:
             if state.kind in ("imagen", "fal"):

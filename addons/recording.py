@@ -34,6 +34,11 @@ def _usage_chunk_added(call: CallContext) -> bool:
         and call.provider.name in OPENAI_COMPATIBLE
 
 
+def _mitmproxy_saves() -> bool:
+    """Whether mitmproxy's own `save` addon writes flows (`-w FILE`)."""
+    return "save_stream_file" in ctx.options and bool(ctx.options.save_stream_file)
+
+
 class Recording:
     """Last in the addon list: sees each call after it is metered.
 
@@ -72,7 +77,7 @@ class Recording:
                          " (bodies redacted)" if ctx.options.tokensense_redact_bodies else "")
 
     def _active(self) -> bool:
-        return self.writer is not None or bool(ctx.options.save_stream_file)
+        return self.writer is not None or _mitmproxy_saves()
 
     def request(self, flow: http.HTTPFlow) -> None:
         call = get_call(flow)
@@ -109,7 +114,7 @@ class Recording:
                 self.writer.submit(snapshot(flow, {RECORD: record, RECORDING: info}),
                                    redact_bodies=ctx.options.tokensense_redact_bodies)
             saved = {RECORD: record, RECORDING: {**info, "bodies_redacted": False}}
-        if ctx.options.save_stream_file:
+        if _mitmproxy_saves():
             # mitmproxy's `save` addon writes this very flow next. The request has gone upstream
             # already, so redacting it changes nothing for the call; the metadata must be serializable.
             redact_keys(flow)

@@ -396,20 +396,19 @@ def test_recording_addon_saves_metered_calls_with_keys_redacted(tmp_path: Path) 
     assert flow.request.headers["authorization"] == "Bearer sk-client"  # the live flow keeps its key
 
 
-def test_recording_addon_prepares_flows_for_mitmproxys_own_save() -> None:
+def test_recording_addon_prepares_flows_for_mitmproxys_own_save(tmp_path: Path) -> None:
+    from mitmproxy.addons.save import Save
+
     addon = Recording()
-    with taddons.context(addon) as tctx:
-        tctx.options.save_stream_file = None
-        tctx.configure(addon)
+    with taddons.context(addon, Save()) as tctx:
         flow = _provider_flow()
         flow.response = http.Response.make(200, OPENAI_ANSWER, {"content-type": "application/json"})
         flow.metadata[CALL] = CallContext(Endpoint.CHAT, None)  # type: ignore[arg-type]
         flow.metadata[RECORD] = _record_dict()
         flow.metadata["other.addon"] = object()
-        tctx.options.update(save_stream_file=None)
         addon.response(flow)
         assert CALL in flow.metadata  # without -w the live flow is left alone
-        tctx.options.update(save_stream_file="/dev/null")
+        tctx.options.save_stream_file = str(tmp_path / "w.flows")
         addon.response(flow)
     assert set(flow.metadata) == {RECORD, RECORDING}
     assert flow.request.headers["authorization"] == REDACTED

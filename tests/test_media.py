@@ -13,7 +13,7 @@ from types import SimpleNamespace
 import pytest
 from mitmproxy.test import tflow
 
-from addons.common import CALL
+from addons.common import CALL, answer_error
 from addons.media import MEDIA, Media, MediaCall
 from tokensense import media
 from tokensense.config import ModelPrice
@@ -410,3 +410,13 @@ def test_invalid_media_prices_in_config_refuse_media_requests_with_the_reason() 
     addon.request(flow)
     assert flow.response is not None and flow.response.status_code == 500
     assert "per_kilo" in json.loads(flow.response.content)["error"]["message"]
+
+
+def test_answers_tokensense_made_itself_are_not_translated_as_provider_errors() -> None:
+    """A policy refusal (402) on a fal request must keep its OpenAI-shaped message, not become "fal answered 402"."""
+    addon, flow, call = media_flow("fal", "fal-ai/flux/dev")
+    refusal = GatewayError(402, "The key `k` has spent its budget.", code="budget_exceeded")
+    answer_error(flow, ErrorFormat.OPENAI, refusal)
+    addon.responseheaders(flow)
+    addon.response(flow)
+    assert json.loads(flow.response.content)["error"]["message"] == "The key `k` has spent its budget."

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from datetime import datetime
 
 from sqlalchemy.engine import Engine
-from sqlmodel import Session, select
+from sqlmodel import Session, func, select
 
 from tokensense.providers import PROVIDERS
 from tokensense.settings import Settings
@@ -78,6 +78,7 @@ class KeyStore:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self.last_error: str | None = None
+        self._last_fingerprint: tuple | None = None
 
     # -- read by the proxy (no I/O) -------------------------------------------------
     def key(self, key_hash: str) -> KeyInfo | None:
@@ -97,10 +98,21 @@ class KeyStore:
         self._keys = {**self._keys, key_hash: info}
         return info
 
-    def refresh(self) -> None:
+    def _fingerprint(self, session: Session) -> tuple:
+        """Changes whenever a key or provider credential is created, updated or revoked."""
+        keys = session.exec(select(func.count(), func.max(ApiKey.created_at), func.max(ApiKey.updated_at),
+                                   func.max(ApiKey.revoked_at), func.count(ApiKey.revoked_at))).one()
+        creds = session.exec(select(func.count(), func.max(ProviderCredential.updated_at))).one()
+        return (*keys, *creds)
+
+    def refresh(self, *, force: bool = False) -> None:
+        """Reload keys and provider credentials if anything changed since the last load."""
         from tokensense.crypto import decrypt_secret
 
         with Session(self.engine) as session:
+            fingerprint = self._fingerprint(session)
+            if not force and fingerprint == self._last_fingerprint:
+                return
             rows = session.exec(select(ApiKey)).all()
             keys = {row.key_hash: KeyInfo.from_row(row) for row in rows}
             creds_rows = [] if self.settings.ignore_stored_providers else session.exec(select(ProviderCredential)).all()
@@ -117,6 +129,7 @@ class KeyStore:
             credentials[provider] = Credential(api_key, base_url or self._base_url(provider), "stored")
         self._keys = keys
         self._credentials = credentials
+        self._last_fingerprint = fingerprint
 
     def _base_url(self, provider: str) -> str:
         return self.settings.base_url_override(provider) or PROVIDERS[provider].default_base_url
@@ -128,7 +141,7 @@ class KeyStore:
 
     # -- background refresh ------------------------------------------------------------
     def start(self) -> None:
-        self.refresh()
+        self.refresh(force=True)
         self._thread = threading.Thread(target=self._run, name="tokensense-keystore", daemon=True)
         self._thread.start()
 

@@ -140,6 +140,16 @@ def _request_json(flow: http.HTTPFlow) -> dict[str, Any]:
     return body if isinstance(body, dict) else {}
 
 
+def _path_model(path: str) -> str | None:
+    """The model a Gemini path names (`/v1beta/models/MODEL:action`) or fal's app (`/fal-ai/...`)."""
+    path = path.partition("?")[0]
+    if "/models/" in path and ":" in path.rsplit("/models/", 1)[1]:
+        return path.rsplit("/models/", 1)[1].split(":", 1)[0]
+    if path.startswith("/fal-ai/"):
+        return path.strip("/")
+    return None
+
+
 # -- pricing --------------------------------------------------------------------------------
 
 
@@ -175,11 +185,7 @@ def price_flow(flow: http.HTTPFlow, prices: PriceBook, media: MediaPriceTable,
     if adapter is None or (flow.response is None and record is None):
         return None
     request = _request_json(flow)
-    model = record.get("model") if record else None
-    if not model:
-        model = request.get("model")
-        if not isinstance(model, str) and "/models/" in flow.request.path:
-            model = flow.request.path.partition("?")[0].rsplit("/models/", 1)[1].split(":", 1)[0]
+    model = (record.get("model") if record else None) or _path_model(flow.request.path) or request.get("model")
     endpoint = record.get("endpoint") if record else None
     usage = None
     if flow.response is not None:
