@@ -9,6 +9,7 @@ from mitmproxy import http
 from addons.common import answer_error, answer_json, get_call, require_credential, send_upstream
 from tokensense.catalog import list_models
 from tokensense.errors import GatewayError
+from tokensense.policy import model_allowed
 from tokensense.providers import PROVIDERS
 from tokensense.routing import MEDIA_ENDPOINTS, PASSTHROUGH, Endpoint, parse_json_body, resolve_model
 from tokensense.runtime import Runtime
@@ -37,8 +38,11 @@ class Router:
         call = get_call(flow)
         assert call is not None and self.runtime.keys is not None
         call.recorded = True
+        key = call.key
+        assert key is not None
         available = [name for name in PROVIDERS if self.runtime.keys.credential(name).api_key]
-        answer_json(flow, 200, list_models(available, custom=self.runtime.prices.custom))
+        answer_json(flow, 200, list_models(available, custom=self.runtime.prices.custom,
+                                           allowed=lambda provider, model: model_allowed(key, provider, model)))
 
     def _route(self, flow: http.HTTPFlow) -> None:
         call = get_call(flow)

@@ -139,3 +139,9 @@ def test_parallel_requests_overspend_at_most_what_was_in_flight(gateway: Gateway
     # so the overshoot is at most the last admitted call.
     assert spent <= budget + one_call * 1.0001
     assert len(ok) <= 6
+
+
+def test_models_list_shows_only_what_the_key_may_use(gateway: Gateway) -> None:
+    key = new_key(gateway, "--allow-model", "gpt-4o*", "--allow-provider", "openai")["key"]
+    ids = {m.id for m in openai.OpenAI(base_url=f"{gateway.url}/v1", api_key=key, max_retries=0).models.list()}
+    assert ids and all(i.startswith("gpt-4o") for i in ids)

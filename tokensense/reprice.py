@@ -68,7 +68,7 @@ class ModelTotals(Totals):
 class PricedCall(BaseModel):
     """One provider call from the file: its usage read again from the answer, and its price now and then."""
 
-    provider: str
+    provider: str | None
     model: str | None
     endpoint: str | None
     workflow: str | None
@@ -82,7 +82,7 @@ class PricedCall(BaseModel):
 class RepriceReport(BaseModel):
     file: str
     flows: int = 0  # flows in the file
-    skipped: int = 0  # flows that are not a provider call with an answer (other hosts, errors without answer)
+    skipped: int = 0  # flows that are neither a recorded call nor a provider answer (other hosts, health checks)
     total: Totals = Field(default_factory=Totals)
     by_workflow: list[WorkflowTotals] = Field(default_factory=list)
     by_model: list[ModelTotals] = Field(default_factory=list)
@@ -175,20 +175,25 @@ def media_cost(media: MediaPriceTable, adapter: ProviderAdapter, model: str, end
 
 def price_flow(flow: http.HTTPFlow, prices: PriceBook, media: MediaPriceTable,
                hosts: HostTable | None = None) -> PricedCall | None:
-    """The call in one saved flow, priced today; None if the flow is not a provider call with an answer."""
+    """The call in one saved flow, priced today; None if the flow is neither a TokenSense record nor a provider answer.
+
+    A recorded call whose provider was never known (refused before routing:
+    401, unknown model) counts as a request that costs nothing, as in the record.
+    """
     record = flow.metadata.get(RECORD)
     record = record if isinstance(record, dict) else None
-    if record is not None and record.get("provider"):
-        adapter = get_provider(str(record["provider"]))
+    if record is not None:
+        adapter = get_provider(str(record["provider"])) if record.get("provider") else None
     else:
         adapter = (hosts or HostTable()).provider(flow.request.pretty_host)
-    if adapter is None or (flow.response is None and record is None):
-        return None
+        if adapter is None or flow.response is None:
+            return None
     request = _request_json(flow)
     model = (record.get("model") if record else None) or _path_model(flow.request.path) or request.get("model")
+    model = model if isinstance(model, str) and model else None
     endpoint = record.get("endpoint") if record else None
     usage = None
-    if flow.response is not None:
+    if flow.response is not None and adapter is not None:
         openai_format = endpoint == Endpoint.CHAT.value and adapter.name not in OPENAI_COMPATIBLE
         usage = answer_usage(adapter, flow.response, openai_format=openai_format)
     source = "answer"
@@ -199,12 +204,12 @@ def price_flow(flow: http.HTTPFlow, prices: PriceBook, media: MediaPriceTable,
         # characters spoken, images made); the record is where they are.
         usage = usage.model_copy(update={name: record.get(name) or getattr(usage, name) for name in _MEDIA_FIELDS})
     cost = 0.0
-    if isinstance(model, str) and model:
+    if adapter is not None and model:
         cost = prices.token_cost(adapter.prices_id, model, usage) + \
             media_cost(media, adapter, model, endpoint, usage, request)
     recorded = record.get("cost_usd") if record else None
     return PricedCall(
-        provider=adapter.name, model=model if isinstance(model, str) else None, endpoint=endpoint,
+        provider=adapter.name if adapter else None, model=model, endpoint=endpoint,
         workflow=record.get("workflow") if record else None,
         status=record.get("status") if record else (flow.response.status_code if flow.response else None),
         usage=usage, usage_source=source, cost_usd=cost,
@@ -217,7 +222,7 @@ def reprice_flows(flows: Iterable[object], *, file: str, prices: PriceBook, medi
     """Totals overall, by workflow and by model of the provider calls among `flows`."""
     report = RepriceReport(file=file)
     workflows: dict[str | None, WorkflowTotals] = {}
-    models: dict[tuple[str, str | None], ModelTotals] = {}
+    models: dict[tuple[str | None, str | None], ModelTotals] = {}
     for flow in flows:
         report.flows += 1
         call = price_flow(flow, prices, media, hosts) if isinstance(flow, http.HTTPFlow) else None
@@ -231,7 +236,7 @@ def reprice_flows(flows: Iterable[object], *, file: str, prices: PriceBook, medi
     for group in (*workflows.values(), *models.values()):
         group.finish()
     report.by_workflow = sorted(workflows.values(), key=lambda g: (-g.cost_usd, g.workflow or ""))
-    report.by_model = sorted(models.values(), key=lambda g: (-g.cost_usd, g.provider, g.model or ""))
+    report.by_model = sorted(models.values(), key=lambda g: (-g.cost_usd, g.provider or "", g.model or ""))
     return report
 
 
