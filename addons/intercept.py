@@ -131,13 +131,13 @@ class Intercept:
             return
         call.extra[INTERCEPTED] = True
         flow.metadata[CALL] = call
-        key = None
+        call.attribution = attribution(req.headers, None)  # refused calls are attributed too
         if ctx.options.tokensense_intercept_require_key:
             key = await self._check_key(flow, call, presented)
             if key is None:
                 return
             call.extra[_PENDING_KEY] = key
-        call.attribution = attribution(req.headers, key)
+            call.attribution = attribution(req.headers, key)
         new_body, call.client_wants_usage = with_stream_usage(call, body)
         if new_body is not None:
             req.content = json.dumps(new_body, separators=(",", ":")).encode()

@@ -10,7 +10,7 @@ from addons.common import answer_error, answer_json, get_call, require_credentia
 from tokensense.catalog import list_models
 from tokensense.errors import GatewayError
 from tokensense.policy import model_allowed
-from tokensense.providers import PROVIDERS
+from tokensense.providers import PROVIDERS, provider_for_model
 from tokensense.routing import MEDIA_ENDPOINTS, PASSTHROUGH, Endpoint, parse_json_body, resolve_model
 from tokensense.runtime import Runtime
 
@@ -41,8 +41,22 @@ class Router:
         key = call.key
         assert key is not None
         available = [name for name in PROVIDERS if self.runtime.keys.credential(name).api_key]
-        answer_json(flow, 200, list_models(available, custom=self.runtime.prices.custom,
+        answer_json(flow, 200, list_models(available, custom=self.runtime.prices.custom, extra=self._media_models(),
                                            allowed=lambda provider, model: model_allowed(key, provider, model)))
+
+    def _media_models(self) -> dict[str, list[str]]:
+        """Image and audio models from the media price table, by provider (the catalog lacks most)."""
+        from tokensense.media_prices import MediaPriceError, MediaPriceTable
+
+        try:
+            table = MediaPriceTable(self.runtime.config.media_prices)
+        except MediaPriceError:
+            table = MediaPriceTable()
+        by_provider: dict[str, list[str]] = {}
+        for model in sorted(table.models):
+            if adapter := provider_for_model(model):
+                by_provider.setdefault(adapter.name, []).append(model)
+        return by_provider
 
     def _route(self, flow: http.HTTPFlow) -> None:
         call = get_call(flow)

@@ -134,6 +134,20 @@ def test_totals_cover_the_window(workflows: Session) -> None:
     assert everything.tokens == 1660 + 166
 
 
+def test_large_windows_are_scanned_small_ones_use_the_index(session: Session) -> None:
+    for day in range(1, 31):
+        add(session, ago=timedelta(days=day), cost_usd=1.0)
+    add(session, ago=minutes(10), cost_usd=0.5)
+    sqlite = session.get_bind().dialect.name == "sqlite"
+    recent = analytics._window_condition(session, NOW - timedelta(hours=1))
+    week = analytics._window_condition(session, NOW - timedelta(days=7, hours=1))
+    assert "+usage.created_at" not in str(recent.compile(dialect=session.get_bind().dialect))
+    assert ("+usage.created_at" in str(week.compile(dialect=session.get_bind().dialect))) == sqlite
+    # Either way, the same records are counted.
+    assert analytics.usage_totals(session=session, since=NOW - timedelta(hours=1)).requests == 1
+    assert analytics.usage_totals(session=session, since=NOW - timedelta(days=7, hours=1)).cost_usd == 7.5
+
+
 def test_totals_of_an_empty_table(session: Session) -> None:
     assert analytics.usage_totals(session=session) == Totals(0, 0, 0, 0.0, 0)
 

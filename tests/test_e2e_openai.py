@@ -91,3 +91,4 @@ def test_embeddings(gateway: Gateway, exec_id: str) -> None:
 def test_models_lists_what_the_key_can_use(gateway: Gateway) -> None:
     ids = {m.id for m in client(gateway).models.list()}
     assert {"gpt-4o-mini", "claude-sonnet-4-6", "gemini-2.5-flash", "grok-3-mini"} <= ids
+    assert {"dall-e-3", "whisper-1", "fal-ai/flux/dev"} <= ids  # media models from the media price table

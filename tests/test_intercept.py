@@ -428,7 +428,8 @@ def _recorded_flow(body: bytes, content_type: str, record: dict | None = None, h
         {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "a secret prompt"}]}).encode(),
         {"content-type": "application/json", "authorization": "Bearer sk-client-secret"})
     flow.response = _response(body, content_type)
-    flow.metadata[RECORD] = record if record is not None else _record_dict()
+    if record != {}:  # {}: a flow saved without a TokenSense record (mitmdump -w of another tool)
+        flow.metadata[RECORD] = record if record is not None else _record_dict()
     return flow
 
 
@@ -485,6 +486,15 @@ def test_a_flow_without_its_answer_is_priced_from_its_record() -> None:
     flow.response.content = None
     call = price_flow(flow, PriceBook(), MediaPriceTable())
     assert call is not None and call.usage_source == "record" and call.usage.input_tokens == 100
+
+
+def test_a_call_refused_before_routing_counts_and_costs_nothing() -> None:
+    flow = _recorded_flow(b'{"error": {"message": "Unknown TokenSense key."}}', "application/json",
+                          _record_dict(provider=None, model=None, status=401, input_tokens=0, output_tokens=0,
+                                       cost_usd=0.0), host="127.0.0.1")
+    report = reprice_flows([flow], file="x", prices=PriceBook(), media=MediaPriceTable())
+    assert (report.skipped, report.total.requests, report.total.cost_usd, report.total.unrecorded) == (0, 1, 0.0, 0)
+    assert report.by_model[0].provider is None
 
 
 def test_media_calls_are_priced_from_the_media_table() -> None:

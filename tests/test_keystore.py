@@ -6,14 +6,18 @@ from sqlmodel import Session
 
 from tokensense.crypto import hash_key
 from tokensense.keystore import KeyStore
-from tokensense.settings import Settings
+from tokensense.crypto import reset_fernet_cache
+from tokensense.settings import get_settings, reset_settings
 from tokensense.storage import repo
 from tokensense.storage.db import init_db, make_engine
 
 
 def test_refresh_sees_updates_and_revocations_and_skips_when_nothing_changed(tmp_path, monkeypatch) -> None:
     monkeypatch.setenv("TOKENSENSE_SECRET", "test-secret")
-    settings = Settings(home=tmp_path)
+    monkeypatch.setenv("TOKENSENSE_HOME", str(tmp_path))
+    reset_settings()
+    reset_fernet_cache()
+    settings = get_settings()  # the same settings repo.set_provider encrypts with
     engine = make_engine(f"sqlite:///{tmp_path / 'ks.db'}")
     init_db(engine)
     store = KeyStore(engine, settings)
@@ -44,3 +48,5 @@ def test_refresh_sees_updates_and_revocations_and_skips_when_nothing_changed(tmp
     store.refresh()
     assert store.credential("openai").api_key == "sk-stored-123456"
     assert store.credential("openai").source == "stored"
+    reset_settings()
+    reset_fernet_cache()

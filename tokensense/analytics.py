@@ -163,43 +163,70 @@ def _field(name: str) -> Any:
     return col(getattr(Usage, name))
 
 
-def _conditions(*, since: datetime | None, filters: Filters | None) -> list[ColumnElement[bool]]:
-    conditions: list[ColumnElement[bool]] = []
-    if since is not None:
-        conditions.append(col(Usage.created_at) >= _stored(since))
-    for name, value in (filters or {}).items():
-        column = _field(name)
-        conditions.append(column.is_(None) if value is None else column == value)
-    return conditions
+class _Unindexed(FunctionElement[Any]):
+    """A column SQLite must not read through its index: `+column` there, the plain column elsewhere.
 
-
-class _GroupKey(FunctionElement[Any]):
-    """A column to GROUP BY without letting SQLite walk that column's index to do it.
-
-    Given `GROUP BY model`, SQLite scans `ix_usage_model` in order to skip a sort,
-    then fetches every row to test the window: a full scan even for the last 15
-    minutes. `GROUP BY +model` (same value, not indexable) lets it use the
-    `created_at` range instead. Other databases get the plain column.
+    Given `GROUP BY model`, SQLite walks `ix_usage_model` to skip a sort and then
+    fetches every row to test the window: a full scan even for the last 15
+    minutes; `GROUP BY +model` lets it use the `created_at` range instead. And a
+    window holding a good share of the table is faster to read in one sequential
+    scan than row by row through `ix_usage_created_at`, which SQLite, having no
+    statistics, cannot know by itself.
     """
 
     inherit_cache = True
-    name = "group_key"
+    name = "unindexed"
 
     def __init__(self, column: Any) -> None:
         super().__init__(column)
         self.type = column.type
 
 
-@compiles(_GroupKey)
-def _group_key_default(element: _GroupKey, compiler: Any, **kw: Any) -> str:
+@compiles(_Unindexed)
+def _unindexed_default(element: _Unindexed, compiler: Any, **kw: Any) -> str:
     (column,) = element.clauses
     return compiler.process(column, **kw)
 
 
-@compiles(_GroupKey, "sqlite")
-def _group_key_sqlite(element: _GroupKey, compiler: Any, **kw: Any) -> str:
+@compiles(_Unindexed, "sqlite")
+def _unindexed_sqlite(element: _Unindexed, compiler: Any, **kw: Any) -> str:
     (column,) = element.clauses
     return "+" + compiler.process(column, **kw)
+
+
+SCAN_SHARE = 0.1
+"""On SQLite, a window with more than this share of all records is read by a table scan."""
+
+
+def _window_condition(session: Session, since: datetime) -> ColumnElement[bool]:
+    """`created_at >= since`, for SQLite written as a table scan when the window is large.
+
+    Counting the window is cheap (the index alone answers it). Measured on 200,000
+    records over 30 days, a 7-day window reads 2-3x faster by scanning.
+    """
+    bound = _stored(since)
+    created = col(Usage.created_at)
+    if session.get_bind().dialect.name != "sqlite":
+        return created >= bound
+    in_window, total = session.exec(
+        select(
+            select(func.count()).where(created >= bound).scalar_subquery(),
+            select(func.count()).select_from(Usage).scalar_subquery(),
+        )
+    ).one()
+    if total and in_window > total * SCAN_SHARE:
+        return _Unindexed(created) >= bound
+    return created >= bound
+
+
+def _conditions(session: Session, *, since: datetime | None, filters: Filters | None) -> list[ColumnElement[bool]]:
+    conditions: list[ColumnElement[bool]] = []
+    if since is not None:
+        conditions.append(_window_condition(session, since))
+    for name, value in (filters or {}).items():
+        column = _field(name)
+        conditions.append(column.is_(None) if value is None else column == value)
+    return conditions
 
 
 def usage_totals(*, session: Session, since: datetime | None = None, filters: Filters | None = None) -> Totals:
@@ -210,7 +237,7 @@ def usage_totals(*, session: Session, since: datetime | None = None, filters: Fi
         func.coalesce(func.sum(Usage.output_tokens), 0),
         func.coalesce(func.sum(Usage.cost_usd), 0.0),
         func.coalesce(func.sum(case((col(Usage.status) >= 400, 1), else_=0)), 0),
-    ).where(*_conditions(since=since, filters=filters))
+    ).where(*_conditions(session, since=since, filters=filters))
     requests, input_tokens, output_tokens, cost, errors = session.exec(statement).one()
     return Totals(int(requests), int(input_tokens), int(output_tokens), float(cost), int(errors))
 
@@ -242,8 +269,8 @@ def group_usage(
             # Window functions run after GROUP BY and before LIMIT: the total of every group.
             func.sum(func.sum(Usage.cost_usd)).over(),
         )
-        .where(*_conditions(since=since, filters=filters))
-        .group_by(_GroupKey(column))
+        .where(*_conditions(session, since=since, filters=filters))
+        .group_by(_Unindexed(column))
         .order_by(cost.desc(), requests.desc(), column)
     )
     if limit is not None:
@@ -283,7 +310,7 @@ def _bucket_index_sqlite(element: _BucketIndex, compiler: Any, **kw: Any) -> str
 
 def first_usage_at(*, session: Session, filters: Filters | None = None) -> datetime | None:
     """Time of the oldest record (matching `filters`), or `None` when there is none."""
-    statement = select(func.min(Usage.created_at)).where(*_conditions(since=None, filters=filters))
+    statement = select(func.min(Usage.created_at)).where(*_conditions(session, since=None, filters=filters))
     first = session.exec(statement).one()
     return None if first is None else as_utc(first)
 
@@ -314,7 +341,7 @@ def spend_series(
         literal(seconds, Float()),
     ).label("bucket")
     since = None if include_earlier else start
-    per_record = select(index, col(Usage.cost_usd).label("cost")).where(*_conditions(since=since, filters=filters))
+    per_record = select(index, col(Usage.cost_usd).label("cost")).where(*_conditions(session, since=since, filters=filters))
     inner = per_record.subquery()
     statement = select(inner.c.bucket, func.sum(inner.c.cost)).group_by(inner.c.bucket)
     values = [0.0] * buckets
@@ -353,8 +380,8 @@ def key_budgets(*, session: Session, now: datetime, include_revoked: bool = Fals
         func.coalesce(func.sum(case((created >= day_bound, cost), else_=0.0)), 0.0),
     )
     if "total" not in periods:
-        spent = spent.where(created >= (month_bound if "monthly" in periods else day_bound))
-    spent = spent.group_by(_GroupKey(col(Usage.key_id)))
+        spent = spent.where(_window_condition(session, month_start if "monthly" in periods else day_start))
+    spent = spent.group_by(_Unindexed(col(Usage.key_id)))
     by_key = {key_id: (float(total), float(month), float(day)) for key_id, total, month, day in session.exec(spent)}
 
     budgets = []
@@ -384,7 +411,7 @@ def recent_usage(
     """The latest `limit` records, newest first."""
     statement = (
         select(Usage)
-        .where(*_conditions(since=since, filters=filters))
+        .where(*_conditions(session, since=since, filters=filters))
         .order_by(col(Usage.created_at).desc(), col(Usage.id).desc())
         .limit(limit)
     )
