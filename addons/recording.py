@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import logging
 from functools import partial
-from typing import Optional
 
 from mitmproxy import ctx, exceptions, http
 
@@ -56,7 +55,7 @@ class Recording:
 
     def load(self, loader) -> None:  # type: ignore[no-untyped-def]
         loader.add_option(
-            "tokensense_record", Optional[str], None,
+            "tokensense_record", str | None, None,
             "Save every metered call to this file in mitmproxy's flow format, keys redacted "
             "(prefix the path with + to append).",
         )

@@ -32,10 +32,15 @@ def _sqlite_engine() -> Iterator[Engine]:
 
 @contextmanager
 def _postgres_engine() -> Iterator[Engine]:
-    """An engine on a throwaway schema of the server in TOKENSENSE_TEST_POSTGRES_URL."""
-    url = os.environ.get("TOKENSENSE_TEST_POSTGRES_URL")
-    if not url:
-        pytest.skip("set TOKENSENSE_TEST_POSTGRES_URL to run the analytics tests on PostgreSQL")
+    """An engine on a throwaway schema of the local PostgreSQL (or TOKENSENSE_TEST_POSTGRES_URL)."""
+    url = os.environ.get("TOKENSENSE_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/test")
+    try:
+        probe = create_engine(normalize_database_url(url), connect_args={"connect_timeout": 3})
+        with probe.connect():
+            pass
+        probe.dispose()
+    except Exception as e:
+        pytest.skip(f"PostgreSQL at {url} is not reachable ({type(e).__name__}); set TOKENSENSE_TEST_POSTGRES_URL")
     schema = f"test_analytics_{uuid.uuid4().hex[:12]}"
     admin = create_engine(normalize_database_url(url))
     with admin.begin() as connection:
@@ -266,9 +271,9 @@ def test_recent_usage_is_newest_first(workflows: Session) -> None:
     assert len(analytics.recent_usage(session=workflows, limit=100)) == 6
 
 
-def test_change_marker_moves_on_insert_and_revoke(session: Session) -> None:
+def test_change_marker_moves_on_insert_revoke_and_limit_change(session: Session) -> None:
     empty = analytics.change_marker(session=session)
-    assert empty == analytics.ChangeMarker(0, 0, 0, 0)
+    assert empty == analytics.ChangeMarker(0, 0, 0, 0, None)
     add(session, ago=minutes(1), cost_usd=1.0)
     add_key(session, "k", budget=None)
     after = analytics.change_marker(session=session)
@@ -278,7 +283,14 @@ def test_change_marker_moves_on_insert_and_revoke(session: Session) -> None:
     key.revoked_at = NOW
     session.add(key)
     session.commit()
-    assert analytics.change_marker(session=session).keys_revoked == 1
+    revoked = analytics.change_marker(session=session)
+    assert revoked.keys_revoked == 1
+    key.budget_usd = 20.0
+    key.updated_at = NOW
+    session.add(key)
+    session.commit()
+    assert analytics.change_marker(session=session).keys_updated_at is not None
+    assert analytics.change_marker(session=session) != revoked
 
 
 def test_dashboard_snapshot_runs_every_query(workflows: Session) -> None:

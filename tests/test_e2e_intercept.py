@@ -296,7 +296,7 @@ def test_gateway_mode_still_works_next_to_intercept_mode(proxy: InterceptGateway
     assert last_request(proxy.fake, exec_id)["headers"]["authorization"] == f"Bearer {PROVIDER_KEYS['openai']}"
 
 
-def test_recording_has_no_key_and_reprices_to_the_recorded_totals(proxy: InterceptGateway, tmp_path: Path) -> None:
+def test_recording_has_no_key_and_reprices_to_the_recorded_totals(proxy: InterceptGateway) -> None:
     """Runs last in this module: it stops the gateway so that the recording is complete."""
     expected = len(proxy.gateway.wait_records(6))
     proxy.stop()

@@ -247,6 +247,28 @@ async def test_required_key_is_checked_and_handed_over_after_routing() -> None:
         assert call.key == _key_info()
 
 
+def test_only_tunnels_to_provider_hosts_are_decrypted() -> None:
+    from mitmproxy.connection import Client
+    from mitmproxy.options import Options
+    from mitmproxy.proxy import context, layer, layers
+
+    addon = Intercept(Runtime())
+
+    def decide(host: str, mode: str = "regular") -> object:
+        client = Client(peername=("127.0.0.1", 50000), sockname=("127.0.0.1", 8081), timestamp_start=0,
+                        proxy_mode=ProxyMode.parse(mode))
+        ctx_ = context.Context(client, Options())
+        ctx_.server.address = (host, 443)
+        nextlayer = layer.NextLayer(ctx_)
+        addon.next_layer(nextlayer)
+        return nextlayer.layer
+
+    with taddons.context(addon):
+        assert isinstance(decide("example.com"), layers.TCPLayer)  # passthrough: never decrypted
+        assert decide("api.openai.com") is None  # left to mitmproxy: intercepted
+        assert decide("example.com", "reverse:http://127.0.0.1:9") is None  # the gateway's own connections
+
+
 def test_hostmap_redirects_regular_mode_connections_only() -> None:
     from mitmproxy.proxy import server_hooks
     from mitmproxy.test.tflow import tclient_conn, tserver_conn

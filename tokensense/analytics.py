@@ -113,6 +113,8 @@ class ChangeMarker(NamedTuple):
     usage_count: int
     key_count: int
     keys_revoked: int
+    keys_updated_at: datetime | None
+    """When a key's limits last changed (a budget raised, ...)."""
 
 
 def as_utc(moment: datetime) -> datetime:
@@ -419,14 +421,16 @@ def recent_usage(
 
 
 def change_marker(*, session: Session) -> ChangeMarker:
-    """Max id and row counts of the usage and key tables, in one round trip."""
+    """Max id and row counts of the usage and key tables, and the keys' last change, in one round trip."""
     statement = select(
         select(func.coalesce(func.max(Usage.id), 0)).scalar_subquery(),
         select(func.count()).select_from(Usage).scalar_subquery(),
         select(func.count()).select_from(ApiKey).scalar_subquery(),
         select(func.count(ApiKey.revoked_at)).scalar_subquery(),
+        select(func.max(ApiKey.updated_at)).scalar_subquery(),
     )
-    return ChangeMarker(*(int(value or 0) for value in session.exec(statement).one()))
+    max_id, usage_count, key_count, revoked, updated = session.exec(statement).one()
+    return ChangeMarker(int(max_id or 0), int(usage_count or 0), int(key_count or 0), int(revoked or 0), updated)
 
 
 @dataclass(frozen=True)

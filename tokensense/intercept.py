@@ -1,4 +1,4 @@
-"""Intercept mode: which hosts are providers, the regular-proxy arguments, and the call context of an intercepted request."""
+"""Intercept mode: provider hosts, the regular-proxy arguments, and the call context of an intercepted request."""
 
 from __future__ import annotations
 

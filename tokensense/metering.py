@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import random
 import re
 import time
 from collections.abc import Callable, Mapping
@@ -15,7 +16,7 @@ from tokensense.pricing import PriceBook
 from tokensense.providers import ProviderAdapter, StreamUsage
 from tokensense.routing import Endpoint
 from tokensense.sse import EventSplitter, parse_event
-from tokensense.storage.models import UsageCreate, new_id
+from tokensense.storage.models import UsageCreate
 from tokensense.usage import TokenUsage
 
 ATTRIBUTION_HEADERS = {
@@ -28,15 +29,37 @@ ATTRIBUTION_HEADERS = {
 _MAX_ATTRIBUTE = 200
 
 
+_ATTRIBUTION_FIELDS = {header.encode(): name for header, name in ATTRIBUTION_HEADERS.items()}
+
+
 def attribution(headers: Mapping[str, str], key: KeyInfo | None) -> dict[str, str | None]:
     """The attribution fields from the request headers (`x-project` else the key's project)."""
-    fields: dict[str, str | None] = {}
-    for header, name in ATTRIBUTION_HEADERS.items():
-        value = headers.get(header)
-        fields[name] = value.strip()[:_MAX_ATTRIBUTE] or None if value else None
+    fields: dict[str, str | None] = dict.fromkeys(ATTRIBUTION_HEADERS.values())
+    raw = getattr(headers, "fields", None)
+    if raw is not None:
+        # mitmproxy's Headers: one pass over the raw fields costs less than five
+        # lookups; repeated headers are joined with ", " as `Headers.get` does.
+        for header, value in raw:
+            name = _ATTRIBUTION_FIELDS.get(header.lower())
+            if name is not None:
+                text = value.decode("utf-8", "surrogateescape")
+                fields[name] = text if fields[name] is None else f"{fields[name]}, {text}"
+    else:
+        for header, name in ATTRIBUTION_HEADERS.items():
+            fields[name] = headers.get(header)
+    for name, value in fields.items():
+        if value is not None:
+            fields[name] = value.strip()[:_MAX_ATTRIBUTE] or None
     if not fields["project"] and key is not None:
         fields["project"] = key.project
     return fields
+
+
+def _request_id() -> str:
+    # 16 hex digits like `new_id`, from the interpreter's generator (seeded from the
+    # system's at start, reseeded in a forked child): a request id needs to be
+    # unique, not unguessable, and os.urandom would be a system call per request.
+    return f"{random.getrandbits(64):016x}"
 
 
 @dataclass(slots=True)
@@ -48,7 +71,7 @@ class CallContext:
     path_model: str | None = None  # Gemini names the model in the path
     action: str | None = None  # Gemini `generateContent`, `streamGenerateContent`, ...
     started: float = field(default_factory=time.perf_counter)
-    request_id: str = field(default_factory=new_id)
+    request_id: str = field(default_factory=_request_id)
     key: KeyInfo | None = None
     provider: ProviderAdapter | None = None
     model: str | None = None

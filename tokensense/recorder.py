@@ -5,7 +5,6 @@ from __future__ import annotations
 import logging
 import queue
 import threading
-import time
 from collections.abc import Callable
 
 from sqlalchemy import insert
@@ -44,6 +43,7 @@ class UsageRecorder:
         self.written = 0
         self._idle = threading.Condition()
         self._pending = 0
+        self._closing = threading.Event()
         self._thread.start()
 
     def submit(self, record: UsageCreate) -> None:
@@ -60,28 +60,35 @@ class UsageRecorder:
         if self._closed:
             return
         self._closed = True
+        self._closing.set()
         self._queue.put(_STOP)
         self._thread.join(timeout=timeout)
 
     def _run(self) -> None:
         stopping = False
+        behind = False
         while not stopping:
             item = self._queue.get()
             if item is _STOP:
                 break
-            # Collect for up to `interval` after the first record: one transaction per batch.
+            # One transaction per batch: what arrives within `interval` of the first
+            # record. The thread sleeps through that time rather than waiting on the
+            # queue, which `submit` would wake for every record, each time taking the
+            # interpreter lock from the proxy's event loop. A full batch means more
+            # are waiting: the next one is written at once.
+            if not behind:
+                self._closing.wait(self.interval)
             batch: list[UsageCreate] = [item]
-            deadline = time.monotonic() + self.interval
             while len(batch) < self.max_batch:
-                remaining = deadline - time.monotonic()
                 try:
-                    item = self._queue.get(timeout=remaining) if remaining > 0 else self._queue.get_nowait()
+                    item = self._queue.get_nowait()
                 except queue.Empty:
                     break
                 if item is _STOP:
                     stopping = True
                     break
                 batch.append(item)
+            behind = len(batch) >= self.max_batch
             self._write(batch, final=stopping)
         # Anything submitted after close() was called still gets written.
         leftovers = []

@@ -91,7 +91,8 @@ class RepriceReport(BaseModel):
 # -- reading usage from a saved answer ----------------------------------------------------
 
 
-def answer_usage(adapter: ProviderAdapter, response: http.Response, *, openai_format: bool = False) -> TokenUsage | None:
+def answer_usage(adapter: ProviderAdapter, response: http.Response, *,
+                 openai_format: bool = False) -> TokenUsage | None:
     """The usage in a saved answer (a JSON body or a server-sent-events stream), or None if it has none.
 
     `openai_format`: the answer is in OpenAI chat format although the provider is
