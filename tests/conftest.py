@@ -42,6 +42,20 @@ def clean_env() -> dict[str, str]:
     return env
 
 
+def wait_healthy(url: str, proc: subprocess.Popen, what: str, timeout: float = 60) -> None:
+    """Poll `url` until it answers 200; fail if `proc` exits or the time runs out."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            if httpx.get(url, timeout=2).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        if proc.poll() is not None or time.monotonic() > deadline:
+            raise RuntimeError(f"{what} did not start (exit status {proc.poll()})")
+        time.sleep(0.1)
+
+
 @dataclass
 class FakeProvider:
     url: str
@@ -156,17 +170,11 @@ def start_gateway(tmp: Path, fake: FakeProvider, *, extra_env: dict[str, str | N
     proc = subprocess.Popen([str(BIN / "tokensense"), "serve", "--port", str(port)], stdout=log,
                             stderr=subprocess.STDOUT, env=env, cwd=tmp)
     url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 60
-    while True:
-        try:
-            if httpx.get(f"{url}/health", timeout=2).status_code == 200:
-                break
-        except httpx.HTTPError:
-            pass
-        if proc.poll() is not None or time.monotonic() > deadline:
-            stop(proc)
-            raise RuntimeError(f"gateway did not start:\n{log_path.read_text()}")
-        time.sleep(0.1)
+    try:
+        wait_healthy(f"{url}/health", proc, "the gateway")
+    except RuntimeError as e:
+        stop(proc)
+        raise RuntimeError(f"{e}:\n{log_path.read_text()}") from None
     return Gateway(url=url, home=home, env=env, process=proc, key=created["key"], fake=fake, log_path=log_path)
 
 

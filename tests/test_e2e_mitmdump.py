@@ -4,12 +4,11 @@ from __future__ import annotations
 
 import json
 import subprocess
-import time
 
 import httpx
 import pytest
 
-from conftest import BIN, PROVIDER_KEYS, ROOT, FakeProvider, clean_env, free_port, stop
+from conftest import BIN, PROVIDER_KEYS, ROOT, FakeProvider, clean_env, free_port, stop, wait_healthy
 
 pytestmark = pytest.mark.e2e
 
@@ -28,15 +27,7 @@ def test_mitmdump_script_serves_the_gateway_in_reverse_mode(tmp_path, fake_provi
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
         url = f"http://127.0.0.1:{port}"
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                if httpx.get(f"{url}/health", timeout=2).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            assert proc.poll() is None and time.monotonic() < deadline, "mitmdump did not serve the gateway"
-            time.sleep(0.1)
+        wait_healthy(f"{url}/health", proc, "mitmdump with the gateway script")
         r = httpx.post(f"{url}/v1/chat/completions", headers={"authorization": f"Bearer {key}"},
                        json={"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}]}, timeout=30)
         assert r.status_code == 200 and r.json()["choices"][0]["message"]["content"]

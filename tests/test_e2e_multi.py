@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import httpx
 import pytest
 
-from conftest import ROOT, FakeProvider, Gateway, free_port, start_gateway, stop
+from conftest import ROOT, FakeProvider, Gateway, free_port, start_gateway, stop, wait_healthy
 from tokensense.pricing import PriceBook
 from tokensense.usage import TokenUsage
 
@@ -95,15 +95,7 @@ def cluster(tmp_path_factory: pytest.TempPathFactory, fake_provider: FakeProvide
         nginx = subprocess.Popen(["nginx", "-p", str(prefix), "-c", str(prefix / "nginx.conf"), "-g", "daemon off;"],
                                  stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
         url = f"http://127.0.0.1:{listen}"
-        deadline = time.monotonic() + 20
-        while True:
-            try:
-                if httpx.get(f"{url}/health", timeout=2).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            assert nginx.poll() is None and time.monotonic() < deadline, "nginx did not start"
-            time.sleep(0.1)
+        wait_healthy(f"{url}/health", nginx, "nginx", timeout=20)
         yield Cluster(url=url, instances=instances, schema=schema)
     finally:
         if nginx is not None:
