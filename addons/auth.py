@@ -6,9 +6,8 @@ import asyncio
 
 from mitmproxy import http
 
-from addons.common import CALL, answer_error, answer_json
+from addons.common import CALL, answer_error, answer_json, lookup_key
 from tokensense.auth import client_key
-from tokensense.crypto import hash_key
 from tokensense.errors import GatewayError, format_for_path
 from tokensense.metering import CallContext, attribution
 from tokensense.routing import Endpoint, classify
@@ -48,16 +47,10 @@ class Auth:
                 401, "No TokenSense key: send it as `Authorization: Bearer tsk_...` (or x-api-key, x-goog-api-key, ?key=).",
                 code="missing_api_key"))
             return
-        key_hash = hash_key(key)
-        info = self.runtime.keys.key(key_hash)
-        if info is None:
-            info = await asyncio.to_thread(self.runtime.keys.load_key, key_hash)
-        if info is None:
-            answer_error(flow, route.fmt, GatewayError(401, "Unknown TokenSense key.", code="invalid_api_key"))
-            return
-        if info.revoked:
-            answer_error(flow, route.fmt, GatewayError(401, f"The TokenSense key `{info.name}` has been revoked.",
-                                                       code="revoked_api_key"))
+        try:
+            info = await lookup_key(self.runtime, key)
+        except GatewayError as e:
+            answer_error(flow, route.fmt, e)
             return
         call.key = info
         if not call.attribution["project"]:

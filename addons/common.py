@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 
 from mitmproxy import http
 
 from tokensense.auth import KEY_HEADERS
+from tokensense.crypto import hash_key
 from tokensense.errors import ErrorFormat, GatewayError, error_bytes
-from tokensense.keystore import Credential
+from tokensense.keystore import Credential, KeyInfo
 from tokensense.metering import CallContext
 from tokensense.providers import ProviderAdapter
 from tokensense.routing import join_url
@@ -37,6 +39,20 @@ def answer_error(flow: http.HTTPFlow, fmt: ErrorFormat, error: GatewayError, hea
 
 def answer_json(flow: http.HTTPFlow, status: int, body: object) -> None:
     flow.response = http.Response.make(status, json.dumps(body).encode(), JSON_HEADERS)
+
+
+async def lookup_key(runtime: Runtime, presented: str, *, where: str = "") -> KeyInfo:
+    """The TokenSense key `presented`, from the cache or (once) the database; 401 if unknown or revoked."""
+    assert runtime.keys is not None
+    key_hash = hash_key(presented)
+    info = runtime.keys.key(key_hash)
+    if info is None:
+        info = await asyncio.to_thread(runtime.keys.load_key, key_hash)
+    if info is None:
+        raise GatewayError(401, f"Unknown TokenSense key{where}.", code="invalid_api_key")
+    if info.revoked:
+        raise GatewayError(401, f"The TokenSense key `{info.name}` has been revoked.", code="revoked_api_key")
+    return info
 
 
 def require_credential(runtime: Runtime, adapter: ProviderAdapter) -> Credential:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
 import logging
 import os
@@ -14,9 +13,8 @@ from mitmproxy.proxy import layer, layers, server_hooks
 from mitmproxy.proxy.layers.tls import parse_client_hello
 from mitmproxy.proxy.mode_specs import ProxyMode, ReverseMode
 
-from addons.common import CALL, answer_error, get_call
+from addons.common import CALL, answer_error, lookup_key
 from addons.routing import BODY
-from tokensense.crypto import hash_key
 from tokensense.errors import GatewayError
 from tokensense.intercept import KEY_HEADER, HostTable, intercepted_call, parse_hostmap, with_stream_usage
 from tokensense.keystore import KeyInfo
@@ -25,8 +23,6 @@ from tokensense.runtime import Runtime
 
 log = logging.getLogger(__name__)
 
-INTERCEPTED = "intercepted"  # CallContext.extra flag: a call made through the intercept proxy
-_PENDING_KEY = "intercept_key"  # CallContext.extra: the checked TokenSense key, until InterceptKey hands it over
 
 
 def _intercepting(mode: ProxyMode | None) -> bool:
@@ -129,14 +125,14 @@ class Intercept:
         if call is None:
             flow.metadata[CALL] = None  # a provider path TokenSense does not meter (model lists, files, ...)
             return
-        call.extra[INTERCEPTED] = True
+        call.intercepted = True
         flow.metadata[CALL] = call
         call.attribution = attribution(req.headers, None)  # refused calls are attributed too
         if ctx.options.tokensense_intercept_require_key:
             key = await self._check_key(flow, call, presented)
             if key is None:
                 return
-            call.extra[_PENDING_KEY] = key
+            call.key = key
             call.attribution = attribution(req.headers, key)
         new_body, call.client_wants_usage = with_stream_usage(call, body)
         if new_body is not None:
@@ -157,37 +153,11 @@ class Intercept:
                 401, f"This TokenSense proxy requires a TokenSense key: send it in the `{KEY_HEADER}` header "
                 "(your provider key stays in its usual header).", code="missing_api_key"))
             return None
-        key_hash = hash_key(presented)
-        info = self.runtime.keys.key(key_hash)
-        if info is None:
-            info = await asyncio.to_thread(self.runtime.keys.load_key, key_hash)
-        if info is None:
-            answer_error(flow, call.fmt, GatewayError(401, f"Unknown TokenSense key in `{KEY_HEADER}`.",
-                                                      code="invalid_api_key"))
+        try:
+            return await lookup_key(self.runtime, presented, where=f" in `{KEY_HEADER}`")
+        except GatewayError as e:
+            answer_error(flow, call.fmt, e)
             return None
-        if info.revoked:
-            answer_error(flow, call.fmt, GatewayError(401, f"The TokenSense key `{info.name}` has been revoked.",
-                                                      code="revoked_api_key"))
-            return None
-        return info
-
-
-class InterceptKey:
-    """Hands an intercepted call its TokenSense key once the gateway's router is past.
-
-    The router reroutes every call that has a key (to the configured provider
-    with the stored provider key); an intercepted call must keep its own
-    destination and key. Placed after the router and before the policy addon,
-    so the key's policies (access, rate limits, budget) still apply.
-    """
-
-    def request(self, flow: http.HTTPFlow) -> None:
-        call = get_call(flow)
-        if call is None or flow.response or flow.error or call.key is not None:
-            return
-        key = call.extra.pop(_PENDING_KEY, None)
-        if key is not None:
-            call.key = key
 
 
 def _json_body(req: http.Request) -> object:

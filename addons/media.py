@@ -104,7 +104,7 @@ class Media:
 
     def request(self, flow: http.HTTPFlow) -> None:
         call = get_call(flow)
-        if flow.response or flow.error or call is None or call.key is None \
+        if flow.response or flow.error or call is None or call.key is None or call.intercepted \
                 or call.route_endpoint not in MEDIA_ENDPOINTS:
             return
         if not call.attribution:

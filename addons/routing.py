@@ -24,7 +24,7 @@ class Router:
 
     def request(self, flow: http.HTTPFlow) -> None:
         call = get_call(flow)
-        if flow.response or flow.error or call is None or call.key is None:
+        if flow.response or flow.error or call is None or call.key is None or call.intercepted:
             return
         try:
             if call.route_endpoint is Endpoint.MODELS:

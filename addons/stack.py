@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from addons.auth import Auth
-from addons.intercept import Intercept, InterceptKey
+from addons.intercept import Intercept
 from addons.lifecycle import Lifecycle
 from addons.media import Media
 from addons.metering import Metering
@@ -25,7 +25,6 @@ def build_addons(runtime: Runtime | None = None) -> list[object]:
         Router(runtime),
         Media(runtime),
         Translation(runtime),
-        InterceptKey(),  # after the gateway's routing, before Policy: see addons/intercept.py
         Policy(runtime),
         UpstreamErrors(runtime.settings.upstream_timeout),
         Metering(runtime),

@@ -14,7 +14,7 @@ from mitmproxy.proxy.mode_specs import ProxyMode
 from mitmproxy.test import taddons, tflow
 
 from addons.common import CALL
-from addons.intercept import INTERCEPTED, Intercept, InterceptKey
+from addons.intercept import Intercept
 from addons.recording import Recording
 from addons.routing import BODY
 from tokensense.intercept import (
@@ -193,7 +193,7 @@ async def test_intercept_meters_provider_hosts_and_leaves_others_alone() -> None
         flow = _provider_flow(**{"x-workflow-tag": "wf", KEY_HEADER: "tsk_anything"})
         await addon.request(flow)
         call = flow.metadata[CALL]
-        assert isinstance(call, CallContext) and call.extra[INTERCEPTED]
+        assert isinstance(call, CallContext) and call.intercepted
         assert (call.provider.name, call.model, call.attribution["workflow"], call.key) == \
             ("openai", "gpt-4o-mini", "wf", None)
         assert flow.request.headers["authorization"] == "Bearer sk-client"
@@ -222,11 +222,11 @@ async def test_reverse_mode_flows_are_the_gateways() -> None:
         assert CALL not in flow.metadata
 
 
-async def test_required_key_is_checked_and_handed_over_after_routing() -> None:
+async def test_required_key_is_checked() -> None:
     runtime = Runtime()
     runtime.started = True
     runtime.keys = _Keys(_key_info())  # type: ignore[assignment]
-    addon, binder = Intercept(runtime), InterceptKey()
+    addon = Intercept(runtime)
     with taddons.context(addon) as tctx:
         tctx.configure(addon, tokensense_intercept_require_key=True)
         missing = _provider_flow()
@@ -241,9 +241,8 @@ async def test_required_key_is_checked_and_handed_over_after_routing() -> None:
         good = _provider_flow(**{KEY_HEADER: "tsk_good"})
         await addon.request(good)
         call = good.metadata[CALL]
-        assert good.response is None and call.key is None  # the router must not see it (it would reroute)
+        assert good.response is None and call.intercepted  # the router leaves intercepted calls alone
         assert call.attribution["project"] == "proj-key"
-        binder.request(good)
         assert call.key == _key_info()
 
 

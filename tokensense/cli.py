@@ -816,7 +816,7 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--host", default="127.0.0.1", help="address to listen on (default: 127.0.0.1)")
     serve.add_argument("--port", type=_port, default=8080, help="port to listen on (default: 8080)")
     serve.add_argument("--intercept", action="store_true", help="also run a regular proxy for HTTPS_PROXY clients")
-    serve.add_argument("--intercept-port", metavar="PORT", type=_port, help="port of the regular proxy")
+    serve.add_argument("--intercept-port", metavar="PORT", type=_port, help="port of the regular (HTTPS_PROXY) proxy (default: the gateway port + 1)")
     serve.add_argument("--record", metavar="FILE", help="save flows to FILE (keys redacted)")
     serve.add_argument("--redact-bodies", action="store_true", help="also leave request and response bodies out of FILE")
     serve.set_defaults(handler=_cmd_serve, mitm_args=[])

@@ -87,6 +87,7 @@ class CallContext:
     timed_out: bool = False
     recorded: bool = False
     translator: Any = None  # set by the translation addon for Anthropic/Gemini chat
+    intercepted: bool = False  # made through the intercept proxy: the client's own destination and key
     requested_model: str | None = None  # the model as the client named it (`provider/model` included)
     on_record: list[Callable[[UsageCreate], None]] = field(default_factory=list)  # run once the call is recorded
     extra: dict[str, Any] = field(default_factory=dict)
