@@ -42,6 +42,8 @@ class Auth:
             return
         call.attribution = attribution(req.headers, None)
         key = client_key(req.headers, req.query)
+        # Out of the URL at once, so no log line or saved flow shows it, even for refused calls.
+        req.query.pop("key", None)
         if not key:
             answer_error(flow, route.fmt, GatewayError(
                 401, "No TokenSense key: send it as `Authorization: Bearer tsk_...` (or x-api-key, x-goog-api-key, ?key=).",

@@ -37,3 +37,23 @@ def test_mitmdump_script_serves_the_gateway_in_reverse_mode(tmp_path, fake_provi
     out = proc.stdout.read() if proc.stdout else ""
     assert f"listening at 127.0.0.1:{port}" in out  # loopback only, as the gateway's default
     assert key not in out
+
+
+def test_key_in_the_query_never_reaches_mitmproxys_log(tmp_path, fake_provider: FakeProvider) -> None:
+    env = clean_env()
+    env["TOKENSENSE_HOME"] = str(tmp_path)
+    port = free_port()
+    proc = subprocess.Popen([str(BIN / "mitmdump"), "-s", str(ROOT / "addons" / "tokensense.py"),
+                             "--listen-port", str(port)], env=env, cwd=tmp_path,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    secret = "tsk_this-looks-like-a-real-key-0123456789"
+    try:
+        wait_healthy(f"http://127.0.0.1:{port}/health", proc, "mitmdump with the gateway script")
+        r = httpx.post(f"http://127.0.0.1:{port}/v1beta/models/gemini-2.5-flash:generateContent",
+                       params={"key": secret}, json={"contents": []}, timeout=30)
+        assert r.status_code == 401 and r.json()["error"]["status"] == "UNAUTHENTICATED"
+    finally:
+        stop(proc)
+    out = proc.stdout.read() if proc.stdout else ""
+    assert "gemini-2.5-flash" in out  # mitmdump did log the flow...
+    assert secret not in out  # ...without the key
