@@ -32,12 +32,15 @@ class TranslatingStream:
         self.on_end = on_end
         self.failed = False
 
-    def __call__(self, data: bytes) -> bytes:
+    def __call__(self, data: bytes) -> bytes | list[bytes]:
         if data:
             if self.on_first:
                 self.on_first()
                 self.on_first = None
-            return self._emit(self.splitter.feed(data))
+            out = self._emit(self.splitter.feed(data))
+            # Nothing to send yet: an empty list, not b"". mitmproxy sends each returned
+            # bytes object as an HTTP/1.1 chunk, and an empty chunk ends a chunked body.
+            return out if out else []
         out = self._emit([self.splitter.rest()]) if not self.failed else b""
         if not self.failed:
             out += b"".join(_encode(c) for c in self.translator.finish())
