@@ -18,8 +18,24 @@ from tokensense.usage_extract import find_usage_object
 log = logging.getLogger(__name__)
 
 
+def _header(headers: http.Headers, name: bytes) -> bytes | None:
+    """The first value of header `name` (lower case): a scan of the raw fields, cheaper than `headers.get`."""
+    for key, value in headers.fields:
+        if key.lower() == name:
+            return value
+    return None
+
+
+def _set_header(headers: http.Headers, name: bytes, value: str) -> None:
+    """Set a header TokenSense adds: appended to the raw fields unless the answer already has one."""
+    if _header(headers, name) is None:
+        headers.fields += ((name, value.encode()),)
+    else:
+        headers[name.decode()] = value
+
+
 def _is_event_stream(response: http.Response) -> bool:
-    return response.headers.get("content-type", "").startswith("text/event-stream")
+    return (_header(response.headers, b"content-type") or b"").startswith(b"text/event-stream")
 
 
 class Metering:
@@ -40,7 +56,7 @@ class Metering:
         if call is None or flow.response is None:
             return
         call.first_byte = time.perf_counter()
-        flow.response.headers["x-tokensense-request-id"] = call.request_id
+        _set_header(flow.response.headers, b"x-tokensense-request-id", call.request_id)
         if call.provider is None or not _is_event_stream(flow.response):
             return
         call.stream = True
@@ -67,10 +83,11 @@ class Metering:
         if status >= 400 and call.error is None:
             call.error = _error_message(body if body is not None else response_body(response))
         record = self._record(call, status)
-        if "x-tokensense-request-id" not in response.headers:
-            response.headers["x-tokensense-request-id"] = call.request_id
+        if _header(response.headers, b"x-tokensense-request-id") is None:
+            _set_header(response.headers, b"x-tokensense-request-id", call.request_id)
         if not response.stream and call.provider is not None:
-            response.headers["x-tokensense-cost-usd"] = f"{record.cost_usd:.8f}".rstrip("0").rstrip(".") or "0"
+            _set_header(response.headers, b"x-tokensense-cost-usd",
+                        f"{record.cost_usd:.8f}".rstrip("0").rstrip(".") or "0")
 
     def error(self, flow: http.HTTPFlow) -> None:
         call = get_call(flow)

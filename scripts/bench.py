@@ -1,9 +1,12 @@
 """Benchmark TokenSense side by side with a bare mitmdump and the upstream itself, in one run.
 
-    scripts/bench                        # full run (about 3 minutes): table on screen, bench-results.json
-    scripts/bench --quick                # smoke run (about 30 seconds)
+    scripts/bench                        # full run (about 2.5 minutes): table on screen, bench-results.json
+    scripts/bench --quick                # smoke run (about 20 seconds)
     scripts/bench --workers 2            # also nginx in front of 1 and of 2 `tokensense serve` workers
     scripts/bench --out results.json --rounds 5 --duration 6
+    scripts/bench --tokensense-src ../old-checkout   # TokenSense from another tree: before/after
+
+docs/benchmark.md explains the figures and has the latest results.
 
 What runs, all on 127.0.0.1:
 
@@ -19,10 +22,12 @@ are medians over rounds, and each TokenSense/bare ratio is taken within a round.
 The load generator is wrk (Debian's `wrk`) where installed, else a bounded asyncio
 client (keep-alive connections, one request in flight per connection).
 
-Streaming: 64 chunks 20 ms apart from the fake provider, read directly and through
-TokenSense (as an xAI model, whose base URL points at the fake); time to first token,
-gaps between chunks, and whether every chunk arrived and none was held back.
+Streaming: 64 chunks 20 ms apart from the fake provider, read directly, through a bare
+mitmdump that streams, and through TokenSense (as an xAI model, whose base URL points
+at the fake); time to first token, gaps between chunks, and whether every chunk
+arrived and none was held back.
 Memory: RSS of the TokenSense process before and after 10,000 more requests.
+CPU: CPU time of each proxy process per request, steadier than req/s on a busy machine.
 """
 
 from __future__ import annotations
@@ -31,6 +36,7 @@ import argparse
 import asyncio
 import contextlib
 import json
+import math
 import os
 import platform
 import re
@@ -82,9 +88,9 @@ TARGETS = {
 @dataclass
 class Plan:
     rounds: int
-    duration: int  # seconds per lane and round
+    duration: float  # seconds per lane and round (wrk rounds up to whole seconds)
     concurrency: list[int]
-    warmup: int  # seconds of load per target before the rounds
+    warmup: float  # seconds of load per target before the rounds
     memory_requests: int
     stream_rounds: int
     streams: int  # concurrent streams per lane and round
@@ -93,6 +99,7 @@ class Plan:
     workers: int
     client: str  # "wrk" or "asyncio"
     upstream: str  # "nginx" or "fake"
+    tokensense_src: str | None = None
 
 
 def make_plan(args: argparse.Namespace) -> Plan:
@@ -113,7 +120,7 @@ def make_plan(args: argparse.Namespace) -> Plan:
         rounds=args.rounds or (1 if quick else 3),
         duration=args.duration or (1 if quick else 4),
         concurrency=[int(c) for c in args.concurrency.split(",")],
-        warmup=1 if quick else 2,
+        warmup=args.warmup if args.warmup is not None else (1 if quick else 2),
         memory_requests=args.memory_requests if args.memory_requests is not None else (300 if quick else 10_000),
         stream_rounds=1 if quick else 3,
         streams=2 if quick else 8,
@@ -122,6 +129,7 @@ def make_plan(args: argparse.Namespace) -> Plan:
         workers=args.workers,
         client=client,
         upstream=upstream,
+        tokensense_src=str(Path(args.tokensense_src).resolve()) if args.tokensense_src else None,
     )
 
 
@@ -152,10 +160,9 @@ def wait_port(port: int, proc: subprocess.Popen, what: str, log: Path, timeout: 
 def wait_http(url: str, proc: subprocess.Popen, what: str, log: Path, timeout: float = 60) -> None:
     deadline = time.monotonic() + timeout
     while True:
-        with contextlib.suppress(OSError, urllib.error.URLError):
-            with urllib.request.urlopen(url, timeout=2) as r:
-                if r.status == 200:
-                    return
+        with contextlib.suppress(OSError, urllib.error.URLError), urllib.request.urlopen(url, timeout=2) as r:
+            if r.status == 200:
+                return
         if proc.poll() is not None or time.monotonic() > deadline:
             raise SystemExit(f"error: {what} did not start:\n{log.read_text(errors='replace')[-3000:]}")
         time.sleep(0.1)
@@ -253,8 +260,10 @@ class Setup:
     bare_url: str
     tokensense_url: str
     fake_url: str
+    bare_stream_url: str
     key: str
     tokensense_pid: int
+    bare_pid: int
     worker_pids: list[int] = field(default_factory=list)
     lb_urls: dict[int, str] = field(default_factory=dict)  # workers behind nginx -> URL
 
@@ -277,6 +286,8 @@ def start_services(plan: Plan, procs: Processes) -> Setup:
     home = tmp / "home"
     ts_env = {**env, "TOKENSENSE_HOME": str(home), "OPENAI_API_KEY": "sk-bench-openai", "XAI_API_KEY": "xai-bench",
               "TOKENSENSE_XAI_BASE_URL": fake_url}
+    if plan.tokensense_src:  # another source tree (an older checkout) for a before/after comparison
+        ts_env["PYTHONPATH"] = os.pathsep.join(filter(None, [plan.tokensense_src, env.get("PYTHONPATH")]))
     nginx_port = free_port() if plan.upstream == "nginx" else None
     upstream_url = f"http://127.0.0.1:{nginx_port}" if nginx_port else fake_url
     ts_env["TOKENSENSE_OPENAI_BASE_URL"] = upstream_url
@@ -308,11 +319,18 @@ def start_services(plan: Plan, procs: Processes) -> Setup:
         str(BIN / "mitmdump"), "--mode", f"reverse:{upstream_url}@{bare_port}", "--listen-host", "127.0.0.1",
         "--set", "connection_strategy=lazy", "--set", "flow_detail=0"], env)
 
+    # For the streaming lane: a bare mitmdump in front of the fake provider, streaming every body.
+    bare_stream_port = free_port()
+    bare_stream, bare_stream_log = procs.start("mitmdump-bare-stream", [
+        str(BIN / "mitmdump"), "--mode", f"reverse:{fake_url}@{bare_stream_port}", "--listen-host", "127.0.0.1",
+        "--set", "connection_strategy=lazy", "--set", "flow_detail=0", "--set", "stream_large_bodies=1"], env)
+
     workers = []
     for i, port in enumerate(worker_ports):
         proc, log = procs.start(f"tokensense-{i + 1}", [str(BIN / "tokensense"), "serve", "--port", str(port)], ts_env)
         workers.append((proc, log, port))
     wait_port(bare_port, bare, "mitmdump", bare_log)
+    wait_port(bare_stream_port, bare_stream, "mitmdump", bare_stream_log)
     for proc, log, port in workers:
         wait_http(f"http://127.0.0.1:{port}/health", proc, "tokensense serve", log)
 
@@ -322,8 +340,10 @@ def start_services(plan: Plan, procs: Processes) -> Setup:
         bare_url=f"http://127.0.0.1:{bare_port}{CHAT_PATH}",
         tokensense_url=f"http://127.0.0.1:{worker_ports[0]}{CHAT_PATH}",
         fake_url=fake_url,
+        bare_stream_url=f"http://127.0.0.1:{bare_stream_port}{CHAT_PATH}",
         key=key,
         tokensense_pid=workers[0][0].pid,
+        bare_pid=bare.pid,
         worker_pids=[w[0].pid for w in workers],
         lb_urls={len(members): f"http://127.0.0.1:{port}{CHAT_PATH}" for port, members in lb.items()},
     )
@@ -385,14 +405,14 @@ class Load:
             return first.split(" Copyright")[0].strip() + " (1 thread)"
         return "asyncio client (raw sockets, keep-alive)"
 
-    def run(self, url: str, concurrency: int, *, seconds: int = 0, requests: int = 0) -> LoadResult:
+    def run(self, url: str, concurrency: int, *, seconds: float = 0, requests: int = 0) -> LoadResult:
         if self.client == "wrk":
             return self._wrk(url, concurrency, seconds, requests)
         return asyncio.run(_asyncio_load(url, concurrency, self.key, seconds=seconds, requests=requests))
 
-    def _wrk(self, url: str, concurrency: int, seconds: int, requests: int) -> LoadResult:
-        # With a request limit the duration is only a safety net.
-        duration = seconds if not requests else max(60, requests // 50)
+    def _wrk(self, url: str, concurrency: int, seconds: float, requests: int) -> LoadResult:
+        # wrk counts in whole seconds; with a request limit the duration is only a safety net.
+        duration = max(1, math.ceil(seconds)) if not requests else max(60, requests // 50)
         env = {**os.environ, "BENCH_BODY": REQUEST_BODY, "BENCH_KEY": self.key, "BENCH_LIMIT": str(requests)}
         out = subprocess.run(["wrk", "-t1", f"-c{concurrency}", f"-d{duration}s", "--timeout", "30s", "--latency",
                               "-s", str(self.script), url], capture_output=True, text=True, env=env)
@@ -431,7 +451,7 @@ def _request_bytes(url: str, key: str, body: str, extra: dict[str, str] | None =
     return parsed.hostname or "127.0.0.1", parsed.port or 80, head.encode() + body.encode()
 
 
-async def _asyncio_load(url: str, concurrency: int, key: str, *, seconds: int, requests: int) -> LoadResult:
+async def _asyncio_load(url: str, concurrency: int, key: str, *, seconds: float, requests: int) -> LoadResult:
     host, port, raw = _request_bytes(url, key, REQUEST_BODY)
     latencies: list[float] = []
     errors = 0
@@ -527,9 +547,11 @@ async def _one_stream(url: str, key: str, model: str, chunks: int, delay_ms: int
 
 def _stream_stats(traces: list[StreamTrace], delay_ms: int) -> dict[str, Any]:
     ttfts = [t.ttft_ms for t in traces if t.ttft_ms is not None]
-    gaps = [(b - a) * 1000 for t in traces for a, b in zip(t.arrivals[1:-1], t.arrivals[2:])]
+    # Between chunks: from the first text chunk to the last chunk before `[DONE]` (upstream
+    # paces the usage chunk TokenSense asks for and removes, so `[DONE]` comes one pause later).
+    gaps = [g for t in traces for g in _gaps(t)[1:-1]]
     # An event held back shows as one long gap followed by a near-zero one (two events at once).
-    held = sum(1 for t in traces for g1, g2 in zip(_gaps(t)[1:], _gaps(t)[2:])
+    held = sum(1 for t in traces for g1, g2 in zip(_gaps(t)[1:-1], _gaps(t)[2:-1])
                if g1 > 1.5 * delay_ms and g2 < 0.25 * delay_ms)
     return {
         "streams": len(traces),
@@ -572,6 +594,15 @@ def rss_mb(pid: int) -> float | None:
 
         return psutil.Process(pid).memory_info().rss / 2**20
     except Exception:
+        return None
+
+
+def cpu_seconds(pid: int) -> float | None:
+    """User + system CPU time of a process (all its threads) so far."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    except (OSError, IndexError, ValueError):
         return None
 
 
@@ -644,11 +675,12 @@ def _run(plan: Plan, args: argparse.Namespace, procs: Processes) -> dict[str, An
     print(f"upstream: {setup.upstream}; load: {load.describe()}", file=sys.stderr)
 
     targets = {"direct": setup.direct_url, "bare": setup.bare_url, "tokensense": setup.tokensense_url}
+    pids = {"bare": setup.bare_pid, "tokensense": setup.tokensense_pid}
     for n, url in setup.lb_urls.items():
         targets[f"nginx+{n}w"] = url
     lanes = [(name, c) for c in plan.concurrency for name in targets
              if not (name.startswith("nginx+") and c == 1)]
-    steps = len(targets) + plan.rounds * len(lanes) + plan.stream_rounds * 2 + 1
+    steps = len(targets) + plan.rounds * len(lanes) + plan.stream_rounds * 3 + 1
     results: dict[str, dict[str, Any]] = {f"{n}-c{c}": {"target": n, "concurrency": c, "rounds": []}
                                           for n, c in lanes}
 
@@ -666,18 +698,29 @@ def _run(plan: Plan, args: argparse.Namespace, procs: Processes) -> dict[str, An
             order = lanes if rnd % 2 == 0 else list(reversed(lanes))
             for name, c in order:
                 progress.doing(f"round {rnd + 1}/{plan.rounds}: {name} c={c}")
+                pid = pids.get(name)
+                cpu_before = cpu_seconds(pid) if pid else None
                 r = load.run(targets[name], c, seconds=plan.duration)
-                results[f"{name}-c{c}"]["rounds"].append(r.as_dict())
+                row = r.as_dict()
+                cpu_after = cpu_seconds(pid) if pid else None
+                # CPU time of the proxy per request: far less sensitive to noisy neighbours than req/s.
+                row["cpu_ms_per_request"] = (round((cpu_after - cpu_before) * 1000 / r.requests, 4)
+                                             if cpu_before is not None and cpu_after is not None and r.requests
+                                             else None)
+                results[f"{name}-c{c}"]["rounds"].append(row)
+                cpu = f"  cpu {row['cpu_ms_per_request']:.3f} ms/req" if row["cpu_ms_per_request"] else ""
                 progress.done(f"round {rnd + 1}/{plan.rounds} {name:<12} c={c:<3} {r.rps:8.0f} req/s  "
-                              f"p50 {r.p50_ms:7.3f} ms  p99 {r.p99_ms:8.3f} ms" + (f"  ERRORS {r.errors}" if r.errors else ""))
+                              f"p50 {r.p50_ms:7.3f} ms  p99 {r.p99_ms:8.3f} ms{cpu}"
+                              + (f"  ERRORS {r.errors}" if r.errors else ""))
 
-        stream_traces: dict[str, list[StreamTrace]] = {"direct": [], "tokensense": []}
-        stream_urls = {"direct": setup.fake_url + CHAT_PATH,
+        stream_urls = {"direct": setup.fake_url + CHAT_PATH, "bare": setup.bare_stream_url,
                        "tokensense": setup.tokensense_url}
+        stream_traces: dict[str, list[StreamTrace]] = {lane: [] for lane in stream_urls}
         for url in stream_urls.values():  # warm-up: the first xAI call looks its model up
             asyncio.run(_streams(url, setup.key, STREAM_MODEL, 2, 4, plan.chunk_delay_ms))
         for rnd in range(plan.stream_rounds):
-            for lane in (("direct", "tokensense") if rnd % 2 == 0 else ("tokensense", "direct")):
+            lanes_now = list(stream_urls) if rnd % 2 == 0 else list(reversed(stream_urls))
+            for lane in lanes_now:
                 progress.doing(f"streams {rnd + 1}/{plan.stream_rounds}: {lane}")
                 traces = asyncio.run(_streams(stream_urls[lane], setup.key, STREAM_MODEL, plan.streams,
                                               plan.chunks, plan.chunk_delay_ms))
@@ -689,15 +732,18 @@ def _run(plan: Plan, args: argparse.Namespace, procs: Processes) -> dict[str, An
         progress.doing(f"memory: {plan.memory_requests} requests")
         time.sleep(0.5)  # let the recorder write the last batch
         rss_before = rss_mb(setup.tokensense_pid)
-        mem_load = load.run(setup.tokensense_url, 16, requests=plan.memory_requests)
-        time.sleep(max(0.5, 2 * 0.25))
+        # An exact number of requests: the asyncio client (wrk only knows durations).
+        mem_load = asyncio.run(_asyncio_load(setup.tokensense_url, 16, setup.key, seconds=0,
+                                             requests=plan.memory_requests))
+        time.sleep(0.6)  # two of the recorder's flush intervals: the last batch is written
         rss_after = rss_mb(setup.tokensense_pid)
         progress.done(f"memory: RSS {rss_before or 0:.1f} MB -> {rss_after or 0:.1f} MB after "
                       f"{mem_load.requests} requests")
 
     summary = summarize(plan, results)
     streaming = {lane: _stream_stats(traces, plan.chunk_delay_ms) for lane, traces in stream_traces.items()}
-    d, t = streaming["direct"], streaming["tokensense"]
+    d, t, b = streaming["direct"], streaming["tokensense"], streaming["bare"]
+    streaming["bare_added_ttft_ms"] = _sub(b["ttft_ms_p50"], d["ttft_ms_p50"])
     streaming["added"] = {
         "ttft_ms": _sub(t["ttft_ms_p50"], d["ttft_ms_p50"]),
         "gap_ms_mean": _sub(t["gap_ms_mean"], d["gap_ms_mean"]),
@@ -714,6 +760,12 @@ def _run(plan: Plan, args: argparse.Namespace, procs: Processes) -> dict[str, An
         "growth_mb": growth,
         "growth_mb_per_10k": growth * 10_000 / mem_load.requests if growth is not None and mem_load.requests else None,
     }
+    # Cross-check over the whole run: every request TokenSense served after the warm-up.
+    served = (sum(lane["requests"] for lane in results.values() if lane["target"] == "tokensense")
+              + len(stream_traces["tokensense"]) + mem_load.requests)
+    whole = _sub(rss_after, rss_after_warmup)
+    memory["whole_run_requests"] = served
+    memory["whole_run_growth_mb_per_10k"] = whole * 10_000 / served if whole is not None and served else None
     report: dict[str, Any] = {
         "command": "scripts/bench " + " ".join(sys.argv[1:]),
         "machine": machine(),
@@ -749,8 +801,8 @@ def summarize(plan: Plan, results: dict[str, dict[str, Any]]) -> dict[str, Any]:
     """Medians over rounds per lane (in place), and TokenSense against bare, paired within each round."""
     for lane in results.values():
         rounds = lane["rounds"]
-        for k in ("rps", "p50_ms", "p99_ms", "mean_ms"):
-            lane[k] = _median([r[k] for r in rounds])
+        for k in ("rps", "p50_ms", "p99_ms", "mean_ms", "cpu_ms_per_request"):
+            lane[k] = _median([r[k] for r in rounds if r.get(k) is not None])
         lane["requests"] = sum(r["requests"] for r in rounds)
         lane["errors"] = sum(r["errors"] for r in rounds)
     ratios = {}
@@ -762,6 +814,8 @@ def summarize(plan: Plan, results: dict[str, dict[str, Any]]) -> dict[str, Any]:
             "rps_bare_over_direct": _median([b["rps"] / d["rps"] for b, d in zip(bare, direct) if d["rps"]]),
             "added_p50_ms": _median([t["p50_ms"] - b["p50_ms"] for t, b in pairs]),
             "added_p99_ms": _median([t["p99_ms"] - b["p99_ms"] for t, b in pairs]),
+            "cpu_bare_over_tokensense": _median([b["cpu_ms_per_request"] / t["cpu_ms_per_request"] for t, b in pairs
+                                                 if t.get("cpu_ms_per_request") and b.get("cpu_ms_per_request")]),
         }
     return ratios
 
@@ -808,38 +862,39 @@ def print_report(report: dict[str, Any]) -> None:
                   f"medians over rounds")
 
     table = Table(title="Throughput and latency")
-    for col in ("lane", "c", "req/s", "p50 ms", "p99 ms", "errors"):
+    for col in ("lane", "c", "req/s", "p50 ms", "p99 ms", "CPU ms/req", "errors"):
         table.add_column(col, justify="left" if col == "lane" else "right")
-    for name, lane in report["lanes"].items():
+    for lane in report["lanes"].values():
         table.add_row(lane["target"], str(lane["concurrency"]), _f(lane["rps"], ".0f"), _f(lane["p50_ms"], ".3f"),
-                      _f(lane["p99_ms"], ".2f"), str(lane["errors"]))
+                      _f(lane["p99_ms"], ".2f"), _f(lane.get("cpu_ms_per_request"), ".3f"), str(lane["errors"]))
     console.print(table)
 
-    table = Table(title="TokenSense against bare mitmdump (paired per round)")
-    for col in ("c", "TokenSense/bare req/s", "bare/direct req/s", "added p50 ms", "added p99 ms"):
+    table = Table(title="TokenSense (TS) against bare mitmdump, paired per round")
+    for col in ("c", "TS/bare req/s", "bare/TS CPU", "bare/direct", "+p50 ms", "+p99 ms"):
         table.add_column(col, justify="right")
     for c, r in report["ratios"].items():
-        table.add_row(c[1:], _f(r["rps_tokensense_over_bare"], ".3f"), _f(r["rps_bare_over_direct"], ".3f"),
-                      _f(r["added_p50_ms"], "+.3f"), _f(r["added_p99_ms"], "+.2f"))
+        table.add_row(c[1:], _f(r["rps_tokensense_over_bare"], ".3f"), _f(r["cpu_bare_over_tokensense"], ".3f"),
+                      _f(r["rps_bare_over_direct"], ".3f"), _f(r["added_p50_ms"], "+.3f"), _f(r["added_p99_ms"], "+.2f"))
     console.print(table)
 
     s = report["streaming"]
     table = Table(title=f"Streaming ({report['plan']['chunks']} chunks, {report['plan']['chunk_delay_ms']} ms apart)")
-    for col in ("lane", "streams", "events", "TTFT p50 ms", "gap mean ms", "gap max ms", "held back"):
+    for col in ("lane", "streams", "events", "TTFT ms", "gap ms", "max gap", "held"):
         table.add_column(col, justify="left" if col == "lane" else "right")
-    for lane in ("direct", "tokensense"):
+    for lane in ("direct", "bare", "tokensense"):
         x = s[lane]
         table.add_row(lane, str(x["streams"]), ",".join(map(str, x["events_per_stream"])), _f(x["ttft_ms_p50"], ".2f"),
                       _f(x["gap_ms_mean"], ".2f"), _f(x["gap_ms_max"], ".2f"), str(x["held_back"]))
     a = s["added"]
-    table.add_row("added", "", "all" if a["all_events_arrived"] else "MISSING", _f(a["ttft_ms"], "+.2f"),
+    table.add_row("TokenSense-direct", "", "all" if a["all_events_arrived"] else "MISSING", _f(a["ttft_ms"], "+.2f"),
                   _f(a["gap_ms_mean"], "+.2f"), _f(a["gap_ms_max"], "+.2f"), "")
     console.print(table)
 
     mem = report["memory"]
-    console.print(f"Memory (TokenSense RSS): {_f(mem['rss_mb_after_warmup'], '.1f')} MB after warm-up; "
-                  f"{_f(mem['rss_mb_before'], '.1f')} -> {_f(mem['rss_mb_after'], '.1f')} MB over "
-                  f"{mem['requests']} requests ({_f(mem['growth_mb_per_10k'], '+.2f')} MB per 10,000)")
+    console.print(f"Memory (TokenSense RSS): {_f(mem['rss_mb_before'], '.1f')} -> {_f(mem['rss_mb_after'], '.1f')} MB "
+                  f"over {mem['requests']} requests ({_f(mem['growth_mb_per_10k'], '+.2f')} MB per 10,000); whole run "
+                  f"{_f(mem['rss_mb_after_warmup'], '.1f')} -> {_f(mem['rss_mb_after'], '.1f')} MB over "
+                  f"{mem['whole_run_requests']} requests ({_f(mem['whole_run_growth_mb_per_10k'], '+.2f')} per 10,000)")
     if "workers" in report:
         for c, w in report["workers"].items():
             counts = ", ".join(f"{n} worker(s) {_f(v, '.0f')} req/s" for n, v in w.items() if n != "scaling")
@@ -860,7 +915,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="a short smoke run (1 round of 1 s per lane)")
     parser.add_argument("--out", default="bench-results.json", help="JSON results file (default: %(default)s)")
     parser.add_argument("--rounds", type=int, help="rounds of all lanes (default 3, quick 1)")
-    parser.add_argument("--duration", type=int, help="seconds per lane and round (default 4, quick 1)")
+    parser.add_argument("--duration", type=float, help="seconds per lane and round (default 4, quick 1)")
+    parser.add_argument("--warmup", type=float, help="seconds of warm-up load per target (default 2, quick 1)")
     parser.add_argument("--concurrency", default="1,16,64", help="comma-separated (default: %(default)s)")
     parser.add_argument("--memory-requests", type=int, help="requests between the two RSS readings (default 10000)")
     parser.add_argument("--chunks", type=int, help="chunks per stream (default 64, quick 8)")
@@ -871,6 +927,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--upstream", choices=("auto", "nginx", "fake"), default="auto",
                         help="fixed-answer upstream (default: nginx where installed)")
     parser.add_argument("--keep-logs", metavar="DIR", help="copy the processes' logs to DIR")
+    parser.add_argument("--tokensense-src", metavar="DIR",
+                        help="run TokenSense from the source tree in DIR (e.g. an older checkout) to compare")
     args = parser.parse_args(argv)
     plan = make_plan(args)
     report = run(plan, args)

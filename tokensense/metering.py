@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import random
 import re
@@ -100,6 +101,17 @@ class CallContext:
 _USAGE_OBJECT = re.compile(rb'"usage"\s*:\s*\{')
 
 
+@functools.lru_cache(maxsize=32)
+def _usage_pattern(markers: tuple[bytes, ...]) -> re.Pattern[bytes]:
+    """A marker used as a key whose value is not `null`.
+
+    OpenAI streams with `include_usage` carry `"usage":null` in every chunk but
+    the last; this finds the events worth parsing without parsing the others. A
+    false match only costs a JSON parse.
+    """
+    return re.compile(b"(?:" + b"|".join(re.escape(m) for m in markers) + rb')[^"\s:]*+"?+\s*+:\s*+(?!null\b)')
+
+
 class PassthroughStream:
     """The `flow.response.stream` callable for a passthrough SSE answer.
 
@@ -113,6 +125,7 @@ class PassthroughStream:
         self.call = call
         self.usage = usage
         self.markers = markers
+        self._carries_usage = _usage_pattern(markers).search
         self.drop_usage_chunk = drop_usage_chunk
         self.splitter = EventSplitter()
         self.on_end = on_end
@@ -132,9 +145,9 @@ class PassthroughStream:
 
     def _process(self, events: list[bytes]) -> bytes:
         keep: list[bytes] = []
-        markers = self.markers
+        carries_usage = self._carries_usage
         for raw in events:
-            if any(m in raw for m in markers):
+            if carries_usage(raw):
                 name, payload = parse_event(raw)
                 if payload and payload[0] == "{":
                     try:

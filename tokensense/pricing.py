@@ -14,6 +14,7 @@ from __future__ import annotations
 import logging
 from datetime import UTC, datetime
 from decimal import Decimal
+from itertools import pairwise
 from typing import NamedTuple
 
 from genai_prices import Usage as PricesUsage
@@ -53,10 +54,10 @@ def linear_prices(price: CatalogPrice) -> tuple[LinearPrice, ...] | None:
     starts = sorted({tier.start for value in vars(price).values() if isinstance(value, TieredPrices)
                      for tier in value.tiers})
     bounds = [-1, *starts, float("inf")]
-    if any(high - low < 4 for low, high in zip(bounds, bounds[1:])):
+    if any(high - low < 4 for low, high in pairwise(bounds)):
         return None
     bands = []
-    for low, high in zip(bounds, bounds[1:]):
+    for low, high in pairwise(bounds):
         i = low + 2  # within the tier, with room for one more input token, one cached and one written
         at = _catalog_cost(price, i, 0)
         rate_in = _catalog_cost(price, i + 1, 0) - at
