@@ -41,9 +41,11 @@ class Auth:
             answer_error(flow, route.fmt, GatewayError(503, "TokenSense is starting; retry in a moment."))
             return
         call.attribution = attribution(req.headers, None)
-        key = client_key(req.headers, req.query)
-        # Out of the URL at once, so no log line or saved flow shows it, even for refused calls.
-        req.query.pop("key", None)
+        has_query_key = "key=" in req.path  # building req.query costs; most clients send a header
+        key = client_key(req.headers, req.query if has_query_key else {})
+        if has_query_key:
+            # Out of the URL at once, so no log line or saved flow shows it, even for refused calls.
+            req.query.pop("key", None)
         if not key:
             answer_error(flow, route.fmt, GatewayError(
                 401, "No TokenSense key: send it as `Authorization: Bearer tsk_...` (or x-api-key, x-goog-api-key, ?key=).",

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 
 from mitmproxy import http
+from mitmproxy.net.http import url
 
 from tokensense.auth import KEY_HEADERS
 from tokensense.crypto import hash_key
@@ -17,6 +19,7 @@ from tokensense.routing import join_url
 from tokensense.runtime import Runtime
 
 CALL = "tokensense.call"
+_KEY_HEADER_NAMES = frozenset(name.encode() for name in KEY_HEADERS)
 JSON_HEADERS = {"content-type": "application/json"}
 
 
@@ -65,21 +68,38 @@ def require_credential(runtime: Runtime, adapter: ProviderAdapter) -> Credential
     return credential
 
 
+@functools.lru_cache(maxsize=256)
+def _upstream_target(base_url: str, upstream_path: str) -> tuple[str, str, int, bytes, str]:
+    """(scheme, host, port, path, Host header) for a provider path; parsed once per base URL and path."""
+    scheme, raw_host, port, path = url.parse(join_url(base_url, upstream_path))
+    host = raw_host.decode("idna")
+    return scheme.decode(), host, port, path, url.hostport(scheme.decode(), host, port)
+
+
 def send_upstream(flow: http.HTTPFlow, adapter: ProviderAdapter, credential: Credential, upstream_path: str) -> None:
     """Point the request at the provider: its URL (with the base URL's prefix), its auth, no client key."""
     req = flow.request
-    for header in KEY_HEADERS:
-        req.headers.pop(header, None)
-    req.query.pop("key", None)
-    query = req.path.partition("?")[2]
-    req.url = join_url(credential.base_url, upstream_path, query)
-    req.headers.update(adapter.auth_headers(credential.api_key or ""))
-    if adapter.name == "anthropic" and "anthropic-version" not in req.headers:
-        req.headers["anthropic-version"] = "2023-06-01"
+    headers = req.headers
+    headers.fields = tuple(f for f in headers.fields if f[0].lower() not in _KEY_HEADER_NAMES)
+    if "key=" in req.path:
+        req.query.pop("key", None)
+    query = req.data.path.partition(b"?")[2]
+    scheme, host, port, path, host_header = _upstream_target(credential.base_url, upstream_path)
+    # Set the parts directly: `req.url = ...` would parse the whole URL again on every request.
+    req.scheme, req.host, req.port = scheme, host, port
+    req.data.path = path + b"?" + query if query else path
+    if "host" in headers:
+        headers["host"] = host_header
+    if req.data.authority:
+        req.authority = host_header
+    for name, value in adapter.auth_headers(credential.api_key or "").items():
+        headers[name] = value
+    if adapter.name == "anthropic" and "anthropic-version" not in headers:
+        headers["anthropic-version"] = "2023-06-01"
     call = get_call(flow)
     if call is not None and call.stream:
         # TokenSense reads streams as they pass: ask for them uncompressed.
-        req.headers["accept-encoding"] = "identity"
+        headers["accept-encoding"] = "identity"
 
 
 def response_body(response: http.Response) -> bytes:

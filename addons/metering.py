@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import gc
 import json
 import logging
 import time
@@ -41,15 +40,6 @@ def _is_event_stream(response: http.Response) -> bool:
 class Metering:
     def __init__(self, runtime: Runtime) -> None:
         self.runtime = runtime
-
-    def running(self) -> None:
-        # The price catalog, mitmproxy and the libraries leave ~150,000 objects that
-        # live as long as the process. Each full collection of the garbage collector
-        # walked all of them, a pause of 50-100 ms every few hundred requests; frozen,
-        # they are never scanned again. (Runs after Lifecycle.running has started
-        # the runtime, so what it loaded is frozen too.)
-        gc.collect()
-        gc.freeze()
 
     def responseheaders(self, flow: http.HTTPFlow) -> None:
         call = get_call(flow)

@@ -39,9 +39,11 @@ class Policy:
             answer_error(flow, call.fmt, e)
             return
 
+        limits = limits_for(key)
+        if limits.rpm is None and limits.tpm is None and key.budget_usd is None:
+            return  # nothing to count for this key
         body = flow.metadata.get(BODY)
         estimate = estimate_usage(body) if isinstance(body, dict) else TokenUsage()
-        limits = limits_for(key)
         if limits.rpm is not None or limits.tpm is not None:
             tokens = estimate.input_tokens + estimate.output_tokens
             try:

@@ -75,6 +75,7 @@ class KeyStore:
         self.refresh_interval = refresh_interval
         self._keys: dict[str, KeyInfo] = {}
         self._credentials: dict[str, Credential] = {}
+        self._env_credentials: dict[str, Credential] = {}
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self.last_error: str | None = None
@@ -85,7 +86,13 @@ class KeyStore:
         return self._keys.get(key_hash)
 
     def credential(self, provider: str) -> Credential:
-        return self._credentials.get(provider) or self._env_credential(provider)
+        stored = self._credentials.get(provider)
+        if stored is not None:
+            return stored
+        env = self._env_credentials.get(provider)
+        if env is None:  # the environment does not change while the process runs
+            env = self._env_credentials[provider] = self._env_credential(provider)
+        return env
 
     # -- loading (blocking; run in threads) -----------------------------------------
     def load_key(self, key_hash: str) -> KeyInfo | None:
