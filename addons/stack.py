@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from addons.auth import Auth
+from addons.chain import TokenSenseChain
 from addons.intercept import Intercept
 from addons.lifecycle import Lifecycle
 from addons.media import Media
@@ -15,8 +16,8 @@ from addons.upstream_errors import UpstreamErrors
 from tokensense.runtime import Runtime
 
 
-def build_addons(runtime: Runtime | None = None) -> list[object]:
-    """The addons in hook order: each one's `request` runs after the ones before it."""
+def tokensense_addons(runtime: Runtime | None = None) -> list[object]:
+    """The TokenSense addons in hook order: each one's `request` runs after the ones before it."""
     runtime = runtime or Runtime()
     return [
         Lifecycle(runtime),
@@ -30,3 +31,8 @@ def build_addons(runtime: Runtime | None = None) -> list[object]:
         Metering(runtime),
         Recording(),  # last: sees every call metered
     ]
+
+
+def build_addons(runtime: Runtime | None = None) -> list[object]:
+    """What the entry script hands mitmproxy: the addons above, dispatched as one (see addons/chain.py)."""
+    return [TokenSenseChain(tokensense_addons(runtime))]
