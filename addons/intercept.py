@@ -16,9 +16,9 @@ from mitmproxy.proxy.mode_specs import ProxyMode, ReverseMode
 from addons.common import CALL, answer_error, lookup_key
 from addons.routing import BODY
 from tokensense.errors import GatewayError
-from tokensense.intercept import KEY_HEADER, HostTable, intercepted_call, parse_hostmap, with_stream_usage
+from tokensense.intercept import KEY_HEADER, HostTable, intercepted_call, parse_hostmap
 from tokensense.keystore import KeyInfo
-from tokensense.metering import CallContext, attribution
+from tokensense.metering import CallContext, attribution, with_stream_usage
 from tokensense.runtime import Runtime
 
 log = logging.getLogger(__name__)

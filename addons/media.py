@@ -13,7 +13,7 @@ from mitmproxy import ctx, exceptions, http
 from addons.common import answer_error, get_call, require_credential, send_upstream
 from tokensense import media
 from tokensense.errors import GatewayError
-from tokensense.media_prices import MediaPriceError, MediaPriceTable, catalog_media_cost, token_detail_surcharge
+from tokensense.media_prices import MediaPriceTable, catalog_media_cost, load_media_prices, token_detail_surcharge
 from tokensense.metering import CallContext, PassthroughStream, attribution
 from tokensense.providers import ProviderAdapter
 from tokensense.routing import MEDIA_ENDPOINTS, Endpoint, parse_json_body, resolve_model
@@ -92,12 +92,8 @@ class Media:
         return self._prices
 
     def _load_prices(self) -> None:
-        try:
-            self._prices = MediaPriceTable(self.runtime.config.media_prices)
-            self._prices_error = None
-        except MediaPriceError as e:
-            self._prices = MediaPriceTable()
-            self._prices_error = f"config.toml: {e}"
+        self._prices, self._prices_error = load_media_prices(self.runtime.config.media_prices)
+        if self._prices_error:
             log.error("%s; media requests are refused until it is fixed", self._prices_error)
 
     # --- request ------------------------------------------------------------------------------

@@ -56,8 +56,7 @@ class Metering:
         call.stream_usage = adapter.stream_usage()
         flow.response.stream = PassthroughStream(
             call, call.stream_usage, adapter.usage_markers(),
-            drop_usage_chunk=not call.client_wants_usage and adapter.usage_key == b"usage"
-            and adapter.name in ("openai", "xai", "mistral"),
+            drop_usage_chunk=call.usage_chunk_added,
         )
 
     def response(self, flow: http.HTTPFlow) -> None:
@@ -73,8 +72,8 @@ class Metering:
         if status >= 400 and call.error is None:
             call.error = _error_message(body if body is not None else response_body(response))
         record = self._record(call, status)
-        if _header(response.headers, b"x-tokensense-request-id") is None:
-            _set_header(response.headers, b"x-tokensense-request-id", call.request_id)
+        if _header(response.headers, b"x-tokensense-request-id") is None:  # answered by TokenSense itself
+            response.headers.fields += ((b"x-tokensense-request-id", call.request_id.encode()),)
         if not response.stream and call.provider is not None:
             _set_header(response.headers, b"x-tokensense-cost-usd",
                         f"{record.cost_usd:.8f}".rstrip("0").rstrip(".") or "0")

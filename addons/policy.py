@@ -119,5 +119,6 @@ def _rate_headers(flow: http.HTTPFlow) -> dict[str, str]:
     if decision is None:
         return {}
     headers = decision.headers()
-    headers.pop("retry-after", None) if decision.allowed else None
+    if decision.allowed:
+        headers.pop("retry-after", None)
     return headers

@@ -8,8 +8,6 @@ from functools import partial
 from mitmproxy import ctx, exceptions, http
 
 from addons.common import CALL, get_call
-from tokensense.intercept import OPENAI_COMPATIBLE
-from tokensense.metering import CallContext
 from tokensense.recording import (
     RECORD,
     RECORDING,
@@ -26,11 +24,6 @@ log = logging.getLogger(__name__)
 
 def _keep_record(flow: http.HTTPFlow, record: UsageCreate) -> None:
     flow.metadata[RECORD] = record.model_dump(mode="json")
-
-
-def _usage_chunk_added(call: CallContext) -> bool:
-    return call.stream and not call.client_wants_usage and call.provider is not None \
-        and call.provider.name in OPENAI_COMPATIBLE
 
 
 def _mitmproxy_saves() -> bool:
@@ -108,7 +101,7 @@ class Recording:
                 flow.response.raw_content = capture.body()
             info = recording_info(bodies_redacted=bool(ctx.options.tokensense_redact_bodies),
                                   stream_captured=capture is not None and not capture.truncated,
-                                  usage_chunk_added=_usage_chunk_added(call))
+                                  usage_chunk_added=call.usage_chunk_added)
             if self.writer is not None:
                 self.writer.submit(snapshot(flow, {RECORD: record, RECORDING: info}),
                                    redact_bodies=ctx.options.tokensense_redact_bodies)

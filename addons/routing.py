@@ -9,6 +9,7 @@ from mitmproxy import http
 from addons.common import answer_error, answer_json, get_call, require_credential, send_upstream
 from tokensense.catalog import list_models
 from tokensense.errors import GatewayError
+from tokensense.metering import with_stream_usage
 from tokensense.policy import model_allowed
 from tokensense.providers import PROVIDERS, provider_for_model
 from tokensense.routing import MEDIA_ENDPOINTS, PASSTHROUGH, Endpoint, parse_json_body, resolve_model
@@ -46,12 +47,9 @@ class Router:
 
     def _media_models(self) -> dict[str, list[str]]:
         """Image and audio models from the media price table, by provider (the catalog lacks most)."""
-        from tokensense.media_prices import MediaPriceError, MediaPriceTable
+        from tokensense.media_prices import load_media_prices
 
-        try:
-            table = MediaPriceTable(self.runtime.config.media_prices)
-        except MediaPriceError:
-            table = MediaPriceTable()
+        table, _ = load_media_prices(self.runtime.config.media_prices)
         by_provider: dict[str, list[str]] = {}
         for model in sorted(table.models):
             if adapter := provider_for_model(model):
@@ -91,20 +89,16 @@ class Router:
         if requested != model and endpoint is not Endpoint.GEMINI:
             body["model"] = model  # `provider/model` names the provider; the provider wants its own name
             changed = True
-        if (not translated and call.stream and endpoint is Endpoint.CHAT):
-            options = body.get("stream_options")
-            call.client_wants_usage = isinstance(options, dict) and options.get("include_usage") is True
-            if not call.client_wants_usage:
-                # Ask upstream for the usage chunk; the metering addon removes it again.
-                body["stream_options"] = {**(options if isinstance(options, dict) else {}), "include_usage": True}
-                changed = True
-
         if translated:
             # The translation addon rewrites and sends it.
             flow.metadata[TRANSLATED] = body
             call.client_wants_usage = isinstance(body.get("stream_options"), dict) and \
                 body["stream_options"].get("include_usage") is True
             return
+        with_usage, call.client_wants_usage = with_stream_usage(call, body)
+        if with_usage is not None:
+            body, changed = with_usage, True
+            flow.metadata[BODY] = body
         if changed:
             req.content = json.dumps(body, separators=(",", ":")).encode()
 

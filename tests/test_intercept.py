@@ -23,11 +23,10 @@ from tokensense.intercept import (
     intercept_mode_args,
     intercepted_call,
     parse_hostmap,
-    with_stream_usage,
 )
 from tokensense.keystore import KeyInfo
 from tokensense.media_prices import MediaPriceTable
-from tokensense.metering import CallContext
+from tokensense.metering import CallContext, with_stream_usage
 from tokensense.pricing import PriceBook
 from tokensense.providers import PROVIDERS
 from tokensense.recording import (

@@ -30,7 +30,6 @@ PROVIDER_HOSTS: dict[str, str] = {
 KEY_HEADER = "x-tokensense-key"
 
 # Providers whose chat streams report usage only when asked (`stream_options.include_usage`).
-OPENAI_COMPATIBLE = frozenset({"openai", "xai", "mistral"})
 
 
 def _normal_host(host: str) -> str:
@@ -150,17 +149,3 @@ def _route(adapter: ProviderAdapter, method: str, path: str) -> Route | None:
     return route
 
 
-def with_stream_usage(call: CallContext, body: Any) -> tuple[dict[str, Any] | None, bool]:
-    """(the body to send instead, or None to keep it; whether the client asked for usage itself).
-
-    OpenAI-format chat streams report usage only with `stream_options.include_usage`;
-    like the gateway, intercept mode asks for it, and the metering addon removes
-    that extra chunk again when the client had not asked.
-    """
-    if not (call.stream and call.route_endpoint is Endpoint.CHAT and call.provider is not None
-            and call.provider.name in OPENAI_COMPATIBLE and isinstance(body, dict)):
-        return None, True
-    options = body.get("stream_options")
-    if isinstance(options, dict) and options.get("include_usage") is True:
-        return None, True
-    return {**body, "stream_options": {**(options if isinstance(options, dict) else {}), "include_usage": True}}, False

@@ -211,6 +211,14 @@ class MediaPriceTable:
         return seconds / 60 * price.per_minute
 
 
+def load_media_prices(overrides: Mapping[str, Mapping[str, float]] | None) -> tuple[MediaPriceTable, str | None]:
+    """The price table with config.toml's overrides, or the built-in one and the reason the overrides were refused."""
+    try:
+        return MediaPriceTable(overrides), None
+    except MediaPriceError as e:
+        return MediaPriceTable(), f"config.toml: {e}"
+
+
 def _price_for_size(price: MediaPrice, size: str | None, quality: str | None) -> float | None:
     if not size or size == "auto":
         size = price.default_size

@@ -14,7 +14,7 @@ from typing import Any
 from tokensense.errors import ErrorFormat
 from tokensense.keystore import KeyInfo
 from tokensense.pricing import PriceBook
-from tokensense.providers import ProviderAdapter, StreamUsage
+from tokensense.providers import OPENAI_COMPATIBLE, ProviderAdapter, StreamUsage
 from tokensense.routing import Endpoint
 from tokensense.sse import EventSplitter, parse_event
 from tokensense.storage.models import UsageCreate
@@ -93,9 +93,31 @@ class CallContext:
     on_record: list[Callable[[UsageCreate], None]] = field(default_factory=list)  # run once the call is recorded
     extra: dict[str, Any] = field(default_factory=dict)
 
+    @property
+    def usage_chunk_added(self) -> bool:
+        """Whether TokenSense asked upstream for the usage chunk the client did not ask for."""
+        return (self.stream and not self.client_wants_usage and self.provider is not None
+                and self.provider.name in OPENAI_COMPATIBLE)
+
     def mark_first_token(self) -> None:
         if self.first_token is None:
             self.first_token = time.perf_counter()
+
+
+def with_stream_usage(call: CallContext, body: Any) -> tuple[dict[str, Any] | None, bool]:
+    """(the body to send instead, or None to keep it; whether the client asked for usage itself).
+
+    OpenAI-format chat streams report usage only with `stream_options.include_usage`:
+    TokenSense asks for it (gateway and intercept mode alike), and the metering
+    addon removes that extra chunk again when the client had not asked.
+    """
+    if not (call.stream and call.route_endpoint is Endpoint.CHAT and call.provider is not None
+            and call.provider.name in OPENAI_COMPATIBLE and isinstance(body, dict)):
+        return None, True
+    options = body.get("stream_options")
+    if isinstance(options, dict) and options.get("include_usage") is True:
+        return None, True
+    return {**body, "stream_options": {**(options if isinstance(options, dict) else {}), "include_usage": True}}, False
 
 
 _USAGE_OBJECT = re.compile(rb'"usage"\s*:\s*\{')

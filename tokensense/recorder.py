@@ -7,24 +7,22 @@ import queue
 import threading
 from collections.abc import Callable
 
-from sqlalchemy import insert
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import OperationalError
+from sqlmodel import Session
 
-from tokensense.storage.models import Usage, UsageCreate
+from tokensense.storage.models import UsageCreate
+from tokensense.storage.repo import record_usages
 
 log = logging.getLogger(__name__)
 
 _STOP = object()
-# One executemany INSERT per batch, without ORM objects: building a `Usage` row
-# object costs about 0.3 ms of the interpreter's time per record, which the
-# proxy's event loop, sharing that interpreter, would wait for. (Multi-row
-# VALUES via RETURNING was tried: no measurable gain, and every distinct batch
-# size left a large prepared statement in the driver's cache: +12 MB per 10,000 requests.)
-_INSERT = insert(Usage.__table__)
-_COLUMNS = frozenset(Usage.__table__.columns.keys())
-# model_dump() is faster than model_dump(include=...); filter only if a record has other fields.
-_DUMP_ARGS: dict = {} if set(UsageCreate.model_fields) <= _COLUMNS else {"include": _COLUMNS}
+# Batches go through `repo.record_usages`: one executemany INSERT, without ORM
+# objects (building a `Usage` row object costs about 0.3 ms of the interpreter's
+# time per record, which the proxy's event loop, sharing that interpreter, would
+# wait for). Multi-row VALUES via RETURNING was tried: no measurable gain, and
+# every distinct batch size left a large prepared statement in the driver's
+# cache: +12 MB per 10,000 requests.
 
 
 class UsageRecorder:
@@ -111,9 +109,8 @@ class UsageRecorder:
         written = batch
         while True:
             try:
-                rows = [record.model_dump(**_DUMP_ARGS) for record in batch]
-                with self.engine.begin() as conn:
-                    conn.execute(_INSERT, rows)
+                with Session(self.engine) as session:
+                    record_usages(session=session, usages=batch)
                 break
             except Exception as e:
                 attempt += 1

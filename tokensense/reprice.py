@@ -10,10 +10,10 @@ from typing import Any
 from mitmproxy import http
 from pydantic import BaseModel, Field
 
-from tokensense.intercept import OPENAI_COMPATIBLE, HostTable
+from tokensense.intercept import HostTable
 from tokensense.media_prices import MediaPriceTable, catalog_media_cost
 from tokensense.pricing import PriceBook
-from tokensense.providers import PROVIDERS, ProviderAdapter, get_provider
+from tokensense.providers import OPENAI_COMPATIBLE, PROVIDERS, ProviderAdapter, get_provider
 from tokensense.recording import RECORD, read_flow_file
 from tokensense.routing import Endpoint
 from tokensense.sse import EventSplitter, parse_event

@@ -9,7 +9,7 @@ from typing import Any, NamedTuple
 
 from tokensense.errors import ErrorFormat, GatewayError
 from tokensense.pricing import PriceBook
-from tokensense.providers import ProviderAdapter, get_provider, provider_for_model
+from tokensense.providers import OPENAI_COMPATIBLE, ProviderAdapter, get_provider, provider_for_model
 
 
 class Endpoint(StrEnum):
@@ -46,8 +46,8 @@ _OPENAI_PATHS = {
 
 # Which providers answer each OpenAI-format endpoint natively (passthrough).
 PASSTHROUGH: dict[Endpoint, frozenset[str]] = {
-    Endpoint.CHAT: frozenset({"openai", "xai", "mistral"}),
-    Endpoint.EMBEDDINGS: frozenset({"openai", "xai", "mistral"}),
+    Endpoint.CHAT: OPENAI_COMPATIBLE,
+    Endpoint.EMBEDDINGS: OPENAI_COMPATIBLE,
     Endpoint.IMAGES: frozenset({"openai", "xai"}),
     Endpoint.SPEECH: frozenset({"openai"}),
     Endpoint.TRANSCRIPTIONS: frozenset({"openai", "mistral"}),

@@ -20,6 +20,9 @@ PROVIDERS: dict[str, ProviderAdapter] = {
     )
 }
 
+# Providers that speak OpenAI's own format (chat, embeddings, streams with `include_usage`).
+OPENAI_COMPATIBLE = frozenset({"openai", "xai", "mistral"})
+
 # Other spellings users write in `provider/model` and in policies.
 ALIASES: dict[str, str] = {"google": "gemini", "x-ai": "xai", "grok": "xai", "claude": "anthropic", "fal-ai": "fal"}
 
@@ -37,4 +40,4 @@ def provider_for_model(model: str) -> ProviderAdapter | None:
     return None
 
 
-__all__ = ["PROVIDERS", "ProviderAdapter", "StreamUsage", "get_provider", "provider_for_model"]
+__all__ = ["OPENAI_COMPATIBLE", "PROVIDERS", "ProviderAdapter", "StreamUsage", "get_provider", "provider_for_model"]
