@@ -7,11 +7,11 @@ import asyncio
 from mitmproxy import http
 
 from addons.common import CALL, answer_error, answer_json, lookup_key
-from tokensense.auth import client_key
-from tokensense.errors import GatewayError, format_for_path
-from tokensense.metering import CallContext, attribution
-from tokensense.routing import Endpoint, classify
-from tokensense.runtime import Runtime
+from tokensense.gateway.auth import client_key
+from tokensense.gateway.errors import GatewayError, format_for_path
+from tokensense.metering.record import CallContext, attribution
+from tokensense.gateway.routing import Endpoint, classify
+from tokensense.gateway.runtime import Runtime
 
 
 class Auth:

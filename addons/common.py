@@ -9,14 +9,14 @@ import json
 from mitmproxy import http
 from mitmproxy.net.http import url
 
-from tokensense.auth import KEY_HEADERS
-from tokensense.crypto import hash_key
-from tokensense.errors import ErrorFormat, GatewayError, error_bytes
-from tokensense.keystore import Credential, KeyInfo
-from tokensense.metering import CallContext
+from tokensense.gateway.auth import KEY_HEADERS
+from tokensense.gateway.crypto import hash_key
+from tokensense.gateway.errors import ErrorFormat, GatewayError, error_bytes
+from tokensense.gateway.keys import Credential, KeyInfo
+from tokensense.metering.record import CallContext
 from tokensense.providers import ProviderAdapter
-from tokensense.routing import join_url
-from tokensense.runtime import Runtime
+from tokensense.gateway.routing import join_url
+from tokensense.gateway.runtime import Runtime
 
 CALL = "tokensense.call"
 _KEY_HEADER_NAMES = frozenset(name.encode() for name in KEY_HEADERS)

@@ -15,11 +15,11 @@ from mitmproxy.proxy.mode_specs import ProxyMode, ReverseMode
 
 from addons.common import CALL, answer_error, lookup_key
 from addons.routing import BODY
-from tokensense.errors import GatewayError
-from tokensense.intercept import KEY_HEADER, HostTable, intercepted_call, parse_hostmap
-from tokensense.keystore import KeyInfo
-from tokensense.metering import CallContext, attribution, with_stream_usage
-from tokensense.runtime import Runtime
+from tokensense.gateway.errors import GatewayError
+from tokensense.gateway.intercept import KEY_HEADER, HostTable, intercepted_call, parse_hostmap
+from tokensense.gateway.keys import KeyInfo
+from tokensense.metering.record import CallContext, attribution, with_stream_usage
+from tokensense.gateway.runtime import Runtime
 
 log = logging.getLogger(__name__)
 

@@ -7,7 +7,7 @@ import logging
 
 from mitmproxy import ctx
 
-from tokensense.runtime import Runtime
+from tokensense.gateway.runtime import Runtime
 
 log = logging.getLogger(__name__)
 

@@ -11,19 +11,19 @@ from dataclasses import dataclass
 from mitmproxy import ctx, exceptions, http
 
 from addons.common import answer_error, get_call, require_credential, send_upstream
-from tokensense import media
-from tokensense.errors import GatewayError
-from tokensense.media_prices import MediaPriceTable, catalog_media_cost, load_media_prices, token_detail_surcharge
-from tokensense.metering import CallContext, PassthroughStream, attribution
+from tokensense.gateway import media
+from tokensense.gateway.errors import GatewayError
+from tokensense.metering.media_prices import MediaPriceTable, catalog_media_cost, load_media_prices, token_detail_surcharge
+from tokensense.metering.record import CallContext, PassthroughStream, attribution
 from tokensense.providers import ProviderAdapter
-from tokensense.routing import MEDIA_ENDPOINTS, Endpoint, parse_json_body, resolve_model
-from tokensense.runtime import Runtime
-from tokensense.translate.gemini import error_from_provider as gemini_error
-from tokensense.usage import TokenUsage
+from tokensense.gateway.routing import MEDIA_ENDPOINTS, Endpoint, parse_json_body, resolve_model
+from tokensense.gateway.runtime import Runtime
+from tokensense.providers.gemini.chat import error_from_provider as gemini_error
+from tokensense.metering.usage import TokenUsage
 
 log = logging.getLogger(__name__)
 
-MEDIA = "tokensense.media"  # flow metadata: what the response hooks need to know about the request
+MEDIA = "tokensense.gateway.media"  # flow metadata: what the response hooks need to know about the request
 _MB = 1024 * 1024
 
 

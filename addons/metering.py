@@ -9,10 +9,10 @@ import time
 from mitmproxy import http
 
 from addons.common import get_call, response_body
-from tokensense.metering import CallContext, PassthroughStream, build_record
-from tokensense.runtime import Runtime
-from tokensense.usage import TokenUsage
-from tokensense.usage_extract import find_usage_object
+from tokensense.metering.record import CallContext, PassthroughStream, build_record
+from tokensense.gateway.runtime import Runtime
+from tokensense.metering.usage import TokenUsage
+from tokensense.metering.usage_extract import find_usage_object
 
 log = logging.getLogger(__name__)
 

@@ -9,13 +9,13 @@ from mitmproxy import http
 
 from addons.common import answer_error, get_call
 from addons.routing import BODY
-from tokensense.errors import GatewayError
-from tokensense.limits import RateDecision
-from tokensense.metering import CallContext
-from tokensense.policy import budget_window, check_access, estimate_cost, estimate_usage, limits_for
-from tokensense.runtime import Runtime
+from tokensense.gateway.errors import GatewayError
+from tokensense.gateway.limits import RateDecision
+from tokensense.metering.record import CallContext
+from tokensense.gateway.policy import budget_window, check_access, estimate_cost, estimate_usage, limits_for
+from tokensense.gateway.runtime import Runtime
 from tokensense.storage.models import UsageCreate
-from tokensense.usage import TokenUsage
+from tokensense.metering.usage import TokenUsage
 
 log = logging.getLogger(__name__)
 RATE = "tokensense.ratelimit"

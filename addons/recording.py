@@ -8,7 +8,7 @@ from functools import partial
 from mitmproxy import ctx, exceptions, http
 
 from addons.common import CALL, get_call
-from tokensense.recording import (
+from tokensense.flows.recording import (
     RECORD,
     RECORDING,
     FlowFileWriter,

@@ -7,13 +7,13 @@ import json
 from mitmproxy import http
 
 from addons.common import answer_error, answer_json, get_call, require_credential, send_upstream
-from tokensense.catalog import list_models
-from tokensense.errors import GatewayError
-from tokensense.metering import with_stream_usage
-from tokensense.policy import model_allowed
+from tokensense.gateway.catalog import list_models
+from tokensense.gateway.errors import GatewayError
+from tokensense.metering.record import with_stream_usage
+from tokensense.gateway.policy import model_allowed
 from tokensense.providers import PROVIDERS, provider_for_model
-from tokensense.routing import MEDIA_ENDPOINTS, PASSTHROUGH, Endpoint, parse_json_body, resolve_model
-from tokensense.runtime import Runtime
+from tokensense.gateway.routing import MEDIA_ENDPOINTS, PASSTHROUGH, Endpoint, parse_json_body, resolve_model
+from tokensense.gateway.runtime import Runtime
 
 TRANSLATED = "tokensense.translated"  # metadata flag: the translation addon owns this chat call
 BODY = "tokensense.body"  # the parsed JSON request body, for later addons (no second parse)
@@ -47,7 +47,7 @@ class Router:
 
     def _media_models(self) -> dict[str, list[str]]:
         """Image and audio models from the media price table, by provider (the catalog lacks most)."""
-        from tokensense.media_prices import load_media_prices
+        from tokensense.metering.media_prices import load_media_prices
 
         table, _ = load_media_prices(self.runtime.config.media_prices)
         by_provider: dict[str, list[str]] = {}

@@ -13,7 +13,7 @@ from addons.recording import Recording
 from addons.routing import Router
 from addons.translation import Translation
 from addons.upstream_errors import UpstreamErrors
-from tokensense.runtime import Runtime
+from tokensense.gateway.runtime import Runtime
 
 
 def tokensense_addons(runtime: Runtime | None = None) -> list[object]:

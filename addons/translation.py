@@ -9,12 +9,12 @@ from mitmproxy import http
 
 from addons.common import answer_error, get_call, require_credential, response_body, send_upstream
 from addons.routing import TRANSLATED
-from tokensense.errors import GatewayError
-from tokensense.runtime import Runtime
-from tokensense.translate import TranslationError
-from tokensense.translate import anthropic as anthropic_translation
-from tokensense.translate import gemini as gemini_translation
-from tokensense.translate.stream import TranslatingStream
+from tokensense.gateway.errors import GatewayError
+from tokensense.gateway.runtime import Runtime
+from tokensense.providers.translation import TranslationError
+from tokensense.providers.anthropic import chat as anthropic_translation
+from tokensense.providers.gemini import chat as gemini_translation
+from tokensense.providers.chat_stream import TranslatingStream
 
 TRANSLATIONS: dict[str, ModuleType] = {"anthropic": anthropic_translation, "gemini": gemini_translation}
 

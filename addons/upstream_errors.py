@@ -26,8 +26,8 @@ from mitmproxy.proxy.layers.http import _http1
 from mitmproxy.proxy.layers.http._events import ResponseData, ResponseProtocolError
 
 from addons.common import get_call
-from tokensense.errors import error_bytes
-from tokensense.metering import CallContext
+from tokensense.gateway.errors import error_bytes
+from tokensense.metering.record import CallContext
 
 log = logging.getLogger(__name__)
 

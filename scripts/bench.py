@@ -272,7 +272,7 @@ def start_services(plan: Plan, procs: Processes) -> Setup:
     tmp = procs.tmp
     env = clean_env()
 
-    fake, fake_log = procs.start("fake-provider", [sys.executable, "-m", "tokensense.fakeprovider",
+    fake, fake_log = procs.start("fake-provider", [sys.executable, "-m", "tokensense.demo.fakeprovider",
                                                    "--host", "127.0.0.1", "--port", "0"], env)
     deadline = time.monotonic() + 30
     while "listening on" not in fake_log.read_text() and fake.poll() is None and time.monotonic() < deadline:

@@ -5,7 +5,7 @@
     .venv/bin/python scripts/bench_dashboard.py --database-url postgresql://... --keep
 
 A "full refresh" is everything one dashboard poll runs when something changed
-(`tokensense.analytics.dashboard_snapshot`: change marker, window totals,
+(`tokensense.storage.analytics.dashboard_snapshot`: change marker, window totals,
 grouped rows, sparkline series, key budgets, request log). An idle poll runs
 only the change marker. Each is timed `--runs` times; the median is reported.
 """
@@ -30,7 +30,7 @@ from sqlmodel import Session
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from tokensense.analytics import DRILL_PATH, WINDOWS, DashboardQuery, change_marker, dashboard_snapshot  # noqa: E402
+from tokensense.storage.analytics import DRILL_PATH, WINDOWS, DashboardQuery, change_marker, dashboard_snapshot  # noqa: E402
 from tokensense.storage.db import display_url, init_db, make_engine  # noqa: E402
 from tokensense.storage.models import ApiKey, Usage  # noqa: E402
 

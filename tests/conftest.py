@@ -75,7 +75,7 @@ class FakeProvider:
 
 def start_fake_provider(extra_args: list[str] | None = None) -> FakeProvider:
     proc = subprocess.Popen(
-        [sys.executable, "-m", "tokensense.fakeprovider", "--host", "127.0.0.1", "--port", "0", *(extra_args or [])],
+        [sys.executable, "-m", "tokensense.demo.fakeprovider", "--host", "127.0.0.1", "--port", "0", *(extra_args or [])],
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=ROOT, env=clean_env(),
     )
     assert proc.stdout is not None

@@ -29,11 +29,11 @@ READY_PREFIX = "fake provider listening on "
 
 @contextlib.contextmanager
 def running_fake_provider(*extra_args: str, timeout: float = 20.0) -> Iterator[str]:
-    """Start `python -m tokensense.fakeprovider --port 0` and yield its base URL; stop it afterwards."""
+    """Start `python -m tokensense.demo.fakeprovider --port 0` and yield its base URL; stop it afterwards."""
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO_ROOT), os.environ.get("PYTHONPATH")]))}
     with tempfile.TemporaryFile() as stderr:
         process = subprocess.Popen(
-            [sys.executable, "-m", "tokensense.fakeprovider", "--host", "127.0.0.1", "--port", "0", *extra_args],
+            [sys.executable, "-m", "tokensense.demo.fakeprovider", "--host", "127.0.0.1", "--port", "0", *extra_args],
             cwd=REPO_ROOT,
             env=env,
             stdout=subprocess.PIPE,

@@ -1,4 +1,4 @@
-"""Unit tests for the dashboard's SQL aggregations (`tokensense.analytics`) on in-memory SQLite."""
+"""Unit tests for the dashboard's SQL aggregations (`tokensense.storage.analytics`) on in-memory SQLite."""
 
 from __future__ import annotations
 
@@ -13,8 +13,8 @@ from sqlalchemy import Engine
 from sqlalchemy.pool import StaticPool
 from sqlmodel import Session, SQLModel, create_engine
 
-from tokensense import analytics
-from tokensense.analytics import DashboardQuery, GroupRow, Totals
+from tokensense.storage import analytics
+from tokensense.storage.analytics import DashboardQuery, GroupRow, Totals
 from tokensense.storage.db import normalize_database_url
 from tokensense.storage.models import ApiKey, Usage
 

@@ -15,7 +15,8 @@ from typing import NamedTuple
 import pytest
 from sqlmodel import Session, select
 
-from tokensense import cli, crypto
+from tokensense.cli import commands as cli
+from tokensense.gateway import crypto
 from tokensense.settings import reset_settings
 from tokensense.storage import db, repo
 from tokensense.storage.models import ApiKey, ProviderCredential, UsageCreate
@@ -385,7 +386,7 @@ def test_serve_passes_its_options_and_mitmproxy_args(run, monkeypatch: pytest.Mo
         seen["args"] = args
         return 0
 
-    monkeypatch.setitem(sys.modules, "tokensense.server", types.SimpleNamespace(run_server=run_server))
+    monkeypatch.setitem(sys.modules, "tokensense.gateway.server", types.SimpleNamespace(run_server=run_server))
     assert run("serve", "--port", "9000", "--intercept", "--record", "flows.mitm", "--", "--set", "flow_detail=2").code == 0
     args = seen["args"]
     assert (args.host, args.port, args.intercept, args.intercept_port, args.record, args.redact_bodies) == (
@@ -398,7 +399,7 @@ def test_serve_passes_its_options_and_mitmproxy_args(run, monkeypatch: pytest.Mo
 
 def test_demo_options(run, monkeypatch: pytest.MonkeyPatch) -> None:
     seen = {}
-    monkeypatch.setitem(sys.modules, "tokensense.demo", types.SimpleNamespace(run_demo=lambda args: seen.setdefault("args", args) and 0))
+    monkeypatch.setitem(sys.modules, "tokensense.demo.traffic", types.SimpleNamespace(run_demo=lambda args: seen.setdefault("args", args) and 0))
     assert run("demo", "--rate", "5", "--duration", "3").code == 0
     assert (seen["args"].port, seen["args"].rate, seen["args"].duration) == (8080, 5.0, 3.0)
     _assert_user_error(run("demo", "--rate", "0"), "--rate")

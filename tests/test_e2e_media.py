@@ -14,7 +14,7 @@ import openai
 import pytest
 
 from conftest import PROVIDER_KEYS, FakeProvider, Gateway, start_gateway, stop
-from tokensense.fakeprovider.media import mp3_bytes, speech_audio
+from tokensense.demo.fakeprovider.media import mp3_bytes, speech_audio
 
 pytestmark = pytest.mark.e2e
 

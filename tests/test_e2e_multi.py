@@ -15,8 +15,8 @@ import httpx
 import pytest
 
 from conftest import ROOT, FakeProvider, Gateway, free_port, start_gateway, stop, wait_healthy
-from tokensense.pricing import PriceBook
-from tokensense.usage import TokenUsage
+from tokensense.metering.pricing import PriceBook
+from tokensense.metering.usage import TokenUsage
 
 pytestmark = [pytest.mark.e2e, pytest.mark.postgres, pytest.mark.redis]
 

@@ -15,8 +15,8 @@ from google.genai import errors as genai_errors
 from google.genai import types
 
 from conftest import Gateway
-from tokensense.pricing import PriceBook
-from tokensense.usage import TokenUsage
+from tokensense.metering.pricing import PriceBook
+from tokensense.metering.usage import TokenUsage
 
 pytestmark = pytest.mark.e2e
 

@@ -20,8 +20,8 @@ from google.genai import errors as genai_errors
 from google.genai import types
 from pydantic import BaseModel
 
-from tokensense.fakeprovider import start
-from tokensense.fakeprovider.textgen import Controls, Conversation, example_from_schema, plan_answer
+from tokensense.demo.fakeprovider import start
+from tokensense.demo.fakeprovider.textgen import Controls, Conversation, example_from_schema, plan_answer
 
 WEATHER_TOOL = {
     "type": "function",

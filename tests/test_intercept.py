@@ -17,19 +17,19 @@ from addons.common import CALL
 from addons.intercept import Intercept
 from addons.recording import Recording
 from addons.routing import BODY
-from tokensense.intercept import (
+from tokensense.gateway.intercept import (
     KEY_HEADER,
     HostTable,
     intercept_mode_args,
     intercepted_call,
     parse_hostmap,
 )
-from tokensense.keystore import KeyInfo
-from tokensense.media_prices import MediaPriceTable
-from tokensense.metering import CallContext, with_stream_usage
-from tokensense.pricing import PriceBook
+from tokensense.gateway.keys import KeyInfo
+from tokensense.metering.media_prices import MediaPriceTable
+from tokensense.metering.record import CallContext, with_stream_usage
+from tokensense.metering.pricing import PriceBook
 from tokensense.providers import PROVIDERS
-from tokensense.recording import (
+from tokensense.flows.recording import (
     RECORD,
     RECORDING,
     REDACTED,
@@ -43,11 +43,11 @@ from tokensense.recording import (
     redact_sse,
     snapshot,
 )
-from tokensense.replay import drop_usage_chunk, replay_args, replayable
-from tokensense.reprice import answer_usage, format_report, price_flow, reprice_flows
-from tokensense.routing import Endpoint
-from tokensense.runtime import Runtime
-from tokensense.usage import TokenUsage
+from tokensense.flows.replay import drop_usage_chunk, replay_args, replayable
+from tokensense.flows.reprice import answer_usage, format_report, price_flow, reprice_flows
+from tokensense.gateway.routing import Endpoint
+from tokensense.gateway.runtime import Runtime
+from tokensense.metering.usage import TokenUsage
 
 FIXTURES = Path(__file__).parent / "fixtures"
 OPENAI_STREAM = (FIXTURES / "streams" / "openai_chat_include_usage.sse").read_bytes()
@@ -99,7 +99,7 @@ def test_intercept_mode_args() -> None:
 
 
 def test_mitmdump_args_for_serve_intercept_and_record() -> None:
-    from tokensense.server import mitmdump_args
+    from tokensense.gateway.server import mitmdump_args
 
     args = argparse.Namespace(host="127.0.0.1", port=8080, intercept=True, intercept_port=None, record="x.flows",
                               redact_bodies=True, mitm_args=[])
@@ -167,7 +167,7 @@ class _Keys:
         return None
 
     def load_key(self, key_hash: str) -> KeyInfo | None:
-        from tokensense.crypto import hash_key
+        from tokensense.gateway.crypto import hash_key
 
         return self.info if key_hash == hash_key("tsk_good") else None
 

@@ -9,10 +9,10 @@ from datetime import UTC, datetime
 
 import pytest
 
-from tokensense.errors import GatewayError
-from tokensense.keystore import KeyInfo
-from tokensense.limits import MemoryCounters, RedisCounters, decide, format_duration
-from tokensense.policy import PLAN_LIMITS, budget_window, check_access, estimate_usage, limits_for
+from tokensense.gateway.errors import GatewayError
+from tokensense.gateway.keys import KeyInfo
+from tokensense.gateway.limits import MemoryCounters, RedisCounters, decide, format_duration
+from tokensense.gateway.policy import PLAN_LIMITS, budget_window, check_access, estimate_usage, limits_for
 from tokensense.providers import PROVIDERS
 
 REDIS_URL = os.environ.get("TOKENSENSE_TEST_REDIS_URL", "redis://127.0.0.1:6379/15")

@@ -15,24 +15,24 @@ from mitmproxy.test import tflow
 
 from addons.common import CALL, answer_error
 from addons.media import MEDIA, Media, MediaCall
-from tokensense import media
+from tokensense.gateway import media
 from tokensense.config import ModelPrice
-from tokensense.errors import ErrorFormat, GatewayError
-from tokensense.fakeprovider.media import mp3_bytes, speech_audio
-from tokensense.media_prices import (
+from tokensense.gateway.errors import ErrorFormat, GatewayError
+from tokensense.demo.fakeprovider.media import mp3_bytes, speech_audio
+from tokensense.metering.media_prices import (
     DEFAULT_MEDIA_PRICES,
     MediaPriceError,
     MediaPriceTable,
     catalog_media_cost,
     token_detail_surcharge,
 )
-from tokensense.metering import CallContext
-from tokensense.pricing import PriceBook
+from tokensense.metering.record import CallContext
+from tokensense.metering.pricing import PriceBook
 from tokensense.providers import PROVIDERS
-from tokensense.routing import Endpoint
-from tokensense.runtime import Runtime
+from tokensense.gateway.routing import Endpoint
+from tokensense.gateway.runtime import Runtime
 from tokensense.settings import Settings
-from tokensense.usage import TokenUsage
+from tokensense.metering.usage import TokenUsage
 
 
 def wav(seconds: float, rate: int = 8000) -> bytes:

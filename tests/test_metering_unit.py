@@ -7,14 +7,14 @@ from pathlib import Path
 
 import pytest
 
-from tokensense.errors import ErrorFormat
-from tokensense.metering import CallContext, PassthroughStream, attribution, build_record
-from tokensense.pricing import PriceBook
+from tokensense.gateway.errors import ErrorFormat
+from tokensense.metering.record import CallContext, PassthroughStream, attribution, build_record
+from tokensense.metering.pricing import PriceBook
 from tokensense.providers import PROVIDERS
-from tokensense.routing import Endpoint
-from tokensense.sse import EventSplitter, parse_event
-from tokensense.usage import TokenUsage
-from tokensense.usage_extract import find_usage_object
+from tokensense.gateway.routing import Endpoint
+from tokensense.metering.sse import EventSplitter, parse_event
+from tokensense.metering.usage import TokenUsage
+from tokensense.metering.usage_extract import find_usage_object
 
 STREAMS = Path(__file__).parent / "fixtures" / "streams"
 

@@ -18,8 +18,9 @@ from sqlalchemy import Column, Engine, Integer, MetaData, Table, inspect, text
 from sqlmodel import Session, SQLModel, select
 from sqlmodel.sql.sqltypes import AutoString, UTCDateTime
 
-from tokensense import cli, crypto
-from tokensense.migrations import INITIAL_REVISION, MIGRATIONS_DIR, VERSIONS_DIR, head_revision
+from tokensense.cli import commands as cli
+from tokensense.gateway import crypto
+from tokensense.storage.migrations import INITIAL_REVISION, MIGRATIONS_DIR, VERSIONS_DIR, head_revision
 from tokensense.settings import reset_settings
 from tokensense.storage import db, migrate
 from tokensense.storage.models import ApiKey, Usage, UsageCreate

@@ -10,7 +10,7 @@ from sqlalchemy.pool import StaticPool
 from sqlmodel import Session, SQLModel, create_engine, func, select
 
 from conftest import FakeProvider, start_gateway, stop
-from tokensense.recorder import UsageRecorder
+from tokensense.metering.recorder import UsageRecorder
 from tokensense.storage.models import Usage, UsageCreate
 
 

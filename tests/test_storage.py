@@ -13,7 +13,7 @@ from sqlalchemy import event, text
 from sqlalchemy.pool import StaticPool
 from sqlmodel import Session, SQLModel, select
 
-from tokensense import crypto
+from tokensense.gateway import crypto
 from tokensense.settings import reset_settings
 from tokensense.storage import db, repo
 from tokensense.storage.models import ApiKey, ProviderCredential, UsageCreate

@@ -18,9 +18,9 @@ from google.genai import types as gt
 from openai.lib.streaming.chat import ChatCompletionStreamState
 from openai.types.chat import ChatCompletion, ChatCompletionChunk
 
-from tokensense.translate import TranslationError
-from tokensense.translate import gemini as tr
-from tokensense.translate.openai_format import decode_tool_call_id
+from tokensense.providers.translation import TranslationError
+from tokensense.providers.gemini import chat as tr
+from tokensense.providers.chat_format import decode_tool_call_id
 
 FIXTURES = Path(__file__).parent / "fixtures" / "gemini"
 MODEL = "gemini-2.5-flash"

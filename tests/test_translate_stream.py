@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from tokensense.translate import anthropic as anthropic_translation
-from tokensense.translate.stream import TranslatingStream
+from tokensense.providers.anthropic import chat as anthropic_translation
+from tokensense.providers.chat_stream import TranslatingStream
 
 RAW = (Path(__file__).parent / "fixtures" / "streams" / "anthropic_messages.sse").read_bytes()
 

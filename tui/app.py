@@ -20,7 +20,7 @@ from textual.reactive import reactive
 from textual.widgets import DataTable, Footer, Sparkline, Static, TabbedContent, TabPane
 from textual.worker import Worker, get_current_worker
 
-from tokensense.analytics import (
+from tokensense.storage.analytics import (
     DRILL_PATH,
     WINDOWS,
     ChangeMarker,

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from tokensense.analytics import as_utc
+from tokensense.storage.analytics import as_utc
 
 
 def format_cost(usd: float) -> str:

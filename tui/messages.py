@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 from textual.message import Message
 
-from tokensense.analytics import DashboardSnapshot
+from tokensense.storage.analytics import DashboardSnapshot
 
 
 @dataclass

@@ -5,7 +5,7 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from typing import Any, ClassVar
 
-from tokensense.usage import TokenUsage
+from tokensense.metering.usage import TokenUsage
 
 
 def _int(value: Any) -> int:

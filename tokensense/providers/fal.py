@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any, ClassVar
 
 from tokensense.providers.base import ProviderAdapter, StreamUsage
-from tokensense.usage import TokenUsage
+from tokensense.metering.usage import TokenUsage
 
 
 class FalStreamUsage(StreamUsage):

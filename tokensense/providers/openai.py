@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any, ClassVar
 
 from tokensense.providers.base import ProviderAdapter, StreamUsage, _int
-from tokensense.usage import TokenUsage
+from tokensense.metering.usage import TokenUsage
 
 
 def usage_from_openai(usage: Any) -> TokenUsage | None:

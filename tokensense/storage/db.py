@@ -100,7 +100,7 @@ def is_in_memory(engine: Engine) -> bool:
 
 def schema_is_current(engine: Engine) -> bool:
     """Whether the database records the newest schema revision (one or two quick queries, no Alembic)."""
-    from tokensense.migrations import head_revision
+    from tokensense.storage.migrations import head_revision
 
     with engine.connect() as connection:
         if not inspect(connection).has_table(VERSION_TABLE):

@@ -90,7 +90,7 @@ class Usage(UsageBase, table=True):
     """One call through TokenSense: who made it, what it used, what it cost."""
 
     __tablename__ = "usage"
-    # Each schema change here needs a migration in tokensense/migrations/versions (docs/migrations.md).
+    # Each schema change here needs a migration in tokensense/storage/migrations/versions (docs/migrations.md).
     __table_args__ = (
         Index("ix_usage_key_id_created_at", "key_id", "created_at"),  # a key's spend in its budget period
         Index("ix_usage_created_at_workflow", "created_at", "workflow"),  # the dashboard's windows by workflow

@@ -12,7 +12,7 @@ from sqlalchemy import func, insert
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session, col, select
 
-from tokensense.crypto import decrypt_secret, encrypt_secret, hash_key, new_key
+from tokensense.gateway.crypto import decrypt_secret, encrypt_secret, hash_key, new_key
 from tokensense.storage.models import ApiKey, ProviderCredential, Usage, UsageCreate
 
 PROVIDERS: tuple[str, ...] = ("openai", "anthropic", "gemini", "xai", "mistral", "fal")

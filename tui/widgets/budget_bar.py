@@ -6,7 +6,7 @@ from rich.text import Text
 from textual.reactive import reactive
 from textual.widget import Widget
 
-from tokensense.analytics import KeyBudget
+from tokensense.storage.analytics import KeyBudget
 from tui.formatting import format_cost
 
 PERIOD_NAMES = {"total": "total", "monthly": "this month", "daily": "today"}

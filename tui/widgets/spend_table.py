@@ -7,7 +7,7 @@ from textual.binding import Binding
 from textual.widgets import DataTable
 from textual.widgets.data_table import RowDoesNotExist
 
-from tokensense.analytics import GroupRow
+from tokensense.storage.analytics import GroupRow
 from tui.formatting import format_cost, format_count, format_tokens
 
 NONE_KEY = "\x00none"

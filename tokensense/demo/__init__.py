@@ -1,0 +1,1 @@
+"""The demo: traffic generator and the fake providers."""

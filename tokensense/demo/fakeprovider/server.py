@@ -1,0 +1,297 @@
+"""The fake provider's aiohttp app: suffix routing, auth, control headers, request log."""
+
+from __future__ import annotations
+
+import asyncio
+import gzip
+import json
+import re
+import socket
+import ssl
+import time
+from collections import deque
+from http import HTTPStatus
+from types import ModuleType
+from typing import Any, Callable, NamedTuple
+
+from aiohttp import web
+from aiohttp.client_exceptions import ClientConnectionResetError
+
+from tokensense.demo.fakeprovider import anthropic_format, fal_format, gemini_format, media, openai_format
+from tokensense.demo.fakeprovider.replies import BodyReply, FakeError, FakeRequest, Reply, json_reply
+from tokensense.demo.fakeprovider.textgen import NO_CONTROLS, ControlError, Controls, parse_controls
+
+REQUEST_LOG_SIZE = 2000
+REQUEST_LOG = web.AppKey("tokensense_fake_request_log", deque)
+MAX_UPLOAD_BYTES = 64 * 1024 * 1024
+
+Handler = Callable[[FakeRequest], Reply]
+
+
+class Route(NamedTuple):
+    fmt: ModuleType
+    """One of the `*_format` modules: NAME, authenticated(), error(), MISSING_KEY."""
+    handler: Handler | None
+    """None when the path is known but the method or action is not."""
+    prefix: str
+    params: dict[str, str]
+
+
+_GEMINI_PATH = re.compile(r"^(?P<prefix>.*?)/(?:v1beta|v1alpha|v1)/models/(?P<model>[^/:]+):(?P<action>[A-Za-z]+)$")
+
+# (suffix, method, format, handler, whether a "/v1" just before the suffix belongs to it).
+# Longest suffixes first; the first match wins.
+_SUFFIX_ROUTES: list[tuple[str, str, ModuleType, Handler, bool]] = [
+    ("/v1/messages/count_tokens", "POST", anthropic_format, anthropic_format.count_tokens, False),
+    ("/v1/messages", "POST", anthropic_format, anthropic_format.messages, False),
+    ("/audio/transcriptions", "POST", openai_format, openai_format.transcriptions, True),
+    ("/images/generations", "POST", openai_format, openai_format.images, True),
+    ("/chat/completions", "POST", openai_format, openai_format.chat, True),
+    ("/audio/speech", "POST", openai_format, openai_format.speech, True),
+    ("/embeddings", "POST", openai_format, openai_format.embeddings, True),
+    ("/models", "GET", openai_format, openai_format.models, True),
+]
+
+
+def resolve_route(method: str, path: str, headers: Any) -> Route | None:
+    """Find the endpoint by the end of the path; whatever comes before is the prefix."""
+    if ":" in path:
+        match = _GEMINI_PATH.match(path)
+        if match:
+            handler = gemini_format.ACTIONS.get(match["action"]) if method == "POST" else None
+            return Route(gemini_format, handler, match["prefix"], {"model": match["model"], "action": match["action"]})
+    fal_at = path.find("/fal-ai/")
+    if fal_at >= 0:
+        return Route(fal_format, fal_format.generate if method == "POST" else None, path[:fal_at], {"app": path[fal_at + 1 :]})
+    for suffix, route_method, fmt, handler, strip_v1 in _SUFFIX_ROUTES:
+        if path.endswith(suffix):
+            prefix = path[: len(path) - len(suffix)]
+            if strip_v1 and prefix.endswith("/v1"):
+                prefix = prefix[:-3]
+            if suffix == "/models" and "anthropic-version" in headers:
+                fmt, handler = anthropic_format, anthropic_format.models
+            return Route(fmt, handler if method == route_method else None, prefix, {})
+    return None
+
+
+def _status_message(status: int) -> str:
+    try:
+        phrase = HTTPStatus(status).phrase
+    except ValueError:
+        phrase = "Overloaded" if status == 529 else "Error"
+    return f"{phrase} (fake error requested with x-fake-status: {status})."
+
+
+def _unknown_route(method: str, path: str) -> BodyReply:
+    return json_reply(
+        {
+            "error": {
+                "message": f"The fake provider has no endpoint for {method} {path}. See docs/fake-provider.md for the paths it serves.",
+                "type": "invalid_request_error",
+                "param": None,
+                "code": "unknown_url",
+            }
+        },
+        status=404,
+    )
+
+
+async def _read_body(request: web.Request) -> tuple[Any, dict[str, bytes]]:
+    """Parsed JSON; for multipart a summary of fields and file sizes (files returned apart); else text."""
+    if request.content_type == "multipart/form-data":
+        try:
+            form = await request.post()
+        except ValueError as e:  # malformed multipart: the handler answers 400 for a non-form body
+            return f"unreadable multipart body: {e}", {}
+        fields: dict[str, str] = {}
+        summary: dict[str, dict[str, Any]] = {}
+        files: dict[str, bytes] = {}
+        for name, value in form.items():
+            if isinstance(value, web.FileField):
+                data = value.file.read()
+                files[name] = data
+                summary[name] = {"filename": value.filename, "size": len(data), "content_type": value.content_type}
+            else:
+                fields[name] = str(value)
+        return {"fields": fields, "files": summary}, files
+    raw = await request.read()
+    if not raw:
+        return None, {}
+    try:
+        return json.loads(raw), {}
+    except ValueError:
+        return raw.decode("utf-8", errors="replace"), {}
+
+
+async def handle(request: web.Request) -> web.StreamResponse:
+    path = request.path
+    if path.startswith("/_fake/"):
+        return await _control(request, path)
+    method = request.method
+    route = resolve_route(method, path, request.headers)
+    body, files = await _read_body(request)
+    request.app[REQUEST_LOG].append(
+        {
+            "method": method,
+            "path": path,
+            "prefix": route.prefix if route else "",
+            "provider": route.fmt.NAME if route else None,
+            "query": dict(request.query),
+            "headers": {key.lower(): value for key, value in request.headers.items()},
+            "body": body,
+            "time": time.time(),
+        }
+    )
+    if route is None:
+        return await _send(request, _unknown_route(method, path), NO_CONTROLS)
+    fmt = route.fmt
+    try:
+        controls = parse_controls(request.headers)
+    except ControlError as e:
+        return await _send(request, fmt.error(400, str(e)), NO_CONTROLS)
+    if controls.delay:
+        await asyncio.sleep(controls.delay)
+    if controls.broken == "reset":
+        _abort(request)
+        return web.Response()
+    fake = FakeRequest(
+        method=method,
+        path=path,
+        prefix=route.prefix,
+        query=request.query,
+        headers=request.headers,
+        body=body,
+        controls=controls,
+        origin=f"{request.scheme}://{request.host}",
+        files=files,
+        params=route.params,
+    )
+    if route.handler is None:
+        reply: Reply = fmt.error(404 if fmt is gemini_format else 405, f"{method} {path} is not supported by this endpoint.")
+    elif not fmt.authenticated(fake):
+        reply = fmt.error(401, fmt.MISSING_KEY)
+    elif controls.status:
+        reply = fmt.error(controls.status, _status_message(controls.status))
+    else:
+        try:
+            reply = route.handler(fake)
+        except FakeError as e:
+            reply = fmt.error(e.status, e.message, e.param)
+    return await _send(request, reply, controls)
+
+
+def _abort(request: web.Request) -> None:
+    transport = request.transport
+    if transport is not None:
+        transport.abort()
+
+
+async def _send(request: web.Request, reply: Reply, controls: Controls) -> web.StreamResponse:
+    headers = {**reply.headers, "Content-Type": reply.content_type}
+    reason = "Overloaded" if reply.status == 529 else None
+    if isinstance(reply, BodyReply):
+        if not controls.broken:
+            body = reply.body
+            # Like the real APIs, compress JSON answers for clients that accept gzip.
+            if reply.content_type.startswith("application/json") and \
+                    "gzip" in request.headers.get("Accept-Encoding", "") and len(body) > 64:
+                body = gzip.compress(body, compresslevel=1)
+                headers["Content-Encoding"] = "gzip"
+            return web.Response(status=reply.status, reason=reason, body=body, headers=headers)
+        # Promise the whole body, send half of it, then drop the connection.
+        response = web.StreamResponse(status=reply.status, reason=reason, headers=headers)
+        response.content_length = len(reply.body)
+        await response.prepare(request)
+        await response.write(reply.body[: len(reply.body) // 2])
+        _abort(request)
+        return response
+
+    if reply.content_type.startswith("text/event-stream"):
+        headers["Cache-Control"] = "no-cache"
+    response = web.StreamResponse(status=reply.status, reason=reason, headers=headers)
+    await response.prepare(request)
+    chunks = reply.chunks
+    try:
+        if controls.broken:
+            if len(chunks) > 1:
+                chunks = chunks[: len(chunks) // 2]
+            else:
+                chunks = [b"".join(chunks)[: max(1, len(b"".join(chunks)) // 2)]]
+            await _write_paced(response, chunks, controls.chunk_delay)
+            _abort(request)
+            return response
+        if controls.chunk_delay:
+            await _write_paced(response, chunks, controls.chunk_delay)
+        else:
+            await response.write(b"".join(chunks))
+        await response.write_eof()
+    except (ConnectionResetError, ClientConnectionResetError):
+        pass  # the client hung up mid-stream; nothing is left to answer
+    return response
+
+
+async def _write_paced(response: web.StreamResponse, chunks: list[bytes], delay: float) -> None:
+    for index, chunk in enumerate(chunks):
+        if index and delay:
+            await asyncio.sleep(delay)
+        await response.write(chunk)
+
+
+_IMAGE_NAME = re.compile(r"-(\d{1,4})x(\d{1,4})\.png$")
+
+
+async def _control(request: web.Request, path: str) -> web.StreamResponse:
+    """The fake's own endpoints under `/_fake/`: request log, served images, health."""
+    log: deque = request.app[REQUEST_LOG]
+    if path == "/_fake/requests":
+        if request.method == "GET":
+            return web.json_response(list(log))
+        if request.method == "DELETE":
+            cleared = len(log)
+            log.clear()
+            return web.json_response({"cleared": cleared})
+    elif path.startswith("/_fake/images/") and request.method == "GET":
+        match = _IMAGE_NAME.search(path)
+        width, height = (int(match[1]), int(match[2])) if match else (1024, 1024)
+        return web.Response(body=media.png_bytes(width, height), content_type="image/png")
+    elif path == "/_fake/health":
+        return web.json_response({"status": "ok"})
+    return web.json_response(
+        {"error": "unknown control endpoint; use GET or DELETE /_fake/requests, GET /_fake/images/NAME-WxH.png, GET /_fake/health"},
+        status=404,
+    )
+
+
+def create_app() -> web.Application:
+    app = web.Application(client_max_size=MAX_UPLOAD_BYTES)
+    app[REQUEST_LOG] = deque(maxlen=REQUEST_LOG_SIZE)
+    app.router.add_route("*", "/{tail:.*}", handle)
+    return app
+
+
+def _bind(host: str, port: int) -> socket.socket:
+    family, kind, proto, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)[0]
+    sock = socket.socket(family, kind, proto)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind(address)
+    except OSError:
+        sock.close()
+        raise
+    return sock
+
+
+async def start(host: str = "127.0.0.1", port: int = 0, *, ssl_context: ssl.SSLContext | None = None) -> tuple[web.AppRunner, str]:
+    """Run the fake in this event loop; returns the runner (call `cleanup()`) and the base URL."""
+    runner = web.AppRunner(create_app(), access_log=None, handle_signals=False)
+    await runner.setup()
+    try:
+        sock = _bind(host, port)
+    except OSError:
+        await runner.cleanup()
+        raise
+    site = web.SockSite(runner, sock, ssl_context=ssl_context)
+    await site.start()
+    bound_port = sock.getsockname()[1]
+    url_host = f"[{host}]" if ":" in host else host
+    return runner, f"{'https' if ssl_context else 'http'}://{url_host}:{bound_port}"

@@ -1,0 +1,1 @@
+"""Saved flows: recording with keys redacted, replay, reprice."""

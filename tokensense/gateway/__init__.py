@@ -1,0 +1,1 @@
+"""The request pipeline: call model, routing, keys, policies, limits, errors, runtime."""

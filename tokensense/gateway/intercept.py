@@ -1,0 +1,151 @@
+"""Intercept mode: provider hosts, the regular-proxy arguments, and the call context of an intercepted request."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
+
+from tokensense.gateway.errors import ErrorFormat, GatewayError
+from tokensense.metering.record import CallContext
+from tokensense.providers import ProviderAdapter, get_provider
+from tokensense.gateway.routing import PASSTHROUGH, Endpoint, Route, classify
+
+log = logging.getLogger(__name__)
+
+# The public API hosts of the providers TokenSense knows. Everything else passes
+# through the intercept proxy as opaque TLS.
+PROVIDER_HOSTS: dict[str, str] = {
+    "api.openai.com": "openai",
+    "api.anthropic.com": "anthropic",
+    "generativelanguage.googleapis.com": "gemini",
+    "api.x.ai": "xai",
+    "api.mistral.ai": "mistral",
+    "fal.run": "fal",
+}
+
+# Where an intercepted client puts its TokenSense key: its usual auth header
+# carries its own provider key, which goes upstream untouched.
+KEY_HEADER = "x-tokensense-key"
+
+# Providers whose chat streams report usage only when asked (`stream_options.include_usage`).
+
+
+def _normal_host(host: str) -> str:
+    return host.strip().lower().rstrip(".")
+
+
+class HostTable:
+    """Provider by host name: the known hosts plus `[intercept_hosts]` from config.toml.
+
+    An added entry is an exact host name or `*.domain` (any subdomain of it).
+    """
+
+    def __init__(self, extra: Mapping[str, str] | None = None) -> None:
+        self.exact: dict[str, ProviderAdapter] = {}
+        self.suffixes: list[tuple[str, ProviderAdapter]] = []
+        for host, name in PROVIDER_HOSTS.items():
+            adapter = get_provider(name)
+            assert adapter is not None
+            self.exact[host] = adapter
+        for host, name in (extra or {}).items():
+            adapter = get_provider(name)
+            if adapter is None:
+                raise ValueError(f"[intercept_hosts] in config.toml maps {host!r} to {name!r}, which is not a provider "
+                                 "TokenSense knows (openai, anthropic, gemini, xai, mistral, fal)")
+            host = _normal_host(host)
+            if host.startswith("*."):
+                self.suffixes.append((host[1:], adapter))
+            else:
+                self.exact[host] = adapter
+
+    def provider(self, host: str | None) -> ProviderAdapter | None:
+        """The provider served at `host`, or None for a host TokenSense leaves alone."""
+        if not host:
+            return None
+        host = _normal_host(host)
+        found = self.exact.get(host)
+        if found is not None:
+            return found
+        for suffix, adapter in self.suffixes:
+            if host.endswith(suffix):
+                return adapter
+        return None
+
+    def decrypts(self, hosts: Iterable[str | None]) -> bool:
+        """Whether a connection that names any of `hosts` (address, TLS SNI) is to be decrypted."""
+        return any(self.provider(h) is not None for h in hosts)
+
+
+def parse_hostmap(entries: Sequence[str]) -> dict[str, tuple[str, int]]:
+    """`HOST=ADDRESS:PORT` entries as {host: (address, port)}; a malformed entry is a ValueError that names it."""
+    mapped: dict[str, tuple[str, int]] = {}
+    for entry in entries:
+        host, sep, target = entry.partition("=")
+        address, colon, port = target.rpartition(":")
+        if not sep or not host.strip() or not colon or not address or not port.isdigit() or not 0 < int(port) < 65536:
+            raise ValueError(f"tokensense_intercept_hostmap: cannot read {entry!r}; "
+                             "write HOST=ADDRESS:PORT, e.g. api.openai.com=127.0.0.1:9443")
+        mapped[_normal_host(host)] = (address.strip("[]"), int(port))
+    return mapped
+
+
+def intercept_port(args: argparse.Namespace) -> int:
+    """The regular proxy's port: `--intercept-port`, else the gateway's port plus one (8081)."""
+    return args.intercept_port or args.port + 1
+
+
+def intercept_mode_args(args: argparse.Namespace) -> list[str]:
+    """The mitmdump arguments that add the intercept proxy next to the gateway's reverse proxy.
+
+    Only the mode is added. Which connections are decrypted is decided per
+    connection by the Intercept addon (provider hosts only), not by mitmproxy's
+    `allow_hosts`: that option applies to every mode, and would turn the
+    gateway's own reverse-proxy connections into passthrough ones too.
+    """
+    port = intercept_port(args)
+    if port == args.port:
+        raise ValueError(f"--intercept-port {port} is the gateway's own --port; pick another one")
+    return ["--mode", f"regular@{port}"]
+
+
+def intercepted_call(adapter: ProviderAdapter, method: str, path: str, body: Any, *,
+                     form_model: str | None = None) -> CallContext | None:
+    """The call context of a request to a provider host, or None for a request TokenSense does not meter.
+
+    Metered are the endpoints the gateway serves natively for that provider
+    (`PASSTHROUGH`): chat and embeddings on OpenAI, xAI and Mistral, Messages
+    on Anthropic, `models/...:action` on Gemini, ..., and fal's `/fal-ai/...`
+    apps. Model lists, files, batches and any other path pass through unmetered.
+    """
+    path = path.partition("?")[0]
+    route = _route(adapter, method, path)
+    if route is None:
+        return None
+    call = CallContext(route.endpoint, route.fmt, path_model=route.model, action=route.action)
+    call.provider = adapter
+    model = route.model or (body.get("model") if isinstance(body, dict) else None) or form_model
+    call.model = call.requested_model = model if isinstance(model, str) and model else None
+    if route.endpoint is Endpoint.GEMINI:
+        call.stream = route.action == "streamGenerateContent"
+    else:
+        call.stream = isinstance(body, dict) and body.get("stream") is True
+    return call
+
+
+def _route(adapter: ProviderAdapter, method: str, path: str) -> Route | None:
+    if adapter.name == "fal":
+        # fal.run serves each app at its own path: POST /fal-ai/flux/dev. The app is the model.
+        if method == "POST" and path.startswith("/fal-ai/"):
+            return Route(Endpoint.IMAGES, ErrorFormat.OPENAI, model=path.strip("/"))
+        return None
+    try:
+        route = classify(method, path)
+    except GatewayError:
+        return None
+    if adapter.name not in PASSTHROUGH.get(route.endpoint, frozenset()):
+        return None  # health, model lists, or an endpoint this provider does not natively serve
+    return route
+
+

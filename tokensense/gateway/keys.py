@@ -1,0 +1,167 @@
+"""In-memory view of keys and provider credentials, refreshed off the event loop.
+
+The proxy never reads the database or decrypts a provider key while it handles
+a request: a background thread reloads both every `refresh_interval` seconds
+(so a revoked key stops working within that time), and a key the cache has not
+seen yet is looked up once in a worker thread.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+from dataclasses import dataclass
+from datetime import datetime
+
+from sqlalchemy.engine import Engine
+from sqlmodel import Session, func, select
+
+from tokensense.providers import PROVIDERS
+from tokensense.settings import Settings
+from tokensense.storage.models import ApiKey, ProviderCredential
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class KeyInfo:
+    """What the proxy needs to know about a TokenSense key."""
+
+    id: str
+    name: str
+    revoked: bool
+    project: str | None
+    budget_usd: float | None
+    budget_period: str
+    rpm: int | None
+    tpm: int | None
+    plan: str | None
+    allowed_models: tuple[str, ...]
+    allowed_providers: tuple[str, ...]
+    created_at: datetime | None = None
+
+    @classmethod
+    def from_row(cls, row: ApiKey) -> KeyInfo:
+        return cls(
+            id=row.id,
+            name=row.name,
+            revoked=row.revoked_at is not None,
+            project=row.project,
+            budget_usd=row.budget_usd,
+            budget_period=row.budget_period,
+            rpm=row.rpm,
+            tpm=row.tpm,
+            plan=row.plan,
+            allowed_models=tuple(row.allowed_models or ()),
+            allowed_providers=tuple(row.allowed_providers or ()),
+            created_at=row.created_at,
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class Credential:
+    """A provider key ready to use, and where to send requests."""
+
+    api_key: str | None
+    base_url: str
+    source: str  # "stored", "env" or "none"
+
+
+class KeyStore:
+    def __init__(self, engine: Engine, settings: Settings, refresh_interval: float = 1.0) -> None:
+        self.engine = engine
+        self.settings = settings
+        self.refresh_interval = refresh_interval
+        self._keys: dict[str, KeyInfo] = {}
+        self._credentials: dict[str, Credential] = {}
+        self._env_credentials: dict[str, Credential] = {}
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self.last_error: str | None = None
+        self._last_fingerprint: tuple | None = None
+
+    # -- read by the proxy (no I/O) -------------------------------------------------
+    def key(self, key_hash: str) -> KeyInfo | None:
+        return self._keys.get(key_hash)
+
+    def credential(self, provider: str) -> Credential:
+        stored = self._credentials.get(provider)
+        if stored is not None:
+            return stored
+        env = self._env_credentials.get(provider)
+        if env is None:  # the environment does not change while the process runs
+            env = self._env_credentials[provider] = self._env_credential(provider)
+        return env
+
+    # -- loading (blocking; run in threads) -----------------------------------------
+    def load_key(self, key_hash: str) -> KeyInfo | None:
+        """Look one key up in the database (for keys created since the last refresh)."""
+        with Session(self.engine) as session:
+            row = session.exec(select(ApiKey).where(ApiKey.key_hash == key_hash)).first()
+            if row is None:
+                return None
+            info = KeyInfo.from_row(row)
+        self._keys = {**self._keys, key_hash: info}
+        return info
+
+    def _fingerprint(self, session: Session) -> tuple:
+        """Changes whenever a key or provider credential is created, updated or revoked."""
+        keys = session.exec(select(func.count(), func.max(ApiKey.created_at), func.max(ApiKey.updated_at),
+                                   func.max(ApiKey.revoked_at), func.count(ApiKey.revoked_at))).one()
+        creds = session.exec(select(func.count(), func.max(ProviderCredential.updated_at))).one()
+        return (*keys, *creds)
+
+    def refresh(self, *, force: bool = False) -> None:
+        """Reload keys and provider credentials if anything changed since the last load."""
+        from tokensense.gateway.crypto import decrypt_secret
+
+        with Session(self.engine) as session:
+            fingerprint = self._fingerprint(session)
+            if not force and fingerprint == self._last_fingerprint:
+                return
+            rows = session.exec(select(ApiKey)).all()
+            keys = {row.key_hash: KeyInfo.from_row(row) for row in rows}
+            creds_rows = [] if self.settings.ignore_stored_providers else session.exec(select(ProviderCredential)).all()
+            stored = [(c.provider, c.encrypted_key, c.base_url) for c in creds_rows]
+        credentials: dict[str, Credential] = {}
+        for provider, encrypted, base_url in stored:
+            if provider not in PROVIDERS:
+                continue
+            try:
+                api_key = decrypt_secret(encrypted, settings=self.settings)
+            except Exception as e:
+                log.error("cannot decrypt the stored %s key: %s", provider, e)
+                continue
+            credentials[provider] = Credential(api_key, base_url or self._base_url(provider), "stored")
+        self._keys = keys
+        self._credentials = credentials
+        self._last_fingerprint = fingerprint
+
+    def _base_url(self, provider: str) -> str:
+        return self.settings.base_url_override(provider) or PROVIDERS[provider].default_base_url
+
+    def _env_credential(self, provider: str) -> Credential:
+        adapter = PROVIDERS[provider]
+        api_key = os.environ.get(adapter.env_key) or None
+        return Credential(api_key, self._base_url(provider), "env" if api_key else "none")
+
+    # -- background refresh ------------------------------------------------------------
+    def start(self) -> None:
+        self.refresh(force=True)
+        self._thread = threading.Thread(target=self._run, name="tokensense-keystore", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.refresh_interval):
+            try:
+                self.refresh()
+                self.last_error = None
+            except Exception as e:  # the database may be briefly unavailable
+                self.last_error = str(e)
+                log.warning("key refresh failed: %s", e)
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread:
+            self._thread.join(timeout=5)

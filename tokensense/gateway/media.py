@@ -1,0 +1,596 @@
+"""Media endpoints as pure functions: OpenAI images ⇄ Imagen/fal, multipart forms, audio lengths, media answers."""
+
+from __future__ import annotations
+
+import io
+import json
+import math
+import re
+import struct
+import time
+import wave
+from email.message import Message
+from typing import Any, NamedTuple
+
+from tokensense.gateway.errors import GatewayError
+from tokensense.providers.base import StreamUsage, _int
+from tokensense.metering.usage import TokenUsage
+
+DEFAULT_MAX_UPLOAD_MB = 25.0  # OpenAI's own limit for /v1/audio/transcriptions
+
+# --- images: parameters ---------------------------------------------------------------------
+
+# Sizes OpenAI accepts per model; other gpt-image models are passed through unchecked
+# (newer ones take more sizes), and OpenAI answers for those itself.
+OPENAI_IMAGE_SIZES: dict[str, frozenset[str]] = {
+    "dall-e-2": frozenset({"256x256", "512x512", "1024x1024"}),
+    "dall-e-3": frozenset({"1024x1024", "1792x1024", "1024x1792"}),
+    "gpt-image-1": frozenset({"auto", "1024x1024", "1536x1024", "1024x1536"}),
+    "gpt-image-1-mini": frozenset({"auto", "1024x1024", "1536x1024", "1024x1536"}),
+}
+
+# Imagen takes an aspect ratio, not pixels. The pixel sizes are the ones Imagen
+# produces for each ratio, plus dall-e-3's wide and tall sizes (1.75 ≈ 16:9).
+IMAGEN_ASPECT_RATIOS: dict[str, str] = {
+    "1024x1024": "1:1", "896x1280": "3:4", "1280x896": "4:3", "768x1408": "9:16", "1408x768": "16:9",
+    "1792x1024": "16:9", "1024x1792": "9:16",
+    **{ratio: ratio for ratio in ("1:1", "3:4", "4:3", "9:16", "16:9")},
+}
+IMAGEN_MAX_IMAGES = 4
+
+# fal's named sizes; any other WIDTHxHEIGHT goes as `{"width", "height"}`.
+FAL_IMAGE_SIZES: dict[str, tuple[int, int]] = {
+    "square_hd": (1024, 1024),
+    "square": (512, 512),
+    "portrait_4_3": (768, 1024),
+    "portrait_16_9": (576, 1024),
+    "landscape_4_3": (1024, 768),
+    "landscape_16_9": (1024, 576),
+}
+FAL_MAX_IMAGES = 4
+_MAX_SIDE = 16384
+
+# OpenAI images parameters TokenSense understands; any other key in the body is a
+# provider-native parameter (the SDK's `extra_body`) and goes to Imagen or fal as is.
+_OPENAI_IMAGE_KEYS = frozenset({
+    "model", "prompt", "n", "size", "quality", "response_format", "style", "user", "background",
+    "moderation", "output_format", "output_compression", "partial_images", "stream",
+})
+# Values of the parameters that mean "the provider's default" and so map to nothing.
+_DEFAULT_VALUES: dict[str, frozenset[Any]] = {
+    "quality": frozenset({None, "auto", "standard"}),
+    "style": frozenset({None}),
+    "background": frozenset({None, "auto"}),
+    "moderation": frozenset({None, "auto"}),
+    "output_compression": frozenset({None}),
+    "partial_images": frozenset({None, 0}),
+    "stream": frozenset({None, False}),
+}
+_SIZE = re.compile(r"^(\d{1,5})x(\d{1,5})$")
+
+
+def _unsupported(param: str, value: Any, provider: str, hint: str = "") -> GatewayError:
+    return GatewayError(400, f"`{param}`={value!r} is not supported for {provider} image models{hint}.",
+                        code="unsupported_parameter", param=param)
+
+
+def image_prompt(body: dict[str, Any]) -> str:
+    prompt = body.get("prompt")
+    if not isinstance(prompt, str) or not prompt.strip():
+        raise GatewayError(400, "The request must have a `prompt` (a non-empty string).", code="missing_parameter",
+                           param="prompt")
+    return prompt
+
+
+def image_count(body: dict[str, Any], maximum: int | None = None) -> int:
+    """`n`, 1 when absent; a 400 naming `n` when it is not a whole number in range."""
+    n = body.get("n")
+    if n is None:
+        return 1
+    if isinstance(n, bool) or not isinstance(n, int) or n < 1 or (maximum is not None and n > maximum):
+        limit = f" from 1 to {maximum}" if maximum else " of 1 or more"
+        raise GatewayError(400, f"`n` must be a whole number{limit} for this model, not {n!r}.",
+                           code="invalid_value", param="n")
+    return n
+
+
+def check_openai_image_request(model: str, body: dict[str, Any]) -> None:
+    """Reject a `size` OpenAI's image model does not make, before it costs a round trip."""
+    image_count(body)
+    size = body.get("size")
+    allowed = OPENAI_IMAGE_SIZES.get(model)
+    if size is not None and allowed is not None and size not in allowed:
+        raise GatewayError(400, f"`size`={size!r} is not a size {model} makes; use one of "
+                           f"{', '.join(sorted(allowed))}.", code="invalid_value", param="size")
+
+
+def _check_defaults(body: dict[str, Any], provider: str) -> None:
+    for param, defaults in _DEFAULT_VALUES.items():
+        value = body.get(param)
+        if value not in defaults:
+            raise _unsupported(param, value, provider)
+
+
+def _native(body: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in body.items() if k not in _OPENAI_IMAGE_KEYS}
+
+
+def imagen_request(body: dict[str, Any]) -> dict[str, Any]:
+    """OpenAI images request → the Gemini API's Imagen `:predict` body.
+
+    Imagen answers base64 only, so `response_format` must be `b64_json` (the
+    default here, as for gpt-image); it makes PNGs only. Imagen's own default is
+    four images: TokenSense always sends `sampleCount` (OpenAI's default is one).
+    `user` (an abuse-monitoring id) has no Imagen equivalent and is not sent.
+    """
+    prompt = image_prompt(body)
+    parameters: dict[str, Any] = {"sampleCount": image_count(body, IMAGEN_MAX_IMAGES)}
+    size = body.get("size")
+    if size is not None and size != "auto":
+        ratio = IMAGEN_ASPECT_RATIOS.get(size) if isinstance(size, str) else None
+        if ratio is None:
+            raise GatewayError(400, f"`size`={size!r} is not a size Imagen makes; use one of "
+                               f"{', '.join(IMAGEN_ASPECT_RATIOS)} (or auto).", code="invalid_value", param="size")
+        parameters["aspectRatio"] = ratio
+    if body.get("response_format") not in (None, "b64_json"):
+        raise _unsupported("response_format", body.get("response_format"), "Imagen",
+                           ": Imagen returns the image bytes only; use b64_json")
+    if body.get("output_format") not in (None, "png"):
+        raise _unsupported("output_format", body.get("output_format"), "Imagen", ": Imagen makes png")
+    _check_defaults(body, "Imagen")
+    parameters.update(_native(body))
+    return {"instances": [{"prompt": prompt}], "parameters": parameters}
+
+
+def fal_image_size(size: Any) -> str | dict[str, int] | None:
+    """OpenAI `size` → fal `image_size`: a preset when one matches, else `{"width", "height"}`."""
+    if size is None or size == "auto":
+        return None
+    if isinstance(size, str):
+        if size in FAL_IMAGE_SIZES:
+            return size
+        if m := _SIZE.match(size):
+            width, height = int(m[1]), int(m[2])
+            if 0 < width <= _MAX_SIDE and 0 < height <= _MAX_SIDE:
+                for name, dims in FAL_IMAGE_SIZES.items():
+                    if dims == (width, height):
+                        return name
+                return {"width": width, "height": height}
+    raise GatewayError(400, f"`size`={size!r} is not a size fal understands; use WIDTHxHEIGHT (for example "
+                       f"1024x768) or one of {', '.join(FAL_IMAGE_SIZES)}.", code="invalid_value", param="size")
+
+
+def fal_request(body: dict[str, Any]) -> dict[str, Any]:
+    """OpenAI images request → fal's body for a Flux app (`fal.run/fal-ai/flux/dev`).
+
+    fal answers with image URLs, so `response_format` must be `url` (the
+    default); TokenSense does not download images to turn them into base64.
+    """
+    request: dict[str, Any] = {"prompt": image_prompt(body), "num_images": image_count(body, FAL_MAX_IMAGES)}
+    image_size = fal_image_size(body.get("size"))
+    if image_size is not None:
+        request["image_size"] = image_size
+    if body.get("response_format") not in (None, "url"):
+        raise _unsupported("response_format", body.get("response_format"), "fal",
+                           ": fal returns image URLs; use url")
+    output_format = body.get("output_format")
+    if output_format is not None:
+        if output_format not in ("png", "jpeg"):
+            raise _unsupported("output_format", output_format, "fal", ": use png or jpeg")
+        request["output_format"] = output_format
+    _check_defaults(body, "fal")
+    request.update(_native(body))
+    return request
+
+
+# --- images: answers ------------------------------------------------------------------------
+
+
+class ImagesAnswer(NamedTuple):
+    body: dict[str, Any]  # in OpenAI's images format
+    pixels: list[tuple[int, int]]  # (width, height) of each image, where the provider says
+
+
+def imagen_answer(answer: Any, *, created: int | None = None) -> ImagesAnswer:
+    """Imagen `{"predictions": [{"bytesBase64Encoded", "mimeType"}]}` → OpenAI `{"created", "data": [{"b64_json"}]}`.
+
+    Predictions without image bytes (Imagen's safety filter, `raiFilteredReason`)
+    are left out, as Imagen leaves out filtered images itself.
+    """
+    predictions = answer.get("predictions") if isinstance(answer, dict) else None
+    data = [{"b64_json": p["bytesBase64Encoded"]} for p in predictions or []
+            if isinstance(p, dict) and isinstance(p.get("bytesBase64Encoded"), str)]
+    body: dict[str, Any] = {"created": created or int(time.time()), "data": data}
+    mime = next((p.get("mimeType") for p in predictions or [] if isinstance(p, dict) and p.get("mimeType")), None)
+    if isinstance(mime, str) and mime.startswith("image/"):
+        body["output_format"] = mime.removeprefix("image/")
+    return ImagesAnswer(body, [])
+
+
+def fal_answer(answer: Any, *, created: int | None = None) -> ImagesAnswer:
+    """fal `{"images": [{"url", "width", "height", "content_type"}], "seed", ...}` → OpenAI `data[].url`."""
+    images = answer.get("images") if isinstance(answer, dict) else None
+    data: list[dict[str, Any]] = []
+    pixels: list[tuple[int, int]] = []
+    for image in images or []:
+        if not isinstance(image, dict) or not isinstance(image.get("url"), str):
+            continue
+        data.append({"url": image["url"]})
+        width, height = image.get("width"), image.get("height")
+        if isinstance(width, int) and isinstance(height, int):
+            pixels.append((width, height))
+    return ImagesAnswer({"created": created or int(time.time()), "data": data}, pixels)
+
+
+def image_count_in(answer: Any) -> int:
+    data = answer.get("data") if isinstance(answer, dict) else None
+    return len(data) if isinstance(data, list) else 0
+
+
+def image_usage(answer: Any) -> tuple[TokenUsage, int, int]:
+    """An OpenAI images answer's usage: (tokens and image count, input image tokens, output image tokens).
+
+    gpt-image answers carry token `usage`; all their output tokens are image
+    tokens. dall-e answers carry none: only the image count.
+    """
+    images = image_count_in(answer)
+    usage = answer.get("usage") if isinstance(answer, dict) else None
+    if not isinstance(usage, dict):
+        return TokenUsage(images=images), 0, 0
+    input_details = usage.get("input_tokens_details") or {}
+    output_details = usage.get("output_tokens_details") or {}
+    output_tokens = _int(usage.get("output_tokens"))
+    image_out = _int(output_details.get("image_tokens")) if isinstance(output_details, dict) and \
+        "image_tokens" in output_details else output_tokens
+    tokens = TokenUsage(input_tokens=_int(usage.get("input_tokens")), output_tokens=output_tokens, images=images)
+    image_in = _int(input_details.get("image_tokens")) if isinstance(input_details, dict) else 0
+    return tokens, image_in, image_out
+
+
+_FAL_ERROR_TYPES = {400: "invalid_request_error", 401: "authentication_error", 403: "permission_error",
+                    404: "not_found_error", 422: "invalid_request_error", 429: "rate_limit_error"}
+
+
+def fal_error(status: int, content: bytes) -> dict[str, Any]:
+    """A fal error answer (`{"detail": "..."}` or FastAPI's `[{"loc", "msg"}]`) as an OpenAI error body."""
+    try:
+        detail = json.loads(content).get("detail")
+    except (ValueError, UnicodeDecodeError, AttributeError):
+        detail = content.decode("utf-8", errors="replace").strip()[:2000] or None
+    param = None
+    if isinstance(detail, list):
+        parts = []
+        for item in detail:
+            if isinstance(item, dict):
+                loc = [str(p) for p in item.get("loc") or [] if p != "body"]
+                param = param or (loc[-1] if loc else None)
+                parts.append(f"{'.'.join(loc)}: {item.get('msg')}" if loc else str(item.get("msg")))
+        message = "; ".join(parts)
+    else:
+        message = str(detail) if detail else ""
+    return {"error": {"message": message or f"fal answered HTTP {status}",
+                      "type": _FAL_ERROR_TYPES.get(status, "api_error"), "param": param, "code": None}}
+
+
+# --- multipart forms ------------------------------------------------------------------------
+
+
+class FormFile(NamedTuple):
+    filename: str | None
+    content_type: str | None
+    data: memoryview  # a view into the request body: the upload is not copied
+
+
+class Form(NamedTuple):
+    fields: dict[str, str]
+    files: dict[str, FormFile]
+    spans: dict[str, tuple[int, int]]  # where each field's value lies in the body
+
+
+def _header_params(name: str, value: str) -> Message:
+    message = Message()
+    message[name] = value
+    return message
+
+
+def parse_form(body: bytes, content_type: str) -> Form:
+    """A `multipart/form-data` body, parsed once, files as memoryviews into `body`.
+
+    Field values are decoded as UTF-8; a field repeated keeps its last value
+    (`timestamp_granularities[]` and the like are read by the provider, not here).
+    """
+    header = _header_params("content-type", content_type or "")
+    boundary = header.get_param("boundary")
+    if header.get_content_type() != "multipart/form-data" or not isinstance(boundary, str) or not boundary:
+        raise GatewayError(400, "Send the audio as multipart/form-data (a `file` part and a `model` field).",
+                           code="invalid_body")
+    delimiter = b"--" + boundary.encode("latin-1")
+    view = memoryview(body)
+    fields: dict[str, str] = {}
+    files: dict[str, FormFile] = {}
+    spans: dict[str, tuple[int, int]] = {}
+    pos = body.find(delimiter)
+    if pos < 0:
+        raise GatewayError(400, "The multipart body has no part with its boundary.", code="invalid_body")
+    while True:
+        pos += len(delimiter)
+        if body.startswith(b"--", pos):
+            break
+        headers_end = body.find(b"\r\n\r\n", pos)
+        if headers_end < 0:
+            raise GatewayError(400, "A multipart part has no end of headers.", code="invalid_body")
+        part_headers: dict[str, str] = {}
+        for line in body[pos:headers_end].decode("utf-8", errors="replace").split("\r\n"):
+            key, sep, value = line.partition(":")
+            if sep:
+                part_headers[key.strip().lower()] = value.strip()
+        start = headers_end + 4
+        end = body.find(b"\r\n" + delimiter, start)
+        if end < 0:
+            raise GatewayError(400, "The multipart body ends before its closing boundary.", code="invalid_body")
+        disposition = _header_params("content-disposition", part_headers.get("content-disposition", ""))
+        name = disposition.get_param("name", header="content-disposition")
+        filename = disposition.get_filename()
+        if isinstance(name, str):
+            if filename is not None or name == "file":
+                files[name] = FormFile(filename, part_headers.get("content-type"), view[start:end])
+            else:
+                fields[name] = body[start:end].decode("utf-8", errors="replace")
+                spans[name] = (start, end)
+        pos = end + 2
+    return Form(fields, files, spans)
+
+
+def replace_field(body: bytes, form: Form, name: str, value: str) -> bytes:
+    """`body` with the value of field `name` replaced (one copy of the body; only for `provider/model`)."""
+    start, end = form.spans[name]
+    return b"".join((body[:start], value.encode(), body[end:]))
+
+
+# --- audio lengths --------------------------------------------------------------------------
+
+
+class MemoryReader(io.RawIOBase):
+    """A read-only file over a memoryview, so audio parsers read an upload without copying it."""
+
+    def __init__(self, data: memoryview | bytes, name: str | None = None) -> None:
+        self._data = memoryview(data)
+        self._pos = 0
+        self.name = name or ""
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: Any) -> int:
+        chunk = self._data[self._pos:self._pos + len(buffer)]
+        buffer[:len(chunk)] = chunk
+        self._pos += len(chunk)
+        return len(chunk)
+
+    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
+        base = {io.SEEK_SET: 0, io.SEEK_CUR: self._pos, io.SEEK_END: len(self._data)}[whence]
+        self._pos = max(0, base + offset)
+        return self._pos
+
+    def tell(self) -> int:
+        return self._pos
+
+
+def audio_seconds(data: memoryview | bytes, filename: str | None = None) -> float | None:
+    """How long an uploaded audio file plays: WAV with `wave`, other formats with `mutagen`; None if unknown."""
+    head = bytes(data[:12])
+    if head[:4] == b"RIFF" and head[8:12] == b"WAVE":
+        try:
+            with wave.open(MemoryReader(data), "rb") as audio:
+                rate = audio.getframerate()
+                return audio.getnframes() / rate if rate else None
+        except (wave.Error, EOFError):
+            pass  # WAV variants `wave` does not read (float, extensible): mutagen may
+    import mutagen
+
+    try:
+        parsed = mutagen.File(MemoryReader(data, filename))
+    except Exception:  # mutagen raises many unrelated types on files it cannot read
+        return None
+    length = getattr(getattr(parsed, "info", None), "length", None)
+    return float(length) if length else None
+
+
+_MP3_BITRATES = {
+    3: (0, 32, 40, 48, 56, 64, 80, 96, 112, 128, 160, 192, 224, 256, 320),  # MPEG-1 Layer III
+    2: (0, 8, 16, 24, 32, 40, 48, 56, 64, 80, 96, 112, 128, 144, 160),  # MPEG-2 Layer III
+}
+_MP3_RATES = {3: (44100, 48000, 32000), 2: (22050, 24000, 16000), 0: (11025, 12000, 8000)}
+PCM_BYTES_PER_SECOND = 24_000 * 2  # OpenAI's `pcm`: 24 kHz, 16-bit, mono
+
+
+def mp3_seconds(head: bytes, total: int) -> float | None:
+    """Length of an MP3 of `total` bytes from its first bytes: the Xing/Info frame count, else the CBR bitrate."""
+    offset = 0
+    if head[:3] == b"ID3" and len(head) >= 10:
+        size = (head[6] << 21) | (head[7] << 14) | (head[8] << 7) | head[9]
+        offset = 10 + size + (10 if head[5] & 0x10 else 0)
+    sync = head.find(b"\xff", offset)
+    while 0 <= sync < len(head) - 4 and (head[sync + 1] & 0xE0) != 0xE0:
+        sync = head.find(b"\xff", sync + 1)
+    if sync < 0 or sync > len(head) - 4:
+        return None
+    (word,) = struct.unpack(">I", head[sync:sync + 4])
+    version = (word >> 19) & 0x3  # 3: MPEG-1, 2: MPEG-2, 0: MPEG-2.5
+    layer = (word >> 17) & 0x3  # 1: Layer III
+    bitrate_index = (word >> 12) & 0xF
+    rate_index = (word >> 10) & 0x3
+    if version == 1 or layer != 1 or bitrate_index in (0, 15) or rate_index == 3:
+        return None
+    sample_rate = _MP3_RATES[version][rate_index]
+    samples = 1152 if version == 3 else 576
+    mono = (word >> 6) & 0x3 == 3
+    side = (17 if mono else 32) if version == 3 else (9 if mono else 17)
+    xing = sync + 4 + side
+    if head[xing:xing + 4] in (b"Xing", b"Info") and len(head) >= xing + 12:
+        flags = struct.unpack(">I", head[xing + 4:xing + 8])[0]
+        if flags & 1:
+            frames = struct.unpack(">I", head[xing + 8:xing + 12])[0]
+            return frames * samples / sample_rate
+    bitrate = _MP3_BITRATES[3 if version == 3 else 2][bitrate_index] * 1000
+    return (total - sync) * 8 / bitrate
+
+
+def wav_seconds(head: bytes, total: int) -> float | None:
+    """Length of a WAV of `total` bytes from its header (streamed WAVs often say 0 or 0xFFFFFFFF sizes)."""
+    if head[:4] != b"RIFF" or head[8:12] != b"WAVE":
+        return None
+    pos, byte_rate = 12, 0
+    while pos + 8 <= len(head):
+        kind, size = head[pos:pos + 4], struct.unpack("<I", head[pos + 4:pos + 8])[0]
+        if kind == b"fmt " and pos + 16 <= len(head):
+            byte_rate = struct.unpack("<I", head[pos + 16:pos + 20])[0]
+        if kind == b"data":
+            return (total - pos - 8) / byte_rate if byte_rate else None
+        pos += 8 + size + (size & 1)
+    return None
+
+
+class AudioMeter:
+    """Counts the bytes of a streamed audio answer and keeps its first few KB, to tell its length at the end."""
+
+    HEAD = 8192
+
+    def __init__(self, audio_format: str) -> None:
+        self.format = audio_format
+        self.total = 0
+        self.head = bytearray()
+
+    def feed(self, chunk: bytes) -> None:
+        self.total += len(chunk)
+        if len(self.head) < self.HEAD:
+            self.head += chunk[:self.HEAD - len(self.head)]
+
+    def seconds(self) -> float | None:
+        """The length, for mp3, wav and pcm; None for formats whose length needs the whole file."""
+        if self.total == 0:
+            return None
+        if self.format == "pcm":
+            return self.total / PCM_BYTES_PER_SECOND
+        if self.format == "wav":
+            return wav_seconds(bytes(self.head), self.total)
+        if self.format == "mp3":
+            return mp3_seconds(bytes(self.head), self.total)
+        return None
+
+
+# --- transcription and speech answers -------------------------------------------------------
+
+
+class AudioUsage(NamedTuple):
+    """What an audio answer says it consumed."""
+
+    duration: float | None = None  # verbose_json `duration`
+    billed_seconds: float | None = None  # `usage: {"type": "duration", "seconds"}` (whisper)
+    tokens: TokenUsage | None = None  # `usage` with tokens (gpt-4o transcribe, gpt-4o-mini-tts SSE)
+    audio_tokens: int = 0  # the audio part of the input tokens
+
+
+def audio_usage_from(usage: Any, duration: Any = None) -> AudioUsage:
+    """OpenAI's audio `usage` object (and verbose_json's `duration`) in TokenSense terms."""
+    seconds = float(duration) if isinstance(duration, int | float) and not isinstance(duration, bool) else None
+    if not isinstance(usage, dict):
+        return AudioUsage(duration=seconds)
+    if usage.get("type") == "duration":
+        billed = usage.get("seconds")
+        return AudioUsage(seconds, float(billed) if isinstance(billed, int | float) else None)
+    if "input_tokens" not in usage and "output_tokens" not in usage:
+        return AudioUsage(duration=seconds)
+    details = usage.get("input_token_details") or usage.get("input_tokens_details") or {}
+    audio = _int(details.get("audio_tokens")) if isinstance(details, dict) else 0
+    tokens = TokenUsage(input_tokens=_int(usage.get("input_tokens")), output_tokens=_int(usage.get("output_tokens")))
+    return AudioUsage(seconds, None, tokens, audio)
+
+
+def transcription_usage(content: bytes, content_type: str) -> AudioUsage:
+    """Usage from an unstreamed transcription answer: json and verbose_json carry it, text/srt/vtt do not."""
+    if "json" not in content_type:
+        return AudioUsage()
+    try:
+        answer = json.loads(content)
+    except (ValueError, UnicodeDecodeError):
+        return AudioUsage()
+    if not isinstance(answer, dict):
+        return AudioUsage()
+    return audio_usage_from(answer.get("usage"), answer.get("duration"))
+
+
+class AudioStreamUsage(StreamUsage):
+    """Usage from an audio SSE stream: `transcript.text.done` and `speech.audio.done` carry it."""
+
+    def __init__(self) -> None:
+        self.usage = AudioUsage()
+
+    def feed(self, event: str | None, data: dict) -> None:
+        if isinstance(data.get("usage"), dict):
+            self.usage = audio_usage_from(data["usage"])
+
+    def result(self) -> TokenUsage:
+        return self.usage.tokens or TokenUsage()
+
+
+def billed_seconds(usage: AudioUsage, measured: float | None) -> float | None:
+    """The audio length to meter: verbose_json's duration, else the provider's billed seconds, else measured."""
+    for seconds in (usage.duration, usage.billed_seconds, measured):
+        if seconds is not None and math.isfinite(seconds) and seconds >= 0:
+            return seconds
+    return None
+
+
+def upload_limit_bytes(value: str | float | None) -> int:
+    """`TOKENSENSE_MAX_UPLOAD_MB` in bytes (default 25 MB, like OpenAI); a ValueError that says what is wrong."""
+    if value is None or value == "":
+        return int(DEFAULT_MAX_UPLOAD_MB * 1024 * 1024)
+    try:
+        megabytes = float(value)
+    except ValueError:
+        raise ValueError(f"TOKENSENSE_MAX_UPLOAD_MB must be a number of megabytes, not {value!r}") from None
+    if not math.isfinite(megabytes) or megabytes <= 0:
+        raise ValueError(f"TOKENSENSE_MAX_UPLOAD_MB must be more than 0, not {value!r}")
+    return int(megabytes * 1024 * 1024)
+
+
+# --- which provider serves which media endpoint ---------------------------------------------
+
+
+class MediaRoute(NamedTuple):
+    kind: str  # "openai_images", "imagen", "fal", "speech", "transcription"
+    upstream_path: str
+
+
+def media_route(endpoint: str, provider: str, model: str, *, declared: bool = False) -> MediaRoute:
+    """Where a media request for `model` of `provider` goes, or a 400 naming the model.
+
+    `endpoint` is the `Endpoint` value. A model declared in config.toml skips
+    the name checks (its provider is taken at its word).
+    """
+    if endpoint == "images.generations":
+        if provider in ("openai", "xai") and (declared or provider == "xai" or
+                                              model.startswith(("dall-e-", "gpt-image-", "chatgpt-image"))):
+            return MediaRoute("openai_images", "/v1/images/generations")
+        if provider == "gemini" and (declared or model.startswith("imagen-")):
+            return MediaRoute("imagen", f"/v1beta/models/{model}:predict")
+        if provider == "fal":
+            return MediaRoute("fal", f"/{model}")
+    elif endpoint == "audio.speech":
+        if provider == "openai" and (declared or model.startswith("tts-") or "-tts" in model):
+            return MediaRoute("speech", "/v1/audio/speech")
+    elif endpoint == "audio.transcriptions":
+        if provider == "mistral" or (provider == "openai" and (declared or model.startswith("whisper-")
+                                                               or "transcribe" in model)):
+            return MediaRoute("transcription", "/v1/audio/transcriptions")
+    served = {
+        "images.generations": "OpenAI dall-e-*/gpt-image-*, Google imagen-* and fal-ai/* models",
+        "audio.speech": "OpenAI tts-* and gpt-4o-mini-tts models",
+        "audio.transcriptions": "OpenAI whisper-* and gpt-4o-*transcribe models (and Mistral's)",
+    }.get(endpoint, "no models")
+    raise GatewayError(400, f"The model `{model}` ({provider}) is not served on /v1/{endpoint.replace('.', '/')}: "
+                       f"it takes {served}.", code="unsupported_model_for_endpoint", param="model")

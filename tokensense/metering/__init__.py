@@ -1,0 +1,1 @@
+"""Usage, SSE streams, pricing and the usage record writer."""
