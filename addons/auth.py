@@ -9,7 +9,8 @@ from mitmproxy import http
 from addons.common import CALL, answer_error, answer_json, lookup_key
 from tokensense.gateway.auth import client_key
 from tokensense.gateway.errors import GatewayError, format_for_path
-from tokensense.metering.record import CallContext, attribution
+from tokensense.gateway.call import CallContext
+from tokensense.metering.attribution import attribution
 from tokensense.gateway.routing import Endpoint, classify
 from tokensense.gateway.runtime import Runtime
 

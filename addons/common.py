@@ -13,7 +13,7 @@ from tokensense.gateway.auth import KEY_HEADERS
 from tokensense.gateway.crypto import hash_key
 from tokensense.gateway.errors import ErrorFormat, GatewayError, error_bytes
 from tokensense.gateway.keys import Credential, KeyInfo
-from tokensense.metering.record import CallContext
+from tokensense.gateway.call import CallContext
 from tokensense.providers import ProviderAdapter
 from tokensense.gateway.routing import join_url
 from tokensense.gateway.runtime import Runtime

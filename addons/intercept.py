@@ -18,7 +18,9 @@ from addons.routing import BODY
 from tokensense.gateway.errors import GatewayError
 from tokensense.gateway.intercept import KEY_HEADER, HostTable, intercepted_call, parse_hostmap
 from tokensense.gateway.keys import KeyInfo
-from tokensense.metering.record import CallContext, attribution, with_stream_usage
+from tokensense.gateway.call import CallContext
+from tokensense.metering.attribution import attribution
+from tokensense.metering.stream import with_stream_usage
 from tokensense.gateway.runtime import Runtime
 
 log = logging.getLogger(__name__)

@@ -14,7 +14,9 @@ from addons.common import answer_error, get_call, require_credential, send_upstr
 from tokensense.gateway import media
 from tokensense.gateway.errors import GatewayError
 from tokensense.metering.media_prices import MediaPriceTable, catalog_media_cost, load_media_prices, token_detail_surcharge
-from tokensense.metering.record import CallContext, PassthroughStream, attribution
+from tokensense.gateway.call import CallContext
+from tokensense.metering.attribution import attribution
+from tokensense.metering.stream import PassthroughStream
 from tokensense.providers import ProviderAdapter
 from tokensense.gateway.routing import MEDIA_ENDPOINTS, Endpoint, parse_json_body, resolve_model
 from tokensense.gateway.runtime import Runtime
@@ -243,7 +245,7 @@ class Media:
         count = len(translated.body["data"])
         assert call.model is not None
         call.usage = TokenUsage(images=count)
-        call.extra["media_cost"] = self.prices.image_cost(call.model, count=count, size=state.size,
+        call.media_cost = self.prices.image_cost(call.model, count=count, size=state.size,
                                                           quality=state.quality, pixels=translated.pixels)
 
     def _meter_openai_images(self, response: http.Response, call: CallContext, state: MediaCall) -> None:
@@ -255,13 +257,13 @@ class Media:
         assert call.provider is not None and call.model is not None
         call.usage = usage
         if usage.input_tokens or usage.output_tokens:  # gpt-image: priced by tokens
-            call.extra["media_cost"] = token_detail_surcharge(
+            call.media_cost = token_detail_surcharge(
                 self.runtime.prices, call.provider.prices_id, call.model, usage,
                 input_image_tokens=image_in, output_image_tokens=image_out)
         else:
             size = _str(answer.get("size")) or state.size
             quality = _str(answer.get("quality")) or state.quality
-            call.extra["media_cost"] = self.prices.image_cost(call.model, count=usage.images, size=size,
+            call.media_cost = self.prices.image_cost(call.model, count=usage.images, size=size,
                                                               quality=quality)
 
     def _finish_speech(self, call: CallContext, state: MediaCall, meter: media.AudioMeter) -> None:
@@ -272,7 +274,7 @@ class Media:
             cost = self.prices.speech_cost(call.model, characters=state.characters, seconds=seconds)
         else:
             cost = catalog_media_cost(call.provider.prices_id, call.model, characters=state.characters)
-        call.extra["media_cost"] = cost
+        call.media_cost = cost
 
     def _finish_audio(self, call: CallContext, state: MediaCall, *, content: bytes = b"",
                       content_type: str = "") -> None:
@@ -302,7 +304,7 @@ class Media:
             cost = self.prices.minute_cost(call.model, seconds)
         else:
             cost = catalog_media_cost(call.provider.prices_id, call.model, seconds=seconds)
-        call.extra["media_cost"] = cost
+        call.media_cost = cost
         state.upload = None
 
 

@@ -9,7 +9,9 @@ import time
 from mitmproxy import http
 
 from addons.common import get_call, response_body
-from tokensense.metering.record import CallContext, PassthroughStream, build_record
+from tokensense.gateway.call import CallContext
+from tokensense.metering.record import build_record
+from tokensense.metering.stream import PassthroughStream
 from tokensense.gateway.runtime import Runtime
 from tokensense.metering.usage import TokenUsage
 from tokensense.metering.usage_extract import find_usage_object
@@ -104,7 +106,7 @@ class Metering:
     def _record(self, call: CallContext, status: int):
         call.recorded = True
         call.status = status
-        record = build_record(call, status=status, prices=self.runtime.prices, media_cost=call.extra.get("media_cost"))
+        record = build_record(call, status=status, prices=self.runtime.prices)
         if self.runtime.recorder is not None:
             self.runtime.recorder.submit(record)
         for callback in call.on_record:

@@ -11,7 +11,7 @@ from addons.common import answer_error, get_call
 from addons.routing import BODY
 from tokensense.gateway.errors import GatewayError
 from tokensense.gateway.limits import RateDecision
-from tokensense.metering.record import CallContext
+from tokensense.gateway.call import CallContext
 from tokensense.gateway.policy import budget_window, check_access, estimate_cost, estimate_usage, limits_for
 from tokensense.gateway.runtime import Runtime
 from tokensense.storage.models import UsageCreate

@@ -9,7 +9,7 @@ from mitmproxy import http
 from addons.common import answer_error, answer_json, get_call, require_credential, send_upstream
 from tokensense.gateway.catalog import list_models
 from tokensense.gateway.errors import GatewayError
-from tokensense.metering.record import with_stream_usage
+from tokensense.metering.stream import with_stream_usage
 from tokensense.gateway.policy import model_allowed
 from tokensense.providers import PROVIDERS, provider_for_model
 from tokensense.gateway.routing import MEDIA_ENDPOINTS, PASSTHROUGH, Endpoint, parse_json_body, resolve_model

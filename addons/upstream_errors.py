@@ -27,7 +27,7 @@ from mitmproxy.proxy.layers.http._events import ResponseData, ResponseProtocolEr
 
 from addons.common import get_call
 from tokensense.gateway.errors import error_bytes
-from tokensense.metering.record import CallContext
+from tokensense.gateway.call import CallContext
 
 log = logging.getLogger(__name__)
 
@@ -37,7 +37,7 @@ _ATTR = "_tokensense_call"  # set on the client's Request object, which the HTTP
 def _json_error_response(call: CallContext, status: int, message: str) -> bytes:
     if call.timed_out:
         status = 504
-        text = f"The provider did not answer within {call.extra.get('timeout', 0):g} seconds."
+        text = f"The provider did not answer within {call.timeout or 0:g} seconds."
     else:
         provider = call.provider.display_name if call.provider else "the provider"
         text = f"TokenSense could not get an answer from {provider}: {message}"
@@ -91,8 +91,8 @@ class UpstreamErrors:
         setattr(flow.request, _ATTR, call)
         if flow.response or flow.error or call.provider is None or self.timeout <= 0:
             return
-        call.extra["timeout"] = self.timeout
-        call.extra["watchdog"] = asyncio.get_running_loop().call_later(self.timeout, self._expire, flow)
+        call.timeout = self.timeout
+        call.watchdog = asyncio.get_running_loop().call_later(self.timeout, self._expire, flow)
 
     def responseheaders(self, flow: http.HTTPFlow) -> None:
         self._cancel(flow)
@@ -110,8 +110,9 @@ class UpstreamErrors:
 
     def _cancel(self, flow: http.HTTPFlow) -> None:
         call = get_call(flow)
-        if call is not None and (handle := call.extra.pop("watchdog", None)):
-            handle.cancel()
+        if call is not None and call.watchdog is not None:
+            call.watchdog.cancel()
+            call.watchdog = None
 
     def _expire(self, flow: http.HTTPFlow) -> None:
         call = get_call(flow)

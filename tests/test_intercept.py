@@ -26,7 +26,8 @@ from tokensense.gateway.intercept import (
 )
 from tokensense.gateway.keys import KeyInfo
 from tokensense.metering.media_prices import MediaPriceTable
-from tokensense.metering.record import CallContext, with_stream_usage
+from tokensense.gateway.call import CallContext
+from tokensense.metering.stream import with_stream_usage
 from tokensense.metering.pricing import PriceBook
 from tokensense.providers import PROVIDERS
 from tokensense.flows.recording import (

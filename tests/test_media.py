@@ -26,7 +26,7 @@ from tokensense.metering.media_prices import (
     catalog_media_cost,
     token_detail_surcharge,
 )
-from tokensense.metering.record import CallContext
+from tokensense.gateway.call import CallContext
 from tokensense.metering.pricing import PriceBook
 from tokensense.providers import PROVIDERS
 from tokensense.gateway.routing import Endpoint
@@ -357,7 +357,7 @@ def test_binary_speech_is_streamed_untouched_and_metered() -> None:
     assert call.stream and call.first_token is not None
     assert call.usage == TokenUsage(characters=23, seconds=call.usage.seconds)
     assert call.usage.seconds == pytest.approx(2.0, abs=0.05)
-    assert call.extra["media_cost"] == pytest.approx(23 * 15 / 1e6)
+    assert call.media_cost == pytest.approx(23 * 15 / 1e6)
 
 
 def test_speech_error_answers_are_not_streamed_or_charged() -> None:
@@ -365,7 +365,7 @@ def test_speech_error_answers_are_not_streamed_or_charged() -> None:
     flow.response.status_code = 400
     addon.responseheaders(flow)
     addon.response(flow)
-    assert not flow.response.stream and call.usage is None and "media_cost" not in call.extra
+    assert not flow.response.stream and call.usage is None and call.media_cost is None
 
 
 def test_streamed_transcription_is_metered_from_its_done_event() -> None:
@@ -379,7 +379,7 @@ def test_streamed_transcription_is_metered_from_its_done_event() -> None:
     assert run_stream(flow, events, size=7) == events
     assert call.usage == TokenUsage(input_tokens=30, output_tokens=1, seconds=3.0)
     book = PriceBook()
-    total = book.token_cost("openai", "gpt-4o-mini-transcribe", call.usage) + call.extra["media_cost"]
+    total = book.token_cost("openai", "gpt-4o-mini-transcribe", call.usage) + call.media_cost
     assert total == pytest.approx(30 * 3e-6 + 1 * 5e-6)  # audio in $3/1M, text out $5/1M
 
 
@@ -391,7 +391,7 @@ def test_transcription_without_usage_is_measured_from_the_upload() -> None:
     addon.responseheaders(flow)
     addon.response(flow)
     assert call.usage == TokenUsage(seconds=30.0)
-    assert call.extra["media_cost"] == pytest.approx(0.003)
+    assert call.media_cost == pytest.approx(0.003)
     assert flow.metadata[MEDIA].upload is None, "the view into the upload is released once metered"
     assert math.isclose(call.usage.seconds, 30.0)
 

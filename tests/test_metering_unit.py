@@ -8,7 +8,10 @@ from pathlib import Path
 import pytest
 
 from tokensense.gateway.errors import ErrorFormat
-from tokensense.metering.record import CallContext, PassthroughStream, attribution, build_record
+from tokensense.gateway.call import CallContext
+from tokensense.metering.attribution import attribution
+from tokensense.metering.record import build_record
+from tokensense.metering.stream import PassthroughStream
 from tokensense.metering.pricing import PriceBook
 from tokensense.providers import PROVIDERS
 from tokensense.gateway.routing import Endpoint

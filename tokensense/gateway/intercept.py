@@ -8,7 +8,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 from tokensense.gateway.errors import ErrorFormat, GatewayError
-from tokensense.metering.record import CallContext
+from tokensense.gateway.call import CallContext
 from tokensense.providers import ProviderAdapter, get_provider
 from tokensense.gateway.routing import PASSTHROUGH, Endpoint, Route, classify
 

@@ -1,0 +1,95 @@
+"""Metering passthrough SSE streams as they pass, and asking OpenAI-format streams for their usage."""
+
+from __future__ import annotations
+
+import functools
+import json
+import re
+from collections.abc import Callable
+from typing import Any
+
+from tokensense.gateway.call import CallContext
+from tokensense.gateway.routing import Endpoint
+from tokensense.metering.sse import EventSplitter, parse_event
+from tokensense.providers import OPENAI_COMPATIBLE, StreamUsage
+
+
+def with_stream_usage(call: CallContext, body: Any) -> tuple[dict[str, Any] | None, bool]:
+    """(the body to send instead, or None to keep it; whether the client asked for usage itself).
+
+    OpenAI-format chat streams report usage only with `stream_options.include_usage`:
+    TokenSense asks for it (gateway and intercept mode alike), and the metering
+    addon removes that extra chunk again when the client had not asked.
+    """
+    if not (call.stream and call.route_endpoint is Endpoint.CHAT and call.provider is not None
+            and call.provider.name in OPENAI_COMPATIBLE and isinstance(body, dict)):
+        return None, True
+    options = body.get("stream_options")
+    if isinstance(options, dict) and options.get("include_usage") is True:
+        return None, True
+    return {**body, "stream_options": {**(options if isinstance(options, dict) else {}), "include_usage": True}}, False
+
+
+_USAGE_OBJECT = re.compile(rb'"usage"\s*:\s*\{')
+
+
+@functools.lru_cache(maxsize=32)
+def _usage_pattern(markers: tuple[bytes, ...]) -> re.Pattern[bytes]:
+    """A marker used as a key whose value is not `null`.
+
+    OpenAI streams with `include_usage` carry `"usage":null` in every chunk but
+    the last; this finds the events worth parsing without parsing the others. A
+    false match only costs a JSON parse.
+    """
+    return re.compile(b"(?:" + b"|".join(re.escape(m) for m in markers) + rb')[^"\s:]*+"?+\s*+:\s*+(?!null\b)')
+
+
+class PassthroughStream:
+    """The `flow.response.stream` callable for a passthrough SSE answer.
+
+    Hands every complete event on as soon as it is complete, feeds the events
+    that can carry usage to the provider's collector, and drops OpenAI's
+    usage-only chunk when TokenSense (not the client) asked for it.
+    """
+
+    def __init__(self, call: CallContext, usage: StreamUsage, markers: tuple[bytes, ...], *,
+                 drop_usage_chunk: bool, on_end: Callable[[], None] | None = None) -> None:
+        self.call = call
+        self.usage = usage
+        self.markers = markers
+        self._carries_usage = _usage_pattern(markers).search
+        self.drop_usage_chunk = drop_usage_chunk
+        self.splitter = EventSplitter()
+        self.on_end = on_end
+
+    def __call__(self, data: bytes) -> bytes:
+        if not data:
+            rest = self.splitter.rest()
+            out = self._process([rest]) if rest.strip() else rest
+            if self.on_end:
+                self.on_end()
+            return out
+        self.call.mark_first_token()
+        events = self.splitter.feed(data)
+        if not events:
+            return b""
+        return self._process(events)
+
+    def _process(self, events: list[bytes]) -> bytes:
+        keep: list[bytes] = []
+        carries_usage = self._carries_usage
+        for raw in events:
+            if carries_usage(raw):
+                name, payload = parse_event(raw)
+                if payload and payload[0] == "{":
+                    try:
+                        data = json.loads(payload)
+                    except json.JSONDecodeError:
+                        data = None
+                    if isinstance(data, dict):
+                        self.usage.feed(name, data)
+                        if (self.drop_usage_chunk and not data.get("choices")
+                                and _USAGE_OBJECT.search(raw)):
+                            continue
+            keep.append(raw)
+        return b"".join(keep) if len(keep) != 1 else keep[0]
