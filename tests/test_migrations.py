@@ -26,8 +26,9 @@ from tokensense.storage import db, migrate
 from tokensense.storage.models import ApiKey, Usage, UsageCreate
 
 PG_URL = "postgresql://postgres@127.0.0.1:5432/test"
-HEAD = "0002_limits"
-NEW_INDEXES = {"ix_usage_key_id_created_at": ["key_id", "created_at"], "ix_usage_created_at_workflow": ["created_at", "workflow"]}
+HEAD = "0003_usage_details"
+NEW_INDEXES = {"ix_usage_key_id_created_at": ["key_id", "created_at"], "ix_usage_created_at_workflow": ["created_at", "workflow"],
+               "ux_usage_request_id_attempt": ["request_id", "attempt"]}
 
 
 @pytest.fixture(autouse=True)
@@ -74,14 +75,22 @@ def engine(database_url: str) -> Iterator[Engine]:
 
 
 def previous_schema() -> MetaData:
-    """The tables as `create_all` made them before revision 0002: today's models without what 0002 added.
+    """The tables as `create_all` made them before revision 0002: today's models without what 0002 and 0003 added.
 
     Copied columns keep their `index=True` and `unique=True`, so the single-column
-    indexes come along; the composite indexes of 0002 are table arguments and do not.
+    indexes come along; the composite indexes of 0002 and 0003 are table arguments and do not.
+    0003 also made `usage.cost_usd` nullable and replaced the plain `request_id` index.
     """
+    added = {("api_keys", "updated_at"), ("usage", "details"), ("usage", "attempt")}
     metadata = MetaData(naming_convention=dict(SQLModel.metadata.naming_convention))
     for table in SQLModel.metadata.sorted_tables:
-        columns = [c._copy() for c in table.columns if (table.name, c.name) != ("api_keys", "updated_at")]
+        columns = [c._copy() for c in table.columns if (table.name, c.name) not in added]
+        if table.name == "usage":
+            for column in columns:
+                if column.name == "cost_usd":
+                    column.nullable = False
+                if column.name == "request_id":
+                    column.index = True
         Table(table.name, metadata, *columns)
     return metadata
 
@@ -383,12 +392,12 @@ def test_new_revision_follows_the_head(tmp_path: Path) -> None:
     directory = tmp_path / "migrations"
     shutil.copytree(MIGRATIONS_DIR, directory, ignore=shutil.ignore_patterns("__pycache__"))
     path = migrate.new_revision("Add key labels!", autogenerate=True, directory=directory)
-    assert path == directory / "versions" / "0003_add_key_labels.py"
+    assert path == directory / "versions" / "0004_add_key_labels.py"
     source = path.read_text()
-    assert 'down_revision: str | None = "0002_limits"' in source or "down_revision: str | None = '0002_limits'" in source
+    assert 'down_revision: str | None = "0003_usage_details"' in source or "down_revision: str | None = '0003_usage_details'" in source
     assert "op." not in source  # the models and the head agree: nothing to do
-    assert head_revision(directory / "versions") == "0003_add_key_labels"
-    assert not (VERSIONS_DIR / "0003_add_key_labels.py").exists()
+    assert head_revision(directory / "versions") == "0004_add_key_labels"
+    assert not (VERSIONS_DIR / "0004_add_key_labels.py").exists()
 
 
 # --- the command line ------------------------------------------------------------

@@ -55,7 +55,8 @@ class ProviderCredential(SQLModel, table=True):
 
 
 class UsageBase(SQLModel):
-    request_id: str = Field(default_factory=new_id, index=True)
+    request_id: str = Field(default_factory=new_id)
+    attempt: int = Field(default=1, sa_column_kwargs={"server_default": "1"})  # upstream attempt of the call (retries and fallbacks each write one record)
     key_id: str | None = Field(default=None, index=True)
     key_name: str | None = None
     provider: str | None = Field(default=None, index=True)
@@ -72,7 +73,7 @@ class UsageBase(SQLModel):
     images: int = 0
     characters: int = 0
     seconds: float = 0.0
-    cost_usd: float = 0.0
+    cost_usd: float | None = 0.0  # None: the catalog could not price the call (unpriced, not free)
     latency_ms: float | None = None
     ttft_ms: float | None = None
     workflow: str | None = Field(default=None, index=True)
@@ -80,6 +81,7 @@ class UsageBase(SQLModel):
     execution_id: str | None = None
     source: str | None = None
     project: str | None = Field(default=None, index=True)
+    details: dict | None = Field(default=None, sa_column=Column(JSON, nullable=True))  # every billable counter reported
 
 
 class UsageCreate(UsageBase):
@@ -94,6 +96,7 @@ class Usage(UsageBase, table=True):
     __table_args__ = (
         Index("ix_usage_key_id_created_at", "key_id", "created_at"),  # a key's spend in its budget period
         Index("ix_usage_created_at_workflow", "created_at", "workflow"),  # the dashboard's windows by workflow
+        Index("ux_usage_request_id_attempt", "request_id", "attempt", unique=True),  # one record per attempt
     )
 
     id: int | None = Field(default=None, primary_key=True)
