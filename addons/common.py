@@ -1,30 +1,30 @@
-"""Small helpers the addons share: the per-flow call context and answering a flow ourselves."""
+"""Small helpers the addons share: answering a flow ourselves, keys, and writing the upstream request."""
 
 from __future__ import annotations
 
 import asyncio
-import functools
 import json
 
 from mitmproxy import http
-from mitmproxy.net.http import url
+from mitmproxy.proxy.mode_specs import ProxyMode, ReverseMode
 
-from tokensense.gateway.auth import KEY_HEADERS
+from tokensense.gateway.call import CallContext
 from tokensense.gateway.crypto import hash_key
 from tokensense.gateway.errors import ErrorFormat, GatewayError, error_bytes
+from tokensense.gateway.flowmeta import CALL, get_call
+from tokensense.gateway.forward import KEY_HEADER_NAMES, PendingUpstream, upstream_target
 from tokensense.gateway.keys import Credential, KeyInfo
-from tokensense.gateway.call import CallContext
-from tokensense.providers import ProviderAdapter
-from tokensense.gateway.routing import join_url
 from tokensense.gateway.runtime import Runtime
+from tokensense.providers import ProviderAdapter
+from tokensense.providers.base import Upstream
 
-CALL = "tokensense.call"
-_KEY_HEADER_NAMES = frozenset(name.encode() for name in KEY_HEADERS)
+__all__ = ["CALL", "get_call"]
 JSON_HEADERS = {"content-type": "application/json"}
 
 
-def get_call(flow: http.HTTPFlow) -> CallContext | None:
-    return flow.metadata.get(CALL)
+def intercepting(mode: ProxyMode | None) -> bool:
+    """Every mode but the gateway's reverse mode is intercept mode (regular, upstream, socks5, ...)."""
+    return mode is not None and not isinstance(mode, ReverseMode)
 
 
 def answer_error(flow: http.HTTPFlow, fmt: ErrorFormat, error: GatewayError, headers: dict[str, str] | None = None) -> None:
@@ -40,6 +40,15 @@ def answer_error(flow: http.HTTPFlow, fmt: ErrorFormat, error: GatewayError, hea
     )
 
 
+def answer_internal_error(flow: http.HTTPFlow) -> None:
+    """The answer when a gate failed: a JSON 500 in the endpoint's shape, with the request id; nothing upstream."""
+    call = get_call(flow)
+    fmt = call.fmt if call is not None else ErrorFormat.OPENAI
+    rid = f" (request id {call.request_id})" if call is not None else ""
+    answer_error(flow, fmt, GatewayError(500, f"TokenSense had an internal error and did not forward the request{rid}.",
+                                         code="internal_error"))
+
+
 def answer_json(flow: http.HTTPFlow, status: int, body: object) -> None:
     flow.response = http.Response.make(status, json.dumps(body).encode(), JSON_HEADERS)
 
@@ -47,6 +56,8 @@ def answer_json(flow: http.HTTPFlow, status: int, body: object) -> None:
 async def lookup_key(runtime: Runtime, presented: str, *, where: str = "") -> KeyInfo:
     """The TokenSense key `presented`, from the cache or (once) the database; 401 if unknown or revoked."""
     assert runtime.keys is not None
+    if not presented.isascii() or not presented.isprintable() or len(presented) > 512:
+        raise GatewayError(401, f"The TokenSense key{where} is malformed.", code="invalid_api_key")
     key_hash = hash_key(presented)
     info = runtime.keys.key(key_hash)
     if info is None:
@@ -68,23 +79,36 @@ def require_credential(runtime: Runtime, adapter: ProviderAdapter) -> Credential
     return credential
 
 
-@functools.lru_cache(maxsize=256)
-def _upstream_target(base_url: str, upstream_path: str) -> tuple[str, str, int, bytes, str]:
-    """(scheme, host, port, path, Host header) for a provider path; parsed once per base URL and path."""
-    scheme, raw_host, port, path = url.parse(join_url(base_url, upstream_path))
-    host = raw_host.decode("idna")
-    return scheme.decode(), host, port, path, url.hostport(scheme.decode(), host, port)
+def prepare_upstream(call: CallContext, adapter: ProviderAdapter, credential: Credential, upstream: Upstream, *,
+                     body: bytes | None = None, content_type: str | None = None,
+                     drop_header_prefixes: tuple[str, ...] = ()) -> None:
+    """Record where the call will go; the forward stage writes it to the flow once every gate passed."""
+    call.pending = PendingUpstream(adapter, credential.base_url, credential.api_key or "", upstream, body=body,
+                                   content_type=content_type, drop_header_prefixes=drop_header_prefixes)
 
 
-def send_upstream(flow: http.HTTPFlow, adapter: ProviderAdapter, credential: Credential, upstream_path: str) -> None:
-    """Point the request at the provider: its URL (with the base URL's prefix), its auth, no client key."""
+def strip_client_keys(req: http.Request) -> None:
+    """Remove every header and query parameter that can carry a client's key (before anything can log it)."""
+    headers = req.headers
+    if any(name.lower() in KEY_HEADER_NAMES for name, _ in headers.fields):
+        headers.fields = tuple(f for f in headers.fields if f[0].lower() not in KEY_HEADER_NAMES)
+    if b"key=" in req.data.path:
+        req.query.pop("key", None)
+
+
+def apply_upstream(flow: http.HTTPFlow, pending: PendingUpstream) -> None:
+    """Point the request at the provider in one step: URL (with the base URL's prefix), body, auth; no client key."""
     req = flow.request
     headers = req.headers
-    headers.fields = tuple(f for f in headers.fields if f[0].lower() not in _KEY_HEADER_NAMES)
-    if "key=" in req.path:
-        req.query.pop("key", None)
+    strip_client_keys(req)
+    if pending.drop_header_prefixes:
+        for name in [h for h in headers if h.lower().startswith(pending.drop_header_prefixes)]:
+            headers.pop(name, None)
+    upstream = pending.upstream
+    if upstream.query is not None:
+        req.query = list(upstream.query)  # the provider's own query (translated calls), not the client's
     query = req.data.path.partition(b"?")[2]
-    scheme, host, port, path, host_header = _upstream_target(credential.base_url, upstream_path)
+    scheme, host, port, path, host_header = upstream_target(pending.base_url, upstream.path)
     # Set the parts directly: `req.url = ...` would parse the whole URL again on every request.
     req.scheme, req.host, req.port = scheme, host, port
     req.data.path = path + b"?" + query if query else path
@@ -92,10 +116,15 @@ def send_upstream(flow: http.HTTPFlow, adapter: ProviderAdapter, credential: Cre
         headers["host"] = host_header
     if req.data.authority:
         req.authority = host_header
-    for name, value in adapter.auth_headers(credential.api_key or "").items():
+    if pending.body is not None:
+        req.content = pending.body
+    if pending.content_type:
+        headers["content-type"] = pending.content_type
+    for name, value in pending.provider.default_headers().items():
+        if name not in headers:
+            headers[name] = value
+    for name, value in pending.provider.auth_headers(pending.api_key).items():
         headers[name] = value
-    if adapter.name == "anthropic" and "anthropic-version" not in headers:
-        headers["anthropic-version"] = "2023-06-01"
     call = get_call(flow)
     if call is not None and call.stream:
         # TokenSense reads streams as they pass: ask for them uncompressed.

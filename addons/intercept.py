@@ -11,10 +11,9 @@ from mitmproxy import ctx, exceptions, http
 from mitmproxy.net.tls import starts_like_tls_record
 from mitmproxy.proxy import layer, layers, server_hooks
 from mitmproxy.proxy.layers.tls import parse_client_hello
-from mitmproxy.proxy.mode_specs import ProxyMode, ReverseMode
 
-from addons.common import CALL, answer_error, lookup_key
-from addons.routing import BODY
+from addons.common import CALL, answer_error, intercepting, lookup_key
+from tokensense.gateway.flowmeta import set_call
 from tokensense.gateway.errors import GatewayError
 from tokensense.gateway.intercept import KEY_HEADER, HostTable, intercepted_call, parse_hostmap
 from tokensense.gateway.keys import KeyInfo
@@ -27,15 +26,10 @@ log = logging.getLogger(__name__)
 
 
 
-def _intercepting(mode: ProxyMode | None) -> bool:
-    """Every mode but the gateway's reverse mode is intercept mode (regular, upstream, socks5, ...)."""
-    return mode is not None and not isinstance(mode, ReverseMode)
-
-
 class Intercept:
     """Decides which connections of the regular proxy are decrypted, and meters the provider calls in them.
 
-    Runs before Auth. A flow it meters gets a CallContext (so Auth and Router,
+    Runs before Admit. A flow it meters gets a CallContext (so Admit and Router,
     which serve the gateway, leave it alone) with the client's own provider key
     left in place. Any other flow of a regular-mode client gets `None` under
     `tokensense.call`: no TokenSense addon touches it.
@@ -90,7 +84,7 @@ class Intercept:
     def next_layer(self, nextlayer: layer.NextLayer) -> None:
         """A tunnel to a host that is not a provider's is passed through as opaque TLS: never decrypted."""
         context = nextlayer.context
-        if nextlayer.layer is not None or not _intercepting(context.client.proxy_mode) \
+        if nextlayer.layer is not None or not intercepting(context.client.proxy_mode) \
                 or not context.server.address or context.client.tls_established:
             return
         names: list[str | None] = [context.server.address[0]]
@@ -105,7 +99,7 @@ class Intercept:
             nextlayer.layer = layers.TCPLayer(context, ignore=True)
 
     def server_connect(self, data: server_hooks.ServerConnectionHookData) -> None:
-        if not self.hostmap or not _intercepting(data.client.proxy_mode) or not data.server.address:
+        if not self.hostmap or not intercepting(data.client.proxy_mode) or not data.server.address:
             return
         target = self.hostmap.get(data.server.address[0].lower())
         if target is not None:
@@ -114,7 +108,7 @@ class Intercept:
     # -- requests --------------------------------------------------------------------
 
     async def request(self, flow: http.HTTPFlow) -> None:
-        if flow.response or flow.error or CALL in flow.metadata or not _intercepting(flow.client_conn.proxy_mode):
+        if flow.response or flow.error or CALL in flow.metadata or not intercepting(flow.client_conn.proxy_mode):
             return
         req = flow.request
         adapter = self.hosts().provider(req.pretty_host)
@@ -128,7 +122,7 @@ class Intercept:
             flow.metadata[CALL] = None  # a provider path TokenSense does not meter (model lists, files, ...)
             return
         call.intercepted = True
-        flow.metadata[CALL] = call
+        set_call(flow, call)
         call.attribution = attribution(req.headers, None)  # refused calls are attributed too
         if ctx.options.tokensense_intercept_require_key:
             key = await self._check_key(flow, call, presented)
@@ -140,7 +134,7 @@ class Intercept:
         if new_body is not None:
             req.content = json.dumps(new_body, separators=(",", ":")).encode()
         if isinstance(body, dict):
-            flow.metadata[BODY] = new_body or body  # the policy addon estimates tokens from it
+            call.sent_body = new_body or body  # the policy addon estimates tokens from it
         if call.stream:
             req.headers["accept-encoding"] = "identity"  # streams are metered as they pass: uncompressed
 

@@ -7,6 +7,8 @@ import logging
 
 from mitmproxy import ctx
 
+from addons import mitmproxy_compat
+from tokensense.gateway import redact
 from tokensense.gateway.runtime import Runtime
 
 log = logging.getLogger(__name__)
@@ -20,6 +22,10 @@ DEFAULT_PORT = 8080
 class Lifecycle:
     def __init__(self, runtime: Runtime) -> None:
         self.runtime = runtime
+
+    def load(self, loader) -> None:  # type: ignore[no-untyped-def]
+        redact.install()
+        mitmproxy_compat.install()
 
     def running(self) -> None:
         # `mitmdump -s addons/tokensense.py` with no --mode starts as a regular

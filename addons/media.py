@@ -10,22 +10,24 @@ from dataclasses import dataclass
 
 from mitmproxy import ctx, exceptions, http
 
-from addons.common import answer_error, get_call, require_credential, send_upstream
+from addons.common import answer_error, get_call, prepare_upstream, require_credential
 from tokensense.gateway import media
 from tokensense.gateway.errors import GatewayError
+from tokensense.gateway.flowmeta import MEDIA
 from tokensense.metering.media_prices import MediaPriceTable, catalog_media_cost, load_media_prices, token_detail_surcharge
 from tokensense.gateway.call import CallContext
 from tokensense.metering.attribution import attribution
 from tokensense.metering.stream import PassthroughStream
 from tokensense.providers import ProviderAdapter
-from tokensense.gateway.routing import MEDIA_ENDPOINTS, Endpoint, parse_json_body, resolve_model
+from tokensense.providers.base import Upstream
+from tokensense.gateway.body import parse_json_body
+from tokensense.gateway.routing import MEDIA_ENDPOINTS, Endpoint, resolve_model
 from tokensense.gateway.runtime import Runtime
 from tokensense.providers.gemini.chat import error_from_provider as gemini_error
 from tokensense.metering.usage import TokenUsage
 
 log = logging.getLogger(__name__)
 
-MEDIA = "tokensense.gateway.media"  # flow metadata: what the response hooks need to know about the request
 _MB = 1024 * 1024
 
 
@@ -139,7 +141,7 @@ class Media:
         elif route.kind == "fal":
             upstream = media.fal_request(body)
         else:
-            if route.kind == "openai_images" and adapter.name == "openai":
+            if route.kind == "openai_images" and model.startswith(("dall-e-", "gpt-image-", "chatgpt-image")):
                 media.check_openai_image_request(model, body)
             if route.kind == "speech":
                 text = body.get("input")
@@ -149,11 +151,11 @@ class Media:
             if upstream is not None:
                 upstream["model"] = model  # `provider/model` names the provider; the provider wants its own name
         credential = require_credential(self.runtime, adapter)
-        if upstream is not None:
-            req.content = json.dumps(upstream, separators=(",", ":")).encode()
-            req.headers["content-type"] = "application/json"
         flow.metadata[MEDIA] = state
-        send_upstream(flow, adapter, credential, route.upstream_path)
+        call.sent_body = upstream if upstream is not None else body
+        prepare_upstream(call, adapter, credential, Upstream(call.route_endpoint, route.upstream_path),
+                         body=json.dumps(upstream, separators=(",", ":")).encode() if upstream is not None else None,
+                         content_type="application/json" if upstream is not None else None)
 
     def _transcription(self, flow: http.HTTPFlow, call: CallContext) -> None:
         req = flow.request
@@ -177,7 +179,7 @@ class Media:
             form = media.parse_form(req.raw_content or b"", req.headers.get("content-type", ""))
             upload = form.files["file"]
         flow.metadata[MEDIA] = MediaCall(route.kind, upload=upload)
-        send_upstream(flow, adapter, credential, route.upstream_path)
+        prepare_upstream(call, adapter, credential, Upstream(call.route_endpoint, route.upstream_path))
 
     # --- response -----------------------------------------------------------------------------
 

@@ -8,8 +8,8 @@ import logging
 from mitmproxy import http
 
 from addons.common import answer_error, get_call
-from addons.routing import BODY
 from tokensense.gateway.errors import GatewayError
+from tokensense.gateway.flowmeta import RATE
 from tokensense.gateway.limits import RateDecision
 from tokensense.gateway.call import CallContext
 from tokensense.gateway.policy import budget_window, check_access, estimate_cost, estimate_usage, limits_for
@@ -18,7 +18,10 @@ from tokensense.storage.models import UsageCreate
 from tokensense.metering.usage import TokenUsage
 
 log = logging.getLogger(__name__)
-RATE = "tokensense.ratelimit"
+
+
+_LIMITS_UNAVAILABLE = GatewayError(503, "TokenSense cannot check this key's limits right now; retry shortly.",
+                                   code="limits_unavailable")
 
 
 class Policy:
@@ -41,15 +44,18 @@ class Policy:
 
         limits = limits_for(key)
         if limits.rpm is None and limits.tpm is None and key.budget_usd is None:
+            call.policed = True
             return  # nothing to count for this key
-        body = flow.metadata.get(BODY)
+        body = call.sent_body
         estimate = estimate_usage(body) if isinstance(body, dict) else TokenUsage()
         if limits.rpm is not None or limits.tpm is not None:
             tokens = estimate.input_tokens + estimate.output_tokens
             try:
                 decision = await counters.acquire_rate(key.id, call.request_id, limits.rpm, limits.tpm, tokens)
-            except Exception as e:  # counters unavailable (Redis down): serve, and say so in the log
-                log.warning("rate-limit counters unavailable, not enforcing: %s", type(e).__name__)
+            except Exception as e:  # counters unavailable: refuse rather than serve unchecked
+                log.warning("rate-limit counters unavailable, refusing: %s", type(e).__name__)
+                answer_error(flow, call.fmt, _LIMITS_UNAVAILABLE)
+                return
             else:
                 flow.metadata[RATE] = decision
                 if not decision.allowed:
@@ -69,7 +75,8 @@ class Policy:
                     key.id, window, key.budget_usd, amount,
                     lambda: self.runtime.spent_since(key.id, start), (resets_in or 0) + 3600)
             except Exception as e:
-                log.warning("budget counters unavailable, not enforcing: %s", type(e).__name__)
+                log.warning("budget counters unavailable, refusing: %s", type(e).__name__)
+                answer_error(flow, call.fmt, _LIMITS_UNAVAILABLE)
                 return
             if not budget.allowed:
                 period = {"daily": "for today", "monthly": "for this month"}.get(key.budget_period, "in total")
@@ -78,6 +85,7 @@ class Policy:
                     f"(${budget.spent:.6f} spent).", code="budget_exceeded"), headers=_rate_headers(flow))
                 return
             call.on_record.append(lambda record, c=call, w=window, a=amount: self._settle_budget(c, w, a, record))
+        call.policed = True
 
     def responseheaders(self, flow: http.HTTPFlow) -> None:
         if flow.response is not None:

@@ -1,4 +1,9 @@
-"""Reads the model, picks the provider, and rewrites the request for it (key, URL, usage option)."""
+"""Parse stage: the body parsed once with limits, the model, the provider, and the upstream request prepared.
+
+Nothing here points the flow upstream: the request the provider will get is
+kept on the call (`call.pending`) and written to the flow by the forward stage,
+after the police stage passed.
+"""
 
 from __future__ import annotations
 
@@ -6,17 +11,21 @@ import json
 
 from mitmproxy import http
 
-from addons.common import answer_error, answer_json, get_call, require_credential, send_upstream
+from addons.common import answer_error, answer_json, get_call, prepare_upstream, require_credential
+from tokensense.gateway.body import parse_json_body
+from tokensense.gateway.call import CallContext
 from tokensense.gateway.catalog import list_models
+from tokensense.gateway.endpoints import Endpoint
 from tokensense.gateway.errors import GatewayError
-from tokensense.metering.stream import with_stream_usage
+from tokensense.gateway.forward import OPENAI_SDK_HEADER_PREFIXES
 from tokensense.gateway.policy import model_allowed
-from tokensense.providers import PROVIDERS, provider_for_model
-from tokensense.gateway.routing import MEDIA_ENDPOINTS, PASSTHROUGH, Endpoint, parse_json_body, resolve_model
+from tokensense.gateway.routing import MEDIA_ENDPOINTS, resolve_model
 from tokensense.gateway.runtime import Runtime
+from tokensense.metering.stream import with_stream_usage
+from tokensense.providers import PROVIDERS, provider_for_model
+from tokensense.providers.translation import TranslationError
 
-TRANSLATED = "tokensense.translated"  # metadata flag: the translation addon owns this chat call
-BODY = "tokensense.body"  # the parsed JSON request body, for later addons (no second parse)
+_COMPACT = (",", ":")
 
 
 class Router:
@@ -29,15 +38,14 @@ class Router:
             return
         try:
             if call.route_endpoint is Endpoint.MODELS:
-                self._answer_models(flow)
-                return
-            self._route(flow)
+                self._answer_models(flow, call)
+            elif call.route_endpoint not in MEDIA_ENDPOINTS:  # the media addon routes those
+                self._route(flow, call)
         except GatewayError as e:
             answer_error(flow, call.fmt, e)
 
-    def _answer_models(self, flow: http.HTTPFlow) -> None:
-        call = get_call(flow)
-        assert call is not None and self.runtime.keys is not None
+    def _answer_models(self, flow: http.HTTPFlow, call: CallContext) -> None:
+        assert self.runtime.keys is not None
         call.recorded = True
         key = call.key
         assert key is not None
@@ -56,52 +64,55 @@ class Router:
                 by_provider.setdefault(adapter.name, []).append(model)
         return by_provider
 
-    def _route(self, flow: http.HTTPFlow) -> None:
-        call = get_call(flow)
-        assert call is not None and self.runtime.keys is not None
-        req = flow.request
+    def _route(self, flow: http.HTTPFlow, call: CallContext) -> None:
         endpoint = call.route_endpoint
-        if endpoint in MEDIA_ENDPOINTS:
-            return  # the media addon routes these
-        path = req.path.partition("?")[0]
-        body = parse_json_body(req.raw_content)
+        body = parse_json_body(flow.request.raw_content)
         if endpoint is Endpoint.GEMINI:
             requested = call.path_model
             call.stream = call.action == "streamGenerateContent"
         else:
             requested = body.get("model")
             call.stream = body.get("stream") is True
+        call.requested_model = requested if isinstance(requested, str) else None
         adapter, model = resolve_model(requested, self.runtime.prices)
-        call.provider, call.model, call.requested_model = adapter, model, requested
-        flow.metadata[BODY] = body
+        call.provider, call.model = adapter, model
 
-        translated = False
-        if adapter.name not in PASSTHROUGH.get(endpoint, frozenset()):
-            if endpoint is Endpoint.CHAT and adapter.name in ("anthropic", "gemini"):
-                translated = True
-            else:
-                raise GatewayError(400, f"The model `{requested}` ({adapter.display_name}) is not served on "
-                                   f"{path}.", code="unsupported_model_for_endpoint", param="model")
-
-        credential = require_credential(self.runtime, adapter)
-
-        changed = False
-        if requested != model and endpoint is not Endpoint.GEMINI:
-            body["model"] = model  # `provider/model` names the provider; the provider wants its own name
-            changed = True
-        if translated:
-            # The translation addon rewrites and sends it.
-            flow.metadata[TRANSLATED] = body
-            call.client_wants_usage = isinstance(body.get("stream_options"), dict) and \
-                body["stream_options"].get("include_usage") is True
+        if endpoint in adapter.native:
+            credential = require_credential(self.runtime, adapter)
+            upstream = adapter.upstream(endpoint, model, stream=call.stream, action=call.action, version=call.version)
+            changed = False
+            if requested != model and endpoint is not Endpoint.GEMINI:
+                body["model"] = model  # `provider/model` names the provider; the provider wants its own name
+                changed = True
+            with_usage, call.client_wants_usage = with_stream_usage(call, body)
+            if with_usage is not None:
+                body, changed = with_usage, True
+            call.sent_body = body
+            prepare_upstream(call, adapter, credential, upstream,
+                             body=json.dumps(body, separators=_COMPACT).encode() if changed else None)
             return
-        with_usage, call.client_wants_usage = with_stream_usage(call, body)
-        if with_usage is not None:
-            body, changed = with_usage, True
-            flow.metadata[BODY] = body
-        if changed:
-            req.content = json.dumps(body, separators=(",", ":")).encode()
 
-        upstream_path = "/v1" + path if endpoint in (Endpoint.CHAT, Endpoint.EMBEDDINGS) and \
-            not path.startswith("/v1/") else path
-        send_upstream(flow, adapter, credential, upstream_path)
+        translator = adapter.chat_translator() if endpoint is Endpoint.CHAT else None
+        if translator is None:
+            raise GatewayError(400, f"The model `{requested}` ({adapter.display_name}) is not served on "
+                               f"{flow.request.path.partition('?')[0][:100]}.", code="unsupported_model_for_endpoint",
+                               param="model")
+        credential = require_credential(self.runtime, adapter)
+        options = body.get("stream_options")
+        call.client_wants_usage = isinstance(options, dict) and options.get("include_usage") is True
+        try:
+            provider_body = translator.request(body)
+        except TranslationError as e:
+            raise GatewayError(400, e.message, code=e.code or "unsupported_parameter", param=e.param) from None
+        except (TypeError, AttributeError, KeyError, ValueError, IndexError) as e:
+            # A field of the wrong type that the translation met before a check of its own.
+            raise GatewayError(400, f"The request has a field of the wrong type or shape for {adapter.display_name} "
+                               f"({type(e).__name__}: {str(e)[:120]}).", code="invalid_request") from None
+        upstream = adapter.upstream(Endpoint.CHAT, model, stream=call.stream)
+        if translator.model_in_body:
+            provider_body["model"] = model
+        call.translator = translator
+        call.sent_body = provider_body
+        prepare_upstream(call, adapter, credential, upstream,
+                         body=json.dumps(provider_body, separators=_COMPACT).encode(),
+                         content_type="application/json", drop_header_prefixes=OPENAI_SDK_HEADER_PREFIXES)

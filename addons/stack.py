@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-from addons.auth import Auth
+from addons.admit import Admit
 from addons.chain import TokenSenseChain
+from addons.forward import Forward
 from addons.intercept import Intercept
 from addons.lifecycle import Lifecycle
 from addons.media import Media
@@ -21,12 +22,13 @@ def tokensense_addons(runtime: Runtime | None = None) -> list[object]:
     runtime = runtime or Runtime()
     return [
         Lifecycle(runtime),
-        Intercept(runtime),  # before Auth: intercepted calls never meet the gateway's key check
-        Auth(runtime),
-        Router(runtime),
+        Intercept(runtime),  # before Admit: intercepted calls never meet the gateway's key check
+        Admit(runtime),  # requestheaders: key, route, body limit
+        Router(runtime),  # request: parse, resolve, prepare the upstream request
         Media(runtime),
-        Translation(runtime),
-        Policy(runtime),
+        Policy(runtime),  # request: access, rate, budget
+        Forward(),  # request: writes the upstream request to the flow, only after every gate passed
+        Translation(runtime),  # answers of translated calls
         UpstreamErrors(runtime.settings.upstream_timeout),
         Metering(runtime),
         Recording(),  # last: sees every call metered

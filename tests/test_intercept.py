@@ -16,7 +16,6 @@ from mitmproxy.test import taddons, tflow
 from addons.common import CALL
 from addons.intercept import Intercept
 from addons.recording import Recording
-from addons.routing import BODY
 from tokensense.gateway.intercept import (
     KEY_HEADER,
     HostTable,
@@ -199,7 +198,7 @@ async def test_intercept_meters_provider_hosts_and_leaves_others_alone() -> None
         assert flow.request.headers["authorization"] == "Bearer sk-client"
         assert KEY_HEADER not in flow.request.headers
         assert json.loads(flow.request.content)["stream_options"] == {"include_usage": True}
-        assert call.client_wants_usage is False and flow.metadata[BODY]["stream_options"]["include_usage"]
+        assert call.client_wants_usage is False and call.sent_body["stream_options"]["include_usage"]
 
         other = _provider_flow(host="example.com", **{KEY_HEADER: "tsk_x"})
         before = other.request.content

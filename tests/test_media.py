@@ -344,7 +344,9 @@ def media_flow(kind: str, model: str, **state: object):  # type: ignore[no-untyp
 
 
 def run_stream(flow, data: bytes, size: int = 50) -> bytes:  # type: ignore[no-untyped-def]
-    out = b"".join(flow.response.stream(data[i:i + size]) for i in range(0, len(data), size))
+    pieces = [flow.response.stream(data[i:i + size]) for i in range(0, len(data), size)]
+    assert all(p != b"" for p in pieces)  # never an empty chunk: it would end the body
+    out = b"".join(p if isinstance(p, bytes) else b"".join(p) for p in pieces)
     return out + flow.response.stream(b"")
 
 

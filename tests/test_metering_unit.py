@@ -50,7 +50,10 @@ def run_stream(provider: str, fixture: str, *, drop: bool, size: int = 13) -> tu
     collector = adapter.stream_usage()
     stream = PassthroughStream(call, collector, adapter.usage_markers(), drop_usage_chunk=drop)
     raw = (STREAMS / fixture).read_bytes()
-    out = b"".join(stream(c) for c in chunked(raw, size)) + stream(b"")
+    pieces = [stream(c) for c in chunked(raw, size)]
+    # Nothing to send is an empty list, never b"" (mitmproxy would write an empty chunk: the end of the body).
+    assert all(p != b"" for p in pieces)
+    out = b"".join(p if isinstance(p, bytes) else b"".join(p) for p in pieces) + stream(b"")
     assert call.first_token is not None
     return out, collector.result()
 

@@ -24,6 +24,8 @@ class Settings(BaseSettings):
     redis_url: str | None = None
     secret: str | None = None
     upstream_timeout: float = 600.0
+    max_body_mb: float = Field(default=32.0, gt=0)  # largest JSON request body accepted (413 beyond)
+    max_upload_mb: float = Field(default=25.0, gt=0)  # largest multipart upload (audio transcriptions)
     flush_interval: float = 0.25
     config_file: Path | None = None
     # Use only environment provider keys (the demo points them at its fake providers).

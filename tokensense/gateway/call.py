@@ -11,9 +11,10 @@ from typing import Any
 
 from tokensense.gateway.errors import ErrorFormat
 from tokensense.gateway.keys import KeyInfo
-from tokensense.gateway.routing import Endpoint
+from tokensense.gateway.endpoints import Endpoint
 from tokensense.metering.usage import TokenUsage
-from tokensense.providers import OPENAI_COMPATIBLE, ProviderAdapter, StreamUsage
+from tokensense.gateway.forward import PendingUpstream
+from tokensense.providers import ProviderAdapter, StreamUsage, Translator
 from tokensense.storage.models import UsageCreate
 
 
@@ -32,6 +33,8 @@ class CallContext:
     fmt: ErrorFormat
     path_model: str | None = None  # Gemini names the model in the path
     action: str | None = None  # Gemini `generateContent`, `streamGenerateContent`, ...
+    version: str | None = None  # Gemini's API version in the path
+    method: str = "POST"
     started: float = field(default_factory=time.perf_counter)
     request_id: str = field(default_factory=_request_id)
     key: KeyInfo | None = None
@@ -48,7 +51,11 @@ class CallContext:
     status: int | None = None
     timed_out: bool = False
     recorded: bool = False
-    translator: Any = None  # set by the translation addon for Anthropic/Gemini chat
+    translator: Translator | None = None  # OpenAI-format chat translated to the provider's format
+    sent_body: dict[str, Any] | None = None  # the JSON body as it goes upstream (the policy reserves from it)
+    pending: PendingUpstream | None = None  # the upstream request, applied by the forward stage
+    policed: bool = False  # the police stage passed (access, rate, budget)
+    forwarded: bool = False  # the forward stage pointed the flow at the provider
     intercepted: bool = False  # made through the intercept proxy: the client's own destination and key
     requested_model: str | None = None  # the model as the client named it (`provider/model` included)
     on_record: list[Callable[[UsageCreate], None]] = field(default_factory=list)  # run once the call is recorded
@@ -60,7 +67,23 @@ class CallContext:
     def usage_chunk_added(self) -> bool:
         """Whether TokenSense asked upstream for the usage chunk the client did not ask for."""
         return (self.stream and not self.client_wants_usage and self.provider is not None
-                and self.provider.name in OPENAI_COMPATIBLE)
+                and self.provider.openai_format)
+
+    def protocol_error(self, status: int, message: str) -> tuple[int, str, str]:
+        """(status, message, code) for an error mitmproxy met on this call (its HTML page is replaced by JSON)."""
+        if self.timed_out:
+            status, text = 504, f"The provider did not answer within {self.timeout or 0:g} seconds."
+        elif status == 413 and self.error:
+            text = self.error
+        elif self.forwarded:
+            provider = self.provider.display_name if self.provider else "the provider"
+            text = f"TokenSense could not get an answer from {provider}: {message}"
+        else:
+            text = "TokenSense could not read the request."
+        self.status, self.error = status, text
+        code = {504: "upstream_timeout", 413: "request_too_large"}.get(status, "upstream_error" if status >= 500
+                                                                          else "bad_request")
+        return status, text, code
 
     def mark_first_token(self) -> None:
         if self.first_token is None:

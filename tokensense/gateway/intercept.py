@@ -7,23 +7,11 @@ import logging
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
-from tokensense.gateway.errors import ErrorFormat, GatewayError
 from tokensense.gateway.call import CallContext
-from tokensense.providers import ProviderAdapter, get_provider
-from tokensense.gateway.routing import PASSTHROUGH, Endpoint, Route, classify
+from tokensense.providers import PROVIDERS, ProviderAdapter, get_provider
+from tokensense.gateway.routing import Endpoint, Route, format_for_endpoint
 
 log = logging.getLogger(__name__)
-
-# The public API hosts of the providers TokenSense knows. Everything else passes
-# through the intercept proxy as opaque TLS.
-PROVIDER_HOSTS: dict[str, str] = {
-    "api.openai.com": "openai",
-    "api.anthropic.com": "anthropic",
-    "generativelanguage.googleapis.com": "gemini",
-    "api.x.ai": "xai",
-    "api.mistral.ai": "mistral",
-    "fal.run": "fal",
-}
 
 # Where an intercepted client puts its TokenSense key: its usual auth header
 # carries its own provider key, which goes upstream untouched.
@@ -45,15 +33,14 @@ class HostTable:
     def __init__(self, extra: Mapping[str, str] | None = None) -> None:
         self.exact: dict[str, ProviderAdapter] = {}
         self.suffixes: list[tuple[str, ProviderAdapter]] = []
-        for host, name in PROVIDER_HOSTS.items():
-            adapter = get_provider(name)
-            assert adapter is not None
-            self.exact[host] = adapter
+        for adapter in PROVIDERS.values():
+            for host in adapter.hosts:
+                self.exact[host] = adapter
         for host, name in (extra or {}).items():
             adapter = get_provider(name)
             if adapter is None:
                 raise ValueError(f"[intercept_hosts] in config.toml maps {host!r} to {name!r}, which is not a provider "
-                                 "TokenSense knows (openai, anthropic, gemini, xai, mistral, fal)")
+                                 f"TokenSense knows ({', '.join(PROVIDERS)})")
             host = _normal_host(host)
             if host.startswith("*."):
                 self.suffixes.append((host[1:], adapter))
@@ -135,17 +122,10 @@ def intercepted_call(adapter: ProviderAdapter, method: str, path: str, body: Any
 
 
 def _route(adapter: ProviderAdapter, method: str, path: str) -> Route | None:
-    if adapter.name == "fal":
-        # fal.run serves each app at its own path: POST /fal-ai/flux/dev. The app is the model.
-        if method == "POST" and path.startswith("/fal-ai/"):
-            return Route(Endpoint.IMAGES, ErrorFormat.OPENAI, model=path.strip("/"))
+    """The route of a path this provider's own clients call natively; None for paths TokenSense does not meter."""
+    found = adapter.intercept_route(method, path)
+    if found is None:
         return None
-    try:
-        route = classify(method, path)
-    except GatewayError:
-        return None
-    if adapter.name not in PASSTHROUGH.get(route.endpoint, frozenset()):
-        return None  # health, model lists, or an endpoint this provider does not natively serve
-    return route
-
-
+    endpoint, model = found
+    action = path.rpartition(":")[2] if endpoint is Endpoint.GEMINI else None
+    return Route(endpoint, format_for_endpoint(endpoint), model=model, action=action)

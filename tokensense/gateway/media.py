@@ -13,7 +13,9 @@ from email.message import Message
 from typing import Any, NamedTuple
 
 from tokensense.gateway.errors import GatewayError
-from tokensense.providers.base import StreamUsage, _int
+from tokensense.gateway.endpoints import Endpoint
+from tokensense.providers import get_provider
+from tokensense.providers.base import MediaRoute, StreamUsage, _int
 from tokensense.metering.usage import TokenUsage
 
 DEFAULT_MAX_UPLOAD_MB = 25.0  # OpenAI's own limit for /v1/audio/transcriptions
@@ -561,32 +563,16 @@ def upload_limit_bytes(value: str | float | None) -> int:
 # --- which provider serves which media endpoint ---------------------------------------------
 
 
-class MediaRoute(NamedTuple):
-    kind: str  # "openai_images", "imagen", "fal", "speech", "transcription"
-    upstream_path: str
-
-
 def media_route(endpoint: str, provider: str, model: str, *, declared: bool = False) -> MediaRoute:
     """Where a media request for `model` of `provider` goes, or a 400 naming the model.
 
-    `endpoint` is the `Endpoint` value. A model declared in config.toml skips
-    the name checks (its provider is taken at its word).
+    `endpoint` is the `Endpoint` value; the provider decides. A model declared in
+    config.toml skips the name checks (its provider is taken at its word).
     """
-    if endpoint == "images.generations":
-        if provider in ("openai", "xai") and (declared or provider == "xai" or
-                                              model.startswith(("dall-e-", "gpt-image-", "chatgpt-image"))):
-            return MediaRoute("openai_images", "/v1/images/generations")
-        if provider == "gemini" and (declared or model.startswith("imagen-")):
-            return MediaRoute("imagen", f"/v1beta/models/{model}:predict")
-        if provider == "fal":
-            return MediaRoute("fal", f"/{model}")
-    elif endpoint == "audio.speech":
-        if provider == "openai" and (declared or model.startswith("tts-") or "-tts" in model):
-            return MediaRoute("speech", "/v1/audio/speech")
-    elif endpoint == "audio.transcriptions":
-        if provider == "mistral" or (provider == "openai" and (declared or model.startswith("whisper-")
-                                                               or "transcribe" in model)):
-            return MediaRoute("transcription", "/v1/audio/transcriptions")
+    adapter = get_provider(provider)
+    route = adapter.media_route(Endpoint(endpoint), model, declared=declared) if adapter is not None else None
+    if route is not None:
+        return route
     served = {
         "images.generations": "OpenAI dall-e-*/gpt-image-*, Google imagen-* and fal-ai/* models",
         "audio.speech": "OpenAI tts-* and gpt-4o-mini-tts models",

@@ -2,27 +2,13 @@
 
 from __future__ import annotations
 
-import json
 import re
-from enum import StrEnum
 from typing import Any, NamedTuple
 
 from tokensense.gateway.errors import ErrorFormat, GatewayError
 from tokensense.metering.pricing import PriceBook
-from tokensense.providers import OPENAI_COMPATIBLE, ProviderAdapter, get_provider, provider_for_model
-
-
-class Endpoint(StrEnum):
-    CHAT = "chat.completions"
-    EMBEDDINGS = "embeddings"
-    MESSAGES = "messages"
-    COUNT_TOKENS = "messages.count_tokens"
-    GEMINI = "gemini"
-    IMAGES = "images.generations"
-    SPEECH = "audio.speech"
-    TRANSCRIPTIONS = "audio.transcriptions"
-    MODELS = "models"
-    HEALTH = "health"
+from tokensense.gateway.endpoints import GEMINI_ACTIONS, Endpoint
+from tokensense.providers import ProviderAdapter, get_provider, provider_for_model
 
 
 class Route(NamedTuple):
@@ -30,9 +16,10 @@ class Route(NamedTuple):
     fmt: ErrorFormat
     model: str | None = None  # from the path (Gemini); else read from the body
     action: str | None = None  # Gemini `generateContent`, `streamGenerateContent`, ...
+    version: str | None = None  # Gemini's API version in the path (v1beta or v1)
 
 
-_GEMINI_PATH = re.compile(r"^/(?:v1beta|v1)/models/(?P<model>[^:/]+):(?P<action>[A-Za-z]+)$")
+_GEMINI_PATH = re.compile(r"^/(?P<version>v1beta|v1)/models/(?P<model>[^:/]+):(?P<action>[A-Za-z]+)$")
 
 _OPENAI_PATHS = {
     "/v1/chat/completions": Endpoint.CHAT,
@@ -44,26 +31,28 @@ _OPENAI_PATHS = {
     "/v1/audio/transcriptions": Endpoint.TRANSCRIPTIONS,
 }
 
-# Which providers answer each OpenAI-format endpoint natively (passthrough).
-PASSTHROUGH: dict[Endpoint, frozenset[str]] = {
-    Endpoint.CHAT: OPENAI_COMPATIBLE,
-    Endpoint.EMBEDDINGS: OPENAI_COMPATIBLE,
-    Endpoint.IMAGES: frozenset({"openai", "xai"}),
-    Endpoint.SPEECH: frozenset({"openai"}),
-    Endpoint.TRANSCRIPTIONS: frozenset({"openai", "mistral"}),
-    Endpoint.MESSAGES: frozenset({"anthropic"}),
-    Endpoint.COUNT_TOKENS: frozenset({"anthropic"}),
-    Endpoint.GEMINI: frozenset({"gemini"}),
-}
-
-
 # Endpoints whose requests the media addon routes (multipart bodies, translated image APIs).
 MEDIA_ENDPOINTS = frozenset({Endpoint.IMAGES, Endpoint.SPEECH, Endpoint.TRANSCRIPTIONS})
 
 
+def format_for_endpoint(endpoint: Endpoint) -> ErrorFormat:
+    """The error shape the clients of an endpoint expect."""
+    if endpoint in (Endpoint.MESSAGES, Endpoint.COUNT_TOKENS):
+        return ErrorFormat.ANTHROPIC
+    if endpoint is Endpoint.GEMINI:
+        return ErrorFormat.GOOGLE
+    return ErrorFormat.OPENAI
+
+
+def gemini_path(path: str) -> tuple[str, str, str] | None:
+    """(model, action, version) of a native Gemini path `/{v1beta|v1}/models/{model}:{action}`, or None."""
+    m = _GEMINI_PATH.match(path)
+    return (m["model"], m["action"], m["version"]) if m else None
+
+
 def classify(method: str, path: str) -> Route:
     """The endpoint for `method path` (path without the query), or a 404 GatewayError."""
-    if path == "/health" and method in ("GET", "HEAD"):
+    if path in ("/health", "/") and method in ("GET", "HEAD"):
         return Route(Endpoint.HEALTH, ErrorFormat.OPENAI)
     if path in ("/v1/models", "/models") and method == "GET":
         return Route(Endpoint.MODELS, ErrorFormat.OPENAI)
@@ -75,21 +64,12 @@ def classify(method: str, path: str) -> Route:
         if path == "/v1/messages/count_tokens":
             return Route(Endpoint.COUNT_TOKENS, ErrorFormat.ANTHROPIC)
         if m := _GEMINI_PATH.match(path):
-            return Route(Endpoint.GEMINI, ErrorFormat.GOOGLE, model=m["model"], action=m["action"])
-    raise GatewayError(404, f"TokenSense has no endpoint {method} {path}.", code="unknown_endpoint")
-
-
-def parse_json_body(raw: bytes | None) -> dict[str, Any]:
-    """The request body as a JSON object, or a 400 that says what is wrong."""
-    if not raw:
-        raise GatewayError(400, "The request body is empty; send a JSON object.", code="invalid_json")
-    try:
-        body = json.loads(raw)
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise GatewayError(400, f"The request body is not valid JSON: {e}", code="invalid_json") from None
-    if not isinstance(body, dict):
-        raise GatewayError(400, "The request body must be a JSON object.", code="invalid_json")
-    return body
+            if m["action"] not in GEMINI_ACTIONS:
+                raise GatewayError(404, f"TokenSense does not forward the Gemini action `{m['action']}`.",
+                                   code="unknown_endpoint")
+            return Route(Endpoint.GEMINI, ErrorFormat.GOOGLE, model=m["model"], action=m["action"],
+                         version=m["version"])
+    raise GatewayError(404, f"TokenSense has no endpoint {method[:16]} {path[:200]}.", code="unknown_endpoint")
 
 
 def resolve_model(model: Any, prices: PriceBook, media_models: frozenset[str] = frozenset()) -> tuple[ProviderAdapter, str]:

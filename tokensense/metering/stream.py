@@ -62,7 +62,9 @@ class PassthroughStream:
         self.splitter = EventSplitter()
         self.on_end = on_end
 
-    def __call__(self, data: bytes) -> bytes:
+    def __call__(self, data: bytes) -> bytes | list[bytes]:
+        # Nothing to send yet is an empty list, never b"": mitmproxy writes each returned
+        # bytes object as an HTTP/1.1 chunk, and an empty chunk ends a chunked body.
         if not data:
             rest = self.splitter.rest()
             out = self._process([rest]) if rest.strip() else rest
@@ -72,8 +74,9 @@ class PassthroughStream:
         self.call.mark_first_token()
         events = self.splitter.feed(data)
         if not events:
-            return b""
-        return self._process(events)
+            return []
+        out = self._process(events)
+        return out if out else []
 
     def _process(self, events: list[bytes]) -> bytes:
         keep: list[bytes] = []

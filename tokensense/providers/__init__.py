@@ -1,38 +1,43 @@
-"""Provider adapters and the registry that maps names and models to them."""
+"""The provider registry: one line per provider; names, aliases and models resolve to a provider here."""
 
 from __future__ import annotations
 
 from tokensense.providers.anthropic import AnthropicAdapter
-from tokensense.providers.base import ProviderAdapter, StreamUsage
+from tokensense.providers.base import Provider, ProviderAdapter, StreamUsage, Translator, Upstream
 from tokensense.providers.fal import FalAdapter
 from tokensense.providers.gemini import GeminiAdapter
 from tokensense.providers.openai import MistralAdapter, OpenAIAdapter, XAIAdapter
 
-PROVIDERS: dict[str, ProviderAdapter] = {
-    adapter.name: adapter
-    for adapter in (
-        OpenAIAdapter(),
-        AnthropicAdapter(),
-        GeminiAdapter(),
-        XAIAdapter(),
-        MistralAdapter(),
-        FalAdapter(),
-    )
-}
+PROVIDERS: dict[str, Provider] = {}
+
+
+def register(provider: Provider) -> Provider:
+    """Add a provider (built in, or declared in config.toml); its name and aliases then resolve to it."""
+    PROVIDERS[provider.name] = provider
+    for alias in provider.aliases:
+        ALIASES[alias] = provider.name
+    return provider
+
+
+ALIASES: dict[str, str] = {}
+
+register(OpenAIAdapter())
+register(AnthropicAdapter())
+register(GeminiAdapter())
+register(XAIAdapter())
+register(MistralAdapter())
+register(FalAdapter())
 
 # Providers that speak OpenAI's own format (chat, embeddings, streams with `include_usage`).
-OPENAI_COMPATIBLE = frozenset({"openai", "xai", "mistral"})
-
-# Other spellings users write in `provider/model` and in policies.
-ALIASES: dict[str, str] = {"google": "gemini", "x-ai": "xai", "grok": "xai", "claude": "anthropic", "fal-ai": "fal"}
+OPENAI_COMPATIBLE = frozenset(name for name, p in PROVIDERS.items() if p.openai_format)
 
 
-def get_provider(name: str) -> ProviderAdapter | None:
+def get_provider(name: str) -> Provider | None:
     name = name.lower()
     return PROVIDERS.get(ALIASES.get(name, name))
 
 
-def provider_for_model(model: str) -> ProviderAdapter | None:
+def provider_for_model(model: str) -> Provider | None:
     """The provider that serves `model`, from its name alone (SPEC §4)."""
     for adapter in PROVIDERS.values():
         if adapter.owns_model(model):
@@ -40,4 +45,20 @@ def provider_for_model(model: str) -> ProviderAdapter | None:
     return None
 
 
-__all__ = ["OPENAI_COMPATIBLE", "PROVIDERS", "ProviderAdapter", "StreamUsage", "get_provider", "provider_for_model"]
+def openai_format_reader() -> Provider:
+    """A provider that reads OpenAI-format usage (for answers TokenSense translated to OpenAI's format)."""
+    return next(p for p in PROVIDERS.values() if p.openai_format)
+
+
+def provider_for_host(host: str) -> Provider | None:
+    """The built-in provider whose public API host this is (intercept mode)."""
+    for adapter in PROVIDERS.values():
+        if host in adapter.hosts:
+            return adapter
+    return None
+
+
+__all__ = [
+    "ALIASES", "OPENAI_COMPATIBLE", "PROVIDERS", "Provider", "ProviderAdapter", "StreamUsage", "Translator",
+    "Upstream", "get_provider", "openai_format_reader", "provider_for_host", "provider_for_model", "register",
+]

@@ -1,15 +1,26 @@
-"""The interface every provider adapter implements, and shared usage helpers."""
+"""The interface every provider implements: what it serves, where each call goes, how it is paid for.
+
+A provider owns everything TokenSense knows about it: its names and model
+prefixes, its hosts (intercept mode), its key variable and default base URL,
+its auth headers, the upstream path of each endpoint it serves, the translation
+of OpenAI-format chat when it speaks another format, and reading its usage.
+The gateway asks; it never names a provider.
+"""
 
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from typing import Any, ClassVar
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, ClassVar, NamedTuple
 
+from tokensense.gateway.endpoints import Endpoint
 from tokensense.metering.usage import TokenUsage
+from tokensense.providers.paths import path_segment
 
 
 def _int(value: Any) -> int:
-    return value if isinstance(value, int) else 0
+    return value if isinstance(value, int) and not isinstance(value, bool) and value >= 0 else 0
 
 
 class StreamUsage(ABC):
@@ -22,7 +33,45 @@ class StreamUsage(ABC):
     def result(self) -> TokenUsage: ...
 
 
-class ProviderAdapter(ABC):
+@dataclass(frozen=True, slots=True)
+class Translator:
+    """OpenAI-format chat for a provider that speaks another format: pure functions, no I/O.
+
+    `stream(model=, include_usage=)` returns an object with `feed(event: dict) -> list[dict]`
+    and `finish() -> list[dict]` (OpenAI chunks), and `usage` (the provider's usage object).
+    """
+
+    request: Callable[[dict], dict]
+    answer: Callable[..., dict]
+    stream: Callable[..., Any]
+    error: Callable[[int, bytes], dict]
+    model_in_body: bool = False  # the provider's format names the model in the body (else in the path)
+
+
+class Upstream(NamedTuple):
+    """Where one call goes on the provider's side: path (validated), query (None: the client's), native endpoint."""
+
+    endpoint: Endpoint
+    path: str
+    query: tuple[tuple[str, str], ...] | None = None
+
+
+class MediaRoute(NamedTuple):
+    kind: str  # "openai_images", "imagen", "fal", "speech", "transcription"
+    upstream_path: str
+
+
+# The upstream path of each endpoint in OpenAI's format.
+OPENAI_PATHS: dict[Endpoint, str] = {
+    Endpoint.CHAT: "/v1/chat/completions",
+    Endpoint.EMBEDDINGS: "/v1/embeddings",
+    Endpoint.IMAGES: "/v1/images/generations",
+    Endpoint.SPEECH: "/v1/audio/speech",
+    Endpoint.TRANSCRIPTIONS: "/v1/audio/transcriptions",
+}
+
+
+class Provider(ABC):
     """How to reach one provider and read what its answers cost."""
 
     name: ClassVar[str]
@@ -31,8 +80,12 @@ class ProviderAdapter(ABC):
     env_key: ClassVar[str]
     prices_id: ClassVar[str]  # the provider's id in the genai-prices catalog
     model_prefixes: ClassVar[tuple[str, ...]]
-    # Auth headers a client may have sent for this provider; removed before forwarding.
-    auth_header: ClassVar[str]
+    aliases: ClassVar[tuple[str, ...]] = ()  # other names users write in `provider/model` and policies
+    hosts: ClassVar[tuple[str, ...]] = ()  # its public API hosts, metered in intercept mode
+    # Endpoints it answers in the client's own format (passthrough, byte for byte).
+    native: ClassVar[frozenset[Endpoint]] = frozenset()
+    # Speaks OpenAI's format: chat streams report usage only with `stream_options.include_usage`.
+    openai_format: ClassVar[bool] = False
 
     def owns_model(self, model: str) -> bool:
         return model.startswith(self.model_prefixes)
@@ -40,6 +93,33 @@ class ProviderAdapter(ABC):
     @abstractmethod
     def auth_headers(self, api_key: str) -> dict[str, str]:
         """Headers that carry the provider key upstream."""
+
+    def default_headers(self) -> dict[str, str]:
+        """Headers the provider needs that a client of another format does not send (set only if missing)."""
+        return {}
+
+    def chat_translator(self) -> Translator | None:
+        """The translation of OpenAI-format chat to this provider's format, or None if it speaks OpenAI's."""
+        return None
+
+    def serves(self, endpoint: Endpoint) -> bool:
+        return endpoint in self.native or (endpoint is Endpoint.CHAT and self.chat_translator() is not None)
+
+    def upstream(self, endpoint: Endpoint, model: str, *, stream: bool, action: str | None = None,
+                 version: str | None = None) -> Upstream:
+        """The provider-side endpoint and path for a call; the model must be one path segment where it is in the path."""
+        path = OPENAI_PATHS.get(endpoint)
+        if path is None:
+            raise ValueError(f"{self.name} has no upstream path for {endpoint}")
+        return Upstream(endpoint, path)
+
+    def media_route(self, endpoint: Endpoint, model: str, *, declared: bool) -> MediaRoute | None:
+        """Where a media request for `model` goes (images, speech, transcriptions), or None if not served."""
+        return None
+
+    def intercept_route(self, method: str, path: str) -> tuple[Endpoint, str | None] | None:
+        """Intercept mode: (endpoint, model from the path) for a path this provider's own clients call natively."""
+        return None
 
     # The key of the usage object in an unstreamed JSON answer (None: none).
     usage_key: ClassVar[bytes | None] = None
@@ -62,3 +142,12 @@ class ProviderAdapter(ABC):
         Lets the stream meter skip JSON-parsing events that cannot carry usage.
         """
         return (b'"usage', b"usageMetadata")
+
+
+def model_segment(model: str) -> str:
+    """The model as one validated path segment (re-exported for provider modules)."""
+    return path_segment(model)
+
+
+# The name most of the code base knows the interface by.
+ProviderAdapter = Provider

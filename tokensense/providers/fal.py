@@ -4,7 +4,9 @@ from __future__ import annotations
 
 from typing import Any, ClassVar
 
-from tokensense.providers.base import ProviderAdapter, StreamUsage
+from tokensense.gateway.endpoints import Endpoint
+from tokensense.providers.base import MediaRoute, ProviderAdapter, StreamUsage
+from tokensense.providers.paths import path_segments
 from tokensense.metering.usage import TokenUsage
 
 
@@ -28,7 +30,17 @@ class FalAdapter(ProviderAdapter):
     env_key: ClassVar[str] = "FAL_KEY"
     prices_id: ClassVar[str] = "fal"
     model_prefixes: ClassVar[tuple[str, ...]] = ("fal-ai/",)
-    auth_header: ClassVar[str] = "authorization"
+    aliases: ClassVar[tuple[str, ...]] = ("fal-ai",)
+    hosts: ClassVar[tuple[str, ...]] = ("fal.run",)
+
+    def media_route(self, endpoint: Endpoint, model: str, *, declared: bool) -> MediaRoute | None:
+        # fal.run serves each app at its own path: POST /fal-ai/flux/dev. The app is the model.
+        return MediaRoute("fal", "/" + path_segments(model)) if endpoint is Endpoint.IMAGES else None
+
+    def intercept_route(self, method: str, path: str) -> tuple[Endpoint, str | None] | None:
+        if method == "POST" and path.startswith("/fal-ai/"):
+            return Endpoint.IMAGES, path.strip("/")
+        return None
 
     def auth_headers(self, api_key: str) -> dict[str, str]:
         # fal's documented scheme is "Key", not "Bearer".

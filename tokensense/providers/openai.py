@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from typing import Any, ClassVar
 
-from tokensense.providers.base import ProviderAdapter, StreamUsage, _int
+from tokensense.gateway.endpoints import Endpoint
+from tokensense.providers.base import MediaRoute, ProviderAdapter, StreamUsage, _int
 from tokensense.metering.usage import TokenUsage
 
 
@@ -20,6 +21,18 @@ def usage_from_openai(usage: Any) -> TokenUsage | None:
         cached_input_tokens=_int(prompt_details.get("cached_tokens")) if isinstance(prompt_details, dict) else 0,
         reasoning_tokens=_int(completion_details.get("reasoning_tokens")) if isinstance(completion_details, dict) else 0,
     )
+
+
+# The paths OpenAI-format clients call (with or without the /v1 prefix their base URL may carry).
+_OPENAI_NATIVE_PATHS: dict[str, Endpoint] = {
+    "/v1/chat/completions": Endpoint.CHAT,
+    "/chat/completions": Endpoint.CHAT,
+    "/v1/embeddings": Endpoint.EMBEDDINGS,
+    "/embeddings": Endpoint.EMBEDDINGS,
+    "/v1/images/generations": Endpoint.IMAGES,
+    "/v1/audio/speech": Endpoint.SPEECH,
+    "/v1/audio/transcriptions": Endpoint.TRANSCRIPTIONS,
+}
 
 
 class OpenAIStreamUsage(StreamUsage):
@@ -46,10 +59,27 @@ class OpenAIAdapter(ProviderAdapter):
     model_prefixes: ClassVar[tuple[str, ...]] = (
         "gpt-", "o1", "o3", "o4", "chatgpt-", "text-embedding-", "dall-e-", "gpt-image-", "tts-", "whisper-",
     )
-    auth_header: ClassVar[str] = "authorization"
+    hosts: ClassVar[tuple[str, ...]] = ("api.openai.com",)
+    native: ClassVar[frozenset[Endpoint]] = frozenset({
+        Endpoint.CHAT, Endpoint.EMBEDDINGS, Endpoint.IMAGES, Endpoint.SPEECH, Endpoint.TRANSCRIPTIONS,
+    })
+    openai_format: ClassVar[bool] = True
 
     def auth_headers(self, api_key: str) -> dict[str, str]:
         return {"authorization": f"Bearer {api_key}"}
+
+    def media_route(self, endpoint: Endpoint, model: str, *, declared: bool) -> MediaRoute | None:
+        if endpoint is Endpoint.IMAGES and (declared or model.startswith(("dall-e-", "gpt-image-", "chatgpt-image"))):
+            return MediaRoute("openai_images", "/v1/images/generations")
+        if endpoint is Endpoint.SPEECH and (declared or model.startswith("tts-") or "-tts" in model):
+            return MediaRoute("speech", "/v1/audio/speech")
+        if endpoint is Endpoint.TRANSCRIPTIONS and (declared or model.startswith("whisper-") or "transcribe" in model):
+            return MediaRoute("transcription", "/v1/audio/transcriptions")
+        return None
+
+    def intercept_route(self, method: str, path: str) -> tuple[Endpoint, str | None] | None:
+        endpoint = _OPENAI_NATIVE_PATHS.get(path) if method == "POST" else None
+        return (endpoint, None) if endpoint is not None and endpoint in self.native else None
 
     usage_key: ClassVar[bytes | None] = b"usage"
 
@@ -73,6 +103,14 @@ class XAIAdapter(OpenAIAdapter):
     env_key: ClassVar[str] = "XAI_API_KEY"
     prices_id: ClassVar[str] = "x-ai"
     model_prefixes: ClassVar[tuple[str, ...]] = ("grok-",)
+    aliases: ClassVar[tuple[str, ...]] = ("x-ai", "grok")
+    hosts: ClassVar[tuple[str, ...]] = ("api.x.ai",)
+    native: ClassVar[frozenset[Endpoint]] = frozenset({Endpoint.CHAT, Endpoint.EMBEDDINGS, Endpoint.IMAGES})
+
+    def media_route(self, endpoint: Endpoint, model: str, *, declared: bool) -> MediaRoute | None:
+        if endpoint is Endpoint.IMAGES:
+            return MediaRoute("openai_images", "/v1/images/generations")
+        return None
 
 
 class MistralAdapter(OpenAIAdapter):
@@ -84,3 +122,10 @@ class MistralAdapter(OpenAIAdapter):
     model_prefixes: ClassVar[tuple[str, ...]] = (
         "mistral-", "magistral-", "codestral-", "ministral-", "pixtral-", "open-mistral-", "open-mixtral-",
     )
+    hosts: ClassVar[tuple[str, ...]] = ("api.mistral.ai",)
+    native: ClassVar[frozenset[Endpoint]] = frozenset({Endpoint.CHAT, Endpoint.EMBEDDINGS, Endpoint.TRANSCRIPTIONS})
+
+    def media_route(self, endpoint: Endpoint, model: str, *, declared: bool) -> MediaRoute | None:
+        if endpoint is Endpoint.TRANSCRIPTIONS:
+            return MediaRoute("transcription", "/v1/audio/transcriptions")
+        return None

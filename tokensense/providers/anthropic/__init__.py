@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from typing import Any, ClassVar
 
-from tokensense.providers.base import ProviderAdapter, StreamUsage, _int
+from tokensense.gateway.endpoints import Endpoint
+from tokensense.providers.base import ProviderAdapter, StreamUsage, Translator, Upstream, _int
 from tokensense.metering.usage import TokenUsage
 
 
@@ -60,11 +61,32 @@ class AnthropicAdapter(ProviderAdapter):
     env_key: ClassVar[str] = "ANTHROPIC_API_KEY"
     prices_id: ClassVar[str] = "anthropic"
     model_prefixes: ClassVar[tuple[str, ...]] = ("claude-",)
-    auth_header: ClassVar[str] = "x-api-key"
-    api_version: ClassVar[str] = "2023-06-01"
+    aliases: ClassVar[tuple[str, ...]] = ("claude",)
+    hosts: ClassVar[tuple[str, ...]] = ("api.anthropic.com",)
+    native: ClassVar[frozenset[Endpoint]] = frozenset({Endpoint.MESSAGES, Endpoint.COUNT_TOKENS})
 
     def auth_headers(self, api_key: str) -> dict[str, str]:
         return {"x-api-key": api_key}
+
+    def default_headers(self) -> dict[str, str]:
+        # The Messages API requires a version; OpenAI-format clients translated here do not send one.
+        return {"anthropic-version": "2023-06-01"}
+
+    def chat_translator(self) -> Translator:
+        return _CHAT
+
+    def upstream(self, endpoint: Endpoint, model: str, *, stream: bool, action: str | None = None,
+                 version: str | None = None) -> Upstream:
+        if endpoint is Endpoint.COUNT_TOKENS:
+            return Upstream(endpoint, "/v1/messages/count_tokens")
+        return Upstream(Endpoint.MESSAGES, "/v1/messages")  # native Messages, and translated chat
+
+    def intercept_route(self, method: str, path: str) -> tuple[Endpoint, str | None] | None:
+        if method == "POST" and path == "/v1/messages":
+            return Endpoint.MESSAGES, None
+        if method == "POST" and path == "/v1/messages/count_tokens":
+            return Endpoint.COUNT_TOKENS, None
+        return None
 
     usage_key: ClassVar[bytes | None] = b"usage"
 
@@ -79,3 +101,13 @@ class AnthropicAdapter(ProviderAdapter):
 
     def usage_markers(self) -> tuple[bytes, ...]:
         return (b'"usage"',)
+
+
+def _chat_translator() -> Translator:
+    from tokensense.providers.anthropic import chat
+
+    return Translator(request=chat.chat_request_to_provider, answer=chat.chat_response_from_provider,
+                      stream=chat.ChatStreamTranslator, error=chat.error_from_provider, model_in_body=True)
+
+
+_CHAT = _chat_translator()

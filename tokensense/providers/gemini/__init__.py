@@ -4,7 +4,9 @@ from __future__ import annotations
 
 from typing import Any, ClassVar
 
-from tokensense.providers.base import ProviderAdapter, StreamUsage, _int
+from tokensense.gateway.endpoints import GEMINI_ACTIONS, Endpoint
+from tokensense.gateway.errors import GatewayError
+from tokensense.providers.base import MediaRoute, ProviderAdapter, StreamUsage, Translator, Upstream, _int, model_segment
 from tokensense.metering.usage import TokenUsage
 
 
@@ -61,10 +63,39 @@ class GeminiAdapter(ProviderAdapter):
     env_key: ClassVar[str] = "GEMINI_API_KEY"
     prices_id: ClassVar[str] = "google"
     model_prefixes: ClassVar[tuple[str, ...]] = ("gemini-", "imagen-")
-    auth_header: ClassVar[str] = "x-goog-api-key"
+    aliases: ClassVar[tuple[str, ...]] = ("google",)
+    hosts: ClassVar[tuple[str, ...]] = ("generativelanguage.googleapis.com",)
+    native: ClassVar[frozenset[Endpoint]] = frozenset({Endpoint.GEMINI})
 
     def auth_headers(self, api_key: str) -> dict[str, str]:
         return {"x-goog-api-key": api_key}
+
+    def chat_translator(self) -> Translator:
+        return _CHAT
+
+    def upstream(self, endpoint: Endpoint, model: str, *, stream: bool, action: str | None = None,
+                 version: str | None = None) -> Upstream:
+        """`/{version}/models/{model}:{action}`, every part validated; translated chat is generateContent."""
+        if endpoint is Endpoint.CHAT:
+            action = "streamGenerateContent" if stream else "generateContent"
+            query = (("alt", "sse"),) if stream else ()
+            return Upstream(Endpoint.GEMINI, f"/v1beta/models/{model_segment(model)}:{action}", query)
+        if action not in GEMINI_ACTIONS:
+            raise GatewayError(404, f"TokenSense does not forward the Gemini action `{action}`.",
+                               code="unknown_endpoint")
+        version = version if version in ("v1", "v1beta") else "v1beta"
+        return Upstream(Endpoint.GEMINI, f"/{version}/models/{model_segment(model)}:{action}")
+
+    def media_route(self, endpoint: Endpoint, model: str, *, declared: bool) -> MediaRoute | None:
+        if endpoint is Endpoint.IMAGES and (declared or model.startswith("imagen-")):
+            return MediaRoute("imagen", f"/v1beta/models/{model_segment(model)}:predict")
+        return None
+
+    def intercept_route(self, method: str, path: str) -> tuple[Endpoint, str | None] | None:
+        from tokensense.gateway.routing import gemini_path
+
+        parts = gemini_path(path) if method == "POST" else None
+        return (Endpoint.GEMINI, parts[0]) if parts else None
 
     usage_key: ClassVar[bytes | None] = b"usageMetadata"
 
@@ -79,3 +110,13 @@ class GeminiAdapter(ProviderAdapter):
 
     def usage_markers(self) -> tuple[bytes, ...]:
         return (b"usageMetadata",)
+
+
+def _chat_translator() -> Translator:
+    from tokensense.providers.gemini import chat
+
+    return Translator(request=chat.chat_request_to_provider, answer=chat.chat_response_from_provider,
+                      stream=chat.ChatStreamTranslator, error=chat.error_from_provider)
+
+
+_CHAT = _chat_translator()

@@ -1,0 +1,104 @@
+"""Admit stage, on the request headers: request id, client keys out of the request, key check, route, body limit.
+
+Everything here runs before mitmproxy reads the request body: a client without a
+valid key (or on an unknown path, or over the size limit) is answered at once and
+its body is read and dropped, never buffered (see addons/mitmproxy_compat.py).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+from mitmproxy import ctx, http
+
+from addons.common import answer_error, answer_json, intercepting, lookup_key, strip_client_keys
+from tokensense.gateway.auth import client_key
+from tokensense.gateway.call import CallContext
+from tokensense.gateway.endpoints import Endpoint
+from tokensense.gateway.errors import GatewayError, format_for_path
+from tokensense.gateway.flowmeta import BODY_LIMIT, CALL, refuse_body, set_call
+from tokensense.gateway.routing import classify
+from tokensense.gateway.runtime import Runtime
+from tokensense.metering.attribution import attribution
+
+log = logging.getLogger(__name__)
+_MB = 1024 * 1024
+
+
+class Admit:
+    def __init__(self, runtime: Runtime) -> None:
+        self.runtime = runtime
+
+    async def requestheaders(self, flow: http.HTTPFlow) -> None:
+        if flow.response or flow.error or CALL in flow.metadata or intercepting(flow.client_conn.proxy_mode):
+            return
+        req = flow.request
+        # The key leaves the request before anything (a log line, a saved flow, an error page) can show it.
+        has_query_key = b"key=" in req.data.path
+        presented = client_key(req.headers, req.query if has_query_key else {})
+        strip_client_keys(req)
+        path = req.path.partition("?")[0]
+        try:
+            route = classify(req.method, path)
+        except GatewayError as e:
+            await self._unknown_endpoint(flow, path, presented, e)
+            return
+        call = CallContext(route.endpoint, route.fmt, path_model=route.model, action=route.action,
+                           version=route.version, method=req.method)
+        set_call(flow, call)
+        if route.endpoint is Endpoint.HEALTH:
+            call.recorded = True  # a health check is not a provider call
+            ok = self.runtime.started and await asyncio.to_thread(self.runtime.database_ok)
+            answer_json(flow, 200 if ok else 503, {"status": "ok" if ok else "degraded",
+                                                   "database": "ok" if ok else "unreachable"})
+            refuse_body(flow)
+            return
+        call.attribution = attribution(req.headers, None)  # refused calls are attributed too
+        try:
+            call.key = await self._key(presented)
+        except GatewayError as e:
+            answer_error(flow, route.fmt, e)
+            refuse_body(flow)
+            return
+        if not call.attribution["project"]:
+            call.attribution["project"] = call.key.project
+        limit = self._body_limit(route.endpoint)
+        length = req.headers.get("content-length", "")
+        if length.isdigit() and int(length) > limit:
+            answer_error(flow, route.fmt, GatewayError(
+                413, f"The request body is {int(length) / _MB:.1f} MB; TokenSense accepts at most {limit / _MB:g} MB "
+                f"here ({'TOKENSENSE_MAX_UPLOAD_MB' if route.endpoint is Endpoint.TRANSCRIPTIONS else 'TOKENSENSE_MAX_BODY_MB'}).",
+                code="request_too_large"))
+            refuse_body(flow)
+            return
+        flow.metadata[BODY_LIMIT] = limit
+
+    async def _key(self, presented: str | None):  # noqa: ANN202 - KeyInfo
+        if not self.runtime.started or self.runtime.keys is None:
+            raise GatewayError(503, "TokenSense is starting; retry in a moment.", code="starting")
+        if not presented:
+            raise GatewayError(
+                401, "No TokenSense key: send it as `Authorization: Bearer tsk_...` (or x-api-key, x-goog-api-key, ?key=).",
+                code="missing_api_key")
+        return await lookup_key(self.runtime, presented)
+
+    async def _unknown_endpoint(self, flow: http.HTTPFlow, path: str, presented: str | None, error: GatewayError) -> None:
+        """404 for a path TokenSense does not serve; with a valid key the call is recorded (endpoint `unknown`)."""
+        call = CallContext(Endpoint.UNKNOWN, format_for_path(path), method=flow.request.method)
+        set_call(flow, call)
+        call.attribution = attribution(flow.request.headers, None)
+        try:
+            call.key = await self._key(presented) if presented else None
+        except GatewayError:
+            call.key = None
+        if call.key is None:
+            call.recorded = True  # nobody to attribute it to: not a usage record
+        answer_error(flow, call.fmt, error)
+        refuse_body(flow)
+
+    def _body_limit(self, endpoint: Endpoint) -> int:
+        if endpoint is Endpoint.TRANSCRIPTIONS:
+            upload = getattr(ctx.options, "tokensense_max_upload_mb", None) if hasattr(ctx, "options") else None
+            return int((upload or self.runtime.settings.max_upload_mb) * _MB)
+        return int(self.runtime.settings.max_body_mb * _MB)

@@ -1,0 +1,34 @@
+"""Forward stage: the upstream request is written to the flow in one step, and only after every gate passed.
+
+Until this runs, a flow of the gateway points at the reverse-mode placeholder,
+which nothing may reach: a call without a prepared upstream request, or one the
+police stage did not pass, is answered with a JSON 500 instead (fail closed).
+"""
+
+from __future__ import annotations
+
+from mitmproxy import http
+
+from addons.common import answer_internal_error, apply_upstream, get_call
+from tokensense.gateway.flowmeta import CALL
+
+
+class Forward:
+    def request(self, flow: http.HTTPFlow) -> None:
+        if flow.response or flow.error or CALL not in flow.metadata:
+            return
+        call = get_call(flow)
+        if call is None:
+            return  # intercept mode: not a provider call, TokenSense leaves it alone
+        if call.intercepted:
+            # The client's own destination and key; only the gates can stop it.
+            if call.key is not None and not call.policed:
+                answer_internal_error(flow)
+                return
+            call.forwarded = True
+            return
+        if call.pending is None or not call.policed or call.key is None:
+            answer_internal_error(flow)
+            return
+        apply_upstream(flow, call.pending)
+        call.forwarded = True

@@ -1,0 +1,121 @@
+"""What TokenSense needs from mitmproxy that it has no hook for, in one place, for one mitmproxy version.
+
+mitmproxy answers protocol errors (an unreachable upstream, a body over the
+limit, a malformed request) with an HTML page, and it buffers a request body
+even when an addon has already answered the request in `requestheaders`. Two
+narrow patches of its HTTP layer change that:
+
+- `Http1Server.send`: a `ResponseProtocolError` (mitmproxy's error page) is
+  written as JSON in the endpoint's error shape instead, with the request id.
+- `HttpStream.state_consume_request_body`: the body of a request TokenSense
+  refused in `requestheaders` (no valid key, unknown endpoint, too large) is
+  read and dropped, never buffered; a body that grows past the call's limit
+  while it arrives (chunked uploads) ends the request with 413.
+
+Both are written against mitmproxy 12's internals: `install()` refuses to run on
+another major version, loudly, rather than patching code it was not written for.
+HTTP/2 clients still get mitmproxy's own error responses (the SDKs speak HTTP/1.1).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Generator
+
+from mitmproxy import flow as mitm_flow
+from mitmproxy import http
+from mitmproxy import version as mitm_version
+from mitmproxy.net.http import http1
+from mitmproxy.proxy import commands
+from mitmproxy.proxy.layers import http as http_layers
+from mitmproxy.proxy.layers.http import ErrorCode, HttpErrorHook, HttpStream, _http1
+from mitmproxy.proxy.layers.http._events import (
+    RequestData,
+    RequestEndOfMessage,
+    RequestTrailers,
+    ResponseProtocolError,
+)
+from mitmproxy.proxy.utils import expect
+
+from tokensense.gateway import flowmeta
+from tokensense.gateway.errors import ErrorFormat, error_bytes, format_for_path
+
+log = logging.getLogger(__name__)
+
+SUPPORTED_MAJOR = 12
+
+_original_send = _http1.Http1Server.send
+_original_consume = HttpStream.state_consume_request_body
+
+
+def _error_response(request: http.Request | None, status: int, message: str) -> bytes:
+    """The JSON answer that replaces mitmproxy's HTML error page."""
+    call = flowmeta.call_of_request(request) if request is not None else None
+    fmt = call.fmt if call is not None else format_for_path(request.path if request is not None else "/")
+    headers = {"content-type": "application/json", "connection": "close"}
+    if call is not None:
+        status, text, code = call.protocol_error(status, message)
+        headers["x-tokensense-request-id"] = call.request_id
+    else:
+        text, code = _generic_message(status, message), "bad_request" if status < 500 else "proxy_error"
+    body = error_bytes(fmt if isinstance(fmt, ErrorFormat) else ErrorFormat.OPENAI, status, text, code=code)
+    if request is not None and request.method == "HEAD":
+        body = b""
+    return http1.assemble_response(http.Response.make(status, body, headers))
+
+
+def _generic_message(status: int, message: str) -> str:
+    if status == 413:
+        return "The request body is too large."
+    if status < 500:
+        return "The request could not be read as HTTP; check the request line and headers."
+    return "TokenSense could not complete the request."
+
+
+def _send(self, event):  # type: ignore[no-untyped-def]
+    # Not a generator itself: the common case hands mitmproxy's own generator back unwrapped.
+    if isinstance(event, ResponseProtocolError) and self.response is None:
+        status = event.code.http_status_code()
+        if status is not None:
+            return _send_json_error(self.conn, self.request, status, event.message)
+    return _original_send(self, event)
+
+
+def _send_json_error(conn, request, status: int, message: str):  # type: ignore[no-untyped-def]
+    yield commands.SendData(conn, _error_response(request, status, message))
+    yield commands.CloseConnection(conn)
+
+
+@expect(RequestData, RequestTrailers, RequestEndOfMessage)
+def _consume_request_body(self, event) -> Generator:  # type: ignore[no-untyped-def]
+    if isinstance(event, RequestData):
+        if flowmeta.body_refused(self.flow):
+            return  # answered already: read and drop, never buffer
+        limit = flowmeta.body_limit(self.flow)
+        if limit is not None and len(self.request_body_buf) + len(event.data) > limit:
+            yield from _too_large(self, limit)
+            return
+    yield from _original_consume(self, event)
+
+
+def _too_large(stream: HttpStream, limit: int) -> Generator:
+    message = flowmeta.body_too_large(stream.flow, limit)
+    stream.request_body_buf.clear()
+    stream.flow.error = mitm_flow.Error(message)
+    yield HttpErrorHook(stream.flow)
+    yield http_layers.SendHttp(
+        ResponseProtocolError(stream.stream_id, message, ErrorCode.REQUEST_TOO_LARGE), stream.context.client)
+    stream.client_state = stream.state_errored
+    stream.flow.live = False
+
+
+def install() -> None:
+    """Patch mitmproxy's HTTP layer (idempotent); raises on a mitmproxy these patches were not written for."""
+    major = int(mitm_version.VERSION.split(".")[0])
+    if major != SUPPORTED_MAJOR:
+        raise RuntimeError(f"TokenSense's mitmproxy patches were written for mitmproxy {SUPPORTED_MAJOR}.x, "
+                           f"not {mitm_version.VERSION}: pin mitmproxy>={SUPPORTED_MAJOR},<{SUPPORTED_MAJOR + 1}.")
+    if _http1.Http1Server.send is not _send:
+        _http1.Http1Server.send = _send
+    if HttpStream.state_consume_request_body is not _consume_request_body:
+        HttpStream.state_consume_request_body = _consume_request_body  # type: ignore[method-assign]
