@@ -10,8 +10,9 @@ from mitmproxy.proxy.mode_specs import ProxyMode, ReverseMode
 
 from tokensense.gateway.call import CallContext
 from tokensense.gateway.crypto import hash_key
-from tokensense.gateway.errors import ErrorFormat, GatewayError, error_bytes
-from tokensense.gateway.flowmeta import CALL, get_call
+from tokensense.gateway.endpoints import Endpoint
+from tokensense.gateway.errors import ErrorFormat, GatewayError, error_bytes, format_for_path
+from tokensense.gateway.flowmeta import CALL, get_call, set_call
 from tokensense.gateway.forward import KEY_HEADER_NAMES, PendingUpstream, upstream_target
 from tokensense.gateway.keys import Credential, KeyInfo
 from tokensense.gateway.runtime import Runtime
@@ -43,10 +44,13 @@ def answer_error(flow: http.HTTPFlow, fmt: ErrorFormat, error: GatewayError, hea
 def answer_internal_error(flow: http.HTTPFlow) -> None:
     """The answer when a gate failed: a JSON 500 in the endpoint's shape, with the request id; nothing upstream."""
     call = get_call(flow)
-    fmt = call.fmt if call is not None else ErrorFormat.OPENAI
-    rid = f" (request id {call.request_id})" if call is not None else ""
-    answer_error(flow, fmt, GatewayError(500, f"TokenSense had an internal error and did not forward the request{rid}.",
-                                         code="internal_error"))
+    if call is None:  # the admit stage itself failed: a call to carry the request id (nobody to record it for)
+        path = flow.request.path.partition("?")[0]
+        call = CallContext(Endpoint.UNKNOWN, format_for_path(path), method=flow.request.method, recorded=True)
+        set_call(flow, call)
+    answer_error(flow, call.fmt, GatewayError(
+        500, f"TokenSense had an internal error and did not forward the request (request id {call.request_id}).",
+        code="internal_error"))
 
 
 def answer_json(flow: http.HTTPFlow, status: int, body: object) -> None:

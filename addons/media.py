@@ -136,9 +136,9 @@ class Media:
         adapter, model, route = self._resolve(call, requested)
         state = MediaCall(route.kind, size=_str(body.get("size")), quality=_str(body.get("quality")))
         call.stream = body.get("stream") is True
-        if route.kind == "imagen":
+        if route.kind == "imagen_predict":
             upstream = media.imagen_request(body)
-        elif route.kind == "fal":
+        elif route.kind == "fal_app":
             upstream = media.fal_request(body)
         else:
             if route.kind == "openai_images" and model.startswith(("dall-e-", "gpt-image-", "chatgpt-image")):
@@ -215,7 +215,7 @@ class Media:
             state.upload = None
             return
         try:
-            if state.kind in ("imagen", "fal"):
+            if state.kind in ("imagen_predict", "fal_app"):  # translated to the OpenAI images format
                 self._translate_images(response, call, state)
             elif response.status_code < 300 and state.kind == "openai_images":
                 self._meter_openai_images(response, call, state)
@@ -228,7 +228,7 @@ class Media:
     def _translate_images(self, response: http.Response, call: CallContext, state: MediaCall) -> None:
         content = response.content or b""
         if response.status_code >= 400:
-            error = gemini_error(response.status_code, content) if state.kind == "imagen" else \
+            error = gemini_error(response.status_code, content) if state.kind == "imagen_predict" else \
                 media.fal_error(response.status_code, content)
             call.error = str(error["error"].get("message"))[:300]
             _set_json(response, error)
@@ -236,13 +236,13 @@ class Media:
         try:
             answer = json.loads(content)
         except (ValueError, UnicodeDecodeError):
-            name = "Imagen" if state.kind == "imagen" else "fal"
+            name = call.provider.display_name if call.provider else "The provider"
             call.error = f"{name} answered with a body that is not JSON"
             response.status_code = 502
             _set_json(response, {"error": {"message": call.error, "type": "api_error", "param": None,
                                            "code": "upstream_error"}})
             return
-        translated = media.imagen_answer(answer) if state.kind == "imagen" else media.fal_answer(answer)
+        translated = media.imagen_answer(answer) if state.kind == "imagen_predict" else media.fal_answer(answer)
         _set_json(response, translated.body)
         count = len(translated.body["data"])
         assert call.model is not None

@@ -62,6 +62,8 @@ class Metering:
         )
 
     def response(self, flow: http.HTTPFlow) -> None:
+        if flow.request.method == "HEAD" and flow.response is not None and flow.response.raw_content:
+            flow.response.raw_content = b""  # a HEAD answer has headers only; its content-length stays
         call = get_call(flow)
         if call is None or call.recorded or flow.response is None:
             return

@@ -12,7 +12,7 @@ import json
 from mitmproxy import http
 
 from addons.common import answer_error, answer_json, get_call, prepare_upstream, require_credential
-from tokensense.gateway.body import parse_json_body
+from tokensense.gateway.body import optional_token_count, parse_json_body
 from tokensense.gateway.call import CallContext
 from tokensense.gateway.catalog import list_models
 from tokensense.gateway.endpoints import Endpoint
@@ -73,6 +73,7 @@ class Router:
         else:
             requested = body.get("model")
             call.stream = body.get("stream") is True
+            optional_token_count(body, "max_completion_tokens", "max_tokens", "max_output_tokens")
         call.requested_model = requested if isinstance(requested, str) else None
         adapter, model = resolve_model(requested, self.runtime.prices)
         call.provider, call.model = adapter, model

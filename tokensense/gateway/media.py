@@ -173,14 +173,14 @@ def fal_request(body: dict[str, Any]) -> dict[str, Any]:
     if image_size is not None:
         request["image_size"] = image_size
     if body.get("response_format") not in (None, "url"):
-        raise _unsupported("response_format", body.get("response_format"), "fal",
+        raise _unsupported("response_format", body.get("response_format"), "fal.ai Flux",
                            ": fal returns image URLs; use url")
     output_format = body.get("output_format")
     if output_format is not None:
         if output_format not in ("png", "jpeg"):
-            raise _unsupported("output_format", output_format, "fal", ": use png or jpeg")
+            raise _unsupported("output_format", output_format, "fal.ai Flux", ": use png or jpeg")
         request["output_format"] = output_format
-    _check_defaults(body, "fal")
+    _check_defaults(body, "fal.ai Flux")
     request.update(_native(body))
     return request
 

@@ -57,7 +57,7 @@ class Upstream(NamedTuple):
 
 
 class MediaRoute(NamedTuple):
-    kind: str  # "openai_images", "imagen", "fal", "speech", "transcription"
+    kind: str  # "openai_images", "imagen_predict", "fal_app", "speech", "transcription"
     upstream_path: str
 
 

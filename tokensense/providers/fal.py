@@ -35,7 +35,7 @@ class FalAdapter(ProviderAdapter):
 
     def media_route(self, endpoint: Endpoint, model: str, *, declared: bool) -> MediaRoute | None:
         # fal.run serves each app at its own path: POST /fal-ai/flux/dev. The app is the model.
-        return MediaRoute("fal", "/" + path_segments(model)) if endpoint is Endpoint.IMAGES else None
+        return MediaRoute("fal_app", "/" + path_segments(model)) if endpoint is Endpoint.IMAGES else None
 
     def intercept_route(self, method: str, path: str) -> tuple[Endpoint, str | None] | None:
         if method == "POST" and path.startswith("/fal-ai/"):
