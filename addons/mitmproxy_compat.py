@@ -6,7 +6,9 @@ even when an addon has already answered the request in `requestheaders`. Two
 narrow patches of its HTTP layer change that:
 
 - `Http1Server.send`: a `ResponseProtocolError` (mitmproxy's error page) is
-  written as JSON in the endpoint's error shape instead, with the request id.
+  written as JSON in the endpoint's error shape instead, with the request id;
+  `make_error_response` (a request mitmproxy could not even read) answers JSON
+  too, without echoing the request line (it may carry a key).
 - `HttpStream.state_consume_request_body`: the body of a request TokenSense
   refused in `requestheaders` (no valid key, unknown endpoint, too large) is
   read and dropped, never buffered; a body that grows past the call's limit
@@ -45,6 +47,7 @@ log = logging.getLogger(__name__)
 SUPPORTED_MAJOR = 12
 
 _original_send = _http1.Http1Server.send
+_original_make_error_response = _http1.make_error_response
 _original_consume = HttpStream.state_consume_request_body
 
 
@@ -70,6 +73,11 @@ def _generic_message(status: int, message: str) -> str:
     if status < 500:
         return "The request could not be read as HTTP; check the request line and headers."
     return "TokenSense could not complete the request."
+
+
+def _make_error_response(status_code: int, message: str = "") -> bytes:
+    """mitmproxy's error page for a request it could not read (no call, no format known): JSON, echoing nothing."""
+    return _error_response(None, status_code, message)
 
 
 def _send(self, event):  # type: ignore[no-untyped-def]
@@ -117,5 +125,7 @@ def install() -> None:
                            f"not {mitm_version.VERSION}: pin mitmproxy>={SUPPORTED_MAJOR},<{SUPPORTED_MAJOR + 1}.")
     if _http1.Http1Server.send is not _send:
         _http1.Http1Server.send = _send
+    if _http1.make_error_response is not _make_error_response:
+        _http1.make_error_response = _make_error_response
     if HttpStream.state_consume_request_body is not _consume_request_body:
         HttpStream.state_consume_request_body = _consume_request_body  # type: ignore[method-assign]
