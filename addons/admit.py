@@ -74,7 +74,7 @@ class Admit:
             return
         flow.metadata[BODY_LIMIT] = limit
 
-    async def _key(self, presented: str | None):  # noqa: ANN202 - KeyInfo
+    async def _key(self, presented: str | None):
         if not self.runtime.started or self.runtime.keys is None:
             raise GatewayError(503, "TokenSense is starting; retry in a moment.", code="starting")
         if not presented:

@@ -48,7 +48,7 @@ def _fail(name: str, member: Callable, args: tuple) -> bool:
 
 
 def _sync(name: str, fns: list[Callable]) -> Callable:
-    def hook(*args):  # noqa: ANN002, ANN202
+    def hook(*args):
         for fn in fns:
             try:
                 fn(*args)
@@ -60,7 +60,7 @@ def _sync(name: str, fns: list[Callable]) -> Callable:
 
 
 def _async(name: str, fns: list[Callable]) -> Callable:
-    async def hook(*args):  # noqa: ANN002, ANN202
+    async def hook(*args):
         for fn in fns:
             try:
                 result = fn(*args)

@@ -13,14 +13,14 @@ from mitmproxy.proxy import layer, layers, server_hooks
 from mitmproxy.proxy.layers.tls import parse_client_hello
 
 from addons.common import CALL, answer_error, intercepting, lookup_key
-from tokensense.gateway.flowmeta import set_call
+from tokensense.gateway.call import CallContext
 from tokensense.gateway.errors import GatewayError
+from tokensense.gateway.flowmeta import set_call
 from tokensense.gateway.intercept import KEY_HEADER, HostTable, intercepted_call, parse_hostmap
 from tokensense.gateway.keys import KeyInfo
-from tokensense.gateway.call import CallContext
+from tokensense.gateway.runtime import Runtime
 from tokensense.metering.attribution import attribution
 from tokensense.metering.stream import with_stream_usage
-from tokensense.gateway.runtime import Runtime
 
 log = logging.getLogger(__name__)
 

@@ -12,19 +12,24 @@ from mitmproxy import ctx, exceptions, http
 
 from addons.common import answer_error, get_call, prepare_upstream, require_credential
 from tokensense.gateway import media
+from tokensense.gateway.body import parse_json_body
+from tokensense.gateway.call import CallContext
 from tokensense.gateway.errors import GatewayError
 from tokensense.gateway.flowmeta import MEDIA
-from tokensense.metering.media_prices import MediaPriceTable, catalog_media_cost, load_media_prices, token_detail_surcharge
-from tokensense.gateway.call import CallContext
-from tokensense.metering.attribution import attribution
-from tokensense.metering.stream import PassthroughStream
-from tokensense.providers import ProviderAdapter
-from tokensense.providers.base import Upstream
-from tokensense.gateway.body import parse_json_body
 from tokensense.gateway.routing import MEDIA_ENDPOINTS, Endpoint, resolve_model
 from tokensense.gateway.runtime import Runtime
-from tokensense.providers.gemini.chat import error_from_provider as gemini_error
+from tokensense.metering.attribution import attribution
+from tokensense.metering.media_prices import (
+    MediaPriceTable,
+    catalog_media_cost,
+    load_media_prices,
+    token_detail_surcharge,
+)
+from tokensense.metering.stream import PassthroughStream
 from tokensense.metering.usage import TokenUsage
+from tokensense.providers import ProviderAdapter
+from tokensense.providers.base import Upstream
+from tokensense.providers.gemini.chat import error_from_provider as gemini_error
 
 log = logging.getLogger(__name__)
 
@@ -136,6 +141,7 @@ class Media:
         adapter, model, route = self._resolve(call, requested)
         state = MediaCall(route.kind, size=_str(body.get("size")), quality=_str(body.get("quality")))
         call.stream = body.get("stream") is True
+        upstream: dict | None
         if route.kind == "imagen_predict":
             upstream = media.imagen_request(body)
         elif route.kind == "fal_app":

@@ -10,9 +10,9 @@ from mitmproxy import http
 
 from addons.common import get_call, response_body
 from tokensense.gateway.call import CallContext
+from tokensense.gateway.runtime import Runtime
 from tokensense.metering.record import build_record
 from tokensense.metering.stream import PassthroughStream
-from tokensense.gateway.runtime import Runtime
 from tokensense.metering.usage import TokenUsage
 from tokensense.metering.usage_extract import find_usage_object
 

@@ -124,7 +124,7 @@ def install() -> None:
         raise RuntimeError(f"TokenSense's mitmproxy patches were written for mitmproxy {SUPPORTED_MAJOR}.x, "
                            f"not {mitm_version.VERSION}: pin mitmproxy>={SUPPORTED_MAJOR},<{SUPPORTED_MAJOR + 1}.")
     if _http1.Http1Server.send is not _send:
-        _http1.Http1Server.send = _send
+        _http1.Http1Server.send = _send  # type: ignore[method-assign]
     if _http1.make_error_response is not _make_error_response:
         _http1.make_error_response = _make_error_response
     if HttpStream.state_consume_request_body is not _consume_request_body:

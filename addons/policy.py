@@ -4,18 +4,19 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from functools import partial
 
 from mitmproxy import http
 
 from addons.common import answer_error, get_call
+from tokensense.gateway.call import CallContext
 from tokensense.gateway.errors import GatewayError
 from tokensense.gateway.flowmeta import RATE
 from tokensense.gateway.limits import RateDecision
-from tokensense.gateway.call import CallContext
 from tokensense.gateway.policy import budget_window, check_access, estimate_cost, estimate_usage, limits_for
 from tokensense.gateway.runtime import Runtime
-from tokensense.storage.models import UsageCreate
 from tokensense.metering.usage import TokenUsage
+from tokensense.storage.models import UsageCreate
 
 log = logging.getLogger(__name__)
 
@@ -65,7 +66,7 @@ class Policy:
                         f"retry after {decision.retry_after:.1f}s.", code="rate_limit_exceeded"),
                         headers=decision.headers())
                     return
-                call.on_record.append(lambda record, c=call: self._settle_tokens(c, record))
+                call.on_record.append(partial(self._settle_tokens, call))
 
         if key.budget_usd is not None:
             window, start, resets_in = budget_window(key.budget_period)
@@ -84,7 +85,7 @@ class Policy:
                     402, f"The key `{key.name}` has spent its budget of ${key.budget_usd:g} {period} "
                     f"(${budget.spent:.6f} spent).", code="budget_exceeded"), headers=_rate_headers(flow))
                 return
-            call.on_record.append(lambda record, c=call, w=window, a=amount: self._settle_budget(c, w, a, record))
+            call.on_record.append(partial(self._settle_budget, call, window, amount))
         call.policed = True
 
     def responseheaders(self, flow: http.HTTPFlow) -> None:
@@ -105,9 +106,9 @@ class Policy:
 
     def _settle_budget(self, call: CallContext, window: str, reserved: float, record: UsageCreate) -> None:
         assert call.key is not None and self.runtime.counters is not None
-        self._spawn(self.runtime.counters.settle_budget(call.key.id, window, reserved, record.cost_usd))
+        self._spawn(self.runtime.counters.settle_budget(call.key.id, window, reserved, record.cost_usd or 0.0))
 
-    def _spawn(self, coro) -> None:  # noqa: ANN001
+    def _spawn(self, coro) -> None:
         task = asyncio.get_running_loop().create_task(coro)
         self._tasks.add(task)
         task.add_done_callback(self._done)

@@ -30,9 +30,9 @@ from sqlmodel import Session
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from tokensense.storage.analytics import DRILL_PATH, WINDOWS, DashboardQuery, change_marker, dashboard_snapshot  # noqa: E402
-from tokensense.storage.db import display_url, init_db, make_engine  # noqa: E402
-from tokensense.storage.models import ApiKey, Usage  # noqa: E402
+from tokensense.storage.analytics import DRILL_PATH, WINDOWS, DashboardQuery, change_marker, dashboard_snapshot
+from tokensense.storage.db import display_url, init_db, make_engine
+from tokensense.storage.models import ApiKey, Usage
 
 WORKFLOWS = {
     "support-bot": ["classify", "retrieve", "answer", "escalate"],

@@ -196,3 +196,13 @@ def gateway(tmp_path_factory: pytest.TempPathFactory, fake_provider: FakeProvide
 def exec_id() -> str:
     """A unique `x-execution-id`, to find this test's usage records."""
     return f"exec-{uuid.uuid4().hex[:12]}"
+
+
+def service_missing(message: str) -> None:
+    """A test's service (PostgreSQL, Redis, nginx) is missing: a skip on a laptop, a failure in CI.
+
+    CI (and `TOKENSENSE_REQUIRE_SERVICES=1`) must not pass by skipping the multi-instance paths silently.
+    """
+    if os.environ.get("CI") or os.environ.get("TOKENSENSE_REQUIRE_SERVICES"):
+        pytest.fail(f"{message} (required in CI)")
+    pytest.skip(message)

@@ -13,6 +13,7 @@ from sqlalchemy import Engine
 from sqlalchemy.pool import StaticPool
 from sqlmodel import Session, SQLModel, create_engine
 
+from tests.conftest import service_missing
 from tokensense.storage import analytics
 from tokensense.storage.analytics import DashboardQuery, GroupRow, Totals
 from tokensense.storage.db import normalize_database_url
@@ -40,7 +41,7 @@ def _postgres_engine() -> Iterator[Engine]:
             pass
         probe.dispose()
     except Exception as e:
-        pytest.skip(f"PostgreSQL at {url} is not reachable ({type(e).__name__}); set TOKENSENSE_TEST_POSTGRES_URL")
+        service_missing(f"PostgreSQL at {url} is not reachable ({type(e).__name__}); set TOKENSENSE_TEST_POSTGRES_URL")
     schema = f"test_analytics_{uuid.uuid4().hex[:12]}"
     admin = create_engine(normalize_database_url(url))
     with admin.begin() as connection:

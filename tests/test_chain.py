@@ -9,17 +9,17 @@ class Sync:
     def __init__(self, log: list, name: str) -> None:
         self.log, self.name = log, name
 
-    def request(self, flow) -> None:  # noqa: ANN001
+    def request(self, flow) -> None:
         self.log.append(self.name)
 
 
 class Async(Sync):
-    async def request(self, flow) -> None:  # noqa: ANN001
+    async def request(self, flow) -> None:
         self.log.append(self.name)
 
 
 class Broken(Sync):
-    def request(self, flow) -> None:  # noqa: ANN001
+    def request(self, flow) -> None:
         raise RuntimeError("boom")
 
 

@@ -388,7 +388,7 @@ def snapshot_app(tmp_path: Path) -> DashboardApp:
     return DashboardApp(engine, clock=lambda: NOW, poll_interval=0.05)
 
 
-def test_snapshot_overview(snap_compare, tmp_path: Path) -> None:  # noqa: ANN001 (pytest-textual-snapshot fixture)
+def test_snapshot_overview(snap_compare, tmp_path: Path) -> None:
     app = snapshot_app(tmp_path)
 
     async def loaded(pilot: Pilot[None]) -> None:
@@ -397,7 +397,7 @@ def test_snapshot_overview(snap_compare, tmp_path: Path) -> None:  # noqa: ANN00
     assert snap_compare(app, terminal_size=(100, 30), run_before=loaded)
 
 
-def test_snapshot_executions_at_80x24(snap_compare, tmp_path: Path) -> None:  # noqa: ANN001
+def test_snapshot_executions_at_80x24(snap_compare, tmp_path: Path) -> None:
     app = snapshot_app(tmp_path)
 
     async def drill(pilot: Pilot[None]) -> None:
@@ -410,7 +410,7 @@ def test_snapshot_executions_at_80x24(snap_compare, tmp_path: Path) -> None:  # 
     assert snap_compare(app, terminal_size=(80, 24), run_before=drill)
 
 
-def test_snapshot_budgets(snap_compare, tmp_path: Path) -> None:  # noqa: ANN001
+def test_snapshot_budgets(snap_compare, tmp_path: Path) -> None:
     app = snapshot_app(tmp_path)
 
     async def budgets(pilot: Pilot[None]) -> None:

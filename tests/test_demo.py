@@ -6,7 +6,6 @@ import sqlite3
 import subprocess
 
 import pytest
-
 from conftest import BIN, clean_env, free_port
 
 pytestmark = pytest.mark.e2e

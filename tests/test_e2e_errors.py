@@ -9,11 +9,10 @@ import anthropic
 import httpx
 import openai
 import pytest
+from conftest import FakeProvider, Gateway, free_port, start_gateway, stop
 from google import genai
 from google.genai import errors as genai_errors
 from google.genai import types
-
-from conftest import FakeProvider, Gateway, free_port, start_gateway, stop
 
 pytestmark = pytest.mark.e2e
 

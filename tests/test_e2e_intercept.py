@@ -17,11 +17,6 @@ from pathlib import Path
 
 import httpx
 import pytest
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID
-
 from conftest import (
     BIN,
     ENV_KEYS,
@@ -33,6 +28,10 @@ from conftest import (
     start_fake_provider,
     stop,
 )
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
 
 pytestmark = pytest.mark.e2e
 

@@ -12,8 +12,8 @@ from collections.abc import Iterator
 import httpx
 import openai
 import pytest
-
 from conftest import PROVIDER_KEYS, FakeProvider, Gateway, start_gateway, stop
+
 from tokensense.demo.fakeprovider.media import mp3_bytes, speech_audio
 
 pytestmark = pytest.mark.e2e

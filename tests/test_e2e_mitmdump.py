@@ -7,7 +7,6 @@ import subprocess
 
 import httpx
 import pytest
-
 from conftest import BIN, PROVIDER_KEYS, ROOT, FakeProvider, clean_env, free_port, stop, wait_healthy
 
 pytestmark = pytest.mark.e2e

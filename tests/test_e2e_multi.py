@@ -13,8 +13,9 @@ from dataclasses import dataclass
 
 import httpx
 import pytest
-
 from conftest import ROOT, FakeProvider, Gateway, free_port, start_gateway, stop, wait_healthy
+
+from tests.conftest import service_missing
 from tokensense.metering.pricing import PriceBook
 from tokensense.metering.usage import TokenUsage
 
@@ -31,15 +32,15 @@ def _require_services() -> None:
         with psycopg.connect(PG_URL, connect_timeout=3):
             pass
     except Exception as e:
-        pytest.skip(f"PostgreSQL at {PG_URL} is not reachable ({type(e).__name__}: {e})")
+        service_missing(f"PostgreSQL at {PG_URL} is not reachable ({type(e).__name__}: {e})")
     try:
         import redis
 
         redis.Redis.from_url(REDIS_URL, socket_connect_timeout=3).ping()
     except Exception as e:
-        pytest.skip(f"Redis at {REDIS_URL} is not reachable ({type(e).__name__}: {e})")
+        service_missing(f"Redis at {REDIS_URL} is not reachable ({type(e).__name__}: {e})")
     if shutil.which("nginx") is None:
-        pytest.skip("nginx is not installed (apt-get install nginx); .ci/run installs it")
+        service_missing("nginx is not installed (apt-get install nginx); .ci/run installs it")
 
 
 @dataclass

@@ -4,10 +4,9 @@ from __future__ import annotations
 
 import anthropic
 import pytest
+from conftest import PROVIDER_KEYS, STORED_ANTHROPIC_KEY, Gateway
 from google import genai
 from google.genai import types
-
-from conftest import PROVIDER_KEYS, STORED_ANTHROPIC_KEY, Gateway
 
 pytestmark = pytest.mark.e2e
 

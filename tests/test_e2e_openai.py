@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import openai
 import pytest
-
 from conftest import PROVIDER_KEYS, Gateway
 
 pytestmark = pytest.mark.e2e

@@ -10,11 +10,11 @@ import anthropic
 import httpx
 import openai
 import pytest
+from conftest import Gateway
 from google import genai
 from google.genai import errors as genai_errors
 from google.genai import types
 
-from conftest import Gateway
 from tokensense.metering.pricing import PriceBook
 from tokensense.metering.usage import TokenUsage
 

@@ -7,7 +7,6 @@ import json
 
 import openai
 import pytest
-
 from conftest import Gateway
 
 pytestmark = pytest.mark.e2e

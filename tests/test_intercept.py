@@ -16,19 +16,6 @@ from mitmproxy.test import taddons, tflow
 from addons.common import CALL
 from addons.intercept import Intercept
 from addons.recording import Recording
-from tokensense.gateway.intercept import (
-    KEY_HEADER,
-    HostTable,
-    intercept_mode_args,
-    intercepted_call,
-    parse_hostmap,
-)
-from tokensense.gateway.keys import KeyInfo
-from tokensense.metering.media_prices import MediaPriceTable
-from tokensense.gateway.call import CallContext
-from tokensense.metering.stream import with_stream_usage
-from tokensense.metering.pricing import PriceBook
-from tokensense.providers import PROVIDERS
 from tokensense.flows.recording import (
     RECORD,
     RECORDING,
@@ -45,9 +32,22 @@ from tokensense.flows.recording import (
 )
 from tokensense.flows.replay import drop_usage_chunk, replay_args, replayable
 from tokensense.flows.reprice import answer_usage, format_report, price_flow, reprice_flows
+from tokensense.gateway.call import CallContext
+from tokensense.gateway.intercept import (
+    KEY_HEADER,
+    HostTable,
+    intercept_mode_args,
+    intercepted_call,
+    parse_hostmap,
+)
+from tokensense.gateway.keys import KeyInfo
 from tokensense.gateway.routing import Endpoint
 from tokensense.gateway.runtime import Runtime
+from tokensense.metering.media_prices import MediaPriceTable
+from tokensense.metering.pricing import PriceBook
+from tokensense.metering.stream import with_stream_usage
 from tokensense.metering.usage import TokenUsage
+from tokensense.providers import PROVIDERS
 
 FIXTURES = Path(__file__).parent / "fixtures"
 OPENAI_STREAM = (FIXTURES / "streams" / "openai_chat_include_usage.sse").read_bytes()

@@ -4,9 +4,8 @@ from __future__ import annotations
 
 from sqlmodel import Session
 
-from tokensense.gateway.crypto import hash_key
+from tokensense.gateway.crypto import hash_key, reset_fernet_cache
 from tokensense.gateway.keys import KeyStore
-from tokensense.gateway.crypto import reset_fernet_cache
 from tokensense.settings import get_settings, reset_settings
 from tokensense.storage import repo
 from tokensense.storage.db import init_db, make_engine

@@ -9,6 +9,7 @@ from datetime import UTC, datetime
 
 import pytest
 
+from tests.conftest import service_missing
 from tokensense.gateway.errors import GatewayError
 from tokensense.gateway.keys import KeyInfo
 from tokensense.gateway.limits import MemoryCounters, RedisCounters, decide, format_duration
@@ -139,7 +140,7 @@ async def redis_counters():
     try:
         await counters.redis.ping()
     except redis.exceptions.ConnectionError as e:
-        pytest.skip(f"no Redis at {REDIS_URL}: {e}")
+        service_missing(f"no Redis at {REDIS_URL}: {e}")
     yield counters
     keys = await counters.redis.keys(f"{counters.prefix}:*")
     if keys:

@@ -15,10 +15,13 @@ from mitmproxy.test import tflow
 
 from addons.common import CALL, answer_error
 from addons.media import MEDIA, Media, MediaCall
-from tokensense.gateway import media
 from tokensense.config import ModelPrice
-from tokensense.gateway.errors import ErrorFormat, GatewayError
 from tokensense.demo.fakeprovider.media import mp3_bytes, speech_audio
+from tokensense.gateway import media
+from tokensense.gateway.call import CallContext
+from tokensense.gateway.errors import ErrorFormat, GatewayError
+from tokensense.gateway.routing import Endpoint
+from tokensense.gateway.runtime import Runtime
 from tokensense.metering.media_prices import (
     DEFAULT_MEDIA_PRICES,
     MediaPriceError,
@@ -26,13 +29,10 @@ from tokensense.metering.media_prices import (
     catalog_media_cost,
     token_detail_surcharge,
 )
-from tokensense.gateway.call import CallContext
 from tokensense.metering.pricing import PriceBook
-from tokensense.providers import PROVIDERS
-from tokensense.gateway.routing import Endpoint
-from tokensense.gateway.runtime import Runtime
-from tokensense.settings import Settings
 from tokensense.metering.usage import TokenUsage
+from tokensense.providers import PROVIDERS
+from tokensense.settings import Settings
 
 
 def wav(seconds: float, rate: int = 8000) -> bytes:

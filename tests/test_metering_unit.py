@@ -7,17 +7,17 @@ from pathlib import Path
 
 import pytest
 
-from tokensense.gateway.errors import ErrorFormat
 from tokensense.gateway.call import CallContext
-from tokensense.metering.attribution import attribution
-from tokensense.metering.record import build_record
-from tokensense.metering.stream import PassthroughStream
-from tokensense.metering.pricing import PriceBook
-from tokensense.providers import PROVIDERS
+from tokensense.gateway.errors import ErrorFormat
 from tokensense.gateway.routing import Endpoint
+from tokensense.metering.attribution import attribution
+from tokensense.metering.pricing import PriceBook
+from tokensense.metering.record import build_record
 from tokensense.metering.sse import EventSplitter, parse_event
+from tokensense.metering.stream import PassthroughStream
 from tokensense.metering.usage import TokenUsage
 from tokensense.metering.usage_extract import find_usage_object
+from tokensense.providers import PROVIDERS
 
 STREAMS = Path(__file__).parent / "fixtures" / "streams"
 

@@ -18,11 +18,12 @@ from sqlalchemy import Column, Engine, Integer, MetaData, Table, inspect, text
 from sqlmodel import Session, SQLModel, select
 from sqlmodel.sql.sqltypes import AutoString, UTCDateTime
 
+from tests.conftest import service_missing
 from tokensense.cli import commands as cli
 from tokensense.gateway import crypto
-from tokensense.storage.migrations import INITIAL_REVISION, MIGRATIONS_DIR, VERSIONS_DIR, head_revision
 from tokensense.settings import reset_settings
 from tokensense.storage import db, migrate
+from tokensense.storage.migrations import INITIAL_REVISION, MIGRATIONS_DIR, VERSIONS_DIR, head_revision
 from tokensense.storage.models import ApiKey, Usage, UsageCreate
 
 PG_URL = "postgresql://postgres@127.0.0.1:5432/test"
@@ -58,8 +59,8 @@ def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str
 
         with psycopg.connect(PG_URL, connect_timeout=3, autocommit=True) as conn:
             conn.execute(f'CREATE SCHEMA "{schema}"')
-    except Exception as e:  # noqa: BLE001
-        pytest.skip(f"PostgreSQL at {PG_URL} is not reachable ({type(e).__name__}: {e})")
+    except Exception as e:
+        service_missing(f"PostgreSQL at {PG_URL} is not reachable ({type(e).__name__}: {e})")
     try:
         yield f"{PG_URL}?options=-csearch_path%3D{schema}"
     finally:
@@ -231,7 +232,7 @@ def test_instances_starting_together_migrate_once(database_url: str) -> None:
     def start(engine: Engine) -> None:
         try:
             db.init_db(engine)
-        except BaseException as e:  # noqa: BLE001
+        except BaseException as e:
             errors.append(e)
 
     holder = db.make_engine(database_url)

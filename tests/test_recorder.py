@@ -6,10 +6,10 @@ import signal
 
 import httpx
 import pytest
+from conftest import FakeProvider, start_gateway, stop
 from sqlalchemy.pool import StaticPool
 from sqlmodel import Session, SQLModel, create_engine, func, select
 
-from conftest import FakeProvider, start_gateway, stop
 from tokensense.metering.recorder import UsageRecorder
 from tokensense.storage.models import Usage, UsageCreate
 

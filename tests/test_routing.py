@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import pytest
 
-from tokensense.gateway.auth import client_key
 from tokensense.config import ModelPrice
-from tokensense.gateway.errors import ErrorFormat, GatewayError, error_body, format_for_path
-from tokensense.metering.pricing import PriceBook
+from tokensense.gateway.auth import client_key
 from tokensense.gateway.body import parse_json_body
+from tokensense.gateway.errors import ErrorFormat, GatewayError, error_body, format_for_path
 from tokensense.gateway.routing import Endpoint, classify, join_url, resolve_model
+from tokensense.metering.pricing import PriceBook
 
 BOOK = PriceBook({"my-finetune": ModelPrice(provider="openai", input_per_mtok=1, output_per_mtok=2)})
 

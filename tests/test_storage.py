@@ -13,6 +13,7 @@ from sqlalchemy import event, text
 from sqlalchemy.pool import StaticPool
 from sqlmodel import Session, SQLModel, select
 
+from tests.conftest import service_missing
 from tokensense.gateway import crypto
 from tokensense.settings import reset_settings
 from tokensense.storage import db, repo
@@ -80,7 +81,7 @@ def test_sqlite_engine_can_be_used_from_another_thread(tmp_path: Path) -> None:
         def use() -> None:
             try:
                 conn.execute(text("SELECT 1"))
-            except BaseException as e:  # noqa: BLE001
+            except BaseException as e:
                 errors.append(e)
 
         thread = threading.Thread(target=use)
@@ -116,8 +117,8 @@ def test_postgresql_engine_round_trip() -> None:
 
         with psycopg.connect(PG_URL, connect_timeout=3, autocommit=True) as conn:
             conn.execute(f'CREATE SCHEMA "{schema}"')
-    except Exception as e:  # noqa: BLE001
-        pytest.skip(f"PostgreSQL at {PG_URL} is not reachable: {e}")
+    except Exception as e:
+        service_missing(f"PostgreSQL at {PG_URL} is not reachable: {e}")
     engine = db.make_engine(f"{PG_URL}?options=-csearch_path%3D{schema}")
     try:
         assert engine.dialect.driver == "psycopg"
@@ -274,7 +275,7 @@ def test_provider_key_under_another_secret_is_a_clear_error(session: Session, mo
 def test_record_usages_is_one_batched_insert(session: Session) -> None:
     statements: list[str] = []
 
-    def count(conn, cursor, statement, parameters, context, executemany) -> None:  # noqa: ANN001
+    def count(conn, cursor, statement, parameters, context, executemany) -> None:
         if statement.lstrip().upper().startswith("INSERT"):
             statements.append(statement)
 

@@ -20,9 +20,9 @@ from anthropic.types import message_create_params
 from openai.lib.streaming.chat import ChatCompletionStreamState
 from openai.types.chat import ChatCompletion, ChatCompletionChunk
 
-from tokensense.providers.translation import TranslationError
 from tokensense.providers.anthropic import chat as tr
 from tokensense.providers.chat_format import decode_tool_call_id
+from tokensense.providers.translation import TranslationError
 
 # Older models in the mapping tables are deprecated in the installed SDK's model list.
 pytestmark = pytest.mark.filterwarnings("ignore:The model .* is deprecated:DeprecationWarning")

@@ -13,14 +13,14 @@ import httpx2
 import openai
 import pytest
 from google import genai
-from pydantic.alias_generators import to_camel
 from google.genai import types as gt
 from openai.lib.streaming.chat import ChatCompletionStreamState
 from openai.types.chat import ChatCompletion, ChatCompletionChunk
+from pydantic.alias_generators import to_camel
 
-from tokensense.providers.translation import TranslationError
-from tokensense.providers.gemini import chat as tr
 from tokensense.providers.chat_format import decode_tool_call_id
+from tokensense.providers.gemini import chat as tr
+from tokensense.providers.translation import TranslationError
 
 FIXTURES = Path(__file__).parent / "fixtures" / "gemini"
 MODEL = "gemini-2.5-flash"

@@ -888,7 +888,7 @@ def _database_error(args: argparse.Namespace | None, e: SQLAlchemyError) -> str:
     url = getattr(args, "database_url", None) or get_settings().effective_database_url
     try:
         where = display_url(url)
-    except Exception:  # noqa: BLE001 (the URL itself may be what is broken)
+    except Exception:
         where = "the configured database"
     return f"database error ({where}): {detail}"
 

@@ -10,15 +10,15 @@ from typing import Any
 from mitmproxy import http
 from pydantic import BaseModel, Field
 
+from tokensense.flows.recording import RECORD, read_flow_file
 from tokensense.gateway.intercept import HostTable
+from tokensense.gateway.routing import Endpoint
 from tokensense.metering.media_prices import MediaPriceTable, catalog_media_cost
 from tokensense.metering.pricing import PriceBook
-from tokensense.providers import OPENAI_COMPATIBLE, PROVIDERS, ProviderAdapter, get_provider
-from tokensense.flows.recording import RECORD, read_flow_file
-from tokensense.gateway.routing import Endpoint
 from tokensense.metering.sse import EventSplitter, parse_event
 from tokensense.metering.usage import TokenUsage
 from tokensense.metering.usage_extract import find_usage_object
+from tokensense.providers import OPENAI_COMPATIBLE, PROVIDERS, ProviderAdapter, get_provider
 
 _TOKEN_FIELDS = ("input_tokens", "output_tokens", "cached_input_tokens", "cache_write_tokens", "reasoning_tokens")
 _MEDIA_FIELDS = ("images", "characters", "seconds")

@@ -12,14 +12,14 @@ KEY_HEADERS = ("authorization", "x-api-key", "x-goog-api-key")
 def client_key(headers: Mapping[str, str], query: Mapping[str, str]) -> str | None:
     """The key the client sent: `Authorization: Bearer` (OpenAI SDK, Anthropic SDK 2.x),
     `x-api-key` (Anthropic), `x-goog-api-key` or `?key=` (google-genai, Gemini REST)."""
-    auth = headers.get("authorization")
+    auth: str | None = headers.get("authorization")
     if auth:
-        scheme, _, value = auth.partition(" ")
-        if scheme.lower() == "bearer" and value.strip():
-            return value.strip()
+        scheme, _, token = auth.partition(" ")
+        if scheme.lower() == "bearer" and token.strip():
+            return token.strip()
     for name in ("x-api-key", "x-goog-api-key"):
         value = headers.get(name)
         if value:
             return value.strip()
-    value = query.get("key")
-    return value.strip() if value else None
+    param = query.get("key")
+    return param.strip() if param else None

@@ -8,8 +8,8 @@ from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 from tokensense.gateway.call import CallContext
-from tokensense.providers import PROVIDERS, ProviderAdapter, get_provider
 from tokensense.gateway.routing import Endpoint, Route, format_for_endpoint
+from tokensense.providers import PROVIDERS, ProviderAdapter, get_provider
 
 log = logging.getLogger(__name__)
 
@@ -37,15 +37,15 @@ class HostTable:
             for host in adapter.hosts:
                 self.exact[host] = adapter
         for host, name in (extra or {}).items():
-            adapter = get_provider(name)
-            if adapter is None:
+            named = get_provider(name)
+            if named is None:
                 raise ValueError(f"[intercept_hosts] in config.toml maps {host!r} to {name!r}, which is not a provider "
                                  f"TokenSense knows ({', '.join(PROVIDERS)})")
             host = _normal_host(host)
             if host.startswith("*."):
-                self.suffixes.append((host[1:], adapter))
+                self.suffixes.append((host[1:], named))
             else:
-                self.exact[host] = adapter
+                self.exact[host] = named
 
     def provider(self, host: str | None) -> ProviderAdapter | None:
         """The provider served at `host`, or None for a host TokenSense leaves alone."""

@@ -12,11 +12,11 @@ import wave
 from email.message import Message
 from typing import Any, NamedTuple
 
-from tokensense.gateway.errors import GatewayError
 from tokensense.gateway.endpoints import Endpoint
+from tokensense.gateway.errors import GatewayError
+from tokensense.metering.usage import TokenUsage
 from tokensense.providers import get_provider
 from tokensense.providers.base import MediaRoute, StreamUsage, _int
-from tokensense.metering.usage import TokenUsage
 
 DEFAULT_MAX_UPLOAD_MB = 25.0  # OpenAI's own limit for /v1/audio/transcriptions
 

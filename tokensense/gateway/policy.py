@@ -12,8 +12,8 @@ from typing import Any
 from tokensense.gateway.errors import GatewayError
 from tokensense.gateway.keys import KeyInfo
 from tokensense.metering.pricing import PriceBook
-from tokensense.providers import ProviderAdapter, get_provider
 from tokensense.metering.usage import TokenUsage
+from tokensense.providers import ProviderAdapter, get_provider
 
 
 @dataclass(frozen=True, slots=True)
@@ -44,7 +44,7 @@ def limits_for(key: KeyInfo) -> Limits:
 def check_access(key: KeyInfo, adapter: ProviderAdapter, model: str, requested: str | None = None) -> None:
     """403 if the key may not use this provider or model; the message names what was refused."""
     if key.allowed_providers:
-        allowed = {(get_provider(p).name if get_provider(p) else p) for p in key.allowed_providers}
+        allowed = {(found.name if (found := get_provider(p)) else p) for p in key.allowed_providers}
         if adapter.name not in allowed:
             raise GatewayError(403, f"The key `{key.name}` may not use the provider `{adapter.name}` "
                                f"(allowed: {', '.join(sorted(allowed))}).", code="provider_not_allowed")
@@ -99,7 +99,7 @@ def estimate_usage(body: dict[str, Any]) -> TokenUsage:
     if body.get("tools"):
         chars += len(json.dumps(body["tools"]))
     input_tokens = math.ceil(chars / 3) + 8
-    config = body.get("generationConfig") if isinstance(body.get("generationConfig"), dict) else {}
+    config: dict[str, Any] = body["generationConfig"] if isinstance(body.get("generationConfig"), dict) else {}
     cap = (body.get("max_completion_tokens") or body.get("max_tokens") or body.get("max_output_tokens")
            or config.get("maxOutputTokens"))
     output_tokens = cap if isinstance(cap, int) and cap > 0 else DEFAULT_OUTPUT_ESTIMATE

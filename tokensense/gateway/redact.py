@@ -32,7 +32,7 @@ def redact(text: str) -> str:
 
 
 class RedactingLogRecord(logging.LogRecord):
-    def getMessage(self) -> str:  # noqa: N802 - logging's name
+    def getMessage(self) -> str:
         return redact(super().getMessage())
 
 

@@ -5,9 +5,9 @@ from __future__ import annotations
 import re
 from typing import Any, NamedTuple
 
+from tokensense.gateway.endpoints import GEMINI_ACTIONS, Endpoint
 from tokensense.gateway.errors import ErrorFormat, GatewayError
 from tokensense.metering.pricing import PriceBook
-from tokensense.gateway.endpoints import GEMINI_ACTIONS, Endpoint
 from tokensense.providers import ProviderAdapter, get_provider, provider_for_model
 
 

@@ -54,7 +54,7 @@ class Runtime:
             self.counters = make_counters(self.settings.redis_url)
             self.started = True
 
-    def spent_since(self, key_id: str, since):  # noqa: ANN001, ANN201 - datetime | None -> float
+    def spent_since(self, key_id: str, since):
         """What the key spent in the window, from the database (blocking: call from a thread)."""
         from sqlmodel import Session
 

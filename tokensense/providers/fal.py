@@ -5,9 +5,9 @@ from __future__ import annotations
 from typing import Any, ClassVar
 
 from tokensense.gateway.endpoints import Endpoint
+from tokensense.metering.usage import TokenUsage
 from tokensense.providers.base import MediaRoute, ProviderAdapter, StreamUsage
 from tokensense.providers.paths import path_segments
-from tokensense.metering.usage import TokenUsage
 
 
 class FalStreamUsage(StreamUsage):

@@ -5,8 +5,8 @@ from __future__ import annotations
 from typing import Any, ClassVar
 
 from tokensense.gateway.endpoints import Endpoint
-from tokensense.providers.base import MediaRoute, ProviderAdapter, StreamUsage, _int
 from tokensense.metering.usage import TokenUsage
+from tokensense.providers.base import MediaRoute, ProviderAdapter, StreamUsage, _int
 
 
 def usage_from_openai(usage: Any) -> TokenUsage | None:

@@ -56,7 +56,7 @@ def _prepare_sqlite_directory(parsed: URL) -> None:
         os.chmod(folder, 0o700)  # mkdir's mode is filtered by the umask
 
 
-def _set_sqlite_pragmas(dbapi_connection, connection_record) -> None:  # noqa: ANN001 (DBAPI types)
+def _set_sqlite_pragmas(dbapi_connection, connection_record) -> None:
     cursor = dbapi_connection.cursor()
     try:
         cursor.execute("PRAGMA journal_mode=WAL")

@@ -7,8 +7,9 @@ server applies the delay, chunk pacing and broken-connection controls.
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, Mapping
+from typing import Any
 
 from tokensense.demo.fakeprovider.textgen import Controls
 

@@ -10,9 +10,10 @@ import socket
 import ssl
 import time
 from collections import deque
+from collections.abc import Callable
 from http import HTTPStatus
 from types import ModuleType
-from typing import Any, Callable, NamedTuple
+from typing import Any, NamedTuple
 
 from aiohttp import web
 from aiohttp.client_exceptions import ClientConnectionResetError

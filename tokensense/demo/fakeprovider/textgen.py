@@ -16,9 +16,10 @@ import json
 import math
 import random
 import uuid
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from functools import lru_cache
-from typing import Any, Mapping, NamedTuple
+from typing import Any, NamedTuple
 
 IMAGE_TOKENS = 10
 """Prompt tokens counted for each image (or document) part."""

@@ -54,8 +54,8 @@ import json
 import re
 from dataclasses import dataclass, field
 
-from tokensense.providers.translation import TranslationError
 from tokensense.providers import chat_format as oa
+from tokensense.providers.translation import TranslationError
 
 DEFAULT_MAX_TOKENS = 4096
 """`max_tokens` sent when the client gave no cap (Anthropic requires one)."""

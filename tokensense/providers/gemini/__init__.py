@@ -6,8 +6,16 @@ from typing import Any, ClassVar
 
 from tokensense.gateway.endpoints import GEMINI_ACTIONS, Endpoint
 from tokensense.gateway.errors import GatewayError
-from tokensense.providers.base import MediaRoute, ProviderAdapter, StreamUsage, Translator, Upstream, _int, model_segment
 from tokensense.metering.usage import TokenUsage
+from tokensense.providers.base import (
+    MediaRoute,
+    ProviderAdapter,
+    StreamUsage,
+    Translator,
+    Upstream,
+    _int,
+    model_segment,
+)
 
 
 def usage_from_gemini(meta: Any) -> TokenUsage | None:

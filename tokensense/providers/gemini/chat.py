@@ -62,8 +62,8 @@ import re
 import uuid
 from dataclasses import dataclass
 
-from tokensense.providers.translation import TranslationError
 from tokensense.providers import chat_format as oa
+from tokensense.providers.translation import TranslationError
 
 PROVIDER = "Gemini"
 
