@@ -423,6 +423,13 @@ class KeyPools:
             await self._with_shared(lambda store: store.report(provider, name, outcome, now, self.policy, retry_after))
         return key_state(new, now)
 
+    def has_usable(self, provider: str, pool: Sequence[PooledKey], exclude: Iterable[str] = ()) -> bool:
+        """Whether a key of the pool outside `exclude` is usable now, as this instance last saw it
+        (no round-robin step, no probe claimed)."""
+        now, excluded = self.clock(), set(exclude)
+        return any(not k.disabled and k.name not in excluded and usable(self.local.get(provider, k.name), now)
+                   for k in pool)
+
     async def restore(self, provider: str, name: str) -> None:
         """Forget everything about a key (an operator restored it)."""
         await self.local.forget(provider, name)
