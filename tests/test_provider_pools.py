@@ -114,3 +114,23 @@ def test_key_store_gives_each_provider_its_pool(run, monkeypatch: pytest.MonkeyP
         repo.restore_provider_key(session=session, provider="openai", name="backup")
     store.refresh()
     assert not store.credentials("openai")[2].disabled
+
+
+def test_key_store_take_out_is_written_for_every_instance(run, monkeypatch: pytest.MonkeyPatch) -> None:  # noqa: F811
+    monkeypatch.setenv("TOKENSENSE_SECRET", "pool-secret")
+    reset_settings()
+    engine = db.get_engine()
+    db.init_db(engine)
+    with Session(engine) as session:
+        repo.set_provider(session=session, provider="openai", api_key="sk-a")
+        repo.set_provider(session=session, provider="openai", api_key="sk-b", name="backup")
+    this, other = KeyStore(engine, get_settings()), KeyStore(engine, get_settings())
+    this.refresh(force=True)
+    other.refresh(force=True)
+    this.take_out("openai", "backup", "401: Incorrect API key provided")
+    this.take_out("openai", "env", "401")  # the environment's key is not stored: nothing to write
+    other.refresh()
+    assert [(c.name, c.disabled_reason) for c in other.credentials("openai")] == [
+        ("default", None), ("backup", "401: Incorrect API key provided")]
+    listed = run("providers", "list")
+    assert "401: Incorrect API key provided" in listed.out

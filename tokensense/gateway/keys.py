@@ -162,6 +162,19 @@ class KeyStore:
         self._credentials = credentials
         self._last_fingerprint = fingerprint
 
+    def take_out(self, provider: str, name: str, reason: str) -> None:
+        """Record that the provider refused key `name` (401/403), so that every instance leaves it out
+        until an operator restores it. Blocking: the gateway runs it in a worker thread (`KeyPools.on_take_out`).
+        The environment's key is not stored: it stays out of this process's pool until a restart."""
+        from tokensense.storage.repo import take_out_provider_key
+
+        if name == ENV_KEY_NAME:
+            return
+        with Session(self.engine) as session:
+            take_out_provider_key(session=session, provider=provider, name=name, reason=reason)
+        log.warning("the %s key %r was refused by the provider (%s) and is taken out of its pool; "
+                    "`tokensense providers restore %s --name %s` puts it back", provider, name, reason, provider, name)
+
     def _base_url(self, provider: str) -> str:
         return self.settings.base_url_override(provider) or PROVIDERS[provider].default_base_url
 

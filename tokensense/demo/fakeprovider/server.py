@@ -155,6 +155,8 @@ async def handle(request: web.Request) -> web.StreamResponse:
     if fault is not None:
         if fault.get("delay"):
             await asyncio.sleep(float(fault["delay"]))
+            if request.transport is None or request.transport.is_closing():
+                return web.Response()  # the client gave up waiting
         if fault.get("reset"):
             _abort(request)
             return web.Response()
