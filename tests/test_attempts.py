@@ -167,3 +167,12 @@ async def test_every_key_resting_answers_429_with_retry_after_without_an_attempt
                                   credentials=lambda p: [Key("default")], send=upstream.send,
                                   timeouts=lambda c: UpstreamTimeouts(None, None))
     assert fallback.served_by == CLAUDE and fallback.headers()["x-tokensense-attempts"] == "1"
+
+
+def test_dashboard_log_shows_which_attempt_a_record_is() -> None:
+    from tokensense.storage.models import Usage
+    from tui.widgets.request_log import model_text
+
+    assert model_text(Usage(model="gpt-4o-mini", attempt=1)).plain == "gpt-4o-mini"
+    retried = model_text(Usage(model="claude-haiku-4-5", attempt=3))
+    assert retried.plain == "#3 claude-haiku-4-5" and retried.spans[0].style == "bold yellow"
