@@ -24,10 +24,10 @@ from tokensense.gateway import crypto
 from tokensense.settings import reset_settings
 from tokensense.storage import db, migrate
 from tokensense.storage.migrations import INITIAL_REVISION, MIGRATIONS_DIR, VERSIONS_DIR, head_revision
-from tokensense.storage.models import ApiKey, Usage, UsageCreate
+from tokensense.storage.models import ApiKey, ProviderCredential, Usage, UsageCreate
 
 PG_URL = "postgresql://postgres@127.0.0.1:5432/test"
-HEAD = "0003_usage_details"
+HEAD = "0004_provider_key_pools"
 NEW_INDEXES = {"ix_usage_key_id_created_at": ["key_id", "created_at"], "ix_usage_created_at_workflow": ["created_at", "workflow"],
                "ux_usage_request_id_attempt": ["request_id", "attempt"]}
 
@@ -76,13 +76,14 @@ def engine(database_url: str) -> Iterator[Engine]:
 
 
 def previous_schema() -> MetaData:
-    """The tables as `create_all` made them before revision 0002: today's models without what 0002 and 0003 added.
+    """The tables as `create_all` made them before revision 0002: today's models without what 0002 to 0004 added.
 
     Copied columns keep their `index=True` and `unique=True`, so the single-column
     indexes come along; the composite indexes of 0002 and 0003 are table arguments and do not.
     0003 also made `usage.cost_usd` nullable and replaced the plain `request_id` index.
     """
-    added = {("api_keys", "updated_at"), ("usage", "details"), ("usage", "attempt")}
+    added = {("api_keys", "updated_at"), ("usage", "details"), ("usage", "attempt"), ("provider_credentials", "name"),
+             ("provider_credentials", "disabled_at"), ("provider_credentials", "disabled_reason")}
     metadata = MetaData(naming_convention=dict(SQLModel.metadata.naming_convention))
     for table in SQLModel.metadata.sorted_tables:
         columns = [c._copy() for c in table.columns if (table.name, c.name) not in added]
@@ -393,12 +394,38 @@ def test_new_revision_follows_the_head(tmp_path: Path) -> None:
     directory = tmp_path / "migrations"
     shutil.copytree(MIGRATIONS_DIR, directory, ignore=shutil.ignore_patterns("__pycache__"))
     path = migrate.new_revision("Add key labels!", autogenerate=True, directory=directory)
-    assert path == directory / "versions" / "0004_add_key_labels.py"
+    assert path == directory / "versions" / "0005_add_key_labels.py"
     source = path.read_text()
-    assert 'down_revision: str | None = "0003_usage_details"' in source or "down_revision: str | None = '0003_usage_details'" in source
+    assert f'down_revision: str | None = "{HEAD}"' in source or f"down_revision: str | None = '{HEAD}'" in source
     assert "op." not in source  # the models and the head agree: nothing to do
-    assert head_revision(directory / "versions") == "0004_add_key_labels"
-    assert not (VERSIONS_DIR / "0004_add_key_labels.py").exists()
+    assert head_revision(directory / "versions") == "0005_add_key_labels"
+    assert not (VERSIONS_DIR / "0005_add_key_labels.py").exists()
+
+
+def test_provider_key_pools_revision_names_existing_keys_default_and_downgrades_to_one_per_provider(engine: Engine) -> None:
+    """0004: the primary key becomes (provider, name); existing keys are named `default`."""
+    migrate.upgrade(engine, "0003_usage_details")
+    fill_with_plain_sql(engine)
+    migrate.upgrade(engine)
+
+    assert inspect(engine).get_pk_constraint("provider_credentials")["constrained_columns"] == ["provider", "name"]
+    with Session(engine) as session:
+        rows = session.exec(select(ProviderCredential)).all()
+        assert [(r.provider, r.name, r.encrypted_key, r.disabled_at) for r in rows] == [("openai", "default", "enc", None)]
+        session.add(ProviderCredential(provider="openai", name="backup", encrypted_key="enc2"))
+        session.add(ProviderCredential(provider="gemini", name="zeta", encrypted_key="z"))
+        session.add(ProviderCredential(provider="gemini", name="alpha", encrypted_key="a"))
+        session.commit()
+
+    with engine.begin() as conn:
+        command.downgrade(migrate.alembic_config(conn), "0003_usage_details")
+    assert inspect(engine).get_pk_constraint("provider_credentials")["constrained_columns"] == ["provider"]
+    with engine.connect() as conn:
+        kept = conn.execute(text("SELECT provider, encrypted_key FROM provider_credentials ORDER BY provider")).all()
+    assert [tuple(r) for r in kept] == [("gemini", "a"), ("openai", "enc")]  # `default`, else the first by name
+
+    migrate.upgrade(engine)
+    assert_head_schema(engine)
 
 
 # --- the command line ------------------------------------------------------------

@@ -1,11 +1,11 @@
-"""Optional configuration file: custom models and price overrides (`config.toml`)."""
+"""Optional configuration file: custom models, price overrides, retries, fallbacks and timeouts (`config.toml`)."""
 
 from __future__ import annotations
 
 import tomllib
 from pathlib import Path
 
-from pydantic import BaseModel, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from tokensense.settings import Settings
 
@@ -20,10 +20,52 @@ class ModelPrice(BaseModel):
     cache_write_per_mtok: float | None = None
 
 
+class Timeouts(BaseModel):
+    """Seconds an upstream attempt may take: until the answer's first byte (headers), and in all."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    first_byte: float | None = Field(default=None, gt=0)
+    total: float | None = Field(default=None, gt=0)
+
+
+class RoutingConfig(BaseModel):
+    """`[routing]`: retries before the first byte, and the provider-key pools' cool-downs.
+
+    `[routing.timeouts]` maps a provider name, a model name or a model pattern
+    (`gpt-4o*`) to its `Timeouts`; a model's entry wins over its provider's, field by field.
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    retries: int = Field(default=1, ge=0, le=10)  # retries of one model after its first attempt
+    max_retry_wait: float = Field(default=30.0, ge=0)  # a longer Retry-After moves on to the next fallback
+    backoff: float = Field(default=0.5, gt=0)  # the first retry's wait (doubled for each next one, with jitter)
+    max_backoff: float = Field(default=8.0, gt=0)
+    key_cooldown: float = Field(default=60.0, gt=0)  # a key answered 429 without Retry-After rests this long
+    breaker_failures: int = Field(default=5, ge=1)  # 5xx or connection failures in a row that open a key's circuit
+    breaker_cooldown: float = Field(default=30.0, gt=0)  # seconds before the half-open probe
+    timeouts: dict[str, Timeouts] = Field(default_factory=dict)
+
+
 class FileConfig(BaseModel):
     models: dict[str, ModelPrice] = Field(default_factory=dict)
     media_prices: dict[str, dict[str, float]] = Field(default_factory=dict)
     intercept_hosts: dict[str, str] = Field(default_factory=dict)
+    routing: RoutingConfig = Field(default_factory=RoutingConfig)
+    # `"gpt-4o-mini" = ["claude-haiku-4-5", "gemini-2.5-flash"]`: tried in order once a model's retries are used up.
+    fallbacks: dict[str, list[str]] = Field(default_factory=dict)
+
+    @field_validator("fallbacks")
+    @classmethod
+    def _fallbacks_are_model_names(cls, value: dict[str, list[str]]) -> dict[str, list[str]]:
+        cleaned: dict[str, list[str]] = {}
+        for model, chain in value.items():
+            names = [name.strip() for name in chain]
+            if not model.strip() or any(not name for name in names):
+                raise ValueError(f"[fallbacks] {model!r}: model names cannot be empty")
+            cleaned[model.strip()] = [n for n in dict.fromkeys(names) if n != model.strip()]
+        return cleaned
 
 
 class ConfigError(ValueError):

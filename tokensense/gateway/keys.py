@@ -19,9 +19,11 @@ from sqlmodel import Session, func, select
 
 from tokensense.providers import PROVIDERS
 from tokensense.settings import Settings
-from tokensense.storage.models import ApiKey, ProviderCredential
+from tokensense.storage.models import DEFAULT_KEY_NAME, ApiKey, ProviderCredential
 
 log = logging.getLogger(__name__)
+
+ENV_KEY_NAME = "env"  # the pool member that comes from the provider's environment variable
 
 
 @dataclass(frozen=True, slots=True)
@@ -61,11 +63,22 @@ class KeyInfo:
 
 @dataclass(frozen=True, slots=True)
 class Credential:
-    """A provider key ready to use, and where to send requests."""
+    """A provider key ready to use, and where to send requests.
+
+    A provider has a pool of them (`KeyStore.credentials`): the stored keys by name,
+    else the one from its environment variable, named `env`.
+    """
 
     api_key: str | None
     base_url: str
     source: str  # "stored", "env" or "none"
+    name: str = DEFAULT_KEY_NAME
+    disabled_reason: str | None = None  # taken out of the pool after a 401/403, until restored
+    changed_at: datetime | None = None  # when the stored row last changed (set, taken out, restored)
+
+    @property
+    def disabled(self) -> bool:
+        return self.disabled_reason is not None
 
 
 class KeyStore:
@@ -74,7 +87,7 @@ class KeyStore:
         self.settings = settings
         self.refresh_interval = refresh_interval
         self._keys: dict[str, KeyInfo] = {}
-        self._credentials: dict[str, Credential] = {}
+        self._credentials: dict[str, tuple[Credential, ...]] = {}
         self._env_credentials: dict[str, Credential] = {}
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -85,14 +98,20 @@ class KeyStore:
     def key(self, key_hash: str) -> KeyInfo | None:
         return self._keys.get(key_hash)
 
-    def credential(self, provider: str) -> Credential:
+    def credentials(self, provider: str) -> tuple[Credential, ...]:
+        """The provider's key pool: its stored keys (`default` first), else the environment's key."""
         stored = self._credentials.get(provider)
-        if stored is not None:
+        if stored:
             return stored
         env = self._env_credentials.get(provider)
         if env is None:  # the environment does not change while the process runs
             env = self._env_credentials[provider] = self._env_credential(provider)
-        return env
+        return (env,)
+
+    def credential(self, provider: str) -> Credential:
+        """One key of the pool: the first one not taken out (else the first)."""
+        pool = self.credentials(provider)
+        return next((c for c in pool if not c.disabled), pool[0])
 
     # -- loading (blocking; run in threads) -----------------------------------------
     def load_key(self, key_hash: str) -> KeyInfo | None:
@@ -123,20 +142,38 @@ class KeyStore:
             rows = session.exec(select(ApiKey)).all()
             keys = {row.key_hash: KeyInfo.from_row(row) for row in rows}
             creds_rows = [] if self.settings.ignore_stored_providers else session.exec(select(ProviderCredential)).all()
-            stored = [(c.provider, c.encrypted_key, c.base_url) for c in creds_rows]
-        credentials: dict[str, Credential] = {}
-        for provider, encrypted, base_url in stored:
+            stored = [(c.provider, c.name, c.encrypted_key, c.base_url, c.disabled_at, c.disabled_reason, c.updated_at)
+                      for c in creds_rows]
+        pools: dict[str, list[Credential]] = {}
+        for provider, name, encrypted, base_url, disabled_at, disabled_reason, updated_at in stored:
             if provider not in PROVIDERS:
                 continue
             try:
                 api_key = decrypt_secret(encrypted, settings=self.settings)
             except Exception as e:
-                log.error("cannot decrypt the stored %s key: %s", provider, e)
+                log.error("cannot decrypt the stored %s key %r: %s", provider, name, e)
                 continue
-            credentials[provider] = Credential(api_key, base_url or self._base_url(provider), "stored")
+            reason = (disabled_reason or "taken out") if disabled_at is not None else None
+            pools.setdefault(provider, []).append(
+                Credential(api_key, base_url or self._base_url(provider), "stored", name, reason, updated_at))
+        credentials = {provider: tuple(sorted(pool, key=lambda c: (c.name != DEFAULT_KEY_NAME, c.name)))
+                       for provider, pool in pools.items()}
         self._keys = keys
         self._credentials = credentials
         self._last_fingerprint = fingerprint
+
+    def take_out(self, provider: str, name: str, reason: str) -> None:
+        """Record that the provider refused key `name` (401/403), so that every instance leaves it out
+        until an operator restores it. Blocking: the gateway runs it in a worker thread (`KeyPools.on_take_out`).
+        The environment's key is not stored: it stays out of this process's pool until a restart."""
+        from tokensense.storage.repo import take_out_provider_key
+
+        if name == ENV_KEY_NAME:
+            return
+        with Session(self.engine) as session:
+            take_out_provider_key(session=session, provider=provider, name=name, reason=reason)
+        log.warning("the %s key %r was refused by the provider (%s) and is taken out of its pool; "
+                    "`tokensense providers restore %s --name %s` puts it back", provider, name, reason, provider, name)
 
     def _base_url(self, provider: str) -> str:
         return self.settings.base_url_override(provider) or PROVIDERS[provider].default_base_url
@@ -144,7 +181,7 @@ class KeyStore:
     def _env_credential(self, provider: str) -> Credential:
         adapter = PROVIDERS[provider]
         api_key = os.environ.get(adapter.env_key) or None
-        return Credential(api_key, self._base_url(provider), "env" if api_key else "none")
+        return Credential(api_key, self._base_url(provider), "env" if api_key else "none", ENV_KEY_NAME)
 
     # -- background refresh ------------------------------------------------------------
     def start(self) -> None:

@@ -43,15 +43,26 @@ class ApiKey(ApiKeyBase, table=True):
     updated_at: datetime | None = None  # when its limits were last changed; None if never
 
 
+DEFAULT_KEY_NAME = "default"
+
+
 class ProviderCredential(SQLModel, table=True):
-    """A provider API key, encrypted at rest (Fernet), and an optional base URL."""
+    """A provider API key, encrypted at rest (Fernet), and an optional base URL.
+
+    A provider has a pool of keys told apart by `name`. A key the provider refused
+    (401/403) is taken out (`disabled_at`, `disabled_reason`) until an operator
+    restores it (`tokensense providers restore`) or stores a new value under its name.
+    """
 
     __tablename__ = "provider_credentials"
 
     provider: str = Field(primary_key=True)
+    name: str = Field(default=DEFAULT_KEY_NAME, primary_key=True, sa_column_kwargs={"server_default": DEFAULT_KEY_NAME})
     encrypted_key: str
     base_url: str | None = None
     updated_at: datetime = Field(default_factory=utcnow)
+    disabled_at: datetime | None = None
+    disabled_reason: str | None = None
 
 
 class UsageBase(SQLModel):

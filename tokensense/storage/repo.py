@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import enum
+import re
 from collections.abc import Iterable, Sequence
 from datetime import UTC, datetime
 from typing import Any
@@ -13,7 +14,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session, col, select
 
 from tokensense.gateway.crypto import decrypt_secret, encrypt_secret, hash_key, new_key
-from tokensense.storage.models import ApiKey, ProviderCredential, Usage, UsageCreate
+from tokensense.storage.models import DEFAULT_KEY_NAME, ApiKey, ProviderCredential, Usage, UsageCreate
 
 PROVIDERS: tuple[str, ...] = ("openai", "anthropic", "gemini", "xai", "mistral", "fal")
 PROVIDER_ENV_VARS: dict[str, str] = {
@@ -260,20 +261,46 @@ def update_key(
 
 # --- provider credentials ---------------------------------------------------
 
+_KEY_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 
-def set_provider(*, session: Session, provider: str, api_key: str, base_url: str | None = None) -> ProviderCredential:
-    """Store (or replace) the provider's API key, encrypted, and its optional base URL."""
+
+def normalize_key_name(name: str | None) -> str:
+    """A provider key's name in its pool (`default` when none is given), or `ValueError`."""
+    name = DEFAULT_KEY_NAME if name is None else name.strip()
+    if not _KEY_NAME.match(name):
+        raise ValueError(f"a provider key name is 1 to 64 letters, digits, '.', '_' or '-', not {name!r}")
+    return name
+
+
+def _stored(session: Session, provider: str, name: str) -> ProviderCredential:
+    row = session.get(ProviderCredential, (provider, name))
+    if row is None:
+        names = [r.name for r in list_providers(session=session) if r.provider == provider]
+        if not names:
+            raise NotFoundError(f"no key is stored for {provider}; `tokensense providers list` shows what is")
+        raise NotFoundError(f"no {provider} key named {name!r} is stored; its pool has {', '.join(names)}")
+    return row
+
+
+def set_provider(*, session: Session, provider: str, api_key: str, base_url: str | None = None,
+                 name: str | None = None) -> ProviderCredential:
+    """Store (or replace) one key of the provider's pool, encrypted, and its optional base URL.
+
+    Replacing a key that was taken out puts the new value back in the pool.
+    """
     provider = normalize_provider(provider)
+    name = normalize_key_name(name)
     api_key = api_key.strip()
     if not api_key:
         raise ValueError(f"the API key for {provider} is empty")
     encrypted = encrypt_secret(api_key)
-    row = session.get(ProviderCredential, provider)
+    row = session.get(ProviderCredential, (provider, name))
     if row is None:
-        row = ProviderCredential(provider=provider, encrypted_key=encrypted)
+        row = ProviderCredential(provider=provider, name=name, encrypted_key=encrypted)
     row.encrypted_key = encrypted
     row.base_url = _validate_base_url(base_url)
     row.updated_at = _now_for(ProviderCredential.__table__.c.updated_at)
+    row.disabled_at = row.disabled_reason = None
     session.add(row)
     session.commit()
     session.refresh(row)
@@ -281,27 +308,53 @@ def set_provider(*, session: Session, provider: str, api_key: str, base_url: str
 
 
 def list_providers(*, session: Session) -> list[ProviderCredential]:
-    """The stored provider credentials (still encrypted), by provider name."""
-    return list(session.exec(select(ProviderCredential).order_by(col(ProviderCredential.provider))).all())
+    """The stored provider keys (still encrypted), by provider, then `default` first, then by name."""
+    rows = session.exec(select(ProviderCredential).order_by(col(ProviderCredential.provider),
+                                                            col(ProviderCredential.name))).all()
+    return sorted(rows, key=lambda r: (r.provider, r.name != DEFAULT_KEY_NAME, r.name))
 
 
-def remove_provider(*, session: Session, provider: str) -> None:
-    """Delete the stored credential; `NotFoundError` when none is stored."""
-    provider = normalize_provider(provider)
-    row = session.get(ProviderCredential, provider)
-    if row is None:
-        raise NotFoundError(f"no key is stored for {provider}; `tokensense providers list` shows what is")
+def remove_provider(*, session: Session, provider: str, name: str | None = None) -> None:
+    """Delete one stored key (`default` unless named); `NotFoundError` when it is not stored."""
+    row = _stored(session, normalize_provider(provider), normalize_key_name(name))
     session.delete(row)
     session.commit()
 
 
-def get_provider_secret(*, session: Session, provider: str) -> tuple[str, str | None] | None:
-    """The decrypted API key and base URL stored for `provider`, or None when none is stored.
+def take_out_provider_key(*, session: Session, provider: str, name: str, reason: str) -> bool:
+    """Mark a stored key taken out of its pool (the provider refused it); False when it is not stored.
+
+    A key already taken out keeps its first time and reason.
+    """
+    row = session.get(ProviderCredential, (normalize_provider(provider), normalize_key_name(name)))
+    if row is None:
+        return False
+    if row.disabled_at is None:
+        now = _now_for(ProviderCredential.__table__.c.disabled_at)
+        row.disabled_at, row.disabled_reason, row.updated_at = now, reason[:500], now
+        session.add(row)
+        session.commit()
+    return True
+
+
+def restore_provider_key(*, session: Session, provider: str, name: str | None = None) -> ProviderCredential:
+    """Put a key that was taken out back in its pool (a no-op for a key in use)."""
+    row = _stored(session, normalize_provider(provider), normalize_key_name(name))
+    row.disabled_at = row.disabled_reason = None
+    row.updated_at = _now_for(ProviderCredential.__table__.c.updated_at)
+    session.add(row)
+    session.commit()
+    session.refresh(row)
+    return row
+
+
+def get_provider_secret(*, session: Session, provider: str, name: str | None = None) -> tuple[str, str | None] | None:
+    """The decrypted API key and base URL stored for `provider` (its `default` key unless named), or None.
 
     Environment fallbacks (`PROVIDER_ENV_VARS`) are the caller's business.
     Raises `SecretMismatchError` when the key was encrypted with another secret.
     """
-    row = session.get(ProviderCredential, normalize_provider(provider))
+    row = session.get(ProviderCredential, (normalize_provider(provider), normalize_key_name(name)))
     if row is None:
         return None
     return decrypt_secret(row.encrypted_key), row.base_url

@@ -22,6 +22,15 @@ def status_text(status: int) -> Text:
     return Text(str(status), style=style, justify="right")
 
 
+def model_text(record: Usage) -> Text:
+    """The model of a record; a retry or fallback (attempt 2, 3, ... of its call) shows its number: `#2 model`."""
+    model = record.model or "-"
+    attempt = getattr(record, "attempt", 1) or 1
+    if attempt > 1:
+        return Text.assemble((f"#{attempt} ", "bold yellow"), model, overflow="ellipsis")
+    return Text(model, overflow="ellipsis")
+
+
 class RequestLog(DataTable[Text]):
     """Newest call first. While the cursor is on the first row it stays on the newest call."""
 
@@ -55,7 +64,7 @@ class RequestLog(DataTable[Text]):
             self.add_row(
                 Text(format_time(record.created_at, now=now)),
                 status_text(record.status),
-                Text(record.model or "-", overflow="ellipsis"),
+                model_text(record),
                 Text(record.workflow or "-", overflow="ellipsis", style="" if record.workflow else "dim"),
                 Text(format_latency(record.latency_ms), justify="right"),
                 Text(format_tokens(record.input_tokens + record.output_tokens), justify="right"),

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import gzip
 import json
 import re
@@ -24,6 +25,7 @@ from tokensense.demo.fakeprovider.textgen import NO_CONTROLS, ControlError, Cont
 
 REQUEST_LOG_SIZE = 2000
 REQUEST_LOG = web.AppKey("tokensense_fake_request_log", deque)
+FAULTS = web.AppKey("tokensense_fake_faults", list)
 MAX_UPLOAD_BYTES = 64 * 1024 * 1024
 
 Handler = Callable[[FakeRequest], Reply]
@@ -150,6 +152,22 @@ async def handle(request: web.Request) -> web.StreamResponse:
         controls = parse_controls(request.headers)
     except ControlError as e:
         return await _send(request, fmt.error(400, str(e)), NO_CONTROLS)
+    fault = _take_fault(request, route, body)
+    if fault is not None:
+        if fault.get("delay"):
+            await asyncio.sleep(float(fault["delay"]))
+            if request.transport is None or request.transport.is_closing():
+                return web.Response()  # the client gave up waiting
+        if fault.get("reset"):
+            _abort(request)
+            return web.Response()
+        if fault.get("status"):
+            reply = fmt.error(int(fault["status"]), _status_message(int(fault["status"])))
+            if fault.get("retry_after") is not None:
+                reply.headers["retry-after"] = f"{fault['retry_after']:g}"
+            return await _send(request, reply, NO_CONTROLS)
+        if fault.get("broken"):
+            controls = dataclasses.replace(controls, broken="1")
     if controls.delay:
         await asyncio.sleep(controls.delay)
     if controls.broken == "reset":
@@ -179,6 +197,46 @@ async def handle(request: web.Request) -> web.StreamResponse:
         except FakeError as e:
             reply = fmt.error(e.status, e.message, e.param)
     return await _send(request, reply, controls)
+
+
+_FAULT_MATCH = ("provider", "prefix", "key", "model")
+_FAULT_FIELDS = {*_FAULT_MATCH, "status", "retry_after", "delay", "reset", "broken", "times"}
+
+
+def _request_key(request: web.Request) -> str:
+    """The key the request carries, wherever its format puts it (for matching faults only)."""
+    for name in ("x-api-key", "x-goog-api-key", "authorization"):
+        if value := request.headers.get(name):
+            return value.split(" ", 1)[-1]
+    return request.query.get("key", "")
+
+
+def _take_fault(request: web.Request, route: Route, body: Any) -> dict | None:
+    """The first programmed fault matching this request (one use of it is consumed)."""
+    faults: list[dict] = request.app[FAULTS]
+    if not faults:
+        return None
+    model = route.params.get("model") or (body.get("model") if isinstance(body, dict) else None)
+    seen = {"provider": route.fmt.NAME, "prefix": route.prefix, "key": _request_key(request), "model": model}
+    for fault in faults:
+        if fault.get("times") == 0:
+            continue
+        if all(fault.get(field) is None or fault[field] == seen[field] for field in _FAULT_MATCH):
+            if fault.get("times") is not None:
+                fault["times"] -= 1
+            fault["used"] = fault.get("used", 0) + 1
+            return fault
+    return None
+
+
+def _valid_faults(data: Any) -> list[dict]:
+    rules = data if isinstance(data, list) else [data]
+    for rule in rules:
+        if not isinstance(rule, dict) or set(rule) - _FAULT_FIELDS:
+            raise ValueError(f"a fault is an object with fields {sorted(_FAULT_FIELDS)}")
+        if not any(rule.get(f) for f in ("status", "delay", "reset", "broken")):
+            raise ValueError("a fault needs status, delay, reset or broken")
+    return [dict(rule) for rule in rules]
 
 
 def _abort(request: web.Request) -> None:
@@ -255,10 +313,26 @@ async def _control(request: web.Request, path: str) -> web.StreamResponse:
         match = _IMAGE_NAME.search(path)
         width, height = (int(match[1]), int(match[2])) if match else (1024, 1024)
         return web.Response(body=media.png_bytes(width, height), content_type="image/png")
+    elif path == "/_fake/faults":
+        faults: list[dict] = request.app[FAULTS]
+        if request.method == "GET":
+            return web.json_response(faults)
+        if request.method == "DELETE":
+            cleared = len(faults)
+            faults.clear()
+            return web.json_response({"cleared": cleared})
+        if request.method == "POST":
+            try:
+                added = _valid_faults(await request.json())
+            except ValueError as e:
+                return web.json_response({"error": str(e)}, status=400)
+            faults.extend(added)
+            return web.json_response({"faults": len(faults)})
     elif path == "/_fake/health":
         return web.json_response({"status": "ok"})
     return web.json_response(
-        {"error": "unknown control endpoint; use GET or DELETE /_fake/requests, GET /_fake/images/NAME-WxH.png, GET /_fake/health"},
+        {"error": "unknown control endpoint; use GET or DELETE /_fake/requests, GET, POST or DELETE /_fake/faults, "
+                  "GET /_fake/images/NAME-WxH.png, GET /_fake/health"},
         status=404,
     )
 
@@ -266,6 +340,7 @@ async def _control(request: web.Request, path: str) -> web.StreamResponse:
 def create_app() -> web.Application:
     app = web.Application(client_max_size=MAX_UPLOAD_BYTES)
     app[REQUEST_LOG] = deque(maxlen=REQUEST_LOG_SIZE)
+    app[FAULTS] = []
     app.router.add_route("*", "/{tail:.*}", handle)
     return app
 

@@ -1,0 +1,167 @@
+"""The attempt loop of one call: candidates in order, keys from the pools, retries with their waits.
+
+`run_attempts` drives the pure decisions of `tokensense.gateway.retry` and the key
+pools of `tokensense.gateway.key_pool` over a plan of candidates. It knows nothing of
+mitmproxy or HTTP clients: the gateway gives it
+
+- `police(candidate)`: checks the key's policy for a fallback and reserves its
+  budget; returns None when the candidate may be tried, else why not (skipped);
+- `send(candidate, credential, timeouts)`: makes one upstream attempt and returns
+  as soon as the answer's status and headers are in (before any byte went to the
+  client), or when there was no answer;
+- `discard(outcome)`: closes a failed attempt's answer that will not be used.
+
+It returns the answer to give the client (the first success, or the last failure)
+and every attempt made, in order, for the records and the `x-tokensense-attempts`
+header.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from tokensense.config import RoutingConfig
+from tokensense.gateway.key_pool import KeyPools, KeyState, outcome_for
+from tokensense.gateway.retry import Action, Candidate, Skipped, UpstreamTimeouts, next_step, parse_retry_after
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(slots=True)
+class AttemptOutcome:
+    """What one upstream attempt gave, up to the first byte of its answer."""
+
+    status: int | None  # None: no answer (connection refused or reset, timeout before the first byte)
+    headers: Mapping[str, str] = field(default_factory=dict)
+    error: str | None = None  # why there was no answer, or the provider's error message
+    answer: Any = None  # the caller's handle on the answer (to forward or to discard)
+    synthetic: bool = False  # made by the gateway: no key of the provider was usable, nothing was sent
+
+    @property
+    def ok(self) -> bool:
+        return self.status is not None and self.status < 400
+
+
+@dataclass(frozen=True, slots=True)
+class Attempt:
+    """One upstream attempt: a usage record of its own, linked to the call by its request id."""
+
+    number: int  # 1, 2, ... (the record's `attempt`)
+    candidate: Candidate
+    key_name: str
+    status: int | None
+    error: str | None
+    waited: float  # seconds waited before it
+    probe: bool  # the half-open probe of the key's circuit
+    key_state: KeyState  # the key's state once this answer was reported
+
+    @property
+    def summary(self) -> str:
+        """`openai/gpt-4o-mini:503` for the `x-tokensense-attempts` list."""
+        return f"{self.candidate.served_by}:{self.status if self.status is not None else 'no-answer'}"
+
+
+@dataclass(slots=True)
+class AttemptsResult:
+    outcome: AttemptOutcome  # what the client gets
+    attempts: list[Attempt]
+    skipped: list[Skipped]
+    served_by: Candidate | None  # the candidate whose answer the client gets (None: no attempt was made)
+
+    def headers(self) -> dict[str, str]:
+        """`x-tokensense-attempts` (how many upstream attempts) and `x-tokensense-served-by: provider/model`."""
+        out = {"x-tokensense-attempts": str(len(self.attempts))}
+        if self.served_by is not None:
+            out["x-tokensense-served-by"] = self.served_by.served_by
+        return out
+
+
+def _no_key(candidate: Candidate, retry_after: float | None, states: Mapping[str, KeyState] | None) -> AttemptOutcome:
+    described = ", ".join(f"{name} {state.value}" for name, state in (states or {}).items()) or "none"
+    if retry_after is not None:
+        return AttemptOutcome(429, {"retry-after": str(max(1, int(-(-retry_after // 1))))},
+                              f"every {candidate.provider} key is resting ({described}); one is usable again in "
+                              f"{retry_after:.0f}s", synthetic=True)
+    return AttemptOutcome(503, {}, f"no {candidate.provider} key can be used ({described}); "
+                                   "`tokensense providers restore` puts a refused key back", synthetic=True)
+
+
+async def run_attempts(
+    plan: Sequence[Candidate],
+    *,
+    pools: KeyPools,
+    routing: RoutingConfig,
+    credentials: Callable[[str], Sequence[Any]],
+    send: Callable[[Candidate, Any, UpstreamTimeouts], Awaitable[AttemptOutcome]],
+    timeouts: Callable[[Candidate], UpstreamTimeouts],
+    police: Callable[[Candidate], Awaitable[str | None]] | None = None,
+    discard: Callable[[AttemptOutcome], Awaitable[None]] | None = None,
+    sleep: Callable[[float], Awaitable[Any]] = asyncio.sleep,
+    rng: random.Random | None = None,
+    request_id: str = "",
+) -> AttemptsResult:
+    """Try the plan's candidates in order until one answers (see the module docstring)."""
+    attempts: list[Attempt] = []
+    skipped: list[Skipped] = []
+    # The latest failed answer: the client's answer if nothing better comes, closed once replaced.
+    last: AttemptOutcome | None = None
+    last_candidate: Candidate | None = None
+
+    async def replace_last(outcome: AttemptOutcome, candidate: Candidate | None) -> None:
+        nonlocal last, last_candidate
+        if last is not None and not last.synthetic and discard is not None:
+            await discard(last)
+        last, last_candidate = outcome, candidate
+
+    for index, candidate in enumerate(plan):
+        if index and police is not None:
+            refusal = await police(candidate)
+            if refusal is not None:
+                log.info("request %s: fallback %s skipped: %s", request_id, candidate.requested, refusal)
+                skipped.append(Skipped(candidate.requested, refusal))
+                continue
+        has_fallback = index < len(plan) - 1
+        retries_used, wait = 0, 0.0
+        tried: set[str] = set()
+        while True:
+            pool = credentials(candidate.provider)
+            if wait:
+                await sleep(wait)
+            pick = await pools.pick(candidate.provider, pool, exclude=tried)
+            if pick.key is None:
+                outcome = _no_key(candidate, pick.retry_after, pick.states)
+                log.info("request %s: %s", request_id, outcome.error)
+                if last is None or last.synthetic:
+                    last, last_candidate = outcome, None
+                break
+            outcome = await send(candidate, pick.key, timeouts(candidate))
+            retry_after = parse_retry_after(outcome.headers) if outcome.status is not None else None
+            state = await pools.report(candidate.provider, pick.key.name, outcome_for(outcome.status),
+                                       retry_after=retry_after,
+                                       reason=f"{outcome.status}: {outcome.error or 'refused'}"[:300])
+            attempts.append(Attempt(len(attempts) + 1, candidate, pick.key.name, outcome.status, outcome.error,
+                                    wait, pick.probe, state))
+            await replace_last(outcome, candidate)
+            if outcome.ok:
+                return AttemptsResult(outcome, attempts, skipped, candidate)
+            tried.add(pick.key.name)
+            step = next_step(status=outcome.status, retry_after=retry_after, retries_used=retries_used,
+                             routing=routing, has_fallback=has_fallback,
+                             other_key=pools.has_usable(candidate.provider, pool, tried), rng=rng)
+            log.info("request %s: attempt %d (%s, key %s) failed: %s; %s", request_id, len(attempts),
+                     candidate.served_by, pick.key.name, step.reason, step.action.value)
+            if step.action is Action.GIVE_UP:
+                return AttemptsResult(outcome, attempts, skipped, candidate)
+            if step.action is Action.FALLBACK:
+                break
+            if step.uses_retry:
+                retries_used += 1
+            wait = step.wait
+    if last is None:  # every candidate was skipped before any attempt
+        last = AttemptOutcome(403, {}, "no model of the plan may be used with this key", synthetic=True)
+    return AttemptsResult(last, attempts, skipped, last_candidate)
