@@ -13,6 +13,8 @@ from tokensense.gateway.flowmeta import RATE
 from tokensense.gateway.limits import RateDecision
 from tokensense.gateway.call import CallContext
 from tokensense.gateway.policy import budget_window, check_access, estimate_cost, estimate_usage, limits_for
+from tokensense.gateway.price_policy import unpriced_refusal
+from tokensense.gateway.routing import MEDIA_ENDPOINTS
 from tokensense.gateway.runtime import Runtime
 from tokensense.storage.models import UsageCreate
 from tokensense.metering.usage import TokenUsage
@@ -40,6 +42,10 @@ class Policy:
             check_access(key, call.provider, call.model, call.requested_model)
         except GatewayError as e:
             answer_error(flow, call.fmt, e)
+            return
+        if call.route_endpoint not in MEDIA_ENDPOINTS and (refusal := unpriced_refusal(
+                key, self.runtime.prices, call.provider, call.model, call.requested_model)):
+            answer_error(flow, call.fmt, refusal)
             return
 
         limits = limits_for(key)
@@ -105,7 +111,7 @@ class Policy:
 
     def _settle_budget(self, call: CallContext, window: str, reserved: float, record: UsageCreate) -> None:
         assert call.key is not None and self.runtime.counters is not None
-        self._spawn(self.runtime.counters.settle_budget(call.key.id, window, reserved, record.cost_usd))
+        self._spawn(self.runtime.counters.settle_budget(call.key.id, window, reserved, record.cost_usd or 0.0))
 
     def _spawn(self, coro) -> None:  # noqa: ANN001
         task = asyncio.get_running_loop().create_task(coro)

@@ -8,7 +8,7 @@ from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import urlsplit
 
-from sqlalchemy import func, insert
+from sqlalchemy import case, func, insert
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session, col, select
 
@@ -347,7 +347,9 @@ def usage_record_dict(row: Usage) -> dict[str, Any]:
     """One usage record as a JSON-ready dict; `created_at` is ISO 8601 in UTC."""
     data = row.model_dump()
     data["created_at"] = iso_utc(row.created_at)
-    return {name: data[name] for name in USAGE_RECORD_FIELDS}
+    record = {name: data[name] for name in USAGE_RECORD_FIELDS}
+    record["unpriced"] = record["cost_usd"] is None  # no price was known: not free, unknown
+    return record
 
 
 def query_usage(
@@ -384,6 +386,7 @@ def query_usage(
             func.coalesce(func.sum(Usage.input_tokens), 0).label("input_tokens"),
             func.coalesce(func.sum(Usage.output_tokens), 0).label("output_tokens"),
             cost.label("cost_usd"),
+            func.coalesce(func.sum(case((col(Usage.cost_usd).is_(None), 1), else_=0)), 0).label("unpriced"),
         )
         .where(*conditions)
         .group_by(*group_columns)
@@ -394,14 +397,15 @@ def query_usage(
     results = []
     for row in session.exec(statement).all():
         group = dict(zip(fields, row[: len(fields)], strict=True))
-        requests, input_tokens, output_tokens, cost_usd = row[len(fields) :]
+        requests, input_tokens, output_tokens, cost_usd, unpriced = row[len(fields) :]
         results.append(
             {
                 **group,
                 "requests": int(requests),
                 "input_tokens": int(input_tokens),
                 "output_tokens": int(output_tokens),
-                "cost_usd": float(cost_usd),
+                "cost_usd": float(cost_usd),  # of the priced calls
+                "unpriced": int(unpriced),  # calls no price was known for (not in cost_usd)
             }
         )
     return results
