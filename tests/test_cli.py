@@ -311,8 +311,8 @@ def test_usage_json_records(run) -> None:
 def test_usage_by_fields(run) -> None:
     groups = _json(run("usage", "--by", "workflow,step", "--since", "24h", "--json"))
     assert groups == [
-        {"workflow": "triage", "step": "summarise", "requests": 1, "input_tokens": 300, "output_tokens": 30, "cost_usd": 0.003},
-        {"workflow": "triage", "step": "classify", "requests": 1, "input_tokens": 100, "output_tokens": 10, "cost_usd": 0.001},
+        {"workflow": "triage", "step": "summarise", "requests": 1, "input_tokens": 300, "output_tokens": 30, "cost_usd": 0.003, "unpriced": 0},
+        {"workflow": "triage", "step": "classify", "requests": 1, "input_tokens": 100, "output_tokens": 10, "cost_usd": 0.001, "unpriced": 0},
     ]
     by_key = _json(run("usage", "--by", "key", "--json"))
     assert {g["key_name"]: g["requests"] for g in by_key} == {"ci": 2, "batch": 1}
@@ -323,9 +323,9 @@ def test_usage_csv(run) -> None:
     result = run("usage", "--by", "provider", "--by", "model", "--csv")
     assert result.code == 0
     rows = list(csv.DictReader(io.StringIO(result.out)))
-    assert list(rows[0]) == ["provider", "model", "requests", "input_tokens", "output_tokens", "cost_usd"]
+    assert list(rows[0]) == ["provider", "model", "requests", "input_tokens", "output_tokens", "cost_usd", "unpriced"]
     assert rows[0] == {"provider": "anthropic", "model": "claude-3-5-haiku", "requests": "1",
-                       "input_tokens": "1000", "output_tokens": "100", "cost_usd": "0.01"}
+                       "input_tokens": "1000", "output_tokens": "100", "cost_usd": "0.01", "unpriced": "0"}
     assert rows[1]["requests"] == "2"
 
     records = list(csv.DictReader(io.StringIO(run("usage", "--csv").out)))

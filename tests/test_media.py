@@ -161,7 +161,8 @@ def test_image_usage_reads_gpt_image_tokens_and_counts_images() -> None:
               "usage": {"input_tokens": 12, "output_tokens": 2112, "total_tokens": 2124,
                         "input_tokens_details": {"text_tokens": 12, "image_tokens": 0}}}
     usage, image_in, image_out = media.image_usage(answer)
-    assert usage == TokenUsage(input_tokens=12, output_tokens=2112, images=2)
+    assert usage == TokenUsage(input_tokens=12, output_tokens=2112, images=2, units={"output_image_tokens": 2112},
+                               counters={"input_text_tokens": 12})
     assert (image_in, image_out) == (0, 2112)
     assert media.image_usage({"created": 1, "data": [{"url": "u"}]}) == (TokenUsage(images=1), 0, 0)
 
@@ -245,7 +246,8 @@ def test_transcription_usage_from_each_answer_shape() -> None:
     tokens = json.dumps({"text": "hi", "usage": {"type": "tokens", "input_tokens": 25, "output_tokens": 2,
                                                  "input_token_details": {"text_tokens": 5, "audio_tokens": 20}}})
     usage = media.transcription_usage(tokens.encode(), "application/json")
-    assert usage.tokens == TokenUsage(input_tokens=25, output_tokens=2) and usage.audio_tokens == 20
+    assert usage.tokens == TokenUsage(input_tokens=25, output_tokens=2, units={"input_audio_tokens": 20},
+                                     counters={"input_text_tokens": 5}) and usage.audio_tokens == 20
     assert media.transcription_usage(b"hello\n", "text/plain") == media.AudioUsage()
     assert media.billed_seconds(media.AudioUsage(2.48, 3.0), 2.5) == 2.48
     assert media.billed_seconds(media.AudioUsage(None, 3.0), 2.5) == 3.0
@@ -379,9 +381,10 @@ def test_streamed_transcription_is_metered_from_its_done_event() -> None:
               b'"input_token_details":{"text_tokens":0,"audio_tokens":30},"output_tokens":1,"total_tokens":31}}\n\n')
     addon.responseheaders(flow)
     assert run_stream(flow, events, size=7) == events
-    assert call.usage == TokenUsage(input_tokens=30, output_tokens=1, seconds=3.0)
+    assert call.usage == TokenUsage(input_tokens=30, output_tokens=1, seconds=3.0, units={"input_audio_tokens": 30})
     book = PriceBook()
-    total = book.token_cost("openai", "gpt-4o-mini-transcribe", call.usage) + call.media_cost
+    assert call.media_cost is None  # priced by its tokens, the audio ones in `usage.units`
+    total = book.token_cost("openai", "gpt-4o-mini-transcribe", call.usage)
     assert total == pytest.approx(30 * 3e-6 + 1 * 5e-6)  # audio in $3/1M, text out $5/1M
 
 

@@ -502,7 +502,7 @@ def _cmd_usage(args: argparse.Namespace) -> int:
     if args.json:
         _print_json(rows)
     elif args.csv:
-        _print_csv([*fields, *_AGGREGATES] if fields else [*repo.USAGE_RECORD_FIELDS, "unpriced"], rows)
+        _print_csv([*fields, *_AGGREGATES] if fields else repo.USAGE_RECORD_FIELDS, rows)
     elif not rows:
         print("No usage recorded" + (f" since {since:%Y-%m-%d %H:%M:%S} UTC." if since else " yet."))
     elif fields:

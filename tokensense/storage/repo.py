@@ -43,6 +43,7 @@ USAGE_RECORD_FIELDS: tuple[str, ...] = (
     "id",
     "created_at",
     *(name for name in Usage.model_fields if name not in ("id", "created_at")),
+    "unpriced",  # cost_usd is NULL: no price was known (not free, unknown)
 )
 KEY_PREFIX_LENGTH = 10  # "tsk_" and six characters: enough to recognise a key, useless to guess it
 
@@ -347,9 +348,8 @@ def usage_record_dict(row: Usage) -> dict[str, Any]:
     """One usage record as a JSON-ready dict; `created_at` is ISO 8601 in UTC."""
     data = row.model_dump()
     data["created_at"] = iso_utc(row.created_at)
-    record = {name: data[name] for name in USAGE_RECORD_FIELDS}
-    record["unpriced"] = record["cost_usd"] is None  # no price was known: not free, unknown
-    return record
+    data["unpriced"] = row.cost_usd is None
+    return {name: data[name] for name in USAGE_RECORD_FIELDS}
 
 
 def query_usage(
