@@ -873,6 +873,11 @@ def build_parser() -> argparse.ArgumentParser:
                         "(default: each answer once, in order)")
     replay.set_defaults(handler=_cmd_replay)
 
+    # prices (tokensense/cli/prices.py)
+    from tokensense.cli.prices import add_prices_command
+
+    add_prices_command(commands, [as_json], _FORMATTER)
+
     return parser
 
 

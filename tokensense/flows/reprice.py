@@ -284,8 +284,11 @@ def reprice_file(path: str | Path, *, prices: PriceBook | None = None, media: Me
         from tokensense.config import load_config
         from tokensense.settings import get_settings
 
-        config = load_config(get_settings())
-        prices = prices or PriceBook(config.models)
+        from tokensense.metering.catalog_update import install_catalog
+
+        settings = get_settings()
+        config = load_config(settings)
+        prices = prices or PriceBook(config.models, snapshot=install_catalog(settings.home))
         media = media or MediaPriceTable(config.media_prices)
         hosts = hosts or HostTable(config.intercept_hosts)
     return reprice_flows(read_flow_file(path), file=str(path), prices=prices, media=media, hosts=hosts)

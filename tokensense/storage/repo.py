@@ -324,6 +324,13 @@ def record_usages(*, session: Session, usages: Sequence[UsageCreate]) -> int:
     return len(rows)
 
 
+def usage_for_request(*, session: Session, request_id: str, key_id: str) -> list[dict[str, Any]]:
+    """The records of one request (one per upstream attempt, oldest first), if `key_id` made it; else []."""
+    statement = (select(Usage).where(Usage.request_id == request_id, Usage.key_id == key_id)
+                 .order_by(col(Usage.attempt), col(Usage.id)))
+    return [usage_record_dict(row) for row in session.exec(statement).all()]
+
+
 def normalize_group_fields(by: Iterable[str]) -> list[str]:
     """The usage fields to group by, aliases resolved; `ValueError` naming the allowed ones."""
     fields: list[str] = []
