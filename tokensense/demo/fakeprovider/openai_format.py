@@ -320,7 +320,8 @@ def embeddings(req: FakeRequest) -> Reply:
         data.append({"object": "embedding", "index": index, "embedding": encoded})
     tokens = max(1, words)
     return json_reply(
-        {"object": "list", "data": data, "model": model, "usage": {"prompt_tokens": tokens, "total_tokens": tokens}},
+        {"object": "list", "data": data, "model": model,
+         "usage": req.controls.usage or {"prompt_tokens": tokens, "total_tokens": tokens}},
         headers={"x-request-id": new_id("req_")},
     )
 
