@@ -24,7 +24,6 @@ from tokensense.metering.media_prices import (
     MediaPriceError,
     MediaPriceTable,
     catalog_media_cost,
-    token_detail_surcharge,
 )
 from tokensense.gateway.call import CallContext
 from tokensense.metering.pricing import PriceBook
@@ -316,13 +315,11 @@ def test_bad_config_prices_are_clear_errors(overrides: dict, message: str) -> No
 
 
 def test_audio_tokens_are_priced_at_the_audio_rate() -> None:
-    usage = TokenUsage(input_tokens=100, output_tokens=10)
+    usage = TokenUsage(input_tokens=100, output_tokens=10, units={"input_audio_tokens": 100})
     book = PriceBook()
-    text_priced = book.token_cost("openai", "gpt-4o-transcribe", usage)
-    surcharge = token_detail_surcharge(book, "openai", "gpt-4o-transcribe", usage, input_audio_tokens=100)
-    assert text_priced + surcharge == pytest.approx(100 * 6e-6 + 10 * 10e-6)
+    assert book.token_cost("openai", "gpt-4o-transcribe", usage) == pytest.approx(100 * 6e-6 + 10 * 10e-6)
     declared = PriceBook({"gpt-4o-transcribe": ModelPrice(provider="openai", input_per_mtok=1, output_per_mtok=1)})
-    assert token_detail_surcharge(declared, "openai", "gpt-4o-transcribe", usage, input_audio_tokens=100) == 0.0
+    assert declared.token_cost("openai", "gpt-4o-transcribe", usage) == pytest.approx(110e-6)  # its declared price
 
 
 def test_catalog_prices_media_models_the_table_lacks() -> None:
