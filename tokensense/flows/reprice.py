@@ -226,9 +226,9 @@ def price_flow(flow: http.HTTPFlow, prices: PriceBook, media: MediaPriceTable,
         openai_format = endpoint == Endpoint.CHAT.value and adapter.name not in OPENAI_COMPATIBLE
         translated = openai_format and not flow.response.headers.get("content-type", "").startswith(
             "text/event-stream")
-        if not (translated and record is not None and record.get("details")):
+        if not (translated and record is not None):
             # A translated answer carries OpenAI's usage shape, without the provider's finer counters
-            # (1-hour cache writes, server tools): the record's breakdown is read instead.
+            # (cache writes, 1-hour writes, server tools): the record and its breakdown are read instead.
             usage = answer_usage(adapter, flow.response, openai_format=openai_format, endpoint=endpoint)
             usage = with_request_tier(usage, request)
     source = "answer"
