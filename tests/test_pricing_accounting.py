@@ -215,3 +215,14 @@ def test_prices_update_saves_the_catalog_and_fails_clearly_offline(tmp_path: Pat
     assert "updated" in book.catalog_origin
     (tmp_path / "prices" / "genai-prices.json").write_text("{broken")
     assert load_saved_catalog(tmp_path) is None  # unreadable: the bundled catalog is used
+
+
+def test_translated_usage_with_malformed_counters_is_still_translated() -> None:
+    """Issue 12 item 6: a wrong usage type no longer breaks the OpenAI-format translation of a Claude/Gemini answer."""
+    from tokensense.providers.anthropic.chat import usage_to_openai as anthropic_usage
+    from tokensense.providers.gemini.chat import usage_to_openai as gemini_usage
+
+    translated = anthropic_usage({"input_tokens": "ten", "output_tokens": 5, "cache_read_input_tokens": -3})
+    assert (translated["prompt_tokens"], translated["completion_tokens"]) == (0, 5)
+    translated = gemini_usage({"promptTokenCount": 4, "candidatesTokenCount": None, "thoughtsTokenCount": [1]})
+    assert (translated["prompt_tokens"], translated["completion_tokens"]) == (4, 0)
