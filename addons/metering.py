@@ -75,7 +75,7 @@ class Metering:
             call.usage = self._usage_from_body(call, body)
         if status >= 400 and call.error is None:
             call.error = _error_message(body if body is not None else response_body(response))
-        record = self._record(call, status, flow)
+        record = self._record(call, status)
         if _header(response.headers, b"x-tokensense-request-id") is None:  # answered by TokenSense itself
             response.headers.fields += ((b"x-tokensense-request-id", call.request_id.encode()),)
         if not response.stream and call.provider is not None:
@@ -89,14 +89,14 @@ class Metering:
         status = call.status or (499 if flow.error and "client" in flow.error.msg.lower() else 502)
         if call.error is None and flow.error:
             call.error = flow.error.msg
-        self._record(call, status, flow)
+        self._record(call, status)
 
     def _usage_from_body(self, call: CallContext, content: bytes) -> TokenUsage | None:
         adapter = call.provider
         assert adapter is not None
         return usage_from_answer(adapter, content)
 
-    def _record(self, call: CallContext, status: int, flow: http.HTTPFlow):
+    def _record(self, call: CallContext, status: int):
         call.recorded = True
         call.status = status
         if call.provider is not None:  # the answer's service tier, else the one the request asked for
