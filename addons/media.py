@@ -23,7 +23,6 @@ from tokensense.metering.media_prices import (
     MediaPriceTable,
     catalog_media_cost,
     load_media_prices,
-    token_detail_surcharge,
 )
 from tokensense.metering.stream import PassthroughStream
 from tokensense.metering.usage import TokenUsage
@@ -261,13 +260,11 @@ class Media:
             answer = json.loads(response.content or b"")
         except (ValueError, UnicodeDecodeError):
             return
-        usage, image_in, image_out = media.image_usage(answer)
+        usage, _, _ = media.image_usage(answer)
         assert call.provider is not None and call.model is not None
         call.usage = usage
-        if usage.input_tokens or usage.output_tokens:  # gpt-image: priced by tokens
-            call.media_cost = token_detail_surcharge(
-                self.runtime.prices, call.provider.prices_id, call.model, usage,
-                input_image_tokens=image_in, output_image_tokens=image_out)
+        if usage.has_tokens:  # gpt-image: priced by its tokens, image tokens included (in `usage.units`)
+            call.media_cost = None
         else:
             size = _str(answer.get("size")) or state.size
             quality = _str(answer.get("quality")) or state.quality
@@ -301,9 +298,8 @@ class Media:
             "characters": state.characters,
         })
         call.usage = usage
-        if usage.input_tokens or usage.output_tokens:
-            cost = token_detail_surcharge(self.runtime.prices, call.provider.prices_id, call.model, usage,
-                                          input_audio_tokens=audio.audio_tokens)
+        if usage.has_tokens:  # gpt-4o transcribe: priced by its tokens, audio tokens included (in `usage.units`)
+            cost = None
         elif state.kind == "speech":
             cost = self.prices.speech_cost(call.model, characters=state.characters, seconds=seconds)
         elif seconds is None:

@@ -14,7 +14,7 @@ from tokensense.gateway.runtime import Runtime
 from tokensense.metering.record import build_record
 from tokensense.metering.stream import PassthroughStream
 from tokensense.metering.usage import TokenUsage
-from tokensense.metering.usage_extract import find_usage_object
+from tokensense.metering.usage_extract import usage_from_answer, with_request_tier
 
 log = logging.getLogger(__name__)
 
@@ -79,7 +79,7 @@ class Metering:
         if _header(response.headers, b"x-tokensense-request-id") is None:  # answered by TokenSense itself
             response.headers.fields += ((b"x-tokensense-request-id", call.request_id.encode()),)
         if not response.stream and call.provider is not None:
-            _set_header(response.headers, b"x-tokensense-cost-usd",
+            _set_header(response.headers, b"x-tokensense-cost-usd", "unpriced" if record.cost_usd is None else
                         f"{record.cost_usd:.8f}".rstrip("0").rstrip(".") or "0")
 
     def error(self, flow: http.HTTPFlow) -> None:
@@ -94,20 +94,14 @@ class Metering:
     def _usage_from_body(self, call: CallContext, content: bytes) -> TokenUsage | None:
         adapter = call.provider
         assert adapter is not None
-        if not content:
-            return None
-        if adapter.usage_key:
-            obj = find_usage_object(content, adapter.usage_key)
-            if obj is not None:
-                return adapter.usage_from_object(obj)
-        try:
-            return adapter.usage_from_body(json.loads(content))
-        except (ValueError, UnicodeDecodeError):
-            return None
+        return usage_from_answer(adapter, content)
 
     def _record(self, call: CallContext, status: int):
         call.recorded = True
         call.status = status
+        if call.provider is not None:  # the answer's service tier, else the one the request asked for
+            usage = call.usage or (call.stream_usage.result() if call.stream_usage else None)
+            call.usage = with_request_tier(usage, call.sent_body)
         record = build_record(call, status=status, prices=self.runtime.prices)
         if self.runtime.recorder is not None:
             self.runtime.recorder.submit(record)

@@ -14,6 +14,8 @@ from tokensense.gateway.errors import GatewayError
 from tokensense.gateway.flowmeta import RATE
 from tokensense.gateway.limits import RateDecision
 from tokensense.gateway.policy import budget_window, check_access, estimate_cost, estimate_usage, limits_for
+from tokensense.gateway.price_policy import unpriced_refusal
+from tokensense.gateway.routing import MEDIA_ENDPOINTS
 from tokensense.gateway.runtime import Runtime
 from tokensense.metering.usage import TokenUsage
 from tokensense.storage.models import UsageCreate
@@ -41,6 +43,10 @@ class Policy:
             check_access(key, call.provider, call.model, call.requested_model)
         except GatewayError as e:
             answer_error(flow, call.fmt, e)
+            return
+        if call.route_endpoint not in MEDIA_ENDPOINTS and (refusal := unpriced_refusal(
+                key, self.runtime.prices, call.provider, call.model, call.requested_model)):
+            answer_error(flow, call.fmt, refusal)
             return
 
         limits = limits_for(key)

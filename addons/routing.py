@@ -50,8 +50,14 @@ class Router:
         key = call.key
         assert key is not None
         available = [name for name in PROVIDERS if self.runtime.keys.credential(name).api_key]
-        answer_json(flow, 200, list_models(available, custom=self.runtime.prices.custom, extra=self._media_models(),
-                                           allowed=lambda provider, model: model_allowed(key, provider, model)))
+        media = self._media_models()
+        media_names = {m for models in media.values() for m in models}
+        prices = self.runtime.prices
+        answer_json(flow, 200, list_models(available, custom=prices.custom, extra=media,
+                                           allowed=lambda provider, model: model_allowed(key, provider, model),
+                                           pricing=lambda provider, model: "media" if model in media_names and
+                                           model not in prices.custom else
+                                           prices.pricing_kind(PROVIDERS[provider].prices_id, model)))
 
     def _media_models(self) -> dict[str, list[str]]:
         """Image and audio models from the media price table, by provider (the catalog lacks most)."""

@@ -11,6 +11,7 @@ from addons.media import Media
 from addons.metering import Metering
 from addons.policy import Policy
 from addons.recording import Recording
+from addons.request_records import RequestRecords
 from addons.routing import Router
 from addons.translation import Translation
 from addons.upstream_errors import UpstreamErrors
@@ -24,6 +25,7 @@ def tokensense_addons(runtime: Runtime | None = None) -> list[object]:
         Lifecycle(runtime),
         Intercept(runtime),  # before Admit: intercepted calls never meet the gateway's key check
         Admit(runtime),  # requestheaders: key, route, body limit
+        RequestRecords(runtime),  # GET /v1/tokensense/requests/{id}, answered before routing
         Router(runtime),  # request: parse, resolve, prepare the upstream request
         Media(runtime),
         Policy(runtime),  # request: access, rate, budget

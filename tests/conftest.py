@@ -146,7 +146,7 @@ class Gateway:
 
 
 def start_gateway(tmp: Path, fake: FakeProvider, *, extra_env: dict[str, str | None] | None = None,
-                  key_name: str = "e2e") -> Gateway:
+                  key_name: str = "e2e", serve_args: list[str] | None = None) -> Gateway:
     home = tmp / "home"
     env = clean_env()
     env["TOKENSENSE_HOME"] = str(home)
@@ -167,7 +167,7 @@ def start_gateway(tmp: Path, fake: FakeProvider, *, extra_env: dict[str, str | N
     port = free_port()
     log_path = tmp / "gateway.log"
     log = log_path.open("w")
-    proc = subprocess.Popen([str(BIN / "tokensense"), "serve", "--port", str(port)], stdout=log,
+    proc = subprocess.Popen([str(BIN / "tokensense"), "serve", "--port", str(port), *(serve_args or [])], stdout=log,
                             stderr=subprocess.STDOUT, env=env, cwd=tmp)
     url = f"http://127.0.0.1:{port}"
     try:

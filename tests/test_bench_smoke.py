@@ -17,8 +17,8 @@ pytestmark = pytest.mark.e2e
 def test_quick_bench_reports_every_lane(tmp_path: Path) -> None:
     out = tmp_path / "bench.json"
     result = subprocess.run(
-        [sys.executable, str(ROOT / "scripts" / "bench.py"), "--quick", "--out", str(out), "--duration", "0.3",
-         "--warmup", "0.3", "--memory-requests", "50", "--chunks", "4"],
+        [sys.executable, str(ROOT / "scripts" / "bench.py"), "--quick", "--out", str(out), "--duration", "1.5",
+         "--warmup", "0.5", "--memory-requests", "50", "--chunks", "4"],
         capture_output=True, text=True, timeout=300, cwd=tmp_path, env=clean_env())
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     report = json.loads(out.read_text())

@@ -311,8 +311,8 @@ def test_usage_json_records(run) -> None:
 def test_usage_by_fields(run) -> None:
     groups = _json(run("usage", "--by", "workflow,step", "--since", "24h", "--json"))
     assert groups == [
-        {"workflow": "triage", "step": "summarise", "requests": 1, "input_tokens": 300, "output_tokens": 30, "cost_usd": 0.003},
-        {"workflow": "triage", "step": "classify", "requests": 1, "input_tokens": 100, "output_tokens": 10, "cost_usd": 0.001},
+        {"workflow": "triage", "step": "summarise", "requests": 1, "input_tokens": 300, "output_tokens": 30, "cost_usd": 0.003, "unpriced": 0},
+        {"workflow": "triage", "step": "classify", "requests": 1, "input_tokens": 100, "output_tokens": 10, "cost_usd": 0.001, "unpriced": 0},
     ]
     by_key = _json(run("usage", "--by", "key", "--json"))
     assert {g["key_name"]: g["requests"] for g in by_key} == {"ci": 2, "batch": 1}
@@ -323,9 +323,9 @@ def test_usage_csv(run) -> None:
     result = run("usage", "--by", "provider", "--by", "model", "--csv")
     assert result.code == 0
     rows = list(csv.DictReader(io.StringIO(result.out)))
-    assert list(rows[0]) == ["provider", "model", "requests", "input_tokens", "output_tokens", "cost_usd"]
+    assert list(rows[0]) == ["provider", "model", "requests", "input_tokens", "output_tokens", "cost_usd", "unpriced"]
     assert rows[0] == {"provider": "anthropic", "model": "claude-3-5-haiku", "requests": "1",
-                       "input_tokens": "1000", "output_tokens": "100", "cost_usd": "0.01"}
+                       "input_tokens": "1000", "output_tokens": "100", "cost_usd": "0.01", "unpriced": "0"}
     assert rows[1]["requests"] == "2"
 
     records = list(csv.DictReader(io.StringIO(run("usage", "--csv").out)))
@@ -411,3 +411,35 @@ def test_missing_module_fails_only_that_command(run, monkeypatch: pytest.MonkeyP
     assert result.code == 1
     assert result.err.startswith("error: `tokensense dashboard` is not available")
     assert run("keys", "list").code == 0
+
+
+def test_usage_shows_unpriced_calls_as_unpriced(run) -> None:
+    """Issue 13: a call no price was known for is `unpriced` (cost NULL), not $0."""
+    now = datetime.now(UTC)
+    _record(_usage(key_name="ci", workflow="w", model="my-local", input_tokens=10, output_tokens=5, cost_usd=None,
+                   created_at=now - timedelta(minutes=2)),
+            _usage(key_name="ci", workflow="w", input_tokens=10, output_tokens=5, cost_usd=0.002,
+                   created_at=now - timedelta(minutes=1)))
+    records = _json(run("usage", "--json"))
+    assert [(r["cost_usd"], r["unpriced"]) for r in records] == [(0.002, False), (None, True)]
+    text = run("usage").out
+    assert "unpriced" in text and "2 requests, $0.002000, 1 unpriced" in text
+    [group] = _json(run("usage", "--by", "workflow", "--json"))
+    assert (group["requests"], group["cost_usd"], group["unpriced"]) == (2, 0.002, 1)
+    assert "+1 unpriced" in run("usage", "--by", "workflow").out
+
+
+def test_prices_shows_the_price_in_force_and_its_source(run) -> None:
+    result = run("prices", "mistral-large-latest")
+    assert result.code == 0
+    assert "Mistral Large 3" in result.out and "TokenSense override" in result.out and "$0.5 per 1M input" in result.out
+    priced = _json(run("prices", "claude-sonnet-4-5", "--json"))
+    keys = {r["key"]: r for r in priced["rates"]}
+    assert priced["source"] == "catalog" and keys["cache_write_1h_mtok"]["usd"] == "6"
+    assert keys["web_searches_kcount"]["per"] == "1K web searches" and keys["input_mtok"]["tiers"]
+    tiers = _json(run("prices", "gpt-5", "--json"))["variants"]
+    assert {"service_tier": "priority"} in [v["when"] for v in tiers]
+    unknown = run("prices", "gpt-nonexistent-9")
+    assert unknown.code == 1 and "unpriced" in unknown.out
+    offline = run("prices", "update", "--url", "http://127.0.0.1:9/data.json", "--timeout", "2")
+    assert offline.code == 1 and offline.err.count("\n") == 1 and "could not reach" in offline.err

@@ -460,7 +460,8 @@ def test_usage_is_read_from_every_answer_format() -> None:
     assert streamed is not None and streamed.input_tokens > 0
     anthropic = answer_usage(PROVIDERS["anthropic"], _response(ANTHROPIC_STREAM, "text/event-stream"))
     assert anthropic == TokenUsage(input_tokens=21 + 188 + 1024, output_tokens=26, cached_input_tokens=1024,
-                                   cache_write_tokens=188)
+                                   cache_write_tokens=188, units={"cache_write_5m_tokens": 188},
+                                   service_tier="standard")
     gemini = answer_usage(PROVIDERS["gemini"], _response(GEMINI_ANSWER, "application/json"))
     assert gemini is not None and gemini.input_tokens == 1290 and gemini.cached_input_tokens == 1024
     compressed = http.Response.make(200, b"", {"content-type": "application/json", "content-encoding": "gzip"})

@@ -27,7 +27,6 @@ from tokensense.metering.media_prices import (
     MediaPriceError,
     MediaPriceTable,
     catalog_media_cost,
-    token_detail_surcharge,
 )
 from tokensense.metering.pricing import PriceBook
 from tokensense.metering.usage import TokenUsage
@@ -161,7 +160,8 @@ def test_image_usage_reads_gpt_image_tokens_and_counts_images() -> None:
               "usage": {"input_tokens": 12, "output_tokens": 2112, "total_tokens": 2124,
                         "input_tokens_details": {"text_tokens": 12, "image_tokens": 0}}}
     usage, image_in, image_out = media.image_usage(answer)
-    assert usage == TokenUsage(input_tokens=12, output_tokens=2112, images=2)
+    assert usage == TokenUsage(input_tokens=12, output_tokens=2112, images=2, units={"output_image_tokens": 2112},
+                               counters={"input_text_tokens": 12})
     assert (image_in, image_out) == (0, 2112)
     assert media.image_usage({"created": 1, "data": [{"url": "u"}]}) == (TokenUsage(images=1), 0, 0)
 
@@ -245,7 +245,8 @@ def test_transcription_usage_from_each_answer_shape() -> None:
     tokens = json.dumps({"text": "hi", "usage": {"type": "tokens", "input_tokens": 25, "output_tokens": 2,
                                                  "input_token_details": {"text_tokens": 5, "audio_tokens": 20}}})
     usage = media.transcription_usage(tokens.encode(), "application/json")
-    assert usage.tokens == TokenUsage(input_tokens=25, output_tokens=2) and usage.audio_tokens == 20
+    assert usage.tokens == TokenUsage(input_tokens=25, output_tokens=2, units={"input_audio_tokens": 20},
+                                     counters={"input_text_tokens": 5}) and usage.audio_tokens == 20
     assert media.transcription_usage(b"hello\n", "text/plain") == media.AudioUsage()
     assert media.billed_seconds(media.AudioUsage(2.48, 3.0), 2.5) == 2.48
     assert media.billed_seconds(media.AudioUsage(None, 3.0), 2.5) == 3.0
@@ -314,13 +315,11 @@ def test_bad_config_prices_are_clear_errors(overrides: dict, message: str) -> No
 
 
 def test_audio_tokens_are_priced_at_the_audio_rate() -> None:
-    usage = TokenUsage(input_tokens=100, output_tokens=10)
+    usage = TokenUsage(input_tokens=100, output_tokens=10, units={"input_audio_tokens": 100})
     book = PriceBook()
-    text_priced = book.token_cost("openai", "gpt-4o-transcribe", usage)
-    surcharge = token_detail_surcharge(book, "openai", "gpt-4o-transcribe", usage, input_audio_tokens=100)
-    assert text_priced + surcharge == pytest.approx(100 * 6e-6 + 10 * 10e-6)
+    assert book.token_cost("openai", "gpt-4o-transcribe", usage) == pytest.approx(100 * 6e-6 + 10 * 10e-6)
     declared = PriceBook({"gpt-4o-transcribe": ModelPrice(provider="openai", input_per_mtok=1, output_per_mtok=1)})
-    assert token_detail_surcharge(declared, "openai", "gpt-4o-transcribe", usage, input_audio_tokens=100) == 0.0
+    assert declared.token_cost("openai", "gpt-4o-transcribe", usage) == pytest.approx(110e-6)  # its declared price
 
 
 def test_catalog_prices_media_models_the_table_lacks() -> None:
@@ -379,9 +378,10 @@ def test_streamed_transcription_is_metered_from_its_done_event() -> None:
               b'"input_token_details":{"text_tokens":0,"audio_tokens":30},"output_tokens":1,"total_tokens":31}}\n\n')
     addon.responseheaders(flow)
     assert run_stream(flow, events, size=7) == events
-    assert call.usage == TokenUsage(input_tokens=30, output_tokens=1, seconds=3.0)
+    assert call.usage == TokenUsage(input_tokens=30, output_tokens=1, seconds=3.0, units={"input_audio_tokens": 30})
     book = PriceBook()
-    total = book.token_cost("openai", "gpt-4o-mini-transcribe", call.usage) + call.media_cost
+    assert call.media_cost is None  # priced by its tokens, the audio ones in `usage.units`
+    total = book.token_cost("openai", "gpt-4o-mini-transcribe", call.usage)
     assert total == pytest.approx(30 * 3e-6 + 1 * 5e-6)  # audio in $3/1M, text out $5/1M
 
 

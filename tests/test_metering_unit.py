@@ -62,7 +62,7 @@ def test_openai_stream_usage_is_read_and_passed_through_unchanged_when_client_as
     raw = (STREAMS / "openai_chat_include_usage.sse").read_bytes()
     out, usage = run_stream("openai", "openai_chat_include_usage.sse", drop=False)
     assert out == raw
-    assert usage == TokenUsage(input_tokens=19, output_tokens=3)
+    assert usage == TokenUsage(input_tokens=19, output_tokens=3, service_tier="default")
 
 
 def test_openai_usage_chunk_is_removed_when_only_tokensense_asked() -> None:
@@ -79,7 +79,7 @@ def test_anthropic_stream_usage_from_message_start_and_delta() -> None:
     assert out == raw
     # input_tokens counts cache reads and writes too (TokenSense convention)
     assert usage == TokenUsage(input_tokens=472 + 100 + 2048, output_tokens=15, cached_input_tokens=2048,
-                               cache_write_tokens=100)
+                               cache_write_tokens=100, service_tier="standard")
 
 
 def test_gemini_stream_usage_from_last_usage_metadata() -> None:

@@ -144,7 +144,7 @@ def test_postgresql_engine_round_trip() -> None:
             since = datetime.now(UTC) - timedelta(hours=1)
             groups = repo.query_usage(session=session, since=since, by=["model", "key"])
             assert groups == [
-                {"model": "gpt-4o-mini", "key_name": "pg", "requests": 2, "input_tokens": 15, "output_tokens": 3, "cost_usd": 0.75}
+                {"model": "gpt-4o-mini", "key_name": "pg", "requests": 2, "input_tokens": 15, "output_tokens": 3, "cost_usd": 0.75, "unpriced": 0}
             ]
             records = repo.query_usage(session=session, since=None, by=None)
             assert [r["model"] for r in records] == ["gpt-4o-mini", "gpt-4o-mini", "claude-x"]
@@ -329,12 +329,12 @@ def test_query_usage_grouped_in_sql(session: Session) -> None:
     )
     groups = repo.query_usage(session=session, since=None, by=["workflow", "step"])
     assert groups == [
-        {"workflow": "wf1", "step": "act", "requests": 1, "input_tokens": 1, "output_tokens": 1, "cost_usd": 2.0},
-        {"workflow": "wf1", "step": "plan", "requests": 2, "input_tokens": 150, "output_tokens": 15, "cost_usd": 0.75},
-        {"workflow": None, "step": None, "requests": 1, "input_tokens": 0, "output_tokens": 0, "cost_usd": 0.0},
+        {"workflow": "wf1", "step": "act", "requests": 1, "input_tokens": 1, "output_tokens": 1, "cost_usd": 2.0, "unpriced": 0},
+        {"workflow": "wf1", "step": "plan", "requests": 2, "input_tokens": 150, "output_tokens": 15, "cost_usd": 0.75, "unpriced": 0},
+        {"workflow": None, "step": None, "requests": 1, "input_tokens": 0, "output_tokens": 0, "cost_usd": 0.0, "unpriced": 0},
     ]
     by_key = repo.query_usage(session=session, since=None, by=["key"], limit=1)
-    assert by_key == [{"key_name": "a", "requests": 3, "input_tokens": 151, "output_tokens": 16, "cost_usd": 2.75}]
+    assert by_key == [{"key_name": "a", "requests": 3, "input_tokens": 151, "output_tokens": 16, "cost_usd": 2.75, "unpriced": 0}]
     by_status = repo.query_usage(session=session, since=None, by=["status", "Provider"])
     assert by_status[0]["status"] == 200 and by_status[0]["provider"] == "openai" and by_status[0]["requests"] == 4
 

@@ -289,6 +289,11 @@ class DashboardApp(App[None]):
             if totals.errors
             else Content("")
         )
+        unpriced = (
+            Content.from_markup(" · [b $warning]$n unpriced[/]", n=format_count(totals.unpriced))
+            if totals.unpriced
+            else Content("")
+        )
         summary = Content.assemble(
             Content.from_markup("[b $success]$cost[/]", cost=format_cost(totals.cost_usd)),
             Content.from_markup(
@@ -298,6 +303,7 @@ class DashboardApp(App[None]):
                 output=format_tokens(totals.output_tokens),
             ),
             errors,
+            unpriced,
         )
         self.query_one("#summary", Static).update(summary)
 

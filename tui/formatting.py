@@ -7,8 +7,10 @@ from datetime import datetime
 from tokensense.storage.analytics import as_utc
 
 
-def format_cost(usd: float) -> str:
-    """Dollars: cents from one dollar up, four decimals below (LLM calls are cheap)."""
+def format_cost(usd: float | None) -> str:
+    """Dollars: cents from one dollar up, four decimals below (LLM calls are cheap); `unpriced` for None."""
+    if usd is None:
+        return "unpriced"
     if usd == 0:
         return "$0.00"
     if abs(usd) >= 1:

@@ -501,7 +501,7 @@ def _cmd_providers_restore(args: argparse.Namespace) -> int:
 
 # --- usage ------------------------------------------------------------------
 
-_AGGREGATES = ("requests", "input_tokens", "output_tokens", "cost_usd")
+_AGGREGATES = ("requests", "input_tokens", "output_tokens", "cost_usd", "unpriced")
 
 
 def _media_cell(r: dict[str, Any]) -> str:
@@ -530,7 +530,7 @@ def _print_usage_records(records: list[dict[str, Any]]) -> None:
             str(r["input_tokens"]),
             str(r["output_tokens"]),
             _media_cell(r),
-            _money(r["cost_usd"], 6),
+            "unpriced" if r["cost_usd"] is None else _money(r["cost_usd"], 6),
             "-" if r["latency_ms"] is None else f"{r['latency_ms']:.0f} ms",
             _cell(r["workflow"]),
             _cell(r["step"]),
@@ -538,8 +538,14 @@ def _print_usage_records(records: list[dict[str, Any]]) -> None:
         for r in records
     ]
     _print_table(headers, rows, right=["STATUS", "IN", "OUT", "COST", "LATENCY"])
-    total = sum(r["cost_usd"] for r in records)
-    print(f"\n{len(records)} requests, {_money(total, 6)}")
+    total = sum(r["cost_usd"] or 0.0 for r in records)
+    unpriced = sum(1 for r in records if r["cost_usd"] is None)
+    print(f"\n{len(records)} requests, {_money(total, 6)}" + _unpriced_note(unpriced))
+
+
+def _unpriced_note(unpriced: int) -> str:
+    """`, 3 unpriced (no price known; not in the total)` or nothing."""
+    return f", {unpriced} unpriced (no price known; not in the total)" if unpriced else ""
 
 
 def _print_usage_groups(fields: list[str], groups: list[dict[str, Any]]) -> None:
@@ -550,14 +556,15 @@ def _print_usage_groups(fields: list[str], groups: list[dict[str, Any]]) -> None
             str(g["requests"]),
             str(g["input_tokens"]),
             str(g["output_tokens"]),
-            _money(g["cost_usd"], 6),
+            _money(g["cost_usd"], 6) + (f" +{g['unpriced']} unpriced" if g.get("unpriced") else ""),
         ]
         for g in groups
     ]
     _print_table(headers, rows, right=["REQUESTS", "IN", "OUT", "COST"])
     requests = sum(g["requests"] for g in groups)
     total = sum(g["cost_usd"] for g in groups)
-    print(f"\n{len(groups)} groups, {requests} requests, {_money(total, 6)}")
+    unpriced = sum(g.get("unpriced", 0) for g in groups)
+    print(f"\n{len(groups)} groups, {requests} requests, {_money(total, 6)}" + _unpriced_note(unpriced))
 
 
 def _cmd_usage(args: argparse.Namespace) -> int:
@@ -956,6 +963,11 @@ def build_parser() -> argparse.ArgumentParser:
     replay.add_argument("--reuse", action="store_true", help="serve a recorded answer again for every match "
                         "(default: each answer once, in order)")
     replay.set_defaults(handler=_cmd_replay)
+
+    # prices (tokensense/cli/prices.py)
+    from tokensense.cli.prices import add_prices_command
+
+    add_prices_command(commands, [as_json], _FORMATTER)
 
     return parser
 

@@ -11,14 +11,16 @@ from mitmproxy import http
 from pydantic import BaseModel, Field
 
 from tokensense.flows.recording import RECORD, read_flow_file
+from tokensense.gateway import media as gateway_media
 from tokensense.gateway.intercept import HostTable
 from tokensense.gateway.routing import Endpoint
 from tokensense.metering.media_prices import MediaPriceTable, catalog_media_cost
 from tokensense.metering.pricing import PriceBook
+from tokensense.metering.record import call_cost
 from tokensense.metering.sse import EventSplitter, parse_event
 from tokensense.metering.usage import TokenUsage
-from tokensense.metering.usage_extract import find_usage_object
-from tokensense.providers import OPENAI_COMPATIBLE, PROVIDERS, ProviderAdapter, get_provider
+from tokensense.metering.usage_extract import usage_from_answer, with_request_tier
+from tokensense.providers import OPENAI_COMPATIBLE, ProviderAdapter, get_provider, openai_format_reader
 
 _TOKEN_FIELDS = ("input_tokens", "output_tokens", "cached_input_tokens", "cache_write_tokens", "reasoning_tokens")
 _MEDIA_FIELDS = ("images", "characters", "seconds")
@@ -38,16 +40,20 @@ class Totals(BaseModel):
     cost_usd: float = 0.0  # today's price
     difference_usd: float = 0.0
     unrecorded: int = 0  # calls in the file that carry no TokenSense record
+    unpriced: int = 0  # calls no price is known for today (counted as 0 in cost_usd)
 
     def add(self, call: PricedCall) -> None:
         self.requests += 1
         for name in (*_TOKEN_FIELDS, *_MEDIA_FIELDS):
             setattr(self, name, getattr(self, name) + getattr(call.usage, name))
-        if call.recorded_cost_usd is None:
-            self.unrecorded += 1
-        else:
+        if call.recorded_cost_usd is not None:
             self.recorded_cost_usd += call.recorded_cost_usd
-        self.cost_usd += call.cost_usd
+        elif not call.recorded_unpriced:
+            self.unrecorded += 1
+        if call.cost_usd is None:
+            self.unpriced += 1
+        else:
+            self.cost_usd += call.cost_usd
 
     def finish(self) -> None:
         self.seconds = round(self.seconds, 3)
@@ -75,8 +81,9 @@ class PricedCall(BaseModel):
     status: int | None
     usage: TokenUsage
     usage_source: str  # "answer" (read from the saved answer) or "record" (the answer was not saved)
-    cost_usd: float
+    cost_usd: float | None  # None: no price is known for the model (unpriced)
     recorded_cost_usd: float | None
+    recorded_unpriced: bool = False  # the record says the call was unpriced
 
 
 class RepriceReport(BaseModel):
@@ -92,17 +99,22 @@ class RepriceReport(BaseModel):
 
 
 def answer_usage(adapter: ProviderAdapter, response: http.Response, *,
-                 openai_format: bool = False) -> TokenUsage | None:
+                 openai_format: bool = False, endpoint: str | None = None) -> TokenUsage | None:
     """The usage in a saved answer (a JSON body or a server-sent-events stream), or None if it has none.
 
-    `openai_format`: the answer is in OpenAI chat format although the provider is
-    Anthropic or Gemini (an unstreamed answer the gateway translated).
+    Read with the functions live metering uses (`usage_from_answer`, the
+    provider's stream collector, the media endpoints' readers), so that a
+    re-priced call counts exactly what was metered. `openai_format`: the answer
+    is in OpenAI chat format although the provider is Anthropic or Gemini (an
+    unstreamed answer the gateway translated).
     """
     content = response.get_content(strict=False)
     if not content:
         return None
-    if response.headers.get("content-type", "").lower().startswith("text/event-stream"):
-        collector = adapter.stream_usage()
+    content_type = response.headers.get("content-type", "").lower()
+    audio = endpoint in (Endpoint.TRANSCRIPTIONS.value, Endpoint.SPEECH.value)
+    if content_type.startswith("text/event-stream"):
+        collector = gateway_media.AudioStreamUsage() if audio else adapter.stream_usage()
         splitter = EventSplitter()
         events = splitter.feed(content)
         if rest := splitter.rest():
@@ -118,19 +130,30 @@ def answer_usage(adapter: ProviderAdapter, response: http.Response, *,
             if isinstance(data, dict):
                 collector.feed(name, data)
         return collector.result()
-    reader = PROVIDERS["openai"] if openai_format else adapter
-    if reader.usage_key:
-        found = find_usage_object(content, reader.usage_key)
-        if found is not None:
-            return reader.usage_from_object(found)
-    try:
-        return reader.usage_from_body(json.loads(content))
-    except (ValueError, UnicodeDecodeError):
-        return None
+    if audio:
+        return gateway_media.transcription_usage(content, content_type).tokens
+    if endpoint == Endpoint.IMAGES.value and adapter.name in OPENAI_COMPATIBLE:
+        try:
+            return gateway_media.image_usage(json.loads(content))[0]
+        except (ValueError, UnicodeDecodeError):
+            return None
+    reader = openai_format_reader() if openai_format else adapter
+    return usage_from_answer(reader, content)
 
 
 def _usage_from_record(record: dict[str, Any]) -> TokenUsage:
-    return TokenUsage(**{name: record.get(name) or 0 for name in (*_TOKEN_FIELDS, *_MEDIA_FIELDS)})
+    usage = TokenUsage.model_validate({name: record.get(name) or 0 for name in (*_TOKEN_FIELDS, *_MEDIA_FIELDS)})
+    return usage.with_details(record.get("details"))
+
+
+def _answer_json(flow: http.HTTPFlow) -> dict[str, Any] | None:
+    if flow.response is None or "json" not in flow.response.headers.get("content-type", ""):
+        return None
+    try:
+        body = json.loads(flow.response.get_content(strict=False) or b"")
+    except (ValueError, UnicodeDecodeError):
+        return None
+    return body if isinstance(body, dict) else None
 
 
 def _request_json(flow: http.HTTPFlow) -> dict[str, Any]:
@@ -155,12 +178,17 @@ def _path_model(path: str) -> str | None:
 
 
 def media_cost(media: MediaPriceTable, adapter: ProviderAdapter, model: str, endpoint: str | None,
-               usage: TokenUsage, request: dict[str, Any]) -> float:
-    """Today's price of the media units of a call that has no tokens (images, speech, transcription)."""
-    if usage.input_tokens or usage.output_tokens:
+               usage: TokenUsage, request: dict[str, Any], answer: dict[str, Any] | None = None) -> float:
+    """Today's price of the media units of a call that has no tokens (images, speech, transcription).
+
+    As the media addon prices them: an image's size and quality as the answer says, else as requested.
+    """
+    if usage.has_tokens:
         return 0.0  # priced by tokens
     if usage.images:
-        size, quality = request.get("size"), request.get("quality")
+        answer = answer or {}
+        size = answer.get("size") if isinstance(answer.get("size"), str) else request.get("size")
+        quality = answer.get("quality") if isinstance(answer.get("quality"), str) else request.get("quality")
         return media.image_cost(model, count=usage.images, size=size if isinstance(size, str) else None,
                                 quality=quality if isinstance(quality, str) else None)
     if endpoint == Endpoint.SPEECH.value:
@@ -196,7 +224,13 @@ def price_flow(flow: http.HTTPFlow, prices: PriceBook, media: MediaPriceTable,
     usage = None
     if flow.response is not None and adapter is not None:
         openai_format = endpoint == Endpoint.CHAT.value and adapter.name not in OPENAI_COMPATIBLE
-        usage = answer_usage(adapter, flow.response, openai_format=openai_format)
+        translated = openai_format and not flow.response.headers.get("content-type", "").startswith(
+            "text/event-stream")
+        if not (translated and record is not None):
+            # A translated answer carries OpenAI's usage shape, without the provider's finer counters
+            # (cache writes, 1-hour writes, server tools): the record and its breakdown are read instead.
+            usage = answer_usage(adapter, flow.response, openai_format=openai_format, endpoint=endpoint)
+            usage = with_request_tier(usage, request)
     source = "answer"
     if usage is None:
         usage, source = (_usage_from_record(record), "record") if record else (TokenUsage(), "answer")
@@ -204,10 +238,10 @@ def price_flow(flow: http.HTTPFlow, prices: PriceBook, media: MediaPriceTable,
         # Media units are measured by the gateway from the request and the answer (audio length,
         # characters spoken, images made); the record is where they are.
         usage = usage.model_copy(update={name: record.get(name) or getattr(usage, name) for name in _MEDIA_FIELDS})
-    cost = 0.0
+    cost: float | None = 0.0
     if adapter is not None and model:
-        cost = prices.token_cost(adapter.prices_id, model, usage) + \
-            media_cost(media, adapter, model, endpoint, usage, request)
+        cost = call_cost(prices, adapter.prices_id, model, usage,
+                         media_cost(media, adapter, model, endpoint, usage, request, _answer_json(flow)))
     recorded = record.get("cost_usd") if record else None
     return PricedCall(
         provider=adapter.name if adapter else None, model=model, endpoint=endpoint,
@@ -215,6 +249,7 @@ def price_flow(flow: http.HTTPFlow, prices: PriceBook, media: MediaPriceTable,
         status=record.get("status") if record else (flow.response.status_code if flow.response else None),
         usage=usage, usage_source=source, cost_usd=cost,
         recorded_cost_usd=float(recorded) if isinstance(recorded, int | float) else None,
+        recorded_unpriced=record is not None and "cost_usd" in record and recorded is None,
     )
 
 
@@ -247,10 +282,12 @@ def reprice_file(path: str | Path, *, prices: PriceBook | None = None, media: Me
     path = Path(path)
     if prices is None or media is None or hosts is None:
         from tokensense.config import load_config
+        from tokensense.metering.catalog_update import install_catalog
         from tokensense.settings import get_settings
 
-        config = load_config(get_settings())
-        prices = prices or PriceBook(config.models)
+        settings = get_settings()
+        config = load_config(settings)
+        prices = prices or PriceBook(config.models, snapshot=install_catalog(settings.home))
         media = media or MediaPriceTable(config.media_prices)
         hosts = hosts or HostTable(config.intercept_hosts)
     return reprice_flows(read_flow_file(path), file=str(path), prices=prices, media=media, hosts=hosts)
@@ -273,6 +310,9 @@ def format_report(report: RepriceReport) -> str:
              + (f" ({report.skipped} other flows skipped)" if report.skipped else "") + "."]
     if report.total.unrecorded:
         lines.append(f"{report.total.unrecorded} of them carry no TokenSense record (recorded cost counted as 0).")
+    if report.total.unpriced:
+        lines.append(f"{report.total.unpriced} of them are unpriced: no price is known for their model "
+                     "(counted as 0; declare it under [models] in config.toml).")
     columns = ["REQUESTS", "IN", "OUT", "RECORDED", "NOW", "DIFF"]
 
     def numbers(t: Totals) -> list[str]:

@@ -20,8 +20,13 @@ def catalog_models(adapter: ProviderAdapter) -> list[str]:
 
 
 def list_models(providers: Iterable[str], *, custom: dict[str, ModelPrice], extra: dict[str, list[str]] | None = None,
-                allowed: Callable[[str, str], bool] = lambda provider, model: True) -> dict:
-    """`{"object": "list", "data": [...]}` for the providers that have a key configured."""
+                allowed: Callable[[str, str], bool] = lambda provider, model: True,
+                pricing: Callable[[str, str], str] | None = None) -> dict:
+    """`{"object": "list", "data": [...]}` for the providers that have a key configured.
+
+    `pricing(provider, model)` says where each model's price comes from (`catalog`, `override`, `config`,
+    `free`, `media`, or `unpriced`: its calls are recorded without a cost); it becomes the entry's `pricing`.
+    """
     data: list[dict] = []
     seen: set[str] = set()
     for name in providers:
@@ -32,5 +37,8 @@ def list_models(providers: Iterable[str], *, custom: dict[str, ModelPrice], extr
             if model in seen or not allowed(name, model):
                 continue
             seen.add(model)
-            data.append({"id": model, "object": "model", "created": 0, "owned_by": name})
+            entry = {"id": model, "object": "model", "created": 0, "owned_by": name}
+            if pricing is not None:
+                entry["pricing"] = pricing(name, model)
+            data.append(entry)
     return {"object": "list", "data": data}

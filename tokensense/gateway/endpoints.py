@@ -16,6 +16,7 @@ class Endpoint(StrEnum):
     TRANSCRIPTIONS = "audio.transcriptions"
     MODELS = "models"
     HEALTH = "health"
+    REQUEST_RECORD = "tokensense.request"  # GET /v1/tokensense/requests/{id}: a call's usage record
     UNKNOWN = "unknown"
 
 

@@ -16,7 +16,8 @@ from tokensense.gateway.endpoints import Endpoint
 from tokensense.gateway.errors import GatewayError
 from tokensense.metering.usage import TokenUsage
 from tokensense.providers import get_provider
-from tokensense.providers.base import MediaRoute, StreamUsage, _int
+from tokensense.providers.base import MediaRoute, StreamUsage
+from tokensense.providers.openai_usage import usage_from_openai
 
 DEFAULT_MAX_UPLOAD_MB = 25.0  # OpenAI's own limit for /v1/audio/transcriptions
 
@@ -232,21 +233,19 @@ def image_count_in(answer: Any) -> int:
 def image_usage(answer: Any) -> tuple[TokenUsage, int, int]:
     """An OpenAI images answer's usage: (tokens and image count, input image tokens, output image tokens).
 
-    gpt-image answers carry token `usage`; all their output tokens are image
-    tokens. dall-e answers carry none: only the image count.
+    gpt-image answers carry token `usage` (read like every OpenAI usage, so the
+    image tokens are in its `units`); when the answer does not split its output
+    tokens, all of them are image tokens. dall-e answers carry none: only the image count.
     """
     images = image_count_in(answer)
-    usage = answer.get("usage") if isinstance(answer, dict) else None
-    if not isinstance(usage, dict):
+    tokens = usage_from_openai(answer.get("usage") if isinstance(answer, dict) else None)
+    if tokens is None:
         return TokenUsage(images=images), 0, 0
-    input_details = usage.get("input_tokens_details") or {}
-    output_details = usage.get("output_tokens_details") or {}
-    output_tokens = _int(usage.get("output_tokens"))
-    image_out = _int(output_details.get("image_tokens")) if isinstance(output_details, dict) and \
-        "image_tokens" in output_details else output_tokens
-    tokens = TokenUsage(input_tokens=_int(usage.get("input_tokens")), output_tokens=output_tokens, images=images)
-    image_in = _int(input_details.get("image_tokens")) if isinstance(input_details, dict) else 0
-    return tokens, image_in, image_out
+    units = dict(tokens.units)
+    if tokens.output_tokens and "output_image_tokens" not in units and not tokens.counters.get("output_text_tokens"):
+        units["output_image_tokens"] = tokens.output_tokens
+    tokens = tokens.model_copy(update={"images": images, "units": units})
+    return tokens, units.get("input_image_tokens", 0), units.get("output_image_tokens", 0)
 
 
 _FAL_ERROR_TYPES = {400: "invalid_request_error", 401: "authentication_error", 403: "permission_error",
@@ -503,13 +502,12 @@ def audio_usage_from(usage: Any, duration: Any = None) -> AudioUsage:
         return AudioUsage(duration=seconds)
     if usage.get("type") == "duration":
         billed = usage.get("seconds")
-        return AudioUsage(seconds, float(billed) if isinstance(billed, int | float) else None)
+        billed_ok = isinstance(billed, int | float) and not isinstance(billed, bool) and billed >= 0
+        return AudioUsage(seconds, float(billed) if billed_ok else None)
     if "input_tokens" not in usage and "output_tokens" not in usage:
         return AudioUsage(duration=seconds)
-    details = usage.get("input_token_details") or usage.get("input_tokens_details") or {}
-    audio = _int(details.get("audio_tokens")) if isinstance(details, dict) else 0
-    tokens = TokenUsage(input_tokens=_int(usage.get("input_tokens")), output_tokens=_int(usage.get("output_tokens")))
-    return AudioUsage(seconds, None, tokens, audio)
+    tokens = usage_from_openai(usage) or TokenUsage()
+    return AudioUsage(seconds, None, tokens, tokens.units.get("input_audio_tokens", 0))
 
 
 def transcription_usage(content: bytes, content_type: str) -> AudioUsage:

@@ -56,6 +56,8 @@ def classify(method: str, path: str) -> Route:
         return Route(Endpoint.HEALTH, ErrorFormat.OPENAI)
     if path in ("/v1/models", "/models") and method == "GET":
         return Route(Endpoint.MODELS, ErrorFormat.OPENAI)
+    if path.startswith("/v1/tokensense/requests/") and method == "GET":
+        return Route(Endpoint.REQUEST_RECORD, ErrorFormat.OPENAI)
     if method == "POST":
         if endpoint := _OPENAI_PATHS.get(path):
             return Route(endpoint, ErrorFormat.OPENAI)

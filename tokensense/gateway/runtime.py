@@ -44,7 +44,9 @@ class Runtime:
             from tokensense.storage.db import init_db, make_engine
 
             self.config = load_config(self.settings)
-            self.prices = PriceBook(self.config.models)
+            from tokensense.metering.catalog_update import install_catalog
+
+            self.prices = PriceBook(self.config.models, snapshot=install_catalog(self.settings.home))
             if self._engine is None:
                 self._engine = make_engine(self.settings.effective_database_url)
             init_db(self._engine)

@@ -13,9 +13,6 @@ from genai_prices import Usage as PricesUsage
 from genai_prices import data_snapshot
 from pydantic import BaseModel, ConfigDict
 
-from tokensense.metering.pricing import PriceBook
-from tokensense.metering.usage import TokenUsage
-
 log = logging.getLogger(__name__)
 
 # fal bills "per megapixel, rounding each image up to the nearest megapixel", and
@@ -251,29 +248,6 @@ def _catalog_price(prices_id: str, model: str, **usage: int) -> float | None:
         log.warning("could not price %s/%s", prices_id, model, exc_info=True)
         return None
     return float(calc.total_price)
-
-
-def token_detail_surcharge(prices: PriceBook, prices_id: str, model: str, usage: TokenUsage, *,
-                           input_audio_tokens: int = 0, input_image_tokens: int = 0,
-                           output_image_tokens: int = 0) -> float:
-    """What audio and image tokens cost beyond the text-token price `PriceBook.token_cost` puts on them.
-
-    `PriceBook` prices every input token at the text rate; gpt-4o-transcribe bills
-    audio input tokens at $6/1M against $2.50 for text, and some gpt-image models
-    bill image output tokens apart from text ones. The catalog knows both rates:
-    this is the difference, so that token cost plus surcharge is the catalog price.
-    Models declared in config.toml `[models]` keep their declared price (no surcharge).
-    """
-    if model in prices.custom or not (input_audio_tokens or input_image_tokens or output_image_tokens):
-        return 0.0
-    plain = dict(input_tokens=usage.input_tokens, output_tokens=usage.output_tokens,
-                 cache_read_tokens=usage.cached_input_tokens)
-    base = _catalog_price(prices_id, model, **plain)
-    full = _catalog_price(prices_id, model, **plain, input_audio_tokens=input_audio_tokens,
-                          input_image_tokens=input_image_tokens, output_image_tokens=output_image_tokens)
-    if base is None or full is None:
-        return 0.0
-    return full - base
 
 
 def catalog_media_cost(prices_id: str, model: str, *, characters: int = 0, seconds: float = 0.0) -> float:

@@ -10,14 +10,26 @@ from tokensense.metering.usage import TokenUsage
 from tokensense.storage.models import UsageCreate
 
 
+def call_cost(prices: PriceBook, prices_id: str | None, model: str | None, usage: TokenUsage,
+              media_cost: float | None) -> float | None:
+    """What a call cost: its tokens (every counter, at its service tier) plus its media units.
+
+    None when the call used tokens that no price covers (unpriced, not free).
+    Live metering and `tokensense reprice` both price with this.
+    """
+    cost: float | None = 0.0
+    if prices_id is not None and model and usage.has_tokens:
+        cost = prices.cost(prices_id, model, usage)
+    if cost is not None and media_cost:
+        cost += media_cost
+    return None if cost is None else round(cost, 10)
+
+
 def build_record(call: CallContext, *, status: int, prices: PriceBook) -> UsageCreate:
-    """The usage record for a finished call, priced."""
+    """The usage record for a finished call, priced (cost None: unpriced), with the full usage breakdown."""
     usage = call.usage or (call.stream_usage.result() if call.stream_usage else TokenUsage())
-    cost = 0.0
-    if call.provider is not None and call.model:
-        cost = prices.token_cost(call.provider.prices_id, call.model, usage)
-    if call.media_cost:
-        cost += call.media_cost
+    cost = call_cost(prices, call.provider.prices_id if call.provider else None, call.model, usage,
+                     call.media_cost)
     end = time.perf_counter()
     first = call.first_token if call.stream else call.first_byte
     return UsageCreate(
@@ -38,7 +50,8 @@ def build_record(call: CallContext, *, status: int, prices: PriceBook) -> UsageC
         images=usage.images,
         characters=usage.characters,
         seconds=usage.seconds,
-        cost_usd=round(cost, 10),
+        cost_usd=cost,
+        details=usage.details(),
         latency_ms=round((end - call.started) * 1000, 3),
         ttft_ms=round((first - call.started) * 1000, 3) if first else None,
         **call.attribution,

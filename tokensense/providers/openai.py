@@ -6,21 +6,10 @@ from typing import Any, ClassVar
 
 from tokensense.gateway.endpoints import Endpoint
 from tokensense.metering.usage import TokenUsage
-from tokensense.providers.base import MediaRoute, ProviderAdapter, StreamUsage, _int
+from tokensense.providers.base import MediaRoute, ProviderAdapter, StreamUsage
+from tokensense.providers.openai_usage import service_tier_of, usage_from_openai
 
-
-def usage_from_openai(usage: Any) -> TokenUsage | None:
-    """OpenAI `usage` (chat, embeddings) in TokenSense terms."""
-    if not isinstance(usage, dict):
-        return None
-    prompt_details = usage.get("prompt_tokens_details") or usage.get("input_tokens_details") or {}
-    completion_details = usage.get("completion_tokens_details") or usage.get("output_tokens_details") or {}
-    return TokenUsage(
-        input_tokens=_int(usage.get("prompt_tokens", usage.get("input_tokens"))),
-        output_tokens=_int(usage.get("completion_tokens", usage.get("output_tokens"))),
-        cached_input_tokens=_int(prompt_details.get("cached_tokens")) if isinstance(prompt_details, dict) else 0,
-        reasoning_tokens=_int(completion_details.get("reasoning_tokens")) if isinstance(completion_details, dict) else 0,
-    )
+__all__ = ["MistralAdapter", "OpenAIAdapter", "XAIAdapter", "usage_from_openai"]
 
 
 # The paths OpenAI-format clients call (with or without the /v1 prefix their base URL may carry).
@@ -38,11 +27,14 @@ _OPENAI_NATIVE_PATHS: dict[str, Endpoint] = {
 class OpenAIStreamUsage(StreamUsage):
     """OpenAI streams report usage once, in the last chunk (with `include_usage`)."""
 
-    def __init__(self) -> None:
+    def __init__(self, provider: str = "openai", reasoning_outside: bool = False) -> None:
         self._usage: TokenUsage | None = None
+        self._provider = provider
+        self._reasoning_outside = reasoning_outside
 
     def feed(self, event: str | None, data: dict) -> None:
-        usage = usage_from_openai(data.get("usage"))
+        usage = usage_from_openai(data.get("usage"), provider=self._provider, reasoning_outside=self._reasoning_outside,
+                                  service_tier=service_tier_of(data))
         if usage is not None:
             self._usage = usage
 
@@ -83,14 +75,21 @@ class OpenAIAdapter(ProviderAdapter):
 
     usage_key: ClassVar[bytes | None] = b"usage"
 
+    # xAI reports reasoning tokens apart from completion tokens (and bills them as output).
+    reasoning_outside_completion: ClassVar[bool] = False
+
     def usage_from_object(self, usage: dict) -> TokenUsage | None:
-        return usage_from_openai(usage)
+        return usage_from_openai(usage, provider=self.name, reasoning_outside=self.reasoning_outside_completion)
 
     def usage_from_body(self, body: Any) -> TokenUsage | None:
-        return usage_from_openai(body.get("usage")) if isinstance(body, dict) else None
+        if not isinstance(body, dict):
+            return None
+        return usage_from_openai(body.get("usage"), provider=self.name,
+                                 reasoning_outside=self.reasoning_outside_completion,
+                                 service_tier=service_tier_of(body))
 
     def stream_usage(self) -> StreamUsage:
-        return OpenAIStreamUsage()
+        return OpenAIStreamUsage(self.name, self.reasoning_outside_completion)
 
     def usage_markers(self) -> tuple[bytes, ...]:
         return (b'"usage"',)
@@ -103,6 +102,7 @@ class XAIAdapter(OpenAIAdapter):
     env_key: ClassVar[str] = "XAI_API_KEY"
     prices_id: ClassVar[str] = "x-ai"
     model_prefixes: ClassVar[tuple[str, ...]] = ("grok-",)
+    reasoning_outside_completion: ClassVar[bool] = True
     aliases: ClassVar[tuple[str, ...]] = ("x-ai", "grok")
     hosts: ClassVar[tuple[str, ...]] = ("api.x.ai",)
     native: ClassVar[frozenset[Endpoint]] = frozenset({Endpoint.CHAT, Endpoint.EMBEDDINGS, Endpoint.IMAGES})

@@ -54,6 +54,8 @@ class Totals(NamedTuple):
     cost_usd: float
     errors: int
     """Records whose status is 400 or above (upstream errors and TokenSense's own refusals)."""
+    unpriced: int = 0
+    """Records no price was known for (cost NULL: not in `cost_usd`)."""
 
     @property
     def tokens(self) -> int:
@@ -239,9 +241,10 @@ def usage_totals(*, session: Session, since: datetime | None = None, filters: Fi
         func.coalesce(func.sum(Usage.output_tokens), 0),
         func.coalesce(func.sum(Usage.cost_usd), 0.0),
         func.coalesce(func.sum(case((col(Usage.status) >= 400, 1), else_=0)), 0),
+        func.coalesce(func.sum(case((col(Usage.cost_usd).is_(None), 1), else_=0)), 0),
     ).where(*_conditions(session, since=since, filters=filters))
-    requests, input_tokens, output_tokens, cost, errors = session.exec(statement).one()
-    return Totals(int(requests), int(input_tokens), int(output_tokens), float(cost), int(errors))
+    requests, input_tokens, output_tokens, cost, errors, unpriced = session.exec(statement).one()
+    return Totals(int(requests), int(input_tokens), int(output_tokens), float(cost), int(errors), int(unpriced))
 
 
 def group_usage(

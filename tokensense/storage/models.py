@@ -5,7 +5,7 @@ from __future__ import annotations
 import uuid
 from datetime import UTC, datetime
 
-from sqlalchemy import JSON, Column, Index
+from sqlalchemy import JSON, Column, Float, Index
 from sqlmodel import Field, SQLModel
 
 
@@ -84,7 +84,9 @@ class UsageBase(SQLModel):
     images: int = 0
     characters: int = 0
     seconds: float = 0.0
-    cost_usd: float | None = 0.0  # None: the catalog could not price the call (unpriced, not free)
+    # None: the catalog could not price the call (unpriced, not free). The column has no default of its
+    # own: SQLAlchemy replaces an explicit None by a column default, which would record unpriced as $0.
+    cost_usd: float | None = Field(default=0.0, sa_column=Column(Float, nullable=True))
     latency_ms: float | None = None
     ttft_ms: float | None = None
     workflow: str | None = Field(default=None, index=True)

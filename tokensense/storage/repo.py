@@ -9,7 +9,7 @@ from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import urlsplit
 
-from sqlalchemy import func, insert
+from sqlalchemy import case, func, insert
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session, col, select
 
@@ -44,6 +44,7 @@ USAGE_RECORD_FIELDS: tuple[str, ...] = (
     "id",
     "created_at",
     *(name for name in Usage.model_fields if name not in ("id", "created_at")),
+    "unpriced",  # cost_usd is NULL: no price was known (not free, unknown)
 )
 KEY_PREFIX_LENGTH = 10  # "tsk_" and six characters: enough to recognise a key, useless to guess it
 
@@ -376,6 +377,13 @@ def record_usages(*, session: Session, usages: Sequence[UsageCreate]) -> int:
     return len(rows)
 
 
+def usage_for_request(*, session: Session, request_id: str, key_id: str) -> list[dict[str, Any]]:
+    """The records of one request (one per upstream attempt, oldest first), if `key_id` made it; else []."""
+    statement = (select(Usage).where(Usage.request_id == request_id, Usage.key_id == key_id)
+                 .order_by(col(Usage.attempt), col(Usage.id)))
+    return [usage_record_dict(row) for row in session.exec(statement).all()]
+
+
 def normalize_group_fields(by: Iterable[str]) -> list[str]:
     """The usage fields to group by, aliases resolved; `ValueError` naming the allowed ones."""
     fields: list[str] = []
@@ -400,6 +408,7 @@ def usage_record_dict(row: Usage) -> dict[str, Any]:
     """One usage record as a JSON-ready dict; `created_at` is ISO 8601 in UTC."""
     data = row.model_dump()
     data["created_at"] = iso_utc(row.created_at)
+    data["unpriced"] = row.cost_usd is None
     return {name: data[name] for name in USAGE_RECORD_FIELDS}
 
 
@@ -437,6 +446,7 @@ def query_usage(
             func.coalesce(func.sum(Usage.input_tokens), 0).label("input_tokens"),
             func.coalesce(func.sum(Usage.output_tokens), 0).label("output_tokens"),
             cost.label("cost_usd"),
+            func.coalesce(func.sum(case((col(Usage.cost_usd).is_(None), 1), else_=0)), 0).label("unpriced"),
         )
         .where(*conditions)
         .group_by(*group_columns)
@@ -447,14 +457,15 @@ def query_usage(
     results = []
     for row in session.exec(statement).all():
         group = dict(zip(fields, row[: len(fields)], strict=True))
-        requests, input_tokens, output_tokens, cost_usd = row[len(fields) :]
+        requests, input_tokens, output_tokens, cost_usd, unpriced = row[len(fields) :]
         results.append(
             {
                 **group,
                 "requests": int(requests),
                 "input_tokens": int(input_tokens),
                 "output_tokens": int(output_tokens),
-                "cost_usd": float(cost_usd),
+                "cost_usd": float(cost_usd),  # of the priced calls
+                "unpriced": int(unpriced),  # calls no price was known for (not in cost_usd)
             }
         )
     return results

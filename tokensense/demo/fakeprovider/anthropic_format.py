@@ -168,6 +168,8 @@ def read_conversation(body: dict[str, Any], *, need_max_tokens: bool = True) -> 
 
 def usage(conv: Conversation, answer: Answer, controls: Controls) -> dict[str, Any]:
     """Anthropic's input_tokens exclude cache reads and writes; the three add up to the prompt."""
+    if controls.usage is not None:
+        return controls.usage
     cached, written = controls.cached_tokens, controls.cache_write_tokens
     total_prompt = max(conv.prompt.tokens, cached + written)
     result: dict[str, Any] = {
@@ -225,6 +227,7 @@ def _message_events(message_id: str, model: str, answer: Answer, full_usage: dic
     # the real API does; message_delta carries the final (cumulative) output_tokens.
     start_usage = {**full_usage, "output_tokens": 1}
     start_usage.pop("output_tokens_details", None)
+    start_usage.pop("server_tool_use", None)
     events = [
         sse_event(
             "message_start",
@@ -280,6 +283,10 @@ def _message_events(message_id: str, model: str, answer: Answer, full_usage: dic
     delta_usage: dict[str, Any] = {"output_tokens": full_usage["output_tokens"]}
     if "output_tokens_details" in full_usage:
         delta_usage["output_tokens_details"] = full_usage["output_tokens_details"]
+    if "server_tool_use" in full_usage:
+        # With server tools the final message_delta repeats the whole usage, cumulative, server_tool_use
+        # included (as in the web search streaming example of Anthropic's docs).
+        delta_usage = {k: v for k, v in full_usage.items() if k not in ("cache_creation", "service_tier")}
     events.append(
         sse_event(
             "message_delta",

@@ -164,6 +164,8 @@ def read_conversation(body: dict[str, Any], model: str) -> Conversation:
 
 def usage_metadata(conv: Conversation, answer: Answer, controls: Controls) -> dict[str, Any]:
     """Gemini counts cached tokens inside promptTokenCount, thoughts outside candidatesTokenCount."""
+    if controls.usage is not None:
+        return controls.usage
     prompt = max(conv.prompt.tokens, controls.cached_tokens)
     metadata: dict[str, Any] = {
         "promptTokenCount": prompt,
@@ -203,7 +205,8 @@ def generate(req: FakeRequest) -> Reply:
             }
         )
 
-    partial = {"promptTokenCount": metadata["promptTokenCount"], "totalTokenCount": metadata["promptTokenCount"]}
+    prompt_count = metadata.get("promptTokenCount", 0)
+    partial = {"promptTokenCount": prompt_count, "totalTokenCount": prompt_count}
     pieces = [] if answer.tool_calls else answer.text_pieces
     chunks: list[dict[str, Any]] = [
         {

@@ -182,6 +182,8 @@ def read_conversation(body: dict[str, Any]) -> Conversation:
 
 
 def chat_usage(conv: Conversation, answer: Answer, controls: Controls) -> dict[str, Any]:
+    if controls.usage is not None:
+        return controls.usage
     prompt_tokens = max(conv.prompt.tokens, controls.cached_tokens)
     completion_tokens = answer.output_tokens + controls.reasoning_tokens
     return {
@@ -212,13 +214,14 @@ def chat(req: FakeRequest) -> Reply:
         controls = dataclasses.replace(controls, tool_calls=1)
     answer = plan_answer(conv, controls)
     usage = chat_usage(conv, answer, controls)
+    tier = _service_tier(body, controls)
     completion_id = new_id("chatcmpl-", 29)
     created = int(time.time())
     headers = {"x-request-id": new_id("req_")}
     if body.get("stream"):
         include_usage = bool((body.get("stream_options") or {}).get("include_usage"))
         return StreamReply(
-            200, _chat_chunks(completion_id, created, conv.model, answer, usage, include_usage), "text/event-stream; charset=utf-8", headers
+            200, _chat_chunks(completion_id, created, conv.model, answer, usage, include_usage, tier), "text/event-stream; charset=utf-8", headers
         )
 
     message: dict[str, Any] = {
@@ -240,20 +243,29 @@ def chat(req: FakeRequest) -> Reply:
             "model": conv.model,
             "choices": [{"index": 0, "message": message, "logprobs": None, "finish_reason": _finish_reason(answer)}],
             "usage": usage,
-            "service_tier": "default",
+            "service_tier": tier,
             "system_fingerprint": "fp_fake",
         },
         headers=headers,
     )
 
 
-def _chat_chunks(completion_id: str, created: int, model: str, answer: Answer, usage: dict[str, Any], include_usage: bool) -> list[bytes]:
+def _service_tier(body: dict[str, Any], controls: Controls) -> str:
+    """The tier the answer names: `x-fake-service-tier`, else the one asked for (OpenAI serves `auto` as default)."""
+    if controls.service_tier:
+        return controls.service_tier
+    asked = body.get("service_tier")
+    return asked if asked in ("default", "flex", "priority", "scale") else "default"
+
+
+def _chat_chunks(completion_id: str, created: int, model: str, answer: Answer, usage: dict[str, Any], include_usage: bool,
+                 tier: str = "default") -> list[bytes]:
     base: dict[str, Any] = {
         "id": completion_id,
         "object": "chat.completion.chunk",
         "created": created,
         "model": model,
-        "service_tier": "default",
+        "service_tier": tier,
         "system_fingerprint": "fp_fake",
     }
     if include_usage:
@@ -308,7 +320,8 @@ def embeddings(req: FakeRequest) -> Reply:
         data.append({"object": "embedding", "index": index, "embedding": encoded})
     tokens = max(1, words)
     return json_reply(
-        {"object": "list", "data": data, "model": model, "usage": {"prompt_tokens": tokens, "total_tokens": tokens}},
+        {"object": "list", "data": data, "model": model,
+         "usage": req.controls.usage or {"prompt_tokens": tokens, "total_tokens": tokens}},
         headers={"x-request-id": new_id("req_")},
     )
 
@@ -350,7 +363,7 @@ def images(req: FakeRequest) -> Reply:
             output_format=body.get("output_format") or "png",
             quality=quality,
             size=f"{width}x{height}",
-            usage={
+            usage=req.controls.usage or {
                 "input_tokens": prompt_tokens,
                 "output_tokens": per_image * count,
                 "total_tokens": prompt_tokens + per_image * count,
@@ -402,6 +415,8 @@ def transcriptions(req: FakeRequest) -> Reply:
             "output_tokens": output_tokens,
             "total_tokens": audio_tokens + output_tokens,
         }
+    if req.controls.usage is not None:
+        usage = req.controls.usage
     headers = {"x-request-id": new_id("req_")}
     if response_format == "text":
         return BodyReply(200, (text + "\n").encode(), "text/plain; charset=utf-8", headers)

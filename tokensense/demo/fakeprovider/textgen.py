@@ -54,6 +54,10 @@ class Controls:
     cache_write_tokens: int = 0
     reasoning_tokens: int = 0
     tool_calls: int = 1
+    usage: dict[str, Any] | None = None
+    """`x-fake-usage`: the usage object to answer verbatim (OpenAI `usage`, Anthropic `usage`, Gemini `usageMetadata`)."""
+    service_tier: str | None = None
+    """`x-fake-service-tier`: the `service_tier` an OpenAI answer names."""
 
 
 NO_CONTROLS = Controls()
@@ -95,6 +99,25 @@ def _reply_header(raw: str | None) -> str | None:
         raise ControlError("x-fake-reply starting with 'b64:' must be base64 of UTF-8 text") from None
 
 
+def _usage_header(raw: str | None) -> dict[str, Any] | None:
+    """`x-fake-usage` is a JSON object, or `b64:` + base64 of one."""
+    if raw is None:
+        return None
+    text = raw
+    if raw.startswith("b64:"):
+        try:
+            text = base64.b64decode(raw[4:], validate=True).decode("utf-8")
+        except (binascii.Error, UnicodeDecodeError):
+            raise ControlError("x-fake-usage starting with 'b64:' must be base64 of a UTF-8 JSON object") from None
+    try:
+        usage = json.loads(text)
+    except ValueError:
+        raise ControlError("x-fake-usage must be a JSON object (the provider's usage object)") from None
+    if not isinstance(usage, dict):
+        raise ControlError("x-fake-usage must be a JSON object (the provider's usage object)")
+    return usage
+
+
 def parse_controls(headers: Mapping[str, str]) -> Controls:
     """Read the `x-fake-*` headers; the common case (none given) costs one scan."""
     if not any(key[:7].lower() == "x-fake-" for key in headers.keys()):
@@ -119,6 +142,8 @@ def parse_controls(headers: Mapping[str, str]) -> Controls:
         cache_write_tokens=_int_header(headers, "x-fake-cache-write-tokens", minimum=0) or 0,
         reasoning_tokens=_int_header(headers, "x-fake-reasoning-tokens", minimum=0) or 0,
         tool_calls=_int_header(headers, "x-fake-tool-calls", minimum=1) or 1,
+        usage=_usage_header(headers.get("x-fake-usage")),
+        service_tier=headers.get("x-fake-service-tier") or None,
     )
 
 

@@ -6,26 +6,10 @@ from typing import Any, ClassVar
 
 from tokensense.gateway.endpoints import Endpoint
 from tokensense.metering.usage import TokenUsage
-from tokensense.providers.base import ProviderAdapter, StreamUsage, Translator, Upstream, _int
+from tokensense.providers.anthropic.usage import usage_from_anthropic
+from tokensense.providers.base import ProviderAdapter, StreamUsage, Translator, Upstream
 
-
-def usage_from_anthropic(usage: Any) -> TokenUsage | None:
-    """Anthropic `usage` in TokenSense terms.
-
-    Anthropic's `input_tokens` excludes the tokens read from or written to the
-    prompt cache; TokenSense's `input_tokens` counts every prompt token, so the
-    three are added up.
-    """
-    if not isinstance(usage, dict):
-        return None
-    cache_read = _int(usage.get("cache_read_input_tokens"))
-    cache_write = _int(usage.get("cache_creation_input_tokens"))
-    return TokenUsage(
-        input_tokens=_int(usage.get("input_tokens")) + cache_read + cache_write,
-        output_tokens=_int(usage.get("output_tokens")),
-        cached_input_tokens=cache_read,
-        cache_write_tokens=cache_write,
-    )
+__all__ = ["AnthropicAdapter", "AnthropicStreamUsage", "usage_from_anthropic"]
 
 
 class AnthropicStreamUsage(StreamUsage):

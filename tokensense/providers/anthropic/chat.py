@@ -55,6 +55,7 @@ import re
 from dataclasses import dataclass, field
 
 from tokensense.providers import chat_format as oa
+from tokensense.providers.anthropic.usage import usage_from_anthropic
 from tokensense.providers.translation import TranslationError
 
 DEFAULT_MAX_TOKENS = 4096
@@ -424,16 +425,19 @@ def _finish_reason(stop_reason: str | None) -> str:
 
 
 def usage_to_openai(usage: dict) -> dict:
-    """Anthropic usage as OpenAI usage: prompt = uncached input + cache reads + cache writes."""
-    read = usage.get("cache_read_input_tokens") or 0
-    write = usage.get("cache_creation_input_tokens") or 0
-    details = usage.get("output_tokens_details") or {}
+    """Anthropic usage as OpenAI usage: prompt = uncached input + cache reads + cache writes.
+
+    Read through the metering reader, so a malformed counter is 0 here too (and logged once), never an error.
+    """
+    read = usage_from_anthropic(usage)
+    if read is None:
+        return oa.usage(prompt=0, completion=0)
     return oa.usage(
-        prompt=(usage.get("input_tokens") or 0) + read + write,
-        completion=usage.get("output_tokens") or 0,
-        cached=read,
-        cache_write=write,
-        reasoning=details.get("thinking_tokens") or 0,
+        prompt=read.input_tokens,
+        completion=read.output_tokens,
+        cached=read.cached_input_tokens,
+        cache_write=read.cache_write_tokens,
+        reasoning=read.reasoning_tokens,
     )
 
 

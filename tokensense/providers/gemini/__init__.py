@@ -7,33 +7,10 @@ from typing import Any, ClassVar
 from tokensense.gateway.endpoints import GEMINI_ACTIONS, Endpoint
 from tokensense.gateway.errors import GatewayError
 from tokensense.metering.usage import TokenUsage
-from tokensense.providers.base import (
-    MediaRoute,
-    ProviderAdapter,
-    StreamUsage,
-    Translator,
-    Upstream,
-    _int,
-    model_segment,
-)
+from tokensense.providers.base import MediaRoute, ProviderAdapter, StreamUsage, Translator, Upstream, model_segment
+from tokensense.providers.gemini.usage import usage_from_gemini
 
-
-def usage_from_gemini(meta: Any) -> TokenUsage | None:
-    """Gemini `usageMetadata` in TokenSense terms.
-
-    Gemini reports thinking tokens (`thoughtsTokenCount`) apart from
-    `candidatesTokenCount`, and bills them as output: TokenSense adds them to
-    `output_tokens` and also keeps them as `reasoning_tokens`.
-    """
-    if not isinstance(meta, dict):
-        return None
-    thoughts = _int(meta.get("thoughtsTokenCount"))
-    return TokenUsage(
-        input_tokens=_int(meta.get("promptTokenCount")) + _int(meta.get("toolUsePromptTokenCount")),
-        output_tokens=_int(meta.get("candidatesTokenCount")) + thoughts,
-        cached_input_tokens=_int(meta.get("cachedContentTokenCount")),
-        reasoning_tokens=thoughts,
-    )
+__all__ = ["GeminiAdapter", "GeminiStreamUsage", "usage_from_gemini"]
 
 
 def _usage_metadata(body: Any) -> Any:

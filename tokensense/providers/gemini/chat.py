@@ -63,6 +63,7 @@ import uuid
 from dataclasses import dataclass
 
 from tokensense.providers import chat_format as oa
+from tokensense.providers.gemini.usage import usage_from_gemini
 from tokensense.providers.translation import TranslationError
 
 PROVIDER = "Gemini"
@@ -420,13 +421,18 @@ def _finish_reason(reason: str | None, *, called: bool) -> str:
 
 
 def usage_to_openai(usage: dict) -> dict:
-    """Gemini usageMetadata as OpenAI usage: thoughts count as completion (reasoning) tokens."""
-    thoughts = usage.get("thoughtsTokenCount") or 0
+    """Gemini usageMetadata as OpenAI usage: thoughts count as completion (reasoning) tokens.
+
+    Read through the metering reader, so a malformed counter is 0 here too (and logged once), never an error.
+    """
+    read = usage_from_gemini(usage)
+    if read is None:
+        return oa.usage(prompt=0, completion=0)
     return oa.usage(
-        prompt=(usage.get("promptTokenCount") or 0) + (usage.get("toolUsePromptTokenCount") or 0),
-        completion=(usage.get("candidatesTokenCount") or 0) + thoughts,
-        cached=usage.get("cachedContentTokenCount") or 0,
-        reasoning=thoughts,
+        prompt=read.input_tokens,
+        completion=read.output_tokens,
+        cached=read.cached_input_tokens,
+        reasoning=read.reasoning_tokens,
     )
 
 
