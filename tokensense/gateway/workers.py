@@ -228,7 +228,10 @@ class Supervisor:
             worker.failures = worker.failures + 1 if quick else 0
             worker.restarts += 1
             how = f"signal {-code}" if code < 0 else f"status {code}"
-            if worker.failures >= START_FAILURES_FATAL and all(w.restarts == w.failures for w in self.workers):
+            now = time.monotonic()
+            healthy = any(w.process is not None and w.process.returncode is None and now - w.started > 5
+                          for w in self.workers if w is not worker)
+            if worker.failures >= START_FAILURES_FATAL and not healthy:  # e.g. a broken configuration
                 log.error("worker %d (pid %d) exited with %s %d times in a row right after starting; stopping",
                           worker.number, worker.process.pid, how, worker.failures)
                 self.exit_code = 1
