@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 from pathlib import Path
 
 from sqlmodel import Session, select
@@ -81,3 +82,17 @@ def test_shared_counters_fail_when_the_hub_is_gone(tmp_path: Path) -> None:
         raise AssertionError("expected a connection error")
 
     asyncio.run(scenario())
+
+
+def test_worker_count() -> None:
+    import argparse
+
+    import pytest
+
+    from tokensense.gateway.workers import worker_count
+
+    assert worker_count("auto") == len(os.sched_getaffinity(0))
+    assert worker_count("3") == 3
+    for bad in ("0", "-1", "many"):
+        with pytest.raises(argparse.ArgumentTypeError):
+            worker_count(bad)
