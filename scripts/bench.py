@@ -1,6 +1,6 @@
 """Benchmark TokenSense side by side with a bare mitmdump and the upstream itself, in one run.
 
-    scripts/bench                        # full run (about 2.5 minutes): table on screen, bench-results.json
+    scripts/bench                        # full run (about 5 minutes): table on screen, bench-results.json
     scripts/bench --quick                # smoke run (about 20 seconds)
     scripts/bench --workers 2            # the workers lane with `serve --workers 2` (default: auto, one per core)
     scripts/bench --compare-sharing      # also `serve --workers` with SO_REUSEPORT, and nginx in front of 2 `serve`
