@@ -1,8 +1,9 @@
 """Benchmark TokenSense side by side with a bare mitmdump and the upstream itself, in one run.
 
-    scripts/bench                        # full run (about 2.5 minutes): table on screen, bench-results.json
+    scripts/bench                        # full run (about 5 minutes): table on screen, bench-results.json
     scripts/bench --quick                # smoke run (about 20 seconds)
-    scripts/bench --workers 2            # also nginx in front of 1 and of 2 `tokensense serve` workers
+    scripts/bench --workers 2            # the workers lane with `serve --workers 2` (default: auto, one per core)
+    scripts/bench --compare-sharing      # also `serve --workers` with SO_REUSEPORT, and nginx in front of 2 `serve`
     scripts/bench --out results.json --rounds 5 --duration 6
     scripts/bench --tokensense-src ../old-checkout   # TokenSense from another tree: before/after
 
@@ -27,6 +28,9 @@ mitmdump that streams, and through TokenSense (as an xAI model, whose base URL p
 at the fake); time to first token, gaps between chunks, and whether every chunk
 arrived and none was held back.
 Memory: RSS of the TokenSense process before and after 10,000 more requests.
+Workers: `tokensense serve --workers N` (one port) in the same rounds as TokenSense with one process.
+Concurrency: N (500) long streams opened at once, directly, through bare mitmdump, TokenSense with one
+worker and with N workers: time to first token p50/p99, largest gap between chunks, errors, peak RSS.
 CPU: CPU time of each proxy process per request, steadier than req/s on a busy machine.
 """
 
@@ -47,6 +51,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import urllib.error
 import urllib.parse
@@ -79,6 +84,8 @@ TARGETS = {
     "added_p50_c1_ms": 0.3,
     "stream_added_ttft_ms": 2.0,
     "rss_growth_mb_per_10k": 10.0,
+    "workers_scaling_c16": 1.5,
+    "concurrency_ttft_p99_over_bare": 1.2,
 }
 
 
@@ -96,7 +103,12 @@ class Plan:
     streams: int  # concurrent streams per lane and round
     chunks: int
     chunk_delay_ms: int
-    workers: int
+    workers: int  # `serve --workers N` lane (1: none)
+    nginx_workers: int  # nginx in front of 1 and of N single-process `serve` (1: none)
+    compare_sharing: bool  # also a `serve --workers N` lane with SO_REUSEPORT
+    concurrent_streams: int  # concurrency lane: streams open at once (0: none)
+    concurrent_chunks: int
+    concurrent_rounds: int
     client: str  # "wrk" or "asyncio"
     upstream: str  # "nginx" or "fake"
     tokensense_src: str | None = None
@@ -114,8 +126,9 @@ def make_plan(args: argparse.Namespace) -> Plan:
         upstream = "nginx" if nginx_binary() else "fake"
     elif upstream == "nginx" and not nginx_binary():
         raise SystemExit("error: --upstream nginx, but nginx is not installed (apt-get install -y nginx-light).")
-    if args.workers > 1 and not nginx_binary():
-        raise SystemExit("error: --workers needs nginx as the load balancer (apt-get install -y nginx-light).")
+    nginx_workers = args.nginx_workers or (args.workers_n if args.compare_sharing else 1)
+    if nginx_workers > 1 and not nginx_binary():
+        raise SystemExit("error: --nginx-workers needs nginx as the load balancer (apt-get install -y nginx-light).")
     return Plan(
         rounds=args.rounds or (1 if quick else 3),
         duration=args.duration or (1 if quick else 4),
@@ -126,7 +139,12 @@ def make_plan(args: argparse.Namespace) -> Plan:
         streams=2 if quick else 8,
         chunks=args.chunks or (8 if quick else 64),
         chunk_delay_ms=20,
-        workers=args.workers,
+        workers=args.workers_n,
+        nginx_workers=nginx_workers,
+        compare_sharing=args.compare_sharing,
+        concurrent_streams=(args.streams if args.streams is not None else (20 if quick else 500)),
+        concurrent_chunks=args.stream_chunks or (8 if quick else 40),
+        concurrent_rounds=args.stream_rounds or (1 if quick else 2),
         client=client,
         upstream=upstream,
         tokensense_src=str(Path(args.tokensense_src).resolve()) if args.tokensense_src else None,
@@ -264,6 +282,9 @@ class Setup:
     key: str
     tokensense_pid: int
     bare_pid: int
+    bare_stream_pid: int = 0
+    fake_pid: int = 0
+    multi: dict[str, tuple[str, int]] = field(default_factory=dict)  # lane -> (URL, supervisor pid)
     worker_pids: list[int] = field(default_factory=list)
     lb_urls: dict[int, str] = field(default_factory=dict)  # workers behind nginx -> URL
 
@@ -297,9 +318,9 @@ def start_services(plan: Plan, procs: Processes) -> Setup:
         raise SystemExit(f"error: tokensense keys create failed:\n{created.stderr}")
     key = json.loads(created.stdout)["key"]
 
-    worker_ports = [free_port() for _ in range(max(plan.workers, 1))]
+    worker_ports = [free_port() for _ in range(max(plan.nginx_workers, 1))]
     lb: dict[int, list[int]] = {}
-    if plan.workers > 1:
+    if plan.nginx_workers > 1:
         lb = {free_port(): worker_ports[:1], free_port(): worker_ports}
     nginx_desc = None
     if nginx_port or lb:
@@ -329,10 +350,29 @@ def start_services(plan: Plan, procs: Processes) -> Setup:
     for i, port in enumerate(worker_ports):
         proc, log = procs.start(f"tokensense-{i + 1}", [str(BIN / "tokensense"), "serve", "--port", str(port)], ts_env)
         workers.append((proc, log, port))
+    # `tokensense serve --workers N` on one port: the shared listening socket, and SO_REUSEPORT to compare.
+    multi_starts = []
+    if plan.workers > 1:
+        sharings = ["inherit", "reuseport"] if plan.compare_sharing else ["inherit"]
+        for sharing in sharings:
+            port = free_port()
+            lane = f"ts-{plan.workers}w" + ("" if sharing == "inherit" else "-reuseport")
+            proc, log = procs.start(lane, [str(BIN / "tokensense"), "serve", "--port", str(port), "--workers",
+                                           str(plan.workers)], {**ts_env, "TOKENSENSE_WORKERS_SOCKET": sharing})
+            multi_starts.append((lane, proc, log, port))
     wait_port(bare_port, bare, "mitmdump", bare_log)
     wait_port(bare_stream_port, bare_stream, "mitmdump", bare_stream_log)
     for proc, log, port in workers:
         wait_http(f"http://127.0.0.1:{port}/health", proc, "tokensense serve", log)
+    multi = {}
+    for lane, proc, log, port in multi_starts:
+        wait_http(f"http://127.0.0.1:{port}/health", proc, "tokensense serve --workers", log)
+        deadline = time.monotonic() + 60  # every worker up, not only the first
+        while log.read_text(errors="replace").count("gateway ready") < plan.workers:
+            if time.monotonic() > deadline or proc.poll() is not None:
+                raise SystemExit(f"error: {lane} did not start its workers:\n{log.read_text()[-3000:]}")
+            time.sleep(0.1)
+        multi[lane] = (f"http://127.0.0.1:{port}{CHAT_PATH}", proc.pid)
 
     return Setup(
         upstream=(f"nginx ({nginx_desc}), fixed answer" if nginx_port else "the fake provider (nginx not installed)"),
@@ -344,6 +384,9 @@ def start_services(plan: Plan, procs: Processes) -> Setup:
         key=key,
         tokensense_pid=workers[0][0].pid,
         bare_pid=bare.pid,
+        bare_stream_pid=bare_stream.pid,
+        fake_pid=fake.pid,
+        multi=multi,
         worker_pids=[w[0].pid for w in workers],
         lb_urls={len(members): f"http://127.0.0.1:{port}{CHAT_PATH}" for port, members in lb.items()},
     )
@@ -502,12 +545,14 @@ class StreamTrace:
     arrivals: list[float]  # seconds after the request was sent, one per SSE event
 
 
-async def _one_stream(url: str, key: str, model: str, chunks: int, delay_ms: int) -> StreamTrace:
+async def _one_stream(url: str, key: str, model: str, chunks: int, delay_ms: int, *,
+                      from_connect: bool = False) -> StreamTrace:
     body = json.dumps({"model": model, "stream": True, "messages": [{"role": "user", "content": "Say hello"}]})
     host, port, raw = _request_bytes(url, key, body, {"x-fake-chunks": str(chunks),
                                                       "x-fake-chunk-delay-ms": str(delay_ms)})
+    t_connect = time.perf_counter()
     reader, writer = await asyncio.open_connection(host, port)
-    t0 = time.perf_counter()
+    t0 = t_connect if from_connect else time.perf_counter()
     writer.write(raw)
     head = await reader.readuntil(b"\r\n\r\n")
     status = int(head[9:12])
@@ -579,7 +624,74 @@ async def _streams(url: str, key: str, model: str, n: int, chunks: int, delay_ms
     return list(await asyncio.gather(*(staggered(i) for i in range(n))))
 
 
+async def _concurrent_streams(url: str, key: str, model: str, n: int, chunks: int,
+                              delay_ms: int) -> tuple[list[StreamTrace], int]:
+    """`n` streams opened at once (times from the connect); the traces, and how many failed outright."""
+    results = await asyncio.gather(*(_one_stream(url, key, model, chunks, delay_ms, from_connect=True)
+                                     for _ in range(n)), return_exceptions=True)
+    traces = [r for r in results if isinstance(r, StreamTrace)]
+    return traces, n - len(traces)
+
+
+def _concurrency_stats(traces: list[StreamTrace], failed: int, expected_events: int | None) -> dict[str, Any]:
+    ttfts = sorted(t.ttft_ms for t in traces if t.ttft_ms is not None)
+    gaps = [g for t in traces for g in _gaps(t)[1:-1]]
+    incomplete = sum(1 for t in traces if expected_events is not None and len(t.arrivals) != expected_events)
+    return {
+        "streams": len(traces) + failed,
+        "errors": failed + sum(1 for t in traces if t.status != 200),
+        "incomplete": incomplete,
+        "ttft_ms_p50": _median(ttfts),
+        "ttft_ms_p99": ttfts[min(len(ttfts) - 1, int(0.99 * len(ttfts)))] if ttfts else None,
+        "gap_ms_max": max(gaps) if gaps else None,
+    }
+
+
+class PeakRss:
+    """Samples the RSS of a process and its children every 50 ms while in the block."""
+
+    def __init__(self, pid: int | None) -> None:
+        self.pid = pid
+        self.peak: float | None = None
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            value = tree_rss_mb(self.pid) if self.pid else None
+            if value is not None:
+                self.peak = max(self.peak or 0.0, value)
+            self._stop.wait(0.05)
+
+    def __enter__(self) -> PeakRss:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+
 # -- measuring -----------------------------------------------------------------------------------
+
+
+def child_pids(pid: int) -> list[int]:
+    try:
+        return [int(p) for p in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
+    except OSError:
+        return []
+
+
+def tree_rss_mb(pid: int) -> float | None:
+    """RSS of a process and its children (a supervisor and its workers)."""
+    values = [rss_mb(p) for p in [pid, *child_pids(pid)]]
+    return sum(v for v in values if v is not None) if values[0] is not None else None
+
+
+def tree_cpu_seconds(pid: int) -> float | None:
+    values = [cpu_seconds(p) for p in [pid, *child_pids(pid)]]
+    return sum(v for v in values if v is not None) if values[0] is not None else None
+
 
 
 def rss_mb(pid: int) -> float | None:
@@ -676,11 +788,21 @@ def _run(plan: Plan, args: argparse.Namespace, procs: Processes) -> dict[str, An
 
     targets = {"direct": setup.direct_url, "bare": setup.bare_url, "tokensense": setup.tokensense_url}
     pids = {"bare": setup.bare_pid, "tokensense": setup.tokensense_pid}
+    for lane, (url, pid) in setup.multi.items():
+        targets[lane] = url
+        pids[lane] = pid
     for n, url in setup.lb_urls.items():
         targets[f"nginx+{n}w"] = url
     lanes = [(name, c) for c in plan.concurrency for name in targets
              if not (name.startswith("nginx+") and c == 1)]
-    steps = len(targets) + plan.rounds * len(lanes) + plan.stream_rounds * 3 + 1
+    conc_urls = {"direct": setup.fake_url + CHAT_PATH, "bare": setup.bare_stream_url,
+                 "tokensense": setup.tokensense_url}
+    conc_pids = {"direct": setup.fake_pid, "bare": setup.bare_stream_pid, "tokensense": setup.tokensense_pid}
+    for lane, (url, pid) in setup.multi.items():
+        if not lane.endswith("-reuseport"):
+            conc_urls[lane], conc_pids[lane] = url, pid
+    conc_steps = plan.concurrent_rounds * len(conc_urls) if plan.concurrent_streams else 0
+    steps = len(targets) + plan.rounds * len(lanes) + plan.stream_rounds * 3 + 1 + conc_steps
     results: dict[str, dict[str, Any]] = {f"{n}-c{c}": {"target": n, "concurrency": c, "rounds": []}
                                           for n, c in lanes}
 
@@ -699,10 +821,10 @@ def _run(plan: Plan, args: argparse.Namespace, procs: Processes) -> dict[str, An
             for name, c in order:
                 progress.doing(f"round {rnd + 1}/{plan.rounds}: {name} c={c}")
                 pid = pids.get(name)
-                cpu_before = cpu_seconds(pid) if pid else None
+                cpu_before = tree_cpu_seconds(pid) if pid else None
                 r = load.run(targets[name], c, seconds=plan.duration)
                 row = r.as_dict()
-                cpu_after = cpu_seconds(pid) if pid else None
+                cpu_after = tree_cpu_seconds(pid) if pid else None
                 # CPU time of the proxy per request: far less sensitive to noisy neighbours than req/s.
                 row["cpu_ms_per_request"] = (round((cpu_after - cpu_before) * 1000 / r.requests, 4)
                                              if cpu_before is not None and cpu_after is not None and r.requests
@@ -728,6 +850,32 @@ def _run(plan: Plan, args: argparse.Namespace, procs: Processes) -> dict[str, An
                 ttft = _median([t.ttft_ms for t in traces if t.ttft_ms is not None])
                 progress.done(f"streams {rnd + 1}/{plan.stream_rounds} {lane:<12} {len(traces)} streams, "
                               f"TTFT p50 {ttft or 0:.2f} ms, events {sorted({len(t.arrivals) for t in traces})}")
+
+        conc_traces: dict[str, list[StreamTrace]] = {lane: [] for lane in conc_urls}
+        conc_failed = dict.fromkeys(conc_urls, 0)
+        conc_peak: dict[str, float | None] = dict.fromkeys(conc_urls)
+        expected_events: int | None = None
+        for rnd in range(plan.concurrent_rounds if plan.concurrent_streams else 0):
+            order = list(conc_urls) if rnd % 2 == 0 else list(reversed(conc_urls))
+            for lane in order:
+                progress.doing(f"concurrency {rnd + 1}/{plan.concurrent_rounds}: {plan.concurrent_streams} "
+                               f"streams, {lane}")
+                time.sleep(1.0)  # the previous lane's connections closed
+                with PeakRss(conc_pids.get(lane)) as peak:
+                    traces, failed = asyncio.run(_concurrent_streams(
+                        conc_urls[lane], setup.key, STREAM_MODEL, plan.concurrent_streams, plan.concurrent_chunks,
+                        plan.chunk_delay_ms))
+                if lane == "direct" and traces:
+                    expected_events = statistics.mode(len(t.arrivals) for t in traces)
+                conc_traces[lane] += traces
+                conc_failed[lane] += failed
+                if peak.peak is not None:
+                    conc_peak[lane] = max(conc_peak[lane] or 0.0, peak.peak)
+                st = _concurrency_stats(traces, failed, expected_events)
+                progress.done(f"concurrency {rnd + 1}/{plan.concurrent_rounds} {lane:<12} "
+                              f"{plan.concurrent_streams} streams: TTFT p50 {_f(st['ttft_ms_p50'], '.0f')} ms, "
+                              f"p99 {_f(st['ttft_ms_p99'], '.0f')} ms, max gap {_f(st['gap_ms_max'], '.0f')} ms, "
+                              f"errors {st['errors']}, peak RSS {_f(peak.peak, '.0f')} MB")
 
         progress.doing(f"memory: {plan.memory_requests} requests")
         time.sleep(0.5)  # let the recorder write the last batch
@@ -778,6 +926,30 @@ def _run(plan: Plan, args: argparse.Namespace, procs: Processes) -> dict[str, An
         "memory": memory,
         "seconds": round(time.monotonic() - started, 1),
     }
+    if plan.concurrent_streams:
+        conc = {lane: _concurrency_stats(conc_traces[lane], conc_failed[lane], expected_events)
+                | {"peak_rss_mb": conc_peak[lane]} for lane in conc_urls}
+        bare_p99 = conc["bare"]["ttft_ms_p99"]
+        for lane, st in conc.items():
+            st["ttft_p99_over_bare"] = _ratio(st["ttft_ms_p99"], bare_p99)
+        report["concurrency"] = {"streams": plan.concurrent_streams, "chunks": plan.concurrent_chunks,
+                                 "rounds": plan.concurrent_rounds, "lanes": conc}
+    multi_lanes = [lane for lane in setup.multi if not lane.endswith("-reuseport")]
+    if multi_lanes:
+        multi = multi_lanes[0]
+        report["workers_lane"] = {"workers": plan.workers, "lane": multi}
+        for c in plan.concurrency:
+            one, many = results[f"tokensense-c{c}"]["rounds"], results[f"{multi}-c{c}"]["rounds"]
+            row = {"1": results[f"tokensense-c{c}"]["rps"], str(plan.workers): results[f"{multi}-c{c}"]["rps"],
+                   "scaling": _median([m["rps"] / o["rps"] for o, m in zip(one, many) if o["rps"]]),
+                   "over_bare": _median([m["rps"] / b["rps"] for b, m in zip(results[f"bare-c{c}"]["rounds"], many)
+                                         if b["rps"]])}
+            for lane in setup.multi:
+                if lane != multi:
+                    row[lane] = results[f"{lane}-c{c}"]["rps"]
+            if f"nginx+{plan.nginx_workers}w-c{c}" in results:
+                row[f"nginx+{plan.nginx_workers}w"] = results[f"nginx+{plan.nginx_workers}w-c{c}"]["rps"]
+            report["workers_lane"][f"c{c}"] = row
     if setup.lb_urls:
         report["workers"] = {
             f"c{c}": {f"{n}": results[f"nginx+{n}w-c{c}"]["rps"] for n in sorted(setup.lb_urls)}
@@ -839,6 +1011,20 @@ def check_targets(report: dict[str, Any]) -> list[dict[str, Any]]:
            extra_ok=streaming["added"]["all_events_arrived"] and streaming["tokensense"]["held_back"] == 0)
     target("RSS growth per 10,000 requests <= 10 MB", memory["growth_mb_per_10k"], TARGETS["rss_growth_mb_per_10k"],
            False)
+    workers = report.get("workers_lane")
+    if workers and "c16" in workers:
+        target(f"throughput c=16, {workers['workers']} workers / 1 >= 1.5", workers["c16"]["scaling"],
+               TARGETS["workers_scaling_c16"], True)
+    conc = report.get("concurrency")
+    if conc:
+        lanes = conc["lanes"]
+        target(f"{conc['streams']} streams: TTFT p99 TokenSense (1 worker) / bare <= 1.2",
+               lanes["tokensense"]["ttft_p99_over_bare"], TARGETS["concurrency_ttft_p99_over_bare"], False,
+               extra_ok=not lanes["tokensense"]["errors"])
+        multi = next((lane for lane in lanes if lane.startswith("ts-")), None)
+        if multi:
+            target(f"{conc['streams']} streams: TTFT p99 TokenSense ({multi}) / bare < 1",
+                   lanes[multi]["ttft_p99_over_bare"], 1.0, False, extra_ok=not lanes[multi]["errors"])
     return out
 
 
@@ -895,6 +1081,30 @@ def print_report(report: dict[str, Any]) -> None:
                   f"over {mem['requests']} requests ({_f(mem['growth_mb_per_10k'], '+.2f')} MB per 10,000); whole run "
                   f"{_f(mem['rss_mb_after_warmup'], '.1f')} -> {_f(mem['rss_mb_after'], '.1f')} MB over "
                   f"{mem['whole_run_requests']} requests ({_f(mem['whole_run_growth_mb_per_10k'], '+.2f')} per 10,000)")
+    if "workers_lane" in report:
+        w = report["workers_lane"]
+        table = Table(title=f"serve --workers {w['workers']} against one process (same rounds)")
+        extra = [k for k in w.get("c16", w.get(next((k for k in w if k.startswith("c")), ""), {})) or {}
+                 if k not in ("1", str(w["workers"]), "scaling", "over_bare")]
+        for col in ("c", "1 worker req/s", f"{w['workers']} workers req/s", "scaling", "/bare", *extra):
+            table.add_column(col, justify="right")
+        for c, row in w.items():
+            if c.startswith("c"):
+                table.add_row(c[1:], _f(row["1"], ".0f"), _f(row[str(w["workers"])], ".0f"), _f(row["scaling"], ".2f"),
+                              _f(row["over_bare"], ".2f"), *(_f(row.get(k), ".0f") for k in extra))
+        console.print(table)
+    if "concurrency" in report:
+        cc = report["concurrency"]
+        table = Table(title=f"Concurrency: {cc['streams']} streams opened at once, {cc['chunks']} chunks each, "
+                            f"{cc['rounds']} rounds")
+        for col in ("lane", "streams", "errors", "incomplete", "TTFT p50 ms", "TTFT p99 ms", "p99/bare",
+                    "max gap ms", "peak RSS MB"):
+            table.add_column(col, justify="left" if col == "lane" else "right")
+        for lane, x in cc["lanes"].items():
+            table.add_row(lane, str(x["streams"]), str(x["errors"]), str(x["incomplete"]), _f(x["ttft_ms_p50"], ".0f"),
+                          _f(x["ttft_ms_p99"], ".0f"), _f(x["ttft_p99_over_bare"], ".2f"), _f(x["gap_ms_max"], ".0f"),
+                          _f(x["peak_rss_mb"], ".0f"))
+        console.print(table)
     if "workers" in report:
         for c, w in report["workers"].items():
             counts = ", ".join(f"{n} worker(s) {_f(v, '.0f')} req/s" for n, v in w.items() if n != "scaling")
@@ -920,8 +1130,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--concurrency", default="1,16,64", help="comma-separated (default: %(default)s)")
     parser.add_argument("--memory-requests", type=int, help="requests between the two RSS readings (default 10000)")
     parser.add_argument("--chunks", type=int, help="chunks per stream (default 64, quick 8)")
-    parser.add_argument("--workers", type=int, default=1,
-                        help="N > 1: also measure nginx in front of 1 and of N TokenSense workers")
+    parser.add_argument("--workers", default="auto",
+                        help="the workers lane: `tokensense serve --workers N` (default: auto, one per core; 1: none)")
+    parser.add_argument("--compare-sharing", action="store_true",
+                        help="also `serve --workers N` with SO_REUSEPORT, and nginx in front of N single processes")
+    parser.add_argument("--nginx-workers", type=int, default=0,
+                        help="N > 1: also measure nginx in front of 1 and of N single-process `tokensense serve`")
+    parser.add_argument("--streams", type=int, help="concurrency lane: streams open at once (default 500, quick 20; 0: "
+                                                    "no lane)")
+    parser.add_argument("--stream-chunks", type=int, help="concurrency lane: chunks per stream (default 40)")
+    parser.add_argument("--stream-rounds", type=int, help="concurrency lane: rounds (default 2, quick 1)")
     parser.add_argument("--client", choices=("auto", "wrk", "asyncio"), default="auto",
                         help="load generator (default: wrk where installed)")
     parser.add_argument("--upstream", choices=("auto", "nginx", "fake"), default="auto",
@@ -930,6 +1148,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--tokensense-src", metavar="DIR",
                         help="run TokenSense from the source tree in DIR (e.g. an older checkout) to compare")
     args = parser.parse_args(argv)
+    args.workers_n = (len(os.sched_getaffinity(0)) if args.workers == "auto" else int(args.workers))
     plan = make_plan(args)
     report = run(plan, args)
     Path(args.out).write_text(json.dumps(report, indent=2) + "\n")

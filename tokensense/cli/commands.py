@@ -113,6 +113,12 @@ def _port(text: str) -> int:
     return value
 
 
+def _workers(text: str) -> int:
+    from tokensense.gateway.workers import worker_count
+
+    return worker_count(text)
+
+
 def _or_none(parse: Callable[[str], Any]) -> Callable[[str], Any]:
     """`parse`, except that `none` means "clear this limit" (for `keys update`)."""
 
@@ -643,6 +649,10 @@ def _cmd_serve(args: argparse.Namespace) -> int:
         from tokensense.gateway.server import run_server
     except ImportError as e:
         raise _Unavailable("serve", e) from e
+    if getattr(args, "workers", 1) > 1:
+        from tokensense.gateway.workers import run_supervisor
+
+        return run_supervisor(args)
     return run_server(args) or 0
 
 
@@ -917,6 +927,10 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--intercept-port", metavar="PORT", type=_port, help="port of the regular (HTTPS_PROXY) proxy (default: the gateway port + 1)")
     serve.add_argument("--record", metavar="FILE", help="save flows to FILE (keys redacted)")
     serve.add_argument("--redact-bodies", action="store_true", help="also leave request and response bodies out of FILE")
+    serve.add_argument("--workers", metavar="N", type=_workers, default=1,
+                       help="gateway processes on the one port, or `auto` for one per core (default: 1)")
+    serve.add_argument("--drain-timeout", metavar="SECONDS", type=float, default=30.0,
+                       help="with --workers: how long a stop waits for the workers' calls to finish (default: 30)")
     serve.set_defaults(handler=_cmd_serve, mitm_args=[])
 
     # dashboard

@@ -285,4 +285,10 @@ class RedisCounters:
 
 
 def make_counters(redis_url: str | None) -> CounterStore:
-    return RedisCounters(redis_url) if redis_url else MemoryCounters()
+    """Redis when configured; else the supervisor's shared counters in a worker of `serve --workers N`; else this process's."""
+    if redis_url:
+        return RedisCounters(redis_url)
+    from tokensense.gateway.shared_counters import SharedCounters, hub_socket_from_env
+
+    hub = hub_socket_from_env()
+    return SharedCounters(hub) if hub else MemoryCounters()

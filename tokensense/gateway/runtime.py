@@ -11,7 +11,9 @@ from sqlalchemy.engine import Engine
 from tokensense.config import FileConfig, load_config
 from tokensense.gateway.keys import KeyStore
 from tokensense.gateway.limits import CounterStore, make_counters
+from tokensense.gateway.shared_counters import hub_socket_from_env
 from tokensense.metering.pricing import PriceBook
+from tokensense.metering.hub_recorder import HubRecorder
 from tokensense.metering.recorder import UsageRecorder
 from tokensense.settings import Settings, get_settings
 
@@ -27,7 +29,7 @@ class Runtime:
         self.config: FileConfig = FileConfig()
         self.prices = PriceBook()
         self.keys: KeyStore | None = None
-        self.recorder: UsageRecorder | None = None
+        self.recorder: UsageRecorder | HubRecorder | None = None
         self.counters: CounterStore | None = None
         self.started = False
         self._lock = threading.Lock()
@@ -52,7 +54,9 @@ class Runtime:
             init_db(self._engine)
             self.keys = KeyStore(self._engine, self.settings)
             self.keys.start()
-            self.recorder = UsageRecorder(self._engine, interval=self.settings.flush_interval)
+            hub = hub_socket_from_env()  # a worker of `serve --workers N`: the supervisor writes the records
+            self.recorder = (HubRecorder(hub) if hub
+                             else UsageRecorder(self._engine, interval=self.settings.flush_interval))
             self.counters = make_counters(self.settings.redis_url)
             self.started = True
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 from pathlib import Path
 
 from tokensense.settings import get_settings
@@ -42,7 +43,8 @@ def run_server(args: argparse.Namespace) -> int:
     from mitmproxy.tools.main import mitmdump
 
     settings = get_settings()
-    print(f"TokenSense gateway on http://{args.host}:{args.port} (home: {settings.home}); Ctrl+C stops it.",
-          flush=True)
+    if not os.environ.get("TOKENSENSE_WORKER"):  # a worker of `serve --workers N`: the supervisor said it
+        print(f"TokenSense gateway on http://{args.host}:{args.port} (home: {settings.home}); Ctrl+C stops it.",
+              flush=True)
     mitmdump(mitmdump_args(args))
     return 0

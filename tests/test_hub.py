@@ -1,0 +1,98 @@
+"""The supervisor's hub in one process: counters shared by several clients, records written once."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from pathlib import Path
+
+from sqlmodel import Session, select
+
+from tokensense.gateway.hub import Hub
+from tokensense.gateway.limits import MemoryCounters, make_counters
+from tokensense.gateway.shared_counters import HUB_SOCKET_ENV, SharedCounters
+from tokensense.metering.hub_recorder import HubRecorder
+from tokensense.storage.db import init_db, make_engine
+from tokensense.storage.models import Usage, UsageCreate
+
+
+def _record(i: int) -> UsageCreate:
+    return UsageCreate(request_id=f"req-{i}", provider="openai", model="gpt-4o-mini", endpoint="chat",
+                       status=200, input_tokens=2, output_tokens=3, cost_usd=0.001, key_name="k")
+
+
+def test_counters_and_records_shared_by_clients(tmp_path: Path) -> None:
+    engine = make_engine(f"sqlite:///{tmp_path / 'db.sqlite'}")
+    init_db(engine)
+
+    async def scenario() -> None:
+        hub = Hub(tmp_path / "run" / "hub.sock", engine, flush_interval=0.01)
+        await hub.start()
+        first, second = SharedCounters(str(hub.path)), SharedCounters(str(hub.path))
+        allowed = []
+        for i in range(6):
+            client = (first, second)[i % 2]
+            decision = await client.acquire_rate("key", f"r{i}", 4, None, 10)
+            allowed.append(decision.allowed)
+        assert allowed == [True] * 4 + [False] * 2
+        assert decision.retry_after is not None and decision.limited_by == "requests"
+
+        loads = []
+
+        def load_spent() -> float:
+            loads.append(1)
+            return 0.75
+
+        budget = await first.reserve_budget("key", "w1", 1.0, 0.3, load_spent, None)
+        assert budget.allowed and budget.spent == 0.75 and abs(budget.reserved - 0.3) < 1e-9
+        # 0.75 spent and 0.3 reserved by the other client: the budget is taken.
+        assert not (await second.reserve_budget("key", "w1", 1.0, 0.1, load_spent, None)).allowed
+        assert loads == [1]  # the window was loaded once, by the first client
+        await first.settle_budget("key", "w1", 0.3, 0.0)
+        assert (await second.reserve_budget("key", "w1", 1.0, 0.1, load_spent, None)).allowed
+
+        recorder = HubRecorder(str(hub.path))
+        for i in range(50):
+            recorder.submit(_record(i))
+        await asyncio.to_thread(recorder.close)
+        await first.close()
+        await second.close()
+        await hub.close()
+        assert hub.records == 50
+
+    asyncio.run(scenario())
+    with Session(engine) as session:
+        assert len(session.exec(select(Usage)).all()) == 50
+
+
+def test_make_counters_picks_the_hub_in_a_worker(monkeypatch) -> None:  # noqa: ANN001
+    monkeypatch.delenv(HUB_SOCKET_ENV, raising=False)
+    assert isinstance(make_counters(None), MemoryCounters)
+    monkeypatch.setenv(HUB_SOCKET_ENV, "/nonexistent/hub.sock")
+    assert isinstance(make_counters(None), SharedCounters)
+
+
+def test_shared_counters_fail_when_the_hub_is_gone(tmp_path: Path) -> None:
+    async def scenario() -> None:
+        counters = SharedCounters(str(tmp_path / "missing.sock"))
+        try:
+            await counters.acquire_rate("key", "r", 1, None, 1)
+        except OSError:
+            return
+        raise AssertionError("expected a connection error")
+
+    asyncio.run(scenario())
+
+
+def test_worker_count() -> None:
+    import argparse
+
+    import pytest
+
+    from tokensense.gateway.workers import worker_count
+
+    assert worker_count("auto") == len(os.sched_getaffinity(0))
+    assert worker_count("3") == 3
+    for bad in ("0", "-1", "many"):
+        with pytest.raises(argparse.ArgumentTypeError):
+            worker_count(bad)

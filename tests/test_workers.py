@@ -1,0 +1,279 @@
+"""`tokensense serve --workers N`: limits and budgets exact across workers, records kept when a worker dies.
+
+The gateway runs as real processes (a supervisor and two workers sharing one
+listening socket). To send a request through one particular worker, the test
+stops the other one (SIGSTOP): a stopped process cannot accept, so every new
+connection goes to the one left running.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import signal
+import subprocess
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests.conftest import BIN, ENV_KEYS, PROVIDER_KEYS, PROVIDER_PREFIXES, FakeProvider, Gateway, clean_env, \
+    free_port, stop, wait_healthy
+
+CHAT = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "Say hello"}]}
+
+
+def worker_pids(supervisor: subprocess.Popen) -> list[int]:
+    children = Path(f"/proc/{supervisor.pid}/task/{supervisor.pid}/children").read_text().split()
+    return sorted(int(pid) for pid in children)
+
+
+def wait_workers(supervisor: subprocess.Popen, count: int, timeout: float = 60) -> list[int]:
+    deadline = time.monotonic() + timeout
+    while len(pids := worker_pids(supervisor)) != count:
+        assert time.monotonic() < deadline, f"the supervisor did not have {count} workers in time"
+        time.sleep(0.1)
+    return pids
+
+
+def post(gw: Gateway, key: str, headers: dict[str, str] | None = None) -> httpx.Response:
+    """One call on a new connection (so that whichever worker is running accepts it)."""
+    with httpx.Client(timeout=30) as client:
+        return client.post(f"{gw.url}/v1/chat/completions", json=CHAT,
+                           headers={"Authorization": f"Bearer {key}", **(headers or {})})
+
+
+class Only:
+    """While in the block, only the worker `pid` runs; the others are stopped (SIGSTOP)."""
+
+    def __init__(self, pids: list[int], pid: int) -> None:
+        self.others = [p for p in pids if p != pid]
+
+    def __enter__(self) -> None:
+        for p in self.others:
+            os.kill(p, signal.SIGSTOP)
+
+    def __exit__(self, *exc: object) -> None:
+        for p in self.others:
+            os.kill(p, signal.SIGCONT)
+
+
+def wait_ready(gw: Gateway, pid: int, key: str, others: list[int]) -> None:
+    """Wait until worker `pid` answers (a replacement loads for a second or two)."""
+    deadline = time.monotonic() + 60
+    while True:
+        with Only(others + [pid], pid):
+            try:
+                if httpx.get(f"{gw.url}/health", timeout=2).status_code == 200:
+                    return
+            except httpx.HTTPError:
+                pass
+        assert time.monotonic() < deadline, "the new worker never answered"
+        time.sleep(0.2)
+
+
+@pytest.fixture(scope="module")
+def workers_gateway(tmp_path_factory: pytest.TempPathFactory, fake_provider: FakeProvider) -> Iterator[Gateway]:
+    tmp = tmp_path_factory.mktemp("workers")
+    home = tmp / "home"
+    env = clean_env()
+    env["TOKENSENSE_HOME"] = str(home)
+    env["TOKENSENSE_FLUSH_INTERVAL"] = "0.05"
+    for provider, prefix in PROVIDER_PREFIXES.items():
+        env[f"TOKENSENSE_{provider.upper()}_BASE_URL"] = f"{fake_provider.url}/{prefix}"
+    for provider, var in ENV_KEYS.items():
+        env[var] = PROVIDER_KEYS[provider]
+    pre = Gateway(url="", home=home, env=env, process=None, key="", fake=fake_provider,  # type: ignore[arg-type]
+                  log_path=tmp / "gateway.log")
+    keys = {name: json.loads(pre.cli("keys", "create", name, *flags, "--json").stdout)["key"]
+            for name, flags in {"plain": [], "rpm10": ["--rpm", "10"]}.items()}
+    port = free_port()
+    log_path = tmp / "gateway.log"
+    with log_path.open("w") as log:
+        proc = subprocess.Popen([str(BIN / "tokensense"), "serve", "--port", str(port), "--workers", "2"],
+                                stdout=log, stderr=subprocess.STDOUT, env=env, cwd=tmp)
+    gw = Gateway(url=f"http://127.0.0.1:{port}", home=home, env=env, process=proc, key=keys["plain"],
+                 fake=fake_provider, log_path=log_path, extra={"keys": keys})
+    try:
+        wait_healthy(f"{gw.url}/health", proc, "the gateway with 2 workers")
+        pids = wait_workers(proc, 2)
+        for pid in pids:
+            wait_ready(gw, pid, gw.key, pids)
+    except (RuntimeError, AssertionError) as e:
+        stop(proc)
+        raise RuntimeError(f"{e}:\n{log_path.read_text()}") from None
+    yield gw
+    stop(proc)
+
+
+def test_rpm_is_exact_across_workers(workers_gateway: Gateway) -> None:
+    """30 calls with --rpm 10, 15 through each worker in turns: exactly 10 answered, in any worker."""
+    gw = workers_gateway
+    key = gw.extra["keys"]["rpm10"]
+    pids = worker_pids(gw.process)
+    statuses = []
+    for turn in range(6):
+        with Only(pids, pids[turn % 2]):
+            statuses += [post(gw, key).status_code for _ in range(5)]
+    assert statuses.count(200) == 10, statuses
+    assert statuses.count(429) == 20, statuses
+    assert statuses[:10] == [200] * 10  # the first ten, five of them through each worker
+
+
+def test_budget_reserves_across_workers(workers_gateway: Gateway) -> None:
+    """A budget spent through one worker is spent for the other, which had already counted the key."""
+    gw = workers_gateway
+    cost = _one_call_cost(gw)
+    budget = cost * 3.5  # four calls fit (the fourth starts at 3 x cost < budget); the fifth does not
+    key = json.loads(gw.cli("keys", "create", "budget", "--budget-usd", repr(budget), "--json").stdout)["key"]
+    pids = worker_pids(gw.process)
+    first, second = pids
+    with Only(pids, second):  # the second worker counts the key's budget window first
+        assert _until_ready(gw, key) == 200
+    statuses = []
+    with Only(pids, first):
+        for _ in range(8):
+            status = post(gw, key).status_code
+            statuses.append(status)
+            if status != 200:
+                break
+    with Only(pids, second):  # with counters per worker, this one would still see one call spent
+        later = [post(gw, key).status_code for _ in range(3)]
+    assert statuses.count(200) == 3, statuses
+    assert statuses[-1] in (402, 429), statuses
+    assert 200 not in later, later
+    rows = gw.wait_records(4, key_name="budget", status=200)
+    assert len(rows) == 4
+    assert sum(r["cost_usd"] for r in rows) - cost < budget
+
+
+def test_key_cache_refreshes_in_every_worker(workers_gateway: Gateway) -> None:
+    gw = workers_gateway
+    key = json.loads(gw.cli("keys", "create", "late", "--json").stdout)["key"]
+    pids = worker_pids(gw.process)
+    for pid in pids:
+        with Only(pids, pid):
+            assert _until_ready(gw, key) == 200
+    gw.cli("keys", "revoke", "late")
+    for pid in pids:
+        with Only(pids, pid):
+            deadline = time.monotonic() + 15
+            while (status := post(gw, key).status_code) == 200 and time.monotonic() < deadline:
+                time.sleep(0.2)
+            assert status == 401, f"worker {pid} still accepts a revoked key"
+
+
+def test_killed_worker_is_replaced_and_answered_calls_keep_their_records(workers_gateway: Gateway) -> None:
+    gw = workers_gateway
+    key = gw.key
+    answered: list[str] = []
+    failed = 0
+    stop_load = threading.Event()
+
+    async def load() -> None:
+        nonlocal failed
+
+        async def client() -> None:
+            nonlocal failed
+            async with httpx.AsyncClient(timeout=30) as http:
+                while not stop_load.is_set():
+                    try:
+                        r = await http.post(f"{gw.url}/v1/chat/completions", json=CHAT,
+                                            headers={"Authorization": f"Bearer {key}", "x-execution-id": "kill-test"})
+                    except httpx.HTTPError:
+                        failed += 1
+                        continue
+                    if r.status_code == 200:
+                        answered.append(r.headers["x-tokensense-request-id"])
+
+        await asyncio.gather(*(client() for _ in range(8)))
+
+    runner = threading.Thread(target=asyncio.run, args=(load(),))
+    runner.start()
+    try:
+        before = worker_pids(gw.process)
+        deadline = time.monotonic() + 30
+        while len(answered) < 50 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        victim = before[0]
+        os.kill(victim, signal.SIGKILL)
+        count_at_kill = len(answered)
+        deadline = time.monotonic() + 60
+        while not (len(worker_pids(gw.process)) == 2 and victim not in worker_pids(gw.process)):
+            assert time.monotonic() < deadline, "the killed worker was not replaced"
+            time.sleep(0.1)
+        time.sleep(1.0)
+    finally:
+        stop_load.set()
+        runner.join(timeout=60)
+    assert len(answered) > count_at_kill  # the load went on while the worker was replaced
+    pids = worker_pids(gw.process)
+    replacement = next(p for p in pids if p not in before)
+    wait_ready(gw, replacement, key, pids)
+    with Only(pids, replacement):
+        assert post(gw, key).status_code == 200
+    assert "exited with signal 9; starting a new one" in gw.log()
+    rows = gw.wait_records(len(answered), execution_id="kill-test", timeout=30)
+    recorded = {r["request_id"] for r in rows}
+    missing = [rid for rid in answered if rid not in recorded]
+    assert not missing, f"{len(missing)} of {len(answered)} answered calls have no record ({failed} failed)"
+    assert "database is locked" not in gw.log()
+
+
+def test_sigterm_stops_every_worker(tmp_path: Path, fake_provider: FakeProvider) -> None:
+    """Last in the file on purpose: a gateway of its own, stopped with SIGTERM while a call is in flight."""
+    env = clean_env()
+    env["TOKENSENSE_HOME"] = str(tmp_path / "home")
+    env["TOKENSENSE_OPENAI_BASE_URL"] = f"{fake_provider.url}/openai"
+    env["OPENAI_API_KEY"] = PROVIDER_KEYS["openai"]
+    created = subprocess.run([str(BIN / "tokensense"), "keys", "create", "t", "--json"], env=env,
+                             capture_output=True, text=True, check=True)
+    key = json.loads(created.stdout)["key"]
+    port = free_port()
+    log_path = tmp_path / "gateway.log"
+    with log_path.open("w") as log:
+        proc = subprocess.Popen([str(BIN / "tokensense"), "serve", "--port", str(port), "--workers", "2"],
+                                stdout=log, stderr=subprocess.STDOUT, env=env)
+    try:
+        wait_healthy(f"http://127.0.0.1:{port}/health", proc, "the gateway")
+        pids = wait_workers(proc, 2)
+        result: dict = {}
+
+        def slow_call() -> None:
+            with httpx.Client(timeout=30) as client, contextlib.suppress(httpx.HTTPError):
+                result["r"] = client.post(f"http://127.0.0.1:{port}/v1/chat/completions", json=CHAT,
+                                          headers={"Authorization": f"Bearer {key}", "x-fake-delay": "1.5"})
+
+        caller = threading.Thread(target=slow_call)
+        caller.start()
+        time.sleep(0.7)
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=60) == 0
+        caller.join(timeout=30)
+    finally:
+        stop(proc)
+    for pid in pids:
+        assert not Path(f"/proc/{pid}").exists() or "zombie" in Path(f"/proc/{pid}/status").read_text()
+    assert "stopping 2 workers" in log_path.read_text()
+    assert not list((tmp_path / "home" / "run").glob("*.sock"))
+
+
+def _until_ready(gw: Gateway, key: str) -> int:
+    """The first status other than 401 (a worker learns of a new key within its refresh interval)."""
+    deadline = time.monotonic() + 15
+    while (status := post(gw, key).status_code) == 401 and time.monotonic() < deadline:
+        time.sleep(0.2)
+    return status
+
+
+def _one_call_cost(gw: Gateway) -> float:
+    r = post(gw, gw.key, {"x-execution-id": "cost-probe"})
+    assert r.status_code == 200
+    rows = gw.wait_records(1, execution_id="cost-probe")
+    assert rows and rows[0]["cost_usd"] > 0
+    return rows[0]["cost_usd"]

@@ -1,0 +1,135 @@
+"""The supervisor's hub: rate-limit and budget counters and the usage-record writer that all workers share.
+
+`tokensense serve --workers N` runs N gateway processes. Counting a key's
+requests in each of them would let a key with `--rpm 10` through N x 10 times a
+minute, so the supervisor keeps the one set of counters (`MemoryCounters`, the
+same decisions as one process) and answers the workers over a Unix socket under
+TOKENSENSE_HOME. It also writes the usage records of every worker: a worker
+hands each record to the socket as the call ends, before the answer leaves for
+the client, so a worker that dies (even SIGKILL) loses no answered call's
+record, and the database has one writer.
+
+Protocol: JSON lines. A worker sends `{"op": "record", "r": {...}}` (no answer),
+or `{"i": ID, "op": OP, "a": [...]}` for a counter operation and gets
+`{"i": ID, "ok": RESULT}`, `{"i": ID, "err": "..."}` or, for a budget window the
+hub has not seen yet, `{"i": ID, "need_spent": true}`: the worker then reads
+what the key spent from the database and asks again with it.
+With TOKENSENSE_REDIS_URL the workers count in Redis and the hub only records.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import json
+import logging
+import os
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy.engine import Engine
+
+from tokensense.gateway.limits import MemoryCounters
+from tokensense.metering.recorder import UsageRecorder
+from tokensense.storage.models import UsageCreate
+
+log = logging.getLogger(__name__)
+
+LINE_LIMIT = 16 * 2**20  # the longest line (one usage record) a worker may send
+
+
+class NeedSpent(Exception):
+    """The hub has no figure yet for this key's budget window: the worker must load it."""
+
+
+class Hub:
+    """Serves the shared counters and takes the usage records of every worker."""
+
+    def __init__(self, path: Path, engine: Engine, *, flush_interval: float = 0.25) -> None:
+        self.path = path
+        self.counters = MemoryCounters()
+        self.recorder = UsageRecorder(engine, interval=flush_interval)
+        self.records = 0
+        self._server: asyncio.Server | None = None
+        self._connections: set[asyncio.Task] = set()
+
+    async def start(self) -> None:
+        self.path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        self.path.unlink(missing_ok=True)
+        self._server = await asyncio.start_unix_server(self._serve, path=str(self.path), limit=LINE_LIMIT)
+        os.chmod(self.path, 0o600)
+
+    async def close(self, timeout: float = 10.0) -> None:
+        """Stop listening, read what connected workers still send, then write every record."""
+        if self._server is not None:
+            self._server.close()
+        if self._connections:
+            await asyncio.wait(list(self._connections), timeout=timeout)
+        for task in self._connections:
+            task.cancel()
+        await asyncio.to_thread(self.recorder.close)
+        self.path.unlink(missing_ok=True)
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        task = asyncio.current_task()
+        assert task is not None
+        self._connections.add(task)
+        try:
+            while line := await reader.readline():
+                reply = await self.handle(line)
+                if reply is not None:
+                    writer.write(reply)
+        except (ConnectionError, asyncio.IncompleteReadError, asyncio.LimitOverrunError, ValueError) as e:
+            log.warning("hub: dropped a worker connection: %s", type(e).__name__)
+        finally:
+            self._connections.discard(task)
+            writer.close()
+
+    async def handle(self, line: bytes) -> bytes | None:
+        """One message from a worker; the reply line, if the message wants one."""
+        try:
+            message = json.loads(line)
+            op = message["op"]
+        except (ValueError, KeyError, TypeError):
+            log.warning("hub: ignored a malformed message")
+            return None
+        if op == "record":
+            try:
+                record = UsageCreate.model_validate(message["r"])
+            except Exception as e:
+                log.error("hub: dropped a usage record it cannot read: %s", type(e).__name__)
+                return None
+            self.records += 1
+            self.recorder.submit(record)
+            return None
+        reply: dict[str, Any] = {"i": message.get("i")}
+        try:
+            reply["ok"] = await self._counter_op(op, message.get("a") or [])
+        except NeedSpent:
+            reply["need_spent"] = True
+        except Exception as e:
+            reply["err"] = f"{type(e).__name__}: {e}"
+        return json.dumps(reply, separators=(",", ":")).encode() + b"\n"
+
+    async def _counter_op(self, op: str, args: list) -> Any:
+        counters = self.counters
+        if op == "acquire_rate":
+            return dataclasses.asdict(await counters.acquire_rate(*args))
+        if op == "settle_tokens":
+            return await counters.settle_tokens(*args)
+        if op == "reserve_budget":
+            key_id, window, budget, amount, spent, ttl = args
+            return dataclasses.asdict(await counters.reserve_budget(key_id, window, budget, amount,
+                                                                    _spent_loader(spent), ttl))
+        if op == "settle_budget":
+            return await counters.settle_budget(*args)
+        raise ValueError(f"unknown operation {op!r}")
+
+
+def _spent_loader(spent: float | None):  # noqa: ANN202
+    def load() -> float:
+        if spent is None:
+            raise NeedSpent
+        return spent
+
+    return load
