@@ -930,7 +930,7 @@ def _run(plan: Plan, args: argparse.Namespace, procs: Processes) -> dict[str, An
         conc = {lane: _concurrency_stats(conc_traces[lane], conc_failed[lane], expected_events)
                 | {"peak_rss_mb": conc_peak[lane]} for lane in conc_urls}
         bare_p99 = conc["bare"]["ttft_ms_p99"]
-        for lane, st in conc.items():
+        for st in conc.values():
             st["ttft_p99_over_bare"] = _ratio(st["ttft_ms_p99"], bare_p99)
         report["concurrency"] = {"streams": plan.concurrent_streams, "chunks": plan.concurrent_chunks,
                                  "rounds": plan.concurrent_rounds, "lanes": conc}

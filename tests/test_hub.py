@@ -65,7 +65,7 @@ def test_counters_and_records_shared_by_clients(tmp_path: Path) -> None:
         assert len(session.exec(select(Usage)).all()) == 50
 
 
-def test_make_counters_picks_the_hub_in_a_worker(monkeypatch) -> None:  # noqa: ANN001
+def test_make_counters_picks_the_hub_in_a_worker(monkeypatch) -> None:
     monkeypatch.delenv(HUB_SOCKET_ENV, raising=False)
     assert isinstance(make_counters(None), MemoryCounters)
     monkeypatch.setenv(HUB_SOCKET_ENV, "/nonexistent/hub.sock")

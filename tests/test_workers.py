@@ -22,8 +22,18 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.conftest import BIN, ENV_KEYS, PROVIDER_KEYS, PROVIDER_PREFIXES, FakeProvider, Gateway, clean_env, \
-    free_port, stop, wait_healthy
+from tests.conftest import (
+    BIN,
+    ENV_KEYS,
+    PROVIDER_KEYS,
+    PROVIDER_PREFIXES,
+    FakeProvider,
+    Gateway,
+    clean_env,
+    free_port,
+    stop,
+    wait_healthy,
+)
 
 CHAT = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "Say hello"}]}
 

@@ -59,7 +59,7 @@ class Hub:
         self._server = await asyncio.start_unix_server(self._serve, path=str(self.path), limit=LINE_LIMIT)
         os.chmod(self.path, 0o600)
 
-    async def close(self, timeout: float = 10.0) -> None:
+    async def close(self, timeout: float = 10.0) -> None:  # noqa: ASYNC109 - a deadline for the drain, not a cancel scope
         """Stop listening, read what connected workers still send, then write every record."""
         if self._server is not None:
             self._server.close()
@@ -126,7 +126,7 @@ class Hub:
         raise ValueError(f"unknown operation {op!r}")
 
 
-def _spent_loader(spent: float | None):  # noqa: ANN202
+def _spent_loader(spent: float | None):
     def load() -> float:
         if spent is None:
             raise NeedSpent

@@ -12,8 +12,8 @@ from tokensense.config import FileConfig, load_config
 from tokensense.gateway.keys import KeyStore
 from tokensense.gateway.limits import CounterStore, make_counters
 from tokensense.gateway.shared_counters import hub_socket_from_env
-from tokensense.metering.pricing import PriceBook
 from tokensense.metering.hub_recorder import HubRecorder
+from tokensense.metering.pricing import PriceBook
 from tokensense.metering.recorder import UsageRecorder
 from tokensense.settings import Settings, get_settings
 

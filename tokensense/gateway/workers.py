@@ -79,7 +79,7 @@ def patch_mitmproxy_listen(listen_fds: dict[int, int], reuse_port: bool) -> None
         raise RuntimeError(f"`serve --workers` supports mitmproxy {SUPPORTED_MITMPROXY}x, not {VERSION}")
     original = mode_servers.AsyncioServerInstance.listen
 
-    async def listen(self, host: str, port: int):  # noqa: ANN001, ANN202 (mitmproxy's signature)
+    async def listen(self, host: str, port: int):
         if self.mode.transport_protocol != "tcp":
             return await original(self, host, port)
         handler = self.handle_stream
@@ -91,7 +91,7 @@ def patch_mitmproxy_listen(listen_fds: dict[int, int], reuse_port: bool) -> None
             return [await asyncio.start_server(handler, host or None, port, reuse_port=True, backlog=LISTEN_BACKLOG)]
         return await original(self, host, port)
 
-    mode_servers.AsyncioServerInstance.listen = listen
+    mode_servers.AsyncioServerInstance.listen = listen  # type: ignore[method-assign]
 
 
 def worker_main(argv: list[str]) -> int:
