@@ -49,9 +49,3 @@ def parse_event(raw: bytes) -> tuple[str | None, str | None]:
         elif line.startswith("event:"):
             name = line[6:].strip()
     return name, ("\n".join(data) if data else None)
-
-
-def encode_event(data: str, event: str | None = None) -> bytes:
-    """One SSE event as bytes."""
-    head = f"event: {event}\n" if event else ""
-    return f"{head}data: {data}\n\n".encode()

@@ -56,7 +56,6 @@ class PassthroughStream:
                  drop_usage_chunk: bool, on_end: Callable[[], None] | None = None) -> None:
         self.call = call
         self.usage = usage
-        self.markers = markers
         self._carries_usage = _usage_pattern(markers).search
         self.drop_usage_chunk = drop_usage_chunk
         self.splitter = EventSplitter()

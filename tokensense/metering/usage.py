@@ -49,10 +49,6 @@ class TokenUsage(BaseModel):
     service_tier: str | None = None
     counters: dict[str, int] = Field(default_factory=dict)
 
-    def is_empty(self) -> bool:
-        return not (self.input_tokens or self.output_tokens or self.images or self.characters or self.seconds
-                    or self.units)
-
     @property
     def has_tokens(self) -> bool:
         return bool(self.input_tokens or self.output_tokens or self.units)
