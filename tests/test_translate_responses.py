@@ -443,3 +443,19 @@ def test_with_previous_conversation_puts_stored_items_first() -> None:
     assert [item.get("role") for item in body["input"]] == ["user", "assistant", "user"]
     translated = anthropic_responses.responses_request_to_provider(body)
     assert [m["role"] for m in translated["messages"]] == ["user", "assistant", "user"]
+
+
+@pytest.mark.parametrize("translation", [anthropic_responses.ResponsesTranslation(), gemini_responses.ResponsesTranslation()])
+def test_translation_objects(translation) -> None:
+    """The `Translator` shape the pipeline drives: request, answer, error, stream."""
+    body = translation.request({"model": "alias", "input": "hi"}, model="claude-sonnet-4-6" if translation.provider_format == "anthropic" else "gemini-2.5-flash", stream=True)
+    if translation.provider_format == "anthropic":
+        assert body["model"] == "claude-sonnet-4-6" and body["stream"] is True
+        provider_answer = fixture("anthropic/message_text.json")
+    else:
+        assert "model" not in body and "stream" not in body
+        provider_answer = fixture("gemini/response_text.json")
+    answer = translation.answer(provider_answer, model="m", request={"input": "hi"}, response_id="resp_fixed")
+    assert Response.model_validate(answer).id == "resp_fixed"
+    assert "error" in translation.error(500, b"boom")
+    assert translation.stream(model="m").feed is not None

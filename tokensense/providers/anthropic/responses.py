@@ -221,3 +221,29 @@ class ResponsesStreamTranslator:
 def error_from_provider(status: int, body: bytes) -> dict:
     """An Anthropic error answer as an OpenAI error body (Responses errors have the chat shape)."""
     return chat.error_from_provider(status, body)
+
+
+class ResponsesTranslation:
+    """Responses API clients ⇄ Anthropic, as one object (the `Translator` shape of providers/base.py).
+
+    `request` gets the client's whole Responses body (the answer echoes its settings, so `answer`
+    and `stream` take it again as `request`).
+    """
+
+    provider_format = "anthropic"
+
+    def request(self, body: dict, *, model: str, stream: bool) -> dict:
+        out = responses_request_to_provider({**body, "model": model, "stream": stream})
+        out["model"] = model
+        return out
+
+    def answer(self, body: dict, *, model: str, request: dict | None = None, response_id: str | None = None) -> dict:
+        return responses_response_from_provider(body, model=model, request=request, response_id=response_id)
+
+    def error(self, status: int, content: bytes) -> dict:
+        return error_from_provider(status, content)
+
+    def stream(self, *, model: str, request: dict | None = None, response_id: str | None = None,
+               include_usage: bool = True) -> ResponsesStreamTranslator:
+        # Responses streams always end with the usage (in the terminal event): include_usage changes nothing.
+        return ResponsesStreamTranslator(model=model, request=request, response_id=response_id)

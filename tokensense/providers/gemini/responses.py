@@ -221,3 +221,26 @@ class ResponsesStreamTranslator:
 def error_from_provider(status: int, body: bytes) -> dict:
     """A Gemini error answer as an OpenAI error body (Responses errors have the chat shape)."""
     return chat.error_from_provider(status, body)
+
+
+class ResponsesTranslation:
+    """Responses API clients ⇄ Gemini, as one object (the `Translator` shape of providers/base.py).
+
+    The body has no model and no stream flag: both go in the URL the gateway builds
+    (`models/{model}:generateContent` or `:streamGenerateContent?alt=sse`).
+    """
+
+    provider_format = "gemini"
+
+    def request(self, body: dict, *, model: str, stream: bool) -> dict:
+        return responses_request_to_provider({**body, "model": model, "stream": stream})
+
+    def answer(self, body: dict, *, model: str, request: dict | None = None, response_id: str | None = None) -> dict:
+        return responses_response_from_provider(body, model=model, request=request, response_id=response_id)
+
+    def error(self, status: int, content: bytes) -> dict:
+        return error_from_provider(status, content)
+
+    def stream(self, *, model: str, request: dict | None = None, response_id: str | None = None,
+               include_usage: bool = True) -> ResponsesStreamTranslator:
+        return ResponsesStreamTranslator(model=model, request=request, response_id=response_id)
