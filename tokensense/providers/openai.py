@@ -4,7 +4,12 @@ from __future__ import annotations
 
 from typing import Any, ClassVar
 
+<<<<<<< HEAD
 from tokensense.gateway.endpoints import Endpoint
+=======
+from tokensense.gateway.endpoints import RESPONSES_ENDPOINTS, Endpoint
+from tokensense.providers.base import MediaRoute, ProviderAdapter, StreamUsage, _int
+>>>>>>> 4e8d9fd (Responses API through the gateway: /v1/responses and companion routes for OpenAI and xAI (passthrough, metered from the terminal event), Claude and Gemini (translated, conversations stored for previous_response_id and GET), owner checks (404 to other keys); model lists and GET /v1/models/{id} in the SDK's shape)
 from tokensense.metering.usage import TokenUsage
 from tokensense.providers.base import MediaRoute, ProviderAdapter, StreamUsage
 from tokensense.providers.openai_usage import service_tier_of, usage_from_openai
@@ -54,6 +59,7 @@ class OpenAIAdapter(ProviderAdapter):
     hosts: ClassVar[tuple[str, ...]] = ("api.openai.com",)
     native: ClassVar[frozenset[Endpoint]] = frozenset({
         Endpoint.CHAT, Endpoint.EMBEDDINGS, Endpoint.IMAGES, Endpoint.SPEECH, Endpoint.TRANSCRIPTIONS,
+        *RESPONSES_ENDPOINTS,
     })
     openai_format: ClassVar[bool] = True
 
@@ -105,7 +111,8 @@ class XAIAdapter(OpenAIAdapter):
     reasoning_outside_completion: ClassVar[bool] = True
     aliases: ClassVar[tuple[str, ...]] = ("x-ai", "grok")
     hosts: ClassVar[tuple[str, ...]] = ("api.x.ai",)
-    native: ClassVar[frozenset[Endpoint]] = frozenset({Endpoint.CHAT, Endpoint.EMBEDDINGS, Endpoint.IMAGES})
+    native: ClassVar[frozenset[Endpoint]] = frozenset({Endpoint.CHAT, Endpoint.EMBEDDINGS, Endpoint.IMAGES,
+                                                       *RESPONSES_ENDPOINTS})
 
     def media_route(self, endpoint: Endpoint, model: str, *, declared: bool) -> MediaRoute | None:
         if endpoint is Endpoint.IMAGES:

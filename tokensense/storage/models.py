@@ -122,8 +122,8 @@ class StoredResponse(SQLModel, table=True):
     Every response id a provider hands out through the gateway is recorded, so that only the key that
     made it can read, delete, cancel or continue it (`previous_response_id`). For responses TokenSense
     translated (Claude, Gemini) `items` keeps the turn's input items and output items, from which the
-    conversation behind a `previous_response_id` is rebuilt; passthrough responses leave it NULL (the
-    provider stores them).
+    conversation behind a `previous_response_id` is rebuilt, and `response` the answer itself (served again
+    by `GET /v1/responses/{id}`); passthrough responses leave both NULL (the provider stores them).
     """
 
     __tablename__ = "stored_responses"
@@ -134,4 +134,5 @@ class StoredResponse(SQLModel, table=True):
     model: str | None = None
     previous_response_id: str | None = None
     items: list | None = Field(default=None, sa_column=Column(JSON, nullable=True))
+    response: dict | None = Field(default=None, sa_column=Column(JSON, nullable=True))  # a translated answer, for GET
     created_at: datetime = Field(default_factory=utcnow, index=True)

@@ -41,7 +41,7 @@ class ResponseOwner(NamedTuple):
 
 def remember_response(*, session: Session, response_id: str, key_id: str | None, provider: str,
                       model: str | None = None, previous_response_id: str | None = None,
-                      items: list[dict] | None = None) -> StoredResponse:
+                      items: list[dict] | None = None, response: dict | None = None) -> StoredResponse:
     """Record (or update) who made `response_id`; `items` is a translated turn's input then output items."""
     row = session.get(StoredResponse, response_id)
     if row is None:
@@ -53,6 +53,7 @@ def remember_response(*, session: Session, response_id: str, key_id: str | None,
     row.model = model
     row.previous_response_id = previous_response_id
     row.items = items
+    row.response = response
     session.add(row)
     session.commit()
     session.refresh(row)
@@ -81,6 +82,16 @@ def response_conversation(*, session: Session, response_id: str) -> list[dict] |
         chain.append(list(row.items))
         current = row.previous_response_id
     return [item for turn in reversed(chain) for item in turn]
+
+
+def stored_answer(*, session: Session, response_id: str) -> tuple[dict | None, list[dict]]:
+    """A translated response as it was answered, and the input items of its turn ((None, []) when unknown)."""
+    row = session.get(StoredResponse, response_id)
+    if row is None or row.response is None:
+        return None, []
+    outputs = len(row.response.get("output") or [])
+    items = list(row.items or [])
+    return row.response, items[: len(items) - outputs] if outputs else items
 
 
 def forget_response(*, session: Session, response_id: str) -> bool:
@@ -112,7 +123,8 @@ class ResponseStore:
                 self._recent.popitem(last=False)
 
     def remember(self, response_id: str, *, key_id: str | None, provider: str, model: str | None = None,
-                 previous_response_id: str | None = None, items: list[dict] | None = None) -> asyncio.Task | None:
+                 previous_response_id: str | None = None, items: list[dict] | None = None,
+                 response: dict | None = None) -> asyncio.Task | None:
         """Record the owner now (in memory) and in the database soon (a thread); call from the event loop.
 
         Returns the write's task (awaited by `drain` at shutdown), or None outside an event loop, where
@@ -120,7 +132,8 @@ class ResponseStore:
         """
         self._keep(response_id, ResponseOwner(key_id, provider, model, items is not None))
         kwargs: dict[str, Any] = {"response_id": response_id, "key_id": key_id, "provider": provider,
-                                  "model": model, "previous_response_id": previous_response_id, "items": items}
+                                  "model": model, "previous_response_id": previous_response_id, "items": items,
+                                  "response": response}
         try:
             loop = asyncio.get_running_loop()
         except RuntimeError:
@@ -164,6 +177,15 @@ class ResponseStore:
     def _read_conversation(self, response_id: str) -> list[dict] | None:
         with Session(self.engine) as session:
             return response_conversation(session=session, response_id=response_id)
+
+    async def answer(self, response_id: str) -> tuple[dict | None, list[dict]]:
+        """A translated response and its turn's input items, for GET and input_items."""
+        await self._settle()
+        return await asyncio.to_thread(self._read_answer, response_id)
+
+    def _read_answer(self, response_id: str) -> tuple[dict | None, list[dict]]:
+        with Session(self.engine) as session:
+            return stored_answer(session=session, response_id=response_id)
 
     async def forget(self, response_id: str) -> bool:
         await self._settle()

@@ -7,7 +7,8 @@ Created: 2026-12-01
 `stored_responses` maps a response id to the TokenSense key that created it (all keys share one
 provider key, so the provider cannot tell them apart), with the provider, the model, the
 `previous_response_id` it continued and, for responses TokenSense translated for Claude and Gemini,
-the turn's input and output items (JSON) from which a later `previous_response_id` is served.
+the turn's input and output items (JSON) from which a later `previous_response_id` is served, and the
+answer itself (served again by `GET /v1/responses/{id}`).
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ def upgrade() -> None:
         sa.Column("model", sa.String(), nullable=True),
         sa.Column("previous_response_id", sa.String(), nullable=True),
         sa.Column("items", sa.JSON(), nullable=True),
+        sa.Column("response", sa.JSON(), nullable=True),
         sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
         sa.PrimaryKeyConstraint("id"),
     )
