@@ -164,3 +164,16 @@ def test_model_lists_in_the_sdks_shape(gateway: Gateway) -> None:
     assert gemini["name"] == "models/gemini-2.5-flash"
     missing = httpx.get(f"{gateway.url}/v1/models/gpt-nope", headers=headers)
     assert missing.status_code == 404
+
+
+def test_agent_session_headers_become_the_execution_id(gateway: Gateway, exec_id: str) -> None:
+    headers = {"authorization": f"Bearer {gateway.key}", "x-workflow-tag": exec_id}
+    body = {"model": "gpt-4.1", "input": "hi"}
+    httpx.post(f"{gateway.url}/v1/responses", json=body, headers={**headers, "session-id": f"codex-{exec_id}"})
+    httpx.post(f"{gateway.url}/v1/messages", headers={**headers, "x-claude-code-session-id": f"cc-{exec_id}",
+                                                      "anthropic-version": "2023-06-01"},
+               json={"model": "claude-sonnet-4-6", "max_tokens": 50, "messages": [{"role": "user", "content": "hi"}]})
+    httpx.post(f"{gateway.url}/v1/responses", json=body,
+               headers={**headers, "session-id": "ignored", "x-execution-id": f"explicit-{exec_id}"})
+    rows = gateway.wait_records(count=3, workflow=exec_id)
+    assert [r["execution_id"] for r in rows] == [f"codex-{exec_id}", f"cc-{exec_id}", f"explicit-{exec_id}"]

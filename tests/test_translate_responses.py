@@ -459,3 +459,32 @@ def test_translation_objects(translation) -> None:
     assert Response.model_validate(answer).id == "resp_fixed"
     assert "error" in translation.error(500, b"boom")
     assert translation.stream(model="m").feed is not None
+
+
+def test_codex_namespace_tools_and_client_metadata() -> None:
+    """Codex sends `client_metadata` and groups sub-agent tools in a `namespace` tool."""
+    namespace = {"type": "namespace", "name": "multi_agent_v1", "description": "Sub-agents.", "tools": [
+        {"type": "function", "name": "close_agent", "strict": False,
+         "parameters": {"type": "object", "properties": {"target": {"type": "string"}}, "required": ["target"]}}]}
+    request = {"model": "claude-sonnet-4-6", "input": "close it", "tools": [WEATHER_TOOL, namespace],
+               "client_metadata": {"session_id": "s1"}}
+    body = anthropic_responses.responses_request_to_provider(request)
+    assert [tool["name"] for tool in body["tools"]] == ["get_weather", "multi_agent_v1__close_agent"]
+    message = {**fixture("anthropic/message_text.json"), "stop_reason": "tool_use", "content": [
+        {"type": "tool_use", "id": "toolu_9", "name": "multi_agent_v1__close_agent", "input": {"target": "a1"}}]}
+    response = Response.model_validate(anthropic_responses.responses_response_from_provider(
+        message, model="claude-sonnet-4-6", request=request))
+    call = response.output[0]
+    assert (call.name, call.namespace) == ("close_agent", "multi_agent_v1")
+    follow_up = {**request, "input": [{"role": "user", "content": "close it"}, call.model_dump(exclude_none=True),
+                                      {"type": "function_call_output", "call_id": call.call_id, "output": "closed"}]}
+    sent = anthropic_responses.responses_request_to_provider(follow_up)
+    assert sent["messages"][1]["content"][0]["name"] == "multi_agent_v1__close_agent"
+
+    events = anthropic_responses.ResponsesStreamTranslator(model="m", request=request)
+    out = events.feed({"type": "message_start", "message": {"id": "msg_1", "usage": {"input_tokens": 3}}})
+    out += events.feed({"type": "content_block_start", "index": 0, "content_block": {
+        "type": "tool_use", "id": "toolu_9", "name": "multi_agent_v1__close_agent", "input": {}}})
+    out += events.feed({"type": "content_block_stop", "index": 0})
+    done = [e for e in out if e["type"] == "response.output_item.done"][0]["item"]
+    assert (done["name"], done["namespace"], done["arguments"]) == ("close_agent", "multi_agent_v1", "{}")

@@ -50,7 +50,12 @@ _HANDLED_PARAMS = frozenset(
 # - stream_options (include_obfuscation pads deltas against side channels; there is nothing to pad),
 # - prompt_cache_key / prompt_cache_retention / prompt_cache_options: hints for OpenAI's own prompt cache,
 # - max_tool_calls caps OpenAI's built-in tools, which are never sent to another provider.
-_NO_EFFECT_PARAMS = frozenset({"stream_options", "prompt_cache_key", "prompt_cache_retention", "prompt_cache_options"})
+# - client_metadata: labels for OpenAI's own logs (Codex sends its session and turn ids there).
+_NO_EFFECT_PARAMS = frozenset(
+    {"stream_options", "prompt_cache_key", "prompt_cache_retention", "prompt_cache_options", "client_metadata"}
+)
+NAMESPACE_SEPARATOR = "__"
+"""Joins a namespace and a function name (`multi_agent_v1__spawn_agent`): other providers have no namespaces."""
 # Parameters whose value is OpenAI's default: sending them changes nothing.
 _DEFAULTS: dict[str, Any] = {"background": False, "truncation": "disabled", "top_logprobs": 0, "parallel_tool_calls": True}
 # `include` asks for extra fields in the answer; these concern tools that are never translated (so there is
@@ -211,7 +216,10 @@ def _chat_message(item: dict, i: int, provider: str) -> dict | None:
         arguments = item.get("arguments")
         if arguments is not None and not isinstance(arguments, str):
             raise TranslationError(f"{param}.arguments must be a JSON string", param=f"{param}.arguments")
-        call = oa.tool_call(item["call_id"], item["name"], arguments or "{}")
+        name = item["name"]
+        if isinstance(item.get("namespace"), str) and item["namespace"]:
+            name = f"{item['namespace']}{NAMESPACE_SEPARATOR}{name}"
+        call = oa.tool_call(item["call_id"], name, arguments or "{}")
         return {"role": "assistant", "content": None, "tool_calls": [call]}
     if kind == "function_call_output":
         call_id = item.get("call_id")
@@ -330,6 +338,9 @@ def _tools(body: dict, provider: str) -> list[dict]:
     result = []
     for i, tool in enumerate(tools):
         kind = tool.get("type") if isinstance(tool, dict) else None
+        if kind == "namespace" and isinstance(tool.get("tools"), list):
+            result.extend(_namespace_tools(tool, i, provider))
+            continue
         if kind != "function":
             raise TranslationError(
                 f"tools[{i}]: only function tools can be translated for {provider} models, got type {kind!r}",
@@ -338,6 +349,34 @@ def _tools(body: dict, provider: str) -> list[dict]:
         function = {key: tool[key] for key in ("name", "description", "parameters", "strict") if tool.get(key) is not None}
         result.append({"type": "function", "function": function})
     return result
+
+
+def _namespace_tools(namespace: dict, i: int, provider: str) -> list[dict]:
+    """A namespace's function tools, each named `namespace__function` (see `split_namespace`)."""
+    prefix = namespace.get("name")
+    if not isinstance(prefix, str) or not prefix:
+        raise TranslationError(f"tools[{i}].name is required", param=f"tools[{i}].name")
+    result = []
+    for j, tool in enumerate(namespace["tools"]):
+        if not isinstance(tool, dict) or tool.get("type") != "function" or not tool.get("name"):
+            raise TranslationError(
+                f"tools[{i}].tools[{j}]: only function tools can be translated for {provider} models",
+                param=f"tools[{i}].tools[{j}].type",
+            )
+        function = {key: tool[key] for key in ("description", "parameters", "strict") if tool.get(key) is not None}
+        function["name"] = f"{prefix}{NAMESPACE_SEPARATOR}{tool['name']}"
+        result.append({"type": "function", "function": function})
+    return result
+
+
+def split_namespace(name: str, request: dict | None) -> tuple[str, str | None]:
+    """(function name, namespace) of a called function, for the namespaces the request declared."""
+    for tool in (request or {}).get("tools") or []:
+        if isinstance(tool, dict) and tool.get("type") == "namespace" and isinstance(tool.get("name"), str):
+            prefix = tool["name"] + NAMESPACE_SEPARATOR
+            if name.startswith(prefix):
+                return name[len(prefix):], tool["name"]
+    return name, None
 
 
 def _tool_choice(choice: Any, provider: str) -> Any:
@@ -465,8 +504,9 @@ def output_text(text: str) -> dict:
 
 
 def function_call_item(call_id: str, name: str, arguments: str, *, item_id: str | None = None,
-                       status: str = "completed") -> dict:
-    return {
+                       status: str = "completed", request: dict | None = None) -> dict:
+    name, namespace = split_namespace(name, request)
+    item = {
         "id": item_id or new_item_id("fc"),
         "type": "function_call",
         "status": status,
@@ -474,6 +514,9 @@ def function_call_item(call_id: str, name: str, arguments: str, *, item_id: str 
         "call_id": call_id,
         "name": name,
     }
+    if namespace:
+        item["namespace"] = namespace
+    return item
 
 
 def reasoning_item(summary: list[str], *, item_id: str | None = None) -> dict:
@@ -627,7 +670,7 @@ class ResponseEvents:
     # function calls
 
     def call_start(self, key: Any, *, call_id: str, name: str) -> list[dict]:
-        _, added = self._add(key, function_call_item(call_id, name, "", status="in_progress"))
+        _, added = self._add(key, function_call_item(call_id, name, "", status="in_progress", request=self.request))
         return [added]
 
     def call_delta(self, key: Any, fragment: str) -> list[dict]:
@@ -641,7 +684,7 @@ class ResponseEvents:
         out = [] if self._open[key].arguments_sent else self.call_delta(key, empty_arguments)
         opened = self._open.pop(key)
         arguments = "".join(opened.parts)
-        item = function_call_item(opened.item["call_id"], opened.item["name"], arguments, item_id=opened.item["id"])
+        item = {**opened.item, "arguments": arguments, "status": "completed"}
         out.append(self._event("response.function_call_arguments.done", item_id=item["id"], output_index=opened.index,
                                name=item["name"], arguments=arguments))
         out.append(self._done(opened, item))

@@ -67,7 +67,8 @@ def responses_response_from_provider(resp: dict, *, model: str, request: dict | 
             output.append(rf.message_item(block.get("text") or ""))
         elif kind == "tool_use":
             call_id = oa.encode_tool_call_id(block["id"], chat._thinking_state(thinking))
-            output.append(rf.function_call_item(call_id, block["name"], oa.arguments_json(block.get("input"))))
+            output.append(rf.function_call_item(call_id, block["name"], oa.arguments_json(block.get("input")),
+                                                request=request))
             thinking = []
         elif kind in ("thinking", "redacted_thinking"):
             thinking.append(chat._thinking_block(block))

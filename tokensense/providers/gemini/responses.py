@@ -83,7 +83,7 @@ def responses_response_from_provider(resp: dict, *, model: str, request: dict | 
             call = chat._tool_call(part, id_seed, candidate.get("index", 0), calls)
             calls += 1
             function = call["function"]
-            output.append(rf.function_call_item(call["id"], function["name"], function["arguments"]))
+            output.append(rf.function_call_item(call["id"], function["name"], function["arguments"], request=request))
         elif kind == "text":
             if run_kind == "text":
                 output[-1]["content"][0]["text"] += part["text"]
