@@ -104,6 +104,7 @@ class Responses:
             if not isinstance(previous, str) or not previous:
                 raise GatewayError(400, "previous_response_id must be a response id string.",
                                    code="invalid_request", param="previous_response_id")
+            assert call.key is not None
             if await self.store.owned_by(previous, call.key.id) is None:
                 raise _not_found(previous, "previous_response_id")
             meta.previous = previous
@@ -155,6 +156,7 @@ class Responses:
 
     async def _stored_route(self, flow: http.HTTPFlow, call: CallContext) -> None:
         response_id = path_segment(call.resource or "", what="response id")
+        assert call.key is not None
         owner = await self.store.owned_by(response_id, call.key.id)
         if owner is None:
             raise _not_found(response_id)
@@ -214,7 +216,7 @@ class Responses:
 
             response.stream = ResponsesTranslatingStream(translator, on_first=call.mark_first_token, on_end=on_end)
             return
-        usage = ResponsesStreamUsage()
+        usage = ResponsesStreamUsage(adapter.name, getattr(adapter, "reasoning_outside_completion", False))
         call.stream_usage = usage
 
         def on_passthrough_end() -> None:
@@ -244,13 +246,15 @@ class Responses:
             return
         if not isinstance(answer, dict):
             return
-        call.usage = usage_from_response(answer)
+        assert call.provider is not None
+        call.usage = usage_from_response(answer, provider=call.provider.name,
+                                         reasoning_outside=getattr(call.provider, "reasoning_outside_completion", False))
         if call.route_endpoint is Endpoint.RESPONSES and isinstance(answer.get("id"), str) and meta.stored:
             self._remember(call, answer["id"], meta.previous)
 
     def _translate_answer(self, flow: http.HTTPFlow, call: CallContext, meta: ResponsesCall) -> None:
         response = flow.response
-        assert response is not None and call.provider is not None
+        assert response is not None and call.provider is not None and meta.translator is not None
         content = response_body(response)
         try:
             if 200 <= response.status_code < 300:

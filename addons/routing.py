@@ -16,9 +16,9 @@ from tokensense.gateway.body import optional_token_count, parse_json_body
 from tokensense.gateway.call import CallContext
 from tokensense.gateway.catalog import list_models
 from tokensense.gateway.endpoints import RESPONSES_ENDPOINTS, Endpoint
-from tokensense.gateway.model_lists import ListShape, find, listed, model_list, shape_for, single_model
 from tokensense.gateway.errors import GatewayError
 from tokensense.gateway.forward import OPENAI_SDK_HEADER_PREFIXES
+from tokensense.gateway.model_lists import ListShape, find, listed, model_list, shape_for, single_model
 from tokensense.gateway.policy import model_allowed
 from tokensense.gateway.routing import MEDIA_ENDPOINTS, resolve_model
 from tokensense.gateway.runtime import Runtime

@@ -7,7 +7,6 @@ import json
 import httpx
 import openai
 import pytest
-
 from conftest import Gateway
 
 pytestmark = pytest.mark.e2e
@@ -159,7 +158,7 @@ def test_model_lists_in_the_sdks_shape(gateway: Gateway) -> None:
     google = httpx.get(f"{gateway.url}/v1beta/models", headers={"x-goog-api-key": gateway.key}).json()
     assert google["models"][0]["name"].startswith("models/")
     one = httpx.get(f"{gateway.url}/v1/models/gpt-4.1", headers=headers).json()
-    assert one == {"id": "gpt-4.1", "object": "model", "created": 0, "owned_by": "openai"}
+    assert (one["id"], one["object"], one["owned_by"]) == ("gpt-4.1", "model", "openai")
     gemini = httpx.get(f"{gateway.url}/v1beta/models/gemini-2.5-flash", headers={"x-goog-api-key": gateway.key}).json()
     assert gemini["name"] == "models/gemini-2.5-flash"
     missing = httpx.get(f"{gateway.url}/v1/models/gpt-nope", headers=headers)

@@ -11,7 +11,7 @@ import openai
 from google import genai
 from google.genai import types
 
-from tokensense.gateway.model_lists import ListShape, ListedModel, find, listed, model_list, shape_for, single_model
+from tokensense.gateway.model_lists import ListShape, find, listed, model_list, shape_for, single_model
 
 MODELS = listed({"object": "list", "data": [
     {"id": "claude-sonnet-4-5", "object": "model", "created": 0, "owned_by": "anthropic"},

@@ -73,3 +73,10 @@ def test_events_without_usage_change_nothing() -> None:
 def test_chat_usage_still_read() -> None:
     usage = usage_from_openai({"prompt_tokens": 5, "completion_tokens": 2, "prompt_tokens_details": {"cached_tokens": 1}})
     assert (usage.input_tokens, usage.output_tokens, usage.cached_input_tokens) == (5, 2, 1)
+
+
+def test_web_searches_are_billable_units() -> None:
+    answer = {"id": "resp_1", "status": "completed", "output": [{"type": "web_search_call"}, {"type": "web_search_call"}],
+              "usage": {"input_tokens": 4, "output_tokens": 2, "total_tokens": 6}}
+    usage = usage_from_response(answer)
+    assert usage.units.get("web_searches") == 2

@@ -55,13 +55,15 @@ def attribution(headers: Mapping[str, str], key: KeyInfo | None) -> dict[str, st
 
 def _agent_session(headers: Mapping[str, str], raw: object) -> str | None:
     """The first agent session header present, in `AGENT_SESSION_HEADERS` order."""
-    if raw is not None:
-        found = {key.lower(): value for key, value in raw if key.lower() in _AGENT_SESSION_FIELDS}  # type: ignore[union-attr]
-        for header in AGENT_SESSION_HEADERS:
-            if (value := found.get(header.encode())) is not None:
-                return value.decode("utf-8", "surrogateescape")
+    if isinstance(raw, (list, tuple)):  # mitmproxy's raw header fields: (name, value) bytes pairs
+        found = {key.lower(): value for key, value in raw if key.lower() in _AGENT_SESSION_FIELDS}
+        for name in AGENT_SESSION_HEADERS:
+            raw_value = found.get(name.encode())
+            if raw_value is not None:
+                return raw_value.decode("utf-8", "surrogateescape")
         return None
-    for header in AGENT_SESSION_HEADERS:
-        if (value := headers.get(header)) is not None:
+    for name in AGENT_SESSION_HEADERS:
+        value = headers.get(name)
+        if value is not None:
             return value
     return None

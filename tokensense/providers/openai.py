@@ -4,12 +4,7 @@ from __future__ import annotations
 
 from typing import Any, ClassVar
 
-<<<<<<< HEAD
-from tokensense.gateway.endpoints import Endpoint
-=======
 from tokensense.gateway.endpoints import RESPONSES_ENDPOINTS, Endpoint
-from tokensense.providers.base import MediaRoute, ProviderAdapter, StreamUsage, _int
->>>>>>> 4e8d9fd (Responses API through the gateway: /v1/responses and companion routes for OpenAI and xAI (passthrough, metered from the terminal event), Claude and Gemini (translated, conversations stored for previous_response_id and GET), owner checks (404 to other keys); model lists and GET /v1/models/{id} in the SDK's shape)
 from tokensense.metering.usage import TokenUsage
 from tokensense.providers.base import MediaRoute, ProviderAdapter, StreamUsage
 from tokensense.providers.openai_usage import service_tier_of, usage_from_openai
@@ -151,26 +146,28 @@ def responses_tool_calls(output: Any) -> dict[str, int]:
     """The billable built-in tool calls among a response's output items (`{"web_searches": 2}`)."""
     counts: dict[str, int] = {}
     for item in output if isinstance(output, list) else ():
-        counter = RESPONSES_TOOL_CALL_ITEMS.get(item.get("type")) if isinstance(item, dict) else None
+        kind = item.get("type") if isinstance(item, dict) else None
+        counter = RESPONSES_TOOL_CALL_ITEMS.get(kind) if isinstance(kind, str) else None
         if counter:
             counts[counter] = counts.get(counter, 0) + 1
     return counts
 
 
 def _with_tool_calls(usage: TokenUsage, tool_calls: dict[str, int]) -> TokenUsage:
-    # Usage records that keep per-unit counters (`units`) get the web searches priced there.
-    if tool_calls.get("web_searches") and "units" in type(usage).model_fields:
-        units = dict(getattr(usage, "units") or {})
+    # Web searches are a billable unit (priced per call); file searches are counted by the caller.
+    if tool_calls.get("web_searches"):
+        units = dict(usage.units or {})
         units["web_searches"] = units.get("web_searches", 0) + tool_calls["web_searches"]
         return usage.model_copy(update={"units": units})
     return usage
 
 
-def usage_from_response(response: Any) -> TokenUsage | None:
+def usage_from_response(response: Any, *, provider: str = "openai", reasoning_outside: bool = False) -> TokenUsage | None:
     """Usage of a Responses API `response` object (an unstreamed answer, or the one a terminal event carries)."""
     if not isinstance(response, dict):
         return None
-    usage = usage_from_openai(response.get("usage"))
+    usage = usage_from_openai(response.get("usage"), provider=provider, reasoning_outside=reasoning_outside,
+                              service_tier=service_tier_of(response))
     if usage is None:
         return None
     return _with_tool_calls(usage, responses_tool_calls(response.get("output")))
@@ -182,7 +179,9 @@ class ResponsesStreamUsage(StreamUsage):
     `tool_calls` counts the built-in tool calls billed per call (web and file searches) in that response.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, provider: str = "openai", reasoning_outside: bool = False) -> None:
+        self._provider = provider
+        self._reasoning_outside = reasoning_outside
         self._usage: TokenUsage | None = None
         self.tool_calls: dict[str, int] = {}
         self.response_id: str | None = None
@@ -204,9 +203,9 @@ class ResponsesStreamUsage(StreamUsage):
         if isinstance(response.get("id"), str):
             self.response_id = response["id"]
         self.tool_calls = responses_tool_calls(response.get("output"))
-        usage = usage_from_openai(response.get("usage"))
+        usage = usage_from_response(response, provider=self._provider, reasoning_outside=self._reasoning_outside)
         if usage is not None:
-            self._usage = _with_tool_calls(usage, self.tool_calls)
+            self._usage = usage
 
     def result(self) -> TokenUsage:
         return self._usage or TokenUsage()

@@ -542,8 +542,8 @@ def response_object(*, response_id: str, model: str, request: dict | None, outpu
                     error: dict | None = None) -> dict:
     """A whole `response` object; the request's settings are echoed as OpenAI echoes them."""
     request = request or {}
-    reasoning = request.get("reasoning") if isinstance(request.get("reasoning"), dict) else {}
-    text = request.get("text") if isinstance(request.get("text"), dict) else {}
+    reasoning: dict = request["reasoning"] if isinstance(request.get("reasoning"), dict) else {}
+    text: dict = request["text"] if isinstance(request.get("text"), dict) else {}
     status = status or outcome.status
     return {
         "id": response_id,

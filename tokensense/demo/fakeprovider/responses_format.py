@@ -29,7 +29,6 @@ from tokensense.demo.fakeprovider.textgen import (
     Controls,
     Conversation,
     ToolSpec,
-    count_words,
     new_id,
     plan_answer,
     split_pieces,

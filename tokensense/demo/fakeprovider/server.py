@@ -19,7 +19,14 @@ from typing import Any, NamedTuple
 from aiohttp import web
 from aiohttp.client_exceptions import ClientConnectionResetError
 
-from tokensense.demo.fakeprovider import anthropic_format, fal_format, gemini_format, media, openai_format, responses_format
+from tokensense.demo.fakeprovider import (
+    anthropic_format,
+    fal_format,
+    gemini_format,
+    media,
+    openai_format,
+    responses_format,
+)
 from tokensense.demo.fakeprovider.replies import BodyReply, FakeError, FakeRequest, Reply, json_reply
 from tokensense.demo.fakeprovider.textgen import NO_CONTROLS, ControlError, Controls, parse_controls
 
