@@ -15,9 +15,10 @@ from addons.common import answer_error, answer_json, get_call, prepare_upstream,
 from tokensense.gateway.body import optional_token_count, parse_json_body
 from tokensense.gateway.call import CallContext
 from tokensense.gateway.catalog import list_models
-from tokensense.gateway.endpoints import Endpoint
+from tokensense.gateway.endpoints import RESPONSES_ENDPOINTS, Endpoint
 from tokensense.gateway.errors import GatewayError
 from tokensense.gateway.forward import OPENAI_SDK_HEADER_PREFIXES
+from tokensense.gateway.model_lists import ListShape, find, listed, model_list, shape_for, single_model
 from tokensense.gateway.policy import model_allowed
 from tokensense.gateway.routing import MEDIA_ENDPOINTS, resolve_model
 from tokensense.gateway.runtime import Runtime
@@ -37,10 +38,10 @@ class Router:
         if flow.response or flow.error or call is None or call.key is None or call.intercepted:
             return
         try:
-            if call.route_endpoint is Endpoint.MODELS:
+            if call.route_endpoint in (Endpoint.MODELS, Endpoint.MODEL):
                 self._answer_models(flow, call)
-            elif call.route_endpoint not in MEDIA_ENDPOINTS:  # the media addon routes those
-                self._route(flow, call)
+            elif call.route_endpoint not in MEDIA_ENDPOINTS and call.route_endpoint not in RESPONSES_ENDPOINTS:
+                self._route(flow, call)  # the media and responses addons route the others
         except GatewayError as e:
             answer_error(flow, call.fmt, e)
 
@@ -53,11 +54,26 @@ class Router:
         media = self._media_models()
         media_names = {m for models in media.values() for m in models}
         prices = self.runtime.prices
-        answer_json(flow, 200, list_models(available, custom=prices.custom, extra=media,
-                                           allowed=lambda provider, model: model_allowed(key, provider, model),
-                                           pricing=lambda provider, model: "media" if model in media_names and
-                                           model not in prices.custom else
-                                           prices.pricing_kind(PROVIDERS[provider].prices_id, model)))
+        openai_list = list_models(available, custom=prices.custom, extra=media,
+                                  allowed=lambda provider, model: model_allowed(key, provider, model),
+                                  pricing=lambda provider, model: "media" if model in media_names and
+                                  model not in prices.custom else
+                                  prices.pricing_kind(PROVIDERS[provider].prices_id, model))
+        req = flow.request
+        shape = shape_for(req.path.partition("?")[0], req.headers)
+        models = listed(openai_list)
+        if call.route_endpoint is Endpoint.MODELS:
+            answer_json(flow, 200, openai_list if shape is ListShape.OPENAI else model_list(shape, models, req.query))
+            return
+        model = find(models, call.resource or "")
+        if model is None:
+            answer_error(flow, call.fmt, GatewayError(404, f"The model `{(call.resource or '')[:100]}` does not exist "
+                                                      "or this key may not use it.", code="model_not_found"))
+            return
+        if shape is ListShape.OPENAI:  # the list's own entry, with what the list says about it
+            answer_json(flow, 200, next(e for e in openai_list["data"] if e["id"] == model.id))
+            return
+        answer_json(flow, 200, single_model(shape, model))
 
     def _media_models(self) -> dict[str, list[str]]:
         """Image and audio models from the media price table, by provider (the catalog lacks most)."""

@@ -12,6 +12,7 @@ from addons.metering import Metering
 from addons.policy import Policy
 from addons.recording import Recording
 from addons.request_records import RequestRecords
+from addons.responses import Responses
 from addons.routing import Router
 from addons.translation import Translation
 from addons.upstream_errors import UpstreamErrors
@@ -27,6 +28,7 @@ def tokensense_addons(runtime: Runtime | None = None) -> list[object]:
         Admit(runtime),  # requestheaders: key, route, body limit
         RequestRecords(runtime),  # GET /v1/tokensense/requests/{id}, answered before routing
         Router(runtime),  # request: parse, resolve, prepare the upstream request
+        Responses(runtime),  # the Responses API: parse, ownership, answers (before Translation and Metering)
         Media(runtime),
         Policy(runtime),  # request: access, rate, budget
         Forward(),  # request: writes the upstream request to the flow, only after every gate passed

@@ -34,6 +34,7 @@ class CallContext:
     path_model: str | None = None  # Gemini names the model in the path
     action: str | None = None  # Gemini `generateContent`, `streamGenerateContent`, ...
     version: str | None = None  # Gemini's API version in the path
+    resource: str | None = None  # the response id or model id the path names (`/v1/responses/{id}`)
     method: str = "POST"
     started: float = field(default_factory=time.perf_counter)
     request_id: str = field(default_factory=_request_id)

@@ -15,10 +15,27 @@ class Endpoint(StrEnum):
     SPEECH = "audio.speech"
     TRANSCRIPTIONS = "audio.transcriptions"
     MODELS = "models"
+    MODEL = "models.retrieve"
+    RESPONSES = "responses"
+    RESPONSES_RETRIEVE = "responses.retrieve"
+    RESPONSES_DELETE = "responses.delete"
+    RESPONSES_CANCEL = "responses.cancel"
+    RESPONSES_INPUT_ITEMS = "responses.input_items"
+    RESPONSES_INPUT_TOKENS = "responses.input_tokens"
+    RESPONSES_COMPACT = "responses.compact"
     HEALTH = "health"
     REQUEST_RECORD = "tokensense.request"  # GET /v1/tokensense/requests/{id}: a call's usage record
     UNKNOWN = "unknown"
 
+
+# The Responses API routes that name a stored response in the path (`/v1/responses/{id}[/...]`).
+RESPONSE_ID_ENDPOINTS = frozenset({
+    Endpoint.RESPONSES_RETRIEVE, Endpoint.RESPONSES_DELETE, Endpoint.RESPONSES_CANCEL, Endpoint.RESPONSES_INPUT_ITEMS,
+})
+# Every Responses API route (handled by addons/responses.py).
+RESPONSES_ENDPOINTS = RESPONSE_ID_ENDPOINTS | {
+    Endpoint.RESPONSES, Endpoint.RESPONSES_INPUT_TOKENS, Endpoint.RESPONSES_COMPACT,
+}
 
 # Gemini's `models/{model}:{action}` actions TokenSense forwards; any other action is a 404.
 GEMINI_ACTIONS = frozenset({

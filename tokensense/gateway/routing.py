@@ -17,9 +17,19 @@ class Route(NamedTuple):
     model: str | None = None  # from the path (Gemini); else read from the body
     action: str | None = None  # Gemini `generateContent`, `streamGenerateContent`, ...
     version: str | None = None  # Gemini's API version in the path (v1beta or v1)
+    resource: str | None = None  # the response id (`/v1/responses/{id}`) or model id (`/v1/models/{id}`) in the path
 
 
 _GEMINI_PATH = re.compile(r"^/(?P<version>v1beta|v1)/models/(?P<model>[^:/]+):(?P<action>[A-Za-z]+)$")
+
+_RESPONSE_PATH = re.compile(r"^/(?:v1/)?responses/(?P<id>[^/]+)(?:/(?P<action>cancel|input_items))?$")
+_MODEL_PATH = re.compile(r"^/(?:v1|v1beta)/models/(?P<id>[^/:]+)$")
+_RESPONSE_ROUTES = {
+    ("GET", None): Endpoint.RESPONSES_RETRIEVE,
+    ("DELETE", None): Endpoint.RESPONSES_DELETE,
+    ("POST", "cancel"): Endpoint.RESPONSES_CANCEL,
+    ("GET", "input_items"): Endpoint.RESPONSES_INPUT_ITEMS,
+}
 
 _OPENAI_PATHS = {
     "/v1/chat/completions": Endpoint.CHAT,
@@ -29,6 +39,10 @@ _OPENAI_PATHS = {
     "/v1/images/generations": Endpoint.IMAGES,
     "/v1/audio/speech": Endpoint.SPEECH,
     "/v1/audio/transcriptions": Endpoint.TRANSCRIPTIONS,
+    "/v1/responses": Endpoint.RESPONSES,
+    "/responses": Endpoint.RESPONSES,
+    "/v1/responses/input_tokens": Endpoint.RESPONSES_INPUT_TOKENS,
+    "/v1/responses/compact": Endpoint.RESPONSES_COMPACT,
 }
 
 # Endpoints whose requests the media addon routes (multipart bodies, translated image APIs).
@@ -58,6 +72,14 @@ def classify(method: str, path: str) -> Route:
         return Route(Endpoint.MODELS, ErrorFormat.OPENAI)
     if path.startswith("/v1/tokensense/requests/") and method == "GET":
         return Route(Endpoint.REQUEST_RECORD, ErrorFormat.OPENAI)
+    if path == "/v1beta/models" and method == "GET":
+        return Route(Endpoint.MODELS, ErrorFormat.GOOGLE)
+    if method == "GET" and (m := _MODEL_PATH.match(path)):
+        fmt = ErrorFormat.GOOGLE if path.startswith("/v1beta/") else ErrorFormat.OPENAI
+        return Route(Endpoint.MODEL, fmt, resource=m["id"])
+    if (m := _RESPONSE_PATH.match(path)) and m["id"] not in ("input_tokens", "compact"):
+        if endpoint := _RESPONSE_ROUTES.get((method, m["action"])):
+            return Route(endpoint, ErrorFormat.OPENAI, resource=m["id"])
     if method == "POST":
         if endpoint := _OPENAI_PATHS.get(path):
             return Route(endpoint, ErrorFormat.OPENAI)

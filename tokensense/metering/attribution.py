@@ -15,6 +15,15 @@ ATTRIBUTION_HEADERS = {
 }
 _MAX_ATTRIBUTE = 200
 
+# Session headers coding agents send on every call of one session (seen on the wire, see README "Coding
+# agents through TokenSense"): the session becomes the execution id when the client sent no x-execution-id.
+AGENT_SESSION_HEADERS = (
+    "x-claude-code-session-id",  # Claude Code
+    "session-id",  # Codex CLI 0.17x
+    "session_id",  # Codex CLI before
+)
+_AGENT_SESSION_FIELDS = frozenset(header.encode() for header in AGENT_SESSION_HEADERS)
+
 
 _ATTRIBUTION_FIELDS = {header.encode(): name for header, name in ATTRIBUTION_HEADERS.items()}
 
@@ -34,9 +43,27 @@ def attribution(headers: Mapping[str, str], key: KeyInfo | None) -> dict[str, st
     else:
         for header, name in ATTRIBUTION_HEADERS.items():
             fields[name] = headers.get(header)
+    if fields["execution_id"] is None:
+        fields["execution_id"] = _agent_session(headers, raw)
     for name, value in fields.items():
         if value is not None:
             fields[name] = value.strip()[:_MAX_ATTRIBUTE] or None
     if not fields["project"] and key is not None:
         fields["project"] = key.project
     return fields
+
+
+def _agent_session(headers: Mapping[str, str], raw: object) -> str | None:
+    """The first agent session header present, in `AGENT_SESSION_HEADERS` order."""
+    if isinstance(raw, (list, tuple)):  # mitmproxy's raw header fields: (name, value) bytes pairs
+        found = {key.lower(): value for key, value in raw if key.lower() in _AGENT_SESSION_FIELDS}
+        for name in AGENT_SESSION_HEADERS:
+            raw_value = found.get(name.encode())
+            if raw_value is not None:
+                return raw_value.decode("utf-8", "surrogateescape")
+        return None
+    for name in AGENT_SESSION_HEADERS:
+        value = headers.get(name)
+        if value is not None:
+            return value
+    return None

@@ -68,6 +68,9 @@ OPENAI_PATHS: dict[Endpoint, str] = {
     Endpoint.IMAGES: "/v1/images/generations",
     Endpoint.SPEECH: "/v1/audio/speech",
     Endpoint.TRANSCRIPTIONS: "/v1/audio/transcriptions",
+    Endpoint.RESPONSES: "/v1/responses",
+    Endpoint.RESPONSES_INPUT_TOKENS: "/v1/responses/input_tokens",
+    Endpoint.RESPONSES_COMPACT: "/v1/responses/compact",
 }
 
 
@@ -100,6 +103,11 @@ class Provider(ABC):
 
     def chat_translator(self) -> Translator | None:
         """The translation of OpenAI-format chat to this provider's format, or None if it speaks OpenAI's."""
+        return None
+
+    def responses_translator(self) -> Any | None:
+        """The translation of OpenAI Responses API requests to this provider's format (providers/*/responses.py),
+        or None where the provider speaks the Responses API itself or not at all."""
         return None
 
     def serves(self, endpoint: Endpoint) -> bool:

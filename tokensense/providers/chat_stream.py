@@ -21,8 +21,11 @@ class TranslatingStream:
     Each complete provider event is fed to the provider's `ChatStreamTranslator`
     and the OpenAI chunks it gives back are sent at once; at the end come the
     translator's last chunks and `data: [DONE]`. `on_first` runs at the first
-    provider bytes and `on_end` gets the provider usage seen.
+    provider bytes and `on_end` gets the provider usage seen. Subclasses change
+    the framing (`encode`, `end_marker`; see responses_stream.py).
     """
+
+    end_marker = _DONE
 
     def __init__(self, translator: Any, *, on_first: Callable[[], None] | None = None,
                  on_end: Callable[[dict], None] | None = None) -> None:
@@ -43,11 +46,15 @@ class TranslatingStream:
             return out if out else []
         out = self._emit([self.splitter.rest()]) if not self.failed else b""
         if not self.failed:
-            out += b"".join(_encode(c) for c in self.translator.finish())
-        out += _DONE
+            out += b"".join(self.encode(c) for c in self.translator.finish())
+        out += self.end_marker
         if self.on_end:
             self.on_end(dict(self.translator.usage or {}))
         return out
+
+    @staticmethod
+    def encode(chunk: dict) -> bytes:
+        return _encode(chunk)
 
     def _emit(self, events: list[bytes]) -> bytes:
         out: list[bytes] = []
@@ -64,7 +71,7 @@ class TranslatingStream:
             if not isinstance(event, dict):
                 continue
             for chunk in self.translator.feed(event):
-                out.append(_encode(chunk))
+                out.append(self.encode(chunk))
                 if "error" in chunk:
                     self.failed = True
         return b"".join(out)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any, ClassVar
 
-from tokensense.gateway.endpoints import Endpoint
+from tokensense.gateway.endpoints import RESPONSES_ENDPOINTS, Endpoint
 from tokensense.metering.usage import TokenUsage
 from tokensense.providers.base import MediaRoute, ProviderAdapter, StreamUsage
 from tokensense.providers.openai_usage import service_tier_of, usage_from_openai
@@ -54,6 +54,7 @@ class OpenAIAdapter(ProviderAdapter):
     hosts: ClassVar[tuple[str, ...]] = ("api.openai.com",)
     native: ClassVar[frozenset[Endpoint]] = frozenset({
         Endpoint.CHAT, Endpoint.EMBEDDINGS, Endpoint.IMAGES, Endpoint.SPEECH, Endpoint.TRANSCRIPTIONS,
+        *RESPONSES_ENDPOINTS,
     })
     openai_format: ClassVar[bool] = True
 
@@ -105,7 +106,8 @@ class XAIAdapter(OpenAIAdapter):
     reasoning_outside_completion: ClassVar[bool] = True
     aliases: ClassVar[tuple[str, ...]] = ("x-ai", "grok")
     hosts: ClassVar[tuple[str, ...]] = ("api.x.ai",)
-    native: ClassVar[frozenset[Endpoint]] = frozenset({Endpoint.CHAT, Endpoint.EMBEDDINGS, Endpoint.IMAGES})
+    native: ClassVar[frozenset[Endpoint]] = frozenset({Endpoint.CHAT, Endpoint.EMBEDDINGS, Endpoint.IMAGES,
+                                                       *RESPONSES_ENDPOINTS})
 
     def media_route(self, endpoint: Endpoint, model: str, *, declared: bool) -> MediaRoute | None:
         if endpoint is Endpoint.IMAGES:
@@ -129,3 +131,81 @@ class MistralAdapter(OpenAIAdapter):
         if endpoint is Endpoint.TRANSCRIPTIONS:
             return MediaRoute("transcription", "/v1/audio/transcriptions")
         return None
+
+
+# --- Responses API (/v1/responses): usage of answers and streams ---------------------------------
+
+RESPONSES_TERMINAL_EVENTS = frozenset({"response.completed", "response.incomplete", "response.failed"})
+"""The stream events that carry the finished `response`, its `usage` included."""
+
+RESPONSES_TOOL_CALL_ITEMS: dict[str, str] = {"web_search_call": "web_searches", "file_search_call": "file_searches"}
+"""Output item types of built-in tools billed per call, and the counter each adds to."""
+
+
+def responses_tool_calls(output: Any) -> dict[str, int]:
+    """The billable built-in tool calls among a response's output items (`{"web_searches": 2}`)."""
+    counts: dict[str, int] = {}
+    for item in output if isinstance(output, list) else ():
+        kind = item.get("type") if isinstance(item, dict) else None
+        counter = RESPONSES_TOOL_CALL_ITEMS.get(kind) if isinstance(kind, str) else None
+        if counter:
+            counts[counter] = counts.get(counter, 0) + 1
+    return counts
+
+
+def _with_tool_calls(usage: TokenUsage, tool_calls: dict[str, int]) -> TokenUsage:
+    # Web searches are a billable unit (priced per call); file searches are counted by the caller.
+    if tool_calls.get("web_searches"):
+        units = dict(usage.units or {})
+        units["web_searches"] = units.get("web_searches", 0) + tool_calls["web_searches"]
+        return usage.model_copy(update={"units": units})
+    return usage
+
+
+def usage_from_response(response: Any, *, provider: str = "openai", reasoning_outside: bool = False) -> TokenUsage | None:
+    """Usage of a Responses API `response` object (an unstreamed answer, or the one a terminal event carries)."""
+    if not isinstance(response, dict):
+        return None
+    usage = usage_from_openai(response.get("usage"), provider=provider, reasoning_outside=reasoning_outside,
+                              service_tier=service_tier_of(response))
+    if usage is None:
+        return None
+    return _with_tool_calls(usage, responses_tool_calls(response.get("output")))
+
+
+class ResponsesStreamUsage(StreamUsage):
+    """Responses streams report usage once, in the terminal event's `response` (completed, incomplete or failed).
+
+    `tool_calls` counts the built-in tool calls billed per call (web and file searches) in that response.
+    """
+
+    def __init__(self, provider: str = "openai", reasoning_outside: bool = False) -> None:
+        self._provider = provider
+        self._reasoning_outside = reasoning_outside
+        self._usage: TokenUsage | None = None
+        self.tool_calls: dict[str, int] = {}
+        self.response_id: str | None = None
+        self.status: str | None = None
+
+    def feed(self, event: str | None, data: dict) -> None:
+        kind = data.get("type") or event
+        if kind == "response.created":
+            response = data.get("response")
+            if isinstance(response, dict) and isinstance(response.get("id"), str):
+                self.response_id = response["id"]
+            return
+        if kind not in RESPONSES_TERMINAL_EVENTS:
+            return
+        response = data.get("response")
+        if not isinstance(response, dict):
+            return
+        self.status = response.get("status") if isinstance(response.get("status"), str) else None
+        if isinstance(response.get("id"), str):
+            self.response_id = response["id"]
+        self.tool_calls = responses_tool_calls(response.get("output"))
+        usage = usage_from_response(response, provider=self._provider, reasoning_outside=self._reasoning_outside)
+        if usage is not None:
+            self._usage = usage
+
+    def result(self) -> TokenUsage:
+        return self._usage or TokenUsage()

@@ -114,3 +114,25 @@ class Usage(UsageBase, table=True):
 
     id: int | None = Field(default=None, primary_key=True)
     created_at: datetime = Field(default_factory=utcnow, index=True)
+
+
+class StoredResponse(SQLModel, table=True):
+    """A Responses API response made through TokenSense: which key owns it, and what a translated one said.
+
+    Every response id a provider hands out through the gateway is recorded, so that only the key that
+    made it can read, delete, cancel or continue it (`previous_response_id`). For responses TokenSense
+    translated (Claude, Gemini) `items` keeps the turn's input items and output items, from which the
+    conversation behind a `previous_response_id` is rebuilt, and `response` the answer itself (served again
+    by `GET /v1/responses/{id}`); passthrough responses leave both NULL (the provider stores them).
+    """
+
+    __tablename__ = "stored_responses"
+
+    id: str = Field(primary_key=True)  # the response id (`resp_...`)
+    key_id: str | None = Field(default=None, index=True)
+    provider: str
+    model: str | None = None
+    previous_response_id: str | None = None
+    items: list | None = Field(default=None, sa_column=Column(JSON, nullable=True))
+    response: dict | None = Field(default=None, sa_column=Column(JSON, nullable=True))  # a translated answer, for GET
+    created_at: datetime = Field(default_factory=utcnow, index=True)

@@ -27,7 +27,9 @@ class FakeRequest:
     """`scheme://host:port` this server was reached at, for URLs it hands out."""
     files: dict[str, bytes] = field(default_factory=dict)
     params: dict[str, str] = field(default_factory=dict)
-    """Parts of the path the route captured (Gemini model and action, fal app)."""
+    """Parts of the path the route captured (Gemini model and action, fal app, response id)."""
+    state: dict[str, Any] = field(default_factory=dict)
+    """State kept across requests by one fake process (stored responses)."""
 
 
 @dataclass(slots=True)

@@ -19,13 +19,21 @@ from typing import Any, NamedTuple
 from aiohttp import web
 from aiohttp.client_exceptions import ClientConnectionResetError
 
-from tokensense.demo.fakeprovider import anthropic_format, fal_format, gemini_format, media, openai_format
+from tokensense.demo.fakeprovider import (
+    anthropic_format,
+    fal_format,
+    gemini_format,
+    media,
+    openai_format,
+    responses_format,
+)
 from tokensense.demo.fakeprovider.replies import BodyReply, FakeError, FakeRequest, Reply, json_reply
 from tokensense.demo.fakeprovider.textgen import NO_CONTROLS, ControlError, Controls, parse_controls
 
 REQUEST_LOG_SIZE = 2000
 REQUEST_LOG = web.AppKey("tokensense_fake_request_log", deque)
 FAULTS = web.AppKey("tokensense_fake_faults", list)
+STATE = web.AppKey("tokensense_fake_state", dict)
 MAX_UPLOAD_BYTES = 64 * 1024 * 1024
 
 Handler = Callable[[FakeRequest], Reply]
@@ -40,6 +48,7 @@ class Route(NamedTuple):
     params: dict[str, str]
 
 
+_RESPONSES_PATH = re.compile(r"^(?P<prefix>.*?)(?:/v1)?/responses(?:/(?P<id>[^/]+)(?:/(?P<action>[^/]+))?)?/?$")
 _GEMINI_PATH = re.compile(r"^(?P<prefix>.*?)/(?:v1beta|v1alpha|v1)/models/(?P<model>[^/:]+):(?P<action>[A-Za-z]+)$")
 
 # (suffix, method, format, handler, whether a "/v1" just before the suffix belongs to it).
@@ -63,6 +72,12 @@ def resolve_route(method: str, path: str, headers: Any) -> Route | None:
         if match:
             handler = gemini_format.ACTIONS.get(match["action"]) if method == "POST" else None
             return Route(gemini_format, handler, match["prefix"], {"model": match["model"], "action": match["action"]})
+    if "/responses" in path:
+        match = _RESPONSES_PATH.match(path)
+        if match:
+            handler = responses_format.handler_for(method, match["id"], match["action"])
+            params = {"id": match["id"]} if match["id"] else {}
+            return Route(responses_format, handler, match["prefix"], params)
     fal_at = path.find("/fal-ai/")
     if fal_at >= 0:
         return Route(fal_format, fal_format.generate if method == "POST" else None, path[:fal_at], {"app": path[fal_at + 1 :]})
@@ -184,6 +199,7 @@ async def handle(request: web.Request) -> web.StreamResponse:
         origin=f"{request.scheme}://{request.host}",
         files=files,
         params=route.params,
+        state=request.app[STATE],
     )
     if route.handler is None:
         reply: Reply = fmt.error(404 if fmt is gemini_format else 405, f"{method} {path} is not supported by this endpoint.")
@@ -341,6 +357,7 @@ def create_app() -> web.Application:
     app = web.Application(client_max_size=MAX_UPLOAD_BYTES)
     app[REQUEST_LOG] = deque(maxlen=REQUEST_LOG_SIZE)
     app[FAULTS] = []
+    app[STATE] = {}
     app.router.add_route("*", "/{tail:.*}", handle)
     return app
 

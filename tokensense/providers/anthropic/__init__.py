@@ -59,6 +59,11 @@ class AnthropicAdapter(ProviderAdapter):
     def chat_translator(self) -> Translator:
         return _CHAT
 
+    def responses_translator(self) -> Any:
+        from tokensense.providers.anthropic.responses import ResponsesTranslation
+
+        return ResponsesTranslation()
+
     def upstream(self, endpoint: Endpoint, model: str, *, stream: bool, action: str | None = None,
                  version: str | None = None) -> Upstream:
         if endpoint is Endpoint.COUNT_TOKENS:

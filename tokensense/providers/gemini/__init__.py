@@ -58,6 +58,11 @@ class GeminiAdapter(ProviderAdapter):
     def chat_translator(self) -> Translator:
         return _CHAT
 
+    def responses_translator(self) -> Any:
+        from tokensense.providers.gemini.responses import ResponsesTranslation
+
+        return ResponsesTranslation()
+
     def upstream(self, endpoint: Endpoint, model: str, *, stream: bool, action: str | None = None,
                  version: str | None = None) -> Upstream:
         """`/{version}/models/{model}:{action}`, every part validated; translated chat is generateContent."""

@@ -1,0 +1,81 @@
+"""Model lists and single models in the asking SDK's shape, read back by the anthropic, google-genai and openai SDKs."""
+
+from __future__ import annotations
+
+import json
+
+import anthropic
+import httpx
+import httpx2
+import openai
+from google import genai
+from google.genai import types
+
+from tokensense.gateway.model_lists import ListShape, find, listed, model_list, shape_for, single_model
+
+MODELS = listed({"object": "list", "data": [
+    {"id": "claude-sonnet-4-5", "object": "model", "created": 0, "owned_by": "anthropic"},
+    {"id": "gemini-2.5-flash", "object": "model", "created": 0, "owned_by": "gemini"},
+    {"id": "gpt-4o", "object": "model", "created": 0, "owned_by": "openai"},
+]})
+
+
+def serve(shape: ListShape, http=httpx):
+    def answer(request):
+        path = request.url.path
+        query = dict(request.url.params)
+        tail = path.rsplit("/models", 1)[1].strip("/")
+        if tail:
+            model = find(MODELS, tail)
+            return http.Response(200, json=single_model(shape, model)) if model else http.Response(404, json={})
+        return http.Response(200, json=model_list(shape, MODELS, query))
+    return http.MockTransport(answer)
+
+
+def test_shape_follows_the_sdk() -> None:
+    assert shape_for("/v1/models", {"anthropic-version": "2023-06-01"}) is ListShape.ANTHROPIC
+    assert shape_for("/v1beta/models", {}) is ListShape.GOOGLE
+    assert shape_for("/v1/models", {"x-goog-api-client": "google-genai-sdk/1"}) is ListShape.GOOGLE
+    assert shape_for("/v1/models", {"user-agent": "OpenAI/Python"}) is ListShape.OPENAI
+
+
+def test_catalog_names() -> None:
+    claude = find(MODELS, "claude-sonnet-4-5")
+    assert claude.display_name != "claude-sonnet-4-5" and claude.context_window
+    assert find(MODELS, "models/gemini-2.5-flash").id == "gemini-2.5-flash"
+    assert find(MODELS, "openai/gpt-4o").id == "gpt-4o"
+    assert find(MODELS, "gpt-5") is None
+
+
+def test_anthropic_sdk_lists_pages_and_retrieves() -> None:
+    client = anthropic.Anthropic(api_key="k", base_url="http://t", http_client=httpx2.Client(transport=serve(ListShape.ANTHROPIC, httpx2)))
+    page = client.models.list(limit=2)
+    assert [m.id for m in page.data] == ["claude-sonnet-4-5", "gemini-2.5-flash"] and page.has_more
+    assert [m.id for m in client.models.list(limit=2)] == [m.id for m in MODELS]  # auto-paginates with after_id
+    model = client.models.retrieve("claude-sonnet-4-5")
+    assert model.display_name == find(MODELS, "claude-sonnet-4-5").display_name and model.type == "model"
+
+
+def test_google_sdk_lists_pages_and_gets() -> None:
+    transport = serve(ListShape.GOOGLE)
+    client = genai.Client(api_key="k", http_options=types.HttpOptions(
+        base_url="http://t", api_version="v1beta", httpx_client=httpx.Client(transport=transport)))
+    names = [m.name for m in client.models.list(config={"page_size": 2})]
+    assert names == [f"models/{m.id}" for m in MODELS]
+    model = client.models.get(model="gemini-2.5-flash")
+    assert model.supported_actions == ["generateContent", "streamGenerateContent", "countTokens"]
+    assert model.input_token_limit == find(MODELS, "gemini-2.5-flash").context_window
+
+
+def test_openai_sdk_lists_and_retrieves() -> None:
+    client = openai.OpenAI(api_key="k", base_url="http://t/v1", http_client=httpx.Client(transport=serve(ListShape.OPENAI)))
+    assert [m.id for m in client.models.list()] == [m.id for m in MODELS]
+    assert client.models.retrieve("gpt-4o").owned_by == "openai"
+
+
+def test_bad_paging_values_fall_back() -> None:
+    out = model_list(ListShape.GOOGLE, MODELS, {"pageSize": "x", "pageToken": "!!"})
+    assert len(out["models"]) == 3 and "nextPageToken" not in out
+    out = model_list(ListShape.ANTHROPIC, MODELS, {"limit": "0"})
+    assert len(out["data"]) == 1
+    assert json.dumps(out)
