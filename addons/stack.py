@@ -9,6 +9,7 @@ from addons.intercept import Intercept
 from addons.lifecycle import Lifecycle
 from addons.media import Media
 from addons.metering import Metering
+from addons.observability import Observability
 from addons.policy import Policy
 from addons.recording import Recording
 from addons.request_records import RequestRecords
@@ -35,7 +36,8 @@ def tokensense_addons(runtime: Runtime | None = None) -> list[object]:
         Translation(runtime),  # answers of translated calls
         UpstreamErrors(runtime.settings.upstream_timeout),
         Metering(runtime),
-        Recording(),  # last: sees every call metered
+        Recording(),  # sees every call metered
+        Observability(runtime),  # last: metrics, spans and budget alerts from each record
     ]
 
 

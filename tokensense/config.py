@@ -1,9 +1,10 @@
-"""Optional configuration file: custom models, price overrides, retries, fallbacks and timeouts (`config.toml`)."""
+"""Optional configuration file: models, prices, retries, fallbacks, timeouts, budget alerts (`config.toml`)."""
 
 from __future__ import annotations
 
 import tomllib
 from pathlib import Path
+from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
@@ -66,10 +67,33 @@ class RoutingConfig(BaseModel):
     timeouts: dict[str, Timeouts] = Field(default_factory=dict)
 
 
+class AlertsConfig(BaseModel):
+    """`[alerts]`: a webhook POSTed when a key's spend crosses a fraction of its budget (once per period)."""
+
+    webhook_url: str | None = None
+    thresholds: list[float] = Field(default_factory=lambda: [0.5, 0.8, 1.0])
+    format: Literal["json", "slack"] = "json"
+
+    @field_validator("webhook_url")
+    @classmethod
+    def _http_url(cls, value: str | None) -> str | None:
+        if value is not None and not value.startswith(("http://", "https://")):
+            raise ValueError("webhook_url must start with http:// or https://")
+        return value or None
+
+    @field_validator("thresholds")
+    @classmethod
+    def _fractions(cls, value: list[float]) -> list[float]:
+        if not value or any(not 0 < t <= 10 for t in value):
+            raise ValueError("thresholds are fractions of the budget, e.g. [0.5, 0.8, 1.0] (each above 0)")
+        return sorted(set(value))
+
+
 class FileConfig(BaseModel):
     models: dict[str, ModelPrice] = Field(default_factory=dict)
     media_prices: dict[str, dict[str, float]] = Field(default_factory=dict)
     intercept_hosts: dict[str, str] = Field(default_factory=dict)
+    alerts: AlertsConfig = Field(default_factory=AlertsConfig)
     routing: RoutingConfig = Field(default_factory=RoutingConfig)
     # `"gpt-4o-mini" = ["claude-haiku-4-5", "gemini-2.5-flash"]`: tried in order once a model's retries are used up.
     fallbacks: dict[str, list[str]] = Field(default_factory=dict)

@@ -28,6 +28,8 @@ class Settings(BaseSettings):
     max_upload_mb: float = Field(default=25.0, gt=0)  # largest multipart upload (audio transcriptions)
     flush_interval: float = 0.25
     config_file: Path | None = None
+    # Prometheus: distinct values a client-chosen label (workflow, project, model) may take before folding into `other`.
+    metrics_max_label_values: int = 100
     # Use only environment provider keys (the demo points them at its fake providers).
     ignore_stored_providers: bool = False
 

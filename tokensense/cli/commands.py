@@ -931,6 +931,8 @@ def build_parser() -> argparse.ArgumentParser:
                        help="gateway processes on the one port, or `auto` for one per core (default: 1)")
     serve.add_argument("--drain-timeout", metavar="SECONDS", type=float, default=30.0,
                        help="with --workers: how long a stop waits for the workers' calls to finish (default: 30)")
+    serve.add_argument("--metrics-port", metavar="PORT", type=_port, help="serve Prometheus metrics at /metrics on PORT")
+    serve.add_argument("--metrics-host", metavar="HOST", help="address of the metrics server (default: --host)")
     serve.set_defaults(handler=_cmd_serve, mitm_args=[])
 
     # dashboard
@@ -983,6 +985,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_prices_command(commands, [as_json], _FORMATTER)
 
+    from tokensense.cli.alerts import add_alerts_parser
+
+    add_alerts_parser(commands, _FORMATTER)
     return parser
 
 

@@ -32,6 +32,9 @@ def mitmdump_args(args: argparse.Namespace) -> list[str]:
         from tokensense.gateway.intercept import intercept_mode_args
 
         argv += intercept_mode_args(args)
+    if getattr(args, "metrics_port", None):
+        argv += ["--set", f"tokensense_metrics_port={args.metrics_port}",
+                 "--set", f"tokensense_metrics_host={args.metrics_host or args.host}"]
     if getattr(args, "record", None):
         argv += ["--set", f"tokensense_record={args.record}"]
         if getattr(args, "redact_bodies", False):

@@ -1,0 +1,304 @@
+"""Budget alerts: a webhook POST when a key's settled spend crosses a fraction of its budget, once per period.
+
+`BudgetWatcher.check` runs in the observability thread after the recorder has
+written a batch: for each key in it that has a budget it reads the key's spend
+for its current period from the database (so records of every instance count),
+updates the budget gauges, and for each threshold now reached claims it in the
+`AlertLedger` (a JSON file under TOKENSENSE_HOME, or Redis when
+TOKENSENSE_REDIS_URL is set, so a restart or a second instance does not send it
+again) and hands the alert to the `WebhookSender` thread, which POSTs it with
+retries and backoff. Nothing here runs on the proxy's event loop.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import queue
+import threading
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any, Protocol
+
+import httpx
+from sqlalchemy.engine import Engine
+from sqlmodel import Session
+
+from tokensense.config import AlertsConfig
+from tokensense.gateway.policy import budget_window
+from tokensense.storage.models import ApiKey
+from tokensense.storage.repo import spent_since
+
+log = logging.getLogger(__name__)
+
+EVENT = "tokensense.budget.threshold_crossed"
+LEDGER_FILE = "alerts-sent.json"
+_PERIOD_WORDS = {"daily": "today (UTC)", "monthly": "this month (UTC)", "total": "in total"}
+# How long a claim is kept, per period (a `total` budget never resets).
+_KEEP = {"daily": timedelta(days=3), "monthly": timedelta(days=40)}
+
+
+@dataclass(frozen=True, slots=True)
+class BudgetAlert:
+    key_id: str
+    key_name: str
+    period: str  # total | monthly | daily
+    window: str  # the period's id, e.g. `daily:2026-05-01`
+    spent_usd: float
+    budget_usd: float
+    threshold: float  # fraction of the budget
+    at: datetime = field(default_factory=lambda: datetime.now(UTC))
+    test: bool = False
+
+
+def alert_payload(alert: BudgetAlert, fmt: str = "json") -> dict[str, Any]:
+    """The webhook's JSON body: TokenSense's own fields, or a Slack incoming-webhook message."""
+    fraction = alert.spent_usd / alert.budget_usd if alert.budget_usd else 0.0
+    if fmt == "slack":
+        prefix = "[test] " if alert.test else ""
+        return {"text": (
+            f"{prefix}:warning: TokenSense budget alert: key `{alert.key_name}` has spent "
+            f"${alert.spent_usd:,.4f} of its ${alert.budget_usd:,.2f} budget {_PERIOD_WORDS.get(alert.period, '')} "
+            f"({fraction:.0%}; threshold {alert.threshold:.0%})."
+        )}
+    return {
+        "event": EVENT,
+        **asdict(alert),
+        "spent_usd": round(alert.spent_usd, 8),
+        "remaining_usd": round(max(alert.budget_usd - alert.spent_usd, 0.0), 8),
+        "fraction": round(fraction, 6),
+        "at": alert.at.isoformat(),
+    }
+
+
+def post_alert(url: str, payload: dict[str, Any], *, attempts: int = 5, backoff: float = 1.0,
+               timeout: float = 10.0, client: httpx.Client | None = None,
+               wait: Callable[[float], object] = time.sleep) -> bool:
+    """POST `payload` to `url` until a 2xx, retrying network errors, 429 and 5xx with exponential backoff (blocking)."""
+    own = client is None
+    client = client or httpx.Client(timeout=timeout)
+    try:
+        for attempt in range(1, attempts + 1):
+            try:
+                response = client.post(url, json=payload)
+            except httpx.HTTPError as e:
+                problem = f"{type(e).__name__}: {e}"
+            else:
+                if response.is_success:
+                    return True
+                problem = f"HTTP {response.status_code}"
+                if response.status_code < 500 and response.status_code != 429:
+                    log.error("budget alert webhook refused the alert (%s); not retrying", problem)
+                    return False
+            if attempt < attempts:
+                delay = min(backoff * 2 ** (attempt - 1), 60.0)
+                log.warning("budget alert webhook failed (%s), attempt %d of %d; retrying in %.1fs",
+                            problem, attempt, attempts, delay)
+                wait(delay)
+            else:
+                log.error("budget alert webhook failed (%s) after %d attempts; alert not delivered",
+                          problem, attempts)
+        return False
+    finally:
+        if own:
+            client.close()
+
+
+class AlertLedger(Protocol):
+    def claim(self, key_id: str, window: str, threshold: float, period: str) -> bool:
+        """True the first time an alert (key, window, threshold) is claimed, False ever after."""
+        ...
+
+
+def _claim_id(key_id: str, window: str, threshold: float) -> str:
+    return f"{key_id}|{window}|{threshold:g}"
+
+
+class FileAlertLedger:
+    """Alerts already sent, in a small JSON file (written atomically), so a restart does not repeat them."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._lock = threading.Lock()
+        self._sent: dict[str, dict[str, str]] = {}
+        try:
+            data = json.loads(path.read_text())
+            if isinstance(data, dict):
+                self._sent = {k: v for k, v in data.items() if isinstance(v, dict)}
+        except FileNotFoundError:
+            pass
+        except (OSError, ValueError) as e:
+            log.warning("cannot read %s (%s); budget alerts already sent may be sent again", path, e)
+
+    def claim(self, key_id: str, window: str, threshold: float, period: str) -> bool:
+        claim = _claim_id(key_id, window, threshold)
+        with self._lock:
+            if claim in self._sent:
+                return False
+            now = datetime.now(UTC)
+            self._sent[claim] = {"at": now.isoformat(), "period": period}
+            self._prune(now)
+            self._save()
+            return True
+
+    def _prune(self, now: datetime) -> None:
+        for claim, entry in list(self._sent.items()):
+            keep = _KEEP.get(entry.get("period", ""))
+            try:
+                at = datetime.fromisoformat(entry.get("at", ""))
+            except ValueError:
+                continue
+            if keep is not None and now - at > keep:
+                del self._sent[claim]
+
+    def _save(self) -> None:
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = self.path.with_name(self.path.name + ".tmp")
+            tmp.write_text(json.dumps(self._sent, indent=1, sort_keys=True))
+            os.replace(tmp, self.path)
+        except OSError as e:
+            log.warning("cannot write %s (%s); a restart may send these budget alerts again", self.path, e)
+
+
+class RedisAlertLedger:
+    """Alerts already sent, as Redis keys set with NX: shared by every instance; the file ledger if Redis fails."""
+
+    def __init__(self, url: str, fallback: AlertLedger, prefix: str = "tokensense") -> None:
+        import redis
+
+        self.redis = redis.Redis.from_url(url, socket_timeout=5, socket_connect_timeout=5)
+        self.fallback = fallback
+        self.prefix = prefix
+
+    def claim(self, key_id: str, window: str, threshold: float, period: str) -> bool:
+        keep = _KEEP.get(period)
+        name = f"{self.prefix}:alert:{_claim_id(key_id, window, threshold)}"
+        try:
+            return bool(self.redis.set(name, datetime.now(UTC).isoformat(), nx=True,
+                                       ex=int(keep.total_seconds()) if keep else None))
+        except Exception as e:  # Redis unavailable: this instance's own ledger still prevents repeats here
+            log.warning("budget alert ledger in Redis unavailable (%s); using %s", type(e).__name__,
+                        getattr(self.fallback, "path", "the local ledger"))
+            return self.fallback.claim(key_id, window, threshold, period)
+
+
+def make_ledger(home: Path, redis_url: str | None) -> AlertLedger:
+    local = FileAlertLedger(home / LEDGER_FILE)
+    return RedisAlertLedger(redis_url, local) if redis_url else local
+
+
+_STOP = object()
+
+
+class WebhookSender:
+    """Delivers alerts from a thread of its own, one after the other, each with retries (`post_alert`)."""
+
+    def __init__(self, config: AlertsConfig, *, attempts: int = 5, backoff: float = 1.0) -> None:
+        assert config.webhook_url
+        self.config = config
+        self.attempts = attempts
+        self.backoff = backoff
+        self.delivered = 0
+        self.failed = 0
+        self._queue: queue.SimpleQueue = queue.SimpleQueue()
+        self._thread = threading.Thread(target=self._run, name="tokensense-alerts", daemon=True)
+        self._thread.start()
+
+    def send(self, alert: BudgetAlert) -> None:
+        self._queue.put(alert)
+
+    def close(self, timeout: float = 10.0) -> None:
+        self._queue.put(_STOP)
+        self._thread.join(timeout)
+
+    def _run(self) -> None:
+        with httpx.Client(timeout=10.0) as client:
+            while (alert := self._queue.get()) is not _STOP:
+                ok = post_alert(self.config.webhook_url or "", alert_payload(alert, self.config.format),
+                                attempts=self.attempts, backoff=self.backoff, client=client)
+                if ok:
+                    self.delivered += 1
+                    log.info("budget alert for key %s (threshold %g) delivered", alert.key_name, alert.threshold)
+                else:
+                    self.failed += 1
+
+
+@dataclass(frozen=True, slots=True)
+class KeyBudget:
+    key_id: str
+    key_name: str
+    period: str
+    window: str
+    budget_usd: float
+    spent_usd: float
+
+
+class BudgetWatcher:
+    """Reads the settled spend of keys with a budget; updates the budget gauges and raises alerts."""
+
+    def __init__(self, engine: Engine, *, config: AlertsConfig | None, ledger: AlertLedger | None,
+                 send: Callable[[BudgetAlert], None] | None,
+                 on_budget: Callable[[KeyBudget], None] | None = None) -> None:
+        self.engine = engine
+        self.config = config
+        self.ledger = ledger
+        self.send = send
+        self.on_budget = on_budget
+
+    def budget(self, key_id: str, now: datetime | None = None) -> KeyBudget | None:
+        """The key's budget and what it spent in its current period (blocking: a database read)."""
+        with Session(self.engine) as session:
+            key = session.get(ApiKey, key_id)
+            if key is None or key.budget_usd is None:
+                return None
+            window, start, _ = budget_window(key.budget_period, now)
+            spent = spent_since(session=session, key_id=key_id, since=start)
+        return KeyBudget(key_id=key.id, key_name=key.name, period=key.budget_period, window=window,
+                         budget_usd=key.budget_usd, spent_usd=spent)
+
+    def check(self, key_ids: Iterable[str]) -> list[BudgetAlert]:
+        """Look at these keys now (after their records were written); return the alerts raised."""
+        raised: list[BudgetAlert] = []
+        for key_id in sorted(set(key_ids)):
+            try:
+                state = self.budget(key_id)
+            except Exception as e:
+                log.warning("cannot read the budget of key %s: %s", key_id, type(e).__name__)
+                continue
+            if state is None:
+                continue
+            if self.on_budget is not None:
+                self.on_budget(state)
+            raised += self._alerts(state)
+        return raised
+
+    def _alerts(self, state: KeyBudget) -> list[BudgetAlert]:
+        if self.config is None or self.ledger is None or self.send is None or state.budget_usd <= 0:
+            return []
+        raised = []
+        for threshold in self.config.thresholds:
+            if state.spent_usd + 1e-12 < threshold * state.budget_usd:
+                break
+            if not self.ledger.claim(state.key_id, state.window, threshold, state.period):
+                continue
+            alert = BudgetAlert(key_id=state.key_id, key_name=state.key_name, period=state.period,
+                                window=state.window, spent_usd=state.spent_usd, budget_usd=state.budget_usd,
+                                threshold=threshold)
+            log.warning("budget alert: key %s (%s) spent $%.6f of its $%g %s budget (threshold %g%%)",
+                        state.key_name, state.key_id, state.spent_usd, state.budget_usd, state.period,
+                        threshold * 100)
+            self.send(alert)
+            raised.append(alert)
+        return raised
+
+
+def sample_alert(threshold: float = 0.8) -> BudgetAlert:
+    """What `tokensense alerts test` sends: a made-up key at `threshold` of a $100 monthly budget."""
+    window, _, _ = budget_window("monthly")
+    return BudgetAlert(key_id="0000000000000000", key_name="example-key", period="monthly", window=window,
+                       spent_usd=round(100.0 * threshold, 2), budget_usd=100.0, threshold=threshold, test=True)

@@ -1,0 +1,237 @@
+"""Prometheus metrics of the gateway: one registry, fed from usage records, served on a port of its own.
+
+Every metric is named `tokensense_<what>_<unit>` (counters end in `_total`, added
+by prometheus_client). Labels a client chooses (workflow, project, model) are
+bounded: the first `max_label_values` distinct values of each pass as they are,
+later ones are counted under `other`, so no client can grow the series count
+without limit.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    GCCollector,
+    Histogram,
+    PlatformCollector,
+    ProcessCollector,
+    disable_created_metrics,
+    start_http_server,
+)
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+from tokensense.storage.models import UsageCreate
+
+log = logging.getLogger(__name__)
+
+OTHER = "other"
+# LLM calls last from milliseconds (embeddings, errors) to minutes (long generations).
+DURATION_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0)
+TTFT_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
+# (label value of `kind`, UsageCreate field)
+TOKEN_KINDS = (
+    ("input", "input_tokens"),
+    ("output", "output_tokens"),
+    ("cached", "cached_input_tokens"),
+    ("cache_write", "cache_write_tokens"),
+    ("reasoning", "reasoning_tokens"),
+)
+MEDIA_UNITS = (("images", "images"), ("characters", "characters"), ("seconds", "seconds"))
+
+
+class LabelBound:
+    """The first `limit` distinct values of a label pass as they are; any later new value becomes `other`."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = max(limit, 0)
+        self._seen: set[str] = set()
+        self._lock = threading.Lock()
+
+    def __call__(self, value: str | None) -> str:
+        if not value:
+            return ""
+        if value in self._seen:
+            return value
+        with self._lock:
+            if value in self._seen or len(self._seen) < self.limit:
+                self._seen.add(value)
+                return value
+        return OTHER
+
+
+def upstream_error_kind(*, status: int, provider_answered: bool, flow_failed: bool, timed_out: bool) -> str | None:
+    """What went wrong upstream for a call, or None: `timeout`, `connection`, `interrupted`, `rate_limited`, `server_error`.
+
+    `provider_answered`: the provider's response headers arrived; `flow_failed`:
+    mitmproxy reported an error for the flow (the connection failed or broke).
+    TokenSense's own refusals (401, 402, 403, 429 from its limits) are not upstream errors.
+    """
+    if timed_out:
+        return "timeout"
+    if flow_failed:
+        if status == 499:  # the client went away
+            return None
+        return "interrupted" if provider_answered else "connection"
+    if provider_answered:
+        if status == 429:
+            return "rate_limited"
+        if status >= 500:
+            return "server_error"
+    return None
+
+
+@dataclass(frozen=True, slots=True)
+class RecorderStats:
+    """What the usage recorder reports (names looked up with defaults: older recorders lack some)."""
+
+    queue_depth: float
+    spooled: float
+    dropped: float
+    written: float
+
+
+def _number(obj: object, *names: str) -> float:
+    for name in names:
+        value = getattr(obj, name, None)
+        if callable(value):
+            value = value()
+        if isinstance(value, (int, float)):
+            return float(value)
+    return 0.0
+
+
+def recorder_stats(recorder: object | None) -> RecorderStats:
+    """Read `queue_depth` (else `_pending`), `spooled`, `dropped` and `written` from the recorder, 0 if absent."""
+    if recorder is None:
+        return RecorderStats(0.0, 0.0, 0.0, 0.0)
+    return RecorderStats(
+        queue_depth=_number(recorder, "queue_depth", "_pending"),
+        spooled=_number(recorder, "spooled"),
+        dropped=_number(recorder, "dropped"),
+        written=_number(recorder, "written"),
+    )
+
+
+class RecorderCollector(Collector):
+    """The usage recorder's queue and spool, read at scrape time (in the metrics server's thread)."""
+
+    def __init__(self, get_recorder: Callable[[], object | None]) -> None:
+        self.get_recorder = get_recorder
+
+    def collect(self) -> Iterator[Metric]:
+        stats = recorder_stats(self.get_recorder())
+        yield GaugeMetricFamily("tokensense_recorder_queued_records",
+                                "Usage records waiting to be written to the database.", value=stats.queue_depth)
+        yield GaugeMetricFamily("tokensense_recorder_spooled_records",
+                                "Usage records kept in the spool while the database is unavailable.", value=stats.spooled)
+        yield CounterMetricFamily("tokensense_recorder_dropped_records",
+                                  "Usage records that could not be written and were dropped.", value=stats.dropped)
+        yield CounterMetricFamily("tokensense_recorder_written_records",
+                                  "Usage records written to the database.", value=stats.written)
+
+
+class GatewayMetrics:
+    """The gateway's metrics in their own registry; `observe` adds one finished call."""
+
+    def __init__(self, *, max_label_values: int = 100, get_recorder: Callable[[], object | None] | None = None,
+                 process_metrics: bool = True) -> None:
+        disable_created_metrics()  # no `_created` twin of every counter series
+        self.registry = CollectorRegistry()
+        r = self.registry
+        self.workflow_label = LabelBound(max_label_values)
+        self.project_label = LabelBound(max_label_values)
+        self.model_label = LabelBound(max_label_values)
+        self.requests = Counter(
+            "tokensense_requests", "Calls through the gateway, by provider, model, endpoint and HTTP status.",
+            ["provider", "model", "endpoint", "status"], registry=r)
+        self.tokens = Counter(
+            "tokensense_tokens", "Tokens by kind: input (cached included), output (reasoning included), "
+            "cached (read from the prompt cache), cache_write, reasoning.",
+            ["provider", "model", "kind"], registry=r)
+        self.media = Counter(
+            "tokensense_media_units", "Media units of image, speech and transcription calls (unit: images, "
+            "characters, seconds).", ["provider", "model", "unit"], registry=r)
+        self.cost = Counter(
+            "tokensense_cost_usd", "Cost in US dollars of the calls, by provider, model, workflow and project.",
+            ["provider", "model", "workflow", "project"], registry=r)
+        self.unpriced = Counter(
+            "tokensense_unpriced_requests", "Calls the price catalog could not price (their cost is unknown).",
+            ["provider", "model"], registry=r)
+        self.duration = Histogram(
+            "tokensense_request_duration_seconds", "Time from the request to the end of the answer.",
+            ["provider", "model", "endpoint"], buckets=DURATION_BUCKETS, registry=r)
+        self.ttft = Histogram(
+            "tokensense_time_to_first_token_seconds", "Streamed calls: time from the request to the first token.",
+            ["provider", "model"], buckets=TTFT_BUCKETS, registry=r)
+        self.upstream_errors = Counter(
+            "tokensense_upstream_errors", "Failed provider calls, by kind: timeout, connection, interrupted, "
+            "rate_limited (provider's 429), server_error (provider's 5xx).",
+            ["provider", "model", "kind"], registry=r)
+        self.retries = Counter(
+            "tokensense_upstream_retries", "Upstream attempts after the first one of a call (retries and fallbacks).",
+            ["provider", "model"], registry=r)
+        self.budget = Gauge("tokensense_budget_usd", "Each key's budget for its period, in US dollars.",
+                            ["key", "period"], registry=r)
+        self.budget_spent = Gauge("tokensense_budget_spent_usd",
+                                  "What each key with a budget spent in its current period (settled records).",
+                                  ["key", "period"], registry=r)
+        self.budget_remaining = Gauge("tokensense_budget_remaining_usd",
+                                      "What is left of each key's budget for its current period (never below 0).",
+                                      ["key", "period"], registry=r)
+        r.register(RecorderCollector(get_recorder or (lambda: None)))
+        if process_metrics:
+            ProcessCollector(registry=r)
+            PlatformCollector(registry=r)
+            GCCollector(registry=r)
+        self._server = None
+        self._server_thread: threading.Thread | None = None
+
+    def observe(self, record: UsageCreate, *, upstream_error: str | None = None) -> None:
+        """Count one finished call."""
+        provider = record.provider or ""
+        model = self.model_label(record.model)
+        self.requests.labels(provider, model, record.endpoint, str(record.status)).inc()
+        for kind, field in TOKEN_KINDS:
+            self.tokens.labels(provider, model, kind).inc(getattr(record, field) or 0)
+        for unit, field in MEDIA_UNITS:
+            amount = getattr(record, field) or 0
+            if amount:
+                self.media.labels(provider, model, unit).inc(amount)
+        if record.cost_usd is None:
+            self.unpriced.labels(provider, model).inc()
+        self.cost.labels(provider, model, self.workflow_label(record.workflow),
+                         self.project_label(record.project)).inc(max(record.cost_usd or 0.0, 0.0))
+        if record.latency_ms is not None:
+            self.duration.labels(provider, model, record.endpoint).observe(record.latency_ms / 1000)
+        if record.stream and record.ttft_ms is not None:
+            self.ttft.labels(provider, model).observe(record.ttft_ms / 1000)
+        if upstream_error:
+            self.upstream_errors.labels(provider, model, upstream_error).inc()
+        if (record.attempt or 1) > 1:
+            self.retries.labels(provider, model).inc()
+
+    def set_budget(self, *, key_name: str, period: str, budget_usd: float, spent_usd: float) -> None:
+        self.budget.labels(key_name, period).set(budget_usd)
+        self.budget_spent.labels(key_name, period).set(spent_usd)
+        self.budget_remaining.labels(key_name, period).set(max(budget_usd - spent_usd, 0.0))
+
+    def serve(self, port: int, host: str = "127.0.0.1") -> None:
+        """Serve `/metrics` on host:port from a thread of its own (OSError if the port is taken)."""
+        self.close()
+        self._server, self._server_thread = start_http_server(port, addr=host, registry=self.registry)
+        log.info("Prometheus metrics on http://%s:%d/metrics", host, port)
+
+    def close(self) -> None:
+        if self._server is not None:
+            self._server.shutdown()
+            self._server.server_close()
+            self._server = None
+            self._server_thread = None
