@@ -130,8 +130,9 @@ class Observability:
             event.traceparent = headers.get("traceparent")
             event.tracestate = headers.get("tracestate")
             response = flow.response
-            if response is not None and not response.stream and "content-encoding" not in response.headers:
-                event.response_body = response.raw_content
+            if response is not None and not response.stream:
+                event.response_body = response.raw_content  # decoded in the thread, if compressed
+                event.content_encoding = response.headers.get("content-encoding")
         worker.call_finished(event)
 
     # --- in the observability thread ---
@@ -146,7 +147,7 @@ class Observability:
 
                 tracing.record_span(call.record, start_ns=call.start_ns, end_ns=call.end_ns,
                                     traceparent=call.traceparent, tracestate=call.tracestate,
-                                    response_model=response_model(call.response_body),
+                                    response_model=response_model(call.response_body, call.content_encoding),
                                     upstream_error=call.upstream_error)
 
     def _handle_written(self, records: list[UsageCreate]) -> None:

@@ -66,9 +66,20 @@ def tracing_configured(env: Mapping[str, str] | None = None) -> bool:
     return any(env.get(name) for name in ENDPOINT_VARIABLES)
 
 
-def response_model(body: bytes | None) -> str | None:
+def response_model(body: bytes | None, content_encoding: str | None = None) -> str | None:
     """The model a provider says answered (`model`, Gemini's `modelVersion`) from an unstreamed JSON answer."""
-    if not body or len(body) > _MAX_BODY_FOR_MODEL or not body.lstrip().startswith(b"{"):
+    if not body or len(body) > _MAX_BODY_FOR_MODEL:
+        return None
+    if content_encoding and content_encoding != "identity":
+        from mitmproxy.net.encoding import decode
+
+        try:
+            body = decode(body, content_encoding)
+        except ValueError:
+            return None
+        if not isinstance(body, bytes) or len(body) > 8 * _MAX_BODY_FOR_MODEL:
+            return None
+    if not body.lstrip().startswith(b"{"):
         return None
     try:
         data = json.loads(body)

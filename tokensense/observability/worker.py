@@ -32,7 +32,8 @@ class FinishedCall:
     upstream_error: str | None = None  # see metrics.upstream_error_kind
     traceparent: str | None = None
     tracestate: str | None = None
-    response_body: bytes | None = None  # unstreamed JSON answers, for gen_ai.response.model (only with tracing)
+    response_body: bytes | None = None  # unstreamed answers as sent, for gen_ai.response.model (only with tracing)
+    content_encoding: str | None = None
 
 
 @dataclass(slots=True)
