@@ -112,6 +112,8 @@ class Plan:
     client: str  # "wrk" or "asyncio"
     upstream: str  # "nginx" or "fake"
     tokensense_src: str | None = None
+    serve_args: list[str] = field(default_factory=list)  # extra `tokensense serve` arguments (--serve-arg)
+    otlp: bool = False  # OpenTelemetry spans exported to the upstream, which accepts any POST (--otlp)
 
 
 def make_plan(args: argparse.Namespace) -> Plan:
@@ -148,6 +150,8 @@ def make_plan(args: argparse.Namespace) -> Plan:
         client=client,
         upstream=upstream,
         tokensense_src=str(Path(args.tokensense_src).resolve()) if args.tokensense_src else None,
+        serve_args=[a.replace("{free_port}", str(free_port())) for a in args.serve_arg],
+        otlp=args.otlp,
     )
 
 
@@ -216,7 +220,7 @@ class Processes:
 def clean_env() -> dict[str, str]:
     """The environment without TokenSense settings or real provider keys."""
     drop = {"OPENAI_API_KEY", "ANTHROPIC_API_KEY", "GEMINI_API_KEY", "XAI_API_KEY", "MISTRAL_API_KEY", "FAL_KEY"}
-    env = {k: v for k, v in os.environ.items() if not k.startswith("TOKENSENSE_") and k not in drop}
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("TOKENSENSE_", "OTEL_")) and k not in drop}
     env["PYTHONUNBUFFERED"] = "1"
     return env
 
@@ -312,6 +316,8 @@ def start_services(plan: Plan, procs: Processes) -> Setup:
     nginx_port = free_port() if plan.upstream == "nginx" else None
     upstream_url = f"http://127.0.0.1:{nginx_port}" if nginx_port else fake_url
     ts_env["TOKENSENSE_OPENAI_BASE_URL"] = upstream_url
+    if plan.otlp:  # spans in batches to nginx, which answers 200 to any POST (/v1/traces included)
+        ts_env["OTEL_EXPORTER_OTLP_ENDPOINT"] = upstream_url
     created = subprocess.run([str(BIN / "tokensense"), "keys", "create", "bench", "--json"], env=ts_env,
                              capture_output=True, text=True, timeout=120)
     if created.returncode != 0:
@@ -348,7 +354,8 @@ def start_services(plan: Plan, procs: Processes) -> Setup:
 
     workers = []
     for i, port in enumerate(worker_ports):
-        proc, log = procs.start(f"tokensense-{i + 1}", [str(BIN / "tokensense"), "serve", "--port", str(port)], ts_env)
+        proc, log = procs.start(f"tokensense-{i + 1}", [str(BIN / "tokensense"), "serve", "--port", str(port),
+                                                     *plan.serve_args], ts_env)
         workers.append((proc, log, port))
     # `tokensense serve --workers N` on one port: the shared listening socket, and SO_REUSEPORT to compare.
     multi_starts = []
@@ -1147,6 +1154,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--keep-logs", metavar="DIR", help="copy the processes' logs to DIR")
     parser.add_argument("--tokensense-src", metavar="DIR",
                         help="run TokenSense from the source tree in DIR (e.g. an older checkout) to compare")
+    parser.add_argument("--serve-arg", metavar="ARG", action="append", default=[],
+                        help="pass ARG to `tokensense serve` (repeat; `{free_port}` becomes a free port), "
+                        "e.g. --serve-arg=--metrics-port --serve-arg={free_port}")
+    parser.add_argument("--otlp", action="store_true",
+                        help="turn on OpenTelemetry spans, exported to the upstream (needs --upstream nginx)")
     args = parser.parse_args(argv)
     args.workers_n = (len(os.sched_getaffinity(0)) if args.workers == "auto" else int(args.workers))
     plan = make_plan(args)
