@@ -324,3 +324,17 @@ def test_cli_alerts_test_sends_a_sample(tmp_path: Path, monkeypatch: pytest.Monk
     slack, plain = receiver.bodies
     assert "example-key" in slack["text"]
     assert plain["threshold"] == 0.5 and plain["test"] is True and plain["spent_usd"] == 50.0
+
+
+def test_unsupported_otlp_protocols_say_what_to_do() -> None:
+    from tokensense.observability.tracing import TracingUnavailable, _span_exporter
+
+    with pytest.raises(TracingUnavailable, match="http/protobuf or grpc"):
+        _span_exporter({"OTEL_EXPORTER_OTLP_PROTOCOL": "http/json"})
+    try:
+        import opentelemetry.exporter.otlp.proto.grpc  # noqa: F401
+    except ImportError:
+        with pytest.raises(TracingUnavailable, match=r"tokensense\[otlp-grpc\]"):
+            _span_exporter({"OTEL_EXPORTER_OTLP_PROTOCOL": "grpc"})
+    else:
+        assert type(_span_exporter({"OTEL_EXPORTER_OTLP_PROTOCOL": "grpc"})).__module__.endswith("grpc.trace_exporter")

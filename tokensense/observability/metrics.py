@@ -13,6 +13,7 @@ import logging
 import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from typing import Any
 
 from prometheus_client import (
     CollectorRegistry,
@@ -138,6 +139,15 @@ class RecorderCollector(Collector):
                                   "Usage records written to the database.", value=stats.written)
 
 
+@dataclass(frozen=True, slots=True)
+class _CallSeries:
+    requests: Any
+    tokens: tuple[Any, ...]
+    cost: Any
+    duration: Any
+    ttft: Any
+
+
 class GatewayMetrics:
     """The gateway's metrics in their own registry; `observe` adds one finished call."""
 
@@ -191,6 +201,7 @@ class GatewayMetrics:
             ProcessCollector(registry=r)
             PlatformCollector(registry=r)
             GCCollector(registry=r)
+        self._series: dict[tuple, _CallSeries] = {}
         self._server = None
         self._server_thread: threading.Thread | None = None
 
@@ -198,25 +209,44 @@ class GatewayMetrics:
         """Count one finished call."""
         provider = record.provider or ""
         model = self.model_label(record.model)
-        self.requests.labels(provider, model, record.endpoint, str(record.status)).inc()
-        for kind, field in TOKEN_KINDS:
-            self.tokens.labels(provider, model, kind).inc(getattr(record, field) or 0)
+        labels = (provider, model, record.endpoint, record.status, self.workflow_label(record.workflow),
+                  self.project_label(record.project))
+        series = self._series.get(labels)
+        if series is None:
+            series = self._new_series(labels)
+        series.requests.inc()
+        for child, (_, field) in zip(series.tokens, TOKEN_KINDS):
+            child.inc(getattr(record, field) or 0)
+        series.cost.inc(max(record.cost_usd or 0.0, 0.0))
+        if record.latency_ms is not None:
+            series.duration.observe(record.latency_ms / 1000)
+        if record.stream and record.ttft_ms is not None:
+            series.ttft.observe(record.ttft_ms / 1000)
+        # Rarer cases look their series up each time.
         for unit, field in MEDIA_UNITS:
             amount = getattr(record, field) or 0
             if amount:
                 self.media.labels(provider, model, unit).inc(amount)
         if record.cost_usd is None:
             self.unpriced.labels(provider, model).inc()
-        self.cost.labels(provider, model, self.workflow_label(record.workflow),
-                         self.project_label(record.project)).inc(max(record.cost_usd or 0.0, 0.0))
-        if record.latency_ms is not None:
-            self.duration.labels(provider, model, record.endpoint).observe(record.latency_ms / 1000)
-        if record.stream and record.ttft_ms is not None:
-            self.ttft.labels(provider, model).observe(record.ttft_ms / 1000)
         if upstream_error:
             self.upstream_errors.labels(provider, model, upstream_error).inc()
         if (record.attempt or 1) > 1:
             self.retries.labels(provider, model).inc()
+
+    def _new_series(self, labels: tuple) -> _CallSeries:
+        """The children a call with these labels updates, looked up once (`labels()` costs a few µs each time)."""
+        provider, model, endpoint, status, workflow, project = labels
+        if len(self._series) >= 10_000:  # a cache only: the series themselves stay registered
+            self._series.clear()
+        series = self._series[labels] = _CallSeries(
+            requests=self.requests.labels(provider, model, endpoint, str(status)),
+            tokens=tuple(self.tokens.labels(provider, model, kind) for kind, _ in TOKEN_KINDS),
+            cost=self.cost.labels(provider, model, workflow, project),
+            duration=self.duration.labels(provider, model, endpoint),
+            ttft=self.ttft.labels(provider, model),
+        )
+        return series
 
     def set_budget(self, *, key_name: str, period: str, budget_usd: float, spent_usd: float) -> None:
         self.budget.labels(key_name, period).set(budget_usd)
