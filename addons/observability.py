@@ -6,6 +6,7 @@ import logging
 import os
 import time
 from functools import partial
+from typing import TYPE_CHECKING
 
 from mitmproxy import ctx, exceptions, http
 
@@ -15,7 +16,12 @@ from tokensense.observability.metrics import GatewayMetrics, upstream_error_kind
 from tokensense.observability.worker import FinishedCall, ObservabilityWorker
 from tokensense.storage.models import UsageCreate
 
+if TYPE_CHECKING:  # imported when used: OpenTelemetry only when its environment asks for it
+    from tokensense.observability.alerts import BudgetWatcher, KeyBudget, WebhookSender
+    from tokensense.observability.tracing import GenAITracing
+
 log = logging.getLogger(__name__)
+OBSERVED = "tokensense.observed"  # the call's record will reach this addon
 
 
 class Observability:
@@ -31,9 +37,9 @@ class Observability:
     def __init__(self, runtime: Runtime) -> None:
         self.runtime = runtime
         self.metrics: GatewayMetrics | None = None
-        self.tracing = None  # GenAITracing, imported only when the OTel environment asks for it
-        self.budgets = None  # BudgetWatcher
-        self.sender = None  # WebhookSender
+        self.tracing: GenAITracing | None = None
+        self.budgets: BudgetWatcher | None = None
+        self.sender: WebhookSender | None = None
         self.worker: ObservabilityWorker | None = None
 
     def load(self, loader) -> None:  # type: ignore[no-untyped-def]
@@ -107,9 +113,17 @@ class Observability:
 
         recorder.on_written = on_written
 
+    def requestheaders(self, flow: http.HTTPFlow) -> None:
+        # As soon as the call has its context: a call answered at admission is counted too.
+        self._observe(flow)
+
     def request(self, flow: http.HTTPFlow) -> None:
+        self._observe(flow)  # calls that got their context only now (intercept mode)
+
+    def _observe(self, flow: http.HTTPFlow) -> None:
         call = get_call(flow)
-        if call is not None and self.worker is not None:
+        if call is not None and self.worker is not None and OBSERVED not in flow.metadata:
+            flow.metadata[OBSERVED] = True
             call.on_record.append(partial(self._recorded, flow))
 
     def _recorded(self, flow: http.HTTPFlow, record: UsageCreate) -> None:
@@ -154,7 +168,7 @@ class Observability:
         if self.budgets is not None:
             self.budgets.check(r.key_id for r in records if r.key_id and r.cost_usd)
 
-    def _set_budget_gauges(self, state) -> None:  # noqa: ANN001 - alerts.KeyBudget
+    def _set_budget_gauges(self, state: KeyBudget) -> None:
         if self.metrics is not None:
             self.metrics.set_budget(key_name=state.key_name, period=state.period, budget_usd=state.budget_usd,
                                     spent_usd=state.spent_usd)

@@ -10,11 +10,21 @@ from collections.abc import Iterator
 
 import httpx
 import pytest
+from conftest import (
+    BIN,
+    PROVIDER_KEYS,
+    ROOT,
+    FakeProvider,
+    Gateway,
+    clean_env,
+    free_port,
+    start_gateway,
+    stop,
+    wait_healthy,
+)
+from observability_receivers import OtlpTraceReceiver, WebhookReceiver
 from openai import OpenAI
 from prometheus_client.parser import text_string_to_metric_families
-
-from conftest import BIN, PROVIDER_KEYS, ROOT, FakeProvider, Gateway, clean_env, free_port, start_gateway, stop, wait_healthy
-from observability_receivers import OtlpTraceReceiver, WebhookReceiver
 
 pytestmark = pytest.mark.e2e
 
@@ -109,6 +119,9 @@ def test_metrics_spans_and_alerts_match_the_records(obs_gateway: Gateway,
     unknown = httpx.post(f"{gw.url}/v1/chat/completions", headers={"authorization": f"Bearer {gw.key}"},
                          json={"model": "no-such-model", "messages": []}, timeout=30)
     assert unknown.status_code == 404
+    refused = httpx.post(f"{gw.url}/v1/chat/completions", headers={"authorization": "Bearer tsk_not-a-key"},
+                         json={"model": "gpt-4o-mini", "messages": []}, timeout=30)
+    assert refused.status_code == 401  # refused at admission: counted too
 
     # A key with a $10 budget: each call costs its tokens (5 prompt words + 1 reply word = $6? see the records).
     alerted = json.loads(gw.cli("keys", "create", "alerted", "--budget-usd", str(BUDGET), "--json").stdout)
@@ -125,7 +138,8 @@ def test_metrics_spans_and_alerts_match_the_records(obs_gateway: Gateway,
         gw.wait_records(statuses.count(200), key_id=alerted["id"])
     assert statuses[:4] == [200] * 4 and 402 in statuses, statuses
 
-    rows, found = settled(gw, 5 + len(statuses))
+    rows, found = settled(gw, 6 + len(statuses))
+    assert any(r["status"] == 401 for r in rows)
     by_request = {r["request_id"]: r for r in rows}
 
     # --- Prometheus: every value equals what the records add up to ---

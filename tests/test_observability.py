@@ -8,11 +8,11 @@ import uuid
 from pathlib import Path
 
 import pytest
+from observability_receivers import OtlpTraceReceiver, WebhookReceiver
 from prometheus_client import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 from sqlmodel import Session
 
-from observability_receivers import OtlpTraceReceiver, WebhookReceiver
 from tokensense.cli.commands import main
 from tokensense.config import AlertsConfig, ConfigError, load_config
 from tokensense.observability.alerts import (
@@ -204,12 +204,12 @@ def engine(tmp_path: Path):
     engine.dispose()
 
 
-def _spend(engine, key_id: str, *costs: float) -> None:  # noqa: ANN001
+def _spend(engine, key_id: str, *costs: float) -> None:
     with Session(engine) as session:
         repo.record_usages(session=session, usages=[record(key_id=key_id, cost_usd=c) for c in costs])
 
 
-def test_budget_alert_once_per_threshold_even_after_a_restart(engine, tmp_path: Path) -> None:  # noqa: ANN001
+def test_budget_alert_once_per_threshold_even_after_a_restart(engine, tmp_path: Path) -> None:
     with Session(engine) as session:
         key, _ = repo.create_key(session=session, name="team", budget_usd=10.0, budget_period="daily")
         key_id = key.id
@@ -235,7 +235,7 @@ def test_budget_alert_once_per_threshold_even_after_a_restart(engine, tmp_path: 
     assert sent[0].window.startswith("daily:") and sent[0].spent_usd == 5.5
 
 
-def test_keys_without_a_budget_raise_nothing(engine) -> None:  # noqa: ANN001
+def test_keys_without_a_budget_raise_nothing(engine) -> None:
     with Session(engine) as session:
         key, _ = repo.create_key(session=session, name="free")
     _spend(engine, key.id, 100.0)

@@ -14,6 +14,7 @@ import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
+from wsgiref.simple_server import WSGIServer
 
 from prometheus_client import (
     CollectorRegistry,
@@ -202,7 +203,7 @@ class GatewayMetrics:
             PlatformCollector(registry=r)
             GCCollector(registry=r)
         self._series: dict[tuple, _CallSeries] = {}
-        self._server = None
+        self._server: WSGIServer | None = None
         self._server_thread: threading.Thread | None = None
 
     def observe(self, record: UsageCreate, *, upstream_error: str | None = None) -> None:

@@ -74,11 +74,12 @@ def response_model(body: bytes | None, content_encoding: str | None = None) -> s
         from mitmproxy.net.encoding import decode
 
         try:
-            body = decode(body, content_encoding)
+            decoded = decode(body, content_encoding)
         except ValueError:
             return None
-        if not isinstance(body, bytes) or len(body) > 8 * _MAX_BODY_FOR_MODEL:
+        if not isinstance(decoded, bytes) or len(decoded) > 8 * _MAX_BODY_FOR_MODEL:
             return None
+        body = decoded
     if not body.lstrip().startswith(b"{"):
         return None
     try:
@@ -144,7 +145,7 @@ def span_attributes(record: UsageCreate, *, response_model: str | None = None,
     return attrs
 
 
-def _span_exporter(env: Mapping[str, str]):  # noqa: ANN202 - an opentelemetry SpanExporter
+def _span_exporter(env: Mapping[str, str]):
     protocol = (env.get("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL") or env.get("OTEL_EXPORTER_OTLP_PROTOCOL")
                 or "http/protobuf").strip().lower()
     if protocol == "http/protobuf":
