@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import threading
 import time
 from functools import partial
 from typing import TYPE_CHECKING
@@ -12,6 +13,7 @@ from mitmproxy import ctx, exceptions, http
 
 from addons.common import get_call
 from tokensense.gateway.runtime import Runtime
+from tokensense.metering.recorder import UsageRecorder
 from tokensense.observability.metrics import GatewayMetrics, upstream_error_kind
 from tokensense.observability.worker import FinishedCall, ObservabilityWorker
 from tokensense.storage.models import UsageCreate
@@ -41,6 +43,7 @@ class Observability:
         self.budgets: BudgetWatcher | None = None
         self.sender: WebhookSender | None = None
         self.worker: ObservabilityWorker | None = None
+        self._settle_delay: float | None = None  # set when the recorder cannot say when records are written
 
     def load(self, loader) -> None:  # type: ignore[no-untyped-def]
         loader.add_option("tokensense_metrics_port", int, 0,
@@ -102,9 +105,14 @@ class Observability:
             self.runtime.engine, config=self.runtime.config.alerts if self.sender else None,
             ledger=make_ledger(settings.home, settings.redis_url) if self.sender else None,
             send=self.sender.send if self.sender else None, on_budget=self._set_budget_gauges)
-        earlier = recorder.on_written
         worker = self.worker
         assert worker is not None
+        if not isinstance(recorder, UsageRecorder):
+            # A worker of `serve --workers N` hands its records to the hub, which writes them: no
+            # callback here, so the budgets are read a while after the calls instead (`_handle_calls`).
+            self._settle_delay = 2 * self.runtime.settings.flush_interval + 1.0
+            return
+        earlier = recorder.on_written
 
         def on_written(records: list[UsageCreate]) -> None:  # in the recorder's thread
             if earlier is not None:
@@ -153,6 +161,12 @@ class Observability:
 
     def _handle_calls(self, calls: list[FinishedCall]) -> None:
         metrics, tracing = self.metrics, self.tracing
+        if self._settle_delay is not None and self.budgets is not None and self.worker is not None:
+            spent = [c.record for c in calls if c.record.key_id and c.record.cost_usd]
+            if spent:
+                timer = threading.Timer(self._settle_delay, self.worker.records_written, [spent])
+                timer.daemon = True
+                timer.start()
         for call in calls:
             if metrics is not None:
                 metrics.observe(call.record, upstream_error=call.upstream_error)

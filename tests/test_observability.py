@@ -338,3 +338,24 @@ def test_unsupported_otlp_protocols_say_what_to_do() -> None:
             _span_exporter({"OTEL_EXPORTER_OTLP_PROTOCOL": "grpc"})
     else:
         assert type(_span_exporter({"OTEL_EXPORTER_OTLP_PROTOCOL": "grpc"})).__module__.endswith("grpc.trace_exporter")
+
+
+def test_two_ledgers_on_one_file_claim_each_alert_once(tmp_path: Path) -> None:
+    """The workers of `serve --workers N` share the home's ledger file: each alert is claimed once between them."""
+    first, second = FileAlertLedger(tmp_path / "alerts-sent.json"), FileAlertLedger(tmp_path / "alerts-sent.json")
+    assert first.claim("k", "total", 0.5, "total") is True
+    assert second.claim("k", "total", 0.5, "total") is False
+    assert second.claim("k", "total", 0.8, "total") is True
+    assert first.claim("k", "total", 0.8, "total") is False
+
+
+def test_each_worker_serves_metrics_on_its_own_port(monkeypatch: pytest.MonkeyPatch) -> None:
+    import argparse
+
+    from tokensense.gateway.server import mitmdump_args
+
+    args = argparse.Namespace(port=8080, host="127.0.0.1", metrics_port=9464, metrics_host=None)
+    assert "tokensense_metrics_port=9464" in mitmdump_args(args)
+    monkeypatch.setenv("TOKENSENSE_WORKER", "3")
+    argv = mitmdump_args(args)
+    assert "tokensense_metrics_port=9466" in argv and "tokensense_metrics_host=127.0.0.1" in argv

@@ -33,7 +33,9 @@ def mitmdump_args(args: argparse.Namespace) -> list[str]:
 
         argv += intercept_mode_args(args)
     if getattr(args, "metrics_port", None):
-        argv += ["--set", f"tokensense_metrics_port={args.metrics_port}",
+        # `serve --workers N`: worker i serves its own metrics on PORT + i - 1 (scrape each).
+        port = args.metrics_port + int(os.environ.get("TOKENSENSE_WORKER") or 1) - 1
+        argv += ["--set", f"tokensense_metrics_port={port}",
                  "--set", f"tokensense_metrics_host={args.metrics_host or args.host}"]
     if getattr(args, "record", None):
         argv += ["--set", f"tokensense_record={args.record}"]

@@ -119,50 +119,68 @@ def _claim_id(key_id: str, window: str, threshold: float) -> str:
 
 
 class FileAlertLedger:
-    """Alerts already sent, in a small JSON file (written atomically), so a restart does not repeat them."""
+    """Alerts already sent, in a small JSON file, so a restart does not repeat them.
+
+    Each claim re-reads the file under an exclusive lock (`fcntl.flock` on a
+    `.lock` file beside it), so the workers of `serve --workers N` sharing one
+    home claim each alert once between them.
+    """
 
     def __init__(self, path: Path) -> None:
         self.path = path
         self._lock = threading.Lock()
-        self._sent: dict[str, dict[str, str]] = {}
+
+    def _read(self) -> dict[str, dict[str, str]]:
         try:
-            data = json.loads(path.read_text())
-            if isinstance(data, dict):
-                self._sent = {k: v for k, v in data.items() if isinstance(v, dict)}
+            data = json.loads(self.path.read_text())
         except FileNotFoundError:
-            pass
+            return {}
         except (OSError, ValueError) as e:
-            log.warning("cannot read %s (%s); budget alerts already sent may be sent again", path, e)
+            log.warning("cannot read %s (%s); budget alerts already sent may be sent again", self.path, e)
+            return {}
+        return {k: v for k, v in data.items() if isinstance(v, dict)} if isinstance(data, dict) else {}
 
     def claim(self, key_id: str, window: str, threshold: float, period: str) -> bool:
+        import fcntl
+
         claim = _claim_id(key_id, window, threshold)
         with self._lock:
-            if claim in self._sent:
-                return False
-            now = datetime.now(UTC)
-            self._sent[claim] = {"at": now.isoformat(), "period": period}
-            self._prune(now)
-            self._save()
-            return True
-
-    def _prune(self, now: datetime) -> None:
-        for claim, entry in list(self._sent.items()):
-            keep = _KEEP.get(entry.get("period", ""))
             try:
-                at = datetime.fromisoformat(entry.get("at", ""))
-            except ValueError:
-                continue
-            if keep is not None and now - at > keep:
-                del self._sent[claim]
+                self.path.parent.mkdir(parents=True, exist_ok=True)
+                lock_file = open(self.path.with_name(self.path.name + ".lock"), "a")
+            except OSError as e:
+                log.warning("cannot lock %s (%s); sending the budget alert anyway", self.path, e)
+                return True
+            with lock_file:
+                fcntl.flock(lock_file, fcntl.LOCK_EX)
+                sent = self._read()
+                if claim in sent:
+                    return False
+                now = datetime.now(UTC)
+                sent[claim] = {"at": now.isoformat(), "period": period}
+                _prune(sent, now)
+                self._save(sent)
+                return True
 
-    def _save(self) -> None:
+    def _save(self, sent: dict[str, dict[str, str]]) -> None:
         try:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
             tmp = self.path.with_name(self.path.name + ".tmp")
-            tmp.write_text(json.dumps(self._sent, indent=1, sort_keys=True))
+            tmp.write_text(json.dumps(sent, indent=1, sort_keys=True))
             os.replace(tmp, self.path)
         except OSError as e:
             log.warning("cannot write %s (%s); a restart may send these budget alerts again", self.path, e)
+
+
+def _prune(sent: dict[str, dict[str, str]], now: datetime) -> None:
+    """Forget claims of periods long over (a `total` budget's are kept)."""
+    for claim, entry in list(sent.items()):
+        keep = _KEEP.get(entry.get("period", ""))
+        try:
+            at = datetime.fromisoformat(entry.get("at", ""))
+        except ValueError:
+            continue
+        if keep is not None and now - at > keep:
+            del sent[claim]
 
 
 class RedisAlertLedger:
