@@ -9,6 +9,7 @@ import httpx
 from fakeprovider_fixture import fake_provider, fake_provider_url  # noqa: F401
 
 from tokensense.metering.sse import EventSplitter, parse_event
+from tokensense.metering.usage import TokenUsage
 from tokensense.providers.openai import (
     OpenAIAdapter,
     ResponsesStreamUsage,
@@ -67,7 +68,7 @@ def test_incomplete_and_failed_streams_are_metered() -> None:
 def test_events_without_usage_change_nothing() -> None:
     meter = ResponsesStreamUsage()
     meter.feed("response.output_text.delta", {"type": "response.output_text.delta", "delta": "hi", "usage": {"input_tokens": 99}})
-    assert meter.result().is_empty()
+    assert meter.result() == TokenUsage()
 
 
 def test_chat_usage_still_read() -> None:
