@@ -45,7 +45,8 @@ class Admit:
             await self._unknown_endpoint(flow, path, presented, e)
             return
         call = CallContext(route.endpoint, route.fmt, path_model=route.model, action=route.action,
-                           version=route.version, method=req.method, resource=route.resource)
+                           version=route.version, method=req.method, resource=route.resource,
+                           path_provider=route.provider, path_params=route.params)
         set_call(flow, call)
         if route.endpoint is Endpoint.HEALTH:
             call.recorded = True  # a health check is not a provider call

@@ -77,7 +77,7 @@ def require_credential(runtime: Runtime, adapter: ProviderAdapter) -> Credential
     """The provider key to use, or a 403 that says how to configure one."""
     assert runtime.keys is not None
     credential = runtime.keys.credential(adapter.name)
-    if not credential.api_key:
+    if not adapter.has_credentials(credential.api_key):
         raise GatewayError(403, f"No {adapter.display_name} API key is configured. Run `tokensense providers set "
                            f"{adapter.name} --api-key ...` or set {adapter.env_key}.", code="provider_key_missing")
     return credential
@@ -87,8 +87,12 @@ def prepare_upstream(call: CallContext, adapter: ProviderAdapter, credential: Cr
                      body: bytes | None = None, content_type: str | None = None,
                      drop_header_prefixes: tuple[str, ...] = ()) -> None:
     """Record where the call will go; the forward stage writes it to the flow once every gate passed."""
-    call.pending = PendingUpstream(adapter, credential.base_url, credential.api_key or "", upstream, body=body,
-                                   content_type=content_type, drop_header_prefixes=drop_header_prefixes)
+    base_url = credential.base_url
+    if upstream.regional_base_url and base_url == adapter.default_base_url:
+        base_url = upstream.regional_base_url  # the call's own host (a Vertex AI location), unless overridden
+    call.pending = PendingUpstream(adapter, base_url, credential.api_key or "", upstream, body=body,
+                                   content_type=content_type,
+                                   drop_header_prefixes=drop_header_prefixes + adapter.drop_headers)
 
 
 def strip_client_keys(req: http.Request) -> None:
@@ -127,7 +131,13 @@ def apply_upstream(flow: http.HTTPFlow, pending: PendingUpstream) -> None:
     for name, value in pending.provider.default_headers().items():
         if name not in headers:
             headers[name] = value
-    for name, value in pending.provider.auth_headers(pending.api_key).items():
+    provider = pending.provider
+    if provider.signs_requests:  # SigV4: over the final URL, headers and body
+        auth = provider.upstream_auth(pending.api_key, method=req.method, url=req.url, headers=headers,
+                                      body=req.raw_content or b"")
+    else:
+        auth = provider.auth_headers(pending.api_key)
+    for name, value in auth.items():
         headers[name] = value
     call = get_call(flow)
     if call is not None and call.stream:

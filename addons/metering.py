@@ -15,6 +15,10 @@ from tokensense.metering.record import build_record
 from tokensense.metering.stream import PassthroughStream
 from tokensense.metering.usage import TokenUsage
 from tokensense.metering.usage_extract import usage_from_answer, with_request_tier
+from tokensense.providers.bedrock.eventstream import CONTENT_TYPE as _EVENT_STREAM
+from tokensense.providers.bedrock.eventstream import EventStreamPassthrough
+
+EVENT_STREAM_CONTENT_TYPE = _EVENT_STREAM.encode()
 
 log = logging.getLogger(__name__)
 
@@ -49,7 +53,16 @@ class Metering:
             return
         call.first_byte = time.perf_counter()
         _set_header(flow.response.headers, b"x-tokensense-request-id", call.request_id)
-        if call.provider is None or not _is_event_stream(flow.response):
+        if call.provider is None:
+            return
+        if (_header(flow.response.headers, b"content-type") or b"").startswith(EVENT_STREAM_CONTENT_TYPE):
+            # AWS event-stream frames (Bedrock): passed on untouched, usage read frame by frame as they pass.
+            call.stream = True
+            if not flow.response.stream:
+                call.stream_usage = usage = call.provider.stream_usage()
+                flow.response.stream = EventStreamPassthrough(usage.feed_frame, on_first=call.mark_first_token)
+            return
+        if not _is_event_stream(flow.response):
             return
         call.stream = True
         if flow.response.stream:  # another addon (translation) already streams it

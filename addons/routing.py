@@ -15,7 +15,7 @@ from addons.common import answer_error, answer_json, get_call, prepare_upstream,
 from tokensense.gateway.body import optional_token_count, parse_json_body
 from tokensense.gateway.call import CallContext
 from tokensense.gateway.catalog import list_models
-from tokensense.gateway.endpoints import RESPONSES_ENDPOINTS, Endpoint
+from tokensense.gateway.endpoints import RESPONSES_ENDPOINTS, STREAM_ACTIONS, Endpoint
 from tokensense.gateway.errors import GatewayError
 from tokensense.gateway.forward import OPENAI_SDK_HEADER_PREFIXES
 from tokensense.gateway.model_lists import ListShape, find, listed, model_list, shape_for, single_model
@@ -50,7 +50,7 @@ class Router:
         call.recorded = True
         key = call.key
         assert key is not None
-        available = [name for name in PROVIDERS if self.runtime.keys.credential(name).api_key]
+        available = [name for name, p in PROVIDERS.items() if p.has_credentials(self.runtime.keys.credential(name).api_key)]
         media = self._media_models()
         media_names = {m for models in media.values() for m in models}
         prices = self.runtime.prices
@@ -89,7 +89,11 @@ class Router:
     def _route(self, flow: http.HTTPFlow, call: CallContext) -> None:
         endpoint = call.route_endpoint
         body = parse_json_body(flow.request.raw_content)
-        if endpoint is Endpoint.GEMINI:
+        if call.path_provider is not None:  # Bedrock, Vertex AI, Azure paths name their provider
+            named = call.path_model or body.get("model")
+            requested = f"{call.path_provider}/{named}" if isinstance(named, str) and named else None
+            call.stream = call.action in STREAM_ACTIONS or body.get("stream") is True
+        elif endpoint is Endpoint.GEMINI:
             requested = call.path_model
             call.stream = call.action == "streamGenerateContent"
         else:
@@ -98,13 +102,15 @@ class Router:
             optional_token_count(body, "max_completion_tokens", "max_tokens", "max_output_tokens")
         call.requested_model = requested if isinstance(requested, str) else None
         adapter, model = resolve_model(requested, self.runtime.prices)
-        call.provider, call.model = adapter, model
+        call.provider, call.model = adapter, adapter.catalog_model(model)  # priced and policed by the model it runs
 
         if endpoint in adapter.native:
             credential = require_credential(self.runtime, adapter)
-            upstream = adapter.upstream(endpoint, model, stream=call.stream, action=call.action, version=call.version)
+            params = {"params": dict(call.path_params)} if call.path_params else {}
+            upstream = adapter.upstream(endpoint, model, stream=call.stream, action=call.action, version=call.version,
+                                        **params)
             changed = False
-            if requested != model and endpoint is not Endpoint.GEMINI:
+            if requested != model and endpoint is not Endpoint.GEMINI and call.path_provider is None:
                 body["model"] = model  # `provider/model` names the provider; the provider wants its own name
                 changed = True
             with_usage, call.client_wants_usage = with_stream_usage(call, body)

@@ -10,6 +10,7 @@ from addons.lifecycle import Lifecycle
 from addons.media import Media
 from addons.metering import Metering
 from addons.observability import Observability
+from addons.provider_auth import ProviderAuth
 from addons.policy import Policy
 from addons.recording import Recording
 from addons.request_records import RequestRecords
@@ -32,6 +33,7 @@ def tokensense_addons(runtime: Runtime | None = None) -> list[object]:
         Responses(runtime),  # the Responses API: parse, ownership, answers (before Translation and Metering)
         Media(runtime),
         Policy(runtime),  # request: access, rate, budget
+        ProviderAuth(),  # request: short-lived provider tokens (Vertex AI), fetched off the event loop
         Forward(),  # request: writes the upstream request to the flow, only after every gate passed
         Translation(runtime),  # answers of translated calls
         UpstreamErrors(runtime.settings.upstream_timeout),

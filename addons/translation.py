@@ -25,7 +25,7 @@ class Translation:
         if call is None or call.translator is None or response is None or not call.forwarded:
             return
         if not (200 <= response.status_code < 300
-                and response.headers.get("content-type", "").startswith("text/event-stream")):
+                and response.headers.get("content-type", "").startswith(call.translator.stream_content_type)):
             return
         call.stream = True
         adapter = call.provider
@@ -33,11 +33,13 @@ class Translation:
         translator = call.translator.stream(model=call.requested_model or call.model or "",
                                             include_usage=call.client_wants_usage)
         response.headers.pop("content-length", None)
+        response.headers["content-type"] = "text/event-stream; charset=utf-8"  # OpenAI chunks, whatever came in
 
         def on_end(usage: dict) -> None:
             call.usage = adapter.usage_from_object(usage) if usage else None
 
-        response.stream = TranslatingStream(translator, on_first=call.mark_first_token, on_end=on_end)
+        make_stream = call.translator.stream_reader or TranslatingStream
+        response.stream = make_stream(translator, on_first=call.mark_first_token, on_end=on_end)
 
     def response(self, flow: http.HTTPFlow) -> None:
         call = get_call(flow)

@@ -1,10 +1,12 @@
-"""Optional configuration file: models, prices, retries, fallbacks, timeouts, budget alerts (`config.toml`)."""
+"""Optional configuration file: models, prices, retries, fallbacks, timeouts, budget alerts, providers (`config.toml`)."""
 
 from __future__ import annotations
 
+import re
 import tomllib
 from pathlib import Path
 from typing import Literal
+from urllib.parse import urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
@@ -89,6 +91,101 @@ class AlertsConfig(BaseModel):
         return sorted(set(value))
 
 
+BUILTIN_PROVIDERS = frozenset({"openai", "anthropic", "gemini", "xai", "mistral", "fal"})
+"""Names a `[providers.NAME]` table may not take: they are built in and configured by their own settings."""
+
+CLOUD_PROVIDERS = frozenset({"azure", "bedrock", "vertex"})
+"""Built-in providers that take their options from `[providers.NAME]` (deployments, region, project...)."""
+
+_PROVIDER_NAME = re.compile(r"^[a-z][a-z0-9_\-]{0,31}$")
+_ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,127}$")
+_HOST = re.compile(r"^[A-Za-z0-9.\-]{1,253}(?::\d{1,5})?$")
+
+
+class ProviderConfig(BaseModel):
+    """One `[providers.NAME]` table.
+
+    For any name but azure, bedrock and vertex it declares an OpenAI-compatible
+    provider: `format = "openai"`, `base_url` (origin plus optional prefix, to
+    which `/v1/chat/completions` etc. are appended), `api_key_env` (the variable
+    holding its key; none for local servers), `model_prefixes`, `prices` (the
+    genai-prices provider id, default the name), `free` (cost 0, e.g. Ollama),
+    `intercept_hosts`. For azure: `base_url`, `api_key_env`, `api_version`,
+    `deployments`; bedrock: `region`; vertex: `project`, `location`.
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    format: Literal["openai"] = "openai"
+    display_name: str | None = None
+    base_url: str | None = None
+    api_key_env: str | None = None
+    model_prefixes: list[str] = Field(default_factory=list)
+    prices: str | None = None
+    free: bool = False
+    intercept_hosts: list[str] = Field(default_factory=list)
+    # Azure OpenAI
+    api_version: str | None = None
+    deployments: dict[str, str] = Field(default_factory=dict)
+    # AWS Bedrock
+    region: str | None = None
+    # Google Vertex AI
+    project: str | None = None
+    location: str | None = None
+
+    @field_validator("base_url")
+    @classmethod
+    def _check_base_url(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        parts = urlsplit(value)
+        if parts.scheme not in ("http", "https") or not parts.netloc or parts.query or parts.fragment:
+            raise ValueError(f"base_url must be an http(s) origin plus an optional path prefix, got {value!r}")
+        return value.rstrip("/")
+
+    @field_validator("api_key_env")
+    @classmethod
+    def _check_env(cls, value: str | None) -> str | None:
+        if value is not None and not _ENV_NAME.match(value):
+            raise ValueError(f"api_key_env must be an environment variable name, got {value!r}")
+        return value
+
+    @field_validator("model_prefixes")
+    @classmethod
+    def _check_prefixes(cls, value: list[str]) -> list[str]:
+        for prefix in value:
+            if not prefix or "/" in prefix or any(c.isspace() for c in prefix):
+                raise ValueError(f"a model prefix is a non-empty name start without '/' or spaces, got {prefix!r}")
+        return value
+
+    @field_validator("intercept_hosts")
+    @classmethod
+    def _check_hosts(cls, value: list[str]) -> list[str]:
+        for host in value:
+            if not _HOST.match(host):
+                raise ValueError(f"intercept_hosts entries are host names, got {host!r}")
+        return [host.lower() for host in value]
+
+
+def _validate_providers(providers: dict[str, ProviderConfig]) -> dict[str, ProviderConfig]:
+    prefixes: dict[str, str] = {}
+    for name, table in providers.items():
+        if not _PROVIDER_NAME.match(name):
+            raise ValueError(f"[providers.{name}]: a provider name is lower-case letters, digits, '-' or '_' "
+                             "(at most 32), starting with a letter")
+        if name in BUILTIN_PROVIDERS:
+            raise ValueError(f"[providers.{name}]: {name} is built in; set its key with `tokensense providers set "
+                             f"{name}` and its URL with TOKENSENSE_{name.upper()}_BASE_URL")
+        if name not in CLOUD_PROVIDERS and table.base_url is None:
+            raise ValueError(f"[providers.{name}]: base_url is required (e.g. https://api.example.com)")
+        for prefix in table.model_prefixes:
+            if prefix in prefixes:
+                raise ValueError(f"[providers.{name}]: model prefix {prefix!r} is already declared by "
+                                 f"[providers.{prefixes[prefix]}]")
+            prefixes[prefix] = name
+    return providers
+
+
 class FileConfig(BaseModel):
     models: dict[str, ModelPrice] = Field(default_factory=dict)
     media_prices: dict[str, dict[str, float]] = Field(default_factory=dict)
@@ -97,6 +194,12 @@ class FileConfig(BaseModel):
     routing: RoutingConfig = Field(default_factory=RoutingConfig)
     # `"gpt-4o-mini" = ["claude-haiku-4-5", "gemini-2.5-flash"]`: tried in order once a model's retries are used up.
     fallbacks: dict[str, list[str]] = Field(default_factory=dict)
+    providers: dict[str, ProviderConfig] = Field(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _check_providers(self) -> FileConfig:
+        _validate_providers(self.providers)
+        return self
 
     @field_validator("fallbacks")
     @classmethod
@@ -126,5 +229,18 @@ def load_config(settings: Settings) -> FileConfig:
     try:
         data = tomllib.loads(path.read_text())
         return FileConfig.model_validate(data)
-    except (tomllib.TOMLDecodeError, ValidationError) as e:
+    except tomllib.TOMLDecodeError as e:
         raise ConfigError(f"{path}: {e}") from e
+    except ValidationError as e:
+        raise ConfigError(f"{path}: {describe_errors(e)}") from e
+
+
+def describe_errors(error: ValidationError) -> str:
+    """A validation error as one line: `where: what` for each problem, `; `-separated."""
+    parts = []
+    for problem in error.errors():
+        where = ".".join(str(p) for p in problem["loc"])
+        message = problem["msg"].removeprefix("Value error, ")
+        parts.append(f"{where}: {message}" if where else message)
+    return "; ".join(parts)
+

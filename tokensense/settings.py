@@ -47,7 +47,12 @@ class Settings(BaseSettings):
         return f"sqlite:///{self.home / 'tokensense.db'}"
 
     def base_url_override(self, provider: str) -> str | None:
-        return getattr(self, f"{provider}_base_url", None)
+        """`TOKENSENSE_<PROVIDER>_BASE_URL`: a field for the built-in ones, the environment for any other
+        (providers declared in config.toml, azure, bedrock, vertex); `-` in a name is `_` in the variable."""
+        value = getattr(self, f"{provider}_base_url", None)
+        if value:
+            return value
+        return os.environ.get(f"TOKENSENSE_{provider.upper().replace('-', '_')}_BASE_URL") or None
 
 
 @functools.cache

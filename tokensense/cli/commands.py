@@ -339,10 +339,24 @@ def _read_api_key(args: argparse.Namespace) -> str:
         raise CliError("--api-key - reads the key from standard input, but there is none")
     if sys.stdin.isatty():
         return getpass.getpass(f"API key for {args.provider} (not echoed): ")
+    if args.provider.strip().lower() == "vertex":
+        return sys.stdin.read()  # a service-account JSON spans many lines
     return sys.stdin.readline()
 
 
+def _register_configured_providers() -> None:
+    """Make the `[providers.NAME]` tables of config.toml known to the provider commands."""
+    from tokensense.config import ConfigError, load_config
+    from tokensense.providers.compatible import register_configured
+
+    try:
+        register_configured(load_config(get_settings()))
+    except ConfigError as e:
+        raise CliError(str(e)) from None
+
+
 def _cmd_providers_set(args: argparse.Namespace) -> int:
+    _register_configured_providers()
     repo.normalize_provider(args.provider)  # a bad name fails before anything is read from stdin
     repo.normalize_key_name(args.name)
     api_key = _read_api_key(args)
@@ -393,8 +407,8 @@ def provider_status(session: Session) -> list[dict[str, Any]]:
     for row in repo.list_providers(session=session):
         stored.setdefault(row.provider, []).append(row)
     entries = []
-    for provider in repo.PROVIDERS:
-        env_var = repo.PROVIDER_ENV_VARS[provider]
+    for provider in repo.known_providers():
+        env_var = repo.provider_env_var(provider)
         env_value = os.environ.get(env_var) or None
         rows = stored.get(provider, [])
         entry: dict[str, Any] = {
@@ -439,6 +453,7 @@ def provider_status(session: Session) -> list[dict[str, Any]]:
 
 
 def _cmd_providers_list(args: argparse.Namespace) -> int:
+    _register_configured_providers()
     with _session(args) as session:
         entries = provider_status(session)
     if args.json:
@@ -472,15 +487,16 @@ def _cmd_providers_list(args: argparse.Namespace) -> int:
 
 
 def _cmd_providers_remove(args: argparse.Namespace) -> int:
+    _register_configured_providers()
     provider = repo.normalize_provider(args.provider)
     with _session(args) as session:
         repo.remove_provider(session=session, provider=provider, name=args.name)
         left = [r.name for r in repo.list_providers(session=session) if r.provider == provider]
-    env_var = repo.PROVIDER_ENV_VARS[provider]
+    env_var = repo.provider_env_var(provider)
     if left:
         fallback = f"; its pool has {', '.join(left)}"
     else:
-        fallback = f"; {env_var} from the environment is used instead" if os.environ.get(env_var) else ""
+        fallback = f"; {env_var} from the environment is used instead" if env_var and os.environ.get(env_var) else ""
     named = "" if repo.normalize_key_name(args.name) == DEFAULT_KEY_NAME else f" {args.name.strip()!r}"
     print(f"Removed the stored {provider} key{named}{fallback}.")
     return 0

@@ -6,18 +6,25 @@ from collections.abc import Mapping
 
 # Headers that can carry a client's key. All of them are removed before a
 # request goes upstream, whichever one held the TokenSense key.
-KEY_HEADERS = ("authorization", "x-api-key", "x-goog-api-key")
+KEY_HEADERS = ("authorization", "x-api-key", "x-goog-api-key", "api-key")
 
 
 def client_key(headers: Mapping[str, str], query: Mapping[str, str]) -> str | None:
-    """The key the client sent: `Authorization: Bearer` (OpenAI SDK, Anthropic SDK 2.x),
-    `x-api-key` (Anthropic), `x-goog-api-key` or `?key=` (google-genai, Gemini REST)."""
+    """The key the client sent: `Authorization: Bearer` (OpenAI SDK, Anthropic SDK 2.x, Bedrock API keys,
+    Vertex access tokens), `x-api-key` (Anthropic), `x-goog-api-key` or `?key=` (google-genai, Gemini REST),
+    `api-key` (Azure OpenAI), or the access key id of a SigV4 `Authorization` (AWS SDKs given the
+    TokenSense key as their access key id; the signature is not checked: the gateway signs anew)."""
     auth: str | None = headers.get("authorization")
     if auth:
-        scheme, _, token = auth.partition(" ")
-        if scheme.lower() == "bearer" and token.strip():
-            return token.strip()
-    for name in ("x-api-key", "x-goog-api-key"):
+        scheme, _, value = auth.partition(" ")
+        if scheme.lower() == "bearer" and value.strip():
+            return value.strip()
+        if scheme == "AWS4-HMAC-SHA256":
+            from tokensense.providers.bedrock.sigv4 import access_key_of
+
+            if key := access_key_of(auth):
+                return key
+    for name in ("x-api-key", "x-goog-api-key", "api-key"):
         value = headers.get(name)
         if value:
             return value.strip()

@@ -35,6 +35,8 @@ class CallContext:
     action: str | None = None  # Gemini `generateContent`, `streamGenerateContent`, ...
     version: str | None = None  # Gemini's API version in the path
     resource: str | None = None  # the response id or model id the path names (`/v1/responses/{id}`)
+    path_provider: str | None = None  # the provider the path names (Bedrock, Vertex AI, Azure OpenAI paths)
+    path_params: tuple[tuple[str, str], ...] | None = None  # other path parts that provider needs upstream
     method: str = "POST"
     started: float = field(default_factory=time.perf_counter)
     request_id: str = field(default_factory=_request_id)

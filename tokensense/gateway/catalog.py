@@ -13,10 +13,15 @@ from tokensense.providers import PROVIDERS, ProviderAdapter, get_provider
 def catalog_models(adapter: ProviderAdapter) -> list[str]:
     """Models of the price catalog that TokenSense routes to `adapter` by name."""
     snapshot = data_snapshot.get_snapshot()
+    ids: list[str] = []
     for provider in snapshot.providers:
         if provider.id == adapter.prices_id:
-            return sorted(m.id for m in provider.models if adapter.owns_model(m.id) and not m.deprecated)
-    return []
+            ids = [m.id for m in provider.models if not m.deprecated]
+            break
+    listed = getattr(adapter, "listed_models", None)  # providers addressed as `name/model` list their own names
+    if listed is not None:
+        return listed(ids)
+    return sorted(m for m in ids if adapter.owns_model(m))
 
 
 def list_models(providers: Iterable[str], *, custom: dict[str, ModelPrice], extra: dict[str, list[str]] | None = None,

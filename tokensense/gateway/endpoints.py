@@ -14,6 +14,8 @@ class Endpoint(StrEnum):
     IMAGES = "images.generations"
     SPEECH = "audio.speech"
     TRANSCRIPTIONS = "audio.transcriptions"
+    BEDROCK = "bedrock"  # AWS Bedrock runtime: /model/{modelId}/{converse|converse-stream|invoke|invoke-with-response-stream}
+    VERTEX = "vertex"  # Vertex AI: /{v}/projects/{p}/locations/{l}/publishers/{google|anthropic}/models/{m}:{action}
     MODELS = "models"
     MODEL = "models.retrieve"
     RESPONSES = "responses"
@@ -36,6 +38,8 @@ RESPONSE_ID_ENDPOINTS = frozenset({
 RESPONSES_ENDPOINTS = RESPONSE_ID_ENDPOINTS | {
     Endpoint.RESPONSES, Endpoint.RESPONSES_INPUT_TOKENS, Endpoint.RESPONSES_COMPACT,
 }
+# Actions (from the path) whose answer is a stream, whatever the body says.
+STREAM_ACTIONS = frozenset({"streamGenerateContent", "streamRawPredict", "converse-stream", "invoke-with-response-stream"})
 
 # Gemini's `models/{model}:{action}` actions TokenSense forwards; any other action is a 404.
 GEMINI_ACTIONS = frozenset({

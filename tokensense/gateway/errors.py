@@ -39,6 +39,19 @@ _GOOGLE_STATUS = {
     504: "DEADLINE_EXCEEDED",
 }
 
+_BEDROCK_TYPES = {
+    400: "ValidationException",
+    401: "UnrecognizedClientException",
+    402: "ServiceQuotaExceededException",
+    403: "AccessDeniedException",
+    404: "ResourceNotFoundException",
+    413: "ValidationException",
+    429: "ThrottlingException",
+    502: "InternalServerException",
+    503: "ServiceUnavailableException",
+    504: "ModelTimeoutException",
+}
+
 
 class ErrorFormat(StrEnum):
     """Which client-facing API shape an endpoint speaks."""
@@ -46,6 +59,7 @@ class ErrorFormat(StrEnum):
     OPENAI = "openai"
     ANTHROPIC = "anthropic"
     GOOGLE = "google"
+    BEDROCK = "bedrock"  # AWS JSON errors: {"__type", "message"} (boto3 reads the type as the error code)
 
 
 class GatewayError(Exception):
@@ -63,6 +77,9 @@ def error_body(fmt: ErrorFormat, status: int, message: str, *, code: str | None 
     """The JSON error object for `fmt`, as that provider's SDKs expect to parse it."""
     if fmt is ErrorFormat.ANTHROPIC:
         return {"type": "error", "error": {"type": _ANTHROPIC_TYPES.get(status, "api_error"), "message": message}}
+    if fmt is ErrorFormat.BEDROCK:
+        return {"__type": _BEDROCK_TYPES.get(status, "InternalServerException" if status >= 500 else "ValidationException"),
+                "message": message}
     if fmt is ErrorFormat.GOOGLE:
         return {"error": {"code": status, "message": message, "status": _GOOGLE_STATUS.get(status, "UNKNOWN")}}
     return {
@@ -83,6 +100,8 @@ def format_for_path(path: str) -> ErrorFormat:
     """The error shape a client of `path` expects."""
     if path.startswith("/v1/messages"):
         return ErrorFormat.ANTHROPIC
+    if path.startswith("/model/"):
+        return ErrorFormat.BEDROCK
     if path.startswith("/v1beta/") or (path.startswith("/v1/models/") and ":" in path):
         return ErrorFormat.GOOGLE
     return ErrorFormat.OPENAI

@@ -18,6 +18,8 @@ class Route(NamedTuple):
     action: str | None = None  # Gemini `generateContent`, `streamGenerateContent`, ...
     version: str | None = None  # Gemini's API version in the path (v1beta or v1)
     resource: str | None = None  # the response id (`/v1/responses/{id}`) or model id (`/v1/models/{id}`) in the path
+    provider: str | None = None  # the provider the path itself names (Bedrock, Vertex AI, Azure OpenAI paths)
+    params: tuple[tuple[str, str], ...] | None = None  # other validated path parts that provider needs upstream
 
 
 _GEMINI_PATH = re.compile(r"^/(?P<version>v1beta|v1)/models/(?P<model>[^:/]+):(?P<action>[A-Za-z]+)$")
@@ -55,6 +57,8 @@ def format_for_endpoint(endpoint: Endpoint) -> ErrorFormat:
         return ErrorFormat.ANTHROPIC
     if endpoint is Endpoint.GEMINI:
         return ErrorFormat.GOOGLE
+    if endpoint is Endpoint.BEDROCK:
+        return ErrorFormat.BEDROCK
     return ErrorFormat.OPENAI
 
 
@@ -93,6 +97,10 @@ def classify(method: str, path: str) -> Route:
                                    code="unknown_endpoint")
             return Route(Endpoint.GEMINI, ErrorFormat.GOOGLE, model=m["model"], action=m["action"],
                          version=m["version"])
+        from tokensense.gateway.cloud_routes import classify_cloud
+
+        if route := classify_cloud(path):
+            return route
     raise GatewayError(404, f"TokenSense has no endpoint {method[:16]} {path[:200]}.", code="unknown_endpoint")
 
 
@@ -114,7 +122,8 @@ def resolve_model(model: Any, prices: PriceBook, media_models: frozenset[str] = 
     if adapter is None:
         raise GatewayError(404, f"The model `{model}` does not exist in any provider TokenSense knows. "
                            "GET /v1/models lists the models you can use.", code="model_not_found", param="model")
-    if name not in media_models and not prices.knows(adapter.prices_id, name) and name not in prices.custom:
+    if name not in media_models and not adapter.accepts_any_model and name not in prices.custom \
+            and not prices.knows(adapter.prices_id, adapter.catalog_model(name)):
         raise GatewayError(404, f"The model `{model}` is not in the {adapter.display_name} catalog. "
                            "Declare it under [models] in config.toml to use it.", code="model_not_found", param="model")
     return adapter, name

@@ -46,6 +46,9 @@ class Runtime:
             from tokensense.storage.db import init_db, make_engine
 
             self.config = load_config(self.settings)
+            from tokensense.providers.compatible import register_configured
+
+            register_configured(self.config)  # [providers.NAME] of config.toml join the registry
             from tokensense.metering.catalog_update import install_catalog
 
             self.prices = PriceBook(self.config.models, snapshot=install_catalog(self.settings.home))

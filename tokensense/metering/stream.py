@@ -11,7 +11,7 @@ from typing import Any
 from tokensense.gateway.call import CallContext
 from tokensense.gateway.routing import Endpoint
 from tokensense.metering.sse import EventSplitter, parse_event
-from tokensense.providers import OPENAI_COMPATIBLE, StreamUsage
+from tokensense.providers import StreamUsage
 
 
 def with_stream_usage(call: CallContext, body: Any) -> tuple[dict[str, Any] | None, bool]:
@@ -22,7 +22,7 @@ def with_stream_usage(call: CallContext, body: Any) -> tuple[dict[str, Any] | No
     addon removes that extra chunk again when the client had not asked.
     """
     if not (call.stream and call.route_endpoint is Endpoint.CHAT and call.provider is not None
-            and call.provider.name in OPENAI_COMPATIBLE and isinstance(body, dict)):
+            and call.provider.openai_format and isinstance(body, dict)):
         return None, True
     options = body.get("stream_options")
     if isinstance(options, dict) and options.get("include_usage") is True:

@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 from tokensense.providers.anthropic import AnthropicAdapter
+from tokensense.providers.azure import AzureOpenAIAdapter
+from tokensense.providers.bedrock import BedrockAdapter
 from tokensense.providers.base import Provider, ProviderAdapter, StreamUsage, Translator, Upstream
 from tokensense.providers.fal import FalAdapter
 from tokensense.providers.gemini import GeminiAdapter
 from tokensense.providers.openai import MistralAdapter, OpenAIAdapter, XAIAdapter
+from tokensense.providers.vertex import VertexAdapter
 
 PROVIDERS: dict[str, Provider] = {}
 
@@ -27,6 +30,9 @@ register(GeminiAdapter())
 register(XAIAdapter())
 register(MistralAdapter())
 register(FalAdapter())
+register(AzureOpenAIAdapter())
+register(BedrockAdapter())
+register(VertexAdapter())
 
 # Providers that speak OpenAI's own format (chat, embeddings, streams with `include_usage`).
 OPENAI_COMPATIBLE = frozenset(name for name, p in PROVIDERS.items() if p.openai_format)

@@ -46,6 +46,10 @@ class Translator:
     stream: Callable[..., Any]
     error: Callable[[int, bytes], dict]
     model_in_body: bool = False  # the provider's format names the model in the body (else in the path)
+    # Streams that are not SSE (Bedrock's AWS event-stream): their content type and the
+    # `flow.response.stream` factory `(translator, on_first=, on_end=)` that turns them into OpenAI chunks.
+    stream_content_type: str = "text/event-stream"
+    stream_reader: Callable[..., Any] | None = None
 
 
 class Upstream(NamedTuple):
@@ -54,6 +58,9 @@ class Upstream(NamedTuple):
     endpoint: Endpoint
     path: str
     query: tuple[tuple[str, str], ...] | None = None
+    # The provider's host for this call when it depends on the call (Vertex AI's location), used
+    # unless the base URL was overridden (TOKENSENSE_<PROVIDER>_BASE_URL, `providers set --base-url`).
+    regional_base_url: str | None = None
 
 
 class MediaRoute(NamedTuple):
@@ -89,6 +96,16 @@ class Provider(ABC):
     native: ClassVar[frozenset[Endpoint]] = frozenset()
     # Speaks OpenAI's format: chat streams report usage only with `stream_options.include_usage`.
     openai_format: ClassVar[bool] = False
+    # A provider without a key (a local server declared in config.toml) is called without auth.
+    requires_key: ClassVar[bool] = True
+    # Any model name goes (config-declared providers); else it must be in the catalog or [models].
+    accepts_any_model: ClassVar[bool] = False
+    # The auth depends on the whole request (SigV4): `upstream_auth` gets the final URL, headers and body.
+    signs_requests: ClassVar[bool] = False
+    # The key is exchanged for a short-lived token off the event loop (`resolve_api_key`) before forwarding.
+    exchanges_key: ClassVar[bool] = False
+    # Prefixes of client headers that must not go upstream on native calls (a client's own SigV4 headers).
+    drop_headers: ClassVar[tuple[str, ...]] = ()
 
     def owns_model(self, model: str) -> bool:
         return model.startswith(self.model_prefixes)
@@ -96,6 +113,22 @@ class Provider(ABC):
     @abstractmethod
     def auth_headers(self, api_key: str) -> dict[str, str]:
         """Headers that carry the provider key upstream."""
+
+    def has_credentials(self, api_key: str | None) -> bool:
+        """Whether a call can be authenticated upstream with this (stored or environment) key."""
+        return bool(api_key) or not self.requires_key
+
+    def catalog_model(self, model: str) -> str:
+        """The name the price catalog (and model policies) know `model` by (an Azure deployment's model...)."""
+        return model
+
+    def upstream_auth(self, api_key: str, *, method: str, url: str, headers: Any, body: bytes) -> dict[str, str]:
+        """The auth headers of the final upstream request (only called when `signs_requests`)."""
+        return self.auth_headers(api_key)
+
+    async def resolve_api_key(self, api_key: str) -> str:
+        """The credential to send for `api_key` (only called when `exchanges_key`; may do I/O in a thread)."""
+        return api_key
 
     def default_headers(self) -> dict[str, str]:
         """Headers the provider needs that a client of another format does not send (set only if missing)."""

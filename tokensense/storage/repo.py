@@ -16,7 +16,7 @@ from sqlmodel import Session, col, select
 from tokensense.gateway.crypto import decrypt_secret, encrypt_secret, hash_key, new_key
 from tokensense.storage.models import DEFAULT_KEY_NAME, ApiKey, ProviderCredential, Usage, UsageCreate
 
-PROVIDERS: tuple[str, ...] = ("openai", "anthropic", "gemini", "xai", "mistral", "fal")
+PROVIDERS: tuple[str, ...] = ("openai", "anthropic", "gemini", "xai", "mistral", "fal", "azure", "bedrock", "vertex")
 PROVIDER_ENV_VARS: dict[str, str] = {
     "openai": "OPENAI_API_KEY",
     "anthropic": "ANTHROPIC_API_KEY",
@@ -24,7 +24,27 @@ PROVIDER_ENV_VARS: dict[str, str] = {
     "xai": "XAI_API_KEY",
     "mistral": "MISTRAL_API_KEY",
     "fal": "FAL_KEY",
+    "azure": "AZURE_OPENAI_API_KEY",
+    "bedrock": "TOKENSENSE_BEDROCK_CREDENTIALS",
+    "vertex": "TOKENSENSE_VERTEX_CREDENTIALS",
 }
+
+
+def known_providers() -> tuple[str, ...]:
+    """The built-in providers and those config.toml declares (once `register_configured` ran)."""
+    from tokensense.providers import PROVIDERS as REGISTRY
+
+    return PROVIDERS + tuple(name for name in REGISTRY if name not in PROVIDERS)
+
+
+def provider_env_var(provider: str) -> str:
+    """The environment variable a provider's key falls back to ('' for a keyless configured provider)."""
+    if provider in PROVIDER_ENV_VARS:
+        return PROVIDER_ENV_VARS[provider]
+    from tokensense.providers import PROVIDERS as REGISTRY
+
+    adapter = REGISTRY.get(provider)
+    return adapter.env_key if adapter is not None else ""
 BUDGET_PERIODS: tuple[str, ...] = ("total", "monthly", "daily")
 PLANS: tuple[str, ...] = ("free", "pro", "enterprise")
 USAGE_GROUP_FIELDS: tuple[str, ...] = (
@@ -85,8 +105,10 @@ UNSET = _Unset.UNSET
 def normalize_provider(provider: str) -> str:
     """`provider` in lower case, or `ValueError` naming the valid providers."""
     name = provider.strip().lower()
-    if name not in PROVIDERS:
-        raise ValueError(f"unknown provider {provider!r}; choose one of: {', '.join(PROVIDERS)}")
+    known = known_providers()
+    if name not in known:
+        raise ValueError(f"unknown provider {provider!r}; choose one of: {', '.join(known)} "
+                         "(or declare it under [providers.NAME] in config.toml)")
     return name
 
 

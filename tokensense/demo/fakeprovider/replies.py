@@ -27,9 +27,14 @@ class FakeRequest:
     """`scheme://host:port` this server was reached at, for URLs it hands out."""
     files: dict[str, bytes] = field(default_factory=dict)
     params: dict[str, str] = field(default_factory=dict)
-    """Parts of the path the route captured (Gemini model and action, fal app, response id)."""
+    """Parts of the path the route captured (Gemini model and action, fal app, response id);
+    `auth` says how the key checked out."""
     state: dict[str, Any] = field(default_factory=dict)
     """State kept across requests by one fake process (stored responses)."""
+    raw_body: bytes = b""
+    """The body as received (SigV4 signs it; the OAuth token endpoint reads the form)."""
+    raw_path: str = ""
+    """Path and query as received, percent-encoding kept (SigV4 signs it)."""
 
 
 @dataclass(slots=True)

@@ -21,11 +21,14 @@ from aiohttp.client_exceptions import ClientConnectionResetError
 
 from tokensense.demo.fakeprovider import (
     anthropic_format,
+    azure_format,
+    bedrock_format,
     fal_format,
     gemini_format,
     media,
     openai_format,
     responses_format,
+    vertex_format,
 )
 from tokensense.demo.fakeprovider.replies import BodyReply, FakeError, FakeRequest, Reply, json_reply
 from tokensense.demo.fakeprovider.textgen import NO_CONTROLS, ControlError, Controls, parse_controls
@@ -49,6 +52,14 @@ class Route(NamedTuple):
 
 
 _RESPONSES_PATH = re.compile(r"^(?P<prefix>.*?)(?:/v1)?/responses(?:/(?P<id>[^/]+)(?:/(?P<action>[^/]+))?)?/?$")
+_BEDROCK_PATH = re.compile(r"^(?P<prefix>.*?)/model/(?P<model>[^/]+)/(?P<action>converse|converse-stream|invoke|invoke-with-response-stream)$")
+_VERTEX_PATH = re.compile(
+    r"^(?P<prefix>.*?)/(?P<version>v1|v1beta1)/projects/(?P<project>[^/]+)/locations/(?P<location>[^/]+)"
+    r"/publishers/(?P<publisher>google|anthropic)/models/(?P<model>[^/:]+):(?P<action>[A-Za-z]+)$"
+)
+_AZURE_PATH = re.compile(
+    r"^(?P<prefix>.*?)/openai/(?:deployments/(?P<deployment>[^/]+)|v1)/(?P<operation>chat/completions|embeddings)$"
+)
 _GEMINI_PATH = re.compile(r"^(?P<prefix>.*?)/(?:v1beta|v1alpha|v1)/models/(?P<model>[^/:]+):(?P<action>[A-Za-z]+)$")
 
 # (suffix, method, format, handler, whether a "/v1" just before the suffix belongs to it).
@@ -67,6 +78,22 @@ _SUFFIX_ROUTES: list[tuple[str, str, ModuleType, Handler, bool]] = [
 
 def resolve_route(method: str, path: str, headers: Any) -> Route | None:
     """Find the endpoint by the end of the path; whatever comes before is the prefix."""
+    if "/model/" in path and (match := _BEDROCK_PATH.match(path)):
+        handler = bedrock_format.ACTIONS[match["action"]] if method == "POST" else None
+        return Route(bedrock_format, handler, match["prefix"], {"model": match["model"], "action": match["action"]})
+    if "/projects/" in path and (match := _VERTEX_PATH.match(path)):
+        actions = gemini_format.ACTIONS if match["publisher"] == "google" else {"rawPredict": 1, "streamRawPredict": 1}
+        handler = vertex_format.predict if method == "POST" and match["action"] in actions else None
+        params = {k: match[k] for k in ("version", "project", "location", "publisher", "model", "action")}
+        return Route(vertex_format, handler, match["prefix"], params)
+    if path.endswith("/token") and method == "POST":
+        return Route(vertex_format.TokenEndpoint, vertex_format.token, path[: -len("/token")], {})  # type: ignore[arg-type]
+    if "/openai/" in path and (match := _AZURE_PATH.match(path)):
+        # `/openai/v1/...` is Azure's v1 API when keyed with `api-key`, else OpenAI under an `/openai` prefix.
+        if match["deployment"] is not None or "api-key" in headers:
+            handler = azure_format.OPERATIONS[match["operation"]] if method == "POST" else None
+            params = {"deployment": match["deployment"]} if match["deployment"] else {}
+            return Route(azure_format, handler, match["prefix"], params)
     if ":" in path:
         match = _GEMINI_PATH.match(path)
         if match:
@@ -114,8 +141,10 @@ def _unknown_route(method: str, path: str) -> BodyReply:
     )
 
 
-async def _read_body(request: web.Request) -> tuple[Any, dict[str, bytes]]:
-    """Parsed JSON; for multipart a summary of fields and file sizes (files returned apart); else text."""
+async def _read_body(request: web.Request) -> tuple[Any, dict[str, bytes], bytes]:
+    """Parsed JSON; for multipart a summary of fields and file sizes (files returned apart); else text.
+
+    The third item is the raw body (empty for multipart)."""
     if request.content_type == "multipart/form-data":
         try:
             form = await request.post()
@@ -131,14 +160,14 @@ async def _read_body(request: web.Request) -> tuple[Any, dict[str, bytes]]:
                 summary[name] = {"filename": value.filename, "size": len(data), "content_type": value.content_type}
             else:
                 fields[name] = str(value)
-        return {"fields": fields, "files": summary}, files
+        return {"fields": fields, "files": summary}, files, b""
     raw = await request.read()
     if not raw:
-        return None, {}
+        return None, {}, raw
     try:
-        return json.loads(raw), {}
+        return json.loads(raw), {}, raw
     except ValueError:
-        return raw.decode("utf-8", errors="replace"), {}
+        return raw.decode("utf-8", errors="replace"), {}, raw
 
 
 async def handle(request: web.Request) -> web.StreamResponse:
@@ -147,9 +176,8 @@ async def handle(request: web.Request) -> web.StreamResponse:
         return await _control(request, path)
     method = request.method
     route = resolve_route(method, path, request.headers)
-    body, files = await _read_body(request)
-    request.app[REQUEST_LOG].append(
-        {
+    body, files, raw_body = await _read_body(request)
+    entry = {
             "method": method,
             "path": path,
             "prefix": route.prefix if route else "",
@@ -159,7 +187,7 @@ async def handle(request: web.Request) -> web.StreamResponse:
             "body": body,
             "time": time.time(),
         }
-    )
+    request.app[REQUEST_LOG].append(entry)
     if route is None:
         return await _send(request, _unknown_route(method, path), NO_CONTROLS)
     fmt = route.fmt
@@ -198,13 +226,23 @@ async def handle(request: web.Request) -> web.StreamResponse:
         controls=controls,
         origin=f"{request.scheme}://{request.host}",
         files=files,
-        params=route.params,
+        params=dict(route.params),
         state=request.app[STATE],
+        raw_body=raw_body,
+        raw_path=request.raw_path,
     )
+    try:
+        authenticated = route.handler is not None and fmt.authenticated(fake)
+    except FakeError as e:  # a credential that is present but wrong (a bad SigV4 signature)
+        authenticated = None
+        auth_error = fmt.error(e.status, e.message, e.param)
+    entry["auth"] = fake.params.get("auth")
     if route.handler is None:
-        reply: Reply = fmt.error(404 if fmt is gemini_format else 405, f"{method} {path} is not supported by this endpoint.")
-    elif not fmt.authenticated(fake):
-        reply = fmt.error(401, fmt.MISSING_KEY)
+        reply: Reply = fmt.error(404 if fmt in (gemini_format, vertex_format) else 405, f"{method} {path} is not supported by this endpoint.")
+    elif authenticated is None:
+        reply = auth_error
+    elif not authenticated:
+        reply = fmt.error(401 if fmt is not bedrock_format else 403, fmt.MISSING_KEY)
     elif controls.status:
         reply = fmt.error(controls.status, _status_message(controls.status))
     else:
