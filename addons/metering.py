@@ -60,7 +60,9 @@ class Metering:
             call.stream = True
             if not flow.response.stream:
                 call.stream_usage = usage = call.provider.stream_usage()
-                flow.response.stream = EventStreamPassthrough(usage.feed_frame, on_first=call.mark_first_token)
+                # A provider whose streams are event-stream frames reads them; any other one still streams.
+                feed_frame = getattr(usage, "feed_frame", None) or (lambda frame: None)
+                flow.response.stream = EventStreamPassthrough(feed_frame, on_first=call.mark_first_token)
             return
         if not _is_event_stream(flow.response):
             return

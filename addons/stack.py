@@ -10,8 +10,8 @@ from addons.lifecycle import Lifecycle
 from addons.media import Media
 from addons.metering import Metering
 from addons.observability import Observability
-from addons.provider_auth import ProviderAuth
 from addons.policy import Policy
+from addons.provider_auth import ProviderAuth
 from addons.recording import Recording
 from addons.request_records import RequestRecords
 from addons.responses import Responses

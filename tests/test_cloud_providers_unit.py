@@ -18,7 +18,13 @@ from tokensense.metering.usage import TokenUsage
 from tokensense.providers import azure, bedrock, vertex
 from tokensense.providers.bedrock import converse
 from tokensense.providers.bedrock.eventstream import EventStreamPassthrough, chunk_payload, event_frame, exception_frame
-from tokensense.providers.bedrock.sigv4 import AwsKeys, CredentialError, parse_credential, sign_headers, verify_signature
+from tokensense.providers.bedrock.sigv4 import (
+    AwsKeys,
+    CredentialError,
+    parse_credential,
+    sign_headers,
+    verify_signature,
+)
 from tokensense.providers.compatible import OpenAICompatibleProvider, configure_cloud_providers, configured_providers
 from tokensense.providers.translation import TranslationError
 from tokensense.providers.vertex.auth import VertexCredentialError, VertexTokenSource
@@ -258,7 +264,7 @@ def test_vertex_usage_gemini_and_claude():
     assert collector.result() == TokenUsage(input_tokens=4, output_tokens=6)
 
 
-async def test_vertex_token_is_fetched_off_the_loop_and_cached(fake_provider):
+async def test_vertex_token_is_fetched_off_the_loop_and_cached(fake_provider):  # noqa: F811
     source = VertexTokenSource(service_account_json(f"{fake_provider}/token"))
     assert source.current() is None and source.project_id == "fake-project"
     token = await source.token()

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator
-from pathlib import Path
 
 import anthropic
 import openai
@@ -27,11 +26,10 @@ from cloud_clients import (
     bedrock_client,
     service_account_json,
 )
+from conftest import FakeProvider, Gateway, start_gateway, stop
 from google import genai
 from google.genai import types
 from google.oauth2.credentials import Credentials as OAuthCredentials
-
-from conftest import FakeProvider, Gateway, start_gateway, stop
 
 pytestmark = pytest.mark.e2e
 
@@ -97,7 +95,7 @@ def _boto3(gw: Gateway, exec_id: str):
     # The TokenSense key as the access key id (botocore sends AWS_BEARER_TOKEN_BEDROCK over HTTPS only).
     client = bedrock_client(gw.url, aws_access_key_id=gw.key, aws_secret_access_key="anything")
 
-    def add_execution_id(request, **_):  # noqa: ANN001, ANN003
+    def add_execution_id(request, **_):
         request.headers["x-execution-id"] = exec_id
 
     client.meta.events.register("before-sign.bedrock-runtime.*", add_execution_id)

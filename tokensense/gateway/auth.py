@@ -25,8 +25,8 @@ def client_key(headers: Mapping[str, str], query: Mapping[str, str]) -> str | No
             if key := access_key_of(auth):
                 return key
     for name in ("x-api-key", "x-goog-api-key", "api-key"):
-        value = headers.get(name)
-        if value:
-            return value.strip()
+        header = headers.get(name)
+        if header:
+            return header.strip()
     param = query.get("key")
     return param.strip() if param else None

@@ -24,21 +24,21 @@ def classify_cloud(path: str) -> Route | None:
         model, action = parsed
         return Route(Endpoint.BEDROCK, ErrorFormat.BEDROCK, model=model, action=action, provider="bedrock")
     if path.startswith("/openai/"):
-        parts = azure.parse_native_path(path)
-        endpoint = _AZURE_ENDPOINTS.get(parts.operation) if parts else None
-        if parts is None or endpoint is None:
+        deployment = azure.parse_native_path(path)
+        endpoint = _AZURE_ENDPOINTS.get(deployment.operation) if deployment else None
+        if deployment is None or endpoint is None:
             return None
-        params = (("deployment", parts.deployment),) if parts.deployment else (("api", "v1"),)
-        return Route(endpoint, ErrorFormat.OPENAI, model=parts.deployment, provider="azure", params=params)
+        params = (("deployment", deployment.deployment),) if deployment.deployment else (("api", "v1"),)
+        return Route(endpoint, ErrorFormat.OPENAI, model=deployment.deployment, provider="azure", params=params)
     if "/projects/" in path:
         parts = vertex.parse_native_path(path)
         if parts is None:
             return None
         fmt = ErrorFormat.GOOGLE if parts.publisher == "google" else ErrorFormat.ANTHROPIC
         # Claude's token counting has the pseudo-model `count-tokens` in the path; the body names the model.
-        model = None if parts.model == "count-tokens" else parts.model
-        params = (("project", parts.project), ("location", parts.location), ("publisher", parts.publisher),
-                  ("path_model", parts.model))
-        return Route(Endpoint.VERTEX, fmt, model=model, action=parts.action, version=parts.version,
-                     provider="vertex", params=params)
+        path_model: str | None = None if parts.model == "count-tokens" else parts.model
+        vertex_params = (("project", parts.project), ("location", parts.location), ("publisher", parts.publisher),
+                         ("path_model", parts.model))
+        return Route(Endpoint.VERTEX, fmt, model=path_model, action=parts.action, version=parts.version,
+                     provider="vertex", params=vertex_params)
     return None

@@ -205,23 +205,10 @@ class KeyStore:
             refresh = getattr(adapter, "refresh_in_background", None)
             if refresh is None:
                 continue
-            credential = self.credential(name)
-            if credential.source == "none" and not self._uses_ambient_credentials(name):
-                continue
             try:
-                refresh(credential.api_key)
+                refresh(self.credential(name).api_key)
             except Exception as e:  # no network, a revoked service account: the calls answer 503 until fixed
                 log.warning("cannot refresh the %s credentials: %s", name, type(e).__name__)
-
-    def _uses_ambient_credentials(self, provider: str) -> bool:
-        """Bedrock/Vertex without a stored key use the AWS chain / ADC only when configured for it."""
-        if provider == "bedrock":
-            return any(os.environ.get(v) for v in ("AWS_ACCESS_KEY_ID", "AWS_PROFILE", "AWS_CONTAINER_CREDENTIALS_RELATIVE_URI",
-                                                   "AWS_WEB_IDENTITY_TOKEN_FILE")) or \
-                os.path.exists(os.path.expanduser("~/.aws/credentials"))
-        if provider == "vertex":
-            return bool(os.environ.get("GOOGLE_APPLICATION_CREDENTIALS"))
-        return False
 
     def stop(self) -> None:
         self._stop.set()

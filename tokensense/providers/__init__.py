@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from tokensense.providers.anthropic import AnthropicAdapter
 from tokensense.providers.azure import AzureOpenAIAdapter
-from tokensense.providers.bedrock import BedrockAdapter
 from tokensense.providers.base import Provider, ProviderAdapter, StreamUsage, Translator, Upstream
+from tokensense.providers.bedrock import BedrockAdapter
 from tokensense.providers.fal import FalAdapter
 from tokensense.providers.gemini import GeminiAdapter
 from tokensense.providers.openai import MistralAdapter, OpenAIAdapter, XAIAdapter

@@ -107,7 +107,7 @@ class AzureOpenAIAdapter(OpenAIAdapter):
             return Upstream(endpoint, deployment_path(params["deployment"], operation))
         return Upstream(endpoint, v1_path(operation))
 
-    def intercept_route(self, method: str, path: str):  # noqa: ANN201
+    def intercept_route(self, method: str, path: str):
         return None
 
 

@@ -18,7 +18,15 @@ from typing import Any
 
 from tokensense.demo.fakeprovider import anthropic_format
 from tokensense.demo.fakeprovider.replies import BodyReply, FakeError, FakeRequest, Reply, StreamReply, json_reply
-from tokensense.demo.fakeprovider.textgen import Answer, Controls, Conversation, ToolSpec, new_id, plan_answer, split_pieces
+from tokensense.demo.fakeprovider.textgen import (
+    Answer,
+    Controls,
+    Conversation,
+    ToolSpec,
+    new_id,
+    plan_answer,
+    split_pieces,
+)
 from tokensense.providers.bedrock.eventstream import CONTENT_TYPE, chunk_payload, event_frame
 from tokensense.providers.bedrock.sigv4 import verify_signature
 

@@ -179,6 +179,13 @@ def region_from_environment() -> str | None:
         os.environ.get("AWS_DEFAULT_REGION")
 
 
+def _aws_chain_configured() -> bool:
+    names = ("AWS_ACCESS_KEY_ID", "AWS_PROFILE", "AWS_CONTAINER_CREDENTIALS_RELATIVE_URI",
+             "AWS_CONTAINER_CREDENTIALS_FULL_URI", "AWS_WEB_IDENTITY_TOKEN_FILE")
+    return any(os.environ.get(name) for name in names) or os.path.exists(os.path.expanduser("~/.aws/credentials")) \
+        or os.path.exists(os.path.expanduser("~/.aws/config"))
+
+
 def base_url_for(region: str) -> str:
     return f"https://bedrock-runtime.{region}.amazonaws.com"
 
@@ -260,8 +267,11 @@ class BedrockAdapter(ProviderAdapter):
         return bool(credential) or self.chain.current() is not None
 
     def refresh_in_background(self, credential: str | None) -> None:
-        """Blocking; the keystore thread calls it: resolve the AWS chain, refresh it before it expires."""
-        if not credential and self.chain.needs_refresh():
+        """Blocking; the keystore thread calls it: resolve the AWS chain, refresh it before it expires.
+
+        Only without a stored or environment credential, and only where the chain has something to find
+        (AWS variables, a profile, ~/.aws), so an unconfigured gateway never probes instance metadata."""
+        if not credential and _aws_chain_configured() and self.chain.needs_refresh():
             self.chain.refresh()
 
     def usage_from_object(self, usage: dict) -> TokenUsage | None:

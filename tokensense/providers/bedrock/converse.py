@@ -122,7 +122,7 @@ def _messages(messages: list[dict]) -> tuple[list[dict], list[dict]]:
             _append(turns, "user", _user_blocks(message, i))
         elif role == "assistant":
             oa.reject_message_fields(message, i, {"role", "content", "tool_calls", "refusal"}, PROVIDER)
-            blocks = [{"text": text} for text in oa.assistant_texts(message, i)]
+            blocks: list[dict[str, Any]] = [{"text": text} for text in oa.assistant_texts(message, i)]
             blocks += [{"toolUse": {"toolUseId": call.base_id, "name": call.name, "input": call.arguments}}
                        for call in oa.assistant_tool_calls(message, i, PROVIDER)]
             if blocks:
@@ -310,10 +310,9 @@ class ChatStreamTranslator:
             if delta.get("text"):
                 out.append(self._chunks.content(delta["text"]))
             elif isinstance(delta.get("toolUse"), dict) and delta["toolUse"].get("input"):
-                call_index = self._calls.get(delta_event.get("contentBlockIndex", 0))
-                if call_index is not None:
-                    out.append(self._chunks.tool_call_arguments(call_index=call_index,
-                                                                fragment=delta["toolUse"]["input"]))
+                found = self._calls.get(delta_event.get("contentBlockIndex", 0))
+                if found is not None:
+                    out.append(self._chunks.tool_call_arguments(call_index=found, fragment=delta["toolUse"]["input"]))
         elif "messageStop" in event:
             self._finish = _finish_reason((event["messageStop"] or {}).get("stopReason"))
             out.extend(self._finish_chunk())

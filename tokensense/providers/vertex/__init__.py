@@ -26,7 +26,7 @@ from tokensense.gateway.errors import GatewayError
 from tokensense.metering.usage import TokenUsage
 from tokensense.providers.anthropic import AnthropicStreamUsage, usage_from_anthropic
 from tokensense.providers.base import ProviderAdapter, StreamUsage, Upstream
-from tokensense.providers.gemini import GeminiStreamUsage, usage_from_gemini, _usage_metadata
+from tokensense.providers.gemini import GeminiStreamUsage, _usage_metadata, usage_from_gemini
 from tokensense.providers.vertex.auth import VertexTokenSource
 
 GOOGLE_ACTIONS = frozenset({"generateContent", "streamGenerateContent", "countTokens"})
@@ -189,6 +189,8 @@ class VertexAdapter(ProviderAdapter):
 
     def refresh_in_background(self, credential: str | None) -> None:
         """Blocking; the keystore thread calls it so that requests rarely wait for a token."""
+        if not self.has_credentials(credential):
+            return
         source = self.token_source(credential)
         if source.current() is None:
             source.refresh()
