@@ -57,11 +57,15 @@ class LinearPrice(NamedTuple):
     cache_write: float
 
 
+FREE_PRICES_PREFIX = "free:"
+"""The price id of a provider declared `free = true` in config.toml: `free:NAME`."""
+
+
 class ResolvedPrice(NamedTuple):
     """Where a model's price comes from, and the entry the calculator prices it with."""
 
     model: ModelInfo
-    kind: str  # "config" | "override" | "catalog"
+    kind: str  # "config" | "override" | "catalog" | "free" (a provider declared `free = true`)
     origin: str  # a sentence for people: the file, the override's source page, or the catalog version
 
 
@@ -154,6 +158,10 @@ class PriceBook:
         return found  # type: ignore[return-value]
 
     def _resolve(self, prices_id: str, model: str) -> ResolvedPrice | None:
+        if prices_id.startswith(FREE_PRICES_PREFIX):  # `[providers.NAME] free = true`: every model costs nothing
+            name = prices_id.removeprefix(FREE_PRICES_PREFIX)
+            return ResolvedPrice(config_model_info(model, ModelPrice(provider=name, free=True)), "free",
+                                 f"config.toml [providers.{name}] (free = true)")
         custom = self.custom.get(model)
         if custom is not None:
             where = "config.toml [models] (free = true)" if custom.free else "config.toml [models]"
@@ -176,7 +184,7 @@ class PriceBook:
         resolved = self.resolve(prices_id, model)
         if resolved is None:
             return "unpriced"
-        if resolved.kind == "config" and self.custom[model].free:
+        if resolved.kind == "free" or (resolved.kind == "config" and self.custom[model].free):
             return "free"
         return resolved.kind
 

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 from tokensense.config import CLOUD_PROVIDERS, FileConfig, ProviderConfig
 from tokensense.gateway.endpoints import Endpoint
+from tokensense.metering.pricing import FREE_PRICES_PREFIX
 from tokensense.providers.azure import AzureOpenAIAdapter
 from tokensense.providers.base import ProviderAdapter
 from tokensense.providers.bedrock import BedrockAdapter
@@ -40,7 +41,7 @@ class OpenAICompatibleProvider(OpenAIAdapter):
         self.default_base_url = table.base_url or ""  # type: ignore[misc]
         self.env_key = table.api_key_env or ""  # type: ignore[misc]
         # A free provider (a local server) costs nothing: a price id no catalog has.
-        self.prices_id = f"free:{name}" if table.free else (table.prices or name)  # type: ignore[misc]
+        self.prices_id = f"{FREE_PRICES_PREFIX}{name}" if table.free else (table.prices or name)  # type: ignore[misc]
         self.model_prefixes = tuple(table.model_prefixes)  # type: ignore[misc]
         self.free = table.free
         self.intercept_hosts = tuple(table.intercept_hosts)
