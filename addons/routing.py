@@ -22,6 +22,7 @@ from tokensense.gateway.model_lists import ListShape, find, listed, model_list, 
 from tokensense.gateway.policy import model_allowed
 from tokensense.gateway.routing import MEDIA_ENDPOINTS, resolve_model
 from tokensense.gateway.runtime import Runtime
+from tokensense.metering.pricing import PriceBook
 from tokensense.metering.stream import with_stream_usage
 from tokensense.providers import PROVIDERS, provider_for_model
 from tokensense.providers.translation import TranslationError
@@ -58,7 +59,7 @@ class Router:
                                   allowed=lambda provider, model: model_allowed(key, provider, model),
                                   pricing=lambda provider, model: "media" if model in media_names and
                                   model not in prices.custom else
-                                  prices.pricing_kind(PROVIDERS[provider].prices_id, model))
+                                  _pricing_kind(prices, provider, model))
         req = flow.request
         shape = shape_for(req.path.partition("?")[0], req.headers)
         models = listed(openai_list)
@@ -145,3 +146,9 @@ class Router:
         prepare_upstream(call, adapter, credential, upstream,
                          body=json.dumps(provider_body, separators=_COMPACT).encode(),
                          content_type="application/json", drop_header_prefixes=OPENAI_SDK_HEADER_PREFIXES)
+
+
+def _pricing_kind(prices: PriceBook, provider: str, model: str) -> str:
+    """Where a listed model's price comes from; `name/model` entries are priced by the model they run."""
+    adapter = PROVIDERS[provider]
+    return prices.pricing_kind(adapter.prices_id, adapter.catalog_model(model.removeprefix(f"{provider}/")))

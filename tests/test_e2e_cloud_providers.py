@@ -282,8 +282,9 @@ def test_a_free_provider_and_the_model_list(cloud: Gateway, exec_id: str) -> Non
     assert answer.choices[0].message.content == "Hello from llama3.1:8b."
     [record] = cloud.wait_records(execution_id=exec_id)
     assert (record["provider"], record["input_tokens"], record["cost_usd"]) == ("localllm", 2, 0)
-    ids = {m.id for m in client.models.list()}
-    assert {"deepseek-chat", "deepseek-reasoner", "azure/prod-4o", BEDROCK_NOVA, f"vertex/{VERTEX_GEMINI}"} <= ids
+    listed = {m.id: m for m in client.models.list()}
+    assert {"deepseek-chat", "deepseek-reasoner", "azure/prod-4o", BEDROCK_NOVA, f"vertex/{VERTEX_GEMINI}"} <= set(listed)
+    assert listed["azure/prod-4o"].pricing == listed[f"vertex/{VERTEX_GEMINI}"].pricing == "catalog"  # type: ignore[attr-defined]
 
 
 def test_a_key_limited_to_one_provider(cloud: Gateway) -> None:
