@@ -169,7 +169,7 @@ class BedrockStreamUsage(StreamUsage):
             return self._converse
         if self._saw_anthropic:
             usage = self._anthropic.result()
-            if not usage.is_empty():
+            if usage.has_tokens:
                 return usage
         return self._metrics or TokenUsage()
 
