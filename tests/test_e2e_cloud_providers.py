@@ -58,6 +58,7 @@ format = "openai"
 base_url = "{fake_provider.url}/deepseek"
 api_key_env = "DEEPSEEK_API_KEY"
 model_prefixes = ["deepseek-"]
+responses = true
 
 [providers.localllm]
 base_url = "{fake_provider.url}/localllm"
@@ -273,6 +274,18 @@ def test_a_configured_openai_compatible_provider(cloud: Gateway, exec_id: str, m
     records = cloud.wait_records(2, execution_id=exec_id)
     assert all((r["provider"], r["model"]) == ("deepseek", "deepseek-chat") and r["cost_usd"] > 0 for r in records)
     assert records[1]["stream"] == 1 and records[1]["input_tokens"] == 2
+
+
+def test_the_responses_api_of_a_configured_provider(cloud: Gateway, exec_id: str) -> None:
+    client = openai.OpenAI(base_url=f"{cloud.url}/v1", api_key=cloud.key, max_retries=0,
+                           default_headers={"x-execution-id": exec_id})
+    response = client.responses.create(model="deepseek-chat", input="Hi there")
+    assert response.output_text == "Hello from deepseek-chat."
+    request = _upstream(cloud, "deepseek")
+    assert request["path"] == "/deepseek/v1/responses" and _headers(request)["authorization"] == f"Bearer {DEEPSEEK_KEY}"
+    [record] = cloud.wait_records(execution_id=exec_id)
+    assert (record["provider"], record["endpoint"], record["input_tokens"]) == ("deepseek", "responses", 2)
+    assert record["cost_usd"] > 0
 
 
 def test_a_free_provider_and_the_model_list(cloud: Gateway, exec_id: str) -> None:

@@ -110,7 +110,7 @@ class ProviderConfig(BaseModel):
     which `/v1/chat/completions` etc. are appended), `api_key_env` (the variable
     holding its key; none for local servers), `model_prefixes`, `prices` (the
     genai-prices provider id, default the name), `free` (cost 0, e.g. Ollama),
-    `intercept_hosts`. For azure: `base_url`, `api_key_env`, `api_version`,
+    `intercept_hosts`, `responses` (it serves /v1/responses). For azure: `base_url`, `api_key_env`, `api_version`,
     `deployments`; bedrock: `region`; vertex: `project`, `location`.
     """
 
@@ -124,6 +124,7 @@ class ProviderConfig(BaseModel):
     prices: str | None = None
     free: bool = False
     intercept_hosts: list[str] = Field(default_factory=list)
+    responses: bool = False  # it serves OpenAI's Responses API (/v1/responses and its companion routes)
     # Azure OpenAI
     api_version: str | None = None
     deployments: dict[str, str] = Field(default_factory=dict)

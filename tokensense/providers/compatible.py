@@ -18,7 +18,7 @@ the options of those built-in providers (`configure_cloud_providers`).
 from __future__ import annotations
 
 from tokensense.config import CLOUD_PROVIDERS, FileConfig, ProviderConfig
-from tokensense.gateway.endpoints import Endpoint
+from tokensense.gateway.endpoints import RESPONSES_ENDPOINTS, Endpoint
 from tokensense.metering.pricing import FREE_PRICES_PREFIX
 from tokensense.providers.azure import AzureOpenAIAdapter
 from tokensense.providers.base import ProviderAdapter
@@ -48,6 +48,8 @@ class OpenAICompatibleProvider(OpenAIAdapter):
         self.hosts = self.intercept_hosts  # type: ignore[misc]
         # A local server (no api_key_env) takes calls without a key.
         self.requires_key = table.api_key_env is not None  # type: ignore[misc]
+        if table.responses:
+            self.native = frozenset({*self.native, *RESPONSES_ENDPOINTS})  # type: ignore[misc]
 
     def auth_headers(self, api_key: str) -> dict[str, str]:
         return {"authorization": f"Bearer {api_key}"} if api_key else {}
