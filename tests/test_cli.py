@@ -24,8 +24,8 @@ from tokensense.storage.models import ApiKey, ProviderCredential, UsageCreate
 ENV_VARS = [
     "TOKENSENSE_DATABASE_URL",
     "TOKENSENSE_SECRET",
-    *repo.PROVIDER_ENV_VARS.values(),
-    *(f"TOKENSENSE_{p.upper()}_BASE_URL" for p in repo.PROVIDERS),
+    *(repo.provider_env_var(p) for p in repo.known_providers()),
+    *(f"TOKENSENSE_{p.upper()}_BASE_URL" for p in repo.known_providers()),
 ]
 
 
@@ -208,7 +208,7 @@ def test_providers_set_list_remove(run, home: Path, monkeypatch: pytest.MonkeyPa
     monkeypatch.setenv("FAL_KEY", "fal-ENV-SECRET-abcdefgh1234")
     listed = run("providers", "list", "--json")
     entries = _json(listed)
-    assert [e["provider"] for e in entries] == list(repo.PROVIDERS)
+    assert [e["provider"] for e in entries] == list(repo.known_providers())
     openai = _provider(entries, "openai")
     assert (openai["source"], openai["key"], openai["base_url"]) == ("stored", "sk-…9876", "https://gw.example.com")
     fal = _provider(entries, "fal")

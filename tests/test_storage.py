@@ -257,7 +257,8 @@ def test_provider_input_is_validated(session: Session) -> None:
         repo.set_provider(session=session, provider="xai", api_key="  \n")
     with pytest.raises(ValueError, match="base URL must be"):
         repo.set_provider(session=session, provider="xai", api_key="xai-1", base_url="gw.example.com")
-    assert set(repo.PROVIDERS) == set(repo.PROVIDER_ENV_VARS) == {"openai", "anthropic", "gemini", "xai", "mistral", "fal", "azure", "bedrock", "vertex"}
+    assert set(repo.known_providers()) == {"openai", "anthropic", "gemini", "xai", "mistral", "fal", "azure", "bedrock", "vertex"}
+    assert repo.provider_env_var("fal") == "FAL_KEY" and repo.provider_env_var("azure") == "AZURE_OPENAI_API_KEY"
 
 
 def test_provider_key_under_another_secret_is_a_clear_error(session: Session, monkeypatch: pytest.MonkeyPatch) -> None:

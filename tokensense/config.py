@@ -91,11 +91,7 @@ class AlertsConfig(BaseModel):
         return sorted(set(value))
 
 
-BUILTIN_PROVIDERS = frozenset({"openai", "anthropic", "gemini", "xai", "mistral", "fal"})
 """Names a `[providers.NAME]` table may not take: they are built in and configured by their own settings."""
-
-CLOUD_PROVIDERS = frozenset({"azure", "bedrock", "vertex"})
-"""Built-in providers that take their options from `[providers.NAME]` (deployments, region, project...)."""
 
 _PROVIDER_NAME = re.compile(r"^[a-z][a-z0-9_\-]{0,31}$")
 _ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,127}$")
@@ -169,15 +165,18 @@ class ProviderConfig(BaseModel):
 
 
 def _validate_providers(providers: dict[str, ProviderConfig]) -> dict[str, ProviderConfig]:
+    from tokensense.providers import builtin_provider_names, table_configured_names
+
+    builtin, from_tables = builtin_provider_names(), table_configured_names()
     prefixes: dict[str, str] = {}
     for name, table in providers.items():
         if not _PROVIDER_NAME.match(name):
             raise ValueError(f"[providers.{name}]: a provider name is lower-case letters, digits, '-' or '_' "
                              "(at most 32), starting with a letter")
-        if name in BUILTIN_PROVIDERS:
+        if name in builtin and name not in from_tables:
             raise ValueError(f"[providers.{name}]: {name} is built in; set its key with `tokensense providers set "
                              f"{name}` and its URL with TOKENSENSE_{name.upper()}_BASE_URL")
-        if name not in CLOUD_PROVIDERS and table.base_url is None:
+        if name not in from_tables and table.base_url is None:
             raise ValueError(f"[providers.{name}]: base_url is required (e.g. https://api.example.com)")
         for prefix in table.model_prefixes:
             if prefix in prefixes:

@@ -755,7 +755,7 @@ def _add_key_options(parser: argparse.ArgumentParser, *, update: bool) -> None:
     providers = limits.add_mutually_exclusive_group() if update else limits
     providers.add_argument(
         "--allow-provider", metavar="P", action="append",
-        help=f"allow only provider P ({', '.join(repo.PROVIDERS)}); repeat for more"
+        help=f"allow only provider P ({', '.join(repo.known_providers())}); repeat for more"
         + ("; replaces the current list" if update else "; default: all providers"),
         **keep,
     )
@@ -841,7 +841,7 @@ def build_parser() -> argparse.ArgumentParser:
         "providers", help="store provider API keys (encrypted) and base URLs",
         description="Provider keys are stored encrypted (TOKENSENSE_SECRET, or a generated key file in "
         "TOKENSENSE_HOME). Without a stored key, the gateway uses the provider's environment variable: "
-        + ", ".join(repo.PROVIDER_ENV_VARS.values()) + ".",
+        + ", ".join(repo.provider_env_var(p) for p in repo.known_providers()) + ".",
     )
     providers.set_defaults(handler=_show_help(providers))
     providers_commands = providers.add_subparsers(title="commands", metavar="COMMAND")
@@ -855,7 +855,7 @@ def build_parser() -> argparse.ArgumentParser:
         "  tokensense providers set openai --api-key - --base-url https://my-proxy.example.com\n"
         "  tokensense providers set openai --api-key - --name backup   # a second key: used round-robin",
     )
-    pset.add_argument("provider", metavar="PROVIDER", help=", ".join(repo.PROVIDERS))
+    pset.add_argument("provider", metavar="PROVIDER", help=", ".join(repo.known_providers()))
     pset.add_argument("--api-key", metavar="K", required=True, help="the provider's key; '-' reads it from stdin")
     pset.add_argument("--base-url", metavar="U", help="send this provider's requests to U instead of its public API")
     pset.add_argument("--name", metavar="N", help="the key's name in the provider's pool (default: default); "
@@ -878,7 +878,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Delete a stored provider key (when the pool is empty, the environment variable, if set, "
         "is used instead).",
     )
-    premove.add_argument("provider", metavar="PROVIDER", help=", ".join(repo.PROVIDERS))
+    premove.add_argument("provider", metavar="PROVIDER", help=", ".join(repo.known_providers()))
     premove.set_defaults(handler=_cmd_providers_remove)
 
     prestore = providers_commands.add_parser(
@@ -887,7 +887,7 @@ def build_parser() -> argparse.ArgumentParser:
         "(or replaced with `providers set`). Restoring also ends its cool-down and circuit breaker.",
         epilog="example:\n  tokensense providers restore openai --name backup", formatter_class=_FORMATTER,
     )
-    prestore.add_argument("provider", metavar="PROVIDER", help=", ".join(repo.PROVIDERS))
+    prestore.add_argument("provider", metavar="PROVIDER", help=", ".join(repo.known_providers()))
     prestore.set_defaults(handler=_cmd_providers_restore)
 
     # usage

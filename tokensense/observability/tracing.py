@@ -22,6 +22,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from tokensense import __version__
+from tokensense.gateway.endpoints import Endpoint
 from tokensense.storage.models import UsageCreate
 
 log = logging.getLogger(__name__)
@@ -29,24 +30,13 @@ log = logging.getLogger(__name__)
 ENDPOINT_VARIABLES = ("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", "OTEL_EXPORTER_OTLP_ENDPOINT")
 DEFAULT_SERVICE_NAME = "tokensense"
 
-# gen_ai.provider.name: the conventions' well-known values; others keep TokenSense's name.
-GENAI_PROVIDER_NAMES = {
-    "openai": "openai",
-    "anthropic": "anthropic",
-    "gemini": "gcp.gemini",
-    "vertex": "gcp.vertex_ai",
-    "xai": "x_ai",
-    "mistral": "mistral_ai",
-    "azure": "azure.ai.openai",
-    "bedrock": "aws.bedrock",
-}
 # gen_ai.operation.name by TokenSense endpoint; endpoints the conventions have no name for keep their own.
 GENAI_OPERATIONS = {
-    "chat.completions": "chat",
-    "messages": "chat",
-    "responses": "chat",
-    "gemini": "generate_content",
-    "embeddings": "embeddings",
+    Endpoint.CHAT.value: "chat",
+    Endpoint.MESSAGES.value: "chat",
+    Endpoint.RESPONSES.value: "chat",
+    Endpoint.GEMINI.value: "generate_content",
+    Endpoint.EMBEDDINGS.value: "embeddings",
 }
 _MAX_BODY_FOR_MODEL = 1 << 20
 
@@ -105,7 +95,7 @@ def span_attributes(record: UsageCreate, *, response_model: str | None = None,
         "http.response.status_code": record.status,
     }
     if record.provider:
-        attrs["gen_ai.provider.name"] = GENAI_PROVIDER_NAMES.get(record.provider, record.provider)
+        attrs["gen_ai.provider.name"] = genai_provider_name(record.provider)
     if record.model:
         attrs["gen_ai.request.model"] = record.model
     if response_model:
@@ -206,3 +196,11 @@ class GenAITracing:
     def shutdown(self) -> None:
         """Export what is still queued, then stop."""
         self.provider.shutdown()
+
+
+def genai_provider_name(provider: str) -> str:
+    """`gen_ai.provider.name`: the conventions' well-known value the provider declares, else TokenSense's name."""
+    from tokensense.providers import get_provider
+
+    adapter = get_provider(provider)
+    return (adapter.otel_name if adapter is not None else None) or provider

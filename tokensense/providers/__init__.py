@@ -34,6 +34,18 @@ register(AzureOpenAIAdapter())
 register(BedrockAdapter())
 register(VertexAdapter())
 
+# The providers TokenSense ships with (config.toml may register more, OpenAI-compatible ones).
+BUILTIN: frozenset[str] = frozenset(PROVIDERS)
+
+
+def builtin_provider_names() -> frozenset[str]:
+    return BUILTIN
+
+
+def table_configured_names() -> frozenset[str]:
+    """Built-in providers that take their options (deployments, region, project) from `[providers.NAME]`."""
+    return frozenset(name for name in BUILTIN if PROVIDERS[name].options_from_config)
+
 # Providers that speak OpenAI's own format (chat, embeddings, streams with `include_usage`).
 OPENAI_COMPATIBLE = frozenset(name for name, p in PROVIDERS.items() if p.openai_format)
 

@@ -68,6 +68,8 @@ def v1_path(operation: str) -> str:
 
 class AzureOpenAIAdapter(OpenAIAdapter):
     name: ClassVar[str] = "azure"
+    options_from_config: ClassVar[bool] = True
+    otel_name: ClassVar[str | None] = "azure.ai.openai"
     display_name: ClassVar[str] = "Azure OpenAI"
     # No usable default: every Azure resource has its own host (https://RESOURCE.openai.azure.com).
     default_base_url: ClassVar[str] = "https://YOUR-RESOURCE.openai.azure.com"

@@ -96,6 +96,10 @@ class Provider(ABC):
     native: ClassVar[frozenset[Endpoint]] = frozenset()
     # Speaks OpenAI's format: chat streams report usage only with `stream_options.include_usage`.
     openai_format: ClassVar[bool] = False
+    # Takes options (deployments, region, project, ...) from its `[providers.NAME]` table in config.toml.
+    options_from_config: ClassVar[bool] = False
+    # Its `gen_ai.provider.name` in OpenTelemetry's GenAI conventions (None: TokenSense's name).
+    otel_name: ClassVar[str | None] = None
     # A provider without a key (a local server declared in config.toml) is called without auth.
     requires_key: ClassVar[bool] = True
     # Any model name goes (config-declared providers); else it must be in the catalog or [models].

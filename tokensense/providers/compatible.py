@@ -17,7 +17,7 @@ the options of those built-in providers (`configure_cloud_providers`).
 
 from __future__ import annotations
 
-from tokensense.config import CLOUD_PROVIDERS, FileConfig, ProviderConfig
+from tokensense.config import FileConfig, ProviderConfig
 from tokensense.gateway.endpoints import RESPONSES_ENDPOINTS, Endpoint
 from tokensense.metering.pricing import FREE_PRICES_PREFIX
 from tokensense.providers.azure import AzureOpenAIAdapter
@@ -67,8 +67,10 @@ class OpenAICompatibleProvider(OpenAIAdapter):
 
 def configured_providers(config: FileConfig) -> list[ProviderAdapter]:
     """The OpenAI-compatible providers of `[providers.NAME]` tables, in file order."""
+    from tokensense.providers import PROVIDERS
+
     return [OpenAICompatibleProvider(name, table) for name, table in config.providers.items()
-            if name not in CLOUD_PROVIDERS]
+            if not (name in PROVIDERS and PROVIDERS[name].options_from_config)]
 
 
 def configure_cloud_providers(providers: dict[str, ProviderAdapter], config: FileConfig) -> None:

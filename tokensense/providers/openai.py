@@ -44,6 +44,7 @@ class OpenAIStreamUsage(StreamUsage):
 
 class OpenAIAdapter(ProviderAdapter):
     name: ClassVar[str] = "openai"
+    otel_name: ClassVar[str | None] = "openai"
     display_name: ClassVar[str] = "OpenAI"
     default_base_url: ClassVar[str] = "https://api.openai.com"
     env_key: ClassVar[str] = "OPENAI_API_KEY"
@@ -98,6 +99,7 @@ class OpenAIAdapter(ProviderAdapter):
 
 class XAIAdapter(OpenAIAdapter):
     name: ClassVar[str] = "xai"
+    otel_name: ClassVar[str | None] = "x_ai"
     display_name: ClassVar[str] = "xAI"
     default_base_url: ClassVar[str] = "https://api.x.ai"
     env_key: ClassVar[str] = "XAI_API_KEY"
@@ -117,6 +119,7 @@ class XAIAdapter(OpenAIAdapter):
 
 class MistralAdapter(OpenAIAdapter):
     name: ClassVar[str] = "mistral"
+    otel_name: ClassVar[str | None] = "mistral_ai"
     display_name: ClassVar[str] = "Mistral"
     default_base_url: ClassVar[str] = "https://api.mistral.ai"
     env_key: ClassVar[str] = "MISTRAL_API_KEY"

@@ -16,31 +16,16 @@ from sqlmodel import Session, col, select
 from tokensense.gateway.crypto import decrypt_secret, encrypt_secret, hash_key, new_key
 from tokensense.storage.models import DEFAULT_KEY_NAME, ApiKey, ProviderCredential, Usage, UsageCreate
 
-PROVIDERS: tuple[str, ...] = ("openai", "anthropic", "gemini", "xai", "mistral", "fal", "azure", "bedrock", "vertex")
-PROVIDER_ENV_VARS: dict[str, str] = {
-    "openai": "OPENAI_API_KEY",
-    "anthropic": "ANTHROPIC_API_KEY",
-    "gemini": "GEMINI_API_KEY",
-    "xai": "XAI_API_KEY",
-    "mistral": "MISTRAL_API_KEY",
-    "fal": "FAL_KEY",
-    "azure": "AZURE_OPENAI_API_KEY",
-    "bedrock": "TOKENSENSE_BEDROCK_CREDENTIALS",
-    "vertex": "TOKENSENSE_VERTEX_CREDENTIALS",
-}
-
 
 def known_providers() -> tuple[str, ...]:
-    """The built-in providers and those config.toml declares (once `register_configured` ran)."""
+    """The built-in providers and those config.toml declares (once `register_configured` ran), in registry order."""
     from tokensense.providers import PROVIDERS as REGISTRY
 
-    return PROVIDERS + tuple(name for name in REGISTRY if name not in PROVIDERS)
+    return tuple(REGISTRY)
 
 
 def provider_env_var(provider: str) -> str:
     """The environment variable a provider's key falls back to ('' for a keyless configured provider)."""
-    if provider in PROVIDER_ENV_VARS:
-        return PROVIDER_ENV_VARS[provider]
     from tokensense.providers import PROVIDERS as REGISTRY
 
     adapter = REGISTRY.get(provider)
@@ -374,7 +359,7 @@ def restore_provider_key(*, session: Session, provider: str, name: str | None = 
 def get_provider_secret(*, session: Session, provider: str, name: str | None = None) -> tuple[str, str | None] | None:
     """The decrypted API key and base URL stored for `provider` (its `default` key unless named), or None.
 
-    Environment fallbacks (`PROVIDER_ENV_VARS`) are the caller's business.
+    Environment fallbacks (each provider's `env_key`) are the caller's business.
     Raises `SecretMismatchError` when the key was encrypted with another secret.
     """
     row = session.get(ProviderCredential, (normalize_provider(provider), normalize_key_name(name)))

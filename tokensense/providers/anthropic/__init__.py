@@ -40,6 +40,7 @@ class AnthropicStreamUsage(StreamUsage):
 
 class AnthropicAdapter(ProviderAdapter):
     name: ClassVar[str] = "anthropic"
+    otel_name: ClassVar[str | None] = "anthropic"
     display_name: ClassVar[str] = "Anthropic"
     default_base_url: ClassVar[str] = "https://api.anthropic.com"
     env_key: ClassVar[str] = "ANTHROPIC_API_KEY"

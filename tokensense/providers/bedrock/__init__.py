@@ -192,6 +192,8 @@ def base_url_for(region: str) -> str:
 
 class BedrockAdapter(ProviderAdapter):
     name: ClassVar[str] = "bedrock"
+    options_from_config: ClassVar[bool] = True
+    otel_name: ClassVar[str | None] = "aws.bedrock"
     display_name: ClassVar[str] = "AWS Bedrock"
     default_base_url: ClassVar[str] = base_url_for(DEFAULT_REGION)
     # `ACCESS_KEY_ID:SECRET[:SESSION_TOKEN]` or a Bedrock API key; unset: the standard AWS chain.

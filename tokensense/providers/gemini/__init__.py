@@ -43,6 +43,7 @@ class GeminiStreamUsage(StreamUsage):
 
 class GeminiAdapter(ProviderAdapter):
     name: ClassVar[str] = "gemini"
+    otel_name: ClassVar[str | None] = "gcp.gemini"
     display_name: ClassVar[str] = "Google Gemini"
     default_base_url: ClassVar[str] = "https://generativelanguage.googleapis.com"
     env_key: ClassVar[str] = "GEMINI_API_KEY"

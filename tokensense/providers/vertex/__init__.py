@@ -126,6 +126,8 @@ class VertexStreamUsage(StreamUsage):
 
 class VertexAdapter(ProviderAdapter):
     name: ClassVar[str] = "vertex"
+    options_from_config: ClassVar[bool] = True
+    otel_name: ClassVar[str | None] = "gcp.vertex_ai"
     display_name: ClassVar[str] = "Google Vertex AI"
     default_base_url: ClassVar[str] = base_url_for(DEFAULT_LOCATION)
     # A service-account JSON (the key itself, not a path); unset: Application Default Credentials.
