@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from addons.admit import Admit
 from addons.chain import TokenSenseChain
+from addons.client_timeouts import ClientTimeouts
 from addons.forward import Forward
 from addons.inflight import InFlightCalls
 from addons.intercept import Intercept
@@ -39,6 +40,7 @@ def tokensense_addons(runtime: Runtime | None = None) -> list[object]:
         Metering(runtime),
         Recording(),  # sees every call metered
         Observability(runtime),  # metrics, spans and budget alerts from each record
+        ClientTimeouts(runtime.settings.client_idle_timeout),
         InFlightCalls(runtime),  # last: a call ends once it is recorded
     ]
 

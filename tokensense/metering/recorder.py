@@ -207,8 +207,10 @@ class UsageRecorder:
         leftovers = [r for r in self._drain(self._queue) if r is not _STOP]
         for start in range(0, len(leftovers), self.max_batch):
             self._store(leftovers[start:start + self.max_batch])
-        # Spooled records go to the database while the grace lasts; the rest wait for the next start.
-        while self.spool is not None and self.spool.pending and not self._outage and self._time_left() > 1.0:
+        # Spooled records go to the database while the grace lasts (one more try if it was
+        # out); the rest wait for the next start.
+        self._probe_at = 0.0
+        while self.spool is not None and self.spool.pending and self._time_left() > 1.0:
             if not self._replay_some():
                 break
 
@@ -310,11 +312,10 @@ class UsageRecorder:
             self._hold(batch)
             return
         try:
-            kept = self.spool.append(batch)
+            self.spool.append(batch)  # past its bound, the spool counts what it drops
         except OSError as e:
             log.error("could not write %d usage records to the spool: %s", len(batch), e)
-            kept = 0
-        self.lost += len(batch) - kept
+            self.lost += len(batch)
 
     def _hold(self, batch: list[UsageCreate]) -> None:
         """No spool (tests): retry the batch until it is written or the recorder closes."""
@@ -390,11 +391,10 @@ class UsageRecorder:
             records = [r for r in batch if r is not _STOP]
             if records:
                 try:
-                    kept = self.spool.append(records)
+                    self.spool.append(records)
                 except (OSError, ValueError) as e:
                     log.error("could not spool %d usage records: %s", len(records), e)
-                    kept = 0
-                self.lost += len(records) - kept
+                    self.lost += len(records)
                 self._done(len(records))
             if stop:
                 return

@@ -112,8 +112,8 @@ class Spool:
                 self.dropped += dropped
                 if not self._full:
                     self._full = True
-                    log.error("usage spool full (%d MB, TOKENSENSE_SPOOL_MAX_MB): dropping usage records until "
-                              "the database takes the spooled ones", self.max_bytes // 1_000_000)
+                    log.error("usage spool full (%s bytes, TOKENSENSE_SPOOL_MAX_MB): dropping usage records until "
+                              "the database takes the spooled ones", f"{self.max_bytes:,}")
             return len(kept)
 
     def _open_own(self) -> SpoolFile:
