@@ -1,4 +1,4 @@
-"""Closes client connections that sit idle or half-sent past TOKENSENSE_CLIENT_IDLE_TIMEOUT (slowloris)."""
+"""Closes gateway client connections that sit idle or half-sent past TOKENSENSE_CLIENT_IDLE_TIMEOUT (slowloris)."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ import logging
 import time
 
 from mitmproxy import connection, ctx, http
+from mitmproxy.proxy import mode_specs
 
 from tokensense.gateway.client_timeouts import ClientClock
 
@@ -23,7 +24,10 @@ class ClientTimeouts:
             self._sweeper = asyncio.get_running_loop().create_task(self._sweep())
 
     def client_connected(self, client: connection.Client) -> None:
-        self.clock.connected(client.id, time.monotonic())
+        # The gateway's own (reverse-proxy) connections only: the intercept proxy's tunnels to
+        # other hosts carry no HTTP flows this clock could see, and would look idle.
+        if isinstance(client.proxy_mode, mode_specs.ReverseMode):
+            self.clock.connected(client.id, time.monotonic())
 
     def client_disconnected(self, client: connection.Client) -> None:
         self.clock.disconnected(client.id)

@@ -270,3 +270,46 @@ def test_event_boundary_split_across_chunks_is_found(size: int) -> None:
     splitter = EventSplitter()
     events = [e for i in range(0, len(data), size) for e in splitter.feed(data[i : i + size])]
     assert events == [b"data: a\r\n\r\n", b"data: b\n\n", b"data: c\r\r"]
+
+
+# --- slow clients and calls in flight ------------------------------------------------
+
+
+def test_client_clock_times_only_what_waits_for_the_client() -> None:
+    from tokensense.gateway.client_timeouts import ClientClock
+
+    clock = ClientClock(timeout=10)
+    for client in ("idle", "head", "body", "upstream", "answered"):
+        clock.connected(client, now=0)
+    clock.head_received("body", "f1", now=1)
+    clock.head_received("upstream", "f2", now=1)
+    clock.body_received("upstream", "f2")  # with the provider now: not the client's fault
+    clock.head_received("answered", "f3", now=1)
+    clock.body_received("answered", "f3")
+    clock.finished("answered", "f3", now=8)  # keep-alive: idle again from 8
+    assert clock.expired(now=5) == []
+    assert sorted(clock.expired(now=12)) == [("body", "half-sent"), ("head", "idle"), ("idle", "idle")]
+    assert clock.expired(now=17) == []
+    assert clock.expired(now=19) == [("answered", "idle")]
+    assert clock.expired(now=1000) == [], "a call with the provider is never timed here"
+    assert (clock.closed_idle, clock.closed_half_sent) == (3, 1)
+
+
+async def test_in_flight_counter_waits_for_the_last_call() -> None:
+    import asyncio
+
+    from tokensense.gateway.shutdown import InFlight
+
+    inflight = InFlight()
+    assert await inflight.wait_empty(0)
+    inflight.started("a")
+    inflight.started("b")
+    waiter = asyncio.ensure_future(inflight.wait_empty(30))
+    inflight.finished("a")
+    inflight.finished("a")  # a flow may end through two hooks
+    await asyncio.sleep(0)
+    assert not waiter.done()
+    inflight.finished("b")
+    assert await waiter
+    inflight.started("c")
+    assert not await inflight.wait_empty(0.01)
