@@ -52,7 +52,7 @@ class ClientTimeouts:
             if not expired:
                 continue
             proxyserver = ctx.master.addons.get("proxyserver")
-            for client_id, why in expired:
+            for client_id, _why in expired:
                 handler = proxyserver.connections.get(client_id) if proxyserver else None
                 if handler is not None:
                     # mitmproxy's own way to end a connection that timed out (cancels its task).

@@ -33,7 +33,6 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(ROOT / "tests"), str(ROOT)]
 
 import httpx  # noqa: E402
-
 from conftest import free_port, start_fake_provider, start_gateway, stop  # noqa: E402
 from own_servers import OwnPostgres, wait_until  # noqa: E402
 
@@ -171,7 +170,8 @@ def overspend(args: argparse.Namespace) -> dict:
             body = {"model": model, **extra,
                     "messages": [{"role": "user", "content": "write a long story about a lighthouse keeper"}]}
 
-            def call(_: int, key: str = key, workflow: str = workflow, body: dict = body) -> int:
+            def call(_: int, key: str = key, workflow: str = workflow, body: dict = body,
+                     answer_tokens: int = answer_tokens) -> int:
                 return httpx.post(f"{gw.url}/v1/chat/completions", json=body, timeout=60, headers={
                     "authorization": f"Bearer {key}", "x-workflow-tag": workflow, "x-fake-delay": "0.5",
                     "x-fake-chunks": str(answer_tokens)}).status_code

@@ -51,7 +51,7 @@ class OwnPostgres:
         shutil.rmtree(self.dir, ignore_errors=True)
 
 
-def wait_until(predicate, timeout: float = 60.0, step: float = 0.1) -> bool:  # noqa: ANN001
+def wait_until(predicate, timeout: float = 60.0, step: float = 0.1) -> bool:
     """Poll `predicate` until it is true (a guard against hangs, not a timed assertion)."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:

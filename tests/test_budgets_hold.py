@@ -11,8 +11,8 @@ import subprocess
 import uuid
 
 import pytest
-
 from conftest import free_port
+
 from tokensense.gateway.limits import (
     BudgetDecision,
     CountersUnavailable,

@@ -2,18 +2,15 @@
 
 from __future__ import annotations
 
-import json
 import signal
 import socket
 import subprocess
-import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import httpx
 import pytest
-
 from conftest import BIN, FakeProvider, Gateway, clean_env, free_port, start_gateway, stop
 from own_servers import OwnPostgres, wait_until
 

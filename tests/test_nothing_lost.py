@@ -38,7 +38,7 @@ class SwitchableDatabase:
         self.gate.set()
         event.listen(self.engine, "before_cursor_execute", self._before)
 
-    def _before(self, conn, cursor, statement, parameters, context, executemany) -> None:  # noqa: ANN001
+    def _before(self, conn, cursor, statement, parameters, context, executemany) -> None:
         if statement.lstrip().upper().startswith("INSERT"):
             self.gate.wait()
             if self.down:
@@ -158,7 +158,7 @@ def test_spool_left_by_a_killed_process_is_replayed_once(tmp_path: Path) -> None
     path = next((tmp_path / SPOOL_DIRECTORY).glob("usage-*.jsonl"))
     with open(path, "ab") as f:
         f.write(b'{"request_id": "cut-sho')  # a line cut by SIGKILL mid-write
-    dead._own.handle.close()  # noqa: SLF001  (the process died: its lock is gone, its file stays)
+    dead._own.handle.close()
     recorder = recorder_for(db, tmp_path)
     recorder.submit(UsageCreate(request_id="new"))
     assert recorder.flush(timeout=10)

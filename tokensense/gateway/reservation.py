@@ -17,9 +17,9 @@ import math
 from typing import Any
 
 from tokensense.gateway.call import CallContext
+from tokensense.gateway.endpoints import Endpoint
 from tokensense.gateway.errors import GatewayError
 from tokensense.gateway.limits import BudgetDecision
-from tokensense.gateway.endpoints import Endpoint
 from tokensense.metering.usage import TokenUsage
 
 # Largest output of a model family, by the longest matching name prefix (tokens).
@@ -92,9 +92,14 @@ def prompt_tokens(body: dict[str, Any]) -> int:
     return math.ceil(chars / 3) + 8
 
 
+def _generation_config(body: dict[str, Any]) -> dict[str, Any]:
+    config = body.get("generationConfig")
+    return config if isinstance(config, dict) else {}
+
+
 def output_cap(body: dict[str, Any]) -> int | None:
     """The output cap `body` sets, in whichever field its format uses; None if it sets none."""
-    config = body.get("generationConfig") if isinstance(body.get("generationConfig"), dict) else {}
+    config = _generation_config(body)
     for cap in (body.get("max_completion_tokens"), body.get("max_tokens"), body.get("max_output_tokens"),
                 config.get("maxOutputTokens")):
         if isinstance(cap, int) and not isinstance(cap, bool) and cap > 0:
@@ -103,7 +108,7 @@ def output_cap(body: dict[str, Any]) -> int | None:
 
 
 def _choices(body: dict[str, Any]) -> int:
-    config = body.get("generationConfig") if isinstance(body.get("generationConfig"), dict) else {}
+    config = _generation_config(body)
     n = body.get("n") or config.get("candidateCount") or 1
     return n if isinstance(n, int) and not isinstance(n, bool) and 1 <= n <= 128 else 1
 

@@ -127,8 +127,8 @@ class Runtime:
         if self.keys:
             self.keys.stop()
 
-    async def aclose(self, timeout: float = 30.0) -> None:
+    async def aclose(self, grace: float = 30.0) -> None:
         # The recorder's close waits for the database (or the spool): off the event loop.
-        await asyncio.to_thread(self.close, timeout)
+        await asyncio.to_thread(self.close, grace)
         if self.counters is not None:
             await self.counters.close()

@@ -54,13 +54,13 @@ class InFlight:
         if not self._ids and self._empty is not None:
             self._empty.set()
 
-    async def wait_empty(self, timeout: float) -> bool:
-        """Wait until no call is in flight; False if `timeout` passed first."""
+    async def wait_empty(self, within: float) -> bool:
+        """Wait until no call is in flight; False if `within` seconds passed first."""
         if not self._ids:
             return True
         self._empty = asyncio.Event()
         try:
-            await asyncio.wait_for(self._empty.wait(), timeout=max(timeout, 0))
+            await asyncio.wait_for(self._empty.wait(), timeout=max(within, 0))
         except TimeoutError:
             return False
         return True
@@ -97,4 +97,4 @@ async def drain_and_close(runtime: Runtime) -> None:
     elif waiting:
         log.info("shutting down: the %d calls in flight finished", waiting)
     flush_time = max(deadline - time.monotonic(), MIN_FLUSH_SECONDS)
-    await runtime.aclose(timeout=flush_time)
+    await runtime.aclose(grace=flush_time)

@@ -178,7 +178,7 @@ class UsageRecorder:
         behind = False
         while not stopping:
             item = self._next(self._idle_wait())
-            batch: list[UsageCreate] = []
+            batch: list = []
             if item is _STOP:
                 stopping = True
             elif item is not None:

@@ -119,7 +119,7 @@ class Spool:
     def _open_own(self) -> SpoolFile:
         _private_directory(self.directory)
         path = self.directory / f"usage-{os.getpid()}-{time.time_ns()}.jsonl"
-        handle = open(path, "a+b")  # noqa: SIM115 - kept open while the file exists
+        handle = open(path, "a+b")
         fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
         self._own = SpoolFile(path, handle, 0)
         log.warning("database unavailable: spooling usage records to %s", path)
@@ -137,7 +137,7 @@ class Spool:
             for path in sorted(self.directory.glob("usage-*.jsonl"), key=lambda p: p.stat().st_mtime):
                 if path in held:
                     continue
-                handle = open(path, "r+b")  # noqa: SIM115
+                handle = open(path, "r+b")
                 try:
                     fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
                 except OSError:
@@ -232,19 +232,20 @@ class DeadLetters:
         self.count = 0  # quarantined by this process
 
     def add(self, record: UsageCreate | str, reason: str) -> None:
-        entry = {"quarantined_at": datetime.now(UTC).isoformat(), "reason": reason}
+        entry: dict[str, object] = {"quarantined_at": datetime.now(UTC).isoformat(), "reason": reason}
         if isinstance(record, str):
             entry["raw"] = record
+            request_id = "(unreadable)"
         else:
             entry["record"] = record.model_dump(mode="json")
+            request_id = record.request_id
         line = json.dumps(entry, ensure_ascii=True, separators=(",", ":")).encode() + b"\n"
         with self._lock:
             _private_directory(self.path.parent)
             with open(self.path, "ab") as f:
                 f.write(line)
             self.count += 1
-        log.error("usage record %s quarantined in %s: %s",
-                  entry.get("record", {}).get("request_id", "(unreadable)"), self.path, reason)
+        log.error("usage record %s quarantined in %s: %s", request_id, self.path, reason)
 
 
 def quarantined_count(home: Path) -> int:
