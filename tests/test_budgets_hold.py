@@ -68,6 +68,7 @@ def test_budget_decision_reasons() -> None:
     assert budget_decision(1.0, 0.5, 0.3, 0.3).reason == "reserved"  # free once the calls in flight settle
     assert budget_decision(1.0, 1.0, 0.0, 0.1).reason == "spent"
     assert budget_decision(1.0, 0.9, 0.0, 0.2).reason == "insufficient"
+    assert budget_decision(0.0, 0.0, 0.0, 0.0).reason == "spent", "a zero budget admits nothing, not even a free call"
 
 
 def test_refusal_says_spent_and_reserved_separately() -> None:

@@ -73,8 +73,8 @@ class BudgetDecision:
 
 
 def budget_decision(budget: float, spent: float, reserved: float, amount: float) -> BudgetDecision:
-    """Admit a reservation of `amount` only if spent + reserved + amount fits in `budget`."""
-    if spent + reserved + amount <= budget:
+    """Admit a reservation of `amount` only if spent + reserved + amount fits in `budget` (never once spent)."""
+    if spent < budget and spent + reserved + amount <= budget:
         return BudgetDecision(True, spent, reserved + amount, amount)
     if spent >= budget:
         reason = "spent"
@@ -239,7 +239,7 @@ local budget, amount, ttl = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[
 local spent = tonumber(redis.call('HGET', key, 'spent') or '0')
 local reserved = tonumber(redis.call('HGET', key, 'reserved') or '0')
 if reserved < 0 then reserved = 0 end
-if spent + reserved + amount > budget then
+if spent >= budget or spent + reserved + amount > budget then
   return {0, tostring(spent), tostring(reserved)}
 end
 reserved = tonumber(redis.call('HINCRBYFLOAT', key, 'reserved', amount))
