@@ -15,8 +15,8 @@ from tokensense.gateway.flowmeta import RATE
 from tokensense.gateway.limits import RateDecision
 from tokensense.gateway.policy import budget_window, check_access, estimate_cost, estimate_usage, limits_for
 from tokensense.gateway.price_policy import unpriced_refusal
-from tokensense.gateway.routing import MEDIA_ENDPOINTS
 from tokensense.gateway.reservation import budget_refusal, call_reservation
+from tokensense.gateway.routing import MEDIA_ENDPOINTS
 from tokensense.gateway.runtime import Runtime
 from tokensense.metering.usage import TokenUsage
 from tokensense.storage.models import UsageCreate

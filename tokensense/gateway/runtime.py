@@ -13,8 +13,8 @@ from tokensense.config import FileConfig, load_config
 from tokensense.gateway.keys import KeyStore
 from tokensense.gateway.limits import CounterStore, make_counters
 from tokensense.gateway.shared_counters import hub_socket_from_env
-from tokensense.metering.hub_recorder import HubRecorder
 from tokensense.gateway.shutdown import InFlight
+from tokensense.metering.hub_recorder import HubRecorder
 from tokensense.metering.pricing import PriceBook
 from tokensense.metering.recorder import UsageRecorder, describe_error, usage_recorder
 from tokensense.settings import Settings, get_settings

@@ -21,6 +21,7 @@ import logging
 import queue
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from sqlalchemy.engine import Engine
@@ -82,13 +83,15 @@ class UsageRecorder:
     """
 
     def __init__(self, engine: Engine, *, interval: float = 0.25, max_batch: int = 500, max_queue: int = 10_000,
-                 spool: Spool | None = None, dead_letters: DeadLetters | None = None) -> None:
+                 spool: Spool | None = None, dead_letters: DeadLetters | None = None,
+                 on_written: Callable[[list[UsageCreate]], None] | None = None) -> None:
         self.engine = engine
         self.interval = interval
         self.max_batch = max_batch
         self.max_queue = max_queue
         self.spool = spool
         self.dead_letters = dead_letters
+        self.on_written = on_written  # called in the writer thread with the records now in the database
         self._queue: queue.SimpleQueue = queue.SimpleQueue()
         self._overflow: queue.SimpleQueue = queue.SimpleQueue()
         self._closed = False
@@ -238,6 +241,14 @@ class UsageRecorder:
             self._pending -= count
             self._idle.notify_all()
 
+    def _written(self, records: list[UsageCreate]) -> None:
+        self.written += len(records)
+        if self.on_written is not None and records:
+            try:
+                self.on_written(records)
+            except Exception:
+                log.exception("usage callback failed")
+
     def _insert(self, records: list[UsageCreate]) -> None:
         with Session(self.engine) as session:
             record_usages(session=session, usages=records)
@@ -271,7 +282,7 @@ class UsageRecorder:
                     self._write_rows(batch, e)
                     return
                 continue
-            self.written += len(batch)
+            self._written(batch)
             if self._outage:
                 self._outage = False
                 self._probe_failures = 0
@@ -295,7 +306,7 @@ class UsageRecorder:
                     return
                 self._quarantine(record, describe_error(e))
             else:
-                self.written += 1
+                self._written([record])
 
     def _quarantine(self, record: UsageCreate | str, reason: str) -> None:
         if self.dead_letters is not None:
@@ -329,7 +340,7 @@ class UsageRecorder:
                     return
                 continue
             self._outage = False
-            self.written += len(batch)
+            self._written(batch)
             return
         self.lost += len(batch)
         log.error("dropped %d usage records: the database was unavailable at shutdown", len(batch))
@@ -372,7 +383,7 @@ class UsageRecorder:
             self._quarantine(line, reason)
         self.spool.mark_replayed(spool_file, batch)
         self.replayed += len(batch.records)
-        self.written += len(batch.records)
+        self._written(batch.records)
         if self._outage:
             self._outage = False
             self._probe_failures = 0
