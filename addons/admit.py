@@ -50,9 +50,7 @@ class Admit:
         set_call(flow, call)
         if route.endpoint is Endpoint.HEALTH:
             call.recorded = True  # a health check is not a provider call
-            ok = self.runtime.started and await asyncio.to_thread(self.runtime.database_ok)
-            answer_json(flow, 200 if ok else 503, {"status": "ok" if ok else "degraded",
-                                                   "database": "ok" if ok else "unreachable"})
+            answer_json(flow, *await asyncio.to_thread(self.runtime.health))
             refuse_body(flow)
             return
         call.attribution = attribution(req.headers, None)  # refused calls are attributed too

@@ -9,7 +9,8 @@ from mitmproxy import ctx
 
 from addons import mitmproxy_compat
 from tokensense.gateway import redact
-from tokensense.gateway.runtime import Runtime
+from tokensense.gateway.runtime import EXIT_DATABASE_UNAVAILABLE, Runtime, StartupError
+from tokensense.gateway.shutdown import drain_and_close
 
 log = logging.getLogger(__name__)
 
@@ -42,7 +43,11 @@ class Lifecycle:
             ctx.options.update(**updates)
         elif any(m.startswith("reverse:") for m in ctx.options.mode):
             ctx.options.update(connection_strategy="lazy")
-        self.runtime.start()
+        try:
+            self.runtime.start()
+        except StartupError as e:
+            log.error("%s", e)  # one line, no traceback; the exit status says "try again later"
+            raise SystemExit(EXIT_DATABASE_UNAVAILABLE) from None
         # The price catalog, mitmproxy and the libraries leave ~150,000 objects that
         # live as long as the process. Each full collection of the garbage collector
         # walked all of them, a pause of 50-100 ms every few hundred requests; frozen,
@@ -52,8 +57,9 @@ class Lifecycle:
         log.info("TokenSense gateway ready (database: %s)", _safe_url(self.runtime.settings.effective_database_url))
 
     async def done(self) -> None:
-        # mitmproxy calls `done` on SIGINT/SIGTERM too: the recorder drains its queue.
-        await self.runtime.aclose()
+        # mitmproxy calls `done` on SIGINT/SIGTERM too: stop accepting, let the calls in
+        # flight finish, then the recorder drains its queue (tokensense/gateway/shutdown.py).
+        await drain_and_close(self.runtime)
 
 
 def _safe_url(url: str) -> str:

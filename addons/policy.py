@@ -15,6 +15,7 @@ from tokensense.gateway.flowmeta import RATE
 from tokensense.gateway.limits import RateDecision
 from tokensense.gateway.policy import budget_window, check_access, estimate_cost, estimate_usage, limits_for
 from tokensense.gateway.price_policy import unpriced_refusal
+from tokensense.gateway.reservation import budget_refusal, call_reservation
 from tokensense.gateway.routing import MEDIA_ENDPOINTS
 from tokensense.gateway.runtime import Runtime
 from tokensense.metering.usage import TokenUsage
@@ -76,7 +77,9 @@ class Policy:
 
         if key.budget_usd is not None:
             window, start, resets_in = budget_window(key.budget_period)
-            amount = estimate_cost(self.runtime.prices, call.provider, call.model, estimate)
+            # The largest cost the call can have: its output cap as sent upstream, else the model's maximum.
+            reservation = call_reservation(call, body) if isinstance(body, dict) else estimate
+            amount = estimate_cost(self.runtime.prices, call.provider, call.model, reservation)
             try:
                 budget = await counters.reserve_budget(
                     key.id, window, key.budget_usd, amount,
@@ -85,11 +88,9 @@ class Policy:
                 log.warning("budget counters unavailable, refusing: %s", type(e).__name__)
                 answer_error(flow, call.fmt, _LIMITS_UNAVAILABLE)
                 return
-            if not budget.allowed:
-                period = {"daily": "for today", "monthly": "for this month"}.get(key.budget_period, "in total")
-                answer_error(flow, call.fmt, GatewayError(
-                    402, f"The key `{key.name}` has spent its budget of ${key.budget_usd:g} {period} "
-                    f"(${budget.spent:.6f} spent).", code="budget_exceeded"), headers=_rate_headers(flow))
+            if not budget.allowed:  # 429 while held by calls in flight, 402 once spent
+                error, headers = budget_refusal(key.name, key.budget_usd, key.budget_period, budget)
+                answer_error(flow, call.fmt, error, headers={**_rate_headers(flow), **headers})
                 return
             call.on_record.append(partial(self._settle_budget, call, window, amount))
         call.policed = True

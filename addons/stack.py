@@ -4,7 +4,9 @@ from __future__ import annotations
 
 from addons.admit import Admit
 from addons.chain import TokenSenseChain
+from addons.client_timeouts import ClientTimeouts
 from addons.forward import Forward
+from addons.inflight import InFlightCalls
 from addons.intercept import Intercept
 from addons.lifecycle import Lifecycle
 from addons.media import Media
@@ -39,7 +41,9 @@ def tokensense_addons(runtime: Runtime | None = None) -> list[object]:
         UpstreamErrors(runtime.settings.upstream_timeout),
         Metering(runtime),
         Recording(),  # sees every call metered
-        Observability(runtime),  # last: metrics, spans and budget alerts from each record
+        Observability(runtime),  # metrics, spans and budget alerts from each record
+        ClientTimeouts(runtime.settings.client_idle_timeout),
+        InFlightCalls(runtime),  # last: a call ends once it is recorded
     ]
 
 

@@ -150,11 +150,12 @@ def test_budget_holds_across_instances_under_parallel_load(cluster: Cluster) -> 
     with ThreadPoolExecutor(max_workers=20) as pool:  # bounded parallel load
         answers = list(pool.map(call, range(20)))
     ok = [a for a in answers if a.status_code == 200]
-    assert ok and all(a.status_code in (200, 402) for a in answers)
+    # 429 (with Retry-After) while the budget is held by calls in flight, 402 once spent (issue 12).
+    assert ok and all(a.status_code in (200, 402, 429) for a in answers)
     rows = cluster.wait_records(20, workflow=workflow)
     spent = sum(r["cost_usd"] for r in rows)
     billed = sum(prices.token_cost("openai", "gpt-4o-mini", TokenUsage(
         input_tokens=a.json()["usage"]["prompt_tokens"], output_tokens=a.json()["usage"]["completion_tokens"]))
         for a in ok)
     assert spent == pytest.approx(billed)
-    assert spent <= budget + one_call * 1.0001, "overspent by more than the calls in flight"
+    assert spent <= budget * 1.0001, "each call reserves its largest cost: no overspend, across instances too"

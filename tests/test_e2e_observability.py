@@ -30,7 +30,7 @@ pytestmark = pytest.mark.e2e
 
 TRACE_ID = "4bf92f3577b34da6a3ce929d0e0e4736"
 PARENT_ID = "00f067aa0ba902b7"
-BUDGET = 10.0
+BUDGET = 80.0
 # $1 per input and per output token: each call's cost is its token count, so thresholds are easy to place.
 CONFIG = """
 [models."obs-model"]
@@ -123,20 +123,23 @@ def test_metrics_spans_and_alerts_match_the_records(obs_gateway: Gateway,
                          json={"model": "gpt-4o-mini", "messages": []}, timeout=30)
     assert refused.status_code == 401  # refused at admission: counted too
 
-    # A key with a $10 budget: each call costs its tokens (5 prompt words + 1 reply word = $6? see the records).
+    # A key with an $80 budget: each call costs its tokens (2 prompt words + 1 reply word + R reasoning tokens)
+    # and reserves $16 (the prompt's 7 characters / 3 + 8, and max_tokens 5). Reasoning tokens beyond the cap
+    # (a provider that does not honour it) shape the spend: 43 (past 50%), 64 (80%), 97 (past 100%), then 402.
     alerted = json.loads(gw.cli("keys", "create", "alerted", "--budget-usd", str(BUDGET), "--json").stdout)
     spend = OpenAI(base_url=f"{gw.url}/v1", api_key=alerted["key"], max_retries=0)
     statuses = []
-    for _ in range(6):
+    for reasoning in (40, 18, 30, 0, 0, 0):
         try:
             spend.chat.completions.create(model="obs-model", messages=[{"role": "user", "content": "one two"}],
-                                          max_tokens=5, extra_headers={"x-fake-reply": "three"})
+                                          max_tokens=5, extra_headers={"x-fake-reply": "three",
+                                                                       "x-fake-reasoning-tokens": str(reasoning)})
             statuses.append(200)
         except Exception as e:  # 402 once the budget is spent
             statuses.append(getattr(e, "status_code", None))
         # Each call waits for the one before to be settled, so spend grows one call at a time.
         gw.wait_records(statuses.count(200), key_id=alerted["id"])
-    assert statuses[:4] == [200] * 4 and 402 in statuses, statuses
+    assert statuses[:3] == [200] * 3 and statuses[3:] == [402] * 3, statuses
 
     rows, found = settled(gw, 6 + len(statuses))
     assert any(r["status"] == 401 for r in rows)

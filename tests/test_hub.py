@@ -43,12 +43,12 @@ def test_counters_and_records_shared_by_clients(tmp_path: Path) -> None:
             loads.append(1)
             return 0.75
 
-        budget = await first.reserve_budget("key", "w1", 1.0, 0.3, load_spent, None)
-        assert budget.allowed and budget.spent == 0.75 and abs(budget.reserved - 0.3) < 1e-9
-        # 0.75 spent and 0.3 reserved by the other client: the budget is taken.
+        budget = await first.reserve_budget("key", "w1", 1.0, 0.2, load_spent, None)
+        assert budget.allowed and budget.spent == 0.75 and abs(budget.reserved - 0.2) < 1e-9
+        # 0.75 spent and 0.2 reserved by the other client: 0.1 more does not fit (issue 12's rule).
         assert not (await second.reserve_budget("key", "w1", 1.0, 0.1, load_spent, None)).allowed
         assert loads == [1]  # the window was loaded once, by the first client
-        await first.settle_budget("key", "w1", 0.3, 0.0)
+        await first.settle_budget("key", "w1", 0.2, 0.0)
         assert (await second.reserve_budget("key", "w1", 1.0, 0.1, load_spent, None)).allowed
 
         recorder = HubRecorder(str(hub.path))

@@ -35,7 +35,7 @@ from tests.conftest import (
     wait_healthy,
 )
 
-CHAT = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "Say hello"}]}
+CHAT = {"model": "gpt-4o-mini", "max_tokens": 20, "messages": [{"role": "user", "content": "Say hello"}]}
 
 
 def worker_pids(supervisor: subprocess.Popen) -> list[int]:
@@ -139,7 +139,14 @@ def test_budget_reserves_across_workers(workers_gateway: Gateway) -> None:
     """A budget spent through one worker is spent for the other, which had already counted the key."""
     gw = workers_gateway
     cost = _one_call_cost(gw)
-    budget = cost * 3.5  # four calls fit (the fourth starts at 3 x cost < budget); the fifth does not
+    # Each call reserves its largest cost (issue 12): four calls fit (the fourth starts at 3 x cost spent);
+    # the fifth does not.
+    from tokensense.gateway.reservation import reservation_usage
+    from tokensense.metering.pricing import PriceBook
+
+    reserved = PriceBook().token_cost("openai", "gpt-4o-mini", reservation_usage(
+        CHAT, max_output_tokens=None, model_max_output=None))
+    budget = cost * 3.5 + reserved
     key = json.loads(gw.cli("keys", "create", "budget", "--budget-usd", repr(budget), "--json").stdout)["key"]
     pids = worker_pids(gw.process)
     first, second = pids

@@ -5,6 +5,7 @@ from __future__ import annotations
 import functools
 import os
 from pathlib import Path
+from typing import Literal
 
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -27,6 +28,13 @@ class Settings(BaseSettings):
     max_body_mb: float = Field(default=32.0, gt=0)  # largest JSON request body accepted (413 beyond)
     max_upload_mb: float = Field(default=25.0, gt=0)  # largest multipart upload (audio transcriptions)
     flush_interval: float = 0.25
+    # Nothing lost (README "Nothing lost"): shutdown drain, spool, Redis outages, slow clients.
+    shutdown_grace: float = 10.0  # seconds in-flight calls get to finish on SIGTERM/SIGINT, then the flush
+    spool_max_mb: int = 512  # bound of the usage spool (records waiting for the database)
+    record_queue_max: int = 10_000  # records held in memory for the writer; past it they go to the spool
+    limits_on_outage: Literal["local", "closed"] = "local"  # Redis unreachable: per-instance counters, or 503
+    redis_timeout: float = 0.15  # seconds: connect and socket timeout of Redis calls
+    client_idle_timeout: float = 60.0  # seconds a client connection may sit idle or half-sent
     config_file: Path | None = None
     # Prometheus: distinct values a client-chosen label (workflow, project, model) may take before folding into `other`.
     metrics_max_label_values: int = 100

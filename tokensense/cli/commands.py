@@ -605,7 +605,19 @@ def _cmd_usage(args: argparse.Namespace) -> int:
         _print_usage_groups(fields, rows)
     else:
         _print_usage_records(rows)
+    _warn_quarantined()
     return 0
+
+
+def _warn_quarantined() -> None:
+    """One line on stderr when records were quarantined (the report above does not hold them)."""
+    from tokensense.metering.spool import DEAD_LETTER_FILE, quarantined_count
+
+    home = get_settings().home
+    count = quarantined_count(home)
+    if count:
+        print(f"{count} usage record{'s' if count != 1 else ''} quarantined: the database refused "
+              f"{'them' if count != 1 else 'it'}; see {home / DEAD_LETTER_FILE}", file=sys.stderr)
 
 
 # --- db (schema migrations) -------------------------------------------------

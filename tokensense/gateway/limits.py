@@ -7,11 +7,18 @@ Both stores make the same decisions:
   estimated tokens fit under TPM; `retry_after` is the time until the oldest
   entries leave the window and make room. When the call ends its estimated
   tokens are replaced by the real count.
-- Budgets hold, per key and period window, what was spent and what the calls in
-  flight have reserved (their estimated cost). A call is admitted while
-  spent + reserved is below the budget, and reserves its estimate; when it ends
-  the reservation is released and the real cost added. So N parallel calls can
-  overspend only by what was in flight when the budget ran out.
+- Budgets hold, per key and period window, what was spent (settled) and what
+  the calls in flight have reserved (the largest cost each can have, see
+  `tokensense/gateway/reservation.py`). A call is admitted only while
+  spent + reserved + its own reservation fits in the budget; when it ends the
+  reservation is released and the real cost added. So parallel calls cannot
+  overspend when the provider honours the output cap. A refused call learns
+  why: the budget is spent, it is held by calls in flight (retry soon), or this
+  call's largest cost does not fit in what is left.
+
+`ResilientCounters` wraps the Redis store for Redis outages: short timeouts, then
+either in-process counters (limits per instance, one warning a minute) or a 503
+(`TOKENSENSE_LIMITS_ON_OUTAGE=local|closed`).
 """
 
 from __future__ import annotations
@@ -59,8 +66,23 @@ class RateDecision:
 @dataclass(slots=True)
 class BudgetDecision:
     allowed: bool
-    spent: float
-    reserved: float
+    spent: float  # settled spend in the window
+    reserved: float  # held by calls in flight (this one included when allowed)
+    amount: float = 0.0  # this call's reservation
+    reason: str | None = None  # when refused: "spent", "reserved" (by calls in flight) or "insufficient"
+
+
+def budget_decision(budget: float, spent: float, reserved: float, amount: float) -> BudgetDecision:
+    """Admit a reservation of `amount` only if spent + reserved + amount fits in `budget` (never once spent)."""
+    if spent < budget and spent + reserved + amount <= budget:
+        return BudgetDecision(True, spent, reserved + amount, amount)
+    if spent >= budget:
+        reason = "spent"
+    elif spent + amount <= budget:
+        reason = "reserved"  # fits once the calls in flight settle
+    else:
+        reason = "insufficient"
+    return BudgetDecision(False, spent, reserved, amount, reason)
 
 
 def format_duration(seconds: float) -> str:
@@ -168,10 +190,10 @@ class MemoryCounters:
                         self._budgets.pop(old, None)
                     self._budgets[slot] = [spent, 0.0]
         counter = self._budgets[slot]
-        if counter[0] + counter[1] >= budget:
-            return BudgetDecision(False, counter[0], counter[1])
-        counter[1] += amount
-        return BudgetDecision(True, counter[0], counter[1])
+        decision = budget_decision(budget, counter[0], counter[1], amount)
+        if decision.allowed:
+            counter[1] += amount
+        return decision
 
     async def settle_budget(self, key_id: str, window: str, reserved: float, actual: float) -> None:
         counter = self._budgets.get((key_id, window))
@@ -217,7 +239,7 @@ local budget, amount, ttl = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[
 local spent = tonumber(redis.call('HGET', key, 'spent') or '0')
 local reserved = tonumber(redis.call('HGET', key, 'reserved') or '0')
 if reserved < 0 then reserved = 0 end
-if spent + reserved >= budget then
+if spent >= budget or spent + reserved + amount > budget then
   return {0, tostring(spent), tostring(reserved)}
 end
 reserved = tonumber(redis.call('HINCRBYFLOAT', key, 'reserved', amount))
@@ -239,10 +261,17 @@ return 1
 class RedisCounters:
     """Counters in Redis, shared by every instance; each decision is one atomic Lua script."""
 
-    def __init__(self, url: str, prefix: str = "tokensense") -> None:
+    def __init__(self, url: str, prefix: str = "tokensense", timeout: float | None = None) -> None:
         import redis.asyncio as redis
 
-        self.redis = redis.Redis.from_url(url, decode_responses=True)
+        options: dict = {}
+        if timeout is not None:
+            # A frozen Redis costs a call at most `timeout` (no retry: the caller falls back).
+            from redis.asyncio.retry import Retry
+            from redis.backoff import NoBackoff
+
+            options = {"socket_timeout": timeout, "socket_connect_timeout": timeout, "retry": Retry(NoBackoff(), 0)}
+        self.redis = redis.Redis.from_url(url, decode_responses=True, **options)
         self.prefix = prefix
         self._rate = self.redis.register_script(_RATE_LUA)
         self._reserve = self.redis.register_script(_RESERVE_LUA)
@@ -275,7 +304,10 @@ class RedisCounters:
                     # HSETNX: if another instance initialised it meanwhile, its value stands.
                     await self.redis.hsetnx(key, "spent", repr(spent))
         allowed, spent, reserved = await self._reserve(keys=[key], args=[budget, amount, int(ttl or 0)])
-        return BudgetDecision(bool(int(allowed)), float(spent), float(reserved))
+        if int(allowed):
+            return BudgetDecision(True, float(spent), float(reserved), amount)
+        # Refused: the same reasoning as the script, on the numbers it saw.
+        return budget_decision(budget, float(spent), float(reserved), amount)
 
     async def settle_budget(self, key_id: str, window: str, reserved: float, actual: float) -> None:
         await self._settle(keys=[f"{self.prefix}:budget:{key_id}:{window}"], args=[reserved, actual])
@@ -284,10 +316,149 @@ class RedisCounters:
         await self.redis.aclose()
 
 
-def make_counters(redis_url: str | None) -> CounterStore:
-    """Redis when configured; else the supervisor's shared counters in a worker of `serve --workers N`; else this process's."""
+class CountersUnavailable(RuntimeError):
+    """Redis is unreachable and TOKENSENSE_LIMITS_ON_OUTAGE=closed: the call is refused with a 503."""
+
+
+class ResilientCounters:
+    """A shared store (Redis) with a policy for its outages.
+
+    Each call to the shared store is bounded by its client's short timeouts. When
+    it fails, the store is left alone for `retry_after` seconds (so a frozen Redis
+    delays one call, not every call), and meanwhile:
+    - `local`: decisions come from in-process counters (`MemoryCounters`), so
+      limits hold per instance; one warning a minute says so;
+    - `closed`: `CountersUnavailable` is raised, and the call is refused (503).
+    What was counted locally is settled locally; settled spend is also added to
+    the shared store once it answers again (best effort).
+    """
+
+    def __init__(self, shared: CounterStore, *, on_outage: str = "local", retry_after: float = 5.0,
+                 warn_every: float = 60.0, clock: Callable[[], float] = time.monotonic) -> None:
+        if on_outage not in ("local", "closed"):
+            raise ValueError(f"TOKENSENSE_LIMITS_ON_OUTAGE must be local or closed, not {on_outage!r}")
+        self.shared = shared
+        self.local = MemoryCounters()
+        self.on_outage = on_outage
+        self.retry_after = retry_after
+        self.warn_every = warn_every
+        self.clock = clock
+        self._down_until = 0.0
+        self._last_warning = -float("inf")
+        self.outages = 0  # calls decided without the shared store
+        self._local_requests: set[str] = set()
+        self._local_reservations: dict[tuple[str, str], list[float]] = {}
+        self._postponed: list[tuple[str, str, float, float]] = []  # Redis settles that waited for it
+
+    @property
+    def shared_down(self) -> bool:
+        return self.clock() < self._down_until
+
+    def status(self) -> str:
+        if not self.shared_down:
+            return "ok"
+        return "local (Redis unreachable)" if self.on_outage == "local" else "refusing (Redis unreachable)"
+
+    def _failed(self, error: BaseException | None) -> MemoryCounters:
+        now = self.clock()
+        if error is not None:
+            self._down_until = now + self.retry_after
+        self.outages += 1
+        if now - self._last_warning >= self.warn_every:
+            self._last_warning = now
+            what = "per-instance counters" if self.on_outage == "local" else "refusing calls with 503"
+            log.warning("rate-limit and budget counters unavailable (%s): %s until it answers "
+                        "(TOKENSENSE_LIMITS_ON_OUTAGE=%s; %d calls so far)",
+                        type(error).__name__ if error else "Redis down", what, self.on_outage, self.outages)
+        if self.on_outage == "closed":
+            raise CountersUnavailable("the rate-limit and budget counters are unavailable")
+        return self.local
+
+    async def acquire_rate(self, key_id: str, request_id: str, rpm: int | None, tpm: int | None,
+                           tokens: int) -> RateDecision:
+        if not self.shared_down:
+            try:
+                return await self.shared.acquire_rate(key_id, request_id, rpm, tpm, tokens)
+            except Exception as e:
+                local = self._failed(e)
+        else:
+            local = self._failed(None)
+        self._local_requests.add(request_id)
+        return await local.acquire_rate(key_id, request_id, rpm, tpm, tokens)
+
+    async def settle_tokens(self, key_id: str, request_id: str, tokens: int) -> None:
+        if request_id in self._local_requests:
+            self._local_requests.discard(request_id)
+            await self.local.settle_tokens(key_id, request_id, tokens)
+            return
+        if not self.shared_down:
+            try:
+                await self.shared.settle_tokens(key_id, request_id, tokens)
+            except Exception as e:  # the window forgets the estimate within a minute anyway
+                self._failed_quietly(e)
+
+    async def reserve_budget(self, key_id: str, window: str, budget: float, amount: float,
+                             load_spent: Callable[[], float], ttl: float | None) -> BudgetDecision:
+        if not self.shared_down:
+            try:
+                if self._postponed:
+                    await self._settle_postponed()
+                return await self.shared.reserve_budget(key_id, window, budget, amount, load_spent, ttl)
+            except Exception as e:
+                local = self._failed(e)
+        else:
+            local = self._failed(None)
+        decision = await local.reserve_budget(key_id, window, budget, amount, load_spent, ttl)
+        if decision.allowed:
+            self._local_reservations.setdefault((key_id, window), []).append(amount)
+        return decision
+
+    async def settle_budget(self, key_id: str, window: str, reserved: float, actual: float) -> None:
+        held = self._local_reservations.get((key_id, window))
+        if held and reserved in held:
+            held.remove(reserved)
+            await self.local.settle_budget(key_id, window, reserved, actual)
+            if not self.shared_down:
+                try:  # the spend counts in the shared window too; its reservation was never there
+                    await self.shared.settle_budget(key_id, window, 0.0, actual)
+                except Exception:
+                    pass
+            return
+        if not self.shared_down:
+            try:
+                await self.shared.settle_budget(key_id, window, reserved, actual)
+                await self._settle_postponed()
+                return
+            except Exception as e:
+                self._failed_quietly(e)
+        # Reserved in Redis, which does not answer now: settled there once it does, or
+        # the reservation would hold the budget until the window expires.
+        if len(self._postponed) < 100_000:
+            self._postponed.append((key_id, window, reserved, actual))
+
+    def _failed_quietly(self, error: BaseException) -> None:
+        self._down_until = self.clock() + self.retry_after
+
+    async def _settle_postponed(self) -> None:
+        while self._postponed and not self.shared_down:
+            key_id, window, reserved, actual = self._postponed[0]
+            try:
+                await self.shared.settle_budget(key_id, window, reserved, actual)
+            except Exception as e:
+                self._failed_quietly(e)
+                return
+            self._postponed.pop(0)
+
+    async def close(self) -> None:
+        await self.shared.close()
+
+
+def make_counters(redis_url: str | None, settings: object | None = None) -> CounterStore:
+    """Redis (with its outage policy) when configured; else the supervisor's shared counters in a worker of
+    `serve --workers N`; else this process's."""
     if redis_url:
-        return RedisCounters(redis_url)
+        shared = RedisCounters(redis_url, timeout=getattr(settings, "redis_timeout", None))
+        return ResilientCounters(shared, on_outage=getattr(settings, "limits_on_outage", "local"))
     from tokensense.gateway.shared_counters import SharedCounters, hub_socket_from_env
 
     hub = hub_socket_from_env()

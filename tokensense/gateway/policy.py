@@ -11,6 +11,7 @@ from typing import Any
 
 from tokensense.gateway.errors import GatewayError
 from tokensense.gateway.keys import KeyInfo
+from tokensense.gateway.reservation import reservation_usage  # noqa: F401  (the budget's reservation: see there)
 from tokensense.metering.pricing import PriceBook
 from tokensense.metering.usage import TokenUsage
 from tokensense.providers import ProviderAdapter, get_provider

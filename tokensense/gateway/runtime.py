@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import threading
 
@@ -12,12 +13,21 @@ from tokensense.config import FileConfig, load_config
 from tokensense.gateway.keys import KeyStore
 from tokensense.gateway.limits import CounterStore, make_counters
 from tokensense.gateway.shared_counters import hub_socket_from_env
+from tokensense.gateway.shutdown import InFlight
 from tokensense.metering.hub_recorder import HubRecorder
 from tokensense.metering.pricing import PriceBook
-from tokensense.metering.recorder import UsageRecorder
+from tokensense.metering.recorder import UsageRecorder, describe_error, usage_recorder
 from tokensense.settings import Settings, get_settings
 
 log = logging.getLogger(__name__)
+
+# `tokensense serve` exits with this status when the database is unavailable at start
+# (sysexits' EX_TEMPFAIL: a supervisor may retry).
+EXIT_DATABASE_UNAVAILABLE = 75
+
+
+class StartupError(RuntimeError):
+    """The gateway cannot start; the message is one line that says why."""
 
 
 class Runtime:
@@ -31,6 +41,7 @@ class Runtime:
         self.keys: KeyStore | None = None
         self.recorder: UsageRecorder | HubRecorder | None = None
         self.counters: CounterStore | None = None
+        self.inflight = InFlight()
         self.started = False
         self._lock = threading.Lock()
 
@@ -50,17 +61,24 @@ class Runtime:
 
             register_configured(self.config)  # [providers.NAME] of config.toml join the registry
             from tokensense.metering.catalog_update import install_catalog
+            from tokensense.storage.probe import database_problem
 
             self.prices = PriceBook(self.config.models, snapshot=install_catalog(self.settings.home))
-            if self._engine is None:
-                self._engine = make_engine(self.settings.effective_database_url)
-            init_db(self._engine)
-            self.keys = KeyStore(self._engine, self.settings)
-            self.keys.start()
+            try:
+                if self._engine is None:
+                    self._engine = make_engine(self.settings.effective_database_url)
+                problem = database_problem(self._engine)
+                if problem is None:
+                    init_db(self._engine)
+                    self.keys = KeyStore(self._engine, self.settings)
+                    self.keys.start()
+            except Exception as e:
+                problem = describe_error(e)
+            if problem is not None:
+                raise StartupError(f"the database is unavailable, not starting: {problem}")
             hub = hub_socket_from_env()  # a worker of `serve --workers N`: the supervisor writes the records
-            self.recorder = (HubRecorder(hub) if hub
-                             else UsageRecorder(self._engine, interval=self.settings.flush_interval))
-            self.counters = make_counters(self.settings.redis_url)
+            self.recorder = HubRecorder(hub) if hub else usage_recorder(self.engine, self.settings)
+            self.counters = make_counters(self.settings.redis_url, settings=self.settings)
             self.started = True
 
     def spent_since(self, key_id: str, since):
@@ -82,13 +100,38 @@ class Runtime:
             log.warning("database check failed: %s", e)
             return False
 
-    def close(self) -> None:
+    def health(self) -> tuple[int, dict[str, object]]:
+        """(HTTP status, body) of /health (blocking: call from a thread).
+
+        200 "ok"; 200 "degraded" while the database is unreachable but records go
+        to the spool (calls are served with the keys in memory); 503 when not
+        started or when records cannot be kept (spool full or failing).
+        """
+        if not self.started:
+            return 503, {"status": "starting", "database": "unknown"}
+        database = self.database_ok()
+        body: dict[str, object] = {"status": "ok" if database else "degraded",
+                                   "database": "ok" if database else "unreachable"}
+        status = 200
+        if isinstance(self.recorder, UsageRecorder):  # a worker's HubRecorder: the supervisor spools
+            recorder = self.recorder.status()
+            body.update(recorder.as_dict())
+            if recorder.dropped:
+                body["status"], status = "failing", 503
+        if self.counters is not None and hasattr(self.counters, "status"):
+            body["limits"] = self.counters.status()
+        if self.inflight.draining:
+            body["status"], status = "shutting_down", 503
+        return status, body
+
+    def close(self, timeout: float = 30.0) -> None:
         if self.recorder:
-            self.recorder.close()
+            self.recorder.close(timeout=timeout)
         if self.keys:
             self.keys.stop()
 
-    async def aclose(self) -> None:
-        self.close()
+    async def aclose(self, grace: float = 30.0) -> None:
+        # The recorder's close waits for the database (or the spool): off the event loop.
+        await asyncio.to_thread(self.close, grace)
         if self.counters is not None:
             await self.counters.close()

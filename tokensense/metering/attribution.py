@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 
 from tokensense.gateway.keys import KeyInfo
+from tokensense.metering.sanitize import MAX_ATTRIBUTE, clean_text
 
 ATTRIBUTION_HEADERS = {
     "x-workflow-tag": "workflow",
@@ -13,7 +14,6 @@ ATTRIBUTION_HEADERS = {
     "x-source": "source",
     "x-project": "project",
 }
-_MAX_ATTRIBUTE = 200
 
 # Session headers coding agents send on every call of one session (seen on the wire, see README "Coding
 # agents through TokenSense"): the session becomes the execution id when the client sent no x-execution-id.
@@ -38,7 +38,8 @@ def attribution(headers: Mapping[str, str], key: KeyInfo | None) -> dict[str, st
         for header, value in raw:
             name = _ATTRIBUTION_FIELDS.get(header.lower())
             if name is not None:
-                text = value.decode("utf-8", "surrogateescape")
+                # Bad bytes become U+FFFD: a lone surrogate would make the record unstorable.
+                text = value.decode("utf-8", "replace")
                 fields[name] = text if fields[name] is None else f"{fields[name]}, {text}"
     else:
         for header, name in ATTRIBUTION_HEADERS.items():
@@ -47,7 +48,7 @@ def attribution(headers: Mapping[str, str], key: KeyInfo | None) -> dict[str, st
         fields["execution_id"] = _agent_session(headers, raw)
     for name, value in fields.items():
         if value is not None:
-            fields[name] = value.strip()[:_MAX_ATTRIBUTE] or None
+            fields[name] = clean_text(value, MAX_ATTRIBUTE)
     if not fields["project"] and key is not None:
         fields["project"] = key.project
     return fields

@@ -6,6 +6,7 @@ import time
 
 from tokensense.gateway.call import CallContext
 from tokensense.metering.pricing import PriceBook
+from tokensense.metering.sanitize import MAX_ATTRIBUTE, MAX_ERROR, MAX_NAME, clean_text
 from tokensense.metering.usage import TokenUsage
 from tokensense.storage.models import UsageCreate
 
@@ -35,12 +36,12 @@ def build_record(call: CallContext, *, status: int, prices: PriceBook) -> UsageC
     return UsageCreate(
         request_id=call.request_id,
         key_id=call.key.id if call.key else None,
-        key_name=call.key.name if call.key else None,
+        key_name=clean_text(call.key.name, MAX_NAME) if call.key else None,
         provider=call.provider.name if call.provider else None,
-        model=call.model,
+        model=clean_text(call.model, MAX_NAME),
         endpoint=call.route_endpoint.value,
         status=status,
-        error=call.error,
+        error=clean_text(call.error, MAX_ERROR),
         stream=call.stream,
         input_tokens=usage.input_tokens,
         output_tokens=usage.output_tokens,
@@ -54,5 +55,7 @@ def build_record(call: CallContext, *, status: int, prices: PriceBook) -> UsageC
         details=usage.details(),
         latency_ms=round((end - call.started) * 1000, 3),
         ttft_ms=round((first - call.started) * 1000, 3) if first else None,
-        **call.attribution,
+        # Every path that sets attribution goes through `attribution()`, but a record
+        # must be storable whatever reached the call: cleaned again (cheap for clean text).
+        **{name: clean_text(value, MAX_ATTRIBUTE) for name, value in call.attribution.items()},
     )

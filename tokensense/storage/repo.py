@@ -371,15 +371,30 @@ def get_provider_secret(*, session: Session, provider: str, name: str | None = N
 # --- usage ------------------------------------------------------------------
 
 
+def _insert_usage_once(dialect: str) -> Any:
+    """INSERT into usage that skips a record already stored (same request_id and attempt).
+
+    So writing a record twice (a spool replayed after a crash, a batch retried
+    after a commit whose answer was lost) stores it once.
+    """
+    if dialect == "postgresql":
+        from sqlalchemy.dialects.postgresql import insert as dialect_insert
+    elif dialect == "sqlite":
+        from sqlalchemy.dialects.sqlite import insert as dialect_insert
+    else:  # no portable ON CONFLICT: a plain insert (the unique index still refuses a duplicate)
+        return insert(Usage)
+    return dialect_insert(Usage).on_conflict_do_nothing(index_elements=["request_id", "attempt"])
+
+
 def record_usages(*, session: Session, usages: Sequence[UsageCreate]) -> int:
-    """Insert the records in one batched statement; return how many were written."""
+    """Insert the records in one batched statement (a record already stored is skipped); return how many were given."""
     if not usages:
         return 0
     created_at = Usage.__table__.c.created_at
     rows = [usage.model_dump() for usage in usages]
     for row in rows:
         row["created_at"] = _for_column(row["created_at"], created_at)
-    session.exec(insert(Usage), params=rows)
+    session.exec(_insert_usage_once(session.get_bind().dialect.name), params=rows)
     session.commit()
     return len(rows)
 
