@@ -30,7 +30,8 @@ from typing import Any
 from sqlalchemy.engine import Engine
 
 from tokensense.gateway.limits import MemoryCounters
-from tokensense.metering.recorder import UsageRecorder
+from tokensense.metering.recorder import UsageRecorder, usage_recorder
+from tokensense.settings import Settings
 from tokensense.storage.models import UsageCreate
 
 log = logging.getLogger(__name__)
@@ -45,10 +46,13 @@ class NeedSpent(Exception):
 class Hub:
     """Serves the shared counters and takes the usage records of every worker."""
 
-    def __init__(self, path: Path, engine: Engine, *, flush_interval: float = 0.25) -> None:
+    def __init__(self, path: Path, engine: Engine, *, flush_interval: float = 0.25,
+                 settings: Settings | None = None) -> None:
         self.path = path
         self.counters = MemoryCounters()
-        self.recorder = UsageRecorder(engine, interval=flush_interval)
+        # With the settings, the gateway's own recorder: spool during outages, dead letters for bad rows.
+        self.recorder = usage_recorder(engine, settings) if settings is not None else \
+            UsageRecorder(engine, interval=flush_interval)
         self.records = 0
         self._server: asyncio.Server | None = None
         self._connections: set[asyncio.Task] = set()

@@ -159,7 +159,7 @@ class Supervisor:
 
             hub_path = Path(tempfile.mkdtemp(prefix="tokensense-")) / "hub.sock"
         sockets = self._bind() if self.share == "inherit" else []  # first: a port in use stops us here
-        hub = Hub(hub_path, engine, flush_interval=settings.flush_interval)
+        hub = Hub(hub_path, engine, flush_interval=settings.flush_interval, settings=settings)
         await hub.start()
         env = {**os.environ, "TOKENSENSE_HUB_SOCKET": str(hub_path)}
         if sockets:
