@@ -250,6 +250,9 @@ async def handle(request: web.Request) -> web.StreamResponse:
             reply = route.handler(fake)
         except FakeError as e:
             reply = fmt.error(e.status, e.message, e.param)
+        except (TypeError, AttributeError, KeyError, IndexError, ValueError) as e:
+            # A body of the wrong shape: the real APIs validate it and answer 400, so the fake does too.
+            reply = fmt.error(400, f"Invalid request body ({type(e).__name__}).")
     return await _send(request, reply, controls)
 
 
