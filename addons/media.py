@@ -27,8 +27,7 @@ from tokensense.metering.media_prices import (
 from tokensense.metering.stream import PassthroughStream
 from tokensense.metering.usage import TokenUsage
 from tokensense.providers import ProviderAdapter
-from tokensense.providers.base import Upstream
-from tokensense.providers.gemini.chat import error_from_provider as gemini_error
+from tokensense.providers.base import ImageTranslator, Upstream
 
 log = logging.getLogger(__name__)
 
@@ -40,6 +39,7 @@ class MediaCall:
     """One media request, as the response hooks need it."""
 
     kind: str  # see media.MediaRoute
+    images: ImageTranslator | None = None  # the provider's images translation (translated image routes)
     size: str | None = None
     quality: str | None = None
     characters: int = 0  # speech input
@@ -138,13 +138,11 @@ class Media:
         body = parse_json_body(req.raw_content)
         requested = body.get("model")
         adapter, model, route = self._resolve(call, requested)
-        state = MediaCall(route.kind, size=_str(body.get("size")), quality=_str(body.get("quality")))
+        state = MediaCall(route.kind, route.images, size=_str(body.get("size")), quality=_str(body.get("quality")))
         call.stream = body.get("stream") is True
         upstream: dict | None
-        if route.kind == "imagen_predict":
-            upstream = media.imagen_request(body)
-        elif route.kind == "fal_app":
-            upstream = media.fal_request(body)
+        if route.images is not None:
+            upstream = route.images.request(body)
         else:
             if route.kind == "openai_images" and model.startswith(("dall-e-", "gpt-image-", "chatgpt-image")):
                 media.check_openai_image_request(model, body)
@@ -220,7 +218,7 @@ class Media:
             state.upload = None
             return
         try:
-            if state.kind in ("imagen_predict", "fal_app"):  # translated to the OpenAI images format
+            if state.images is not None:  # translated to the OpenAI images format
                 self._translate_images(response, call, state)
             elif response.status_code < 300 and state.kind == "openai_images":
                 self._meter_openai_images(response, call, state)
@@ -231,10 +229,10 @@ class Media:
             state.upload = None
 
     def _translate_images(self, response: http.Response, call: CallContext, state: MediaCall) -> None:
+        assert state.images is not None
         content = response.content or b""
         if response.status_code >= 400:
-            error = gemini_error(response.status_code, content) if state.kind == "imagen_predict" else \
-                media.fal_error(response.status_code, content)
+            error = state.images.error(response.status_code, content)
             call.error = str(error["error"].get("message"))[:300]
             _set_json(response, error)
             return
@@ -247,7 +245,7 @@ class Media:
             _set_json(response, {"error": {"message": call.error, "type": "api_error", "param": None,
                                            "code": "upstream_error"}})
             return
-        translated = media.imagen_answer(answer) if state.kind == "imagen_predict" else media.fal_answer(answer)
+        translated = state.images.answer(answer)
         _set_json(response, translated.body)
         count = len(translated.body["data"])
         assert call.model is not None

@@ -5,9 +5,7 @@ from __future__ import annotations
 import io
 import json
 import math
-import re
 import struct
-import time
 import wave
 from email.message import Message
 from typing import Any, NamedTuple
@@ -17,212 +15,34 @@ from tokensense.gateway.errors import GatewayError
 from tokensense.metering.usage import TokenUsage
 from tokensense.providers import get_provider
 from tokensense.providers.base import MediaRoute, StreamUsage
+from tokensense.providers.fal_images import (
+    FAL_IMAGE_SIZES,
+    FAL_MAX_IMAGES,
+    fal_answer,
+    fal_error,
+    fal_image_size,
+    fal_request,
+)
+from tokensense.providers.gemini.images import IMAGEN_ASPECT_RATIOS, IMAGEN_MAX_IMAGES, imagen_answer, imagen_request
+from tokensense.providers.images_format import (
+    OPENAI_IMAGE_SIZES,
+    ImagesAnswer,
+    check_openai_image_request,
+    image_count,
+    image_prompt,
+)
 from tokensense.providers.openai_usage import usage_from_openai
 
 DEFAULT_MAX_UPLOAD_MB = 25.0  # OpenAI's own limit for /v1/audio/transcriptions
 
-# --- images: parameters ---------------------------------------------------------------------
-
-# Sizes OpenAI accepts per model; other gpt-image models are passed through unchecked
-# (newer ones take more sizes), and OpenAI answers for those itself.
-OPENAI_IMAGE_SIZES: dict[str, frozenset[str]] = {
-    "dall-e-2": frozenset({"256x256", "512x512", "1024x1024"}),
-    "dall-e-3": frozenset({"1024x1024", "1792x1024", "1024x1792"}),
-    "gpt-image-1": frozenset({"auto", "1024x1024", "1536x1024", "1024x1536"}),
-    "gpt-image-1-mini": frozenset({"auto", "1024x1024", "1536x1024", "1024x1536"}),
-}
-
-# Imagen takes an aspect ratio, not pixels. The pixel sizes are the ones Imagen
-# produces for each ratio, plus dall-e-3's wide and tall sizes (1.75 ≈ 16:9).
-IMAGEN_ASPECT_RATIOS: dict[str, str] = {
-    "1024x1024": "1:1", "896x1280": "3:4", "1280x896": "4:3", "768x1408": "9:16", "1408x768": "16:9",
-    "1792x1024": "16:9", "1024x1792": "9:16",
-    **{ratio: ratio for ratio in ("1:1", "3:4", "4:3", "9:16", "16:9")},
-}
-IMAGEN_MAX_IMAGES = 4
-
-# fal's named sizes; any other WIDTHxHEIGHT goes as `{"width", "height"}`.
-FAL_IMAGE_SIZES: dict[str, tuple[int, int]] = {
-    "square_hd": (1024, 1024),
-    "square": (512, 512),
-    "portrait_4_3": (768, 1024),
-    "portrait_16_9": (576, 1024),
-    "landscape_4_3": (1024, 768),
-    "landscape_16_9": (1024, 576),
-}
-FAL_MAX_IMAGES = 4
-_MAX_SIDE = 16384
-
-# OpenAI images parameters TokenSense understands; any other key in the body is a
-# provider-native parameter (the SDK's `extra_body`) and goes to Imagen or fal as is.
-_OPENAI_IMAGE_KEYS = frozenset({
-    "model", "prompt", "n", "size", "quality", "response_format", "style", "user", "background",
-    "moderation", "output_format", "output_compression", "partial_images", "stream",
-})
-# Values of the parameters that mean "the provider's default" and so map to nothing.
-_DEFAULT_VALUES: dict[str, frozenset[Any]] = {
-    "quality": frozenset({None, "auto", "standard"}),
-    "style": frozenset({None}),
-    "background": frozenset({None, "auto"}),
-    "moderation": frozenset({None, "auto"}),
-    "output_compression": frozenset({None}),
-    "partial_images": frozenset({None, 0}),
-    "stream": frozenset({None, False}),
-}
-_SIZE = re.compile(r"^(\d{1,5})x(\d{1,5})$")
-
-
-def _unsupported(param: str, value: Any, provider: str, hint: str = "") -> GatewayError:
-    return GatewayError(400, f"`{param}`={value!r} is not supported for {provider} image models{hint}.",
-                        code="unsupported_parameter", param=param)
-
-
-def image_prompt(body: dict[str, Any]) -> str:
-    prompt = body.get("prompt")
-    if not isinstance(prompt, str) or not prompt.strip():
-        raise GatewayError(400, "The request must have a `prompt` (a non-empty string).", code="missing_parameter",
-                           param="prompt")
-    return prompt
-
-
-def image_count(body: dict[str, Any], maximum: int | None = None) -> int:
-    """`n`, 1 when absent; a 400 naming `n` when it is not a whole number in range."""
-    n = body.get("n")
-    if n is None:
-        return 1
-    if isinstance(n, bool) or not isinstance(n, int) or n < 1 or (maximum is not None and n > maximum):
-        limit = f" from 1 to {maximum}" if maximum else " of 1 or more"
-        raise GatewayError(400, f"`n` must be a whole number{limit} for this model, not {n!r}.",
-                           code="invalid_value", param="n")
-    return n
-
-
-def check_openai_image_request(model: str, body: dict[str, Any]) -> None:
-    """Reject a `size` OpenAI's image model does not make, before it costs a round trip."""
-    image_count(body)
-    size = body.get("size")
-    allowed = OPENAI_IMAGE_SIZES.get(model)
-    if size is not None and allowed is not None and size not in allowed:
-        raise GatewayError(400, f"`size`={size!r} is not a size {model} makes; use one of "
-                           f"{', '.join(sorted(allowed))}.", code="invalid_value", param="size")
-
-
-def _check_defaults(body: dict[str, Any], provider: str) -> None:
-    for param, defaults in _DEFAULT_VALUES.items():
-        value = body.get(param)
-        if value not in defaults:
-            raise _unsupported(param, value, provider)
-
-
-def _native(body: dict[str, Any]) -> dict[str, Any]:
-    return {k: v for k, v in body.items() if k not in _OPENAI_IMAGE_KEYS}
-
-
-def imagen_request(body: dict[str, Any]) -> dict[str, Any]:
-    """OpenAI images request → the Gemini API's Imagen `:predict` body.
-
-    Imagen answers base64 only, so `response_format` must be `b64_json` (the
-    default here, as for gpt-image); it makes PNGs only. Imagen's own default is
-    four images: TokenSense always sends `sampleCount` (OpenAI's default is one).
-    `user` (an abuse-monitoring id) has no Imagen equivalent and is not sent.
-    """
-    prompt = image_prompt(body)
-    parameters: dict[str, Any] = {"sampleCount": image_count(body, IMAGEN_MAX_IMAGES)}
-    size = body.get("size")
-    if size is not None and size != "auto":
-        ratio = IMAGEN_ASPECT_RATIOS.get(size) if isinstance(size, str) else None
-        if ratio is None:
-            raise GatewayError(400, f"`size`={size!r} is not a size Imagen makes; use one of "
-                               f"{', '.join(IMAGEN_ASPECT_RATIOS)} (or auto).", code="invalid_value", param="size")
-        parameters["aspectRatio"] = ratio
-    if body.get("response_format") not in (None, "b64_json"):
-        raise _unsupported("response_format", body.get("response_format"), "Imagen",
-                           ": Imagen returns the image bytes only; use b64_json")
-    if body.get("output_format") not in (None, "png"):
-        raise _unsupported("output_format", body.get("output_format"), "Imagen", ": Imagen makes png")
-    _check_defaults(body, "Imagen")
-    parameters.update(_native(body))
-    return {"instances": [{"prompt": prompt}], "parameters": parameters}
-
-
-def fal_image_size(size: Any) -> str | dict[str, int] | None:
-    """OpenAI `size` → fal `image_size`: a preset when one matches, else `{"width", "height"}`."""
-    if size is None or size == "auto":
-        return None
-    if isinstance(size, str):
-        if size in FAL_IMAGE_SIZES:
-            return size
-        if m := _SIZE.match(size):
-            width, height = int(m[1]), int(m[2])
-            if 0 < width <= _MAX_SIDE and 0 < height <= _MAX_SIDE:
-                for name, dims in FAL_IMAGE_SIZES.items():
-                    if dims == (width, height):
-                        return name
-                return {"width": width, "height": height}
-    raise GatewayError(400, f"`size`={size!r} is not a size fal understands; use WIDTHxHEIGHT (for example "
-                       f"1024x768) or one of {', '.join(FAL_IMAGE_SIZES)}.", code="invalid_value", param="size")
-
-
-def fal_request(body: dict[str, Any]) -> dict[str, Any]:
-    """OpenAI images request → fal's body for a Flux app (`fal.run/fal-ai/flux/dev`).
-
-    fal answers with image URLs, so `response_format` must be `url` (the
-    default); TokenSense does not download images to turn them into base64.
-    """
-    request: dict[str, Any] = {"prompt": image_prompt(body), "num_images": image_count(body, FAL_MAX_IMAGES)}
-    image_size = fal_image_size(body.get("size"))
-    if image_size is not None:
-        request["image_size"] = image_size
-    if body.get("response_format") not in (None, "url"):
-        raise _unsupported("response_format", body.get("response_format"), "fal.ai Flux",
-                           ": fal returns image URLs; use url")
-    output_format = body.get("output_format")
-    if output_format is not None:
-        if output_format not in ("png", "jpeg"):
-            raise _unsupported("output_format", output_format, "fal.ai Flux", ": use png or jpeg")
-        request["output_format"] = output_format
-    _check_defaults(body, "fal.ai Flux")
-    request.update(_native(body))
-    return request
-
+# The image translations live with their providers; named here too for the media addon and the tests.
+__all__ = [
+    "FAL_IMAGE_SIZES", "FAL_MAX_IMAGES", "IMAGEN_ASPECT_RATIOS", "IMAGEN_MAX_IMAGES", "OPENAI_IMAGE_SIZES",
+    "ImagesAnswer", "check_openai_image_request", "fal_answer", "fal_error", "fal_image_size", "fal_request",
+    "image_count", "image_prompt", "imagen_answer", "imagen_request",
+]
 
 # --- images: answers ------------------------------------------------------------------------
-
-
-class ImagesAnswer(NamedTuple):
-    body: dict[str, Any]  # in OpenAI's images format
-    pixels: list[tuple[int, int]]  # (width, height) of each image, where the provider says
-
-
-def imagen_answer(answer: Any, *, created: int | None = None) -> ImagesAnswer:
-    """Imagen `{"predictions": [{"bytesBase64Encoded", "mimeType"}]}` → OpenAI `{"created", "data": [{"b64_json"}]}`.
-
-    Predictions without image bytes (Imagen's safety filter, `raiFilteredReason`)
-    are left out, as Imagen leaves out filtered images itself.
-    """
-    predictions = answer.get("predictions") if isinstance(answer, dict) else None
-    data = [{"b64_json": p["bytesBase64Encoded"]} for p in predictions or []
-            if isinstance(p, dict) and isinstance(p.get("bytesBase64Encoded"), str)]
-    body: dict[str, Any] = {"created": created or int(time.time()), "data": data}
-    mime = next((p.get("mimeType") for p in predictions or [] if isinstance(p, dict) and p.get("mimeType")), None)
-    if isinstance(mime, str) and mime.startswith("image/"):
-        body["output_format"] = mime.removeprefix("image/")
-    return ImagesAnswer(body, [])
-
-
-def fal_answer(answer: Any, *, created: int | None = None) -> ImagesAnswer:
-    """fal `{"images": [{"url", "width", "height", "content_type"}], "seed", ...}` → OpenAI `data[].url`."""
-    images = answer.get("images") if isinstance(answer, dict) else None
-    data: list[dict[str, Any]] = []
-    pixels: list[tuple[int, int]] = []
-    for image in images or []:
-        if not isinstance(image, dict) or not isinstance(image.get("url"), str):
-            continue
-        data.append({"url": image["url"]})
-        width, height = image.get("width"), image.get("height")
-        if isinstance(width, int) and isinstance(height, int):
-            pixels.append((width, height))
-    return ImagesAnswer({"created": created or int(time.time()), "data": data}, pixels)
 
 
 def image_count_in(answer: Any) -> int:
@@ -246,31 +66,6 @@ def image_usage(answer: Any) -> tuple[TokenUsage, int, int]:
         units["output_image_tokens"] = tokens.output_tokens
     tokens = tokens.model_copy(update={"images": images, "units": units})
     return tokens, units.get("input_image_tokens", 0), units.get("output_image_tokens", 0)
-
-
-_FAL_ERROR_TYPES = {400: "invalid_request_error", 401: "authentication_error", 403: "permission_error",
-                    404: "not_found_error", 422: "invalid_request_error", 429: "rate_limit_error"}
-
-
-def fal_error(status: int, content: bytes) -> dict[str, Any]:
-    """A fal error answer (`{"detail": "..."}` or FastAPI's `[{"loc", "msg"}]`) as an OpenAI error body."""
-    try:
-        detail = json.loads(content).get("detail")
-    except (ValueError, UnicodeDecodeError, AttributeError):
-        detail = content.decode("utf-8", errors="replace").strip()[:2000] or None
-    param = None
-    if isinstance(detail, list):
-        parts = []
-        for item in detail:
-            if isinstance(item, dict):
-                loc = [str(p) for p in item.get("loc") or [] if p != "body"]
-                param = param or (loc[-1] if loc else None)
-                parts.append(f"{'.'.join(loc)}: {item.get('msg')}" if loc else str(item.get("msg")))
-        message = "; ".join(parts)
-    else:
-        message = str(detail) if detail else ""
-    return {"error": {"message": message or f"fal answered HTTP {status}",
-                      "type": _FAL_ERROR_TYPES.get(status, "api_error"), "param": param, "code": None}}
 
 
 # --- multipart forms ------------------------------------------------------------------------

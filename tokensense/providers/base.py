@@ -63,9 +63,18 @@ class Upstream(NamedTuple):
     regional_base_url: str | None = None
 
 
+class ImageTranslator(NamedTuple):
+    """OpenAI images requests for a provider that speaks another images format: pure functions."""
+
+    request: Callable[[dict], dict]  # OpenAI images body -> the provider's body (400s name the field)
+    answer: Callable[..., Any]  # the provider's answer -> ImagesAnswer (OpenAI images body, pixel sizes)
+    error: Callable[[int, bytes], dict]  # the provider's error answer -> an OpenAI error body
+
+
 class MediaRoute(NamedTuple):
-    kind: str  # "openai_images", "imagen_predict", "fal_app", "speech", "transcription"
+    kind: str  # "openai_images", "images" (translated), "speech", "transcription"
     upstream_path: str
+    images: ImageTranslator | None = None  # the translation of a translated images route
 
 
 # The upstream path of each endpoint in OpenAI's format.

@@ -35,7 +35,11 @@ class FalAdapter(ProviderAdapter):
 
     def media_route(self, endpoint: Endpoint, model: str, *, declared: bool) -> MediaRoute | None:
         # fal.run serves each app at its own path: POST /fal-ai/flux/dev. The app is the model.
-        return MediaRoute("fal_app", "/" + path_segments(model)) if endpoint is Endpoint.IMAGES else None
+        if endpoint is not Endpoint.IMAGES:
+            return None
+        from tokensense.providers.fal_images import FAL_IMAGES
+
+        return MediaRoute("images", "/" + path_segments(model), FAL_IMAGES)
 
     def intercept_route(self, method: str, path: str) -> tuple[Endpoint, str | None] | None:
         if method == "POST" and path.startswith("/fal-ai/"):

@@ -79,7 +79,9 @@ class GeminiAdapter(ProviderAdapter):
 
     def media_route(self, endpoint: Endpoint, model: str, *, declared: bool) -> MediaRoute | None:
         if endpoint is Endpoint.IMAGES and (declared or model.startswith("imagen-")):
-            return MediaRoute("imagen_predict", f"/v1beta/models/{model_segment(model)}:predict")
+            from tokensense.providers.gemini.images import IMAGEN
+
+            return MediaRoute("images", f"/v1beta/models/{model_segment(model)}:predict", IMAGEN)
         return None
 
     def intercept_route(self, method: str, path: str) -> tuple[Endpoint, str | None] | None:
