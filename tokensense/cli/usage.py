@@ -1,0 +1,140 @@
+"""`tokensense usage`: usage records and grouped totals, and the quarantined-record warning."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from datetime import datetime
+from typing import Any
+
+from tokensense.cli.common import (
+    FORMATTER,
+    cell,
+    money,
+    open_session,
+    parse_since,
+    positive_int,
+    print_csv,
+    print_json,
+    print_table,
+)
+from tokensense.settings import get_settings
+from tokensense.storage import repo
+
+_AGGREGATES = ("requests", "input_tokens", "output_tokens", "cost_usd", "unpriced")
+
+
+def _media_cell(r: dict[str, Any]) -> str:
+    """The media units of one record: `2 images`, `44 chars, 3.6 s`, or `-`."""
+    parts = []
+    if r.get("images"):
+        parts.append(f"{r['images']} image{'s' if r['images'] != 1 else ''}")
+    if r.get("characters"):
+        parts.append(f"{r['characters']} chars")
+    if r.get("seconds"):
+        parts.append(f"{r['seconds']:.1f} s")
+    return ", ".join(parts) or "-"
+
+
+def _print_usage_records(records: list[dict[str, Any]]) -> None:
+    headers = ["TIME (UTC)", "KEY", "PROVIDER", "MODEL", "ENDPOINT", "STATUS", "IN", "OUT", "MEDIA", "COST", "LATENCY",
+               "WORKFLOW", "STEP"]
+    rows = [
+        [
+            repo.as_utc(datetime.fromisoformat(r["created_at"])).strftime("%Y-%m-%d %H:%M:%S"),
+            cell(r["key_name"]),
+            cell(r["provider"]),
+            cell(r["model"]),
+            cell(r["endpoint"]),
+            cell(r["status"]),
+            str(r["input_tokens"]),
+            str(r["output_tokens"]),
+            _media_cell(r),
+            "unpriced" if r["cost_usd"] is None else money(r["cost_usd"], 6),
+            "-" if r["latency_ms"] is None else f"{r['latency_ms']:.0f} ms",
+            cell(r["workflow"]),
+            cell(r["step"]),
+        ]
+        for r in records
+    ]
+    print_table(headers, rows, right=["STATUS", "IN", "OUT", "COST", "LATENCY"])
+    total = sum(r["cost_usd"] or 0.0 for r in records)
+    unpriced = sum(1 for r in records if r["cost_usd"] is None)
+    print(f"\n{len(records)} requests, {money(total, 6)}" + _unpriced_note(unpriced))
+
+
+def _unpriced_note(unpriced: int) -> str:
+    """`, 3 unpriced (no price known; not in the total)` or nothing."""
+    return f", {unpriced} unpriced (no price known; not in the total)" if unpriced else ""
+
+
+def _print_usage_groups(fields: list[str], groups: list[dict[str, Any]]) -> None:
+    headers = [*(f.upper() for f in fields), "REQUESTS", "IN", "OUT", "COST"]
+    rows = [
+        [
+            *(cell(g[f]) for f in fields),
+            str(g["requests"]),
+            str(g["input_tokens"]),
+            str(g["output_tokens"]),
+            money(g["cost_usd"], 6) + (f" +{g['unpriced']} unpriced" if g.get("unpriced") else ""),
+        ]
+        for g in groups
+    ]
+    print_table(headers, rows, right=["REQUESTS", "IN", "OUT", "COST"])
+    requests = sum(g["requests"] for g in groups)
+    total = sum(g["cost_usd"] for g in groups)
+    unpriced = sum(g.get("unpriced", 0) for g in groups)
+    print(f"\n{len(groups)} groups, {requests} requests, {money(total, 6)}" + _unpriced_note(unpriced))
+
+
+def _cmd_usage(args: argparse.Namespace) -> int:
+    since = parse_since(args.since) if args.since else None
+    by = [f for chunk in args.by or () for f in chunk.split(",") if f.strip()] or None
+    fields = repo.normalize_group_fields(by) if by else None
+    with open_session(args) as session:
+        rows = repo.query_usage(session=session, since=since, by=fields, limit=args.limit)
+    if args.json:
+        print_json(rows)
+    elif args.csv:
+        print_csv([*fields, *_AGGREGATES] if fields else repo.USAGE_RECORD_FIELDS, rows)
+    elif not rows:
+        print("No usage recorded" + (f" since {since:%Y-%m-%d %H:%M:%S} UTC." if since else " yet."))
+    elif fields:
+        _print_usage_groups(fields, rows)
+    else:
+        _print_usage_records(rows)
+    _warn_quarantined()
+    return 0
+
+
+def _warn_quarantined() -> None:
+    """One line on stderr when records were quarantined (the report above does not hold them)."""
+    from tokensense.metering.spool import DEAD_LETTER_FILE, quarantined_count
+
+    home = get_settings().home
+    count = quarantined_count(home)
+    if count:
+        print(f"{count} usage record{'s' if count != 1 else ''} quarantined: the database refused "
+              f"{'them' if count != 1 else 'it'}; see {home / DEAD_LETTER_FILE}", file=sys.stderr)
+
+
+def add_usage_parser(commands: argparse._SubParsersAction, database: argparse.ArgumentParser) -> None:
+    """Register `usage`."""
+    usage = commands.add_parser(
+        "usage", parents=[database], help="report usage and cost", formatter_class=FORMATTER,
+        description="Report usage records, or totals grouped by attribution fields. Times are UTC.",
+        epilog=(
+            f"group fields: {', '.join(repo.USAGE_GROUP_FIELDS)} (key = key_name)\n\n"
+            "examples:\n"
+            "  tokensense usage --since 1h\n"
+            "  tokensense usage --since 7d --by workflow,step\n"
+            "  tokensense usage --since 2025-01-01 --by model --csv > spend.csv"
+        ),
+    )
+    usage.add_argument("--since", metavar="WHEN", help="30m, 1h, 24h, 7d, ... ago, or an ISO time (default: all)")
+    usage.add_argument("--by", metavar="FIELD[,FIELD]", action="append", help="group by these fields")
+    usage.add_argument("--limit", metavar="N", type=positive_int, help="at most N records (newest) or groups (costliest)")
+    formats = usage.add_mutually_exclusive_group()
+    formats.add_argument("--json", action="store_true", help="print a JSON array")
+    formats.add_argument("--csv", action="store_true", help="print CSV with a header row")
+    usage.set_defaults(handler=_cmd_usage)
