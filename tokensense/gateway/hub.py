@@ -24,6 +24,8 @@ import dataclasses
 import json
 import logging
 import os
+import select
+import time
 from pathlib import Path
 from typing import Any
 
@@ -60,12 +62,13 @@ class Hub:
     async def start(self) -> None:
         self.path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
         self.path.unlink(missing_ok=True)
-        self._server = await asyncio.start_unix_server(self._serve, path=str(self.path), limit=LINE_LIMIT)
+        self._server = await asyncio.start_unix_server(self._on_connect, path=str(self.path), limit=LINE_LIMIT)
         os.chmod(self.path, 0o600)
 
     async def close(self, timeout: float = 10.0) -> None:  # noqa: ASYNC109 - a deadline for the drain, not a cancel scope
         """Stop listening, read what connected workers still send, then write every record."""
         if self._server is not None:
+            await self._accept_pending(min(timeout, 2.0))
             self._server.close()
         if self._connections:
             await asyncio.wait(list(self._connections), timeout=timeout)
@@ -74,10 +77,25 @@ class Hub:
         await asyncio.to_thread(self.recorder.close)
         self.path.unlink(missing_ok=True)
 
-    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        task = asyncio.current_task()
-        assert task is not None
+    async def _accept_pending(self, timeout: float) -> None:  # noqa: ASYNC109 - a bound on the wait
+        """Let the loop accept connections still waiting in the listen backlog: closing the server drops them,
+        and with them the records a worker already wrote into them."""
+        assert self._server is not None
+        deadline = time.monotonic() + timeout
+        listening = list(self._server.sockets)
+        while time.monotonic() < deadline:
+            readable, _, _ = select.select(listening, [], [], 0)
+            if not readable:
+                return
+            await asyncio.sleep(0.01)
+
+    def _on_connect(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        # Called as the connection is accepted: its task is known to close() before it first runs.
+        task = asyncio.get_running_loop().create_task(self._serve(reader, writer))
         self._connections.add(task)
+        task.add_done_callback(self._connections.discard)
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
             while line := await reader.readline():
                 reply = await self.handle(line)
@@ -86,7 +104,6 @@ class Hub:
         except (ConnectionError, asyncio.IncompleteReadError, asyncio.LimitOverrunError, ValueError) as e:
             log.warning("hub: dropped a worker connection: %s", type(e).__name__)
         finally:
-            self._connections.discard(task)
             writer.close()
 
     async def handle(self, line: bytes) -> bytes | None:
