@@ -65,6 +65,11 @@ class CallContext:
     media_cost: float | None = None  # images, speech, transcription: priced by the media addon
     timeout: float | None = None  # seconds the provider has to answer (upstream watchdog)
     watchdog: asyncio.TimerHandle | None = None
+    # Retries and fallbacks (tokensense/gateway/reliability.py):
+    attempt: int = 1  # the upstream attempt this call's own record is (retries and fallbacks record the others)
+    provider_key: str | None = None  # the name of the provider key (of the provider's pool) the attempt used
+    fallbacks: tuple[str, ...] | None = None  # the x-tokensense-fallbacks header's models (None: no header)
+    client_content: bytes | None = None  # the client's request body, when the upstream request got another one
 
     @property
     def usage_chunk_added(self) -> bool:

@@ -75,7 +75,7 @@ class UpstreamClient:
         finally:
             await response.aclose()
         answer.body = bytes(body)
-        return AttemptOutcome(response.status_code, headers, _error_message(answer.body), answer=answer)
+        return AttemptOutcome(response.status_code, headers, error_message(answer.body), answer=answer)
 
     async def discard(self, outcome: AttemptOutcome) -> None:
         answer = outcome.answer
@@ -86,7 +86,7 @@ class UpstreamClient:
         await self.client.aclose()
 
 
-def _error_message(body: bytes) -> str | None:
+def error_message(body: bytes) -> str | None:
     """The provider's error message from an OpenAI, Anthropic or Google error body (best effort)."""
     import json
 
