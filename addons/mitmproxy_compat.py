@@ -65,11 +65,11 @@ class UpstreamFailedHook(commands.StartHook):
 
     An addon may answer the flow here (set `flow.response`): the client then gets that
     answer (the response hook runs for it) instead of the error; else the error hook follows.
+    Why there was no answer is in `flow.metadata[flowmeta.NO_ANSWER]`.
     """
 
     name = "tokensense_upstream_failed"
     flow: http.HTTPFlow
-    message: str
 
 
 def _error_response(request: http.Request | None, status: int, message: str) -> bytes:
@@ -144,7 +144,8 @@ def _handle_protocol_error(self, event):  # type: ignore[no-untyped-def]
             and flow.error is None and self.client_state == self.state_done
             and self.server_state not in (self.state_done, self.state_errored)
             and flowmeta.get_call(flow) is not None):
-        yield UpstreamFailedHook(flow, event.message)
+        flow.metadata[flowmeta.NO_ANSWER] = event.message
+        yield UpstreamFailedHook(flow)
         if flow.response is not None and flow.error is None:
             yield from self.send_response()
             return

@@ -10,6 +10,7 @@ from __future__ import annotations
 from mitmproxy import http
 
 from addons.common import get_call
+from tokensense.gateway.flowmeta import NO_ANSWER
 from tokensense.gateway.reliability import after_answer, after_no_answer, first_attempt_headers
 from tokensense.gateway.runtime import Runtime
 
@@ -26,7 +27,7 @@ class Reliability:
         if call is not None and call.provider_key is not None:
             await after_answer(self.runtime, flow, call)
 
-    async def tokensense_upstream_failed(self, flow: http.HTTPFlow, message: str) -> None:
+    async def tokensense_upstream_failed(self, flow: http.HTTPFlow) -> None:
         call = get_call(flow)
         if call is not None and call.provider_key is not None:
-            await after_no_answer(self.runtime, flow, call, message)
+            await after_no_answer(self.runtime, flow, call, str(flow.metadata.get(NO_ANSWER, "no answer")))
