@@ -213,7 +213,7 @@ class _Run:
     runtime: Runtime
     flow: http.HTTPFlow
     call: CallContext
-    routes: dict[Candidate, _Route] = field(default_factory=dict)
+    routes: dict[tuple[str, str], _Route] = field(default_factory=dict)  # by (provider, model)
     sent: list[_Sent] = field(default_factory=list)
     reservations: list[tuple[str, float]] = field(default_factory=list)  # fallbacks' budget (window, amount)
     client_body: dict[str, Any] | None = None
@@ -248,15 +248,14 @@ def _resolve(run: _Run, name: str) -> Candidate | str:
     except GatewayError as e:
         return e.message
     endpoint = call.route_endpoint
-    path = run.flow.request.path.partition("?")[0]
     if endpoint not in adapter.native and (endpoint is not Endpoint.CHAT or adapter.chat_translator() is None):
-        return f"{adapter.display_name} does not serve {path[:100]}"
+        return f"{adapter.display_name} does not serve the `{endpoint.value}` endpoint of this call"
     assert runtime.keys is not None
     if not any(c.api_key for c in runtime.keys.credentials(adapter.name)):
         return f"no {adapter.display_name} key is configured"
     candidate = Candidate(name, model, adapter.name)
     try:
-        run.routes[candidate] = _route(call, run.client_body or {}, adapter, model)
+        run.routes[(adapter.name, model)] = _route(call, run.client_body or {}, adapter, model)
     except (GatewayError, TranslationError) as e:
         return f"the request cannot be sent to {adapter.display_name}: {e}"
     except (TypeError, AttributeError, KeyError, ValueError, IndexError) as e:
@@ -302,7 +301,8 @@ async def _police(run: _Run, candidate: Candidate) -> str | None:
     counters = runtime.counters
     assert counters is not None
     window, start, resets_in = budget_window(key.budget_period)
-    amount = estimate_cost(runtime.prices, adapter, candidate.model, estimate_usage(run.routes[candidate].sent_body))
+    route = run.routes[(candidate.provider, candidate.model)]
+    amount = estimate_cost(runtime.prices, adapter, candidate.model, estimate_usage(route.sent_body))
     try:
         budget = await counters.reserve_budget(key.id, window, key.budget_usd, amount,
                                                lambda: runtime.spent_since(key.id, start), (resets_in or 0) + 3600)
@@ -327,8 +327,10 @@ def _request_for(run: _Run, candidate: Candidate, credential: Any) -> UpstreamRe
     first = call.provider
     assert first is not None
     auth_names = [*first.auth_headers("x"), *first.default_headers()]
-    route = run.routes.get(candidate)
+    route = run.routes.get((candidate.provider, candidate.model))
     if route is None:  # the client's own model: the request mitmproxy sent, with this key
+        if candidate.provider != first.name:
+            raise RuntimeError(f"no route for the fallback {candidate.served_by}")
         headers = _forwarded_headers(request, first.auth_headers("x"))
         headers.update(first.auth_headers(credential.api_key or ""))
         path = call.pending.upstream.path if call.pending is not None else request.path.partition("?")[0]
@@ -336,7 +338,7 @@ def _request_for(run: _Run, candidate: Candidate, credential: Any) -> UpstreamRe
         url = join_url(credential.base_url, path, query)
         return UpstreamRequest(request.method, url, headers, request.raw_content or b"")
     adapter = route.provider
-    headers = _forwarded_headers(request, auth_names)
+    headers = _forwarded_headers(request, [*auth_names, "content-type"])
     if route.translator is not None:  # another format than the client's: its SDK's headers mean nothing there
         headers = {k: v for k, v in headers.items() if not k.lower().startswith(OPENAI_SDK_HEADER_PREFIXES)}
     headers["content-type"] = "application/json"
@@ -470,7 +472,7 @@ def _answer(run: _Run, result: AttemptsResult) -> None:
     candidate = result.served_by or _first_candidate(call)
     adapter = get_provider(candidate.provider)
     assert adapter is not None
-    route = run.routes.get(candidate)
+    route = run.routes.get((candidate.provider, candidate.model))
     translator = route.translator if route is not None else call.translator
     sent = run.sent[outcome.answer] if isinstance(outcome.answer, int) else None
     call.provider, call.model, call.translator = adapter, candidate.model, None

@@ -11,6 +11,7 @@ the caller's to apply while it reads the body (`deadline`).
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -19,6 +20,9 @@ import httpx
 
 from tokensense.gateway.attempts import AttemptOutcome
 from tokensense.gateway.retry import UpstreamTimeouts
+
+# httpx logs every request's URL at INFO; the gateway's log says what each attempt did instead.
+logging.getLogger("httpx").setLevel(logging.WARNING)
 
 ERROR_BODY_LIMIT = 64 * 1024  # a failed attempt's body is read (for its message) up to this much
 
