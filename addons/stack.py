@@ -15,8 +15,8 @@ from addons.observability import Observability
 from addons.policy import Policy
 from addons.provider_auth import ProviderAuth
 from addons.recording import Recording
-from addons.request_records import RequestRecords
 from addons.reliability import Reliability
+from addons.request_records import RequestRecords
 from addons.responses import Responses
 from addons.routing import Router
 from addons.translation import Translation
