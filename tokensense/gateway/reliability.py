@@ -434,10 +434,16 @@ def _record_failed(run: _Run, number: int, attempt: Attempt, made: MadeAttempt |
     status = attempt.status if attempt.status is not None else (504 if timed_out else 502)
     snapshot = replace(call, provider=adapter, model=attempt.candidate.model, usage=None, stream_usage=None,
                        translator=None, error=error, status=status, started=started, first_byte=first_byte,
-                       first_token=None, media_cost=None, on_record=[], watchdog=None, attempt=number)
+                       first_token=None, media_cost=None, on_record=[], on_attempt_record=[], watchdog=None,
+                       attempt=number)
     record = build_record(snapshot, status=status, prices=runtime.prices)
     if runtime.recorder is not None:
         runtime.recorder.submit(record)
+    for observe in call.on_attempt_record:
+        try:
+            observe(record)
+        except Exception:
+            log.exception("attempt record callback failed")
     key = call.key
     if record.cost_usd and key is not None and key.budget_usd is not None and runtime.counters is not None:
         window, _, _ = budget_window(key.budget_period)
