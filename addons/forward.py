@@ -39,11 +39,11 @@ class Forward:
         if self.runtime is not None:
             try:
                 take_fallbacks_header(call, flow.request)
+                # The key of the provider's pool for the first attempt (no usable key: the call is answered here).
+                if not await prepare_first_attempt(self.runtime, flow, call):
+                    return
             except GatewayError as e:
                 answer_error(flow, call.fmt, e)
-                return
-            # The key of the provider's pool for the first attempt (no usable key: the call is answered there).
-            if not await prepare_first_attempt(self.runtime, flow, call):
                 return
         apply_upstream(flow, call.pending)
         call.forwarded = True

@@ -107,7 +107,10 @@ async def prepare_first_attempt(runtime: Runtime, flow: http.HTTPFlow, call: Cal
         call.client_content = flow.request.raw_content  # the upstream body replaces it; fallbacks start from it
     pick = await runtime.pools.pick(call.provider.name, runtime.keys.credentials(call.provider.name))
     if pick.key is not None:
-        pending.base_url, pending.api_key = pick.key.base_url, pick.key.api_key or ""
+        api_key = pick.key.api_key or ""
+        if call.provider.exchanges_key:  # a token for this key (the provider caches them; fetched off the loop)
+            api_key = await call.provider.resolve_api_key(api_key)
+        pending.base_url, pending.api_key = pick.key.base_url, api_key
         call.provider_key = pick.key.name
         return True
     if call.route_endpoint not in RETRIED_ENDPOINTS:
@@ -251,7 +254,7 @@ def _resolve(run: _Run, name: str) -> Candidate | str:
     if endpoint not in adapter.native and (endpoint is not Endpoint.CHAT or adapter.chat_translator() is None):
         return f"{adapter.display_name} does not serve the `{endpoint.value}` endpoint of this call"
     assert runtime.keys is not None
-    if not any(c.api_key for c in runtime.keys.credentials(adapter.name)):
+    if not any(adapter.has_credentials(c.api_key) for c in runtime.keys.credentials(adapter.name)):
         return f"no {adapter.display_name} key is configured"
     candidate = Candidate(name, model, adapter.name)
     try:
@@ -322,41 +325,79 @@ def _forwarded_headers(request: http.Request, drop: Iterable[str]) -> dict[str, 
     return {name: value for name, value in request.headers.items() if name.lower() not in dropped}
 
 
-def _request_for(run: _Run, candidate: Candidate, credential: Any) -> UpstreamRequest:
+def _first_auth_names(run: _Run) -> list[str]:
+    """The headers that carried the first attempt's credential (taken off before another key or provider)."""
+    first, request = run.call.provider, run.flow.request
+    assert first is not None
+    names = list(first.auth_headers("x"))
+    if first.signs_requests:
+        api_key = run.call.pending.api_key if run.call.pending is not None else ""
+        try:
+            names += list(first.upstream_auth(api_key, method=request.method, url=request.url,
+                                              headers=request.headers, body=request.raw_content or b""))
+        except Exception:  # signed once already; if not now, its bearer form's names are dropped at least
+            log.warning("request %s: could not list the signature headers to replace", run.call.request_id)
+    return names
+
+
+def _request_for(run: _Run, candidate: Candidate, credential: Any) -> tuple[UpstreamRequest, Provider]:
+    """The attempt's request without its credential (`_with_auth` adds it), and the provider it goes to."""
     call, request = run.call, run.flow.request
     first = call.provider
     assert first is not None
-    auth_names = [*first.auth_headers("x"), *first.default_headers()]
+    auth_names = _first_auth_names(run)
     route = run.routes.get((candidate.provider, candidate.model))
     if route is None:  # the client's own model: the request mitmproxy sent, with this key
         if candidate.provider != first.name:
             raise RuntimeError(f"no route for the fallback {candidate.served_by}")
-        headers = _forwarded_headers(request, first.auth_headers("x"))
-        headers.update(first.auth_headers(credential.api_key or ""))
+        headers = _forwarded_headers(request, auth_names)
         path = call.pending.upstream.path if call.pending is not None else request.path.partition("?")[0]
         query = request.path.partition("?")[2]
         url = join_url(credential.base_url, path, query)
-        return UpstreamRequest(request.method, url, headers, request.raw_content or b"")
+        return UpstreamRequest(request.method, url, headers, request.raw_content or b""), first
     adapter = route.provider
-    headers = _forwarded_headers(request, [*auth_names, "content-type"])
+    headers = _forwarded_headers(request, [*auth_names, *first.default_headers(), "content-type"])
     if route.translator is not None:  # another format than the client's: its SDK's headers mean nothing there
         headers = {k: v for k, v in headers.items() if not k.lower().startswith(OPENAI_SDK_HEADER_PREFIXES)}
     headers["content-type"] = "application/json"
     for name, value in adapter.default_headers().items():
         headers.setdefault(name, value)
-    headers.update(adapter.auth_headers(credential.api_key or ""))
     if route.query is not None:
         query = urlencode(route.query)
     else:
         query = request.path.partition("?")[2]
-    return UpstreamRequest("POST", join_url(credential.base_url, route.path, query), headers, route.body)
+    return UpstreamRequest("POST", join_url(credential.base_url, route.path, query), headers, route.body), adapter
+
+
+async def _with_auth(request: UpstreamRequest, adapter: Provider, api_key: str) -> UpstreamRequest:
+    """The request with the provider's credential: a key's headers, an exchanged token, or a signature."""
+    if adapter.exchanges_key:
+        api_key = await adapter.resolve_api_key(api_key)
+    if adapter.signs_requests:  # over the final URL, headers and body
+        auth = adapter.upstream_auth(api_key, method=request.method, url=request.url, headers=request.headers,
+                                     body=request.body)
+    else:
+        auth = adapter.auth_headers(api_key)
+    lowered = {name.lower() for name in auth}
+    headers = {k: v for k, v in request.headers.items() if k.lower() not in lowered}
+    return replace(request, headers={**headers, **auth})
 
 
 async def _send(run: _Run, candidate: Candidate, credential: Any, timeouts: UpstreamTimeouts) -> AttemptOutcome:
     """One attempt with httpx; a successful answer is read whole (nothing of it has gone to the client)."""
     client = run.runtime.upstream_client()
     started = time.perf_counter()
-    outcome = await client.send(_request_for(run, candidate, credential), timeouts)
+    request, adapter = _request_for(run, candidate, credential)
+    try:
+        request = await _with_auth(request, adapter, credential.api_key or "")
+    except Exception as e:  # no token, no signature: nothing went upstream
+        log.warning("request %s: could not authenticate an attempt to %s (%s)", run.call.request_id,
+                    adapter.display_name, type(e).__name__)
+        outcome = AttemptOutcome(None, {}, f"TokenSense could not authenticate to {adapter.display_name}")
+        outcome.answer = len(run.sent)
+        run.sent.append(_Sent(candidate, started, None, outcome))
+        return outcome
+    outcome = await client.send(request, timeouts)
     sent = _Sent(candidate, started, time.perf_counter() if outcome.status is not None else None, outcome,
                  timed_out=outcome.status is None and "within" in (outcome.error or ""))
     answer = outcome.answer
