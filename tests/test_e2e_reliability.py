@@ -57,7 +57,7 @@ def gw(tmp_path_factory: pytest.TempPathFactory, fake: FakeProvider) -> Iterator
            "--base-url", f"http://127.0.0.1:{free_port()}")
     limited = json.loads(gw.cli("keys", "create", "limited", "--allow-model", "gpt-4o", "--allow-model", "gemini-*",
                                 "--json").stdout)
-    broke = json.loads(gw.cli("keys", "create", "broke", "--budget-usd", "0.0000001", "--json").stdout)
+    broke = json.loads(gw.cli("keys", "create", "broke", "--budget-usd", "0.01", "--json").stdout)
     gw.extra.update(limited=limited["key"], broke=broke["key"])
     time.sleep(1.5)  # the gateway reloads keys and provider keys every second
     yield gw
@@ -244,15 +244,15 @@ def test_a_fallback_the_key_may_not_use_is_skipped(gw: Gateway, fake: FakeProvid
 
 
 def test_a_fallback_reserves_its_own_budget(gw: Gateway, fake: FakeProvider, exec_id: str) -> None:
-    # The key's budget is smaller than the first model's reservation: the call itself may start (nothing is
-    # spent yet), but the fallback's own reservation is refused, so it is skipped.
-    faults(fake, {"prefix": "/openai", "model": "gpt-4o", "status": 503, "times": 2})
+    # The key's $0.01 covers gpt-4o-mini's largest cost (2000 output tokens, about $0.0012) but not, on top of
+    # it, gpt-4o's (about $0.02): the call goes, and its fallback's own reservation is refused, so it is skipped.
+    faults(fake, {"prefix": "/openai", "model": "gpt-4o-mini", "status": 503, "times": 2})
     with pytest.raises(openai.InternalServerError) as e:
-        client(gw, exec_id, gw.extra["broke"], **{"x-tokensense-fallbacks": "gemini-2.5-flash"}) \
-            .chat.completions.create(model="gpt-4o", messages=HI)
+        client(gw, exec_id, gw.extra["broke"], **{"x-tokensense-fallbacks": "gpt-4o"}) \
+            .chat.completions.create(model="gpt-4o-mini", messages=HI, max_tokens=2000)
     assert e.value.response.headers["x-tokensense-attempts"] == "2"
-    assert not [r for r in fake.requests() if r["prefix"] == "/gemini"]
-    assert "fallback gemini-2.5-flash skipped: the key `broke` has spent its budget" in gw.log()
+    assert not [r for r in fake.requests() if r["body"].get("model") == "gpt-4o"]
+    assert "fallback gpt-4o skipped: the key `broke`'s budget of $0.01 cannot cover it" in gw.log()
     assert [r[0] for r in attempts_of(gw, exec_id, 2)] == [1, 2]
 
 

@@ -40,7 +40,8 @@ from tokensense.gateway.errors import GatewayError, error_bytes
 from tokensense.gateway.flowmeta import get_call
 from tokensense.gateway.forward import OPENAI_SDK_HEADER_PREFIXES
 from tokensense.gateway.key_pool import outcome_for
-from tokensense.gateway.policy import budget_window, check_access, estimate_cost, estimate_usage
+from tokensense.gateway.policy import budget_window, check_access, estimate_cost
+from tokensense.gateway.reservation import call_reservation
 from tokensense.gateway.retry import (
     ATTEMPTS_HEADER,
     FALLBACKS_HEADER,
@@ -305,14 +306,17 @@ async def _police(run: _Run, candidate: Candidate) -> str | None:
     assert counters is not None
     window, start, resets_in = budget_window(key.budget_period)
     route = run.routes[(candidate.provider, candidate.model)]
-    amount = estimate_cost(runtime.prices, adapter, candidate.model, estimate_usage(route.sent_body))
+    # The same rule as the call's own reservation: the largest cost this fallback can have.
+    reservation = call_reservation(replace(call, provider=adapter, model=candidate.model), route.sent_body)
+    amount = estimate_cost(runtime.prices, adapter, candidate.model, reservation)
     try:
         budget = await counters.reserve_budget(key.id, window, key.budget_usd, amount,
                                                lambda: runtime.spent_since(key.id, start), (resets_in or 0) + 3600)
     except Exception as e:
         return f"the budget counters are unavailable ({type(e).__name__})"
     if not budget.allowed:
-        return f"the key `{key.name}` has spent its budget of ${key.budget_usd:g}"
+        return (f"the key `{key.name}`'s budget of ${key.budget_usd:g} cannot cover it (up to ${amount:.6f}; "
+                f"${budget.spent:.6f} spent, ${budget.reserved:.6f} reserved)")
     run.reservations.append((window, amount))
     return None
 
