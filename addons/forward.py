@@ -9,12 +9,18 @@ from __future__ import annotations
 
 from mitmproxy import http
 
-from addons.common import answer_internal_error, apply_upstream, get_call
+from addons.common import answer_error, answer_internal_error, apply_upstream, get_call
+from tokensense.gateway.errors import GatewayError
 from tokensense.gateway.flowmeta import CALL
+from tokensense.gateway.reliability import prepare_first_attempt, take_fallbacks_header
+from tokensense.gateway.runtime import Runtime
 
 
 class Forward:
-    def request(self, flow: http.HTTPFlow) -> None:
+    def __init__(self, runtime: Runtime | None = None) -> None:
+        self.runtime = runtime  # None: the prepared credential goes as it is (no key pools, no fallbacks)
+
+    async def request(self, flow: http.HTTPFlow) -> None:
         if flow.response or flow.error or CALL not in flow.metadata:
             return
         call = get_call(flow)
@@ -30,5 +36,14 @@ class Forward:
         if call.pending is None or not call.policed or call.key is None:
             answer_internal_error(flow)
             return
+        if self.runtime is not None:
+            try:
+                take_fallbacks_header(call, flow.request)
+                # The key of the provider's pool for the first attempt (no usable key: the call is answered here).
+                if not await prepare_first_attempt(self.runtime, flow, call):
+                    return
+            except GatewayError as e:
+                answer_error(flow, call.fmt, e)
+                return
         apply_upstream(flow, call.pending)
         call.forwarded = True

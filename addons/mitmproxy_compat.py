@@ -14,7 +14,13 @@ narrow patches of its HTTP layer change that:
   read and dropped, never buffered; a body that grows past the call's limit
   while it arrives (chunked uploads) ends the request with 413.
 
-Both are written against mitmproxy 12's internals: `install()` refuses to run on
+- `HttpStream.handle_protocol_error`: when a forwarded request of a call got no
+  answer at all (connection refused or reset, cut by the upstream watchdog) and
+  nothing has gone to the client, TokenSense's own hook `tokensense_upstream_failed`
+  runs first; when an addon answers the flow there (a retry or a fallback made
+  with httpx), that answer is sent, through the response hook, instead of the error.
+
+All three are written against mitmproxy 12's internals: `install()` refuses to run on
 another major version, loudly, rather than patching code it was not written for.
 HTTP/2 clients still get mitmproxy's own error responses (the SDKs speak HTTP/1.1).
 """
@@ -23,6 +29,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Generator
+from dataclasses import dataclass
 
 from mitmproxy import flow as mitm_flow
 from mitmproxy import http
@@ -49,6 +56,20 @@ SUPPORTED_MAJOR = 12
 _original_send = _http1.Http1Server.send
 _original_make_error_response = _http1.make_error_response
 _original_consume = HttpStream.state_consume_request_body
+_original_handle_protocol_error = HttpStream.handle_protocol_error
+
+
+@dataclass
+class UpstreamFailedHook(commands.StartHook):
+    """A forwarded request of a TokenSense call got no answer, and nothing has gone to the client yet.
+
+    An addon may answer the flow here (set `flow.response`): the client then gets that
+    answer (the response hook runs for it) instead of the error; else the error hook follows.
+    Why there was no answer is in `flow.metadata[flowmeta.NO_ANSWER]`.
+    """
+
+    name = "tokensense_upstream_failed"
+    flow: http.HTTPFlow
 
 
 def _error_response(request: http.Request | None, status: int, message: str) -> bytes:
@@ -117,6 +138,20 @@ def _too_large(stream: HttpStream, limit: int) -> Generator:
     stream.flow.live = False
 
 
+def _handle_protocol_error(self, event):  # type: ignore[no-untyped-def]
+    flow = self.flow
+    if (isinstance(event, ResponseProtocolError) and flow is not None and flow.response is None
+            and flow.error is None and self.client_state == self.state_done
+            and self.server_state not in (self.state_done, self.state_errored)
+            and flowmeta.get_call(flow) is not None):
+        flow.metadata[flowmeta.NO_ANSWER] = event.message
+        yield UpstreamFailedHook(flow)
+        if flow.response is not None and flow.error is None:
+            yield from self.send_response()
+            return
+    yield from _original_handle_protocol_error(self, event)
+
+
 def install() -> None:
     """Patch mitmproxy's HTTP layer (idempotent); raises on a mitmproxy these patches were not written for."""
     major = int(mitm_version.VERSION.split(".")[0])
@@ -129,3 +164,5 @@ def install() -> None:
         _http1.make_error_response = _make_error_response
     if HttpStream.state_consume_request_body is not _consume_request_body:
         HttpStream.state_consume_request_body = _consume_request_body  # type: ignore[method-assign]
+    if HttpStream.handle_protocol_error is not _handle_protocol_error:
+        HttpStream.handle_protocol_error = _handle_protocol_error  # type: ignore[method-assign]

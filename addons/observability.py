@@ -133,6 +133,7 @@ class Observability:
         if call is not None and self.worker is not None and OBSERVED not in flow.metadata:
             flow.metadata[OBSERVED] = True
             call.on_record.append(partial(self._recorded, flow))
+            call.on_attempt_record.append(partial(self._recorded, flow))  # retried attempts are records too
 
     def _recorded(self, flow: http.HTTPFlow, record: UsageCreate) -> None:
         """On the event loop, as Metering records the call: gather what the flow knows, queue it."""

@@ -15,6 +15,7 @@ from addons.observability import Observability
 from addons.policy import Policy
 from addons.provider_auth import ProviderAuth
 from addons.recording import Recording
+from addons.reliability import Reliability
 from addons.request_records import RequestRecords
 from addons.responses import Responses
 from addons.routing import Router
@@ -36,9 +37,10 @@ def tokensense_addons(runtime: Runtime | None = None) -> list[object]:
         Media(runtime),
         Policy(runtime),  # request: access, rate, budget
         ProviderAuth(),  # request: short-lived provider tokens (Vertex AI), fetched off the event loop
-        Forward(),  # request: writes the upstream request to the flow, only after every gate passed
+        Forward(runtime),  # request: picks the pool's key, writes the upstream request, only after every gate passed
         Translation(runtime),  # answers of translated calls
-        UpstreamErrors(runtime.settings.upstream_timeout),
+        UpstreamErrors(runtime.settings.upstream_timeout, runtime),
+        Reliability(runtime),  # response: retries and fallbacks of a failed first attempt (before metering)
         Metering(runtime),
         Recording(),  # sees every call metered
         Observability(runtime),  # metrics, spans and budget alerts from each record

@@ -1,37 +1,61 @@
-"""A deadline per forwarded request: when the provider sends no response headers in time, the call ends 504.
+"""Deadlines per forwarded request: no response headers in time (first byte), or no whole answer in time (total).
 
 mitmproxy has no per-request response timeout. A watchdog per forwarded request
-cancels that upstream connection when `TOKENSENSE_UPSTREAM_TIMEOUT` passes
-without response headers; the error page mitmproxy would then send becomes JSON
-in the endpoint's shape (addons/mitmproxy_compat.py).
+cancels that upstream connection when the first-byte timeout passes without
+response headers (`[routing.timeouts]` for the provider or model, else
+`TOKENSENSE_UPSTREAM_TIMEOUT`), or when the total timeout passes before the answer
+ended; the call may then be retried (no answer yet) or ends 504, and the error page
+mitmproxy would send becomes JSON in the endpoint's shape (addons/mitmproxy_compat.py).
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import time
 
 from mitmproxy import ctx, http
 
 from addons.common import get_call
+from tokensense.gateway.call import CallContext
+from tokensense.gateway.retry import UpstreamTimeouts, timeouts_for
+from tokensense.gateway.runtime import Runtime
 
 log = logging.getLogger(__name__)
 
 
 class UpstreamErrors:
-    def __init__(self, timeout: float) -> None:
+    def __init__(self, timeout: float, runtime: Runtime | None = None) -> None:
         self.timeout = timeout
+        self.runtime = runtime  # its `[routing.timeouts]` (None: only the default first-byte timeout)
+        self._default = UpstreamTimeouts(timeout if timeout > 0 else None, None)
+
+    def _timeouts(self, call: CallContext) -> UpstreamTimeouts:
+        routing = self.runtime.config.routing if self.runtime is not None else None
+        if routing is None or not routing.timeouts or call.provider is None:
+            return self._default
+        return timeouts_for(routing, call.provider.name, call.model or "", default_first_byte=self.timeout)
 
     def request(self, flow: http.HTTPFlow) -> None:
         call = get_call(flow)
-        if call is None or flow.response or flow.error or not call.forwarded or call.provider is None \
-                or self.timeout <= 0:
+        if call is None or flow.response or flow.error or not call.forwarded or call.provider is None:
             return
-        call.timeout = self.timeout
-        call.watchdog = asyncio.get_running_loop().call_later(self.timeout, self._expire, flow)
+        timeouts = self._timeouts(call)
+        wait = timeouts.first_byte or timeouts.total
+        if wait is None:
+            return
+        call.timeout = wait
+        call.watchdog = asyncio.get_running_loop().call_later(wait, self._expire, flow)
 
     def responseheaders(self, flow: http.HTTPFlow) -> None:
         self._cancel(flow)
+        call = get_call(flow)
+        if call is None or not call.forwarded or call.provider is None or self.runtime is None:
+            return
+        total = self._timeouts(call).total
+        if total is not None:
+            left = max(0.0, total - (time.perf_counter() - call.started))
+            call.watchdog = asyncio.get_running_loop().call_later(left, self._expire_total, flow, total)
 
     def response(self, flow: http.HTTPFlow) -> None:
         self._cancel(flow)
@@ -41,8 +65,8 @@ class UpstreamErrors:
         call = get_call(flow)
         if call is not None and call.status is None:
             call.status = 504 if call.timed_out else 502
-            if call.timed_out:
-                call.error = f"The provider did not answer within {self.timeout:g} seconds."
+            if call.timed_out and call.error is None:
+                call.error = f"The provider did not answer within {call.timeout or self.timeout:g} seconds."
 
     def _cancel(self, flow: http.HTTPFlow) -> None:
         call = get_call(flow)
@@ -50,11 +74,22 @@ class UpstreamErrors:
             call.watchdog.cancel()
             call.watchdog = None
 
+    def _expire_total(self, flow: http.HTTPFlow, total: float) -> None:
+        call = get_call(flow)
+        if call is None or flow.error is not None or flow.response is None or flow.response.timestamp_end:
+            return
+        call.timed_out = True
+        call.error = f"The provider's answer did not complete within {total:g} seconds."
+        self._cut(flow, call)
+
     def _expire(self, flow: http.HTTPFlow) -> None:
         call = get_call(flow)
         if call is None or flow.response is not None or flow.error is not None:
             return
         call.timed_out = True
+        self._cut(flow, call)
+
+    def _cut(self, flow: http.HTTPFlow, call: CallContext) -> None:
         proxyserver = ctx.master.addons.get("proxyserver")
         handler = proxyserver.connections.get(flow.client_conn.id) if proxyserver else None
         io = handler.transports.get(flow.server_conn) if handler else None

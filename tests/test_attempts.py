@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 from tokensense.config import RoutingConfig
 from tokensense.gateway.attempts import AttemptOutcome, run_attempts
-from tokensense.gateway.key_pool import KeyPools, KeyState, PoolPolicy
+from tokensense.gateway.key_pool import KeyPools, KeyState, PoolPolicy, outcome_for
 from tokensense.gateway.retry import Candidate, UpstreamTimeouts
 
 OPENAI = Candidate("gpt-4o-mini", "gpt-4o-mini", "openai")
@@ -176,3 +176,27 @@ def test_dashboard_log_shows_which_attempt_a_record_is() -> None:
     assert model_text(Usage(model="gpt-4o-mini", attempt=1)).plain == "gpt-4o-mini"
     retried = model_text(Usage(model="claude-haiku-4-5", attempt=3))
     assert retried.plain == "#3 claude-haiku-4-5" and retried.spans[0].style == "bold yellow"
+
+
+async def test_a_first_attempt_made_elsewhere_is_continued_from_its_outcome() -> None:
+    from tokensense.gateway.attempts import MadeAttempt
+
+    clock = Clock()
+    pool = {"openai": [Key("default"), Key("backup")]}
+    upstream = Upstream({}, clock)
+    pools = KeyPools(clock=clock)
+    # The gateway's native attempt used `default` and got a 429 (already reported): the loop goes on with `backup`.
+    state = await pools.report("openai", "default", outcome_for(429), retry_after=20)
+    made = MadeAttempt(Key("default"), _fail(429, "20"), state)
+    result = await run_attempts([OPENAI, CLAUDE], pools=pools, routing=RoutingConfig(retries=1), credentials=pool.get,
+                                send=upstream.send, timeouts=lambda c: UpstreamTimeouts(None, None),
+                                discard=upstream.discard, sleep=upstream.sleep, first=made)
+    assert upstream.sent == [("openai/gpt-4o-mini", "backup")] and upstream.waits == []
+    assert [(a.number, a.key_name, a.status) for a in result.attempts] == [(1, "default", 429), (2, "backup", 200)]
+    assert result.attempts[0].key_state is KeyState.COOLING and result.served_by == OPENAI
+    # A first attempt that is not retried is the answer: nothing is sent.
+    upstream.sent.clear()
+    done = await run_attempts([OPENAI], pools=pools, routing=RoutingConfig(), credentials=pool.get,
+                              send=upstream.send, timeouts=lambda c: UpstreamTimeouts(None, None),
+                              first=MadeAttempt(Key("backup"), _fail(400), KeyState.READY))
+    assert upstream.sent == [] and done.outcome.status == 400 and len(done.attempts) == 1

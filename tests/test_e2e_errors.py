@@ -83,8 +83,9 @@ def test_upstream_too_slow_is_504(gateway: Gateway, exec_id: str) -> None:
              headers={"x-fake-delay": "10", "x-execution-id": exec_id})
     assert r.status_code == 504
     assert r.json()["error"]["code"] == "upstream_timeout"
-    [record] = gateway.wait_records(execution_id=exec_id)
-    assert record["status"] == 504 and record["provider"] == "openai"
+    assert r.headers["x-tokensense-attempts"] == "2"  # retried once ([routing] retries = 1), as slow again
+    records = gateway.wait_records(2, execution_id=exec_id)
+    assert [(rec["attempt"], rec["status"], rec["provider"]) for rec in records] == [(1, 504, "openai"), (2, 504, "openai")]
 
 
 def test_upstream_errors_pass_through_and_are_metered(gateway: Gateway, exec_id: str) -> None:
@@ -93,8 +94,9 @@ def test_upstream_errors_pass_through_and_are_metered(gateway: Gateway, exec_id:
                             default_headers={"x-fake-status": "529", "x-execution-id": exec_id}).messages.create(
             model="claude-sonnet-4-6", max_tokens=10, messages=[{"role": "user", "content": "hi"}])
     assert e.value.status_code == 529 and e.value.body["error"]["type"] == "overloaded_error"
-    [record] = gateway.wait_records(execution_id=exec_id)
-    assert record["status"] == 529 and record["error"]
+    assert e.value.response.headers["x-tokensense-attempts"] == "2"  # retried once, overloaded again
+    records = gateway.wait_records(2, execution_id=exec_id)
+    assert [(r["attempt"], r["status"]) for r in records] == [(1, 529), (2, 529)] and all(r["error"] for r in records)
 
 
 @pytest.fixture(scope="module")
@@ -119,8 +121,8 @@ def test_upstream_down_is_502_in_each_shape(broken_gateway: Gateway, exec_id: st
     assert r.status_code == 502
     assert r.headers["content-type"] == "application/json"
     assert r.json()["error"]["code"] == "upstream_error"
-    [record] = broken_gateway.wait_records(execution_id=exec_id)
-    assert record["status"] == 502
+    records = broken_gateway.wait_records(2, execution_id=exec_id)
+    assert [(rec["attempt"], rec["status"]) for rec in records] == [(1, 502), (2, 502)]
 
 
 def test_nothing_secret_in_the_gateway_log(gateway: Gateway) -> None:

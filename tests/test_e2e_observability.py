@@ -173,7 +173,9 @@ def test_metrics_spans_and_alerts_match_the_records(obs_gateway: Gateway,
         assert got("tokensense_request_duration_seconds_count", provider=provider, model=model, endpoint=endpoint) == n
     assert ttfts and all(got("tokensense_time_to_first_token_seconds_count", provider=p, model=m) == n
                          for (p, m), n in ttfts.items())
-    assert got("tokensense_upstream_errors_total", provider="openai", model="gpt-4o-mini", kind="server_error") == 1
+    # The 503 call was retried once ([routing] retries = 1): two attempts, two records, two upstream errors.
+    assert got("tokensense_upstream_errors_total", provider="openai", model="gpt-4o-mini", kind="server_error") == 2
+    assert got("tokensense_upstream_retries_total", provider="openai", model="gpt-4o-mini") == 1
     assert "tokensense_upstream_retries_total" in {f.name + "_total" for f in text_string_to_metric_families(
         httpx.get(gw.extra["metrics_url"], timeout=10).text)}
     spent = sum(r["cost_usd"] or 0.0 for r in rows if r["key_id"] == alerted["id"])

@@ -157,8 +157,9 @@ def test_provider_error_keeps_its_status(gateway: Gateway, exec_id: str, model: 
     assert e.value.status_code == status
     if status == 529:
         assert e.value.body["code"] == "overloaded_error"
-    [record] = gateway.wait_records(execution_id=exec_id)
-    assert record["status"] == status and record["error"]
+    assert e.value.response.headers["x-tokensense-attempts"] == "2"  # retried once ([routing] retries = 1)
+    records = gateway.wait_records(2, execution_id=exec_id)
+    assert [(r["attempt"], r["status"]) for r in records] == [(1, status), (2, status)] and all(r["error"] for r in records)
 
 
 def test_unmappable_parameter_is_a_400_naming_it(gateway: Gateway, exec_id: str) -> None:

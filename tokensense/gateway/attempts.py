@@ -48,6 +48,17 @@ class AttemptOutcome:
 
 
 @dataclass(frozen=True, slots=True)
+class MadeAttempt:
+    """An attempt of the plan's first candidate made already (the gateway's native first attempt),
+    with its answer already reported to the key pools."""
+
+    key: Any  # the PooledKey it used
+    outcome: AttemptOutcome
+    state: KeyState  # the key's state after that answer
+    probe: bool = False
+
+
+@dataclass(frozen=True, slots=True)
 class Attempt:
     """One upstream attempt: a usage record of its own, linked to the call by its request id."""
 
@@ -104,8 +115,13 @@ async def run_attempts(
     sleep: Callable[[float], Awaitable[Any]] = asyncio.sleep,
     rng: random.Random | None = None,
     request_id: str = "",
+    first: MadeAttempt | None = None,
 ) -> AttemptsResult:
-    """Try the plan's candidates in order until one answers (see the module docstring)."""
+    """Try the plan's candidates in order until one answers (see the module docstring).
+
+    `first`: the first candidate's first attempt, made already by the caller; the loop
+    goes on from its outcome (retry, other key, fallback or give up).
+    """
     attempts: list[Attempt] = []
     skipped: list[Skipped] = []
     # The latest failed answer: the client's answer if nothing better comes, closed once replaced.
@@ -130,31 +146,37 @@ async def run_attempts(
         tried: set[str] = set()
         while True:
             pool = credentials(candidate.provider)
-            if wait:
-                await sleep(wait)
-            pick = await pools.pick(candidate.provider, pool, exclude=tried)
-            if pick.key is None:
-                outcome = _no_key(candidate, pick.retry_after, pick.states)
-                log.info("request %s: %s", request_id, outcome.error)
-                if last is None or last.synthetic:
-                    last, last_candidate = outcome, None
-                break
-            outcome = await send(candidate, pick.key, timeouts(candidate))
-            retry_after = parse_retry_after(outcome.headers) if outcome.status is not None else None
-            state = await pools.report(candidate.provider, pick.key.name, outcome_for(outcome.status),
-                                       retry_after=retry_after,
-                                       reason=f"{outcome.status}: {outcome.error or 'refused'}"[:300])
-            attempts.append(Attempt(len(attempts) + 1, candidate, pick.key.name, outcome.status, outcome.error,
-                                    wait, pick.probe, state))
+            if first is not None and index == 0 and not attempts:
+                key, probe, outcome = first.key, first.probe, first.outcome
+                retry_after = parse_retry_after(outcome.headers) if outcome.status is not None else None
+                state = first.state
+            else:
+                if wait:
+                    await sleep(wait)
+                pick = await pools.pick(candidate.provider, pool, exclude=tried)
+                if pick.key is None:
+                    outcome = _no_key(candidate, pick.retry_after, pick.states)
+                    log.info("request %s: %s", request_id, outcome.error)
+                    if last is None or last.synthetic:
+                        last, last_candidate = outcome, None
+                    break
+                key, probe = pick.key, pick.probe
+                outcome = await send(candidate, key, timeouts(candidate))
+                retry_after = parse_retry_after(outcome.headers) if outcome.status is not None else None
+                state = await pools.report(candidate.provider, key.name, outcome_for(outcome.status),
+                                           retry_after=retry_after,
+                                           reason=f"{outcome.status}: {outcome.error or 'refused'}"[:300])
+            attempts.append(Attempt(len(attempts) + 1, candidate, key.name, outcome.status, outcome.error,
+                                    wait, probe, state))
             await replace_last(outcome, candidate)
             if outcome.ok:
                 return AttemptsResult(outcome, attempts, skipped, candidate)
-            tried.add(pick.key.name)
+            tried.add(key.name)
             step = next_step(status=outcome.status, retry_after=retry_after, retries_used=retries_used,
                              routing=routing, has_fallback=has_fallback,
                              other_key=pools.has_usable(candidate.provider, pool, tried), rng=rng)
             log.info("request %s: attempt %d (%s, key %s) failed: %s; %s", request_id, len(attempts),
-                     candidate.served_by, pick.key.name, step.reason, step.action.value)
+                     candidate.served_by, key.name, step.reason, step.action.value)
             if step.action is Action.GIVE_UP:
                 return AttemptsResult(outcome, attempts, skipped, candidate)
             if step.action is Action.FALLBACK:

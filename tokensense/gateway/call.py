@@ -65,6 +65,14 @@ class CallContext:
     media_cost: float | None = None  # images, speech, transcription: priced by the media addon
     timeout: float | None = None  # seconds the provider has to answer (upstream watchdog)
     watchdog: asyncio.TimerHandle | None = None
+    # Retries and fallbacks (tokensense/gateway/reliability.py):
+    attempt: int = 1  # the upstream attempt this call's own record is (retries and fallbacks record the others)
+    provider_key: str | None = None  # the name of the provider key (of the provider's pool) the attempt used
+    fallbacks: tuple[str, ...] | None = None  # the x-tokensense-fallbacks header's models (None: no header)
+    client_content: bytes | None = None  # the client's request body, when the upstream request got another one
+    # Run with the record of each failed attempt a retry or fallback followed (observers: metrics, spans);
+    # `on_record` runs once, with the call's own record (the last attempt's).
+    on_attempt_record: list[Callable[[UsageCreate], None]] = field(default_factory=list)
 
     @property
     def usage_chunk_added(self) -> bool:

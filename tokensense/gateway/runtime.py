@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import threading
+from typing import TYPE_CHECKING
 
 from sqlalchemy import text
 from sqlalchemy.engine import Engine
@@ -18,6 +19,10 @@ from tokensense.metering.hub_recorder import HubRecorder
 from tokensense.metering.pricing import PriceBook
 from tokensense.metering.recorder import UsageRecorder, describe_error, usage_recorder
 from tokensense.settings import Settings, get_settings
+
+if TYPE_CHECKING:
+    from tokensense.gateway.key_pool import KeyPools
+    from tokensense.gateway.upstream_client import UpstreamClient
 
 log = logging.getLogger(__name__)
 
@@ -42,6 +47,9 @@ class Runtime:
         self.recorder: UsageRecorder | HubRecorder | None = None
         self.counters: CounterStore | None = None
         self.inflight = InFlight()
+        self.pools: KeyPools | None = None  # the provider-key pools' health (retries, cool-downs, breakers)
+        self.upstream: UpstreamClient | None = None  # retries and fallbacks are made with it (created lazily)
+        self._take_outs: set[asyncio.Future] = set()
         self.started = False
         self._lock = threading.Lock()
 
@@ -79,7 +87,32 @@ class Runtime:
             hub = hub_socket_from_env()  # a worker of `serve --workers N`: the supervisor writes the records
             self.recorder = HubRecorder(hub) if hub else usage_recorder(self.engine, self.settings)
             self.counters = make_counters(self.settings.redis_url, settings=self.settings)
+            from tokensense.gateway.key_pool import KeyPools
+            from tokensense.gateway.retry import pool_policy
+
+            self.pools = KeyPools(pool_policy(self.config.routing), redis_url=self.settings.redis_url,
+                                  on_take_out=self._take_out)
             self.started = True
+
+    def upstream_client(self) -> UpstreamClient:
+        """The httpx client of retries and fallbacks (made on first use, on the event loop)."""
+        if self.upstream is None:
+            from tokensense.gateway.upstream_client import UpstreamClient
+
+            self.upstream = UpstreamClient()
+        return self.upstream
+
+    def _take_out(self, provider: str, name: str, reason: str) -> None:
+        """A provider refused a key (401/403): write its take-out for every instance, off the event loop."""
+        assert self.keys is not None
+        future = asyncio.ensure_future(asyncio.to_thread(self.keys.take_out, provider, name, reason))
+        self._take_outs.add(future)
+        future.add_done_callback(self._took_out)
+
+    def _took_out(self, future: asyncio.Future) -> None:
+        self._take_outs.discard(future)
+        if not future.cancelled() and future.exception() is not None:
+            log.warning("could not store a provider key's take-out: %s", type(future.exception()).__name__)
 
     def spent_since(self, key_id: str, since):
         """What the key spent in the window, from the database (blocking: call from a thread)."""
@@ -131,7 +164,13 @@ class Runtime:
             self.keys.stop()
 
     async def aclose(self, grace: float = 30.0) -> None:
+        if self._take_outs:
+            await asyncio.wait(list(self._take_outs), timeout=5)
         # The recorder's close waits for the database (or the spool): off the event loop.
         await asyncio.to_thread(self.close, grace)
         if self.counters is not None:
             await self.counters.close()
+        if self.pools is not None:
+            await self.pools.close()
+        if self.upstream is not None:
+            await self.upstream.close()

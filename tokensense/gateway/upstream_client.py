@@ -11,6 +11,7 @@ the caller's to apply while it reads the body (`deadline`).
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -19,6 +20,9 @@ import httpx
 
 from tokensense.gateway.attempts import AttemptOutcome
 from tokensense.gateway.retry import UpstreamTimeouts
+
+# httpx logs every request's URL at INFO; the gateway's log says what each attempt did instead.
+logging.getLogger("httpx").setLevel(logging.WARNING)
 
 ERROR_BODY_LIMIT = 64 * 1024  # a failed attempt's body is read (for its message) up to this much
 
@@ -75,7 +79,7 @@ class UpstreamClient:
         finally:
             await response.aclose()
         answer.body = bytes(body)
-        return AttemptOutcome(response.status_code, headers, _error_message(answer.body), answer=answer)
+        return AttemptOutcome(response.status_code, headers, error_message(answer.body), answer=answer)
 
     async def discard(self, outcome: AttemptOutcome) -> None:
         answer = outcome.answer
@@ -86,7 +90,7 @@ class UpstreamClient:
         await self.client.aclose()
 
 
-def _error_message(body: bytes) -> str | None:
+def error_message(body: bytes) -> str | None:
     """The provider's error message from an OpenAI, Anthropic or Google error body (best effort)."""
     import json
 

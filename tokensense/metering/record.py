@@ -35,6 +35,7 @@ def build_record(call: CallContext, *, status: int, prices: PriceBook) -> UsageC
     first = call.first_token if call.stream else call.first_byte
     return UsageCreate(
         request_id=call.request_id,
+        attempt=call.attempt,
         key_id=call.key.id if call.key else None,
         key_name=clean_text(call.key.name, MAX_NAME) if call.key else None,
         provider=call.provider.name if call.provider else None,
