@@ -13,6 +13,7 @@ import uuid
 import pytest
 from conftest import free_port
 
+from tests.conftest import service_missing
 from tokensense.gateway.limits import (
     BudgetDecision,
     CountersUnavailable,
@@ -99,7 +100,7 @@ async def test_two_instances_on_redis_never_exceed_the_budget() -> None:
     try:
         await first.redis.ping()
     except redis.exceptions.ConnectionError as e:
-        pytest.skip(f"no Redis at {REDIS_URL}: {e}")
+        service_missing(f"no Redis at {REDIS_URL}: {e}")
     try:
         calls = [(first if i % 2 else second).reserve_budget("k", "total", 1.0, 0.03, lambda: 0.0, None)
                  for i in range(50)]

@@ -10,6 +10,7 @@ from datetime import UTC, datetime
 
 import pytest
 
+from tests.conftest import service_missing
 from tokensense.gateway.key_pool import (
     CLEAN,
     KeyHealth,
@@ -135,7 +136,7 @@ async def make_pools(request: pytest.FixtureRequest) -> AsyncIterator:
     prefix = f"tstest{uuid.uuid4().hex[:8]}"
     made: list[KeyPools] = []
     if request.param == "redis" and not _redis_up():
-        pytest.skip("Redis at 127.0.0.1:6379 is not reachable")
+        service_missing("Redis at 127.0.0.1:6379 is not reachable")
 
     def make(clock: Clock, **kwargs) -> KeyPools:
         shared = RedisHealth(REDIS_URL, prefix=prefix) if request.param == "redis" else None

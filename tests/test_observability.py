@@ -13,6 +13,7 @@ from prometheus_client import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 from sqlmodel import Session
 
+from tests.conftest import service_missing
 from tokensense.cli.commands import main
 from tokensense.config import AlertsConfig, ConfigError, load_config
 from tokensense.observability.alerts import (
@@ -254,7 +255,7 @@ def test_redis_ledger_is_shared_between_instances(tmp_path: Path) -> None:
     try:
         first.redis.ping()
     except redis.exceptions.ConnectionError as e:
-        pytest.skip(f"no Redis at {REDIS_URL}: {e}")
+        service_missing(f"no Redis at {REDIS_URL}: {e}")
     try:
         assert first.claim("k", "daily:2026-01-01", 0.5, "daily") is True
         assert second.claim("k", "daily:2026-01-01", 0.5, "daily") is False

@@ -10,6 +10,7 @@ import pytest
 from sqlmodel import Session
 from test_cli import _assert_user_error, _json, home, run  # noqa: F401 - fixtures
 
+from tests.conftest import service_missing
 from tokensense.gateway.key_pool import KeyPools, Outcome, PoolPolicy, RedisHealth
 from tokensense.gateway.keys import KeyStore
 from tokensense.settings import get_settings, reset_settings
@@ -68,7 +69,7 @@ def test_list_shows_the_cool_downs_gateways_share_in_redis(run, monkeypatch: pyt
     try:
         socket.create_connection(("127.0.0.1", 6379), timeout=0.5).close()
     except OSError:
-        pytest.skip("Redis at 127.0.0.1:6379 is not reachable")
+        service_missing("Redis at 127.0.0.1:6379 is not reachable")
     # The command line reads the state under the default prefix; a fresh provider-key name keeps tests apart.
     name = f"k{uuid.uuid4().hex[:10]}"
     monkeypatch.setenv("TOKENSENSE_REDIS_URL", "redis://127.0.0.1:6379/0")
