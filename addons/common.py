@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
+from collections.abc import Callable
+from typing import Any
 
 from mitmproxy import http
 from mitmproxy.proxy.mode_specs import ProxyMode, ReverseMode
@@ -20,6 +23,7 @@ from tokensense.providers import ProviderAdapter
 from tokensense.providers.base import Upstream
 
 __all__ = ["CALL", "get_call"]
+log = logging.getLogger(__name__)
 JSON_HEADERS = {"content-type": "application/json"}
 
 
@@ -150,3 +154,35 @@ def response_body(response: http.Response) -> bytes:
     if "content-encoding" in response.headers:
         return response.get_content(strict=False) or b""
     return response.raw_content or b""
+
+
+def write_translated_answer(flow: http.HTTPFlow, call: CallContext, answer: Callable[[Any], dict],
+                            error: Callable[[int, bytes], dict], *, what: str = "answer") -> dict | None:
+    """Replace an unstreamed provider answer with its translation; the translated body of a 2xx, else None.
+
+    Usage is read from the provider's own answer first. An answer the translation cannot read becomes a
+    502 in the endpoint's shape, never the raw provider body.
+    """
+    response = flow.response
+    assert response is not None and call.provider is not None
+    content = response_body(response)
+    ok = 200 <= response.status_code < 300
+    try:
+        if ok:
+            provider_answer = json.loads(content)
+            call.usage = call.provider.usage_from_body(provider_answer)
+            translated = answer(provider_answer)
+        else:
+            translated = error(response.status_code, content)
+            call.error = str(translated.get("error", {}).get("message", ""))[:300] or None
+    except Exception as e:
+        log.warning("request %s: %s %s could not be translated (%s)", call.request_id,
+                    call.provider.display_name, what, type(e).__name__)
+        answer_error(flow, call.fmt, GatewayError(
+            502, f"{call.provider.display_name} answered in a shape TokenSense could not translate.",
+            code="upstream_error"))
+        return None
+    response.headers.pop("content-encoding", None)
+    response.content = json.dumps(translated).encode()
+    response.headers["content-type"] = "application/json"
+    return translated if ok else None

@@ -18,7 +18,15 @@ from typing import Any
 
 from mitmproxy import http
 
-from addons.common import answer_error, answer_json, get_call, prepare_upstream, require_credential, response_body
+from addons.common import (
+    answer_error,
+    answer_json,
+    get_call,
+    prepare_upstream,
+    require_credential,
+    response_body,
+    write_translated_answer,
+)
 from tokensense.gateway.body import parse_json_body
 from tokensense.gateway.call import CallContext
 from tokensense.gateway.endpoints import RESPONSE_ID_ENDPOINTS, RESPONSES_ENDPOINTS, Endpoint
@@ -253,29 +261,15 @@ class Responses:
             self._remember(call, answer["id"], meta.previous)
 
     def _translate_answer(self, flow: http.HTTPFlow, call: CallContext, meta: ResponsesCall) -> None:
-        response = flow.response
-        assert response is not None and call.provider is not None and meta.translator is not None
-        content = response_body(response)
-        try:
-            if 200 <= response.status_code < 300:
-                provider_answer = json.loads(content)
-                call.usage = call.provider.usage_from_body(provider_answer)
-                translated = meta.translator.answer(provider_answer, model=call.requested_model or call.model or "",
-                                                    request=meta.request, response_id=meta.response_id)
-                self._remember_translated(call, meta, translated)
-            else:
-                translated = meta.translator.error(response.status_code, content)
-                call.error = str(translated.get("error", {}).get("message", ""))[:300] or None
-        except Exception as e:  # an answer the translation cannot read: never the raw provider body
-            log.warning("request %s: %s Responses answer could not be translated (%s)", call.request_id,
-                        call.provider.display_name, type(e).__name__)
-            answer_error(flow, call.fmt, GatewayError(
-                502, f"{call.provider.display_name} answered in a shape TokenSense could not translate.",
-                code="upstream_error"))
-            return
-        response.headers.pop("content-encoding", None)
-        response.content = json.dumps(translated).encode()
-        response.headers["content-type"] = "application/json"
+        translator = meta.translator
+        assert translator is not None
+        model = call.requested_model or call.model or ""
+        translated = write_translated_answer(
+            flow, call, lambda answer: translator.answer(answer, model=model, request=meta.request,
+                                                         response_id=meta.response_id),
+            translator.error, what="Responses answer")
+        if translated is not None:
+            self._remember_translated(call, meta, translated)
 
     def _remember(self, call: CallContext, response_id: str, previous: str | None) -> None:
         assert call.provider is not None and call.key is not None

@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-import json
 import logging
 
 from mitmproxy import http
 
-from addons.common import answer_error, get_call, response_body
-from tokensense.gateway.errors import GatewayError
+from addons.common import get_call, write_translated_answer
 from tokensense.gateway.runtime import Runtime
 from tokensense.providers.chat_stream import TranslatingStream
 
@@ -46,24 +44,6 @@ class Translation:
         response = flow.response
         if call is None or call.translator is None or response is None or response.stream or not call.forwarded:
             return
-        content = response_body(response)
         model = call.requested_model or call.model or ""
-        assert call.provider is not None
-        try:
-            if 200 <= response.status_code < 300:
-                provider_answer = json.loads(content)
-                call.usage = call.provider.usage_from_body(provider_answer)
-                translated = call.translator.answer(provider_answer, model=model)
-            else:
-                translated = call.translator.error(response.status_code, content)
-                call.error = str(translated.get("error", {}).get("message", ""))[:300] or None
-        except Exception as e:  # an answer the translation cannot read: never the raw provider body
-            log.warning("request %s: %s answer could not be translated (%s)", call.request_id,
-                        call.provider.display_name, type(e).__name__)
-            answer_error(flow, call.fmt, GatewayError(
-                502, f"{call.provider.display_name} answered in a shape TokenSense could not translate.",
-                code="upstream_error"))
-            return
-        response.headers.pop("content-encoding", None)
-        response.content = json.dumps(translated).encode()
-        response.headers["content-type"] = "application/json"
+        translator = call.translator
+        write_translated_answer(flow, call, lambda answer: translator.answer(answer, model=model), translator.error)
