@@ -537,6 +537,13 @@ class Outcome(NamedTuple):
 COMPLETED = Outcome("completed")
 
 
+def ended_output(output: list[dict], outcome: Outcome) -> list[dict]:
+    """The output items of a finished response: message items say `incomplete` when the response is."""
+    if outcome.status != "incomplete":
+        return output
+    return [{**item, "status": "incomplete"} if item["type"] == "message" else item for item in output]
+
+
 def response_object(*, response_id: str, model: str, request: dict | None, output: list[dict], usage: dict | None,
                     outcome: Outcome = COMPLETED, status: str | None = None, created_at: int | None = None,
                     error: dict | None = None) -> dict:
@@ -738,10 +745,8 @@ class ResponseEvents:
 
     def complete(self, outcome: Outcome, usage: dict | None) -> list[dict]:
         out = self.close_all(status="incomplete" if outcome.status == "incomplete" else "completed")
-        output = [item for item in self.output if item is not None]
-        if outcome.status == "incomplete":
-            # The provider says why it stopped after the last item ended; the final object says it per item.
-            output = [{**item, "status": "incomplete"} if item["type"] == "message" else item for item in output]
+        # The provider says why it stopped after the last item ended; the final object says it per item.
+        output = ended_output([item for item in self.output if item is not None], outcome)
         self.final = self._response(outcome.status, output=output, usage=usage, outcome=outcome)
         kind = "response.incomplete" if outcome.status == "incomplete" else "response.completed"
         out.append(self._event(kind, response=self.final))

@@ -76,15 +76,11 @@ def responses_response_from_provider(resp: dict, *, model: str, request: dict | 
             output.append(rf.reasoning_item([text] if summary and text else []))
         # Other block types answer server tools, which this translation never sends.
     outcome = _outcome(resp.get("stop_reason"))
-    if outcome.status == "incomplete":
-        for item in output:
-            if item["type"] == "message":
-                item["status"] = "incomplete"
     return rf.response_object(
         response_id=response_id or rf.new_response_id(),
         model=model,
         request=request,
-        output=output,
+        output=rf.ended_output(output, outcome),
         usage=usage_to_responses(resp.get("usage") or {}),
         outcome=outcome,
     )

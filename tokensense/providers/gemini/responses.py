@@ -97,15 +97,11 @@ def responses_response_from_provider(resp: dict, *, model: str, request: dict | 
         run_kind = kind if kind else run_kind
     blocked = not candidates and bool((resp.get("promptFeedback") or {}).get("blockReason"))
     outcome = _outcome(candidate.get("finishReason"), blocked=blocked)
-    if outcome.status == "incomplete":
-        for item in output:
-            if item["type"] == "message":
-                item["status"] = "incomplete"
     return rf.response_object(
         response_id=response_id or rf.new_response_id(),
         model=model,
         request=request,
-        output=output,
+        output=rf.ended_output(output, outcome),
         usage=usage_to_responses(resp.get("usageMetadata") or {}),
         outcome=outcome,
     )
