@@ -18,7 +18,7 @@ from tokensense.gateway.catalog import list_models
 from tokensense.gateway.endpoints import RESPONSES_ENDPOINTS, STREAM_ACTIONS, Endpoint
 from tokensense.gateway.errors import GatewayError
 from tokensense.gateway.forward import OPENAI_SDK_HEADER_PREFIXES
-from tokensense.gateway.model_lists import ListShape, find, listed, model_list, shape_for, single_model
+from tokensense.gateway.model_lists import ListShape, find, listed, model_list, served_in, shape_for, single_model
 from tokensense.gateway.policy import model_allowed
 from tokensense.gateway.routing import MEDIA_ENDPOINTS, resolve_model
 from tokensense.gateway.runtime import Runtime
@@ -62,7 +62,7 @@ class Router:
                                   _pricing_kind(prices, provider, model))
         req = flow.request
         shape = shape_for(req.path.partition("?")[0], req.headers)
-        models = listed(openai_list)
+        models = served_in(shape, listed(openai_list))
         if call.route_endpoint is Endpoint.MODELS:
             answer_json(flow, 200, openai_list if shape is ListShape.OPENAI else model_list(shape, models, req.query))
             return

@@ -155,8 +155,15 @@ def test_model_lists_in_the_sdks_shape(gateway: Gateway) -> None:
                                params={"limit": 2}).json()
     assert len(anthropic_list["data"]) == 2 and anthropic_list["has_more"] is True
     assert anthropic_list["data"][0]["type"] == "model" and anthropic_list["data"][0]["display_name"]
-    google = httpx.get(f"{gateway.url}/v1beta/models", headers={"x-goog-api-key": gateway.key}).json()
+    every_claude = httpx.get(f"{gateway.url}/v1/models", headers={**headers, "anthropic-version": "2023-06-01"},
+                             params={"limit": 1000}).json()["data"]
+    assert every_claude and all(m["id"].startswith("claude") for m in every_claude)  # /v1/messages serves no GPT
+    google = httpx.get(f"{gateway.url}/v1beta/models", headers={"x-goog-api-key": gateway.key},
+                       params={"pageSize": 1000}).json()
     assert google["models"][0]["name"].startswith("models/")
+    assert all(m["name"].startswith(("models/gemini", "models/gemma", "models/imagen", "models/veo", "models/learnlm",
+                                     "models/text-embedding", "models/embedding"))
+               for m in google["models"]), [m["name"] for m in google["models"]]
     one = httpx.get(f"{gateway.url}/v1/models/gpt-4.1", headers=headers).json()
     assert (one["id"], one["object"], one["owned_by"]) == ("gpt-4.1", "model", "openai")
     gemini = httpx.get(f"{gateway.url}/v1beta/models/gemini-2.5-flash", headers={"x-goog-api-key": gateway.key}).json()

@@ -11,7 +11,7 @@ import openai
 from google import genai
 from google.genai import types
 
-from tokensense.gateway.model_lists import ListShape, find, listed, model_list, shape_for, single_model
+from tokensense.gateway.model_lists import ListShape, find, listed, model_list, served_in, shape_for, single_model
 
 MODELS = listed({"object": "list", "data": [
     {"id": "claude-sonnet-4-5", "object": "model", "created": 0, "owned_by": "anthropic"},
@@ -79,3 +79,10 @@ def test_bad_paging_values_fall_back() -> None:
     out = model_list(ListShape.ANTHROPIC, MODELS, {"limit": "0"})
     assert len(out["data"]) == 1
     assert json.dumps(out)
+
+
+def test_each_shape_lists_only_what_its_api_serves() -> None:
+    """Anthropic's list names Claude models only (/v1/messages serves no GPT), Google's Gemini only; OpenAI's all."""
+    assert [m.id for m in served_in(ListShape.ANTHROPIC, MODELS)] == ["claude-sonnet-4-5"]
+    assert [m.id for m in served_in(ListShape.GOOGLE, MODELS)] == ["gemini-2.5-flash"]
+    assert served_in(ListShape.OPENAI, MODELS) == MODELS

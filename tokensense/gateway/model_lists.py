@@ -18,6 +18,7 @@ from typing import Any, NamedTuple
 
 from genai_prices import data_snapshot
 
+from tokensense.gateway.endpoints import Endpoint
 from tokensense.providers import get_provider
 
 ANTHROPIC_DEFAULT_LIMIT = 20
@@ -74,6 +75,19 @@ def listed(openai_list: dict) -> list[ListedModel]:
         name, window = describe(entry["owned_by"], entry["id"])
         out.append(ListedModel(entry["id"], entry["owned_by"], name, window))
     return out
+
+
+# The API each shape belongs to: a list in Anthropic's (Google's) shape names only the models that API serves,
+# the models of providers whose native API it is; OpenAI's list names every model (chat translation).
+_SHAPE_API = {ListShape.ANTHROPIC: Endpoint.MESSAGES, ListShape.GOOGLE: Endpoint.GEMINI}
+
+
+def served_in(shape: ListShape, models: list[ListedModel]) -> list[ListedModel]:
+    """The models a client of `shape`'s API can call on it (`/v1/messages` serves no GPT model)."""
+    api = _SHAPE_API.get(shape)
+    if api is None:
+        return models
+    return [m for m in models if (p := get_provider(m.provider)) is not None and api in p.native]
 
 
 def find(models: list[ListedModel], model_id: str) -> ListedModel | None:
