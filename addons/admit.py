@@ -15,15 +15,18 @@ from mitmproxy import ctx, http
 from addons.common import answer_error, answer_json, intercepting, lookup_key, strip_client_keys
 from tokensense.gateway.auth import client_key
 from tokensense.gateway.call import CallContext
-from tokensense.gateway.endpoints import Endpoint
-from tokensense.gateway.errors import GatewayError, format_for_path
+from tokensense.gateway.endpoints import Endpoint, is_free_call
+from tokensense.gateway.errors import ErrorFormat, GatewayError, format_for_path
 from tokensense.gateway.flowmeta import BODY_LIMIT, CALL, refuse_body, set_call
+from tokensense.gateway.model_lists import ListShape, shape_for
 from tokensense.gateway.routing import classify
 from tokensense.gateway.runtime import Runtime
 from tokensense.metering.attribution import attribution
 
 log = logging.getLogger(__name__)
 _MB = 1024 * 1024
+_MODEL_LIST_ERRORS = {ListShape.OPENAI: ErrorFormat.OPENAI, ListShape.ANTHROPIC: ErrorFormat.ANTHROPIC,
+                      ListShape.GOOGLE: ErrorFormat.GOOGLE}
 
 
 class Admit:
@@ -44,9 +47,13 @@ class Admit:
         except GatewayError as e:
             await self._unknown_endpoint(flow, path, presented, e)
             return
-        call = CallContext(route.endpoint, route.fmt, path_model=route.model, action=route.action,
+        fmt = route.fmt
+        if route.endpoint in (Endpoint.MODELS, Endpoint.MODEL):  # one path, three SDKs: errors in the asking SDK's shape
+            fmt = _MODEL_LIST_ERRORS[shape_for(path, req.headers)]
+        call = CallContext(route.endpoint, fmt, path_model=route.model, action=route.action,
                            version=route.version, method=req.method, resource=route.resource,
                            path_provider=route.provider, path_params=route.params)
+        call.free = is_free_call(route.endpoint, route.action)
         set_call(flow, call)
         if route.endpoint is Endpoint.HEALTH:
             call.recorded = True  # a health check is not a provider call
@@ -57,7 +64,7 @@ class Admit:
         try:
             call.key = await self._key(presented)
         except GatewayError as e:
-            answer_error(flow, route.fmt, e)
+            answer_error(flow, call.fmt, e)
             refuse_body(flow)
             return
         if not call.attribution["project"]:
@@ -65,7 +72,7 @@ class Admit:
         limit = self._body_limit(route.endpoint)
         length = req.headers.get("content-length", "")
         if length.isdigit() and int(length) > limit:
-            answer_error(flow, route.fmt, GatewayError(
+            answer_error(flow, call.fmt, GatewayError(
                 413, f"The request body is {int(length) / _MB:.1f} MB; TokenSense accepts at most {limit / _MB:g} MB "
                 f"here ({'TOKENSENSE_MAX_UPLOAD_MB' if route.endpoint is Endpoint.TRANSCRIPTIONS else 'TOKENSENSE_MAX_BODY_MB'}).",
                 code="request_too_large"))

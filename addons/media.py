@@ -127,9 +127,9 @@ class Media:
             answer_error(flow, call.fmt, e)
 
     def _resolve(self, call: CallContext, requested: object) -> tuple[ProviderAdapter, str, media.MediaRoute]:
+        call.requested_model = requested if isinstance(requested, str) else None  # kept by a refused call's record
         adapter, model = resolve_model(requested, self.runtime.prices, media_models=self.prices.models)
         call.provider, call.model = adapter, model
-        call.requested_model = requested if isinstance(requested, str) else None
         declared = model in self.runtime.prices.custom or model in self.prices.declared
         return adapter, model, media.media_route(call.route_endpoint.value, adapter.name, model, declared=declared)
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import time
@@ -11,6 +12,7 @@ from mitmproxy import http
 from addons.common import get_call, response_body
 from tokensense.gateway.call import CallContext
 from tokensense.gateway.runtime import Runtime
+from tokensense.metering.input_count import InputCount, count_input_tokens
 from tokensense.metering.record import build_record
 from tokensense.metering.stream import PassthroughStream
 from tokensense.metering.usage import TokenUsage
@@ -46,6 +48,7 @@ def _is_event_stream(response: http.Response) -> bool:
 class Metering:
     def __init__(self, runtime: Runtime) -> None:
         self.runtime = runtime
+        self._tasks: set[asyncio.Task] = set()  # input counts whose record follows
 
     def responseheaders(self, flow: http.HTTPFlow) -> None:
         call = get_call(flow)
@@ -88,6 +91,9 @@ class Metering:
         if call.provider is not None and call.usage is None and not response.stream and call.stream_usage is None:
             body = response_body(response)
             call.usage = self._usage_from_body(call, body)
+            if 200 <= status < 300 and (call.usage is None or not call.usage.has_tokens) and \
+                    self._count_then_record(flow, call, status):
+                return  # recorded once the provider has counted the input (after the client has its answer)
         if status >= 400 and call.error is None:
             call.error = _error_message(body if body is not None else response_body(response))
         record = self._record(call, status)
@@ -105,6 +111,41 @@ class Metering:
         if call.error is None and flow.error:
             call.error = flow.error.msg
         self._record(call, status)
+
+    def _count_then_record(self, flow: http.HTTPFlow, call: CallContext, status: int) -> bool:
+        """For an answer without usage whose input is billed (Gemini embeddings): count the input with the
+        provider's free counting call in a task, then record. False when the call has no such count."""
+        adapter = call.provider
+        assert adapter is not None
+        asked = adapter.input_count(call.route_endpoint, call.action, call.model or "", call.version, call.sent_body)
+        if asked is None:
+            return False
+        if call.pending is None or call.intercepted:  # no provider key of ours to count with: unknown, so unpriced
+            call.usage_unknown = True
+            return False
+        if _header(flow.response.headers, b"x-tokensense-request-id") is None:  # type: ignore[union-attr]
+            flow.response.headers.fields += ((b"x-tokensense-request-id", call.request_id.encode()),)  # type: ignore[union-attr]
+        call.recorded = True  # the count's task records it; no other hook may
+        inflight_id = f"{flow.id}:input-count"
+        self.runtime.inflight.started(inflight_id)  # a shutdown waits for the count and its record
+        count = InputCount(call.pending, *asked)
+        task = asyncio.get_running_loop().create_task(self._record_counted(call, status, count, inflight_id))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        return True
+
+    async def _record_counted(self, call: CallContext, status: int, count: InputCount, inflight_id: str) -> None:
+        try:
+            usage = await count_input_tokens(self.runtime.upstream_client(), count)
+            if usage is None:
+                call.usage_unknown = True
+                log.warning("the input tokens of a %s %s call could not be counted: recorded unpriced",
+                            call.model, call.action)
+            else:
+                call.usage = usage
+            self._record(call, status)
+        finally:
+            self.runtime.inflight.finished(inflight_id)
 
     def _usage_from_body(self, call: CallContext, content: bytes) -> TokenUsage | None:
         adapter = call.provider

@@ -45,7 +45,7 @@ class Policy:
         except GatewayError as e:
             answer_error(flow, call.fmt, e)
             return
-        if call.route_endpoint not in MEDIA_ENDPOINTS and (refusal := unpriced_refusal(
+        if call.route_endpoint not in MEDIA_ENDPOINTS and not call.free and (refusal := unpriced_refusal(
                 key, self.runtime.prices, call.provider, call.model, call.requested_model)):
             answer_error(flow, call.fmt, refusal)
             return
@@ -75,7 +75,7 @@ class Policy:
                     return
                 call.on_record.append(partial(self._settle_tokens, call))
 
-        if key.budget_usd is not None:
+        if key.budget_usd is not None and not call.free:  # a free call (count_tokens) spends nothing
             window, start, resets_in = budget_window(key.budget_period)
             # The largest cost the call can have: its output cap as sent upstream, else the model's maximum.
             reservation = call_reservation(call, body) if isinstance(body, dict) else estimate

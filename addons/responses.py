@@ -60,6 +60,7 @@ class ResponsesCall:
     previous: str | None = None
     stored: bool = True  # `store` was not false: the new response id is recorded
     response_id: str | None = None  # the id a translated response gets
+    counting: bool = False  # input_tokens, translated to the provider's free token count
 
 
 def _not_found(response_id: str, param: str | None = None) -> GatewayError:
@@ -75,7 +76,7 @@ class Responses:
     @property
     def store(self) -> ResponseStore:
         if self._store is None:
-            self._store = ResponseStore(self.runtime.engine)
+            self._store = ResponseStore(self.runtime.engine, ttl_days=self.runtime.settings.responses_ttl_days)
         return self._store
 
     async def done(self) -> None:
@@ -130,7 +131,17 @@ class Responses:
             return
 
         translator = adapter.responses_translator()
-        if translator is None or endpoint is not Endpoint.RESPONSES:
+        if translator is not None and endpoint is Endpoint.RESPONSES_COMPACT:
+            # OpenAI's compact answers the user messages plus one `compaction` item whose `encrypted_content`
+            # only OpenAI's models can read back; nothing TokenSense could write there means anything to
+            # another provider. Codex calls it only for its built-in OpenAI provider (codex-rs
+            # `should_use_remote_compact_task`) and compacts locally, with a normal turn, otherwise.
+            raise GatewayError(400, f"POST /v1/responses/compact is served for OpenAI models only: its `compaction` "
+                               f"item is encrypted content that only OpenAI can read, so `{requested}` "
+                               f"({adapter.display_name}) cannot produce one. Compact with a normal request instead "
+                               "(Codex does this by itself with a custom model provider).",
+                               code="unsupported_model_for_endpoint", param="model")
+        if translator is None or endpoint not in (Endpoint.RESPONSES, Endpoint.RESPONSES_INPUT_TOKENS):
             raise GatewayError(400, f"The model `{requested}` ({adapter.display_name}) is not served on "
                                f"{flow.request.path.partition('?')[0][:100]}.",
                                code="unsupported_model_for_endpoint", param="model")
@@ -145,6 +156,9 @@ class Responses:
                     "Send the whole conversation in `input` instead.",
                     code="previous_response_not_found", param="previous_response_id")
             body = rf.with_previous_conversation(body, conversation)
+        if endpoint is Endpoint.RESPONSES_INPUT_TOKENS:
+            self._count(flow, call, meta, translator, credential, body, model)
+            return
         try:
             provider_body = translator.request(body, model=model, stream=call.stream)
         except TranslationError as e:
@@ -158,6 +172,26 @@ class Responses:
         meta.request = client_body
         meta.response_id = rf.new_response_id()
         prepare_upstream(call, adapter, credential, upstream,
+                         body=json.dumps(provider_body, separators=_COMPACT).encode(),
+                         content_type="application/json", drop_header_prefixes=OPENAI_SDK_HEADER_PREFIXES)
+        flow.metadata[META] = meta
+
+    def _count(self, flow: http.HTTPFlow, call: CallContext, meta: ResponsesCall, translator: Any, credential: Any,
+               body: dict, model: str) -> None:
+        """input_tokens for a translated model: the provider's own free token count, answered in OpenAI's shape."""
+        try:
+            upstream, provider_body = translator.count_request(body, model=model)
+        except TranslationError as e:
+            raise GatewayError(400, e.message, code=e.code or "unsupported_parameter", param=e.param) from None
+        except (TypeError, AttributeError, KeyError, ValueError, IndexError) as e:
+            raise GatewayError(400, "The request has a field of the wrong type or shape "
+                               f"({type(e).__name__}: {str(e)[:120]}).", code="invalid_request") from None
+        assert call.provider is not None
+        call.sent_body = provider_body
+        meta.translator = translator
+        meta.counting = True
+        meta.stored = False
+        prepare_upstream(call, call.provider, credential, upstream,
                          body=json.dumps(provider_body, separators=_COMPACT).encode(),
                          content_type="application/json", drop_header_prefixes=OPENAI_SDK_HEADER_PREFIXES)
         flow.metadata[META] = meta
@@ -263,6 +297,9 @@ class Responses:
     def _translate_answer(self, flow: http.HTTPFlow, call: CallContext, meta: ResponsesCall) -> None:
         translator = meta.translator
         assert translator is not None
+        if meta.counting:
+            write_translated_answer(flow, call, translator.count_answer, translator.error, what="token count")
+            return
         model = call.requested_model or call.model or ""
         translated = write_translated_answer(
             flow, call, lambda answer: translator.answer(answer, model=model, request=meta.request,

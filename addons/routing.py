@@ -100,8 +100,9 @@ class Router:
         else:
             requested = body.get("model")
             call.stream = body.get("stream") is True
+        call.requested_model = requested if isinstance(requested, str) else None  # kept by a refused call's record
+        if call.path_provider is None and endpoint is not Endpoint.GEMINI:
             optional_token_count(body, "max_completion_tokens", "max_tokens", "max_output_tokens")
-        call.requested_model = requested if isinstance(requested, str) else None
         adapter, model = resolve_model(requested, self.runtime.prices)
         call.provider, call.model = adapter, adapter.catalog_model(model)  # priced and policed by the model it runs
 

@@ -35,6 +35,8 @@ class Settings(BaseSettings):
     limits_on_outage: Literal["local", "closed"] = "local"  # Redis unreachable: per-instance counters, or 503
     redis_timeout: float = 0.15  # seconds: connect and socket timeout of Redis calls
     client_idle_timeout: float = 60.0  # seconds a client connection may sit idle or half-sent
+    # Days a Responses API response id stays owned by its key (and a translated conversation kept): OpenAI's 30.
+    responses_ttl_days: float = Field(default=30.0, gt=0)
     config_file: Path | None = None
     # Prometheus: distinct values a client-chosen label (workflow, project, model) may take before folding into `other`.
     metrics_max_label_values: int = 100

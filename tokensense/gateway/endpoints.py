@@ -45,3 +45,13 @@ STREAM_ACTIONS = frozenset({"streamGenerateContent", "streamRawPredict", "conver
 GEMINI_ACTIONS = frozenset({
     "generateContent", "streamGenerateContent", "countTokens", "embedContent", "batchEmbedContents", "predict",
 })
+
+# Calls the providers do not charge for: they count a prompt's tokens and generate nothing
+# (Anthropic's count_tokens, Gemini's and Vertex AI's countTokens, Responses input_tokens).
+FREE_ENDPOINTS = frozenset({Endpoint.COUNT_TOKENS, Endpoint.RESPONSES_INPUT_TOKENS})
+FREE_ACTIONS = frozenset({"countTokens"})
+
+
+def is_free_call(endpoint: Endpoint, action: str | None) -> bool:
+    """Whether a call on this route is free: recorded at cost 0 (priced, not unpriced), never refused by a budget."""
+    return endpoint in FREE_ENDPOINTS or action in FREE_ACTIONS

@@ -8,6 +8,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 from tokensense.gateway.call import CallContext
+from tokensense.gateway.endpoints import is_free_call
 from tokensense.gateway.routing import Endpoint, Route, format_for_endpoint
 from tokensense.providers import PROVIDERS, ProviderAdapter, get_provider
 
@@ -112,6 +113,7 @@ def intercepted_call(adapter: ProviderAdapter, method: str, path: str, body: Any
         return None
     call = CallContext(route.endpoint, route.fmt, path_model=route.model, action=route.action)
     call.provider = adapter
+    call.free = is_free_call(route.endpoint, route.action)
     model = route.model or (body.get("model") if isinstance(body, dict) else None) or form_model
     call.model = call.requested_model = model if isinstance(model, str) and model else None
     if route.endpoint is Endpoint.GEMINI:

@@ -31,6 +31,10 @@ def build_record(call: CallContext, *, status: int, prices: PriceBook) -> UsageC
     usage = call.usage or (call.stream_usage.result() if call.stream_usage else TokenUsage())
     cost = call_cost(prices, call.provider.prices_id if call.provider else None, call.model, usage,
                      call.media_cost)
+    if call.free:  # count_tokens and the like: the provider charges nothing for them
+        cost = 0.0
+    elif call.usage_unknown:  # tokens were used but could not be counted: unpriced, never a silent $0
+        cost = None
     end = time.perf_counter()
     first = call.first_token if call.stream else call.first_byte
     return UsageCreate(
@@ -39,7 +43,8 @@ def build_record(call: CallContext, *, status: int, prices: PriceBook) -> UsageC
         key_id=call.key.id if call.key else None,
         key_name=clean_text(call.key.name, MAX_NAME) if call.key else None,
         provider=call.provider.name if call.provider else None,
-        model=clean_text(call.model, MAX_NAME),
+        # A refused call (404 unknown model, 403, 402, 429, 400) keeps the model the client asked for.
+        model=clean_text(call.model or call.requested_model, MAX_NAME),
         endpoint=call.route_endpoint.value,
         status=status,
         error=clean_text(call.error, MAX_ERROR),

@@ -186,6 +186,16 @@ class Provider(ABC):
     def usage_from_body(self, body: Any) -> TokenUsage | None:
         """Usage from an unstreamed JSON answer, or None if it reports none."""
 
+    def input_count(self, endpoint: Endpoint, action: str | None, model: str, version: str | None,
+                    body: Any) -> tuple[str, dict] | None:
+        """For a call whose answer reports no usage although its input is billed (Gemini embeddings):
+        the free provider call that counts its input tokens, as (upstream path, JSON body); None if none."""
+        return None
+
+    def counted_tokens(self, answer: Any) -> int | None:
+        """The token count in the answer to the `input_count` call (None: unreadable)."""
+        return None
+
     @abstractmethod
     def stream_usage(self) -> StreamUsage:
         """A fresh collector for one streamed answer."""

@@ -761,3 +761,10 @@ class ResponseEvents:
                                     usage=usage, outcome=Outcome("failed"), error=error)
         out.append(self._event("response.failed", response=self.final))
         return out
+
+
+def input_tokens_answer(tokens: object) -> dict:
+    """The answer of `POST /v1/responses/input_tokens` (openai-python `InputTokenCountResponse`)."""
+    if not isinstance(tokens, int) or isinstance(tokens, bool) or tokens < 0:
+        raise ValueError("the provider's token count is missing")
+    return {"object": "response.input_tokens", "input_tokens": tokens}

@@ -1,9 +1,13 @@
 """Who owns each Responses API response id, and the conversations of translated responses.
 
-Repository functions (`remember_response`, `response_owner`, `response_conversation`, `forget_response`)
-take a session; `ResponseStore` is what the gateway uses from mitmproxy's event loop: `remember` records
-the owner in memory at once (a GET right after the answer sees it) and writes the row in a worker thread;
-lookups run in a thread too. Nothing here blocks the event loop.
+Repository functions (`remember_response`, `response_owner`, `response_conversation`, `forget_response`,
+`purge_responses`) take a session; `ResponseStore` is what the gateway uses from mitmproxy's event loop:
+`remember` records the owner in memory at once (a GET right after the answer sees it) and writes the row in
+a worker thread; lookups run in a thread too. Nothing here blocks the event loop.
+
+Rows expire like OpenAI's stored responses (30 days by default, `TOKENSENSE_RESPONSES_TTL_DAYS`): an
+expired id reads as unknown at once (404 to every key), and the store deletes expired rows in a worker
+thread, at most once per `PURGE_INTERVAL` seconds, when it next writes.
 """
 
 from __future__ import annotations
@@ -11,11 +15,13 @@ from __future__ import annotations
 import asyncio
 import logging
 import threading
+import time
 from collections import OrderedDict
+from datetime import UTC, datetime, timedelta
 from typing import Any, NamedTuple
 
 from sqlalchemy import Engine
-from sqlmodel import Session
+from sqlmodel import Session, col, delete
 
 from tokensense.storage.models import StoredResponse
 
@@ -26,6 +32,24 @@ MAX_CHAIN = 1000
 
 RECENT_OWNERS = 10_000
 """Owners kept in memory, newest first out last: the ones just made are read soonest."""
+
+DEFAULT_TTL_DAYS = 30.0
+"""How long a response id stays known (OpenAI keeps stored responses 30 days)."""
+
+PURGE_INTERVAL = 3600.0
+"""Seconds between two deletions of expired rows by one store."""
+
+
+def _aware(value: datetime) -> datetime:
+    """A stored time as an aware UTC datetime (SQLite hands back naive ones)."""
+    return value if value.tzinfo is not None else value.replace(tzinfo=UTC)
+
+
+def _live(row: StoredResponse | None, since: datetime | None) -> StoredResponse | None:
+    """The row, unless it was made before `since` (expired: as if unknown)."""
+    if row is None or since is None or row.created_at is None:
+        return row
+    return row if _aware(row.created_at) >= since else None
 
 
 class ResponseOwner(NamedTuple):
@@ -60,15 +84,17 @@ def remember_response(*, session: Session, response_id: str, key_id: str | None,
     return row
 
 
-def response_owner(*, session: Session, response_id: str) -> ResponseOwner | None:
-    row = session.get(StoredResponse, response_id)
+def response_owner(*, session: Session, response_id: str, since: datetime | None = None) -> ResponseOwner | None:
+    """Who made `response_id` (None if unknown, or made before `since`: expired)."""
+    row = _live(session.get(StoredResponse, response_id), since)
     if row is None:
         return None
     return ResponseOwner(row.key_id, row.provider, row.model, row.items is not None)
 
 
-def response_conversation(*, session: Session, response_id: str) -> list[dict] | None:
-    """Every item of the chain ending at `response_id`, oldest first; None if a link is missing or not translated."""
+def response_conversation(*, session: Session, response_id: str, since: datetime | None = None) -> list[dict] | None:
+    """Every item of the chain ending at `response_id`, oldest first; None if a link is missing (or expired)
+    or not translated."""
     chain: list[list[dict]] = []
     current: str | None = response_id
     seen: set[str] = set()
@@ -76,7 +102,7 @@ def response_conversation(*, session: Session, response_id: str) -> list[dict] |
         if current in seen or len(chain) >= MAX_CHAIN:
             return None
         seen.add(current)
-        row = session.get(StoredResponse, current)
+        row = _live(session.get(StoredResponse, current), since)
         if row is None or row.items is None:
             return None
         chain.append(list(row.items))
@@ -84,9 +110,10 @@ def response_conversation(*, session: Session, response_id: str) -> list[dict] |
     return [item for turn in reversed(chain) for item in turn]
 
 
-def stored_answer(*, session: Session, response_id: str) -> tuple[dict | None, list[dict]]:
+def stored_answer(*, session: Session, response_id: str,
+                  since: datetime | None = None) -> tuple[dict | None, list[dict]]:
     """A translated response as it was answered, and the input items of its turn ((None, []) when unknown)."""
-    row = session.get(StoredResponse, response_id)
+    row = _live(session.get(StoredResponse, response_id), since)
     if row is None or row.response is None:
         return None, []
     outputs = len(row.response.get("output") or [])
@@ -103,21 +130,34 @@ def forget_response(*, session: Session, response_id: str) -> bool:
     return True
 
 
+def purge_responses(*, session: Session, before: datetime) -> int:
+    """Delete every response row made before `before`; how many went."""
+    result = session.exec(delete(StoredResponse).where(col(StoredResponse.created_at) < before))  # type: ignore[call-overload]
+    session.commit()
+    return int(result.rowcount or 0)
+
+
 # --- the gateway's store ---------------------------------------------------------------------------
 
 
 class ResponseStore:
     """Response ownership for the gateway: async lookups, writes in threads, the newest owners in memory."""
 
-    def __init__(self, engine: Engine) -> None:
+    def __init__(self, engine: Engine, *, ttl_days: float = DEFAULT_TTL_DAYS) -> None:
         self.engine = engine
-        self._recent: OrderedDict[str, ResponseOwner] = OrderedDict()
+        self.ttl = timedelta(days=ttl_days)
+        self._recent: OrderedDict[str, tuple[ResponseOwner, float]] = OrderedDict()  # owner, time.time() known
         self._lock = threading.Lock()
         self._pending: set[asyncio.Task] = set()
+        self._last_purge = 0.0  # time.monotonic() of the last deletion of expired rows
 
-    def _keep(self, response_id: str, owner: ResponseOwner) -> None:
+    def since(self) -> datetime:
+        """Rows made before this are expired."""
+        return datetime.now(UTC) - self.ttl
+
+    def _keep(self, response_id: str, owner: ResponseOwner, made: float | None = None) -> None:
         with self._lock:
-            self._recent[response_id] = owner
+            self._recent[response_id] = (owner, time.time() if made is None else made)
             self._recent.move_to_end(response_id)
             while len(self._recent) > RECENT_OWNERS:
                 self._recent.popitem(last=False)
@@ -142,7 +182,29 @@ class ResponseStore:
         task = loop.create_task(asyncio.to_thread(self._write, kwargs))
         self._pending.add(task)
         task.add_done_callback(self._pending.discard)
+        self._purge_if_due(loop)
         return task
+
+    def _purge_if_due(self, loop: asyncio.AbstractEventLoop) -> None:
+        now = time.monotonic()
+        if now - self._last_purge < PURGE_INTERVAL:
+            return
+        self._last_purge = now
+        task = loop.create_task(asyncio.to_thread(self.purge_expired))
+        self._pending.add(task)
+        task.add_done_callback(self._pending.discard)
+
+    def purge_expired(self) -> int:
+        """Delete the expired rows (blocking: run it in a thread). How many went; 0 if the database failed."""
+        try:
+            with Session(self.engine) as session:
+                deleted = purge_responses(session=session, before=self.since())
+        except Exception as e:
+            log.warning("could not delete expired response rows: %s", type(e).__name__)
+            return 0
+        if deleted:
+            log.info("deleted %d response rows older than %g days", deleted, self.ttl.total_seconds() / 86400)
+        return deleted
 
     def _write(self, kwargs: dict[str, Any]) -> None:
         try:
@@ -153,17 +215,29 @@ class ResponseStore:
 
     async def owner_of(self, response_id: str) -> ResponseOwner | None:
         with self._lock:
-            owner = self._recent.get(response_id)
-        if owner is not None:
-            return owner
-        owner = await asyncio.to_thread(self._read_owner, response_id)
-        if owner is not None:
-            self._keep(response_id, owner)
+            kept = self._recent.get(response_id)
+        if kept is not None:
+            owner, made = kept
+            if made >= time.time() - self.ttl.total_seconds():
+                return owner
+            with self._lock:
+                self._recent.pop(response_id, None)
+            return None
+        found = await asyncio.to_thread(self._read_owner, response_id)
+        if found is None:
+            return None
+        owner, created = found
+        self._keep(response_id, owner, created)
         return owner
 
-    def _read_owner(self, response_id: str) -> ResponseOwner | None:
+    def _read_owner(self, response_id: str) -> tuple[ResponseOwner, float] | None:
         with Session(self.engine) as session:
-            return response_owner(session=session, response_id=response_id)
+            owner = response_owner(session=session, response_id=response_id, since=self.since())
+            if owner is None:
+                return None
+            row = session.get(StoredResponse, response_id)
+            made = _aware(row.created_at).timestamp() if row is not None and row.created_at else time.time()
+            return owner, made
 
     async def owned_by(self, response_id: str, key_id: str | None) -> ResponseOwner | None:
         """The owner when `key_id` made `response_id`; None for another key's id or an unknown one (→ 404)."""
@@ -176,7 +250,7 @@ class ResponseStore:
 
     def _read_conversation(self, response_id: str) -> list[dict] | None:
         with Session(self.engine) as session:
-            return response_conversation(session=session, response_id=response_id)
+            return response_conversation(session=session, response_id=response_id, since=self.since())
 
     async def answer(self, response_id: str) -> tuple[dict | None, list[dict]]:
         """A translated response and its turn's input items, for GET and input_items."""
@@ -185,7 +259,7 @@ class ResponseStore:
 
     def _read_answer(self, response_id: str) -> tuple[dict | None, list[dict]]:
         with Session(self.engine) as session:
-            return stored_answer(session=session, response_id=response_id)
+            return stored_answer(session=session, response_id=response_id, since=self.since())
 
     async def forget(self, response_id: str) -> bool:
         await self._settle()

@@ -23,9 +23,11 @@ Requests go through the chat translation (`responses_format.to_chat_request` the
 
 from __future__ import annotations
 
+from tokensense.gateway.endpoints import Endpoint
 from tokensense.providers import chat_format as oa
 from tokensense.providers import responses_format as rf
 from tokensense.providers.anthropic import chat
+from tokensense.providers.base import Upstream
 from tokensense.providers.translation import TranslationError
 
 PROVIDER = chat.PROVIDER
@@ -220,6 +222,10 @@ def error_from_provider(status: int, body: bytes) -> dict:
     return chat.error_from_provider(status, body)
 
 
+# The fields of a Messages request that /v1/messages/count_tokens takes (Anthropic's API reference).
+_COUNT_TOKENS_FIELDS = frozenset({"model", "messages", "system", "tools", "tool_choice", "thinking", "mcp_servers"})
+
+
 class ResponsesTranslation:
     """Responses API clients ⇄ Anthropic, as one object (the `Translator` shape of providers/base.py).
 
@@ -236,6 +242,17 @@ class ResponsesTranslation:
 
     def answer(self, body: dict, *, model: str, request: dict | None = None, response_id: str | None = None) -> dict:
         return responses_response_from_provider(body, model=model, request=request, response_id=response_id)
+
+    def count_request(self, body: dict, *, model: str) -> tuple[Upstream, dict]:
+        """`POST /v1/responses/input_tokens` as Anthropic's free `/v1/messages/count_tokens` (which takes the
+        prompt fields of a Messages request and refuses the others, `max_tokens` and sampling included)."""
+        out = self.request({k: v for k, v in body.items() if k != "stream"}, model=model, stream=False)
+        return (Upstream(Endpoint.COUNT_TOKENS, "/v1/messages/count_tokens"),
+                {k: v for k, v in out.items() if k in _COUNT_TOKENS_FIELDS})
+
+    def count_answer(self, body: dict) -> dict:
+        """Anthropic's `{"input_tokens": N}` in OpenAI's shape (openai-python InputTokenCountResponse)."""
+        return rf.input_tokens_answer(body.get("input_tokens"))
 
     def error(self, status: int, content: bytes) -> dict:
         return error_from_provider(status, content)

@@ -101,6 +101,30 @@ class GeminiAdapter(ProviderAdapter):
     def stream_usage(self) -> StreamUsage:
         return GeminiStreamUsage()
 
+    def input_count(self, endpoint: Endpoint, action: str | None, model: str, version: str | None,
+                    body: Any) -> tuple[str, dict] | None:
+        """embedContent/batchEmbedContents answers carry only the vectors (EmbedContentResponse has `embedding`,
+        BatchEmbedContentsResponse `embeddings`: no usageMetadata), yet the input tokens are billed. The embedding
+        models accept countTokens (their supportedGenerationMethods list it), which is free: the same contents
+        counted there give the billed input tokens."""
+        if endpoint is not Endpoint.GEMINI or not isinstance(body, dict):
+            return None
+        if action == "embedContent":
+            contents = [body.get("content")]
+        elif action == "batchEmbedContents" and isinstance(body.get("requests"), list):
+            contents = [r.get("content") for r in body["requests"] if isinstance(r, dict)]
+        else:
+            return None
+        contents = [c for c in contents if isinstance(c, dict)]
+        if not contents:
+            return None
+        version = version if version in ("v1", "v1beta") else "v1beta"
+        return f"/{version}/models/{model_segment(model)}:countTokens", {"contents": contents}
+
+    def counted_tokens(self, answer: Any) -> int | None:
+        total = answer.get("totalTokens") if isinstance(answer, dict) else None
+        return total if isinstance(total, int) and not isinstance(total, bool) and total >= 0 else None
+
     def usage_markers(self) -> tuple[bytes, ...]:
         return (b"usageMetadata",)
 

@@ -23,7 +23,9 @@ from __future__ import annotations
 
 import uuid
 
+from tokensense.gateway.endpoints import Endpoint
 from tokensense.providers import responses_format as rf
+from tokensense.providers.base import Upstream, model_segment
 from tokensense.providers.gemini import chat
 from tokensense.providers.translation import TranslationError
 
@@ -233,6 +235,18 @@ class ResponsesTranslation:
 
     def answer(self, body: dict, *, model: str, request: dict | None = None, response_id: str | None = None) -> dict:
         return responses_response_from_provider(body, model=model, request=request, response_id=response_id)
+
+    def count_request(self, body: dict, *, model: str) -> tuple[Upstream, dict]:
+        """`POST /v1/responses/input_tokens` as Gemini's free `:countTokens`, with the whole GenerateContentRequest
+        (`generateContentRequest`, so the system instruction and tools are counted too; it must name the model)."""
+        out = self.request({k: v for k, v in body.items() if k != "stream"}, model=model, stream=False)
+        segment = model_segment(model)
+        return (Upstream(Endpoint.GEMINI, f"/v1beta/models/{segment}:countTokens"),
+                {"generateContentRequest": {"model": f"models/{segment}", **out}})
+
+    def count_answer(self, body: dict) -> dict:
+        """Gemini's `{"totalTokens": N}` in OpenAI's shape (openai-python InputTokenCountResponse)."""
+        return rf.input_tokens_answer(body.get("totalTokens"))
 
     def error(self, status: int, content: bytes) -> dict:
         return error_from_provider(status, content)
