@@ -149,7 +149,7 @@ class ResponseStore:
         self._recent: OrderedDict[str, tuple[ResponseOwner, float]] = OrderedDict()  # owner, time.time() known
         self._lock = threading.Lock()
         self._pending: set[asyncio.Task] = set()
-        self._last_purge = 0.0  # time.monotonic() of the last deletion of expired rows
+        self._last_purge: float | None = None  # time.monotonic() of the last deletion of expired rows
 
     def since(self) -> datetime:
         """Rows made before this are expired."""
@@ -187,7 +187,7 @@ class ResponseStore:
 
     def _purge_if_due(self, loop: asyncio.AbstractEventLoop) -> None:
         now = time.monotonic()
-        if now - self._last_purge < PURGE_INTERVAL:
+        if self._last_purge is not None and now - self._last_purge < PURGE_INTERVAL:
             return
         self._last_purge = now
         task = loop.create_task(asyncio.to_thread(self.purge_expired))

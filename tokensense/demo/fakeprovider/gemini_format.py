@@ -252,11 +252,20 @@ def _embedding(content: Any, model: str, dimensions: Any) -> dict[str, Any]:
     return {"values": list(embedding_vector(text, size))}
 
 
+def _with_usage(answer: dict[str, Any], req: FakeRequest) -> dict[str, Any]:
+    """Embedding answers carry only the vectors (the REST reference's EmbedContentResponse and
+    BatchEmbedContentsResponse); `x-fake-usage` adds a `usageMetadata`, which newer google-genai SDKs read
+    when the API sends one."""
+    if req.controls.usage is not None:
+        answer["usageMetadata"] = req.controls.usage
+    return answer
+
+
 def embed_content(req: FakeRequest) -> Reply:
     body = _body(req)
     model = req.params["model"]
     dimensions = _get(body, "outputDimensionality", "output_dimensionality")
-    return json_reply({"embedding": _embedding(body.get("content"), model, dimensions)})
+    return json_reply(_with_usage({"embedding": _embedding(body.get("content"), model, dimensions)}, req))
 
 
 def batch_embed_contents(req: FakeRequest) -> Reply:
@@ -270,7 +279,7 @@ def batch_embed_contents(req: FakeRequest) -> Reply:
         for item in requests
         if isinstance(item, dict)
     ]
-    return json_reply({"embeddings": embeddings})
+    return json_reply(_with_usage({"embeddings": embeddings}, req))
 
 
 def predict(req: FakeRequest) -> Reply:
