@@ -120,15 +120,17 @@ class Metering:
         asked = adapter.input_count(call.route_endpoint, call.action, call.model or "", call.version, call.sent_body)
         if asked is None:
             return False
-        if call.pending is None or call.intercepted:  # no provider key of ours to count with: unknown, so unpriced
+        # Intercept mode forwards to the host the client chose (a hostmap may point it elsewhere) with the
+        # client's own key: TokenSense does not make calls of its own there, so such a call is unpriced.
+        if call.intercepted or call.pending is None:
             call.usage_unknown = True
             return False
+        count = InputCount.for_gateway(call.pending, *asked)
         if _header(flow.response.headers, b"x-tokensense-request-id") is None:  # type: ignore[union-attr]
             flow.response.headers.fields += ((b"x-tokensense-request-id", call.request_id.encode()),)  # type: ignore[union-attr]
         call.recorded = True  # the count's task records it; no other hook may
         inflight_id = f"{flow.id}:input-count"
         self.runtime.inflight.started(inflight_id)  # a shutdown waits for the count and its record
-        count = InputCount(call.pending, *asked)
         task = asyncio.get_running_loop().create_task(self._record_counted(call, status, count, inflight_id))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)

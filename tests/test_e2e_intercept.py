@@ -256,6 +256,23 @@ def test_anthropic_and_gemini_native_calls(proxy: InterceptGateway) -> None:
     assert all(r["stream"] == 1 and r["cost_usd"] > 0 for r in records.values())
 
 
+def test_gemini_embeddings_without_usage_are_unpriced_not_free(proxy: InterceptGateway) -> None:
+    """An embedding answer carries no usage; in intercept mode TokenSense makes no counting call of its own,
+    so the record's cost is unknown (NULL), never $0."""
+    exec_id = new_exec()
+    with proxy.client() as client:
+        response = client.post(
+            f"https://generativelanguage.googleapis.com/v1beta/models/gemini-embedding-001:embedContent"
+            f"?key={CLIENT_GEMINI_KEY}", headers={"x-execution-id": exec_id},
+            json={"content": {"parts": [{"text": "embed me please"}]}})
+    assert response.status_code == 200 and response.json()["embedding"]["values"]
+    [record] = proxy.gateway.wait_records(execution_id=exec_id)
+    assert (record["model"], record["status"], record["input_tokens"]) == ("gemini-embedding-001", 200, 0)
+    assert record["cost_usd"] is None
+    assert not [r for r in fake_requests(proxy.fake) if r["path"].endswith(":countTokens")
+                and "embed me please" in json.dumps(r.get("body"))]
+
+
 def test_other_hosts_pass_through_without_interception(proxy: InterceptGateway) -> None:
     exec_id = new_exec()
     # Trusting only the server's own certificate works: mitmproxy did not decrypt the connection.
@@ -315,7 +332,8 @@ def test_recording_has_no_key_and_reprices_to_the_recorded_totals(proxy: Interce
     assert total["requests"] == len(records) and total["unrecorded"] == 0
     assert total["input_tokens"] == sum(r["input_tokens"] for r in records)
     assert total["output_tokens"] == sum(r["output_tokens"] for r in records)
-    assert total["recorded_cost_usd"] == pytest.approx(sum(r["cost_usd"] for r in records), rel=1e-9, abs=1e-12)
+    assert total["recorded_cost_usd"] == pytest.approx(sum(r["cost_usd"] or 0 for r in records), rel=1e-9,
+                                                       abs=1e-12)  # unpriced records (embeddings) count 0
     assert total["cost_usd"] == pytest.approx(total["recorded_cost_usd"], rel=1e-9, abs=1e-12)
     workflows = {g["workflow"]: g for g in report["by_workflow"]}
     assert workflows["wf-intercept"]["requests"] == 2 and workflows["wf-native"]["requests"] == 2

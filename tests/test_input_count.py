@@ -44,8 +44,8 @@ def _count(handler) -> TokenUsage | None:
         client = UpstreamClient(httpx.AsyncClient(transport=httpx.MockTransport(handler)))
         pending = PendingUpstream(GEMINI, "https://gemini.test", "provider-key", Upstream(Endpoint.GEMINI, "/x"))
         try:
-            return await count_input_tokens(client, InputCount(pending, "/v1beta/models/m:countTokens",
-                                                               {"contents": [{"parts": [{"text": "a b"}]}]}))
+            return await count_input_tokens(client, InputCount.for_gateway(
+                pending, "/v1beta/models/m:countTokens", {"contents": [{"parts": [{"text": "a b"}]}]}))
         finally:
             await client.close()
 

@@ -242,6 +242,8 @@ def price_flow(flow: http.HTTPFlow, prices: PriceBook, media: MediaPriceTable,
     if adapter is not None and model:
         cost = call_cost(prices, adapter.prices_id, model, usage,
                          media_cost(media, adapter, model, endpoint, usage, request, _answer_json(flow)))
+        if not usage.has_tokens and _uncounted_input(adapter, flow.request.path, model, request):
+            cost = None  # billed input that neither the answer nor the record counted (as the gateway records it)
     recorded = record.get("cost_usd") if record else None
     return PricedCall(
         provider=adapter.name if adapter else None, model=model, endpoint=endpoint,
@@ -251,6 +253,16 @@ def price_flow(flow: http.HTTPFlow, prices: PriceBook, media: MediaPriceTable,
         recorded_cost_usd=float(recorded) if isinstance(recorded, int | float) else None,
         recorded_unpriced=record is not None and "cost_usd" in record and recorded is None,
     )
+
+
+def _uncounted_input(adapter: ProviderAdapter, path: str, model: str, request: dict[str, Any]) -> bool:
+    """Whether the call's answer reports no usage although its input is billed (Gemini embeddings)."""
+    path = path.partition("?")[0]
+    if ":" not in path:
+        return False
+    version = path.lstrip("/").partition("/")[0]
+    action = path.rpartition(":")[2]
+    return adapter.input_count(Endpoint.GEMINI, action, model, version, request) is not None
 
 
 def reprice_flows(flows: Iterable[object], *, file: str, prices: PriceBook, media: MediaPriceTable,

@@ -2,8 +2,9 @@
 
 The provider names the free call that counts them (`Provider.input_count`: Gemini's
 `:countTokens` on the same model, for the same contents); it is made after the client
-has its answer, with the provider key the call used. If it fails, the record says the
-tokens are unknown and the call is recorded unpriced (cost NULL), never as $0.
+has its answer, with the provider key the call used (the gateway's, or in intercept mode
+the client's own). If it fails, the record says the tokens are unknown and the call is
+recorded unpriced (cost NULL), never as $0.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from tokensense.gateway.retry import UpstreamTimeouts
 from tokensense.gateway.routing import join_url
 from tokensense.gateway.upstream_client import UpstreamClient, UpstreamRequest
 from tokensense.metering.usage import TokenUsage
+from tokensense.providers.base import Provider
 
 log = logging.getLogger(__name__)
 
@@ -26,19 +28,28 @@ _MAX_ANSWER = 64 * 1024
 
 @dataclass(frozen=True, slots=True)
 class InputCount:
-    """The counting call for one answered call: where it goes and what it sends."""
+    """The counting call for one answered call: where it goes, with which credentials, and what it sends."""
 
-    pending: PendingUpstream  # the call's own upstream (provider, base URL, provider key)
+    provider: Provider
+    base_url: str
+    auth: dict[str, str]  # the headers that carry the provider key the call itself used
     path: str
     body: dict
+    query: str = ""  # a client's `?key=` in intercept mode
+
+    @classmethod
+    def for_gateway(cls, pending: PendingUpstream, path: str, body: dict) -> InputCount:
+        """With the provider key and base URL the gateway sent the call with."""
+        provider = pending.provider
+        return cls(provider, pending.base_url, {**provider.auth_headers(pending.api_key),
+                                                **provider.default_headers()}, path, body)
 
 
 async def count_input_tokens(client: UpstreamClient, count: InputCount) -> TokenUsage | None:
     """The call's input tokens as counted by the provider, or None when the count failed."""
-    provider = count.pending.provider
-    headers = {"content-type": "application/json", **provider.auth_headers(count.pending.api_key),
-               **provider.default_headers()}
-    request = UpstreamRequest("POST", join_url(count.pending.base_url, count.path), headers,
+    provider = count.provider
+    headers = {**count.auth, "content-type": "application/json"}
+    request = UpstreamRequest("POST", join_url(count.base_url, count.path, count.query), headers,
                               json.dumps(count.body, separators=(",", ":")).encode())
     try:
         outcome = await client.send(request, UpstreamTimeouts(first_byte=COUNT_TIMEOUT_SECONDS, total=COUNT_TIMEOUT_SECONDS))
