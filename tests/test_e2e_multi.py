@@ -78,7 +78,11 @@ def cluster(tmp_path_factory: pytest.TempPathFactory, fake_provider: FakeProvide
     with psycopg.connect(PG_URL, autocommit=True) as conn:
         conn.execute(f'CREATE SCHEMA "{schema}"')
     env = {"TOKENSENSE_DATABASE_URL": f"{PG_URL}?options=-csearch_path%3D{schema}",
-           "TOKENSENSE_REDIS_URL": REDIS_URL, "TOKENSENSE_SECRET": "multi-instance-test-secret"}
+           "TOKENSENSE_REDIS_URL": REDIS_URL, "TOKENSENSE_SECRET": "multi-instance-test-secret",
+           # These tests are about exactness across instances, not Redis outages (tests/test_budgets_hold.py): on a
+           # loaded CI machine a Redis answer can take longer than the 0.15 s default, and each instance would then
+           # decide alone for a few seconds.
+           "TOKENSENSE_REDIS_TIMEOUT": "2"}
     base = tmp_path_factory.mktemp("multi")
     instances: list[Gateway] = []
     nginx = None
