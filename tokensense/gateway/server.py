@@ -1,4 +1,4 @@
-"""`tokensense serve`: mitmproxy's mitmdump with the TokenSense addons, in reverse-proxy mode."""
+"""`tokensense serve`: mitmproxy's mitmdump with the TokenSense addons, in reverse-proxy mode (see gateway/master.py)."""
 
 from __future__ import annotations
 
@@ -45,11 +45,11 @@ def mitmdump_args(args: argparse.Namespace) -> list[str]:
 
 
 def run_server(args: argparse.Namespace) -> int:
-    from mitmproxy.tools.main import mitmdump
+    from tokensense.gateway.master import run_gateway
 
     settings = get_settings()
     if not os.environ.get("TOKENSENSE_WORKER"):  # a worker of `serve --workers N`: the supervisor said it
         print(f"TokenSense gateway on http://{args.host}:{args.port} (home: {settings.home}); Ctrl+C stops it.",
               flush=True)
-    mitmdump(mitmdump_args(args))
+    run_gateway(mitmdump_args(args))
     return 0
