@@ -64,7 +64,8 @@ def _async(name: str, fns: list[Callable]) -> Callable:
         for fn in fns:
             try:
                 result = fn(*args)
-                if inspect.isawaitable(result):
+                # `inspect.isawaitable(None)` ends in an ABC instance check: the sync members return None.
+                if result is not None and inspect.isawaitable(result):
                     await result
             except Exception:
                 if _fail(name, fn, args):
