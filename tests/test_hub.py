@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 from pathlib import Path
 
@@ -11,7 +12,7 @@ from sqlmodel import Session, select
 from tokensense.gateway.hub import Hub
 from tokensense.gateway.limits import MemoryCounters, make_counters
 from tokensense.gateway.shared_counters import HUB_SOCKET_ENV, SharedCounters
-from tokensense.metering.hub_recorder import HubRecorder
+from tokensense.metering.hub_recorder import RECORD_PREFIX, HubRecorder
 from tokensense.storage.db import init_db, make_engine
 from tokensense.storage.models import Usage, UsageCreate
 
@@ -96,3 +97,23 @@ def test_worker_count() -> None:
     for bad in ("0", "-1", "many"):
         with pytest.raises(argparse.ArgumentTypeError):
             worker_count(bad)
+
+
+def test_hub_reads_records_in_either_form(tmp_path: Path) -> None:
+    """HubRecorder's lines are read by pydantic directly; any other JSON shape of a record, and bad records, still work."""
+    engine = make_engine(f"sqlite:///{tmp_path / 'db.sqlite'}")
+    init_db(engine)
+
+    async def scenario() -> None:
+        hub = Hub(tmp_path / "run" / "hub.sock", engine, flush_interval=0.01)
+        fast = RECORD_PREFIX + _record(1).model_dump_json().encode() + b"}\n"
+        other = json.dumps({"r": json.loads(_record(2).model_dump_json()), "op": "record"}).encode() + b"\n"
+        bad = RECORD_PREFIX + b'{"request_id": 5}}\n'
+        for line in (fast, other, bad):
+            assert await hub.handle(line) is None
+        assert hub.records == 2
+        await asyncio.to_thread(hub.recorder.close)
+
+    asyncio.run(scenario())
+    with Session(engine) as session:
+        assert sorted(u.request_id for u in session.exec(select(Usage)).all()) == ["req-1", "req-2"]

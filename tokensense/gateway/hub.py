@@ -32,6 +32,7 @@ from typing import Any
 from sqlalchemy.engine import Engine
 
 from tokensense.gateway.limits import MemoryCounters
+from tokensense.metering.hub_recorder import RECORD_PREFIX
 from tokensense.metering.recorder import UsageRecorder, usage_recorder
 from tokensense.settings import Settings
 from tokensense.storage.models import UsageCreate
@@ -108,6 +109,18 @@ class Hub:
 
     async def handle(self, line: bytes) -> bytes | None:
         """One message from a worker; the reply line, if the message wants one."""
+        if line.startswith(RECORD_PREFIX):
+            # A record as HubRecorder writes it: pydantic reads the JSON of the record itself, in one pass.
+            raw = line.rstrip()
+            if raw.endswith(b"}"):
+                try:
+                    record = UsageCreate.model_validate_json(raw[len(RECORD_PREFIX):-1])
+                except ValueError:
+                    pass  # not that shape after all: read below like any other message
+                else:
+                    self.records += 1
+                    self.recorder.submit(record)
+                    return None
         try:
             message = json.loads(line)
             op = message["op"]

@@ -18,7 +18,7 @@ from tokensense.storage.models import UsageCreate
 
 log = logging.getLogger(__name__)
 
-_PREFIX = b'{"op":"record","r":'
+RECORD_PREFIX = b'{"op":"record","r":'  # the hub reads the record after it without json.loads
 
 
 class HubRecorder:
@@ -38,7 +38,7 @@ class HubRecorder:
         self._sender.start()
 
     def submit(self, record: UsageCreate) -> None:
-        data = _PREFIX + record.model_dump_json().encode() + b"}\n"
+        data = RECORD_PREFIX + record.model_dump_json().encode() + b"}\n"
         with self._lock:
             if self._broken:
                 log.error("dropped a usage record: the supervisor's hub is gone")
