@@ -87,6 +87,11 @@ class Hub:
         while time.monotonic() < deadline:
             readable, _, _ = select.select(listening, [], [], 0)
             if not readable:
+                # An accepted connection reaches `_on_connect` some loop iterations later (asyncio's
+                # `_accept_connection2` task, then `connection_made`): let those run, or close() would not
+                # wait for a connection accepted just now, and its records would be lost.
+                for _ in range(10):
+                    await asyncio.sleep(0)
                 return
             await asyncio.sleep(0.01)
 
