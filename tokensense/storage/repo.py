@@ -382,8 +382,8 @@ def _insert_usage_once(dialect: str) -> Any:
     elif dialect == "sqlite":
         from sqlalchemy.dialects.sqlite import insert as dialect_insert
     else:  # no portable ON CONFLICT: a plain insert (the unique index still refuses a duplicate)
-        return insert(Usage)
-    return dialect_insert(Usage).on_conflict_do_nothing(index_elements=["request_id", "attempt"])
+        return insert(Usage.__table__)
+    return dialect_insert(Usage.__table__).on_conflict_do_nothing(index_elements=["request_id", "attempt"])
 
 
 def record_usages(*, session: Session, usages: Sequence[UsageCreate]) -> int:
@@ -394,7 +394,8 @@ def record_usages(*, session: Session, usages: Sequence[UsageCreate]) -> int:
     rows = [usage.model_dump() for usage in usages]
     for row in rows:
         row["created_at"] = _for_column(row["created_at"], created_at)
-    session.exec(_insert_usage_once(session.get_bind().dialect.name), params=rows)
+    # On the table, not the ORM class: a Core executemany, without the ORM's bulk-insert bookkeeping per row.
+    session.connection().execute(_insert_usage_once(session.get_bind().dialect.name), rows)
     session.commit()
     return len(rows)
 
