@@ -7,7 +7,7 @@ import logging
 
 import pytest
 from mitmproxy import addonmanager, exceptions, hooks
-from mitmproxy.proxy.layers.http import HttpRequestHook, HttpResponseHook
+from mitmproxy.proxy.layers.http import HttpRequestHeadersHook, HttpRequestHook, HttpResponseHook
 from mitmproxy.test import taddons, tflow
 
 from tokensense.gateway.master import FastAddonManager, GatewayMaster, hook_args
@@ -131,3 +131,28 @@ async def test_gateway_master_has_mitmdumps_addons() -> None:
     assert isinstance(plain.addons, addonmanager.AddonManager)
     assert list(master.addons.lookup) == list(plain.addons.lookup)
     assert master.addons.handlers("request")  # mitmdump's own request handlers (save, blocklist, ...)
+
+
+async def test_idle_builtin_addons_are_left_out_until_their_option_is_set(tmp_path) -> None:
+    from mitmproxy import options
+
+    master = GatewayMaster(options.Options(), with_termlog=False)
+
+    def owners(hook: str) -> set[str]:
+        return {type(f.__self__).__name__ for group in master.addons.handlers(hook) for f in group}
+
+    assert "MapLocal" not in owners("request") and "ModifyHeaders" not in owners("requestheaders")
+    assert "Save" in owners("request")  # no predicate for it: always called
+    (tmp_path / "answer.json").write_text("{}")
+    master.options.update(map_local=[f"|/v1/local|{tmp_path / 'answer.json'}"], modify_headers=["/~q/x-added/1"])
+    assert "MapLocal" in owners("request") and "ModifyHeaders" in owners("requestheaders")
+
+    flow = tflow.tflow()
+    flow.request.path = "/v1/local"
+    await master.addons.handle_lifecycle(HttpRequestHeadersHook(flow))
+    assert flow.request.headers.get("x-added") == "1"
+    await master.addons.handle_lifecycle(HttpRequestHook(flow))
+    assert flow.response is not None and flow.response.status_code == 200  # map_local answered it
+
+    master.options.update(map_local=[], modify_headers=[])
+    assert "MapLocal" not in owners("request") and "ModifyHeaders" not in owners("requestheaders")

@@ -5,7 +5,8 @@ mitmdump) for every hook of every request: per addon a coroutine, a context
 manager, two generators and a `getattr`, and `Hook.args()` calls
 `dataclasses.fields` each time. Most addons have no handler for a given hook.
 `FastAddonManager` resolves, once per hook name, the handlers that exist and
-calls only those, with the same semantics: the addons run in chain order, an
+calls only those (and leaves out mitmdump's own map/modify/block/sticky addons while
+their options are off, see `_IDLE`), with the same semantics: the addons run in chain order, an
 exception is logged and skips the rest of that top-level addon (its sub-addons)
 but not the next addon, `AddonHalt` stops the hook, `OptionsError` propagates,
 and a flow hook is followed by `update` (only when some addon handles it).
@@ -25,7 +26,7 @@ import types
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from mitmproxy import addonmanager, exceptions, flow, hooks
+from mitmproxy import addonmanager, ctx, exceptions, flow, hooks
 from mitmproxy.tools.dump import DumpMaster
 
 logger = logging.getLogger(addonmanager.__name__)  # the same logger as mitmproxy's own "Addon error" lines
@@ -52,6 +53,34 @@ def hook_args(event: hooks.Hook) -> tuple:
             getter = operator.attrgetter(*names)
         _args_getters[type(event)] = getter
     return getter(event)
+
+
+FLOW_HOOKS = frozenset({"requestheaders", "request", "responseheaders", "response"})
+
+# mitmdump's own addons whose flow hooks do nothing while their feature is off (mitmproxy 12), by addon
+# name: whether the addon is off. They stay loaded (their options and commands work); their flow hooks are
+# left out of the table while off, and the table is rebuilt after every option change (`configure`).
+_IDLE: dict[str, Callable[[Any], bool]] = {
+    "maplocal": lambda a: not getattr(a, "replacements", None),
+    "mapremote": lambda a: not getattr(a, "replacements", None),
+    "modifybody": lambda a: not getattr(a, "replacements", None),
+    "modifyheaders": lambda a: not getattr(a, "replacements", None),
+    "blocklist": lambda a: not getattr(a, "items", None),
+    "stickyauth": lambda a: not getattr(a, "flt", None),
+    "stickycookie": lambda a: not getattr(a, "flt", None),
+    "upstreamauth": lambda a: not getattr(a, "auth", None),
+    "anticache": lambda a: not ctx.options.anticache,
+    "anticomp": lambda a: not ctx.options.anticomp,
+    "savehar": lambda a: not ctx.options.hardump,
+}
+
+
+def _idle(addon: object, hook: str) -> bool:
+    """Whether `addon` is one of mitmdump's own that does nothing in `hook` as the options stand."""
+    if hook not in FLOW_HOOKS or not type(addon).__module__.startswith("mitmproxy.addons."):
+        return False
+    off = _IDLE.get(addonmanager._get_name(addon))
+    return off is not None and off(addon)
 
 
 def _not_callable(name: str, addon: object) -> Callable[..., Any]:
@@ -94,6 +123,11 @@ class FastAddonManager(addonmanager.AddonManager):
         finally:
             self._changed()
 
+    def trigger(self, event: hooks.Hook) -> None:
+        super().trigger(event)
+        if isinstance(event, hooks.ConfigureHook):  # options changed: addons may have turned a feature on or off
+            self._changed()
+
     def handlers(self, name: str) -> tuple[Group, ...]:
         """The handlers of hook `name`, grouped by top-level addon, in chain order."""
         found = self._handlers.get(name)
@@ -105,6 +139,8 @@ class FastAddonManager(addonmanager.AddonManager):
                     func = getattr(a, name, None)
                     if not func or isinstance(func, types.ModuleType):
                         continue  # a module imported under a hook's name (`from mitmproxy import log`) is no handler
+                    if _idle(a, name):
+                        continue
                     group.append(func if callable(func) else _not_callable(name, a))
                 if group:
                     groups.append(tuple(group))
