@@ -5,11 +5,12 @@ mitmdump) for every hook of every request: per addon a coroutine, a context
 manager, two generators and a `getattr`, and `Hook.args()` calls
 `dataclasses.fields` each time. Most addons have no handler for a given hook.
 `FastAddonManager` resolves, once per hook name, the handlers that exist and
-calls only those (and leaves out mitmdump's own map/modify/block/sticky addons while
-their options are off, see `_IDLE`), with the same semantics: the addons run in chain order, an
-exception is logged and skips the rest of that top-level addon (its sub-addons)
-but not the next addon, `AddonHalt` stops the hook, `OptionsError` propagates,
-and a flow hook is followed by `update` (only when some addon handles it).
+calls only those (leaving out mitmdump's own map/modify/block/sticky addons
+while their options are off, see `_IDLE`), with the same semantics: the addons
+run in chain order, an exception is logged and skips the rest of that top-level
+addon (its sub-addons) but not the next addon, `AddonHalt` stops the hook,
+`OptionsError` propagates, and a flow hook is followed by `update` (only when
+some addon handles it).
 
 The table is rebuilt after any `register`, `remove` or `clear` (scripts that are
 loaded, reloaded or unloaded go through those). An addon that swaps its
