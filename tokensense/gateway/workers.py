@@ -46,6 +46,10 @@ REUSE_PORT_ENV = "TOKENSENSE_REUSE_PORT"  # "1": bind each listener with SO_REUS
 WORKER_ENV = "TOKENSENSE_WORKER"  # the worker's number, from 1
 SHARE_ENV = "TOKENSENSE_WORKERS_SOCKET"  # "inherit" (default) or "reuseport"
 LISTEN_BACKLOG = 4096  # asyncio's default of 100 drops connections when hundreds of streams open at once
+# Connections a worker accepts from the shared socket per wake-up. asyncio accepts up to its `backlog` at once, so
+# with 4096 the first worker to wake took every connection of a burst (wrk's 16 keep-alive connections all went to
+# one worker, and `--workers 2` served no more than one). A small batch leaves the next ones to the other workers.
+ACCEPT_BATCH = int(os.environ.get("TOKENSENSE_ACCEPT_BATCH", "1"))
 SUPPORTED_MITMPROXY = "12."
 RESTART_PAUSE_MAX = 10.0
 START_FAILURES_FATAL = 3  # a worker that fails this many times in a row before it ever served: give up
@@ -86,7 +90,11 @@ def patch_mitmproxy_listen(listen_fds: dict[int, int], reuse_port: bool) -> None
         fd = listen_fds.get(port)
         if fd is not None:
             sock = socket.socket(fileno=os.dup(fd))
-            return [await asyncio.start_server(handler, sock=sock, backlog=LISTEN_BACKLOG)]
+            # asyncio's `backlog` is both listen()'s queue and how many connections one wake-up accepts: the server
+            # accepts ACCEPT_BATCH at a time, and the shared socket's queue is set back to LISTEN_BACKLOG at once.
+            server = await asyncio.start_server(handler, sock=sock, backlog=ACCEPT_BATCH)
+            sock.listen(LISTEN_BACKLOG)
+            return [server]
         if reuse_port:
             return [await asyncio.start_server(handler, host or None, port, reuse_port=True, backlog=LISTEN_BACKLOG)]
         return await original(self, host, port)
