@@ -30,7 +30,7 @@ from tokensense.gateway.auth import client_key
 from tokensense.gateway.call import CallContext
 from tokensense.gateway.endpoints import Endpoint
 from tokensense.gateway.errors import ErrorFormat, GatewayError
-from tokensense.gateway.flowmeta import CALL, refuse_body, set_call
+from tokensense.gateway.flowmeta import CALL, WS_TERMINATED, refuse_body, set_call
 from tokensense.gateway.runtime import Runtime
 from tokensense.metering.attribution import attribution
 
@@ -106,6 +106,7 @@ class ResponsesWebSocket:
         self._connections[flow.id] = Connection(
             key=presented, key_name=key.name, url=self._self_url(flow),
             headers=ws.passed_headers(req.headers.fields))
+        flow.metadata[WS_TERMINATED] = True  # no server connection: see addons/mitmproxy_compat.py
         flow.response = http.Response.make(101, b"", {
             "upgrade": "websocket", "connection": "Upgrade",
             "sec-websocket-accept": ws.accept_value(handshake_key),
@@ -238,7 +239,7 @@ class ResponsesWebSocket:
     def _http(self) -> httpx.AsyncClient:
         if self._client is None:
             # trust_env=False: the gateway calls itself, never through a proxy from the environment.
-            self._client = httpx.AsyncClient(trust_env=False, verify=False,  # noqa: S501 (itself, on its own socket)
+            self._client = httpx.AsyncClient(trust_env=False, verify=False,
                                              timeout=httpx.Timeout(None, connect=10.0))
         return self._client
 
