@@ -161,3 +161,44 @@ def test_hostile_frames_get_an_error_and_reach_no_provider(gateway: Gateway, fra
     assert event["type"] == "error" and 400 <= event["status"] < 500
     assert isinstance(event["error"]["message"], str)
     assert len(gateway.fake.requests()) == before
+
+
+def test_connection_closed_mid_response_still_gives_one_record(gateway: Gateway, exec_id: str) -> None:
+    with open_ws(gateway, exec_id, **{"x-fake-chunks": "30", "x-fake-chunk-delay-ms": "100"}) as conn:
+        conn.send(json.dumps({"type": "response.create", "model": "gpt-4.1", "input": "a long one"}))
+        while json.loads(conn.recv(timeout=15))["type"] != "response.output_text.delta":
+            pass
+    rows = gateway.wait_records(count=1, execution_id=exec_id)
+    assert len(rows) == 1
+    assert rows[0]["status"] == 499 and rows[0]["endpoint"] == "responses"
+    assert json.loads(rows[0]["details"])["transport"] == "websocket"
+
+
+def test_sigterm_lets_a_websocket_response_finish(tmp_path, fake_provider) -> None:  # type: ignore[no-untyped-def]
+    import signal
+    import time
+
+    from conftest import start_gateway, stop
+
+    gw = start_gateway(tmp_path, fake_provider)
+    exec_id = f"drain-{uuid.uuid4().hex[:6]}"
+    try:
+        with open_ws(gw, exec_id, **{"x-fake-chunks": "15", "x-fake-chunk-delay-ms": "100"}) as conn:
+            conn.send(json.dumps({"type": "response.create", "model": "gpt-4.1", "input": "drain me"}))
+            assert json.loads(conn.recv(timeout=15))["type"] == "response.created"
+            gw.process.send_signal(signal.SIGTERM)
+            events = []
+            while not events or events[-1]["type"] not in ("response.completed", "error"):
+                events.append(json.loads(conn.recv(timeout=15)))
+            assert events[-1]["type"] == "response.completed"
+            # A new response while the gateway drains: refused, not cut off half-way.
+            refused = create(conn, model="gpt-4.1", input="too late")
+            assert refused[-1]["type"] == "error" and refused[-1]["status"] == 503
+        deadline = time.monotonic() + 30
+        while gw.process.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert gw.process.returncode == 0
+    finally:
+        stop(gw.process)
+    rows = gw.records(execution_id=exec_id)
+    assert len(rows) == 1 and rows[0]["status"] == 200 and rows[0]["output_tokens"] == 15
