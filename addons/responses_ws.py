@@ -212,7 +212,7 @@ class ResponsesWebSocket:
                         self._send(flow, ws.error_event_from_answer(answer.status_code, content))
                     return
                 reader = ws.SSEReader()
-                async for chunk in answer.aiter_raw():
+                async for chunk in answer.aiter_bytes():
                     for payload in reader.feed(chunk):
                         self._send(flow, payload)
                         self._note(conn, sent, payload)
@@ -255,7 +255,7 @@ class ResponsesWebSocket:
 
 async def _read_bounded(answer: httpx.Response, limit: int) -> bytes:
     content = b""
-    async for chunk in answer.aiter_raw():
+    async for chunk in answer.aiter_bytes():
         content += chunk
         if len(content) >= limit:
             break

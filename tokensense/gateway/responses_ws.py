@@ -210,7 +210,7 @@ def warmup_events(body: dict[str, Any]) -> tuple[str, list[bytes]]:
     """The answer to `generate: false` (Codex warms a connection up with it): an empty completed response,
     made by the gateway (no provider call, nothing to bill); later frames may continue it."""
     response_id = "resp_ws_" + secrets.token_hex(16)
-    response = {"id": response_id, "object": "response", "created_at": int(time.time()), "status": "completed",
+    response: dict[str, Any] = {"id": response_id, "object": "response", "created_at": int(time.time()), "status": "completed",
                 "model": body.get("model"), "output": [], "error": None, "incomplete_details": None,
                 "usage": {"input_tokens": 0, "input_tokens_details": {"cached_tokens": 0}, "output_tokens": 0,
                           "output_tokens_details": {"reasoning_tokens": 0}, "total_tokens": 0}}
