@@ -202,3 +202,39 @@ def test_sigterm_lets_a_websocket_response_finish(tmp_path, fake_provider) -> No
         stop(gw.process)
     rows = gw.records(execution_id=exec_id)
     assert len(rows) == 1 and rows[0]["status"] == 200 and rows[0]["output_tokens"] == 15
+
+
+def test_openai_sdk_responses_connect_through_the_gateway(gateway: Gateway, exec_id: str) -> None:
+    """The official SDK's own Responses WebSocket mode (`client.responses.connect()`, openai>=3.5x)."""
+    import openai
+
+    client = openai.OpenAI(base_url=f"{gateway.url}/v1", api_key=gateway.key, max_retries=0,
+                           default_headers={"x-execution-id": exec_id})
+    with client.responses.connect() as conn:
+        conn.response.create(model="gpt-4.1", input="hello there model", store=False)
+        types = []
+        for event in conn:
+            types.append(event.type)
+            if event.type == "response.completed":
+                assert event.response.output_text == "Hello from gpt-4.1."
+                assert event.response.usage is not None and event.response.usage.input_tokens == 3
+                break
+    assert types[0] == "response.created"
+    [row] = gateway.wait_records(count=1, execution_id=exec_id)
+    assert row["cost_usd"] > 0 and json.loads(row["details"])["transport"] == "websocket"
+
+
+def test_fake_provider_speaks_responses_over_websocket(fake_provider) -> None:  # type: ignore[no-untyped-def]
+    """docs/fake-provider.md: the fake serves the WebSocket as OpenAI does (checked with the official SDK)."""
+    import openai
+
+    with pytest.raises(InvalidStatus):
+        connect(fake_provider.url.replace("http://", "ws://") + "/openai/v1/responses", open_timeout=10)
+    client = openai.OpenAI(base_url=f"{fake_provider.url}/openai/v1", api_key="sk-test", max_retries=0)
+    with client.responses.connect() as conn:
+        conn.response.create(model="gpt-4.1", input="hello there model", store=False)
+        first = next(e for e in conn if e.type == "response.completed").response
+        conn.response.create(model="gpt-4.1", input="and more", store=False, previous_response_id=first.id)
+        second = next(e for e in conn if e.type == "response.completed").response
+    assert first.output_text == "Hello from gpt-4.1." and second.usage is not None
+    assert second.usage.input_tokens > first.usage.input_tokens  # type: ignore[union-attr]
