@@ -108,21 +108,29 @@ def test_handshake_without_a_valid_key_is_refused(gateway: Gateway) -> None:
 
 
 def test_refused_model_and_budget_frames_answer_errors_and_send_nothing(gateway: Gateway, exec_id: str) -> None:
-    limited = json.loads(gateway.cli("keys", "create", f"ws-limited-{exec_id}", "--allow-model", "gpt-4.1",
-                                     "--budget-usd", "0.000001", "--json").stdout)["key"]
+    spent = json.loads(gateway.cli("keys", "create", f"ws-spent-{exec_id}", "--allow-model", "gpt-4.1",
+                                   "--budget-usd", "0", "--json").stdout)["key"]
     gateway.fake.clear()
-    with open_ws(gateway, exec_id, key=limited) as conn:
+    with open_ws(gateway, exec_id, key=spent) as conn:
         [error] = create(conn, model="claude-sonnet-4-6", input="hi")
         assert error["type"] == "error" and error["status"] == 403
         [error] = create(conn, model="no-such-model-xyz", input="hi")
         assert error["status"] == 404
-        first = create(conn, model="gpt-4.1", input="hi", max_output_tokens=16)
-        assert first[-1]["type"] in ("response.completed", "error")
-        refused = create(conn, model="gpt-4.1", input="hi again", max_output_tokens=16)
-        assert refused[-1]["type"] == "error" and refused[-1]["status"] in (402, 429)
-        # The connection still serves after refusals.
-        conn.send(json.dumps({"type": "response.processed", "response_id": "resp_x"}))
-    assert len([r for r in gateway.fake.requests() if r["path"].endswith("/v1/responses")]) <= 1
+        [error] = create(conn, model="gpt-4.1", input="hi", max_output_tokens=16)
+        assert error["status"] == 402 and error["error"]["message"]
+        conn.send(json.dumps({"type": "response.processed", "response_id": "resp_x"}))  # accepted, not answered
+        [error] = create(conn, model="gpt-4.1", input="still spent")
+        assert error["status"] == 402  # the connection stays open after refusals
+    assert gateway.fake.requests() == []
+
+
+def test_rate_limit_holds_per_frame(gateway: Gateway, exec_id: str) -> None:
+    limited = json.loads(gateway.cli("keys", "create", f"ws-rpm-{exec_id}", "--rpm", "1", "--json").stdout)["key"]
+    with open_ws(gateway, exec_id, key=limited) as conn:
+        assert create(conn, model="gpt-4.1", input="one")[-1]["type"] == "response.completed"
+        [error] = create(conn, model="gpt-4.1", input="two")
+        assert error["type"] == "error" and error["status"] == 429
+    assert len(gateway.wait_records(count=2, execution_id=exec_id)) == 2  # the refusal is recorded too
 
 
 def test_previous_response_of_another_key_is_refused(gateway: Gateway, exec_id: str) -> None:
