@@ -55,6 +55,11 @@ class Admit:
                            path_provider=route.provider, path_params=route.params)
         call.free = is_free_call(route.endpoint, route.action)
         set_call(flow, call)
+        if "x-tokensense-transport" in req.headers:
+            # Set by the Responses WebSocket on the HTTP call of each response (addons/responses_ws.py):
+            # a label of the record only (a client setting it labels its own calls), never sent upstream.
+            if req.headers.pop("x-tokensense-transport") == "websocket" and route.endpoint is Endpoint.RESPONSES:
+                call.transport = "websocket"
         if route.endpoint is Endpoint.HEALTH:
             call.recorded = True  # a health check is not a provider call
             answer_json(flow, *await asyncio.to_thread(self.runtime.health))

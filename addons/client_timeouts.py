@@ -44,6 +44,14 @@ class ClientTimeouts:
     def error(self, flow: http.HTTPFlow) -> None:
         self.clock.finished(flow.client_conn.id, flow.id, time.monotonic())
 
+    def websocket_start(self, flow: http.HTTPFlow) -> None:
+        # A WebSocket (the Responses API's, Codex) may rest between turns: it is a call until it ends.
+        self.clock.head_received(flow.client_conn.id, flow.id, time.monotonic())
+        self.clock.body_received(flow.client_conn.id, flow.id)
+
+    def websocket_end(self, flow: http.HTTPFlow) -> None:
+        self.clock.finished(flow.client_conn.id, flow.id, time.monotonic())
+
     async def _sweep(self) -> None:
         interval = min(max(self.clock.timeout / 4, 0.25), 5.0)
         while True:

@@ -20,7 +20,14 @@ narrow patches of its HTTP layer change that:
   runs first; when an addon answers the flow there (a retry or a fallback made
   with httpx), that answer is sent, through the response hook, instead of the error.
 
-All three are written against mitmproxy 12's internals: `install()` refuses to run on
+- `WebsocketLayer`: a WebSocket the gateway answers itself (the Responses API's,
+  `flowmeta.WS_TERMINATED`; the handshake got its 101 from an addon, so there is
+  no server connection) sends nothing towards a server: a ping from the client
+  gets its pong from the gateway, a close is answered to the client alone.
+  Without this, mitmproxy relays the close to a server connection it never
+  opened and the connection crashes.
+
+All four are written against mitmproxy 12's internals: `install()` refuses to run on
 another major version, loudly, rather than patching code it was not written for.
 HTTP/2 clients still get mitmproxy's own error responses (the SDKs speak HTTP/1.1).
 """
@@ -31,6 +38,7 @@ import logging
 from collections.abc import Generator
 from dataclasses import dataclass
 
+import wsproto.events
 from mitmproxy import flow as mitm_flow
 from mitmproxy import http
 from mitmproxy import version as mitm_version
@@ -44,6 +52,7 @@ from mitmproxy.proxy.layers.http._events import (
     RequestTrailers,
     ResponseProtocolError,
 )
+from mitmproxy.proxy.layers.websocket import WebsocketLayer
 from mitmproxy.proxy.utils import expect
 
 from tokensense.gateway import flowmeta
@@ -57,6 +66,8 @@ _original_send = _http1.Http1Server.send
 _original_make_error_response = _http1.make_error_response
 _original_consume = HttpStream.state_consume_request_body
 _original_handle_protocol_error = HttpStream.handle_protocol_error
+_original_ws_start = WebsocketLayer.start
+_original_ws_relay = WebsocketLayer.relay_messages
 
 
 @dataclass
@@ -152,6 +163,41 @@ def _handle_protocol_error(self, event):  # type: ignore[no-untyped-def]
     yield from _original_handle_protocol_error(self, event)
 
 
+def _filtered(layer: WebsocketLayer, commands_in: Generator) -> Generator:
+    """The layer's commands, less those towards the server connection (there is none); replies passed back."""
+    server = layer.context.server
+    try:
+        command = next(commands_in)
+        while True:
+            if isinstance(command, (commands.SendData, commands.CloseConnection)) and command.connection is server:
+                command = commands_in.send(None)
+                continue
+            reply = yield command
+            command = commands_in.send(reply)
+    except StopIteration:
+        return
+
+
+def _ws_start(self, event):  # type: ignore[no-untyped-def]
+    yield from _original_ws_start(self, event)
+    if self.flow.metadata.get(flowmeta.WS_TERMINATED):
+        client_ws = self.client_ws
+
+        def to_no_server(ws_event):  # type: ignore[no-untyped-def]
+            if isinstance(ws_event, wsproto.events.Ping):  # the client's ping: the gateway answers it
+                return client_ws.send2(ws_event.response())
+            return commands.Log("no server for this WebSocket: dropped", logging.DEBUG)
+
+        self.server_ws.send2 = to_no_server
+
+
+def _ws_relay(self, event):  # type: ignore[no-untyped-def]
+    if self.flow.metadata.get(flowmeta.WS_TERMINATED):
+        yield from _filtered(self, _original_ws_relay(self, event))
+    else:
+        yield from _original_ws_relay(self, event)
+
+
 def install() -> None:
     """Patch mitmproxy's HTTP layer (idempotent); raises on a mitmproxy these patches were not written for."""
     major = int(mitm_version.VERSION.split(".")[0])
@@ -166,3 +212,8 @@ def install() -> None:
         HttpStream.state_consume_request_body = _consume_request_body  # type: ignore[method-assign]
     if HttpStream.handle_protocol_error is not _handle_protocol_error:
         HttpStream.handle_protocol_error = _handle_protocol_error  # type: ignore[method-assign]
+    if WebsocketLayer.relay_messages is not _ws_relay:
+        # `start` is also the layer's first `_handle_event` (a class attribute set to it).
+        WebsocketLayer.start = _ws_start  # type: ignore[method-assign]
+        WebsocketLayer._handle_event = _ws_start  # type: ignore[method-assign]
+        WebsocketLayer.relay_messages = _ws_relay  # type: ignore[method-assign]

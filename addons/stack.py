@@ -18,6 +18,7 @@ from addons.recording import Recording
 from addons.reliability import Reliability
 from addons.request_records import RequestRecords
 from addons.responses import Responses
+from addons.responses_ws import ResponsesWebSocket
 from addons.routing import Router
 from addons.translation import Translation
 from addons.upstream_errors import UpstreamErrors
@@ -30,6 +31,7 @@ def tokensense_addons(runtime: Runtime | None = None) -> list[object]:
     return [
         Lifecycle(runtime),
         Intercept(runtime),  # before Admit: intercepted calls never meet the gateway's key check
+        ResponsesWebSocket(runtime),  # the Responses WebSocket handshake, answered here; its frames served over HTTP
         Admit(runtime),  # requestheaders: key, route, body limit
         RequestRecords(runtime),  # GET /v1/tokensense/requests/{id}, answered before routing
         Router(runtime),  # request: parse, resolve, prepare the upstream request

@@ -64,7 +64,12 @@ class UpstreamErrors:
         self._cancel(flow)
         call = get_call(flow)
         if call is not None and call.status is None:
-            call.status = 504 if call.timed_out else 502
+            if call.timed_out:
+                call.status = 504
+            elif flow.error is not None and "client" in flow.error.msg.lower():
+                call.status = 499  # the client left before the answer ended (nginx's "client closed request")
+            else:
+                call.status = 502
             if call.timed_out and call.error is None:
                 call.error = f"The provider did not answer within {call.timeout or self.timeout:g} seconds."
 

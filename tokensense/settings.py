@@ -37,6 +37,8 @@ class Settings(BaseSettings):
     client_idle_timeout: float = 60.0  # seconds a client connection may sit idle or half-sent
     # Days a Responses API response id stays owned by its key (and a translated conversation kept): OpenAI's 30.
     responses_ttl_days: float = Field(default=30.0, gt=0)
+    # The Responses API over WebSocket (Codex CLI); off: the handshake gets a 426 and Codex uses HTTP.
+    responses_websocket: bool = True
     config_file: Path | None = None
     # Prometheus: distinct values a client-chosen label (workflow, project, model) may take before folding into `other`.
     metrics_max_label_values: int = 100

@@ -68,6 +68,7 @@ class CallContext:
     timeout: float | None = None  # seconds the provider has to answer (upstream watchdog)
     watchdog: asyncio.TimerHandle | None = None
     # Retries and fallbacks (tokensense/gateway/reliability.py):
+    transport: str | None = None  # "websocket": a response of the Responses WebSocket (addons/responses_ws.py)
     attempt: int = 1  # the upstream attempt this call's own record is (retries and fallbacks record the others)
     provider_key: str | None = None  # the name of the provider key (of the provider's pool) the attempt used
     fallbacks: tuple[str, ...] | None = None  # the x-tokensense-fallbacks header's models (None: no header)

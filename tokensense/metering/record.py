@@ -58,7 +58,7 @@ def build_record(call: CallContext, *, status: int, prices: PriceBook) -> UsageC
         characters=usage.characters,
         seconds=usage.seconds,
         cost_usd=cost,
-        details=usage.details(),
+        details={**(usage.details() or {}), "transport": call.transport} if call.transport else usage.details(),
         latency_ms=round((end - call.started) * 1000, 3),
         ttft_ms=round((first - call.started) * 1000, 3) if first else None,
         # Every path that sets attribution goes through `attribution()`, but a record

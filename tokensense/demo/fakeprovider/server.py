@@ -28,6 +28,7 @@ from tokensense.demo.fakeprovider import (
     media,
     openai_format,
     responses_format,
+    responses_ws,
     vertex_format,
 )
 from tokensense.demo.fakeprovider.replies import BodyReply, FakeError, FakeRequest, Reply, json_reply
@@ -174,6 +175,8 @@ async def handle(request: web.Request) -> web.StreamResponse:
     path = request.path
     if path.startswith("/_fake/"):
         return await _control(request, path)
+    if responses_ws.is_upgrade(request):
+        return await responses_ws.serve(request, log=request.app[REQUEST_LOG], state=request.app[STATE])
     method = request.method
     route = resolve_route(method, path, request.headers)
     body, files, raw_body = await _read_body(request)
