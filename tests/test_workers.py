@@ -243,6 +243,13 @@ def test_killed_worker_is_replaced_and_answered_calls_keep_their_records(workers
     assert "database is locked" not in gw.log()
 
 
+def test_accept_batch_setting() -> None:
+    from tokensense.gateway.workers import ACCEPT_BATCH_DEFAULT, accept_batch
+
+    assert accept_batch(None) == accept_batch("") == accept_batch("many") == ACCEPT_BATCH_DEFAULT
+    assert accept_batch("1") == 1 and accept_batch("0") == 1 and accept_batch("16") == 16
+
+
 def _connection_owners(pids: list[int], port: int, client_ports: set[int]) -> dict[int, int]:
     """Which worker holds the server side of each client connection (client port -> worker pid), from /proc."""
     inodes = {}
@@ -266,7 +273,7 @@ def test_a_burst_of_connections_is_shared_by_the_workers(workers_gateway: Gatewa
     """16 keep-alive connections opened one after the other, each sending its request at once (as `wrk -c16`
     does), are served by both workers. asyncio accepts up to `backlog` connections per wake-up, and with 4096 the
     first worker to wake took all 16 every time (so `--workers 2` served no more than one worker); the workers now
-    accept `ACCEPT_BATCH` at a time. Tried up to 3 times: a worker the machine did not schedule in time may miss
+    accept a few at a time (`TOKENSENSE_ACCEPT_BATCH`). Tried up to 3 times: a worker the machine did not schedule in time may miss
     one burst."""
     gw = workers_gateway
     pids = worker_pids(gw.process)

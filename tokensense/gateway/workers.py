@@ -49,7 +49,15 @@ LISTEN_BACKLOG = 4096  # asyncio's default of 100 drops connections when hundred
 # Connections a worker accepts from the shared socket per wake-up. asyncio accepts up to its `backlog` at once, so
 # with 4096 the first worker to wake took every connection of a burst (wrk's 16 keep-alive connections all went to
 # one worker, and `--workers 2` served no more than one). A small batch leaves the next ones to the other workers.
-ACCEPT_BATCH = int(os.environ.get("TOKENSENSE_ACCEPT_BATCH", "1"))
+ACCEPT_BATCH_DEFAULT = 4
+
+
+def accept_batch(text: str | None) -> int:
+    """`TOKENSENSE_ACCEPT_BATCH`: a positive number; anything else is the default."""
+    try:
+        return max(int(text or ACCEPT_BATCH_DEFAULT), 1)
+    except ValueError:
+        return ACCEPT_BATCH_DEFAULT
 SUPPORTED_MITMPROXY = "12."
 RESTART_PAUSE_MAX = 10.0
 START_FAILURES_FATAL = 3  # a worker that fails this many times in a row before it ever served: give up
@@ -91,8 +99,9 @@ def patch_mitmproxy_listen(listen_fds: dict[int, int], reuse_port: bool) -> None
         if fd is not None:
             sock = socket.socket(fileno=os.dup(fd))
             # asyncio's `backlog` is both listen()'s queue and how many connections one wake-up accepts: the server
-            # accepts ACCEPT_BATCH at a time, and the shared socket's queue is set back to LISTEN_BACKLOG at once.
-            server = await asyncio.start_server(handler, sock=sock, backlog=ACCEPT_BATCH)
+            # accepts a few (accept_batch) at a time, and the shared socket's queue is set back to LISTEN_BACKLOG at once.
+            server = await asyncio.start_server(handler, sock=sock,
+                                                backlog=accept_batch(os.environ.get("TOKENSENSE_ACCEPT_BATCH")))
             sock.listen(LISTEN_BACKLOG)
             return [server]
         if reuse_port:
