@@ -285,13 +285,16 @@ def test_pool_key_refused_is_taken_out_until_restored(gw: Gateway, fake: FakePro
     for _ in range(2):
         mistral.chat.completions.create(model="mistral-small-latest", messages=HI)
     assert "mis-b" in _mistral_keys(fake)
+    def taken_out(listed: str) -> bool:
+        return any("backup" in line and "out" in line for line in listed.splitlines())
+
     listed = ""
     for _ in range(50):  # the take-out is written to the database by a worker thread
         listed = gw.cli("providers", "list").stdout
-        if "out" in [line.split()[2] for line in listed.splitlines() if "backup" in line][:1]:
+        if taken_out(listed):
             break
         time.sleep(0.1)
-    assert any("backup" in line and "out" in line for line in listed.splitlines()), listed
+    assert taken_out(listed), listed
     fake.clear()
     for _ in range(3):
         mistral.chat.completions.create(model="mistral-small-latest", messages=HI)
