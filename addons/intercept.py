@@ -14,7 +14,7 @@ from mitmproxy.proxy.layers.tls import parse_client_hello
 
 from addons.common import CALL, answer_error, intercepting, lookup_key
 from tokensense.gateway.call import CallContext
-from tokensense.gateway.errors import GatewayError
+from tokensense.gateway.errors import ErrorFormat, GatewayError
 from tokensense.gateway.flowmeta import set_call
 from tokensense.gateway.intercept import KEY_HEADER, HostTable, intercepted_call, parse_hostmap
 from tokensense.gateway.keys import KeyInfo
@@ -116,6 +116,15 @@ class Intercept:
             flow.metadata[CALL] = None  # not a provider: leave it alone
             return
         presented = req.headers.pop(KEY_HEADER, None)  # never forwarded to the provider
+        if req.headers.get("upgrade", "").lower() == "websocket":
+            # A provider WebSocket (Codex's Responses socket, the Realtime API) would be relayed unmetered: refused.
+            # 426 makes Codex use HTTP for the session, which is metered here (see README "Intercept mode").
+            flow.metadata[CALL] = None
+            answer_error(flow, ErrorFormat.OPENAI, GatewayError(
+                426, "TokenSense meters provider calls over HTTP in intercept mode; WebSocket calls to "
+                f"{req.pretty_host} are refused. Use HTTP (Codex falls back to it by itself)."),
+                headers={"upgrade": "websocket"})
+            return
         body = _json_body(req)
         call = intercepted_call(adapter, req.method, req.path, body, form_model=_form_model(req, body))
         if call is None:

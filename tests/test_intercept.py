@@ -212,6 +212,26 @@ async def test_intercept_meters_provider_hosts_and_leaves_others_alone() -> None
         assert listing.metadata[CALL] is None
 
 
+async def test_provider_websockets_are_refused_not_relayed_unmetered() -> None:
+    """Codex's Responses socket (or the Realtime API) through the intercepting proxy: 426, so Codex uses HTTP,
+    which is metered; a WebSocket to any other host is left alone."""
+    addon = Intercept(Runtime())
+    upgrade = {"upgrade": "websocket", "connection": "Upgrade", "sec-websocket-version": "13",
+               "sec-websocket-key": "dGhlIHNhbXBsZSBub25jZQ==", KEY_HEADER: "tsk_x"}
+    with taddons.context(addon):
+        for path in ("/v1/responses", "/v1/realtime?model=gpt-realtime"):
+            flow = _provider_flow(path=path, **upgrade)
+            flow.request.method, flow.request.content = "GET", b""
+            await addon.request(flow)
+            assert flow.response is not None and flow.response.status_code == 426
+            assert "intercept mode" in json.loads(flow.response.content)["error"]["message"]
+            assert KEY_HEADER not in flow.request.headers
+        other = _provider_flow(host="example.com", **upgrade)
+        other.request.method = "GET"
+        await addon.request(other)
+        assert other.response is None and other.metadata[CALL] is None
+
+
 async def test_reverse_mode_flows_are_the_gateways() -> None:
     addon = Intercept(Runtime())
     with taddons.context(addon):
