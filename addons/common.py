@@ -32,6 +32,11 @@ def intercepting(mode: ProxyMode | None) -> bool:
     return mode is not None and not isinstance(mode, ReverseMode)
 
 
+def asks_for_websocket(req: http.Request) -> bool:
+    """A WebSocket handshake: `GET` with `Upgrade: websocket`."""
+    return req.method == "GET" and req.headers.get("upgrade", "").lower() == "websocket"
+
+
 def answer_error(flow: http.HTTPFlow, fmt: ErrorFormat, error: GatewayError, headers: dict[str, str] | None = None) -> None:
     """Answer the flow with `error` in the endpoint's error shape; nothing goes upstream."""
     call = get_call(flow)

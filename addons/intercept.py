@@ -12,7 +12,7 @@ from mitmproxy.net.tls import starts_like_tls_record
 from mitmproxy.proxy import layer, layers, server_hooks
 from mitmproxy.proxy.layers.tls import parse_client_hello
 
-from addons.common import CALL, answer_error, intercepting, lookup_key
+from addons.common import CALL, answer_error, asks_for_websocket, intercepting, lookup_key
 from tokensense.gateway.call import CallContext
 from tokensense.gateway.errors import ErrorFormat, GatewayError
 from tokensense.gateway.flowmeta import set_call
@@ -116,7 +116,7 @@ class Intercept:
             flow.metadata[CALL] = None  # not a provider: leave it alone
             return
         presented = req.headers.pop(KEY_HEADER, None)  # never forwarded to the provider
-        if req.headers.get("upgrade", "").lower() == "websocket":
+        if asks_for_websocket(req):
             # A provider WebSocket (Codex's Responses socket, the Realtime API) would be relayed unmetered: refused.
             # 426 makes Codex use HTTP for the session, which is metered here (see README "Intercept mode").
             flow.metadata[CALL] = None

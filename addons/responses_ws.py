@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 import httpx
 from mitmproxy import ctx, http
 
-from addons.common import answer_error, intercepting, lookup_key, strip_client_keys
+from addons.common import answer_error, asks_for_websocket, intercepting, lookup_key, strip_client_keys
 from tokensense.gateway import responses_ws as ws
 from tokensense.gateway.auth import client_key
 from tokensense.gateway.call import CallContext
@@ -56,8 +56,7 @@ class Connection:
 
 def is_upgrade(flow: http.HTTPFlow) -> bool:
     req = flow.request
-    return (req.method == "GET" and req.headers.get("upgrade", "").lower() == "websocket"
-            and req.path.partition("?")[0] in ws.RESPONSES_WS_PATHS)
+    return asks_for_websocket(req) and req.path.partition("?")[0] in ws.RESPONSES_WS_PATHS
 
 
 class ResponsesWebSocket:

@@ -45,11 +45,15 @@ LISTEN_FDS_ENV = "TOKENSENSE_LISTEN_FDS"  # "PORT=FD,PORT=FD": listening sockets
 REUSE_PORT_ENV = "TOKENSENSE_REUSE_PORT"  # "1": bind each listener with SO_REUSEPORT
 WORKER_ENV = "TOKENSENSE_WORKER"  # the worker's number, from 1
 SHARE_ENV = "TOKENSENSE_WORKERS_SOCKET"  # "inherit" (default) or "reuseport"
+ACCEPT_BATCH_ENV = "TOKENSENSE_ACCEPT_BATCH"  # connections a worker accepts per wake-up (default 4)
 LISTEN_BACKLOG = 4096  # asyncio's default of 100 drops connections when hundreds of streams open at once
 # Connections a worker accepts from the shared socket per wake-up. asyncio accepts up to its `backlog` at once, so
 # with 4096 the first worker to wake took every connection of a burst (wrk's 16 keep-alive connections all went to
 # one worker, and `--workers 2` served no more than one). A small batch leaves the next ones to the other workers.
 ACCEPT_BATCH_DEFAULT = 4
+SUPPORTED_MITMPROXY = "12."
+RESTART_PAUSE_MAX = 10.0
+START_FAILURES_FATAL = 3  # a worker that fails this many times in a row before it ever served: give up
 
 
 def accept_batch(text: str | None) -> int:
@@ -58,9 +62,6 @@ def accept_batch(text: str | None) -> int:
         return max(int(text or ACCEPT_BATCH_DEFAULT), 1)
     except ValueError:
         return ACCEPT_BATCH_DEFAULT
-SUPPORTED_MITMPROXY = "12."
-RESTART_PAUSE_MAX = 10.0
-START_FAILURES_FATAL = 3  # a worker that fails this many times in a row before it ever served: give up
 
 
 def worker_count(text: str) -> int:
@@ -101,7 +102,7 @@ def patch_mitmproxy_listen(listen_fds: dict[int, int], reuse_port: bool) -> None
             # asyncio's `backlog` is both listen()'s queue and how many connections one wake-up accepts: the server
             # accepts a few (accept_batch) at a time, and the shared socket's queue is set back to LISTEN_BACKLOG at once.
             server = await asyncio.start_server(handler, sock=sock,
-                                                backlog=accept_batch(os.environ.get("TOKENSENSE_ACCEPT_BATCH")))
+                                                backlog=accept_batch(os.environ.get(ACCEPT_BATCH_ENV)))
             sock.listen(LISTEN_BACKLOG)
             return [server]
         if reuse_port:
