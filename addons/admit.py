@@ -13,10 +13,10 @@ import logging
 from mitmproxy import ctx, http
 
 from addons.common import answer_error, answer_json, intercepting, lookup_key, strip_client_keys
+from tokensense.core.endpoints import Endpoint, is_free_call
+from tokensense.core.errors import ErrorFormat, GatewayError, format_for_path
 from tokensense.gateway.auth import client_key
 from tokensense.gateway.call import CallContext
-from tokensense.gateway.endpoints import Endpoint, is_free_call
-from tokensense.gateway.errors import ErrorFormat, GatewayError, format_for_path
 from tokensense.gateway.flowmeta import BODY_LIMIT, CALL, refuse_body, set_call
 from tokensense.gateway.model_lists import ListShape, shape_for
 from tokensense.gateway.routing import classify

@@ -11,10 +11,10 @@ from typing import Any
 from mitmproxy import http
 from mitmproxy.proxy.mode_specs import ProxyMode, ReverseMode
 
+from tokensense.core.endpoints import Endpoint
+from tokensense.core.errors import ErrorFormat, GatewayError, error_bytes, format_for_path
+from tokensense.crypto import hash_key
 from tokensense.gateway.call import CallContext
-from tokensense.gateway.crypto import hash_key
-from tokensense.gateway.endpoints import Endpoint
-from tokensense.gateway.errors import ErrorFormat, GatewayError, error_bytes, format_for_path
 from tokensense.gateway.flowmeta import CALL, get_call, set_call
 from tokensense.gateway.forward import KEY_HEADER_NAMES, PendingUpstream, upstream_target
 from tokensense.gateway.keys import Credential, KeyInfo

@@ -10,7 +10,7 @@ from __future__ import annotations
 from mitmproxy import http
 
 from addons.common import answer_error, answer_internal_error, apply_upstream, get_call
-from tokensense.gateway.errors import GatewayError
+from tokensense.core.errors import GatewayError
 from tokensense.gateway.flowmeta import CALL
 from tokensense.gateway.reliability import prepare_first_attempt, take_fallbacks_header
 from tokensense.gateway.runtime import Runtime

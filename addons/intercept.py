@@ -13,8 +13,8 @@ from mitmproxy.proxy import layer, layers, server_hooks
 from mitmproxy.proxy.layers.tls import parse_client_hello
 
 from addons.common import CALL, answer_error, asks_for_websocket, intercepting, lookup_key
+from tokensense.core.errors import ErrorFormat, GatewayError
 from tokensense.gateway.call import CallContext
-from tokensense.gateway.errors import ErrorFormat, GatewayError
 from tokensense.gateway.flowmeta import set_call
 from tokensense.gateway.intercept import KEY_HEADER, HostTable, intercepted_call, parse_hostmap
 from tokensense.gateway.keys import KeyInfo

@@ -11,10 +11,11 @@ from dataclasses import dataclass
 from mitmproxy import ctx, exceptions, http
 
 from addons.common import answer_error, get_call, prepare_upstream, require_credential
+from tokensense.core.errors import GatewayError
+from tokensense.core.usage import TokenUsage
 from tokensense.gateway import media
 from tokensense.gateway.body import parse_json_body
 from tokensense.gateway.call import CallContext
-from tokensense.gateway.errors import GatewayError
 from tokensense.gateway.flowmeta import MEDIA
 from tokensense.gateway.routing import MEDIA_ENDPOINTS, Endpoint, resolve_model
 from tokensense.gateway.runtime import Runtime
@@ -25,7 +26,6 @@ from tokensense.metering.media_prices import (
     load_media_prices,
 )
 from tokensense.metering.stream import PassthroughStream
-from tokensense.metering.usage import TokenUsage
 from tokensense.providers import ProviderAdapter
 from tokensense.providers.base import ImageTranslator, Upstream
 

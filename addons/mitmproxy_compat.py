@@ -55,8 +55,8 @@ from mitmproxy.proxy.layers.http._events import (
 from mitmproxy.proxy.layers.websocket import WebsocketLayer
 from mitmproxy.proxy.utils import expect
 
+from tokensense.core.errors import ErrorFormat, error_bytes, format_for_path
 from tokensense.gateway import flowmeta
-from tokensense.gateway.errors import ErrorFormat, error_bytes, format_for_path
 
 log = logging.getLogger(__name__)
 

@@ -9,8 +9,9 @@ from functools import partial
 from mitmproxy import http
 
 from addons.common import answer_error, get_call
+from tokensense.core.errors import GatewayError
+from tokensense.core.usage import TokenUsage
 from tokensense.gateway.call import CallContext
-from tokensense.gateway.errors import GatewayError
 from tokensense.gateway.flowmeta import RATE
 from tokensense.gateway.limits import RateDecision
 from tokensense.gateway.policy import budget_window, check_access, estimate_cost, estimate_usage, limits_for
@@ -18,7 +19,6 @@ from tokensense.gateway.price_policy import unpriced_refusal
 from tokensense.gateway.reservation import budget_refusal, call_reservation
 from tokensense.gateway.routing import MEDIA_ENDPOINTS
 from tokensense.gateway.runtime import Runtime
-from tokensense.metering.usage import TokenUsage
 from tokensense.storage.models import UsageCreate
 
 log = logging.getLogger(__name__)

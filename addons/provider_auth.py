@@ -12,7 +12,7 @@ from __future__ import annotations
 from mitmproxy import http
 
 from addons.common import answer_error, get_call
-from tokensense.gateway.errors import GatewayError
+from tokensense.core.errors import GatewayError
 
 
 class ProviderAuth:

@@ -9,7 +9,7 @@ from mitmproxy import http
 from sqlmodel import Session
 
 from addons.common import answer_json, get_call
-from tokensense.gateway.endpoints import Endpoint
+from tokensense.core.endpoints import Endpoint
 from tokensense.gateway.request_lookup import answer_request, request_id_from_path
 from tokensense.gateway.runtime import Runtime
 from tokensense.storage.repo import usage_for_request

@@ -27,10 +27,11 @@ from addons.common import (
     response_body,
     write_translated_answer,
 )
+from tokensense.core.endpoints import RESPONSE_ID_ENDPOINTS, RESPONSES_ENDPOINTS, Endpoint
+from tokensense.core.errors import GatewayError
+from tokensense.core.paths import path_segment
 from tokensense.gateway.body import parse_json_body
 from tokensense.gateway.call import CallContext
-from tokensense.gateway.endpoints import RESPONSE_ID_ENDPOINTS, RESPONSES_ENDPOINTS, Endpoint
-from tokensense.gateway.errors import GatewayError
 from tokensense.gateway.forward import OPENAI_SDK_HEADER_PREFIXES
 from tokensense.gateway.routing import resolve_model
 from tokensense.gateway.runtime import Runtime
@@ -39,7 +40,6 @@ from tokensense.providers import get_provider
 from tokensense.providers import responses_format as rf
 from tokensense.providers.base import Upstream
 from tokensense.providers.openai import ResponsesStreamUsage, usage_from_response
-from tokensense.providers.paths import path_segment
 from tokensense.providers.responses_stream import ResponsesTranslatingStream
 from tokensense.providers.translation import TranslationError
 from tokensense.storage.responses import ResponseStore

@@ -25,11 +25,11 @@ import httpx
 from mitmproxy import ctx, http
 
 from addons.common import answer_error, asks_for_websocket, intercepting, lookup_key, strip_client_keys
+from tokensense.core.endpoints import Endpoint
+from tokensense.core.errors import ErrorFormat, GatewayError
 from tokensense.gateway import responses_ws as ws
 from tokensense.gateway.auth import client_key
 from tokensense.gateway.call import CallContext
-from tokensense.gateway.endpoints import Endpoint
-from tokensense.gateway.errors import ErrorFormat, GatewayError
 from tokensense.gateway.flowmeta import CALL, WS_TERMINATED, refuse_body, set_call
 from tokensense.gateway.runtime import Runtime
 from tokensense.metering.attribution import attribution

@@ -12,11 +12,11 @@ import json
 from mitmproxy import http
 
 from addons.common import answer_error, answer_json, get_call, prepare_upstream, require_credential
+from tokensense.core.endpoints import RESPONSES_ENDPOINTS, STREAM_ACTIONS, Endpoint
+from tokensense.core.errors import GatewayError
 from tokensense.gateway.body import optional_token_count, parse_json_body
 from tokensense.gateway.call import CallContext
 from tokensense.gateway.catalog import list_models
-from tokensense.gateway.endpoints import RESPONSES_ENDPOINTS, STREAM_ACTIONS, Endpoint
-from tokensense.gateway.errors import GatewayError
 from tokensense.gateway.forward import OPENAI_SDK_HEADER_PREFIXES
 from tokensense.gateway.model_lists import ListShape, find, listed, model_list, served_in, shape_for, single_model
 from tokensense.gateway.policy import model_allowed

@@ -146,8 +146,8 @@ def pg_outage(args: argparse.Namespace) -> dict:
 
 
 def overspend(args: argparse.Namespace) -> dict:
+    from tokensense.core.usage import TokenUsage
     from tokensense.metering.pricing import PriceBook
-    from tokensense.metering.usage import TokenUsage
 
     fake = start_fake_provider()
     tmp = Path(tempfile.mkdtemp(prefix="ts-overspend-"))

@@ -15,8 +15,8 @@ from typing import NamedTuple
 import pytest
 from sqlmodel import Session, select
 
+from tokensense import crypto
 from tokensense.cli import commands as cli
-from tokensense.gateway import crypto
 from tokensense.settings import reset_settings
 from tokensense.storage import db, repo
 from tokensense.storage.models import ApiKey, ProviderCredential, UsageCreate

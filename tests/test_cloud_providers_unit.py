@@ -11,10 +11,10 @@ from fakeprovider_fixture import fake_provider, fake_provider_url  # noqa: F401
 from pydantic import ValidationError
 
 from tokensense.config import FileConfig
+from tokensense.core.usage import TokenUsage
 from tokensense.demo.fakeprovider import bedrock_format
 from tokensense.demo.fakeprovider.textgen import NO_CONTROLS, Controls, plan_answer
 from tokensense.metering.pricing import PriceBook
-from tokensense.metering.usage import TokenUsage
 from tokensense.providers import azure, bedrock, vertex
 from tokensense.providers.bedrock import converse
 from tokensense.providers.bedrock.eventstream import EventStreamPassthrough, chunk_payload, event_frame, exception_frame
@@ -368,8 +368,8 @@ def test_client_key_from_azure_and_aws_clients():
 
 
 def test_gateway_routes_for_the_cloud_paths():
-    from tokensense.gateway.endpoints import Endpoint
-    from tokensense.gateway.errors import ErrorFormat, GatewayError, error_body
+    from tokensense.core.endpoints import Endpoint
+    from tokensense.core.errors import ErrorFormat, GatewayError, error_body
     from tokensense.gateway.routing import classify
 
     route = classify("POST", "/model/us.anthropic.claude-sonnet-4-5-20250929-v1%3A0/converse-stream")

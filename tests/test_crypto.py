@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from cryptography.fernet import Fernet
 
-from tokensense.gateway import crypto
+from tokensense import crypto
 from tokensense.settings import reset_settings
 
 

@@ -16,8 +16,8 @@ import pytest
 from conftest import ROOT, FakeProvider, Gateway, free_port, start_gateway, stop, wait_healthy
 
 from tests.conftest import service_missing
+from tokensense.core.usage import TokenUsage
 from tokensense.metering.pricing import PriceBook
-from tokensense.metering.usage import TokenUsage
 
 pytestmark = [pytest.mark.e2e, pytest.mark.postgres, pytest.mark.redis]
 

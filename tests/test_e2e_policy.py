@@ -15,8 +15,8 @@ from google import genai
 from google.genai import errors as genai_errors
 from google.genai import types
 
+from tokensense.core.usage import TokenUsage
 from tokensense.metering.pricing import PriceBook
-from tokensense.metering.usage import TokenUsage
 
 pytestmark = pytest.mark.e2e
 

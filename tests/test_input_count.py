@@ -8,15 +8,15 @@ import json
 import httpx
 import pytest
 
+from tokensense.core.endpoints import Endpoint, is_free_call
+from tokensense.core.errors import ErrorFormat
+from tokensense.core.usage import TokenUsage
 from tokensense.gateway.call import CallContext
-from tokensense.gateway.endpoints import Endpoint, is_free_call
-from tokensense.gateway.errors import ErrorFormat
 from tokensense.gateway.forward import PendingUpstream
 from tokensense.gateway.upstream_client import UpstreamClient
 from tokensense.metering.input_count import InputCount, count_input_tokens
 from tokensense.metering.pricing import PriceBook
 from tokensense.metering.record import build_record
-from tokensense.metering.usage import TokenUsage
 from tokensense.providers import PROVIDERS
 from tokensense.providers.base import Upstream
 

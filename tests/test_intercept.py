@@ -16,6 +16,7 @@ from mitmproxy.test import taddons, tflow
 from addons.common import CALL
 from addons.intercept import Intercept
 from addons.recording import Recording
+from tokensense.core.usage import TokenUsage
 from tokensense.flows.recording import (
     RECORD,
     RECORDING,
@@ -46,7 +47,6 @@ from tokensense.gateway.runtime import Runtime
 from tokensense.metering.media_prices import MediaPriceTable
 from tokensense.metering.pricing import PriceBook
 from tokensense.metering.stream import with_stream_usage
-from tokensense.metering.usage import TokenUsage
 from tokensense.providers import PROVIDERS
 
 FIXTURES = Path(__file__).parent / "fixtures"
@@ -167,7 +167,7 @@ class _Keys:
         return None
 
     def load_key(self, key_hash: str) -> KeyInfo | None:
-        from tokensense.gateway.crypto import hash_key
+        from tokensense.crypto import hash_key
 
         return self.info if key_hash == hash_key("tsk_good") else None
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from sqlmodel import Session
 
-from tokensense.gateway.crypto import hash_key, reset_fernet_cache
+from tokensense.crypto import hash_key, reset_fernet_cache
 from tokensense.gateway.keys import KeyStore
 from tokensense.settings import get_settings, reset_settings
 from tokensense.storage import repo

@@ -10,7 +10,7 @@ from datetime import UTC, datetime
 import pytest
 
 from tests.conftest import service_missing
-from tokensense.gateway.errors import GatewayError
+from tokensense.core.errors import GatewayError
 from tokensense.gateway.keys import KeyInfo
 from tokensense.gateway.limits import MemoryCounters, RedisCounters, decide, format_duration
 from tokensense.gateway.policy import PLAN_LIMITS, budget_window, check_access, estimate_usage, limits_for

@@ -16,10 +16,11 @@ from mitmproxy.test import tflow
 from addons.common import CALL, answer_error
 from addons.media import MEDIA, Media, MediaCall
 from tokensense.config import ModelPrice
+from tokensense.core.errors import ErrorFormat, GatewayError
+from tokensense.core.usage import TokenUsage
 from tokensense.demo.fakeprovider.media import mp3_bytes, speech_audio
 from tokensense.gateway import media
 from tokensense.gateway.call import CallContext
-from tokensense.gateway.errors import ErrorFormat, GatewayError
 from tokensense.gateway.routing import Endpoint
 from tokensense.gateway.runtime import Runtime
 from tokensense.metering.media_prices import (
@@ -29,7 +30,6 @@ from tokensense.metering.media_prices import (
     catalog_media_cost,
 )
 from tokensense.metering.pricing import PriceBook
-from tokensense.metering.usage import TokenUsage
 from tokensense.providers import PROVIDERS
 from tokensense.settings import Settings
 

@@ -19,8 +19,8 @@ from sqlmodel import Session, SQLModel, select
 from sqlmodel.sql.sqltypes import AutoString, UTCDateTime
 
 from tests.conftest import service_missing
+from tokensense import crypto
 from tokensense.cli import commands as cli
-from tokensense.gateway import crypto
 from tokensense.settings import reset_settings
 from tokensense.storage import db, migrate
 from tokensense.storage.migrations import INITIAL_REVISION, MIGRATIONS_DIR, VERSIONS_DIR, head_revision

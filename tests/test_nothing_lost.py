@@ -13,8 +13,8 @@ from sqlalchemy.exc import OperationalError
 from sqlalchemy.pool import StaticPool
 from sqlmodel import Session, SQLModel, create_engine, select
 
+from tokensense.core.errors import ErrorFormat
 from tokensense.gateway.call import CallContext
-from tokensense.gateway.errors import ErrorFormat
 from tokensense.gateway.routing import Endpoint
 from tokensense.metering.attribution import attribution
 from tokensense.metering.pricing import PriceBook

@@ -21,8 +21,8 @@ from sqlmodel import Session
 
 from addons import admit, forward, policy, routing
 from addons.stack import build_addons, tokensense_addons
-from tokensense.gateway.endpoints import Endpoint
-from tokensense.gateway.errors import GatewayError
+from tokensense.core.endpoints import Endpoint
+from tokensense.core.errors import GatewayError
 from tokensense.gateway.flowmeta import get_call
 from tokensense.gateway.runtime import Runtime
 from tokensense.providers import PROVIDERS

@@ -12,8 +12,9 @@ import pytest
 from pydantic import ValidationError
 
 from tokensense.config import FileConfig, ModelPrice
+from tokensense.core.errors import ErrorFormat
+from tokensense.core.usage import TokenUsage
 from tokensense.gateway.call import CallContext
-from tokensense.gateway.errors import ErrorFormat
 from tokensense.gateway.keys import KeyInfo
 from tokensense.gateway.price_policy import unpriced_refusal
 from tokensense.gateway.request_lookup import answer_request, request_id_from_path
@@ -21,7 +22,6 @@ from tokensense.gateway.routing import Endpoint, classify
 from tokensense.metering.catalog_update import CatalogUpdateError, fetch_catalog, load_saved_catalog
 from tokensense.metering.pricing import PriceBook
 from tokensense.metering.record import build_record
-from tokensense.metering.usage import TokenUsage
 from tokensense.metering.usage_extract import find_service_tier, usage_from_answer, with_request_tier
 from tokensense.providers import PROVIDERS
 from tokensense.providers.anthropic.usage import usage_from_anthropic

@@ -8,8 +8,8 @@ import json
 import httpx
 from fakeprovider_fixture import fake_provider, fake_provider_url  # noqa: F401
 
+from tokensense.core.usage import TokenUsage
 from tokensense.metering.sse import EventSplitter, parse_event
-from tokensense.metering.usage import TokenUsage
 from tokensense.providers.openai import (
     OpenAIAdapter,
     ResponsesStreamUsage,

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from tokensense.config import ConfigError, FileConfig, RoutingConfig, load_config
-from tokensense.gateway.errors import GatewayError
+from tokensense.core.errors import GatewayError
 from tokensense.gateway.retry import (
     Action,
     Candidate,

@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 
 from tokensense.config import ModelPrice
+from tokensense.core.errors import ErrorFormat, GatewayError, error_body, format_for_path
 from tokensense.gateway.auth import client_key
 from tokensense.gateway.body import parse_json_body
-from tokensense.gateway.errors import ErrorFormat, GatewayError, error_body, format_for_path
 from tokensense.gateway.routing import Endpoint, classify, join_url, resolve_model
 from tokensense.metering.pricing import PriceBook
 

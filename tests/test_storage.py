@@ -14,7 +14,7 @@ from sqlalchemy.pool import StaticPool
 from sqlmodel import Session, SQLModel, select
 
 from tests.conftest import service_missing
-from tokensense.gateway import crypto
+from tokensense import crypto
 from tokensense.settings import reset_settings
 from tokensense.storage import db, repo
 from tokensense.storage.models import ApiKey, ProviderCredential, UsageCreate

@@ -30,7 +30,7 @@ from tokensense.cli.keys import add_keys_parser, key_summary
 from tokensense.cli.providers import add_providers_parser, provider_status
 from tokensense.cli.run import add_run_parsers
 from tokensense.cli.usage import add_usage_parser
-from tokensense.gateway.crypto import SecretError
+from tokensense.crypto import SecretError
 from tokensense.storage import repo
 
 # Re-exported: the command line's entry points and what tests and scripts import from here.

@@ -12,7 +12,7 @@ from typing import Any
 from sqlmodel import Session
 
 from tokensense.cli.common import FORMATTER, CliError, cell, iso, open_session, print_json, print_table, show_help
-from tokensense.gateway.crypto import SecretError, mask
+from tokensense.crypto import SecretError, mask
 from tokensense.settings import get_settings
 from tokensense.storage import repo
 from tokensense.storage.models import DEFAULT_KEY_NAME

@@ -12,7 +12,7 @@ import math
 from collections.abc import Iterable
 from typing import Any
 
-from tokensense.gateway.errors import GatewayError
+from tokensense.core.errors import GatewayError
 
 MAX_DEPTH = 64  # real requests nest about 10 deep (tool schemas a little more)
 MAX_INT_DIGITS = 40

@@ -9,11 +9,11 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from tokensense.gateway.endpoints import Endpoint
-from tokensense.gateway.errors import ErrorFormat
+from tokensense.core.endpoints import Endpoint
+from tokensense.core.errors import ErrorFormat
+from tokensense.core.usage import TokenUsage
 from tokensense.gateway.forward import PendingUpstream
 from tokensense.gateway.keys import KeyInfo
-from tokensense.metering.usage import TokenUsage
 from tokensense.providers import ProviderAdapter, StreamUsage, Translator
 from tokensense.storage.models import UsageCreate
 

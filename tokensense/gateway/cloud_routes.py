@@ -7,8 +7,8 @@ validated by the provider module's parser. Anything these parsers reject is a 40
 
 from __future__ import annotations
 
-from tokensense.gateway.endpoints import Endpoint
-from tokensense.gateway.errors import ErrorFormat
+from tokensense.core.endpoints import Endpoint
+from tokensense.core.errors import ErrorFormat
 from tokensense.gateway.routing import Route
 from tokensense.providers import azure, bedrock, vertex
 

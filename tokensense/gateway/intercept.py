@@ -7,8 +7,8 @@ import logging
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
+from tokensense.core.endpoints import is_free_call
 from tokensense.gateway.call import CallContext
-from tokensense.gateway.endpoints import is_free_call
 from tokensense.gateway.routing import Endpoint, Route, format_for_endpoint
 from tokensense.providers import PROVIDERS, ProviderAdapter, get_provider
 

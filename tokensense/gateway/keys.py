@@ -133,7 +133,7 @@ class KeyStore:
 
     def refresh(self, *, force: bool = False) -> None:
         """Reload keys and provider credentials if anything changed since the last load."""
-        from tokensense.gateway.crypto import decrypt_secret
+        from tokensense.crypto import decrypt_secret
 
         with Session(self.engine) as session:
             fingerprint = self._fingerprint(session)

@@ -10,9 +10,9 @@ import wave
 from email.message import Message
 from typing import Any, NamedTuple
 
-from tokensense.gateway.endpoints import Endpoint
-from tokensense.gateway.errors import GatewayError
-from tokensense.metering.usage import TokenUsage
+from tokensense.core.endpoints import Endpoint
+from tokensense.core.errors import GatewayError
+from tokensense.core.usage import TokenUsage
 from tokensense.providers import get_provider
 from tokensense.providers.base import MediaRoute, StreamUsage
 from tokensense.providers.fal_images import (

@@ -18,7 +18,7 @@ from typing import Any, NamedTuple
 
 from genai_prices import data_snapshot
 
-from tokensense.gateway.endpoints import Endpoint
+from tokensense.core.endpoints import Endpoint
 from tokensense.providers import get_provider
 
 ANTHROPIC_DEFAULT_LIMIT = 20

@@ -9,11 +9,11 @@ from datetime import UTC, datetime
 from fnmatch import fnmatchcase
 from typing import Any
 
-from tokensense.gateway.errors import GatewayError
+from tokensense.core.errors import GatewayError
+from tokensense.core.usage import TokenUsage
 from tokensense.gateway.keys import KeyInfo
 from tokensense.gateway.reservation import reservation_usage  # noqa: F401  (the budget's reservation: see there)
 from tokensense.metering.pricing import PriceBook
-from tokensense.metering.usage import TokenUsage
 from tokensense.providers import ProviderAdapter, get_provider
 
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from tokensense.gateway.errors import GatewayError
+from tokensense.core.errors import GatewayError
 from tokensense.gateway.keys import KeyInfo
 from tokensense.metering.pricing import PriceBook
 from tokensense.providers import ProviderAdapter

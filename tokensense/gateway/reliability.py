@@ -32,11 +32,12 @@ from urllib.parse import urlencode
 
 from mitmproxy import http
 
+from tokensense.core.endpoints import Endpoint
+from tokensense.core.errors import GatewayError, error_bytes
+from tokensense.core.usage import TokenUsage
 from tokensense.gateway.attempts import Attempt, AttemptOutcome, AttemptsResult, MadeAttempt, run_attempts
 from tokensense.gateway.body import parse_json_body
 from tokensense.gateway.call import CallContext
-from tokensense.gateway.endpoints import Endpoint
-from tokensense.gateway.errors import GatewayError, error_bytes
 from tokensense.gateway.flowmeta import get_call
 from tokensense.gateway.forward import OPENAI_SDK_HEADER_PREFIXES
 from tokensense.gateway.key_pool import outcome_for
@@ -61,7 +62,6 @@ from tokensense.gateway.runtime import Runtime
 from tokensense.gateway.upstream_client import OpenAnswer, UpstreamRequest, error_message
 from tokensense.metering.record import build_record
 from tokensense.metering.stream import PassthroughStream
-from tokensense.metering.usage import TokenUsage
 from tokensense.providers import Provider, Translator, get_provider
 from tokensense.providers.chat_stream import TranslatingStream
 from tokensense.providers.translation import TranslationError

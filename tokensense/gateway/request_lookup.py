@@ -12,7 +12,7 @@ import re
 from collections.abc import Callable
 from typing import Any
 
-from tokensense.gateway.errors import ErrorFormat, error_body
+from tokensense.core.errors import ErrorFormat, error_body
 from tokensense.gateway.keys import KeyInfo
 
 PATH_PREFIX = "/v1/tokensense/requests/"

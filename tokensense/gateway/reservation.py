@@ -16,11 +16,11 @@ import json
 import math
 from typing import Any
 
+from tokensense.core.endpoints import Endpoint
+from tokensense.core.errors import GatewayError
+from tokensense.core.usage import TokenUsage
 from tokensense.gateway.call import CallContext
-from tokensense.gateway.endpoints import Endpoint
-from tokensense.gateway.errors import GatewayError
 from tokensense.gateway.limits import BudgetDecision
-from tokensense.metering.usage import TokenUsage
 
 # Largest output of a model family, by the longest matching name prefix (tokens).
 MAX_OUTPUT_TOKENS: dict[str, int] = {

@@ -29,7 +29,7 @@ from email.utils import parsedate_to_datetime
 from enum import StrEnum
 
 from tokensense.config import FileConfig, RoutingConfig, Timeouts
-from tokensense.gateway.errors import GatewayError
+from tokensense.core.errors import GatewayError
 
 RETRYABLE_STATUSES = frozenset({429, 500, 502, 503, 504, 529})
 KEY_REFUSED_STATUSES = frozenset({401, 403})

@@ -5,8 +5,8 @@ from __future__ import annotations
 import re
 from typing import Any, NamedTuple
 
-from tokensense.gateway.endpoints import GEMINI_ACTIONS, Endpoint
-from tokensense.gateway.errors import ErrorFormat, GatewayError
+from tokensense.core.endpoints import GEMINI_ACTIONS, Endpoint
+from tokensense.core.errors import ErrorFormat, GatewayError
 from tokensense.metering.pricing import PriceBook
 from tokensense.providers import ProviderAdapter, get_provider, provider_for_model
 

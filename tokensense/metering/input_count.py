@@ -13,11 +13,11 @@ import json
 import logging
 from dataclasses import dataclass
 
+from tokensense.core.usage import TokenUsage
 from tokensense.gateway.forward import PendingUpstream
 from tokensense.gateway.retry import UpstreamTimeouts
 from tokensense.gateway.routing import join_url
 from tokensense.gateway.upstream_client import UpstreamClient, UpstreamRequest
-from tokensense.metering.usage import TokenUsage
 from tokensense.providers.base import Provider
 
 log = logging.getLogger(__name__)

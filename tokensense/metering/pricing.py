@@ -37,8 +37,8 @@ from genai_prices.types import ClauseEquals, ModelInfo, TieredPrices
 from genai_prices.types import ModelPrice as CatalogPrice
 
 from tokensense.config import ModelPrice
+from tokensense.core.usage import TokenUsage
 from tokensense.metering.price_overrides import PRICE_OVERRIDES, PriceOverride, find_override
-from tokensense.metering.usage import TokenUsage
 
 log = logging.getLogger(__name__)
 

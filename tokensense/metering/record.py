@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import time
 
+from tokensense.core.usage import TokenUsage
 from tokensense.gateway.call import CallContext
 from tokensense.metering.pricing import PriceBook
 from tokensense.metering.sanitize import MAX_ATTRIBUTE, MAX_ERROR, MAX_NAME, clean_text
-from tokensense.metering.usage import TokenUsage
 from tokensense.storage.models import UsageCreate
 
 

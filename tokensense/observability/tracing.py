@@ -22,7 +22,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from tokensense import __version__
-from tokensense.gateway.endpoints import Endpoint
+from tokensense.core.endpoints import Endpoint
 from tokensense.storage.models import UsageCreate
 
 log = logging.getLogger(__name__)

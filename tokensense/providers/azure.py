@@ -19,7 +19,7 @@ from __future__ import annotations
 import re
 from typing import ClassVar, NamedTuple
 
-from tokensense.gateway.endpoints import Endpoint
+from tokensense.core.endpoints import Endpoint
 from tokensense.providers.base import Upstream
 from tokensense.providers.openai import OpenAIAdapter
 

@@ -14,9 +14,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, ClassVar, NamedTuple
 
-from tokensense.gateway.endpoints import Endpoint
-from tokensense.metering.usage import TokenUsage
-from tokensense.providers.paths import path_segment
+from tokensense.core.endpoints import Endpoint
+from tokensense.core.paths import path_segment
+from tokensense.core.usage import TokenUsage
 
 
 def _int(value: Any) -> int:

@@ -18,7 +18,7 @@ the options of those built-in providers (`configure_cloud_providers`).
 from __future__ import annotations
 
 from tokensense.config import FileConfig, ProviderConfig
-from tokensense.gateway.endpoints import RESPONSES_ENDPOINTS, Endpoint
+from tokensense.core.endpoints import RESPONSES_ENDPOINTS, Endpoint
 from tokensense.metering.pricing import FREE_PRICES_PREFIX
 from tokensense.providers.azure import AzureOpenAIAdapter
 from tokensense.providers.base import ProviderAdapter

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from typing import Any, ClassVar
 
-from tokensense.gateway.endpoints import Endpoint
-from tokensense.metering.usage import TokenUsage
+from tokensense.core.endpoints import Endpoint
+from tokensense.core.paths import path_segments
+from tokensense.core.usage import TokenUsage
 from tokensense.providers.base import MediaRoute, ProviderAdapter, StreamUsage
-from tokensense.providers.paths import path_segments
 
 
 class FalStreamUsage(StreamUsage):

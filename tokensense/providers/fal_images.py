@@ -6,7 +6,7 @@ import json
 import time
 from typing import Any
 
-from tokensense.gateway.errors import GatewayError
+from tokensense.core.errors import GatewayError
 from tokensense.providers.base import ImageTranslator
 from tokensense.providers.images_format import (
     _MAX_SIDE,

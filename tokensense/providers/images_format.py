@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 from typing import Any, NamedTuple
 
-from tokensense.gateway.errors import GatewayError
+from tokensense.core.errors import GatewayError
 
 # Sizes OpenAI accepts per model; other gpt-image models are passed through unchecked
 # (newer ones take more sizes), and OpenAI answers for those itself.

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from typing import Any, ClassVar
 
-from tokensense.gateway.endpoints import RESPONSES_ENDPOINTS, Endpoint
-from tokensense.metering.usage import TokenUsage
+from tokensense.core.endpoints import RESPONSES_ENDPOINTS, Endpoint
+from tokensense.core.usage import TokenUsage
 from tokensense.providers.base import MediaRoute, ProviderAdapter, StreamUsage
 from tokensense.providers.openai_usage import service_tier_of, usage_from_openai
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from tokensense.metering.usage import TokenUsage
+from tokensense.core.usage import TokenUsage
 from tokensense.providers.usage_fields import UsageReader
 
 _READERS: dict[str, UsageReader] = {}

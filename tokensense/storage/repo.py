@@ -13,7 +13,7 @@ from sqlalchemy import case, func, insert
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session, col, select
 
-from tokensense.gateway.crypto import decrypt_secret, encrypt_secret, hash_key, new_key
+from tokensense.crypto import decrypt_secret, encrypt_secret, hash_key, new_key
 from tokensense.storage.models import DEFAULT_KEY_NAME, ApiKey, ProviderCredential, Usage, UsageCreate
 
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from typing import Any, ClassVar
 
-from tokensense.gateway.endpoints import Endpoint
-from tokensense.metering.usage import TokenUsage
+from tokensense.core.endpoints import Endpoint
+from tokensense.core.usage import TokenUsage
 from tokensense.providers.anthropic.usage import usage_from_anthropic
 from tokensense.providers.base import ProviderAdapter, StreamUsage, Translator, Upstream
 

@@ -23,7 +23,7 @@ Requests go through the chat translation (`responses_format.to_chat_request` the
 
 from __future__ import annotations
 
-from tokensense.gateway.endpoints import Endpoint
+from tokensense.core.endpoints import Endpoint
 from tokensense.providers import chat_format as oa
 from tokensense.providers import responses_format as rf
 from tokensense.providers.anthropic import chat

@@ -18,9 +18,9 @@ import re
 from typing import Any, ClassVar
 from urllib.parse import quote, unquote
 
-from tokensense.gateway.endpoints import Endpoint
-from tokensense.gateway.errors import GatewayError
-from tokensense.metering.usage import TokenUsage
+from tokensense.core.endpoints import Endpoint
+from tokensense.core.errors import GatewayError
+from tokensense.core.usage import TokenUsage
 from tokensense.providers.anthropic import AnthropicStreamUsage, usage_from_anthropic
 from tokensense.providers.base import ProviderAdapter, StreamUsage, Translator, Upstream, _int
 from tokensense.providers.bedrock.eventstream import Frame, decode_chunk

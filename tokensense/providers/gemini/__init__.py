@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from typing import Any, ClassVar
 
-from tokensense.gateway.endpoints import GEMINI_ACTIONS, Endpoint
-from tokensense.gateway.errors import GatewayError
-from tokensense.metering.usage import TokenUsage
+from tokensense.core.endpoints import GEMINI_ACTIONS, Endpoint
+from tokensense.core.errors import GatewayError
+from tokensense.core.usage import TokenUsage
 from tokensense.providers.base import MediaRoute, ProviderAdapter, StreamUsage, Translator, Upstream, model_segment
 from tokensense.providers.gemini.usage import usage_from_gemini
 

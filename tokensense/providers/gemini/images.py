@@ -5,7 +5,7 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from tokensense.gateway.errors import GatewayError
+from tokensense.core.errors import GatewayError
 from tokensense.providers.base import ImageTranslator
 from tokensense.providers.images_format import (
     ImagesAnswer,

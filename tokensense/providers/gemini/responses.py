@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import uuid
 
-from tokensense.gateway.endpoints import Endpoint
+from tokensense.core.endpoints import Endpoint
 from tokensense.providers import responses_format as rf
 from tokensense.providers.base import Upstream, model_segment
 from tokensense.providers.gemini import chat

@@ -21,9 +21,9 @@ import os
 import re
 from typing import Any, ClassVar, NamedTuple
 
-from tokensense.gateway.endpoints import Endpoint
-from tokensense.gateway.errors import GatewayError
-from tokensense.metering.usage import TokenUsage
+from tokensense.core.endpoints import Endpoint
+from tokensense.core.errors import GatewayError
+from tokensense.core.usage import TokenUsage
 from tokensense.providers.anthropic import AnthropicStreamUsage, usage_from_anthropic
 from tokensense.providers.base import ProviderAdapter, StreamUsage, Upstream
 from tokensense.providers.gemini import GeminiStreamUsage, _usage_metadata, usage_from_gemini

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 
-from tokensense.gateway.errors import GatewayError
+from tokensense.core.errors import GatewayError
 
 # One path segment of a model name: no `/`, `?`, `#`, `%` (so no percent-encodings of them either), `\`,
 # `:` (Gemini's action separator), whitespace or control characters, and not `.` or `..`.
