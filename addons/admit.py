@@ -65,7 +65,7 @@ class Admit:
             answer_json(flow, *await asyncio.to_thread(self.runtime.health))
             refuse_body(flow)
             return
-        call.attribution = attribution(req.headers, None)  # refused calls are attributed too
+        call.attribution = attribution(req.headers)  # refused calls are attributed too
         try:
             call.key = await self._key(presented)
         except GatewayError as e:
@@ -98,7 +98,7 @@ class Admit:
         """404 for a path TokenSense does not serve; with a valid key the call is recorded (endpoint `unknown`)."""
         call = CallContext(Endpoint.UNKNOWN, format_for_path(path), method=flow.request.method)
         set_call(flow, call)
-        call.attribution = attribution(flow.request.headers, None)
+        call.attribution = attribution(flow.request.headers)
         try:
             call.key = await self._key(presented) if presented else None
         except GatewayError:

@@ -19,8 +19,8 @@ from tokensense.gateway.flowmeta import set_call
 from tokensense.gateway.intercept import KEY_HEADER, HostTable, intercepted_call, parse_hostmap
 from tokensense.gateway.keys import KeyInfo
 from tokensense.gateway.runtime import Runtime
+from tokensense.gateway.stream import with_stream_usage
 from tokensense.metering.attribution import attribution
-from tokensense.metering.stream import with_stream_usage
 
 log = logging.getLogger(__name__)
 
@@ -132,13 +132,13 @@ class Intercept:
             return
         call.intercepted = True
         set_call(flow, call)
-        call.attribution = attribution(req.headers, None)  # refused calls are attributed too
+        call.attribution = attribution(req.headers)  # refused calls are attributed too
         if ctx.options.tokensense_intercept_require_key:
             key = await self._check_key(flow, call, presented)
             if key is None:
                 return
             call.key = key
-            call.attribution = attribution(req.headers, key)
+            call.attribution = attribution(req.headers, key.project)
         new_body, call.client_wants_usage = with_stream_usage(call, body)
         if new_body is not None:
             req.content = json.dumps(new_body, separators=(",", ":")).encode()

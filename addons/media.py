@@ -19,13 +19,13 @@ from tokensense.gateway.call import CallContext
 from tokensense.gateway.flowmeta import MEDIA
 from tokensense.gateway.routing import MEDIA_ENDPOINTS, Endpoint, resolve_model
 from tokensense.gateway.runtime import Runtime
+from tokensense.gateway.stream import PassthroughStream
 from tokensense.metering.attribution import attribution
 from tokensense.metering.media_prices import (
     MediaPriceTable,
     catalog_media_cost,
     load_media_prices,
 )
-from tokensense.metering.stream import PassthroughStream
 from tokensense.providers import ProviderAdapter
 from tokensense.providers.base import ImageTranslator, Upstream
 
@@ -112,7 +112,7 @@ class Media:
                 or call.route_endpoint not in MEDIA_ENDPOINTS:
             return
         if not call.attribution:
-            call.attribution = attribution(flow.request.headers, call.key)
+            call.attribution = attribution(flow.request.headers, call.key.project if call.key is not None else None)
         try:
             if self._prices is None:  # a script reloaded after `running` has no table yet
                 self._load_prices()

@@ -12,10 +12,10 @@ from mitmproxy import http
 from addons.common import get_call, response_body
 from tokensense.core.usage import TokenUsage
 from tokensense.gateway.call import CallContext
+from tokensense.gateway.input_count import InputCount, count_input_tokens
+from tokensense.gateway.record import build_record
 from tokensense.gateway.runtime import Runtime
-from tokensense.metering.input_count import InputCount, count_input_tokens
-from tokensense.metering.record import build_record
-from tokensense.metering.stream import PassthroughStream
+from tokensense.gateway.stream import PassthroughStream
 from tokensense.metering.usage_extract import usage_from_answer, with_request_tier
 from tokensense.providers.bedrock.eventstream import CONTENT_TYPE as _EVENT_STREAM
 from tokensense.providers.bedrock.eventstream import EventStreamPassthrough

@@ -35,7 +35,7 @@ from tokensense.gateway.call import CallContext
 from tokensense.gateway.forward import OPENAI_SDK_HEADER_PREFIXES
 from tokensense.gateway.routing import resolve_model
 from tokensense.gateway.runtime import Runtime
-from tokensense.metering.stream import PassthroughStream
+from tokensense.gateway.stream import PassthroughStream
 from tokensense.providers import get_provider
 from tokensense.providers import responses_format as rf
 from tokensense.providers.base import Upstream

@@ -78,7 +78,7 @@ class ResponsesWebSocket:
         # The handshake itself is not a provider call: each response becomes its own record.
         call = CallContext(Endpoint.RESPONSES, ErrorFormat.OPENAI, method="GET", recorded=True)
         set_call(flow, call)
-        call.attribution = attribution(req.headers, None)
+        call.attribution = attribution(req.headers)
         try:
             if not self.runtime.settings.responses_websocket:
                 # Codex answers a 426 by using HTTP (SSE) for the rest of its session.

@@ -22,8 +22,8 @@ from tokensense.gateway.model_lists import ListShape, find, listed, model_list, 
 from tokensense.gateway.policy import model_allowed
 from tokensense.gateway.routing import MEDIA_ENDPOINTS, resolve_model
 from tokensense.gateway.runtime import Runtime
+from tokensense.gateway.stream import with_stream_usage
 from tokensense.metering.pricing import PriceBook
-from tokensense.metering.stream import with_stream_usage
 from tokensense.providers import PROVIDERS, provider_for_model
 from tokensense.providers.translation import TranslationError
 

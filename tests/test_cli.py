@@ -16,6 +16,7 @@ import pytest
 from sqlmodel import Session, select
 
 from tokensense import crypto
+from tokensense import providers as registry
 from tokensense.cli import commands as cli
 from tokensense.settings import reset_settings
 from tokensense.storage import db, repo
@@ -24,8 +25,8 @@ from tokensense.storage.models import ApiKey, ProviderCredential, UsageCreate
 ENV_VARS = [
     "TOKENSENSE_DATABASE_URL",
     "TOKENSENSE_SECRET",
-    *(repo.provider_env_var(p) for p in repo.known_providers()),
-    *(f"TOKENSENSE_{p.upper()}_BASE_URL" for p in repo.known_providers()),
+    *(registry.env_var(p) for p in registry.names()),
+    *(f"TOKENSENSE_{p.upper()}_BASE_URL" for p in registry.names()),
 ]
 
 
@@ -208,7 +209,7 @@ def test_providers_set_list_remove(run, home: Path, monkeypatch: pytest.MonkeyPa
     monkeypatch.setenv("FAL_KEY", "fal-ENV-SECRET-abcdefgh1234")
     listed = run("providers", "list", "--json")
     entries = _json(listed)
-    assert [e["provider"] for e in entries] == list(repo.known_providers())
+    assert [e["provider"] for e in entries] == list(registry.names())
     openai = _provider(entries, "openai")
     assert (openai["source"], openai["key"], openai["base_url"]) == ("stored", "sk-…9876", "https://gw.example.com")
     fal = _provider(entries, "fal")
@@ -386,7 +387,7 @@ def test_serve_passes_its_options_and_mitmproxy_args(run, monkeypatch: pytest.Mo
         seen["args"] = args
         return 0
 
-    monkeypatch.setitem(sys.modules, "tokensense.gateway.server", types.SimpleNamespace(run_server=run_server))
+    monkeypatch.setitem(sys.modules, "tokensense.serve.server", types.SimpleNamespace(run_server=run_server))
     assert run("serve", "--port", "9000", "--intercept", "--record", "flows.mitm", "--", "--set", "flow_detail=2").code == 0
     args = seen["args"]
     assert (args.host, args.port, args.intercept, args.intercept_port, args.record, args.redact_bodies) == (

@@ -90,7 +90,7 @@ def test_worker_count() -> None:
 
     import pytest
 
-    from tokensense.gateway.workers import worker_count
+    from tokensense.serve.workers import worker_count
 
     assert worker_count("auto") == len(os.sched_getaffinity(0))
     assert worker_count("3") == 3

@@ -13,10 +13,10 @@ from tokensense.core.errors import ErrorFormat
 from tokensense.core.usage import TokenUsage
 from tokensense.gateway.call import CallContext
 from tokensense.gateway.forward import PendingUpstream
+from tokensense.gateway.input_count import InputCount, count_input_tokens
+from tokensense.gateway.record import build_record
 from tokensense.gateway.upstream_client import UpstreamClient
-from tokensense.metering.input_count import InputCount, count_input_tokens
 from tokensense.metering.pricing import PriceBook
-from tokensense.metering.record import build_record
 from tokensense.providers import PROVIDERS
 from tokensense.providers.base import Upstream
 

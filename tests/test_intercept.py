@@ -44,9 +44,9 @@ from tokensense.gateway.intercept import (
 from tokensense.gateway.keys import KeyInfo
 from tokensense.gateway.routing import Endpoint
 from tokensense.gateway.runtime import Runtime
+from tokensense.gateway.stream import with_stream_usage
 from tokensense.metering.media_prices import MediaPriceTable
 from tokensense.metering.pricing import PriceBook
-from tokensense.metering.stream import with_stream_usage
 from tokensense.providers import PROVIDERS
 
 FIXTURES = Path(__file__).parent / "fixtures"
@@ -99,7 +99,7 @@ def test_intercept_mode_args() -> None:
 
 
 def test_mitmdump_args_for_serve_intercept_and_record() -> None:
-    from tokensense.gateway.server import mitmdump_args
+    from tokensense.serve.server import mitmdump_args
 
     args = argparse.Namespace(host="127.0.0.1", port=8080, intercept=True, intercept_port=None, record="x.flows",
                               redact_bodies=True, mitm_args=[])

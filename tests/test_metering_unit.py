@@ -10,12 +10,12 @@ import pytest
 from tokensense.core.errors import ErrorFormat
 from tokensense.core.usage import TokenUsage
 from tokensense.gateway.call import CallContext
+from tokensense.gateway.record import build_record
 from tokensense.gateway.routing import Endpoint
+from tokensense.gateway.stream import PassthroughStream
 from tokensense.metering.attribution import attribution
 from tokensense.metering.pricing import PriceBook
-from tokensense.metering.record import build_record
 from tokensense.metering.sse import EventSplitter, parse_event
-from tokensense.metering.stream import PassthroughStream
 from tokensense.metering.usage_extract import find_usage_object
 from tokensense.providers import PROVIDERS
 

@@ -23,8 +23,8 @@ from tokensense import crypto
 from tokensense.cli import commands as cli
 from tokensense.settings import reset_settings
 from tokensense.storage import db, migrate
-from tokensense.storage.migrations import INITIAL_REVISION, MIGRATIONS_DIR, VERSIONS_DIR, head_revision
 from tokensense.storage.models import ApiKey, ProviderCredential, Usage, UsageCreate
+from tokensense.storage.schema import INITIAL_REVISION, MIGRATIONS_DIR, VERSIONS_DIR, head_revision
 
 PG_URL = "postgresql://postgres@127.0.0.1:5432/test"
 HEAD = "0005_responses"

@@ -15,10 +15,10 @@ from sqlmodel import Session, SQLModel, create_engine, select
 
 from tokensense.core.errors import ErrorFormat
 from tokensense.gateway.call import CallContext
+from tokensense.gateway.record import build_record
 from tokensense.gateway.routing import Endpoint
 from tokensense.metering.attribution import attribution
 from tokensense.metering.pricing import PriceBook
-from tokensense.metering.record import build_record
 from tokensense.metering.recorder import UsageRecorder
 from tokensense.metering.sanitize import clean_text
 from tokensense.metering.spool import DEAD_LETTER_FILE, SPOOL_DIRECTORY, DeadLetters, Spool, quarantined_count

@@ -353,7 +353,7 @@ def test_two_ledgers_on_one_file_claim_each_alert_once(tmp_path: Path) -> None:
 def test_each_worker_serves_metrics_on_its_own_port(monkeypatch: pytest.MonkeyPatch) -> None:
     import argparse
 
-    from tokensense.gateway.server import mitmdump_args
+    from tokensense.serve.server import mitmdump_args
 
     args = argparse.Namespace(port=8080, host="127.0.0.1", metrics_port=9464, metrics_host=None)
     assert "tokensense_metrics_port=9464" in mitmdump_args(args)

@@ -17,11 +17,11 @@ from tokensense.core.usage import TokenUsage
 from tokensense.gateway.call import CallContext
 from tokensense.gateway.keys import KeyInfo
 from tokensense.gateway.price_policy import unpriced_refusal
+from tokensense.gateway.record import build_record
 from tokensense.gateway.request_lookup import answer_request, request_id_from_path
 from tokensense.gateway.routing import Endpoint, classify
 from tokensense.metering.catalog_update import CatalogUpdateError, fetch_catalog, load_saved_catalog
 from tokensense.metering.pricing import PriceBook
-from tokensense.metering.record import build_record
 from tokensense.metering.usage_extract import find_service_tier, usage_from_answer, with_request_tier
 from tokensense.providers import PROVIDERS
 from tokensense.providers.anthropic.usage import usage_from_anthropic

@@ -244,7 +244,7 @@ def test_killed_worker_is_replaced_and_answered_calls_keep_their_records(workers
 
 
 def test_accept_batch_setting() -> None:
-    from tokensense.gateway.workers import ACCEPT_BATCH_DEFAULT, accept_batch
+    from tokensense.serve.workers import ACCEPT_BATCH_DEFAULT, accept_batch
 
     assert accept_batch(None) == accept_batch("") == accept_batch("many") == ACCEPT_BATCH_DEFAULT
     assert accept_batch("1") == 1 and accept_batch("0") == 1 and accept_batch("16") == 16

@@ -109,7 +109,7 @@ def port(text: str) -> int:
 
 
 def workers(text: str) -> int:
-    from tokensense.gateway.workers import worker_count
+    from tokensense.serve.workers import worker_count
 
     return worker_count(text)
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
+from tokensense import providers as registry
 from tokensense.cli.common import (
     FORMATTER,
     CliError,
@@ -63,6 +64,11 @@ def _describe_limits(key: ApiKey) -> str:
     return "; ".join(parts) if parts else "no limits"
 
 
+def _allowed_providers(names: list[str] | tuple[str, ...]) -> list[str]:
+    """`--allow-provider` values as registered provider names (`ValueError` names the valid ones)."""
+    return [registry.normalize(name) for name in names]
+
+
 def _cmd_keys_create(args: argparse.Namespace) -> int:
     with open_session(args) as session:
         key, plaintext = repo.create_key(
@@ -74,7 +80,7 @@ def _cmd_keys_create(args: argparse.Namespace) -> int:
             tpm=args.tpm,
             plan=args.plan,
             allowed_models=args.allow_model or (),
-            allowed_providers=args.allow_provider or (),
+            allowed_providers=_allowed_providers(args.allow_provider or ()),
             project=args.project,
         )
         if args.json:
@@ -140,7 +146,7 @@ def _cmd_keys_update(args: argparse.Namespace) -> int:
     if hasattr(args, "allow_model") or args.allow_any_model:
         changes["allowed_models"] = [] if args.allow_any_model else args.allow_model
     if hasattr(args, "allow_provider") or args.allow_any_provider:
-        changes["allowed_providers"] = [] if args.allow_any_provider else args.allow_provider
+        changes["allowed_providers"] = [] if args.allow_any_provider else _allowed_providers(args.allow_provider)
     if not changes:
         raise CliError("nothing to change; give at least one option (see `tokensense keys update --help`)")
     with open_session(args) as session:
@@ -189,7 +195,7 @@ def _add_key_options(parser: argparse.ArgumentParser, *, update: bool) -> None:
     providers = limits.add_mutually_exclusive_group() if update else limits
     providers.add_argument(
         "--allow-provider", metavar="P", action="append",
-        help=f"allow only provider P ({', '.join(repo.known_providers())}); repeat for more"
+        help=f"allow only provider P ({', '.join(registry.names())}); repeat for more"
         + ("; replaces the current list" if update else "; default: all providers"),
         **keep,
     )

@@ -11,6 +11,7 @@ from typing import Any
 
 from sqlmodel import Session
 
+from tokensense import providers as registry
 from tokensense.cli.common import FORMATTER, CliError, cell, iso, open_session, print_json, print_table, show_help
 from tokensense.crypto import SecretError, mask
 from tokensense.settings import get_settings
@@ -43,7 +44,7 @@ def _register_configured_providers() -> None:
 
 def _cmd_providers_set(args: argparse.Namespace) -> int:
     _register_configured_providers()
-    repo.normalize_provider(args.provider)  # a bad name fails before anything is read from stdin
+    registry.normalize(args.provider)  # a bad name fails before anything is read from stdin
     repo.normalize_key_name(args.name)
     api_key = _read_api_key(args)
     with open_session(args) as session:
@@ -93,8 +94,8 @@ def provider_status(session: Session) -> list[dict[str, Any]]:
     for row in repo.list_providers(session=session):
         stored.setdefault(row.provider, []).append(row)
     entries = []
-    for provider in repo.known_providers():
-        env_var = repo.provider_env_var(provider)
+    for provider in registry.names():
+        env_var = registry.env_var(provider)
         env_value = os.environ.get(env_var) or None
         rows = stored.get(provider, [])
         entry: dict[str, Any] = {
@@ -174,11 +175,11 @@ def _cmd_providers_list(args: argparse.Namespace) -> int:
 
 def _cmd_providers_remove(args: argparse.Namespace) -> int:
     _register_configured_providers()
-    provider = repo.normalize_provider(args.provider)
+    provider = registry.normalize(args.provider)
     with open_session(args) as session:
         repo.remove_provider(session=session, provider=provider, name=args.name)
         left = [r.name for r in repo.list_providers(session=session) if r.provider == provider]
-    env_var = repo.provider_env_var(provider)
+    env_var = registry.env_var(provider)
     if left:
         fallback = f"; its pool has {', '.join(left)}"
     else:
@@ -189,7 +190,7 @@ def _cmd_providers_remove(args: argparse.Namespace) -> int:
 
 
 def _cmd_providers_restore(args: argparse.Namespace) -> int:
-    provider = repo.normalize_provider(args.provider)
+    provider = registry.normalize(args.provider)
     with open_session(args) as session:
         was_out = next((r.disabled_at is not None for r in repo.list_providers(session=session)
                         if r.provider == provider and r.name == repo.normalize_key_name(args.name)), False)
@@ -215,7 +216,7 @@ def add_providers_parser(
         "providers", help="store provider API keys (encrypted) and base URLs",
         description="Provider keys are stored encrypted (TOKENSENSE_SECRET, or a generated key file in "
         "TOKENSENSE_HOME). Without a stored key, the gateway uses the provider's environment variable: "
-        + ", ".join(repo.provider_env_var(p) for p in repo.known_providers()) + ".",
+        + ", ".join(registry.env_var(p) for p in registry.names()) + ".",
     )
     providers.set_defaults(handler=show_help(providers))
     providers_commands = providers.add_subparsers(title="commands", metavar="COMMAND")
@@ -229,7 +230,7 @@ def add_providers_parser(
         "  tokensense providers set openai --api-key - --base-url https://my-proxy.example.com\n"
         "  tokensense providers set openai --api-key - --name backup   # a second key: used round-robin",
     )
-    pset.add_argument("provider", metavar="PROVIDER", help=", ".join(repo.known_providers()))
+    pset.add_argument("provider", metavar="PROVIDER", help=", ".join(registry.names()))
     pset.add_argument("--api-key", metavar="K", required=True, help="the provider's key; '-' reads it from stdin")
     pset.add_argument("--base-url", metavar="U", help="send this provider's requests to U instead of its public API")
     pset.add_argument("--name", metavar="N", help="the key's name in the provider's pool (default: default); "
@@ -252,7 +253,7 @@ def add_providers_parser(
         description="Delete a stored provider key (when the pool is empty, the environment variable, if set, "
         "is used instead).",
     )
-    premove.add_argument("provider", metavar="PROVIDER", help=", ".join(repo.known_providers()))
+    premove.add_argument("provider", metavar="PROVIDER", help=", ".join(registry.names()))
     premove.set_defaults(handler=_cmd_providers_remove)
 
     prestore = providers_commands.add_parser(
@@ -261,5 +262,5 @@ def add_providers_parser(
         "(or replaced with `providers set`). Restoring also ends its cool-down and circuit breaker.",
         epilog="example:\n  tokensense providers restore openai --name backup", formatter_class=FORMATTER,
     )
-    prestore.add_argument("provider", metavar="PROVIDER", help=", ".join(repo.known_providers()))
+    prestore.add_argument("provider", metavar="PROVIDER", help=", ".join(registry.names()))
     prestore.set_defaults(handler=_cmd_providers_restore)

@@ -9,11 +9,11 @@ from tokensense.cli.common import FORMATTER, Unavailable, port, positive_float, 
 
 def _cmd_serve(args: argparse.Namespace) -> int:
     try:
-        from tokensense.gateway.server import run_server
+        from tokensense.serve.server import run_server
     except ImportError as e:
         raise Unavailable("serve", e) from e
     if getattr(args, "workers", 1) > 1:
-        from tokensense.gateway.workers import run_supervisor
+        from tokensense.serve.workers import run_supervisor
 
         return run_supervisor(args)
     return run_server(args) or 0

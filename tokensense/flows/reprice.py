@@ -14,10 +14,10 @@ from tokensense.core.usage import TokenUsage
 from tokensense.flows.recording import RECORD, read_flow_file
 from tokensense.gateway import media as gateway_media
 from tokensense.gateway.intercept import HostTable
+from tokensense.gateway.record import call_cost
 from tokensense.gateway.routing import Endpoint
 from tokensense.metering.media_prices import MediaPriceTable, catalog_media_cost
 from tokensense.metering.pricing import PriceBook
-from tokensense.metering.record import call_cost
 from tokensense.metering.sse import EventSplitter, parse_event
 from tokensense.metering.usage_extract import usage_from_answer, with_request_tier
 from tokensense.providers import OPENAI_COMPATIBLE, ProviderAdapter, get_provider, openai_format_reader

@@ -6,7 +6,7 @@ from collections.abc import Callable, Iterable
 
 from genai_prices import data_snapshot
 
-from tokensense.config import ModelPrice
+from tokensense.core.model_price import ModelPrice
 from tokensense.providers import PROVIDERS, ProviderAdapter, get_provider
 
 

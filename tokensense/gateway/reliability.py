@@ -42,6 +42,7 @@ from tokensense.gateway.flowmeta import get_call
 from tokensense.gateway.forward import OPENAI_SDK_HEADER_PREFIXES
 from tokensense.gateway.key_pool import outcome_for
 from tokensense.gateway.policy import budget_window, check_access, estimate_cost
+from tokensense.gateway.record import build_record
 from tokensense.gateway.reservation import call_reservation
 from tokensense.gateway.retry import (
     ATTEMPTS_HEADER,
@@ -59,9 +60,8 @@ from tokensense.gateway.retry import (
 )
 from tokensense.gateway.routing import join_url, resolve_model
 from tokensense.gateway.runtime import Runtime
+from tokensense.gateway.stream import PassthroughStream
 from tokensense.gateway.upstream_client import OpenAnswer, UpstreamRequest, error_message
-from tokensense.metering.record import build_record
-from tokensense.metering.stream import PassthroughStream
 from tokensense.providers import Provider, Translator, get_provider
 from tokensense.providers.chat_stream import TranslatingStream
 from tokensense.providers.translation import TranslationError

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
-from tokensense.gateway.keys import KeyInfo
 from tokensense.metering.sanitize import MAX_ATTRIBUTE, clean_text
 
 ATTRIBUTION_HEADERS = {
@@ -28,8 +27,8 @@ _AGENT_SESSION_FIELDS = frozenset(header.encode() for header in AGENT_SESSION_HE
 _ATTRIBUTION_FIELDS = {header.encode(): name for header, name in ATTRIBUTION_HEADERS.items()}
 
 
-def attribution(headers: Mapping[str, str], key: KeyInfo | None) -> dict[str, str | None]:
-    """The attribution fields from the request headers (`x-project` else the key's project)."""
+def attribution(headers: Mapping[str, str], key_project: str | None = None) -> dict[str, str | None]:
+    """The attribution fields from the request headers (`x-project` else the key's project, `key_project`)."""
     fields: dict[str, str | None] = dict.fromkeys(ATTRIBUTION_HEADERS.values())
     raw = getattr(headers, "fields", None)
     if raw is not None:
@@ -49,8 +48,8 @@ def attribution(headers: Mapping[str, str], key: KeyInfo | None) -> dict[str, st
     for name, value in fields.items():
         if value is not None:
             fields[name] = clean_text(value, MAX_ATTRIBUTE)
-    if not fields["project"] and key is not None:
-        fields["project"] = key.project
+    if not fields["project"] and key_project is not None:
+        fields["project"] = key_project
     return fields
 
 

@@ -36,7 +36,7 @@ from genai_prices.data_snapshot import DataSnapshot
 from genai_prices.types import ClauseEquals, ModelInfo, TieredPrices
 from genai_prices.types import ModelPrice as CatalogPrice
 
-from tokensense.config import ModelPrice
+from tokensense.core.model_price import ModelPrice
 from tokensense.core.usage import TokenUsage
 from tokensense.metering.price_overrides import PRICE_OVERRIDES, PriceOverride, find_override
 

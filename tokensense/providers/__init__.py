@@ -50,6 +50,26 @@ def table_configured_names() -> frozenset[str]:
 OPENAI_COMPATIBLE = frozenset(name for name, p in PROVIDERS.items() if p.openai_format)
 
 
+def names() -> tuple[str, ...]:
+    """The built-in providers and those config.toml declares (once `register_configured` ran), in registry order."""
+    return tuple(PROVIDERS)
+
+
+def env_var(name: str) -> str:
+    """The environment variable a provider's key falls back to ('' for a keyless configured provider)."""
+    adapter = PROVIDERS.get(name)
+    return adapter.env_key if adapter is not None else ""
+
+
+def normalize(name: str) -> str:
+    """`name` in lower case if it is a registered provider, else `ValueError` naming the valid providers."""
+    lowered = name.strip().lower()
+    if lowered not in PROVIDERS:
+        raise ValueError(f"unknown provider {name!r}; choose one of: {', '.join(PROVIDERS)} "
+                         "(or declare it under [providers.NAME] in config.toml)")
+    return lowered
+
+
 def get_provider(name: str) -> Provider | None:
     name = name.lower()
     return PROVIDERS.get(ALIASES.get(name, name))
@@ -78,5 +98,5 @@ def provider_for_host(host: str) -> Provider | None:
 
 __all__ = [
     "ALIASES", "OPENAI_COMPATIBLE", "PROVIDERS", "Provider", "ProviderAdapter", "StreamUsage", "Translator",
-    "Upstream", "get_provider", "openai_format_reader", "provider_for_host", "provider_for_model", "register",
+    "Upstream", "env_var", "get_provider", "names", "normalize", "openai_format_reader", "provider_for_host", "provider_for_model", "register",
 ]

@@ -17,7 +17,8 @@ the options of those built-in providers (`configure_cloud_providers`).
 
 from __future__ import annotations
 
-from tokensense.config import FileConfig, ProviderConfig
+from typing import TYPE_CHECKING
+
 from tokensense.core.endpoints import RESPONSES_ENDPOINTS, Endpoint
 from tokensense.metering.pricing import FREE_PRICES_PREFIX
 from tokensense.providers.azure import AzureOpenAIAdapter
@@ -25,6 +26,9 @@ from tokensense.providers.base import ProviderAdapter
 from tokensense.providers.bedrock import BedrockAdapter
 from tokensense.providers.openai import OpenAIAdapter
 from tokensense.providers.vertex import VertexAdapter
+
+if TYPE_CHECKING:  # the configuration is read above the providers; they only take its tables
+    from tokensense.config import FileConfig, ProviderConfig
 
 
 class OpenAICompatibleProvider(OpenAIAdapter):

@@ -13,6 +13,7 @@ from sqlmodel import SQLModel, create_engine
 
 from tokensense.settings import get_settings
 from tokensense.storage import models  # noqa: F401  (registers the tables on SQLModel.metadata)
+from tokensense.storage.schema import head_revision, is_in_memory
 
 SQLITE_BUSY_TIMEOUT_MS = 5000
 VERSION_TABLE = "alembic_version"  # where Alembic records the schema revision
@@ -89,19 +90,8 @@ def make_engine(url: str | None = None, *, echo: bool = False) -> Engine:
     return create_engine(parsed, echo=echo, pool_pre_ping=True)
 
 
-def is_in_memory(engine: Engine) -> bool:
-    """Whether `engine` is an in-memory SQLite database (`sqlite://`, as the unit tests use)."""
-    url = engine.url
-    if url.get_backend_name() != "sqlite":
-        return False
-    database = url.database or ""
-    return database in ("", ":memory:") or "mode=memory" in database or url.query.get("mode") == "memory"
-
-
 def schema_is_current(engine: Engine) -> bool:
     """Whether the database records the newest schema revision (one or two quick queries, no Alembic)."""
-    from tokensense.storage.migrations import head_revision
-
     with engine.connect() as connection:
         if not inspect(connection).has_table(VERSION_TABLE):
             return False

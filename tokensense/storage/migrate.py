@@ -26,8 +26,7 @@ from sqlmodel.sql.sqltypes import AutoString, UTCDateTime
 
 from tokensense import __version__
 from tokensense.storage import models  # noqa: F401  (registers the tables on SQLModel.metadata)
-from tokensense.storage.db import is_in_memory
-from tokensense.storage.migrations import INITIAL_REVISION, MIGRATIONS_DIR, head_revision
+from tokensense.storage.schema import INITIAL_REVISION, MIGRATIONS_DIR, head_revision, is_in_memory
 
 TOKENSENSE_TABLES = frozenset({"api_keys", "provider_credentials", "usage"})
 

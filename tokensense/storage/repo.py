@@ -16,20 +16,6 @@ from sqlmodel import Session, col, select
 from tokensense.crypto import decrypt_secret, encrypt_secret, hash_key, new_key
 from tokensense.storage.models import DEFAULT_KEY_NAME, ApiKey, ProviderCredential, Usage, UsageCreate
 
-
-def known_providers() -> tuple[str, ...]:
-    """The built-in providers and those config.toml declares (once `register_configured` ran), in registry order."""
-    from tokensense.providers import PROVIDERS as REGISTRY
-
-    return tuple(REGISTRY)
-
-
-def provider_env_var(provider: str) -> str:
-    """The environment variable a provider's key falls back to ('' for a keyless configured provider)."""
-    from tokensense.providers import PROVIDERS as REGISTRY
-
-    adapter = REGISTRY.get(provider)
-    return adapter.env_key if adapter is not None else ""
 BUDGET_PERIODS: tuple[str, ...] = ("total", "monthly", "daily")
 PLANS: tuple[str, ...] = ("free", "pro", "enterprise")
 USAGE_GROUP_FIELDS: tuple[str, ...] = (
@@ -87,13 +73,11 @@ UNSET = _Unset.UNSET
 # --- validation -------------------------------------------------------------
 
 
-def normalize_provider(provider: str) -> str:
-    """`provider` in lower case, or `ValueError` naming the valid providers."""
+def _provider_name(provider: str) -> str:
+    """A provider name as stored: lower case. Which names exist is the registry's to say (the CLI checks)."""
     name = provider.strip().lower()
-    known = known_providers()
-    if name not in known:
-        raise ValueError(f"unknown provider {provider!r}; choose one of: {', '.join(known)} "
-                         "(or declare it under [providers.NAME] in config.toml)")
+    if not name:
+        raise ValueError("a provider name cannot be empty")
     return name
 
 
@@ -138,7 +122,7 @@ def _validate_models(models: Iterable[str]) -> list[str]:
 
 
 def _validate_providers(providers: Iterable[str]) -> list[str]:
-    return list(dict.fromkeys(normalize_provider(p) for p in providers))
+    return list(dict.fromkeys(_provider_name(p) for p in providers))
 
 
 def _validate_base_url(base_url: str | None) -> str | None:
@@ -296,7 +280,7 @@ def set_provider(*, session: Session, provider: str, api_key: str, base_url: str
 
     Replacing a key that was taken out puts the new value back in the pool.
     """
-    provider = normalize_provider(provider)
+    provider = _provider_name(provider)
     name = normalize_key_name(name)
     api_key = api_key.strip()
     if not api_key:
@@ -324,7 +308,7 @@ def list_providers(*, session: Session) -> list[ProviderCredential]:
 
 def remove_provider(*, session: Session, provider: str, name: str | None = None) -> None:
     """Delete one stored key (`default` unless named); `NotFoundError` when it is not stored."""
-    row = _stored(session, normalize_provider(provider), normalize_key_name(name))
+    row = _stored(session, _provider_name(provider), normalize_key_name(name))
     session.delete(row)
     session.commit()
 
@@ -334,7 +318,7 @@ def take_out_provider_key(*, session: Session, provider: str, name: str, reason:
 
     A key already taken out keeps its first time and reason.
     """
-    row = session.get(ProviderCredential, (normalize_provider(provider), normalize_key_name(name)))
+    row = session.get(ProviderCredential, (_provider_name(provider), normalize_key_name(name)))
     if row is None:
         return False
     if row.disabled_at is None:
@@ -347,7 +331,7 @@ def take_out_provider_key(*, session: Session, provider: str, name: str, reason:
 
 def restore_provider_key(*, session: Session, provider: str, name: str | None = None) -> ProviderCredential:
     """Put a key that was taken out back in its pool (a no-op for a key in use)."""
-    row = _stored(session, normalize_provider(provider), normalize_key_name(name))
+    row = _stored(session, _provider_name(provider), normalize_key_name(name))
     row.disabled_at = row.disabled_reason = None
     row.updated_at = _now_for(ProviderCredential.__table__.c.updated_at)
     session.add(row)
@@ -362,7 +346,7 @@ def get_provider_secret(*, session: Session, provider: str, name: str | None = N
     Environment fallbacks (each provider's `env_key`) are the caller's business.
     Raises `SecretMismatchError` when the key was encrypted with another secret.
     """
-    row = session.get(ProviderCredential, (normalize_provider(provider), normalize_key_name(name)))
+    row = session.get(ProviderCredential, (_provider_name(provider), normalize_key_name(name)))
     if row is None:
         return None
     return decrypt_secret(row.encrypted_key), row.base_url

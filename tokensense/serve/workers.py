@@ -113,12 +113,12 @@ def patch_mitmproxy_listen(listen_fds: dict[int, int], reuse_port: bool) -> None
 
 
 def worker_main(argv: list[str]) -> int:
-    """Entry point of a worker process: `python -m tokensense.gateway.workers '<serve arguments as JSON>'`."""
+    """Entry point of a worker process: `python -m tokensense.serve.workers '<serve arguments as JSON>'`."""
     args = argparse.Namespace(**json.loads(argv[0]))
     fds = {int(port): int(fd) for port, fd in
            (item.split("=") for item in os.environ.get(LISTEN_FDS_ENV, "").split(",") if item)}
     patch_mitmproxy_listen(fds, os.environ.get(REUSE_PORT_ENV) == "1")
-    from tokensense.gateway.server import run_server
+    from tokensense.serve.server import run_server
 
     return run_server(args) or 0
 
@@ -226,7 +226,7 @@ class Supervisor:
         serve_args = {k: v for k, v in vars(self.args).items() if _plain(v)}
         serve_args["workers"] = 1
         worker.process = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "tokensense.gateway.workers", json.dumps(serve_args),
+            sys.executable, "-m", "tokensense.serve.workers", json.dumps(serve_args),
             env=env, pass_fds=self._fds, stdin=asyncio.subprocess.DEVNULL,
             process_group=0,  # Ctrl+C reaches the supervisor only; it stops the workers in order
             preexec_fn=_die_with_parent,
