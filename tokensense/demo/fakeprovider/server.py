@@ -22,6 +22,7 @@ from aiohttp.client_exceptions import ClientConnectionResetError
 from tokensense.demo.fakeprovider import (
     anthropic_format,
     azure_format,
+    batches,
     bedrock_format,
     fal_format,
     gemini_format,
@@ -62,6 +63,22 @@ _AZURE_PATH = re.compile(
     r"^(?P<prefix>.*?)/openai/(?:deployments/(?P<deployment>[^/]+)|v1)/(?P<operation>chat/completions|embeddings)$"
 )
 _GEMINI_PATH = re.compile(r"^(?P<prefix>.*?)/(?:v1beta|v1alpha|v1)/models/(?P<model>[^/:]+):(?P<action>[A-Za-z]+)$")
+_MESSAGE_BATCHES_PATH = re.compile(r"^(?P<prefix>.*?)/v1/messages/batches(?:/(?P<id>[^/]+)(?:/(?P<action>cancel|results))?)?$")
+_OPENAI_BATCH_PATH = re.compile(
+    r"^(?P<prefix>.*?)(?:/v1)?/(?P<kind>files|batches)(?:/(?P<id>[^/]+)(?:/(?P<action>content|cancel))?)?$")
+# (kind, has id, action) -> {method: handler}
+_BATCH_HANDLERS: dict[tuple[str, bool, str | None], dict[str, Handler]] = {
+    ("files", False, None): {"GET": batches.files, "POST": batches.files},
+    ("files", True, None): {"GET": batches.file, "DELETE": batches.file},
+    ("files", True, "content"): {"GET": batches.file_content},
+    ("batches", False, None): {"GET": batches.batches, "POST": batches.batches},
+    ("batches", True, None): {"GET": batches.batch},
+    ("batches", True, "cancel"): {"POST": batches.cancel_batch},
+    ("message_batches", False, None): {"GET": batches.message_batches, "POST": batches.message_batches},
+    ("message_batches", True, None): {"GET": batches.message_batch, "DELETE": batches.message_batch},
+    ("message_batches", True, "cancel"): {"POST": batches.cancel_message_batch},
+    ("message_batches", True, "results"): {"GET": batches.message_batch_results},
+}
 
 # (suffix, method, format, handler, whether a "/v1" just before the suffix belongs to it).
 # Longest suffixes first; the first match wins.
@@ -100,6 +117,9 @@ def resolve_route(method: str, path: str, headers: Any) -> Route | None:
         if match:
             handler = gemini_format.ACTIONS.get(match["action"]) if method == "POST" else None
             return Route(gemini_format, handler, match["prefix"], {"model": match["model"], "action": match["action"]})
+    if "/batches" in path or "/files" in path:
+        if route := _batch_route(method, path):
+            return route
     if "/responses" in path:
         match = _RESPONSES_PATH.match(path)
         if match:
@@ -118,6 +138,21 @@ def resolve_route(method: str, path: str, headers: Any) -> Route | None:
                 fmt, handler = anthropic_format, anthropic_format.models
             return Route(fmt, handler if method == route_method else None, prefix, {})
     return None
+
+
+def _batch_route(method: str, path: str) -> Route | None:
+    """Batch jobs and their files: Anthropic's Message Batches, OpenAI's files and batches."""
+    if match := _MESSAGE_BATCHES_PATH.match(path):
+        fmt, kind = anthropic_format, "message_batches"
+    elif (match := _OPENAI_BATCH_PATH.match(path)) and not match["prefix"].endswith(("/v1beta", "/v1alpha", "/upload")):
+        fmt, kind = openai_format, match["kind"]
+        if (kind, match["action"]) in (("files", "cancel"), ("batches", "content")):
+            return None
+    else:
+        return None
+    handlers = _BATCH_HANDLERS[(kind, match["id"] is not None, match["action"])]
+    params = {"id": match["id"]} if match["id"] else {}
+    return Route(fmt, handlers.get(method), match["prefix"], params)
 
 
 def _status_message(status: int) -> str:
