@@ -11,6 +11,8 @@ import anthropic
 import openai
 import pytest
 from fakeprovider_fixture import fake_provider, fake_provider_url, fake_requests  # noqa: F401
+from google import genai
+from google.genai import errors as genai_errors
 
 
 def openai_client(url: str) -> openai.OpenAI:
@@ -117,3 +119,46 @@ def test_anthropic_message_batch_cancel(fake_provider: str) -> None:
     ended = client.messages.batches.retrieve(job.id)
     assert ended.processing_status == "ended" and ended.request_counts.canceled == 1
     assert [r.result.type for r in client.messages.batches.results(job.id)] == ["canceled"]
+
+
+def gemini_client(url: str) -> genai.Client:
+    return genai.Client(api_key="gm-test", http_options={"base_url": url})
+
+
+GEMINI_REQUEST = {"contents": [{"role": "user", "parts": [{"text": "Tell me about batches"}]}]}
+
+
+def test_gemini_inline_batch(fake_provider: str) -> None:
+    client = gemini_client(fake_provider)
+    job = client.batches.create(model="gemini-2.5-flash", src=[GEMINI_REQUEST, {"contents": "Second question here"}],
+                                config={"display_name": "nightly"})
+    assert job.name.startswith("batches/") and job.state.name == "JOB_STATE_PENDING"
+    done = client.batches.get(name=job.name)
+    assert done.state.name == "JOB_STATE_SUCCEEDED" and done.display_name == "nightly"
+    answers = done.dest.inlined_responses
+    assert len(answers) == 2
+    assert all(a.response.usage_metadata.prompt_token_count > 0 for a in answers)
+    assert all(a.response.usage_metadata.candidates_token_count > 0 for a in answers)
+    assert [j.name for j in client.batches.list()] == [job.name]
+    client.batches.delete(name=job.name)
+    with pytest.raises(genai_errors.ClientError):
+        client.batches.get(name=job.name)
+
+
+def test_gemini_file_batch_and_cancel(fake_provider: str) -> None:
+    client = gemini_client(fake_provider)
+    lines = [{"key": "k1", "request": GEMINI_REQUEST}, {"key": "k2", "request": GEMINI_REQUEST}]
+    uploaded = client.files.upload(file=_jsonl(lines), config={"mime_type": "application/jsonl"})
+    assert uploaded.name.startswith("files/") and uploaded.size_bytes > 0
+    job = client.batches.create(model="gemini-2.5-flash", src=uploaded.name)
+    done = client.batches.get(name=job.name)
+    assert done.state.name == "JOB_STATE_SUCCEEDED" and done.dest.file_name.startswith("files/batch-")
+    results = [json.loads(line) for line in client.files.download(file=done.dest.file_name).splitlines()]
+    assert [r["key"] for r in results] == ["k1", "k2"]
+    assert all(r["response"]["usageMetadata"]["totalTokenCount"] > 0 for r in results)
+
+    waiting = genai.Client(api_key="gm-test", http_options={"base_url": fake_provider,
+                                                            "headers": {"x-fake-batch-seconds": "3600"}})
+    slow = waiting.batches.create(model="gemini-2.5-flash", src=[GEMINI_REQUEST])
+    waiting.batches.cancel(name=slow.name)
+    assert waiting.batches.get(name=slow.name).state.name == "JOB_STATE_CANCELLED"

@@ -340,3 +340,192 @@ def message_batch_results(req: FakeRequest) -> Reply:
     if job["processing_status"] != "ended":
         raise FakeError(400, f"No batch results available for {job['id']}: the batch is still processing.")
     return BodyReply(200, _dump_jsonl(job["_results"]), content_type="application/binary")
+
+
+# --- Gemini files (resumable upload) and batch mode --------------------------------------------
+
+GEMINI_FILES = "gemini_files"
+GEMINI_BATCHES = "gemini_batches"
+_UPLOADS = "gemini_uploads"
+_BATCH_TYPE = "type.googleapis.com/google.ai.generativelanguage.v1main.GenerateContentBatch"
+
+
+def _rfc3339(seconds: float) -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%S.000000Z", time.gmtime(seconds))
+
+
+def _gemini_file(req: FakeRequest, name: str, data: bytes, display_name: str | None, mime_type: str,
+                 source: str) -> dict[str, Any]:
+    now = time.time()
+    entry = {"name": name, "displayName": display_name or name.split("/", 1)[1], "mimeType": mime_type,
+             "sizeBytes": str(len(data)), "createTime": _rfc3339(now), "updateTime": _rfc3339(now),
+             "expirationTime": _rfc3339(now + 2 * _DAY), "sha256Hash": "", "uri": f"{req.origin}{req.prefix}/v1beta/{name}",
+             "state": "ACTIVE", "source": source, "_data": data}
+    if source == "GENERATED":
+        entry["downloadUri"] = f"{req.origin}{req.prefix}/download/v1beta/{name}:download?alt=media"
+    _store(req, GEMINI_FILES)[name] = entry
+    return entry
+
+
+def _public(entry: dict[str, Any]) -> dict[str, Any]:
+    return {key: value for key, value in entry.items() if not key.startswith("_")}
+
+
+def gemini_upload(req: FakeRequest) -> Reply:
+    """`/upload/v1beta/files`: the resumable protocol's `start` (metadata), then `upload, finalize` (bytes)."""
+    command = req.headers.get("x-goog-upload-command", "")
+    uploads = _store(req, _UPLOADS)
+    if "start" in command:
+        meta = req.body.get("file", {}) if isinstance(req.body, dict) else {}
+        upload_id = uuid.uuid4().hex
+        uploads[upload_id] = {"file": meta if isinstance(meta, dict) else {}, "data": b""}
+        url = f"{req.origin}{req.prefix}/upload/v1beta/files?upload_id={upload_id}&upload_protocol=resumable"
+        return json_reply({}, headers={"x-goog-upload-url": url, "x-goog-upload-status": "active"})
+    upload = uploads.get(req.query.get("upload_id", ""))
+    if upload is None:
+        raise FakeError(404, "No such upload session.")
+    upload["data"] += req.raw_body
+    if "finalize" not in command:
+        return json_reply({}, headers={"x-goog-upload-status": "active"})
+    del uploads[req.query["upload_id"]]
+    meta = upload["file"]
+    name = meta.get("name") or f"files/{uuid.uuid4().hex[:12]}"
+    entry = _gemini_file(req, name, upload["data"], meta.get("displayName") or meta.get("display_name"),
+                         meta.get("mimeType") or meta.get("mime_type") or "application/octet-stream", "UPLOADED")
+    return json_reply({"file": _public(entry)}, headers={"x-goog-upload-status": "final"})
+
+
+def _find_gemini_file(req: FakeRequest) -> dict[str, Any]:
+    name = f"files/{req.params.get('id', '')}"
+    entry = _store(req, GEMINI_FILES).get(name)
+    if entry is None:
+        raise FakeError(404, f"File {name} not found.")
+    return entry
+
+
+def gemini_files(req: FakeRequest) -> Reply:
+    """`/v1beta/files`: GET lists."""
+    return json_reply({"files": [_public(f) for f in _store(req, GEMINI_FILES).values()]})
+
+
+def gemini_file(req: FakeRequest) -> Reply:
+    """`/v1beta/files/{id}`: GET, DELETE."""
+    entry = _find_gemini_file(req)
+    if req.method == "DELETE":
+        del _store(req, GEMINI_FILES)[entry["name"]]
+        return json_reply({})
+    return json_reply(_public(entry))
+
+
+def gemini_download(req: FakeRequest) -> Reply:
+    """`/download/v1beta/files/{id}:download?alt=media`: a generated file's bytes."""
+    entry = _find_gemini_file(req)
+    if entry["source"] != "GENERATED":
+        raise FakeError(400, "Only generated files can be downloaded.")
+    return BodyReply(200, entry["_data"], content_type="application/octet-stream")
+
+
+def gemini_batch_create(req: FakeRequest) -> Reply:
+    """`models/{model}:batchGenerateContent`: a job from inline requests or an uploaded JSONL file."""
+    body = req.body if isinstance(req.body, dict) else {}
+    batch = body.get("batch")
+    if not isinstance(batch, dict):
+        raise FakeError(400, "batch: Field required")
+    config = batch.get("inputConfig") or batch.get("input_config") or {}
+    inline = (config.get("requests") or {}).get("requests") if isinstance(config, dict) else None
+    file_name = config.get("fileName") or config.get("file_name") if isinstance(config, dict) else None
+    if inline is not None:
+        if not isinstance(inline, list) or not all(isinstance(r, dict) for r in inline):
+            raise FakeError(400, "batch.inputConfig.requests.requests must be a list of requests")
+        items = [{"key": None, "request": r.get("request"), "metadata": r.get("metadata")} for r in inline]
+    elif isinstance(file_name, str):
+        source = _store(req, GEMINI_FILES).get(file_name)
+        if source is None:
+            raise FakeError(404, f"File {file_name} not found.")
+        items = []
+        for raw in source["_data"].splitlines():
+            if raw.strip():
+                line = json.loads(raw)
+                items.append({"key": line.get("key"), "request": line.get("request"), "metadata": None})
+    else:
+        raise FakeError(400, "batch.inputConfig needs requests or fileName")
+    now = time.time()
+    job_id = uuid.uuid4().hex[:16]
+    model = req.params["model"]
+    job = {"name": f"batches/{job_id}", "model": f"models/{model}", "displayName": batch.get("displayName") or job_id,
+           "createTime": _rfc3339(now), "updateTime": _rfc3339(now), "state": "BATCH_STATE_PENDING",
+           "batchStats": {"requestCount": str(len(items)), "pendingRequestCount": str(len(items))},
+           "_items": items, "_file_input": inline is None, "_finish_at": now + _finish_after(req)}
+    _store(req, GEMINI_BATCHES)[job["name"]] = job
+    return json_reply(_operation(job))
+
+
+def _operation(job: dict[str, Any]) -> dict[str, Any]:
+    metadata = {"@type": _BATCH_TYPE, **_public(job)}
+    metadata["name"] = job["name"]
+    operation: dict[str, Any] = {"name": job["name"], "metadata": metadata}
+    if job["state"] in ("BATCH_STATE_SUCCEEDED", "BATCH_STATE_CANCELLED", "BATCH_STATE_FAILED"):
+        operation["done"] = True
+        operation["response"] = {"@type": _BATCH_TYPE.replace("GenerateContentBatch", "GenerateContentBatchOutput"),
+                                 **job.get("output", {})}
+    return operation
+
+
+def _advance_gemini(req: FakeRequest, job: dict[str, Any]) -> dict[str, Any]:
+    if job["state"] != "BATCH_STATE_PENDING" or time.time() < job["_finish_at"]:
+        return job
+    from tokensense.demo.fakeprovider import gemini_format
+
+    model = job["model"].removeprefix("models/")
+    results, ok, failed = [], 0, 0
+    for item in job["_items"]:
+        line_req = replace(req, params={"model": model, "action": "generateContent"})
+        status, answer = _answer(gemini_format.generate, line_req, item["request"])
+        result: dict[str, Any] = {"response": answer} if status == 200 else {"error": answer.get("error", answer)}
+        if job["_file_input"]:
+            result = {"key": item["key"], **result}
+        elif item["metadata"] is not None:
+            result["metadata"] = item["metadata"]
+        results.append(result)
+        ok, failed = (ok + 1, failed) if status == 200 else (ok, failed + 1)
+    now = time.time()
+    if job["_file_input"]:
+        generated = _gemini_file(req, f"files/batch-{uuid.uuid4().hex[:12]}", _dump_jsonl(results), None,
+                                 "application/jsonl", "GENERATED")
+        job["output"] = {"responsesFile": generated["name"]}
+    else:
+        job["output"] = {"inlinedResponses": {"inlinedResponses": results}}
+    job.update(state="BATCH_STATE_SUCCEEDED", endTime=_rfc3339(now), updateTime=_rfc3339(now),
+               batchStats={"requestCount": str(ok + failed), "successfulRequestCount": str(ok),
+                           "failedRequestCount": str(failed)})
+    return job
+
+
+def _find_gemini_batch(req: FakeRequest) -> dict[str, Any]:
+    job = _store(req, GEMINI_BATCHES).get(f"batches/{req.params.get('id', '')}")
+    if job is None:
+        raise FakeError(404, f"Batch batches/{req.params.get('id', '')} not found.")
+    return job
+
+
+def gemini_batches(req: FakeRequest) -> Reply:
+    """`/v1beta/batches`: GET lists (as operations)."""
+    jobs = [_operation(_advance_gemini(req, job)) for job in _store(req, GEMINI_BATCHES).values()]
+    return json_reply({"operations": jobs})
+
+
+def gemini_batch(req: FakeRequest) -> Reply:
+    """`/v1beta/batches/{id}`: GET (runs a job whose time has come), DELETE."""
+    job = _advance_gemini(req, _find_gemini_batch(req))
+    if req.method == "DELETE":
+        del _store(req, GEMINI_BATCHES)[job["name"]]
+        return json_reply({})
+    return json_reply(_operation(job))
+
+
+def gemini_batch_cancel(req: FakeRequest) -> Reply:
+    """`/v1beta/batches/{id}:cancel`."""
+    job = _find_gemini_batch(req)
+    if job["state"] == "BATCH_STATE_PENDING":
+        job.update(state="BATCH_STATE_CANCELLED", updateTime=_rfc3339(time.time()), output={})
+    return json_reply({})

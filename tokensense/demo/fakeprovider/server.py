@@ -66,6 +66,9 @@ _GEMINI_PATH = re.compile(r"^(?P<prefix>.*?)/(?:v1beta|v1alpha|v1)/models/(?P<mo
 _MESSAGE_BATCHES_PATH = re.compile(r"^(?P<prefix>.*?)/v1/messages/batches(?:/(?P<id>[^/]+)(?:/(?P<action>cancel|results))?)?$")
 _OPENAI_BATCH_PATH = re.compile(
     r"^(?P<prefix>.*?)(?:/v1)?/(?P<kind>files|batches)(?:/(?P<id>[^/]+)(?:/(?P<action>content|cancel))?)?$")
+_GEMINI_FILES_PATH = re.compile(
+    r"^(?P<prefix>.*?)/(?P<kind>upload/|download/)?(?P<version>v1beta|v1alpha|v1)/(?P<what>files|batches)"
+    r"(?:/(?P<id>[^/:]+)(?::(?P<action>download|cancel))?)?$")
 # (kind, has id, action) -> {method: handler}
 _BATCH_HANDLERS: dict[tuple[str, bool, str | None], dict[str, Handler]] = {
     ("files", False, None): {"GET": batches.files, "POST": batches.files},
@@ -112,10 +115,14 @@ def resolve_route(method: str, path: str, headers: Any) -> Route | None:
             handler = azure_format.OPERATIONS[match["operation"]] if method == "POST" else None
             params = {"deployment": match["deployment"]} if match["deployment"] else {}
             return Route(azure_format, handler, match["prefix"], params)
+    if ("/batches" in path or "/files" in path) and (route := _gemini_batch_route(method, path, headers)):
+        return route
     if ":" in path:
         match = _GEMINI_PATH.match(path)
         if match:
             handler = gemini_format.ACTIONS.get(match["action"]) if method == "POST" else None
+            if match["action"] == "batchGenerateContent" and method == "POST":
+                handler = batches.gemini_batch_create
             return Route(gemini_format, handler, match["prefix"], {"model": match["model"], "action": match["action"]})
     if "/batches" in path or "/files" in path:
         if route := _batch_route(method, path):
@@ -138,6 +145,30 @@ def resolve_route(method: str, path: str, headers: Any) -> Route | None:
                 fmt, handler = anthropic_format, anthropic_format.models
             return Route(fmt, handler if method == route_method else None, prefix, {})
     return None
+
+
+def _gemini_batch_route(method: str, path: str, headers: Any) -> Route | None:
+    """Gemini's files (resumable upload, download) and batch jobs (`/v1/files` is OpenAI's unless Google's key header
+    says otherwise)."""
+    match = _GEMINI_FILES_PATH.match(path)
+    if match is None or (match["version"] == "v1" and not match["kind"] and "x-goog-api-key" not in headers):
+        return None
+    what, kind, has_id, action = match["what"], match["kind"], match["id"] is not None, match["action"]
+    handlers: dict[str, Handler] = {}
+    if what == "files" and kind == "upload/" and not has_id:
+        handlers = {"POST": batches.gemini_upload}
+    elif what == "files" and kind != "upload/" and has_id and action == "download":
+        handlers = {"GET": batches.gemini_download}
+    elif kind is None and not has_id:
+        handlers = {"GET": batches.gemini_files if what == "files" else batches.gemini_batches}
+    elif kind is None and action is None:
+        handlers = {"GET": batches.gemini_file, "DELETE": batches.gemini_file} if what == "files" else \
+            {"GET": batches.gemini_batch, "DELETE": batches.gemini_batch}
+    elif kind is None and what == "batches" and action == "cancel":
+        handlers = {"POST": batches.gemini_batch_cancel}
+    else:
+        return None
+    return Route(gemini_format, handlers.get(method), match["prefix"], {"id": match["id"]} if has_id else {})
 
 
 def _batch_route(method: str, path: str) -> Route | None:
