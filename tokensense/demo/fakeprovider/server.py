@@ -26,8 +26,10 @@ from tokensense.demo.fakeprovider import (
     bedrock_format,
     fal_format,
     gemini_format,
+    gemini_live,
     media,
     openai_format,
+    realtime,
     responses_format,
     responses_ws,
     vertex_format,
@@ -241,6 +243,10 @@ async def handle(request: web.Request) -> web.StreamResponse:
     path = request.path
     if path.startswith("/_fake/"):
         return await _control(request, path)
+    if gemini_live.is_upgrade(request):
+        return await gemini_live.serve(request, log=request.app[REQUEST_LOG], state=request.app[STATE])
+    if realtime.is_upgrade(request):
+        return await realtime.serve(request, log=request.app[REQUEST_LOG], state=request.app[STATE])
     if responses_ws.is_upgrade(request):
         return await responses_ws.serve(request, log=request.app[REQUEST_LOG], state=request.app[STATE])
     method = request.method
