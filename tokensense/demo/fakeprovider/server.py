@@ -27,6 +27,7 @@ from tokensense.demo.fakeprovider import (
     fal_format,
     gemini_format,
     gemini_live,
+    longtail,
     media,
     openai_format,
     realtime,
@@ -71,6 +72,19 @@ _OPENAI_BATCH_PATH = re.compile(
 _GEMINI_FILES_PATH = re.compile(
     r"^(?P<prefix>.*?)/(?P<kind>upload/|download/)?(?P<version>v1beta|v1alpha|v1)/(?P<what>files|batches)"
     r"(?:/(?P<id>[^/:]+)(?::(?P<action>download|cancel))?)?$")
+_LONGTAIL_PATH = re.compile(
+    r"^(?P<prefix>.*?)/(?P<kind>v1/videos|videos|v1beta/cachedContents|v1/cachedContents|v1/vector_stores|vector_stores"
+    r"|v1/fine_tuning/jobs|fine_tuning/jobs)(?:/(?P<id>[^/]+)(?:/(?P<action>content))?)?$")
+_LONGTAIL_HANDLERS: dict[tuple[str, bool, str | None], dict[str, Handler]] = {
+    ("videos", False, None): {"GET": longtail.videos, "POST": longtail.videos},
+    ("videos", True, None): {"GET": longtail.video, "DELETE": longtail.video},
+    ("videos", True, "content"): {"GET": longtail.video_content},
+    ("cachedContents", False, None): {"GET": longtail.cached_contents, "POST": longtail.cached_contents},
+    ("cachedContents", True, None): {"GET": longtail.cached_content, "PATCH": longtail.cached_content,
+                                     "DELETE": longtail.cached_content},
+    ("vector_stores", False, None): {"GET": longtail.vector_stores, "POST": longtail.vector_stores},
+    ("fine_tuning/jobs", False, None): {"GET": longtail.fine_tuning_jobs},
+}
 # (kind, has id, action) -> {method: handler}
 _BATCH_HANDLERS: dict[tuple[str, bool, str | None], dict[str, Handler]] = {
     ("files", False, None): {"GET": batches.files, "POST": batches.files},
@@ -90,11 +104,18 @@ _BATCH_HANDLERS: dict[tuple[str, bool, str | None], dict[str, Handler]] = {
 _SUFFIX_ROUTES: list[tuple[str, str, ModuleType, Handler, bool]] = [
     ("/v1/messages/count_tokens", "POST", anthropic_format, anthropic_format.count_tokens, False),
     ("/v1/messages", "POST", anthropic_format, anthropic_format.messages, False),
+    ("/audio/translations", "POST", openai_format, longtail.translations, True),
+    ("/images/variations", "POST", openai_format, longtail.image_variations, True),
+    ("/fim/completions", "POST", openai_format, longtail.fim, True),
+    ("/images/edits", "POST", openai_format, longtail.image_edits, True),
+    ("/moderations", "POST", openai_format, longtail.moderations, True),
+    ("/ocr", "POST", openai_format, longtail.ocr, True),
     ("/audio/transcriptions", "POST", openai_format, openai_format.transcriptions, True),
     ("/images/generations", "POST", openai_format, openai_format.images, True),
     ("/chat/completions", "POST", openai_format, openai_format.chat, True),
     ("/audio/speech", "POST", openai_format, openai_format.speech, True),
     ("/embeddings", "POST", openai_format, openai_format.embeddings, True),
+    ("/completions", "POST", openai_format, longtail.completions, True),  # after /chat/ and /fim/completions
     ("/models", "GET", openai_format, openai_format.models, True),
 ]
 
@@ -127,8 +148,10 @@ def resolve_route(method: str, path: str, headers: Any) -> Route | None:
                 handler = batches.gemini_batch_create
             return Route(gemini_format, handler, match["prefix"], {"model": match["model"], "action": match["action"]})
     if "/batches" in path or "/files" in path:
-        if route := _batch_route(method, path):
+        if route := _batch_route(method, path, headers):
             return route
+    if route := _longtail_route(method, path):
+        return route
     if "/responses" in path:
         match = _RESPONSES_PATH.match(path)
         if match:
@@ -173,8 +196,24 @@ def _gemini_batch_route(method: str, path: str, headers: Any) -> Route | None:
     return Route(gemini_format, handlers.get(method), match["prefix"], {"id": match["id"]} if has_id else {})
 
 
-def _batch_route(method: str, path: str) -> Route | None:
-    """Batch jobs and their files: Anthropic's Message Batches, OpenAI's files and batches."""
+def _longtail_route(method: str, path: str) -> Route | None:
+    """Videos, Gemini context caches, vector stores and fine-tuning jobs (see longtail.py)."""
+    match = _LONGTAIL_PATH.match(path)
+    if match is None:
+        return None
+    kind = match["kind"].removeprefix("v1/").removeprefix("v1beta/")
+    handlers = _LONGTAIL_HANDLERS.get((kind, match["id"] is not None, match["action"]))
+    if handlers is None:
+        return None
+    fmt = gemini_format if kind == "cachedContents" else openai_format
+    return Route(fmt, handlers.get(method), match["prefix"], {"id": match["id"]} if match["id"] else {})
+
+
+def _batch_route(method: str, path: str, headers: Any) -> Route | None:
+    """Batch jobs and their files: Anthropic's Message Batches (and Files API), OpenAI's files and batches."""
+    if path.endswith("/v1/files") and "anthropic-version" in headers:
+        return Route(anthropic_format, longtail.anthropic_files if method in ("GET", "POST") else None,
+                     path.removesuffix("/v1/files"), {})
     if match := _MESSAGE_BATCHES_PATH.match(path):
         fmt, kind = anthropic_format, "message_batches"
     elif (match := _OPENAI_BATCH_PATH.match(path)) and not match["prefix"].endswith(("/v1beta", "/v1alpha", "/upload")):
@@ -225,6 +264,8 @@ async def _read_body(request: web.Request) -> tuple[Any, dict[str, bytes], bytes
         for name, value in form.items():
             if isinstance(value, web.FileField):
                 data = value.file.read()
+                if name in files:  # a repeated file field (`image[]` of an edit): each is kept
+                    name = f"{name}#{sum(1 for n in files if n.split('#')[0] == name)}"
                 files[name] = data
                 summary[name] = {"filename": value.filename, "size": len(data), "content_type": value.content_type}
             else:
