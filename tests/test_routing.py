@@ -5,26 +5,31 @@ from __future__ import annotations
 import pytest
 
 from tokensense.config import ModelPrice
-from tokensense.core.errors import ErrorFormat, GatewayError, error_body, format_for_path
+from tokensense.core.errors import ErrorShape, GatewayError, error_body
 from tokensense.gateway.auth import client_key
 from tokensense.gateway.body import parse_json_body
 from tokensense.gateway.routing import Endpoint, classify, join_url, resolve_model
 from tokensense.metering.pricing import PriceBook
+from tokensense.providers import error_shape_for_path
+from tokensense.providers.anthropic import ANTHROPIC_ERRORS
+from tokensense.providers.gemini import GOOGLE_ERRORS
+from tokensense.providers.gemini import NATIVE as GEMINI
+from tokensense.providers.openai import OPENAI_ERRORS
 
 BOOK = PriceBook({"my-finetune": ModelPrice(provider="openai", input_per_mtok=1, output_per_mtok=2)})
 
 
 @pytest.mark.parametrize(("method", "path", "endpoint", "fmt"), [
-    ("POST", "/v1/chat/completions", Endpoint.CHAT, ErrorFormat.OPENAI),
-    ("POST", "/chat/completions", Endpoint.CHAT, ErrorFormat.OPENAI),
-    ("POST", "/v1/embeddings", Endpoint.EMBEDDINGS, ErrorFormat.OPENAI),
-    ("POST", "/v1/messages", Endpoint.MESSAGES, ErrorFormat.ANTHROPIC),
-    ("POST", "/v1beta/models/gemini-2.5-flash:generateContent", Endpoint.GEMINI, ErrorFormat.GOOGLE),
-    ("POST", "/v1/models/gemini-2.5-flash:streamGenerateContent", Endpoint.GEMINI, ErrorFormat.GOOGLE),
-    ("GET", "/v1/models", Endpoint.MODELS, ErrorFormat.OPENAI),
-    ("GET", "/health", Endpoint.HEALTH, ErrorFormat.OPENAI),
+    ("POST", "/v1/chat/completions", Endpoint.CHAT, OPENAI_ERRORS),
+    ("POST", "/chat/completions", Endpoint.CHAT, OPENAI_ERRORS),
+    ("POST", "/v1/embeddings", Endpoint.EMBEDDINGS, OPENAI_ERRORS),
+    ("POST", "/v1/messages", Endpoint.MESSAGES, ANTHROPIC_ERRORS),
+    ("POST", "/v1beta/models/gemini-2.5-flash:generateContent", GEMINI, GOOGLE_ERRORS),
+    ("POST", "/v1/models/gemini-2.5-flash:streamGenerateContent", GEMINI, GOOGLE_ERRORS),
+    ("GET", "/v1/models", Endpoint.MODELS, OPENAI_ERRORS),
+    ("GET", "/health", Endpoint.HEALTH, OPENAI_ERRORS),
 ])
-def test_classify(method: str, path: str, endpoint: Endpoint, fmt: ErrorFormat) -> None:
+def test_classify(method: str, path: str, endpoint: Endpoint, fmt: ErrorShape) -> None:
     route = classify(method, path)
     assert route.endpoint is endpoint and route.fmt is fmt
 
@@ -98,10 +103,10 @@ def test_base_url_prefix_is_kept() -> None:
 
 
 def test_error_shapes_per_endpoint_format() -> None:
-    assert error_body(ErrorFormat.OPENAI, 401, "no")["error"]["type"] == "authentication_error"
-    assert error_body(ErrorFormat.ANTHROPIC, 404, "no") == {"type": "error",
+    assert error_body(OPENAI_ERRORS, 401, "no")["error"]["type"] == "authentication_error"
+    assert error_body(ANTHROPIC_ERRORS, 404, "no") == {"type": "error",
                                                             "error": {"type": "not_found_error", "message": "no"}}
-    assert error_body(ErrorFormat.GOOGLE, 403, "no") == {"error": {"code": 403, "message": "no",
+    assert error_body(GOOGLE_ERRORS, 403, "no") == {"error": {"code": 403, "message": "no",
                                                                    "status": "PERMISSION_DENIED"}}
-    assert format_for_path("/v1/messages") is ErrorFormat.ANTHROPIC
-    assert format_for_path("/v1beta/models/x:generateContent") is ErrorFormat.GOOGLE
+    assert error_shape_for_path("/v1/messages") is ANTHROPIC_ERRORS
+    assert error_shape_for_path("/v1beta/models/x:generateContent") is GOOGLE_ERRORS
