@@ -110,3 +110,77 @@ def test_error_shapes_per_endpoint_format() -> None:
                                                                    "status": "PERMISSION_DENIED"}}
     assert error_shape_for_path("/v1/messages") is ANTHROPIC_ERRORS
     assert error_shape_for_path("/v1beta/models/x:generateContent") is GOOGLE_ERRORS
+
+
+VERTEX = "/v1/projects/p/locations/us-east5/publishers"
+# Every path served before the route table moved into the providers, with the endpoint id its records carry
+# (existing data depends on it), the error shape's name, and the route properties the pipeline branches on:
+# (stream, body_streams, free, retried, model_in_body, provider named by the path).
+ROUTE_TABLE = [
+    ("POST", "/v1/chat/completions", "chat.completions", "openai", (False, True, False, True, True, None)),
+    ("POST", "/chat/completions", "chat.completions", "openai", (False, True, False, True, True, None)),
+    ("POST", "/embeddings", "embeddings", "openai", (False, True, False, True, True, None)),
+    ("POST", "/v1/images/generations", "images.generations", "openai", (False, True, False, False, True, None)),
+    ("POST", "/v1/audio/speech", "audio.speech", "openai", (False, True, False, False, True, None)),
+    ("POST", "/v1/audio/transcriptions", "audio.transcriptions", "openai", (False, True, False, False, True, None)),
+    ("POST", "/responses", "responses", "openai", (False, True, False, False, True, None)),
+    ("POST", "/v1/responses/input_tokens", "responses.input_tokens", "openai", (False, True, True, False, True, None)),
+    ("POST", "/v1/responses/compact", "responses.compact", "openai", (False, True, False, False, True, None)),
+    ("GET", "/v1/responses/resp_1", "responses.retrieve", "openai", (False, True, False, False, True, None)),
+    ("DELETE", "/responses/resp_1", "responses.delete", "openai", (False, True, False, False, True, None)),
+    ("POST", "/v1/responses/resp_1/cancel", "responses.cancel", "openai", (False, True, False, False, True, None)),
+    ("GET", "/v1/responses/resp_1/input_items", "responses.input_items", "openai",
+     (False, True, False, False, True, None)),
+    ("POST", "/v1/messages", "messages", "anthropic", (False, True, False, True, True, None)),
+    ("POST", "/v1/messages/count_tokens", "messages.count_tokens", "anthropic", (False, True, True, True, True, None)),
+    ("POST", "/v1beta/models/gemini-2.5-flash:streamGenerateContent", "gemini", "google",
+     (True, False, False, True, False, None)),
+    ("POST", "/v1/models/gemini-2.5-flash:countTokens", "gemini", "google", (False, False, True, True, False, None)),
+    ("POST", "/model/us.anthropic.claude-sonnet-4-5-20250929-v1%3A0/invoke-with-response-stream", "bedrock", "aws",
+     (True, True, False, False, False, "bedrock")),
+    ("POST", "/model/amazon.nova-pro-v1%3A0/converse", "bedrock", "aws", (False, True, False, False, False, "bedrock")),
+    ("POST", f"{VERTEX}/google/models/gemini-2.5-flash:countTokens", "vertex", "google",
+     (False, True, True, False, False, "vertex")),
+    ("POST", f"{VERTEX}/anthropic/models/claude-sonnet-4-5@20250929:streamRawPredict", "vertex", "anthropic",
+     (True, True, False, False, False, "vertex")),
+    ("POST", "/openai/deployments/prod-4o/chat/completions", "chat.completions", "openai",
+     (False, True, False, True, True, "azure")),
+    ("POST", "/openai/v1/embeddings", "embeddings", "openai", (False, True, False, True, True, "azure")),
+    ("GET", "/v1/models", "models", "openai", (False, True, False, False, True, None)),
+    ("GET", "/models", "models", "openai", (False, True, False, False, True, None)),
+    ("GET", "/v1beta/models", "models", "google", (False, True, False, False, True, None)),
+    ("GET", "/v1/models/gpt-4o", "models.retrieve", "openai", (False, True, False, False, True, None)),
+    ("GET", "/v1beta/models/gemini-2.5-flash", "models.retrieve", "google", (False, True, False, False, True, None)),
+    ("HEAD", "/", "health", "openai", (False, True, False, False, True, None)),
+    ("GET", "/v1/tokensense/requests/0123456789abcdef", "tokensense.request", "openai",
+     (False, True, False, False, True, None)),
+]
+
+
+@pytest.mark.parametrize(("method", "path", "endpoint", "shape", "properties"), ROUTE_TABLE,
+                         ids=[f"{m} {p}" for m, p, *_ in ROUTE_TABLE])
+def test_every_path_keeps_its_endpoint_shape_and_properties(method: str, path: str, endpoint: str, shape: str,
+                                                            properties: tuple) -> None:
+    route = classify(method, path)
+    assert (route.endpoint.value, route.fmt.name) == (endpoint, shape)
+    assert (route.stream, route.body_streams, route.free, route.retried, route.model_in_body, route.provider) == \
+        properties
+
+
+@pytest.mark.parametrize(("method", "path"), [
+    ("GET", "/v1/responses/input_tokens"), ("POST", "/v1/responses/resp_1"), ("POST", "/v1/models"),
+    ("POST", "/openai/v1/responses"), ("POST", "/openai/deployments/x/completions"), ("POST", "/model/../converse"),
+    ("POST", f"{VERTEX}/google/models/gemini-2.5-flash:rawPredict"), ("GET", "/v1/messages"),
+    ("POST", "/v1beta/models/gemini-2.5-flash:deleteFile"), ("POST", "/v1/images/edits"),
+])
+def test_paths_not_served_stay_404(method: str, path: str) -> None:
+    with pytest.raises(GatewayError) as e:
+        classify(method, path)
+    assert e.value.status == 404
+
+
+def test_errors_on_unrouted_paths_take_the_shape_of_their_prefix() -> None:
+    assert error_shape_for_path("/model/x/unknown").name == "aws"
+    assert error_shape_for_path("/v1/messages/batches").name == "anthropic"
+    assert error_shape_for_path("/v1/models/x:unknownAction").name == "google"
+    assert error_shape_for_path("/v2/nothing").name == "openai"
