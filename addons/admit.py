@@ -13,20 +13,19 @@ import logging
 from mitmproxy import ctx, http
 
 from addons.common import answer_error, answer_json, intercepting, lookup_key, strip_client_keys
-from tokensense.core.endpoints import Endpoint, is_free_call
-from tokensense.core.errors import ErrorFormat, GatewayError, format_for_path
+from tokensense.core.endpoints import Endpoint
+from tokensense.core.errors import GatewayError
 from tokensense.gateway.auth import client_key
 from tokensense.gateway.call import CallContext
 from tokensense.gateway.flowmeta import BODY_LIMIT, CALL, refuse_body, set_call
-from tokensense.gateway.model_lists import ListShape, shape_for
+from tokensense.gateway.model_lists import shape_for
 from tokensense.gateway.routing import classify
 from tokensense.gateway.runtime import Runtime
 from tokensense.metering.attribution import attribution
+from tokensense.providers import error_shape, error_shape_for_path
 
 log = logging.getLogger(__name__)
 _MB = 1024 * 1024
-_MODEL_LIST_ERRORS = {ListShape.OPENAI: ErrorFormat.OPENAI, ListShape.ANTHROPIC: ErrorFormat.ANTHROPIC,
-                      ListShape.GOOGLE: ErrorFormat.GOOGLE}
 
 
 class Admit:
@@ -49,11 +48,8 @@ class Admit:
             return
         fmt = route.fmt
         if route.endpoint in (Endpoint.MODELS, Endpoint.MODEL):  # one path, three SDKs: errors in the asking SDK's shape
-            fmt = _MODEL_LIST_ERRORS[shape_for(path, req.headers)]
-        call = CallContext(route.endpoint, fmt, path_model=route.model, action=route.action,
-                           version=route.version, method=req.method, resource=route.resource,
-                           path_provider=route.provider, path_params=route.params)
-        call.free = is_free_call(route.endpoint, route.action)
+            fmt = error_shape(shape_for(path, req.headers).value)
+        call = CallContext.of_route(route, method=req.method, fmt=fmt)
         set_call(flow, call)
         if "x-tokensense-transport" in req.headers:
             # Set by the Responses WebSocket on the HTTP call of each response (addons/responses_ws.py):
@@ -96,7 +92,7 @@ class Admit:
 
     async def _unknown_endpoint(self, flow: http.HTTPFlow, path: str, presented: str | None, error: GatewayError) -> None:
         """404 for a path TokenSense does not serve; with a valid key the call is recorded (endpoint `unknown`)."""
-        call = CallContext(Endpoint.UNKNOWN, format_for_path(path), method=flow.request.method)
+        call = CallContext(Endpoint.UNKNOWN, error_shape_for_path(path), method=flow.request.method)
         set_call(flow, call)
         call.attribution = attribution(flow.request.headers)
         try:

@@ -12,14 +12,14 @@ from mitmproxy import http
 from mitmproxy.proxy.mode_specs import ProxyMode, ReverseMode
 
 from tokensense.core.endpoints import Endpoint
-from tokensense.core.errors import ErrorFormat, GatewayError, error_bytes, format_for_path
+from tokensense.core.errors import ErrorShape, GatewayError, error_bytes
 from tokensense.crypto import hash_key
 from tokensense.gateway.call import CallContext
 from tokensense.gateway.flowmeta import CALL, get_call, set_call
 from tokensense.gateway.forward import KEY_HEADER_NAMES, PendingUpstream, upstream_target
 from tokensense.gateway.keys import Credential, KeyInfo
 from tokensense.gateway.runtime import Runtime
-from tokensense.providers import ProviderAdapter
+from tokensense.providers import ProviderAdapter, error_shape_for_path
 from tokensense.providers.base import Upstream
 
 __all__ = ["CALL", "get_call"]
@@ -37,7 +37,7 @@ def asks_for_websocket(req: http.Request) -> bool:
     return req.method == "GET" and req.headers.get("upgrade", "").lower() == "websocket"
 
 
-def answer_error(flow: http.HTTPFlow, fmt: ErrorFormat, error: GatewayError, headers: dict[str, str] | None = None) -> None:
+def answer_error(flow: http.HTTPFlow, fmt: ErrorShape, error: GatewayError, headers: dict[str, str] | None = None) -> None:
     """Answer the flow with `error` in the endpoint's error shape; nothing goes upstream."""
     call = get_call(flow)
     if call is not None:
@@ -55,7 +55,7 @@ def answer_internal_error(flow: http.HTTPFlow) -> None:
     call = get_call(flow)
     if call is None:  # the admit stage itself failed: a call to carry the request id (nobody to record it for)
         path = flow.request.path.partition("?")[0]
-        call = CallContext(Endpoint.UNKNOWN, format_for_path(path), method=flow.request.method, recorded=True)
+        call = CallContext(Endpoint.UNKNOWN, error_shape_for_path(path), method=flow.request.method, recorded=True)
         set_call(flow, call)
     answer_error(flow, call.fmt, GatewayError(
         500, f"TokenSense had an internal error and did not forward the request (request id {call.request_id}).",

@@ -13,7 +13,7 @@ from mitmproxy.proxy import layer, layers, server_hooks
 from mitmproxy.proxy.layers.tls import parse_client_hello
 
 from addons.common import CALL, answer_error, asks_for_websocket, intercepting, lookup_key
-from tokensense.core.errors import ErrorFormat, GatewayError
+from tokensense.core.errors import GatewayError
 from tokensense.gateway.call import CallContext
 from tokensense.gateway.flowmeta import set_call
 from tokensense.gateway.intercept import KEY_HEADER, HostTable, intercepted_call, parse_hostmap
@@ -21,6 +21,7 @@ from tokensense.gateway.keys import KeyInfo
 from tokensense.gateway.runtime import Runtime
 from tokensense.gateway.stream import with_stream_usage
 from tokensense.metering.attribution import attribution
+from tokensense.providers import DEFAULT_ERRORS
 
 log = logging.getLogger(__name__)
 
@@ -120,7 +121,7 @@ class Intercept:
             # A provider WebSocket (Codex's Responses socket, the Realtime API) would be relayed unmetered: refused.
             # 426 makes Codex use HTTP for the session, which is metered here (see README "Intercept mode").
             flow.metadata[CALL] = None
-            answer_error(flow, ErrorFormat.OPENAI, GatewayError(
+            answer_error(flow, DEFAULT_ERRORS, GatewayError(
                 426, "TokenSense meters provider calls over HTTP in intercept mode; WebSocket calls to "
                 f"{req.pretty_host} are refused. Use HTTP (Codex falls back to it by itself)."),
                 headers={"upgrade": "websocket"})

@@ -55,8 +55,9 @@ from mitmproxy.proxy.layers.http._events import (
 from mitmproxy.proxy.layers.websocket import WebsocketLayer
 from mitmproxy.proxy.utils import expect
 
-from tokensense.core.errors import ErrorFormat, error_bytes, format_for_path
+from tokensense.core.errors import ErrorShape, error_bytes
 from tokensense.gateway import flowmeta
+from tokensense.providers import DEFAULT_ERRORS, error_shape_for_path
 
 log = logging.getLogger(__name__)
 
@@ -86,14 +87,14 @@ class UpstreamFailedHook(commands.StartHook):
 def _error_response(request: http.Request | None, status: int, message: str) -> bytes:
     """The JSON answer that replaces mitmproxy's HTML error page."""
     call = flowmeta.call_of_request(request) if request is not None else None
-    fmt = call.fmt if call is not None else format_for_path(request.path if request is not None else "/")
+    fmt = call.fmt if call is not None else error_shape_for_path(request.path if request is not None else "/")
     headers = {"content-type": "application/json", "connection": "close"}
     if call is not None:
         status, text, code = call.protocol_error(status, message)
         headers["x-tokensense-request-id"] = call.request_id
     else:
         text, code = _generic_message(status, message), "bad_request" if status < 500 else "proxy_error"
-    body = error_bytes(fmt if isinstance(fmt, ErrorFormat) else ErrorFormat.OPENAI, status, text, code=code)
+    body = error_bytes(fmt if isinstance(fmt, ErrorShape) else DEFAULT_ERRORS, status, text, code=code)
     if request is not None and request.method == "HEAD":
         body = b""
     return http1.assemble_response(http.Response.make(status, body, headers))

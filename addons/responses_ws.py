@@ -26,11 +26,12 @@ from mitmproxy import ctx, http
 
 from addons.common import answer_error, asks_for_websocket, intercepting, lookup_key, strip_client_keys
 from tokensense.core.endpoints import Endpoint
-from tokensense.core.errors import ErrorFormat, GatewayError
+from tokensense.core.errors import GatewayError
 from tokensense.gateway import responses_ws as ws
 from tokensense.gateway.auth import client_key
 from tokensense.gateway.call import CallContext
 from tokensense.gateway.flowmeta import CALL, WS_TERMINATED, refuse_body, set_call
+from tokensense.gateway.routing import classify
 from tokensense.gateway.runtime import Runtime
 from tokensense.metering.attribution import attribution
 
@@ -38,6 +39,8 @@ log = logging.getLogger(__name__)
 
 TRANSPORT_HEADER = "x-tokensense-transport"  # set on the per-response HTTP calls: the record says "websocket"
 _MB = 1024 * 1024
+# The handshake's errors are in the Responses API's shape (the route of its HTTP calls).
+_ERRORS = classify("POST", "/v1/responses").fmt
 
 
 @dataclass(slots=True)
@@ -76,7 +79,7 @@ class ResponsesWebSocket:
         presented = client_key(req.headers, req.query if b"key=" in req.data.path else {})
         strip_client_keys(req)
         # The handshake itself is not a provider call: each response becomes its own record.
-        call = CallContext(Endpoint.RESPONSES, ErrorFormat.OPENAI, method="GET", recorded=True)
+        call = CallContext(Endpoint.RESPONSES, _ERRORS, method="GET", recorded=True)
         set_call(flow, call)
         call.attribution = attribution(req.headers)
         try:
@@ -97,7 +100,7 @@ class ResponsesWebSocket:
                 raise GatewayError(400, "Not a valid WebSocket handshake (Sec-WebSocket-Key, version 13).",
                                    code="invalid_request")
         except GatewayError as e:
-            answer_error(flow, ErrorFormat.OPENAI, e, headers={"upgrade": "websocket"} if e.status == 426 else None)
+            answer_error(flow, call.fmt, e, headers={"upgrade": "websocket"} if e.status == 426 else None)
             refuse_body(flow)
             return
         call.key = key

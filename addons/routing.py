@@ -12,7 +12,7 @@ import json
 from mitmproxy import http
 
 from addons.common import answer_error, answer_json, get_call, prepare_upstream, require_credential
-from tokensense.core.endpoints import RESPONSES_ENDPOINTS, STREAM_ACTIONS, Endpoint
+from tokensense.core.endpoints import RESPONSES_ENDPOINTS, Endpoint
 from tokensense.core.errors import GatewayError
 from tokensense.gateway.body import optional_token_count, parse_json_body
 from tokensense.gateway.call import CallContext
@@ -88,20 +88,21 @@ class Router:
         return by_provider
 
     def _route(self, flow: http.HTTPFlow, call: CallContext) -> None:
-        endpoint = call.route_endpoint
+        endpoint, route = call.route_endpoint, call.route
+        assert route is not None  # set by the admit stage with the endpoint
         body = parse_json_body(flow.request.raw_content)
-        if call.path_provider is not None:  # Bedrock, Vertex AI, Azure paths name their provider
+        # The body names the model (and is rewritten to the provider's own name) unless the path does.
+        model_in_body = route.model_in_body and call.path_provider is None
+        if call.path_provider is not None:  # the cloud platforms' paths name their provider
             named = call.path_model or body.get("model")
             requested = f"{call.path_provider}/{named}" if isinstance(named, str) and named else None
-            call.stream = call.action in STREAM_ACTIONS or body.get("stream") is True
-        elif endpoint is Endpoint.GEMINI:
+        elif not model_in_body:
             requested = call.path_model
-            call.stream = call.action == "streamGenerateContent"
         else:
             requested = body.get("model")
-            call.stream = body.get("stream") is True
+        call.stream = route.stream or (route.body_streams and body.get("stream") is True)
         call.requested_model = requested if isinstance(requested, str) else None  # kept by a refused call's record
-        if call.path_provider is None and endpoint is not Endpoint.GEMINI:
+        if model_in_body:
             optional_token_count(body, "max_completion_tokens", "max_tokens", "max_output_tokens")
         adapter, model = resolve_model(requested, self.runtime.prices)
         call.provider, call.model = adapter, adapter.catalog_model(model)  # priced and policed by the model it runs
@@ -112,7 +113,7 @@ class Router:
             upstream = adapter.upstream(endpoint, model, stream=call.stream, action=call.action, version=call.version,
                                         **params)
             changed = False
-            if requested != model and endpoint is not Endpoint.GEMINI and call.path_provider is None:
+            if requested != model and model_in_body:
                 body["model"] = model  # `provider/model` names the provider; the provider wants its own name
                 changed = True
             with_usage, call.client_wants_usage = with_stream_usage(call, body)

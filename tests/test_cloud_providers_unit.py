@@ -369,21 +369,23 @@ def test_client_key_from_azure_and_aws_clients():
 
 def test_gateway_routes_for_the_cloud_paths():
     from tokensense.core.endpoints import Endpoint
-    from tokensense.core.errors import ErrorFormat, GatewayError, error_body
+    from tokensense.core.errors import GatewayError, error_body
     from tokensense.gateway.routing import classify
+    from tokensense.providers.anthropic import ANTHROPIC_ERRORS
+    from tokensense.providers.bedrock import AWS_ERRORS
 
     route = classify("POST", "/model/us.anthropic.claude-sonnet-4-5-20250929-v1%3A0/converse-stream")
-    assert (route.endpoint, route.provider, route.model, route.action) == (Endpoint.BEDROCK, "bedrock", CLAUDE, "converse-stream")
-    assert route.fmt is ErrorFormat.BEDROCK
+    assert (route.endpoint, route.provider, route.model, route.action) == (bedrock.NATIVE, "bedrock", CLAUDE, "converse-stream")
+    assert route.fmt is AWS_ERRORS and route.stream and route.endpoint == "bedrock"  # the records' endpoint id
     route = classify("POST", "/v1/projects/p/locations/us-east5/publishers/anthropic/models/count-tokens:rawPredict")
-    assert (route.endpoint, route.model, route.fmt) == (Endpoint.VERTEX, None, ErrorFormat.ANTHROPIC)
+    assert (route.endpoint, route.model, route.fmt) == (vertex.NATIVE, None, ANTHROPIC_ERRORS)
     assert dict(route.params)["path_model"] == "count-tokens"
     route = classify("POST", "/openai/deployments/prod-4o/embeddings")
     assert (route.endpoint, route.provider, route.model) == (Endpoint.EMBEDDINGS, "azure", "prod-4o")
     for path in ("/model/../converse", "/openai/deployments/x/audio/speech", "/v1/projects/p/locations/l/publishers/x/models/m:rawPredict"):
         with pytest.raises(GatewayError):
             classify("POST", path)
-    assert error_body(ErrorFormat.BEDROCK, 429, "slow down") == {"__type": "ThrottlingException", "message": "slow down"}
+    assert error_body(AWS_ERRORS, 429, "slow down") == {"__type": "ThrottlingException", "message": "slow down"}
 
 
 def test_registry_and_intercept_hosts_of_configured_providers():

@@ -16,7 +16,7 @@ from mitmproxy.test import tflow
 from addons.common import CALL, answer_error
 from addons.media import MEDIA, Media, MediaCall
 from tokensense.config import ModelPrice
-from tokensense.core.errors import ErrorFormat, GatewayError
+from tokensense.core.errors import GatewayError
 from tokensense.core.usage import TokenUsage
 from tokensense.demo.fakeprovider.media import mp3_bytes, speech_audio
 from tokensense.gateway import media
@@ -31,6 +31,7 @@ from tokensense.metering.media_prices import (
 )
 from tokensense.metering.pricing import PriceBook
 from tokensense.providers import PROVIDERS
+from tokensense.providers.openai import OPENAI_ERRORS
 from tokensense.settings import Settings
 
 
@@ -335,7 +336,7 @@ def media_flow(kind: str, model: str, **state: object):  # type: ignore[no-untyp
     runtime = Runtime(Settings())
     addon = Media(runtime)
     flow = tflow.tflow(resp=True)
-    call = CallContext(Endpoint.SPEECH if kind == "speech" else Endpoint.TRANSCRIPTIONS, ErrorFormat.OPENAI)
+    call = CallContext(Endpoint.SPEECH if kind == "speech" else Endpoint.TRANSCRIPTIONS, OPENAI_ERRORS)
     call.provider, call.model = PROVIDERS["openai"], model
     flow.metadata[CALL] = call
     flow.metadata[MEDIA] = MediaCall(kind, **state)  # type: ignore[arg-type]
@@ -406,7 +407,7 @@ def test_invalid_media_prices_in_config_refuse_media_requests_with_the_reason() 
     flow = tflow.tflow()
     flow.request.path = "/v1/images/generations"
     flow.request.content = b'{"model": "dall-e-3", "prompt": "x"}'
-    call = CallContext(Endpoint.IMAGES, ErrorFormat.OPENAI)
+    call = CallContext(Endpoint.IMAGES, OPENAI_ERRORS)
     call.key = SimpleNamespace(project=None)  # type: ignore[assignment]
     flow.metadata[CALL] = call
     addon.request(flow)
@@ -418,7 +419,7 @@ def test_answers_tokensense_made_itself_are_not_translated_as_provider_errors() 
     """A policy refusal (402) on a fal request must keep its OpenAI-shaped message, not become "fal answered 402"."""
     addon, flow, call = media_flow("fal", "fal-ai/flux/dev")
     refusal = GatewayError(402, "The key `k` has spent its budget.", code="budget_exceeded")
-    answer_error(flow, ErrorFormat.OPENAI, refusal)
+    answer_error(flow, OPENAI_ERRORS, refusal)
     addon.responseheaders(flow)
     addon.response(flow)
     assert json.loads(flow.response.content)["error"]["message"] == "The key `k` has spent its budget."

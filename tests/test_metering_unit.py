@@ -7,7 +7,6 @@ from pathlib import Path
 
 import pytest
 
-from tokensense.core.errors import ErrorFormat
 from tokensense.core.usage import TokenUsage
 from tokensense.gateway.call import CallContext
 from tokensense.gateway.record import build_record
@@ -18,6 +17,7 @@ from tokensense.metering.pricing import PriceBook
 from tokensense.metering.sse import EventSplitter, parse_event
 from tokensense.metering.usage_extract import find_usage_object
 from tokensense.providers import PROVIDERS
+from tokensense.providers.openai import OPENAI_ERRORS
 
 STREAMS = Path(__file__).parent / "fixtures" / "streams"
 
@@ -46,7 +46,7 @@ def test_event_splitter_handles_crlf_events() -> None:
 
 def run_stream(provider: str, fixture: str, *, drop: bool, size: int = 13) -> tuple[bytes, TokenUsage]:
     adapter = PROVIDERS[provider]
-    call = CallContext(Endpoint.CHAT, ErrorFormat.OPENAI)
+    call = CallContext(Endpoint.CHAT, OPENAI_ERRORS)
     collector = adapter.stream_usage()
     stream = PassthroughStream(call, collector, adapter.usage_markers(), drop_usage_chunk=drop)
     raw = (STREAMS / fixture).read_bytes()
@@ -132,7 +132,7 @@ def test_attribution_headers_and_key_project_fallback() -> None:
 
 
 def test_build_record_prices_and_times_the_call() -> None:
-    call = CallContext(Endpoint.CHAT, ErrorFormat.OPENAI, provider=PROVIDERS["openai"], model="gpt-4o-mini",
+    call = CallContext(Endpoint.CHAT, OPENAI_ERRORS, provider=PROVIDERS["openai"], model="gpt-4o-mini",
                        usage=TokenUsage(input_tokens=1000, output_tokens=1000))
     record = build_record(call, status=200, prices=PriceBook())
     assert record.cost_usd == pytest.approx((1000 * 0.15 + 1000 * 0.6) / 1e6)

@@ -13,7 +13,6 @@ from sqlalchemy.exc import OperationalError
 from sqlalchemy.pool import StaticPool
 from sqlmodel import Session, SQLModel, create_engine, select
 
-from tokensense.core.errors import ErrorFormat
 from tokensense.gateway.call import CallContext
 from tokensense.gateway.record import build_record
 from tokensense.gateway.routing import Endpoint
@@ -24,6 +23,7 @@ from tokensense.metering.sanitize import clean_text
 from tokensense.metering.spool import DEAD_LETTER_FILE, SPOOL_DIRECTORY, DeadLetters, Spool, quarantined_count
 from tokensense.metering.sse import EventSplitter
 from tokensense.providers import PROVIDERS
+from tokensense.providers.openai import OPENAI_ERRORS
 from tokensense.storage.models import Usage, UsageCreate
 
 
@@ -71,7 +71,7 @@ def test_attribution_header_with_bad_bytes_is_cleaned() -> None:
 
 
 def test_record_builder_cleans_model_key_name_and_error() -> None:
-    call = CallContext(Endpoint.CHAT, ErrorFormat.OPENAI, provider=PROVIDERS["openai"], model="gpt\udcff-4o\x00",
+    call = CallContext(Endpoint.CHAT, OPENAI_ERRORS, provider=PROVIDERS["openai"], model="gpt\udcff-4o\x00",
                        error="bad\udc80 answer\n" + "x" * 1000, attribution={"workflow": "w\udcff", "step": None})
     record = build_record(call, status=502, prices=PriceBook())
     assert record.model == "gpt\ufffd-4o"

@@ -26,6 +26,7 @@ from tokensense.core.errors import GatewayError
 from tokensense.gateway.flowmeta import get_call
 from tokensense.gateway.runtime import Runtime
 from tokensense.providers import PROVIDERS
+from tokensense.providers.gemini import NATIVE as gemini_native
 from tokensense.settings import Settings
 from tokensense.storage import repo
 
@@ -211,7 +212,7 @@ def test_upstream_paths_take_one_valid_segment_only() -> None:
             gemini.upstream(Endpoint.CHAT, model, stream=False)
         assert e.value.status == 400
     with pytest.raises(GatewayError):
-        gemini.upstream(Endpoint.GEMINI, "gemini-2.5-flash", stream=False, action="deleteFile")
+        gemini.upstream(gemini_native, "gemini-2.5-flash", stream=False, action="deleteFile")
     fal = PROVIDERS["fal"]
     assert fal.media_route(Endpoint.IMAGES, "fal-ai/flux/dev", declared=False).upstream_path == "/fal-ai/flux/dev"
     with pytest.raises(GatewayError):

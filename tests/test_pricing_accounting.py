@@ -12,7 +12,6 @@ import pytest
 from pydantic import ValidationError
 
 from tokensense.config import FileConfig, ModelPrice
-from tokensense.core.errors import ErrorFormat
 from tokensense.core.usage import TokenUsage
 from tokensense.gateway.call import CallContext
 from tokensense.gateway.keys import KeyInfo
@@ -26,6 +25,7 @@ from tokensense.metering.usage_extract import find_service_tier, usage_from_answ
 from tokensense.providers import PROVIDERS
 from tokensense.providers.anthropic.usage import usage_from_anthropic
 from tokensense.providers.gemini.usage import usage_from_gemini
+from tokensense.providers.openai import OPENAI_ERRORS
 from tokensense.providers.openai_usage import usage_from_openai
 from tokensense.providers.usage_fields import reset_warnings
 
@@ -102,7 +102,7 @@ def test_an_unknown_model_is_unpriced_not_free_and_logged_once(caplog: pytest.Lo
     assert sum("gpt-nonexistent-9" in r.getMessage() for r in caplog.records) == 1
     assert book.pricing_kind("openai", "gpt-nonexistent-9") == "unpriced"
     assert book.cost("openai", "gpt-nonexistent-9", TokenUsage()) == 0.0  # nothing used: nothing to price
-    call = CallContext(Endpoint.CHAT, ErrorFormat.OPENAI, provider=PROVIDERS["openai"], model="gpt-nonexistent-9",
+    call = CallContext(Endpoint.CHAT, OPENAI_ERRORS, provider=PROVIDERS["openai"], model="gpt-nonexistent-9",
                        usage=usage)
     record = build_record(call, status=200, prices=book)
     assert record.cost_usd is None and record.input_tokens == 100

@@ -5,26 +5,31 @@ from __future__ import annotations
 import pytest
 
 from tokensense.config import ModelPrice
-from tokensense.core.errors import ErrorFormat, GatewayError, error_body, format_for_path
+from tokensense.core.errors import ErrorShape, GatewayError, error_body
 from tokensense.gateway.auth import client_key
 from tokensense.gateway.body import parse_json_body
 from tokensense.gateway.routing import Endpoint, classify, join_url, resolve_model
 from tokensense.metering.pricing import PriceBook
+from tokensense.providers import error_shape_for_path
+from tokensense.providers.anthropic import ANTHROPIC_ERRORS
+from tokensense.providers.gemini import GOOGLE_ERRORS
+from tokensense.providers.gemini import NATIVE as GEMINI
+from tokensense.providers.openai import OPENAI_ERRORS
 
 BOOK = PriceBook({"my-finetune": ModelPrice(provider="openai", input_per_mtok=1, output_per_mtok=2)})
 
 
 @pytest.mark.parametrize(("method", "path", "endpoint", "fmt"), [
-    ("POST", "/v1/chat/completions", Endpoint.CHAT, ErrorFormat.OPENAI),
-    ("POST", "/chat/completions", Endpoint.CHAT, ErrorFormat.OPENAI),
-    ("POST", "/v1/embeddings", Endpoint.EMBEDDINGS, ErrorFormat.OPENAI),
-    ("POST", "/v1/messages", Endpoint.MESSAGES, ErrorFormat.ANTHROPIC),
-    ("POST", "/v1beta/models/gemini-2.5-flash:generateContent", Endpoint.GEMINI, ErrorFormat.GOOGLE),
-    ("POST", "/v1/models/gemini-2.5-flash:streamGenerateContent", Endpoint.GEMINI, ErrorFormat.GOOGLE),
-    ("GET", "/v1/models", Endpoint.MODELS, ErrorFormat.OPENAI),
-    ("GET", "/health", Endpoint.HEALTH, ErrorFormat.OPENAI),
+    ("POST", "/v1/chat/completions", Endpoint.CHAT, OPENAI_ERRORS),
+    ("POST", "/chat/completions", Endpoint.CHAT, OPENAI_ERRORS),
+    ("POST", "/v1/embeddings", Endpoint.EMBEDDINGS, OPENAI_ERRORS),
+    ("POST", "/v1/messages", Endpoint.MESSAGES, ANTHROPIC_ERRORS),
+    ("POST", "/v1beta/models/gemini-2.5-flash:generateContent", GEMINI, GOOGLE_ERRORS),
+    ("POST", "/v1/models/gemini-2.5-flash:streamGenerateContent", GEMINI, GOOGLE_ERRORS),
+    ("GET", "/v1/models", Endpoint.MODELS, OPENAI_ERRORS),
+    ("GET", "/health", Endpoint.HEALTH, OPENAI_ERRORS),
 ])
-def test_classify(method: str, path: str, endpoint: Endpoint, fmt: ErrorFormat) -> None:
+def test_classify(method: str, path: str, endpoint: Endpoint, fmt: ErrorShape) -> None:
     route = classify(method, path)
     assert route.endpoint is endpoint and route.fmt is fmt
 
@@ -98,10 +103,84 @@ def test_base_url_prefix_is_kept() -> None:
 
 
 def test_error_shapes_per_endpoint_format() -> None:
-    assert error_body(ErrorFormat.OPENAI, 401, "no")["error"]["type"] == "authentication_error"
-    assert error_body(ErrorFormat.ANTHROPIC, 404, "no") == {"type": "error",
+    assert error_body(OPENAI_ERRORS, 401, "no")["error"]["type"] == "authentication_error"
+    assert error_body(ANTHROPIC_ERRORS, 404, "no") == {"type": "error",
                                                             "error": {"type": "not_found_error", "message": "no"}}
-    assert error_body(ErrorFormat.GOOGLE, 403, "no") == {"error": {"code": 403, "message": "no",
+    assert error_body(GOOGLE_ERRORS, 403, "no") == {"error": {"code": 403, "message": "no",
                                                                    "status": "PERMISSION_DENIED"}}
-    assert format_for_path("/v1/messages") is ErrorFormat.ANTHROPIC
-    assert format_for_path("/v1beta/models/x:generateContent") is ErrorFormat.GOOGLE
+    assert error_shape_for_path("/v1/messages") is ANTHROPIC_ERRORS
+    assert error_shape_for_path("/v1beta/models/x:generateContent") is GOOGLE_ERRORS
+
+
+VERTEX = "/v1/projects/p/locations/us-east5/publishers"
+# Every path served before the route table moved into the providers, with the endpoint id its records carry
+# (existing data depends on it), the error shape's name, and the route properties the pipeline branches on:
+# (stream, body_streams, free, retried, model_in_body, provider named by the path).
+ROUTE_TABLE = [
+    ("POST", "/v1/chat/completions", "chat.completions", "openai", (False, True, False, True, True, None)),
+    ("POST", "/chat/completions", "chat.completions", "openai", (False, True, False, True, True, None)),
+    ("POST", "/embeddings", "embeddings", "openai", (False, True, False, True, True, None)),
+    ("POST", "/v1/images/generations", "images.generations", "openai", (False, True, False, False, True, None)),
+    ("POST", "/v1/audio/speech", "audio.speech", "openai", (False, True, False, False, True, None)),
+    ("POST", "/v1/audio/transcriptions", "audio.transcriptions", "openai", (False, True, False, False, True, None)),
+    ("POST", "/responses", "responses", "openai", (False, True, False, False, True, None)),
+    ("POST", "/v1/responses/input_tokens", "responses.input_tokens", "openai", (False, True, True, False, True, None)),
+    ("POST", "/v1/responses/compact", "responses.compact", "openai", (False, True, False, False, True, None)),
+    ("GET", "/v1/responses/resp_1", "responses.retrieve", "openai", (False, True, False, False, True, None)),
+    ("DELETE", "/responses/resp_1", "responses.delete", "openai", (False, True, False, False, True, None)),
+    ("POST", "/v1/responses/resp_1/cancel", "responses.cancel", "openai", (False, True, False, False, True, None)),
+    ("GET", "/v1/responses/resp_1/input_items", "responses.input_items", "openai",
+     (False, True, False, False, True, None)),
+    ("POST", "/v1/messages", "messages", "anthropic", (False, True, False, True, True, None)),
+    ("POST", "/v1/messages/count_tokens", "messages.count_tokens", "anthropic", (False, True, True, True, True, None)),
+    ("POST", "/v1beta/models/gemini-2.5-flash:streamGenerateContent", "gemini", "google",
+     (True, False, False, True, False, None)),
+    ("POST", "/v1/models/gemini-2.5-flash:countTokens", "gemini", "google", (False, False, True, True, False, None)),
+    ("POST", "/model/us.anthropic.claude-sonnet-4-5-20250929-v1%3A0/invoke-with-response-stream", "bedrock", "aws",
+     (True, True, False, False, False, "bedrock")),
+    ("POST", "/model/amazon.nova-pro-v1%3A0/converse", "bedrock", "aws", (False, True, False, False, False, "bedrock")),
+    ("POST", f"{VERTEX}/google/models/gemini-2.5-flash:countTokens", "vertex", "google",
+     (False, True, True, False, False, "vertex")),
+    ("POST", f"{VERTEX}/anthropic/models/claude-sonnet-4-5@20250929:streamRawPredict", "vertex", "anthropic",
+     (True, True, False, False, False, "vertex")),
+    ("POST", "/openai/deployments/prod-4o/chat/completions", "chat.completions", "openai",
+     (False, True, False, True, True, "azure")),
+    ("POST", "/openai/v1/embeddings", "embeddings", "openai", (False, True, False, True, True, "azure")),
+    ("GET", "/v1/models", "models", "openai", (False, True, False, False, True, None)),
+    ("GET", "/models", "models", "openai", (False, True, False, False, True, None)),
+    ("GET", "/v1beta/models", "models", "google", (False, True, False, False, True, None)),
+    ("GET", "/v1/models/gpt-4o", "models.retrieve", "openai", (False, True, False, False, True, None)),
+    ("GET", "/v1beta/models/gemini-2.5-flash", "models.retrieve", "google", (False, True, False, False, True, None)),
+    ("HEAD", "/", "health", "openai", (False, True, False, False, True, None)),
+    ("GET", "/v1/tokensense/requests/0123456789abcdef", "tokensense.request", "openai",
+     (False, True, False, False, True, None)),
+]
+
+
+@pytest.mark.parametrize(("method", "path", "endpoint", "shape", "properties"), ROUTE_TABLE,
+                         ids=[f"{m} {p}" for m, p, *_ in ROUTE_TABLE])
+def test_every_path_keeps_its_endpoint_shape_and_properties(method: str, path: str, endpoint: str, shape: str,
+                                                            properties: tuple) -> None:
+    route = classify(method, path)
+    assert (route.endpoint.value, route.fmt.name) == (endpoint, shape)
+    assert (route.stream, route.body_streams, route.free, route.retried, route.model_in_body, route.provider) == \
+        properties
+
+
+@pytest.mark.parametrize(("method", "path"), [
+    ("GET", "/v1/responses/input_tokens"), ("POST", "/v1/responses/resp_1"), ("POST", "/v1/models"),
+    ("POST", "/openai/v1/responses"), ("POST", "/openai/deployments/x/completions"), ("POST", "/model/../converse"),
+    ("POST", f"{VERTEX}/google/models/gemini-2.5-flash:rawPredict"), ("GET", "/v1/messages"),
+    ("POST", "/v1beta/models/gemini-2.5-flash:deleteFile"), ("POST", "/v1/images/edits"),
+])
+def test_paths_not_served_stay_404(method: str, path: str) -> None:
+    with pytest.raises(GatewayError) as e:
+        classify(method, path)
+    assert e.value.status == 404
+
+
+def test_errors_on_unrouted_paths_take_the_shape_of_their_prefix() -> None:
+    assert error_shape_for_path("/model/x/unknown").name == "aws"
+    assert error_shape_for_path("/v1/messages/batches").name == "anthropic"
+    assert error_shape_for_path("/v1/models/x:unknownAction").name == "google"
+    assert error_shape_for_path("/v2/nothing").name == "openai"

@@ -2,32 +2,89 @@
 
 from __future__ import annotations
 
-from enum import StrEnum
+from typing import ClassVar
 
 
-class Endpoint(StrEnum):
-    CHAT = "chat.completions"
-    EMBEDDINGS = "embeddings"
-    MESSAGES = "messages"
-    COUNT_TOKENS = "messages.count_tokens"
-    GEMINI = "gemini"
-    IMAGES = "images.generations"
-    SPEECH = "audio.speech"
-    TRANSCRIPTIONS = "audio.transcriptions"
-    BEDROCK = "bedrock"  # AWS Bedrock runtime: /model/{modelId}/{converse|converse-stream|invoke|invoke-with-response-stream}
-    VERTEX = "vertex"  # Vertex AI: /{v}/projects/{p}/locations/{l}/publishers/{google|anthropic}/models/{m}:{action}
-    MODELS = "models"
-    MODEL = "models.retrieve"
-    RESPONSES = "responses"
-    RESPONSES_RETRIEVE = "responses.retrieve"
-    RESPONSES_DELETE = "responses.delete"
-    RESPONSES_CANCEL = "responses.cancel"
-    RESPONSES_INPUT_ITEMS = "responses.input_items"
-    RESPONSES_INPUT_TOKENS = "responses.input_tokens"
-    RESPONSES_COMPACT = "responses.compact"
-    HEALTH = "health"
-    REQUEST_RECORD = "tokensense.request"  # GET /v1/tokensense/requests/{id}: a call's usage record
-    UNKNOWN = "unknown"
+class Endpoint(str):
+    """One client-facing endpoint, by the id usage records store (`chat.completions`, `messages`, ...).
+
+    The endpoints shared by several providers are the class attributes below. A
+    provider whose API has an endpoint of its own defines it in its own package
+    (`NATIVE = Endpoint("...")`) and names it in its routes; the id is what its
+    records carry, so it must never change once records exist. Equal ids are one
+    object: `Endpoint("messages") is Endpoint.MESSAGES`, so `is` compares them.
+    """
+
+    __slots__ = ()
+    _known: ClassVar[dict[str, Endpoint]] = {}
+
+    def __new__(cls, value: str) -> Endpoint:
+        known = cls._known.get(value)
+        if known is None:
+            known = cls._known[value] = super().__new__(cls, value)
+        return known
+
+    def __reduce__(self) -> tuple[type[Endpoint], tuple[str]]:
+        return Endpoint, (str(self),)
+
+    def __copy__(self) -> Endpoint:
+        return self
+
+    def __deepcopy__(self, memo: object) -> Endpoint:
+        return self
+
+    @property
+    def value(self) -> str:
+        """The id as a plain string (as records store it)."""
+        return str.__str__(self)
+
+    def __repr__(self) -> str:
+        return f"Endpoint({str.__repr__(self)})"
+
+    CHAT: ClassVar[Endpoint]
+    EMBEDDINGS: ClassVar[Endpoint]
+    MESSAGES: ClassVar[Endpoint]
+    COUNT_TOKENS: ClassVar[Endpoint]
+    IMAGES: ClassVar[Endpoint]
+    SPEECH: ClassVar[Endpoint]
+    TRANSCRIPTIONS: ClassVar[Endpoint]
+    MODELS: ClassVar[Endpoint]
+    MODEL: ClassVar[Endpoint]
+    RESPONSES: ClassVar[Endpoint]
+    RESPONSES_RETRIEVE: ClassVar[Endpoint]
+    RESPONSES_DELETE: ClassVar[Endpoint]
+    RESPONSES_CANCEL: ClassVar[Endpoint]
+    RESPONSES_INPUT_ITEMS: ClassVar[Endpoint]
+    RESPONSES_INPUT_TOKENS: ClassVar[Endpoint]
+    RESPONSES_COMPACT: ClassVar[Endpoint]
+    HEALTH: ClassVar[Endpoint]
+    REQUEST_RECORD: ClassVar[Endpoint]
+    UNKNOWN: ClassVar[Endpoint]
+    # Transitional: only tokensense/gateway/model_lists.py still names it (another branch moves the model
+    # lists into the providers; then this goes). The provider's own name for it is its package's `NATIVE`.
+    GEMINI: ClassVar[Endpoint]
+
+
+Endpoint.CHAT = Endpoint("chat.completions")
+Endpoint.EMBEDDINGS = Endpoint("embeddings")
+Endpoint.MESSAGES = Endpoint("messages")
+Endpoint.COUNT_TOKENS = Endpoint("messages.count_tokens")
+Endpoint.IMAGES = Endpoint("images.generations")
+Endpoint.SPEECH = Endpoint("audio.speech")
+Endpoint.TRANSCRIPTIONS = Endpoint("audio.transcriptions")
+Endpoint.MODELS = Endpoint("models")
+Endpoint.MODEL = Endpoint("models.retrieve")
+Endpoint.RESPONSES = Endpoint("responses")
+Endpoint.RESPONSES_RETRIEVE = Endpoint("responses.retrieve")
+Endpoint.RESPONSES_DELETE = Endpoint("responses.delete")
+Endpoint.RESPONSES_CANCEL = Endpoint("responses.cancel")
+Endpoint.RESPONSES_INPUT_ITEMS = Endpoint("responses.input_items")
+Endpoint.RESPONSES_INPUT_TOKENS = Endpoint("responses.input_tokens")
+Endpoint.RESPONSES_COMPACT = Endpoint("responses.compact")
+Endpoint.HEALTH = Endpoint("health")
+Endpoint.REQUEST_RECORD = Endpoint("tokensense.request")  # GET /v1/tokensense/requests/{id}: a call's usage record
+Endpoint.UNKNOWN = Endpoint("unknown")
+Endpoint.GEMINI = Endpoint("gemini")  # transitional, see above
 
 
 # The Responses API routes that name a stored response in the path (`/v1/responses/{id}[/...]`).
@@ -38,20 +95,3 @@ RESPONSE_ID_ENDPOINTS = frozenset({
 RESPONSES_ENDPOINTS = RESPONSE_ID_ENDPOINTS | {
     Endpoint.RESPONSES, Endpoint.RESPONSES_INPUT_TOKENS, Endpoint.RESPONSES_COMPACT,
 }
-# Actions (from the path) whose answer is a stream, whatever the body says.
-STREAM_ACTIONS = frozenset({"streamGenerateContent", "streamRawPredict", "converse-stream", "invoke-with-response-stream"})
-
-# Gemini's `models/{model}:{action}` actions TokenSense forwards; any other action is a 404.
-GEMINI_ACTIONS = frozenset({
-    "generateContent", "streamGenerateContent", "countTokens", "embedContent", "batchEmbedContents", "predict",
-})
-
-# Calls the providers do not charge for: they count a prompt's tokens and generate nothing
-# (Anthropic's count_tokens, Gemini's and Vertex AI's countTokens, Responses input_tokens).
-FREE_ENDPOINTS = frozenset({Endpoint.COUNT_TOKENS, Endpoint.RESPONSES_INPUT_TOKENS})
-FREE_ACTIONS = frozenset({"countTokens"})
-
-
-def is_free_call(endpoint: Endpoint, action: str | None) -> bool:
-    """Whether a call on this route is free: recorded at cost 0 (priced, not unpriced), never refused by a budget."""
-    return endpoint in FREE_ENDPOINTS or action in FREE_ACTIONS

@@ -10,6 +10,7 @@ from typing import Any
 from mitmproxy import http
 from pydantic import BaseModel, Field
 
+from tokensense.core.errors import GatewayError
 from tokensense.core.usage import TokenUsage
 from tokensense.flows.recording import RECORD, read_flow_file
 from tokensense.gateway import media as gateway_media
@@ -20,7 +21,7 @@ from tokensense.metering.media_prices import MediaPriceTable, catalog_media_cost
 from tokensense.metering.pricing import PriceBook
 from tokensense.metering.sse import EventSplitter, parse_event
 from tokensense.metering.usage_extract import usage_from_answer, with_request_tier
-from tokensense.providers import OPENAI_COMPATIBLE, ProviderAdapter, get_provider, openai_format_reader
+from tokensense.providers import OPENAI_COMPATIBLE, ProviderAdapter, get_provider, match_route, openai_format_reader
 
 _TOKEN_FIELDS = ("input_tokens", "output_tokens", "cached_input_tokens", "cache_write_tokens", "reasoning_tokens")
 _MEDIA_FIELDS = ("images", "characters", "seconds")
@@ -257,12 +258,13 @@ def price_flow(flow: http.HTTPFlow, prices: PriceBook, media: MediaPriceTable,
 
 def _uncounted_input(adapter: ProviderAdapter, path: str, model: str, request: dict[str, Any]) -> bool:
     """Whether the call's answer reports no usage although its input is billed (Gemini embeddings)."""
-    path = path.partition("?")[0]
-    if ":" not in path:
+    try:
+        route = match_route("POST", path.partition("?")[0])
+    except GatewayError:  # a path a route claims with an action it does not forward
         return False
-    version = path.lstrip("/").partition("/")[0]
-    action = path.rpartition(":")[2]
-    return adapter.input_count(Endpoint.GEMINI, action, model, version, request) is not None
+    if route is None or route.model_in_body:
+        return False
+    return adapter.input_count(route.endpoint, route.action, model, route.version, request) is not None
 
 
 def reprice_flows(flows: Iterable[object], *, file: str, prices: PriceBook, media: MediaPriceTable,

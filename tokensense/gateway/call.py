@@ -10,11 +10,11 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from tokensense.core.endpoints import Endpoint
-from tokensense.core.errors import ErrorFormat
+from tokensense.core.errors import ErrorShape
 from tokensense.core.usage import TokenUsage
 from tokensense.gateway.forward import PendingUpstream
 from tokensense.gateway.keys import KeyInfo
-from tokensense.providers import ProviderAdapter, StreamUsage, Translator
+from tokensense.providers import ProviderAdapter, Route, StreamUsage, Translator
 from tokensense.storage.models import UsageCreate
 
 
@@ -30,14 +30,15 @@ class CallContext:
     """Everything TokenSense knows about one call, from request to record."""
 
     route_endpoint: Endpoint
-    fmt: ErrorFormat
-    path_model: str | None = None  # Gemini names the model in the path
-    action: str | None = None  # Gemini `generateContent`, `streamGenerateContent`, ...
-    version: str | None = None  # Gemini's API version in the path
+    fmt: ErrorShape  # the error shape of the route's clients
+    path_model: str | None = None  # the model the path names (`models/{model}:{action}`, `/model/{id}/...`)
+    action: str | None = None  # the path's action (`generateContent`, `converse-stream`, ...)
+    version: str | None = None  # the API version in the path
     resource: str | None = None  # the response id or model id the path names (`/v1/responses/{id}`)
-    path_provider: str | None = None  # the provider the path names (Bedrock, Vertex AI, Azure OpenAI paths)
+    path_provider: str | None = None  # the provider the path names (the cloud platforms' own paths)
     path_params: tuple[tuple[str, str], ...] | None = None  # other path parts that provider needs upstream
     method: str = "POST"
+    route: Route | None = None  # the route the path matched: the properties the pipeline branches on
     started: float = field(default_factory=time.perf_counter)
     request_id: str = field(default_factory=_request_id)
     key: KeyInfo | None = None
@@ -76,6 +77,13 @@ class CallContext:
     # Run with the record of each failed attempt a retry or fallback followed (observers: metrics, spans);
     # `on_record` runs once, with the call's own record (the last attempt's).
     on_attempt_record: list[Callable[[UsageCreate], None]] = field(default_factory=list)
+
+    @classmethod
+    def of_route(cls, route: Route, *, method: str = "POST", fmt: ErrorShape | None = None) -> CallContext:
+        """The context of a call on `route` (the parts its path named, its error shape unless `fmt`)."""
+        return cls(route.endpoint, fmt or route.fmt, path_model=route.model, action=route.action,
+                   version=route.version, resource=route.resource, path_provider=route.provider,
+                   path_params=route.params, method=method, route=route, free=route.free)
 
     @property
     def usage_chunk_added(self) -> bool:

@@ -7,9 +7,7 @@ import logging
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
-from tokensense.core.endpoints import is_free_call
 from tokensense.gateway.call import CallContext
-from tokensense.gateway.routing import Endpoint, Route, format_for_endpoint
 from tokensense.providers import PROVIDERS, ProviderAdapter, get_provider
 
 log = logging.getLogger(__name__)
@@ -102,32 +100,20 @@ def intercepted_call(adapter: ProviderAdapter, method: str, path: str, body: Any
                      form_model: str | None = None) -> CallContext | None:
     """The call context of a request to a provider host, or None for a request TokenSense does not meter.
 
-    Metered are the endpoints the gateway serves natively for that provider
-    (`PASSTHROUGH`): chat and embeddings on OpenAI, xAI and Mistral, Messages
-    on Anthropic, `models/...:action` on Gemini, ..., and fal's `/fal-ai/...`
-    apps. Model lists, files, batches and any other path pass through unmetered.
+    Metered are the paths the provider's `intercept_route` claims: by default its
+    client routes marked `intercepted` of the endpoints it serves natively (chat
+    and embeddings on OpenAI-format providers, Messages on Anthropic's,
+    `models/...:action` on Gemini's, ...), and whatever a provider adds (fal's
+    `/fal-ai/...` apps). Model lists, files, batches and any other path pass
+    through unmetered.
     """
     path = path.partition("?")[0]
-    route = _route(adapter, method, path)
+    route = adapter.intercept_route(method, path)
     if route is None:
         return None
-    call = CallContext(route.endpoint, route.fmt, path_model=route.model, action=route.action)
+    call = CallContext.of_route(route, method=method)
     call.provider = adapter
-    call.free = is_free_call(route.endpoint, route.action)
     model = route.model or (body.get("model") if isinstance(body, dict) else None) or form_model
     call.model = call.requested_model = model if isinstance(model, str) and model else None
-    if route.endpoint is Endpoint.GEMINI:
-        call.stream = route.action == "streamGenerateContent"
-    else:
-        call.stream = isinstance(body, dict) and body.get("stream") is True
+    call.stream = route.stream or (route.body_streams and isinstance(body, dict) and body.get("stream") is True)
     return call
-
-
-def _route(adapter: ProviderAdapter, method: str, path: str) -> Route | None:
-    """The route of a path this provider's own clients call natively; None for paths TokenSense does not meter."""
-    found = adapter.intercept_route(method, path)
-    if found is None:
-        return None
-    endpoint, model = found
-    action = path.rpartition(":")[2] if endpoint is Endpoint.GEMINI else None
-    return Route(endpoint, format_for_endpoint(endpoint), model=model, action=action)

@@ -69,9 +69,6 @@ from tokensense.providers.translation import TranslationError
 log = logging.getLogger(__name__)
 
 ATTEMPTS = "tokensense.attempts"  # flow.metadata: the AttemptsResult of a call that was retried or fell back
-# Endpoints whose calls are retried and fall back (media calls are priced by their own stage: not retried).
-RETRIED_ENDPOINTS = frozenset({Endpoint.CHAT, Endpoint.MESSAGES, Endpoint.COUNT_TOKENS, Endpoint.GEMINI,
-                               Endpoint.EMBEDDINGS})
 _MAY_RETRY = RETRYABLE_STATUSES | KEY_REFUSED_STATUSES
 # Headers of the forwarded request that do not go into an attempt made with httpx (it sets its own).
 _REQUEST_HOP_HEADERS = frozenset({"host", "content-length", "transfer-encoding", "connection", "keep-alive", "te",
@@ -114,11 +111,17 @@ async def prepare_first_attempt(runtime: Runtime, flow: http.HTTPFlow, call: Cal
         pending.base_url, pending.api_key = pick.key.base_url, api_key
         call.provider_key = pick.key.name
         return True
-    if call.route_endpoint not in RETRIED_ENDPOINTS:
+    if not _retried(call):
         return True  # the key the route chose goes; the provider's answer says the rest
     await _run_plan(runtime, flow, call, None)
     call.forwarded = True  # answered by the provider(s) through httpx
     return False
+
+
+def _retried(call: CallContext) -> bool:
+    """Whether the call's route is one the gateway retries and falls back on (a whole JSON answer it can replace;
+    media calls are priced by their own stage, the cloud platforms' paths name their provider: not retried)."""
+    return call.route is not None and call.route.retried
 
 
 def _eligible(call: CallContext | None, flow: http.HTTPFlow) -> bool:
@@ -151,7 +154,7 @@ async def after_answer(runtime: Runtime, flow: http.HTTPFlow, call: CallContext)
     outcome = AttemptOutcome(status, headers, error, answer=_NATIVE)
     made = await _report_first(runtime, call, outcome)
     # A streamed answer has gone to the client as it came: nothing can replace it.
-    if status not in _MAY_RETRY or response.stream or call.route_endpoint not in RETRIED_ENDPOINTS:
+    if status not in _MAY_RETRY or response.stream or not _retried(call):
         return
     await _run_plan(runtime, flow, call, made)
 
@@ -164,7 +167,7 @@ async def after_no_answer(runtime: Runtime, flow: http.HTTPFlow, call: CallConte
     if call.timed_out:
         message = f"no answer within {call.timeout or 0:g} seconds"
     made = await _report_first(runtime, call, AttemptOutcome(None, {}, message, answer=_NATIVE))
-    if call.route_endpoint in RETRIED_ENDPOINTS:
+    if _retried(call):
         await _run_plan(runtime, flow, call, made)
 
 
@@ -271,7 +274,7 @@ def _route(call: CallContext, client_body: dict[str, Any], adapter: Provider, mo
     endpoint = call.route_endpoint
     if endpoint in adapter.native:
         body = dict(client_body)
-        if endpoint is not Endpoint.GEMINI:
+        if call.route is None or call.route.model_in_body:  # else the path names the model
             body["model"] = model
         drop = False
         if call.stream and endpoint is Endpoint.CHAT and adapter.openai_format and not call.client_wants_usage:

@@ -12,8 +12,9 @@ import re
 from collections.abc import Callable
 from typing import Any
 
-from tokensense.core.errors import ErrorFormat, error_body
+from tokensense.core.errors import error_body
 from tokensense.gateway.keys import KeyInfo
+from tokensense.providers import DEFAULT_ERRORS
 
 PATH_PREFIX = "/v1/tokensense/requests/"
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
@@ -31,7 +32,7 @@ def request_id_from_path(path: str) -> str | None:
 
 
 def _not_found(request_id: str) -> tuple[int, dict[str, Any]]:
-    return 404, error_body(ErrorFormat.OPENAI, 404, f"No request `{request_id}` was made with this key (or it "
+    return 404, error_body(DEFAULT_ERRORS, 404, f"No request `{request_id}` was made with this key (or it "
                            "is not recorded yet).", code="request_not_found")
 
 
@@ -45,7 +46,7 @@ def answer_request(key: KeyInfo, request_id: str | None,
     queue) is called once and the lookup repeated.
     """
     if request_id is None:
-        return 404, error_body(ErrorFormat.OPENAI, 404, "A request id is 16 hex digits, as in the "
+        return 404, error_body(DEFAULT_ERRORS, 404, "A request id is 16 hex digits, as in the "
                                "`x-tokensense-request-id` header of an answer.", code="request_not_found")
     records = find(request_id, key.id)
     if not records and flush is not None:

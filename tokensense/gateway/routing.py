@@ -2,105 +2,45 @@
 
 from __future__ import annotations
 
-import re
-from typing import Any, NamedTuple
+from typing import Any
 
-from tokensense.core.endpoints import GEMINI_ACTIONS, Endpoint
-from tokensense.core.errors import ErrorFormat, GatewayError
+from tokensense.core.endpoints import Endpoint
+from tokensense.core.errors import GatewayError
 from tokensense.metering.pricing import PriceBook
-from tokensense.providers import ProviderAdapter, get_provider, provider_for_model
+from tokensense.providers import (
+    DEFAULT_ERRORS,
+    ClientRoute,
+    ProviderAdapter,
+    Route,
+    get_provider,
+    match_route,
+    provider_for_model,
+)
 
+__all__ = ["MEDIA_ENDPOINTS", "Endpoint", "Route", "classify", "join_url", "resolve_model"]
 
-class Route(NamedTuple):
-    endpoint: Endpoint
-    fmt: ErrorFormat
-    model: str | None = None  # from the path (Gemini); else read from the body
-    action: str | None = None  # Gemini `generateContent`, `streamGenerateContent`, ...
-    version: str | None = None  # Gemini's API version in the path (v1beta or v1)
-    resource: str | None = None  # the response id (`/v1/responses/{id}`) or model id (`/v1/models/{id}`) in the path
-    provider: str | None = None  # the provider the path itself names (Bedrock, Vertex AI, Azure OpenAI paths)
-    params: tuple[tuple[str, str], ...] | None = None  # other validated path parts that provider needs upstream
-
-
-_GEMINI_PATH = re.compile(r"^/(?P<version>v1beta|v1)/models/(?P<model>[^:/]+):(?P<action>[A-Za-z]+)$")
-
-_RESPONSE_PATH = re.compile(r"^/(?:v1/)?responses/(?P<id>[^/]+)(?:/(?P<action>cancel|input_items))?$")
-_MODEL_PATH = re.compile(r"^/(?:v1|v1beta)/models/(?P<id>[^/:]+)$")
-_RESPONSE_ROUTES = {
-    ("GET", None): Endpoint.RESPONSES_RETRIEVE,
-    ("DELETE", None): Endpoint.RESPONSES_DELETE,
-    ("POST", "cancel"): Endpoint.RESPONSES_CANCEL,
-    ("GET", "input_items"): Endpoint.RESPONSES_INPUT_ITEMS,
-}
-
-_OPENAI_PATHS = {
-    "/v1/chat/completions": Endpoint.CHAT,
-    "/chat/completions": Endpoint.CHAT,
-    "/v1/embeddings": Endpoint.EMBEDDINGS,
-    "/embeddings": Endpoint.EMBEDDINGS,
-    "/v1/images/generations": Endpoint.IMAGES,
-    "/v1/audio/speech": Endpoint.SPEECH,
-    "/v1/audio/transcriptions": Endpoint.TRANSCRIPTIONS,
-    "/v1/responses": Endpoint.RESPONSES,
-    "/responses": Endpoint.RESPONSES,
-    "/v1/responses/input_tokens": Endpoint.RESPONSES_INPUT_TOKENS,
-    "/v1/responses/compact": Endpoint.RESPONSES_COMPACT,
-}
+# The gateway's own API; every other route is a provider's (tokensense/providers/routes.py).
+_GATEWAY_ROUTES = (
+    ClientRoute(("GET", "HEAD"), "/health|/", Endpoint.HEALTH, DEFAULT_ERRORS),
+    ClientRoute(("GET",), "/(?:v1/)?models", Endpoint.MODELS, DEFAULT_ERRORS),
+    ClientRoute(("GET",), r"/v1/models/(?P<resource>[^/:]+)", Endpoint.MODEL, DEFAULT_ERRORS),
+    ClientRoute(("GET",), "/v1/tokensense/requests/.*", Endpoint.REQUEST_RECORD, DEFAULT_ERRORS),
+)
 
 # Endpoints whose requests the media addon routes (multipart bodies, translated image APIs).
 MEDIA_ENDPOINTS = frozenset({Endpoint.IMAGES, Endpoint.SPEECH, Endpoint.TRANSCRIPTIONS})
 
 
-def format_for_endpoint(endpoint: Endpoint) -> ErrorFormat:
-    """The error shape the clients of an endpoint expect."""
-    if endpoint in (Endpoint.MESSAGES, Endpoint.COUNT_TOKENS):
-        return ErrorFormat.ANTHROPIC
-    if endpoint is Endpoint.GEMINI:
-        return ErrorFormat.GOOGLE
-    if endpoint is Endpoint.BEDROCK:
-        return ErrorFormat.BEDROCK
-    return ErrorFormat.OPENAI
-
-
-def gemini_path(path: str) -> tuple[str, str, str] | None:
-    """(model, action, version) of a native Gemini path `/{v1beta|v1}/models/{model}:{action}`, or None."""
-    m = _GEMINI_PATH.match(path)
-    return (m["model"], m["action"], m["version"]) if m else None
-
-
 def classify(method: str, path: str) -> Route:
-    """The endpoint for `method path` (path without the query), or a 404 GatewayError."""
-    if path in ("/health", "/") and method in ("GET", "HEAD"):
-        return Route(Endpoint.HEALTH, ErrorFormat.OPENAI)
-    if path in ("/v1/models", "/models") and method == "GET":
-        return Route(Endpoint.MODELS, ErrorFormat.OPENAI)
-    if path.startswith("/v1/tokensense/requests/") and method == "GET":
-        return Route(Endpoint.REQUEST_RECORD, ErrorFormat.OPENAI)
-    if path == "/v1beta/models" and method == "GET":
-        return Route(Endpoint.MODELS, ErrorFormat.GOOGLE)
-    if method == "GET" and (m := _MODEL_PATH.match(path)):
-        fmt = ErrorFormat.GOOGLE if path.startswith("/v1beta/") else ErrorFormat.OPENAI
-        return Route(Endpoint.MODEL, fmt, resource=m["id"])
-    if (m := _RESPONSE_PATH.match(path)) and m["id"] not in ("input_tokens", "compact"):
-        if endpoint := _RESPONSE_ROUTES.get((method, m["action"])):
-            return Route(endpoint, ErrorFormat.OPENAI, resource=m["id"])
-    if method == "POST":
-        if endpoint := _OPENAI_PATHS.get(path):
-            return Route(endpoint, ErrorFormat.OPENAI)
-        if path == "/v1/messages":
-            return Route(Endpoint.MESSAGES, ErrorFormat.ANTHROPIC)
-        if path == "/v1/messages/count_tokens":
-            return Route(Endpoint.COUNT_TOKENS, ErrorFormat.ANTHROPIC)
-        if m := _GEMINI_PATH.match(path):
-            if m["action"] not in GEMINI_ACTIONS:
-                raise GatewayError(404, f"TokenSense does not forward the Gemini action `{m['action']}`.",
-                                   code="unknown_endpoint")
-            return Route(Endpoint.GEMINI, ErrorFormat.GOOGLE, model=m["model"], action=m["action"],
-                         version=m["version"])
-        from tokensense.gateway.cloud_routes import classify_cloud
+    """The route of `method path` (path without the query): the gateway's own, or one a provider contributed.
 
-        if route := classify_cloud(path):
+    A path nothing serves is a 404 GatewayError.
+    """
+    for entry in _GATEWAY_ROUTES:
+        if route := entry.match(method, path):
             return route
+    if route := match_route(method, path):
+        return route
     raise GatewayError(404, f"TokenSense has no endpoint {method[:16]} {path[:200]}.", code="unknown_endpoint")
 
 

@@ -22,7 +22,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from tokensense import __version__
-from tokensense.core.endpoints import Endpoint
+from tokensense.providers import genai_operation
 from tokensense.storage.models import UsageCreate
 
 log = logging.getLogger(__name__)
@@ -30,14 +30,6 @@ log = logging.getLogger(__name__)
 ENDPOINT_VARIABLES = ("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", "OTEL_EXPORTER_OTLP_ENDPOINT")
 DEFAULT_SERVICE_NAME = "tokensense"
 
-# gen_ai.operation.name by TokenSense endpoint; endpoints the conventions have no name for keep their own.
-GENAI_OPERATIONS = {
-    Endpoint.CHAT.value: "chat",
-    Endpoint.MESSAGES.value: "chat",
-    Endpoint.RESPONSES.value: "chat",
-    Endpoint.GEMINI.value: "generate_content",
-    Endpoint.EMBEDDINGS.value: "embeddings",
-}
 _MAX_BODY_FOR_MODEL = 1 << 20
 
 
@@ -81,7 +73,7 @@ def response_model(body: bytes | None, content_encoding: str | None = None) -> s
 
 
 def span_name(record: UsageCreate) -> str:
-    operation = GENAI_OPERATIONS.get(record.endpoint, record.endpoint or "call")
+    operation = genai_operation(record.endpoint) or record.endpoint or "call"
     return f"{operation} {record.model}" if record.model else operation
 
 
@@ -89,7 +81,7 @@ def span_attributes(record: UsageCreate, *, response_model: str | None = None,
                     upstream_error: str | None = None) -> dict[str, Any]:
     """The span's attributes: GenAI semantic conventions, then TokenSense's own (`tokensense.*`); no None values."""
     attrs: dict[str, Any] = {
-        "gen_ai.operation.name": GENAI_OPERATIONS.get(record.endpoint, record.endpoint),
+        "gen_ai.operation.name": genai_operation(record.endpoint) or record.endpoint,
         "gen_ai.usage.input_tokens": record.input_tokens,
         "gen_ai.usage.output_tokens": record.output_tokens,
         "http.response.status_code": record.status,

@@ -1,28 +1,103 @@
-"""The provider registry: one line per provider; names, aliases and models resolve to a provider here."""
+"""The provider registry: one line per provider; names, aliases, models, routes and error shapes resolve here."""
 
 from __future__ import annotations
 
+from tokensense.core.errors import ErrorShape
 from tokensense.providers.anthropic import AnthropicAdapter
 from tokensense.providers.azure import AzureOpenAIAdapter
 from tokensense.providers.base import Provider, ProviderAdapter, StreamUsage, Translator, Upstream
 from tokensense.providers.bedrock import BedrockAdapter
 from tokensense.providers.fal import FalAdapter
 from tokensense.providers.gemini import GeminiAdapter
-from tokensense.providers.openai import MistralAdapter, OpenAIAdapter, XAIAdapter
+from tokensense.providers.openai import OPENAI_ERRORS, MistralAdapter, OpenAIAdapter, XAIAdapter
+from tokensense.providers.routes import ClientRoute, Route
 from tokensense.providers.vertex import VertexAdapter
 
 PROVIDERS: dict[str, Provider] = {}
+ALIASES: dict[str, str] = {}
+
+# The error shape of the gateway's own API (/health, /v1/models, request records) and of paths no provider claims.
+DEFAULT_ERRORS: ErrorShape = OPENAI_ERRORS
+
+# The union of the providers' client routes, with the provider that contributed each; rebuilt on `register`.
+_table: list[tuple[ClientRoute, str]] | None = None
 
 
 def register(provider: Provider) -> Provider:
-    """Add a provider (built in, or declared in config.toml); its name and aliases then resolve to it."""
+    """Add a provider (built in, or declared in config.toml); its name, aliases and client routes then resolve."""
+    global _table
     PROVIDERS[provider.name] = provider
     for alias in provider.aliases:
         ALIASES[alias] = provider.name
+    _table = None
     return provider
 
 
-ALIASES: dict[str, str] = {}
+def unregister(name: str) -> None:
+    """Remove a provider (tests that register one of their own)."""
+    global _table
+    provider = PROVIDERS.pop(name, None)
+    for alias in provider.aliases if provider is not None else ():
+        if ALIASES.get(alias) == name:
+            del ALIASES[alias]
+    _table = None
+
+
+def route_table() -> list[tuple[ClientRoute, str]]:
+    """Every provider's client routes, each once (OpenAI-format providers share theirs), in registration order."""
+    global _table
+    table = _table
+    if table is None:
+        seen: set[int] = set()
+        table = []
+        for provider in list(PROVIDERS.values()):
+            for entry in provider.client_routes:
+                if id(entry) not in seen:
+                    seen.add(id(entry))
+                    table.append((entry, provider.name))
+        _table = table
+    return table
+
+
+def match_route(method: str, path: str) -> Route | None:
+    """The route of `method path` (path without the query) in the providers' table; None when none serves it.
+
+    A path a route claims but whose parts it refuses (an action it does not forward) is a 404 GatewayError.
+    """
+    for entry, owner in route_table():
+        route = entry.match(method, path, owner=owner)
+        if route is not None:
+            return route
+    return None
+
+
+def error_shape_for_path(path: str) -> ErrorShape:
+    """The error shape a client of `path` expects, for answers on paths no route serves."""
+    for provider in PROVIDERS.values():
+        for prefix, shape in provider.error_paths:
+            if prefix.match(path):
+                return shape
+    return DEFAULT_ERRORS
+
+
+def error_shape(name: str) -> ErrorShape:
+    """The error shape of that name (the model lists answer in the asking SDK's shape), else the default one."""
+    for entry, _ in route_table():
+        if entry.errors.name == name:
+            return entry.errors
+    for provider in PROVIDERS.values():
+        for _, shape in provider.error_paths:
+            if shape.name == name:
+                return shape
+    return DEFAULT_ERRORS
+
+
+def genai_operation(endpoint: str) -> str | None:
+    """The `gen_ai.operation.name` of an endpoint (OpenTelemetry GenAI conventions), if a route names one."""
+    for entry, _ in route_table():
+        if entry.endpoint == endpoint and entry.genai_operation:
+            return entry.genai_operation
+    return None
 
 register(OpenAIAdapter())
 register(AnthropicAdapter())
@@ -97,6 +172,8 @@ def provider_for_host(host: str) -> Provider | None:
 
 
 __all__ = [
-    "ALIASES", "OPENAI_COMPATIBLE", "PROVIDERS", "Provider", "ProviderAdapter", "StreamUsage", "Translator",
-    "Upstream", "env_var", "get_provider", "names", "normalize", "openai_format_reader", "provider_for_host", "provider_for_model", "register",
+    "ALIASES", "DEFAULT_ERRORS", "OPENAI_COMPATIBLE", "PROVIDERS", "ClientRoute", "Provider",
+    "ProviderAdapter", "Route", "StreamUsage", "Translator", "Upstream", "env_var", "error_shape",
+    "error_shape_for_path", "genai_operation", "get_provider", "match_route", "names", "normalize",
+    "openai_format_reader", "provider_for_host", "provider_for_model", "register", "route_table", "unregister",
 ]

@@ -21,7 +21,8 @@ from typing import ClassVar, NamedTuple
 
 from tokensense.core.endpoints import Endpoint
 from tokensense.providers.base import Upstream
-from tokensense.providers.openai import OpenAIAdapter
+from tokensense.providers.openai import OPENAI_ERRORS, OpenAIAdapter
+from tokensense.providers.routes import ClientRoute, Route
 
 DEFAULT_API_VERSION = "2024-10-21"
 OPERATIONS = ("chat/completions", "embeddings", "completions", "responses")
@@ -66,6 +67,23 @@ def v1_path(operation: str) -> str:
     return f"/openai/v1/{operation}"
 
 
+def _parse_route(entry: ClientRoute, match: re.Match[str]) -> Route | None:
+    deployment = parse_native_path(match.string)
+    if deployment is None:
+        return None
+    params = (("deployment", deployment.deployment),) if deployment.deployment else (("api", "v1"),)
+    return entry.route(model=deployment.deployment, params=params)
+
+
+# The openai SDK's `AzureOpenAI` paths: a deployment path (the deployment is the model) or the v1 API
+# (`model` in the body names the deployment). Both name the provider; both are retried like OpenAI's.
+AZURE_ROUTES: tuple[ClientRoute, ...] = tuple(
+    ClientRoute(("POST",), rf"/openai/(?:deployments/{_DEPLOYMENT}|v1)/{operation}", endpoint, OPENAI_ERRORS,
+                retried=True, names_provider=True, parse=_parse_route)
+    for operation, endpoint in (("chat/completions", Endpoint.CHAT), ("embeddings", Endpoint.EMBEDDINGS))
+)
+
+
 class AzureOpenAIAdapter(OpenAIAdapter):
     name: ClassVar[str] = "azure"
     options_from_config: ClassVar[bool] = True
@@ -79,6 +97,7 @@ class AzureOpenAIAdapter(OpenAIAdapter):
     aliases: ClassVar[tuple[str, ...]] = ("azure-openai",)
     hosts: ClassVar[tuple[str, ...]] = ()
     native: ClassVar[frozenset[Endpoint]] = frozenset({Endpoint.CHAT, Endpoint.EMBEDDINGS})
+    client_routes: ClassVar[tuple[ClientRoute, ...]] = AZURE_ROUTES
 
     def __init__(self, deployments: dict[str, str] | None = None, api_version: str | None = None) -> None:
         self.deployments = dict(deployments or {})
@@ -108,9 +127,6 @@ class AzureOpenAIAdapter(OpenAIAdapter):
         if params and params.get("deployment"):
             return Upstream(endpoint, deployment_path(params["deployment"], operation))
         return Upstream(endpoint, v1_path(operation))
-
-    def intercept_route(self, method: str, path: str):
-        return None
 
 
 _OPERATION_OF = {Endpoint.CHAT: "chat/completions", Endpoint.EMBEDDINGS: "embeddings"}

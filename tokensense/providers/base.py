@@ -17,6 +17,7 @@ from typing import Any, ClassVar, NamedTuple
 from tokensense.core.endpoints import Endpoint
 from tokensense.core.paths import path_segment
 from tokensense.core.usage import TokenUsage
+from tokensense.providers.routes import ClientRoute, ErrorPath, Route
 
 
 def _int(value: Any) -> int:
@@ -119,6 +120,10 @@ class Provider(ABC):
     exchanges_key: ClassVar[bool] = False
     # Prefixes of client headers that must not go upstream on native calls (a client's own SigV4 headers).
     drop_headers: ClassVar[tuple[str, ...]] = ()
+    # The paths its clients call (providers/routes.py): the gateway's route table is the union of these.
+    client_routes: ClassVar[tuple[ClientRoute, ...]] = ()
+    # Path prefixes whose clients parse this provider's error shape (errors on paths no route serves).
+    error_paths: ClassVar[tuple[ErrorPath, ...]] = ()
 
     def owns_model(self, model: str) -> bool:
         return model.startswith(self.model_prefixes)
@@ -171,8 +176,14 @@ class Provider(ABC):
         """Where a media request for `model` goes (images, speech, transcriptions), or None if not served."""
         return None
 
-    def intercept_route(self, method: str, path: str) -> tuple[Endpoint, str | None] | None:
-        """Intercept mode: (endpoint, model from the path) for a path this provider's own clients call natively."""
+    def intercept_route(self, method: str, path: str) -> Route | None:
+        """Intercept mode: the route of a path this provider's own clients call natively (its `intercepted` client
+        routes of the endpoints it serves natively), or None for a path TokenSense passes through unmetered."""
+        for entry in self.client_routes:
+            if entry.intercepted and entry.endpoint in self.native:
+                route = entry.match(method, path, owner=self.name, strict=False)
+                if route is not None:
+                    return route
         return None
 
     # The key of the usage object in an unstreamed JSON answer (None: none).

@@ -8,6 +8,8 @@ from tokensense.core.endpoints import Endpoint
 from tokensense.core.paths import path_segments
 from tokensense.core.usage import TokenUsage
 from tokensense.providers.base import MediaRoute, ProviderAdapter, StreamUsage
+from tokensense.providers.openai import OPENAI_ERRORS
+from tokensense.providers.routes import Route
 
 
 class FalStreamUsage(StreamUsage):
@@ -41,9 +43,10 @@ class FalAdapter(ProviderAdapter):
 
         return MediaRoute("images", "/" + path_segments(model), FAL_IMAGES)
 
-    def intercept_route(self, method: str, path: str) -> tuple[Endpoint, str | None] | None:
+    def intercept_route(self, method: str, path: str) -> Route | None:
+        # fal's own clients call the app's path: an image generation in OpenAI's error shape (as the gateway's).
         if method == "POST" and path.startswith("/fal-ai/"):
-            return Endpoint.IMAGES, path.strip("/")
+            return Route(Endpoint.IMAGES, OPENAI_ERRORS, model=path.strip("/"))
         return None
 
     def auth_headers(self, api_key: str) -> dict[str, str]:

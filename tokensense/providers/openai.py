@@ -5,23 +5,64 @@ from __future__ import annotations
 from typing import Any, ClassVar
 
 from tokensense.core.endpoints import RESPONSES_ENDPOINTS, Endpoint
+from tokensense.core.errors import ErrorShape
 from tokensense.core.usage import TokenUsage
 from tokensense.providers.base import MediaRoute, ProviderAdapter, StreamUsage
 from tokensense.providers.openai_usage import service_tier_of, usage_from_openai
+from tokensense.providers.routes import ClientRoute
 
-__all__ = ["MistralAdapter", "OpenAIAdapter", "XAIAdapter", "usage_from_openai"]
+__all__ = ["OPENAI_ERRORS", "OPENAI_ROUTES", "MistralAdapter", "OpenAIAdapter", "XAIAdapter", "usage_from_openai"]
 
 
-# The paths OpenAI-format clients call (with or without the /v1 prefix their base URL may carry).
-_OPENAI_NATIVE_PATHS: dict[str, Endpoint] = {
-    "/v1/chat/completions": Endpoint.CHAT,
-    "/chat/completions": Endpoint.CHAT,
-    "/v1/embeddings": Endpoint.EMBEDDINGS,
-    "/embeddings": Endpoint.EMBEDDINGS,
-    "/v1/images/generations": Endpoint.IMAGES,
-    "/v1/audio/speech": Endpoint.SPEECH,
-    "/v1/audio/transcriptions": Endpoint.TRANSCRIPTIONS,
-}
+class OpenAIErrors(ErrorShape):
+    """`{"error": {"message", "type", "param", "code"}}`: what the openai SDKs (and most others) parse."""
+
+    name = "openai"
+    TYPES: ClassVar[dict[int, str]] = {
+        400: "invalid_request_error",
+        401: "authentication_error",
+        402: "insufficient_quota",
+        403: "permission_error",
+        404: "not_found_error",
+        413: "invalid_request_error",
+        429: "rate_limit_error",
+        502: "api_error",
+        504: "timeout_error",
+    }
+
+    def body(self, status: int, message: str, *, code: str | None = None, param: str | None = None) -> dict:
+        return {"error": {"message": message, "type": self.TYPES.get(status, "api_error"), "param": param,
+                          "code": code}}
+
+
+OPENAI_ERRORS = OpenAIErrors()
+
+
+def _openai_route(path: str, endpoint: Endpoint, *, method: str = "POST", **properties: Any) -> ClientRoute:
+    return ClientRoute((method,), path, endpoint, OPENAI_ERRORS, **properties)
+
+
+# A stored response's id in the path (`/v1/responses/{id}`): not one of the Responses API's own sub-paths.
+_RESPONSE_ID = r"/(?:v1/)?responses/(?P<resource>(?!(?:input_tokens|compact)(?:/|$))[^/]+)"
+
+# The paths OpenAI-format clients call (with or without the /v1 prefix their base URL may carry); every
+# OpenAI-format provider (OpenAI, xAI, Mistral, the ones declared in config.toml) serves them for its models.
+OPENAI_ROUTES: tuple[ClientRoute, ...] = (
+    _openai_route(r"/(?:v1/)?chat/completions", Endpoint.CHAT, retried=True, intercepted=True,
+                  genai_operation="chat"),
+    _openai_route(r"/(?:v1/)?embeddings", Endpoint.EMBEDDINGS, retried=True, intercepted=True,
+                  genai_operation="embeddings"),
+    _openai_route(r"/v1/images/generations", Endpoint.IMAGES, intercepted=True),
+    _openai_route(r"/v1/audio/speech", Endpoint.SPEECH, intercepted=True),
+    _openai_route(r"/v1/audio/transcriptions", Endpoint.TRANSCRIPTIONS, intercepted=True),
+    _openai_route(r"/(?:v1/)?responses", Endpoint.RESPONSES, genai_operation="chat"),
+    _openai_route(r"/v1/responses/input_tokens", Endpoint.RESPONSES_INPUT_TOKENS, free=True),
+    _openai_route(r"/v1/responses/compact", Endpoint.RESPONSES_COMPACT),
+    _openai_route(_RESPONSE_ID, Endpoint.RESPONSES_RETRIEVE, method="GET"),
+    _openai_route(_RESPONSE_ID, Endpoint.RESPONSES_DELETE, method="DELETE"),
+    _openai_route(_RESPONSE_ID + "/cancel", Endpoint.RESPONSES_CANCEL),
+    _openai_route(_RESPONSE_ID + "/input_items", Endpoint.RESPONSES_INPUT_ITEMS, method="GET"),
+)
 
 
 class OpenAIStreamUsage(StreamUsage):
@@ -58,6 +99,7 @@ class OpenAIAdapter(ProviderAdapter):
         *RESPONSES_ENDPOINTS,
     })
     openai_format: ClassVar[bool] = True
+    client_routes: ClassVar[tuple[ClientRoute, ...]] = OPENAI_ROUTES
 
     def auth_headers(self, api_key: str) -> dict[str, str]:
         return {"authorization": f"Bearer {api_key}"}
@@ -70,10 +112,6 @@ class OpenAIAdapter(ProviderAdapter):
         if endpoint is Endpoint.TRANSCRIPTIONS and (declared or model.startswith("whisper-") or "transcribe" in model):
             return MediaRoute("transcription", "/v1/audio/transcriptions")
         return None
-
-    def intercept_route(self, method: str, path: str) -> tuple[Endpoint, str | None] | None:
-        endpoint = _OPENAI_NATIVE_PATHS.get(path) if method == "POST" else None
-        return (endpoint, None) if endpoint is not None and endpoint in self.native else None
 
     usage_key: ClassVar[bytes | None] = b"usage"
 

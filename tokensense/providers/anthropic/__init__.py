@@ -5,11 +5,44 @@ from __future__ import annotations
 from typing import Any, ClassVar
 
 from tokensense.core.endpoints import Endpoint
+from tokensense.core.errors import ErrorShape
 from tokensense.core.usage import TokenUsage
 from tokensense.providers.anthropic.usage import usage_from_anthropic
 from tokensense.providers.base import ProviderAdapter, StreamUsage, Translator, Upstream
+from tokensense.providers.routes import ClientRoute, ErrorPath, error_path
 
-__all__ = ["AnthropicAdapter", "AnthropicStreamUsage", "usage_from_anthropic"]
+__all__ = ["ANTHROPIC_ERRORS", "AnthropicAdapter", "AnthropicStreamUsage", "usage_from_anthropic"]
+
+
+class AnthropicErrors(ErrorShape):
+    """`{"type": "error", "error": {"type", "message"}}`: the anthropic SDKs raise by the error's type."""
+
+    name = "anthropic"
+    TYPES: ClassVar[dict[int, str]] = {
+        400: "invalid_request_error",
+        401: "authentication_error",
+        402: "billing_error",
+        403: "permission_error",
+        404: "not_found_error",
+        413: "request_too_large",
+        429: "rate_limit_error",
+        502: "api_error",
+        504: "timeout_error",
+    }
+
+    def body(self, status: int, message: str, *, code: str | None = None, param: str | None = None) -> dict:
+        return {"type": "error", "error": {"type": self.TYPES.get(status, "api_error"), "message": message}}
+
+
+ANTHROPIC_ERRORS = AnthropicErrors()
+
+# The Messages API's paths; its token counting is free.
+ANTHROPIC_ROUTES: tuple[ClientRoute, ...] = (
+    ClientRoute(("POST",), "/v1/messages", Endpoint.MESSAGES, ANTHROPIC_ERRORS, retried=True, intercepted=True,
+                genai_operation="chat"),
+    ClientRoute(("POST",), "/v1/messages/count_tokens", Endpoint.COUNT_TOKENS, ANTHROPIC_ERRORS, free=True,
+                retried=True, intercepted=True),
+)
 
 
 class AnthropicStreamUsage(StreamUsage):
@@ -49,6 +82,8 @@ class AnthropicAdapter(ProviderAdapter):
     aliases: ClassVar[tuple[str, ...]] = ("claude",)
     hosts: ClassVar[tuple[str, ...]] = ("api.anthropic.com",)
     native: ClassVar[frozenset[Endpoint]] = frozenset({Endpoint.MESSAGES, Endpoint.COUNT_TOKENS})
+    client_routes: ClassVar[tuple[ClientRoute, ...]] = ANTHROPIC_ROUTES
+    error_paths: ClassVar[tuple[ErrorPath, ...]] = (error_path("/v1/messages", ANTHROPIC_ERRORS),)
 
     def auth_headers(self, api_key: str) -> dict[str, str]:
         return {"x-api-key": api_key}
@@ -70,13 +105,6 @@ class AnthropicAdapter(ProviderAdapter):
         if endpoint is Endpoint.COUNT_TOKENS:
             return Upstream(endpoint, "/v1/messages/count_tokens")
         return Upstream(Endpoint.MESSAGES, "/v1/messages")  # native Messages, and translated chat
-
-    def intercept_route(self, method: str, path: str) -> tuple[Endpoint, str | None] | None:
-        if method == "POST" and path == "/v1/messages":
-            return Endpoint.MESSAGES, None
-        if method == "POST" and path == "/v1/messages/count_tokens":
-            return Endpoint.COUNT_TOKENS, None
-        return None
 
     usage_key: ClassVar[bytes | None] = b"usage"
 

@@ -19,12 +19,13 @@ from typing import Any, ClassVar
 from urllib.parse import quote, unquote
 
 from tokensense.core.endpoints import Endpoint
-from tokensense.core.errors import GatewayError
+from tokensense.core.errors import ErrorShape, GatewayError
 from tokensense.core.usage import TokenUsage
 from tokensense.providers.anthropic import AnthropicStreamUsage, usage_from_anthropic
 from tokensense.providers.base import ProviderAdapter, StreamUsage, Translator, Upstream, _int
 from tokensense.providers.bedrock.eventstream import Frame, decode_chunk
 from tokensense.providers.bedrock.sigv4 import AwsKeys, ChainCredentials, parse_credential, sign_headers
+from tokensense.providers.routes import ClientRoute, ErrorPath, Route, error_path
 
 ACTIONS = ("converse", "converse-stream", "invoke", "invoke-with-response-stream")
 STREAM_ACTIONS = frozenset({"converse-stream", "invoke-with-response-stream"})
@@ -57,6 +58,48 @@ def parse_native_path(raw_path: str) -> tuple[str, str] | None:
     if not valid_model_id(model):
         return None
     return model, match["action"]
+
+
+class AwsErrors(ErrorShape):
+    """AWS JSON errors, `{"__type", "message"}`: boto3 reads the type as the error code."""
+
+    name = "aws"
+    TYPES: ClassVar[dict[int, str]] = {
+        400: "ValidationException",
+        401: "UnrecognizedClientException",
+        402: "ServiceQuotaExceededException",
+        403: "AccessDeniedException",
+        404: "ResourceNotFoundException",
+        413: "ValidationException",
+        429: "ThrottlingException",
+        502: "InternalServerException",
+        503: "ServiceUnavailableException",
+        504: "ModelTimeoutException",
+    }
+
+    def body(self, status: int, message: str, *, code: str | None = None, param: str | None = None) -> dict:
+        fallback = "InternalServerException" if status >= 500 else "ValidationException"
+        return {"__type": self.TYPES.get(status, fallback), "message": message}
+
+
+AWS_ERRORS = AwsErrors()
+
+# The Bedrock runtime's own endpoint, `POST /model/{modelId}/{action}` (its records' endpoint id).
+NATIVE = Endpoint("bedrock")
+
+
+def _parse_route(entry: ClientRoute, match: re.Match[str]) -> Route | None:
+    parsed = parse_native_path(match.string)
+    return entry.route(model=parsed[0], action=parsed[1]) if parsed else None
+
+
+# The path names the provider and the model (percent-encoded as botocore sends it); the action says
+# whether the answer is an AWS event-stream.
+BEDROCK_ROUTES: tuple[ClientRoute, ...] = (
+    ClientRoute(("POST",), r"/model/[^/]+/(?:converse|converse-stream|invoke|invoke-with-response-stream)", NATIVE,
+                AWS_ERRORS, model_in_body=False, stream_actions=STREAM_ACTIONS, names_provider=True,
+                parse=_parse_route),
+)
 
 
 def upstream_path(model: str, action: str) -> str:
@@ -201,7 +244,9 @@ class BedrockAdapter(ProviderAdapter):
     prices_id: ClassVar[str] = "aws"
     model_prefixes: ClassVar[tuple[str, ...]] = ()
     aliases: ClassVar[tuple[str, ...]] = ("aws", "amazon-bedrock")
-    native: ClassVar[frozenset[Endpoint]] = frozenset({Endpoint.BEDROCK})
+    native: ClassVar[frozenset[Endpoint]] = frozenset({NATIVE})
+    client_routes: ClassVar[tuple[ClientRoute, ...]] = BEDROCK_ROUTES
+    error_paths: ClassVar[tuple[ErrorPath, ...]] = (error_path("/model/", AWS_ERRORS),)
     signs_requests: ClassVar[bool] = True
     # The client's own SigV4 headers: TokenSense signs anew.
     drop_headers: ClassVar[tuple[str, ...]] = ("x-amz-",)
@@ -232,7 +277,7 @@ class BedrockAdapter(ProviderAdapter):
             action = "converse-stream" if stream else "converse"
         if action not in ACTIONS or not valid_model_id(model):
             raise GatewayError(400, f"`{model[:100]}` is not a Bedrock model id.", code="invalid_model", param="model")
-        return Upstream(Endpoint.BEDROCK, upstream_path(model, action), () if endpoint is Endpoint.CHAT else None)
+        return Upstream(NATIVE, upstream_path(model, action), () if endpoint is Endpoint.CHAT else None)
 
     def upstream_auth(self, api_key: str, *, method: str, url: str, headers: Any, body: bytes) -> dict[str, str]:
         to_sign = {"host": headers.get("host") or url.split("/", 3)[2]}

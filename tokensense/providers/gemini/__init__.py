@@ -4,13 +4,57 @@ from __future__ import annotations
 
 from typing import Any, ClassVar
 
-from tokensense.core.endpoints import GEMINI_ACTIONS, Endpoint
-from tokensense.core.errors import GatewayError
+from tokensense.core.endpoints import Endpoint
+from tokensense.core.errors import ErrorShape, GatewayError
 from tokensense.core.usage import TokenUsage
 from tokensense.providers.base import MediaRoute, ProviderAdapter, StreamUsage, Translator, Upstream, model_segment
 from tokensense.providers.gemini.usage import usage_from_gemini
+from tokensense.providers.routes import ClientRoute, ErrorPath, error_path
 
-__all__ = ["GeminiAdapter", "GeminiStreamUsage", "usage_from_gemini"]
+__all__ = ["GOOGLE_ERRORS", "NATIVE", "GeminiAdapter", "GeminiStreamUsage", "usage_from_gemini"]
+
+# The Gemini API's own endpoint, `POST /{v1beta|v1}/models/{model}:{action}` (its records' endpoint id).
+NATIVE = Endpoint("gemini")
+
+# The `models/{model}:{action}` actions TokenSense forwards; any other action is a 404.
+ACTIONS = frozenset({
+    "generateContent", "streamGenerateContent", "countTokens", "embedContent", "batchEmbedContents", "predict",
+})
+
+
+class GoogleErrors(ErrorShape):
+    """`{"error": {"code", "message", "status"}}`: google-genai and the Google API clients read the status name."""
+
+    name = "google"
+    STATUS: ClassVar[dict[int, str]] = {
+        400: "INVALID_ARGUMENT",
+        401: "UNAUTHENTICATED",
+        402: "RESOURCE_EXHAUSTED",
+        403: "PERMISSION_DENIED",
+        404: "NOT_FOUND",
+        413: "INVALID_ARGUMENT",
+        429: "RESOURCE_EXHAUSTED",
+        502: "UNAVAILABLE",
+        504: "DEADLINE_EXCEEDED",
+    }
+
+    def body(self, status: int, message: str, *, code: str | None = None, param: str | None = None) -> dict:
+        return {"error": {"code": status, "message": message, "status": self.STATUS.get(status, "UNKNOWN")}}
+
+
+GOOGLE_ERRORS = GoogleErrors()
+
+GEMINI_ROUTES: tuple[ClientRoute, ...] = (
+    # The model names the path; the action, not the body, says whether the answer streams; countTokens is free.
+    ClientRoute(("POST",), r"/(?P<version>v1beta|v1)/models/(?P<model>[^:/]+):(?P<action>[A-Za-z]+)", NATIVE,
+                GOOGLE_ERRORS, model_in_body=False, actions=ACTIONS,
+                unknown_action="TokenSense does not forward the Gemini action `{action}`.",
+                stream_actions=frozenset({"streamGenerateContent"}), free_actions=frozenset({"countTokens"}),
+                body_streams=False, retried=True, intercepted=True, genai_operation="generate_content"),
+    # google-genai's model list and single model (answered by the gateway, in Google's shape).
+    ClientRoute(("GET",), "/v1beta/models", Endpoint.MODELS, GOOGLE_ERRORS),
+    ClientRoute(("GET",), r"/v1beta/models/(?P<resource>[^/:]+)", Endpoint.MODEL, GOOGLE_ERRORS),
+)
 
 
 def _usage_metadata(body: Any) -> Any:
@@ -51,7 +95,9 @@ class GeminiAdapter(ProviderAdapter):
     model_prefixes: ClassVar[tuple[str, ...]] = ("gemini-", "imagen-")
     aliases: ClassVar[tuple[str, ...]] = ("google",)
     hosts: ClassVar[tuple[str, ...]] = ("generativelanguage.googleapis.com",)
-    native: ClassVar[frozenset[Endpoint]] = frozenset({Endpoint.GEMINI})
+    native: ClassVar[frozenset[Endpoint]] = frozenset({NATIVE})
+    client_routes: ClassVar[tuple[ClientRoute, ...]] = GEMINI_ROUTES
+    error_paths: ClassVar[tuple[ErrorPath, ...]] = (error_path(r"/v1beta/|/v1/models/.*:", GOOGLE_ERRORS),)
 
     def auth_headers(self, api_key: str) -> dict[str, str]:
         return {"x-goog-api-key": api_key}
@@ -70,12 +116,12 @@ class GeminiAdapter(ProviderAdapter):
         if endpoint is Endpoint.CHAT:
             action = "streamGenerateContent" if stream else "generateContent"
             query = (("alt", "sse"),) if stream else ()
-            return Upstream(Endpoint.GEMINI, f"/v1beta/models/{model_segment(model)}:{action}", query)
-        if action not in GEMINI_ACTIONS:
+            return Upstream(NATIVE, f"/v1beta/models/{model_segment(model)}:{action}", query)
+        if action not in ACTIONS:
             raise GatewayError(404, f"TokenSense does not forward the Gemini action `{action}`.",
                                code="unknown_endpoint")
         version = version if version in ("v1", "v1beta") else "v1beta"
-        return Upstream(Endpoint.GEMINI, f"/{version}/models/{model_segment(model)}:{action}")
+        return Upstream(NATIVE, f"/{version}/models/{model_segment(model)}:{action}")
 
     def media_route(self, endpoint: Endpoint, model: str, *, declared: bool) -> MediaRoute | None:
         if endpoint is Endpoint.IMAGES and (declared or model.startswith("imagen-")):
@@ -83,12 +129,6 @@ class GeminiAdapter(ProviderAdapter):
 
             return MediaRoute("images", f"/v1beta/models/{model_segment(model)}:predict", IMAGEN)
         return None
-
-    def intercept_route(self, method: str, path: str) -> tuple[Endpoint, str | None] | None:
-        from tokensense.gateway.routing import gemini_path
-
-        parts = gemini_path(path) if method == "POST" else None
-        return (Endpoint.GEMINI, parts[0]) if parts else None
 
     usage_key: ClassVar[bytes | None] = b"usageMetadata"
 
@@ -107,7 +147,7 @@ class GeminiAdapter(ProviderAdapter):
         BatchEmbedContentsResponse `embeddings`: no usageMetadata), yet the input tokens are billed. The embedding
         models accept countTokens (their supportedGenerationMethods list it), which is free: the same contents
         counted there give the billed input tokens."""
-        if endpoint is not Endpoint.GEMINI or not isinstance(body, dict):
+        if endpoint is not NATIVE or not isinstance(body, dict):
             return None
         if action == "embedContent":
             contents = [body.get("content")]

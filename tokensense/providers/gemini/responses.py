@@ -23,10 +23,9 @@ from __future__ import annotations
 
 import uuid
 
-from tokensense.core.endpoints import Endpoint
 from tokensense.providers import responses_format as rf
 from tokensense.providers.base import Upstream, model_segment
-from tokensense.providers.gemini import chat
+from tokensense.providers.gemini import NATIVE, chat
 from tokensense.providers.translation import TranslationError
 
 PROVIDER = chat.PROVIDER
@@ -241,7 +240,7 @@ class ResponsesTranslation:
         (`generateContentRequest`, so the system instruction and tools are counted too; it must name the model)."""
         out = self.request({k: v for k, v in body.items() if k != "stream"}, model=model, stream=False)
         segment = model_segment(model)
-        return (Upstream(Endpoint.GEMINI, f"/v1beta/models/{segment}:countTokens"),
+        return (Upstream(NATIVE, f"/v1beta/models/{segment}:countTokens"),
                 {"generateContentRequest": {"model": f"models/{segment}", **out}})
 
     def count_answer(self, body: dict) -> dict:

@@ -24,9 +24,10 @@ from typing import Any, ClassVar, NamedTuple
 from tokensense.core.endpoints import Endpoint
 from tokensense.core.errors import GatewayError
 from tokensense.core.usage import TokenUsage
-from tokensense.providers.anthropic import AnthropicStreamUsage, usage_from_anthropic
+from tokensense.providers.anthropic import ANTHROPIC_ERRORS, AnthropicStreamUsage, usage_from_anthropic
 from tokensense.providers.base import ProviderAdapter, StreamUsage, Upstream
-from tokensense.providers.gemini import GeminiStreamUsage, _usage_metadata, usage_from_gemini
+from tokensense.providers.gemini import GOOGLE_ERRORS, GeminiStreamUsage, _usage_metadata, usage_from_gemini
+from tokensense.providers.routes import ClientRoute, Route
 from tokensense.providers.vertex.auth import VertexTokenSource
 
 GOOGLE_ACTIONS = frozenset({"generateContent", "streamGenerateContent", "countTokens"})
@@ -68,6 +69,31 @@ def parse_native_path(path: str) -> VertexPath | None:
     parts = VertexPath(**match.groupdict())
     allowed = GOOGLE_ACTIONS if parts.publisher == "google" else ANTHROPIC_ACTIONS
     return parts if parts.action in allowed else None
+
+
+# Vertex AI's own endpoint, `POST /{v}/projects/{p}/locations/{l}/publishers/{google|anthropic}/models/{m}:{action}`
+# (its records' endpoint id).
+NATIVE = Endpoint("vertex")
+
+
+def _parse_route(entry: ClientRoute, match: re.Match[str]) -> Route | None:
+    parts = parse_native_path(match.string)
+    if parts is None:
+        return None
+    # Gemini's clients parse Google's errors, Claude's Anthropic's. Claude's token counting has the pseudo-model
+    # `count-tokens` in the path; the body names the model.
+    return entry.route(fmt=GOOGLE_ERRORS if parts.publisher == "google" else ANTHROPIC_ERRORS,
+                       model=None if parts.model == "count-tokens" else parts.model, action=parts.action,
+                       version=parts.version,
+                       params=(("project", parts.project), ("location", parts.location),
+                               ("publisher", parts.publisher), ("path_model", parts.model)))
+
+
+VERTEX_ROUTES: tuple[ClientRoute, ...] = (
+    ClientRoute(("POST",), _NATIVE_PATH.pattern.removeprefix("^").removesuffix("$"), NATIVE, GOOGLE_ERRORS,
+                model_in_body=False, stream_actions=STREAM_ACTIONS, free_actions=FREE_ACTIONS, names_provider=True,
+                parse=_parse_route),
+)
 
 
 def upstream_path(parts: VertexPath, *, project: str | None = None, location: str | None = None) -> str:
@@ -135,7 +161,8 @@ class VertexAdapter(ProviderAdapter):
     prices_id: ClassVar[str] = "google"
     model_prefixes: ClassVar[tuple[str, ...]] = ()
     aliases: ClassVar[tuple[str, ...]] = ("vertex-ai", "vertexai")
-    native: ClassVar[frozenset[Endpoint]] = frozenset({Endpoint.VERTEX})
+    native: ClassVar[frozenset[Endpoint]] = frozenset({NATIVE})
+    client_routes: ClassVar[tuple[ClientRoute, ...]] = VERTEX_ROUTES
     exchanges_key: ClassVar[bool] = True
 
     def __init__(self, project: str | None = None, location: str | None = None) -> None:
@@ -177,7 +204,7 @@ class VertexAdapter(ProviderAdapter):
     def upstream(self, endpoint: Endpoint, model: str, *, stream: bool, action: str | None = None,
                  version: str | None = None, params: dict[str, str] | None = None) -> Upstream:
         """The client's Vertex path with the configured project (if any); the location's own host."""
-        if endpoint is not Endpoint.VERTEX or not params:
+        if endpoint is not NATIVE or not params:
             raise GatewayError(400, "Vertex AI models are served on Vertex AI paths only.",
                                code="unsupported_model_for_endpoint", param="model")
         path_model = params.get("path_model") or model
@@ -186,7 +213,7 @@ class VertexAdapter(ProviderAdapter):
         if parse_native_path(f"/{parts.version}/projects/{parts.project}/locations/{parts.location}/publishers/"
                              f"{parts.publisher}/models/{parts.model}:{parts.action}") != parts:
             raise GatewayError(404, "Not a Vertex AI model path TokenSense forwards.", code="unknown_endpoint")
-        return Upstream(Endpoint.VERTEX, upstream_path(parts, project=self.project),
+        return Upstream(NATIVE, upstream_path(parts, project=self.project),
                         regional_base_url=base_url_for(parts.location))
 
     def refresh_in_background(self, credential: str | None) -> None:
