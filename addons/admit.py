@@ -14,19 +14,17 @@ from mitmproxy import ctx, http
 
 from addons.common import answer_error, answer_json, intercepting, lookup_key, strip_client_keys
 from tokensense.core.endpoints import Endpoint, is_free_call
-from tokensense.core.errors import ErrorFormat, GatewayError, format_for_path
+from tokensense.core.errors import GatewayError, format_for_path
 from tokensense.gateway.auth import client_key
 from tokensense.gateway.call import CallContext
 from tokensense.gateway.flowmeta import BODY_LIMIT, CALL, refuse_body, set_call
-from tokensense.gateway.model_lists import ListShape, shape_for
+from tokensense.gateway.model_lists import shape_for
 from tokensense.gateway.routing import classify
 from tokensense.gateway.runtime import Runtime
 from tokensense.metering.attribution import attribution
 
 log = logging.getLogger(__name__)
 _MB = 1024 * 1024
-_MODEL_LIST_ERRORS = {ListShape.OPENAI: ErrorFormat.OPENAI, ListShape.ANTHROPIC: ErrorFormat.ANTHROPIC,
-                      ListShape.GOOGLE: ErrorFormat.GOOGLE}
 
 
 class Admit:
@@ -49,7 +47,7 @@ class Admit:
             return
         fmt = route.fmt
         if route.endpoint in (Endpoint.MODELS, Endpoint.MODEL):  # one path, three SDKs: errors in the asking SDK's shape
-            fmt = _MODEL_LIST_ERRORS[shape_for(path, req.headers)]
+            fmt = shape_for(path, req.headers).error_format
         call = CallContext(route.endpoint, fmt, path_model=route.model, action=route.action,
                            version=route.version, method=req.method, resource=route.resource,
                            path_provider=route.provider, path_params=route.params)

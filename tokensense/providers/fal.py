@@ -41,6 +41,9 @@ class FalAdapter(ProviderAdapter):
 
         return MediaRoute("images", "/" + path_segments(model), FAL_IMAGES)
 
+    def media_models(self, endpoint: Endpoint) -> str | None:
+        return "fal-ai/*" if endpoint is Endpoint.IMAGES else None
+
     def intercept_route(self, method: str, path: str) -> tuple[Endpoint, str | None] | None:
         if method == "POST" and path.startswith("/fal-ai/"):
             return Endpoint.IMAGES, path.strip("/")

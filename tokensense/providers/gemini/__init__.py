@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any, ClassVar
 
 from tokensense.core.endpoints import GEMINI_ACTIONS, Endpoint
@@ -9,6 +10,7 @@ from tokensense.core.errors import GatewayError
 from tokensense.core.usage import TokenUsage
 from tokensense.providers.base import MediaRoute, ProviderAdapter, StreamUsage, Translator, Upstream, model_segment
 from tokensense.providers.gemini.usage import usage_from_gemini
+from tokensense.providers.model_lists import ModelListShape
 
 __all__ = ["GeminiAdapter", "GeminiStreamUsage", "usage_from_gemini"]
 
@@ -53,6 +55,19 @@ class GeminiAdapter(ProviderAdapter):
     hosts: ClassVar[tuple[str, ...]] = ("generativelanguage.googleapis.com",)
     native: ClassVar[frozenset[Endpoint]] = frozenset({Endpoint.GEMINI})
 
+    # Largest output by model family (tokens), from the Gemini API's model pages.
+    output_caps: ClassVar[Mapping[str, int]] = {
+        "gemini-1.5": 8_192,
+        "gemini-2.0": 8_192,
+        "gemini-2.5": 65_536,
+        "gemini-3": 65_536,
+    }
+
+    def model_list_shape(self) -> ModelListShape | None:
+        from tokensense.providers.gemini.models import MODEL_LIST
+
+        return MODEL_LIST
+
     def auth_headers(self, api_key: str) -> dict[str, str]:
         return {"x-goog-api-key": api_key}
 
@@ -83,6 +98,9 @@ class GeminiAdapter(ProviderAdapter):
 
             return MediaRoute("images", f"/v1beta/models/{model_segment(model)}:predict", IMAGEN)
         return None
+
+    def media_models(self, endpoint: Endpoint) -> str | None:
+        return "Google imagen-*" if endpoint is Endpoint.IMAGES else None
 
     def intercept_route(self, method: str, path: str) -> tuple[Endpoint, str | None] | None:
         from tokensense.gateway.routing import gemini_path
