@@ -105,3 +105,14 @@ def test_each_shape_lists_only_what_its_api_serves() -> None:
     assert [m.id for m in served_in(ANTHROPIC, MODELS)] == ["claude-sonnet-4-5"]
     assert [m.id for m in served_in(GOOGLE, MODELS)] == ["gemini-2.5-flash"]
     assert served_in(OPENAI, MODELS) == MODELS
+
+
+def test_openai_shape_answers_the_catalogs_own_list() -> None:
+    """OpenAI-format clients get the catalog's list as `catalog.list_models` built it, `pricing` included."""
+    catalog = {"object": "list", "data": [
+        {"id": "gpt-4o", "object": "model", "created": 0, "owned_by": "openai", "pricing": "catalog"},
+        {"id": "my-model", "object": "model", "created": 0, "owned_by": "anthropic", "pricing": "unpriced"},
+    ]}
+    models = listed(catalog)
+    assert OPENAI.listing(served_in(OPENAI, models), {}) == catalog
+    assert OPENAI.entry(find(models, "anthropic/my-model")) == catalog["data"][1]
