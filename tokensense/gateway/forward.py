@@ -9,10 +9,9 @@ from mitmproxy.net.http import url
 
 from tokensense.gateway.auth import KEY_HEADERS
 from tokensense.gateway.routing import join_url
-
-# The client SDK headers dropped when a call is translated are the provider's (`Provider.translation_drop_headers`).
-# Re-exported only for gateway/reliability.py until its rewrite asks the provider (then delete this line).
 from tokensense.providers.base import (
+    # The client SDK headers dropped when a call is translated are the provider's (`translation_drop_headers`).
+    # Re-exported only for gateway/reliability.py until its rewrite asks the provider (then delete this name).
     OPENAI_SDK_HEADER_PREFIXES,  # noqa: F401
     Provider,
     Upstream,
