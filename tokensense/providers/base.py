@@ -3,8 +3,11 @@
 A provider owns everything TokenSense knows about it: its names and model
 prefixes, its hosts (intercept mode), its key variable and default base URL,
 its auth headers, the upstream path of each endpoint it serves, the translation
-of OpenAI-format chat when it speaks another format, and reading its usage.
-The gateway asks; it never names a provider.
+of OpenAI-format chat when it speaks another format, reading its usage, and
+what the pipeline needs besides: its SDKs' model-list shape, its models' output
+caps (reservations), its media rules, its non-SSE stream framing and its own key
+scheme (the marked block at the end of `Provider`). The gateway asks; it never
+names a provider.
 """
 
 from __future__ import annotations
