@@ -208,7 +208,7 @@ class Media:
             return
         if state.kind == "speech":
             call.stream = True
-            meter = media.AudioMeter(state.audio_format)
+            meter = media.AudioMeter(state.audio_format, state.audio.pcm_bytes_per_second if state.audio else None)
             response.stream = _CountingStream(call, meter, lambda: self._finish_speech(call, state, meter))
 
     def response(self, flow: http.HTTPFlow) -> None:

@@ -226,11 +226,14 @@ def test_audio_seconds_of_a_lame_mp3() -> None:
 @pytest.mark.parametrize("fmt", ["mp3", "wav", "pcm"])
 def test_audio_meter_measures_streamed_speech(fmt: str) -> None:
     audio = speech_audio("one two three four five", fmt)  # the fake's speech: 2.0 s
-    meter = media.AudioMeter(fmt)
+    meter = media.AudioMeter(fmt, audio_format.PCM_BYTES_PER_SECOND)  # the OpenAI route's pcm rate
     for i in range(0, len(audio), 1000):
         meter.feed(audio[i:i + 1000])
     assert meter.seconds() == pytest.approx(2.0, abs=0.05)
     assert media.AudioMeter("opus").seconds() is None
+    unknown_rate = media.AudioMeter("pcm")  # a provider that did not say its pcm rate: unmeasured, not guessed
+    unknown_rate.feed(b"\x00" * 48_000)
+    assert unknown_rate.seconds() is None
 
 
 def test_wav_seconds_trusts_the_byte_count_not_the_streamed_header() -> None:

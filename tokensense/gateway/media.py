@@ -153,7 +153,6 @@ _MP3_BITRATES = {
     2: (0, 8, 16, 24, 32, 40, 48, 56, 64, 80, 96, 112, 128, 144, 160),  # MPEG-2 Layer III
 }
 _MP3_RATES = {3: (44100, 48000, 32000), 2: (22050, 24000, 16000), 0: (11025, 12000, 8000)}
-PCM_BYTES_PER_SECOND = 24_000 * 2  # OpenAI's `pcm`: 24 kHz, 16-bit, mono
 
 
 def mp3_seconds(head: bytes, total: int) -> float | None:
@@ -208,8 +207,9 @@ class AudioMeter:
 
     HEAD = 8192
 
-    def __init__(self, audio_format: str) -> None:
+    def __init__(self, audio_format: str, pcm_bytes_per_second: int | None = None) -> None:
         self.format = audio_format
+        self.pcm_bytes_per_second = pcm_bytes_per_second  # the provider's raw `pcm` (rate x sample size)
         self.total = 0
         self.head = bytearray()
 
@@ -219,11 +219,12 @@ class AudioMeter:
             self.head += chunk[:self.HEAD - len(self.head)]
 
     def seconds(self) -> float | None:
-        """The length, for mp3, wav and pcm; None for formats whose length needs the whole file."""
+        """The length, for mp3, wav and (at the provider's rate) pcm; None for formats whose length needs the
+        whole file."""
         if self.total == 0:
             return None
         if self.format == "pcm":
-            return self.total / PCM_BYTES_PER_SECOND
+            return self.total / self.pcm_bytes_per_second if self.pcm_bytes_per_second else None
         if self.format == "wav":
             return wav_seconds(bytes(self.head), self.total)
         if self.format == "mp3":

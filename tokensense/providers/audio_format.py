@@ -59,4 +59,6 @@ class AudioEventsUsage(AudioStreamUsage):
         return self.usage.tokens or TokenUsage()
 
 
-AUDIO = AudioReader(answer=transcription_usage, stream=AudioEventsUsage)
+PCM_BYTES_PER_SECOND = 24_000 * 2  # speech `response_format: pcm`: 24 kHz, 16-bit, mono, no header
+
+AUDIO = AudioReader(answer=transcription_usage, stream=AudioEventsUsage, pcm_bytes_per_second=PCM_BYTES_PER_SECOND)

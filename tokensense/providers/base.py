@@ -97,6 +97,7 @@ class AudioReader(NamedTuple):
 
     answer: Callable[[bytes, str], AudioUsage]
     stream: Callable[[], AudioStreamUsage]
+    pcm_bytes_per_second: int | None = None  # its speech answers' raw `pcm` format, to measure one streamed
 
 
 class MediaRoute(NamedTuple):
