@@ -22,7 +22,7 @@ from tokensense.gateway.model_lists import shape_for
 from tokensense.gateway.routing import classify
 from tokensense.gateway.runtime import Runtime
 from tokensense.metering.attribution import attribution
-from tokensense.providers import error_shape, error_shape_for_path
+from tokensense.providers import error_shape_for_path
 
 log = logging.getLogger(__name__)
 _MB = 1024 * 1024
@@ -48,7 +48,7 @@ class Admit:
             return
         fmt = route.fmt
         if route.endpoint in (Endpoint.MODELS, Endpoint.MODEL):  # one path, three SDKs: errors in the asking SDK's shape
-            fmt = error_shape(shape_for(path, req.headers).value)
+            fmt = shape_for(path, req.headers).error_format
         call = CallContext.of_route(route, method=req.method, fmt=fmt)
         set_call(flow, call)
         if "x-tokensense-transport" in req.headers:

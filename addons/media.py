@@ -1,4 +1,4 @@
-"""Routes, translates and meters the media endpoints: images (OpenAI, Imagen, fal), speech, transcriptions."""
+"""Routes, translates and meters the media endpoints (images, speech, transcriptions) by the providers' media rules."""
 
 from __future__ import annotations
 
@@ -27,7 +27,7 @@ from tokensense.metering.media_prices import (
     load_media_prices,
 )
 from tokensense.providers import ProviderAdapter
-from tokensense.providers.base import ImageTranslator, Upstream
+from tokensense.providers.base import AudioReader, AudioStreamUsage, AudioUsage, ImageTranslator, MediaRoute, Upstream
 
 log = logging.getLogger(__name__)
 
@@ -38,14 +38,16 @@ _MB = 1024 * 1024
 class MediaCall:
     """One media request, as the response hooks need it."""
 
-    kind: str  # see media.MediaRoute
+    kind: str  # see MediaRoute
     images: ImageTranslator | None = None  # the provider's images translation (translated image routes)
+    answer_usage: Callable[[object], TokenUsage] | None = None  # images sent as asked: the answer's usage
+    audio: AudioReader | None = None  # speech and transcriptions: how the answers report usage
     size: str | None = None
     quality: str | None = None
     characters: int = 0  # speech input
     audio_format: str = "mp3"  # speech output
     upload: media.FormFile | None = None  # transcription input (a view into the request body)
-    stream_usage: media.AudioStreamUsage | None = None
+    stream_usage: AudioStreamUsage | None = None
 
 
 class _CountingStream:
@@ -126,7 +128,7 @@ class Media:
         except GatewayError as e:
             answer_error(flow, call.fmt, e)
 
-    def _resolve(self, call: CallContext, requested: object) -> tuple[ProviderAdapter, str, media.MediaRoute]:
+    def _resolve(self, call: CallContext, requested: object) -> tuple[ProviderAdapter, str, MediaRoute]:
         call.requested_model = requested if isinstance(requested, str) else None  # kept by a refused call's record
         adapter, model = resolve_model(requested, self.runtime.prices, media_models=self.prices.models)
         call.provider, call.model = adapter, model
@@ -138,14 +140,15 @@ class Media:
         body = parse_json_body(req.raw_content)
         requested = body.get("model")
         adapter, model, route = self._resolve(call, requested)
-        state = MediaCall(route.kind, route.images, size=_str(body.get("size")), quality=_str(body.get("quality")))
+        state = MediaCall(route.kind, route.images, route.answer_usage, route.audio, size=_str(body.get("size")),
+                          quality=_str(body.get("quality")))
         call.stream = body.get("stream") is True
         upstream: dict | None
         if route.images is not None:
             upstream = route.images.request(body)
         else:
-            if route.kind == "openai_images" and model.startswith(("dall-e-", "gpt-image-", "chatgpt-image")):
-                media.check_openai_image_request(model, body)
+            if route.check is not None:
+                route.check(model, body)
             if route.kind == "speech":
                 text = body.get("input")
                 state.characters = len(text) if isinstance(text, str) else 0
@@ -181,7 +184,7 @@ class Media:
             req.content = media.replace_field(raw, form, "model", model)
             form = media.parse_form(req.raw_content or b"", req.headers.get("content-type", ""))
             upload = form.files["file"]
-        flow.metadata[MEDIA] = MediaCall(route.kind, upload=upload)
+        flow.metadata[MEDIA] = MediaCall(route.kind, audio=route.audio, upload=upload)
         prepare_upstream(call, adapter, credential, Upstream(call.route_endpoint, route.upstream_path))
 
     # --- response -----------------------------------------------------------------------------
@@ -194,18 +197,18 @@ class Media:
                 or not 200 <= response.status_code < 300:
             return
         if response.headers.get("content-type", "").startswith("text/event-stream"):
-            if state.kind in ("speech", "transcription"):
+            if state.kind in ("speech", "transcription") and state.audio is not None:
                 # gpt-4o-mini-tts `stream_format: sse` and transcription `stream: true` report token usage in their
                 # last event; meter it here (not in the metering addon) to add the audio-token price and units.
                 call.stream = True
-                state.stream_usage = media.AudioStreamUsage()
+                state.stream_usage = state.audio.stream()
                 call.stream_usage = state.stream_usage
                 response.stream = PassthroughStream(call, state.stream_usage, (b'"usage"',), drop_usage_chunk=False,
                                                     on_end=lambda: self._finish_audio(call, state))
             return
         if state.kind == "speech":
             call.stream = True
-            meter = media.AudioMeter(state.audio_format)
+            meter = media.AudioMeter(state.audio_format, state.audio.pcm_bytes_per_second if state.audio else None)
             response.stream = _CountingStream(call, meter, lambda: self._finish_speech(call, state, meter))
 
     def response(self, flow: http.HTTPFlow) -> None:
@@ -220,8 +223,8 @@ class Media:
         try:
             if state.images is not None:  # translated to the OpenAI images format
                 self._translate_images(response, call, state)
-            elif response.status_code < 300 and state.kind == "openai_images":
-                self._meter_openai_images(response, call, state)
+            elif response.status_code < 300 and state.kind == "images":
+                self._meter_images(response, call, state)
             elif response.status_code < 300 and state.kind == "transcription":
                 self._finish_audio(call, state, content=response.content or b"",
                                    content_type=response.headers.get("content-type", ""))
@@ -253,12 +256,15 @@ class Media:
         call.media_cost = self.prices.image_cost(call.model, count=count, size=state.size,
                                                           quality=state.quality, pixels=translated.pixels)
 
-    def _meter_openai_images(self, response: http.Response, call: CallContext, state: MediaCall) -> None:
+    def _meter_images(self, response: http.Response, call: CallContext, state: MediaCall) -> None:
+        """An images answer as the provider sent it: its usage as the route reads it (tokens, else the image count)."""
         try:
             answer = json.loads(response.content or b"")
         except (ValueError, UnicodeDecodeError):
             return
-        usage, _, _ = media.image_usage(answer)
+        if state.answer_usage is None:
+            return
+        usage = state.answer_usage(answer)
         assert call.provider is not None and call.model is not None
         call.usage = usage
         if usage.has_tokens:  # gpt-image: priced by its tokens, image tokens included (in `usage.units`)
@@ -286,7 +292,7 @@ class Media:
         if state.stream_usage is not None:
             audio = state.stream_usage.usage
         else:
-            audio = media.transcription_usage(content, content_type)
+            audio = state.audio.answer(content, content_type) if state.audio is not None else AudioUsage()
         measured = None
         if audio.duration is None and audio.billed_seconds is None and state.upload is not None:
             measured = media.audio_seconds(state.upload.data, state.upload.filename)

@@ -6,6 +6,8 @@ import asyncio
 import json
 import logging
 import time
+from collections.abc import Callable
+from typing import Any
 
 from mitmproxy import http
 
@@ -17,10 +19,7 @@ from tokensense.gateway.record import build_record
 from tokensense.gateway.runtime import Runtime
 from tokensense.gateway.stream import PassthroughStream
 from tokensense.metering.usage_extract import usage_from_answer, with_request_tier
-from tokensense.providers.bedrock.eventstream import CONTENT_TYPE as _EVENT_STREAM
-from tokensense.providers.bedrock.eventstream import EventStreamPassthrough
-
-EVENT_STREAM_CONTENT_TYPE = _EVENT_STREAM.encode()
+from tokensense.providers import PROVIDERS, Provider
 
 log = logging.getLogger(__name__)
 
@@ -45,6 +44,17 @@ def _is_event_stream(response: http.Response) -> bool:
     return (_header(response.headers, b"content-type") or b"").startswith(b"text/event-stream")
 
 
+def _stream_framing(provider: Provider, content_type: bytes) -> Callable[..., Any] | None:
+    """The passthrough of a non-SSE stream framing whose content type this is: the call's provider's, else any
+    provider's (a framing is recognised whoever answers with it; SSE and JSON content types are nobody's)."""
+    if content_type.startswith((b"text/event-stream", b"application/json")):
+        return None
+    framing = provider.stream_framing(content_type)
+    if framing is None:
+        framing = next((f for p in PROVIDERS.values() if (f := p.stream_framing(content_type)) is not None), None)
+    return framing
+
+
 class Metering:
     def __init__(self, runtime: Runtime) -> None:
         self.runtime = runtime
@@ -58,14 +68,13 @@ class Metering:
         _set_header(flow.response.headers, b"x-tokensense-request-id", call.request_id)
         if call.provider is None:
             return
-        if (_header(flow.response.headers, b"content-type") or b"").startswith(EVENT_STREAM_CONTENT_TYPE):
-            # AWS event-stream frames (Bedrock): passed on untouched, usage read frame by frame as they pass.
+        framing = _stream_framing(call.provider, _header(flow.response.headers, b"content-type") or b"")
+        if framing is not None:
+            # A stream in a provider's own binary framing: passed on untouched, its usage read as frames pass.
             call.stream = True
             if not flow.response.stream:
                 call.stream_usage = usage = call.provider.stream_usage()
-                # A provider whose streams are event-stream frames reads them; any other one still streams.
-                feed_frame = getattr(usage, "feed_frame", None) or (lambda frame: None)
-                flow.response.stream = EventStreamPassthrough(feed_frame, on_first=call.mark_first_token)
+                flow.response.stream = framing(usage, on_first=call.mark_first_token)
             return
         if not _is_event_stream(flow.response):
             return

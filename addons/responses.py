@@ -1,4 +1,4 @@
-"""The OpenAI Responses API: passthrough for OpenAI and xAI, translated for Claude and Gemini, owned per key.
+"""The Responses API: passthrough where a provider serves it, translated where it has a translation, owned per key.
 
 Parse stage (request): `POST /v1/responses`, `/v1/responses/input_tokens` and `/compact` are parsed and
 prepared like the Router does for chat; the routes naming a response (`GET`/`DELETE /v1/responses/{id}`,
@@ -32,14 +32,12 @@ from tokensense.core.errors import GatewayError
 from tokensense.core.paths import path_segment
 from tokensense.gateway.body import parse_json_body
 from tokensense.gateway.call import CallContext
-from tokensense.gateway.forward import OPENAI_SDK_HEADER_PREFIXES
 from tokensense.gateway.routing import resolve_model
 from tokensense.gateway.runtime import Runtime
 from tokensense.gateway.stream import PassthroughStream
-from tokensense.providers import get_provider
+from tokensense.providers import PROVIDERS, get_provider
 from tokensense.providers import responses_format as rf
 from tokensense.providers.base import Upstream
-from tokensense.providers.openai import ResponsesStreamUsage, usage_from_response
 from tokensense.providers.responses_stream import ResponsesTranslatingStream
 from tokensense.providers.translation import TranslationError
 from tokensense.storage.responses import ResponseStore
@@ -55,7 +53,7 @@ _SUFFIX = {Endpoint.RESPONSES_CANCEL: "/cancel", Endpoint.RESPONSES_INPUT_ITEMS:
 class ResponsesCall:
     """What the answer hooks need to know about a Responses API call."""
 
-    translator: Any | None = None  # providers/*/responses.py ResponsesTranslation, for Claude and Gemini
+    translator: Any | None = None  # providers/*/responses.py ResponsesTranslation, for a translated model
     request: dict = field(default_factory=dict)  # the client's body (echoed in translated answers)
     previous: str | None = None
     stored: bool = True  # `store` was not false: the new response id is recorded
@@ -132,14 +130,8 @@ class Responses:
 
         translator = adapter.responses_translator()
         if translator is not None and endpoint is Endpoint.RESPONSES_COMPACT:
-            # OpenAI's compact answers the user messages plus one `compaction` item whose `encrypted_content`
-            # only OpenAI's models can read back; nothing TokenSense could write there means anything to
-            # another provider. Codex calls it only for its built-in OpenAI provider (codex-rs
-            # `should_use_remote_compact_task`) and compacts locally, with a normal turn, otherwise.
-            raise GatewayError(400, f"POST /v1/responses/compact is served for OpenAI models only: its `compaction` "
-                               f"item is encrypted content that only OpenAI can read, so `{requested}` "
-                               f"({adapter.display_name}) cannot produce one. Compact with a normal request instead "
-                               "(Codex does this by itself with a custom model provider).",
+            # A compaction is the serving provider's own encrypted item: a translation cannot write one.
+            raise GatewayError(400, rf.compact_refusal(str(requested), adapter.display_name),
                                code="unsupported_model_for_endpoint", param="model")
         if translator is None or endpoint not in (Endpoint.RESPONSES, Endpoint.RESPONSES_INPUT_TOKENS):
             raise GatewayError(400, f"The model `{requested}` ({adapter.display_name}) is not served on "
@@ -152,8 +144,8 @@ class Responses:
             if conversation is None:
                 raise GatewayError(
                     400, f"previous_response_id '{meta.previous[:100]}' cannot be continued with {adapter.display_name}: "
-                    "TokenSense keeps the conversation only of responses it translated itself (Claude and Gemini models). "
-                    "Send the whole conversation in `input` instead.",
+                    "TokenSense keeps the conversation only of responses it translated itself "
+                    f"({_translated_models()}). Send the whole conversation in `input` instead.",
                     code="previous_response_not_found", param="previous_response_id")
             body = rf.with_previous_conversation(body, conversation)
         if endpoint is Endpoint.RESPONSES_INPUT_TOKENS:
@@ -173,7 +165,7 @@ class Responses:
         meta.response_id = rf.new_response_id()
         prepare_upstream(call, adapter, credential, upstream,
                          body=json.dumps(provider_body, separators=_COMPACT).encode(),
-                         content_type="application/json", drop_header_prefixes=OPENAI_SDK_HEADER_PREFIXES)
+                         content_type="application/json", drop_header_prefixes=adapter.translation_drop_headers())
         flow.metadata[META] = meta
 
     def _count(self, flow: http.HTTPFlow, call: CallContext, meta: ResponsesCall, translator: Any, credential: Any,
@@ -193,7 +185,8 @@ class Responses:
         meta.stored = False
         prepare_upstream(call, call.provider, credential, upstream,
                          body=json.dumps(provider_body, separators=_COMPACT).encode(),
-                         content_type="application/json", drop_header_prefixes=OPENAI_SDK_HEADER_PREFIXES)
+                         content_type="application/json",
+                         drop_header_prefixes=call.provider.translation_drop_headers())
         flow.metadata[META] = meta
 
     async def _stored_route(self, flow: http.HTTPFlow, call: CallContext) -> None:
@@ -258,7 +251,9 @@ class Responses:
 
             response.stream = ResponsesTranslatingStream(translator, on_first=call.mark_first_token, on_end=on_end)
             return
-        usage = ResponsesStreamUsage(adapter.name, getattr(adapter, "reasoning_outside_completion", False))
+        usage = adapter.responses_stream_usage()
+        if usage is None:  # a provider that serves no Responses stream of its own: nothing to read
+            return
         call.stream_usage = usage
 
         def on_passthrough_end() -> None:
@@ -289,8 +284,7 @@ class Responses:
         if not isinstance(answer, dict):
             return
         assert call.provider is not None
-        call.usage = usage_from_response(answer, provider=call.provider.name,
-                                         reasoning_outside=getattr(call.provider, "reasoning_outside_completion", False))
+        call.usage = call.provider.responses_usage(answer)
         if call.route_endpoint is Endpoint.RESPONSES and isinstance(answer.get("id"), str) and meta.stored:
             self._remember(call, answer["id"], meta.previous)
 
@@ -338,3 +332,9 @@ def _input_item_page(items: list[dict], query: Any) -> dict:
     page = listed[:limit]
     return {"object": "list", "data": page, "first_id": page[0]["id"] if page else None,
             "last_id": page[-1]["id"] if page else None, "has_more": len(listed) > limit}
+
+
+def _translated_models() -> str:
+    """The providers whose Responses calls TokenSense translates, for a message: "Anthropic and ... models"."""
+    names = [p.display_name for p in PROVIDERS.values() if p.responses_translator() is not None]
+    return (f"{', '.join(names[:-1])} and {names[-1]}" if len(names) > 1 else "".join(names)) + " models"

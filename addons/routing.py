@@ -17,14 +17,14 @@ from tokensense.core.errors import GatewayError
 from tokensense.gateway.body import optional_token_count, parse_json_body
 from tokensense.gateway.call import CallContext
 from tokensense.gateway.catalog import list_models
-from tokensense.gateway.forward import OPENAI_SDK_HEADER_PREFIXES
-from tokensense.gateway.model_lists import ListShape, find, listed, model_list, served_in, shape_for, single_model
+from tokensense.gateway.model_lists import find, listed, served_in, shape_for
 from tokensense.gateway.policy import model_allowed
 from tokensense.gateway.routing import MEDIA_ENDPOINTS, resolve_model
 from tokensense.gateway.runtime import Runtime
 from tokensense.gateway.stream import with_stream_usage
 from tokensense.metering.pricing import PriceBook
 from tokensense.providers import PROVIDERS, provider_for_model
+from tokensense.providers.base import OPENAI_SDK_HEADER_PREFIXES  # `_route` (its rewrite asks the provider)
 from tokensense.providers.translation import TranslationError
 
 _COMPACT = (",", ":")
@@ -55,26 +55,23 @@ class Router:
         media = self._media_models()
         media_names = {m for models in media.values() for m in models}
         prices = self.runtime.prices
-        openai_list = list_models(available, custom=prices.custom, extra=media,
-                                  allowed=lambda provider, model: model_allowed(key, provider, model),
-                                  pricing=lambda provider, model: "media" if model in media_names and
-                                  model not in prices.custom else
-                                  _pricing_kind(prices, provider, model))
+        catalog = list_models(available, custom=prices.custom, extra=media,
+                              allowed=lambda provider, model: model_allowed(key, provider, model),
+                              pricing=lambda provider, model: "media" if model in media_names and
+                              model not in prices.custom else
+                              _pricing_kind(prices, provider, model))
         req = flow.request
         shape = shape_for(req.path.partition("?")[0], req.headers)
-        models = served_in(shape, listed(openai_list))
+        models = served_in(shape, listed(catalog))
         if call.route_endpoint is Endpoint.MODELS:
-            answer_json(flow, 200, openai_list if shape is ListShape.OPENAI else model_list(shape, models, req.query))
+            answer_json(flow, 200, shape.listing(models, req.query))
             return
         model = find(models, call.resource or "")
         if model is None:
             answer_error(flow, call.fmt, GatewayError(404, f"The model `{(call.resource or '')[:100]}` does not exist "
                                                       "or this key may not use it.", code="model_not_found"))
             return
-        if shape is ListShape.OPENAI:  # the list's own entry, with what the list says about it
-            answer_json(flow, 200, next(e for e in openai_list["data"] if e["id"] == model.id))
-            return
-        answer_json(flow, 200, single_model(shape, model))
+        answer_json(flow, 200, shape.entry(model))
 
     def _media_models(self) -> dict[str, list[str]]:
         """Image and audio models from the media price table, by provider (the catalog lacks most)."""

@@ -30,7 +30,8 @@ from tokensense.metering.media_prices import (
     catalog_media_cost,
 )
 from tokensense.metering.pricing import PriceBook
-from tokensense.providers import PROVIDERS
+from tokensense.providers import PROVIDERS, audio_format, fal_images, images_format
+from tokensense.providers.gemini import images as gemini_images
 from tokensense.providers.openai import OPENAI_ERRORS
 from tokensense.settings import Settings
 
@@ -57,13 +58,13 @@ def raises_400(param: str | None) -> Iterator[None]:
 
 
 def test_imagen_request_maps_n_and_size_and_always_sends_sample_count() -> None:
-    assert media.imagen_request({"model": "imagen-4.0-generate-001", "prompt": "a fox"}) == {
+    assert gemini_images.imagen_request({"model": "imagen-4.0-generate-001", "prompt": "a fox"}) == {
         "instances": [{"prompt": "a fox"}], "parameters": {"sampleCount": 1}}
     body = {"prompt": "a fox", "n": 3, "size": "1024x1792", "response_format": "b64_json", "quality": "auto",
             "user": "u-1", "personGeneration": "dont_allow"}
-    assert media.imagen_request(body)["parameters"] == {"sampleCount": 3, "aspectRatio": "9:16",
+    assert gemini_images.imagen_request(body)["parameters"] == {"sampleCount": 3, "aspectRatio": "9:16",
                                                         "personGeneration": "dont_allow"}
-    assert media.imagen_request({"prompt": "x", "size": "4:3"})["parameters"]["aspectRatio"] == "4:3"
+    assert gemini_images.imagen_request({"prompt": "x", "size": "4:3"})["parameters"]["aspectRatio"] == "4:3"
 
 
 @pytest.mark.parametrize(("body", "param"), [
@@ -79,16 +80,16 @@ def test_imagen_request_maps_n_and_size_and_always_sends_sample_count() -> None:
 ])
 def test_imagen_request_refuses_what_imagen_lacks(body: dict, param: str) -> None:
     with raises_400(param):
-        media.imagen_request(body)
+        gemini_images.imagen_request(body)
 
 
 def test_fal_request_maps_sizes_to_presets_or_width_and_height() -> None:
-    assert media.fal_request({"prompt": "ramen"}) == {"prompt": "ramen", "num_images": 1}
-    assert media.fal_request({"prompt": "r", "n": 4, "size": "1024x1024", "output_format": "png", "seed": 3}) == {
+    assert fal_images.fal_request({"prompt": "ramen"}) == {"prompt": "ramen", "num_images": 1}
+    assert fal_images.fal_request({"prompt": "r", "n": 4, "size": "1024x1024", "output_format": "png", "seed": 3}) == {
         "prompt": "r", "num_images": 4, "image_size": "square_hd", "output_format": "png", "seed": 3}
-    assert media.fal_request({"prompt": "r", "size": "1280x720"})["image_size"] == {"width": 1280, "height": 720}
-    assert media.fal_request({"prompt": "r", "size": "portrait_16_9"})["image_size"] == "portrait_16_9"
-    assert "image_size" not in media.fal_request({"prompt": "r", "size": "auto"})
+    assert fal_images.fal_request({"prompt": "r", "size": "1280x720"})["image_size"] == {"width": 1280, "height": 720}
+    assert fal_images.fal_request({"prompt": "r", "size": "portrait_16_9"})["image_size"] == "portrait_16_9"
+    assert "image_size" not in fal_images.fal_request({"prompt": "r", "size": "auto"})
 
 
 @pytest.mark.parametrize(("body", "param"), [
@@ -101,16 +102,16 @@ def test_fal_request_maps_sizes_to_presets_or_width_and_height() -> None:
 ])
 def test_fal_request_refuses_what_fal_lacks(body: dict, param: str) -> None:
     with raises_400(param):
-        media.fal_request(body)
+        fal_images.fal_request(body)
 
 
 def test_openai_image_sizes_are_checked_for_the_models_tokensense_knows() -> None:
-    media.check_openai_image_request("dall-e-3", {"size": "1792x1024"})
-    media.check_openai_image_request("gpt-image-1.5", {"size": "2048x2048"})  # newer models: OpenAI decides
+    images_format.check_openai_image_request("dall-e-3", {"size": "1792x1024"})
+    images_format.check_openai_image_request("gpt-image-1.5", {"size": "2048x2048"})  # newer models: OpenAI decides
     with raises_400("size"):
-        media.check_openai_image_request("dall-e-2", {"size": "1792x1024"})
+        images_format.check_openai_image_request("dall-e-2", {"size": "1792x1024"})
     with raises_400("n"):
-        media.check_openai_image_request("dall-e-2", {"n": -1})
+        images_format.check_openai_image_request("dall-e-2", {"n": -1})
 
 
 def test_media_route_says_which_provider_serves_which_endpoint() -> None:
@@ -132,7 +133,7 @@ def test_media_route_says_which_provider_serves_which_endpoint() -> None:
 def test_imagen_answer_becomes_openai_b64_json_leaving_out_filtered_images() -> None:
     answer = {"predictions": [{"bytesBase64Encoded": "iVBORw0K", "mimeType": "image/png"},
                               {"raiFilteredReason": "filtered for safety"}]}
-    translated = media.imagen_answer(answer, created=1700000000)
+    translated = gemini_images.imagen_answer(answer, created=1700000000)
     assert translated.body == {"created": 1700000000, "data": [{"b64_json": "iVBORw0K"}], "output_format": "png"}
 
 
@@ -140,7 +141,7 @@ def test_fal_answer_becomes_openai_urls_with_pixel_sizes() -> None:
     answer = {"images": [{"url": "https://fal.media/a.jpg", "width": 1024, "height": 768, "content_type": "image/jpeg"},
                          {"url": "https://fal.media/b.jpg", "width": 1024, "height": 768}],
               "timings": {"inference": 1.2}, "seed": 42, "has_nsfw_concepts": [False, False], "prompt": "x"}
-    translated = media.fal_answer(answer, created=1)
+    translated = fal_images.fal_answer(answer, created=1)
     assert translated.body == {"created": 1, "data": [{"url": "https://fal.media/a.jpg"},
                                                       {"url": "https://fal.media/b.jpg"}]}
     assert translated.pixels == [(1024, 768), (1024, 768)]
@@ -149,22 +150,22 @@ def test_fal_answer_becomes_openai_urls_with_pixel_sizes() -> None:
 def test_fal_errors_become_openai_errors_naming_the_field() -> None:
     body = json.dumps({"detail": [{"loc": ["body", "num_images"], "msg": "ensure this value is less than or equal to 4",
                                    "type": "value_error"}]}).encode()
-    error = media.fal_error(422, body)["error"]
+    error = fal_images.fal_error(422, body)["error"]
     assert error == {"message": "num_images: ensure this value is less than or equal to 4",
                      "type": "invalid_request_error", "param": "num_images", "code": None}
-    assert media.fal_error(401, b'{"detail": "No key"}')["error"]["type"] == "authentication_error"
-    assert media.fal_error(502, b"<html>bad gateway</html>")["error"]["message"] == "<html>bad gateway</html>"
+    assert fal_images.fal_error(401, b'{"detail": "No key"}')["error"]["type"] == "authentication_error"
+    assert fal_images.fal_error(502, b"<html>bad gateway</html>")["error"]["message"] == "<html>bad gateway</html>"
 
 
 def test_image_usage_reads_gpt_image_tokens_and_counts_images() -> None:
     answer = {"data": [{"b64_json": "x"}, {"b64_json": "y"}],
               "usage": {"input_tokens": 12, "output_tokens": 2112, "total_tokens": 2124,
                         "input_tokens_details": {"text_tokens": 12, "image_tokens": 0}}}
-    usage, image_in, image_out = media.image_usage(answer)
+    usage, image_in, image_out = images_format.image_usage(answer)
     assert usage == TokenUsage(input_tokens=12, output_tokens=2112, images=2, units={"output_image_tokens": 2112},
                                counters={"input_text_tokens": 12})
     assert (image_in, image_out) == (0, 2112)
-    assert media.image_usage({"created": 1, "data": [{"url": "u"}]}) == (TokenUsage(images=1), 0, 0)
+    assert images_format.image_usage({"created": 1, "data": [{"url": "u"}]}) == (TokenUsage(images=1), 0, 0)
 
 
 # --- multipart ------------------------------------------------------------------------------
@@ -226,11 +227,14 @@ def test_audio_seconds_of_a_lame_mp3() -> None:
 @pytest.mark.parametrize("fmt", ["mp3", "wav", "pcm"])
 def test_audio_meter_measures_streamed_speech(fmt: str) -> None:
     audio = speech_audio("one two three four five", fmt)  # the fake's speech: 2.0 s
-    meter = media.AudioMeter(fmt)
+    meter = media.AudioMeter(fmt, audio_format.PCM_BYTES_PER_SECOND)  # the OpenAI route's pcm rate
     for i in range(0, len(audio), 1000):
         meter.feed(audio[i:i + 1000])
     assert meter.seconds() == pytest.approx(2.0, abs=0.05)
     assert media.AudioMeter("opus").seconds() is None
+    unknown_rate = media.AudioMeter("pcm")  # a provider that did not say its pcm rate: unmeasured, not guessed
+    unknown_rate.feed(b"\x00" * 48_000)
+    assert unknown_rate.seconds() is None
 
 
 def test_wav_seconds_trusts_the_byte_count_not_the_streamed_header() -> None:
@@ -242,13 +246,13 @@ def test_wav_seconds_trusts_the_byte_count_not_the_streamed_header() -> None:
 def test_transcription_usage_from_each_answer_shape() -> None:
     verbose = json.dumps({"task": "transcribe", "duration": 2.48, "text": "hi",
                           "usage": {"type": "duration", "seconds": 3}}).encode()
-    assert media.transcription_usage(verbose, "application/json") == media.AudioUsage(2.48, 3.0)
+    assert audio_format.transcription_usage(verbose, "application/json") == media.AudioUsage(2.48, 3.0)
     tokens = json.dumps({"text": "hi", "usage": {"type": "tokens", "input_tokens": 25, "output_tokens": 2,
                                                  "input_token_details": {"text_tokens": 5, "audio_tokens": 20}}})
-    usage = media.transcription_usage(tokens.encode(), "application/json")
+    usage = audio_format.transcription_usage(tokens.encode(), "application/json")
     assert usage.tokens == TokenUsage(input_tokens=25, output_tokens=2, units={"input_audio_tokens": 20},
                                      counters={"input_text_tokens": 5}) and usage.audio_tokens == 20
-    assert media.transcription_usage(b"hello\n", "text/plain") == media.AudioUsage()
+    assert audio_format.transcription_usage(b"hello\n", "text/plain") == media.AudioUsage()
     assert media.billed_seconds(media.AudioUsage(2.48, 3.0), 2.5) == 2.48
     assert media.billed_seconds(media.AudioUsage(None, 3.0), 2.5) == 3.0
     assert media.billed_seconds(media.AudioUsage(), 2.5) == 2.5
@@ -339,6 +343,8 @@ def media_flow(kind: str, model: str, **state: object):  # type: ignore[no-untyp
     call = CallContext(Endpoint.SPEECH if kind == "speech" else Endpoint.TRANSCRIPTIONS, OPENAI_ERRORS)
     call.provider, call.model = PROVIDERS["openai"], model
     flow.metadata[CALL] = call
+    if kind in ("speech", "transcription"):
+        state.setdefault("audio", audio_format.AUDIO)  # the OpenAI route's reader of its audio answers
     flow.metadata[MEDIA] = MediaCall(kind, **state)  # type: ignore[arg-type]
     return addon, flow, call
 

@@ -60,9 +60,6 @@ class Endpoint(str):
     HEALTH: ClassVar[Endpoint]
     REQUEST_RECORD: ClassVar[Endpoint]
     UNKNOWN: ClassVar[Endpoint]
-    # Transitional: only tokensense/gateway/model_lists.py still names it (another branch moves the model
-    # lists into the providers; then this goes). The provider's own name for it is its package's `NATIVE`.
-    GEMINI: ClassVar[Endpoint]
 
 
 Endpoint.CHAT = Endpoint("chat.completions")
@@ -84,7 +81,6 @@ Endpoint.RESPONSES_COMPACT = Endpoint("responses.compact")
 Endpoint.HEALTH = Endpoint("health")
 Endpoint.REQUEST_RECORD = Endpoint("tokensense.request")  # GET /v1/tokensense/requests/{id}: a call's usage record
 Endpoint.UNKNOWN = Endpoint("unknown")
-Endpoint.GEMINI = Endpoint("gemini")  # transitional, see above
 
 
 # The Responses API routes that name a stored response in the path (`/v1/responses/{id}[/...]`).

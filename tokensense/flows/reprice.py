@@ -13,7 +13,6 @@ from pydantic import BaseModel, Field
 from tokensense.core.errors import GatewayError
 from tokensense.core.usage import TokenUsage
 from tokensense.flows.recording import RECORD, read_flow_file
-from tokensense.gateway import media as gateway_media
 from tokensense.gateway.intercept import HostTable
 from tokensense.gateway.record import call_cost
 from tokensense.gateway.routing import Endpoint
@@ -22,6 +21,8 @@ from tokensense.metering.pricing import PriceBook
 from tokensense.metering.sse import EventSplitter, parse_event
 from tokensense.metering.usage_extract import usage_from_answer, with_request_tier
 from tokensense.providers import OPENAI_COMPATIBLE, ProviderAdapter, get_provider, match_route, openai_format_reader
+from tokensense.providers.audio_format import AudioEventsUsage, transcription_usage
+from tokensense.providers.images_format import image_usage
 
 _TOKEN_FIELDS = ("input_tokens", "output_tokens", "cached_input_tokens", "cache_write_tokens", "reasoning_tokens")
 _MEDIA_FIELDS = ("images", "characters", "seconds")
@@ -115,7 +116,7 @@ def answer_usage(adapter: ProviderAdapter, response: http.Response, *,
     content_type = response.headers.get("content-type", "").lower()
     audio = endpoint in (Endpoint.TRANSCRIPTIONS.value, Endpoint.SPEECH.value)
     if content_type.startswith("text/event-stream"):
-        collector = gateway_media.AudioStreamUsage() if audio else adapter.stream_usage()
+        collector = AudioEventsUsage() if audio else adapter.stream_usage()
         splitter = EventSplitter()
         events = splitter.feed(content)
         if rest := splitter.rest():
@@ -132,10 +133,10 @@ def answer_usage(adapter: ProviderAdapter, response: http.Response, *,
                 collector.feed(name, data)
         return collector.result()
     if audio:
-        return gateway_media.transcription_usage(content, content_type).tokens
+        return transcription_usage(content, content_type).tokens
     if endpoint == Endpoint.IMAGES.value and adapter.name in OPENAI_COMPATIBLE:
         try:
-            return gateway_media.image_usage(json.loads(content))[0]
+            return image_usage(json.loads(content))[0]
         except (ValueError, UnicodeDecodeError):
             return None
     reader = openai_format_reader() if openai_format else adapter

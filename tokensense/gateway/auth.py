@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
+from tokensense.providers import PROVIDERS
+
 # Headers that can carry a client's key. All of them are removed before a
 # request goes upstream, whichever one held the TokenSense key.
 KEY_HEADERS = ("authorization", "x-api-key", "x-goog-api-key", "api-key")
@@ -19,10 +21,8 @@ def client_key(headers: Mapping[str, str], query: Mapping[str, str]) -> str | No
         scheme, _, value = auth.partition(" ")
         if scheme.lower() == "bearer" and value.strip():
             return value.strip()
-        if scheme == "AWS4-HMAC-SHA256":
-            from tokensense.providers.bedrock.sigv4 import access_key_of
-
-            if key := access_key_of(auth):
+        for provider in PROVIDERS.values():  # a provider's own signing scheme (SigV4) names the key its own way
+            if key := provider.client_key_in(auth):
                 return key
     for name in ("x-api-key", "x-goog-api-key", "api-key"):
         header = headers.get(name)

@@ -89,7 +89,7 @@ class CallContext:
     def usage_chunk_added(self) -> bool:
         """Whether TokenSense asked upstream for the usage chunk the client did not ask for."""
         return (self.stream and not self.client_wants_usage and self.provider is not None
-                and self.provider.openai_format)
+                and self.provider.usage_chunk_on_request)
 
     def protocol_error(self, status: int, message: str) -> tuple[int, str, str]:
         """(status, message, code) for an error mitmproxy met on this call (its HTML page is replaced by JSON)."""

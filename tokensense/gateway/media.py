@@ -1,9 +1,12 @@
-"""Media endpoints as pure functions: OpenAI images ⇄ Imagen/fal, multipart forms, audio lengths, media answers."""
+"""Media endpoints as pure functions: multipart forms, audio lengths, which provider serves which media call.
+
+The providers own their media rules (`Provider.media_route`): image translations, request checks, and how
+their answers report usage; the media addon asks the route.
+"""
 
 from __future__ import annotations
 
 import io
-import json
 import math
 import struct
 import wave
@@ -12,60 +15,10 @@ from typing import Any, NamedTuple
 
 from tokensense.core.endpoints import Endpoint
 from tokensense.core.errors import GatewayError
-from tokensense.core.usage import TokenUsage
-from tokensense.providers import get_provider
-from tokensense.providers.base import MediaRoute, StreamUsage
-from tokensense.providers.fal_images import (
-    FAL_IMAGE_SIZES,
-    FAL_MAX_IMAGES,
-    fal_answer,
-    fal_error,
-    fal_image_size,
-    fal_request,
-)
-from tokensense.providers.gemini.images import IMAGEN_ASPECT_RATIOS, IMAGEN_MAX_IMAGES, imagen_answer, imagen_request
-from tokensense.providers.images_format import (
-    OPENAI_IMAGE_SIZES,
-    ImagesAnswer,
-    check_openai_image_request,
-    image_count,
-    image_prompt,
-)
-from tokensense.providers.openai_usage import usage_from_openai
+from tokensense.providers import PROVIDERS, get_provider
+from tokensense.providers.base import AudioUsage, MediaRoute
 
-DEFAULT_MAX_UPLOAD_MB = 25.0  # OpenAI's own limit for /v1/audio/transcriptions
-
-# The image translations live with their providers; named here too for the media addon and the tests.
-__all__ = [
-    "FAL_IMAGE_SIZES", "FAL_MAX_IMAGES", "IMAGEN_ASPECT_RATIOS", "IMAGEN_MAX_IMAGES", "OPENAI_IMAGE_SIZES",
-    "ImagesAnswer", "check_openai_image_request", "fal_answer", "fal_error", "fal_image_size", "fal_request",
-    "image_count", "image_prompt", "imagen_answer", "imagen_request",
-]
-
-# --- images: answers ------------------------------------------------------------------------
-
-
-def image_count_in(answer: Any) -> int:
-    data = answer.get("data") if isinstance(answer, dict) else None
-    return len(data) if isinstance(data, list) else 0
-
-
-def image_usage(answer: Any) -> tuple[TokenUsage, int, int]:
-    """An OpenAI images answer's usage: (tokens and image count, input image tokens, output image tokens).
-
-    gpt-image answers carry token `usage` (read like every OpenAI usage, so the
-    image tokens are in its `units`); when the answer does not split its output
-    tokens, all of them are image tokens. dall-e answers carry none: only the image count.
-    """
-    images = image_count_in(answer)
-    tokens = usage_from_openai(answer.get("usage") if isinstance(answer, dict) else None)
-    if tokens is None:
-        return TokenUsage(images=images), 0, 0
-    units = dict(tokens.units)
-    if tokens.output_tokens and "output_image_tokens" not in units and not tokens.counters.get("output_text_tokens"):
-        units["output_image_tokens"] = tokens.output_tokens
-    tokens = tokens.model_copy(update={"images": images, "units": units})
-    return tokens, units.get("input_image_tokens", 0), units.get("output_image_tokens", 0)
+DEFAULT_MAX_UPLOAD_MB = 25.0  # the usual provider limit for an audio upload (/v1/audio/transcriptions)
 
 
 # --- multipart forms ------------------------------------------------------------------------
@@ -200,7 +153,6 @@ _MP3_BITRATES = {
     2: (0, 8, 16, 24, 32, 40, 48, 56, 64, 80, 96, 112, 128, 144, 160),  # MPEG-2 Layer III
 }
 _MP3_RATES = {3: (44100, 48000, 32000), 2: (22050, 24000, 16000), 0: (11025, 12000, 8000)}
-PCM_BYTES_PER_SECOND = 24_000 * 2  # OpenAI's `pcm`: 24 kHz, 16-bit, mono
 
 
 def mp3_seconds(head: bytes, total: int) -> float | None:
@@ -255,8 +207,9 @@ class AudioMeter:
 
     HEAD = 8192
 
-    def __init__(self, audio_format: str) -> None:
+    def __init__(self, audio_format: str, pcm_bytes_per_second: int | None = None) -> None:
         self.format = audio_format
+        self.pcm_bytes_per_second = pcm_bytes_per_second  # the provider's raw `pcm` (rate x sample size)
         self.total = 0
         self.head = bytearray()
 
@@ -266,11 +219,12 @@ class AudioMeter:
             self.head += chunk[:self.HEAD - len(self.head)]
 
     def seconds(self) -> float | None:
-        """The length, for mp3, wav and pcm; None for formats whose length needs the whole file."""
+        """The length, for mp3, wav and (at the provider's rate) pcm; None for formats whose length needs the
+        whole file."""
         if self.total == 0:
             return None
         if self.format == "pcm":
-            return self.total / PCM_BYTES_PER_SECOND
+            return self.total / self.pcm_bytes_per_second if self.pcm_bytes_per_second else None
         if self.format == "wav":
             return wav_seconds(bytes(self.head), self.total)
         if self.format == "mp3":
@@ -279,57 +233,6 @@ class AudioMeter:
 
 
 # --- transcription and speech answers -------------------------------------------------------
-
-
-class AudioUsage(NamedTuple):
-    """What an audio answer says it consumed."""
-
-    duration: float | None = None  # verbose_json `duration`
-    billed_seconds: float | None = None  # `usage: {"type": "duration", "seconds"}` (whisper)
-    tokens: TokenUsage | None = None  # `usage` with tokens (gpt-4o transcribe, gpt-4o-mini-tts SSE)
-    audio_tokens: int = 0  # the audio part of the input tokens
-
-
-def audio_usage_from(usage: Any, duration: Any = None) -> AudioUsage:
-    """OpenAI's audio `usage` object (and verbose_json's `duration`) in TokenSense terms."""
-    seconds = float(duration) if isinstance(duration, int | float) and not isinstance(duration, bool) else None
-    if not isinstance(usage, dict):
-        return AudioUsage(duration=seconds)
-    if usage.get("type") == "duration":
-        billed = usage.get("seconds")
-        billed_ok = isinstance(billed, int | float) and not isinstance(billed, bool) and billed >= 0
-        return AudioUsage(seconds, float(billed) if billed_ok else None)
-    if "input_tokens" not in usage and "output_tokens" not in usage:
-        return AudioUsage(duration=seconds)
-    tokens = usage_from_openai(usage) or TokenUsage()
-    return AudioUsage(seconds, None, tokens, tokens.units.get("input_audio_tokens", 0))
-
-
-def transcription_usage(content: bytes, content_type: str) -> AudioUsage:
-    """Usage from an unstreamed transcription answer: json and verbose_json carry it, text/srt/vtt do not."""
-    if "json" not in content_type:
-        return AudioUsage()
-    try:
-        answer = json.loads(content)
-    except (ValueError, UnicodeDecodeError):
-        return AudioUsage()
-    if not isinstance(answer, dict):
-        return AudioUsage()
-    return audio_usage_from(answer.get("usage"), answer.get("duration"))
-
-
-class AudioStreamUsage(StreamUsage):
-    """Usage from an audio SSE stream: `transcript.text.done` and `speech.audio.done` carry it."""
-
-    def __init__(self) -> None:
-        self.usage = AudioUsage()
-
-    def feed(self, event: str | None, data: dict) -> None:
-        if isinstance(data.get("usage"), dict):
-            self.usage = audio_usage_from(data["usage"])
-
-    def result(self) -> TokenUsage:
-        return self.usage.tokens or TokenUsage()
 
 
 def billed_seconds(usage: AudioUsage, measured: float | None) -> float | None:
@@ -363,13 +266,11 @@ def media_route(endpoint: str, provider: str, model: str, *, declared: bool = Fa
     config.toml skips the name checks (its provider is taken at its word).
     """
     adapter = get_provider(provider)
-    route = adapter.media_route(Endpoint(endpoint), model, declared=declared) if adapter is not None else None
+    kind = Endpoint(endpoint)
+    route = adapter.media_route(kind, model, declared=declared) if adapter is not None else None
     if route is not None:
         return route
-    served = {
-        "images.generations": "OpenAI dall-e-*/gpt-image-*, Google imagen-* and fal-ai/* models",
-        "audio.speech": "OpenAI tts-* and gpt-4o-mini-tts models",
-        "audio.transcriptions": "OpenAI whisper-* and gpt-4o-*transcribe models (and Mistral's)",
-    }.get(endpoint, "no models")
+    served = list(dict.fromkeys(d for p in PROVIDERS.values() if (d := p.media_models(kind)) is not None))
+    takes = f"{', '.join(served[:-1])} and {served[-1]}" if len(served) > 1 else served[0] if served else "no"
     raise GatewayError(400, f"The model `{model}` ({provider}) is not served on /v1/{endpoint.replace('.', '/')}: "
-                       f"it takes {served}.", code="unsupported_model_for_endpoint", param="model")
+                       f"it takes {takes} models.", code="unsupported_model_for_endpoint", param="model")

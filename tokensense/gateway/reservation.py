@@ -6,8 +6,8 @@ tokenizer makes of text, plus a flat amount per image), and as output the cap
 actually sent upstream (the Claude translation's default `max_tokens` of 4,096
 included), times the number of choices asked for; without a cap, the model's
 largest output. `genai-prices` knows context windows but not output limits, so
-those come from the table below (the providers' published limits by model
-family), with a conservative default for a model it does not list.
+those come from the providers (`Provider.output_caps`, their published limits
+by model family), with a conservative default for a model none of them lists.
 """
 
 from __future__ import annotations
@@ -21,53 +21,24 @@ from tokensense.core.errors import GatewayError
 from tokensense.core.usage import TokenUsage
 from tokensense.gateway.call import CallContext
 from tokensense.gateway.limits import BudgetDecision
+from tokensense.providers import Provider, provider_for_model
 
-# Largest output of a model family, by the longest matching name prefix (tokens).
-MAX_OUTPUT_TOKENS: dict[str, int] = {
-    "gpt-3.5": 4_096,
-    "gpt-4-": 8_192,
-    "gpt-4": 8_192,
-    "gpt-4-turbo": 4_096,
-    "gpt-4o": 16_384,
-    "gpt-4.1": 32_768,
-    "gpt-4.5": 16_384,
-    "gpt-5": 128_000,
-    "o1-mini": 65_536,
-    "o1": 100_000,
-    "o3": 100_000,
-    "o4-mini": 100_000,
-    "claude-3-haiku": 4_096,
-    "claude-3-opus": 4_096,
-    "claude-3-sonnet": 4_096,
-    "claude-3-5": 8_192,
-    "claude-3-7": 64_000,
-    "claude-sonnet-4": 64_000,
-    "claude-haiku-4": 64_000,
-    "claude-opus-4": 32_000,
-    "claude-opus-4-5": 64_000,
-    "gemini-1.5": 8_192,
-    "gemini-2.0": 8_192,
-    "gemini-2.5": 65_536,
-    "gemini-3": 65_536,
-    "grok-3": 131_072,
-    "grok-4": 131_072,
-    "mistral": 32_768,
-}
 DEFAULT_MAX_OUTPUT_TOKENS = 32_768
-"""Assumed largest output of a model the table does not know (more than most models can write)."""
+"""Assumed largest output of a model no provider gives a cap for (more than most models can write)."""
 
 IMAGE_INPUT_CHARACTERS = 3000  # about 765 tokens: a 1024px image at high detail
 BUDGET_RETRY_AFTER_SECONDS = 2  # a call refused while others hold the budget: they settle within seconds
 
 
-def model_max_output(model: str | None) -> int:
-    """The largest output `model` can produce (table above, longest prefix; else the default)."""
+def model_max_output(model: str | None, provider: Provider | None = None) -> int:
+    """The largest output `model` can produce, from the providers' `output_caps`: the serving provider's
+    (it knows what it serves), else those of the provider whose model family the name is (a model another
+    provider serves: a cloud's Claude, a deployment's GPT); else the default."""
     name = (model or "").lower().rsplit("/", 1)[-1]
-    best = ""
-    for prefix in MAX_OUTPUT_TOKENS:
-        if name.startswith(prefix) and len(prefix) > len(best):
-            best = prefix
-    return MAX_OUTPUT_TOKENS[best] if best else DEFAULT_MAX_OUTPUT_TOKENS
+    cap = provider.max_output_tokens(name) if provider is not None else None
+    if cap is None and (owner := provider_for_model(name)) is not None:
+        cap = owner.max_output_tokens(name)
+    return cap if cap is not None else DEFAULT_MAX_OUTPUT_TOKENS
 
 
 def _text_chars(value: Any) -> int:
@@ -159,5 +130,6 @@ def call_reservation(call: CallContext, body_sent_upstream: dict[str, Any]) -> T
     """`reservation_usage` for a call: its model's largest output, and whether its endpoint writes tokens."""
     generates = call.route_endpoint not in (Endpoint.EMBEDDINGS, Endpoint.COUNT_TOKENS) \
         and call.action not in _NO_OUTPUT_ACTIONS
-    return reservation_usage(body_sent_upstream, max_output_tokens=None, model_max_output=model_max_output(call.model),
+    return reservation_usage(body_sent_upstream, max_output_tokens=None,
+                             model_max_output=model_max_output(call.model, call.provider),
                              generates=generates)

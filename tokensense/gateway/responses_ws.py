@@ -31,6 +31,8 @@ from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Any
 
+from tokensense.providers.responses_format import SOCKET_HANDSHAKE_HEADERS
+
 RESPONSES_WS_PATHS = frozenset({"/v1/responses", "/responses"})
 MAX_FRAME_BYTES = 32 * 1024 * 1024  # a frame is a request body: the HTTP body limit applies (TOKENSENSE_MAX_BODY_MB)
 REMEMBERED_RESPONSES = 8  # responses of one connection whose conversation a later frame may continue
@@ -46,7 +48,7 @@ _FRAME_ONLY_FIELDS = ("type", "generate", "client_metadata")  # WebSocket-only f
 _NOT_PASSED = frozenset({
     "host", "connection", "upgrade", "content-length", "transfer-encoding", "keep-alive", "te", "trailer",
     "proxy-connection", "sec-websocket-key", "sec-websocket-version", "sec-websocket-extensions",
-    "sec-websocket-protocol", "openai-beta", "accept", "accept-encoding", "content-type", "origin",
+    "sec-websocket-protocol", "accept", "accept-encoding", "content-type", "origin", *SOCKET_HANDSHAKE_HEADERS,
 })
 
 

@@ -22,7 +22,7 @@ def with_stream_usage(call: CallContext, body: Any) -> tuple[dict[str, Any] | No
     addon removes that extra chunk again when the client had not asked.
     """
     if not (call.stream and call.route_endpoint is Endpoint.CHAT and call.provider is not None
-            and call.provider.openai_format and isinstance(body, dict)):
+            and call.provider.usage_chunk_on_request and isinstance(body, dict)):
         return None, True
     options = body.get("stream_options")
     if isinstance(options, dict) and options.get("include_usage") is True:

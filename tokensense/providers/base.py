@@ -3,21 +3,27 @@
 A provider owns everything TokenSense knows about it: its names and model
 prefixes, its hosts (intercept mode), its key variable and default base URL,
 its auth headers, the upstream path of each endpoint it serves, the translation
-of OpenAI-format chat when it speaks another format, and reading its usage.
-The gateway asks; it never names a provider.
+of OpenAI-format chat when it speaks another format, reading its usage, and
+what the pipeline needs besides: its SDKs' model-list shape, its models' output
+caps (reservations), its media rules, its non-SSE stream framing and its own key
+scheme (the marked block at the end of `Provider`). The gateway asks; it never
+names a provider.
 """
 
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any, ClassVar, NamedTuple
+from typing import TYPE_CHECKING, Any, ClassVar, NamedTuple
 
 from tokensense.core.endpoints import Endpoint
 from tokensense.core.paths import path_segment
 from tokensense.core.usage import TokenUsage
 from tokensense.providers.routes import ClientRoute, ErrorPath, Route
+
+if TYPE_CHECKING:
+    from tokensense.providers.model_lists import ModelListShape
 
 
 def _int(value: Any) -> int:
@@ -72,10 +78,38 @@ class ImageTranslator(NamedTuple):
     error: Callable[[int, bytes], dict]  # the provider's error answer -> an OpenAI error body
 
 
+class AudioUsage(NamedTuple):
+    """What an audio answer (speech, transcription) says it consumed."""
+
+    duration: float | None = None  # the length the answer states (a transcription's verbose `duration`)
+    billed_seconds: float | None = None  # the seconds the provider says it bills
+    tokens: TokenUsage | None = None  # token usage, for models billed by tokens
+    audio_tokens: int = 0  # the audio part of the input tokens
+
+
+class AudioStreamUsage(StreamUsage):
+    """Usage from the SSE events of an audio answer; `usage` holds what the events said so far."""
+
+    usage: AudioUsage
+
+
+class AudioReader(NamedTuple):
+    """How a provider's audio answers report usage: unstreamed (content, content type) and as SSE events."""
+
+    answer: Callable[[bytes, str], AudioUsage]
+    stream: Callable[[], AudioStreamUsage]
+    pcm_bytes_per_second: int | None = None  # its speech answers' raw `pcm` format, to measure one streamed
+
+
 class MediaRoute(NamedTuple):
-    kind: str  # "openai_images", "images" (translated), "speech", "transcription"
+    kind: str  # "images", "speech", "transcription"
     upstream_path: str
-    images: ImageTranslator | None = None  # the translation of a translated images route
+    images: ImageTranslator | None = None  # the translation of a translated images route (None: sent as asked)
+    # An images route sent as asked: the provider's check of the request before it costs a round trip (a 400
+    # naming the field), and the usage (images, tokens) its answer reports.
+    check: Callable[[str, dict], None] | None = None
+    answer_usage: Callable[[Any], TokenUsage] | None = None
+    audio: AudioReader | None = None  # speech and transcription routes: how their answers report usage
 
 
 # The upstream path of each endpoint in OpenAI's format.
@@ -89,6 +123,17 @@ OPENAI_PATHS: dict[Endpoint, str] = {
     Endpoint.RESPONSES_INPUT_TOKENS: "/v1/responses/input_tokens",
     Endpoint.RESPONSES_COMPACT: "/v1/responses/compact",
 }
+
+
+# Prefixes of the headers OpenAI's SDKs send (x-stainless-*: the SDK generator's). OpenAI's format is the one
+# translations start from; these headers mean nothing to a provider of another format.
+OPENAI_SDK_HEADER_PREFIXES = ("openai-", "x-stainless-")
+
+
+class ResponsesStreamReader(StreamUsage):
+    """Usage from a streamed Responses API answer; `response_id` is the streamed response's id once seen."""
+
+    response_id: str | None = None
 
 
 class Provider(ABC):
@@ -217,6 +262,59 @@ class Provider(ABC):
         Lets the stream meter skip JSON-parsing events that cannot carry usage.
         """
         return (b'"usage', b"usageMetadata")
+
+    # ===== What the pipeline asks a provider (issue 22: model lists, output caps, media, streams, keys) =====
+    # The gateway's stages name no provider: they ask these, and the registry's union of them.
+
+    # Largest output of its model families, by model-name prefix (tokens): a call that sets no output cap
+    # reserves that much of its key's budget. genai-prices has context windows but no output limits.
+    output_caps: ClassVar[Mapping[str, int]] = {}
+
+    def max_output_tokens(self, model: str) -> int | None:
+        """The largest output `model` (lower case, without `provider/`) can write: the longest prefix of
+        `output_caps` it starts with; None if none does."""
+        best = max((prefix for prefix in self.output_caps if model.startswith(prefix)), key=len, default=None)
+        return None if best is None else self.output_caps[best]
+
+    def model_list_shape(self) -> ModelListShape | None:
+        """The shape its own SDKs read `GET /v1/models` in (None: none of their own)."""
+        return None
+
+    def media_models(self, endpoint: Endpoint) -> str | None:
+        """Which of its models a media endpoint takes, for the 400 of a model no provider serves there
+        (`"fal-ai/*"`); None if it serves none there."""
+        return None
+
+    def client_key_in(self, authorization: str) -> str | None:
+        """The TokenSense key in an `Authorization` header of this provider's own signing scheme (not Bearer),
+        where its SDKs put the key they were given; None if the header is not of its scheme."""
+        return None
+
+    def stream_framing(self, content_type: bytes) -> Callable[..., Any] | None:
+        """For a streamed answer that is not SSE, whose content type is this provider's framing: the
+        `flow.response.stream` factory `(usage: StreamUsage, on_first=)` that passes the stream on untouched
+        while `usage` reads it; None for another content type."""
+        return None
+
+    def translation_drop_headers(self) -> tuple[str, ...]:
+        """Prefixes of client headers not sent upstream when a call in another format is translated for it."""
+        return OPENAI_SDK_HEADER_PREFIXES
+
+    def responses_usage(self, answer: Any) -> TokenUsage | None:
+        """Usage of an unstreamed Responses API answer it served natively (None: none)."""
+        return None
+
+    def responses_stream_usage(self) -> ResponsesStreamReader | None:
+        """A fresh reader for a Responses API stream it serves natively (None: it serves none)."""
+        return None
+
+    @property
+    def usage_chunk_on_request(self) -> bool:
+        """Its chat streams report usage only when asked (`stream_options.include_usage`): TokenSense asks,
+        and drops that last chunk again for a client that had not asked."""
+        return self.openai_format
+
+    # ===== end of what the pipeline asks =====
 
 
 def model_segment(model: str) -> str:

@@ -43,6 +43,9 @@ class FalAdapter(ProviderAdapter):
 
         return MediaRoute("images", "/" + path_segments(model), FAL_IMAGES)
 
+    def media_models(self, endpoint: Endpoint) -> str | None:
+        return "fal-ai/*" if endpoint is Endpoint.IMAGES else None
+
     def intercept_route(self, method: str, path: str) -> Route | None:
         # fal's own clients call the app's path: an image generation in OpenAI's error shape (as the gateway's).
         if method == "POST" and path.startswith("/fal-ai/"):

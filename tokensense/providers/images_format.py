@@ -6,6 +6,11 @@ import re
 from typing import Any, NamedTuple
 
 from tokensense.core.errors import GatewayError
+from tokensense.core.usage import TokenUsage
+from tokensense.providers.openai_usage import usage_from_openai
+
+# The image models whose requests TokenSense checks before sending (sizes, `n`).
+OPENAI_IMAGE_MODEL_PREFIXES = ("dall-e-", "gpt-image-", "chatgpt-image")
 
 # Sizes OpenAI accepts per model; other gpt-image models are passed through unchecked
 # (newer ones take more sizes), and OpenAI answers for those itself.
@@ -70,6 +75,40 @@ def check_openai_image_request(model: str, body: dict[str, Any]) -> None:
     if size is not None and allowed is not None and size not in allowed:
         raise GatewayError(400, f"`size`={size!r} is not a size {model} makes; use one of "
                            f"{', '.join(sorted(allowed))}.", code="invalid_value", param="size")
+
+
+def check_image_request(model: str, body: dict[str, Any]) -> None:
+    """The check of an images request sent as asked: OpenAI's own image models' sizes and `n` (others: unchecked)."""
+    if model.startswith(OPENAI_IMAGE_MODEL_PREFIXES):
+        check_openai_image_request(model, body)
+
+
+def image_count_in(answer: Any) -> int:
+    data = answer.get("data") if isinstance(answer, dict) else None
+    return len(data) if isinstance(data, list) else 0
+
+
+def image_usage(answer: Any) -> tuple[TokenUsage, int, int]:
+    """An OpenAI images answer's usage: (tokens and image count, input image tokens, output image tokens).
+
+    gpt-image answers carry token `usage` (read like every OpenAI usage, so the
+    image tokens are in its `units`); when the answer does not split its output
+    tokens, all of them are image tokens. dall-e answers carry none: only the image count.
+    """
+    images = image_count_in(answer)
+    tokens = usage_from_openai(answer.get("usage") if isinstance(answer, dict) else None)
+    if tokens is None:
+        return TokenUsage(images=images), 0, 0
+    units = dict(tokens.units)
+    if tokens.output_tokens and "output_image_tokens" not in units and not tokens.counters.get("output_text_tokens"):
+        units["output_image_tokens"] = tokens.output_tokens
+    tokens = tokens.model_copy(update={"images": images, "units": units})
+    return tokens, units.get("input_image_tokens", 0), units.get("output_image_tokens", 0)
+
+
+def images_answer_usage(answer: Any) -> TokenUsage:
+    """The usage of an OpenAI images answer (`image_usage` without the image-token split)."""
+    return image_usage(answer)[0]
 
 
 def check_default_params(body: dict[str, Any], provider: str) -> None:

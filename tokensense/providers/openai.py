@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any, ClassVar
 
 from tokensense.core.endpoints import RESPONSES_ENDPOINTS, Endpoint
 from tokensense.core.errors import ErrorShape
 from tokensense.core.usage import TokenUsage
-from tokensense.providers.base import MediaRoute, ProviderAdapter, StreamUsage
+from tokensense.providers.audio_format import AUDIO
+from tokensense.providers.base import MediaRoute, ProviderAdapter, ResponsesStreamReader, StreamUsage
+from tokensense.providers.images_format import check_image_request, images_answer_usage
+from tokensense.providers.model_lists import ListedModel, ModelListShape
 from tokensense.providers.openai_usage import service_tier_of, usage_from_openai
 from tokensense.providers.routes import ClientRoute
 
@@ -65,6 +69,26 @@ OPENAI_ROUTES: tuple[ClientRoute, ...] = (
 )
 
 
+class OpenAIModelList(ModelListShape):
+    """OpenAI's model list, the shape of the gateway's own catalog (with its `pricing` extension): the list every
+    client gets that no other SDK's shape claims, naming every model (chat is translated for the others)."""
+
+    error_format: ClassVar[ErrorShape] = OPENAI_ERRORS
+    fallback: ClassVar[bool] = True
+
+    def entry(self, model: ListedModel) -> dict:
+        entry: dict[str, Any] = {"id": model.id, "object": "model", "created": 0, "owned_by": model.provider}
+        if model.pricing is not None:
+            entry["pricing"] = model.pricing
+        return entry
+
+    def listing(self, models: list[ListedModel], query: Mapping[str, str]) -> dict:
+        return {"object": "list", "data": [self.entry(m) for m in models]}
+
+
+MODEL_LIST = OpenAIModelList()
+
+
 class OpenAIStreamUsage(StreamUsage):
     """OpenAI streams report usage once, in the last chunk (with `include_usage`)."""
 
@@ -104,14 +128,44 @@ class OpenAIAdapter(ProviderAdapter):
     def auth_headers(self, api_key: str) -> dict[str, str]:
         return {"authorization": f"Bearer {api_key}"}
 
+    # Largest output by model family (tokens), from OpenAI's model pages.
+    output_caps: ClassVar[Mapping[str, int]] = {
+        "gpt-3.5": 4_096,
+        "gpt-4-": 8_192,
+        "gpt-4": 8_192,
+        "gpt-4-turbo": 4_096,
+        "gpt-4o": 16_384,
+        "gpt-4.1": 32_768,
+        "gpt-4.5": 16_384,
+        "gpt-5": 128_000,
+        "o1-mini": 65_536,
+        "o1": 100_000,
+        "o3": 100_000,
+        "o4-mini": 100_000,
+    }
+
+    def model_list_shape(self) -> ModelListShape | None:
+        return MODEL_LIST
+
     def media_route(self, endpoint: Endpoint, model: str, *, declared: bool) -> MediaRoute | None:
         if endpoint is Endpoint.IMAGES and (declared or model.startswith(("dall-e-", "gpt-image-", "chatgpt-image"))):
-            return MediaRoute("openai_images", "/v1/images/generations")
+            return MediaRoute("images", "/v1/images/generations", check=check_image_request,
+                              answer_usage=images_answer_usage)
         if endpoint is Endpoint.SPEECH and (declared or model.startswith("tts-") or "-tts" in model):
-            return MediaRoute("speech", "/v1/audio/speech")
+            return MediaRoute("speech", "/v1/audio/speech", audio=AUDIO)
         if endpoint is Endpoint.TRANSCRIPTIONS and (declared or model.startswith("whisper-") or "transcribe" in model):
-            return MediaRoute("transcription", "/v1/audio/transcriptions")
+            return MediaRoute("transcription", "/v1/audio/transcriptions", audio=AUDIO)
         return None
+
+    def media_models(self, endpoint: Endpoint) -> str | None:
+        return {Endpoint.IMAGES: "OpenAI dall-e-*/gpt-image-*", Endpoint.SPEECH: "OpenAI tts-*/gpt-4o-mini-tts",
+                Endpoint.TRANSCRIPTIONS: "OpenAI whisper-*/gpt-4o-*transcribe"}.get(endpoint)
+
+    def responses_usage(self, answer: Any) -> TokenUsage | None:
+        return usage_from_response(answer, provider=self.name, reasoning_outside=self.reasoning_outside_completion)
+
+    def responses_stream_usage(self) -> ResponsesStreamReader | None:
+        return ResponsesStreamUsage(self.name, self.reasoning_outside_completion)
 
     usage_key: ClassVar[bytes | None] = b"usage"
 
@@ -149,10 +203,16 @@ class XAIAdapter(OpenAIAdapter):
     native: ClassVar[frozenset[Endpoint]] = frozenset({Endpoint.CHAT, Endpoint.EMBEDDINGS, Endpoint.IMAGES,
                                                        *RESPONSES_ENDPOINTS})
 
+    output_caps: ClassVar[Mapping[str, int]] = {"grok-3": 131_072, "grok-4": 131_072}
+
     def media_route(self, endpoint: Endpoint, model: str, *, declared: bool) -> MediaRoute | None:
         if endpoint is Endpoint.IMAGES:
-            return MediaRoute("openai_images", "/v1/images/generations")
+            return MediaRoute("images", "/v1/images/generations", check=check_image_request,
+                              answer_usage=images_answer_usage)
         return None
+
+    def media_models(self, endpoint: Endpoint) -> str | None:
+        return "xAI" if endpoint is Endpoint.IMAGES else None
 
 
 class MistralAdapter(OpenAIAdapter):
@@ -168,10 +228,15 @@ class MistralAdapter(OpenAIAdapter):
     hosts: ClassVar[tuple[str, ...]] = ("api.mistral.ai",)
     native: ClassVar[frozenset[Endpoint]] = frozenset({Endpoint.CHAT, Endpoint.EMBEDDINGS, Endpoint.TRANSCRIPTIONS})
 
+    output_caps: ClassVar[Mapping[str, int]] = {"mistral": 32_768}
+
     def media_route(self, endpoint: Endpoint, model: str, *, declared: bool) -> MediaRoute | None:
         if endpoint is Endpoint.TRANSCRIPTIONS:
-            return MediaRoute("transcription", "/v1/audio/transcriptions")
+            return MediaRoute("transcription", "/v1/audio/transcriptions", audio=AUDIO)
         return None
+
+    def media_models(self, endpoint: Endpoint) -> str | None:
+        return "Mistral" if endpoint is Endpoint.TRANSCRIPTIONS else None
 
 
 # --- Responses API (/v1/responses): usage of answers and streams ---------------------------------
@@ -214,7 +279,7 @@ def usage_from_response(response: Any, *, provider: str = "openai", reasoning_ou
     return _with_tool_calls(usage, responses_tool_calls(response.get("output")))
 
 
-class ResponsesStreamUsage(StreamUsage):
+class ResponsesStreamUsage(ResponsesStreamReader):
     """Responses streams report usage once, in the terminal event's `response` (completed, incomplete or failed).
 
     `tool_calls` counts the built-in tool calls billed per call (web and file searches) in that response.

@@ -81,6 +81,24 @@ _MESSAGE_INDEX = re.compile(r"messages\[(\d+)\]")
 _SUMMARY_MODES = ("auto", "concise", "detailed")
 
 
+# Headers of the Responses WebSocket handshake that belong to the socket, not to the HTTP call of each of its
+# responses: the beta flag naming the socket protocol (`OpenAI-Beta: responses_websockets=2026-02-06`).
+SOCKET_HANDSHAKE_HEADERS = frozenset({"openai-beta"})
+
+
+def compact_refusal(requested: str, provider: str) -> str:
+    """Why `POST /v1/responses/compact` is not served for a model whose Responses calls are translated.
+
+    OpenAI's compact answers the user messages plus one `compaction` item whose `encrypted_content`
+    only OpenAI's models can read back; nothing TokenSense could write there means anything to
+    another provider. Codex calls it only for its built-in OpenAI provider (codex-rs
+    `should_use_remote_compact_task`) and compacts locally, with a normal turn, otherwise.
+    """
+    return (f"POST /v1/responses/compact is served for OpenAI models only: its `compaction` item is encrypted "
+            f"content that only OpenAI can read, so `{requested}` ({provider}) cannot produce one. Compact with a "
+            "normal request instead (Codex does this by itself with a custom model provider).")
+
+
 def new_response_id() -> str:
     return f"resp_{uuid.uuid4().hex}{uuid.uuid4().hex[:16]}"
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any, ClassVar
 
 from tokensense.core.endpoints import Endpoint
@@ -9,6 +10,7 @@ from tokensense.core.errors import ErrorShape
 from tokensense.core.usage import TokenUsage
 from tokensense.providers.anthropic.usage import usage_from_anthropic
 from tokensense.providers.base import ProviderAdapter, StreamUsage, Translator, Upstream
+from tokensense.providers.model_lists import ModelListShape
 from tokensense.providers.routes import ClientRoute, ErrorPath, error_path
 
 __all__ = ["ANTHROPIC_ERRORS", "AnthropicAdapter", "AnthropicStreamUsage", "usage_from_anthropic"]
@@ -84,6 +86,24 @@ class AnthropicAdapter(ProviderAdapter):
     native: ClassVar[frozenset[Endpoint]] = frozenset({Endpoint.MESSAGES, Endpoint.COUNT_TOKENS})
     client_routes: ClassVar[tuple[ClientRoute, ...]] = ANTHROPIC_ROUTES
     error_paths: ClassVar[tuple[ErrorPath, ...]] = (error_path("/v1/messages", ANTHROPIC_ERRORS),)
+
+    # Largest output by model family (tokens), from Anthropic's models overview.
+    output_caps: ClassVar[Mapping[str, int]] = {
+        "claude-3-haiku": 4_096,
+        "claude-3-opus": 4_096,
+        "claude-3-sonnet": 4_096,
+        "claude-3-5": 8_192,
+        "claude-3-7": 64_000,
+        "claude-sonnet-4": 64_000,
+        "claude-haiku-4": 64_000,
+        "claude-opus-4": 32_000,
+        "claude-opus-4-5": 64_000,
+    }
+
+    def model_list_shape(self) -> ModelListShape | None:
+        from tokensense.providers.anthropic.models import MODEL_LIST
+
+        return MODEL_LIST
 
     def auth_headers(self, api_key: str) -> dict[str, str]:
         return {"x-api-key": api_key}

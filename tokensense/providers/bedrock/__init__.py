@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import os
 import re
+from collections.abc import Callable
 from typing import Any, ClassVar
 from urllib.parse import quote, unquote
 
@@ -23,8 +24,8 @@ from tokensense.core.errors import ErrorShape, GatewayError
 from tokensense.core.usage import TokenUsage
 from tokensense.providers.anthropic import AnthropicStreamUsage, usage_from_anthropic
 from tokensense.providers.base import ProviderAdapter, StreamUsage, Translator, Upstream, _int
-from tokensense.providers.bedrock.eventstream import Frame, decode_chunk
-from tokensense.providers.bedrock.sigv4 import AwsKeys, ChainCredentials, parse_credential, sign_headers
+from tokensense.providers.bedrock.eventstream import CONTENT_TYPE, EventStreamPassthrough, Frame, decode_chunk
+from tokensense.providers.bedrock.sigv4 import AwsKeys, ChainCredentials, access_key_of, parse_credential, sign_headers
 from tokensense.providers.routes import ClientRoute, ErrorPath, Route, error_path
 
 ACTIONS = ("converse", "converse-stream", "invoke", "invoke-with-response-stream")
@@ -332,6 +333,25 @@ class BedrockAdapter(ProviderAdapter):
 
     def usage_markers(self) -> tuple[bytes, ...]:
         return (b'"usage"', b"invocationMetrics")
+
+    def client_key_in(self, authorization: str) -> str | None:
+        # An AWS SDK given the TokenSense key as its access key id signs with SigV4; the key is the access key id
+        # it names. The signature is not checked: the gateway signs anew with the provider's own credentials.
+        scheme, _, _ = authorization.partition(" ")
+        return access_key_of(authorization) if scheme == "AWS4-HMAC-SHA256" else None
+
+    def stream_framing(self, content_type: bytes) -> Callable[..., Any] | None:
+        return _event_stream_passthrough if content_type.startswith(_EVENT_STREAM) else None
+
+
+_EVENT_STREAM = CONTENT_TYPE.encode()
+
+
+def _event_stream_passthrough(usage: StreamUsage, *, on_first: Callable[[], None] | None = None) -> EventStreamPassthrough:
+    """AWS event-stream frames passed on untouched, read frame by frame for usage as they pass (a reader
+    without `feed_frame`, of a provider whose streams are not event streams, reads nothing: the stream still flows)."""
+    feed_frame = getattr(usage, "feed_frame", None) or (lambda frame: None)
+    return EventStreamPassthrough(feed_frame, on_first=on_first)
 
 
 def _chat_translator() -> Translator:

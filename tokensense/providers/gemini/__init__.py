@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any, ClassVar
 
 from tokensense.core.endpoints import Endpoint
@@ -9,6 +10,7 @@ from tokensense.core.errors import ErrorShape, GatewayError
 from tokensense.core.usage import TokenUsage
 from tokensense.providers.base import MediaRoute, ProviderAdapter, StreamUsage, Translator, Upstream, model_segment
 from tokensense.providers.gemini.usage import usage_from_gemini
+from tokensense.providers.model_lists import ModelListShape
 from tokensense.providers.routes import ClientRoute, ErrorPath, error_path
 
 __all__ = ["GOOGLE_ERRORS", "NATIVE", "GeminiAdapter", "GeminiStreamUsage", "usage_from_gemini"]
@@ -99,6 +101,19 @@ class GeminiAdapter(ProviderAdapter):
     client_routes: ClassVar[tuple[ClientRoute, ...]] = GEMINI_ROUTES
     error_paths: ClassVar[tuple[ErrorPath, ...]] = (error_path(r"/v1beta/|/v1/models/.*:", GOOGLE_ERRORS),)
 
+    # Largest output by model family (tokens), from the Gemini API's model pages.
+    output_caps: ClassVar[Mapping[str, int]] = {
+        "gemini-1.5": 8_192,
+        "gemini-2.0": 8_192,
+        "gemini-2.5": 65_536,
+        "gemini-3": 65_536,
+    }
+
+    def model_list_shape(self) -> ModelListShape | None:
+        from tokensense.providers.gemini.models import MODEL_LIST
+
+        return MODEL_LIST
+
     def auth_headers(self, api_key: str) -> dict[str, str]:
         return {"x-goog-api-key": api_key}
 
@@ -129,6 +144,9 @@ class GeminiAdapter(ProviderAdapter):
 
             return MediaRoute("images", f"/v1beta/models/{model_segment(model)}:predict", IMAGEN)
         return None
+
+    def media_models(self, endpoint: Endpoint) -> str | None:
+        return "Google imagen-*" if endpoint is Endpoint.IMAGES else None
 
     usage_key: ClassVar[bytes | None] = b"usageMetadata"
 
