@@ -72,7 +72,7 @@ def parse_hostmap(entries: Sequence[str]) -> dict[str, tuple[str, int]]:
         address, colon, port = target.rpartition(":")
         if not sep or not host.strip() or not colon or not address or not port.isdigit() or not 0 < int(port) < 65536:
             raise ValueError(f"tokensense_intercept_hostmap: cannot read {entry!r}; "
-                             "write HOST=ADDRESS:PORT, e.g. api.openai.com=127.0.0.1:9443")
+                             "write HOST=ADDRESS:PORT, e.g. api.example.com=127.0.0.1:9443")
         mapped[_normal_host(host)] = (address.strip("[]"), int(port))
     return mapped
 
