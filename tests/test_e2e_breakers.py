@@ -48,7 +48,8 @@ def fake() -> Iterator[FakeProvider]:
 def gw(tmp_path_factory: pytest.TempPathFactory, fake: FakeProvider) -> Iterator[Gateway]:
     tmp = tmp_path_factory.mktemp("breakers")
     (tmp / "config.toml").write_text(CONFIG)
-    gw = start_gateway(tmp, fake, extra_env={"TOKENSENSE_CONFIG_FILE": str(tmp / "config.toml")})
+    gw = start_gateway(tmp, fake, extra_env={"TOKENSENSE_CONFIG_FILE": str(tmp / "config.toml"),
+                                             "TOKENSENSE_CLIENT_IDLE_TIMEOUT": "1"})
     gw.cli("providers", "set", "mistral", "--api-key", "mis-a")
     gw.cli("providers", "set", "mistral", "--api-key", "mis-b", "--name", "backup")
     time.sleep(1.5)  # the gateway reloads provider keys every second
@@ -156,6 +157,25 @@ def test_a_stream_slow_after_its_headers_leaves_the_key_usable(gw: Gateway, fake
     assert "xai key env: circuit open" not in gw.log()
     healthy = chat(gw, "grok-3-mini", f"{exec_id}-ok")
     assert healthy.status_code == 200 and healthy.headers["x-tokensense-attempts"] == "1"
+
+
+def test_a_resting_key_with_a_fallback_is_passed_over_and_the_fallback_may_take_its_time(
+        gw: Gateway, fake: FakeProvider, exec_id: str) -> None:
+    """The plan runs in the request stage when the first key rests: the client connection must not look
+    half-sent meanwhile (it was closed after TOKENSENSE_CLIENT_IDLE_TIMEOUT, here 1 s)."""
+    faults(fake, {"prefix": "/openai", "status": 503, "times": 4})
+    for n in range(2):  # two calls of two attempts: three failures in a row open the lone key's circuit
+        assert chat(gw, "gpt-4o", f"{exec_id}-{n}").status_code == 503
+    faults(fake, {"provider": "anthropic", "delay": 2, "times": 1})
+    fake.clear()
+    answer = httpx.post(f"{gw.url}/v1/chat/completions", timeout=30,
+                        json={"model": "gpt-4o", "messages": HI, "max_tokens": 20},
+                        headers={"authorization": f"Bearer {gw.key}", "x-execution-id": exec_id,
+                                 "x-tokensense-fallbacks": "claude-haiku-4-5"})
+    assert answer.status_code == 200, answer.text
+    assert answer.headers["x-tokensense-served-by"] == "anthropic/claude-haiku-4-5"
+    assert [r["prefix"] for r in fake.requests()] == ["/anthropic"]  # the resting key was passed over
+    assert statuses(gw, exec_id, 1) == [(1, 200)]
 
 
 # --- a run of faulty calls: one record per attempt --------------------------------------------
