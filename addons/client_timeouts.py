@@ -73,3 +73,18 @@ class ClientTimeouts:
     def done(self) -> None:
         if self._sweeper is not None:
             self._sweeper.cancel()
+
+
+class RequestArrived:
+    """ClientTimeouts' `request` hook, run first: a body is whole once the first `request` hook runs.
+
+    The gates after it may take long (a plan of fallbacks run at once when every key of
+    the provider rests, a token fetch); the connection is not half-sent meanwhile. The
+    answer side stays with ClientTimeouts, last, after the retries of the answer stage.
+    """
+
+    def __init__(self, timeouts: ClientTimeouts) -> None:
+        self.clock = timeouts.clock
+
+    def request(self, flow: http.HTTPFlow) -> None:
+        self.clock.body_received(flow.client_conn.id, flow.id)

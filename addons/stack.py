@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from addons.admit import Admit
 from addons.chain import TokenSenseChain
-from addons.client_timeouts import ClientTimeouts
+from addons.client_timeouts import ClientTimeouts, RequestArrived
 from addons.forward import Forward
 from addons.inflight import InFlightCalls
 from addons.intercept import Intercept
@@ -28,8 +28,10 @@ from tokensense.gateway.runtime import Runtime
 def tokensense_addons(runtime: Runtime | None = None) -> list[object]:
     """The TokenSense addons in hook order: each one's `request` runs after the ones before it."""
     runtime = runtime or Runtime()
+    client_timeouts = ClientTimeouts(runtime.settings.client_idle_timeout)
     return [
         Lifecycle(runtime),
+        RequestArrived(client_timeouts),  # first: the body is whole, however long the gates after take
         Intercept(runtime),  # before Admit: intercepted calls never meet the gateway's key check
         ResponsesWebSocket(runtime),  # the Responses WebSocket handshake, answered here; its frames served over HTTP
         Admit(runtime),  # requestheaders: key, route, body limit
@@ -46,7 +48,7 @@ def tokensense_addons(runtime: Runtime | None = None) -> list[object]:
         Metering(runtime),
         Recording(),  # sees every call metered
         Observability(runtime),  # metrics, spans and budget alerts from each record
-        ClientTimeouts(runtime.settings.client_idle_timeout),
+        client_timeouts,  # after the answer stages: a retry in the response hook is not an idle connection
         InFlightCalls(runtime),  # last: a call ends once it is recorded
     ]
 

@@ -152,21 +152,78 @@ async def test_refused_key_is_taken_out_and_the_other_key_tried_without_using_a_
     assert not pools.has_usable("openai", pool["openai"], exclude={"backup"})
 
 
-async def test_every_key_resting_answers_429_with_retry_after_without_an_attempt() -> None:
+async def test_a_lone_resting_key_is_still_tried_and_the_provider_answers() -> None:
+    """Issue 22: with one key, after a few failures the gateway answered its own 429 ("every openai key is
+    resting") for half a minute instead of trying the key."""
     clock = Clock()
     upstream = Upstream({"openai": [_fail(429, "30")]}, clock)
     result, pools = await _run([OPENAI], upstream, clock, routing=RoutingConfig(retries=0))
-    assert result.outcome.status == 429
+    assert result.outcome.status == 429 and result.outcome.answer == "body 429"  # the provider's own answer
+    upstream.sent.clear()
     again = await run_attempts([OPENAI], pools=pools, routing=RoutingConfig(), credentials=lambda p: [Key("default")],
                                send=upstream.send, timeouts=lambda c: UpstreamTimeouts(None, None))
-    assert again.attempts == [] and again.outcome.synthetic
-    assert (again.outcome.status, again.outcome.headers["retry-after"]) == (429, "30")
-    assert "every openai key is resting (default cooling)" in again.outcome.error
-    # With a fallback, the call goes there instead.
+    assert upstream.sent == [("openai/gpt-4o-mini", "default")] and not again.outcome.synthetic
+    assert again.outcome.status == 200 and [a.status for a in again.attempts] == [200]
+    # With a fallback, the resting key is passed over: the call goes there instead.
     fallback = await run_attempts([OPENAI, CLAUDE], pools=pools, routing=RoutingConfig(),
                                   credentials=lambda p: [Key("default")], send=upstream.send,
                                   timeouts=lambda c: UpstreamTimeouts(None, None))
     assert fallback.served_by == CLAUDE and fallback.headers()["x-tokensense-attempts"] == "1"
+
+
+async def test_a_lone_key_failing_opens_its_circuit_but_keeps_being_tried() -> None:
+    clock = Clock()
+    upstream = Upstream({"openai": [_fail(529) for _ in range(5)]}, clock)
+    pools = KeyPools(PoolPolicy(breaker_failures=3, breaker_cooldown=30), clock=clock)
+    statuses = []
+    for _ in range(6):
+        result = await run_attempts([OPENAI], pools=pools, routing=RoutingConfig(retries=0),
+                                    credentials=lambda p: [Key("default")], send=upstream.send,
+                                    timeouts=lambda c: UpstreamTimeouts(None, None))
+        statuses.append((result.outcome.status, result.outcome.synthetic, result.attempts[0].key_state))
+    assert statuses == [(529, False, KeyState.READY), (529, False, KeyState.READY), (529, False, KeyState.OPEN),
+                        (529, False, KeyState.OPEN), (529, False, KeyState.OPEN), (200, False, KeyState.READY)]
+
+
+async def test_a_passed_over_candidate_is_tried_when_its_fallbacks_cannot_serve() -> None:
+    clock = Clock()
+    upstream = Upstream({}, clock)
+    pools = KeyPools(PoolPolicy(breaker_failures=1), clock=clock)
+    await pools.report("openai", "default", outcome_for(503))  # open: passed over while a fallback may serve
+
+    async def police(candidate: Candidate) -> str | None:
+        return "over budget"
+
+    result = await run_attempts([OPENAI, CLAUDE], pools=pools, routing=RoutingConfig(),
+                                credentials=lambda p: [Key("default")], send=upstream.send, police=police,
+                                timeouts=lambda c: UpstreamTimeouts(None, None))
+    assert upstream.sent == [("openai/gpt-4o-mini", "default")] and result.served_by == OPENAI
+    assert result.outcome.status == 200 and [s.requested for s in result.skipped] == ["claude-haiku-4-5"]
+
+
+async def test_every_key_taken_out_is_the_gateways_503_without_an_attempt() -> None:
+    clock = Clock()
+    upstream = Upstream({"openai": [_fail(401)]}, clock)
+    result, pools = await _run([OPENAI], upstream, clock, routing=RoutingConfig(retries=0))
+    assert result.outcome.status == 401 and not result.outcome.synthetic
+    again = await run_attempts([OPENAI], pools=pools, routing=RoutingConfig(), credentials=lambda p: [Key("default")],
+                               send=upstream.send, timeouts=lambda c: UpstreamTimeouts(None, None))
+    assert again.attempts == [] and again.outcome.synthetic and again.outcome.status == 503
+    assert "no openai key can be used (default out)" in (again.outcome.error or "")
+
+
+async def test_an_answer_too_slow_after_its_headers_is_not_a_failure_of_the_key() -> None:
+    """Issue 22: a stream with slow chunks after its headers counted against its key."""
+    clock = Clock()
+    slow = AttemptOutcome(None, {}, "the answer did not complete within 5 seconds", header_status=200)
+    upstream = Upstream({"openai": [slow]}, clock)
+    pools = KeyPools(PoolPolicy(breaker_failures=1), clock=clock)
+    pool = {"openai": [Key("default"), Key("backup")]}
+    result = await run_attempts([OPENAI], pools=pools, routing=RoutingConfig(retries=1), credentials=pool.get,
+                                send=upstream.send, sleep=upstream.sleep,
+                                timeouts=lambda c: UpstreamTimeouts(None, 5))
+    assert [(a.status, a.key_state) for a in result.attempts] == [(None, KeyState.READY), (200, KeyState.READY)]
+    assert pools.has_usable("openai", pool["openai"], exclude={result.attempts[1].key_name})
 
 
 def test_dashboard_log_shows_which_attempt_a_record_is() -> None:

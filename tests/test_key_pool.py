@@ -101,16 +101,31 @@ def test_choose_goes_round_robin_over_usable_keys_only() -> None:
     assert choose(pool, healths, 0, 100.0, exclude={"default", "backup"}).key.name == "default"
 
 
-def test_choose_without_a_usable_key_says_when_one_will_be() -> None:
+def test_choose_without_a_usable_key_says_when_one_will_be_if_a_fallback_can_serve() -> None:
     pool = [Key("a"), Key("b"), Key("c", disabled=True)]
     healths = {"a": KeyHealth(cooling_until=130.0), "b": KeyHealth(open_until=110.0, failures=5)}
-    pick = choose(pool, healths, 0, 100.0)
+    pick = choose(pool, healths, 0, 100.0, others_can_serve=True)
     assert pick.key is None and pick.retry_after == 10.0
     assert pick.states == {"a": KeyState.COOLING, "b": KeyState.OPEN, "c": KeyState.OUT}
     assert choose([Key("x", disabled=True)], {}, 0, 100.0).retry_after is None
     # Half-open with a probe in flight: not usable until the probe timed out.
     probing = {"a": KeyHealth(open_until=90.0, probe_until=150.0)}
-    assert choose([Key("a")], probing, 0, 100.0).retry_after == 50.0
+    assert choose([Key("a")], probing, 0, 100.0, others_can_serve=True).retry_after == 50.0
+
+
+def test_choose_gives_the_last_resting_key_when_nothing_else_can_serve() -> None:
+    """Issue 22: a lone key was rested and the gateway answered 429 for the provider for half a minute."""
+    pool = [Key("a"), Key("b"), Key("c", disabled=True)]
+    healths = {"a": KeyHealth(cooling_until=130.0), "b": KeyHealth(open_until=110.0, failures=5)}
+    pick = choose(pool, healths, 0, 100.0)  # no fallback: the key usable soonest is tried anyway
+    assert (pick.key.name, pick.state, pick.resting, pick.probe) == ("b", KeyState.OPEN, True, False)
+    assert choose(pool, healths, 0, 100.0, exclude={"b"}).key.name == "a"  # one this call has not tried first
+    probing = {"a": KeyHealth(open_until=90.0, probe_until=150.0)}
+    lone = choose([Key("a")], probing, 0, 100.0)
+    assert (lone.key.name, lone.state, lone.probe) == ("a", KeyState.HALF_OPEN, False)  # not a second probe
+    # A key taken out (or disabled) is never given: only an operator puts it back.
+    out = {"a": KeyHealth(out_reason="401: invalid key", out_at=90.0)}
+    assert choose([Key("a"), Key("c", disabled=True)], out, 0, 100.0).key is None
 
 
 # --- the pools, in memory and in Redis ---------------------------------------------------
@@ -173,13 +188,15 @@ async def test_pool_key_cools_down_after_429_and_comes_back(make_pools) -> None:
     assert {(await pools.pick("openai", pool)).key.name for _ in range(2)} == {"default", "backup"}
 
 
-async def test_every_key_cooling_gives_no_key_and_the_wait(make_pools) -> None:
+async def test_every_key_cooling_gives_no_key_and_the_wait_only_when_a_fallback_can_serve(make_pools) -> None:
     clock = Clock()
     pools = make_pools(clock)
     pool = [Key("default")]
     await pools.report("anthropic", "default", Outcome.RATE_LIMITED, retry_after=12)
-    pick = await pools.pick("anthropic", pool)
+    pick = await pools.pick("anthropic", pool, others_can_serve=True)
     assert pick.key is None and pick.retry_after == pytest.approx(12)
+    alone = await pools.pick("anthropic", pool)
+    assert (alone.key.name, alone.state, alone.resting) == ("default", KeyState.COOLING, True)
 
 
 async def test_circuit_breaker_probe_is_given_to_one_request_only(make_pools) -> None:
@@ -189,13 +206,18 @@ async def test_circuit_breaker_probe_is_given_to_one_request_only(make_pools) ->
     pool = [Key("default")]
     for _ in range(5):
         await pools.report("gemini", "default", Outcome.FAILED)
-    assert (await pools.pick("gemini", pool)).key is None
+    assert (await pools.pick("gemini", pool, others_can_serve=True)).key is None
+    resting = await pools.pick("gemini", pool)  # alone, the open key is still tried, not as the probe
+    assert (resting.key.name, resting.state, resting.probe) == ("default", KeyState.OPEN, False)
     clock.now += POLICY.breaker_cooldown
-    probe = await pools.pick("gemini", pool)
+    probe = await pools.pick("gemini", pool, others_can_serve=True)
     assert probe.key.name == "default" and probe.probe
-    assert (await pools.pick("gemini", pool)).key is None, "a second request while the probe is in flight"
+    assert (await pools.pick("gemini", pool, others_can_serve=True)).key is None, \
+        "a second request while the probe is in flight"
     if make_pools.redis:
-        assert (await other.pick("gemini", pool)).key is None, "the other instance sees the probe too"
+        assert (await other.pick("gemini", pool, others_can_serve=True)).key is None, \
+            "the other instance sees the probe too"
+    assert not (await pools.pick("gemini", pool)).probe  # alone, tried beside the probe
     assert await pools.report("gemini", "default", Outcome.OK) is KeyState.READY
     assert (await pools.pick("gemini", pool)).state is KeyState.READY
     if make_pools.redis:
@@ -212,7 +234,7 @@ async def test_instances_share_cool_downs_and_failure_streaks_through_redis(make
     assert {(await b.pick("openai", pool)).key.name for _ in range(3)} == {"backup"}
     for pools in (a, b, a, b, a):  # five failures in a row, from two instances
         await pools.report("openai", "backup", Outcome.FAILED)
-    assert (await b.pick("openai", pool)).key is None
+    assert (await b.pick("openai", pool, others_can_serve=True)).key is None
     states = read_shared_states(REDIS_URL, "openai", ["default", "backup", "never"], prefix=make_pools.prefix,
                                 now=clock.now)
     assert {n: s for n, (s, _) in states.items()} == {"default": KeyState.COOLING, "backup": KeyState.OPEN,

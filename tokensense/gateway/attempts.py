@@ -8,12 +8,21 @@ mitmproxy or HTTP clients: the gateway gives it
   budget; returns None when the candidate may be tried, else why not (skipped);
 - `send(candidate, credential, timeouts)`: makes one upstream attempt and returns
   as soon as the answer's status and headers are in (before any byte went to the
-  client), or when there was no answer;
+  client), or when there was no answer (an answer whose headers came but whose
+  body was too slow is no answer, with the headers' status in `header_status`:
+  the key worked);
 - `discard(outcome)`: closes a failed attempt's answer that will not be used.
 
 It returns the answer to give the client (the first success, or the last failure)
 and every attempt made, in order, for the records and the `x-tokensense-attempts`
 header.
+
+Every answer is reported to the key pools, which steer the next picks: a resting
+key is passed over while another key or a later candidate can serve, and tried
+anyway when nothing else can. So the client gets a provider's own answer (the
+last attempt's, its status and body) whenever a key of the plan could be used;
+TokenSense answers for a provider only when no key can be used at all (every key
+taken out: 503) or no model of the plan may be used (403).
 """
 
 from __future__ import annotations
@@ -41,6 +50,9 @@ class AttemptOutcome:
     error: str | None = None  # why there was no answer, or the provider's error message
     answer: Any = None  # the caller's handle on the answer (to forward or to discard)
     synthetic: bool = False  # made by the gateway: no key of the provider was usable, nothing was sent
+    # No usable answer (`status` None), but the answer's headers came with this status before its body
+    # failed (too slow for the total timeout): the provider accepted the key, which is not failing.
+    header_status: int | None = None
 
     @property
     def ok(self) -> bool:
@@ -121,12 +133,17 @@ async def run_attempts(
 
     `first`: the first candidate's first attempt, made already by the caller; the loop
     goes on from its outcome (retry, other key, fallback or give up).
+
+    Resting keys only steer: a candidate whose keys all rest is passed over while a later
+    one may serve; the last candidate, and a passed-over one when no candidate got any
+    answer from its provider, use their resting key (`KeyPools.pick`).
     """
     attempts: list[Attempt] = []
     skipped: list[Skipped] = []
     # The latest failed answer: the client's answer if nothing better comes, closed once replaced.
     last: AttemptOutcome | None = None
     last_candidate: Candidate | None = None
+    passed_over: list[int] = []  # candidates whose keys all rested while a later one could serve
 
     async def replace_last(outcome: AttemptOutcome, candidate: Candidate | None) -> None:
         nonlocal last, last_candidate
@@ -134,14 +151,9 @@ async def run_attempts(
             await discard(last)
         last, last_candidate = outcome, candidate
 
-    for index, candidate in enumerate(plan):
-        if index and police is not None:
-            refusal = await police(candidate)
-            if refusal is not None:
-                log.info("request %s: fallback %s skipped: %s", request_id, candidate.requested, refusal)
-                skipped.append(Skipped(candidate.requested, refusal))
-                continue
-        has_fallback = index < len(plan) - 1
+    async def try_candidate(index: int, candidate: Candidate, has_fallback: bool) -> AttemptsResult | None:
+        """The attempts of one candidate: the call's result when it ends here, None to go on with the plan."""
+        nonlocal last, last_candidate
         retries_used, wait = 0, 0.0
         tried: set[str] = set()
         while True:
@@ -153,17 +165,25 @@ async def run_attempts(
             else:
                 if wait:
                     await sleep(wait)
-                pick = await pools.pick(candidate.provider, pool, exclude=tried)
+                pick = await pools.pick(candidate.provider, pool, exclude=tried, others_can_serve=has_fallback)
                 if pick.key is None:
                     outcome = _no_key(candidate, pick.retry_after, pick.states)
                     log.info("request %s: %s", request_id, outcome.error)
+                    if pick.retry_after is not None and index not in passed_over:
+                        passed_over.append(index)
                     if last is None or last.synthetic:
                         last, last_candidate = outcome, None
-                    break
+                    return None
+                if pick.resting:
+                    log.info("request %s: every %s key rests; key %s is tried (%s), nothing else can serve the call",
+                             request_id, candidate.provider, pick.key.name,
+                             pick.state.value if pick.state else "resting")
                 key, probe = pick.key, pick.probe
                 outcome = await send(candidate, key, timeouts(candidate))
                 retry_after = parse_retry_after(outcome.headers) if outcome.status is not None else None
-                state = await pools.report(candidate.provider, key.name, outcome_for(outcome.status),
+                # An answer whose headers came before its body failed (too slow) shows the key works.
+                answered = outcome.status if outcome.status is not None else outcome.header_status
+                state = await pools.report(candidate.provider, key.name, outcome_for(answered),
                                            retry_after=retry_after,
                                            reason=f"{outcome.status}: {outcome.error or 'refused'}"[:300])
             attempts.append(Attempt(len(attempts) + 1, candidate, key.name, outcome.status, outcome.error,
@@ -180,10 +200,28 @@ async def run_attempts(
             if step.action is Action.GIVE_UP:
                 return AttemptsResult(outcome, attempts, skipped, candidate)
             if step.action is Action.FALLBACK:
-                break
+                return None
             if step.uses_retry:
                 retries_used += 1
             wait = step.wait
+
+    for index, candidate in enumerate(plan):
+        if index and police is not None:
+            refusal = await police(candidate)
+            if refusal is not None:
+                log.info("request %s: fallback %s skipped: %s", request_id, candidate.requested, refusal)
+                skipped.append(Skipped(candidate.requested, refusal))
+                continue
+        result = await try_candidate(index, candidate, has_fallback=index < len(plan) - 1)
+        if result is not None:
+            return result
+    if (last is None or last.synthetic) and passed_over:
+        # No provider answered anything: the later candidates were skipped or had no key either.
+        # The first one passed over tries its resting key rather than TokenSense answering for it.
+        index = passed_over[0]
+        result = await try_candidate(index, plan[index], has_fallback=False)
+        if result is not None:
+            return result
     if last is None:  # every candidate was skipped before any attempt
         last = AttemptOutcome(403, {}, "no model of the plan may be used with this key", synthetic=True)
     return AttemptsResult(last, attempts, skipped, last_candidate)

@@ -14,7 +14,15 @@ is reported back for the key that was used, and moves that key's health:
   request (the probe) may use it; the probe's success closes the circuit, its
   failure opens it again.
 - **Anything else** (2xx, 400, 404, ...) shows the key works: the failure streak
-  ends.
+  ends. An answer whose headers came and whose body was then slow (a stream with
+  slow chunks) is the key working too.
+
+Cool-downs and circuits only steer: a resting key (cooling, open, or half-open
+with its probe in flight) is passed over while another key of the pool, or a
+fallback of the call, can serve. When nothing else can (`others_can_serve`
+false), the pool still gives a key: the resting one usable soonest
+(`Pick.resting`), so the provider's own answer reaches the client rather than a
+429 of TokenSense's. Only a key taken out (or disabled) is never given.
 
 The rules are pure functions of a `KeyHealth` and a clock reading (`key_state`,
 `after`, `choose`). `KeyPools` holds the health of every key: in this process, or
@@ -163,22 +171,33 @@ class Pick:
     state: KeyState | None = None  # the chosen key's state (HALF_OPEN: this attempt is the probe)
     retry_after: float | None = None  # no key: seconds until one is usable (None: none without an operator)
     states: Mapping[str, KeyState] | None = None  # every key's state when none was chosen, for the error
+    resting: bool = False  # every key rests and nothing else can serve the call: this one is tried anyway
 
     @property
     def probe(self) -> bool:
-        return self.state is KeyState.HALF_OPEN
+        return self.state is KeyState.HALF_OPEN and not self.resting
 
 
 def choose(pool: Sequence[PooledKey], healths: Mapping[str, KeyHealth], counter: int, now: float,
-           exclude: Iterable[str] = ()) -> Pick:
+           exclude: Iterable[str] = (), *, others_can_serve: bool = False) -> Pick:
     """Round-robin (`counter`) over the keys usable now, preferring those not in `exclude`
-    (the keys this call already tried)."""
+    (the keys this call already tried).
+
+    When none is usable now: no key if `others_can_serve` (another model of the call's plan
+    can take it), else the resting key usable soonest, so that the last key is always tried.
+    """
     excluded = set(exclude)
     candidates = [k for k in pool if not k.disabled and usable(healths.get(k.name, CLEAN), now)]
     fresh = [k for k in candidates if k.name not in excluded] or candidates
     if fresh:
         key = fresh[counter % len(fresh)]
         return Pick(key, key_state(healths.get(key.name, CLEAN), now))
+    if not others_can_serve:
+        resting = [k for k in pool if not k.disabled and healths.get(k.name, CLEAN).out_reason is None]
+        resting = [k for k in resting if k.name not in excluded] or resting
+        if resting:
+            key = min(resting, key=lambda k: usable_in(healths.get(k.name, CLEAN), now) or 0.0)
+            return Pick(key, key_state(healths.get(key.name, CLEAN), now), resting=True)
     waits = [usable_in(healths.get(k.name, CLEAN), now) for k in pool if not k.disabled]
     known = [w for w in waits if w is not None]
     states = {k.name: KeyState.OUT if k.disabled else key_state(healths.get(k.name, CLEAN), now) for k in pool}
@@ -366,8 +385,14 @@ class KeyPools:
             return False, None
 
     # -- choosing ------------------------------------------------------------------------
-    async def pick(self, provider: str, pool: Sequence[PooledKey], exclude: Iterable[str] = ()) -> Pick:
-        """A key for the next attempt on `provider`: round-robin over the usable ones."""
+    async def pick(self, provider: str, pool: Sequence[PooledKey], exclude: Iterable[str] = (), *,
+                   others_can_serve: bool = False) -> Pick:
+        """A key for the next attempt on `provider`: round-robin over the usable ones.
+
+        `others_can_serve`: another model of the call's plan (a fallback) can take the call, so a
+        pool whose keys all rest gives no key; otherwise its resting key usable soonest is given
+        (`Pick.resting`): a breaker steers calls, it never answers for the provider.
+        """
         now = self.clock()
         names = [k.name for k in pool]
         self._forget_restored(provider, pool)
@@ -384,7 +409,7 @@ class KeyPools:
                 self.local.set(provider, name, health)
         tried = set(exclude)
         while True:
-            pick = choose(pool, healths, counter, now, tried)
+            pick = choose(pool, healths, counter, now, tried, others_can_serve=others_can_serve)
             if pick.key is None or not pick.probe:
                 return pick
             until = now + self.policy.probe_timeout
@@ -418,6 +443,10 @@ class KeyPools:
         before = self.local.get(provider, name)
         new = after(before, outcome, now, self.policy, retry_after=retry_after, reason=reason)
         self.local.set(provider, name, new)
+        if new.open_until != before.open_until and new.open_until > now:
+            log.warning("%s key %s: circuit open after %d failures in a row; it rests %gs while another key or a "
+                        "fallback can serve (alone, it is still tried)", provider, name, new.failures,
+                        self.policy.breaker_cooldown)
         if outcome is Outcome.REFUSED:
             if before.out_reason is None and self.on_take_out is not None:
                 self.on_take_out(provider, name, new.out_reason or "refused")

@@ -5,8 +5,10 @@ live, event by event). This module is what the stages call around it:
 
 - `prepare_first_attempt` (forward stage): takes the `x-tokensense-fallbacks` header
   off the request, picks the provider key of the first attempt from the provider's
-  pool, and keeps the client's body for fallbacks. When no key of the pool is usable
-  (all cooling, open or taken out), the call's plan is run at once with httpx.
+  pool, and keeps the client's body for fallbacks. A resting key (cooling, circuit
+  open) is still the first attempt's key when nothing else can serve the call; when
+  the call has fallbacks and no key of the pool is usable (or every key is taken
+  out), the call's plan is run at once with httpx.
 - `after_answer` (response hook) and `after_no_answer` (mitmproxy found no answer:
   connection refused or reset, no first byte in time): report the key's outcome to
   the pool and, when the answer is retryable and nothing has gone to the client yet,
@@ -95,16 +97,23 @@ def take_fallbacks_header(call: CallContext, request: http.Request) -> None:
 async def prepare_first_attempt(runtime: Runtime, flow: http.HTTPFlow, call: CallContext) -> bool:
     """Pick the first attempt's provider key from the pool (before the forward stage writes the request).
 
-    False when the call was answered here instead: no key of the pool is usable now, and
-    the call's plan (its fallbacks, or the pool's own 429/503) was run with httpx.
+    A resting key (cooling, circuit open) is passed over only when another key of the pool
+    can serve, or when the call has fallbacks; otherwise it is the first attempt's key.
+    False when the call was answered here instead: no key of the pool is usable now and the
+    call has fallbacks (or every key is taken out), so the call's plan was run with httpx.
     """
     pending = call.pending
     if runtime.pools is None or runtime.keys is None or call.provider is None or pending is None:
         return True
     if pending.body is not None:
         call.client_content = flow.request.raw_content  # the upstream body replaces it; fallbacks start from it
-    pick = await runtime.pools.pick(call.provider.name, runtime.keys.credentials(call.provider.name))
+    # A pool whose keys all rest still gives one unless a fallback may take the call (breakers only steer).
+    pick = await runtime.pools.pick(call.provider.name, runtime.keys.credentials(call.provider.name),
+                                    others_can_serve=_may_fall_back(runtime, call))
     if pick.key is not None:
+        if pick.resting:
+            log.info("request %s: every %s key rests; key %s is tried, the call has no fallback", call.request_id,
+                     call.provider.name, pick.key.name)
         api_key = pick.key.api_key or ""
         if call.provider.exchanges_key:  # a token for this key (the provider caches them; fetched off the loop)
             api_key = await call.provider.resolve_api_key(api_key)
@@ -112,7 +121,8 @@ async def prepare_first_attempt(runtime: Runtime, flow: http.HTTPFlow, call: Cal
         call.provider_key = pick.key.name
         return True
     if not _retried(call):
-        return True  # the key the route chose goes; the provider's answer says the rest
+        return True  # every key is out: the key the route chose goes; the provider's answer says the rest
+    # Every key rests and a fallback may serve (or every key is out): the plan, with httpx.
     await _run_plan(runtime, flow, call, None)
     call.forwarded = True  # answered by the provider(s) through httpx
     return False
@@ -122,6 +132,14 @@ def _retried(call: CallContext) -> bool:
     """Whether the call's route is one the gateway retries and falls back on (a whole JSON answer it can replace;
     media calls are priced by their own stage, the cloud platforms' paths name their provider: not retried)."""
     return call.route is not None and call.route.retried
+
+
+def _may_fall_back(runtime: Runtime, call: CallContext) -> bool:
+    """Whether the call names fallbacks (header or `[fallbacks]`) that may serve it if its own provider cannot."""
+    if not _retried(call) or call.model is None:
+        return False
+    first = _first_candidate(call)
+    return bool(fallback_models(runtime.config, first.requested, first.model, call.fallbacks))
 
 
 def _eligible(call: CallContext | None, flow: http.HTTPFlow) -> bool:
@@ -417,7 +435,9 @@ async def _send(run: _Run, candidate: Candidate, credential: Any, timeouts: Upst
                 timed_out = isinstance(e, TimeoutError)
                 what = f"the answer did not complete within {timeouts.total:g} seconds" if timed_out else \
                     f"the answer broke off ({type(e).__name__})"
-                sent.outcome = outcome = AttemptOutcome(None, {}, what)
+                # Too slow after its headers is not the key failing: the pools hear the headers' status.
+                sent.outcome = outcome = AttemptOutcome(None, {}, what,
+                                                        header_status=outcome.status if timed_out else None)
                 sent.timed_out = timed_out
         else:
             sent.body = answer.body or b""
