@@ -16,7 +16,7 @@ from addons.common import answer_error, answer_json, intercepting, lookup_key, s
 from tokensense.core.endpoints import Endpoint, is_free_call
 from tokensense.core.errors import ErrorFormat, GatewayError, format_for_path
 from tokensense.gateway.auth import client_key
-from tokensense.gateway.call import CallContext
+from tokensense.gateway.call import CallContext, Record
 from tokensense.gateway.flowmeta import BODY_LIMIT, CALL, refuse_body, set_call
 from tokensense.gateway.model_lists import ListShape, shape_for
 from tokensense.gateway.routing import classify
@@ -61,7 +61,7 @@ class Admit:
             if req.headers.pop("x-tokensense-transport") == "websocket" and route.endpoint is Endpoint.RESPONSES:
                 call.transport = "websocket"
         if route.endpoint is Endpoint.HEALTH:
-            call.recorded = True  # a health check is not a provider call
+            call.record_state = Record.NONE  # a health check is not a provider call
             answer_json(flow, *await asyncio.to_thread(self.runtime.health))
             refuse_body(flow)
             return
@@ -104,7 +104,7 @@ class Admit:
         except GatewayError:
             call.key = None
         if call.key is None:
-            call.recorded = True  # nobody to attribute it to: not a usage record
+            call.record_state = Record.NONE  # nobody to attribute it to: not a usage record
         answer_error(flow, call.fmt, error)
         refuse_body(flow)
 

@@ -29,7 +29,7 @@ from tokensense.core.endpoints import Endpoint
 from tokensense.core.errors import ErrorFormat, GatewayError
 from tokensense.gateway import responses_ws as ws
 from tokensense.gateway.auth import client_key
-from tokensense.gateway.call import CallContext
+from tokensense.gateway.call import CallContext, Record
 from tokensense.gateway.flowmeta import CALL, WS_TERMINATED, refuse_body, set_call
 from tokensense.gateway.runtime import Runtime
 from tokensense.metering.attribution import attribution
@@ -76,7 +76,7 @@ class ResponsesWebSocket:
         presented = client_key(req.headers, req.query if b"key=" in req.data.path else {})
         strip_client_keys(req)
         # The handshake itself is not a provider call: each response becomes its own record.
-        call = CallContext(Endpoint.RESPONSES, ErrorFormat.OPENAI, method="GET", recorded=True)
+        call = CallContext(Endpoint.RESPONSES, ErrorFormat.OPENAI, method="GET", record_state=Record.NONE)
         set_call(flow, call)
         call.attribution = attribution(req.headers, None)
         try:
