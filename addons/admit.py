@@ -18,6 +18,7 @@ from tokensense.core.errors import ErrorFormat, GatewayError, format_for_path
 from tokensense.gateway.auth import client_key
 from tokensense.gateway.call import CallContext, Record
 from tokensense.gateway.flowmeta import BODY_LIMIT, CALL, refuse_body, set_call
+from tokensense.gateway.keys import KeyInfo
 from tokensense.gateway.model_lists import ListShape, shape_for
 from tokensense.gateway.routing import classify
 from tokensense.gateway.runtime import Runtime
@@ -66,33 +67,10 @@ class Admit:
             refuse_body(flow)
             return
         call.attribution = attribution(req.headers, None)  # refused calls are attributed too
-        try:
-            call.key = await self._key(presented)
-        except GatewayError as e:
-            answer_error(flow, call.fmt, e)
-            refuse_body(flow)
-            return
-        if not call.attribution["project"]:
-            call.attribution["project"] = call.key.project
-        limit = self._body_limit(route.endpoint)
-        length = req.headers.get("content-length", "")
-        if length.isdigit() and int(length) > limit:
-            answer_error(flow, call.fmt, GatewayError(
-                413, f"The request body is {int(length) / _MB:.1f} MB; TokenSense accepts at most {limit / _MB:g} MB "
-                f"here ({'TOKENSENSE_MAX_UPLOAD_MB' if route.endpoint is Endpoint.TRANSCRIPTIONS else 'TOKENSENSE_MAX_BODY_MB'}).",
-                code="request_too_large"))
-            refuse_body(flow)
-            return
-        flow.metadata[BODY_LIMIT] = limit
+        await admit(self.runtime, flow, call, presented)
 
-    async def _key(self, presented: str | None):
-        if not self.runtime.started or self.runtime.keys is None:
-            raise GatewayError(503, "TokenSense is starting; retry in a moment.", code="starting")
-        if not presented:
-            raise GatewayError(
-                401, "No TokenSense key: send it as `Authorization: Bearer tsk_...` (or x-api-key, x-goog-api-key, ?key=).",
-                code="missing_api_key")
-        return await lookup_key(self.runtime, presented)
+    async def _key(self, presented: str | None) -> KeyInfo:
+        return await admitted_key(self.runtime, presented)
 
     async def _unknown_endpoint(self, flow: http.HTTPFlow, path: str, presented: str | None, error: GatewayError) -> None:
         """404 for a path TokenSense does not serve; with a valid key the call is recorded (endpoint `unknown`)."""
@@ -108,8 +86,55 @@ class Admit:
         answer_error(flow, call.fmt, error)
         refuse_body(flow)
 
-    def _body_limit(self, endpoint: Endpoint) -> int:
-        if endpoint is Endpoint.TRANSCRIPTIONS:
-            upload = getattr(ctx.options, "tokensense_max_upload_mb", None) if hasattr(ctx, "options") else None
-            return int((upload or self.runtime.settings.max_upload_mb) * _MB)
-        return int(self.runtime.settings.max_body_mb * _MB)
+
+# --- the admit gate, shared by the gateway and intercept mode (addons/intercept.py) ------------------
+
+MISSING_KEY = "No TokenSense key: send it as `Authorization: Bearer tsk_...` (or x-api-key, x-goog-api-key, ?key=)."
+
+
+async def admit(runtime: Runtime, flow: http.HTTPFlow, call: CallContext, presented: str | None, *,
+                require_key: bool = True, missing: str = MISSING_KEY, where: str = "") -> bool:
+    """The admit gate on the request headers: the key (when required) and the body limit, before any body byte.
+
+    Answers 401/503/413 itself and has the body read and dropped, never buffered; True when the call is admitted
+    (its key, if any, is on `call`; the body is then limited while it arrives).
+    """
+    if require_key:
+        try:
+            call.key = await admitted_key(runtime, presented, missing=missing, where=where)
+        except GatewayError as e:
+            answer_error(flow, call.fmt, e)
+            refuse_body(flow)
+            return False
+        if not call.attribution.get("project"):
+            call.attribution["project"] = call.key.project
+    limit = body_limit(runtime, call.route_endpoint)
+    length = flow.request.headers.get("content-length", "")
+    if length.isdigit() and int(length) > limit:
+        answer_error(flow, call.fmt, GatewayError(
+            413, f"The request body is {int(length) / _MB:.1f} MB; TokenSense accepts at most {limit / _MB:g} MB "
+            f"here ({'TOKENSENSE_MAX_UPLOAD_MB' if call.route_endpoint is Endpoint.TRANSCRIPTIONS else 'TOKENSENSE_MAX_BODY_MB'}).",
+            code="request_too_large"))
+        refuse_body(flow)
+        return False
+    flow.metadata[BODY_LIMIT] = limit
+    return True
+
+
+async def admitted_key(runtime: Runtime, presented: str | None, *, missing: str = MISSING_KEY,
+                       where: str = "") -> KeyInfo:
+    """The TokenSense key presented (memory first, the database once); 503 while starting, 401 missing or unknown."""
+    if not runtime.started or runtime.keys is None:
+        raise GatewayError(503, "TokenSense is starting; retry in a moment.", code="starting")
+    presented = (presented or "").strip()
+    if not presented:
+        raise GatewayError(401, missing, code="missing_api_key")
+    return await lookup_key(runtime, presented, where=where)
+
+
+def body_limit(runtime: Runtime, endpoint: Endpoint) -> int:
+    """Bytes a request body of `endpoint` may have (audio uploads have their own limit)."""
+    if endpoint is Endpoint.TRANSCRIPTIONS:
+        upload = getattr(ctx.options, "tokensense_max_upload_mb", None) if hasattr(ctx, "options") else None
+        return int((upload or runtime.settings.max_upload_mb) * _MB)
+    return int(runtime.settings.max_body_mb * _MB)

@@ -10,6 +10,7 @@ from typing import Any
 from tokensense.core.endpoints import is_free_call
 from tokensense.gateway.call import CallContext
 from tokensense.gateway.routing import Endpoint, Route, format_for_endpoint
+from tokensense.gateway.stages.parse import read_request, stream_usage_option
 from tokensense.providers import PROVIDERS, ProviderAdapter, get_provider
 
 log = logging.getLogger(__name__)
@@ -107,24 +108,45 @@ def intercepted_call(adapter: ProviderAdapter, method: str, path: str, body: Any
     on Anthropic, `models/...:action` on Gemini, ..., and fal's `/fal-ai/...`
     apps. Model lists, files, batches and any other path pass through unmetered.
     """
-    path = path.partition("?")[0]
-    route = _route(adapter, method, path)
+    route = intercept_route(adapter, method, path)
     if route is None:
         return None
-    call = CallContext(route.endpoint, route.fmt, path_model=route.model, action=route.action)
-    call.provider = adapter
-    call.free = is_free_call(route.endpoint, route.action)
-    model = route.model or (body.get("model") if isinstance(body, dict) else None) or form_model
-    call.model = call.requested_model = model if isinstance(model, str) and model else None
-    if route.endpoint is Endpoint.GEMINI:
-        call.stream = route.action == "streamGenerateContent"
-    else:
-        call.stream = isinstance(body, dict) and body.get("stream") is True
+    call = admitted_call(adapter, route)
+    parse_intercepted(call, body, form_model=form_model)
     return call
 
 
-def _route(adapter: ProviderAdapter, method: str, path: str) -> Route | None:
+def admitted_call(adapter: ProviderAdapter, route: Route) -> CallContext:
+    """The call context of a metered intercepted request, from its headers alone (the admit stage)."""
+    call = CallContext(route.endpoint, route.fmt, path_model=route.model, action=route.action)
+    call.provider = adapter
+    call.intercepted = True
+    call.free = is_free_call(route.endpoint, route.action)
+    return call
+
+
+def parse_intercepted(call: CallContext, body: Any, *, form_model: str | None = None) -> dict[str, Any] | None:
+    """The parse stage of an intercepted call: its model and stream, read by the gateway's own `read_request`.
+
+    Returns the body to send instead (the usage chunk asked for), or None to send the client's unchanged.
+    The request goes to the client's own destination with the client's own key: nothing else is rewritten,
+    and the provider judges the body (an output cap it would refuse is its 400 to give, not TokenSense's).
+    """
+    request = read_request(call.route_endpoint, body if isinstance(body, dict) else {}, path_model=call.path_model,
+                           action=call.action, check_caps=False)
+    model = request.requested or form_model
+    call.model = call.requested_model = model if isinstance(model, str) and model else None
+    call.stream = request.stream
+    if not isinstance(body, dict) or call.provider is None:
+        return None
+    new_body, call.client_wants_usage = stream_usage_option(call.route_endpoint, call.stream, call.provider, body)
+    call.sent_body = new_body or body  # the police stage estimates tokens from it
+    return new_body
+
+
+def intercept_route(adapter: ProviderAdapter, method: str, path: str) -> Route | None:
     """The route of a path this provider's own clients call natively; None for paths TokenSense does not meter."""
+    path = path.partition("?")[0]
     found = adapter.intercept_route(method, path)
     if found is None:
         return None

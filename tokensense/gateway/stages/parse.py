@@ -74,8 +74,11 @@ def read_json(raw: bytes | None) -> dict[str, Any]:
 
 
 def read_request(endpoint: Endpoint, body: dict[str, Any], *, path_model: str | None = None,
-                 action: str | None = None, path_provider: str | None = None) -> ClientRequest:
-    """The model the client asked for and whether it streams, from the path (where the route says) or the body."""
+                 action: str | None = None, path_provider: str | None = None, check_caps: bool = True) -> ClientRequest:
+    """The model the client asked for and whether it streams, from the path (where the route says) or the body.
+
+    `check_caps`: an output cap that is no token count is a 400 (the gateway reserves budget from it).
+    """
     if path_provider is not None:  # a path that names its provider (a cloud provider's own path)
         named = path_model or body.get("model")
         requested = f"{path_provider}/{named}" if isinstance(named, str) and named else None
@@ -87,7 +90,8 @@ def read_request(endpoint: Endpoint, body: dict[str, Any], *, path_model: str | 
         named = path_model or body.get("model")
         requested = named if isinstance(named, str) else None
         stream = body.get("stream") is True
-        optional_token_count(body, *_OUTPUT_CAPS)  # a 400 for a cap that is no token count
+        if check_caps:
+            optional_token_count(body, *_OUTPUT_CAPS)
     return ClientRequest(body, requested if isinstance(requested, str) else None, stream)
 
 
