@@ -120,7 +120,7 @@ class Responses:
 
         if endpoint in adapter.native:  # passed through: the gateway's one parse, as for chat
             credential = require_credential(self.runtime, adapter)
-            parsed = parse_call(endpoint, request, adapter, model)
+            call.parsed = parsed = parse_call(endpoint, request, adapter, model)
             call.sent_body = parsed.sent_body
             prepare_upstream(call, adapter, credential, parsed.upstream, body=parsed.body)
             flow.metadata[META] = meta

@@ -92,6 +92,7 @@ class Router:
                             path_params=call.path_params, path_provider=call.path_provider,
                             where=flow.request.path.partition("?")[0][:100])
         credential = require_credential(self.runtime, adapter)
+        call.parsed = parsed
         call.client_wants_usage, call.translator, call.sent_body = \
             parsed.client_wants_usage, parsed.translator, parsed.sent_body
         prepare_upstream(call, adapter, credential, parsed.upstream, body=parsed.body,

@@ -19,6 +19,7 @@ from tokensense.providers import ProviderAdapter, StreamUsage, Translator
 from tokensense.storage.models import UsageCreate
 
 if TYPE_CHECKING:
+    from tokensense.gateway.stages.parse import Parsed
     from tokensense.gateway.stages.police import Policed
 
 
@@ -70,6 +71,7 @@ class CallContext:
     translator: Translator | None = None  # OpenAI-format chat translated to the provider's format
     sent_body: dict[str, Any] | None = None  # the JSON body as it goes upstream (the policy reserves from it)
     pending: PendingUpstream | None = None  # the upstream request, applied by the forward stage
+    parsed: Parsed | None = None  # the parse stage's value of the first attempt (routed calls; fallbacks start from it)
     policed: Policed | None = None  # the police stage's value (`passed`: the call may go; else what it holds)
     forwarded: bool = False  # the forward stage pointed the flow at the provider
     intercepted: bool = False  # made through the intercept proxy: the client's own destination and key

@@ -56,7 +56,7 @@ from tokensense.gateway.retry import (
 )
 from tokensense.gateway.routing import join_url
 from tokensense.gateway.runtime import Runtime
-from tokensense.gateway.stages.parse import ClientRequest, Parsed, parse_call, read_json, resolve
+from tokensense.gateway.stages.parse import ClientRequest, Parsed, parse_call, resolve
 from tokensense.gateway.stages.police import Policed, Refused, police, release
 from tokensense.gateway.stages.settle import FailedAttempt, settle_failed
 from tokensense.gateway.upstream_client import OpenAnswer, UpstreamRequest, error_message
@@ -219,10 +219,9 @@ def _plan(run: _Run) -> list[Candidate]:
     names = fallback_models(runtime.config, first.requested, first.model, call.fallbacks)
     if not names:
         return [first]
-    try:
-        run.client_body = read_json(call.client_content or run.flow.request.raw_content)
-    except GatewayError:
-        return [first]
+    if call.parsed is None or call.parsed.request is None:
+        return [first]  # not a call the parse stage routed: nothing to fall back with
+    run.client_body = call.parsed.request.body  # parsed once, by the first attempt's parse stage
     plan, skipped = plan_candidates(first, names, lambda name: _resolve(run, name))
     for s in skipped:
         log.info("request %s: fallback %s skipped: %s", call.request_id, s.requested, s.reason)

@@ -53,6 +53,7 @@ class Parsed:
     upstream: Upstream
     sent_body: dict[str, Any]  # the JSON body as it goes upstream (the police stage reserves from it)
     body: bytes | None  # the bytes to send; None: the client's own bytes go unchanged
+    request: ClientRequest | None = None  # what the client asked, which this attempt was parsed from
     translator: Translator | None = None  # OpenAI-format chat translated to the provider's format
     content_type: str | None = None
     drop_header_prefixes: tuple[str, ...] = ()  # client headers that mean nothing upstream (another format's SDK)
@@ -137,7 +138,7 @@ def parse_call(endpoint: Endpoint, request: ClientRequest, adapter: ProviderAdap
         params = {"params": dict(path_params)} if path_params else {}
         upstream = adapter.upstream(endpoint, model, stream=request.stream, action=action, version=version, **params)
         return Parsed(adapter, adapter.catalog_model(model), model, request.requested, request.stream, wants_usage,
-                      upstream, body, json.dumps(body, separators=_COMPACT).encode() if changed else None)
+                      upstream, body, json.dumps(body, separators=_COMPACT).encode() if changed else None, request)
     translator = adapter.chat_translator() if endpoint is Endpoint.CHAT else None
     if translator is None:
         raise GatewayError(400, f"The model `{request.requested}` ({adapter.display_name}) is not served on "
@@ -156,6 +157,6 @@ def parse_call(endpoint: Endpoint, request: ClientRequest, adapter: ProviderAdap
         provider_body["model"] = model
     upstream = adapter.upstream(Endpoint.CHAT, model, stream=request.stream)
     return Parsed(adapter, adapter.catalog_model(model), model, request.requested, request.stream, wants_usage,
-                  upstream, provider_body, json.dumps(provider_body, separators=_COMPACT).encode(), translator,
+                  upstream, provider_body, json.dumps(provider_body, separators=_COMPACT).encode(), request, translator,
                   content_type="application/json",
                   drop_header_prefixes=OPENAI_SDK_HEADER_PREFIXES)
