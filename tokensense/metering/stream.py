@@ -11,18 +11,25 @@ from typing import Any
 from tokensense.gateway.call import CallContext
 from tokensense.gateway.routing import Endpoint
 from tokensense.metering.sse import EventSplitter, parse_event
-from tokensense.providers import StreamUsage
+from tokensense.providers import ProviderAdapter, StreamUsage
 
 
 def with_stream_usage(call: CallContext, body: Any) -> tuple[dict[str, Any] | None, bool]:
+    """`stream_usage_option` for a call's own provider and stream."""
+    if call.provider is None or not isinstance(body, dict):
+        return None, True
+    return stream_usage_option(call.route_endpoint, call.stream, call.provider, body)
+
+
+def stream_usage_option(endpoint: Endpoint, stream: bool, adapter: ProviderAdapter,
+                        body: dict[str, Any]) -> tuple[dict[str, Any] | None, bool]:
     """(the body to send instead, or None to keep it; whether the client asked for usage itself).
 
     OpenAI-format chat streams report usage only with `stream_options.include_usage`:
-    TokenSense asks for it (gateway and intercept mode alike), and the metering
-    addon removes that extra chunk again when the client had not asked.
+    TokenSense asks for it (gateway and intercept mode alike, through the parse stage),
+    and the metering addon removes that extra chunk again when the client had not asked.
     """
-    if not (call.stream and call.route_endpoint is Endpoint.CHAT and call.provider is not None
-            and call.provider.openai_format and isinstance(body, dict)):
+    if not (stream and endpoint is Endpoint.CHAT and adapter.openai_format):
         return None, True
     options = body.get("stream_options")
     if isinstance(options, dict) and options.get("include_usage") is True:

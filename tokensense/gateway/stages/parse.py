@@ -23,6 +23,7 @@ from tokensense.gateway.forward import OPENAI_SDK_HEADER_PREFIXES
 from tokensense.gateway.routing import resolve_model
 from tokensense.gateway.stages.police import Target
 from tokensense.metering.pricing import PriceBook
+from tokensense.metering.stream import stream_usage_option
 from tokensense.providers import ProviderAdapter, Translator
 from tokensense.providers.base import Upstream
 from tokensense.providers.translation import TranslationError
@@ -100,21 +101,6 @@ def resolve(requested: object, prices: PriceBook, media_models: frozenset[str] =
         -> tuple[ProviderAdapter, str]:
     """The provider for a model name and the name to ask it for (404 if no provider or catalog knows it)."""
     return resolve_model(requested, prices, media_models=media_models)
-
-
-def stream_usage_option(endpoint: Endpoint, stream: bool, adapter: ProviderAdapter,
-                        body: dict[str, Any]) -> tuple[dict[str, Any] | None, bool]:
-    """(the body to send instead, or None; whether the client asked for usage itself).
-
-    OpenAI-format chat streams report usage only with `stream_options.include_usage`:
-    TokenSense asks for it, and drops that extra chunk again when the client had not asked.
-    """
-    if not (stream and endpoint is Endpoint.CHAT and adapter.openai_format):
-        return None, True
-    options = body.get("stream_options")
-    if isinstance(options, dict) and options.get("include_usage") is True:
-        return None, True
-    return {**body, "stream_options": {**(options if isinstance(options, dict) else {}), "include_usage": True}}, False
 
 
 def parse_call(endpoint: Endpoint, request: ClientRequest, adapter: ProviderAdapter, model: str, *,
