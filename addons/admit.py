@@ -22,10 +22,11 @@ from tokensense.gateway.keys import KeyInfo
 from tokensense.gateway.model_lists import ListShape, shape_for
 from tokensense.gateway.routing import classify
 from tokensense.gateway.runtime import Runtime
+from tokensense.gateway.stages import admit as admit_stage
+from tokensense.gateway.stages.admit import Admitted, oversize_refusal
 from tokensense.metering.attribution import attribution
 
 log = logging.getLogger(__name__)
-_MB = 1024 * 1024
 _MODEL_LIST_ERRORS = {ListShape.OPENAI: ErrorFormat.OPENAI, ListShape.ANTHROPIC: ErrorFormat.ANTHROPIC,
                       ListShape.GOOGLE: ErrorFormat.GOOGLE}
 
@@ -93,11 +94,11 @@ MISSING_KEY = "No TokenSense key: send it as `Authorization: Bearer tsk_...` (or
 
 
 async def admit(runtime: Runtime, flow: http.HTTPFlow, call: CallContext, presented: str | None, *,
-                require_key: bool = True, missing: str = MISSING_KEY, where: str = "") -> bool:
+                require_key: bool = True, missing: str = MISSING_KEY, where: str = "") -> Admitted | None:
     """The admit gate on the request headers: the key (when required) and the body limit, before any body byte.
 
-    Answers 401/503/413 itself and has the body read and dropped, never buffered; True when the call is admitted
-    (its key, if any, is on `call`; the body is then limited while it arrives).
+    Answers 401/503/413 itself and has the body read and dropped, never buffered; the `Admitted` value when the
+    call may go on (its key is on `call`; the body is then limited while it arrives), else None.
     """
     if require_key:
         try:
@@ -105,20 +106,18 @@ async def admit(runtime: Runtime, flow: http.HTTPFlow, call: CallContext, presen
         except GatewayError as e:
             answer_error(flow, call.fmt, e)
             refuse_body(flow)
-            return False
+            return None
         if not call.attribution.get("project"):
             call.attribution["project"] = call.key.project
-    limit = body_limit(runtime, call.route_endpoint)
-    length = flow.request.headers.get("content-length", "")
-    if length.isdigit() and int(length) > limit:
-        answer_error(flow, call.fmt, GatewayError(
-            413, f"The request body is {int(length) / _MB:.1f} MB; TokenSense accepts at most {limit / _MB:g} MB "
-            f"here ({'TOKENSENSE_MAX_UPLOAD_MB' if call.route_endpoint is Endpoint.TRANSCRIPTIONS else 'TOKENSENSE_MAX_BODY_MB'}).",
-            code="request_too_large"))
+    admitted = Admitted(call.key, body_limit(runtime, call.route_endpoint))
+    refusal = oversize_refusal(flow.request.headers.get("content-length", ""), admitted.body_limit,
+                               call.route_endpoint)
+    if refusal is not None:
+        answer_error(flow, call.fmt, refusal)
         refuse_body(flow)
-        return False
-    flow.metadata[BODY_LIMIT] = limit
-    return True
+        return None
+    flow.metadata[BODY_LIMIT] = admitted.body_limit
+    return admitted
 
 
 async def admitted_key(runtime: Runtime, presented: str | None, *, missing: str = MISSING_KEY,
@@ -133,8 +132,7 @@ async def admitted_key(runtime: Runtime, presented: str | None, *, missing: str 
 
 
 def body_limit(runtime: Runtime, endpoint: Endpoint) -> int:
-    """Bytes a request body of `endpoint` may have (audio uploads have their own limit)."""
-    if endpoint is Endpoint.TRANSCRIPTIONS:
-        upload = getattr(ctx.options, "tokensense_max_upload_mb", None) if hasattr(ctx, "options") else None
-        return int((upload or runtime.settings.max_upload_mb) * _MB)
-    return int(runtime.settings.max_body_mb * _MB)
+    """Bytes a request body of `endpoint` may have: the options, else the settings."""
+    upload = getattr(ctx.options, "tokensense_max_upload_mb", None) if hasattr(ctx, "options") else None
+    return admit_stage.body_limit(endpoint, max_body_mb=runtime.settings.max_body_mb,
+                                  max_upload_mb=upload or runtime.settings.max_upload_mb)
