@@ -211,3 +211,45 @@ async def test_an_exception_in_an_intercepted_calls_parse_is_a_json_500(
     assert error_of(flow)["error"]["code"] == "internal_error"
     call = flow.metadata["tokensense.call"]
     assert call is not None and call.intercepted and not call.forwarded
+
+
+# -- settle -----------------------------------------------------------------------------------------
+
+
+class _Recorder:
+    def __init__(self) -> None:
+        self.records: list = []
+
+    def submit(self, record: object) -> None:
+        self.records.append(record)
+
+
+def test_settle_writes_a_calls_record_once_and_each_failed_attempt_once() -> None:
+    from tokensense.gateway.call import Record
+    from tokensense.gateway.stages.settle import FailedAttempt, settle, settle_failed
+
+    runtime = Runtime()
+    recorder = _Recorder()
+    runtime.recorder = recorder  # type: ignore[assignment]
+    call = _call(_key())
+    call.provider, call.model = PROVIDERS["openai"], "gpt-4o-mini"
+    seen: list[tuple[str, int]] = []
+    call.on_record.append(lambda record: seen.append(("call", record.attempt)))
+    call.on_attempt_record.append(lambda record: seen.append(("attempt", record.attempt)))
+    failed = settle_failed(runtime, call, FailedAttempt(1, PROVIDERS["anthropic"], "claude-haiku-4-5", 503,
+                                                        "overloaded", call.started, None))
+    assert (failed.attempt, failed.provider, failed.status, failed.cost_usd) == (1, "anthropic", 503, 0.0)
+    call.attempt = 2
+    record = settle(runtime, call, 200)
+    assert record is not None and (record.attempt, record.provider, record.request_id) == \
+        (2, "openai", failed.request_id)
+    assert settle(runtime, call, 502) is None  # the error hook after the response hook: no second record
+    assert [r.attempt for r in recorder.records] == [1, 2] and seen == [("attempt", 1), ("call", 2)]
+    assert call.record_state is Record.WRITTEN
+
+    not_a_provider_call = _call(_key())
+    not_a_provider_call.record_state = Record.NONE
+    assert settle(runtime, not_a_provider_call, 200) is None and len(recorder.records) == 2
+    counting = _call(_key())
+    counting.record_state = Record.DEFERRED  # the input-count task settles it, once
+    assert settle(runtime, counting, 200) is not None and settle(runtime, counting, 200) is None
