@@ -11,17 +11,17 @@ from typing import Any
 from tokensense.gateway.call import CallContext
 from tokensense.gateway.routing import Endpoint
 from tokensense.metering.sse import EventSplitter, parse_event
-from tokensense.providers import ProviderAdapter, StreamUsage
+from tokensense.providers import StreamUsage
 
 
 def with_stream_usage(call: CallContext, body: Any) -> tuple[dict[str, Any] | None, bool]:
     """`stream_usage_option` for a call's own provider and stream."""
     if call.provider is None or not isinstance(body, dict):
         return None, True
-    return stream_usage_option(call.route_endpoint, call.stream, call.provider, body)
+    return stream_usage_option(call.route_endpoint, call.stream, call.provider.openai_format, body)
 
 
-def stream_usage_option(endpoint: Endpoint, stream: bool, adapter: ProviderAdapter,
+def stream_usage_option(endpoint: Endpoint, stream: bool, openai_format: bool,
                         body: dict[str, Any]) -> tuple[dict[str, Any] | None, bool]:
     """(the body to send instead, or None to keep it; whether the client asked for usage itself).
 
@@ -29,7 +29,7 @@ def stream_usage_option(endpoint: Endpoint, stream: bool, adapter: ProviderAdapt
     TokenSense asks for it (gateway and intercept mode alike, through the parse stage),
     and the metering addon removes that extra chunk again when the client had not asked.
     """
-    if not (stream and endpoint is Endpoint.CHAT and adapter.openai_format):
+    if not (stream and endpoint is Endpoint.CHAT and openai_format):
         return None, True
     options = body.get("stream_options")
     if isinstance(options, dict) and options.get("include_usage") is True:

@@ -118,7 +118,7 @@ def parse_call(endpoint: Endpoint, request: ClientRequest, adapter: ProviderAdap
         if endpoint is not Endpoint.GEMINI and path_provider is None and body.get("model") != model:
             body = {**body, "model": model}  # `provider/model` (or a fallback) names it; the provider wants its own
             changed = True
-        with_usage, wants_usage = stream_usage_option(endpoint, request.stream, adapter, body)
+        with_usage, wants_usage = stream_usage_option(endpoint, request.stream, adapter.openai_format, body)
         if with_usage is not None:
             body, changed = with_usage, True
         params = {"params": dict(path_params)} if path_params else {}
