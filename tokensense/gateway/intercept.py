@@ -139,8 +139,8 @@ def parse_intercepted(call: CallContext, body: Any, *, form_model: str | None = 
     call.stream = request.stream
     if not isinstance(body, dict) or call.provider is None:
         return None
-    new_body, call.client_wants_usage = stream_usage_option(call.route_endpoint, call.stream,
-                                                                  call.provider.openai_format, body)
+    new_body, call.client_wants_usage = stream_usage_option(
+        call.route_endpoint, call.stream, call.provider.openai_format, body)
     call.sent_body = new_body or body  # the police stage estimates tokens from it
     return new_body
 
