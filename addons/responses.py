@@ -33,7 +33,7 @@ from tokensense.core.paths import path_segment
 from tokensense.gateway.call import CallContext
 from tokensense.gateway.forward import OPENAI_SDK_HEADER_PREFIXES
 from tokensense.gateway.runtime import Runtime
-from tokensense.gateway.stages.parse import parse_call, read_json, read_request, resolve
+from tokensense.gateway.stages.parse import parse_call, read_json, read_request, reading_of, resolve
 from tokensense.metering.stream import PassthroughStream
 from tokensense.providers import get_provider
 from tokensense.providers import responses_format as rf
@@ -100,7 +100,8 @@ class Responses:
 
     async def _create(self, flow: http.HTTPFlow, call: CallContext) -> None:
         endpoint = call.route_endpoint
-        request = read_request(endpoint, read_json(flow.request.raw_content))
+        route = reading_of(call)
+        request = read_request(route, read_json(flow.request.raw_content))
         call.stream = endpoint is Endpoint.RESPONSES and request.stream  # compact and input_tokens never stream
         request = replace(request, stream=call.stream)
         body, requested = request.body, request.requested
@@ -120,7 +121,7 @@ class Responses:
 
         if endpoint in adapter.native:  # passed through: the gateway's one parse, as for chat
             credential = require_credential(self.runtime, adapter)
-            call.parsed = parsed = parse_call(endpoint, request, adapter, model)
+            call.parsed = parsed = parse_call(route, request, adapter, model)
             call.sent_body = parsed.sent_body
             prepare_upstream(call, adapter, credential, parsed.upstream, body=parsed.body)
             flow.metadata[META] = meta

@@ -18,7 +18,7 @@ from tokensense.gateway.model_lists import ListShape, find, listed, model_list, 
 from tokensense.gateway.policy import model_allowed
 from tokensense.gateway.routing import MEDIA_ENDPOINTS
 from tokensense.gateway.runtime import Runtime
-from tokensense.gateway.stages.parse import parse_call, read_json, read_request, resolve
+from tokensense.gateway.stages.parse import parse_call, read_json, read_request, reading_of, resolve
 from tokensense.metering.pricing import PriceBook
 from tokensense.providers import PROVIDERS, provider_for_model
 
@@ -81,16 +81,13 @@ class Router:
         return by_provider
 
     def _route(self, flow: http.HTTPFlow, call: CallContext) -> None:
-        endpoint = call.route_endpoint
-        request = read_request(endpoint, read_json(flow.request.raw_content), path_model=call.path_model,
-                               action=call.action, path_provider=call.path_provider)
+        route = reading_of(call)
+        request = read_request(route, read_json(flow.request.raw_content))
         call.stream = request.stream
         call.requested_model = request.requested  # kept by a refused call's record
         adapter, model = resolve(request.requested, self.runtime.prices)
         call.provider, call.model = adapter, adapter.catalog_model(model)  # priced and policed by the model it runs
-        parsed = parse_call(endpoint, request, adapter, model, action=call.action, version=call.version,
-                            path_params=call.path_params, path_provider=call.path_provider,
-                            where=flow.request.path.partition("?")[0][:100])
+        parsed = parse_call(route, request, adapter, model, where=flow.request.path.partition("?")[0][:100])
         credential = require_credential(self.runtime, adapter)
         call.parsed = parsed
         call.client_wants_usage, call.translator, call.sent_body = \

@@ -27,7 +27,7 @@ from tokensense.gateway.call import CallContext
 from tokensense.gateway.keys import KeyInfo
 from tokensense.gateway.limits import MemoryCounters
 from tokensense.gateway.runtime import Runtime
-from tokensense.gateway.stages.parse import ClientRequest, parse_call, read_request, resolve
+from tokensense.gateway.stages.parse import ClientRequest, RouteReading, parse_call, read_request, reading_of, resolve
 from tokensense.gateway.stages.police import Refused, Target, police
 from tokensense.metering.pricing import PriceBook
 from tokensense.providers import PROVIDERS
@@ -35,6 +35,7 @@ from tokensense.settings import Settings
 from tokensense.storage import repo
 
 PRICES = PriceBook()
+CHAT_ROUTE = RouteReading(Endpoint.CHAT)
 
 
 def _key(**changes: object) -> KeyInfo:
@@ -47,32 +48,46 @@ def _key(**changes: object) -> KeyInfo:
 
 
 def test_read_request_takes_the_model_and_stream_from_where_the_route_says() -> None:
-    chat = read_request(Endpoint.CHAT, {"model": "gpt-4o-mini", "stream": True})
+    chat = read_request(RouteReading(Endpoint.CHAT), {"model": "gpt-4o-mini", "stream": True})
     assert (chat.requested, chat.stream) == ("gpt-4o-mini", True)
-    gemini = read_request(Endpoint.GEMINI, {"model": "ignored"}, path_model="gemini-2.5-flash",
-                          action="streamGenerateContent")
+    in_path = RouteReading(Endpoint.GEMINI, "streamGenerateContent", path_model="gemini-2.5-flash",
+                           model_in_body=False, streams=True, body_streams=False)
+    gemini = read_request(in_path, {"model": "ignored", "stream": False})
     assert (gemini.requested, gemini.stream) == ("gemini-2.5-flash", True)
-    cloud = read_request(Endpoint.CHAT, {"model": "prod-4o"}, path_provider="azure")
+    cloud = read_request(RouteReading(Endpoint.CHAT, path_provider="azure", model_in_body=False), {"model": "prod-4o"})
     assert cloud.requested == "azure/prod-4o"
     with pytest.raises(GatewayError) as e:
-        read_request(Endpoint.CHAT, {"model": "gpt-4o-mini", "max_tokens": "lots"})
+        read_request(RouteReading(Endpoint.CHAT), {"model": "gpt-4o-mini", "max_tokens": "lots"})
     assert e.value.status == 400 and "max_tokens" in e.value.message
     # Intercept mode leaves the provider to judge the body.
-    assert read_request(Endpoint.CHAT, {"model": "m", "max_tokens": "lots"}, check_caps=False).requested == "m"
+    assert read_request(RouteReading(Endpoint.CHAT), {"model": "m", "max_tokens": "lots"}, check_caps=False) \
+        .requested == "m"
+
+
+def test_a_calls_route_reading_and_its_fallbacks() -> None:
+    call = CallContext(Endpoint.GEMINI, ErrorFormat.GOOGLE, path_model="gemini-2.5-flash",
+                       action="streamGenerateContent", version="v1beta")
+    assert reading_of(call) == RouteReading(Endpoint.GEMINI, "streamGenerateContent", "v1beta", "gemini-2.5-flash",
+                                            model_in_body=False, streams=True, body_streams=False)
+    cloud = CallContext(Endpoint.CHAT, ErrorFormat.OPENAI, path_model="prod-4o", path_provider="azure",
+                        path_params=(("deployment", "prod-4o"),))
+    assert not reading_of(cloud).model_in_body and reading_of(cloud).path_params
+    # A fallback of a cloud platform's path goes to the other model's own endpoint: its body names the model.
+    fallback = reading_of(cloud, fallback=True)
+    assert fallback.model_in_body and fallback.path_provider is None and fallback.path_params is None
 
 
 def test_parse_call_native_names_the_providers_model_and_asks_for_stream_usage() -> None:
     client = {"model": "openai/gpt-4o-mini", "stream": True, "messages": []}
     adapter, model = resolve(client["model"], PRICES)
-    parsed = parse_call(Endpoint.CHAT, read_request(Endpoint.CHAT, client), adapter, model)
+    parsed = parse_call(CHAT_ROUTE, read_request(CHAT_ROUTE, client), adapter, model)
     assert (parsed.provider.name, parsed.model, parsed.upstream_model) == ("openai", "gpt-4o-mini", "gpt-4o-mini")
     assert parsed.sent_body["model"] == "gpt-4o-mini" and parsed.sent_body["stream_options"] == {"include_usage": True}
     assert parsed.body is not None and json.loads(parsed.body) == parsed.sent_body
     assert parsed.drops_usage_chunk and not parsed.client_wants_usage
     assert client == {"model": "openai/gpt-4o-mini", "stream": True, "messages": []}  # the client's body is kept
     assert parsed.target == Target(adapter, "gpt-4o-mini", "openai/gpt-4o-mini", parsed.sent_body)
-    unchanged = parse_call(Endpoint.CHAT, read_request(Endpoint.CHAT, {"model": "gpt-4o-mini"}),
-                           adapter, "gpt-4o-mini")
+    unchanged = parse_call(CHAT_ROUTE, read_request(CHAT_ROUTE, {"model": "gpt-4o-mini"}), adapter, "gpt-4o-mini")
     assert unchanged.body is None  # the client's own bytes go
 
 
@@ -80,12 +95,12 @@ def test_parse_call_translates_chat_for_another_format_and_refuses_what_it_canno
     request = ClientRequest({"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}],
                              "max_tokens": 5}, "claude-haiku-4-5", False)  # a fallback: another model, same body
     adapter, model = resolve("claude-haiku-4-5", PRICES)
-    parsed = parse_call(Endpoint.CHAT, request, adapter, model)
+    parsed = parse_call(CHAT_ROUTE, request, adapter, model)
     assert parsed.translator is not None and parsed.content_type == "application/json"
     assert parsed.sent_body["model"] == "claude-haiku-4-5" and parsed.sent_body["max_tokens"] == 5
     assert parsed.upstream.path.endswith("/messages") and "openai-" in parsed.drop_header_prefixes
     with pytest.raises(GatewayError) as e:
-        parse_call(Endpoint.EMBEDDINGS, request, adapter, model, where="/v1/embeddings")
+        parse_call(RouteReading(Endpoint.EMBEDDINGS), request, adapter, model, where="/v1/embeddings")
     assert e.value.status == 400 and e.value.code == "unsupported_model_for_endpoint"
 
 

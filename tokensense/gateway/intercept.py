@@ -10,7 +10,7 @@ from typing import Any
 from tokensense.core.endpoints import is_free_call
 from tokensense.gateway.call import CallContext
 from tokensense.gateway.routing import Endpoint, Route, format_for_endpoint
-from tokensense.gateway.stages.parse import read_request, stream_usage_option
+from tokensense.gateway.stages.parse import read_request, reading_of, stream_usage_option
 from tokensense.providers import PROVIDERS, ProviderAdapter, get_provider
 
 log = logging.getLogger(__name__)
@@ -132,8 +132,7 @@ def parse_intercepted(call: CallContext, body: Any, *, form_model: str | None = 
     The request goes to the client's own destination with the client's own key: nothing else is rewritten,
     and the provider judges the body (an output cap it would refuse is its 400 to give, not TokenSense's).
     """
-    request = read_request(call.route_endpoint, body if isinstance(body, dict) else {}, path_model=call.path_model,
-                           action=call.action, check_caps=False)
+    request = read_request(reading_of(call), body if isinstance(body, dict) else {}, check_caps=False)
     model = request.requested or form_model
     call.model = call.requested_model = model if isinstance(model, str) and model else None
     call.stream = request.stream

@@ -56,7 +56,7 @@ from tokensense.gateway.retry import (
 )
 from tokensense.gateway.routing import join_url
 from tokensense.gateway.runtime import Runtime
-from tokensense.gateway.stages.parse import ClientRequest, Parsed, parse_call, resolve
+from tokensense.gateway.stages.parse import ClientRequest, Parsed, parse_call, reading_of, resolve
 from tokensense.gateway.stages.police import Policed, Refused, police, release
 from tokensense.gateway.stages.settle import FailedAttempt, settle_failed
 from tokensense.gateway.upstream_client import OpenAnswer, UpstreamRequest, error_message
@@ -245,8 +245,7 @@ def _resolve(run: _Run, name: str) -> Candidate | str:
     # The same parse as the first attempt's, for this model: the client's body, natively or translated.
     request = ClientRequest(run.client_body or {}, name, call.stream)
     try:
-        run.routes[(adapter.name, model)] = parse_call(endpoint, request, adapter, model, action=call.action,
-                                                       version=call.version)
+        run.routes[(adapter.name, model)] = parse_call(reading_of(call, fallback=True), request, adapter, model)
     except GatewayError as e:
         return f"the request cannot be sent to {adapter.display_name}: {e.message}"
     except (TypeError, AttributeError, KeyError, ValueError, IndexError) as e:

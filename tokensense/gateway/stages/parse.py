@@ -19,6 +19,7 @@ from typing import Any
 from tokensense.core.endpoints import STREAM_ACTIONS, Endpoint
 from tokensense.core.errors import GatewayError
 from tokensense.gateway.body import optional_token_count, parse_json_body
+from tokensense.gateway.call import CallContext
 from tokensense.gateway.forward import OPENAI_SDK_HEADER_PREFIXES
 from tokensense.gateway.routing import resolve_model
 from tokensense.gateway.stages.police import Target
@@ -75,25 +76,52 @@ def read_json(raw: bytes | None) -> dict[str, Any]:
     return parse_json_body(raw)
 
 
-def read_request(endpoint: Endpoint, body: dict[str, Any], *, path_model: str | None = None,
-                 action: str | None = None, path_provider: str | None = None, check_caps: bool = True) -> ClientRequest:
+@dataclass(frozen=True, slots=True)
+class RouteReading:
+    """What the route the path matched says about reading the request: where the model is, what streams."""
+
+    endpoint: Endpoint
+    action: str | None = None
+    version: str | None = None
+    path_model: str | None = None  # the model the path names
+    path_provider: str | None = None  # the provider the path names: the model is `provider/model`
+    path_params: tuple[tuple[str, str], ...] | None = None  # other path parts that provider needs upstream
+    model_in_body: bool = True  # the body names the model (and is rewritten to the provider's own name)
+    streams: bool = False  # the path itself asks for a stream (a streaming action)
+    body_streams: bool = True  # `"stream": true` in the body asks for one
+
+
+def reading_of(call: CallContext, *, fallback: bool = False) -> RouteReading:
+    """The reading of `call`'s route; `fallback`: of the same endpoint for another model (no path of its own).
+
+    The one place the parse stage derives these from the endpoint (its model and stream are in the path).
+    Once the route table is the providers' (issue 22 item 1), the route carries them itself.
+    """
+    in_path = call.route_endpoint is Endpoint.GEMINI
+    if fallback:
+        return RouteReading(call.route_endpoint, call.action, call.version, model_in_body=not in_path,
+                            streams=call.action in STREAM_ACTIONS, body_streams=not in_path)
+    return RouteReading(call.route_endpoint, call.action, call.version, call.path_model, call.path_provider,
+                        call.path_params, model_in_body=not in_path and call.path_provider is None,
+                        streams=call.action in STREAM_ACTIONS, body_streams=not in_path)
+
+
+def read_request(route: RouteReading, body: dict[str, Any], *, check_caps: bool = True) -> ClientRequest:
     """The model the client asked for and whether it streams, from the path (where the route says) or the body.
 
     `check_caps`: an output cap that is no token count is a 400 (the gateway reserves budget from it).
     """
-    if path_provider is not None:  # a path that names its provider (a cloud provider's own path)
-        named = path_model or body.get("model")
-        requested = f"{path_provider}/{named}" if isinstance(named, str) and named else None
-        stream = action in STREAM_ACTIONS or body.get("stream") is True
-    elif endpoint is Endpoint.GEMINI:  # the model and action are in the path
-        requested = path_model
-        stream = action == "streamGenerateContent"
+    if route.path_provider is not None:  # a path that names its provider (a cloud platform's own path)
+        named = route.path_model or body.get("model")
+        requested = f"{route.path_provider}/{named}" if isinstance(named, str) and named else None
+    elif not route.model_in_body:
+        requested = route.path_model
     else:
-        named = path_model or body.get("model")
+        named = route.path_model or body.get("model")
         requested = named if isinstance(named, str) else None
-        stream = body.get("stream") is True
         if check_caps:
             optional_token_count(body, *_OUTPUT_CAPS)
+    stream = route.streams or (route.body_streams and body.get("stream") is True)
     return ClientRequest(body, requested if isinstance(requested, str) else None, stream)
 
 
@@ -103,26 +131,26 @@ def resolve(requested: object, prices: PriceBook, media_models: frozenset[str] =
     return resolve_model(requested, prices, media_models=media_models)
 
 
-def parse_call(endpoint: Endpoint, request: ClientRequest, adapter: ProviderAdapter, model: str, *,
-               action: str | None = None, version: str | None = None,
-               path_params: tuple[tuple[str, str], ...] | None = None, path_provider: str | None = None,
+def parse_call(route: RouteReading, request: ClientRequest, adapter: ProviderAdapter, model: str, *,
                where: str | None = None) -> Parsed:
     """The upstream request of one attempt of `request` to `adapter`'s `model` (a 400 if it cannot be made).
 
     Natively when the provider serves the endpoint; chat is translated for a
     provider of another format. `where` names the client's path in errors.
     """
+    endpoint = route.endpoint
     if endpoint in adapter.native:
         body = request.body
         changed = False
-        if endpoint is not Endpoint.GEMINI and path_provider is None and body.get("model") != model:
+        if route.model_in_body and body.get("model") != model:
             body = {**body, "model": model}  # `provider/model` (or a fallback) names it; the provider wants its own
             changed = True
         with_usage, wants_usage = stream_usage_option(endpoint, request.stream, adapter.openai_format, body)
         if with_usage is not None:
             body, changed = with_usage, True
-        params = {"params": dict(path_params)} if path_params else {}
-        upstream = adapter.upstream(endpoint, model, stream=request.stream, action=action, version=version, **params)
+        params = {"params": dict(route.path_params)} if route.path_params else {}
+        upstream = adapter.upstream(endpoint, model, stream=request.stream, action=route.action,
+                                    version=route.version, **params)
         return Parsed(adapter, adapter.catalog_model(model), model, request.requested, request.stream, wants_usage,
                       upstream, body, json.dumps(body, separators=_COMPACT).encode() if changed else None, request)
     translator = adapter.chat_translator() if endpoint is Endpoint.CHAT else None
