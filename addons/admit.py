@@ -70,16 +70,13 @@ class Admit:
         call.attribution = attribution(req.headers, None)  # refused calls are attributed too
         await admit(self.runtime, flow, call, presented)
 
-    async def _key(self, presented: str | None) -> KeyInfo:
-        return await admitted_key(self.runtime, presented)
-
     async def _unknown_endpoint(self, flow: http.HTTPFlow, path: str, presented: str | None, error: GatewayError) -> None:
         """404 for a path TokenSense does not serve; with a valid key the call is recorded (endpoint `unknown`)."""
         call = CallContext(Endpoint.UNKNOWN, format_for_path(path), method=flow.request.method)
         set_call(flow, call)
         call.attribution = attribution(flow.request.headers, None)
         try:
-            call.key = await self._key(presented) if presented else None
+            call.key = await admitted_key(self.runtime, presented) if presented else None
         except GatewayError:
             call.key = None
         if call.key is None:
