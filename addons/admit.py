@@ -16,16 +16,18 @@ from addons.common import answer_error, answer_json, intercepting, lookup_key, s
 from tokensense.core.endpoints import Endpoint
 from tokensense.core.errors import GatewayError
 from tokensense.gateway.auth import client_key
-from tokensense.gateway.call import CallContext
+from tokensense.gateway.call import CallContext, Record
 from tokensense.gateway.flowmeta import BODY_LIMIT, CALL, refuse_body, set_call
+from tokensense.gateway.keys import KeyInfo
 from tokensense.gateway.model_lists import shape_for
 from tokensense.gateway.routing import classify
 from tokensense.gateway.runtime import Runtime
+from tokensense.gateway.stages import admit as admit_stage
+from tokensense.gateway.stages.admit import Admitted, oversize_refusal
 from tokensense.metering.attribution import attribution
 from tokensense.providers import error_shape_for_path
 
 log = logging.getLogger(__name__)
-_MB = 1024 * 1024
 
 
 class Admit:
@@ -57,38 +59,12 @@ class Admit:
             if req.headers.pop("x-tokensense-transport") == "websocket" and route.endpoint is Endpoint.RESPONSES:
                 call.transport = "websocket"
         if route.endpoint is Endpoint.HEALTH:
-            call.recorded = True  # a health check is not a provider call
+            call.record_state = Record.NONE  # a health check is not a provider call
             answer_json(flow, *await asyncio.to_thread(self.runtime.health))
             refuse_body(flow)
             return
         call.attribution = attribution(req.headers)  # refused calls are attributed too
-        try:
-            call.key = await self._key(presented)
-        except GatewayError as e:
-            answer_error(flow, call.fmt, e)
-            refuse_body(flow)
-            return
-        if not call.attribution["project"]:
-            call.attribution["project"] = call.key.project
-        limit = self._body_limit(route.endpoint)
-        length = req.headers.get("content-length", "")
-        if length.isdigit() and int(length) > limit:
-            answer_error(flow, call.fmt, GatewayError(
-                413, f"The request body is {int(length) / _MB:.1f} MB; TokenSense accepts at most {limit / _MB:g} MB "
-                f"here ({'TOKENSENSE_MAX_UPLOAD_MB' if route.endpoint is Endpoint.TRANSCRIPTIONS else 'TOKENSENSE_MAX_BODY_MB'}).",
-                code="request_too_large"))
-            refuse_body(flow)
-            return
-        flow.metadata[BODY_LIMIT] = limit
-
-    async def _key(self, presented: str | None):
-        if not self.runtime.started or self.runtime.keys is None:
-            raise GatewayError(503, "TokenSense is starting; retry in a moment.", code="starting")
-        if not presented:
-            raise GatewayError(
-                401, "No TokenSense key: send it as `Authorization: Bearer tsk_...` (or x-api-key, x-goog-api-key, ?key=).",
-                code="missing_api_key")
-        return await lookup_key(self.runtime, presented)
+        await admit(self.runtime, flow, call, presented)
 
     async def _unknown_endpoint(self, flow: http.HTTPFlow, path: str, presented: str | None, error: GatewayError) -> None:
         """404 for a path TokenSense does not serve; with a valid key the call is recorded (endpoint `unknown`)."""
@@ -96,16 +72,60 @@ class Admit:
         set_call(flow, call)
         call.attribution = attribution(flow.request.headers)
         try:
-            call.key = await self._key(presented) if presented else None
+            call.key = await admitted_key(self.runtime, presented) if presented else None
         except GatewayError:
             call.key = None
         if call.key is None:
-            call.recorded = True  # nobody to attribute it to: not a usage record
+            call.record_state = Record.NONE  # nobody to attribute it to: not a usage record
         answer_error(flow, call.fmt, error)
         refuse_body(flow)
 
-    def _body_limit(self, endpoint: Endpoint) -> int:
-        if endpoint is Endpoint.TRANSCRIPTIONS:
-            upload = getattr(ctx.options, "tokensense_max_upload_mb", None) if hasattr(ctx, "options") else None
-            return int((upload or self.runtime.settings.max_upload_mb) * _MB)
-        return int(self.runtime.settings.max_body_mb * _MB)
+
+# --- the admit gate, shared by the gateway and intercept mode (addons/intercept.py) ------------------
+
+MISSING_KEY = "No TokenSense key: send it as `Authorization: Bearer tsk_...` (or x-api-key, x-goog-api-key, ?key=)."
+
+
+async def admit(runtime: Runtime, flow: http.HTTPFlow, call: CallContext, presented: str | None, *,
+                require_key: bool = True, missing: str = MISSING_KEY, where: str = "") -> Admitted | None:
+    """The admit gate on the request headers: the key (when required) and the body limit, before any body byte.
+
+    Answers 401/503/413 itself and has the body read and dropped, never buffered; the `Admitted` value when the
+    call may go on (its key is on `call`; the body is then limited while it arrives), else None.
+    """
+    if require_key:
+        try:
+            call.key = await admitted_key(runtime, presented, missing=missing, where=where)
+        except GatewayError as e:
+            answer_error(flow, call.fmt, e)
+            refuse_body(flow)
+            return None
+        if not call.attribution.get("project"):
+            call.attribution["project"] = call.key.project
+    admitted = Admitted(call.key, body_limit(runtime, call.route_endpoint))
+    refusal = oversize_refusal(flow.request.headers.get("content-length", ""), admitted.body_limit,
+                               call.route_endpoint)
+    if refusal is not None:
+        answer_error(flow, call.fmt, refusal)
+        refuse_body(flow)
+        return None
+    flow.metadata[BODY_LIMIT] = admitted.body_limit
+    return admitted
+
+
+async def admitted_key(runtime: Runtime, presented: str | None, *, missing: str = MISSING_KEY,
+                       where: str = "") -> KeyInfo:
+    """The TokenSense key presented (memory first, the database once); 503 while starting, 401 missing or unknown."""
+    if not runtime.started or runtime.keys is None:
+        raise GatewayError(503, "TokenSense is starting; retry in a moment.", code="starting")
+    presented = (presented or "").strip()
+    if not presented:
+        raise GatewayError(401, missing, code="missing_api_key")
+    return await lookup_key(runtime, presented, where=where)
+
+
+def body_limit(runtime: Runtime, endpoint: Endpoint) -> int:
+    """Bytes a request body of `endpoint` may have: the options, else the settings."""
+    upload = getattr(ctx.options, "tokensense_max_upload_mb", None) if hasattr(ctx, "options") else None
+    return admit_stage.body_limit(endpoint, max_body_mb=runtime.settings.max_body_mb,
+                                  max_upload_mb=upload or runtime.settings.max_upload_mb)

@@ -14,7 +14,7 @@ from mitmproxy.proxy.mode_specs import ProxyMode, ReverseMode
 from tokensense.core.endpoints import Endpoint
 from tokensense.core.errors import ErrorShape, GatewayError, error_bytes
 from tokensense.crypto import hash_key
-from tokensense.gateway.call import CallContext
+from tokensense.gateway.call import CallContext, Record
 from tokensense.gateway.flowmeta import CALL, get_call, set_call
 from tokensense.gateway.forward import KEY_HEADER_NAMES, PendingUpstream, upstream_target
 from tokensense.gateway.keys import Credential, KeyInfo
@@ -55,7 +55,8 @@ def answer_internal_error(flow: http.HTTPFlow) -> None:
     call = get_call(flow)
     if call is None:  # the admit stage itself failed: a call to carry the request id (nobody to record it for)
         path = flow.request.path.partition("?")[0]
-        call = CallContext(Endpoint.UNKNOWN, error_shape_for_path(path), method=flow.request.method, recorded=True)
+        call = CallContext(Endpoint.UNKNOWN, error_shape_for_path(path), method=flow.request.method,
+                           record_state=Record.NONE)
         set_call(flow, call)
     answer_error(flow, call.fmt, GatewayError(
         500, f"TokenSense had an internal error and did not forward the request (request id {call.request_id}).",

@@ -28,12 +28,12 @@ class Forward:
             return  # intercept mode: not a provider call, TokenSense leaves it alone
         if call.intercepted:
             # The client's own destination and key; only the gates can stop it.
-            if call.key is not None and not call.policed:
+            if call.key is not None and not call.may_send:
                 answer_internal_error(flow)
                 return
             call.forwarded = True
             return
-        if call.pending is None or not call.policed or call.key is None:
+        if call.pending is None or not call.may_send or call.key is None:
             answer_internal_error(flow)
             return
         if self.runtime is not None:

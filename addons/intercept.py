@@ -12,14 +12,19 @@ from mitmproxy.net.tls import starts_like_tls_record
 from mitmproxy.proxy import layer, layers, server_hooks
 from mitmproxy.proxy.layers.tls import parse_client_hello
 
-from addons.common import CALL, answer_error, asks_for_websocket, intercepting, lookup_key
+from addons.admit import admit
+from addons.common import CALL, answer_error, asks_for_websocket, get_call, intercepting
 from tokensense.core.errors import GatewayError
-from tokensense.gateway.call import CallContext
-from tokensense.gateway.flowmeta import set_call
-from tokensense.gateway.intercept import KEY_HEADER, HostTable, intercepted_call, parse_hostmap
-from tokensense.gateway.keys import KeyInfo
+from tokensense.gateway.flowmeta import refuse_body, set_call
+from tokensense.gateway.intercept import (
+    KEY_HEADER,
+    HostTable,
+    admitted_call,
+    intercept_route,
+    parse_hostmap,
+    parse_intercepted,
+)
 from tokensense.gateway.runtime import Runtime
-from tokensense.gateway.stream import with_stream_usage
 from tokensense.metering.attribution import attribution
 from tokensense.providers import DEFAULT_ERRORS
 
@@ -30,10 +35,13 @@ log = logging.getLogger(__name__)
 class Intercept:
     """Decides which connections of the regular proxy are decrypted, and meters the provider calls in them.
 
-    Runs before Admit. A flow it meters gets a CallContext (so Admit and Router,
-    which serve the gateway, leave it alone) with the client's own provider key
-    left in place. Any other flow of a regular-mode client gets `None` under
-    `tokensense.call`: no TokenSense addon touches it.
+    Runs before Admit. A flow it meters goes through the gateway's admit gate
+    (`addons.admit.admit`) on its request headers: the TokenSense key when
+    `tokensense_intercept_require_key` is on, the body limit from Content-Length,
+    so a refused client's body is read and dropped, never buffered. It gets a
+    CallContext (so Admit and Router, which serve the gateway, leave it alone)
+    with the client's own provider key left in place. Any other flow of a
+    regular-mode client gets `None` under `tokensense.call`: no TokenSense addon touches it.
     """
 
     def __init__(self, runtime: Runtime) -> None:
@@ -108,7 +116,8 @@ class Intercept:
 
     # -- requests --------------------------------------------------------------------
 
-    async def request(self, flow: http.HTTPFlow) -> None:
+    async def requestheaders(self, flow: http.HTTPFlow) -> None:
+        """Admit stage of an intercepted call, before any body byte is read: the same gate as the gateway's."""
         if flow.response or flow.error or CALL in flow.metadata or not intercepting(flow.client_conn.proxy_mode):
             return
         req = flow.request
@@ -125,45 +134,33 @@ class Intercept:
                 426, "TokenSense meters provider calls over HTTP in intercept mode; WebSocket calls to "
                 f"{req.pretty_host} are refused. Use HTTP (Codex falls back to it by itself)."),
                 headers={"upgrade": "websocket"})
+            refuse_body(flow)
             return
-        body = _json_body(req)
-        call = intercepted_call(adapter, req.method, req.path, body, form_model=_form_model(req, body))
-        if call is None:
+        route = intercept_route(adapter, req.method, req.path)
+        if route is None:
             flow.metadata[CALL] = None  # a provider path TokenSense does not meter (model lists, files, ...)
             return
-        call.intercepted = True
+        call = admitted_call(adapter, route, req.method)
         set_call(flow, call)
         call.attribution = attribution(req.headers)  # refused calls are attributed too
-        if ctx.options.tokensense_intercept_require_key:
-            key = await self._check_key(flow, call, presented)
-            if key is None:
-                return
-            call.key = key
-            call.attribution = attribution(req.headers, key.project)
-        new_body, call.client_wants_usage = with_stream_usage(call, body)
+        await admit(self.runtime, flow, call, presented, require_key=ctx.options.tokensense_intercept_require_key,
+                    missing=f"This TokenSense proxy requires a TokenSense key: send it in the `{KEY_HEADER}` header "
+                    "(your provider key stays in its usual header).", where=f" in `{KEY_HEADER}`")
+
+    async def request(self, flow: http.HTTPFlow) -> None:
+        """Parse stage of an intercepted call: its model and stream; the usage chunk asked for."""
+        if CALL not in flow.metadata:  # a flow that had no requestheaders hook (a client replay): admit it now
+            await self.requestheaders(flow)
+        call = get_call(flow)
+        if flow.response or flow.error or call is None or not call.intercepted:
+            return
+        req = flow.request
+        body = _json_body(req)
+        new_body = parse_intercepted(call, body, form_model=_form_model(req, body))
         if new_body is not None:
             req.content = json.dumps(new_body, separators=(",", ":")).encode()
-        if isinstance(body, dict):
-            call.sent_body = new_body or body  # the policy addon estimates tokens from it
         if call.stream:
             req.headers["accept-encoding"] = "identity"  # streams are metered as they pass: uncompressed
-
-    async def _check_key(self, flow: http.HTTPFlow, call: CallContext, presented: str | None) -> KeyInfo | None:
-        """The TokenSense key the intercepted call presents, or None after answering 401/503."""
-        if not self.runtime.started or self.runtime.keys is None:
-            answer_error(flow, call.fmt, GatewayError(503, "TokenSense is starting; retry in a moment."))
-            return None
-        presented = (presented or "").strip()
-        if not presented:
-            answer_error(flow, call.fmt, GatewayError(
-                401, f"This TokenSense proxy requires a TokenSense key: send it in the `{KEY_HEADER}` header "
-                "(your provider key stays in its usual header).", code="missing_api_key"))
-            return None
-        try:
-            return await lookup_key(self.runtime, presented, where=f" in `{KEY_HEADER}`")
-        except GatewayError as e:
-            answer_error(flow, call.fmt, e)
-            return None
 
 
 def _json_body(req: http.Request) -> object:

@@ -14,11 +14,11 @@ from addons.common import answer_error, get_call, prepare_upstream, require_cred
 from tokensense.core.errors import GatewayError
 from tokensense.core.usage import TokenUsage
 from tokensense.gateway import media
-from tokensense.gateway.body import parse_json_body
 from tokensense.gateway.call import CallContext
 from tokensense.gateway.flowmeta import MEDIA
-from tokensense.gateway.routing import MEDIA_ENDPOINTS, Endpoint, resolve_model
+from tokensense.gateway.routing import MEDIA_ENDPOINTS, Endpoint
 from tokensense.gateway.runtime import Runtime
+from tokensense.gateway.stages.parse import read_json, resolve
 from tokensense.gateway.stream import PassthroughStream
 from tokensense.metering.attribution import attribution
 from tokensense.metering.media_prices import (
@@ -130,14 +130,14 @@ class Media:
 
     def _resolve(self, call: CallContext, requested: object) -> tuple[ProviderAdapter, str, MediaRoute]:
         call.requested_model = requested if isinstance(requested, str) else None  # kept by a refused call's record
-        adapter, model = resolve_model(requested, self.runtime.prices, media_models=self.prices.models)
+        adapter, model = resolve(requested, self.runtime.prices, media_models=self.prices.models)
         call.provider, call.model = adapter, model
         declared = model in self.runtime.prices.custom or model in self.prices.declared
         return adapter, model, media.media_route(call.route_endpoint.value, adapter.name, model, declared=declared)
 
     def _json_request(self, flow: http.HTTPFlow, call: CallContext) -> None:
         req = flow.request
-        body = parse_json_body(req.raw_content)
+        body = read_json(req.raw_content)
         requested = body.get("model")
         adapter, model, route = self._resolve(call, requested)
         state = MediaCall(route.kind, route.images, route.answer_usage, route.audio, size=_str(body.get("size")),

@@ -13,13 +13,14 @@ from mitmproxy import http
 
 from addons.common import get_call, response_body
 from tokensense.core.usage import TokenUsage
-from tokensense.gateway.call import CallContext
+from tokensense.gateway.call import CallContext, Record
 from tokensense.gateway.input_count import InputCount, count_input_tokens
-from tokensense.gateway.record import build_record
 from tokensense.gateway.runtime import Runtime
+from tokensense.gateway.stages.settle import settle
 from tokensense.gateway.stream import PassthroughStream
-from tokensense.metering.usage_extract import usage_from_answer, with_request_tier
+from tokensense.metering.usage_extract import usage_from_answer
 from tokensense.providers import PROVIDERS, Provider
+from tokensense.storage.models import UsageCreate
 
 log = logging.getLogger(__name__)
 
@@ -106,6 +107,8 @@ class Metering:
         if status >= 400 and call.error is None:
             call.error = _error_message(body if body is not None else response_body(response))
         record = self._record(call, status)
+        if record is None:
+            return
         if _header(response.headers, b"x-tokensense-request-id") is None:  # answered by TokenSense itself
             response.headers.fields += ((b"x-tokensense-request-id", call.request_id.encode()),)
         if not response.stream and call.provider is not None:
@@ -137,7 +140,7 @@ class Metering:
         count = InputCount.for_gateway(call.pending, *asked)
         if _header(flow.response.headers, b"x-tokensense-request-id") is None:  # type: ignore[union-attr]
             flow.response.headers.fields += ((b"x-tokensense-request-id", call.request_id.encode()),)  # type: ignore[union-attr]
-        call.recorded = True  # the count's task records it; no other hook may
+        call.record_state = Record.DEFERRED  # the count's task settles it; no other hook may
         inflight_id = f"{flow.id}:input-count"
         self.runtime.inflight.started(inflight_id)  # a shutdown waits for the count and its record
         task = asyncio.get_running_loop().create_task(self._record_counted(call, status, count, inflight_id))
@@ -163,21 +166,8 @@ class Metering:
         assert adapter is not None
         return usage_from_answer(adapter, content)
 
-    def _record(self, call: CallContext, status: int):
-        call.recorded = True
-        call.status = status
-        if call.provider is not None:  # the answer's service tier, else the one the request asked for
-            usage = call.usage or (call.stream_usage.result() if call.stream_usage else None)
-            call.usage = with_request_tier(usage, call.sent_body)
-        record = build_record(call, status=status, prices=self.runtime.prices)
-        if self.runtime.recorder is not None:
-            self.runtime.recorder.submit(record)
-        for callback in call.on_record:
-            try:
-                callback(record)
-            except Exception:
-                log.exception("usage callback failed")
-        return record
+    def _record(self, call: CallContext, status: int) -> UsageCreate | None:
+        return settle(self.runtime, call, status)  # the one place a call's record is written
 
 
 def _error_message(content: bytes | None) -> str | None:

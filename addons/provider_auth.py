@@ -18,7 +18,7 @@ from tokensense.core.errors import GatewayError
 class ProviderAuth:
     async def request(self, flow: http.HTTPFlow) -> None:
         call = get_call(flow)
-        if flow.response or flow.error or call is None or call.pending is None or not call.policed:
+        if flow.response or flow.error or call is None or call.pending is None or not call.may_send:
             return
         pending = call.pending
         if not pending.provider.exchanges_key:

@@ -10,6 +10,7 @@ from sqlmodel import Session
 
 from addons.common import answer_json, get_call
 from tokensense.core.endpoints import Endpoint
+from tokensense.gateway.call import Record
 from tokensense.gateway.request_lookup import answer_request, request_id_from_path
 from tokensense.gateway.runtime import Runtime
 from tokensense.storage.repo import usage_for_request
@@ -24,7 +25,7 @@ class RequestRecords:
         if flow.response or flow.error or call is None or call.key is None \
                 or call.route_endpoint is not Endpoint.REQUEST_RECORD:
             return
-        call.recorded = True  # a lookup is not a provider call
+        call.record_state = Record.NONE  # a lookup is not a provider call
         request_id = request_id_from_path(flow.request.path.partition("?")[0])
         recorder = self.runtime.recorder
         flush = functools.partial(recorder.flush, 5.0) if recorder is not None else None

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import json
 import logging
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from mitmproxy import http
@@ -30,10 +30,9 @@ from addons.common import (
 from tokensense.core.endpoints import RESPONSE_ID_ENDPOINTS, RESPONSES_ENDPOINTS, Endpoint
 from tokensense.core.errors import GatewayError
 from tokensense.core.paths import path_segment
-from tokensense.gateway.body import parse_json_body
 from tokensense.gateway.call import CallContext
-from tokensense.gateway.routing import resolve_model
 from tokensense.gateway.runtime import Runtime
+from tokensense.gateway.stages.parse import parse_call, read_json, read_request, reading_of, resolve
 from tokensense.gateway.stream import PassthroughStream
 from tokensense.providers import PROVIDERS, get_provider
 from tokensense.providers import responses_format as rf
@@ -99,11 +98,13 @@ class Responses:
 
     async def _create(self, flow: http.HTTPFlow, call: CallContext) -> None:
         endpoint = call.route_endpoint
-        body = parse_json_body(flow.request.raw_content)
-        requested = body.get("model")
-        call.requested_model = requested if isinstance(requested, str) else None
-        call.stream = endpoint is Endpoint.RESPONSES and body.get("stream") is True
-        adapter, model = resolve_model(requested, self.runtime.prices)
+        route = reading_of(call)
+        request = read_request(route, read_json(flow.request.raw_content))
+        call.stream = endpoint is Endpoint.RESPONSES and request.stream  # compact and input_tokens never stream
+        request = replace(request, stream=call.stream)
+        body, requested = request.body, request.requested
+        call.requested_model = requested
+        adapter, model = resolve(body.get("model"), self.runtime.prices)
         call.provider, call.model = adapter, model
         meta = ResponsesCall(request=body, stored=body.get("store") is not False or body.get("background") is True)
         previous = body.get("previous_response_id")
@@ -116,15 +117,11 @@ class Responses:
                 raise _not_found(previous, "previous_response_id")
             meta.previous = previous
 
-        if endpoint in adapter.native:
+        if endpoint in adapter.native:  # passed through: the gateway's one parse, as for chat
             credential = require_credential(self.runtime, adapter)
-            upstream = adapter.upstream(endpoint, model, stream=call.stream)
-            changed = requested != model
-            if changed:
-                body["model"] = model  # `provider/model` names the provider; the provider wants its own name
-            call.sent_body = body
-            prepare_upstream(call, adapter, credential, upstream,
-                             body=json.dumps(body, separators=_COMPACT).encode() if changed else None)
+            call.parsed = parsed = parse_call(route, request, adapter, model)
+            call.sent_body = parsed.sent_body
+            prepare_upstream(call, adapter, credential, parsed.upstream, body=parsed.body)
             flow.metadata[META] = meta
             return
 

@@ -24,12 +24,13 @@ from dataclasses import dataclass, field
 import httpx
 from mitmproxy import ctx, http
 
-from addons.common import answer_error, asks_for_websocket, intercepting, lookup_key, strip_client_keys
+from addons.admit import admitted_key
+from addons.common import answer_error, asks_for_websocket, intercepting, strip_client_keys
 from tokensense.core.endpoints import Endpoint
 from tokensense.core.errors import GatewayError
 from tokensense.gateway import responses_ws as ws
 from tokensense.gateway.auth import client_key
-from tokensense.gateway.call import CallContext
+from tokensense.gateway.call import CallContext, Record
 from tokensense.gateway.flowmeta import CALL, WS_TERMINATED, refuse_body, set_call
 from tokensense.gateway.routing import classify
 from tokensense.gateway.runtime import Runtime
@@ -79,7 +80,7 @@ class ResponsesWebSocket:
         presented = client_key(req.headers, req.query if b"key=" in req.data.path else {})
         strip_client_keys(req)
         # The handshake itself is not a provider call: each response becomes its own record.
-        call = CallContext(Endpoint.RESPONSES, _ERRORS, method="GET", recorded=True)
+        call = CallContext(Endpoint.RESPONSES, _ERRORS, method="GET", record_state=Record.NONE)
         set_call(flow, call)
         call.attribution = attribution(req.headers)
         try:
@@ -87,14 +88,11 @@ class ResponsesWebSocket:
                 # Codex answers a 426 by using HTTP (SSE) for the rest of its session.
                 raise GatewayError(426, "The Responses WebSocket is turned off on this gateway "
                                    "(TOKENSENSE_RESPONSES_WEBSOCKET); use HTTP.", code="upgrade_required")
-            if not self.runtime.started or self.runtime.keys is None:
-                raise GatewayError(503, "TokenSense is starting; retry in a moment.", code="starting")
             if self.runtime.inflight.draining:
                 raise GatewayError(503, "TokenSense is shutting down; connect again.", code="shutting_down")
-            if not presented:
-                raise GatewayError(401, "No TokenSense key: send it as `Authorization: Bearer tsk_...`.",
-                                   code="missing_api_key")
-            key = await lookup_key(self.runtime, presented)
+            # The gateway's own admit gate (the frames then come through it again, as HTTP calls).
+            key = await admitted_key(self.runtime, presented,
+                                     missing="No TokenSense key: send it as `Authorization: Bearer tsk_...`.")
             handshake_key = req.headers.get("sec-websocket-key")
             if req.headers.get("sec-websocket-version") != "13" or not ws.valid_handshake_key(handshake_key):
                 raise GatewayError(400, "Not a valid WebSocket handshake (Sec-WebSocket-Key, version 13).",
@@ -104,7 +102,7 @@ class ResponsesWebSocket:
             refuse_body(flow)
             return
         call.key = key
-        assert handshake_key is not None
+        assert handshake_key is not None and presented is not None  # admitted_key refused a missing key
         self._connections[flow.id] = Connection(
             key=presented, key_name=key.name, url=self._self_url(flow),
             headers=ws.passed_headers(req.headers.fields))

@@ -47,8 +47,11 @@ def fake() -> Iterator[FakeProvider]:
 def gw(tmp_path_factory: pytest.TempPathFactory, fake: FakeProvider) -> Iterator[Gateway]:
     tmp = tmp_path_factory.mktemp("reliability")
     config = tmp / "config.toml"
-    config.write_text(CONFIG)
-    gw = start_gateway(tmp, fake, extra_env={"TOKENSENSE_CONFIG_FILE": str(config)})
+    # An OpenAI-compatible provider whose models no catalog prices: a budget cannot count their cost.
+    config.write_text(CONFIG + f'\n[providers.unpriced]\nbase_url = "{fake.url}/unpriced"\n'
+                      'api_key_env = "UNPRICED_API_KEY"\n')
+    gw = start_gateway(tmp, fake, extra_env={"TOKENSENSE_CONFIG_FILE": str(config),
+                                             "UNPRICED_API_KEY": "unpriced-key"})
     # Mistral: a pool of two keys. xAI: a good key and one whose base URL refuses connections.
     gw.cli("providers", "set", "mistral", "--api-key", "mis-a")
     gw.cli("providers", "set", "mistral", "--api-key", "mis-b", "--name", "backup")
@@ -254,6 +257,27 @@ def test_a_fallback_reserves_its_own_budget(gw: Gateway, fake: FakeProvider, exe
     assert not [r for r in fake.requests() if r["body"].get("model") == "gpt-4o"]
     assert "fallback gpt-4o skipped: the key `broke`'s budget of $0.01 cannot cover it" in gw.log()
     assert [r[0] for r in attempts_of(gw, exec_id, 2)] == [1, 2]
+
+
+def test_a_fallback_to_an_unpriced_model_is_refused_for_a_key_with_a_budget(
+        gw: Gateway, fake: FakeProvider, exec_id: str) -> None:
+    """Issue 22: fallbacks were policed by a second copy of the policy that lacked the unpriced-model refusal,
+    so a budgeted key reached, through `x-tokensense-fallbacks`, a model whose cost cannot be counted."""
+    faults(fake, {"prefix": "/openai", "model": "gpt-4o-mini", "status": 503, "times": 2})
+    with pytest.raises(openai.InternalServerError) as e:
+        client(gw, exec_id, gw.extra["broke"], **{"x-tokensense-fallbacks": "unpriced/local-model"}) \
+            .chat.completions.create(model="gpt-4o-mini", messages=HI, max_tokens=10)
+    assert e.value.response.headers["x-tokensense-attempts"] == "2"
+    assert not [r for r in fake.requests() if r["prefix"] == "/unpriced"]
+    assert "fallback unpriced/local-model skipped: The key `broke` has a budget, and TokenSense knows no price " \
+        "for the model `unpriced/local-model`" in gw.log()
+    assert [r[0] for r in attempts_of(gw, exec_id, 2)] == [1, 2]
+    # The same fallback for a key without a budget is tried (and answers): only the missing price refuses it.
+    faults(fake, {"prefix": "/openai", "model": "gpt-4o-mini", "status": 503, "times": 2})
+    answer = client(gw, exec_id, **{"x-tokensense-fallbacks": "unpriced/local-model"}) \
+        .chat.completions.with_raw_response.create(model="gpt-4o-mini", messages=HI, max_tokens=10)
+    assert answer.headers["x-tokensense-served-by"] == "unpriced/local-model"
+    assert [r for r in fake.requests() if r["prefix"] == "/unpriced"]
 
 
 def _mistral_keys(fake: FakeProvider) -> list[str]:

@@ -34,6 +34,7 @@ from tokensense.flows.recording import (
 from tokensense.flows.replay import drop_usage_chunk, replay_args, replayable
 from tokensense.flows.reprice import answer_usage, format_report, price_flow, reprice_flows
 from tokensense.gateway.call import CallContext
+from tokensense.gateway.flowmeta import body_limit, body_refused, get_call
 from tokensense.gateway.intercept import (
     KEY_HEADER,
     HostTable,
@@ -586,3 +587,45 @@ def test_saved_flow_files_are_mitmproxy_flow_files(tmp_path: Path) -> None:
     with (tmp_path / "a.flows").open("rb") as f:
         [read] = list(FlowReader(f).stream())
     assert isinstance(read, http.HTTPFlow) and read.response.status_code == 200
+
+
+async def test_intercept_admits_on_the_request_headers_before_any_body_byte() -> None:
+    """Issue 22: intercept mode checked the required key only in the request hook, after mitmproxy had buffered the
+    whole body. Now the gateway's admit gate runs on the headers: no key, or a Content-Length over the limit, is
+    answered at once and the body is read and dropped, never buffered; an admitted body is limited as it arrives."""
+    runtime = Runtime()
+    runtime.started = True
+    runtime.keys = _Keys(_key_info())  # type: ignore[assignment]
+    addon = Intercept(runtime)
+    huge = str(300 * 1024 * 1024)
+    with taddons.context(addon) as tctx:
+        tctx.configure(addon, tokensense_intercept_require_key=True)
+        unkeyed = _provider_flow()
+        unkeyed.request.headers["content-length"] = huge
+        unkeyed.request.content = None  # the headers only: mitmproxy has read no body yet
+        await addon.requestheaders(unkeyed)
+        assert unkeyed.response is not None and unkeyed.response.status_code == 401
+        assert body_refused(unkeyed) and get_call(unkeyed).intercepted
+
+        keyed_huge = _provider_flow(**{KEY_HEADER: "tsk_good"})
+        keyed_huge.request.headers["content-length"] = huge
+        keyed_huge.request.content = None
+        await addon.requestheaders(keyed_huge)
+        assert keyed_huge.response is not None and keyed_huge.response.status_code == 413
+        assert body_refused(keyed_huge) and KEY_HEADER not in keyed_huge.request.headers
+
+        keyed = _provider_flow(**{KEY_HEADER: "tsk_good"})
+        await addon.requestheaders(keyed)
+        assert keyed.response is None and not body_refused(keyed)
+        assert body_limit(keyed) == runtime.settings.max_body_mb * 1024 * 1024
+        assert get_call(keyed).key == _key_info() and get_call(keyed).model is None  # parsed in `request`
+        await addon.request(keyed)
+        assert get_call(keyed).model == "gpt-4o-mini" and keyed.response is None
+
+    without_key_required = Intercept(runtime)
+    with taddons.context(without_key_required):
+        flow = _provider_flow()
+        flow.request.headers["content-length"] = huge
+        flow.request.content = None
+        await without_key_required.requestheaders(flow)
+        assert flow.response is not None and flow.response.status_code == 413  # every body is bounded

@@ -7,7 +7,8 @@ import random
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from enum import Enum
+from typing import TYPE_CHECKING, Any
 
 from tokensense.core.endpoints import Endpoint
 from tokensense.core.errors import ErrorShape
@@ -17,12 +18,25 @@ from tokensense.gateway.keys import KeyInfo
 from tokensense.providers import ProviderAdapter, Route, StreamUsage, Translator
 from tokensense.storage.models import UsageCreate
 
+if TYPE_CHECKING:
+    from tokensense.gateway.stages.parse import Parsed
+    from tokensense.gateway.stages.police import Policed
+
 
 def _request_id() -> str:
     # 16 hex digits like `new_id`, from the interpreter's generator (seeded from the
     # system's at start, reseeded in a forked child): a request id needs to be
     # unique, not unguessable, and os.urandom would be a system call per request.
     return f"{random.getrandbits(64):016x}"
+
+
+class Record(Enum):
+    """Where the call's own usage record stands; only the settle stage (gateway/stages/settle.py) writes it."""
+
+    DUE = "due"  # to be written when the call ends
+    NONE = "none"  # not a provider call (health, model list, a WebSocket handshake, nobody to attribute it to)
+    DEFERRED = "deferred"  # written by the settle stage once the provider has counted the input
+    WRITTEN = "written"
 
 
 @dataclass(slots=True)
@@ -54,11 +68,12 @@ class CallContext:
     error: str | None = None
     status: int | None = None
     timed_out: bool = False
-    recorded: bool = False
+    record_state: Record = Record.DUE
     translator: Translator | None = None  # OpenAI-format chat translated to the provider's format
     sent_body: dict[str, Any] | None = None  # the JSON body as it goes upstream (the policy reserves from it)
     pending: PendingUpstream | None = None  # the upstream request, applied by the forward stage
-    policed: bool = False  # the police stage passed (access, rate, budget)
+    parsed: Parsed | None = None  # the parse stage's value of the first attempt (routed calls; fallbacks start from it)
+    policed: Policed | None = None  # the police stage's value (`passed`: the call may go; else what it holds)
     forwarded: bool = False  # the forward stage pointed the flow at the provider
     intercepted: bool = False  # made through the intercept proxy: the client's own destination and key
     requested_model: str | None = None  # the model as the client named it (`provider/model` included)
@@ -73,7 +88,6 @@ class CallContext:
     attempt: int = 1  # the upstream attempt this call's own record is (retries and fallbacks record the others)
     provider_key: str | None = None  # the name of the provider key (of the provider's pool) the attempt used
     fallbacks: tuple[str, ...] | None = None  # the x-tokensense-fallbacks header's models (None: no header)
-    client_content: bytes | None = None  # the client's request body, when the upstream request got another one
     # Run with the record of each failed attempt a retry or fallback followed (observers: metrics, spans);
     # `on_record` runs once, with the call's own record (the last attempt's).
     on_attempt_record: list[Callable[[UsageCreate], None]] = field(default_factory=list)
@@ -84,6 +98,16 @@ class CallContext:
         return cls(route.endpoint, fmt or route.fmt, path_model=route.model, action=route.action,
                    version=route.version, resource=route.resource, path_provider=route.provider,
                    path_params=route.params, method=method, route=route, free=route.free)
+
+    @property
+    def recorded(self) -> bool:
+        """The call's own record is written, deferred, or not due at all: no hook may write it."""
+        return self.record_state is not Record.DUE
+
+    @property
+    def may_send(self) -> bool:
+        """The police stage passed this call: the send stage may point it upstream."""
+        return self.policed is not None and self.policed.passed
 
     @property
     def usage_chunk_added(self) -> bool:

@@ -9,13 +9,7 @@ from mitmproxy.net.http import url
 
 from tokensense.gateway.auth import KEY_HEADERS
 from tokensense.gateway.routing import join_url
-from tokensense.providers.base import (
-    # The client SDK headers dropped when a call is translated are the provider's (`translation_drop_headers`).
-    # Re-exported only for gateway/reliability.py until its rewrite asks the provider (then delete this name).
-    OPENAI_SDK_HEADER_PREFIXES,  # noqa: F401
-    Provider,
-    Upstream,
-)
+from tokensense.providers.base import Provider, Upstream
 
 KEY_HEADER_NAMES = frozenset(name.encode() for name in KEY_HEADERS)
 

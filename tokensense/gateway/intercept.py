@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import logging
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 from tokensense.gateway.call import CallContext
+from tokensense.gateway.stages.parse import read_request, reading_of
+from tokensense.gateway.stream import stream_usage_option
 from tokensense.providers import PROVIDERS, ProviderAdapter, get_provider
+from tokensense.providers.routes import Route
 
 log = logging.getLogger(__name__)
 
@@ -107,13 +111,43 @@ def intercepted_call(adapter: ProviderAdapter, method: str, path: str, body: Any
     `/fal-ai/...` apps). Model lists, files, batches and any other path pass
     through unmetered.
     """
-    path = path.partition("?")[0]
-    route = adapter.intercept_route(method, path)
+    route = intercept_route(adapter, method, path)
     if route is None:
         return None
+    call = admitted_call(adapter, route, method)
+    parse_intercepted(call, body, form_model=form_model)
+    return call
+
+
+def admitted_call(adapter: ProviderAdapter, route: Route, method: str) -> CallContext:
+    """The call context of a metered intercepted request, from its headers alone (the admit stage)."""
     call = CallContext.of_route(route, method=method)
     call.provider = adapter
-    model = route.model or (body.get("model") if isinstance(body, dict) else None) or form_model
-    call.model = call.requested_model = model if isinstance(model, str) and model else None
-    call.stream = route.stream or (route.body_streams and isinstance(body, dict) and body.get("stream") is True)
+    call.intercepted = True
     return call
+
+
+def parse_intercepted(call: CallContext, body: Any, *, form_model: str | None = None) -> dict[str, Any] | None:
+    """The parse stage of an intercepted call: its model and stream, read by the gateway's own `read_request`.
+
+    Returns the body to send instead (the usage chunk asked for), or None to send the client's unchanged.
+    The request goes to the client's own destination with the client's own key: nothing else is rewritten,
+    and the provider judges the body (an output cap it would refuse is its 400 to give, not TokenSense's).
+    """
+    # The model as the provider's own client names it (no `provider/` prefix: the host already says which).
+    reading = dataclasses.replace(reading_of(call), path_provider=None)
+    request = read_request(reading, body if isinstance(body, dict) else {}, check_caps=False)
+    model = request.requested or form_model
+    call.model = call.requested_model = model if isinstance(model, str) and model else None
+    call.stream = request.stream
+    if not isinstance(body, dict) or call.provider is None:
+        return None
+    new_body, call.client_wants_usage = stream_usage_option(
+        call.route_endpoint, call.stream, call.provider.usage_chunk_on_request, body)
+    call.sent_body = new_body or body  # the police stage estimates tokens from it
+    return new_body
+
+
+def intercept_route(adapter: ProviderAdapter, method: str, path: str) -> Route | None:
+    """The route of a path this provider's own clients call natively; None for paths TokenSense does not meter."""
+    return adapter.intercept_route(method, path.partition("?")[0])

@@ -38,14 +38,9 @@ from tokensense.core.endpoints import Endpoint
 from tokensense.core.errors import GatewayError, error_bytes
 from tokensense.core.usage import TokenUsage
 from tokensense.gateway.attempts import Attempt, AttemptOutcome, AttemptsResult, MadeAttempt, run_attempts
-from tokensense.gateway.body import parse_json_body
 from tokensense.gateway.call import CallContext
 from tokensense.gateway.flowmeta import get_call
-from tokensense.gateway.forward import OPENAI_SDK_HEADER_PREFIXES
 from tokensense.gateway.key_pool import outcome_for
-from tokensense.gateway.policy import budget_window, check_access, estimate_cost
-from tokensense.gateway.record import build_record
-from tokensense.gateway.reservation import call_reservation
 from tokensense.gateway.retry import (
     ATTEMPTS_HEADER,
     FALLBACKS_HEADER,
@@ -60,13 +55,15 @@ from tokensense.gateway.retry import (
     plan_candidates,
     timeouts_for,
 )
-from tokensense.gateway.routing import join_url, resolve_model
+from tokensense.gateway.routing import join_url
 from tokensense.gateway.runtime import Runtime
+from tokensense.gateway.stages.parse import ClientRequest, Parsed, parse_call, reading_of, resolve
+from tokensense.gateway.stages.police import Policed, Refused, police, release
+from tokensense.gateway.stages.settle import FailedAttempt, settle_failed
 from tokensense.gateway.stream import PassthroughStream
 from tokensense.gateway.upstream_client import OpenAnswer, UpstreamRequest, error_message
 from tokensense.providers import Provider, Translator, get_provider
 from tokensense.providers.chat_stream import TranslatingStream
-from tokensense.providers.translation import TranslationError
 
 log = logging.getLogger(__name__)
 
@@ -105,8 +102,6 @@ async def prepare_first_attempt(runtime: Runtime, flow: http.HTTPFlow, call: Cal
     pending = call.pending
     if runtime.pools is None or runtime.keys is None or call.provider is None or pending is None:
         return True
-    if pending.body is not None:
-        call.client_content = flow.request.raw_content  # the upstream body replaces it; fallbacks start from it
     # A pool whose keys all rest still gives one unless a fallback may take the call (breakers only steer).
     pick = await runtime.pools.pick(call.provider.name, runtime.keys.credentials(call.provider.name),
                                     others_can_serve=_may_fall_back(runtime, call))
@@ -209,19 +204,6 @@ class _NamedKey:
 
 
 @dataclass(slots=True)
-class _Route:
-    """How a fallback goes upstream: its provider's endpoint, body and translation."""
-
-    provider: Provider
-    path: str
-    query: tuple[tuple[str, str], ...] | None
-    body: bytes
-    sent_body: dict[str, Any]
-    translator: Translator | None
-    drop_usage_chunk: bool
-
-
-@dataclass(slots=True)
 class _Sent:
     """One attempt made with httpx, with what the records and the final answer need."""
 
@@ -238,9 +220,9 @@ class _Run:
     runtime: Runtime
     flow: http.HTTPFlow
     call: CallContext
-    routes: dict[tuple[str, str], _Route] = field(default_factory=dict)  # by (provider, model)
+    routes: dict[tuple[str, str], Parsed] = field(default_factory=dict)  # the fallbacks', by (provider, model)
     sent: list[_Sent] = field(default_factory=list)
-    reservations: list[tuple[str, float]] = field(default_factory=list)  # fallbacks' budget (window, amount)
+    holds: list[Policed] = field(default_factory=list)  # what the fallbacks' police stage reserved
     client_body: dict[str, Any] | None = None
 
 
@@ -255,10 +237,9 @@ def _plan(run: _Run) -> list[Candidate]:
     names = fallback_models(runtime.config, first.requested, first.model, call.fallbacks)
     if not names:
         return [first]
-    try:
-        run.client_body = parse_json_body(call.client_content or run.flow.request.raw_content)
-    except GatewayError:
-        return [first]
+    if call.parsed is None or call.parsed.request is None:
+        return [first]  # not a call the parse stage routed: nothing to fall back with
+    run.client_body = call.parsed.request.body  # parsed once, by the first attempt's parse stage
     plan, skipped = plan_candidates(first, names, lambda name: _resolve(run, name))
     for s in skipped:
         log.info("request %s: fallback %s skipped: %s", call.request_id, s.requested, s.reason)
@@ -269,7 +250,7 @@ def _resolve(run: _Run, name: str) -> Candidate | str:
     """The fallback `name` as a candidate with its upstream route, or why it cannot be used."""
     call, runtime = run.call, run.runtime
     try:
-        adapter, model = resolve_model(name, runtime.prices)
+        adapter, model = resolve(name, runtime.prices)
     except GatewayError as e:
         return e.message
     endpoint = call.route_endpoint
@@ -279,66 +260,34 @@ def _resolve(run: _Run, name: str) -> Candidate | str:
     if not any(adapter.has_credentials(c.api_key) for c in runtime.keys.credentials(adapter.name)):
         return f"no {adapter.display_name} key is configured"
     candidate = Candidate(name, model, adapter.name)
+    # The same parse as the first attempt's, for this model: the client's body, natively or translated.
+    request = ClientRequest(run.client_body or {}, name, call.stream)
     try:
-        run.routes[(adapter.name, model)] = _route(call, run.client_body or {}, adapter, model)
-    except (GatewayError, TranslationError) as e:
-        return f"the request cannot be sent to {adapter.display_name}: {e}"
+        run.routes[(adapter.name, model)] = parse_call(reading_of(call, fallback=True), request, adapter, model)
+    except GatewayError as e:
+        return f"the request cannot be sent to {adapter.display_name}: {e.message}"
     except (TypeError, AttributeError, KeyError, ValueError, IndexError) as e:
-        return f"the request cannot be translated for {adapter.display_name} ({type(e).__name__})"
+        return f"the request cannot be made for {adapter.display_name} ({type(e).__name__})"
     return candidate
 
 
-def _route(call: CallContext, client_body: dict[str, Any], adapter: Provider, model: str) -> _Route:
-    endpoint = call.route_endpoint
-    if endpoint in adapter.native:
-        body = dict(client_body)
-        if call.route is None or call.route.model_in_body:  # else the path names the model
-            body["model"] = model
-        drop = False
-        if call.stream and endpoint is Endpoint.CHAT and adapter.openai_format and not call.client_wants_usage:
-            options = body.get("stream_options")
-            body["stream_options"] = {**(options if isinstance(options, dict) else {}), "include_usage": True}
-            drop = True
-        upstream = adapter.upstream(endpoint, model, stream=call.stream, action=call.action, version=call.version)
-        return _Route(adapter, upstream.path, upstream.query, json.dumps(body, separators=_COMPACT).encode(), body,
-                      None, drop)
-    translator = adapter.chat_translator()
-    assert translator is not None
-    body = translator.request(client_body)
-    if translator.model_in_body:
-        body["model"] = model
-    upstream = adapter.upstream(Endpoint.CHAT, model, stream=call.stream)
-    return _Route(adapter, upstream.path, upstream.query, json.dumps(body, separators=_COMPACT).encode(), body,
-                  translator, False)
-
-
 async def _police(run: _Run, candidate: Candidate) -> str | None:
-    """A fallback is checked against the key's policy and reserves its own budget; None: it may be tried."""
+    """A fallback goes through the same police stage as a first attempt; None: it may be tried."""
     call, runtime = run.call, run.runtime
-    key, adapter = call.key, get_provider(candidate.provider)
-    assert key is not None and adapter is not None
+    key = call.key
+    assert key is not None
+    parsed = run.routes[(candidate.provider, candidate.model)]
     try:
-        check_access(key, adapter, candidate.model, candidate.requested)
-    except GatewayError as e:
-        return e.message
-    if key.budget_usd is None:
-        return None
-    counters = runtime.counters
-    assert counters is not None
-    window, start, resets_in = budget_window(key.budget_period)
-    route = run.routes[(candidate.provider, candidate.model)]
-    # The same rule as the call's own reservation: the largest cost this fallback can have.
-    reservation = call_reservation(replace(call, provider=adapter, model=candidate.model), route.sent_body)
-    amount = estimate_cost(runtime.prices, adapter, candidate.model, reservation)
-    try:
-        budget = await counters.reserve_budget(key.id, window, key.budget_usd, amount,
-                                               lambda: runtime.spent_since(key.id, start), (resets_in or 0) + 3600)
-    except Exception as e:
-        return f"the budget counters are unavailable ({type(e).__name__})"
-    if not budget.allowed:
-        return (f"the key `{key.name}`'s budget of ${key.budget_usd:g} cannot cover it (up to ${amount:.6f}; "
-                f"${budget.spent:.6f} spent, ${budget.reserved:.6f} reserved)")
-    run.reservations.append((window, amount))
+        # A fallback is part of the call the key's rate limits counted already; its budget is its own.
+        policed = await police(call, parsed.target, prices=runtime.prices, counters=runtime.counters,
+                               spent_since=runtime.spent_since, count_request=False)
+    except Refused as refused:
+        budget = refused.budget
+        if budget is not None:
+            return (f"the key `{key.name}`'s budget of ${key.budget_usd:g} cannot cover it (up to "
+                    f"${refused.amount or 0:.6f}; ${budget.spent:.6f} spent, ${budget.reserved:.6f} reserved)")
+        return refused.reason
+    run.holds.append(policed)
     return None
 
 
@@ -381,17 +330,18 @@ def _request_for(run: _Run, candidate: Candidate, credential: Any) -> tuple[Upst
         url = join_url(credential.base_url, path, query)
         return UpstreamRequest(request.method, url, headers, request.raw_content or b""), first
     adapter = route.provider
+    body = route.body if route.body is not None else json.dumps(route.sent_body, separators=_COMPACT).encode()
     headers = _forwarded_headers(request, [*auth_names, *first.default_headers(), "content-type"])
-    if route.translator is not None:  # another format than the client's: its SDK's headers mean nothing there
-        headers = {k: v for k, v in headers.items() if not k.lower().startswith(OPENAI_SDK_HEADER_PREFIXES)}
+    if route.drop_header_prefixes:  # another format than the client's: its SDK's headers mean nothing there
+        headers = {k: v for k, v in headers.items() if not k.lower().startswith(route.drop_header_prefixes)}
     headers["content-type"] = "application/json"
     for name, value in adapter.default_headers().items():
         headers.setdefault(name, value)
-    if route.query is not None:
-        query = urlencode(route.query)
+    if route.upstream.query is not None:
+        query = urlencode(route.upstream.query)
     else:
         query = request.path.partition("?")[2]
-    return UpstreamRequest("POST", join_url(credential.base_url, route.path, query), headers, route.body), adapter
+    return UpstreamRequest("POST", join_url(credential.base_url, route.upstream.path, query), headers, body), adapter
 
 
 async def _with_auth(request: UpstreamRequest, adapter: Provider, api_key: str) -> UpstreamRequest:
@@ -469,72 +419,41 @@ async def _run_plan(runtime: Runtime, flow: http.HTTPFlow, call: CallContext, ma
     async def send(candidate: Candidate, credential: Any, timeouts: UpstreamTimeouts) -> AttemptOutcome:
         return await _send(run, candidate, credential, timeouts)
 
-    async def police(candidate: Candidate) -> str | None:
+    async def police_fallback(candidate: Candidate) -> str | None:
         return await _police(run, candidate)
 
     result = await run_attempts(
-        plan, pools=runtime.pools, routing=routing, credentials=keys.credentials, send=send, police=police,
+        plan, pools=runtime.pools, routing=routing, credentials=keys.credentials, send=send, police=police_fallback,
         timeouts=lambda c: timeouts_for(routing, c.provider, c.model,
                                         default_first_byte=runtime.settings.upstream_timeout),
         request_id=call.request_id, first=made)
-    if run.reservations:
-        call.on_record.append(lambda record: _release(run))
+    if run.holds:  # the call's own record settles its first reservation; the fallbacks' are given back
+        def release_holds(record: Any) -> None:
+            for held in run.holds:
+                release(runtime.counters, call, held)
+
+        call.on_record.append(release_holds)
     if made is not None and result.outcome.answer is _NATIVE:
         return  # nothing else was tried, or nothing better came: the first answer stands
     flow.metadata[ATTEMPTS] = result
     for number, attempt in enumerate(result.attempts[:-1], start=1):
-        _record_failed(run, number, attempt, made)
+        settle_failed(runtime, call, _failed(run, number, attempt, made))
     call.attempt = max(1, len(result.attempts))
     _answer(run, result)
 
 
-def _record_failed(run: _Run, number: int, attempt: Attempt, made: MadeAttempt | None) -> None:
-    """The usage record of a failed attempt (its status; a cost only if the provider billed it)."""
-    call, runtime = run.call, run.runtime
-    adapter = get_provider(attempt.candidate.provider)
-    if number == 1 and made is not None:
-        started, first_byte = call.started, call.first_byte
-        timed_out = call.timed_out
+def _failed(run: _Run, number: int, attempt: Attempt, made: MadeAttempt | None) -> FailedAttempt:
+    """What the record of a failed attempt says: its provider, model, status and timing."""
+    call = run.call
+    if number == 1 and made is not None:  # the native first attempt
+        started, first_byte, timed_out = call.started, call.first_byte, call.timed_out
         error = call.error or attempt.error
     else:
         sent = run.sent[number - (2 if made is not None else 1)]
         started, first_byte, timed_out, error = sent.started, sent.headers_at, sent.timed_out, attempt.error
     status = attempt.status if attempt.status is not None else (504 if timed_out else 502)
-    snapshot = replace(call, provider=adapter, model=attempt.candidate.model, usage=None, stream_usage=None,
-                       translator=None, error=error, status=status, started=started, first_byte=first_byte,
-                       first_token=None, media_cost=None, on_record=[], on_attempt_record=[], watchdog=None,
-                       attempt=number)
-    record = build_record(snapshot, status=status, prices=runtime.prices)
-    if runtime.recorder is not None:
-        runtime.recorder.submit(record)
-    for observe in call.on_attempt_record:
-        try:
-            observe(record)
-        except Exception:
-            log.exception("attempt record callback failed")
-    key = call.key
-    if record.cost_usd and key is not None and key.budget_usd is not None and runtime.counters is not None:
-        window, _, _ = budget_window(key.budget_period)
-        _spawn(runtime.counters.settle_budget(key.id, window, 0.0, record.cost_usd))
-
-
-def _release(run: _Run) -> None:
-    """Give back the fallbacks' budget reservations (the call's own record is settled against its first one)."""
-    key, counters = run.call.key, run.runtime.counters
-    if key is None or counters is None:
-        return
-    for window, amount in run.reservations:
-        _spawn(counters.settle_budget(key.id, window, amount, 0.0))
-    run.reservations.clear()
-
-
-_TASKS: set[asyncio.Task] = set()
-
-
-def _spawn(coro: Any) -> None:
-    task = asyncio.get_running_loop().create_task(coro)
-    _TASKS.add(task)
-    task.add_done_callback(_TASKS.discard)
+    return FailedAttempt(number, get_provider(attempt.candidate.provider), attempt.candidate.model, status, error,
+                         started, first_byte)
 
 
 def _answer(run: _Run, result: AttemptsResult) -> None:
@@ -569,7 +488,7 @@ def _answer(run: _Run, result: AttemptsResult) -> None:
     flow.response = response
 
 
-def _provider_answer(call: CallContext, adapter: Provider, translator: Translator | None, route: _Route | None,
+def _provider_answer(call: CallContext, adapter: Provider, translator: Translator | None, route: Parsed | None,
                      outcome: AttemptOutcome, sent: _Sent, candidate: Candidate) -> http.Response:
     status = outcome.status
     assert status is not None
@@ -590,7 +509,7 @@ def _provider_answer(call: CallContext, adapter: Provider, translator: Translato
         headers = [(k, v) for k, v in headers if k.lower() != "content-type"] + [("content-type", content_type)]
     elif is_stream and outcome.ok:
         collector = adapter.stream_usage()
-        drop = route.drop_usage_chunk if route is not None else call.usage_chunk_added
+        drop = route.drops_usage_chunk if route is not None else call.usage_chunk_added
         body = _run_stream(PassthroughStream(call, collector, adapter.usage_markers(), drop_usage_chunk=drop), body)
         call.usage = collector.result()
         call.stream = True

@@ -15,14 +15,21 @@ from tokensense.providers import StreamUsage
 
 
 def with_stream_usage(call: CallContext, body: Any) -> tuple[dict[str, Any] | None, bool]:
+    """`stream_usage_option` for a call's own provider and stream."""
+    if call.provider is None or not isinstance(body, dict):
+        return None, True
+    return stream_usage_option(call.route_endpoint, call.stream, call.provider.usage_chunk_on_request, body)
+
+
+def stream_usage_option(endpoint: Endpoint, stream: bool, usage_on_request: bool,
+                        body: dict[str, Any]) -> tuple[dict[str, Any] | None, bool]:
     """(the body to send instead, or None to keep it; whether the client asked for usage itself).
 
-    OpenAI-format chat streams report usage only with `stream_options.include_usage`:
-    TokenSense asks for it (gateway and intercept mode alike), and the metering
-    addon removes that extra chunk again when the client had not asked.
+    Chat streams of a provider whose `usage_chunk_on_request` (OpenAI's format) report usage only with
+    `stream_options.include_usage`: TokenSense asks for it (gateway and intercept mode alike, through the parse stage),
+    and the metering addon removes that extra chunk again when the client had not asked.
     """
-    if not (call.stream and call.route_endpoint is Endpoint.CHAT and call.provider is not None
-            and call.provider.usage_chunk_on_request and isinstance(body, dict)):
+    if not (stream and endpoint is Endpoint.CHAT and usage_on_request):
         return None, True
     options = body.get("stream_options")
     if isinstance(options, dict) and options.get("include_usage") is True:

@@ -1,0 +1,194 @@
+"""Police stage: the one function that decides whether an attempt may go upstream (access, price, rate, budget).
+
+Every path that sends anything to a provider calls `police`: the first attempt
+(addons/policy.py), each fallback of a call (gateway/reliability.py), Responses
+and media calls (their parse hands the same values on) and intercepted calls of
+a key. It runs on parsed values only, before anything is sent, and either
+returns a `Policed` (what the call holds in the counters, settled with its
+record) or raises `Refused` (the answer to give; nothing goes upstream).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+from datetime import datetime
+from typing import Any
+
+from tokensense.core.errors import GatewayError
+from tokensense.core.usage import TokenUsage
+from tokensense.gateway.call import CallContext
+from tokensense.gateway.limits import BudgetDecision, CounterStore, RateDecision
+from tokensense.gateway.policy import budget_window, check_access, estimate_cost, estimate_usage, limits_for
+from tokensense.gateway.price_policy import unpriced_refusal
+from tokensense.gateway.reservation import budget_refusal, call_reservation
+from tokensense.gateway.routing import MEDIA_ENDPOINTS
+from tokensense.metering.pricing import PriceBook
+from tokensense.providers import ProviderAdapter
+
+log = logging.getLogger(__name__)
+
+LIMITS_UNAVAILABLE = "TokenSense cannot check this key's limits right now; retry shortly."
+
+
+@dataclass(frozen=True, slots=True)
+class Target:
+    """What one attempt would run: the provider and model (as priced), the name the client used, the body sent."""
+
+    provider: ProviderAdapter
+    model: str
+    requested: str | None = None
+    body: dict[str, Any] | None = None  # the JSON body as it goes upstream (None: not JSON, e.g. a form upload)
+
+
+@dataclass(frozen=True, slots=True)
+class BudgetHold:
+    """Budget reserved in the counters for an attempt in flight: `amount` in `window`, settled by its record."""
+
+    window: str
+    amount: float
+
+
+@dataclass(frozen=True, slots=True)
+class Policed:
+    """The police stage's value: the target it passed and what the attempt holds in the counters."""
+
+    target: Target
+    passed: bool = True  # False: refused, but it still holds a rate entry to settle (see `Refused.held`)
+    rate: RateDecision | None = None  # the rate decision (for the x-ratelimit-* headers); None: no rate limit
+    holds_rate: bool = False  # a rate-window entry of this request id is to be settled with its tokens
+    budget: BudgetHold | None = None
+
+
+class Refused(Exception):
+    """The police stage refused an attempt: the error to answer, its extra headers, and what it holds."""
+
+    def __init__(self, error: GatewayError, *, headers: dict[str, str] | None = None, held: Policed | None = None,
+                 budget: BudgetDecision | None = None, amount: float | None = None) -> None:
+        super().__init__(error.message)
+        self.error = error
+        self.headers = headers or {}
+        self.held = held  # counters the refused call holds anyway (its rate entry), settled with its record
+        self.budget = budget  # the budget decision, when the budget refused it
+        self.amount = amount  # the reservation the budget refused
+
+    @property
+    def reason(self) -> str:
+        """A short why, for the log of a skipped fallback."""
+        return self.error.message
+
+
+async def police(call: CallContext, target: Target, *, prices: PriceBook, counters: CounterStore | None,
+                 spent_since: Callable[[str, datetime | None], float], count_request: bool = True) -> Policed:
+    """Check `target` for `call`'s key and reserve what it may cost; `Refused` if it may not go.
+
+    `count_request`: the attempt counts against the key's requests and tokens per
+    minute (the call's first attempt; a retry or fallback of the same call does not).
+    Each attempt reserves its own budget: its largest cost at its own model's price.
+    """
+    key = call.key
+    if key is None:
+        raise Refused(GatewayError(401, "No TokenSense key.", code="missing_api_key"))
+    check = _checked(call, target, prices)
+    if check is not None:
+        raise Refused(check)
+    limits = limits_for(key)
+    counts_rate = count_request and (limits.rpm is not None or limits.tpm is not None)
+    counts_budget = key.budget_usd is not None and not call.free  # a free call (count_tokens) spends nothing
+    policed = Policed(target)
+    if not counts_rate and not counts_budget:
+        return policed
+    if counters is None:
+        raise Refused(GatewayError(503, LIMITS_UNAVAILABLE, code="limits_unavailable"))
+    body = target.body
+    estimate = estimate_usage(body) if isinstance(body, dict) else TokenUsage()
+    if counts_rate:
+        tokens = estimate.input_tokens + estimate.output_tokens
+        try:
+            decision = await counters.acquire_rate(key.id, call.request_id, limits.rpm, limits.tpm, tokens)
+        except Exception as e:  # counters unavailable: refuse rather than serve unchecked
+            log.warning("rate-limit counters unavailable, refusing: %s", type(e).__name__)
+            raise Refused(GatewayError(503, LIMITS_UNAVAILABLE, code="limits_unavailable")) from None
+        if not decision.allowed:
+            limit = f"{decision.rpm} requests" if decision.limited_by == "requests" else f"{decision.tpm} tokens"
+            raise Refused(GatewayError(
+                429, f"The key `{key.name}` reached its limit of {limit} per minute; "
+                f"retry after {decision.retry_after:.1f}s.", code="rate_limit_exceeded"),
+                headers=decision.headers(), held=replace(policed, passed=False, rate=decision))
+        policed = replace(policed, rate=decision, holds_rate=True)
+    if counts_budget:
+        assert key.budget_usd is not None
+        window, start, resets_in = budget_window(key.budget_period)
+        # The largest cost the attempt can have: its output cap as sent upstream, else the model's maximum.
+        priced = call if call.model == target.model else replace(call, provider=target.provider, model=target.model)
+        reservation = call_reservation(priced, body) if isinstance(body, dict) else estimate
+        amount = estimate_cost(prices, target.provider, target.model, reservation)
+        held = replace(policed, passed=False)
+        try:
+            budget = await counters.reserve_budget(key.id, window, key.budget_usd, amount,
+                                                   lambda: spent_since(key.id, start), (resets_in or 0) + 3600)
+        except Exception as e:
+            log.warning("budget counters unavailable, refusing: %s", type(e).__name__)
+            raise Refused(GatewayError(503, LIMITS_UNAVAILABLE, code="limits_unavailable"), held=held) from None
+        if not budget.allowed:  # 429 while held by calls in flight, 402 once spent
+            error, headers = budget_refusal(key.name, key.budget_usd, key.budget_period, budget)
+            raise Refused(error, headers=headers, held=held, budget=budget, amount=amount)
+        policed = replace(policed, budget=BudgetHold(window, amount))
+    return policed
+
+
+def _checked(call: CallContext, target: Target, prices: PriceBook) -> GatewayError | None:
+    """The refusal that needs no counter: access (403) and, for a key with a budget, an unpriced model (403)."""
+    assert call.key is not None
+    try:
+        check_access(call.key, target.provider, target.model, target.requested)
+    except GatewayError as e:
+        return e
+    if call.route_endpoint in MEDIA_ENDPOINTS or call.free:  # media: priced by the media table
+        return None
+    return unpriced_refusal(call.key, prices, target.provider, target.model, target.requested)
+
+
+# --- settling what the police stage reserved ------------------------------------------------------
+
+_TASKS: set[asyncio.Task] = set()
+
+
+def spawn(coro: Any) -> None:
+    """Run a counter update in the background (the client's answer does not wait for it)."""
+    task = asyncio.get_running_loop().create_task(coro)
+    _TASKS.add(task)
+    task.add_done_callback(_done)
+
+
+def _done(task: asyncio.Task) -> None:
+    _TASKS.discard(task)
+    if not task.cancelled() and task.exception() is not None:
+        log.warning("settling counters failed: %s", type(task.exception()).__name__)
+
+
+async def drain() -> None:
+    """Wait (up to 5 s) for the counter updates in flight (shutdown)."""
+    if _TASKS:
+        await asyncio.wait(list(_TASKS), timeout=5)
+
+
+def settle_counters(counters: CounterStore | None, call: CallContext, policed: Policed | None, *,
+                    tokens: int, cost: float | None) -> None:
+    """Settle what `policed` holds with what the attempt used: its tokens in the rate window, its cost in the budget."""
+    key = call.key
+    if counters is None or key is None or policed is None:
+        return
+    if policed.holds_rate:
+        spawn(counters.settle_tokens(key.id, call.request_id, tokens))
+    if policed.budget is not None:
+        spawn(counters.settle_budget(key.id, policed.budget.window, policed.budget.amount, cost or 0.0))
+
+
+def release(counters: CounterStore | None, call: CallContext, policed: Policed) -> None:
+    """Give back a budget reservation whose attempt's cost is booked elsewhere (a fallback that was not the answer)."""
+    key = call.key
+    if counters is not None and key is not None and policed.budget is not None:
+        spawn(counters.settle_budget(key.id, policed.budget.window, policed.budget.amount, 0.0))

@@ -1,0 +1,79 @@
+"""Settle stage: the one place where an attempt of a call becomes its usage record, exactly once per attempt.
+
+`settle` writes the call's own record (its last attempt: the answer the client
+got) and settles what the police stage reserved for it; `settle_failed` writes
+the record of an earlier attempt that a retry or fallback followed. Both go
+through `_write`: priced, queued to the recorder, handed to the observers.
+Nothing else in the gateway builds or submits a usage record.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, replace
+
+from tokensense.gateway.call import CallContext, Record
+from tokensense.gateway.policy import budget_window
+from tokensense.gateway.record import build_record
+from tokensense.gateway.runtime import Runtime
+from tokensense.gateway.stages.police import settle_counters, spawn
+from tokensense.metering.usage_extract import with_request_tier
+from tokensense.providers import ProviderAdapter
+from tokensense.storage.models import UsageCreate
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class FailedAttempt:
+    """An attempt a retry or fallback followed, as its record needs it."""
+
+    number: int  # the record's `attempt`
+    provider: ProviderAdapter | None
+    model: str
+    status: int  # the provider's status; 502/504 when there was no answer
+    error: str | None
+    started: float  # perf_counter when it was sent
+    first_byte: float | None
+
+
+def settle(runtime: Runtime, call: CallContext, status: int) -> UsageCreate | None:
+    """Write the call's own record once (None if it is not due: written already, or not a provider call)."""
+    if call.record_state not in (Record.DUE, Record.DEFERRED):
+        return None
+    call.record_state = Record.WRITTEN
+    call.status = status
+    if call.provider is not None:  # the answer's service tier, else the one the request asked for
+        usage = call.usage or (call.stream_usage.result() if call.stream_usage else None)
+        call.usage = with_request_tier(usage, call.sent_body)
+    record = build_record(call, status=status, prices=runtime.prices)
+    settle_counters(runtime.counters, call, call.policed, tokens=record.input_tokens + record.output_tokens,
+                    cost=record.cost_usd)
+    _write(runtime, record, call.on_record)
+    return record
+
+
+def settle_failed(runtime: Runtime, call: CallContext, attempt: FailedAttempt) -> UsageCreate:
+    """Write the record of a failed attempt of `call` (its status; a cost only if the provider billed it)."""
+    snapshot = replace(call, provider=attempt.provider, model=attempt.model, usage=None, stream_usage=None,
+                       translator=None, error=attempt.error, status=attempt.status, started=attempt.started,
+                       first_byte=attempt.first_byte, first_token=None, media_cost=None, on_record=[],
+                       on_attempt_record=[], watchdog=None, attempt=attempt.number)
+    record = build_record(snapshot, status=attempt.status, prices=runtime.prices)
+    _write(runtime, record, call.on_attempt_record)
+    key = call.key
+    if record.cost_usd and key is not None and key.budget_usd is not None and runtime.counters is not None:
+        window, _, _ = budget_window(key.budget_period)
+        spawn(runtime.counters.settle_budget(key.id, window, 0.0, record.cost_usd))
+    return record
+
+
+def _write(runtime: Runtime, record: UsageCreate, observers: Iterable[Callable[[UsageCreate], None]]) -> None:
+    if runtime.recorder is not None:
+        runtime.recorder.submit(record)
+    for observe in observers:
+        try:
+            observe(record)
+        except Exception:
+            log.exception("usage record callback failed")
