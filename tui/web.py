@@ -212,7 +212,8 @@ def run_web(args: argparse.Namespace) -> int:
     from tokensense.settings import get_settings
     from tokensense.storage.db import display_url, init_db, make_engine
 
-    token = os.environ.pop(TOKEN_ENV, "") or None  # not passed on to the dashboard processes
+    token = get_settings().dashboard_token or None
+    os.environ.pop(TOKEN_ENV, None)  # not passed on to the dashboard processes
     if token is not None and len(token) < MIN_TOKEN_LENGTH:
         print(f"tokensense dashboard: {TOKEN_ENV} is shorter than {MIN_TOKEN_LENGTH} characters; use a long "
               "random value (e.g. `python -c 'import secrets; print(secrets.token_urlsafe(32))'`)", file=sys.stderr)
