@@ -161,3 +161,25 @@ def test_web_refuses_to_serve_without_any_token(tmp_path: Path) -> None:
                             capture_output=True, text=True, env=env, timeout=60)
     assert result.returncode == 2
     assert "serves nobody without a token" in result.stderr
+
+
+@pytest.mark.postgres
+def test_web_sessions_read_postgresql_read_only() -> None:
+    from tests.conftest import service_missing
+    from tokensense.storage.db import make_engine
+    from tui.app import read_only
+
+    engine = make_engine("postgresql://postgres@127.0.0.1:5432/test")
+    try:
+        with engine.connect() as connection:
+            connection.execute(text("SELECT 1"))
+    except OperationalError:
+        engine.dispose()
+        service_missing("PostgreSQL is not running on 127.0.0.1:5432")
+    engine.dispose()
+    read_only(engine)
+    with engine.connect() as connection:
+        assert connection.execute(text("SELECT 1")).scalar() == 1
+        with pytest.raises(Exception, match="read-only transaction"):
+            connection.execute(text("CREATE TABLE ts_dashboard_read_only_probe (x integer)"))
+    engine.dispose()
