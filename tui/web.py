@@ -142,11 +142,13 @@ class DashboardServer(Server):
             holder = await asyncio.to_thread(self.tokens.check, token)
             if holder is None:
                 return self._denied("That token does not open this dashboard.")
+            if request.path != "/" or request.method != "GET":
+                return await handler(request)  # a script with the token on every request: no session
             now = time.monotonic()
             self.sessions = {sid: held for sid, held in self.sessions.items() if held.expires > now}
             session = secrets.token_urlsafe(32)
             self.sessions[session] = holder
-            if "token" in request.query and request.method == "GET":
+            if "token" in request.query:
                 # leave the token out of the address bar and the history
                 rest = [(name, value) for name, value in request.query.items() if name != "token"]
                 response: web.StreamResponse = web.Response(
