@@ -94,6 +94,7 @@ def test_no_token_no_page(web: dict) -> None:
     with httpx.Client(base_url=url, timeout=10) as client:
         page = client.get("/", headers={"Authorization": f"Bearer {DASHBOARD_TOKEN}"})
         assert page.status_code == 200 and "textual.js" in page.text
+        assert "https://" not in page.text  # nothing loaded from outside the server (no web font)
         assert client.cookies.get("tokensense_dashboard")
         assert client.get("/static/js/textual.js").status_code == 200
         # a WebSocket from another site's page is refused even with the cookie

@@ -75,7 +75,7 @@ def test_the_wheel_holds_the_data_files(installed: dict) -> None:
     names = set(zipfile.ZipFile(installed["wheel"]).namelist())
     for needed in ("tokensense/storage/migrations/script.py.mako", "tui/dashboard.tcss", "addons/tokensense.py",
                    "tokensense/storage/migrations/versions/0001_initial.py", "tokensense/demo/fakeprovider/__main__.py",
-                   "tokensense/metering/price_overrides.py", "tui/web.py"):
+                   "tokensense/metering/price_overrides.py", "tui/web.py", "tui/templates/app_index.html"):
         assert needed in names, needed
     assert not any(name.startswith(("tests/", "docs/", "scripts/")) for name in names)
 

@@ -22,6 +22,7 @@ import sys
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from aiohttp import web
@@ -121,7 +122,8 @@ class DashboardServer(Server):
     """textual-serve's server with the dashboard token in front of every route."""
 
     def __init__(self, command: str, *, host: str, port: int, tokens: TokenCheck) -> None:
-        super().__init__(command, host=host, port=port, title="TokenSense")
+        super().__init__(command, host=host, port=port, title="TokenSense",
+                         templates_path=Path(__file__).resolve().parent / "templates")
         self.tokens = tokens
         self.sessions: dict[str, Holder] = {}
 
