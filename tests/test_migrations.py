@@ -27,7 +27,7 @@ from tokensense.storage.models import ApiKey, ProviderCredential, Usage, UsageCr
 from tokensense.storage.schema import INITIAL_REVISION, MIGRATIONS_DIR, VERSIONS_DIR, head_revision
 
 PG_URL = "postgresql://postgres@127.0.0.1:5432/test"
-HEAD = "0005_responses"
+HEAD = "0006_admin_keys"
 NEXT = f"{int(HEAD[:4]) + 1:04d}"
 LATER_TABLES = {"stored_responses"}  # made by revisions after 0001
 NEW_INDEXES = {"ix_usage_key_id_created_at": ["key_id", "created_at"], "ix_usage_created_at_workflow": ["created_at", "workflow"],
@@ -78,13 +78,13 @@ def engine(database_url: str) -> Iterator[Engine]:
 
 
 def previous_schema() -> MetaData:
-    """The tables as `create_all` made them before revision 0002: today's models without what 0002 to 0004 added.
+    """The tables as `create_all` made them before revision 0002: today's models without what 0002 to 0006 added.
 
     Copied columns keep their `index=True` and `unique=True`, so the single-column
     indexes come along; the composite indexes of 0002 and 0003 are table arguments and do not.
     0003 also made `usage.cost_usd` nullable and replaced the plain `request_id` index.
     """
-    added = {("api_keys", "updated_at"), ("usage", "details"), ("usage", "attempt"), ("provider_credentials", "name"),
+    added = {("api_keys", "updated_at"), ("api_keys", "admin"), ("usage", "details"), ("usage", "attempt"), ("provider_credentials", "name"),
              ("provider_credentials", "disabled_at"), ("provider_credentials", "disabled_reason")}
     metadata = MetaData(naming_convention=dict(SQLModel.metadata.naming_convention))
     for table in SQLModel.metadata.sorted_tables:

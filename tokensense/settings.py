@@ -20,15 +20,15 @@ class Settings(BaseSettings):
 
     model_config = SettingsConfigDict(env_prefix="TOKENSENSE_", extra="ignore")
 
-    home: Path = Field(default_factory=_default_home)
-    database_url: str | None = None
-    redis_url: str | None = None
-    secret: str | None = None
-    upstream_timeout: float = 600.0
+    home: Path = Field(default_factory=_default_home)  # SQLite database, secret key file, config.toml, spool
+    database_url: str | None = None  # e.g. postgresql://user@host/db (default: SQLite in the home)
+    redis_url: str | None = None  # e.g. redis://127.0.0.1:6379/0: limits and budgets shared by several instances
+    secret: str | None = None  # the secret provider keys are encrypted with (default: a generated secret.key file)
+    upstream_timeout: float = 600.0  # seconds to wait for a provider's response headers before answering 504
     max_body_mb: float = Field(default=32.0, gt=0)  # largest JSON request body accepted (413 beyond)
     max_upload_mb: float = Field(default=25.0, gt=0)  # largest multipart upload (audio transcriptions)
-    flush_interval: float = 0.25
-    # Nothing lost (README "Nothing lost"): shutdown drain, spool, Redis outages, slow clients.
+    flush_interval: float = 0.25  # seconds the recorder gathers usage records into one write
+    # Nothing lost (docs/operations.md, "Nothing lost"): shutdown drain, spool, Redis outages, slow clients.
     shutdown_grace: float = 10.0  # seconds in-flight calls get to finish on SIGTERM/SIGINT, then the flush
     spool_max_mb: int = 512  # bound of the usage spool (records waiting for the database)
     record_queue_max: int = 10_000  # records held in memory for the writer; past it they go to the spool
@@ -39,12 +39,16 @@ class Settings(BaseSettings):
     responses_ttl_days: float = Field(default=30.0, gt=0)
     # The Responses API over WebSocket (Codex CLI); off: the handshake gets a 426 and Codex uses HTTP.
     responses_websocket: bool = True
-    config_file: Path | None = None
+    config_file: Path | None = None  # the config.toml to read (default: config.toml in the home)
     # Prometheus: distinct values a client-chosen label (workflow, project, model) may take before folding into `other`.
     metrics_max_label_values: int = 100
+    # Opens `tokensense dashboard --web` (as do admin keys); at least 16 characters. Not passed to the dashboard's processes.
+    dashboard_token: str | None = None
     # Use only environment provider keys (the demo points them at its fake providers).
     ignore_stored_providers: bool = False
 
+    # The provider's API origin plus optional path prefix (a test server, a regional endpoint); any other
+    # provider's, declared in config.toml or a cloud platform, is read from TOKENSENSE_<NAME>_BASE_URL the same way.
     openai_base_url: str | None = None
     anthropic_base_url: str | None = None
     gemini_base_url: str | None = None

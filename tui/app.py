@@ -7,6 +7,7 @@ import sys
 import time
 from collections.abc import Callable
 from datetime import UTC, datetime
+from typing import Any
 
 from sqlalchemy import Engine
 from sqlalchemy.exc import SQLAlchemyError
@@ -418,6 +419,21 @@ class DashboardApp(App[None]):
             self.query_one(focus).focus()
 
 
+def read_only(engine: Engine) -> None:
+    """Every connection of `engine` refuses writes (SQLite `query_only`, PostgreSQL read-only transactions)."""
+    from sqlalchemy import event
+
+    @event.listens_for(engine, "connect")
+    def _refuse_writes(connection: Any, record: Any) -> None:
+        cursor = connection.cursor()
+        if engine.dialect.name == "sqlite":
+            cursor.execute("PRAGMA query_only = ON")
+        elif engine.dialect.name == "postgresql":
+            cursor.execute("SET SESSION CHARACTERISTICS AS TRANSACTION READ ONLY")
+            connection.commit()
+        cursor.close()
+
+
 def run(args: argparse.Namespace) -> int:
     """`tokensense dashboard`: open the database (`args.database_url`, else the settings') and show it."""
     from tokensense.settings import get_settings
@@ -430,7 +446,10 @@ def run(args: argparse.Namespace) -> int:
         return 2
     try:
         engine = make_engine(url)
-        init_db(engine)
+        if getattr(args, "read_only", False):
+            read_only(engine)  # a browser session (`dashboard --web` upgraded the schema already)
+        else:
+            init_db(engine)
     except SQLAlchemyError as error:
         reason = str(error).splitlines()[0]
         print(

@@ -10,14 +10,11 @@ import re
 import sys
 from collections.abc import Callable, Iterator, Sequence
 from datetime import UTC, datetime, timedelta
-from typing import Any, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn
 
-from sqlalchemy.exc import SQLAlchemyError
-from sqlmodel import Session
-
-from tokensense.settings import get_settings
-from tokensense.storage import repo
-from tokensense.storage.db import display_url, get_engine, init_db, make_engine
+if TYPE_CHECKING:  # imported where used: `tokensense --help` needs neither SQLAlchemy nor the settings
+    from sqlalchemy.exc import SQLAlchemyError
+    from sqlmodel import Session
 
 EXIT_USAGE = 2
 EXIT_UNAVAILABLE = 1
@@ -49,7 +46,7 @@ def parse_since(text: str, *, now: datetime | None = None) -> datetime:
     match = _DURATION.match(text)
     if match:
         amount, unit = float(match.group(1)), match.group(2).lower()
-        now = repo.as_utc(now) if now else datetime.now(UTC)
+        now = as_utc(now) if now else datetime.now(UTC)
         return now - timedelta(**{_DURATION_UNITS[unit]: amount})
     try:
         moment = datetime.fromisoformat(text.strip())
@@ -58,7 +55,12 @@ def parse_since(text: str, *, now: datetime | None = None) -> datetime:
             f"cannot read --since {text!r}; give a duration such as 30m, 1h, 24h or 7d, "
             "or an ISO time such as 2025-01-31 or 2025-01-31T09:00:00Z"
         ) from None
-    return repo.as_utc(moment)
+    return as_utc(moment)
+
+
+def as_utc(moment: datetime) -> datetime:
+    """`moment` as an aware UTC datetime; a naive one is taken to be UTC already."""
+    return moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment.astimezone(UTC)
 
 
 def nonnegative_float(text: str) -> float:
@@ -167,10 +169,12 @@ def cell(value: Any) -> str:
 
 
 def format_time(moment: datetime | None) -> str:
-    return "-" if moment is None else repo.as_utc(moment).strftime("%Y-%m-%d %H:%M")
+    return "-" if moment is None else as_utc(moment).strftime("%Y-%m-%d %H:%M")
 
 
 def iso(moment: datetime | None) -> str | None:
+    from tokensense.storage import repo
+
     return None if moment is None else repo.iso_utc(moment)
 
 
@@ -181,6 +185,10 @@ def money(amount: float | None, places: int = 2) -> str:
 @contextlib.contextmanager
 def open_session(args: argparse.Namespace) -> Iterator[Session]:
     """A session on `--database-url` (upgraded to the newest schema first), else on the configured database."""
+    from sqlmodel import Session
+
+    from tokensense.storage.db import get_engine, init_db, make_engine
+
     url = getattr(args, "database_url", None)
     if not url:
         with Session(get_engine()) as session:
@@ -225,6 +233,9 @@ def print_error(message: str, status: int = EXIT_USAGE) -> int:
 
 def database_error(args: argparse.Namespace | None, e: SQLAlchemyError) -> str:
     """One line naming the database (password hidden) and what went wrong."""
+    from tokensense.settings import get_settings
+    from tokensense.storage.db import display_url
+
     cause = getattr(e, "orig", None) or e
     detail = (str(cause).strip().splitlines() or [type(cause).__name__])[0]
     url = getattr(args, "database_url", None) or get_settings().effective_database_url

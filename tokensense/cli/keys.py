@@ -40,6 +40,7 @@ def key_summary(key: ApiKey) -> dict[str, Any]:
         "allowed_models": list(key.allowed_models),
         "allowed_providers": list(key.allowed_providers),
         "project": key.project,
+        "admin": key.admin,
         "created_at": iso(key.created_at),
         "revoked_at": iso(key.revoked_at),
     }
@@ -61,7 +62,8 @@ def _describe_limits(key: ApiKey) -> str:
         parts.append(f"providers {', '.join(key.allowed_providers)}")
     if key.project:
         parts.append(f"project {key.project}")
-    return "; ".join(parts) if parts else "no limits"
+    described = "; ".join(parts) if parts else "no limits"
+    return described + ("; admin (opens the browser dashboard)" if key.admin else "")
 
 
 def _allowed_providers(names: list[str] | tuple[str, ...]) -> list[str]:
@@ -82,6 +84,7 @@ def _cmd_keys_create(args: argparse.Namespace) -> int:
             allowed_models=args.allow_model or (),
             allowed_providers=_allowed_providers(args.allow_provider or ()),
             project=args.project,
+            admin=args.admin,
         )
         if args.json:
             print_json({"id": key.id, "name": key.name, "key": plaintext})
@@ -107,7 +110,7 @@ def _cmd_keys_list(args: argparse.Namespace) -> int:
         rows = [
             [
                 k.id,
-                k.name,
+                k.name + (" (admin)" if k.admin else ""),
                 f"{k.key_prefix}…",
                 "-" if k.budget_usd is None else f"{money(k.budget_usd)}/{k.budget_period}",
                 cell(k.rpm),
@@ -225,6 +228,8 @@ def add_keys_parser(
         epilog="example:\n  tokensense keys create ci --budget-usd 5 --budget-period daily --allow-model 'gpt-4o*'",
     )
     create.add_argument("name", metavar="NAME", help="a unique name for the key (usage reports show it)")
+    create.add_argument("--admin", action="store_true",
+                        help="an admin key: it may read every record and opens `tokensense dashboard --web`")
     _add_key_options(create, update=False)
     create.set_defaults(handler=_cmd_keys_create)
 

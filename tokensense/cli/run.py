@@ -1,8 +1,9 @@
-"""`tokensense serve|dashboard|demo|reprice|replay`: commands that run something implemented in its own module."""
+"""`tokensense serve|addon-path|dashboard|demo|reprice|replay`: commands that run something implemented in its own module."""
 
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
 from tokensense.cli.common import FORMATTER, Unavailable, port, positive_float, print_json, seconds, workers
 
@@ -21,10 +22,20 @@ def _cmd_serve(args: argparse.Namespace) -> int:
 
 def _cmd_dashboard(args: argparse.Namespace) -> int:
     try:
-        from tui.app import run as run_dashboard
+        if args.web:
+            from tui.web import run_web as run_dashboard
+        else:
+            from tui.app import run as run_dashboard
     except ImportError as e:
         raise Unavailable("dashboard", e) from e
     return run_dashboard(args) or 0
+
+
+def _cmd_addon_path(args: argparse.Namespace) -> int:
+    import addons
+
+    print(Path(addons.__file__).with_name("tokensense.py"))
+    return 0
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
@@ -55,7 +66,7 @@ def _cmd_replay(args: argparse.Namespace) -> int:
 def add_run_parsers(
     commands: argparse._SubParsersAction, database: argparse.ArgumentParser, as_json: argparse.ArgumentParser
 ) -> None:
-    """Register `serve`, `dashboard`, `demo`, `reprice` and `replay`."""
+    """Register `serve`, `addon-path`, `dashboard`, `demo`, `reprice` and `replay`."""
     # serve
     serve = commands.add_parser(
         "serve", help="run the gateway (mitmproxy in reverse-proxy mode)", formatter_class=FORMATTER,
@@ -77,11 +88,31 @@ def add_run_parsers(
     serve.add_argument("--metrics-host", metavar="HOST", help="address of the metrics server (default: --host)")
     serve.set_defaults(handler=_cmd_serve, mitm_args=[])
 
+    # addon-path
+    addon_path = commands.add_parser(
+        "addon-path", help="print the path of the mitmproxy script (mitmdump -s \"$(tokensense addon-path)\")",
+        formatter_class=FORMATTER,
+        description="Print the path of TokenSense's mitmproxy entry script in the installed package, for running "
+        "the gateway as a plain mitmproxy script.",
+        epilog='example:\n  mitmdump -s "$(tokensense addon-path)" --set tokensense_metrics_port=9464',
+    )
+    addon_path.set_defaults(handler=_cmd_addon_path)
+
     # dashboard
     dashboard = commands.add_parser(
-        "dashboard", parents=[database], help="live spend dashboard in the terminal",
-        description="Live spend by workflow, step, model, provider, project and key.",
+        "dashboard", parents=[database], help="live spend dashboard in the terminal, or in a browser with --web",
+        formatter_class=FORMATTER,
+        description="Live spend by workflow, step, model, provider, project and key. With --web, the same "
+        "dashboard is served to browsers (read-only), only to who gives the dashboard token: "
+        "TOKENSENSE_DASHBOARD_TOKEN, or an admin key (`tokensense keys create NAME --admin`).",
+        epilog="examples:\n  tokensense dashboard\n"
+        "  TOKENSENSE_DASHBOARD_TOKEN=$(openssl rand -hex 24) tokensense dashboard --web --port 8090\n"
+        "  # then open http://127.0.0.1:8090/?token=...",
     )
+    dashboard.add_argument("--web", action="store_true", help="serve the dashboard to browsers instead")
+    dashboard.add_argument("--host", default="127.0.0.1", help="with --web: address to listen on (default: 127.0.0.1)")
+    dashboard.add_argument("--port", type=port, default=8090, help="with --web: port to listen on (default: 8090)")
+    dashboard.add_argument("--read-only", action="store_true", help=argparse.SUPPRESS)  # each --web session's app
     dashboard.set_defaults(handler=_cmd_dashboard)
 
     # demo

@@ -5,7 +5,7 @@ from __future__ import annotations
 import uuid
 from datetime import UTC, datetime
 
-from sqlalchemy import JSON, Column, Float, Index
+from sqlalchemy import JSON, Column, Float, Index, false
 from sqlmodel import Field, SQLModel
 
 
@@ -28,6 +28,8 @@ class ApiKeyBase(SQLModel):
     allowed_models: list[str] = Field(default_factory=list, sa_column=Column(JSON, nullable=False, default=list))
     allowed_providers: list[str] = Field(default_factory=list, sa_column=Column(JSON, nullable=False, default=list))
     project: str | None = None
+    # May read every record: opens `tokensense dashboard --web` (the browser dashboard).
+    admin: bool = Field(default=False, sa_column_kwargs={"server_default": false()})
 
 
 class ApiKey(ApiKeyBase, table=True):

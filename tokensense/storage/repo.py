@@ -149,8 +149,11 @@ def create_key(
     allowed_models: Sequence[str] = (),
     allowed_providers: Sequence[str] = (),
     project: str | None = None,
+    admin: bool = False,
 ) -> tuple[ApiKey, str]:
-    """Store a new key and return its row and the plaintext key (which is not kept anywhere)."""
+    """Store a new key and return its row and the plaintext key (which is not kept anywhere).
+
+    An `admin` key may also read every record (it opens the browser dashboard)."""
     name = _validate_name(name)
     if session.exec(select(ApiKey).where(ApiKey.name == name)).first() is not None:
         raise ValueError(f"a key named {name!r} already exists (names stay taken after revoking); choose another name")
@@ -165,6 +168,7 @@ def create_key(
         allowed_models=_validate_models(allowed_models),
         allowed_providers=_validate_providers(allowed_providers),
         project=project or None,
+        admin=admin,
         key_hash=hash_key(key),
         key_prefix=key[:KEY_PREFIX_LENGTH],
         created_at=_now_for(ApiKey.__table__.c.created_at),
