@@ -18,7 +18,14 @@ from tokensense.gateway.model_lists import find, listed, served_in, shape_for
 from tokensense.gateway.policy import model_allowed
 from tokensense.gateway.routing import MEDIA_ENDPOINTS
 from tokensense.gateway.runtime import Runtime
-from tokensense.gateway.stages.parse import parse_call, read_json, read_request, reading_of, resolve
+from tokensense.gateway.stages.parse import (
+    check_output_caps,
+    parse_call,
+    read_json,
+    read_request,
+    reading_of,
+    resolve,
+)
 from tokensense.metering.pricing import PriceBook
 from tokensense.providers import PROVIDERS, provider_for_model
 
@@ -79,9 +86,10 @@ class Router:
 
     def _route(self, flow: http.HTTPFlow, call: CallContext) -> None:
         route = reading_of(call)
-        request = read_request(route, read_json(flow.request.raw_content))
+        request = read_request(route, read_json(flow.request.raw_content), check_caps=False)
         call.stream = request.stream
-        call.requested_model = request.requested  # kept by a refused call's record
+        call.requested_model = request.requested  # kept by a refused call's record (a bad output cap's 400 too)
+        check_output_caps(route, request.body)
         adapter, model = resolve(request.requested, self.runtime.prices)
         call.provider, call.model = adapter, adapter.catalog_model(model)  # priced and policed by the model it runs
         parsed = parse_call(route, request, adapter, model, where=flow.request.path.partition("?")[0][:100])

@@ -118,10 +118,17 @@ def read_request(route: RouteReading, body: dict[str, Any], *, check_caps: bool 
     else:
         named = route.path_model or body.get("model")
         requested = named if isinstance(named, str) else None
-        if check_caps:
-            optional_token_count(body, *_OUTPUT_CAPS)
+    if check_caps:
+        check_output_caps(route, body)
     stream = route.streams or (route.body_streams and body.get("stream") is True)
     return ClientRequest(body, requested if isinstance(requested, str) else None, stream)
+
+
+def check_output_caps(route: RouteReading, body: dict[str, Any]) -> None:
+    """A 400 when the body's output cap is no token count (the gateway reserves budget from it), where the body
+    is in the client's own format (the cloud platforms' paths and the path-named models are the provider's to judge)."""
+    if route.model_in_body and route.path_provider is None:
+        optional_token_count(body, *_OUTPUT_CAPS)
 
 
 def resolve(requested: object, prices: PriceBook, media_models: frozenset[str] = frozenset()) \
