@@ -13,7 +13,9 @@ Protocol: JSON lines. A worker sends `{"op": "record", "r": {...}}` (no answer),
 or `{"i": ID, "op": OP, "a": [...]}` for a counter operation and gets
 `{"i": ID, "ok": RESULT}`, `{"i": ID, "err": "..."}` or, for a budget window the
 hub has not seen yet, `{"i": ID, "need_spent": true}`: the worker then reads
-what the key spent from the database and asks again with it.
+what the key spent (`Runtime.spent_since`: the database's sum, plus the records
+the hub has not written yet, asked with the `unwritten` operation) and asks
+again with it.
 With TOKENSENSE_REDIS_URL the workers count in Redis and the hub only records.
 """
 
@@ -26,6 +28,7 @@ import logging
 import os
 import select
 import time
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -162,6 +165,11 @@ class Hub:
                                                                     _spent_loader(spent), ttl))
         if op == "settle_budget":
             return await counters.settle_budget(*args)
+        if op == "unwritten":  # a worker seeding a budget: the spend of records not in the database yet
+            key_id, since = args
+            if not self.recorder.adopted:
+                raise RuntimeError("the spool of an earlier run is still being read; retry")
+            return list(self.recorder.unwritten.snapshot(key_id, datetime.fromisoformat(since) if since else None))
         raise ValueError(f"unknown operation {op!r}")
 
 

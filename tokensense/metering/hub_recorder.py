@@ -9,10 +9,14 @@ behind and the socket is full does the rest wait in memory for a sender thread.
 
 from __future__ import annotations
 
+import json
 import logging
 import select
 import socket
 import threading
+import time
+from collections.abc import Callable
+from datetime import datetime
 
 from tokensense.storage.models import UsageCreate
 
@@ -58,6 +62,39 @@ class HubRecorder:
             self._backlog += data
             self.written += 1
             self._lock.notify_all()
+
+    def settled_spend(self, key_id: str, since: datetime | None, database_sum: Callable[[], float],
+                      tries: int = 5) -> float:
+        """The key's spend since `since`: the database's sum plus the records the hub has not written yet
+        (blocking: the hub is asked over a connection of its own, like `UnwrittenSpend.read` in one process)."""
+        self.flush(timeout=5.0)  # this worker's records are in the socket, on their way to the hub
+        total = 0.0
+        for attempt in range(tries):
+            before, unwritten = self._ask_unwritten(key_id, since)
+            total = database_sum() + unwritten
+            after, _ = self._ask_unwritten(key_id, since)
+            if before == after and before % 2 == 0:
+                return total
+            time.sleep(0.005 * (attempt + 1))
+        return total
+
+    def _ask_unwritten(self, key_id: str, since: datetime | None) -> tuple[int, float]:
+        question = {"i": 1, "op": "unwritten", "a": [key_id, since.isoformat() if since else None]}
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as conn:
+            conn.settimeout(10.0)
+            conn.connect(self.path)
+            conn.sendall(json.dumps(question).encode() + b"\n")
+            reply = b""
+            while not reply.endswith(b"\n"):
+                chunk = conn.recv(65536)
+                if not chunk:
+                    raise ConnectionError("the supervisor's hub closed the connection")
+                reply += chunk
+        answer = json.loads(reply)
+        if "ok" not in answer:
+            raise RuntimeError(f"hub: {answer.get('err')}")
+        writes, spend = answer["ok"]
+        return int(writes), float(spend)
 
     def flush(self, timeout: float = 10.0) -> bool:
         """Block until every record submitted so far is in the socket (the hub writes it to the database)."""
