@@ -314,13 +314,16 @@ class RedisCounters:
     def __init__(self, url: str, prefix: str = "tokensense", timeout: float | None = None) -> None:
         import redis.asyncio as redis
 
-        options: dict = {}
+        # Every new connection reads the server's run id: a Redis that restarted (empty, or from an old
+        # snapshot) is known before the first command on it answers, even when redis-py reconnects silently.
+        options: dict = {"redis_connect_func": self._on_connect}
         if timeout is not None:
             # A frozen Redis costs a call at most `timeout` (no retry: the caller falls back).
             from redis.asyncio.retry import Retry
             from redis.backoff import NoBackoff
 
-            options = {"socket_timeout": timeout, "socket_connect_timeout": timeout, "retry": Retry(NoBackoff(), 0)}
+            options.update(socket_timeout=timeout, socket_connect_timeout=timeout, retry=Retry(NoBackoff(), 0))
+        self.run_id: str | None = None
         self.redis = redis.Redis.from_url(url, decode_responses=True, **options)
         self.prefix = prefix
         self.instance = uuid.uuid4().hex[:16]  # this store's field for its reservations in flight
@@ -392,10 +395,17 @@ class RedisCounters:
     async def settle_budget(self, key_id: str, window: str, reserved: float, actual: float) -> None:
         await self._settle(keys=[self._budget_key(key_id, window)], args=[reserved, actual, self.instance])
 
-    async def server_id(self) -> str:
-        """The Redis server's run id: it changes when Redis restarts (empty, or from an old snapshot)."""
-        info = await self.redis.info("server")
-        return str(info.get("run_id", ""))
+    async def _on_connect(self, connection) -> None:
+        await connection.on_connect()
+        await connection.send_command("INFO", "server")
+        info = await connection.read_response()
+        text = info.decode() if isinstance(info, bytes) else str(info)
+        for line in text.splitlines():
+            if line.startswith("run_id:"):
+                self.run_id = line.partition(":")[2].strip()
+
+    async def ping(self) -> None:
+        await self.redis.ping()
 
     async def close(self) -> None:
         await self.redis.aclose()
@@ -455,8 +465,7 @@ class ResilientCounters:
         self._broken = False  # the shared store failed since it was last seen answering
         self.shared_epoch = 0
         self.local_epoch = 0
-        self._server_id: str | None = None
-        self._next_id_check = 0.0
+        self._server_id: str | None = None  # the run id of the Redis the current shared epoch is on
         self._shared_seeded: dict[tuple[str, str], int] = {}  # window -> the shared epoch it was seeded in
         self._local_seeded: dict[tuple[str, str], int] = {}
         self._shared_held: dict[tuple[str, str], list[float]] = {}  # this instance's reservations in flight
@@ -552,38 +561,43 @@ class ResilientCounters:
     async def _reserve_shared(self, slot: tuple[str, str], budget: float, amount: float,
                               load_spent: Callable[[], float], ttl: float | None) -> BudgetDecision:
         key_id, window = slot
-        await self._check_epoch()
-        if self._shared_seeded.get(slot) != self.shared_epoch:
-            async with self._seed_lock("shared", slot):
-                if self._shared_seeded.get(slot) != self.shared_epoch and \
-                        self.clock() >= self._seed_retry_at.get(slot, 0.0):
-                    try:
-                        spent = await _seed(load_spent)
-                    except SeedUnavailable:
-                        # Redis may still hold the window (it has counted all along): decide on it, seed later.
-                        self._seed_retry_at[slot] = self.clock() + self.retry_after
-                    else:
-                        await self.shared.reconcile_budget(key_id, window, spent,
-                                                           sum(self._shared_held.get(slot, ())), ttl)
-                        self._shared_seeded[slot] = self.shared_epoch
-                        self._seed_retry_at.pop(slot, None)
-        decision = await self.shared.try_reserve(key_id, window, budget, amount, ttl)
-        if decision is None:  # Redis lost the window since (restarted between two calls): seed it now
-            spent = await _seed(load_spent)
-            await self.shared.reconcile_budget(key_id, window, spent, sum(self._shared_held.get(slot, ())), ttl)
-            self._shared_seeded[slot] = self.shared_epoch
+        for _ in range(3):
+            await self._check_epoch()
+            if self._shared_seeded.get(slot) != self.shared_epoch:
+                async with self._seed_lock("shared", slot):
+                    if self._shared_seeded.get(slot) != self.shared_epoch and \
+                            self.clock() >= self._seed_retry_at.get(slot, 0.0):
+                        try:
+                            spent = await _seed(load_spent)
+                        except SeedUnavailable:
+                            # Redis may still hold the window (it counted all along): decide on it, seed later.
+                            self._seed_retry_at[slot] = self.clock() + self.retry_after
+                        else:
+                            await self._reconcile(slot, spent, ttl)
+            run_id = self.shared.run_id
             decision = await self.shared.try_reserve(key_id, window, budget, amount, ttl)
-            if decision is None:
-                raise ConnectionError("Redis lost the budget window twice in a row")
-        return decision
+            if self.shared.run_id != run_id:
+                # Redis restarted under this call: the decision was taken on figures not seeded yet. Undone,
+                # and taken again in the new epoch.
+                if decision is not None and decision.allowed:
+                    await self.shared.settle_budget(key_id, window, amount, 0.0)
+                continue
+            if decision is None:  # Redis does not hold the window (expired, or lost): seed it, then decide
+                await self._reconcile(slot, await _seed(load_spent), ttl)
+                continue
+            return decision
+        raise ConnectionError("Redis restarted or lost the budget window while deciding, three times")
+
+    async def _reconcile(self, slot: tuple[str, str], spent: float, ttl: float | None) -> None:
+        await self.shared.reconcile_budget(slot[0], slot[1], spent, sum(self._shared_held.get(slot, ())), ttl)
+        self._shared_seeded[slot] = self.shared_epoch
+        self._seed_retry_at.pop(slot, None)
 
     async def _check_epoch(self) -> None:
         """Start a new shared epoch if Redis answers again after a failure, or restarted (another run id)."""
-        now = self.clock()
-        if not self._broken and now < self._next_id_check:
-            return
-        server = await self.shared.server_id()
-        restarted = self._server_id is not None and server != self._server_id
+        if self._broken:
+            await self.shared.ping()  # answers (or raises): a new connection, which reads the run id
+        restarted = self._server_id is not None and self.shared.run_id != self._server_id
         if self._broken or restarted:
             # This instance's reservations in flight, stated anew: a restarted Redis lost them, one that
             # stayed up still holds the ones not settled meanwhile.
@@ -593,13 +607,12 @@ class ResilientCounters:
                     del self._shared_held[slot]
             self.shared_epoch += 1
             if self._broken:
-                log.warning("rate-limit and budget counters available again (Redis); budgets re-seeded from the "
-                            "settled spend")
+                log.warning("rate-limit and budget counters available again (Redis); budgets are seeded anew "
+                            "from the settled spend")
             else:
-                log.warning("Redis restarted (run id changed); budgets re-seeded from the settled spend")
+                log.warning("Redis restarted (another run id); budgets are seeded anew from the settled spend")
             self._broken = False
-        self._server_id = server
-        self._next_id_check = now + self.retry_after
+        self._server_id = self.shared.run_id
 
     def _seed_lock(self, store: str, slot: tuple[str, str]) -> asyncio.Lock:
         return self._seed_locks.setdefault((store, *slot), asyncio.Lock())
