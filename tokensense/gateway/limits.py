@@ -562,7 +562,12 @@ class ResilientCounters:
                               load_spent: Callable[[], float], ttl: float | None) -> BudgetDecision:
         key_id, window = slot
         for _ in range(3):
-            await self._check_epoch()
+            if self._broken:
+                await self.shared.ping()  # answers (or raises) on a new connection, which reads the run id
+                await self._new_epoch("rate-limit and budget counters available again (Redis)")
+            elif self._server_id is not None and self.shared.run_id != self._server_id:
+                await self._new_epoch("Redis restarted (another run id)")
+            run_id = self.shared.run_id
             if self._shared_seeded.get(slot) != self.shared_epoch:
                 async with self._seed_lock("shared", slot):
                     if self._shared_seeded.get(slot) != self.shared_epoch and \
@@ -574,14 +579,15 @@ class ResilientCounters:
                             self._seed_retry_at[slot] = self.clock() + self.retry_after
                         else:
                             await self._reconcile(slot, spent, ttl)
-            run_id = self.shared.run_id
             decision = await self.shared.try_reserve(key_id, window, budget, amount, ttl)
-            if self.shared.run_id != run_id:
+            if run_id is not None and self.shared.run_id != run_id:
                 # Redis restarted under this call: the decision was taken on figures not seeded yet. Undone,
-                # and taken again in the new epoch.
+                # and taken again in a new epoch.
                 if decision is not None and decision.allowed:
                     await self.shared.settle_budget(key_id, window, amount, 0.0)
+                await self._new_epoch("Redis restarted (another run id)")
                 continue
+            self._server_id = self.shared.run_id
             if decision is None:  # Redis does not hold the window (expired, or lost): seed it, then decide
                 await self._reconcile(slot, await _seed(load_spent), ttl)
                 continue
@@ -593,26 +599,18 @@ class ResilientCounters:
         self._shared_seeded[slot] = self.shared_epoch
         self._seed_retry_at.pop(slot, None)
 
-    async def _check_epoch(self) -> None:
-        """Start a new shared epoch if Redis answers again after a failure, or restarted (another run id)."""
-        if self._broken:
-            await self.shared.ping()  # answers (or raises): a new connection, which reads the run id
-        restarted = self._server_id is not None and self.shared.run_id != self._server_id
-        if self._broken or restarted:
-            # This instance's reservations in flight, stated anew: a restarted Redis lost them, one that
-            # stayed up still holds the ones not settled meanwhile.
-            for slot, held in list(self._shared_held.items()):
-                await self.shared.hold_budget(slot[0], slot[1], sum(held), self._ttls.get(slot))
-                if not held:
-                    del self._shared_held[slot]
-            self.shared_epoch += 1
-            if self._broken:
-                log.warning("rate-limit and budget counters available again (Redis); budgets are seeded anew "
-                            "from the settled spend")
-            else:
-                log.warning("Redis restarted (another run id); budgets are seeded anew from the settled spend")
-            self._broken = False
+    async def _new_epoch(self, why: str) -> None:
+        """Redis answers again, or restarted: every budget window is seeded anew on its next use, and this
+        instance's reservations in flight are stated anew (a restarted Redis lost them; one that stayed up
+        still holds those not settled meanwhile)."""
+        for slot, held in list(self._shared_held.items()):
+            await self.shared.hold_budget(slot[0], slot[1], sum(held), self._ttls.get(slot))
+            if not held:
+                del self._shared_held[slot]
+        self.shared_epoch += 1
+        self._broken = False
         self._server_id = self.shared.run_id
+        log.warning("%s; budgets are seeded anew from the settled spend", why)
 
     def _seed_lock(self, store: str, slot: tuple[str, str]) -> asyncio.Lock:
         return self._seed_locks.setdefault((store, *slot), asyncio.Lock())
