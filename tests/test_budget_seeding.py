@@ -273,3 +273,17 @@ async def test_seeding_runs_off_the_event_loop(redis: OwnRedis) -> None:
         assert len(seen) == 2 and loop_thread not in seen
     finally:
         await counters.close()
+
+
+async def test_a_keys_earlier_windows_are_forgotten(redis: OwnRedis) -> None:
+    """What is kept per budget window (seeded epochs, TTLs, locks) does not grow by one entry a key a day."""
+    counters = counters_on(redis, Clock())
+    try:
+        for day in range(1, 6):
+            window = f"daily:2026-12-0{day}"
+            decision = await counters.reserve_budget("k", window, 1.0, 0.1, lambda: 0.0, 3600)
+            await counters.settle_budget("k", window, decision.amount, 0.05)
+        assert set(counters._shared_seeded) == {("k", "daily:2026-12-05")}
+        assert set(counters._ttls) == {("k", "daily:2026-12-05")}
+    finally:
+        await counters.close()

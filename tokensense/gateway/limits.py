@@ -473,6 +473,7 @@ class ResilientCounters:
         self._ttls: dict[tuple[str, str], float | None] = {}
         self._seed_locks: dict[tuple[str, str, str], asyncio.Lock] = {}
         self._seed_retry_at: dict[tuple[str, str], float] = {}
+        self._windows: dict[str, str] = {}  # key -> its latest budget window
 
     @property
     def shared_down(self) -> bool:
@@ -533,6 +534,8 @@ class ResilientCounters:
     async def reserve_budget(self, key_id: str, window: str, budget: float, amount: float,
                              load_spent: Callable[[], float], ttl: float | None) -> BudgetDecision:
         slot = (key_id, window)
+        if self._windows.get(key_id) != window:
+            self._forget_earlier_windows(key_id, window)
         self._ttls[slot] = ttl
         if not self.shared_down:
             try:
@@ -611,6 +614,22 @@ class ResilientCounters:
         self._broken = False
         self._server_id = self.shared.run_id
         log.warning("%s; budgets are seeded anew from the settled spend", why)
+
+    def _forget_earlier_windows(self, key_id: str, window: str) -> None:
+        """A key's new period began: drop what was kept for its earlier windows (but calls still in flight)."""
+        earlier = self._windows.get(key_id)
+        self._windows[key_id] = window
+        if earlier is None:
+            return
+        slot = (key_id, earlier)
+        if not self._shared_held.get(slot) and not self._local_held.get(slot):
+            for kept in (self._shared_seeded, self._local_seeded, self._ttls, self._seed_retry_at,
+                         self._shared_held, self._local_held):
+                kept.pop(slot, None)
+            for store in ("shared", "local"):
+                lock = self._seed_locks.get((store, *slot))
+                if lock is not None and not lock.locked():
+                    del self._seed_locks[(store, *slot)]
 
     def _seed_lock(self, store: str, slot: tuple[str, str]) -> asyncio.Lock:
         return self._seed_locks.setdefault((store, *slot), asyncio.Lock())
