@@ -287,3 +287,34 @@ async def test_a_keys_earlier_windows_are_forgotten(redis: OwnRedis) -> None:
         assert set(counters._ttls) == {("k", "daily:2026-12-05")}
     finally:
         await counters.close()
+
+
+async def test_reservations_in_flight_are_held_across_the_switch_both_ways(redis: OwnRedis) -> None:
+    """Calls in flight when the instance switches stores keep holding the budget in the store it switches to:
+    Redis's into the local store at an outage, the local store's into Redis when it answers again."""
+    clock, database = Clock(), [0.0]
+    counters = counters_on(redis, clock)
+    try:
+        assert (await counters.reserve_budget("k", "total", 1.0, 0.6, lambda: database[0], None)).allowed  # A
+        redis.kill()
+        held = await counters.reserve_budget("k", "total", 1.0, 0.5, lambda: database[0], None)
+        assert counters.status().startswith("local")
+        assert not held.allowed and held.reason == "reserved", "A's 0.6 in flight holds the local budget too"
+        assert (await counters.reserve_budget("k", "total", 1.0, 0.3, lambda: database[0], None)).allowed  # B
+        database[0] = 0.55
+        await counters.settle_budget("k", "total", 0.6, 0.55)  # A ends during the outage
+        assert (await counters.reserve_budget("k", "total", 1.0, 0.2, lambda: database[0], None)).reason == \
+            "reserved"  # 0.55 spent + B's 0.3
+
+        redis.start()
+        clock.now += 10
+        refused = await counters.reserve_budget("k", "total", 1.0, 0.2, lambda: database[0], None)
+        assert not counters.shared_down
+        assert not refused.allowed and refused.spent == pytest.approx(0.55) and refused.reserved == pytest.approx(0.3)
+        assert (await counters.reserve_budget("k", "total", 1.0, 0.1, lambda: database[0], None)).allowed  # C
+        await counters.settle_budget("k", "total", 0.3, 0.3)  # B ends, in Redis now
+        now = fields(redis)
+        assert now["spent"] == pytest.approx(0.85)
+        assert sum(v for k, v in now.items() if k.startswith("r:")) == pytest.approx(0.1)  # C's only
+    finally:
+        await counters.close()

@@ -470,6 +470,7 @@ class ResilientCounters:
         self._local_seeded: dict[tuple[str, str], int] = {}
         self._shared_held: dict[tuple[str, str], list[float]] = {}  # this instance's reservations in flight
         self._local_held: dict[tuple[str, str], list[float]] = {}
+        self._carried: dict[tuple[str, str], list[float]] = {}  # Redis reservations the local seed holds too
         self._ttls: dict[tuple[str, str], float | None] = {}
         self._seed_locks: dict[tuple[str, str, str], asyncio.Lock] = {}
         self._seed_retry_at: dict[tuple[str, str], float] = {}
@@ -554,7 +555,11 @@ class ResilientCounters:
             async with self._seed_lock("local", slot):
                 if self._local_seeded.get(slot) != self.local_epoch:
                     spent = await _seed(load_spent)
-                    self.local.seed_budget(key_id, window, spent, sum(self._local_held.get(slot, ())))
+                    # Calls in flight hold the local budget too: this store's own, and those reserved in
+                    # Redis before it failed (carried, released here as they settle).
+                    carried = list(self._shared_held.get(slot, ()))
+                    self._carried[slot] = carried
+                    self.local.seed_budget(key_id, window, spent, sum(self._local_held.get(slot, ())) + sum(carried))
                     self._local_seeded[slot] = self.local_epoch
         decision = await local.reserve_budget(key_id, window, budget, amount, load_spent, ttl)
         if decision.allowed:
@@ -605,7 +610,13 @@ class ResilientCounters:
     async def _new_epoch(self, why: str) -> None:
         """Redis answers again, or restarted: every budget window is seeded anew on its next use, and this
         instance's reservations in flight are stated anew (a restarted Redis lost them; one that stayed up
-        still holds those not settled meanwhile)."""
+        still holds those not settled meanwhile), with those made in the local store during the outage: they
+        settle in Redis from now on. (The local store is seeded anew at the next outage.)"""
+        for slot, held in list(self._local_held.items()):
+            if held:
+                self._shared_held.setdefault(slot, []).extend(held)
+        self._local_held.clear()
+        self._carried.clear()
         for slot, held in list(self._shared_held.items()):
             await self.shared.hold_budget(slot[0], slot[1], sum(held), self._ttls.get(slot))
             if not held:
@@ -624,7 +635,7 @@ class ResilientCounters:
         slot = (key_id, earlier)
         if not self._shared_held.get(slot) and not self._local_held.get(slot):
             for kept in (self._shared_seeded, self._local_seeded, self._ttls, self._seed_retry_at,
-                         self._shared_held, self._local_held):
+                         self._shared_held, self._local_held, self._carried):
                 kept.pop(slot, None)
             for store in ("shared", "local"):
                 lock = self._seed_locks.get((store, *slot))
@@ -651,17 +662,28 @@ class ResilientCounters:
             return
         shared_held = self._shared_held.get(slot)
         mine = reserved > 0 and shared_held is not None and reserved in shared_held
+        carried = self._carried.get(slot)
+        in_local = mine and carried is not None and reserved in carried
         if mine:
             assert shared_held is not None
             shared_held.remove(reserved)
+        if in_local:
+            assert carried is not None
+            carried.remove(reserved)
         if not self.shared_down:
             try:
                 await self.shared.settle_budget(key_id, window, reserved if mine else 0.0, actual)
-                return
             except Exception:
                 self._note_failure()
+            else:
+                if in_local:  # the stale local copy lets go of it too (the local store is seeded anew anyway)
+                    await self.local.settle_budget(key_id, window, reserved, 0.0)
+                return
         # Redis does not answer: the reservation left this instance's share (restated when Redis answers
-        # again), and the spend reaches Redis through the seed of its next epoch (the call is recorded).
+        # again), and the spend reaches Redis through the seed of its next epoch (the call is recorded). The
+        # local store, which held it through the outage, settles it.
+        if in_local:
+            await self.local.settle_budget(key_id, window, reserved, actual)
 
     async def close(self) -> None:
         await self.shared.close()
