@@ -149,7 +149,9 @@ class UnwrittenSpend:
 
 
 def _utc_day(moment: datetime) -> date:
-    return (moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment.astimezone(UTC)).date()
+    if moment.tzinfo is UTC or moment.tzinfo is None:  # records are made in UTC; naive ones are UTC already
+        return moment.date()
+    return moment.astimezone(UTC).date()
 
 
 @dataclass(slots=True)
