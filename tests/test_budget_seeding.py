@@ -318,3 +318,21 @@ async def test_reservations_in_flight_are_held_across_the_switch_both_ways(redis
         assert sum(v for k, v in now.items() if k.startswith("r:")) == pytest.approx(0.1)  # C's only
     finally:
         await counters.close()
+
+
+async def test_an_instance_idle_between_two_outages_seeds_the_second_anew(redis: OwnRedis) -> None:
+    """Found with `serve --workers 2`: a worker that fell back in an earlier outage and made no budget call on
+    Redis since (the others served) reused that outage's local figures in the next one."""
+    clock, database = Clock(), [0.0]
+    counters = counters_on(redis, clock)
+    try:
+        redis.kill()
+        assert (await counters.reserve_budget("k", "total", 1.0, 0.1, lambda: database[0], None)).allowed
+        redis.start()
+        database[0] = 1.0  # other instances spent the budget meanwhile
+        clock.now += 10
+        redis.kill()
+        refused = await counters.reserve_budget("k", "total", 1.0, 0.1, lambda: database[0], None)
+        assert not refused.allowed and refused.reason == "spent"
+    finally:
+        await counters.close()

@@ -434,9 +434,10 @@ class ResilientCounters:
     store. The shared store's epoch starts with the process and moves on each time
     Redis answers again after a failure, or answers with another run id (it
     restarted, empty or from an old snapshot): the window's `spent` in Redis
-    becomes max(Redis's, settled). The local store's epoch moves on at each fall
-    back: its windows start from the settled spend, never from what an earlier
-    outage left. A window that cannot be seeded (database unreachable too) is
+    becomes max(Redis's, settled). The local store's epoch moves on at each failed
+    attempt to reach Redis (the first of an outage, then one per `retry_after`):
+    its windows start from the settled spend, never from what an earlier outage
+    left, and follow what other instances record during a long one. A window that cannot be seeded (database unreachable too) is
     refused (`SeedUnavailable`), unless Redis still holds it.
 
     Reservations. This instance knows its calls in flight in each store (by
@@ -486,10 +487,11 @@ class ResilientCounters:
         return "local (Redis unreachable)" if self.on_outage == "local" else "refusing (Redis unreachable)"
 
     def _note_failure(self) -> None:
-        """The shared store failed: leave it alone for a while; the next fall back starts a local epoch."""
-        if not self._broken:
-            self._broken = True
-            self.local_epoch += 1
+        """The shared store failed: leave it alone for a while. Each failed attempt (at most one per
+        `retry_after`) starts a local epoch: local windows are seeded anew at each outage, and every
+        `retry_after` during a long one (what other instances spent meanwhile is in the database by then)."""
+        self._broken = True
+        self.local_epoch += 1
         self._down_until = self.clock() + self.retry_after
 
     def _failed(self, error: BaseException | None) -> MemoryCounters:
