@@ -437,16 +437,18 @@ class ResilientCounters:
     becomes max(Redis's, settled). The local store's epoch moves on at each failed
     attempt to reach Redis (the first of an outage, then one per `retry_after`):
     its windows start from the settled spend, never from what an earlier outage
-    left, and follow what other instances record during a long one. A window that cannot be seeded (database unreachable too) is
-    refused (`SeedUnavailable`), unless Redis still holds it.
+    left, and follow what other instances record during a long one. A window
+    that cannot be seeded (database unreachable too) is refused
+    (`SeedUnavailable`), unless Redis still holds it.
 
     Reservations. This instance knows its calls in flight in each store (by
-    amount). A call is settled in the store it reserved in. A reservation made in
-    Redis whose settle cannot reach it is dropped from this instance's share; when
-    Redis answers again this instance restates its share (`r:<instance>`) for
-    every window it has calls in flight in, so a Redis that restarted holds them
-    again and nothing is released twice. The spend of calls settled while Redis
-    was away reaches it through the seed (it is recorded), not by replay.
+    amount; a call settles with the amount it reserved). At an outage, those in
+    Redis are carried into the local store's seed (and released there as they
+    settle); when Redis answers again, those made locally join this instance's
+    share in Redis (`r:<instance>`), which it restates for every window with calls
+    in flight: a Redis that restarted holds them again, and a settle never
+    releases another instance's. The spend of calls settled while Redis was away
+    reaches it through the seed (the calls are recorded), not by replay.
     """
 
     def __init__(self, shared: RedisCounters, *, on_outage: str = "local", retry_after: float = 5.0,
