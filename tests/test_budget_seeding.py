@@ -20,7 +20,7 @@ from tokensense.gateway.hub import Hub
 from tokensense.gateway.limits import RedisCounters, ResilientCounters, SeedUnavailable
 from tokensense.metering.recorder import UnwrittenSpend, UsageRecorder
 from tokensense.metering.spool import Spool
-from tokensense.storage.models import UsageCreate
+from tokensense.storage.models import Usage, UsageCreate
 from tokensense.storage.repo import spent_since
 
 NOW = datetime.now(UTC)
@@ -46,32 +46,36 @@ def test_unwritten_spend_per_key_and_window() -> None:
     records = [record(0.1), record(0.2, when=yesterday), record(0.4, key_id="other"), record(0.0)]
     unwritten.add(records)
     today = NOW.replace(hour=0, minute=0, second=0, microsecond=0)
-    assert unwritten.snapshot("k", None)[1] == pytest.approx(0.3)
-    assert unwritten.snapshot("k", today)[1] == pytest.approx(0.1)  # a daily window: today's records only
-    unwritten.remove(records[:2])
-    assert unwritten.snapshot("k", None)[1] == 0.0 and unwritten.keys == 1  # no float residue left behind
+    assert unwritten.pending("k", None) == pytest.approx(0.3)
+    assert unwritten.pending("k", today) == pytest.approx(0.1)  # a daily window: today's records only
+    unwritten.committed(records[:2])
+    assert unwritten.pending("k", None) == 0.0 and unwritten.keys == 1  # no float residue left behind
 
 
-def test_a_seed_read_during_a_commit_is_read_again() -> None:
-    """The tally is read, then the database: a batch committed in between would count twice (or, read the other
-    way round, not at all). The write sequence says so, and the read is taken again."""
+def test_a_batch_committed_during_a_seed_read_counts_once() -> None:
+    """The seed reads the database, then the tally: a batch committed in between would be in neither (read the
+    other way round: in both). The writer's commit waits for the read."""
     unwritten = UnwrittenSpend()
-    batch = [record(0.5)]
+    batch = [record(1.0) for _ in range(3)]
     unwritten.add(batch)
     database = [0.0]
-    reads = []
+
+    def commit() -> None:
+        with unwritten.commit_lock:
+            database[0] += 1.0
+            unwritten.committed(batch[:1])
+
+    writer = threading.Thread(target=commit)
 
     def database_sum() -> float:
-        reads.append(database[0])
-        if len(reads) == 1:  # the writer commits the batch while the seed reads the database
-            unwritten.begin_write()
-            database[0] += 0.5
-            unwritten.remove(batch)
-            unwritten.end_write()
-        return database[0]
+        value = database[0]
+        writer.start()
+        writer.join(timeout=0.2)  # blocked until the read is over
+        return value
 
-    assert unwritten.read("k", None, database_sum) == pytest.approx(0.5)
-    assert len(reads) == 2
+    assert unwritten.read("k", None, database_sum) == pytest.approx(3.0)
+    writer.join()
+    assert database[0] == 1.0 and unwritten.read("k", None, lambda: database[0]) == pytest.approx(3.0)
 
 
 def test_recorder_seed_counts_queued_records_once() -> None:
@@ -107,12 +111,15 @@ def test_recorder_seed_counts_an_earlier_runs_spool(tmp_path: Path) -> None:
         recorder.close(timeout=2)
 
 
-async def test_hub_answers_a_workers_seed_with_its_unwritten_records(tmp_path: Path) -> None:
+async def test_hub_answers_a_workers_seed_with_the_database_and_its_unwritten_records(tmp_path: Path) -> None:
     hub = Hub(tmp_path / "hub.sock", memory_engine(), flush_interval=30.0)
     try:
         await hub.handle(b'{"op":"record","r":' + record(0.125).model_dump_json().encode() + b"}\n")
-        reply = json.loads(await hub.handle(json.dumps({"i": 7, "op": "unwritten", "a": ["k", None]}).encode()))
-        assert reply["i"] == 7 and reply["ok"][1] == pytest.approx(0.125)
+        with Session(hub.recorder.engine) as session:
+            session.add(Usage(**record(0.5).model_dump()))
+            session.commit()
+        reply = json.loads(await hub.handle(json.dumps({"i": 7, "op": "settled", "a": ["k", None]}).encode()))
+        assert reply["i"] == 7 and reply["ok"] == pytest.approx(0.625)  # in the database, and in its queue
     finally:
         await hub.close(timeout=5)
 

@@ -14,7 +14,6 @@ import logging
 import select
 import socket
 import threading
-import time
 from collections.abc import Callable
 from datetime import datetime
 
@@ -63,25 +62,14 @@ class HubRecorder:
             self.written += 1
             self._lock.notify_all()
 
-    def settled_spend(self, key_id: str, since: datetime | None, database_sum: Callable[[], float],
-                      tries: int = 5) -> float:
-        """The key's spend since `since`: the database's sum plus the records the hub has not written yet
-        (blocking: the hub is asked over a connection of its own, like `UnwrittenSpend.read` in one process)."""
-        self.flush(timeout=5.0)  # this worker's records are in the socket, on their way to the hub
-        total = 0.0
-        for attempt in range(tries):
-            before, unwritten = self._ask_unwritten(key_id, since)
-            total = database_sum() + unwritten
-            after, _ = self._ask_unwritten(key_id, since)
-            if before == after and before % 2 == 0:
-                return total
-            time.sleep(0.005 * (attempt + 1))
-        return total
-
-    def _ask_unwritten(self, key_id: str, since: datetime | None) -> tuple[int, float]:
-        question = {"i": 1, "op": "unwritten", "a": [key_id, since.isoformat() if since else None]}
+    def settled_spend(self, key_id: str, since: datetime | None, database_sum: Callable[[], float]) -> float:
+        """The key's spend since `since`, asked of the hub, which writes the records: the database's sum plus the
+        records it has not written yet, read together (blocking; a connection of its own). `database_sum` is
+        not used: the hub reads the database itself, under its writer's commit lock."""
+        self.flush(timeout=5.0)  # this worker's records are in the socket, ahead of the question
+        question = {"i": 1, "op": "settled", "a": [key_id, since.isoformat() if since else None]}
         with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as conn:
-            conn.settimeout(10.0)
+            conn.settimeout(30.0)
             conn.connect(self.path)
             conn.sendall(json.dumps(question).encode() + b"\n")
             reply = b""
@@ -93,8 +81,7 @@ class HubRecorder:
         answer = json.loads(reply)
         if "ok" not in answer:
             raise RuntimeError(f"hub: {answer.get('err')}")
-        writes, spend = answer["ok"]
-        return int(writes), float(spend)
+        return float(answer["ok"])
 
     def flush(self, timeout: float = 10.0) -> bool:
         """Block until every record submitted so far is in the socket (the hub writes it to the database)."""

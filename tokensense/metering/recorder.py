@@ -72,21 +72,20 @@ class UnwrittenSpend:
 
     Kept per key and UTC day (budget windows start at a UTC midnight). A record
     counts from `add` (at submit, or when an earlier run's spool is adopted) until
-    `remove`, called only once the database has committed it; a record that never
+    `committed`, called once the database has committed it; a record that never
     reaches the database (quarantined, or dropped past the spool's bound) stays
     counted for the life of the process: its spend happened all the same.
 
-    `read(key_id, since, database_sum)` combines the two sources without
-    under-counting: it reads this tally, then the database, and retries while a
-    batch was being committed in between (`_writes` is odd during a commit, a
-    sequence lock); after a few tries it returns the sum that may count one batch
-    twice (an over-count, never an under-count).
+    `read(key_id, since, database_sum)` is exact: the writer commits a batch and
+    forgets its records under `commit_lock`, and the read takes the tally and the
+    database's sum under it too, so a batch is never counted in both (nor in
+    neither). The proxy's event loop never takes that lock (`add` takes another).
     """
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
+        self.commit_lock = threading.Lock()
         self._by_key: dict[str, dict[date, list[float]]] = {}  # key_id -> day -> [cost, records]
-        self._writes = 0
 
     def add(self, records: Iterable[UsageCreate]) -> None:
         with self._lock:
@@ -97,7 +96,8 @@ class UnwrittenSpend:
                     bucket[0] += record.cost_usd
                     bucket[1] += 1
 
-    def remove(self, records: Iterable[UsageCreate]) -> None:
+    def committed(self, records: Iterable[UsageCreate]) -> None:
+        """The database holds these records now (call with `commit_lock` held, right after the commit)."""
         with self._lock:
             for record in records:
                 if not (record.key_id and record.cost_usd):
@@ -114,33 +114,17 @@ class UnwrittenSpend:
                     if not days:
                         del self._by_key[record.key_id]
 
-    def begin_write(self) -> None:
-        with self._lock:
-            self._writes += 1
-
-    def end_write(self) -> None:
-        with self._lock:
-            self._writes += 1
-
-    def snapshot(self, key_id: str, since: datetime | None) -> tuple[int, float]:
-        """(write sequence, the key's unwritten cost since `since`'s UTC day; None: all)."""
+    def pending(self, key_id: str, since: datetime | None) -> float:
+        """The key's unwritten cost since `since`'s UTC day (None: all)."""
         first = None if since is None else _utc_day(since)
         with self._lock:
             days = self._by_key.get(key_id, {})
-            return self._writes, sum(b[0] for d, b in days.items() if first is None or d >= first)
+            return sum(b[0] for d, b in days.items() if first is None or d >= first)
 
-    def read(self, key_id: str, since: datetime | None, database_sum: Callable[[], float],
-             tries: int = 5) -> float:
+    def read(self, key_id: str, since: datetime | None, database_sum: Callable[[], float]) -> float:
         """The key's settled spend since `since`: the database's sum plus what it does not hold yet (blocking)."""
-        total = 0.0
-        for attempt in range(tries):
-            before, unwritten = self.snapshot(key_id, since)
-            total = database_sum() + unwritten
-            after, _ = self.snapshot(key_id, since)
-            if before == after and before % 2 == 0:
-                return total  # no commit of this process ran between the two reads
-            time.sleep(0.005 * (attempt + 1))
-        return total
+        with self.commit_lock:
+            return database_sum() + self.pending(key_id, since)
 
     @property
     def keys(self) -> int:
@@ -233,11 +217,6 @@ class UsageRecorder:
         this recorder holds that the database has not committed yet (queue, batch being written, spool)."""
         self._adopted.wait(timeout=60)  # an earlier run's spool is counted before anything is seeded
         return self.unwritten.read(key_id, since, database_sum)
-
-    @property
-    def adopted(self) -> bool:
-        """Whether an earlier run's spool (if any) is counted in `unwritten` yet."""
-        return self._adopted.is_set()
 
     def flush(self, timeout: float = 10.0) -> bool:
         """Block until everything submitted so far is stored: in the database, the spool or the dead-letter file."""
@@ -362,15 +341,12 @@ class UsageRecorder:
                 log.exception("usage callback failed")
 
     def _insert(self, records: list[UsageCreate]) -> None:
-        # The only place this process commits records: `unwritten` forgets them once committed, and a seed
-        # read at the same time sees the commit in progress (see `UnwrittenSpend.read`).
-        self.unwritten.begin_write()
-        try:
+        # The only place this process commits records: `unwritten` forgets them in the same step, so a budget
+        # seed (`UnwrittenSpend.read`) counts each record once, in the database or not yet.
+        with self.unwritten.commit_lock:
             with Session(self.engine) as session:
                 record_usages(session=session, usages=records)
-            self.unwritten.remove(records)
-        finally:
-            self.unwritten.end_write()
+            self.unwritten.committed(records)
 
     def _store(self, batch: list[UsageCreate]) -> None:
         """Write a batch, or spool it while the database is out (or older spooled records wait)."""
