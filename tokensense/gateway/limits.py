@@ -318,11 +318,15 @@ class RedisCounters:
         # snapshot) is known before the first command on it answers, even when redis-py reconnects silently.
         options: dict = {"redis_connect_func": self._on_connect}
         if timeout is not None:
-            # A frozen Redis costs a call at most `timeout` (no retry: the caller falls back).
+            # A frozen Redis costs a call at most `timeout` (a timeout is not retried: the caller falls back). A
+            # broken connection is retried once, at once, on a new one: after a Redis restart the pool's
+            # connections are dead, and the first command on one must not send this instance to local counters.
             from redis.asyncio.retry import Retry
             from redis.backoff import NoBackoff
+            from redis.exceptions import ConnectionError as RedisConnectionError
 
-            options.update(socket_timeout=timeout, socket_connect_timeout=timeout, retry=Retry(NoBackoff(), 0))
+            options.update(socket_timeout=timeout, socket_connect_timeout=timeout,
+                           retry=Retry(NoBackoff(), 1, supported_errors=(RedisConnectionError,)))
         self.run_id: str | None = None
         self.redis = redis.Redis.from_url(url, decode_responses=True, **options)
         self.prefix = prefix
