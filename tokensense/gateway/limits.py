@@ -245,6 +245,7 @@ return out
 # A budget window is one hash: `spent` (settled) and one `r:<instance>` field per instance holding what that
 # instance's calls in flight reserved, so each instance can restate its own share exactly (after Redis restarts)
 # without touching the others'. No decision is taken on a hash without `spent`: the caller seeds it first (-1).
+# (The single `reserved` field of earlier versions is ignored: nothing would ever release what it holds.)
 _RESERVE_LUA = """
 local key = KEYS[1]
 local budget, amount, ttl, mine = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3]), ARGV[4]
@@ -253,7 +254,7 @@ local spent, reserved = nil, 0
 for i = 1, #fields, 2 do
   local name, value = fields[i], tonumber(fields[i + 1]) or 0
   if name == 'spent' then spent = value
-  elseif (string.sub(name, 1, 2) == 'r:' or name == 'reserved') and value > 0 then reserved = reserved + value end
+  elseif string.sub(name, 1, 2) == 'r:' and value > 0 then reserved = reserved + value end
 end
 if spent == nil then return {-1, '0', '0'} end
 if spent >= budget or spent + reserved + amount > budget then
