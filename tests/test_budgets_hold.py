@@ -21,9 +21,9 @@ from tokensense.gateway.limits import (
     RedisCounters,
     ResilientCounters,
     budget_decision,
-    make_counters,
 )
 from tokensense.gateway.reservation import budget_refusal, model_max_output, reservation_usage
+from tokensense.gateway.shared_counters import make_counters
 from tokensense.providers.anthropic.chat import DEFAULT_MAX_TOKENS, chat_request_to_provider
 
 REDIS_URL = os.environ.get("TOKENSENSE_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
@@ -102,13 +102,14 @@ async def test_two_instances_on_redis_never_exceed_the_budget() -> None:
     except redis.exceptions.ConnectionError as e:
         service_missing(f"no Redis at {REDIS_URL}: {e}")
     try:
-        calls = [(first if i % 2 else second).reserve_budget("k", "total", 1.0, 0.03, lambda: 0.0, None)
-                 for i in range(50)]
-        results = await asyncio.gather(*calls)
+        stores = [first if i % 2 else second for i in range(50)]
+        results = await asyncio.gather(*[store.reserve_budget("k", "total", 1.0, 0.03, lambda: 0.0, None)
+                                         for store in stores])
         assert sum(r.allowed for r in results) == 33
         assert {r.reason for r in results if not r.allowed} == {"reserved"}
-        for _ in range(33):
-            await first.settle_budget("k", "total", 0.03, 0.031)
+        for store, result in zip(stores, results, strict=True):  # a call settles where it reserved
+            if result.allowed:
+                await store.settle_budget("k", "total", 0.03, 0.031)
         refused = await second.reserve_budget("k", "total", 1.0, 0.03, lambda: 0.0, None)
         assert refused.reason == "spent" and refused.reserved == pytest.approx(0.0)
     finally:

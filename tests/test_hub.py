@@ -10,8 +10,8 @@ from pathlib import Path
 from sqlmodel import Session, select
 
 from tokensense.gateway.hub import Hub
-from tokensense.gateway.limits import MemoryCounters, make_counters
-from tokensense.gateway.shared_counters import HUB_SOCKET_ENV, SharedCounters
+from tokensense.gateway.limits import MemoryCounters
+from tokensense.gateway.shared_counters import HUB_SOCKET_ENV, SharedCounters, make_counters
 from tokensense.metering.hub_recorder import RECORD_PREFIX, HubRecorder
 from tokensense.storage.db import init_db, make_engine
 from tokensense.storage.models import Usage, UsageCreate

@@ -13,7 +13,9 @@ Protocol: JSON lines. A worker sends `{"op": "record", "r": {...}}` (no answer),
 or `{"i": ID, "op": OP, "a": [...]}` for a counter operation and gets
 `{"i": ID, "ok": RESULT}`, `{"i": ID, "err": "..."}` or, for a budget window the
 hub has not seen yet, `{"i": ID, "need_spent": true}`: the worker then reads
-what the key spent from the database and asks again with it.
+what the key spent (`Runtime.spent_since`, which asks the hub's `settled`
+operation: the database's sum plus the records the hub has not written yet,
+read together) and asks again with it.
 With TOKENSENSE_REDIS_URL the workers count in Redis and the hub only records.
 """
 
@@ -26,16 +28,20 @@ import logging
 import os
 import select
 import time
+from datetime import datetime
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 from sqlalchemy.engine import Engine
+from sqlmodel import Session
 
 from tokensense.gateway.limits import MemoryCounters
 from tokensense.metering.hub_recorder import RECORD_PREFIX
 from tokensense.metering.recorder import UsageRecorder, usage_recorder
 from tokensense.settings import Settings
 from tokensense.storage.models import UsageCreate
+from tokensense.storage.repo import spent_since
 
 log = logging.getLogger(__name__)
 
@@ -162,7 +168,17 @@ class Hub:
                                                                     _spent_loader(spent), ttl))
         if op == "settle_budget":
             return await counters.settle_budget(*args)
+        if op == "settled":  # a worker seeding a budget: the database's sum plus the records not written yet
+            key_id, since = args
+            start = datetime.fromisoformat(since) if since else None
+            return await asyncio.to_thread(self.recorder.settled_spend, key_id, start,
+                                           partial(self._database_sum, key_id, start))
         raise ValueError(f"unknown operation {op!r}")
+
+
+    def _database_sum(self, key_id: str, since: datetime | None) -> float:
+        with Session(self.recorder.engine) as session:
+            return spent_since(session=session, key_id=key_id, since=since)
 
 
 def _spent_loader(spent: float | None):

@@ -19,6 +19,12 @@ Both stores make the same decisions:
 `ResilientCounters` wraps the Redis store for Redis outages: short timeouts, then
 either in-process counters (limits per instance, one warning a minute) or a 503
 (`TOKENSENSE_LIMITS_ON_OUTAGE=local|closed`).
+
+Budget counters start from the settled spend (`load_spent`: the database's sum
+plus the records not written yet, `Runtime.spent_since`) whenever they start: a
+window's first use in a process, every fall back to local counters, every
+return of Redis (and a Redis restarted empty or from an old snapshot). Rate
+windows (RPM/TPM) are not seeded: they last a minute and start afresh.
 """
 
 from __future__ import annotations
@@ -26,6 +32,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol
@@ -184,16 +191,18 @@ class MemoryCounters:
             lock = self._init_locks.setdefault(slot, asyncio.Lock())
             async with lock:
                 if slot not in self._budgets:
-                    spent = await asyncio.to_thread(load_spent)
-                    # Drop the windows of earlier periods of this key.
-                    for old in [s for s in self._budgets if s[0] == key_id]:
-                        self._budgets.pop(old, None)
-                    self._budgets[slot] = [spent, 0.0]
+                    self.seed_budget(key_id, window, await asyncio.to_thread(load_spent), 0.0)
         counter = self._budgets[slot]
         decision = budget_decision(budget, counter[0], counter[1], amount)
         if decision.allowed:
             counter[1] += amount
         return decision
+
+    def seed_budget(self, key_id: str, window: str, spent: float, reserved: float) -> None:
+        """Start the window's counter at `spent` settled and `reserved` in flight; earlier windows of the key go."""
+        for old in [s for s in self._budgets if s[0] == key_id and s[1] != window]:
+            self._budgets.pop(old, None)
+        self._budgets[(key_id, window)] = [spent, reserved]
 
     async def settle_budget(self, key_id: str, window: str, reserved: float, actual: float) -> None:
         counter = self._budgets.get((key_id, window))
@@ -233,27 +242,69 @@ redis.call('PEXPIRE', hkey, math.floor(window * 1000) + 1000)
 return out
 """
 
+# A budget window is one hash: `spent` (settled) and one `r:<instance>` field per instance holding what that
+# instance's calls in flight reserved, so each instance can restate its own share exactly (after Redis restarts)
+# without touching the others'. No decision is taken on a hash without `spent`: the caller seeds it first (-1).
+# (The single `reserved` field of earlier versions is ignored: nothing would ever release what it holds.)
 _RESERVE_LUA = """
 local key = KEYS[1]
-local budget, amount, ttl = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
-local spent = tonumber(redis.call('HGET', key, 'spent') or '0')
-local reserved = tonumber(redis.call('HGET', key, 'reserved') or '0')
-if reserved < 0 then reserved = 0 end
+local budget, amount, ttl, mine = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3]), ARGV[4]
+local fields = redis.call('HGETALL', key)
+local spent, reserved = nil, 0
+for i = 1, #fields, 2 do
+  local name, value = fields[i], tonumber(fields[i + 1]) or 0
+  if name == 'spent' then spent = value
+  elseif string.sub(name, 1, 2) == 'r:' and value > 0 then reserved = reserved + value end
+end
+if spent == nil then return {-1, '0', '0'} end
 if spent >= budget or spent + reserved + amount > budget then
   return {0, tostring(spent), tostring(reserved)}
 end
-reserved = tonumber(redis.call('HINCRBYFLOAT', key, 'reserved', amount))
+redis.call('HINCRBYFLOAT', key, 'r:' .. mine, amount)
 if ttl > 0 then redis.call('EXPIRE', key, ttl) end
-return {1, tostring(spent), tostring(reserved)}
+return {1, tostring(spent), tostring(reserved + amount)}
 """
 
 _SETTLE_LUA = """
 local key = KEYS[1]
-local reserved, actual = tonumber(ARGV[1]), tonumber(ARGV[2])
-if redis.call('EXISTS', key) == 0 then return 0 end
-local left = tonumber(redis.call('HINCRBYFLOAT', key, 'reserved', -reserved))
-if left < 0 then redis.call('HSET', key, 'reserved', 0) end
-redis.call('HINCRBYFLOAT', key, 'spent', actual)
+local reserved, actual, mine = tonumber(ARGV[1]), tonumber(ARGV[2]), ARGV[3]
+if redis.call('HEXISTS', key, 'spent') == 0 then return 0 end
+if reserved > 0 then
+  local left = tonumber(redis.call('HINCRBYFLOAT', key, 'r:' .. mine, -reserved))
+  if left <= 1e-12 then redis.call('HDEL', key, 'r:' .. mine) end
+end
+if actual ~= 0 then redis.call('HINCRBYFLOAT', key, 'spent', actual) end
+return 1
+"""
+
+# Seeding: `spent` becomes the larger of what Redis holds and the settled spend (a Redis restarted empty or from
+# an old snapshot holds less; one that stayed up may hold spend the database has not been written yet), and this
+# instance's reservations in flight are stated anew.
+_RECONCILE_LUA = """
+local key = KEYS[1]
+local seed, held, ttl, mine = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3]), ARGV[4]
+local spent = tonumber(redis.call('HGET', key, 'spent') or '-1')
+if spent < seed then
+  redis.call('HSET', key, 'spent', ARGV[1])
+  spent = seed
+end
+if held == nil then
+elseif held > 0 then redis.call('HSET', key, 'r:' .. mine, ARGV[2])
+else redis.call('HDEL', key, 'r:' .. mine) end
+if ttl > 0 then redis.call('EXPIRE', key, ttl) end
+return tostring(spent)
+"""
+
+# This instance's reservations in flight, restated after Redis came back (its own field only; `spent` untouched).
+_HOLD_LUA = """
+local key = KEYS[1]
+local held, ttl, mine = tonumber(ARGV[1]), tonumber(ARGV[2]), ARGV[3]
+if held > 0 then
+  redis.call('HSET', key, 'r:' .. mine, ARGV[1])
+  if ttl > 0 and redis.call('TTL', key) < 0 then redis.call('EXPIRE', key, ttl) end
+else
+  redis.call('HDEL', key, 'r:' .. mine)
+end
 return 1
 """
 
@@ -264,18 +315,28 @@ class RedisCounters:
     def __init__(self, url: str, prefix: str = "tokensense", timeout: float | None = None) -> None:
         import redis.asyncio as redis
 
-        options: dict = {}
+        # Every new connection reads the server's run id: a Redis that restarted (empty, or from an old
+        # snapshot) is known before the first command on it answers, even when redis-py reconnects silently.
+        options: dict = {"redis_connect_func": self._on_connect}
         if timeout is not None:
-            # A frozen Redis costs a call at most `timeout` (no retry: the caller falls back).
+            # A frozen Redis costs a call at most `timeout` (a timeout is not retried: the caller falls back). A
+            # broken connection is retried once, at once, on a new one: after a Redis restart the pool's
+            # connections are dead, and the first command on one must not send this instance to local counters.
             from redis.asyncio.retry import Retry
             from redis.backoff import NoBackoff
+            from redis.exceptions import ConnectionError as RedisConnectionError
 
-            options = {"socket_timeout": timeout, "socket_connect_timeout": timeout, "retry": Retry(NoBackoff(), 0)}
+            options.update(socket_timeout=timeout, socket_connect_timeout=timeout,
+                           retry=Retry(NoBackoff(), 1, supported_errors=(RedisConnectionError,)))
+        self.run_id: str | None = None
         self.redis = redis.Redis.from_url(url, decode_responses=True, **options)
         self.prefix = prefix
+        self.instance = uuid.uuid4().hex[:16]  # this store's field for its reservations in flight
         self._rate = self.redis.register_script(_RATE_LUA)
         self._reserve = self.redis.register_script(_RESERVE_LUA)
         self._settle = self.redis.register_script(_SETTLE_LUA)
+        self._reconcile = self.redis.register_script(_RECONCILE_LUA)
+        self._hold = self.redis.register_script(_HOLD_LUA)
         self._init_locks: dict[tuple[str, str], asyncio.Lock] = {}
 
     async def acquire_rate(self, key_id: str, request_id: str, rpm: int | None, tpm: int | None,
@@ -292,25 +353,64 @@ class RedisCounters:
         if await self.redis.hexists(hkey, request_id):
             await self.redis.hset(hkey, request_id, tokens)
 
+    def _budget_key(self, key_id: str, window: str) -> str:
+        return f"{self.prefix}:budget:{key_id}:{window}"
+
     async def reserve_budget(self, key_id: str, window: str, budget: float, amount: float,
                              load_spent: Callable[[], float], ttl: float | None) -> BudgetDecision:
-        key = f"{self.prefix}:budget:{key_id}:{window}"
-        slot = (key_id, window)
-        if not await self.redis.hexists(key, "spent"):
-            lock = self._init_locks.setdefault(slot, asyncio.Lock())
-            async with lock:
-                if not await self.redis.hexists(key, "spent"):
+        """Reserve in Redis; a window Redis does not hold (first use, expired, Redis restarted empty) is seeded."""
+        decision = await self.try_reserve(key_id, window, budget, amount, ttl)
+        if decision is None:
+            slot = (key_id, window)
+            async with self._init_locks.setdefault(slot, asyncio.Lock()):
+                decision = await self.try_reserve(key_id, window, budget, amount, ttl)
+                if decision is None:
                     spent = await asyncio.to_thread(load_spent)
-                    # HSETNX: if another instance initialised it meanwhile, its value stands.
-                    await self.redis.hsetnx(key, "spent", repr(spent))
-        allowed, spent, reserved = await self._reserve(keys=[key], args=[budget, amount, int(ttl or 0)])
+                    await self.reconcile_budget(key_id, window, spent, None, ttl)
+                    decision = await self.try_reserve(key_id, window, budget, amount, ttl)
+            if decision is None:
+                raise RuntimeError("the budget window vanished from Redis while it was seeded")
+        return decision
+
+    async def try_reserve(self, key_id: str, window: str, budget: float, amount: float,
+                          ttl: float | None) -> BudgetDecision | None:
+        """The decision, or None when Redis holds no settled spend for the window (it must be seeded first)."""
+        allowed, spent, reserved = await self._reserve(keys=[self._budget_key(key_id, window)],
+                                                       args=[budget, amount, int(ttl or 0), self.instance])
+        if int(allowed) < 0:
+            return None
         if int(allowed):
             return BudgetDecision(True, float(spent), float(reserved), amount)
         # Refused: the same reasoning as the script, on the numbers it saw.
         return budget_decision(budget, float(spent), float(reserved), amount)
 
+    async def reconcile_budget(self, key_id: str, window: str, spent: float, held: float | None,
+                               ttl: float | None) -> float:
+        """Seed the window: `spent` = max(Redis's, `spent`); this store's reservations in flight = `held`
+        (None: leave them). Returns the settled spend Redis holds now."""
+        return float(await self._reconcile(keys=[self._budget_key(key_id, window)],
+                                           args=[repr(float(spent)), "" if held is None else repr(float(held)),
+                                                 int(ttl or 0), self.instance]))
+
+    async def hold_budget(self, key_id: str, window: str, held: float, ttl: float | None) -> None:
+        """State this store's reservations in flight for the window (after Redis came back)."""
+        await self._hold(keys=[self._budget_key(key_id, window)], args=[repr(float(held)), int(ttl or 0),
+                                                                        self.instance])
+
     async def settle_budget(self, key_id: str, window: str, reserved: float, actual: float) -> None:
-        await self._settle(keys=[f"{self.prefix}:budget:{key_id}:{window}"], args=[reserved, actual])
+        await self._settle(keys=[self._budget_key(key_id, window)], args=[reserved, actual, self.instance])
+
+    async def _on_connect(self, connection) -> None:
+        await connection.on_connect()
+        await connection.send_command("INFO", "server")
+        info = await connection.read_response()
+        text = info.decode() if isinstance(info, bytes) else str(info)
+        for line in text.splitlines():
+            if line.startswith("run_id:"):
+                self.run_id = line.partition(":")[2].strip()
+
+    async def ping(self) -> None:
+        await self.redis.ping()
 
     async def close(self) -> None:
         await self.redis.aclose()
@@ -320,8 +420,12 @@ class CountersUnavailable(RuntimeError):
     """Redis is unreachable and TOKENSENSE_LIMITS_ON_OUTAGE=closed: the call is refused with a 503."""
 
 
+class SeedUnavailable(RuntimeError):
+    """The settled spend could not be read (database unreachable): a budget cannot be seeded, the call is refused."""
+
+
 class ResilientCounters:
-    """A shared store (Redis) with a policy for its outages.
+    """A shared store (Redis) with a policy for its outages, and budget counters seeded from the settled spend.
 
     Each call to the shared store is bounded by its client's short timeouts. When
     it fails, the store is left alone for `retry_after` seconds (so a frozen Redis
@@ -329,11 +433,30 @@ class ResilientCounters:
     - `local`: decisions come from in-process counters (`MemoryCounters`), so
       limits hold per instance; one warning a minute says so;
     - `closed`: `CountersUnavailable` is raised, and the call is refused (503).
-    What was counted locally is settled locally; settled spend is also added to
-    the shared store once it answers again (best effort).
+
+    Budget seeding. Counters start from the settled spend (`load_spent`, read in
+    a thread): each budget window is seeded on its first use in each *epoch* of a
+    store. The shared store's epoch starts with the process and moves on each time
+    Redis answers again after a failure, or answers with another run id (it
+    restarted, empty or from an old snapshot): the window's `spent` in Redis
+    becomes max(Redis's, settled). The local store's epoch moves on at each failed
+    attempt to reach Redis (the first of an outage, then one per `retry_after`):
+    its windows start from the settled spend, never from what an earlier outage
+    left, and follow what other instances record during a long one. A window
+    that cannot be seeded (database unreachable too) is refused
+    (`SeedUnavailable`), unless Redis still holds it.
+
+    Reservations. This instance knows its calls in flight in each store (by
+    amount; a call settles with the amount it reserved). At an outage, those in
+    Redis are carried into the local store's seed (and released there as they
+    settle); when Redis answers again, those made locally join this instance's
+    share in Redis (`r:<instance>`), which it restates for every window with calls
+    in flight: a Redis that restarted holds them again, and a settle never
+    releases another instance's. The spend of calls settled while Redis was away
+    reaches it through the seed (the calls are recorded), not by replay.
     """
 
-    def __init__(self, shared: CounterStore, *, on_outage: str = "local", retry_after: float = 5.0,
+    def __init__(self, shared: RedisCounters, *, on_outage: str = "local", retry_after: float = 5.0,
                  warn_every: float = 60.0, clock: Callable[[], float] = time.monotonic) -> None:
         if on_outage not in ("local", "closed"):
             raise ValueError(f"TOKENSENSE_LIMITS_ON_OUTAGE must be local or closed, not {on_outage!r}")
@@ -347,8 +470,19 @@ class ResilientCounters:
         self._last_warning = -float("inf")
         self.outages = 0  # calls decided without the shared store
         self._local_requests: set[str] = set()
-        self._local_reservations: dict[tuple[str, str], list[float]] = {}
-        self._postponed: list[tuple[str, str, float, float]] = []  # Redis settles that waited for it
+        self._broken = False  # the shared store failed since it was last seen answering
+        self.shared_epoch = 0
+        self.local_epoch = 0
+        self._server_id: str | None = None  # the run id of the Redis the current shared epoch is on
+        self._shared_seeded: dict[tuple[str, str], int] = {}  # window -> the shared epoch it was seeded in
+        self._local_seeded: dict[tuple[str, str], int] = {}
+        self._shared_held: dict[tuple[str, str], list[float]] = {}  # this instance's reservations in flight
+        self._local_held: dict[tuple[str, str], list[float]] = {}
+        self._carried: dict[tuple[str, str], list[float]] = {}  # Redis reservations the local seed holds too
+        self._ttls: dict[tuple[str, str], float | None] = {}
+        self._seed_locks: dict[tuple[str, str, str], asyncio.Lock] = {}
+        self._seed_retry_at: dict[tuple[str, str], float] = {}
+        self._windows: dict[str, str] = {}  # key -> its latest budget window
 
     @property
     def shared_down(self) -> bool:
@@ -359,10 +493,18 @@ class ResilientCounters:
             return "ok"
         return "local (Redis unreachable)" if self.on_outage == "local" else "refusing (Redis unreachable)"
 
+    def _note_failure(self) -> None:
+        """The shared store failed: leave it alone for a while. Each failed attempt (at most one per
+        `retry_after`) starts a local epoch: local windows are seeded anew at each outage, and every
+        `retry_after` during a long one (what other instances spent meanwhile is in the database by then)."""
+        self._broken = True
+        self.local_epoch += 1
+        self._down_until = self.clock() + self.retry_after
+
     def _failed(self, error: BaseException | None) -> MemoryCounters:
         now = self.clock()
         if error is not None:
-            self._down_until = now + self.retry_after
+            self._note_failure()
         self.outages += 1
         if now - self._last_warning >= self.warn_every:
             self._last_warning = now
@@ -394,72 +536,171 @@ class ResilientCounters:
         if not self.shared_down:
             try:
                 await self.shared.settle_tokens(key_id, request_id, tokens)
-            except Exception as e:  # the window forgets the estimate within a minute anyway
-                self._failed_quietly(e)
+            except Exception:  # the window forgets the estimate within a minute anyway
+                self._note_failure()
+
+    # --- budgets ------------------------------------------------------------------------
 
     async def reserve_budget(self, key_id: str, window: str, budget: float, amount: float,
                              load_spent: Callable[[], float], ttl: float | None) -> BudgetDecision:
+        slot = (key_id, window)
+        if self._windows.get(key_id) != window:
+            self._forget_earlier_windows(key_id, window)
+        self._ttls[slot] = ttl
         if not self.shared_down:
             try:
-                if self._postponed:
-                    await self._settle_postponed()
-                return await self.shared.reserve_budget(key_id, window, budget, amount, load_spent, ttl)
+                decision = await self._reserve_shared(slot, budget, amount, load_spent, ttl)
+            except SeedUnavailable:
+                raise
             except Exception as e:
                 local = self._failed(e)
+            else:
+                if decision.allowed:
+                    self._shared_held.setdefault(slot, []).append(amount)
+                return decision
         else:
             local = self._failed(None)
+        if self._local_seeded.get(slot) != self.local_epoch:
+            async with self._seed_lock("local", slot):
+                if self._local_seeded.get(slot) != self.local_epoch:
+                    spent = await _seed(load_spent)
+                    # Calls in flight hold the local budget too: this store's own, and those reserved in
+                    # Redis before it failed (carried, released here as they settle).
+                    carried = list(self._shared_held.get(slot, ()))
+                    self._carried[slot] = carried
+                    self.local.seed_budget(key_id, window, spent, sum(self._local_held.get(slot, ())) + sum(carried))
+                    self._local_seeded[slot] = self.local_epoch
         decision = await local.reserve_budget(key_id, window, budget, amount, load_spent, ttl)
         if decision.allowed:
-            self._local_reservations.setdefault((key_id, window), []).append(amount)
+            self._local_held.setdefault(slot, []).append(amount)
         return decision
 
+    async def _reserve_shared(self, slot: tuple[str, str], budget: float, amount: float,
+                              load_spent: Callable[[], float], ttl: float | None) -> BudgetDecision:
+        key_id, window = slot
+        for _ in range(3):
+            if self._broken:
+                await self.shared.ping()  # answers (or raises) on a new connection, which reads the run id
+                await self._new_epoch("rate-limit and budget counters available again (Redis)")
+            elif self._server_id is not None and self.shared.run_id != self._server_id:
+                await self._new_epoch("Redis restarted (another run id)")
+            run_id = self.shared.run_id
+            if self._shared_seeded.get(slot) != self.shared_epoch:
+                async with self._seed_lock("shared", slot):
+                    if self._shared_seeded.get(slot) != self.shared_epoch and \
+                            self.clock() >= self._seed_retry_at.get(slot, 0.0):
+                        try:
+                            spent = await _seed(load_spent)
+                        except SeedUnavailable:
+                            # Redis may still hold the window (it counted all along): decide on it, seed later.
+                            self._seed_retry_at[slot] = self.clock() + self.retry_after
+                        else:
+                            await self._reconcile(slot, spent, ttl)
+            decision = await self.shared.try_reserve(key_id, window, budget, amount, ttl)
+            if run_id is not None and self.shared.run_id != run_id:
+                # Redis restarted under this call: the decision was taken on figures not seeded yet. Undone,
+                # and taken again in a new epoch.
+                if decision is not None and decision.allowed:
+                    await self.shared.settle_budget(key_id, window, amount, 0.0)
+                await self._new_epoch("Redis restarted (another run id)")
+                continue
+            self._server_id = self.shared.run_id
+            if decision is None:  # Redis does not hold the window (expired, or lost): seed it, then decide
+                await self._reconcile(slot, await _seed(load_spent), ttl)
+                continue
+            return decision
+        raise ConnectionError("Redis restarted or lost the budget window while deciding, three times")
+
+    async def _reconcile(self, slot: tuple[str, str], spent: float, ttl: float | None) -> None:
+        await self.shared.reconcile_budget(slot[0], slot[1], spent, sum(self._shared_held.get(slot, ())), ttl)
+        self._shared_seeded[slot] = self.shared_epoch
+        self._seed_retry_at.pop(slot, None)
+
+    async def _new_epoch(self, why: str) -> None:
+        """Redis answers again, or restarted: every budget window is seeded anew on its next use, and this
+        instance's reservations in flight are stated anew (a restarted Redis lost them; one that stayed up
+        still holds those not settled meanwhile), with those made in the local store during the outage: they
+        settle in Redis from now on. (The local store is seeded anew at the next outage.)"""
+        for slot, held in list(self._local_held.items()):
+            if held:
+                self._shared_held.setdefault(slot, []).extend(held)
+        self._local_held.clear()
+        self._carried.clear()
+        for slot, held in list(self._shared_held.items()):
+            await self.shared.hold_budget(slot[0], slot[1], sum(held), self._ttls.get(slot))
+            if not held:
+                del self._shared_held[slot]
+        self.shared_epoch += 1
+        self._broken = False
+        self._server_id = self.shared.run_id
+        log.warning("%s; budgets are seeded anew from the settled spend", why)
+
+    def _forget_earlier_windows(self, key_id: str, window: str) -> None:
+        """A key's new period began: drop what was kept for its earlier windows (but calls still in flight)."""
+        earlier = self._windows.get(key_id)
+        self._windows[key_id] = window
+        if earlier is None:
+            return
+        slot = (key_id, earlier)
+        if not self._shared_held.get(slot) and not self._local_held.get(slot):
+            for kept in (self._shared_seeded, self._local_seeded, self._ttls, self._seed_retry_at,
+                         self._shared_held, self._local_held, self._carried):
+                kept.pop(slot, None)
+            for store in ("shared", "local"):
+                lock = self._seed_locks.get((store, *slot))
+                if lock is not None and not lock.locked():
+                    del self._seed_locks[(store, *slot)]
+
+    def _seed_lock(self, store: str, slot: tuple[str, str]) -> asyncio.Lock:
+        return self._seed_locks.setdefault((store, *slot), asyncio.Lock())
+
     async def settle_budget(self, key_id: str, window: str, reserved: float, actual: float) -> None:
-        held = self._local_reservations.get((key_id, window))
-        if held and reserved in held:
-            held.remove(reserved)
+        slot = (key_id, window)
+        local_held = self._local_held.get(slot)
+        if reserved > 0 and local_held and reserved in local_held:
+            local_held.remove(reserved)
             await self.local.settle_budget(key_id, window, reserved, actual)
-            if not self.shared_down:
-                try:  # the spend counts in the shared window too; its reservation was never there
+            if actual and not self.shared_down and not self._broken and \
+                    self._shared_seeded.get(slot) == self.shared_epoch:
+                # Redis was seeded before this call's record existed: the spend counts there too. (A window
+                # seeded later has it already: the record is in the database or the recorder's queue.)
+                try:
                     await self.shared.settle_budget(key_id, window, 0.0, actual)
                 except Exception:
-                    pass
+                    self._note_failure()
             return
+        shared_held = self._shared_held.get(slot)
+        mine = reserved > 0 and shared_held is not None and reserved in shared_held
+        carried = self._carried.get(slot)
+        in_local = mine and carried is not None and reserved in carried
+        if mine:
+            assert shared_held is not None
+            shared_held.remove(reserved)
+        if in_local:
+            assert carried is not None
+            carried.remove(reserved)
         if not self.shared_down:
             try:
-                await self.shared.settle_budget(key_id, window, reserved, actual)
-                await self._settle_postponed()
+                await self.shared.settle_budget(key_id, window, reserved if mine else 0.0, actual)
+            except Exception:
+                self._note_failure()
+            else:
+                if in_local:  # the stale local copy lets go of it too (the local store is seeded anew anyway)
+                    await self.local.settle_budget(key_id, window, reserved, 0.0)
                 return
-            except Exception as e:
-                self._failed_quietly(e)
-        # Reserved in Redis, which does not answer now: settled there once it does, or
-        # the reservation would hold the budget until the window expires.
-        if len(self._postponed) < 100_000:
-            self._postponed.append((key_id, window, reserved, actual))
-
-    def _failed_quietly(self, error: BaseException) -> None:
-        self._down_until = self.clock() + self.retry_after
-
-    async def _settle_postponed(self) -> None:
-        while self._postponed and not self.shared_down:
-            key_id, window, reserved, actual = self._postponed[0]
-            try:
-                await self.shared.settle_budget(key_id, window, reserved, actual)
-            except Exception as e:
-                self._failed_quietly(e)
-                return
-            self._postponed.pop(0)
+        # Redis does not answer: the reservation left this instance's share (restated when Redis answers
+        # again), and the spend reaches Redis through the seed of its next epoch (the call is recorded). The
+        # local store, which held it through the outage, settles it.
+        if in_local:
+            await self.local.settle_budget(key_id, window, reserved, actual)
 
     async def close(self) -> None:
         await self.shared.close()
 
 
-def make_counters(redis_url: str | None, settings: object | None = None) -> CounterStore:
-    """Redis (with its outage policy) when configured; else the supervisor's shared counters in a worker of
-    `serve --workers N`; else this process's."""
-    if redis_url:
-        shared = RedisCounters(redis_url, timeout=getattr(settings, "redis_timeout", None))
-        return ResilientCounters(shared, on_outage=getattr(settings, "limits_on_outage", "local"))
-    from tokensense.gateway.shared_counters import SharedCounters, hub_socket_from_env
-
-    hub = hub_socket_from_env()
-    return SharedCounters(hub) if hub else MemoryCounters()
+async def _seed(load_spent: Callable[[], float]) -> float:
+    """The settled spend, read in a thread (never on the event loop)."""
+    try:
+        return float(await asyncio.to_thread(load_spent))
+    except Exception as e:
+        raise SeedUnavailable(f"the settled spend could not be read: {type(e).__name__}: {e}") from e

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import threading
+from datetime import datetime
 from typing import TYPE_CHECKING
 
 from sqlalchemy import text
@@ -12,8 +13,8 @@ from sqlalchemy.engine import Engine
 
 from tokensense.config import FileConfig, load_config
 from tokensense.gateway.keys import KeyStore
-from tokensense.gateway.limits import CounterStore, make_counters
-from tokensense.gateway.shared_counters import hub_socket_from_env
+from tokensense.gateway.limits import CounterStore
+from tokensense.gateway.shared_counters import hub_socket_from_env, make_counters
 from tokensense.gateway.shutdown import InFlight
 from tokensense.metering.hub_recorder import HubRecorder
 from tokensense.metering.pricing import PriceBook
@@ -114,14 +115,28 @@ class Runtime:
         if not future.cancelled() and future.exception() is not None:
             log.warning("could not store a provider key's take-out: %s", type(future.exception()).__name__)
 
-    def spent_since(self, key_id: str, since):
-        """What the key spent in the window, from the database (blocking: call from a thread)."""
+    def spent_since(self, key_id: str, since: datetime | None) -> float:
+        """The key's settled spend in the window, the seed of its budget counters (blocking: call from a thread).
+
+        Settled means recorded: the database's sum, plus the records this process has
+        submitted that the database has not committed yet (the recorder's queue, the
+        batch being written, the spool during a database outage). A worker of
+        `serve --workers N` asks the supervisor's hub, which writes its records.
+        """
         from sqlmodel import Session
 
         from tokensense.storage.repo import spent_since
 
-        with Session(self.engine) as session:
-            return spent_since(session=session, key_id=key_id, since=since)
+        def database_sum() -> float:
+            with Session(self.engine) as session:
+                return spent_since(session=session, key_id=key_id, since=since)
+
+        recorder = self.recorder
+        if isinstance(recorder, UsageRecorder):
+            return recorder.settled_spend(key_id, since, database_sum)
+        if isinstance(recorder, HubRecorder):
+            return recorder.settled_spend(key_id, since, database_sum)
+        return database_sum()
 
     def database_ok(self) -> bool:
         """A cheap round trip to the database (blocking: call from a thread)."""

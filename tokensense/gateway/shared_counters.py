@@ -1,7 +1,7 @@
-"""Rate-limit and budget counters of a worker of `tokensense serve --workers N`: asked of the supervisor's hub.
+"""The counters a gateway process uses (`make_counters`), and those of a worker of `serve --workers N`.
 
 The supervisor sets TOKENSENSE_HUB_SOCKET for its workers; `make_counters`
-then returns a `SharedCounters`, which implements the `CounterStore` protocol
+then returns a `SharedCounters` (unless Redis is configured), which implements the `CounterStore` protocol
 by asking the hub (`tokensense/gateway/hub.py`) over one Unix-socket connection
 per worker, several questions in flight at once. Every decision is taken in the
 hub by one `MemoryCounters`, so a limit holds across all workers exactly as in
@@ -18,7 +18,14 @@ import os
 from collections.abc import Callable
 from typing import Any
 
-from tokensense.gateway.limits import BudgetDecision, RateDecision
+from tokensense.gateway.limits import (
+    BudgetDecision,
+    CounterStore,
+    MemoryCounters,
+    RateDecision,
+    RedisCounters,
+    ResilientCounters,
+)
 
 HUB_SOCKET_ENV = "TOKENSENSE_HUB_SOCKET"
 REPLY_TIMEOUT = 10.0  # seconds; the hub answers from memory in well under a millisecond
@@ -27,6 +34,16 @@ REPLY_TIMEOUT = 10.0  # seconds; the hub answers from memory in well under a mil
 def hub_socket_from_env() -> str | None:
     """The hub's socket path when this process is a worker of a supervisor, else None."""
     return os.environ.get(HUB_SOCKET_ENV) or None
+
+
+def make_counters(redis_url: str | None, settings: object | None = None) -> CounterStore:
+    """Redis (with its outage policy) when configured; else the supervisor's shared counters in a worker of
+    `serve --workers N`; else this process's."""
+    if redis_url:
+        shared = RedisCounters(redis_url, timeout=getattr(settings, "redis_timeout", None))
+        return ResilientCounters(shared, on_outage=getattr(settings, "limits_on_outage", "local"))
+    hub = hub_socket_from_env()
+    return SharedCounters(hub) if hub else MemoryCounters()
 
 
 class SharedCounters:

@@ -9,10 +9,13 @@ behind and the socket is full does the rest wait in memory for a sender thread.
 
 from __future__ import annotations
 
+import json
 import logging
 import select
 import socket
 import threading
+from collections.abc import Callable
+from datetime import datetime
 
 from tokensense.storage.models import UsageCreate
 
@@ -58,6 +61,27 @@ class HubRecorder:
             self._backlog += data
             self.written += 1
             self._lock.notify_all()
+
+    def settled_spend(self, key_id: str, since: datetime | None, database_sum: Callable[[], float]) -> float:
+        """The key's spend since `since`, asked of the hub, which writes the records: the database's sum plus the
+        records it has not written yet, read together (blocking; a connection of its own). `database_sum` is
+        not used: the hub reads the database itself, under its writer's commit lock."""
+        self.flush(timeout=5.0)  # this worker's records are in the socket, ahead of the question
+        question = {"i": 1, "op": "settled", "a": [key_id, since.isoformat() if since else None]}
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as conn:
+            conn.settimeout(30.0)
+            conn.connect(self.path)
+            conn.sendall(json.dumps(question).encode() + b"\n")
+            reply = b""
+            while not reply.endswith(b"\n"):
+                chunk = conn.recv(65536)
+                if not chunk:
+                    raise ConnectionError("the supervisor's hub closed the connection")
+                reply += chunk
+        answer = json.loads(reply)
+        if "ok" not in answer:
+            raise RuntimeError(f"hub: {answer.get('err')}")
+        return float(answer["ok"])
 
     def flush(self, timeout: float = 10.0) -> bool:
         """Block until every record submitted so far is in the socket (the hub writes it to the database)."""

@@ -13,6 +13,11 @@ Nothing submitted is lost to a bad record, a database outage or a shutdown:
   database wait), so the proxy's loop never blocks.
 - `close(timeout)` writes what is queued to the database, or to the spool if the
   database does not answer, within `timeout`, and logs the counts.
+
+Until a record is in the database its cost is kept in `unwritten`
+(`UnwrittenSpend`): the budget counters are seeded from the database's sum plus
+that, so a batch still waiting for its write (or a spool waiting for the
+database) does not make a spent budget look unspent.
 """
 
 from __future__ import annotations
@@ -21,8 +26,9 @@ import logging
 import queue
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from datetime import UTC, date, datetime
 
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import DBAPIError, DisconnectionError, InterfaceError, OperationalError
@@ -61,6 +67,77 @@ def describe_error(error: BaseException) -> str:
     return f"{type(error).__name__}: {first[0] if first else ''}".strip()
 
 
+class UnwrittenSpend:
+    """The cost of records submitted to this process's recorder that the database does not hold yet.
+
+    Kept per key and UTC day (budget windows start at a UTC midnight). A record
+    counts from `add` (at submit, or when an earlier run's spool is adopted) until
+    `committed`, called once the database has committed it; a record that never
+    reaches the database (quarantined, or dropped past the spool's bound) stays
+    counted for the life of the process: its spend happened all the same.
+
+    `read(key_id, since, database_sum)` is exact: the writer commits a batch and
+    forgets its records under `commit_lock`, and the read takes the tally and the
+    database's sum under it too, so a batch is never counted in both (nor in
+    neither). The proxy's event loop never takes that lock (`add` takes another).
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self.commit_lock = threading.Lock()
+        self._by_key: dict[str, dict[date, list[float]]] = {}  # key_id -> day -> [cost, records]
+
+    def add(self, records: Iterable[UsageCreate]) -> None:
+        with self._lock:
+            for record in records:
+                if record.key_id and record.cost_usd:
+                    bucket = self._by_key.setdefault(record.key_id, {}).setdefault(_utc_day(record.created_at),
+                                                                                    [0.0, 0])
+                    bucket[0] += record.cost_usd
+                    bucket[1] += 1
+
+    def committed(self, records: Iterable[UsageCreate]) -> None:
+        """The database holds these records now (call with `commit_lock` held, right after the commit)."""
+        with self._lock:
+            for record in records:
+                if not (record.key_id and record.cost_usd):
+                    continue
+                days = self._by_key.get(record.key_id)
+                day = _utc_day(record.created_at)
+                bucket = days.get(day) if days else None
+                if days is None or bucket is None:
+                    continue
+                bucket[0] -= record.cost_usd
+                bucket[1] -= 1
+                if bucket[1] <= 0:  # the last one: no float residue left behind
+                    del days[day]
+                    if not days:
+                        del self._by_key[record.key_id]
+
+    def pending(self, key_id: str, since: datetime | None) -> float:
+        """The key's unwritten cost since `since`'s UTC day (None: all)."""
+        first = None if since is None else _utc_day(since)
+        with self._lock:
+            days = self._by_key.get(key_id, {})
+            return sum(b[0] for d, b in days.items() if first is None or d >= first)
+
+    def read(self, key_id: str, since: datetime | None, database_sum: Callable[[], float]) -> float:
+        """The key's settled spend since `since`: the database's sum plus what it does not hold yet (blocking)."""
+        with self.commit_lock:
+            return database_sum() + self.pending(key_id, since)
+
+    @property
+    def keys(self) -> int:
+        with self._lock:
+            return len(self._by_key)
+
+
+def _utc_day(moment: datetime) -> date:
+    if moment.tzinfo is UTC or moment.tzinfo is None:  # records are made in UTC; naive ones are UTC already
+        return moment.date()
+    return moment.astimezone(UTC).date()
+
+
 @dataclass(slots=True)
 class RecorderStatus:
     outage: bool
@@ -92,6 +169,8 @@ class UsageRecorder:
         self.spool = spool
         self.dead_letters = dead_letters
         self.on_written = on_written  # called in the writer thread with the records now in the database
+        self.unwritten = UnwrittenSpend()  # the spend of records not in the database yet (budget seeds)
+        self._adopted = threading.Event()  # set once an earlier run's spool is counted in `unwritten`
         self._queue: queue.SimpleQueue = queue.SimpleQueue()
         self._overflow: queue.SimpleQueue = queue.SimpleQueue()
         self._closed = False
@@ -113,10 +192,13 @@ class UsageRecorder:
         self._thread.start()
         if spool is not None:
             self._overflow_thread.start()
+        else:
+            self._adopted.set()
 
     # --- the proxy's side -------------------------------------------------------
 
     def submit(self, record: UsageCreate) -> None:
+        self.unwritten.add((record,))
         with self._idle:
             self._pending += 1
         if self.spool is not None and self._queue.qsize() >= self.max_queue:
@@ -129,6 +211,12 @@ class UsageRecorder:
             return
         self._overflowing = False
         self._queue.put(record)
+
+    def settled_spend(self, key_id: str, since: datetime | None, database_sum: Callable[[], float]) -> float:
+        """What the key spent since `since`: the database's sum (`database_sum`, a blocking read) plus the records
+        this recorder holds that the database has not committed yet (queue, batch being written, spool)."""
+        self._adopted.wait(timeout=60)  # an earlier run's spool is counted before anything is seeded
+        return self.unwritten.read(key_id, since, database_sum)
 
     def flush(self, timeout: float = 10.0) -> bool:
         """Block until everything submitted so far is stored: in the database, the spool or the dead-letter file."""
@@ -174,9 +262,12 @@ class UsageRecorder:
     def _run(self) -> None:
         if self.spool is not None:
             try:
-                self.spool.adopt_orphans()
+                if self.spool.adopt_orphans():
+                    self.unwritten.add(self.spool.adopted_records())
             except OSError as e:
                 log.error("could not read the usage spool: %s", e)
+            finally:
+                self._adopted.set()
         stopping = False
         behind = False
         while not stopping:
@@ -250,8 +341,12 @@ class UsageRecorder:
                 log.exception("usage callback failed")
 
     def _insert(self, records: list[UsageCreate]) -> None:
-        with Session(self.engine) as session:
-            record_usages(session=session, usages=records)
+        # The only place this process commits records: `unwritten` forgets them in the same step, so a budget
+        # seed (`UnwrittenSpend.read`) counts each record once, in the database or not yet.
+        with self.unwritten.commit_lock:
+            with Session(self.engine) as session:
+                record_usages(session=session, usages=records)
+            self.unwritten.committed(records)
 
     def _store(self, batch: list[UsageCreate]) -> None:
         """Write a batch, or spool it while the database is out (or older spooled records wait)."""

@@ -22,7 +22,7 @@ import logging
 import os
 import threading
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -155,6 +155,20 @@ class Spool:
         if found:
             log.warning("found %d usage records spooled by an earlier run; writing them to the database", found)
         return found
+
+    def adopted_records(self) -> Iterator[UsageCreate]:
+        """The readable records of the adopted files not yet replayed (their spend counts before it is written)."""
+        with self._lock:
+            files = [(f, f.replayed, f.size) for f in self._adopted]
+        for spool_file, start, size in files:
+            with self._lock:
+                spool_file.handle.seek(start)
+                data = spool_file.handle.read(size - start)
+            for line in data.splitlines():
+                try:
+                    yield UsageCreate.model_validate_json(line)
+                except (ValidationError, ValueError):
+                    continue  # quarantined when it is replayed
 
     # --- replaying -----------------------------------------------------------
 
