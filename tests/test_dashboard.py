@@ -14,8 +14,9 @@ from textual.pilot import Pilot
 from textual.widgets import DataTable, Static, TabbedContent
 from textual.worker import WorkerCancelled
 
+from tokensense.storage import repo
 from tokensense.storage.db import init_db, make_engine
-from tokensense.storage.models import ApiKey, Usage
+from tokensense.storage.models import ApiKey, UsageCreate
 from tui.app import DashboardApp, run
 from tui.formatting import format_cost, format_count
 from tui.widgets import BudgetBar, RequestLog, SpendTable
@@ -86,12 +87,14 @@ def fill(engine: Engine) -> None:
                     created_at=NOW - timedelta(days=60),
                 )
             )
+        session.commit()
+        records = []
         for fields in RECORDS:
             fields = dict(fields)
             ago = fields.pop("ago")
             assert isinstance(ago, int)
-            session.add(Usage(created_at=NOW - timedelta(minutes=ago), endpoint="/v1/chat/completions", **fields))  # type: ignore[arg-type]
-        session.commit()
+            records.append(UsageCreate(created_at=NOW - timedelta(minutes=ago), endpoint="/v1/chat/completions", **fields))  # type: ignore[arg-type]
+        repo.record_usages(session=session, usages=records)  # as the gateway writes them: records and rollups
 
 
 def expected(*, within: timedelta | None) -> list[dict[str, object]]:
@@ -261,8 +264,8 @@ async def test_a_record_written_while_the_dashboard_runs_appears(engine: Engine)
         assert app.snapshot is not None
         before = app.snapshot.totals
         with Session(engine) as session:
-            session.add(
-                Usage(
+            repo.record_usages(session=session, usages=[
+                UsageCreate(
                     created_at=NOW - timedelta(seconds=5),
                     workflow="fresh-workflow",
                     step="only",
@@ -273,8 +276,7 @@ async def test_a_record_written_while_the_dashboard_runs_appears(engine: Engine)
                     cost_usd=0.5,
                     latency_ms=120,
                 )
-            )
-            session.commit()
+            ])
         for _ in range(MAX_WAITS):
             await idle(pilot, app)
             if app.snapshot.totals.requests == before.requests + 1:

@@ -27,10 +27,10 @@ from tokensense.storage.migrations import INITIAL_REVISION, MIGRATIONS_DIR, VERS
 from tokensense.storage.models import ApiKey, ProviderCredential, Usage, UsageCreate
 
 PG_URL = "postgresql://postgres@127.0.0.1:5432/test"
-HEAD = "0005_responses"
+HEAD = "0006_usage_rollups"
 NEXT = f"{int(HEAD[:4]) + 1:04d}"
-LATER_TABLES = {"stored_responses"}  # made by revisions after 0001
-NEW_INDEXES = {"ix_usage_key_id_created_at": ["key_id", "created_at"], "ix_usage_created_at_workflow": ["created_at", "workflow"],
+LATER_TABLES = {"stored_responses", "usage_rollup", "usage_retention"}  # made by revisions after 0001
+NEW_INDEXES = {"ix_usage_key_id_created_at": ["key_id", "created_at"], "ix_usage_workflow_step_created_at": ["workflow", "step", "created_at"],
                "ux_usage_request_id_attempt": ["request_id", "attempt"]}
 
 
