@@ -701,13 +701,16 @@ def dashboard_snapshot(
     query: DashboardQuery,
     now: datetime,
     marker: ChangeMarker | None = None,
+    from_records: bool = False,
 ) -> DashboardSnapshot:
     """Run all of one refresh's queries.
 
     The header totals and the sparkline cover the whole window; the grouped rows
     follow the drill-down filters; budgets follow each key's own period; the log
-    is the latest records whatever the window.
+    is the latest records whatever the window. `from_records` reads records only
+    (the reference, and the "before" of scripts/bench_dashboard.py).
     """
+    raw = from_records
     now = as_utc(now)
     since = window_start(query.window, now=now)
     filters = dict(query.filters)
@@ -715,18 +718,19 @@ def dashboard_snapshot(
         marker = change_marker(session=session)
     series_start = since
     if series_start is None:
-        series_start = first_usage_at(session=session) or now - timedelta(hours=1)
+        series_start = first_usage_at(session=session, from_records=raw) or now - timedelta(hours=1)
         series_start = min(series_start, now - timedelta(minutes=1))
-    series = spend_series(session=session, start=series_start, end=now, buckets=query.buckets)
+    series = spend_series(session=session, start=series_start, end=now, buckets=query.buckets, from_records=raw)
     return DashboardSnapshot(
         query=query,
         now=now,
         since=since,
         marker=marker,
-        totals=usage_totals(session=session, since=since),
-        groups=group_usage(session=session, by=query.group_by, since=since, filters=filters, limit=query.group_limit),
+        totals=usage_totals(session=session, since=since, from_records=raw),
+        groups=group_usage(session=session, by=query.group_by, since=since, filters=filters, limit=query.group_limit,
+                           from_records=raw),
         series=series,
-        budgets=key_budgets(session=session, now=now),
+        budgets=key_budgets(session=session, now=now, from_records=raw),
         recent=recent_usage(session=session, limit=query.log_limit),
         raw_before=None if marker.raw_before is None else from_epoch(marker.raw_before),
         groups_from_records=cut_for([query.group_by, *filters]) is None,

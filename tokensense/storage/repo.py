@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import enum
 import re
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import urlsplit
 
-from sqlalchemy import insert
+from sqlalchemy import bindparam, insert, update
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session, col, select
 
@@ -416,6 +416,38 @@ def record_usages(*, session: Session, usages: Sequence[UsageCreate]) -> int:
     add_to_rollups(session.connection(), inserted)
     session.commit()
     return len(rows)
+
+
+def update_usage_costs(*, session: Session, costs: Mapping[int, float | None]) -> int:
+    """Set the cost of existing records (record id -> USD, None: unpriced), and move the rollups with them.
+
+    For re-pricing stored records. In one transaction: the records are locked first (an
+    UPDATE that changes nothing: SQLite's write lock, PostgreSQL's row locks), their old
+    costs read, the new ones written, and the difference added to their rollup rows in
+    one sorted pass, so writers adding new records meanwhile neither wait long nor
+    deadlock, and the rollups stay exact. Records already pruned are not there to
+    change; returns how many records were changed.
+    """
+    if not costs:
+        return 0
+    table = Usage.__table__
+    ids = sorted(costs)
+    connection = session.connection()
+    updated = 0
+    for start in range(0, len(ids), 500):
+        chunk = ids[start:start + 500]
+        connection.execute(update(table).where(table.c.id.in_(chunk)).values(cost_usd=table.c.cost_usd))
+        old = [dict(row._mapping) for row in connection.execute(select(table).where(table.c.id.in_(chunk)))]
+        if not old:
+            continue
+        new = [{**row, "cost_usd": costs[row["id"]]} for row in old]
+        connection.execute(update(table).where(table.c.id == bindparam("record_id"))
+                           .values(cost_usd=bindparam("new_cost")),
+                           [{"record_id": row["id"], "new_cost": row["cost_usd"]} for row in new])
+        add_to_rollups(connection, new, removed=old)
+        updated += len(old)
+    session.commit()
+    return updated
 
 
 def usage_for_request(*, session: Session, request_id: str, key_id: str) -> list[dict[str, Any]]:

@@ -22,7 +22,22 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any, NamedTuple
 
-from sqlalchemy import BigInteger, Connection, Integer, String, case, cast, func, insert, literal, select
+from sqlalchemy import (
+    BigInteger,
+    Column,
+    Connection,
+    Integer,
+    MetaData,
+    String,
+    Table,
+    case,
+    cast,
+    func,
+    insert,
+    literal,
+    select,
+    text,
+)
 from sqlalchemy.ext.compiler import compiles
 from sqlalchemy.sql.elements import ColumnElement
 from sqlalchemy.sql.functions import FunctionElement
@@ -253,23 +268,25 @@ def _picker(cut: Cut) -> Callable[[tuple[Any, ...]], tuple[Any, ...]]:
 _CUT_GETTERS = [(cut, _picker(cut)) for cut in CUTS]
 
 
-def rollup_deltas(rows: Iterable[Mapping[str, Any]], *, sign: int = 1) -> list[dict[str, Any]]:
-    """The rollup rows to add for `rows` (dicts of usage columns), sorted by their primary key.
+def rollup_deltas(rows: Iterable[Mapping[str, Any]], *, sign: int = 1,
+                  removed: Iterable[Mapping[str, Any]] = ()) -> list[dict[str, Any]]:
+    """The rollup rows to add for `rows` (dicts of usage columns), minus those of `removed`, sorted by primary key.
 
     The sort gives every writer the same lock order on PostgreSQL: instances adding
     to the same rows at once wait for each other but never deadlock.
     """
     per_minute: dict[tuple[Any, ...], list[int]] = {}
-    for row in rows:
-        second = epoch_seconds(row["created_at"])
-        key = (second - second % MINUTE, _DIM_GETTER(row))
-        measures = record_measures(row)
-        sums = per_minute.get(key)
-        if sums is None:
-            per_minute[key] = [sign * m for m in measures]
-        else:
-            for index, value in enumerate(measures):
-                sums[index] += sign * value
+    for records, factor in ((rows, sign), (removed, -sign)):
+        for row in records:
+            second = epoch_seconds(row["created_at"])
+            key = (second - second % MINUTE, _DIM_GETTER(row))
+            measures = record_measures(row)
+            sums = per_minute.get(key)
+            if sums is None:
+                per_minute[key] = [factor * m for m in measures]
+            else:
+                for index, value in enumerate(measures):
+                    sums[index] += factor * value
     out: dict[tuple[Any, ...], tuple[tuple[Any, ...], list[int]]] = {}
     for (minute, values), sums in per_minute.items():  # type: ignore[misc]
         hour = minute - minute % HOUR
@@ -287,6 +304,8 @@ def rollup_deltas(rows: Iterable[Mapping[str, Any]], *, sign: int = 1) -> list[d
     deltas = []
     for key in sorted(out):
         fields, sums = out[key]
+        if not any(sums):
+            continue  # a change that cancels out (a record re-priced at the same cost)
         row = dict.fromkeys(DIMS)
         row.update(fields)
         row.update(zip(("cut", "grain", "bucket", "dims_key"), key, strict=True))
@@ -314,13 +333,15 @@ def _upsert(dialect: str) -> Any:
     )
 
 
-def add_to_rollups(connection: Connection, rows: Iterable[Mapping[str, Any]], *, sign: int = 1) -> int:
-    """Add (or with `sign=-1` take away) the records `rows` to their rollup rows; how many rows were touched.
+def add_to_rollups(connection: Connection, rows: Iterable[Mapping[str, Any]], *, sign: int = 1,
+                   removed: Iterable[Mapping[str, Any]] = ()) -> int:
+    """Add the records `rows` to their rollup rows (`sign=-1`: take them away), and take away `removed`
+    (a record's old version when it changes); how many rollup rows were touched.
 
     Call it in the transaction that writes the records, with only the records that
-    transaction really inserted (or changed).
+    transaction really inserted (or changed), in one call: one sorted pass of upserts.
     """
-    deltas = rollup_deltas(rows, sign=sign)
+    deltas = rollup_deltas(rows, sign=sign, removed=removed)
     if deltas:
         connection.execute(_upsert(connection.dialect.name), deltas)
     return len(deltas)
@@ -347,16 +368,33 @@ def rollup_select(cut: Cut, grain: int, *, where: Sequence[ColumnElement[bool]] 
 def rebuild_rollups(connection: Connection) -> int:
     """Replace every rollup row by sums of the usage records (bulk loads, tests); returns the rows written.
 
-    Not for a live database: records pruned by retention exist only in the rollups, and
-    a writer adding to a row while it is rebuilt would be lost.
+    The records are read once, into a temporary table of per-minute sums by every field
+    (the `all` cut at minute grain); each cut's rows are summed from it. Not for a live
+    database: records pruned by retention exist only in the rollups, and a writer adding
+    to a row while it is rebuilt would be lost.
     """
     table = UsageRollup.__table__  # type: ignore[attr-defined]
     connection.execute(table.delete())
+    staged = rollup_select(CUTS[-1], MINUTE).with_only_columns(
+        *(column for column in rollup_select(CUTS[-1], MINUTE).selected_columns
+          if column.name not in ("cut", "grain", "dims_key")))
+    sql = str(staged.compile(dialect=connection.dialect, compile_kwargs={"literal_binds": True}))
+    connection.execute(text("DROP TABLE IF EXISTS rollup_stage"))
+    connection.execute(text("CREATE TEMPORARY TABLE rollup_stage AS " + sql.replace(":", "\\:")))
+    stage = Table("rollup_stage", MetaData(), Column("bucket", BigInteger), *(Column(name) for name in DIMS),
+                  *(Column(name, BigInteger) for name in MEASURES))
     written = 0
     for cut in CUTS:
+        dims = [stage.c[name] for name in cut.dims]
         for grain in (MINUTE, HOUR) if cut.minutes else (HOUR,):
-            query = rollup_select(cut, grain)
+            bucket = stage.c.bucket if grain == MINUTE else stage.c.bucket - stage.c.bucket % grain
+            query = (
+                select(literal(cut.id, Integer()), literal(grain, Integer()), bucket, dims_key_sql(dims), *dims,
+                       *(func.sum(stage.c[name]) for name in MEASURES))
+                .group_by(bucket, *dims)
+            )
             columns = ["cut", "grain", "bucket", "dims_key", *cut.dims, *MEASURES]
-            result = connection.execute(insert(table).from_select(columns, query))
-            written += max(result.rowcount or 0, 0)
+            insert_rows = insert(table).from_select(columns, query).execution_options(preserve_rowcount=True)
+            written += max(connection.execute(insert_rows).rowcount or 0, 0)
+    connection.execute(text("DROP TABLE rollup_stage"))
     return written
