@@ -14,8 +14,9 @@ Created: 2026-12-06
   `tokensense usage prune` ran).
 - `ix_usage_workflow_step_created_at` replaces `ix_usage_created_at_workflow`: reports no longer
   group records by workflow; the drill-down from a step to its executions reads them.
-The back-fill reads the whole usage table once per cut and grain (13 passes); on a large
-PostgreSQL database run `tokensense db upgrade` at a quiet time (docs/migrations.md).
+The back-fill reads the usage table once (into per-minute sums by every field, a temporary
+table), then sums each cut and grain from those; on a large database run `tokensense db upgrade`
+at a quiet time (docs/migrations.md).
 """
 
 from __future__ import annotations
@@ -120,7 +121,8 @@ def _dims_key(fields: tuple[str, ...]) -> str:
 
 
 def backfill(dialect: str) -> None:
-    """Sum the existing records into their rollup rows."""
+    """Sum the existing records into their rollup rows: once into per-minute sums by every field (a
+    temporary table), then each cut and grain from those."""
     sums = [
         "COUNT(*)",
         "SUM(CASE WHEN status >= 400 THEN 1 ELSE 0 END)",
@@ -134,12 +136,22 @@ def backfill(dialect: str) -> None:
         "COUNT(ttft_ms)",
         f"SUM({_units('ttft_ms', 1000, dialect)})",
     ]
+    minute = _bucket(60, dialect)
+    staged = ", ".join(f"{expression} AS {name}" for expression, name in zip(sums, MEASURES, strict=True))
+    _execute("DROP TABLE IF EXISTS rollup_stage")
+    _execute(f"CREATE TEMPORARY TABLE rollup_stage AS SELECT {minute} AS bucket, {', '.join(DIMS)}, {staged} "
+             f"FROM usage GROUP BY {minute}, {', '.join(DIMS)}")
     for cut, fields, minutes in CUTS:
         for grain in (60, 3600) if minutes else (3600,):
-            bucket = _bucket(grain, dialect)
+            bucket = "bucket" if grain == 60 else f"(bucket - bucket % {grain})"
             columns = ", ".join(("cut", "grain", "bucket", "dims_key", *fields, *MEASURES))
             group = ", ".join((bucket, *fields))
-            statement = (f"INSERT INTO usage_rollup ({columns}) "
-                         f"SELECT {cut}, {grain}, {bucket}, {_dims_key(fields)}, {', '.join((*fields, *sums))} "
-                         f"FROM usage GROUP BY {group}")
-            op.execute(sa.text(statement.replace(":", "\\:")))  # ':' in literals is not a bind parameter
+            _execute(f"INSERT INTO usage_rollup ({columns}) "
+                     f"SELECT {cut}, {grain}, {bucket}, {_dims_key(fields)}, "
+                     f"{', '.join((*fields, *(f'SUM({m})' for m in MEASURES)))} "
+                     f"FROM rollup_stage GROUP BY {group}")
+    _execute("DROP TABLE rollup_stage")
+
+
+def _execute(statement: str) -> None:
+    op.execute(sa.text(statement.replace(":", "\\:")))  # ':' in SQL literals is not a bind parameter
