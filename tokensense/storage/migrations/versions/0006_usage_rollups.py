@@ -76,7 +76,15 @@ def upgrade() -> None:
     )
     op.drop_index("ix_usage_created_at_workflow", table_name="usage")
     op.create_index("ix_usage_workflow_step_created_at", "usage", ["workflow", "step", "created_at"])
-    backfill(op.get_bind().dialect.name)
+    dialect = op.get_bind().dialect.name
+    if dialect == "postgresql":
+        # The planner assumes cut and grain independent and, for the rows of one cut and grain, picks a
+        # parallel scan of the whole table (and JIT) over the primary key: 800 ms instead of 15 at a
+        # million records. Statistics on the pair give it the real share of each.
+        op.execute("CREATE STATISTICS usage_rollup_cut_grain (mcv) ON cut, grain FROM usage_rollup")
+    backfill(dialect)
+    if dialect == "postgresql":
+        op.execute("ANALYZE usage_rollup")
 
 
 def downgrade() -> None:
