@@ -256,16 +256,17 @@ _DIM_GETTER = operator.itemgetter(*DIMS)
 
 
 def _picker(cut: Cut) -> Callable[[tuple[Any, ...]], tuple[Any, ...]]:
-    """From the values of every field in `DIMS` order, those of `cut`'s fields."""
-    positions = tuple(DIMS.index(name) for name in cut.dims)
+    """From the values of every field in `DIMS` order, those of `cut`'s fields (as a tuple)."""
+    positions = [DIMS.index(name) for name in cut.dims]
+    if not positions:
+        return lambda values: ()
+    if len(positions) == 1:
+        (position,) = positions
+        return lambda values: (values[position],)
+    return operator.itemgetter(*positions)  # type: ignore[return-value]
 
-    def pick(values: tuple[Any, ...]) -> tuple[Any, ...]:
-        return tuple(values[i] for i in positions)
 
-    return pick
-
-
-_CUT_GETTERS = [(cut, _picker(cut)) for cut in CUTS]
+_CUT_PLAN = [(cut.id, cut.dims, _picker(cut), cut.minutes) for cut in CUTS]
 
 
 def rollup_deltas(rows: Iterable[Mapping[str, Any]], *, sign: int = 1,
@@ -273,44 +274,52 @@ def rollup_deltas(rows: Iterable[Mapping[str, Any]], *, sign: int = 1,
     """The rollup rows to add for `rows` (dicts of usage columns), minus those of `removed`, sorted by primary key.
 
     The sort gives every writer the same lock order on PostgreSQL: instances adding
-    to the same rows at once wait for each other but never deadlock.
+    to the same rows at once wait for each other but never deadlock. This runs in the
+    writer thread, which shares the interpreter with the proxy's loop: records are
+    first summed per minute and combination of fields, then each cut from those sums.
     """
+    add = operator.add
     per_minute: dict[tuple[Any, ...], list[int]] = {}
     for records, factor in ((rows, sign), (removed, -sign)):
         for row in records:
             second = epoch_seconds(row["created_at"])
             key = (second - second % MINUTE, _DIM_GETTER(row))
             measures = record_measures(row)
+            if factor != 1:
+                measures = tuple(factor * m for m in measures)
             sums = per_minute.get(key)
-            if sums is None:
-                per_minute[key] = [factor * m for m in measures]
-            else:
-                for index, value in enumerate(measures):
-                    sums[index] += factor * value
-    out: dict[tuple[Any, ...], tuple[tuple[Any, ...], list[int]]] = {}
+            per_minute[key] = list(measures) if sums is None else list(map(add, sums, measures))
+    # Minute rows of the small cuts and hour rows of `all` from the per-minute sums; the small cuts'
+    # hour rows from their (fewer) minute rows.
+    out: dict[tuple[Any, ...], list[int]] = {}
     for (minute, values), sums in per_minute.items():  # type: ignore[misc]
-        hour = minute - minute % HOUR
-        for cut, getter in _CUT_GETTERS:
-            cut_values = getter(values)
-            for grain, bucket in ((MINUTE, minute), (HOUR, hour)) if cut.minutes else ((HOUR, hour),):
-                row_key = (cut.id, grain, bucket, dims_key(cut_values))
-                found = out.get(row_key)
-                if found is None:
-                    out[row_key] = (tuple(zip(cut.dims, cut_values, strict=True)), list(sums))
-                else:
-                    total = found[1]
-                    for index, value in enumerate(sums):
-                        total[index] += value
+        for cut_id, _dims, pick, minutes in _CUT_PLAN:
+            row_key = (cut_id, MINUTE, minute, pick(values)) if minutes else \
+                (cut_id, HOUR, minute - minute % HOUR, pick(values))
+            found = out.get(row_key)
+            out[row_key] = sums if found is None else list(map(add, found, sums))
+    hours: dict[tuple[Any, ...], list[int]] = {}
+    for (cut_id, grain, bucket, cut_values), sums in out.items():
+        if grain == MINUTE:
+            row_key = (cut_id, HOUR, bucket - bucket % HOUR, cut_values)
+            found = hours.get(row_key)
+            hours[row_key] = sums if found is None else list(map(add, found, sums))
+    out.update(hours)
+    dims_of = {cut.id: cut.dims for cut in CUTS}
+    keys: dict[tuple[Any, ...], str] = {}
     deltas = []
-    for key in sorted(out):
-        fields, sums = out[key]
+    for (cut_id, grain, bucket, cut_values), sums in out.items():
         if not any(sums):
             continue  # a change that cancels out (a record re-priced at the same cost)
+        spelled = keys.get(cut_values)
+        if spelled is None:
+            spelled = keys[cut_values] = dims_key(cut_values)
         row = dict.fromkeys(DIMS)
-        row.update(fields)
-        row.update(zip(("cut", "grain", "bucket", "dims_key"), key, strict=True))
+        row.update(zip(dims_of[cut_id], cut_values, strict=True))
+        row["cut"], row["grain"], row["bucket"], row["dims_key"] = cut_id, grain, bucket, spelled
         row.update(zip(MEASURES, sums, strict=True))
         deltas.append(row)
+    deltas.sort(key=operator.itemgetter("cut", "grain", "bucket", "dims_key"))
     return deltas
 
 
