@@ -422,3 +422,31 @@ def test_snapshot_budgets(snap_compare, tmp_path: Path) -> None:
 
     assert snap_compare(app, terminal_size=(100, 30), run_before=budgets)
 
+
+
+async def test_pruned_records_keep_the_totals_and_the_drill_down_says_so(engine: Engine) -> None:
+    """After retention pruned records older than a day, the totals over all time are unchanged (hour
+    rollups), and the drill-down to executions, which reads records, says that it misses some."""
+    from tokensense.storage.retention import prune_usage
+
+    app = make_app(engine, window="all")
+    async with app.run_test(size=(100, 30)) as pilot:
+        await settle(pilot, app)
+        assert app.snapshot is not None
+        before = app.snapshot.totals
+    prune_usage(engine, older_than=timedelta(days=1), now=NOW)
+    app = make_app(engine, window="all")
+    async with app.run_test(size=(100, 30)) as pilot:
+        await settle(pilot, app)
+        assert app.snapshot is not None and app.snapshot.totals == before
+        assert "pruned" not in text_of(app, "#breadcrumb")  # workflows come from the rollups
+        groups = app.query_one("#groups", SpendTable)
+        groups.move_cursor(row=groups.get_row_index("doc-summarizer"))
+        await pilot.press("enter")
+        await settle(pilot, app)
+        groups.move_cursor(row=groups.get_row_index("summarize"))
+        await pilot.press("enter")
+        await settle(pilot, app)
+        assert groups.field == "execution_id"
+        assert app.snapshot.drill_reaches_pruned
+        assert "records before" in text_of(app, "#breadcrumb") and "pruned" in text_of(app, "#breadcrumb")
