@@ -9,6 +9,7 @@ from collections import defaultdict
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -20,7 +21,7 @@ from sqlmodel import Session, SQLModel, create_engine
 
 from tests.conftest import service_missing
 from tokensense.storage import analytics, repo, retention, rollups
-from tokensense.storage.db import normalize_database_url
+from tokensense.storage.db import make_engine, normalize_database_url
 from tokensense.storage.models import ApiKey, Usage, UsageCreate, UsageRetention, UsageRollup
 
 BASE = datetime(2025, 6, 30, 22, 0, tzinfo=UTC)  # the records span a day and a month boundary
@@ -271,3 +272,60 @@ def test_dims_key_tells_null_from_empty_and_is_the_same_in_sql(engine: Engine) -
             assert connection.execute(select(rollups.dims_key_sql([column]))).scalar() == rollups.dims_key([value])
     assert len({rollups.dims_key([v]) for v in values}) == len(values)
     assert rollups.dims_key(["1:a", None]) != rollups.dims_key(["1", ":a"])
+
+
+def test_writers_at_once_add_exactly_and_never_deadlock(engine: Engine, tmp_path: Path) -> None:
+    """Four writers (as four gateway instances on PostgreSQL) add batches to the same rollup rows at once,
+    each record written by two of them (a spool replayed while the batch's first write commits): every
+    record counts once, the rollups equal the records, and no batch fails (no deadlock)."""
+    import random
+    import threading
+
+    if engine.dialect.name == "sqlite":  # the in-memory database has one connection: a file, one engine per writer
+        engine = make_engine(f"sqlite:///{tmp_path / 'writers.db'}")
+        SQLModel.metadata.create_all(engine)
+    _empty(engine)
+    rng = random.Random(28)
+    minute = BASE + timedelta(minutes=30)
+    pool = [UsageCreate(request_id=f"c{n}", created_at=minute + timedelta(seconds=rng.random() * 120),
+                        workflow=rng.choice(["a", "b", None]), step=rng.choice(["x", "y"]),
+                        key_id=rng.choice(["k1", "k2"]), model=rng.choice(["m1", "m2"]), status=rng.choice([200, 500]),
+                        cost_usd=rng.choice([None, 0.1, 0.2, 1e-10]), input_tokens=n) for n in range(600)]
+    shares: list[list[UsageCreate]] = [[] for _ in range(4)]
+    for record in pool:
+        for writer in rng.sample(range(4), 2):
+            shares[writer].append(record)
+    errors: list[BaseException] = []
+    url = engine.url.render_as_string(hide_password=False)
+
+    def write(records: list[UsageCreate]) -> None:
+        own = make_engine(url) if engine.dialect.name == "sqlite" else create_engine(
+            url, connect_args={"options": f"-csearch_path={_schema(engine)}"})
+        try:
+            shuffled = records[:]
+            rng_local = random.Random(len(records))
+            rng_local.shuffle(shuffled)
+            with Session(own) as session:
+                for start in range(0, len(shuffled), 40):
+                    repo.record_usages(session=session, usages=shuffled[start:start + 40])
+        except BaseException as e:  # reported by the assertion below
+            errors.append(e)
+        finally:
+            if own is not engine:
+                own.dispose()
+
+    threads = [threading.Thread(target=write, args=(share,)) for share in shares]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=120)
+    assert errors == []
+    _check_everything(engine, pool, None, ["workflow", "step"], {})
+    _check_everything(engine, pool, minute + timedelta(seconds=61.5), ["key_id", "status"], {})
+    with Session(engine) as session:
+        assert analytics.report_totals(session=session).requests == len(pool)
+
+
+def _schema(engine: Engine) -> str:
+    with engine.connect() as connection:
+        return str(connection.exec_driver_sql("SELECT current_schema()").scalar())

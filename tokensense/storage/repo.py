@@ -405,7 +405,13 @@ def record_usages(*, session: Session, usages: Sequence[UsageCreate]) -> int:
     rows = [usage.model_dump() for usage in usages]
     for row in rows:
         row["created_at"] = _for_column(row["created_at"], created_at)
-    statement = _insert_usage_once(session.get_bind().dialect.name)
+    dialect = session.get_bind().dialect.name
+    if dialect == "postgresql":
+        # Two instances writing the same record at once (a spool replayed while its first write commits)
+        # wait on each other's unique index entry: in one key order they cannot wait in a circle. The
+        # rollup rows are then locked in their own order (`rollups.rollup_deltas`), after every insert.
+        rows.sort(key=lambda row: (row["request_id"], row["attempt"]))
+    statement = _insert_usage_once(dialect)
     # On the table, not the ORM class: a Core executemany, without the ORM's bulk-insert bookkeeping per row.
     result = session.connection().execute(statement, rows)
     inserted = rows
