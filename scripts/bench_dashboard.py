@@ -264,14 +264,15 @@ def bench_writer(url: str, *, records: int, console: Console) -> list[tuple[str,
         for record in batch:
             record.request_id = uuid.uuid4().hex[:16]
         recorder = UsageRecorder(engine, interval=0.05, max_queue=records + 1)
-        started = time.perf_counter()
+        started, cpu = time.perf_counter(), time.process_time()
         for record in batch:
             recorder.submit(record)
         recorder.flush(timeout=600)
-        elapsed = time.perf_counter() - started
+        elapsed, cpu = time.perf_counter() - started, time.process_time() - cpu
         recorder.close()
         rate = records / elapsed
-        console.print(f"  writer, {label}: {records:,} records in {elapsed:.1f} s = {rate:,.0f} records/s")
+        console.print(f"  writer, {label}: {records:,} records in {elapsed:.1f} s = {rate:,.0f} records/s; "
+                      f"this process's CPU {cpu * 1e6 / records:.0f} us per record")
         return rate
 
     with_rollups = run("rollups on")
