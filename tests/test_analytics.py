@@ -14,10 +14,10 @@ from sqlalchemy.pool import StaticPool
 from sqlmodel import Session, SQLModel, create_engine
 
 from tests.conftest import service_missing
-from tokensense.storage import analytics
+from tokensense.storage import analytics, repo
 from tokensense.storage.analytics import DashboardQuery, GroupRow, Totals
 from tokensense.storage.db import normalize_database_url
-from tokensense.storage.models import ApiKey, Usage
+from tokensense.storage.models import ApiKey, UsageCreate
 
 NOW = datetime(2025, 6, 15, 12, 0, tzinfo=UTC)
 
@@ -66,11 +66,9 @@ def session(request: pytest.FixtureRequest) -> Iterator[Session]:
             yield session
 
 
-def add(session: Session, *, ago: timedelta, **fields: object) -> Usage:
-    record = Usage(created_at=NOW - ago, **fields)  # type: ignore[arg-type]
-    session.add(record)
-    session.commit()
-    return record
+def add(session: Session, *, ago: timedelta, **fields: object) -> None:
+    """One record, written the way the gateway writes them (records and rollups in one transaction)."""
+    repo.record_usages(session=session, usages=[UsageCreate(created_at=NOW - ago, **fields)])  # type: ignore[arg-type]
 
 
 def add_key(session: Session, name: str, *, budget: float | None, period: str = "total", revoked: bool = False) -> None:

@@ -20,7 +20,8 @@ from tokensense.gateway.hub import Hub
 from tokensense.gateway.limits import RedisCounters, ResilientCounters, SeedUnavailable
 from tokensense.metering.recorder import UnwrittenSpend, UsageRecorder
 from tokensense.metering.spool import Spool
-from tokensense.storage.models import Usage, UsageCreate
+from tokensense.storage import repo
+from tokensense.storage.models import UsageCreate
 from tokensense.storage.repo import spent_since
 
 NOW = datetime.now(UTC)
@@ -115,9 +116,8 @@ async def test_hub_answers_a_workers_seed_with_the_database_and_its_unwritten_re
     hub = Hub(tmp_path / "hub.sock", memory_engine(), flush_interval=30.0)
     try:
         await hub.handle(b'{"op":"record","r":' + record(0.125).model_dump_json().encode() + b"}\n")
-        with Session(hub.recorder.engine) as session:
-            session.add(Usage(**record(0.5).model_dump()))
-            session.commit()
+        with Session(hub.recorder.engine) as session:  # written as the recorder writes (records and rollups)
+            repo.record_usages(session=session, usages=[record(0.5)])
         reply = json.loads(await hub.handle(json.dumps({"i": 7, "op": "settled", "a": ["k", None]}).encode()))
         assert reply["i"] == 7 and reply["ok"] == pytest.approx(0.625)  # in the database, and in its queue
     finally:

@@ -14,8 +14,9 @@ from textual.pilot import Pilot
 from textual.widgets import DataTable, Static, TabbedContent
 from textual.worker import WorkerCancelled
 
+from tokensense.storage import repo
 from tokensense.storage.db import init_db, make_engine
-from tokensense.storage.models import ApiKey, Usage
+from tokensense.storage.models import ApiKey, UsageCreate
 from tui.app import DashboardApp, run
 from tui.formatting import format_cost, format_count
 from tui.widgets import BudgetBar, RequestLog, SpendTable
@@ -86,12 +87,14 @@ def fill(engine: Engine) -> None:
                     created_at=NOW - timedelta(days=60),
                 )
             )
+        session.commit()
+        records = []
         for fields in RECORDS:
             fields = dict(fields)
             ago = fields.pop("ago")
             assert isinstance(ago, int)
-            session.add(Usage(created_at=NOW - timedelta(minutes=ago), endpoint="/v1/chat/completions", **fields))  # type: ignore[arg-type]
-        session.commit()
+            records.append(UsageCreate(created_at=NOW - timedelta(minutes=ago), endpoint="/v1/chat/completions", **fields))  # type: ignore[arg-type]
+        repo.record_usages(session=session, usages=records)  # as the gateway writes them: records and rollups
 
 
 def expected(*, within: timedelta | None) -> list[dict[str, object]]:
@@ -261,8 +264,8 @@ async def test_a_record_written_while_the_dashboard_runs_appears(engine: Engine)
         assert app.snapshot is not None
         before = app.snapshot.totals
         with Session(engine) as session:
-            session.add(
-                Usage(
+            repo.record_usages(session=session, usages=[
+                UsageCreate(
                     created_at=NOW - timedelta(seconds=5),
                     workflow="fresh-workflow",
                     step="only",
@@ -273,8 +276,7 @@ async def test_a_record_written_while_the_dashboard_runs_appears(engine: Engine)
                     cost_usd=0.5,
                     latency_ms=120,
                 )
-            )
-            session.commit()
+            ])
         for _ in range(MAX_WAITS):
             await idle(pilot, app)
             if app.snapshot.totals.requests == before.requests + 1:
@@ -420,3 +422,31 @@ def test_snapshot_budgets(snap_compare, tmp_path: Path) -> None:
 
     assert snap_compare(app, terminal_size=(100, 30), run_before=budgets)
 
+
+
+async def test_pruned_records_keep_the_totals_and_the_drill_down_says_so(engine: Engine) -> None:
+    """After retention pruned records older than a day, the totals over all time are unchanged (hour
+    rollups), and the drill-down to executions, which reads records, says that it misses some."""
+    from tokensense.storage.retention import prune_usage
+
+    app = make_app(engine, window="all")
+    async with app.run_test(size=(100, 30)) as pilot:
+        await settle(pilot, app)
+        assert app.snapshot is not None
+        before = app.snapshot.totals
+    prune_usage(engine, older_than=timedelta(days=1), now=NOW)
+    app = make_app(engine, window="all")
+    async with app.run_test(size=(100, 30)) as pilot:
+        await settle(pilot, app)
+        assert app.snapshot is not None and app.snapshot.totals == before
+        assert "pruned" not in text_of(app, "#breadcrumb")  # workflows come from the rollups
+        groups = app.query_one("#groups", SpendTable)
+        groups.move_cursor(row=groups.get_row_index("doc-summarizer"))
+        await pilot.press("enter")
+        await settle(pilot, app)
+        groups.move_cursor(row=groups.get_row_index("summarize"))
+        await pilot.press("enter")
+        await settle(pilot, app)
+        assert groups.field == "execution_id"
+        assert app.snapshot.drill_reaches_pruned
+        assert "records before" in text_of(app, "#breadcrumb") and "pruned" in text_of(app, "#breadcrumb")

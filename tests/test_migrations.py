@@ -7,14 +7,14 @@ import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
 from alembic import command
 from alembic.autogenerate import compare_metadata, produce_migrations, render_python_code
 from alembic.runtime.migration import MigrationContext
-from sqlalchemy import Column, Engine, Integer, MetaData, Table, inspect, text
+from sqlalchemy import Column, Engine, Integer, MetaData, Table, func, inspect, text
 from sqlmodel import Session, SQLModel, select
 from sqlmodel.sql.sqltypes import AutoString, UTCDateTime
 
@@ -23,14 +23,14 @@ from tokensense import crypto
 from tokensense.cli import commands as cli
 from tokensense.settings import reset_settings
 from tokensense.storage import db, migrate
-from tokensense.storage.models import ApiKey, ProviderCredential, Usage, UsageCreate
+from tokensense.storage.models import ApiKey, ProviderCredential, Usage, UsageCreate, UsageRollup
 from tokensense.storage.schema import INITIAL_REVISION, MIGRATIONS_DIR, VERSIONS_DIR, head_revision
 
 PG_URL = "postgresql://postgres@127.0.0.1:5432/test"
-HEAD = "0006_admin_keys"
+HEAD = "0007_admin_keys"
 NEXT = f"{int(HEAD[:4]) + 1:04d}"
-LATER_TABLES = {"stored_responses"}  # made by revisions after 0001
-NEW_INDEXES = {"ix_usage_key_id_created_at": ["key_id", "created_at"], "ix_usage_created_at_workflow": ["created_at", "workflow"],
+LATER_TABLES = {"stored_responses", "usage_rollup", "usage_retention"}  # made by revisions after 0001
+NEW_INDEXES = {"ix_usage_key_id_created_at": ["key_id", "created_at"], "ix_usage_workflow_step_created_at": ["workflow", "step", "created_at"],
                "ux_usage_request_id_attempt": ["request_id", "attempt"]}
 
 
@@ -465,3 +465,53 @@ def test_db_commands_on_a_database_from_a_newer_tokensense(tmp_path: Path, capsy
     err = capsys.readouterr().err
     assert err.startswith("error: database error (") and "'0099_future'" in err and "Traceback" not in err
     assert err.count("\n") == 1
+
+
+def test_upgrade_back_fills_the_rollups_from_the_records(engine: Engine) -> None:
+    """Revision 0006 sums the existing records into usage_rollup in SQL; the reports then equal the records,
+    and records written later join the back-filled rows (the same keys in SQL and Python)."""
+    import random
+
+    from tokensense.storage import analytics, repo
+
+    migrate.upgrade(engine, "0005_responses")
+    rng = random.Random(6)
+    base = datetime(2025, 3, 31, 22, 0, tzinfo=UTC)
+    rows = []
+    for index in range(400):
+        status = rng.choice([200, 200, 200, 402, 429, 500])
+        rows.append({
+            "request_id": f"r{index // 2}", "attempt": 1 + index % 2,  # retried calls: two attempts each
+            "created_at": base + timedelta(microseconds=rng.randrange(3 * 3600 * 10**6)),
+            "key_id": rng.choice([None, "k1", "k2"]), "key_name": rng.choice([None, "ci"]),
+            "provider": "openai", "model": rng.choice(["gpt-4o", None]), "endpoint": rng.choice(["/v1/chat/completions", ""]),
+            "status": status, "error": None, "stream": False, "input_tokens": rng.randrange(10**5),
+            "output_tokens": rng.randrange(10**4), "cached_input_tokens": 0, "cache_write_tokens": 0,
+            "reasoning_tokens": 0, "images": 0, "characters": 0, "seconds": rng.random() * 10,
+            "cost_usd": None if rng.random() < 0.1 else (0.0 if status >= 400 else rng.random() / 7),
+            "latency_ms": rng.choice([None, rng.random() * 5000]), "ttft_ms": None,
+            "workflow": rng.choice([None, "", "triage", "answer"]), "step": rng.choice([None, "a"]),
+            "execution_id": rng.choice([None, "e1"]), "source": rng.choice([None, "api"]),
+            "project": rng.choice([None, "web"]), "details": None,
+        })
+    with engine.begin() as conn:
+        conn.execute(Usage.__table__.insert(), rows)  # type: ignore[attr-defined]
+
+    db.init_db(engine)
+
+    assert_head_schema(engine)
+    with Session(engine) as session:
+        for fields in (["workflow"], ["workflow", "step"], ["key_name"], ["model", "status"], ["endpoint"]):
+            for since in (None, base + timedelta(minutes=61, seconds=7.25), base + timedelta(hours=2)):
+                assert (analytics.grouped_totals(session=session, fields=fields, since=since)
+                        == analytics.grouped_totals(session=session, fields=fields, since=since, from_records=True))
+        total = analytics.report_totals(session=session)
+        assert total.requests == 400 and total.unpriced == sum(r["cost_usd"] is None for r in rows)
+        rollup_rows = session.exec(select(func.count()).select_from(UsageRollup)).one()
+        # The same minute and fields as back-filled records: added to their rows, no new ones.
+        again = [UsageCreate(**{**row, "request_id": f"again-{n}"}) for n, row in enumerate(rows[:50])]
+        repo.record_usages(session=session, usages=again)
+        assert session.exec(select(func.count()).select_from(UsageRollup)).one() == rollup_rows
+        assert analytics.report_totals(session=session).requests == 450
+        assert (analytics.grouped_totals(session=session, fields=["workflow", "step"])
+                == analytics.grouped_totals(session=session, fields=["workflow", "step"], from_records=True))

@@ -64,6 +64,20 @@ class AlertsConfig(BaseModel):
         return sorted(set(value))
 
 
+class RetentionConfig(BaseModel):
+    """`[retention]`: how long raw usage records are kept (docs/analytics.md).
+
+    `raw_days = 90`: records (and minute rollups) older than 90 days are deleted by the
+    gateway, in small batches, every hour; hour rollups are kept, so reports stay exact.
+    Unset (the default): records are kept for ever. `tokensense usage prune --older-than 90d`
+    does the same once, by hand.
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    raw_days: float | None = Field(default=None, gt=0)
+
+
 """Names a `[providers.NAME]` table may not take: they are built in and configured by their own settings."""
 
 _PROVIDER_NAME = re.compile(r"^[a-z][a-z0-9_\-]{0,31}$")
@@ -168,6 +182,7 @@ class FileConfig(BaseModel):
     # `"gpt-4o-mini" = ["claude-haiku-4-5", "gemini-2.5-flash"]`: tried in order once a model's retries are used up.
     fallbacks: dict[str, list[str]] = Field(default_factory=dict)
     providers: dict[str, ProviderConfig] = Field(default_factory=dict)
+    retention: RetentionConfig = Field(default_factory=RetentionConfig)
 
     @model_validator(mode="after")
     def _check_providers(self) -> FileConfig:

@@ -348,6 +348,11 @@ class DashboardApp(App[None]):
         if snapshot is not None and not snapshot.groups and snapshot.query == self.current_query():
             window = "ever" if self.window == "all" else f"in the last {self.window}"
             parts.append(Content.from_markup("  [i $text-warning]no calls $window[/]", window=window))
+        if (snapshot is not None and snapshot.query == self.current_query() and snapshot.drill_reaches_pruned
+                and snapshot.raw_before is not None):
+            # Execution ids are read from records; retention deleted those before raw_before.
+            parts.append(Content.from_markup("  [i $text-warning]records before $when pruned[/]",
+                                             when=f"{snapshot.raw_before:%Y-%m-%d %H:%M}"))
         crumb.update(Content.assemble(*parts))
 
     # View changes

@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import argparse
 import sys
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
+
+from sqlalchemy import Engine
 
 from tokensense.cli.common import (
     FORMATTER,
+    CliError,
     cell,
     money,
     open_session,
@@ -19,7 +22,7 @@ from tokensense.cli.common import (
     print_table,
 )
 from tokensense.settings import get_settings
-from tokensense.storage import repo
+from tokensense.storage import analytics, repo
 
 _AGGREGATES = ("requests", "input_tokens", "output_tokens", "cost_usd", "unpriced")
 
@@ -93,6 +96,7 @@ def _cmd_usage(args: argparse.Namespace) -> int:
     fields = repo.normalize_group_fields(by) if by else None
     with open_session(args) as session:
         rows = repo.query_usage(session=session, since=since, by=fields, limit=args.limit)
+        pruned = analytics.raw_records_before(session=session)
     if args.json:
         print_json(rows)
     elif args.csv:
@@ -103,7 +107,45 @@ def _cmd_usage(args: argparse.Namespace) -> int:
         _print_usage_groups(fields, rows)
     else:
         _print_usage_records(rows)
+    _warn_pruned(pruned, since, grouped=fields is not None)
     _warn_quarantined()
+    return 0
+
+
+def _warn_pruned(pruned: datetime | None, since: datetime | None, *, grouped: bool) -> None:
+    """One line on stderr when the window reaches records that retention deleted."""
+    if pruned is None or (since is not None and since >= pruned):
+        return
+    when = f"{pruned:%Y-%m-%d %H:%M} UTC"
+    if grouped:
+        start = "" if since is None else f"; the window counts from {since:%Y-%m-%d %H}:00 UTC (hour rollups)"
+        print(f"records before {when} were pruned (retention): totals come from the rollups{start}",
+              file=sys.stderr)
+    else:
+        print(f"records before {when} were pruned (retention): they are not listed; --by reports still count them",
+              file=sys.stderr)
+
+
+def _cmd_usage_prune(args: argparse.Namespace) -> int:
+    from tokensense.storage.retention import prune_usage
+
+    now = datetime.now(UTC)
+    try:
+        older_than = now - parse_since(args.older_than, now=now)
+    except CliError:
+        raise CliError(f"cannot read --older-than {args.older_than!r}; give an age such as 90d, 12w or 36h") from None
+    if older_than <= timedelta(0):
+        raise CliError(f"--older-than {args.older_than!r} is not in the past; give an age such as 90d")
+    with open_session(args) as session:
+        engine = session.get_bind()
+    assert isinstance(engine, Engine)
+    result = prune_usage(engine, older_than=older_than, now=now, batch=args.batch)
+    if args.json:
+        print_json({"raw_before": result.raw_before.isoformat(), "records": result.records,
+                    "minute_rollup_rows": result.minute_rows})
+    else:
+        print(f"Deleted {result.records} usage records from before {result.raw_before:%Y-%m-%d %H:%M} UTC "
+              f"(and {result.minute_rows} minute rollup rows); reports keep counting them from the hour rollups.")
     return 0
 
 
@@ -128,9 +170,24 @@ def add_usage_parser(commands: argparse._SubParsersAction, database: argparse.Ar
             "examples:\n"
             "  tokensense usage --since 1h\n"
             "  tokensense usage --since 7d --by workflow,step\n"
-            "  tokensense usage --since 2025-01-01 --by model --csv > spend.csv"
+            "  tokensense usage --since 2025-01-01 --by model --csv > spend.csv\n"
+            "  tokensense usage prune --older-than 90d"
         ),
     )
+    commands_of_usage = usage.add_subparsers(dest="usage_command", metavar="{prune}")
+    prune = commands_of_usage.add_parser(
+        "prune", parents=[database], help="delete raw records older than an age (rollups are kept)",
+        formatter_class=FORMATTER,
+        description=("Delete the usage records (and per-minute rollups) from before the whole hour AGE ago, in "
+                     "small batches, while the gateway runs. Reports keep counting them from the hour rollups; "
+                     "only the request log and record listings lose them. [retention] raw_days in config.toml "
+                     "has the gateway do it every hour."),
+        epilog="example:\n  tokensense usage prune --older-than 90d",
+    )
+    prune.add_argument("--older-than", metavar="AGE", required=True, help="90d, 12w, 36h, ... (or an ISO time)")
+    prune.add_argument("--batch", metavar="N", type=positive_int, default=2000, help="records per transaction")
+    prune.add_argument("--json", action="store_true", help="print what was deleted as JSON")
+    prune.set_defaults(handler=_cmd_usage_prune)
     usage.add_argument("--since", metavar="WHEN", help="30m, 1h, 24h, 7d, ... ago, or an ISO time (default: all)")
     usage.add_argument("--by", metavar="FIELD[,FIELD]", action="append", help="group by these fields")
     usage.add_argument("--limit", metavar="N", type=positive_int, help="at most N records (newest) or groups (costliest)")

@@ -42,6 +42,7 @@ from tokensense.metering.recorder import UsageRecorder, usage_recorder
 from tokensense.settings import Settings
 from tokensense.storage.models import UsageCreate
 from tokensense.storage.repo import spent_since
+from tokensense.storage.retention import RetentionWorker
 
 log = logging.getLogger(__name__)
 
@@ -50,6 +51,20 @@ LINE_LIMIT = 16 * 2**20  # the longest line (one usage record) a worker may send
 
 class NeedSpent(Exception):
     """The hub has no figure yet for this key's budget window: the worker must load it."""
+
+
+def _retention(engine: Engine, settings: Settings | None) -> RetentionWorker | None:
+    """The retention thread when config.toml sets `[retention] raw_days` (started with the hub)."""
+    if settings is None:
+        return None
+    from tokensense.config import ConfigError, load_config
+
+    try:
+        raw_days = load_config(settings).retention.raw_days
+    except ConfigError as e:
+        log.warning("retention off: %s", e)
+        return None
+    return None if raw_days is None else RetentionWorker(engine, raw_days=raw_days)
 
 
 class Hub:
@@ -63,6 +78,7 @@ class Hub:
         self.recorder = usage_recorder(engine, settings) if settings is not None else \
             UsageRecorder(engine, interval=flush_interval)
         self.records = 0
+        self.retention = _retention(engine, settings)  # the hub writes the records: it prunes them too
         self._server: asyncio.Server | None = None
         self._connections: set[asyncio.Task] = set()
 
@@ -71,6 +87,8 @@ class Hub:
         self.path.unlink(missing_ok=True)
         self._server = await asyncio.start_unix_server(self._on_connect, path=str(self.path), limit=LINE_LIMIT)
         os.chmod(self.path, 0o600)
+        if self.retention is not None:
+            self.retention.start()
 
     async def close(self, timeout: float = 10.0) -> None:  # noqa: ASYNC109 - a deadline for the drain, not a cancel scope
         """Stop listening, read what connected workers still send, then write every record."""
@@ -81,6 +99,8 @@ class Hub:
             await asyncio.wait(list(self._connections), timeout=timeout)
         for task in self._connections:
             task.cancel()
+        if self.retention is not None:
+            await asyncio.to_thread(self.retention.close)
         await asyncio.to_thread(self.recorder.close)
         self.path.unlink(missing_ok=True)
 

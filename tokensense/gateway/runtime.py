@@ -20,6 +20,7 @@ from tokensense.metering.hub_recorder import HubRecorder
 from tokensense.metering.pricing import PriceBook
 from tokensense.metering.recorder import UsageRecorder, describe_error, usage_recorder
 from tokensense.settings import Settings, get_settings
+from tokensense.storage.retention import RetentionWorker
 
 if TYPE_CHECKING:
     from tokensense.gateway.key_pool import KeyPools
@@ -46,6 +47,7 @@ class Runtime:
         self.prices = PriceBook()
         self.keys: KeyStore | None = None
         self.recorder: UsageRecorder | HubRecorder | None = None
+        self.retention: RetentionWorker | None = None  # prunes old records where this process writes them
         self.counters: CounterStore | None = None
         self.inflight = InFlight()
         self.pools: KeyPools | None = None  # the provider-key pools' health (retries, cool-downs, breakers)
@@ -87,6 +89,8 @@ class Runtime:
                 raise StartupError(f"the database is unavailable, not starting: {problem}")
             hub = hub_socket_from_env()  # a worker of `serve --workers N`: the supervisor writes the records
             self.recorder = HubRecorder(hub) if hub else usage_recorder(self.engine, self.settings)
+            if not hub and self.config.retention.raw_days is not None:
+                self.retention = RetentionWorker(self.engine, raw_days=self.config.retention.raw_days).start()
             self.counters = make_counters(self.settings.redis_url, settings=self.settings)
             from tokensense.gateway.key_pool import KeyPools
             from tokensense.gateway.retry import pool_policy
@@ -173,6 +177,8 @@ class Runtime:
         return status, body
 
     def close(self, timeout: float = 30.0) -> None:
+        if self.retention:
+            self.retention.close()
         if self.recorder:
             self.recorder.close(timeout=timeout)
         if self.keys:

@@ -1,19 +1,41 @@
-"""Spend analytics over usage records: totals, groupings, a time series, budgets and the latest calls."""
+"""Spend analytics: totals, groupings, a time series and budgets from the usage rollups; the latest calls from the records.
+
+Reports read the rollups (`tokensense.storage.rollups`, docs/analytics.md): hour rows for
+the whole hours of a window, minute rows and at most a minute of records for its start.
+Only what no rollup holds reads records: the request log, execution ids, record listings.
+Every function can also read the records alone (`from_records=True`): the reference the
+rollups are tested against.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import math
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any, NamedTuple
 
-from sqlalchemy import Float, Integer, bindparam, case, func, literal
+from sqlalchemy import case, func, union_all
 from sqlalchemy.ext.compiler import compiles
 from sqlalchemy.sql.elements import ColumnElement
 from sqlalchemy.sql.functions import FunctionElement
 from sqlmodel import Session, col, select
 
-from tokensense.storage.models import ApiKey, Usage
+from tokensense.storage.models import ApiKey, Usage, UsageRetention, UsageRollup
+from tokensense.storage.rollups import (
+    COST_UNITS_PER_USD,
+    CUTS,
+    DIMS,
+    HOUR,
+    MEASURES,
+    MINUTE,
+    Cut,
+    bucket_sql,
+    cut_for,
+    epoch_seconds,
+    from_epoch,
+    record_measures_sql,
+)
 
 GROUP_FIELDS: tuple[str, ...] = (
     "workflow",
@@ -25,7 +47,13 @@ GROUP_FIELDS: tuple[str, ...] = (
     "source",
     "key_name",
 )
-"""The usage fields spend can be grouped and filtered by."""
+"""The usage fields the dashboard groups and filters spend by."""
+
+REPORT_FIELDS: tuple[str, ...] = (*DIMS, "execution_id")
+"""Every field a report can group or filter by (`tokensense usage --by`): the rollups' and the execution id."""
+
+_ROLLUP: Any = UsageRollup.__table__  # type: ignore[attr-defined]
+_USAGE: Any = Usage.__table__  # type: ignore[attr-defined]
 
 DRILL_PATH: tuple[str, ...] = ("workflow", "step", "execution_id")
 """Workflow → its steps → a step's executions: each level filters on the ones above."""
@@ -117,6 +145,10 @@ class ChangeMarker(NamedTuple):
     keys_revoked: int
     keys_updated_at: datetime | None
     """When a key's limits last changed (a budget raised, ...)."""
+    usage_cost_units: int = 0
+    """The rollups' total cost (1e-10 USD): moves when records are re-priced."""
+    raw_before: int | None = None
+    """The retention horizon (epoch seconds): moves when records are pruned."""
 
 
 def as_utc(moment: datetime) -> datetime:
@@ -223,28 +255,208 @@ def _window_condition(session: Session, since: datetime) -> ColumnElement[bool]:
     return created >= bound
 
 
-def _conditions(session: Session, *, since: datetime | None, filters: Filters | None) -> list[ColumnElement[bool]]:
+# --- where the numbers come from: rollup rows, and records only where rollups cannot answer ---------
+
+
+def raw_records_before(*, session: Session) -> datetime | None:
+    """Records (and minute rollups) before this time were pruned by retention; None if nothing was pruned."""
+    horizon = _raw_horizon(session)
+    return None if horizon is None else from_epoch(horizon)
+
+
+def _raw_horizon(session: Session) -> int | None:
+    return session.exec(select(UsageRetention.raw_before).where(UsageRetention.id == 1)).first()
+
+
+def effective_start(*, session: Session, since: datetime | None) -> datetime | None:
+    """The start a report over `since` really has: `since`, or its whole hour when records before it were pruned.
+
+    Hour rollups are kept forever; the records and minute rollups that give a window
+    its exact start are not. A report starting before the retention horizon counts
+    from the start of that hour (a few records more, never fewer).
+    """
+    if since is None:
+        return None
+    horizon = _raw_horizon(session)
+    second = epoch_seconds(since)
+    if horizon is not None and second < horizon:
+        return from_epoch(second - second % HOUR)
+    return as_utc(since)
+
+
+def _ceil(second: int, moment: datetime, grain: int) -> int:
+    """The first bucket boundary at or after `moment` (whose floor in seconds is `second`)."""
+    if second % grain == 0 and as_utc(moment).microsecond == 0:
+        return second
+    return second - second % grain + grain
+
+
+def _rollup_part(cut: Cut, grain: int, low: int | None, high: int | None, fields: Sequence[str],
+                 filters: Filters, timed: bool) -> Any:
+    table = _ROLLUP
+    columns = [table.c[name].label(name) for name in fields]
+    if timed:
+        columns.append(table.c.bucket.label("t"))
+    columns += [table.c[name].label(name) for name in MEASURES]
+    conditions = [table.c.cut == cut.id, table.c.grain == grain]
+    if low is not None:
+        conditions.append(table.c.bucket >= low)
+    if high is not None:
+        conditions.append(table.c.bucket < high)
+    conditions += _filter_conditions(table, filters)
+    return select(*columns).where(*conditions)
+
+
+def _record_part(session: Session, low: datetime | None, high: datetime | None, fields: Sequence[str],
+                 filters: Filters, timed: bool, *, window: bool = False) -> Any:
+    table = _USAGE
+    columns = [table.c[name].label(name) for name in fields]
+    if timed:
+        columns.append(bucket_sql(table.c.created_at, MINUTE).label("t"))
+    measures = record_measures_sql()
+    columns += [measures[name].label(name) for name in MEASURES]
     conditions: list[ColumnElement[bool]] = []
-    if since is not None:
-        conditions.append(_window_condition(session, since))
-    for name, value in (filters or {}).items():
-        column = _field(name)
+    if low is not None:
+        conditions.append(_window_condition(session, low) if window else col(Usage.created_at) >= _stored(low))
+    if high is not None:
+        conditions.append(col(Usage.created_at) < _stored(high))
+    conditions += _filter_conditions(table, filters)
+    return select(*columns).where(*conditions)
+
+
+def _filter_conditions(table: Any, filters: Filters) -> list[ColumnElement[bool]]:
+    conditions = []
+    for name, value in filters.items():
+        column = table.c[name]
         conditions.append(column.is_(None) if value is None else column == value)
     return conditions
 
 
-def usage_totals(*, session: Session, since: datetime | None = None, filters: Filters | None = None) -> Totals:
-    """Requests, tokens, cost and errors of the records since `since` (all when `None`)."""
-    statement = select(
-        func.count(),
-        func.coalesce(func.sum(Usage.input_tokens), 0),
-        func.coalesce(func.sum(Usage.output_tokens), 0),
-        func.coalesce(func.sum(Usage.cost_usd), 0.0),
-        func.coalesce(func.sum(case((col(Usage.status) >= 400, 1), else_=0)), 0),
-        func.coalesce(func.sum(case((col(Usage.cost_usd).is_(None), 1), else_=0)), 0),
-    ).where(*_conditions(session, since=since, filters=filters))
-    requests, input_tokens, output_tokens, cost, errors, unpriced = session.exec(statement).one()
-    return Totals(int(requests), int(input_tokens), int(output_tokens), float(cost), int(errors), int(unpriced))
+def _parts(session: Session, *, fields: Sequence[str], since: datetime | None, filters: Filters,
+           grid: int | None = None, from_records: bool = False) -> list[Any]:
+    """SELECTs whose rows, summed, are the records since `since` matching `filters`, per `fields`.
+
+    - Hour rollup rows for the whole hours of the window (all of it when `since` is None).
+    - For a window that starts inside an hour: minute rollup rows for its whole minutes
+      up to the next hour, and the records of the partial first minute (at most one
+      minute of records, read through `ix_usage_created_at`). The `all` cut has no minute
+      rows: the records of the partial first hour.
+    - `grid=MINUTE` (a sparkline with buckets under an hour): minute rows to the end.
+    - Records only when no cut has the fields (execution ids), or `from_records`.
+    With `grid`, each row has a time `t`: its bucket start (a record's minute).
+    """
+    timed = grid is not None
+    cut = None if from_records else cut_for([*fields, *filters])
+    if cut is None:
+        return [_record_part(session, since, None, fields, filters, timed, window=True)]
+    if since is None:
+        return [_rollup_part(cut, HOUR, None, None, fields, filters, timed)]
+    since = effective_start(session=session, since=since)
+    assert since is not None
+    second = epoch_seconds(since)
+    parts = []
+    if cut.minutes:
+        minute = _ceil(second, since, MINUTE)
+        hour = None if grid == MINUTE else _ceil(minute, from_epoch(minute), HOUR)
+        if minute > second or since.microsecond:
+            parts.append(_record_part(session, since, from_epoch(minute), fields, filters, timed))
+        if hour is None or hour > minute:
+            parts.append(_rollup_part(cut, MINUTE, minute, hour, fields, filters, timed))
+        if hour is not None:
+            parts.append(_rollup_part(cut, HOUR, hour, None, fields, filters, timed))
+    elif grid == MINUTE:
+        parts.append(_record_part(session, since, None, fields, filters, timed))
+    else:
+        hour = _ceil(second, since, HOUR)
+        if hour > second or since.microsecond:
+            parts.append(_record_part(session, since, from_epoch(hour), fields, filters, timed))
+        parts.append(_rollup_part(cut, HOUR, hour, None, fields, filters, timed))
+    return parts
+
+
+def _summed(parts: list[Any], keys: Sequence[str]) -> tuple[Any, list[Any], list[Any]]:
+    """(subquery of the parts, their key columns, the sums of `MEASURES` labelled by name)."""
+    union = parts[0] if len(parts) == 1 else union_all(*parts)
+    rows = union.subquery("parts")
+    key_columns = [rows.c[name] for name in keys]
+    sums = [func.coalesce(func.sum(rows.c[name]), 0).label(name) for name in MEASURES]
+    return rows, key_columns, sums
+
+
+def _totals(values: Sequence[Any]) -> Totals:
+    sums = dict(zip(MEASURES, (int(v or 0) for v in values), strict=True))
+    return Totals(sums["requests"], sums["input_tokens"], sums["output_tokens"],
+                  sums["cost_units"] / COST_UNITS_PER_USD, sums["errors"], sums["unpriced"])
+
+
+def _check_fields(names: Iterable[str]) -> None:
+    for name in names:
+        if name not in REPORT_FIELDS:
+            choices = ", ".join(REPORT_FIELDS)
+            raise ValueError(f"cannot group or filter usage by {name!r}: use one of {choices}")
+
+
+def usage_totals(*, session: Session, since: datetime | None = None, filters: Filters | None = None,
+                 from_records: bool = False) -> Totals:
+    """Requests, tokens, cost and errors of the records since `since` (all when `None`), filtered by `GROUP_FIELDS`.
+
+    Read from the rollups; `from_records=True` sums the records instead (the reference
+    the rollups are tested against: same numbers, slower, and blind to pruned records).
+    """
+    for name in filters or {}:
+        _field(name)
+    return report_totals(session=session, since=since, filters=filters, from_records=from_records)
+
+
+def report_totals(*, session: Session, since: datetime | None = None, filters: Filters | None = None,
+                  from_records: bool = False) -> Totals:
+    """`usage_totals` filtered by any of `REPORT_FIELDS` (a key's spend: `filters={"key_id": ...}`)."""
+    filters = dict(filters or {})
+    _check_fields(filters)
+    parts = _parts(session, fields=(), since=since, filters=filters, from_records=from_records)
+    _, _, sums = _summed(parts, ())
+    return _totals(session.exec(select(*sums)).one())
+
+
+def _cost_units(session: Session, *, since: datetime | None, filters: Filters, from_records: bool) -> int:
+    parts = _parts(session, fields=(), since=since, filters=filters, from_records=from_records)
+    rows, _, _ = _summed(parts, ())
+    return int(session.exec(select(func.coalesce(func.sum(rows.c.cost_units), 0))).one() or 0)
+
+
+def grouped_totals(
+    *,
+    session: Session,
+    fields: Sequence[str],
+    since: datetime | None = None,
+    filters: Filters | None = None,
+    limit: int | None = None,
+    from_records: bool = False,
+) -> list[tuple[tuple[Any, ...], Totals, float]]:
+    """(values of `fields`, their totals, their share of the cost of all groups), most expensive first
+    (then most requests, then the values). Any of `REPORT_FIELDS`; execution ids are read from records."""
+    filters = dict(filters or {})
+    _check_fields([*fields, *filters])
+    if not fields:
+        raise ValueError("give at least one field to group by")
+    parts = _parts(session, fields=fields, since=since, filters=filters, from_records=from_records)
+    rows, keys, sums = _summed(parts, fields)
+    cost = func.sum(rows.c.cost_units)
+    statement = (
+        select(*keys, *sums, func.sum(func.sum(rows.c.cost_units)).over())
+        .group_by(*keys)
+        .order_by(cost.desc(), func.sum(rows.c.requests).desc(), *keys)
+    )
+    if limit is not None:
+        statement = statement.limit(limit)
+    out = []
+    for row in session.exec(statement):
+        values = tuple(row[: len(fields)])
+        totals = _totals(row[len(fields): len(fields) + len(MEASURES)])
+        everything = int(row[-1] or 0)
+        share = totals.cost_usd * COST_UNITS_PER_USD / everything if everything > 0 else 0.0
+        out.append((values, totals, share))
+    return out
 
 
 def group_usage(
@@ -254,6 +466,7 @@ def group_usage(
     since: datetime | None = None,
     filters: Filters | None = None,
     limit: int | None = 200,
+    from_records: bool = False,
 ) -> list[GroupRow]:
     """The records grouped by the field `by`, most expensive first (then most requests).
 
@@ -261,63 +474,39 @@ def group_usage(
     steps is `group_usage(by="step", filters={"workflow": "w"})`. The share of
     each row is against all groups, including those cut off by `limit`.
     """
-    column = _field(by)
-    requests = func.count()
-    cost = func.coalesce(func.sum(Usage.cost_usd), 0.0)
-    statement = (
-        select(
-            column,
-            requests,
-            func.coalesce(func.sum(Usage.input_tokens), 0),
-            func.coalesce(func.sum(Usage.output_tokens), 0),
-            cost,
-            # Window functions run after GROUP BY and before LIMIT: the total of every group.
-            func.sum(func.sum(Usage.cost_usd)).over(),
-        )
-        .where(*_conditions(session, since=since, filters=filters))
-        .group_by(_Unindexed(column))
-        .order_by(cost.desc(), requests.desc(), column)
-    )
-    if limit is not None:
-        statement = statement.limit(limit)
-    rows = []
-    for value, count, input_tokens, output_tokens, group_cost, all_cost in session.exec(statement):
-        all_cost = float(all_cost or 0.0)
-        share = float(group_cost) / all_cost if all_cost > 0 else 0.0
-        rows.append(GroupRow(value, int(count), int(input_tokens), int(output_tokens), float(group_cost), share))
-    return rows
+    _field(by)
+    for name in filters or {}:
+        _field(name)
+    rows = grouped_totals(session=session, fields=[by], since=since, filters=filters, limit=limit,
+                          from_records=from_records)
+    return [GroupRow(values[0], t.requests, t.input_tokens, t.output_tokens, t.cost_usd, share)
+            for values, t, share in rows]
 
 
-class _BucketIndex(FunctionElement[int]):
-    """`floor((timestamp - start) / seconds)`: which time bucket a record falls in.
+def first_usage_at(*, session: Session, filters: Filters | None = None, from_records: bool = False) -> datetime | None:
+    """Time of the oldest record (matching `filters`), or `None` when there is none.
 
-    Written per dialect because SQLite has no interval arithmetic and
-    PostgreSQL's integer cast rounds instead of truncating.
+    From the oldest hour rollup row, refined to the record within that hour; the
+    start of that hour if its records were pruned.
     """
-
-    type = Integer()
-    inherit_cache = True
-    name = "bucket_index"
-
-
-@compiles(_BucketIndex)
-def _bucket_index_default(element: _BucketIndex, compiler: Any, **kw: Any) -> str:
-    timestamp, start, seconds = (compiler.process(clause, **kw) for clause in element.clauses)
-    return f"CAST(FLOOR(EXTRACT(EPOCH FROM ({timestamp} - {start})) / {seconds}) AS INTEGER)"
-
-
-@compiles(_BucketIndex, "sqlite")
-def _bucket_index_sqlite(element: _BucketIndex, compiler: Any, **kw: Any) -> str:
-    timestamp, start, seconds = (compiler.process(clause, **kw) for clause in element.clauses)
-    # Records are never before `start` (the WHERE clause), so truncation is floor.
-    return f"CAST((julianday({timestamp}) - julianday({start})) * 86400.0 / {seconds} AS INTEGER)"
-
-
-def first_usage_at(*, session: Session, filters: Filters | None = None) -> datetime | None:
-    """Time of the oldest record (matching `filters`), or `None` when there is none."""
-    statement = select(func.min(Usage.created_at)).where(*_conditions(session, since=None, filters=filters))
-    first = session.exec(statement).one()
-    return None if first is None else as_utc(first)
+    filters = dict(filters or {})
+    _check_fields(filters)
+    cut = None if from_records else cut_for(filters)
+    record_conditions = _filter_conditions(_USAGE, filters)
+    if cut is None:
+        first = session.exec(select(func.min(Usage.created_at)).where(*record_conditions)).one()
+        return None if first is None else as_utc(first)
+    hour = session.exec(select(func.min(_ROLLUP.c.bucket)).where(
+        _ROLLUP.c.cut == cut.id, _ROLLUP.c.grain == HOUR, *_filter_conditions(_ROLLUP, filters))).one()
+    if hour is None:
+        return None
+    horizon = _raw_horizon(session)
+    if horizon is not None and hour < horizon:
+        return from_epoch(hour)
+    first = session.exec(select(func.min(Usage.created_at)).where(
+        col(Usage.created_at) >= _stored(from_epoch(hour)), col(Usage.created_at) < _stored(from_epoch(hour + HOUR)),
+        *record_conditions)).one()
+    return from_epoch(hour) if first is None else as_utc(first)
 
 
 def spend_series(
@@ -328,41 +517,48 @@ def spend_series(
     buckets: int,
     filters: Filters | None = None,
     include_earlier: bool = False,
+    from_records: bool = False,
 ) -> SpendSeries:
-    """Cost per bucket from `start` to `end` in `buckets` equal buckets (for a sparkline).
+    """Cost per bucket from `start` to `end` in at most `buckets` equal buckets (for a sparkline).
 
-    Records after `end` (a clock slightly behind the writer's) count in the last
-    bucket; with `include_earlier`, records before `start` count in the first one,
-    which spares the range condition when `start` is the first record anyway.
+    Buckets are whole minutes (whole hours when a bucket spans an hour or more, or the
+    window reaches pruned records), laid from the minute (hour) `start` falls in, so each
+    rollup row falls in one bucket; records before `start` in that first minute do not
+    count. A 15-minute window asked for 60 buckets gets 16 one-minute buckets. Records after `end` (a clock slightly behind the writer's) count in the last
+    bucket; with `include_earlier`, records before `start` count in the first one.
     """
     if buckets < 1:
         raise ValueError(f"a spend series needs at least one bucket, not {buckets}")
+    filters = dict(filters or {})
+    _check_fields(filters)
     start, end = as_utc(start), as_utc(end)
     span = max((end - start).total_seconds(), 1.0)
-    seconds = span / buckets
-    index = _BucketIndex(
-        Usage.created_at,
-        bindparam("series_start", _stored(start), type_=_CREATED_AT_TYPE),
-        literal(seconds, Float()),
-    ).label("bucket")
-    since = None if include_earlier else start
-    per_record = select(index, col(Usage.cost_usd).label("cost")).where(*_conditions(session, since=since, filters=filters))
-    inner = per_record.subquery()
-    statement = select(inner.c.bucket, func.sum(inner.c.cost)).group_by(inner.c.bucket)
-    values = [0.0] * buckets
-    for bucket, cost in session.exec(statement):
-        position = min(max(int(bucket), 0), buckets - 1)
-        values[position] += float(cost or 0.0)
-    return SpendSeries(start, timedelta(seconds=seconds), tuple(values))
+    horizon = _raw_horizon(session)
+    first = epoch_seconds(start)
+    grid = HOUR if span / buckets >= HOUR or (horizon is not None and first < horizon) else MINUTE
+    width = max(math.ceil(span / buckets / grid), 1) * grid
+    origin = first - first % grid
+    buckets = min(buckets, (epoch_seconds(end) - origin) // width + 1)  # whole buckets can cover the span in fewer
+    parts = _parts(session, fields=(), since=start, filters=filters, grid=grid, from_records=from_records)
+    rows, _, _ = _summed(parts, ())
+    statement = select(rows.c.t, func.sum(rows.c.cost_units)).group_by(rows.c.t)
+    units = [0] * buckets
+    for moment, cost in session.exec(statement):
+        position = min(max((int(moment) - origin) // width, 0), buckets - 1)
+        units[position] += int(cost or 0)
+    if include_earlier:
+        units[0] += (_cost_units(session, since=None, filters=filters, from_records=from_records)
+                     - _cost_units(session, since=start, filters=filters, from_records=from_records))
+    values = tuple(u / COST_UNITS_PER_USD for u in units)
+    return SpendSeries(from_epoch(origin), timedelta(seconds=width), values)
 
 
-def key_budgets(*, session: Session, now: datetime, include_revoked: bool = False) -> list[KeyBudget]:
+def key_budgets(*, session: Session, now: datetime, include_revoked: bool = False,
+                from_records: bool = False) -> list[KeyBudget]:
     """Every key's spend in its budget period, most used budget first, then keys without one.
 
-    One aggregate query for all keys: the monthly and daily sums are conditional
-    sums. A `total` budget needs every record; without one, only this month's
-    (or today's) are read. Rows are not filtered by key: SQLite would fetch them
-    through `ix_usage_key_id` one by one, slower than the plain scan it needs anyway.
+    One aggregate query over the keys' hour rollup rows (periods start on whole hours):
+    the monthly and daily sums are conditional sums; a `total` budget needs every hour row.
     """
     statement = select(ApiKey.id, ApiKey.name, ApiKey.budget_usd, ApiKey.budget_period)
     if not include_revoked:
@@ -374,27 +570,39 @@ def key_budgets(*, session: Session, now: datetime, include_revoked: bool = Fals
     month_start = period_start("monthly", now=now)
     day_start = period_start("daily", now=now)
     assert month_start is not None and day_start is not None
-    month_bound, day_bound = _stored(month_start), _stored(day_start)
     periods = {period if period in BUDGET_PERIODS else "total" for _, _, _, period in keys}
-    cost = col(Usage.cost_usd)
-    created = col(Usage.created_at)
+    earliest = None if "total" in periods else (month_start if "monthly" in periods else day_start)
+    if from_records:
+        cost = record_measures_sql()["cost_units"]
+        created = col(Usage.created_at)
+        month: Any = created >= _stored(month_start)
+        day: Any = created >= _stored(day_start)
+        key_id: Any = col(Usage.key_id)
+        conditions = [] if earliest is None else [_window_condition(session, earliest)]
+        group: Any = _Unindexed(key_id)
+    else:
+        cost = _ROLLUP.c.cost_units
+        month = _ROLLUP.c.bucket >= epoch_seconds(month_start)
+        day = _ROLLUP.c.bucket >= epoch_seconds(day_start)
+        key_id = _ROLLUP.c.key_id
+        conditions = [_ROLLUP.c.cut == cut_for(["key_id"]).id, _ROLLUP.c.grain == HOUR]  # type: ignore[union-attr]
+        if earliest is not None:
+            conditions.append(_ROLLUP.c.bucket >= epoch_seconds(earliest))
+        group = key_id
     spent = select(
-        Usage.key_id,
-        func.coalesce(func.sum(cost), 0.0),
-        func.coalesce(func.sum(case((created >= month_bound, cost), else_=0.0)), 0.0),
-        func.coalesce(func.sum(case((created >= day_bound, cost), else_=0.0)), 0.0),
-    )
-    if "total" not in periods:
-        spent = spent.where(_window_condition(session, month_start if "monthly" in periods else day_start))
-    spent = spent.group_by(_Unindexed(col(Usage.key_id)))
-    by_key = {key_id: (float(total), float(month), float(day)) for key_id, total, month, day in session.exec(spent)}
+        key_id,
+        func.coalesce(func.sum(cost), 0),
+        func.coalesce(func.sum(case((month, cost), else_=0)), 0),
+        func.coalesce(func.sum(case((day, cost), else_=0)), 0),
+    ).where(*conditions).group_by(group)
+    by_key = {found: tuple(int(v) / COST_UNITS_PER_USD for v in sums) for found, *sums in session.exec(spent)}
 
     budgets = []
-    for key_id, name, budget, period in keys:
+    for key, name, budget, period in keys:
         period = period if period in BUDGET_PERIODS else "total"
-        total, month, day = by_key.get(key_id, (0.0, 0.0, 0.0))
-        used = {"total": total, "monthly": month, "daily": day}[period]
-        budgets.append(KeyBudget(key_id, name, budget, period, period_start(period, now=now), used))
+        total, monthly, daily = by_key.get(key, (0.0, 0.0, 0.0))
+        used = {"total": total, "monthly": monthly, "daily": daily}[period]
+        budgets.append(KeyBudget(key, name, budget, period, period_start(period, now=now), used))
     budgets.sort(key=_budget_order)
     return budgets
 
@@ -413,10 +621,14 @@ def recent_usage(
     since: datetime | None = None,
     filters: Filters | None = None,
 ) -> list[Usage]:
-    """The latest `limit` records, newest first."""
+    """The latest `limit` records, newest first (from the records: `ix_usage_created_at`)."""
+    conditions = [] if since is None else [col(Usage.created_at) >= _stored(since)]
+    for name, value in (filters or {}).items():
+        column = _field(name)
+        conditions.append(column.is_(None) if value is None else column == value)
     statement = (
         select(Usage)
-        .where(*_conditions(session, since=since, filters=filters))
+        .where(*conditions)
         .order_by(col(Usage.created_at).desc(), col(Usage.id).desc())
         .limit(limit)
     )
@@ -424,16 +636,25 @@ def recent_usage(
 
 
 def change_marker(*, session: Session) -> ChangeMarker:
-    """Max id and row counts of the usage and key tables, and the keys' last change, in one round trip."""
+    """The newest record id, what the rollups count, the keys' state and the retention horizon, in one round trip.
+
+    Every committed batch of records moves the rollups' request count (whatever ids the
+    records got, from whichever instance); a re-pricing moves their cost; a prune moves
+    the horizon. Each sub-query reads an index or the few hour rows of the `total` cut.
+    """
+    total = (_ROLLUP.c.cut == CUTS[0].id, _ROLLUP.c.grain == HOUR)
     statement = select(
         select(func.coalesce(func.max(Usage.id), 0)).scalar_subquery(),
-        select(func.count()).select_from(Usage).scalar_subquery(),
+        select(func.coalesce(func.sum(_ROLLUP.c.requests), 0)).where(*total).scalar_subquery(),
         select(func.count()).select_from(ApiKey).scalar_subquery(),
         select(func.count(ApiKey.revoked_at)).scalar_subquery(),
         select(func.max(ApiKey.updated_at)).scalar_subquery(),
+        select(func.coalesce(func.sum(_ROLLUP.c.cost_units), 0)).where(*total).scalar_subquery(),
+        select(UsageRetention.raw_before).where(UsageRetention.id == 1).scalar_subquery(),
     )
-    max_id, usage_count, key_count, revoked, updated = session.exec(statement).one()
-    return ChangeMarker(int(max_id or 0), int(usage_count or 0), int(key_count or 0), int(revoked or 0), updated)
+    max_id, usage_count, key_count, revoked, updated, cost, horizon = session.exec(statement).one()
+    return ChangeMarker(int(max_id or 0), int(usage_count or 0), int(key_count or 0), int(revoked or 0), updated,
+                        int(cost or 0), None if horizon is None else int(horizon))
 
 
 @dataclass(frozen=True)
@@ -461,6 +682,17 @@ class DashboardSnapshot:
     series: SpendSeries
     budgets: list[KeyBudget]
     recent: list[Usage]
+    raw_before: datetime | None = None
+    """Records before this time were pruned (retention); None if none were."""
+    groups_from_records: bool = False
+    """The grouped rows were read from records (execution ids), not rollups."""
+
+    @property
+    def drill_reaches_pruned(self) -> bool:
+        """Whether rows read from records miss some of the window: its records before `raw_before` are pruned."""
+        if not self.groups_from_records or self.raw_before is None:
+            return False
+        return self.since is None or self.since < self.raw_before
 
 
 def dashboard_snapshot(
@@ -469,13 +701,16 @@ def dashboard_snapshot(
     query: DashboardQuery,
     now: datetime,
     marker: ChangeMarker | None = None,
+    from_records: bool = False,
 ) -> DashboardSnapshot:
     """Run all of one refresh's queries.
 
     The header totals and the sparkline cover the whole window; the grouped rows
     follow the drill-down filters; budgets follow each key's own period; the log
-    is the latest records whatever the window.
+    is the latest records whatever the window. `from_records` reads records only
+    (the reference, and the "before" of scripts/bench_dashboard.py).
     """
+    raw = from_records
     now = as_utc(now)
     since = window_start(query.window, now=now)
     filters = dict(query.filters)
@@ -483,18 +718,21 @@ def dashboard_snapshot(
         marker = change_marker(session=session)
     series_start = since
     if series_start is None:
-        series_start = first_usage_at(session=session) or now - timedelta(hours=1)
+        series_start = first_usage_at(session=session, from_records=raw) or now - timedelta(hours=1)
         series_start = min(series_start, now - timedelta(minutes=1))
-    series = spend_series(session=session, start=series_start, end=now, buckets=query.buckets, include_earlier=since is None)
+    series = spend_series(session=session, start=series_start, end=now, buckets=query.buckets, from_records=raw)
     return DashboardSnapshot(
         query=query,
         now=now,
         since=since,
         marker=marker,
-        totals=usage_totals(session=session, since=since),
-        groups=group_usage(session=session, by=query.group_by, since=since, filters=filters, limit=query.group_limit),
+        totals=usage_totals(session=session, since=since, from_records=raw),
+        groups=group_usage(session=session, by=query.group_by, since=since, filters=filters, limit=query.group_limit,
+                           from_records=raw),
         series=series,
-        budgets=key_budgets(session=session, now=now),
+        budgets=key_budgets(session=session, now=now, from_records=raw),
         recent=recent_usage(session=session, limit=query.log_limit),
+        raw_before=None if marker.raw_before is None else from_epoch(marker.raw_before),
+        groups_from_records=cut_for([query.group_by, *filters]) is None,
     )
 

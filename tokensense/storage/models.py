@@ -5,7 +5,7 @@ from __future__ import annotations
 import uuid
 from datetime import UTC, datetime
 
-from sqlalchemy import JSON, Column, Float, Index, false
+from sqlalchemy import JSON, BigInteger, Column, Float, Index, Integer, SmallInteger, String, false
 from sqlmodel import Field, SQLModel
 
 
@@ -110,12 +110,68 @@ class Usage(UsageBase, table=True):
     # Each schema change here needs a migration in tokensense/storage/migrations/versions (docs/migrations.md).
     __table_args__ = (
         Index("ix_usage_key_id_created_at", "key_id", "created_at"),  # a key's spend in its budget period
-        Index("ix_usage_created_at_workflow", "created_at", "workflow"),  # the dashboard's windows by workflow
+        # The dashboard's drill-down from a step to its executions reads records (no rollup has execution ids).
+        Index("ix_usage_workflow_step_created_at", "workflow", "step", "created_at"),
         Index("ux_usage_request_id_attempt", "request_id", "attempt", unique=True),  # one record per attempt
     )
 
     id: int | None = Field(default=None, primary_key=True)
     created_at: datetime = Field(default_factory=utcnow, index=True)
+
+
+class UsageRollup(SQLModel, table=True):
+    """Sums of the usage records of one time bucket and one combination of attribution values (docs/analytics.md).
+
+    `cut` says which fields the row is grouped by (`tokensense.storage.rollups.CUTS`); the other
+    attribution columns are NULL. `dims_key` spells the cut's values, NULL told apart from any
+    string, so that the primary key finds the row to add to (a plain unique index treats NULLs as
+    distinct). Sums are integers: cost in 1e-10 USD, latencies and media seconds in microseconds,
+    so that adding batches in any order, from any instance, gives the same totals as the records.
+    """
+
+    __tablename__ = "usage_rollup"
+    __table_args__ = {"sqlite_with_rowid": False}  # rows stored in key order: a window is one range read
+
+    cut: int = Field(sa_column=Column(SmallInteger, primary_key=True, autoincrement=False))
+    grain: int = Field(sa_column=Column(Integer, primary_key=True, autoincrement=False))  # seconds: 60 or 3600
+    bucket: int = Field(sa_column=Column(BigInteger, primary_key=True, autoincrement=False))  # UTC epoch seconds
+    dims_key: str = Field(sa_column=Column(String, primary_key=True))
+    key_id: str | None = None
+    key_name: str | None = None
+    project: str | None = None
+    workflow: str | None = None
+    step: str | None = None
+    source: str | None = None
+    provider: str | None = None
+    model: str | None = None
+    endpoint: str | None = None
+    status: int | None = None
+    requests: int = Field(default=0, sa_column=Column(BigInteger, nullable=False))
+    errors: int = Field(default=0, sa_column=Column(BigInteger, nullable=False))
+    unpriced: int = Field(default=0, sa_column=Column(BigInteger, nullable=False))
+    input_tokens: int = Field(default=0, sa_column=Column(BigInteger, nullable=False))
+    output_tokens: int = Field(default=0, sa_column=Column(BigInteger, nullable=False))
+    cached_input_tokens: int = Field(default=0, sa_column=Column(BigInteger, nullable=False))
+    cache_write_tokens: int = Field(default=0, sa_column=Column(BigInteger, nullable=False))
+    reasoning_tokens: int = Field(default=0, sa_column=Column(BigInteger, nullable=False))
+    images: int = Field(default=0, sa_column=Column(BigInteger, nullable=False))
+    characters: int = Field(default=0, sa_column=Column(BigInteger, nullable=False))
+    seconds_us: int = Field(default=0, sa_column=Column(BigInteger, nullable=False))
+    cost_units: int = Field(default=0, sa_column=Column(BigInteger, nullable=False))  # 1e-10 USD
+    latency_count: int = Field(default=0, sa_column=Column(BigInteger, nullable=False))
+    latency_us: int = Field(default=0, sa_column=Column(BigInteger, nullable=False))
+    ttft_count: int = Field(default=0, sa_column=Column(BigInteger, nullable=False))
+    ttft_us: int = Field(default=0, sa_column=Column(BigInteger, nullable=False))
+
+
+class UsageRetention(SQLModel, table=True):
+    """How far raw usage records (and minute rollups) were pruned: one row, id 1 (docs/analytics.md)."""
+
+    __tablename__ = "usage_retention"
+
+    id: int = Field(default=1, primary_key=True)
+    raw_before: int = Field(sa_column=Column(BigInteger, nullable=False))  # UTC epoch seconds, a whole hour
+    pruned_at: datetime = Field(default_factory=utcnow)
 
 
 class StoredResponse(SQLModel, table=True):

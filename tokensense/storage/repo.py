@@ -4,17 +4,19 @@ from __future__ import annotations
 
 import enum
 import re
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import urlsplit
 
-from sqlalchemy import case, func, insert
+from sqlalchemy import bindparam, insert, update
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session, col, select
 
 from tokensense.crypto import decrypt_secret, encrypt_secret, hash_key, new_key
+from tokensense.storage.analytics import grouped_totals, report_totals
 from tokensense.storage.models import DEFAULT_KEY_NAME, ApiKey, ProviderCredential, Usage, UsageCreate
+from tokensense.storage.rollups import add_to_rollups
 
 BUDGET_PERIODS: tuple[str, ...] = ("total", "monthly", "daily")
 PLANS: tuple[str, ...] = ("free", "pro", "enterprise")
@@ -370,22 +372,76 @@ def _insert_usage_once(dialect: str) -> Any:
     elif dialect == "sqlite":
         from sqlalchemy.dialects.sqlite import insert as dialect_insert
     else:  # no portable ON CONFLICT: a plain insert (the unique index still refuses a duplicate)
-        return insert(Usage.__table__)
-    return dialect_insert(Usage.__table__).on_conflict_do_nothing(index_elements=["request_id", "attempt"])
+        return insert(Usage.__table__).execution_options(preserve_rowcount=True)
+    # The row count says whether every record was inserted (`record_usages`); SQLAlchemy keeps it only when asked.
+    return (dialect_insert(Usage.__table__).on_conflict_do_nothing(index_elements=["request_id", "attempt"])
+            .execution_options(preserve_rowcount=True))
 
 
 def record_usages(*, session: Session, usages: Sequence[UsageCreate]) -> int:
-    """Insert the records in one batched statement (a record already stored is skipped); return how many were given."""
+    """Insert the records in one batched statement (a record already stored is skipped) and add them to the
+    rollups in the same transaction; return how many were given.
+
+    Only the records this transaction inserted are added to the rollups: when the
+    database says fewer rows were inserted than given (some were stored already: a
+    spool replayed, a batch retried), the batch is written again row by row to learn
+    which. So a record counts in the rollups exactly once, whichever instance wrote it.
+    """
     if not usages:
         return 0
     created_at = Usage.__table__.c.created_at
     rows = [usage.model_dump() for usage in usages]
     for row in rows:
         row["created_at"] = _for_column(row["created_at"], created_at)
+    dialect = session.get_bind().dialect.name
+    if dialect == "postgresql":
+        # Two instances writing the same record at once (a spool replayed while its first write commits)
+        # wait on each other's unique index entry: in one key order they cannot wait in a circle. The
+        # rollup rows are then locked in their own order (`rollups.rollup_deltas`), after every insert.
+        rows.sort(key=lambda row: (row["request_id"], row["attempt"]))
+    statement = _insert_usage_once(dialect)
     # On the table, not the ORM class: a Core executemany, without the ORM's bulk-insert bookkeeping per row.
-    session.connection().execute(_insert_usage_once(session.get_bind().dialect.name), rows)
+    result = session.connection().execute(statement, rows)
+    inserted = rows
+    if result.rowcount != len(rows):
+        session.rollback()
+        connection = session.connection()
+        inserted = [row for row in rows if connection.execute(statement, row).rowcount == 1]
+    add_to_rollups(session.connection(), inserted)
     session.commit()
     return len(rows)
+
+
+def update_usage_costs(*, session: Session, costs: Mapping[int, float | None]) -> int:
+    """Set the cost of existing records (record id -> USD, None: unpriced), and move the rollups with them.
+
+    For re-pricing stored records. In one transaction: the records are locked first (an
+    UPDATE that changes nothing: SQLite's write lock, PostgreSQL's row locks), their old
+    costs read, the new ones written, and the difference added to their rollup rows in
+    one sorted pass, so writers adding new records meanwhile neither wait long nor
+    deadlock, and the rollups stay exact. Records already pruned are not there to
+    change; returns how many records were changed.
+    """
+    if not costs:
+        return 0
+    table = Usage.__table__
+    ids = sorted(costs)
+    connection = session.connection()
+    updated = 0
+    for start in range(0, len(ids), 500):
+        chunk = ids[start:start + 500]
+        connection.execute(update(table).where(table.c.id.in_(chunk)).values(cost_usd=table.c.cost_usd))
+        old = [dict(row._mapping) for row in connection.execute(select(table).where(table.c.id.in_(chunk)))]
+        if not old:
+            continue
+        new = [{**row, "cost_usd": costs[row["id"]]} for row in old]
+        connection.execute(update(table).where(table.c.id == bindparam("record_id"))
+                           .values(cost_usd=bindparam("new_cost")),
+                           [{"record_id": row["id"], "new_cost": row["cost_usd"]} for row in new])
+        add_to_rollups(connection, new, removed=old)
+        updated += len(old)
+    session.commit()
+    return updated
 
 
 def usage_for_request(*, session: Session, request_id: str, key_id: str) -> list[dict[str, Any]]:
@@ -434,7 +490,8 @@ def query_usage(
 
     Without `by`: one dict per record, newest first (`limit` keeps the newest).
     With `by`: one dict per group with the group fields and `requests`,
-    `input_tokens`, `output_tokens`, `cost_usd`, aggregated by the database,
+    `input_tokens`, `output_tokens`, `cost_usd`, `unpriced`, from the rollups
+    (`tokensense.storage.analytics.grouped_totals`; execution ids from the records),
     costliest first (`limit` keeps the costliest groups).
     """
     if limit is not None and limit <= 0:
@@ -448,44 +505,22 @@ def query_usage(
         return [usage_record_dict(row) for row in session.exec(statement).all()]
 
     fields = normalize_group_fields(by)
-    group_columns = [getattr(Usage, name) for name in fields]
-    cost = func.coalesce(func.sum(Usage.cost_usd), 0.0)
-    statement = (
-        select(
-            *group_columns,
-            func.count().label("requests"),
-            func.coalesce(func.sum(Usage.input_tokens), 0).label("input_tokens"),
-            func.coalesce(func.sum(Usage.output_tokens), 0).label("output_tokens"),
-            cost.label("cost_usd"),
-            func.coalesce(func.sum(case((col(Usage.cost_usd).is_(None), 1), else_=0)), 0).label("unpriced"),
-        )
-        .where(*conditions)
-        .group_by(*group_columns)
-        .order_by(cost.desc(), func.count().desc(), *group_columns)
-    )
-    if limit is not None:
-        statement = statement.limit(limit)
     results = []
-    for row in session.exec(statement).all():
-        group = dict(zip(fields, row[: len(fields)], strict=True))
-        requests, input_tokens, output_tokens, cost_usd, unpriced = row[len(fields) :]
+    for values, totals, _share in grouped_totals(session=session, fields=fields, since=since, limit=limit):
         results.append(
             {
-                **group,
-                "requests": int(requests),
-                "input_tokens": int(input_tokens),
-                "output_tokens": int(output_tokens),
-                "cost_usd": float(cost_usd),  # of the priced calls
-                "unpriced": int(unpriced),  # calls no price was known for (not in cost_usd)
+                **dict(zip(fields, values, strict=True)),
+                "requests": totals.requests,
+                "input_tokens": totals.input_tokens,
+                "output_tokens": totals.output_tokens,
+                "cost_usd": totals.cost_usd,  # of the priced calls
+                "unpriced": totals.unpriced,  # calls no price was known for (not in cost_usd)
             }
         )
     return results
 
 
-
 def spent_since(*, session: Session, key_id: str, since: datetime | None) -> float:
-    """What a key has spent (USD) since `since` (None: ever), summed in SQL."""
-    statement = select(func.coalesce(func.sum(Usage.cost_usd), 0.0)).where(Usage.key_id == key_id)
-    if since is not None:
-        statement = statement.where(Usage.created_at >= since)
-    return float(session.exec(statement).one())
+    """What a key has spent (USD) since `since` (None: ever), from the rollups (its hour rows, and the
+    minute rows and records of a window's partial first hour)."""
+    return report_totals(session=session, since=since, filters={"key_id": key_id}).cost_usd

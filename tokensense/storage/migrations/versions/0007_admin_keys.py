@@ -1,7 +1,7 @@
 """Admin keys: `api_keys.admin`, the keys that open the browser dashboard
 
-Revision ID: 0006_admin_keys
-Revises: 0005_responses
+Revision ID: 0007_admin_keys
+Revises: 0006_usage_rollups
 Created: 2026-12-06
 
 `tokensense keys create NAME --admin` makes a key that may read every record: it opens
@@ -15,8 +15,8 @@ from collections.abc import Sequence
 import sqlalchemy as sa
 from alembic import op
 
-revision: str = "0006_admin_keys"
-down_revision: str | None = "0005_responses"
+revision: str = "0007_admin_keys"
+down_revision: str | None = "0006_usage_rollups"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 

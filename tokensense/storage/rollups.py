@@ -1,0 +1,411 @@
+"""Usage rollups: per-minute and per-hour sums of the usage records, kept as records are written (docs/analytics.md).
+
+Every batch of records written by `repo.record_usages` adds its sums to the rollup rows
+of its buckets in the same transaction, so the rollups always hold exactly what the
+committed records hold. A row is one time bucket (`grain` 60 or 3600 seconds) of one
+*cut*: a set of attribution fields the records are grouped by. Small cuts (by key, by
+workflow and step, by model, ...) serve the dashboard and have minute and hour rows; the
+`all` cut groups by every attribution field but the execution id and has hour rows only
+(it serves any `tokensense usage --by` combination).
+
+Sums are integers, so that they do not depend on the order batches arrive in (several
+instances add to the same rows): cost in units of 1e-10 USD (the precision costs are
+priced to), latencies and media seconds in microseconds. Reports over raw records sum
+the same integers, so both give identical numbers.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+import operator
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from datetime import UTC, datetime, timedelta
+from typing import Any, NamedTuple
+
+from sqlalchemy import (
+    BigInteger,
+    Column,
+    Connection,
+    Integer,
+    MetaData,
+    String,
+    Table,
+    case,
+    cast,
+    func,
+    insert,
+    literal,
+    select,
+    text,
+)
+from sqlalchemy.ext.compiler import compiles
+from sqlalchemy.sql.elements import ColumnElement
+from sqlalchemy.sql.functions import FunctionElement
+
+from tokensense.storage.models import Usage, UsageRollup
+
+COST_UNITS_PER_USD = 10**10
+"""Rollups count cost in 1e-10 USD: `call_cost` rounds costs to 10 decimals."""
+MICROS = 10**6
+
+MINUTE = 60
+HOUR = 3600
+EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_SECOND = timedelta(seconds=1)
+
+DIMS: tuple[str, ...] = (
+    "key_id", "key_name", "project", "workflow", "step", "source", "provider", "model", "endpoint", "status",
+)
+"""The attribution fields rollups can group by (every one a usage record has but the execution id)."""
+
+MEASURES: tuple[str, ...] = (
+    "requests", "errors", "unpriced", "input_tokens", "output_tokens", "cached_input_tokens", "cache_write_tokens",
+    "reasoning_tokens", "images", "characters", "seconds_us", "cost_units", "latency_count", "latency_us",
+    "ttft_count", "ttft_us",
+)
+"""The sums a rollup row holds, in this order everywhere."""
+
+
+class Cut(NamedTuple):
+    """A set of fields rollup rows are grouped by, and whether it has minute rows besides hour rows."""
+
+    id: int
+    name: str
+    dims: tuple[str, ...]
+    minutes: bool
+
+
+CUTS: tuple[Cut, ...] = (
+    Cut(0, "total", (), True),  # header totals, sparkline, change marker
+    Cut(1, "project", ("project",), True),
+    Cut(2, "source", ("source",), True),
+    Cut(3, "key", ("key_id", "key_name"), True),  # budgets, by key
+    Cut(4, "model", ("provider", "model"), True),
+    Cut(5, "workflow", ("workflow", "step"), True),  # by workflow, a workflow's steps
+    Cut(9, "all", DIMS, False),  # any other grouping or filter (hour rows; the leading partial hour from records)
+)
+"""Smallest first: a query reads the first cut that has every field it groups or filters by."""
+
+MINUTE_CUTS: tuple[int, ...] = tuple(cut.id for cut in CUTS if cut.minutes)
+
+
+def cut_for(fields: Iterable[str]) -> Cut | None:
+    """The smallest cut that has every one of `fields`; None when only raw records have them (execution_id)."""
+    wanted = set(fields)
+    for cut in CUTS:
+        if wanted <= set(cut.dims):
+            return cut
+    return None
+
+
+# --- integer sums ----------------------------------------------------------------
+
+
+def to_units(value: float | None, scale: int) -> int:
+    """`value * scale` rounded half away from zero, as `_Units` computes it in SQL (0 for None)."""
+    if value is None:
+        return 0
+    if value < 0:
+        return -math.floor(-value * scale + 0.5)
+    return math.floor(value * scale + 0.5)
+
+
+class _Units(FunctionElement[int]):
+    """`to_units(column, scale)` in SQL: the same IEEE double arithmetic, then floor."""
+
+    type = BigInteger()
+    inherit_cache = True
+    name = "units"
+
+
+@compiles(_Units)
+def _units_default(element: _Units, compiler: Any, **kw: Any) -> str:
+    value, scale = (compiler.process(clause, **kw) for clause in element.clauses)
+    return (f"CASE WHEN {value} IS NULL THEN 0 WHEN {value} < 0 THEN -CAST(FLOOR(-{value} * {scale} + 0.5) AS BIGINT) "
+            f"ELSE CAST(FLOOR({value} * {scale} + 0.5) AS BIGINT) END")
+
+
+@compiles(_Units, "sqlite")
+def _units_sqlite(element: _Units, compiler: Any, **kw: Any) -> str:
+    # CAST truncates toward zero: floor for the non-negative operands (FLOOR is not always compiled in).
+    value, scale = (compiler.process(clause, **kw) for clause in element.clauses)
+    return (f"CASE WHEN {value} IS NULL THEN 0 WHEN {value} < 0 THEN -CAST(-{value} * {scale} + 0.5 AS INTEGER) "
+            f"ELSE CAST({value} * {scale} + 0.5 AS INTEGER) END")
+
+
+def units_sql(column: Any, scale: int) -> ColumnElement[int]:
+    return _Units(column, literal(scale, BigInteger()))  # type: ignore[return-value]
+
+
+def record_measures_sql() -> dict[str, ColumnElement[Any]]:
+    """One usage record's contribution to each of `MEASURES`, as SQL over the `usage` table."""
+    c = Usage.__table__.c  # type: ignore[attr-defined]
+    return {
+        "requests": literal(1, Integer()),
+        "errors": case((c.status >= 400, 1), else_=0),
+        "unpriced": case((c.cost_usd.is_(None), 1), else_=0),
+        **{name: c[name] for name in ("input_tokens", "output_tokens", "cached_input_tokens", "cache_write_tokens",
+                                      "reasoning_tokens", "images", "characters")},
+        "seconds_us": units_sql(c.seconds, MICROS),
+        "cost_units": units_sql(c.cost_usd, COST_UNITS_PER_USD),
+        "latency_count": case((c.latency_ms.is_(None), 0), else_=1),
+        "latency_us": units_sql(c.latency_ms, 1000),
+        "ttft_count": case((c.ttft_ms.is_(None), 0), else_=1),
+        "ttft_us": units_sql(c.ttft_ms, 1000),
+    }
+
+
+def record_measures(row: Mapping[str, Any]) -> tuple[int, ...]:
+    """One record's (a dict of usage columns) contribution to each of `MEASURES`."""
+    cost = row["cost_usd"]
+    latency = row["latency_ms"]
+    ttft = row["ttft_ms"]
+    return (
+        1,
+        1 if row["status"] >= 400 else 0,
+        1 if cost is None else 0,
+        row["input_tokens"],
+        row["output_tokens"],
+        row["cached_input_tokens"],
+        row["cache_write_tokens"],
+        row["reasoning_tokens"],
+        row["images"],
+        row["characters"],
+        to_units(row["seconds"], MICROS),
+        to_units(cost, COST_UNITS_PER_USD),
+        0 if latency is None else 1,
+        to_units(latency, 1000),
+        0 if ttft is None else 1,
+        to_units(ttft, 1000),
+    )
+
+
+# --- time buckets ------------------------------------------------------------------
+
+
+def epoch_seconds(moment: datetime) -> int:
+    """Whole UTC seconds since 1970 (floor); a naive `moment` is UTC. Integer arithmetic: no float rounding."""
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=UTC)
+    return (moment - EPOCH) // _SECOND
+
+
+def from_epoch(seconds: int) -> datetime:
+    return EPOCH + timedelta(seconds=seconds)
+
+
+class _Bucket(FunctionElement[int]):
+    """The start (UTC epoch seconds) of the `grain`-second bucket a `usage.created_at` falls in."""
+
+    type = BigInteger()
+    inherit_cache = True
+    name = "bucket_start"
+
+
+@compiles(_Bucket)
+def _bucket_default(element: _Bucket, compiler: Any, **kw: Any) -> str:
+    created, grain = (compiler.process(clause, **kw) for clause in element.clauses)
+    return f"CAST(FLOOR(EXTRACT(EPOCH FROM {created}) / {grain}) * {grain} AS BIGINT)"
+
+
+@compiles(_Bucket, "sqlite")
+def _bucket_sqlite(element: _Bucket, compiler: Any, **kw: Any) -> str:
+    # created_at is stored as 'YYYY-MM-DD HH:MM:SS.ffffff' (UTC). strftime('%s') would round
+    # 59.9999 seconds up into the next minute: cut the text at the minute instead.
+    created, grain = (compiler.process(clause, **kw) for clause in element.clauses)
+    minute = f"CAST(strftime('%s', substr({created}, 1, 16) || ':00') AS INTEGER)"
+    return f"({minute} - {minute} % {grain})"
+
+
+def bucket_sql(created: Any, grain: int) -> ColumnElement[int]:
+    return _Bucket(created, literal(grain, Integer()))  # type: ignore[return-value]
+
+
+# --- the key of a rollup row -------------------------------------------------------
+
+
+def dims_key(values: Sequence[Any]) -> str:
+    """The values of a cut's fields in one string: each `len:value`, `~` for NULL (so NULL is not '')."""
+    parts = []
+    for value in values:
+        if value is None:
+            parts.append("~")
+        else:
+            text = str(value)
+            parts.append(f"{len(text)}:{text}")
+    return "".join(parts)
+
+
+def dims_key_sql(columns: Sequence[Any]) -> ColumnElement[str]:
+    """`dims_key` in SQL (LENGTH counts characters in SQLite and PostgreSQL, as `len` does)."""
+    if not columns:
+        return literal("", String())  # type: ignore[return-value]
+    parts: list[Any] = []
+    for column in columns:
+        text = cast(column, String())
+        parts.append(func.coalesce(cast(func.length(text), String()) + literal(":") + text, literal("~")))
+    key: Any = parts[0]
+    for part in parts[1:]:
+        key = key + part
+    return key  # type: ignore[no-any-return]
+
+
+# --- adding records ------------------------------------------------------------------
+
+_DIM_GETTER = operator.itemgetter(*DIMS)
+
+
+def _picker(cut: Cut) -> Callable[[tuple[Any, ...]], tuple[Any, ...]]:
+    """From the values of every field in `DIMS` order, those of `cut`'s fields (as a tuple)."""
+    positions = [DIMS.index(name) for name in cut.dims]
+    if not positions:
+        return lambda values: ()
+    if len(positions) == 1:
+        (position,) = positions
+        return lambda values: (values[position],)
+    return operator.itemgetter(*positions)  # type: ignore[return-value]
+
+
+_CUT_PLAN = [(cut.id, cut.dims, _picker(cut), cut.minutes) for cut in CUTS]
+
+
+def rollup_deltas(rows: Iterable[Mapping[str, Any]], *, sign: int = 1,
+                  removed: Iterable[Mapping[str, Any]] = ()) -> list[tuple[Any, ...]]:
+    """The rollup rows to add for `rows` (dicts of usage columns), minus those of `removed`, sorted by primary key:
+    tuples of `ROLLUP_COLUMNS`.
+
+    The sort gives every writer the same lock order on PostgreSQL: instances adding
+    to the same rows at once wait for each other but never deadlock. This runs in the
+    writer thread, which shares the interpreter with the proxy's loop: records are
+    first summed per minute and combination of fields, then each cut from those sums.
+    """
+    add = operator.add
+    per_minute: dict[tuple[Any, ...], list[int]] = {}
+    for records, factor in ((rows, sign), (removed, -sign)):
+        for row in records:
+            second = epoch_seconds(row["created_at"])
+            key = (second - second % MINUTE, _DIM_GETTER(row))
+            measures = record_measures(row)
+            if factor != 1:
+                measures = tuple(factor * m for m in measures)
+            sums = per_minute.get(key)
+            per_minute[key] = list(measures) if sums is None else list(map(add, sums, measures))
+    # Minute rows of the small cuts and hour rows of `all` from the per-minute sums; the small cuts'
+    # hour rows from their (fewer) minute rows.
+    out: dict[tuple[Any, ...], list[int]] = {}
+    for (minute, values), sums in per_minute.items():  # type: ignore[misc]
+        for cut_id, _dims, pick, minutes in _CUT_PLAN:
+            row_key = (cut_id, MINUTE, minute, pick(values)) if minutes else \
+                (cut_id, HOUR, minute - minute % HOUR, pick(values))
+            found = out.get(row_key)
+            out[row_key] = sums if found is None else list(map(add, found, sums))
+    hours: dict[tuple[Any, ...], list[int]] = {}
+    for (cut_id, grain, bucket, cut_values), sums in out.items():
+        if grain == MINUTE:
+            row_key = (cut_id, HOUR, bucket - bucket % HOUR, cut_values)
+            found = hours.get(row_key)
+            hours[row_key] = sums if found is None else list(map(add, found, sums))
+    out.update(hours)
+    keys: dict[tuple[Any, ...], str] = {}
+    deltas = []
+    for (cut_id, grain, bucket, cut_values), sums in out.items():
+        if not any(sums):
+            continue  # a change that cancels out (a record re-priced at the same cost)
+        spelled = keys.get(cut_values)
+        if spelled is None:
+            spelled = keys[cut_values] = dims_key(cut_values)
+        fields = list(_NO_FIELDS)
+        for position, value in zip(_POSITIONS[cut_id], cut_values, strict=True):
+            fields[position] = value
+        deltas.append((cut_id, grain, bucket, spelled, *fields, *sums))
+    deltas.sort(key=operator.itemgetter(0, 1, 2, 3))
+    return deltas
+
+
+_NO_FIELDS = (None,) * len(DIMS)
+_POSITIONS = {cut.id: [DIMS.index(name) for name in cut.dims] for cut in CUTS}
+ROLLUP_COLUMNS: tuple[str, ...] = ("cut", "grain", "bucket", "dims_key", *DIMS, *MEASURES)
+"""The order of the values in the tuples `rollup_deltas` returns."""
+
+
+@functools.cache
+def _upsert_sql(dialect: str) -> str:
+    """INSERT ... ON CONFLICT DO UPDATE adding to the row (the same text for SQLite and PostgreSQL but the marks).
+
+    Sent with the driver's executemany: SQLAlchemy's per-row parameter handling cost
+    more than the database's work for these narrow rows.
+    """
+    if dialect not in ("sqlite", "postgresql"):
+        raise NotImplementedError(f"usage rollups need SQLite or PostgreSQL, not {dialect}")
+    mark = "?" if dialect == "sqlite" else "%s"
+    adds = ", ".join(f"{name} = usage_rollup.{name} + excluded.{name}" for name in MEASURES)
+    return (f"INSERT INTO usage_rollup ({', '.join(ROLLUP_COLUMNS)}) VALUES ({', '.join([mark] * len(ROLLUP_COLUMNS))}) "
+            f"ON CONFLICT (cut, grain, bucket, dims_key) DO UPDATE SET {adds}")
+
+
+def add_to_rollups(connection: Connection, rows: Iterable[Mapping[str, Any]], *, sign: int = 1,
+                   removed: Iterable[Mapping[str, Any]] = ()) -> int:
+    """Add the records `rows` to their rollup rows (`sign=-1`: take them away), and take away `removed`
+    (a record's old version when it changes); how many rollup rows were touched.
+
+    Call it in the transaction that writes the records, with only the records that
+    transaction really inserted (or changed), in one call: one sorted pass of upserts.
+    """
+    deltas = rollup_deltas(rows, sign=sign, removed=removed)
+    if deltas:
+        connection.exec_driver_sql(_upsert_sql(connection.dialect.name), deltas)
+    return len(deltas)
+
+
+# --- building rollups from records in bulk ------------------------------------------
+
+
+def rollup_select(cut: Cut, grain: int, *, where: Sequence[ColumnElement[bool]] = ()) -> Any:
+    """SELECT the rollup rows of `cut` and `grain` from the usage records (GROUP BY in the database)."""
+    table = Usage.__table__  # type: ignore[attr-defined]
+    bucket = bucket_sql(table.c.created_at, grain)
+    dims = [table.c[name] for name in cut.dims]
+    measures = record_measures_sql()
+    sums = [func.coalesce(func.sum(measures[name]), 0).label(name) for name in MEASURES]
+    return (
+        select(literal(cut.id, Integer()).label("cut"), literal(grain, Integer()).label("grain"), bucket.label("bucket"),
+               dims_key_sql(dims).label("dims_key"), *dims, *sums)
+        .where(*where)
+        .group_by(bucket, *dims)
+    )
+
+
+def rebuild_rollups(connection: Connection) -> int:
+    """Replace every rollup row by sums of the usage records (bulk loads, tests); returns the rows written.
+
+    The records are read once, into a temporary table of per-minute sums by every field
+    (the `all` cut at minute grain); each cut's rows are summed from it. Not for a live
+    database: records pruned by retention exist only in the rollups, and a writer adding
+    to a row while it is rebuilt would be lost.
+    """
+    table = UsageRollup.__table__  # type: ignore[attr-defined]
+    connection.execute(table.delete())
+    staged = rollup_select(CUTS[-1], MINUTE).with_only_columns(
+        *(column for column in rollup_select(CUTS[-1], MINUTE).selected_columns
+          if column.name not in ("cut", "grain", "dims_key")))
+    sql = str(staged.compile(dialect=connection.dialect, compile_kwargs={"literal_binds": True}))
+    connection.execute(text("DROP TABLE IF EXISTS rollup_stage"))
+    connection.execute(text("CREATE TEMPORARY TABLE rollup_stage AS " + sql.replace(":", "\\:")))
+    stage = Table("rollup_stage", MetaData(), Column("bucket", BigInteger), *(Column(name) for name in DIMS),
+                  *(Column(name, BigInteger) for name in MEASURES))
+    written = 0
+    for cut in CUTS:
+        dims = [stage.c[name] for name in cut.dims]
+        for grain in (MINUTE, HOUR) if cut.minutes else (HOUR,):
+            bucket = stage.c.bucket if grain == MINUTE else stage.c.bucket - stage.c.bucket % grain
+            query = (
+                select(literal(cut.id, Integer()), literal(grain, Integer()), bucket, dims_key_sql(dims), *dims,
+                       *(func.sum(stage.c[name]) for name in MEASURES))
+                .group_by(bucket, *dims)
+            )
+            columns = ["cut", "grain", "bucket", "dims_key", *cut.dims, *MEASURES]
+            insert_rows = insert(table).from_select(columns, query).execution_options(preserve_rowcount=True)
+            written += max(connection.execute(insert_rows).rowcount or 0, 0)
+    connection.execute(text("DROP TABLE rollup_stage"))
+    return written
