@@ -264,6 +264,31 @@ def start_gateway(tmp: Path, fake: FakeProvider, *, extra_env: dict[str, str | N
                    extra=pre.extra)
 
 
+# About how long each slow file takes (seconds, on a loaded 2-core machine). Under pytest-xdist (scripts/test runs
+# `-n 2 --dist loadfile --no-loadscope-reorder`) the slowest files go first, so that the short ones fill in at the end
+# rather than one worker finishing a long file alone. A file not listed counts as quick; the order of the tests within
+# a file is kept. Only the order of the files changes, and only under xdist.
+FILE_SECONDS = {
+    "test_e2e_nothing_lost.py": 160, "test_e2e_responses_ws.py": 90, "test_e2e_observability.py": 65,
+    "test_e2e_hostile.py": 55, "test_e2e_reliability.py": 50, "test_e2e_media.py": 45, "test_e2e_translation.py": 45,
+    "test_bench_smoke.py": 40, "test_workers.py": 40, "test_e2e_native.py": 30, "test_e2e_mitmdump.py": 30,
+    "test_e2e_errors.py": 28, "test_e2e_intercept.py": 27, "test_fake_cloud_providers.py": 25,
+    "test_dashboard.py": 24, "test_e2e_responses.py": 24, "test_fake_provider.py": 23, "test_e2e_multi.py": 20,
+    "test_e2e_agent_calls.py": 19, "test_e2e_openai.py": 18, "test_recorder.py": 17, "test_e2e_policy.py": 16,
+    "test_cli.py": 16, "test_e2e_cloud_providers.py": 16, "test_demo.py": 14, "test_e2e_pricing_golden.py": 12,
+    "test_e2e_agents_sdk.py": 11, "test_budgets_hold.py": 10, "test_cloud_providers_unit.py": 10,
+}
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    if not os.environ.get("PYTEST_XDIST_WORKER"):
+        return
+    first_seen: dict[Path, int] = {}
+    for index, item in enumerate(items):
+        first_seen.setdefault(item.path, index)
+    items.sort(key=lambda item: (-FILE_SECONDS.get(item.path.name, 0), first_seen[item.path]))
+
+
 @pytest.fixture(scope="session")
 def shared_fake_provider() -> Iterator[FakeProvider]:
     """The one fake provider process of the session (of each xdist worker): the gateways' upstream and the fake's

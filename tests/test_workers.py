@@ -225,7 +225,9 @@ def test_killed_worker_is_replaced_and_answered_calls_keep_their_records(workers
         while not (len(worker_pids(gw.process)) == 2 and victim not in worker_pids(gw.process)):
             assert time.monotonic() < deadline, "the killed worker was not replaced"
             time.sleep(0.1)
-        time.sleep(1.0)
+        deadline = time.monotonic() + 30
+        while len(answered) <= count_at_kill and time.monotonic() < deadline:  # the load goes on
+            time.sleep(0.05)
     finally:
         stop_load.set()
         runner.join(timeout=60)
@@ -317,14 +319,19 @@ def test_sigterm_stops_every_worker(tmp_path: Path, fake_provider: FakeProvider)
         pids = wait_workers(proc, 2)
         result: dict = {}
 
+        marker = f"sigterm-{os.urandom(6).hex()}"
+
         def slow_call() -> None:
             with httpx.Client(timeout=30) as client, contextlib.suppress(httpx.HTTPError):
-                result["r"] = client.post(f"http://127.0.0.1:{port}/v1/chat/completions", json=CHAT,
+                result["r"] = client.post(f"http://127.0.0.1:{port}/v1/chat/completions",
+                                          json={**CHAT, "messages": [{"role": "user", "content": marker}]},
                                           headers={"Authorization": f"Bearer {key}", "x-fake-delay": "1.5"})
 
         caller = threading.Thread(target=slow_call)
         caller.start()
-        time.sleep(0.7)
+        deadline = time.monotonic() + 30  # until the call is in flight: at the provider, answered 1.5 s later
+        while marker not in json.dumps(fake_provider.requests()) and time.monotonic() < deadline:
+            time.sleep(0.05)
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(timeout=60) == 0
         caller.join(timeout=30)
