@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import contextlib
+import importlib
 import io
 import json
 import os
 import socket
 import sqlite3
+import ssl
 import subprocess
 import sys
 import threading
@@ -30,6 +32,36 @@ PROVIDER_KEYS = {"openai": "sk-test-openai", "gemini": "gm-test-gemini", "xai": 
 ENV_KEYS = {"openai": "OPENAI_API_KEY", "gemini": "GEMINI_API_KEY", "xai": "XAI_API_KEY",
             "mistral": "MISTRAL_API_KEY", "fal": "FAL_KEY"}
 STORED_ANTHROPIC_KEY = "sk-ant-stored-key"
+
+
+def _share_the_default_ssl_context(transports_module: str) -> None:
+    """Build httpx's default SSL context once per test process instead of once per client.
+
+    Each `httpx.get(...)`, `httpx.Client()` and SDK client (openai and anthropic, on httpx or httpx2) loads a CA
+    bundle into a new SSLContext: 30 ms on an idle machine, 250 ms on a loaded one, for calls that are plain HTTP to
+    127.0.0.1 here. Only the default (`verify=True`, no client certificate) is shared, one per SSL_CERT_FILE/
+    SSL_CERT_DIR; any other `verify` (the intercept tests' own CA, `verify=False`) is built as before.
+    """
+    try:
+        transports = importlib.import_module(transports_module)
+        build = transports.create_ssl_context
+    except (ImportError, AttributeError):  # not installed, or another layout: each client builds its own
+        return
+    shared: dict[tuple, ssl.SSLContext] = {}
+
+    def create_ssl_context(verify: object = True, cert: object = None, trust_env: bool = True) -> ssl.SSLContext:
+        if verify is not True or cert is not None:
+            return build(verify=verify, cert=cert, trust_env=trust_env)
+        where = (trust_env, os.environ.get("SSL_CERT_FILE"), os.environ.get("SSL_CERT_DIR"))
+        if where not in shared:
+            shared[where] = build(verify=True, cert=None, trust_env=trust_env)
+        return shared[where]
+
+    transports.create_ssl_context = create_ssl_context
+
+
+for _module in ("httpx._transports.default", "httpx2._transports.default"):
+    _share_the_default_ssl_context(_module)
 
 
 def free_port() -> int:
