@@ -3,6 +3,7 @@ and a spent key reaches no provider whatever its body (issue 11)."""
 
 from __future__ import annotations
 
+import dataclasses
 import http.client
 import json
 import os
@@ -10,15 +11,14 @@ import select
 import socket
 import threading
 import time
-from collections.abc import Iterator
+import uuid
 from pathlib import Path
 
 import httpx
 import pytest
+from conftest import Gateway
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-
-from tests.conftest import FakeProvider, Gateway, start_gateway, stop
 
 pytestmark = pytest.mark.e2e
 
@@ -47,16 +47,16 @@ MODELS = ["gpt-4o-mini", "claude-haiku-4-5", "gemini-2.5-flash", "grok-3-mini", 
 
 
 @pytest.fixture(scope="module")
-def spent_gateway(tmp_path_factory: pytest.TempPathFactory, fake_provider: FakeProvider) -> Iterator[Gateway]:
-    """A gateway whose key has a budget of $0 (spent) and whose second key is plain."""
+def spent_gateway(gateway: Gateway) -> Gateway:
+    """The session's gateway, seen through a key with a budget of $0 (spent); `extra["plain"]` is a plain key.
 
-    def prepare(gw: Gateway) -> None:  # before the start: no wait for the key cache's refresh
-        gw.cli("keys", "update", "spent", "--budget-usd", "0")
-        gw.extra["plain"] = json.loads(gw.cli("keys", "create", "plain", "--json").stdout)["key"]
-
-    gw = start_gateway(tmp_path_factory.mktemp("hostile"), fake_provider, key_name="spent", prepare=prepare)
-    yield gw
-    stop(gw.process)
+    Keys created while a gateway runs are found on their first use, limits included.
+    """
+    tag = uuid.uuid4().hex[:8]
+    spent = json.loads(gateway.cli("keys", "create", f"spent-{tag}", "--budget-usd", "0", "--json").stdout)["key"]
+    plain = json.loads(gateway.cli("keys", "create", f"plain-{tag}", "--json").stdout)["key"]
+    gateway.fake.clear()  # a short request log: the generated tests read it once per example
+    return dataclasses.replace(gateway, key=spent, extra={**gateway.extra, "plain": plain})
 
 
 def fake_calls(gw: Gateway, marker: str) -> list[dict]:
