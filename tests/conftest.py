@@ -296,19 +296,19 @@ def start_gateway(tmp: Path, fake: FakeProvider, *, extra_env: dict[str, str | N
                    extra=pre.extra)
 
 
-# About how long each slow file takes (seconds, on a loaded 2-core machine). Under pytest-xdist (scripts/test runs
-# `-n 2 --dist loadfile --no-loadscope-reorder`) the slowest files go first, so that the short ones fill in at the end
-# rather than one worker finishing a long file alone. A file not listed counts as quick; the order of the tests within
-# a file is kept. Only the order of the files changes, and only under xdist.
+# About how long each slow file takes (seconds, run alone on this 2-core machine under load, its start-up included).
+# Under pytest-xdist (scripts/test runs `-n 2 --dist loadfile --no-loadscope-reorder`) the slowest files go first, so
+# that the short ones fill in at the end rather than one worker finishing a long file alone. A file not listed counts
+# as quick; the order of the tests within a file is kept. Only the order of the files changes, and only under xdist.
 FILE_SECONDS = {
-    "test_e2e_nothing_lost.py": 160, "test_e2e_responses_ws.py": 90, "test_e2e_observability.py": 65,
-    "test_e2e_hostile.py": 55, "test_e2e_reliability.py": 50, "test_e2e_media.py": 45, "test_e2e_translation.py": 45,
-    "test_bench_smoke.py": 40, "test_workers.py": 40, "test_e2e_native.py": 30, "test_e2e_mitmdump.py": 30,
-    "test_e2e_errors.py": 28, "test_e2e_intercept.py": 27, "test_fake_cloud_providers.py": 25,
-    "test_dashboard.py": 24, "test_e2e_responses.py": 24, "test_fake_provider.py": 23, "test_e2e_multi.py": 20,
-    "test_e2e_agent_calls.py": 19, "test_e2e_openai.py": 18, "test_recorder.py": 17, "test_e2e_policy.py": 16,
-    "test_cli.py": 16, "test_e2e_cloud_providers.py": 16, "test_demo.py": 14, "test_e2e_pricing_golden.py": 12,
-    "test_e2e_agents_sdk.py": 11, "test_budgets_hold.py": 10, "test_cloud_providers_unit.py": 10,
+    "test_bench_smoke.py": 48, "test_e2e_errors.py": 28, "test_e2e_nothing_lost.py": 26, "test_e2e_reliability.py": 26,
+    "test_e2e_responses.py": 22, "test_dashboard.py": 22, "test_e2e_responses_ws.py": 21, "test_workers.py": 19,
+    "test_fake_provider.py": 17, "test_e2e_translation.py": 16, "test_e2e_policy.py": 16, "test_cli.py": 15,
+    "test_demo.py": 13, "test_migrations.py": 13, "test_e2e_cloud_providers.py": 13, "test_e2e_agent_calls.py": 12,
+    "test_e2e_observability.py": 12, "test_e2e_multi.py": 12, "test_e2e_hostile.py": 11, "test_e2e_intercept.py": 11,
+    "test_responses_ws.py": 10, "test_e2e_pricing_golden.py": 10, "test_stream_framing.py": 9, "test_e2e_media.py": 9,
+    "test_e2e_native.py": 9, "test_e2e_openai.py": 9, "test_recorder.py": 9, "test_analytics.py": 9,
+    "test_e2e_mitmdump.py": 8, "test_fake_cloud_providers.py": 8,
 }
 
 
