@@ -2,15 +2,21 @@
 
 from __future__ import annotations
 
+import contextlib
+import importlib
+import io
 import json
 import os
 import socket
 import sqlite3
+import ssl
 import subprocess
 import sys
+import threading
 import time
+import traceback
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -26,6 +32,36 @@ PROVIDER_KEYS = {"openai": "sk-test-openai", "gemini": "gm-test-gemini", "xai": 
 ENV_KEYS = {"openai": "OPENAI_API_KEY", "gemini": "GEMINI_API_KEY", "xai": "XAI_API_KEY",
             "mistral": "MISTRAL_API_KEY", "fal": "FAL_KEY"}
 STORED_ANTHROPIC_KEY = "sk-ant-stored-key"
+
+
+def _share_the_default_ssl_context(transports_module: str) -> None:
+    """Build httpx's default SSL context once per test process instead of once per client.
+
+    Each `httpx.get(...)`, `httpx.Client()` and SDK client (openai and anthropic, on httpx or httpx2) loads a CA
+    bundle into a new SSLContext: 30 ms on an idle machine, 250 ms on a loaded one, for calls that are plain HTTP to
+    127.0.0.1 here. Only the default (`verify=True`, no client certificate) is shared, one per SSL_CERT_FILE/
+    SSL_CERT_DIR; any other `verify` (the intercept tests' own CA, `verify=False`) is built as before.
+    """
+    try:
+        transports = importlib.import_module(transports_module)
+        build = transports.create_ssl_context
+    except (ImportError, AttributeError):  # not installed, or another layout: each client builds its own
+        return
+    shared: dict[tuple, ssl.SSLContext] = {}
+
+    def create_ssl_context(verify: object = True, cert: object = None, trust_env: bool = True) -> ssl.SSLContext:
+        if verify is not True or cert is not None:
+            return build(verify=verify, cert=cert, trust_env=trust_env)
+        where = (trust_env, os.environ.get("SSL_CERT_FILE"), os.environ.get("SSL_CERT_DIR"))
+        if where not in shared:
+            shared[where] = build(verify=True, cert=None, trust_env=trust_env)
+        return shared[where]
+
+    transports.create_ssl_context = create_ssl_context
+
+
+for _module in ("httpx._transports.default", "httpx2._transports.default"):
+    _share_the_default_ssl_context(_module)
 
 
 def free_port() -> int:
@@ -54,6 +90,80 @@ def wait_healthy(url: str, proc: subprocess.Popen, what: str, timeout: float = 6
         if proc.poll() is not None or time.monotonic() > deadline:
             raise RuntimeError(f"{what} did not start (exit status {proc.poll()})")
         time.sleep(0.1)
+
+
+_CLI_LOCK = threading.Lock()
+
+
+def cli_subprocess(args: tuple[str, ...] | list[str], env: dict[str, str], *, check: bool = True,
+                   timeout: float = 60) -> subprocess.CompletedProcess:
+    """`tokensense ARGS` as its own process (what a user runs): for the tests of the command itself."""
+    result = subprocess.run([str(BIN / "tokensense"), *args], capture_output=True, text=True, env=env,
+                            timeout=timeout)
+    if check and result.returncode != 0:
+        raise AssertionError(f"tokensense {' '.join(args)} failed: {result.stderr}")
+    return result
+
+
+def cli_in_process(args: tuple[str, ...] | list[str], env: dict[str, str], *,
+                   check: bool = True) -> subprocess.CompletedProcess:
+    """`tokensense ARGS` run by `tokensense.cli.main` in this process, as a child with environment `env` would run it.
+
+    Saves a second of imports per call. The process's environment, settings and database engine are swapped for
+    the call and put back afterwards, so in-process tests around it see what they saw before. The answer has the
+    shape of `subprocess.run(..., capture_output=True, text=True)`'s.
+    """
+    from tokensense import crypto
+    from tokensense.cli import main
+    from tokensense.settings import reset_settings
+    from tokensense.storage import db
+
+    out, err = io.StringIO(), io.StringIO()
+    with _CLI_LOCK:
+        saved_env = dict(os.environ)
+        saved_engine = db._engine
+        db._engine = None
+        try:
+            _set_environ(env)
+            reset_settings()
+            crypto.reset_fernet_cache()
+            with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err), \
+                    _stdin(io.StringIO()):
+                try:
+                    code = main(list(args))
+                except SystemExit as e:
+                    code = e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
+                except Exception:
+                    traceback.print_exc()
+                    code = 1
+        finally:
+            db.reset_engine()
+            db._engine = saved_engine
+            _set_environ(saved_env)
+            reset_settings()
+            crypto.reset_fernet_cache()
+    result = subprocess.CompletedProcess(["tokensense", *args], code, out.getvalue(), err.getvalue())
+    if check and result.returncode != 0:
+        raise AssertionError(f"tokensense {' '.join(args)} failed: {result.stderr}")
+    return result
+
+
+def _set_environ(env: dict[str, str]) -> None:
+    """Make os.environ equal to `env`, one variable at a time (never empty in between)."""
+    for name in [n for n in os.environ if n not in env]:
+        del os.environ[name]
+    for name, value in env.items():
+        if os.environ.get(name) != value:
+            os.environ[name] = value
+
+
+@contextlib.contextmanager
+def _stdin(stream: io.StringIO) -> Iterator[None]:
+    saved, sys.stdin = sys.stdin, stream
+    try:
+        yield
+    finally:
+        sys.stdin = saved
 
 
 @dataclass
@@ -111,12 +221,11 @@ class Gateway:
     def db_path(self) -> Path:
         return self.home / "tokensense.db"
 
-    def cli(self, *args: str, check: bool = True) -> subprocess.CompletedProcess:
-        result = subprocess.run([str(BIN / "tokensense"), *args], capture_output=True, text=True,
-                                env=self.env, timeout=60)
-        if check and result.returncode != 0:
-            raise AssertionError(f"tokensense {' '.join(args)} failed: {result.stderr}")
-        return result
+    def cli(self, *args: str, check: bool = True, as_process: bool = False) -> subprocess.CompletedProcess:
+        """`tokensense ARGS` with this gateway's environment: in-process (fast), or as its own process."""
+        if as_process:
+            return cli_subprocess(args, self.env, check=check)
+        return cli_in_process(args, self.env, check=check)
 
     def records(self, **where: object) -> list[dict]:
         if not self.db_path.exists():
@@ -146,7 +255,13 @@ class Gateway:
 
 
 def start_gateway(tmp: Path, fake: FakeProvider, *, extra_env: dict[str, str | None] | None = None,
-                  key_name: str = "e2e", serve_args: list[str] | None = None) -> Gateway:
+                  key_name: str = "e2e", serve_args: list[str] | None = None,
+                  prepare: Callable[[Gateway], object] | None = None) -> Gateway:
+    """`tokensense serve` on a free port with its own home, a stored Anthropic key and a key `key_name`.
+
+    `prepare(gateway)` runs before the process starts (its `cli` works, its `url` is empty): keys and providers set
+    up there are loaded at start, with no wait for the gateway's key cache; what it puts in `extra` is kept.
+    """
     home = tmp / "home"
     env = clean_env()
     env["TOKENSENSE_HOME"] = str(home)
@@ -164,6 +279,8 @@ def start_gateway(tmp: Path, fake: FakeProvider, *, extra_env: dict[str, str | N
     pre = Gateway(url="", home=home, env=env, process=None, key="", fake=fake, log_path=tmp / "gateway.log")  # type: ignore[arg-type]
     pre.cli("providers", "set", "anthropic", "--api-key", STORED_ANTHROPIC_KEY)
     created = json.loads(pre.cli("keys", "create", key_name, "--project", "proj-default", "--json").stdout)
+    if prepare is not None:
+        prepare(pre)
     port = free_port()
     log_path = tmp / "gateway.log"
     log = log_path.open("w")
@@ -175,14 +292,47 @@ def start_gateway(tmp: Path, fake: FakeProvider, *, extra_env: dict[str, str | N
     except RuntimeError as e:
         stop(proc)
         raise RuntimeError(f"{e}:\n{log_path.read_text()}") from None
-    return Gateway(url=url, home=home, env=env, process=proc, key=created["key"], fake=fake, log_path=log_path)
+    return Gateway(url=url, home=home, env=env, process=proc, key=created["key"], fake=fake, log_path=log_path,
+                   extra=pre.extra)
+
+
+# About how long each slow file takes (seconds, run alone on this 2-core machine under load, its start-up included).
+# Under pytest-xdist (scripts/test runs `-n 2 --dist loadfile --no-loadscope-reorder`) the slowest files go first, so
+# that the short ones fill in at the end rather than one worker finishing a long file alone. A file not listed counts
+# as quick; the order of the tests within a file is kept. Only the order of the files changes, and only under xdist.
+FILE_SECONDS = {
+    "test_bench_smoke.py": 48, "test_e2e_errors.py": 28, "test_e2e_nothing_lost.py": 26, "test_e2e_reliability.py": 26,
+    "test_e2e_responses.py": 22, "test_dashboard.py": 22, "test_e2e_responses_ws.py": 21, "test_workers.py": 19,
+    "test_fake_provider.py": 17, "test_e2e_translation.py": 16, "test_e2e_policy.py": 16, "test_cli.py": 15,
+    "test_demo.py": 13, "test_migrations.py": 13, "test_e2e_cloud_providers.py": 13, "test_e2e_agent_calls.py": 12,
+    "test_e2e_observability.py": 12, "test_e2e_multi.py": 30, "test_e2e_hostile.py": 11, "test_e2e_intercept.py": 11,
+    "test_responses_ws.py": 10, "test_e2e_pricing_golden.py": 10, "test_stream_framing.py": 9, "test_e2e_media.py": 9,
+    "test_e2e_native.py": 9, "test_e2e_openai.py": 9, "test_recorder.py": 9, "test_analytics.py": 9,
+    "test_e2e_mitmdump.py": 8, "test_fake_cloud_providers.py": 8,
+}
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    if not os.environ.get("PYTEST_XDIST_WORKER"):
+        return
+    first_seen: dict[Path, int] = {}
+    for index, item in enumerate(items):
+        first_seen.setdefault(item.path, index)
+    items.sort(key=lambda item: (-FILE_SECONDS.get(item.path.name, 0), first_seen[item.path]))
 
 
 @pytest.fixture(scope="session")
-def fake_provider() -> Iterator[FakeProvider]:
+def shared_fake_provider() -> Iterator[FakeProvider]:
+    """The one fake provider process of the session (of each xdist worker): the gateways' upstream and the fake's
+    own tests (tests/fakeprovider_fixture.py) share it. Tests find their calls by marker or clear its log first."""
     fake = start_fake_provider()
     yield fake
     stop(fake.process)
+
+
+@pytest.fixture(scope="session")
+def fake_provider(shared_fake_provider: FakeProvider) -> FakeProvider:
+    return shared_fake_provider
 
 
 @pytest.fixture(scope="session")

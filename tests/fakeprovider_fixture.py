@@ -4,7 +4,8 @@ Import them into a test module or conftest.py:
 
     from fakeprovider_fixture import fake_provider, fake_provider_url, fake_requests
 
-`fake_provider_url` (session scope) is the base URL, e.g. `http://127.0.0.1:41234`;
+`fake_provider_url` (session scope) is the base URL, e.g. `http://127.0.0.1:41234`, of the session's one fake
+(conftest.py's `shared_fake_provider`, which the gateways of the end-to-end tests call too);
 `fake_provider` is the same URL with the request log cleared before the test.
 """
 
@@ -73,9 +74,9 @@ def _read_url(process: subprocess.Popen[str], stderr: Any, timeout: float) -> st
 
 
 @pytest.fixture(scope="session")
-def fake_provider_url() -> Iterator[str]:
-    with running_fake_provider() as url:
-        yield url
+def fake_provider_url(shared_fake_provider: Any) -> str:
+    """The session's one fake provider (tests/conftest.py `shared_fake_provider`), the gateways' upstream too."""
+    return shared_fake_provider.url
 
 
 @pytest.fixture

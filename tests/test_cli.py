@@ -444,3 +444,16 @@ def test_prices_shows_the_price_in_force_and_its_source(run) -> None:
     assert unknown.code == 1 and "unpriced" in unknown.out
     offline = run("prices", "update", "--url", "http://127.0.0.1:9/data.json", "--timeout", "2")
     assert offline.code == 1 and offline.err.count("\n") == 1 and "could not reach" in offline.err
+
+
+def test_the_installed_command_runs_as_its_own_process(home: Path) -> None:
+    """The tests above and tests/conftest.py's `Gateway.cli` call `main` in-process; this runs the console script a
+    user runs, in a process of its own: the same output and exit statuses."""
+    from conftest import clean_env, cli_subprocess
+
+    env = {**clean_env(), "TOKENSENSE_HOME": str(home)}
+    created = json.loads(cli_subprocess(["keys", "create", "proc", "--json"], env).stdout)
+    assert set(created) == {"id", "name", "key"}
+    assert [k["name"] for k in json.loads(cli_subprocess(["keys", "list", "--json"], env).stdout)] == ["proc"]
+    again = cli_subprocess(["keys", "create", "proc"], env, check=False)
+    assert again.returncode == 2 and again.stderr.startswith("error: ") and "already exists" in again.stderr

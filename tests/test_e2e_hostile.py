@@ -3,21 +3,22 @@ and a spent key reaches no provider whatever its body (issue 11)."""
 
 from __future__ import annotations
 
+import dataclasses
 import http.client
 import json
 import os
+import select
 import socket
 import threading
 import time
-from collections.abc import Iterator
+import uuid
 from pathlib import Path
 
 import httpx
 import pytest
+from conftest import Gateway
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-
-from tests.conftest import FakeProvider, Gateway, start_gateway, stop
 
 pytestmark = pytest.mark.e2e
 
@@ -46,15 +47,16 @@ MODELS = ["gpt-4o-mini", "claude-haiku-4-5", "gemini-2.5-flash", "grok-3-mini", 
 
 
 @pytest.fixture(scope="module")
-def spent_gateway(tmp_path_factory: pytest.TempPathFactory, fake_provider: FakeProvider) -> Iterator[Gateway]:
-    """A gateway whose key has a budget of $0 (spent) and whose second key is plain."""
-    gw = start_gateway(tmp_path_factory.mktemp("hostile"), fake_provider, key_name="spent")
-    gw.cli("keys", "update", "spent", "--budget-usd", "0")
-    created = json.loads(gw.cli("keys", "create", "plain", "--json").stdout)
-    gw.extra["plain"] = created["key"]
-    time.sleep(1.2)  # the key cache refreshes each second
-    yield gw
-    stop(gw.process)
+def spent_gateway(gateway: Gateway) -> Gateway:
+    """The session's gateway, seen through a key with a budget of $0 (spent); `extra["plain"]` is a plain key.
+
+    Keys created while a gateway runs are found on their first use, limits included.
+    """
+    tag = uuid.uuid4().hex[:8]
+    spent = json.loads(gateway.cli("keys", "create", f"spent-{tag}", "--budget-usd", "0", "--json").stdout)["key"]
+    plain = json.loads(gateway.cli("keys", "create", f"plain-{tag}", "--json").stdout)["key"]
+    gateway.fake.clear()  # a short request log: the generated tests read it once per example
+    return dataclasses.replace(gateway, key=spent, extra={**gateway.extra, "plain": plain})
 
 
 def fake_calls(gw: Gateway, marker: str) -> list[dict]:
@@ -231,11 +233,7 @@ def test_a_chunked_body_past_the_limit_is_413(spent_gateway: Gateway) -> None:
                   b"authorization: Bearer " + spent_gateway.extra["plain"].encode() +
                   b"\r\nx-execution-id: " + execution.encode() + b"\r\ntransfer-encoding: chunked\r\n\r\n")
         try:
-            for _ in range(40):
-                s.sendall(b"%x\r\n" % len(chunk) + chunk + b"\r\n")
-            s.sendall(b"0\r\n\r\n")
-            s.settimeout(30)
-            answer = s.recv(4096)
+            answer = _send_until_answered(s, [b"%x\r\n" % len(chunk) + chunk + b"\r\n"] * 40 + [b"0\r\n\r\n"])
         except OSError:
             # The gateway answered and closed while the body was still coming: the kernel may reset the
             # connection and drop the answer before it is read. The record below says what was answered.
@@ -245,6 +243,32 @@ def test_a_chunked_body_past_the_limit_is_413(spent_gateway: Gateway) -> None:
         assert b"application/json" in answer and b"<html" not in answer.lower()
     records = spent_gateway.wait_records(1, execution_id=execution)
     assert [r["status"] for r in records] == [413]
+
+
+def _send_until_answered(s: socket.socket, pieces: list[bytes], timeout: float = 30) -> bytes:
+    """Send `pieces` until the server answers (it may answer and stop reading mid-body), then read the answer.
+
+    A blocking send would wait for the socket's timeout once the server stops reading.
+    """
+    deadline = time.monotonic() + timeout
+    s.setblocking(False)
+    for piece in pieces:
+        view = memoryview(piece)
+        while view:
+            if time.monotonic() > deadline:
+                raise TimeoutError("the server neither read the body nor answered")
+            readable, writable, _ = select.select([s], [s], [], 1)
+            if readable:
+                s.settimeout(timeout)
+                return s.recv(4096)
+            if writable:
+                try:
+                    view = view[s.send(view):]
+                except BlockingIOError:
+                    pass
+    s.settimeout(timeout)
+    return s.recv(4096)
+
 
 def _rss_mb(pid: int) -> float:
     with open(f"/proc/{pid}/status") as f:

@@ -17,6 +17,7 @@ from conftest import (
     FakeProvider,
     Gateway,
     clean_env,
+    cli_in_process,
     free_port,
     start_gateway,
     stop,
@@ -243,8 +244,7 @@ def test_mitmdump_option_serves_metrics(tmp_path, fake_provider: FakeProvider) -
     env["OPENAI_API_KEY"] = PROVIDER_KEYS["openai"]
     env["TOKENSENSE_FLUSH_INTERVAL"] = "0.05"
     env["TOKENSENSE_METRICS_MAX_LABEL_VALUES"] = "1"
-    key = json.loads(subprocess.run([str(BIN / "tokensense"), "keys", "create", "script", "--json"], env=env,
-                                    capture_output=True, text=True, check=True).stdout)["key"]
+    key = json.loads(cli_in_process(["keys", "create", "script", "--json"], env).stdout)["key"]
     port, metrics_port = free_port(), free_port()
     proc = subprocess.Popen([str(BIN / "mitmdump"), "-s", str(ROOT / "addons" / "tokensense.py"),
                              "--listen-port", str(port), "--set", f"tokensense_metrics_port={metrics_port}"],

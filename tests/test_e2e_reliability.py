@@ -15,7 +15,7 @@ import anthropic
 import httpx
 import openai
 import pytest
-from conftest import STORED_ANTHROPIC_KEY, FakeProvider, Gateway, free_port, start_fake_provider, start_gateway, stop
+from conftest import STORED_ANTHROPIC_KEY, FakeProvider, Gateway, free_port, start_gateway, stop
 
 pytestmark = pytest.mark.e2e
 
@@ -37,10 +37,10 @@ HI = [{"role": "user", "content": "hi"}]
 
 
 @pytest.fixture(scope="module")
-def fake() -> Iterator[FakeProvider]:
-    fake = start_fake_provider()  # its own: the faults programmed here are global to a fake
-    yield fake
-    stop(fake.process)
+def fake(fake_provider: FakeProvider) -> FakeProvider:
+    """The session's fake: the faults programmed here are global to it, so each test clears them before and after
+    (`no_faults`), and gateways make no calls of their own (nothing else reaches it while a test here runs)."""
+    return fake_provider
 
 
 @pytest.fixture(scope="module")
@@ -50,19 +50,21 @@ def gw(tmp_path_factory: pytest.TempPathFactory, fake: FakeProvider) -> Iterator
     # An OpenAI-compatible provider whose models no catalog prices: a budget cannot count their cost.
     config.write_text(CONFIG + f'\n[providers.unpriced]\nbase_url = "{fake.url}/unpriced"\n'
                       'api_key_env = "UNPRICED_API_KEY"\n')
+
+    def prepare(gw: Gateway) -> None:  # before the start: loaded then, no wait for the second-by-second reload
+        # Mistral: a pool of two keys. xAI: a good key and one whose base URL refuses connections.
+        gw.cli("providers", "set", "mistral", "--api-key", "mis-a")
+        gw.cli("providers", "set", "mistral", "--api-key", "mis-b", "--name", "backup")
+        gw.cli("providers", "set", "xai", "--api-key", "xai-good", "--base-url", f"{fake.url}/xai")
+        gw.cli("providers", "set", "xai", "--api-key", "xai-dead", "--name", "dead",
+               "--base-url", f"http://127.0.0.1:{free_port()}")
+        limited = json.loads(gw.cli("keys", "create", "limited", "--allow-model", "gpt-4o", "--allow-model",
+                                    "gemini-*", "--json").stdout)
+        broke = json.loads(gw.cli("keys", "create", "broke", "--budget-usd", "0.01", "--json").stdout)
+        gw.extra.update(limited=limited["key"], broke=broke["key"])
+
     gw = start_gateway(tmp, fake, extra_env={"TOKENSENSE_CONFIG_FILE": str(config),
-                                             "UNPRICED_API_KEY": "unpriced-key"})
-    # Mistral: a pool of two keys. xAI: a good key and one whose base URL refuses connections.
-    gw.cli("providers", "set", "mistral", "--api-key", "mis-a")
-    gw.cli("providers", "set", "mistral", "--api-key", "mis-b", "--name", "backup")
-    gw.cli("providers", "set", "xai", "--api-key", "xai-good", "--base-url", f"{fake.url}/xai")
-    gw.cli("providers", "set", "xai", "--api-key", "xai-dead", "--name", "dead",
-           "--base-url", f"http://127.0.0.1:{free_port()}")
-    limited = json.loads(gw.cli("keys", "create", "limited", "--allow-model", "gpt-4o", "--allow-model", "gemini-*",
-                                "--json").stdout)
-    broke = json.loads(gw.cli("keys", "create", "broke", "--budget-usd", "0.01", "--json").stdout)
-    gw.extra.update(limited=limited["key"], broke=broke["key"])
-    time.sleep(1.5)  # the gateway reloads keys and provider keys every second
+                                             "UNPRICED_API_KEY": "unpriced-key"}, prepare=prepare)
     yield gw
     stop(gw.process)
 
