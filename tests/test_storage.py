@@ -261,7 +261,8 @@ def test_provider_names_come_from_the_registry() -> None:
     """Which provider names exist is the registry's knowledge (storage keeps whatever the CLI validated)."""
     from tokensense import providers as registry
 
-    assert set(registry.names()) == {"openai", "anthropic", "gemini", "xai", "mistral", "fal", "azure", "bedrock", "vertex"}
+    builtin = {"openai", "anthropic", "gemini", "xai", "mistral", "fal", "azure", "bedrock", "vertex"}
+    assert registry.BUILTIN == builtin and builtin <= set(registry.names())  # config.toml may declare more
     assert registry.env_var("fal") == "FAL_KEY" and registry.env_var("azure") == "AZURE_OPENAI_API_KEY"
     assert registry.normalize(" OpenAI ") == "openai"
     with pytest.raises(ValueError, match="unknown provider 'cohere'; choose one of: openai"):
