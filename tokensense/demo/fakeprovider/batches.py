@@ -41,7 +41,8 @@ def _store(req: FakeRequest, name: str) -> dict[str, Any]:
     return req.state.setdefault(name, {})
 
 
-def _finish_after(req: FakeRequest) -> float:
+def finish_after(req: FakeRequest) -> float:
+    """Seconds after its creation a job (batch, video) finishes: `x-fake-batch-seconds`, default 0."""
     value = req.headers.get("x-fake-batch-seconds", "0")
     try:
         return max(0.0, float(value))
@@ -158,7 +159,7 @@ def batches(req: FakeRequest) -> Reply:
         "error_file_id": None, "created_at": now, "in_progress_at": now, "expires_at": now + _DAY,
         "finalizing_at": None, "completed_at": None, "failed_at": None, "expired_at": None, "cancelling_at": None,
         "cancelled_at": None, "request_counts": {"total": len(lines), "completed": 0, "failed": 0},
-        "metadata": body.get("metadata"), "_finish_at": time.time() + _finish_after(req),
+        "metadata": body.get("metadata"), "_finish_at": time.time() + finish_after(req),
     }
     store[batch["id"]] = batch
     return json_reply(_batch_object(batch))
@@ -282,7 +283,7 @@ def message_batches(req: FakeRequest) -> Reply:
         "request_counts": {"processing": len(requests), "succeeded": 0, "errored": 0, "canceled": 0, "expired": 0},
         "ended_at": None, "created_at": _iso(now), "expires_at": _iso(now + _DAY), "archived_at": None,
         "cancel_initiated_at": None, "results_url": None, "_requests": requests,
-        "_finish_at": now + _finish_after(req), "_results": None,
+        "_finish_at": now + finish_after(req), "_results": None,
     }
     store[job["id"]] = job
     return json_reply(_message_batch_object(req, job))
@@ -455,7 +456,7 @@ def gemini_batch_create(req: FakeRequest) -> Reply:
     job = {"name": f"batches/{job_id}", "model": f"models/{model}", "displayName": batch.get("displayName") or job_id,
            "createTime": _rfc3339(now), "updateTime": _rfc3339(now), "state": "BATCH_STATE_PENDING",
            "batchStats": {"requestCount": str(len(items)), "pendingRequestCount": str(len(items))},
-           "_items": items, "_file_input": inline is None, "_finish_at": now + _finish_after(req)}
+           "_items": items, "_file_input": inline is None, "_finish_at": now + finish_after(req)}
     _store(req, GEMINI_BATCHES)[job["name"]] = job
     return json_reply(_operation(job))
 

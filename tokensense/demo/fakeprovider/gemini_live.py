@@ -24,9 +24,7 @@ from typing import Any
 
 from aiohttp import WSMsgType, web
 
-from tokensense.demo.fakeprovider import gemini_format
-from tokensense.demo.fakeprovider.replies import FakeRequest
-from tokensense.demo.fakeprovider.textgen import ControlError, parse_controls
+from tokensense.demo.fakeprovider import gemini_format, handshake
 
 PATH_SUFFIX = ".GenerativeService.BidiGenerateContent"
 AUDIO_TOKENS_PER_SECOND = 32
@@ -49,17 +47,9 @@ def _get(obj: dict[str, Any], camel: str, snake: str) -> Any:
 
 async def serve(request: web.Request, *, log: deque, state: dict[str, Any]) -> web.StreamResponse:
     prefix = request.path[: request.path.index("/ws/")] if "/ws/" in request.path else ""
-    handshake = FakeRequest(method="GET", path=request.path, prefix=prefix, query=request.query,
-                            headers=request.headers, body=None, controls=parse_controls({}),
-                            origin=f"{request.scheme}://{request.host}", state=state)
-    if not gemini_format.authenticated(handshake):
-        reply = gemini_format.error(401, gemini_format.MISSING_KEY)
-        return web.Response(status=reply.status, body=reply.body, content_type="application/json")
-    try:
-        controls = parse_controls(request.headers)
-    except ControlError as e:
-        reply = gemini_format.error(400, str(e))
-        return web.Response(status=reply.status, body=reply.body, content_type="application/json")
+    controls = handshake.check(request, gemini_format, prefix=prefix, state=state)
+    if isinstance(controls, web.Response):
+        return controls
     socket = web.WebSocketResponse(max_msg_size=16 * 1024 * 1024)
     await socket.prepare(request)
     model: str | None = None

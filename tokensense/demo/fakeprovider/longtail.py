@@ -12,7 +12,7 @@ import time
 import uuid
 from typing import Any
 
-from tokensense.demo.fakeprovider import media, openai_format
+from tokensense.demo.fakeprovider import batches, media, openai_format
 from tokensense.demo.fakeprovider.replies import (
     BodyReply,
     FakeError,
@@ -250,14 +250,6 @@ def ocr(req: FakeRequest) -> Reply:
 VIDEOS = "openai_videos"
 
 
-def _finish_after(req: FakeRequest) -> float:
-    value = req.headers.get("x-fake-batch-seconds", "0")
-    try:
-        return max(0.0, float(value))
-    except ValueError:
-        raise FakeError(400, "x-fake-batch-seconds must be a number of seconds") from None
-
-
 def _video_object(video: dict[str, Any]) -> dict[str, Any]:
     if video["status"] in ("queued", "in_progress") and time.time() >= video["_finish_at"]:
         video.update(status="completed", progress=100, completed_at=int(time.time()),
@@ -286,7 +278,7 @@ def videos(req: FakeRequest) -> Reply:
     video = {"id": f"video_{uuid.uuid4().hex[:24]}", "object": "video", "model": fields.get("model") or "sora-2",
              "status": "queued", "progress": 0, "created_at": int(time.time()), "completed_at": None,
              "expires_at": None, "prompt": prompt, "remixed_from_video_id": None, "seconds": seconds, "size": size,
-             "error": None, "_finish_at": time.time() + _finish_after(req)}
+             "error": None, "_finish_at": time.time() + batches.finish_after(req)}
     store[video["id"]] = video
     return json_reply(_video_object(video))
 

@@ -31,9 +31,7 @@ from typing import Any
 
 from aiohttp import WSMsgType, web
 
-from tokensense.demo.fakeprovider import openai_format
-from tokensense.demo.fakeprovider.replies import FakeRequest
-from tokensense.demo.fakeprovider.textgen import ControlError, parse_controls
+from tokensense.demo.fakeprovider import handshake, openai_format
 
 SUBPROTOCOL_KEY_PREFIX = "openai-insecure-api-key."
 SAMPLE_RATE = 24_000  # PCM16 mono, as the Realtime API's default audio format
@@ -107,22 +105,13 @@ def _error(message: str, *, code: str | None = None, event_id: str | None = None
 
 async def serve(request: web.Request, *, log: deque, state: dict[str, Any]) -> web.StreamResponse:
     prefix = request.path.rstrip("/").removesuffix("/realtime").removesuffix("/v1")
-    handshake = FakeRequest(method="GET", path=request.path, prefix=prefix, query=request.query,
-                            headers=request.headers, body=None, controls=parse_controls({}),
-                            origin=f"{request.scheme}://{request.host}", state=state)
     key, subprotocol = _subprotocol_key(request)
-    if not (openai_format.authenticated(handshake) or key):
-        reply = openai_format.error(401, openai_format.MISSING_KEY)
-        return web.Response(status=reply.status, body=reply.body, content_type="application/json")
+    controls = handshake.check(request, openai_format, prefix=prefix, state=state, other_key=bool(key))
+    if isinstance(controls, web.Response):
+        return controls
     model = request.query.get("model", "")
     if not model:
-        reply = openai_format.error(400, "Missing required parameter: 'model'.", "model")
-        return web.Response(status=reply.status, body=reply.body, content_type="application/json")
-    try:
-        controls = parse_controls(request.headers)
-    except ControlError as e:
-        reply = openai_format.error(400, str(e))
-        return web.Response(status=reply.status, body=reply.body, content_type="application/json")
+        return handshake.refusal(openai_format.error(400, "Missing required parameter: 'model'.", "model"))
     socket = web.WebSocketResponse(max_msg_size=16 * 1024 * 1024, protocols=(subprotocol,) if subprotocol else ())
     await socket.prepare(request)
     session = _Session(model)

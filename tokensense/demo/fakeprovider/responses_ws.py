@@ -21,9 +21,8 @@ from typing import Any
 
 from aiohttp import WSMsgType, web
 
-from tokensense.demo.fakeprovider import openai_format, responses_format
+from tokensense.demo.fakeprovider import handshake, openai_format, responses_format
 from tokensense.demo.fakeprovider.replies import FakeError, FakeRequest, StreamReply
-from tokensense.demo.fakeprovider.textgen import ControlError, parse_controls
 from tokensense.gateway import responses_ws as protocol
 
 
@@ -34,17 +33,9 @@ def is_upgrade(request: web.Request) -> bool:
 
 async def serve(request: web.Request, *, log: deque, state: dict[str, Any]) -> web.StreamResponse:
     prefix = request.path.rstrip("/").removesuffix("/responses").removesuffix("/v1")
-    handshake = FakeRequest(method="GET", path=request.path, prefix=prefix, query=request.query,
-                            headers=request.headers, body=None, controls=parse_controls({}),
-                            origin=f"{request.scheme}://{request.host}", state=state)
-    if not openai_format.authenticated(handshake):
-        reply = openai_format.error(401, openai_format.MISSING_KEY)
-        return web.Response(status=reply.status, body=reply.body, content_type="application/json")
-    try:
-        controls = parse_controls(request.headers)
-    except ControlError as e:
-        reply = openai_format.error(400, str(e))
-        return web.Response(status=reply.status, body=reply.body, content_type="application/json")
+    controls = handshake.check(request, openai_format, prefix=prefix, state=state)
+    if isinstance(controls, web.Response):
+        return controls
     socket = web.WebSocketResponse(max_msg_size=64 * 1024 * 1024)
     await socket.prepare(request)
     conversation = protocol.Conversation()
