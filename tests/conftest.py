@@ -177,6 +177,13 @@ class FakeProvider:
     def clear(self) -> None:
         httpx.delete(f"{self.url}/_fake/requests", timeout=10)
 
+    def program_faults(self, *rules: dict) -> None:
+        """Program failures (`/_fake/faults`: status, delay, reset, broken; matched by provider, prefix, key, model)."""
+        assert httpx.post(f"{self.url}/_fake/faults", json=list(rules), timeout=10).status_code == 200
+
+    def clear_faults(self) -> None:
+        httpx.delete(f"{self.url}/_fake/faults", timeout=10)
+
     def last(self, prefix: str | None = None) -> dict:
         reqs = [r for r in self.requests() if prefix is None or r.get("prefix", "").strip("/") == prefix]
         assert reqs, f"the fake provider received no request (prefix {prefix})"

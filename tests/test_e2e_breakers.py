@@ -9,7 +9,6 @@ that, before the fix, every later call in a test got TokenSense's own 429.
 from __future__ import annotations
 
 import random
-import time
 import uuid
 from collections import Counter
 from collections.abc import Iterator
@@ -48,25 +47,27 @@ def fake() -> Iterator[FakeProvider]:
 def gw(tmp_path_factory: pytest.TempPathFactory, fake: FakeProvider) -> Iterator[Gateway]:
     tmp = tmp_path_factory.mktemp("breakers")
     (tmp / "config.toml").write_text(CONFIG)
+
+    def prepare(gw: Gateway) -> None:  # before the start: loaded then, no wait for the second-by-second reload
+        gw.cli("providers", "set", "mistral", "--api-key", "mis-a")
+        gw.cli("providers", "set", "mistral", "--api-key", "mis-b", "--name", "backup")
+
     gw = start_gateway(tmp, fake, extra_env={"TOKENSENSE_CONFIG_FILE": str(tmp / "config.toml"),
-                                             "TOKENSENSE_CLIENT_IDLE_TIMEOUT": "1"})
-    gw.cli("providers", "set", "mistral", "--api-key", "mis-a")
-    gw.cli("providers", "set", "mistral", "--api-key", "mis-b", "--name", "backup")
-    time.sleep(1.5)  # the gateway reloads provider keys every second
+                                             "TOKENSENSE_CLIENT_IDLE_TIMEOUT": "1"}, prepare=prepare)
     yield gw
     stop(gw.process)
 
 
 @pytest.fixture(autouse=True)
 def no_faults(fake: FakeProvider) -> Iterator[None]:
-    httpx.delete(f"{fake.url}/_fake/faults", timeout=10)
+    fake.clear_faults()
     fake.clear()
     yield
-    httpx.delete(f"{fake.url}/_fake/faults", timeout=10)
+    fake.clear_faults()
 
 
 def faults(fake: FakeProvider, *rules: dict) -> None:
-    assert httpx.post(f"{fake.url}/_fake/faults", json=list(rules), timeout=10).status_code == 200
+    fake.program_faults(*rules)
 
 
 def chat(gw: Gateway, model: str, exec_id: str, **extra: object) -> httpx.Response:

@@ -71,14 +71,14 @@ def gw(tmp_path_factory: pytest.TempPathFactory, fake: FakeProvider) -> Iterator
 
 @pytest.fixture(autouse=True)
 def no_faults(fake: FakeProvider) -> Iterator[None]:
-    httpx.delete(f"{fake.url}/_fake/faults", timeout=10)
+    fake.clear_faults()
     fake.clear()
     yield
-    httpx.delete(f"{fake.url}/_fake/faults", timeout=10)
+    fake.clear_faults()
 
 
 def faults(fake: FakeProvider, *rules: dict) -> None:
-    assert httpx.post(f"{fake.url}/_fake/faults", json=list(rules), timeout=10).status_code == 200
+    fake.program_faults(*rules)
 
 
 def client(gw: Gateway, exec_id: str, key: str | None = None, **headers: str) -> openai.OpenAI:
