@@ -12,6 +12,7 @@ import openai
 import pytest
 from conftest import FakeProvider, Gateway, start_gateway, stop
 from observability_receivers import WebhookReceiver
+from websockets.sync.client import connect
 
 pytestmark = pytest.mark.e2e
 
@@ -204,3 +205,24 @@ def test_the_cost_cap_holds_on_the_responses_api(gw: Gateway, fake_provider: Fak
     assert sent(fake_provider, marker) == []
     assert capped.responses.create(model="gpt-4o-mini", input=marker, max_output_tokens=50).output_text
     assert len(sent(fake_provider, marker)) == 1
+
+
+def test_the_cost_cap_of_a_responses_websocket_applies_to_each_response(gw: Gateway,
+                                                                        fake_provider: FakeProvider) -> None:
+    marker = f"ws-{uuid.uuid4().hex[:8]}"
+    url = gw.url.replace("http://", "ws://") + "/v1/responses"
+    with connect(url, additional_headers={"Authorization": f"Bearer {gw.key}", "x-tokensense-max-cost-usd": "0.001",
+                                          "OpenAI-Beta": "responses_websockets=2026-02-06"},
+                 open_timeout=10, compression=None) as conn:
+        def create(**body: object) -> dict:
+            conn.send(json.dumps({"type": "response.create", **body}))
+            while True:
+                event = json.loads(conn.recv(timeout=15))
+                if event["type"] in ("response.completed", "response.incomplete", "response.failed", "error"):
+                    return event
+        refused = create(model="gpt-4o", input=marker, max_output_tokens=4000, store=False)
+        assert refused["type"] == "error" and "max_cost_exceeded" in json.dumps(refused)
+        assert create(model="gpt-4o-mini", input=marker, max_output_tokens=50, store=False)["type"] == \
+            "response.completed"
+    upstream = sent(fake_provider, marker)
+    assert len(upstream) == 1 and "x-tokensense-max-cost-usd" not in upstream[0]["headers"]
