@@ -65,9 +65,8 @@ class Admit:
             refuse_body(flow)
             return
         call.attribution = attribution(req.headers)  # refused calls are attributed too
-        if not take_cost_cap(flow, call):
-            return
-        await admit(self.runtime, flow, call, presented)
+        if await admit(self.runtime, flow, call, presented) is not None:
+            take_cost_cap(flow, call)
 
     async def _unknown_endpoint(self, flow: http.HTTPFlow, path: str, presented: str | None, error: GatewayError) -> None:
         """404 for a path TokenSense does not serve; with a valid key the call is recorded (endpoint `unknown`)."""

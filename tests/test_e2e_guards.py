@@ -104,6 +104,10 @@ def test_a_malformed_cost_cap_is_400(gw: Gateway) -> None:
             client(gw, **{"x-tokensense-max-cost-usd": value}).chat.completions.create(
                 model="gpt-4o-mini", messages=HI, max_tokens=5)
         assert isinstance(e.value.body, dict) and e.value.body["code"] == "invalid_max_cost"
+    # No valid key: 401 first, whatever the header says.
+    with pytest.raises(openai.AuthenticationError):
+        client(gw, "tsk_not-a-key", **{"x-tokensense-max-cost-usd": "abc"}).chat.completions.create(
+            model="gpt-4o-mini", messages=HI, max_tokens=5)
 
 
 def test_the_keys_cap_and_the_smaller_of_both(gw: Gateway, fake_provider: FakeProvider) -> None:
