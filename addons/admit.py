@@ -18,6 +18,7 @@ from tokensense.core.errors import GatewayError
 from tokensense.gateway.auth import client_key
 from tokensense.gateway.call import CallContext, Record
 from tokensense.gateway.flowmeta import BODY_LIMIT, CALL, refuse_body, set_call
+from tokensense.gateway.guards import take_max_cost_header
 from tokensense.gateway.keys import KeyInfo
 from tokensense.gateway.model_lists import shape_for
 from tokensense.gateway.routing import classify
@@ -64,7 +65,8 @@ class Admit:
             refuse_body(flow)
             return
         call.attribution = attribution(req.headers)  # refused calls are attributed too
-        await admit(self.runtime, flow, call, presented)
+        if await admit(self.runtime, flow, call, presented) is not None:
+            take_cost_cap(flow, call)
 
     async def _unknown_endpoint(self, flow: http.HTTPFlow, path: str, presented: str | None, error: GatewayError) -> None:
         """404 for a path TokenSense does not serve; with a valid key the call is recorded (endpoint `unknown`)."""
@@ -79,6 +81,17 @@ class Admit:
             call.record_state = Record.NONE  # nobody to attribute it to: not a usage record
         answer_error(flow, call.fmt, error)
         refuse_body(flow)
+
+
+def take_cost_cap(flow: http.HTTPFlow, call: CallContext) -> bool:
+    """Take the x-tokensense-max-cost-usd header off the request onto the call; False if it was answered 400."""
+    try:
+        call.max_cost_usd = take_max_cost_header(flow.request.headers)
+    except GatewayError as e:
+        answer_error(flow, call.fmt, e)
+        refuse_body(flow)
+        return False
+    return True
 
 
 # --- the admit gate, shared by the gateway and intercept mode (addons/intercept.py) ------------------

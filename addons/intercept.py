@@ -12,7 +12,7 @@ from mitmproxy.net.tls import starts_like_tls_record
 from mitmproxy.proxy import layer, layers, server_hooks
 from mitmproxy.proxy.layers.tls import parse_client_hello
 
-from addons.admit import admit
+from addons.admit import admit, take_cost_cap
 from addons.common import CALL, answer_error, asks_for_websocket, get_call, intercepting
 from tokensense.core.errors import GatewayError
 from tokensense.gateway.flowmeta import refuse_body, set_call
@@ -143,9 +143,10 @@ class Intercept:
         call = admitted_call(adapter, route, req.method)
         set_call(flow, call)
         call.attribution = attribution(req.headers)  # refused calls are attributed too
-        await admit(self.runtime, flow, call, presented, require_key=ctx.options.tokensense_intercept_require_key,
-                    missing=f"This TokenSense proxy requires a TokenSense key: send it in the `{KEY_HEADER}` header "
-                    "(your provider key stays in its usual header).", where=f" in `{KEY_HEADER}`")
+        if await admit(self.runtime, flow, call, presented, require_key=ctx.options.tokensense_intercept_require_key,
+                       missing=f"This TokenSense proxy requires a TokenSense key: send it in the `{KEY_HEADER}` "
+                       "header (your provider key stays in its usual header).", where=f" in `{KEY_HEADER}`") is not None:
+            take_cost_cap(flow, call)
 
     async def request(self, flow: http.HTTPFlow) -> None:
         """Parse stage of an intercepted call: its model and stream; the usage chunk asked for."""

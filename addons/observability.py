@@ -89,6 +89,8 @@ class Observability:
 
             self.sender = WebhookSender(alerts)
             log.info("budget alerts at %s of each key's budget", ", ".join(f"{t:g}" for t in alerts.thresholds))
+        if self.sender is not None:
+            self.runtime.guard.on_alert = self.sender.send  # loop guard alerts ([guards]) through the same webhook
         if self.worker is None and (self.metrics is not None or self.tracing is not None or self.sender is not None):
             self.worker = ObservabilityWorker(handle_calls=self._handle_calls, handle_written=self._handle_written,
                                               interval=self.runtime.settings.flush_interval)

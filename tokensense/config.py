@@ -64,6 +64,21 @@ class AlertsConfig(BaseModel):
         return sorted(set(value))
 
 
+class GuardsConfig(BaseModel):
+    """`[guards]`: the runaway guard (docs/budgets-and-limits.md), counted per gateway instance.
+
+    Calls of one execution (`x-execution-id`, else the coding agent's session) are
+    refused 429 `loop_detected` past `repeat_limit` identical bodies in
+    `repeat_window_s` seconds, or past `max_calls_per_execution` calls.
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    repeat_limit: int | None = Field(default=None, ge=1)  # identical bodies an execution may send in the window
+    repeat_window_s: float = Field(default=60.0, gt=0)  # the window of repeat_limit, in seconds
+    max_calls_per_execution: int | None = Field(default=None, ge=1)  # calls one execution may make
+
+
 class RetentionConfig(BaseModel):
     """`[retention]`: how long raw usage records are kept (docs/analytics.md).
 
@@ -183,6 +198,7 @@ class FileConfig(BaseModel):
     fallbacks: dict[str, list[str]] = Field(default_factory=dict)
     providers: dict[str, ProviderConfig] = Field(default_factory=dict)
     retention: RetentionConfig = Field(default_factory=RetentionConfig)
+    guards: GuardsConfig = Field(default_factory=GuardsConfig)  # the runaway guard: repeats and calls per execution
 
     @model_validator(mode="after")
     def _check_providers(self) -> FileConfig:

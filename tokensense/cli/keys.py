@@ -17,6 +17,7 @@ from tokensense.cli.common import (
     nonnegative_float,
     open_session,
     or_none,
+    positive_float,
     positive_int,
     print_json,
     print_table,
@@ -34,6 +35,7 @@ def key_summary(key: ApiKey) -> dict[str, Any]:
         "key_prefix": key.key_prefix,
         "budget_usd": key.budget_usd,
         "budget_period": key.budget_period,
+        "max_call_usd": key.max_call_usd,
         "rpm": key.rpm,
         "tpm": key.tpm,
         "plan": key.plan,
@@ -50,6 +52,8 @@ def _describe_limits(key: ApiKey) -> str:
     parts = []
     if key.budget_usd is not None:
         parts.append(f"budget {money(key.budget_usd)} ({key.budget_period})")
+    if key.max_call_usd is not None:
+        parts.append(f"at most ${key.max_call_usd:g} per call")
     if key.rpm is not None:
         parts.append(f"{key.rpm} requests/min")
     if key.tpm is not None:
@@ -85,6 +89,7 @@ def _cmd_keys_create(args: argparse.Namespace) -> int:
             allowed_providers=_allowed_providers(args.allow_provider or ()),
             project=args.project,
             admin=args.admin,
+            max_call_usd=args.max_call_usd,
         )
         if args.json:
             print_json({"id": key.id, "name": key.name, "key": plaintext})
@@ -106,13 +111,14 @@ def _cmd_keys_list(args: argparse.Namespace) -> int:
         if not keys:
             print("No keys yet; create one with `tokensense keys create NAME`.")
             return 0
-        headers = ["ID", "NAME", "KEY", "BUDGET", "RPM", "TPM", "PLAN", "PROJECT", "MODELS", "PROVIDERS", "CREATED (UTC)", "REVOKED (UTC)"]
+        headers = ["ID", "NAME", "KEY", "BUDGET", "MAX/CALL", "RPM", "TPM", "PLAN", "PROJECT", "MODELS", "PROVIDERS", "CREATED (UTC)", "REVOKED (UTC)"]
         rows = [
             [
                 k.id,
                 k.name + (" (admin)" if k.admin else ""),
                 f"{k.key_prefix}…",
                 "-" if k.budget_usd is None else f"{money(k.budget_usd)}/{k.budget_period}",
+                "-" if k.max_call_usd is None else f"${k.max_call_usd:g}",
                 cell(k.rpm),
                 cell(k.tpm),
                 cell(k.plan),
@@ -124,7 +130,7 @@ def _cmd_keys_list(args: argparse.Namespace) -> int:
             ]
             for k in keys
         ]
-        print_table(headers, rows, right=["BUDGET", "RPM", "TPM"])
+        print_table(headers, rows, right=["BUDGET", "MAX/CALL", "RPM", "TPM"])
     return 0
 
 
@@ -146,6 +152,8 @@ _UPDATE_FIELDS = ("budget_usd", "budget_period", "rpm", "tpm", "plan", "project"
 
 def _cmd_keys_update(args: argparse.Namespace) -> int:
     changes: dict[str, Any] = {name: getattr(args, name) for name in _UPDATE_FIELDS if hasattr(args, name)}
+    if hasattr(args, "max_call_usd") or args.no_max_call_usd:
+        changes["max_call_usd"] = None if args.no_max_call_usd else args.max_call_usd
     if hasattr(args, "allow_model") or args.allow_any_model:
         changes["allowed_models"] = [] if args.allow_any_model else args.allow_model
     if hasattr(args, "allow_provider") or args.allow_any_provider:
@@ -174,6 +182,14 @@ def _add_key_options(parser: argparse.ArgumentParser, *, update: bool) -> None:
         help="period the budget applies to" + ("" if update else " (default: total)"),
         **(keep if update else {"default": "total"}),
     )
+    max_call = limits.add_mutually_exclusive_group() if update else limits
+    max_call.add_argument(
+        "--max-call-usd", metavar="X", type=positive_float,
+        help="the largest cost one call may have, in US dollars: a call whose largest cost (its prompt and output "
+        "cap at the model's price) is above X is refused 402 before the provider", **keep,
+    )
+    if update:
+        max_call.add_argument("--no-max-call-usd", action="store_true", help="remove the per-call cost cap")
     limits.add_argument(
         "--rpm", metavar="N", type=or_none(positive_int) if update else positive_int,
         help=f"requests per minute{clear}", **keep,

@@ -88,6 +88,7 @@ class CallContext:
     attempt: int = 1  # the upstream attempt this call's own record is (retries and fallbacks record the others)
     provider_key: str | None = None  # the name of the provider key (of the provider's pool) the attempt used
     fallbacks: tuple[str, ...] | None = None  # the x-tokensense-fallbacks header's models (None: no header)
+    max_cost_usd: float | None = None  # the x-tokensense-max-cost-usd header: the largest cost an attempt may have
     # Run with the record of each failed attempt a retry or fallback followed (observers: metrics, spans);
     # `on_record` runs once, with the call's own record (the last attempt's).
     on_attempt_record: list[Callable[[UsageCreate], None]] = field(default_factory=list)

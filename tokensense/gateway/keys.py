@@ -42,6 +42,7 @@ class KeyInfo:
     allowed_models: tuple[str, ...]
     allowed_providers: tuple[str, ...]
     created_at: datetime | None = None
+    max_call_usd: float | None = None  # the largest cost (reservation) one call of the key may have
 
     @classmethod
     def from_row(cls, row: ApiKey) -> KeyInfo:
@@ -58,6 +59,7 @@ class KeyInfo:
             allowed_models=tuple(row.allowed_models or ()),
             allowed_providers=tuple(row.allowed_providers or ()),
             created_at=row.created_at,
+            max_call_usd=row.max_call_usd,
         )
 
 

@@ -31,6 +31,7 @@ from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Any
 
+from tokensense.gateway.guards import MAX_COST_HEADER
 from tokensense.providers.responses_format import SOCKET_HANDSHAKE_HEADERS
 
 RESPONSES_WS_PATHS = frozenset({"/v1/responses", "/responses"})
@@ -87,7 +88,8 @@ def passed_headers(fields: list[tuple[bytes, bytes]] | tuple[tuple[bytes, bytes]
     out = []
     for name, value in fields:
         lower = name.decode("latin-1").lower()
-        if lower in _NOT_PASSED or lower.startswith("x-tokensense-"):
+        # The cost cap of the handshake applies to each response (the HTTP call takes it off before upstream).
+        if lower in _NOT_PASSED or (lower.startswith("x-tokensense-") and lower != MAX_COST_HEADER):
             continue
         out.append((lower, value.decode("latin-1")))
     return out

@@ -12,6 +12,7 @@ from sqlalchemy import text
 from sqlalchemy.engine import Engine
 
 from tokensense.config import FileConfig, load_config
+from tokensense.gateway.guards import LoopGuard
 from tokensense.gateway.keys import KeyStore
 from tokensense.gateway.limits import CounterStore
 from tokensense.gateway.shared_counters import hub_socket_from_env, make_counters
@@ -45,6 +46,7 @@ class Runtime:
         self._engine = engine
         self.config: FileConfig = FileConfig()
         self.prices = PriceBook()
+        self.guard = LoopGuard(repeat_limit=None)  # the runaway guard ([guards] of config.toml, set at start)
         self.keys: KeyStore | None = None
         self.recorder: UsageRecorder | HubRecorder | None = None
         self.retention: RetentionWorker | None = None  # prunes old records where this process writes them
@@ -74,6 +76,9 @@ class Runtime:
             from tokensense.metering.catalog_update import install_catalog
             from tokensense.storage.probe import database_problem
 
+            guards = self.config.guards
+            self.guard = LoopGuard(repeat_limit=guards.repeat_limit, repeat_window_s=guards.repeat_window_s,
+                                   max_calls_per_execution=guards.max_calls_per_execution)
             self.prices = PriceBook(self.config.models, snapshot=install_catalog(self.settings.home))
             try:
                 if self._engine is None:

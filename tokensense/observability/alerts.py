@@ -29,6 +29,7 @@ from sqlalchemy.engine import Engine
 from sqlmodel import Session
 
 from tokensense.config import AlertsConfig
+from tokensense.gateway.guards import LoopAlert
 from tokensense.gateway.policy import budget_window
 from tokensense.storage.models import ApiKey
 from tokensense.storage.repo import spent_since
@@ -36,6 +37,7 @@ from tokensense.storage.repo import spent_since
 log = logging.getLogger(__name__)
 
 EVENT = "tokensense.budget.threshold_crossed"
+LOOP_EVENT = "tokensense.guard.loop_detected"
 LEDGER_FILE = "alerts-sent.json"
 _PERIOD_WORDS = {"daily": "today (UTC)", "monthly": "this month (UTC)", "total": "in total"}
 # How long a claim is kept, per period (a `total` budget never resets).
@@ -55,8 +57,21 @@ class BudgetAlert:
     test: bool = False
 
 
-def alert_payload(alert: BudgetAlert, fmt: str = "json") -> dict[str, Any]:
+def loop_alert_payload(alert: LoopAlert, fmt: str = "json") -> dict[str, Any]:
+    """The webhook's JSON body for an execution the loop guard stopped ([guards] of config.toml)."""
+    why = (f"sent the same request more than {alert.limit} times in {alert.window_s or 0:g}s"
+           if alert.reason == "repeat" else f"made more than {alert.limit} calls")
+    if fmt == "slack":
+        prefix = "[test] " if alert.test else ""
+        return {"text": f"{prefix}:rotating_light: TokenSense loop guard: execution `{alert.execution_id}` of key "
+                        f"`{alert.key_name}` {why}; its calls are refused (429 loop_detected)."}
+    return {"event": LOOP_EVENT, **asdict(alert), "at": alert.at.isoformat()}
+
+
+def alert_payload(alert: BudgetAlert | LoopAlert, fmt: str = "json") -> dict[str, Any]:
     """The webhook's JSON body: TokenSense's own fields, or a Slack incoming-webhook message."""
+    if isinstance(alert, LoopAlert):
+        return loop_alert_payload(alert, fmt)
     fraction = alert.spent_usd / alert.budget_usd if alert.budget_usd else 0.0
     if fmt == "slack":
         prefix = "[test] " if alert.test else ""
@@ -227,7 +242,7 @@ class WebhookSender:
         self._thread = threading.Thread(target=self._run, name="tokensense-alerts", daemon=True)
         self._thread.start()
 
-    def send(self, alert: BudgetAlert) -> None:
+    def send(self, alert: BudgetAlert | LoopAlert) -> None:
         self._queue.put(alert)
 
     def close(self, timeout: float = 10.0) -> None:
@@ -241,7 +256,8 @@ class WebhookSender:
                                 attempts=self.attempts, backoff=self.backoff, client=client)
                 if ok:
                     self.delivered += 1
-                    log.info("budget alert for key %s (threshold %g) delivered", alert.key_name, alert.threshold)
+                    log.info("%s alert for key %s delivered", "loop guard" if isinstance(alert, LoopAlert) else
+                             "budget", alert.key_name)
                 else:
                     self.failed += 1
 

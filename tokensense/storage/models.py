@@ -22,6 +22,7 @@ class ApiKeyBase(SQLModel):
     name: str = Field(index=True, unique=True)
     budget_usd: float | None = None
     budget_period: str = "total"  # total | monthly | daily
+    max_call_usd: float | None = None  # the largest cost one call may have (its reservation), refused 402 above
     rpm: int | None = None
     tpm: int | None = None
     plan: str | None = None  # free | pro | enterprise

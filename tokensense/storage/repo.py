@@ -92,6 +92,12 @@ def _validate_name(name: str) -> str:
     return name
 
 
+def _validate_max_call(max_call_usd: float | None) -> float | None:
+    if max_call_usd is not None and not max_call_usd > 0:  # `not >` also rejects NaN
+        raise ValueError(f"a per-call cost cap must be a positive amount of US dollars, not {max_call_usd}")
+    return max_call_usd
+
+
 def _validate_budget(budget_usd: float | None) -> float | None:
     if budget_usd is not None and not budget_usd >= 0:  # `not >=` also rejects NaN
         raise ValueError(f"budget must be a non-negative amount of US dollars, not {budget_usd}")
@@ -152,6 +158,7 @@ def create_key(
     allowed_providers: Sequence[str] = (),
     project: str | None = None,
     admin: bool = False,
+    max_call_usd: float | None = None,
 ) -> tuple[ApiKey, str]:
     """Store a new key and return its row and the plaintext key (which is not kept anywhere).
 
@@ -164,6 +171,7 @@ def create_key(
         name=name,
         budget_usd=_validate_budget(budget_usd),
         budget_period=_validate_budget_period(budget_period),
+        max_call_usd=_validate_max_call(max_call_usd),
         rpm=_validate_rate("request", rpm),
         tpm=_validate_rate("token", tpm),
         plan=_validate_plan(plan),
@@ -231,6 +239,7 @@ def update_key(
     allowed_models: Sequence[str] | _Unset = UNSET,
     allowed_providers: Sequence[str] | _Unset = UNSET,
     project: str | None | _Unset = UNSET,
+    max_call_usd: float | None | _Unset = UNSET,
 ) -> ApiKey:
     """Change the limits of a key; arguments left `UNSET` keep their value, `None` clears one."""
     row = get_key(session=session, name_or_id=name_or_id)
@@ -250,6 +259,8 @@ def update_key(
         row.allowed_providers = _validate_providers(allowed_providers)
     if project is not UNSET:
         row.project = project or None
+    if max_call_usd is not UNSET:
+        row.max_call_usd = _validate_max_call(max_call_usd)
     row.updated_at = datetime.now(UTC)
     session.add(row)
     session.commit()

@@ -20,6 +20,7 @@ from typing import Any
 from tokensense.core.errors import GatewayError
 from tokensense.core.usage import TokenUsage
 from tokensense.gateway.call import CallContext
+from tokensense.gateway.guards import LoopGuard, call_cap, max_cost_refusal
 from tokensense.gateway.limits import BudgetDecision, CounterStore, RateDecision
 from tokensense.gateway.policy import budget_window, check_access, estimate_cost, estimate_usage, limits_for
 from tokensense.gateway.price_policy import unpriced_refusal
@@ -81,12 +82,15 @@ class Refused(Exception):
 
 
 async def police(call: CallContext, target: Target, *, prices: PriceBook, counters: CounterStore | None,
-                 spent_since: Callable[[str, datetime | None], float], count_request: bool = True) -> Policed:
+                 spent_since: Callable[[str, datetime | None], float], count_request: bool = True,
+                 guard: LoopGuard | None = None) -> Policed:
     """Check `target` for `call`'s key and reserve what it may cost; `Refused` if it may not go.
 
     `count_request`: the attempt counts against the key's requests and tokens per
-    minute (the call's first attempt; a retry or fallback of the same call does not).
-    Each attempt reserves its own budget: its largest cost at its own model's price.
+    minute and the loop guard's counts of its execution (the call's first attempt;
+    a retry or fallback of the same call does not).
+    Each attempt reserves its own budget: its largest cost at its own model's price,
+    which is also what its cost cap (header or key) is checked against.
     """
     key = call.key
     if key is None:
@@ -94,6 +98,19 @@ async def police(call: CallContext, target: Target, *, prices: PriceBook, counte
     check = _checked(call, target, prices)
     if check is not None:
         raise Refused(check)
+    body = target.body
+    cap = None if call.free or call.route_endpoint in MEDIA_ENDPOINTS else call_cap(call.max_cost_usd, key.max_call_usd)
+    largest: float | None = None
+    if cap is not None:
+        largest = _largest_cost(call, target, prices)
+        if prices.resolve(target.provider.prices_id, target.model) is None:
+            raise Refused(max_cost_refusal(None, cap, target.requested or target.model), amount=largest)
+        if largest > cap:
+            raise Refused(max_cost_refusal(largest, cap, target.requested or target.model), amount=largest)
+    if count_request and guard is not None and guard.active:
+        loop = guard.check(key.id, key.name, call.attribution.get("execution_id"), body)
+        if loop is not None:
+            raise Refused(loop)
     limits = limits_for(key)
     counts_rate = count_request and (limits.rpm is not None or limits.tpm is not None)
     counts_budget = key.budget_usd is not None and not call.free  # a free call (count_tokens) spends nothing
@@ -102,7 +119,6 @@ async def police(call: CallContext, target: Target, *, prices: PriceBook, counte
         return policed
     if counters is None:
         raise Refused(GatewayError(503, LIMITS_UNAVAILABLE, code="limits_unavailable"))
-    body = target.body
     estimate = estimate_usage(body) if isinstance(body, dict) else TokenUsage()
     if counts_rate:
         tokens = estimate.input_tokens + estimate.output_tokens
@@ -121,10 +137,7 @@ async def police(call: CallContext, target: Target, *, prices: PriceBook, counte
     if counts_budget:
         assert key.budget_usd is not None
         window, start, resets_in = budget_window(key.budget_period)
-        # The largest cost the attempt can have: its output cap as sent upstream, else the model's maximum.
-        priced = call if call.model == target.model else replace(call, provider=target.provider, model=target.model)
-        reservation = call_reservation(priced, body) if isinstance(body, dict) else estimate
-        amount = estimate_cost(prices, target.provider, target.model, reservation)
+        amount = largest if largest is not None else _largest_cost(call, target, prices)
         held = replace(policed, passed=False)
         try:
             budget = await counters.reserve_budget(key.id, window, key.budget_usd, amount,
@@ -137,6 +150,15 @@ async def police(call: CallContext, target: Target, *, prices: PriceBook, counte
             raise Refused(error, headers=headers, held=held, budget=budget, amount=amount)
         policed = replace(policed, budget=BudgetHold(window, amount))
     return policed
+
+
+def _largest_cost(call: CallContext, target: Target, prices: PriceBook) -> float:
+    """The largest cost the attempt can have (its budget reservation): its output cap as sent upstream,
+    else the model's maximum, at the target model's price."""
+    body = target.body
+    priced = call if call.model == target.model else replace(call, provider=target.provider, model=target.model)
+    reservation = call_reservation(priced, body) if isinstance(body, dict) else TokenUsage()
+    return estimate_cost(prices, target.provider, target.model, reservation)
 
 
 def _checked(call: CallContext, target: Target, prices: PriceBook) -> GatewayError | None:
