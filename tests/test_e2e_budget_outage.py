@@ -162,7 +162,10 @@ def test_spent_key_stays_refused_on_two_instances(tmp_path, fake_provider: FakeP
         def written() -> int:
             with psycopg.connect(PG_URL) as conn:
                 conn.execute(f'SET search_path TO "{schema}"')
-                row = conn.execute("SELECT count(*) FROM usage WHERE key_id = %s", (created["id"],)).fetchone()
+                # The served calls' records: refused calls (the 402 probes) are recorded too, and counting them
+                # would let the wait end while the other instance's last costed record is still in its queue.
+                row = conn.execute("SELECT count(*) FROM usage WHERE key_id = %s AND status = 200",
+                                   (created["id"],)).fetchone()
                 return int(row[0]) if row else 0
 
         def all_recorded(served: int) -> None:
