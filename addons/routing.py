@@ -90,7 +90,7 @@ class Router:
         call.stream = request.stream
         call.requested_model = request.requested  # kept by a refused call's record (a bad output cap's 400 too)
         check_output_caps(route, request.body)
-        adapter, model = resolve(request.requested, self.runtime.prices)
+        adapter, model = resolve(request.requested, self.runtime.prices, free=call.free)
         call.provider, call.model = adapter, adapter.catalog_model(model)  # priced and policed by the model it runs
         parsed = parse_call(route, request, adapter, model, where=flow.request.path.partition("?")[0][:100])
         credential = require_credential(self.runtime, adapter)

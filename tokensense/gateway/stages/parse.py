@@ -131,10 +131,11 @@ def check_output_caps(route: RouteReading, body: dict[str, Any]) -> None:
         optional_token_count(body, *_OUTPUT_CAPS)
 
 
-def resolve(requested: object, prices: PriceBook, media_models: frozenset[str] = frozenset()) \
-        -> tuple[ProviderAdapter, str]:
-    """The provider for a model name and the name to ask it for (404 if no provider or catalog knows it)."""
-    return resolve_model(requested, prices, media_models=media_models)
+def resolve(requested: object, prices: PriceBook, media_models: frozenset[str] = frozenset(), *,
+            free: bool = False) -> tuple[ProviderAdapter, str]:
+    """The provider for a model name and the name to ask it for (404 if no provider or catalog knows it; a
+    `free` route's model needs no price)."""
+    return resolve_model(requested, prices, media_models=media_models, free=free)
 
 
 def parse_call(route: RouteReading, request: ClientRequest, adapter: ProviderAdapter, model: str, *,
