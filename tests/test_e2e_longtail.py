@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import io
 import json
+import uuid
 
 import httpx
 import openai
@@ -96,6 +97,36 @@ def test_moderation_recorded_free(gateway: Gateway, exec_id: str) -> None:
     assert (record["provider"], record["model"], record["endpoint"]) == \
         ("openai", "omni-moderation-latest", "moderations")
     assert record["cost_usd"] == 0  # free, not unpriced (NULL)
+
+
+def test_moderation_without_a_model_goes_to_the_providers_default(gateway: Gateway, exec_id: str) -> None:
+    moderation = client(gateway, exec_id).moderations.create(input="hello")
+    assert moderation.results[0].flagged is False
+    req = forwarded(gateway, "openai", "/v1/moderations")
+    assert req["body"] == {"input": "hello", "model": "omni-moderation-latest"}
+    assert one_record(gateway, exec_id)["model"] == "omni-moderation-latest"
+
+
+def new_key(gw: Gateway, *options: str) -> str:
+    return json.loads(gw.cli("keys", "create", f"lt-{uuid.uuid4().hex[:8]}", *options, "--json").stdout)["key"]
+
+
+def test_moderation_is_policed_like_any_call_but_spends_no_budget(gateway: Gateway) -> None:
+    # A budget smaller than any priced call's reservation: chat is refused, a free moderation is not.
+    budget_key = new_key(gateway, "--budget-usd", "0.0000001")
+    budgeted = openai.OpenAI(base_url=f"{gateway.url}/v1", api_key=budget_key, max_retries=0)
+    with pytest.raises(openai.APIStatusError) as refused:
+        budgeted.completions.create(model="gpt-3.5-turbo-instruct", prompt="hi", max_tokens=50)
+    assert refused.value.status_code in (402, 429)
+    assert budgeted.moderations.create(model="omni-moderation-latest", input="hello").results
+    # Access rules hold: a key limited to other models may not moderate.
+    limited = openai.OpenAI(base_url=f"{gateway.url}/v1", api_key=new_key(gateway, "--allow-model", "gpt-4o*"),
+                            max_retries=0)
+    before = len(gateway.fake.requests())
+    with pytest.raises(openai.PermissionDeniedError) as denied:
+        limited.moderations.create(model="omni-moderation-latest", input="hello")
+    assert "omni-moderation-latest" in str(denied.value)
+    assert len(gateway.fake.requests()) == before
 
 
 # --- image edits and variations -------------------------------------------------------------------------------
@@ -191,3 +222,12 @@ def test_mistral_fim_streamed_metered_from_the_last_chunk(gateway: Gateway, exec
         ("fim.completions", usage["prompt_tokens"], usage["completion_tokens"])
     assert record["cost_usd"] == pytest.approx(usage["prompt_tokens"] * 0.3e-6 + usage["completion_tokens"] * 0.9e-6,
                                                abs=MICRO)
+
+
+def test_model_list_names_the_long_tails_models_and_their_pricing(gateway: Gateway) -> None:
+    listed = httpx.get(f"{gateway.url}/v1/models", headers={"authorization": f"Bearer {gateway.key}"}).json()
+    pricing = {m["id"]: m.get("pricing") for m in listed["data"]}
+    assert pricing["omni-moderation-latest"] == "free"
+    assert pricing["gpt-3.5-turbo-instruct"] == "catalog"
+    assert pricing["dall-e-2"] == "media" and "whisper-1" in pricing
+    assert any(m.startswith("codestral") for m in pricing)

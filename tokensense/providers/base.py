@@ -281,6 +281,9 @@ class Provider(ABC):
         best = max((prefix for prefix in self.output_caps if model.startswith(prefix)), key=len, default=None)
         return None if best is None else self.output_caps[best]
 
+    # Models only served on free routes (moderations): not in the price catalog, listed by `GET /v1/models` as free.
+    free_models: ClassVar[tuple[str, ...]] = ()
+
     def model_list_shape(self) -> ModelListShape | None:
         """The shape its own SDKs read `GET /v1/models` in (None: none of their own)."""
         return None

@@ -64,7 +64,8 @@ OPENAI_ROUTES: tuple[ClientRoute, ...] = (
     _openai_route(r"/v1/images/variations", Endpoint.IMAGE_VARIATIONS, intercepted=True),
     _openai_route(r"/(?:v1/)?completions", Endpoint.COMPLETIONS, intercepted=True, genai_operation="text_completion"),
     # Free at OpenAI: recorded at cost 0, never refused by a budget (access and rate limits still apply).
-    _openai_route(r"/(?:v1/)?moderations", Endpoint.MODERATIONS, free=True, intercepted=True),
+    _openai_route(r"/(?:v1/)?moderations", Endpoint.MODERATIONS, free=True, intercepted=True,
+                  default_model="omni-moderation-latest"),
     _openai_route(r"/(?:v1/)?responses", Endpoint.RESPONSES, genai_operation="chat"),
     _openai_route(r"/v1/responses/input_tokens", Endpoint.RESPONSES_INPUT_TOKENS, free=True),
     _openai_route(r"/v1/responses/compact", Endpoint.RESPONSES_COMPACT),
@@ -152,6 +153,9 @@ class OpenAIAdapter(ProviderAdapter):
         "o4-mini": 100_000,
     }
 
+    free_models: ClassVar[tuple[str, ...]] = ("omni-moderation-latest", "omni-moderation-2024-09-26",
+                                               "text-moderation-latest", "text-moderation-stable")
+
     def model_list_shape(self) -> ModelListShape | None:
         return MODEL_LIST
 
@@ -220,6 +224,7 @@ class XAIAdapter(OpenAIAdapter):
                                                        *RESPONSES_ENDPOINTS})
 
     output_caps: ClassVar[Mapping[str, int]] = {"grok-3": 131_072, "grok-4": 131_072}
+    free_models: ClassVar[tuple[str, ...]] = ()
 
     def media_route(self, endpoint: Endpoint, model: str, *, declared: bool) -> MediaRoute | None:
         if endpoint is Endpoint.IMAGES:
@@ -256,6 +261,7 @@ class MistralAdapter(OpenAIAdapter):
     client_routes: ClassVar[tuple[ClientRoute, ...]] = MISTRAL_ROUTES
 
     output_caps: ClassVar[Mapping[str, int]] = {"mistral": 32_768, "codestral": 32_768}
+    free_models: ClassVar[tuple[str, ...]] = ()
 
     def upstream(self, endpoint: Endpoint, model: str, *, stream: bool, action: str | None = None,
                  version: str | None = None) -> Upstream:

@@ -88,6 +88,7 @@ class RouteReading:
     model_in_body: bool = True  # the body names the model (and is rewritten to the provider's own name)
     streams: bool = False  # the path itself asks for a stream (a streaming action)
     body_streams: bool = True  # `"stream": true` in the body asks for one
+    default_model: str | None = None  # the model when the body names none (the provider's own default)
 
 
 def reading_of(call: CallContext, *, fallback: bool = False) -> RouteReading:
@@ -102,7 +103,7 @@ def reading_of(call: CallContext, *, fallback: bool = False) -> RouteReading:
                             streams=route.stream, body_streams=route.body_streams)
     return RouteReading(route.endpoint, route.action, route.version, route.model, route.provider, route.params,
                         model_in_body=route.model_in_body and route.provider is None, streams=route.stream,
-                        body_streams=route.body_streams)
+                        body_streams=route.body_streams, default_model=route.default_model)
 
 
 def read_request(route: RouteReading, body: dict[str, Any], *, check_caps: bool = True) -> ClientRequest:
@@ -117,6 +118,8 @@ def read_request(route: RouteReading, body: dict[str, Any], *, check_caps: bool 
         requested = route.path_model
     else:
         named = route.path_model or body.get("model")
+        if named is None:  # the provider's default model, sent explicitly (the record names what was priced)
+            named = route.default_model
         requested = named if isinstance(named, str) else None
     if check_caps:
         check_output_caps(route, body)
