@@ -6,11 +6,12 @@ from __future__ import annotations
 import io
 import json
 import uuid
+from pathlib import Path
 
 import httpx
 import openai
 import pytest
-from conftest import PROVIDER_KEYS, Gateway
+from conftest import PROVIDER_KEYS, FakeProvider, Gateway, start_gateway, stop
 from test_e2e_media import wav_file
 
 from tokensense.demo.fakeprovider import media
@@ -231,3 +232,41 @@ def test_model_list_names_the_long_tails_models_and_their_pricing(gateway: Gatew
     assert pricing["gpt-3.5-turbo-instruct"] == "catalog"
     assert pricing["dall-e-2"] == "media" and "whisper-1" in pricing
     assert any(m.startswith("codestral") for m in pricing)
+
+
+# --- reprice: the recorded flows priced again give what live metering recorded ---------------------------------
+
+
+def test_reprice_of_the_long_tail_equals_the_recorded_cost(tmp_path: Path, fake_provider: FakeProvider) -> None:
+    record_file = tmp_path / "calls.flows"
+    gw = start_gateway(tmp_path, fake_provider, serve_args=["--record", str(record_file)])
+    exec_id = f"lt-{uuid.uuid4().hex[:8]}"
+    calls = {
+        "completions": lambda c: c.completions.create(model="gpt-3.5-turbo-instruct", prompt="Once upon", max_tokens=3),
+        "completions-stream": lambda c: list(c.completions.create(model="gpt-3.5-turbo-instruct", prompt="Hi",
+                                                                  stream=True)),
+        "moderations": lambda c: c.moderations.create(input="hello"),
+        "edit-gpt-image": lambda c: c.images.edit(model="gpt-image-1", image=png(), prompt="Add a hat"),
+        "edit-dall-e-2": lambda c: c.images.edit(model="dall-e-2", image=png(), prompt="Add a hat", size="512x512"),
+        "variation": lambda c: c.images.create_variation(model="dall-e-2", image=png(), n=2, size="256x256"),
+        "translation": lambda c: c.audio.translations.create(model="whisper-1",
+                                                             file=("a.wav", wav_file(2.0), "audio/wav")),
+        "fim": lambda c: c.post("/fim/completions", cast_to=object,
+                                body={"model": "codestral-latest", "prompt": "def f():", "suffix": "return 1"}),
+    }
+    try:
+        for workflow, call in calls.items():
+            call(openai.OpenAI(base_url=f"{gw.url}/v1", api_key=gw.key, max_retries=0,
+                               default_headers={"x-execution-id": exec_id, "x-workflow-tag": workflow}))
+        records = {r["workflow"]: r for r in gw.wait_records(len(calls), execution_id=exec_id)}
+    finally:
+        stop(gw.process)  # SIGTERM: the recording is complete afterwards
+    assert set(records) == set(calls)
+    assert records["moderations"]["cost_usd"] == 0
+    assert all(r["cost_usd"] is not None and r["cost_usd"] >= 0 for r in records.values())
+    reprice = json.loads(gw.cli("reprice", str(record_file), "--json").stdout)
+    groups = {g["workflow"]: g for g in reprice["by_workflow"]}
+    for workflow, record in records.items():
+        assert groups[workflow]["requests"] == 1
+        assert groups[workflow]["cost_usd"] == pytest.approx(record["cost_usd"], abs=1e-9), workflow
+    assert reprice["total"]["unpriced"] == 0
