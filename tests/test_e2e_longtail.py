@@ -270,3 +270,22 @@ def test_reprice_of_the_long_tail_equals_the_recorded_cost(tmp_path: Path, fake_
         assert groups[workflow]["requests"] == 1
         assert groups[workflow]["cost_usd"] == pytest.approx(record["cost_usd"], abs=1e-9), workflow
     assert reprice["total"]["unpriced"] == 0
+
+
+def test_uploads_of_edits_and_translations_have_the_upload_limit(tmp_path: Path, fake_provider: FakeProvider) -> None:
+    gw = start_gateway(tmp_path, fake_provider, extra_env={"TOKENSENSE_MAX_UPLOAD_MB": "1"})
+    try:
+        before = len(gw.fake.requests())
+        big = io.BytesIO(media.png_bytes(64, 64) + b"\0" * 1_300_000)
+        big.name = "big.png"
+        sdk = client(gw, "lt-upload")
+        with pytest.raises(openai.APIStatusError) as edit:
+            sdk.images.edit(model="gpt-image-1", image=big, prompt="Add a hat")
+        assert edit.value.status_code == 413 and "TOKENSENSE_MAX_UPLOAD_MB" in str(edit.value)
+        with pytest.raises(openai.APIStatusError) as translation:
+            sdk.audio.translations.create(model="whisper-1", file=("long.wav", wav_file(45.0), "audio/wav"))
+        assert translation.value.status_code == 413
+        assert len(gw.fake.requests()) == before
+        assert sdk.audio.translations.create(model="whisper-1", file=("a.wav", wav_file(1.0), "audio/wav")).text
+    finally:
+        stop(gw.process)
