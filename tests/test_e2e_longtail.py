@@ -289,3 +289,18 @@ def test_uploads_of_edits_and_translations_have_the_upload_limit(tmp_path: Path,
         assert sdk.audio.translations.create(model="whisper-1", file=("a.wav", wav_file(1.0), "audio/wav")).text
     finally:
         stop(gw.process)
+
+
+def test_a_model_on_another_providers_path_is_a_400_that_never_leaves(gateway: Gateway) -> None:
+    before = len(gateway.fake.requests())
+    headers = {"authorization": f"Bearer {gateway.key}"}
+    fim = httpx.post(f"{gateway.url}/v1/fim/completions", headers=headers, json={"model": "gpt-4o-mini", "prompt": "x"})
+    assert fim.status_code == 400 and fim.json()["error"]["code"] == "unsupported_model_for_endpoint"
+    with pytest.raises(openai.BadRequestError) as e:
+        openai.OpenAI(base_url=f"{gateway.url}/v1", api_key=gateway.key, max_retries=0).completions.create(
+            model="codestral-latest", prompt="x")
+    assert "codestral-latest" in str(e.value)
+    with pytest.raises(openai.BadRequestError):
+        openai.OpenAI(base_url=f"{gateway.url}/v1", api_key=gateway.key, max_retries=0).images.create_variation(
+            model="gpt-image-1", image=png())
+    assert len(gateway.fake.requests()) == before
