@@ -1,4 +1,5 @@
-"""Routes, translates and meters the media endpoints (images, speech, transcriptions) by the providers' media rules."""
+"""Routes, translates and meters the media endpoints (images, image edits and variations, speech, transcriptions,
+translations) by the providers' media rules."""
 
 from __future__ import annotations
 
@@ -11,12 +12,13 @@ from dataclasses import dataclass
 from mitmproxy import ctx, exceptions, http
 
 from addons.common import answer_error, get_call, prepare_upstream, require_credential
+from tokensense.core.endpoints import UPLOAD_ENDPOINTS
 from tokensense.core.errors import GatewayError
 from tokensense.core.usage import TokenUsage
 from tokensense.gateway import media
 from tokensense.gateway.call import CallContext
 from tokensense.gateway.flowmeta import MEDIA
-from tokensense.gateway.routing import MEDIA_ENDPOINTS, Endpoint
+from tokensense.gateway.routing import MEDIA_ENDPOINTS
 from tokensense.gateway.runtime import Runtime
 from tokensense.gateway.stages.parse import read_json, resolve
 from tokensense.gateway.stream import PassthroughStream
@@ -121,8 +123,8 @@ class Media:
             if self._prices_error:
                 raise GatewayError(500, f"TokenSense's media prices are invalid ({self._prices_error}).",
                                    code="config_error")
-            if call.route_endpoint is Endpoint.TRANSCRIPTIONS:
-                self._transcription(flow, call)
+            if call.route_endpoint in UPLOAD_ENDPOINTS:
+                self._upload(flow, call)
             else:
                 self._json_request(flow, call)
         except GatewayError as e:
@@ -163,28 +165,36 @@ class Media:
                          body=json.dumps(upstream, separators=(",", ":")).encode() if upstream is not None else None,
                          content_type="application/json" if upstream is not None else None)
 
-    def _transcription(self, flow: http.HTTPFlow, call: CallContext) -> None:
+    def _upload(self, flow: http.HTTPFlow, call: CallContext) -> None:
+        """A multipart upload: audio to transcribe or translate (`file`), an image to edit or vary (`image`)."""
         req = flow.request
         raw = req.raw_content or b""
         if len(raw) > self.max_upload_bytes:
-            raise GatewayError(413, f"The upload is {len(raw) / _MB:.1f} MB; TokenSense accepts audio uploads of up "
+            raise GatewayError(413, f"The upload is {len(raw) / _MB:.1f} MB; TokenSense accepts uploads of up "
                                f"to {self.max_upload_bytes / _MB:g} MB (TOKENSENSE_MAX_UPLOAD_MB).",
                                code="request_too_large", param="file")
         form = media.parse_form(raw, req.headers.get("content-type", ""))
         requested = form.fields.get("model")
         adapter, model, route = self._resolve(call, requested)
-        upload = form.files.get("file")
+        audio = route.kind == "transcription"
+        part = "file" if audio else next((name for name in ("image", "image[]") if name in form.files), "image")
+        upload = form.files.get(part)
         if upload is None or not len(upload.data):
-            raise GatewayError(400, "The request has no audio: send it as the multipart `file` part.",
-                               code="missing_parameter", param="file")
+            what = "audio: send it as the multipart `file` part" if audio else \
+                "image: send it as the multipart `image` part"
+            raise GatewayError(400, f"The request has no {what}.", code="missing_parameter", param=part)
         call.stream = form.fields.get("stream", "").lower() == "true"
         credential = require_credential(self.runtime, adapter)
         if requested != model:
-            del upload, form.files["file"]  # release the view into the old body before it is replaced
+            del upload, form.files[part]  # release the view into the old body before it is replaced
             req.content = media.replace_field(raw, form, "model", model)
             form = media.parse_form(req.raw_content or b"", req.headers.get("content-type", ""))
-            upload = form.files["file"]
-        flow.metadata[MEDIA] = MediaCall(route.kind, audio=route.audio, upload=upload)
+            upload = form.files[part]
+        if audio:
+            flow.metadata[MEDIA] = MediaCall(route.kind, audio=route.audio, upload=upload)
+        else:  # an image edit or variation: priced like generations (tokens, else per image by size)
+            flow.metadata[MEDIA] = MediaCall("images", answer_usage=route.answer_usage,
+                                             size=form.fields.get("size"), quality=form.fields.get("quality"))
         prepare_upstream(call, adapter, credential, Upstream(call.route_endpoint, route.upstream_path))
 
     # --- response -----------------------------------------------------------------------------

@@ -54,11 +54,14 @@ class Router:
         available = [name for name, p in PROVIDERS.items() if p.has_credentials(self.runtime.keys.credential(name).api_key)]
         media = self._media_models()
         media_names = {m for models in media.values() for m in models}
+        free = {name: list(p.free_models) for name, p in PROVIDERS.items() if p.free_models}  # moderations
+        free_names = {m for models in free.values() for m in models}
+        extra = {name: media.get(name, []) + free.get(name, []) for name in media.keys() | free.keys()}
         prices = self.runtime.prices
-        catalog = list_models(available, custom=prices.custom, extra=media,
+        catalog = list_models(available, custom=prices.custom, extra=extra,
                               allowed=lambda provider, model: model_allowed(key, provider, model),
                               pricing=lambda provider, model: "media" if model in media_names and
-                              model not in prices.custom else
+                              model not in prices.custom else "free" if model in free_names else
                               _pricing_kind(prices, provider, model))
         req = flow.request
         shape = shape_for(req.path.partition("?")[0], req.headers)
@@ -90,7 +93,7 @@ class Router:
         call.stream = request.stream
         call.requested_model = request.requested  # kept by a refused call's record (a bad output cap's 400 too)
         check_output_caps(route, request.body)
-        adapter, model = resolve(request.requested, self.runtime.prices)
+        adapter, model = resolve(request.requested, self.runtime.prices, free=call.free)
         call.provider, call.model = adapter, adapter.catalog_model(model)  # priced and policed by the model it runs
         parsed = parse_call(route, request, adapter, model, where=flow.request.path.partition("?")[0][:100])
         credential = require_credential(self.runtime, adapter)

@@ -134,6 +134,23 @@ def test_native_calls_of_each_provider() -> None:
     assert speech is not None and speech.model == "whisper-1"
 
 
+def test_the_long_tail_is_metered_in_intercept_mode_too() -> None:
+    openai_ = PROVIDERS["openai"]
+    completion = intercepted_call(openai_, "POST", "/v1/completions",
+                                  {"model": "gpt-3.5-turbo-instruct", "prompt": "x", "stream": True})
+    assert completion is not None and (completion.route_endpoint, completion.stream) == (Endpoint.COMPLETIONS, True)
+    moderation = intercepted_call(openai_, "POST", "/v1/moderations", {"model": "omni-moderation-latest", "input": "x"})
+    assert moderation is not None and moderation.route_endpoint is Endpoint.MODERATIONS and moderation.free
+    for path, endpoint, model in (("/v1/images/edits", Endpoint.IMAGE_EDITS, "gpt-image-1"),
+                                  ("/v1/images/variations", Endpoint.IMAGE_VARIATIONS, "dall-e-2"),
+                                  ("/v1/audio/translations", Endpoint.TRANSLATIONS, "whisper-1")):
+        call = intercepted_call(openai_, "POST", path, None, form_model=model)
+        assert call is not None and (call.route_endpoint, call.model) == (endpoint, model)
+    fim = intercepted_call(PROVIDERS["mistral"], "POST", "/v1/fim/completions",
+                           {"model": "codestral-latest", "prompt": "def f():"})
+    assert fim is not None and (fim.route_endpoint.value, fim.model) == ("fim.completions", "codestral-latest")
+
+
 @pytest.mark.parametrize(("provider", "method", "path"), [
     ("openai", "GET", "/v1/models"),
     ("openai", "POST", "/v1/files"),

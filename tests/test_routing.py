@@ -123,6 +123,13 @@ ROUTE_TABLE = [
     ("POST", "/v1/images/generations", "images.generations", "openai", (False, True, False, False, True, None)),
     ("POST", "/v1/audio/speech", "audio.speech", "openai", (False, True, False, False, True, None)),
     ("POST", "/v1/audio/transcriptions", "audio.transcriptions", "openai", (False, True, False, False, True, None)),
+    ("POST", "/v1/audio/translations", "audio.translations", "openai", (False, True, False, False, True, None)),
+    ("POST", "/v1/images/edits", "images.edits", "openai", (False, True, False, False, True, None)),
+    ("POST", "/v1/images/variations", "images.variations", "openai", (False, True, False, False, True, None)),
+    ("POST", "/v1/completions", "completions", "openai", (False, True, False, False, True, None)),
+    ("POST", "/completions", "completions", "openai", (False, True, False, False, True, None)),
+    ("POST", "/v1/moderations", "moderations", "openai", (False, True, True, False, True, None)),
+    ("POST", "/v1/fim/completions", "fim.completions", "openai", (False, True, False, False, True, None)),
     ("POST", "/responses", "responses", "openai", (False, True, False, False, True, None)),
     ("POST", "/v1/responses/input_tokens", "responses.input_tokens", "openai", (False, True, True, False, True, None)),
     ("POST", "/v1/responses/compact", "responses.compact", "openai", (False, True, False, False, True, None)),
@@ -171,7 +178,8 @@ def test_every_path_keeps_its_endpoint_shape_and_properties(method: str, path: s
     ("GET", "/v1/responses/input_tokens"), ("POST", "/v1/responses/resp_1"), ("POST", "/v1/models"),
     ("POST", "/openai/v1/responses"), ("POST", "/openai/deployments/x/completions"), ("POST", "/model/../converse"),
     ("POST", f"{VERTEX}/google/models/gemini-2.5-flash:rawPredict"), ("GET", "/v1/messages"),
-    ("POST", "/v1beta/models/gemini-2.5-flash:deleteFile"), ("POST", "/v1/images/edits"),
+    ("POST", "/v1beta/models/gemini-2.5-flash:deleteFile"), ("GET", "/v1/images/edits"),
+    ("POST", "/v1/images/edits/x"), ("POST", "/v1/fim/completions/../chat"),
 ])
 def test_paths_not_served_stay_404(method: str, path: str) -> None:
     with pytest.raises(GatewayError) as e:

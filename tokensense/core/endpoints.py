@@ -48,6 +48,11 @@ class Endpoint(str):
     IMAGES: ClassVar[Endpoint]
     SPEECH: ClassVar[Endpoint]
     TRANSCRIPTIONS: ClassVar[Endpoint]
+    TRANSLATIONS: ClassVar[Endpoint]
+    IMAGE_EDITS: ClassVar[Endpoint]
+    IMAGE_VARIATIONS: ClassVar[Endpoint]
+    COMPLETIONS: ClassVar[Endpoint]
+    MODERATIONS: ClassVar[Endpoint]
     MODELS: ClassVar[Endpoint]
     MODEL: ClassVar[Endpoint]
     RESPONSES: ClassVar[Endpoint]
@@ -69,6 +74,11 @@ Endpoint.COUNT_TOKENS = Endpoint("messages.count_tokens")
 Endpoint.IMAGES = Endpoint("images.generations")
 Endpoint.SPEECH = Endpoint("audio.speech")
 Endpoint.TRANSCRIPTIONS = Endpoint("audio.transcriptions")
+Endpoint.TRANSLATIONS = Endpoint("audio.translations")  # speech in any language to English text (whisper-1)
+Endpoint.IMAGE_EDITS = Endpoint("images.edits")
+Endpoint.IMAGE_VARIATIONS = Endpoint("images.variations")
+Endpoint.COMPLETIONS = Endpoint("completions")  # legacy text completions (`/v1/completions`)
+Endpoint.MODERATIONS = Endpoint("moderations")
 Endpoint.MODELS = Endpoint("models")
 Endpoint.MODEL = Endpoint("models.retrieve")
 Endpoint.RESPONSES = Endpoint("responses")
@@ -91,3 +101,10 @@ RESPONSE_ID_ENDPOINTS = frozenset({
 RESPONSES_ENDPOINTS = RESPONSE_ID_ENDPOINTS | {
     Endpoint.RESPONSES, Endpoint.RESPONSES_INPUT_TOKENS, Endpoint.RESPONSES_COMPACT,
 }
+
+# Endpoints whose body is a multipart upload (audio, images): limited by TOKENSENSE_MAX_UPLOAD_MB, not the body limit.
+UPLOAD_ENDPOINTS = frozenset({
+    Endpoint.TRANSCRIPTIONS, Endpoint.TRANSLATIONS, Endpoint.IMAGE_EDITS, Endpoint.IMAGE_VARIATIONS,
+})
+# Endpoints whose OpenAI-format streams report usage only when asked (`stream_options.include_usage`).
+USAGE_ON_REQUEST_ENDPOINTS = frozenset({Endpoint.CHAT, Endpoint.COMPLETIONS})

@@ -14,6 +14,7 @@ from tokensense.core.errors import GatewayError
 from tokensense.core.usage import TokenUsage
 from tokensense.flows.recording import RECORD, read_flow_file
 from tokensense.gateway.intercept import HostTable
+from tokensense.gateway.media import parse_form
 from tokensense.gateway.record import call_cost
 from tokensense.gateway.routing import Endpoint
 from tokensense.metering.media_prices import MediaPriceTable, catalog_media_cost
@@ -100,6 +101,9 @@ class RepriceReport(BaseModel):
 # -- reading usage from a saved answer ----------------------------------------------------
 
 
+_IMAGE_ENDPOINTS = (Endpoint.IMAGES.value, Endpoint.IMAGE_EDITS.value, Endpoint.IMAGE_VARIATIONS.value)
+
+
 def answer_usage(adapter: ProviderAdapter, response: http.Response, *,
                  openai_format: bool = False, endpoint: str | None = None) -> TokenUsage | None:
     """The usage in a saved answer (a JSON body or a server-sent-events stream), or None if it has none.
@@ -114,7 +118,7 @@ def answer_usage(adapter: ProviderAdapter, response: http.Response, *,
     if not content:
         return None
     content_type = response.headers.get("content-type", "").lower()
-    audio = endpoint in (Endpoint.TRANSCRIPTIONS.value, Endpoint.SPEECH.value)
+    audio = endpoint in (Endpoint.TRANSCRIPTIONS.value, Endpoint.TRANSLATIONS.value, Endpoint.SPEECH.value)
     if content_type.startswith("text/event-stream"):
         collector = AudioEventsUsage() if audio else adapter.stream_usage()
         splitter = EventSplitter()
@@ -134,7 +138,7 @@ def answer_usage(adapter: ProviderAdapter, response: http.Response, *,
         return collector.result()
     if audio:
         return transcription_usage(content, content_type).tokens
-    if endpoint == Endpoint.IMAGES.value and adapter.name in OPENAI_COMPATIBLE:
+    if endpoint in _IMAGE_ENDPOINTS and adapter.name in OPENAI_COMPATIBLE:
         try:
             return image_usage(json.loads(content))[0]
         except (ValueError, UnicodeDecodeError):
@@ -159,8 +163,16 @@ def _answer_json(flow: http.HTTPFlow) -> dict[str, Any] | None:
 
 
 def _request_json(flow: http.HTTPFlow) -> dict[str, Any]:
+    """The request's JSON body, or the fields of a multipart one (image edits and variations: `size`, `quality`)."""
+    content = flow.request.get_content(strict=False) or b""
+    content_type = flow.request.headers.get("content-type", "")
+    if content_type.startswith("multipart/form-data"):
+        try:
+            return dict(parse_form(content, content_type).fields)
+        except GatewayError:
+            return {}
     try:
-        body = json.loads(flow.request.get_content(strict=False) or b"")
+        body = json.loads(content)
     except (ValueError, UnicodeDecodeError):
         return {}
     return body if isinstance(body, dict) else {}

@@ -28,7 +28,8 @@ _GATEWAY_ROUTES = (
 )
 
 # Endpoints whose requests the media addon routes (multipart bodies, translated image APIs).
-MEDIA_ENDPOINTS = frozenset({Endpoint.IMAGES, Endpoint.SPEECH, Endpoint.TRANSCRIPTIONS})
+MEDIA_ENDPOINTS = frozenset({Endpoint.IMAGES, Endpoint.SPEECH, Endpoint.TRANSCRIPTIONS, Endpoint.TRANSLATIONS,
+                             Endpoint.IMAGE_EDITS, Endpoint.IMAGE_VARIATIONS})
 
 
 def classify(method: str, path: str) -> Route:
@@ -44,11 +45,13 @@ def classify(method: str, path: str) -> Route:
     raise GatewayError(404, f"TokenSense has no endpoint {method[:16]} {path[:200]}.", code="unknown_endpoint")
 
 
-def resolve_model(model: Any, prices: PriceBook, media_models: frozenset[str] = frozenset()) -> tuple[ProviderAdapter, str]:
+def resolve_model(model: Any, prices: PriceBook, media_models: frozenset[str] = frozenset(), *,
+                  free: bool = False) -> tuple[ProviderAdapter, str]:
     """The provider for `model` and the model name to send it (SPEC §4).
 
     `provider/model` names the provider explicitly; otherwise the name decides.
-    A model that neither the price catalog nor the configuration knows is a 404.
+    A model that neither the price catalog nor the configuration knows is a 404, except on a `free` route
+    (moderations: the provider charges nothing, so no price is needed).
     """
     if not isinstance(model, str) or not model:
         raise GatewayError(400, "The request must name a model (`model`).", code="missing_model", param="model")
@@ -62,7 +65,7 @@ def resolve_model(model: Any, prices: PriceBook, media_models: frozenset[str] = 
     if adapter is None:
         raise GatewayError(404, f"The model `{model}` does not exist in any provider TokenSense knows. "
                            "GET /v1/models lists the models you can use.", code="model_not_found", param="model")
-    if name not in media_models and not adapter.accepts_any_model and name not in prices.custom \
+    if not free and name not in media_models and not adapter.accepts_any_model and name not in prices.custom \
             and not prices.knows(adapter.prices_id, adapter.catalog_model(name)):
         raise GatewayError(404, f"The model `{model}` is not in the {adapter.display_name} catalog. "
                            "Declare it under [models] in config.toml to use it.", code="model_not_found", param="model")

@@ -8,6 +8,7 @@ import re
 from collections.abc import Callable
 from typing import Any
 
+from tokensense.core.endpoints import USAGE_ON_REQUEST_ENDPOINTS
 from tokensense.gateway.call import CallContext
 from tokensense.gateway.routing import Endpoint
 from tokensense.metering.sse import EventSplitter, parse_event
@@ -25,11 +26,11 @@ def stream_usage_option(endpoint: Endpoint, stream: bool, usage_on_request: bool
                         body: dict[str, Any]) -> tuple[dict[str, Any] | None, bool]:
     """(the body to send instead, or None to keep it; whether the client asked for usage itself).
 
-    Chat streams of a provider whose `usage_chunk_on_request` (OpenAI's format) report usage only with
+    Chat (and legacy completions) streams of a provider whose `usage_chunk_on_request` (OpenAI's format) report usage only with
     `stream_options.include_usage`: TokenSense asks for it (gateway and intercept mode alike, through the parse stage),
     and the metering addon removes that extra chunk again when the client had not asked.
     """
-    if not (stream and endpoint is Endpoint.CHAT and usage_on_request):
+    if not (stream and endpoint in USAGE_ON_REQUEST_ENDPOINTS and usage_on_request):
         return None, True
     options = body.get("stream_options")
     if isinstance(options, dict) and options.get("include_usage") is True:

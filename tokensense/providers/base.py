@@ -119,6 +119,11 @@ OPENAI_PATHS: dict[Endpoint, str] = {
     Endpoint.IMAGES: "/v1/images/generations",
     Endpoint.SPEECH: "/v1/audio/speech",
     Endpoint.TRANSCRIPTIONS: "/v1/audio/transcriptions",
+    Endpoint.TRANSLATIONS: "/v1/audio/translations",
+    Endpoint.IMAGE_EDITS: "/v1/images/edits",
+    Endpoint.IMAGE_VARIATIONS: "/v1/images/variations",
+    Endpoint.COMPLETIONS: "/v1/completions",
+    Endpoint.MODERATIONS: "/v1/moderations",
     Endpoint.RESPONSES: "/v1/responses",
     Endpoint.RESPONSES_INPUT_TOKENS: "/v1/responses/input_tokens",
     Endpoint.RESPONSES_COMPACT: "/v1/responses/compact",
@@ -275,6 +280,9 @@ class Provider(ABC):
         `output_caps` it starts with; None if none does."""
         best = max((prefix for prefix in self.output_caps if model.startswith(prefix)), key=len, default=None)
         return None if best is None else self.output_caps[best]
+
+    # Models only served on free routes (moderations): not in the price catalog, listed by `GET /v1/models` as free.
+    free_models: ClassVar[tuple[str, ...]] = ()
 
     def model_list_shape(self) -> ModelListShape | None:
         """The shape its own SDKs read `GET /v1/models` in (None: none of their own)."""

@@ -9,13 +9,13 @@ from tokensense.core.endpoints import RESPONSES_ENDPOINTS, Endpoint
 from tokensense.core.errors import ErrorShape
 from tokensense.core.usage import TokenUsage
 from tokensense.providers.audio_format import AUDIO
-from tokensense.providers.base import MediaRoute, ProviderAdapter, ResponsesStreamReader, StreamUsage
+from tokensense.providers.base import MediaRoute, ProviderAdapter, ResponsesStreamReader, StreamUsage, Upstream
 from tokensense.providers.images_format import check_image_request, images_answer_usage
 from tokensense.providers.model_lists import ListedModel, ModelListShape
 from tokensense.providers.openai_usage import service_tier_of, usage_from_openai
 from tokensense.providers.routes import ClientRoute
 
-__all__ = ["OPENAI_ERRORS", "OPENAI_ROUTES", "MistralAdapter", "OpenAIAdapter", "XAIAdapter", "usage_from_openai"]
+__all__ = ["FIM", "MISTRAL_ROUTES", "OPENAI_ERRORS", "OPENAI_ROUTES", "MistralAdapter", "OpenAIAdapter", "XAIAdapter", "usage_from_openai"]
 
 
 class OpenAIErrors(ErrorShape):
@@ -59,6 +59,13 @@ OPENAI_ROUTES: tuple[ClientRoute, ...] = (
     _openai_route(r"/v1/images/generations", Endpoint.IMAGES, intercepted=True),
     _openai_route(r"/v1/audio/speech", Endpoint.SPEECH, intercepted=True),
     _openai_route(r"/v1/audio/transcriptions", Endpoint.TRANSCRIPTIONS, intercepted=True),
+    _openai_route(r"/v1/audio/translations", Endpoint.TRANSLATIONS, intercepted=True),
+    _openai_route(r"/v1/images/edits", Endpoint.IMAGE_EDITS, intercepted=True),
+    _openai_route(r"/v1/images/variations", Endpoint.IMAGE_VARIATIONS, intercepted=True),
+    _openai_route(r"/(?:v1/)?completions", Endpoint.COMPLETIONS, intercepted=True, genai_operation="text_completion"),
+    # Free at OpenAI: recorded at cost 0, never refused by a budget (access and rate limits still apply).
+    _openai_route(r"/(?:v1/)?moderations", Endpoint.MODERATIONS, free=True, intercepted=True,
+                  default_model="omni-moderation-latest"),
     _openai_route(r"/(?:v1/)?responses", Endpoint.RESPONSES, genai_operation="chat"),
     _openai_route(r"/v1/responses/input_tokens", Endpoint.RESPONSES_INPUT_TOKENS, free=True),
     _openai_route(r"/v1/responses/compact", Endpoint.RESPONSES_COMPACT),
@@ -116,11 +123,13 @@ class OpenAIAdapter(ProviderAdapter):
     prices_id: ClassVar[str] = "openai"
     model_prefixes: ClassVar[tuple[str, ...]] = (
         "gpt-", "o1", "o3", "o4", "chatgpt-", "text-embedding-", "dall-e-", "gpt-image-", "tts-", "whisper-",
+        "omni-moderation-", "text-moderation-", "davinci-", "babbage-",
     )
     hosts: ClassVar[tuple[str, ...]] = ("api.openai.com",)
     native: ClassVar[frozenset[Endpoint]] = frozenset({
         Endpoint.CHAT, Endpoint.EMBEDDINGS, Endpoint.IMAGES, Endpoint.SPEECH, Endpoint.TRANSCRIPTIONS,
-        *RESPONSES_ENDPOINTS,
+        Endpoint.TRANSLATIONS, Endpoint.IMAGE_EDITS, Endpoint.IMAGE_VARIATIONS, Endpoint.COMPLETIONS,
+        Endpoint.MODERATIONS, *RESPONSES_ENDPOINTS,
     })
     openai_format: ClassVar[bool] = True
     client_routes: ClassVar[tuple[ClientRoute, ...]] = OPENAI_ROUTES
@@ -144,6 +153,9 @@ class OpenAIAdapter(ProviderAdapter):
         "o4-mini": 100_000,
     }
 
+    free_models: ClassVar[tuple[str, ...]] = ("omni-moderation-latest", "omni-moderation-2024-09-26",
+                                               "text-moderation-latest", "text-moderation-stable")
+
     def model_list_shape(self) -> ModelListShape | None:
         return MODEL_LIST
 
@@ -155,11 +167,19 @@ class OpenAIAdapter(ProviderAdapter):
             return MediaRoute("speech", "/v1/audio/speech", audio=AUDIO)
         if endpoint is Endpoint.TRANSCRIPTIONS and (declared or model.startswith("whisper-") or "transcribe" in model):
             return MediaRoute("transcription", "/v1/audio/transcriptions", audio=AUDIO)
+        if endpoint is Endpoint.TRANSLATIONS and (declared or model.startswith("whisper-")):
+            return MediaRoute("transcription", "/v1/audio/translations", audio=AUDIO)
+        if endpoint is Endpoint.IMAGE_EDITS and (declared or model.startswith(("dall-e-2", "gpt-image-"))):
+            return MediaRoute("images", "/v1/images/edits", answer_usage=images_answer_usage)
+        if endpoint is Endpoint.IMAGE_VARIATIONS and (declared or model.startswith("dall-e-2")):
+            return MediaRoute("images", "/v1/images/variations", answer_usage=images_answer_usage)
         return None
 
     def media_models(self, endpoint: Endpoint) -> str | None:
         return {Endpoint.IMAGES: "OpenAI dall-e-*/gpt-image-*", Endpoint.SPEECH: "OpenAI tts-*/gpt-4o-mini-tts",
-                Endpoint.TRANSCRIPTIONS: "OpenAI whisper-*/gpt-4o-*transcribe"}.get(endpoint)
+                Endpoint.TRANSCRIPTIONS: "OpenAI whisper-*/gpt-4o-*transcribe",
+                Endpoint.TRANSLATIONS: "OpenAI whisper-*", Endpoint.IMAGE_EDITS: "OpenAI dall-e-2/gpt-image-*",
+                Endpoint.IMAGE_VARIATIONS: "OpenAI dall-e-2"}.get(endpoint)
 
     def responses_usage(self, answer: Any) -> TokenUsage | None:
         return usage_from_response(answer, provider=self.name, reasoning_outside=self.reasoning_outside_completion)
@@ -204,6 +224,7 @@ class XAIAdapter(OpenAIAdapter):
                                                        *RESPONSES_ENDPOINTS})
 
     output_caps: ClassVar[Mapping[str, int]] = {"grok-3": 131_072, "grok-4": 131_072}
+    free_models: ClassVar[tuple[str, ...]] = ()
 
     def media_route(self, endpoint: Endpoint, model: str, *, declared: bool) -> MediaRoute | None:
         if endpoint is Endpoint.IMAGES:
@@ -213,6 +234,15 @@ class XAIAdapter(OpenAIAdapter):
 
     def media_models(self, endpoint: Endpoint) -> str | None:
         return "xAI" if endpoint is Endpoint.IMAGES else None
+
+
+FIM = Endpoint("fim.completions")
+"""Mistral's fill-in-the-middle completions (`/v1/fim/completions`, Codestral): chat-completion answers."""
+
+MISTRAL_ROUTES: tuple[ClientRoute, ...] = (
+    *OPENAI_ROUTES,
+    _openai_route(r"/v1/fim/completions", FIM, intercepted=True, genai_operation="text_completion"),
+)
 
 
 class MistralAdapter(OpenAIAdapter):
@@ -226,9 +256,18 @@ class MistralAdapter(OpenAIAdapter):
         "mistral-", "magistral-", "codestral-", "ministral-", "pixtral-", "open-mistral-", "open-mixtral-",
     )
     hosts: ClassVar[tuple[str, ...]] = ("api.mistral.ai",)
-    native: ClassVar[frozenset[Endpoint]] = frozenset({Endpoint.CHAT, Endpoint.EMBEDDINGS, Endpoint.TRANSCRIPTIONS})
+    native: ClassVar[frozenset[Endpoint]] = frozenset({Endpoint.CHAT, Endpoint.EMBEDDINGS, Endpoint.TRANSCRIPTIONS,
+                                                       FIM})
+    client_routes: ClassVar[tuple[ClientRoute, ...]] = MISTRAL_ROUTES
 
-    output_caps: ClassVar[Mapping[str, int]] = {"mistral": 32_768}
+    output_caps: ClassVar[Mapping[str, int]] = {"mistral": 32_768, "codestral": 32_768}
+    free_models: ClassVar[tuple[str, ...]] = ()
+
+    def upstream(self, endpoint: Endpoint, model: str, *, stream: bool, action: str | None = None,
+                 version: str | None = None) -> Upstream:
+        if endpoint is FIM:
+            return Upstream(FIM, "/v1/fim/completions")
+        return super().upstream(endpoint, model, stream=stream, action=action, version=version)
 
     def media_route(self, endpoint: Endpoint, model: str, *, declared: bool) -> MediaRoute | None:
         if endpoint is Endpoint.TRANSCRIPTIONS:

@@ -42,6 +42,7 @@ class Route(NamedTuple):
     body_streams: bool = True  # the body's `"stream": true` asks for a stream
     free: bool = False  # the provider charges nothing for it (token counting): recorded at cost 0, no budget
     retried: bool = False  # the gateway may retry it and fall back (a whole JSON answer it can replace)
+    default_model: str | None = None  # the model the provider uses when the body names none (moderations)
 
 
 @dataclass(frozen=True, eq=False)
@@ -64,6 +65,7 @@ class ClientRoute:
     names_provider: bool = False  # the path names its provider: calls go to the route's owner (`owner/model`)
     intercepted: bool = False  # intercept mode meters this path on its owner's own hosts
     genai_operation: str | None = None  # `gen_ai.operation.name` (OpenTelemetry GenAI conventions)
+    default_model: str | None = None  # the model the provider uses when the body names none (sent explicitly)
     # The route from the match when the pattern's groups are not enough (None: no route, a 404).
     parse: Callable[[ClientRoute, re.Match[str]], Route | None] | None = None
     regex: re.Pattern[str] = field(init=False, repr=False)
@@ -102,7 +104,8 @@ class ClientRoute:
         return Route(self.endpoint, fmt or self.errors, model=model, action=action, version=version,
                      resource=resource, params=params, model_in_body=self.model_in_body,
                      stream=action in self.stream_actions, body_streams=self.body_streams,
-                     free=self.free or action in self.free_actions, retried=self.retried)
+                     free=self.free or action in self.free_actions, retried=self.retried,
+                     default_model=self.default_model)
 
 
 class ErrorPath(NamedTuple):

@@ -88,6 +88,7 @@ class RouteReading:
     model_in_body: bool = True  # the body names the model (and is rewritten to the provider's own name)
     streams: bool = False  # the path itself asks for a stream (a streaming action)
     body_streams: bool = True  # `"stream": true` in the body asks for one
+    default_model: str | None = None  # the model when the body names none (the provider's own default)
 
 
 def reading_of(call: CallContext, *, fallback: bool = False) -> RouteReading:
@@ -102,7 +103,7 @@ def reading_of(call: CallContext, *, fallback: bool = False) -> RouteReading:
                             streams=route.stream, body_streams=route.body_streams)
     return RouteReading(route.endpoint, route.action, route.version, route.model, route.provider, route.params,
                         model_in_body=route.model_in_body and route.provider is None, streams=route.stream,
-                        body_streams=route.body_streams)
+                        body_streams=route.body_streams, default_model=route.default_model)
 
 
 def read_request(route: RouteReading, body: dict[str, Any], *, check_caps: bool = True) -> ClientRequest:
@@ -117,6 +118,8 @@ def read_request(route: RouteReading, body: dict[str, Any], *, check_caps: bool 
         requested = route.path_model
     else:
         named = route.path_model or body.get("model")
+        if named is None:  # the provider's default model, sent explicitly (the record names what was priced)
+            named = route.default_model
         requested = named if isinstance(named, str) else None
     if check_caps:
         check_output_caps(route, body)
@@ -131,10 +134,11 @@ def check_output_caps(route: RouteReading, body: dict[str, Any]) -> None:
         optional_token_count(body, *_OUTPUT_CAPS)
 
 
-def resolve(requested: object, prices: PriceBook, media_models: frozenset[str] = frozenset()) \
-        -> tuple[ProviderAdapter, str]:
-    """The provider for a model name and the name to ask it for (404 if no provider or catalog knows it)."""
-    return resolve_model(requested, prices, media_models=media_models)
+def resolve(requested: object, prices: PriceBook, media_models: frozenset[str] = frozenset(), *,
+            free: bool = False) -> tuple[ProviderAdapter, str]:
+    """The provider for a model name and the name to ask it for (404 if no provider or catalog knows it; a
+    `free` route's model needs no price)."""
+    return resolve_model(requested, prices, media_models=media_models, free=free)
 
 
 def parse_call(route: RouteReading, request: ClientRequest, adapter: ProviderAdapter, model: str, *,
