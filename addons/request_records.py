@@ -32,6 +32,6 @@ class RequestRecords:
         status, body = await asyncio.to_thread(answer_request, call.key, request_id, self._find, flush)
         answer_json(flow, status, body)
 
-    def _find(self, request_id: str, key_id: str) -> list[dict]:
+    def _find(self, request_id: str, key_id: str | None) -> list[dict]:
         with Session(self.runtime.engine) as session:
             return usage_for_request(session=session, request_id=request_id, key_id=key_id)

@@ -234,3 +234,17 @@ def test_unknown_model_is_openai_not_found_for_the_openai_sdk(gateway: Gateway) 
     with pytest.raises(openai.NotFoundError) as e:
         openai_client(gateway).models.retrieve("gpt-no-such-model")
     assert e.value.body["code"] == "model_not_found" and "gpt-no-such-model" in e.value.body["message"]
+
+
+def test_an_admin_key_reads_any_calls_record_and_others_do_not(gateway: Gateway, exec_id: str) -> None:
+    """`keys create --admin`: a key that may read every record, also through `GET /v1/tokensense/requests/{id}`."""
+    answer = _chat(gateway, gateway.key, exec_id, "gpt-4o-mini")
+    assert answer.status_code == 200
+    request_id = answer.headers["x-tokensense-request-id"]
+    url = f"{gateway.url}/v1/tokensense/requests/{request_id}"
+    admin, other = new_key(gateway, "--admin"), new_key(gateway)
+    read = httpx.get(url, headers={"authorization": f"Bearer {admin}"}, timeout=30)
+    assert read.status_code == 200
+    assert read.json()["request_id"] == request_id and read.json()["execution_id"] == exec_id
+    assert httpx.get(url, headers={"authorization": f"Bearer {other}"}, timeout=30).status_code == 404
+    assert httpx.get(url, headers={"authorization": f"Bearer {gateway.key}"}, timeout=30).status_code == 200

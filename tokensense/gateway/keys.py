@@ -43,6 +43,7 @@ class KeyInfo:
     allowed_providers: tuple[str, ...]
     created_at: datetime | None = None
     max_call_usd: float | None = None  # the largest cost (reservation) one call of the key may have
+    admin: bool = False  # may read every record (`keys create --admin`): the web dashboard, any request's record
 
     @classmethod
     def from_row(cls, row: ApiKey) -> KeyInfo:
@@ -60,6 +61,7 @@ class KeyInfo:
             allowed_providers=tuple(row.allowed_providers or ()),
             created_at=row.created_at,
             max_call_usd=row.max_call_usd,
+            admin=bool(row.admin),
         )
 
 

@@ -2,8 +2,9 @@
 
 A streamed answer cannot carry `x-tokensense-cost-usd` (its headers are sent
 before the usage is known): the client reads `x-tokensense-request-id` from the
-answer and asks here. Only the key that made the call gets its record; any
-other key gets the same 404 as an unknown id, so ids cannot be probed.
+answer and asks here. Only the key that made the call gets its record (and an
+admin key, `keys create --admin`, which may read every record); any other key
+gets the same 404 as an unknown id, so ids cannot be probed.
 """
 
 from __future__ import annotations
@@ -37,21 +38,23 @@ def _not_found(request_id: str) -> tuple[int, dict[str, Any]]:
 
 
 def answer_request(key: KeyInfo, request_id: str | None,
-                   find: Callable[[str, str], list[dict[str, Any]]],
+                   find: Callable[[str, str | None], list[dict[str, Any]]],
                    flush: Callable[[], object] | None = None) -> tuple[int, dict[str, Any]]:
     """(status, JSON body) for one lookup. Blocking (database): call it off the event loop.
 
-    `find(request_id, key_id)` returns the key's records of that request; when
+    `find(request_id, key_id)` returns the key's records of that request (`key_id` None, for an admin key:
+    whichever key made it); when
     there are none yet, `flush()` (the recorder's: the record may still be in its
     queue) is called once and the lookup repeated.
     """
     if request_id is None:
         return 404, error_body(DEFAULT_ERRORS, 404, "A request id is 16 hex digits, as in the "
                                "`x-tokensense-request-id` header of an answer.", code="request_not_found")
-    records = find(request_id, key.id)
+    owner = None if key.admin else key.id
+    records = find(request_id, owner)
     if not records and flush is not None:
         flush()
-        records = find(request_id, key.id)
+        records = find(request_id, owner)
     if not records:
         return _not_found(request_id)
     shown = [{k: v for k, v in r.items() if k not in _HIDDEN} for r in records]

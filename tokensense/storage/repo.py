@@ -455,10 +455,13 @@ def update_usage_costs(*, session: Session, costs: Mapping[int, float | None]) -
     return updated
 
 
-def usage_for_request(*, session: Session, request_id: str, key_id: str) -> list[dict[str, Any]]:
-    """The records of one request (one per upstream attempt, oldest first), if `key_id` made it; else []."""
-    statement = (select(Usage).where(Usage.request_id == request_id, Usage.key_id == key_id)
-                 .order_by(col(Usage.attempt), col(Usage.id)))
+def usage_for_request(*, session: Session, request_id: str, key_id: str | None) -> list[dict[str, Any]]:
+    """The records of one request (one per upstream attempt, oldest first), if `key_id` made it (None: whichever
+    key made it); else []."""
+    statement = select(Usage).where(Usage.request_id == request_id)
+    if key_id is not None:
+        statement = statement.where(Usage.key_id == key_id)
+    statement = statement.order_by(col(Usage.attempt), col(Usage.id))
     return [usage_record_dict(row) for row in session.exec(statement).all()]
 
 
