@@ -350,6 +350,16 @@ def gateway(tmp_path_factory: pytest.TempPathFactory, fake_provider: FakeProvide
 
 
 @pytest.fixture
+def no_faults(fake: FakeProvider) -> Iterator[None]:
+    """The module's `fake` with no programmed fault and an empty request log before a test, no fault after it
+    (use with `pytest.mark.usefixtures("no_faults")` in a module that defines `fake`)."""
+    fake.clear_faults()
+    fake.clear()
+    yield
+    fake.clear_faults()
+
+
+@pytest.fixture
 def exec_id() -> str:
     """A unique `x-execution-id`, to find this test's usage records."""
     return f"exec-{uuid.uuid4().hex[:12]}"

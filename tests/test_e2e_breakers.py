@@ -19,7 +19,7 @@ import httpx
 import pytest
 from conftest import FakeProvider, Gateway, start_fake_provider, start_gateway, stop
 
-pytestmark = pytest.mark.e2e
+pytestmark = [pytest.mark.e2e, pytest.mark.usefixtures("no_faults")]  # conftest: faults cleared around each test
 
 CONFIG = """
 [routing]
@@ -58,18 +58,6 @@ def gw(tmp_path_factory: pytest.TempPathFactory, fake: FakeProvider) -> Iterator
     stop(gw.process)
 
 
-@pytest.fixture(autouse=True)
-def no_faults(fake: FakeProvider) -> Iterator[None]:
-    fake.clear_faults()
-    fake.clear()
-    yield
-    fake.clear_faults()
-
-
-def faults(fake: FakeProvider, *rules: dict) -> None:
-    fake.program_faults(*rules)
-
-
 def chat(gw: Gateway, model: str, exec_id: str, **extra: object) -> httpx.Response:
     return httpx.post(f"{gw.url}/v1/chat/completions", json={"model": model, "messages": HI, **extra}, timeout=30,
                       headers={"authorization": f"Bearer {gw.key}", "x-execution-id": exec_id})
@@ -87,7 +75,7 @@ def statuses(gw: Gateway, exec_id: str, count: int) -> list[tuple[int, int]]:
 def test_lone_anthropic_key_failing_529_is_still_tried_and_529_reaches_the_client(
         gw: Gateway, fake: FakeProvider, exec_id: str) -> None:
     """Issue 22: after a few 529s the lone key rested and healthy calls got TokenSense's 429 for half a minute."""
-    faults(fake, {"provider": "anthropic", "status": 529, "times": 10})
+    fake.program_faults({"provider": "anthropic", "status": 529, "times": 10})
     for n in range(5):
         answer = messages(gw, "claude-haiku-4-5", f"{exec_id}-{n}")
         assert answer.status_code == 529, answer.text  # the provider's status and body, in its own shape
@@ -104,7 +92,7 @@ def test_lone_anthropic_key_failing_529_is_still_tried_and_529_reaches_the_clien
 
 def test_lone_openai_key_failing_529_is_still_tried_in_openai_format_and_translated(
         gw: Gateway, fake: FakeProvider, exec_id: str) -> None:
-    faults(fake, {"provider": "openai", "status": 529, "times": 10})
+    fake.program_faults({"provider": "openai", "status": 529, "times": 10})
     for n in range(5):
         answer = chat(gw, "gpt-4o-mini", f"{exec_id}-{n}")
         assert answer.status_code == 529, answer.text
@@ -116,7 +104,7 @@ def test_lone_openai_key_failing_529_is_still_tried_in_openai_format_and_transla
     assert "every openai key is resting" not in gw.log()
 
     # An OpenAI-format call to Claude: Anthropic's 529 reaches the client as 529, in OpenAI's error shape.
-    faults(fake, {"provider": "anthropic", "status": 529, "times": 2})
+    fake.program_faults({"provider": "anthropic", "status": 529, "times": 2})
     translated = chat(gw, "claude-haiku-4-5", f"{exec_id}-claude", max_tokens=20)
     assert translated.status_code == 529, translated.text
     assert translated.json()["error"]["message"] == OVERLOADED
@@ -129,7 +117,7 @@ def _mistral_keys(fake: FakeProvider) -> list[str]:
 
 def test_with_two_keys_the_failing_one_rests_and_the_other_serves(
         gw: Gateway, fake: FakeProvider, exec_id: str) -> None:
-    faults(fake, {"prefix": "/mistral", "key": "mis-a", "status": 503})
+    fake.program_faults({"prefix": "/mistral", "key": "mis-a", "status": 503})
     for n in range(8):  # round-robin: calls starting on mis-a are retried at once on mis-b
         answer = chat(gw, "mistral-small-latest", f"{exec_id}-{n}")
         assert answer.status_code == 200, answer.text
@@ -146,7 +134,7 @@ def test_a_stream_slow_after_its_headers_leaves_the_key_usable(gw: Gateway, fake
     # Each call: a 503, then the retry's stream is too slow for grok-3-mini's total timeout (1 s).
     slow = {"x-fake-chunks": "10", "x-fake-chunk-delay-ms": "250"}
     for n in range(3):
-        faults(fake, {"prefix": "/xai", "status": 503, "times": 1})
+        fake.program_faults({"prefix": "/xai", "status": 503, "times": 1})
         with httpx.stream("POST", f"{gw.url}/v1/chat/completions", timeout=30,
                           json={"model": "grok-3-mini", "messages": HI, "stream": True},
                           headers={"authorization": f"Bearer {gw.key}", "x-execution-id": f"{exec_id}-{n}",
@@ -164,10 +152,10 @@ def test_a_resting_key_with_a_fallback_is_passed_over_and_the_fallback_may_take_
         gw: Gateway, fake: FakeProvider, exec_id: str) -> None:
     """The plan runs in the request stage when the first key rests: the client connection must not look
     half-sent meanwhile (it was closed after TOKENSENSE_CLIENT_IDLE_TIMEOUT, here 1 s)."""
-    faults(fake, {"prefix": "/openai", "status": 503, "times": 4})
+    fake.program_faults({"prefix": "/openai", "status": 503, "times": 4})
     for n in range(2):  # two calls of two attempts: three failures in a row open the lone key's circuit
         assert chat(gw, "gpt-4o", f"{exec_id}-{n}").status_code == 503
-    faults(fake, {"provider": "anthropic", "delay": 2, "times": 1})
+    fake.program_faults({"provider": "anthropic", "delay": 2, "times": 1})
     fake.clear()
     answer = httpx.post(f"{gw.url}/v1/chat/completions", timeout=30,
                         json={"model": "gpt-4o", "messages": HI, "max_tokens": 20},
@@ -231,7 +219,7 @@ def test_a_run_of_faulty_upstream_calls_leaves_one_record_per_attempt(tmp_path: 
     (tmp_path / "config.toml").write_text(CHAOS_CONFIG)
     gw = start_gateway(tmp_path, fake, extra_env={"TOKENSENSE_CONFIG_FILE": str(tmp_path / "config.toml")})
     try:
-        faults(fake, *CHAOS_FAULTS)
+        fake.program_faults(*CHAOS_FAULTS)
         rng = random.Random(22)
         plan = [(*CHAOS_MODELS[n % len(CHAOS_MODELS)], rng.random() < 0.5, rng.random() < 0.3) for n in range(60)]
         with ThreadPoolExecutor(max_workers=8) as pool:

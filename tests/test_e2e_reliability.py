@@ -17,7 +17,7 @@ import openai
 import pytest
 from conftest import STORED_ANTHROPIC_KEY, FakeProvider, Gateway, free_port, start_gateway, stop
 
-pytestmark = pytest.mark.e2e
+pytestmark = [pytest.mark.e2e, pytest.mark.usefixtures("no_faults")]  # conftest: faults cleared around each test
 
 CONFIG = """
 [routing]
@@ -69,18 +69,6 @@ def gw(tmp_path_factory: pytest.TempPathFactory, fake: FakeProvider) -> Iterator
     stop(gw.process)
 
 
-@pytest.fixture(autouse=True)
-def no_faults(fake: FakeProvider) -> Iterator[None]:
-    fake.clear_faults()
-    fake.clear()
-    yield
-    fake.clear_faults()
-
-
-def faults(fake: FakeProvider, *rules: dict) -> None:
-    fake.program_faults(*rules)
-
-
 def client(gw: Gateway, exec_id: str, key: str | None = None, **headers: str) -> openai.OpenAI:
     return openai.OpenAI(base_url=f"{gw.url}/v1", api_key=key or gw.key, max_retries=0, timeout=30,
                          default_headers={"x-execution-id": exec_id, **headers})
@@ -93,7 +81,7 @@ def attempts_of(gw: Gateway, exec_id: str, count: int) -> list[tuple]:
 
 
 def test_429_with_retry_after_is_retried_after_that_wait(gw: Gateway, fake: FakeProvider, exec_id: str) -> None:
-    faults(fake, {"prefix": "/openai", "model": "gpt-4o", "status": 429, "retry_after": 1, "times": 1})
+    fake.program_faults({"prefix": "/openai", "model": "gpt-4o", "status": 429, "retry_after": 1, "times": 1})
     started = time.monotonic()
     raw = client(gw, exec_id).chat.completions.with_raw_response.create(model="gpt-4o", messages=HI)
     waited = time.monotonic() - started
@@ -111,7 +99,7 @@ def test_429_with_retry_after_is_retried_after_that_wait(gw: Gateway, fake: Fake
 
 
 def test_503_and_529_are_retried_with_backoff(gw: Gateway, fake: FakeProvider, exec_id: str) -> None:
-    faults(fake, {"prefix": "/openai", "model": "gpt-4o", "status": 503, "times": 1},
+    fake.program_faults({"prefix": "/openai", "model": "gpt-4o", "status": 503, "times": 1},
            {"prefix": "/anthropic", "model": "claude-sonnet-4-6", "status": 529, "times": 1})
     raw = client(gw, exec_id).chat.completions.with_raw_response.create(model="gpt-4o", messages=HI)
     assert raw.parse().choices[0].message.content and raw.headers["x-tokensense-attempts"] == "2"
@@ -128,7 +116,7 @@ def test_503_and_529_are_retried_with_backoff(gw: Gateway, fake: FakeProvider, e
 
 
 def test_retries_used_up_give_the_last_failure(gw: Gateway, fake: FakeProvider, exec_id: str) -> None:
-    faults(fake, {"prefix": "/openai", "model": "gpt-4o", "status": 503, "times": 5})
+    fake.program_faults({"prefix": "/openai", "model": "gpt-4o", "status": 503, "times": 5})
     with pytest.raises(openai.InternalServerError) as e:
         client(gw, exec_id).chat.completions.create(model="gpt-4o", messages=HI)
     assert e.value.status_code == 503 and e.value.response.headers["x-tokensense-attempts"] == "2"
@@ -152,7 +140,7 @@ def test_connection_refused_is_retried_on_another_key_of_the_pool(gw: Gateway, e
 
 def test_slow_first_byte_hits_the_models_timeout_and_is_retried(gw: Gateway, fake: FakeProvider, exec_id: str) -> None:
     # [routing.timeouts] gives gpt-4.1-mini 1 s to the first byte (the gateway's default here is 3 s).
-    faults(fake, {"prefix": "/openai", "model": "gpt-4.1-mini", "delay": 2.5, "times": 1})
+    fake.program_faults({"prefix": "/openai", "model": "gpt-4.1-mini", "delay": 2.5, "times": 1})
     raw = client(gw, exec_id).chat.completions.with_raw_response.create(model="gpt-4.1-mini", messages=HI)
     assert raw.parse().choices[0].message.content and raw.headers["x-tokensense-attempts"] == "2"
     assert attempts_of(gw, exec_id, 2) == [(1, "openai", "gpt-4.1-mini", 504), (2, "openai", "gpt-4.1-mini", 200)]
@@ -160,7 +148,7 @@ def test_slow_first_byte_hits_the_models_timeout_and_is_retried(gw: Gateway, fak
 
 
 def test_configured_fallback_openai_to_claude_through_translation(gw: Gateway, fake: FakeProvider, exec_id: str) -> None:
-    faults(fake, {"prefix": "/openai", "model": "gpt-4o-mini", "status": 503, "times": 2})
+    fake.program_faults({"prefix": "/openai", "model": "gpt-4o-mini", "status": 503, "times": 2})
     raw = client(gw, exec_id).chat.completions.with_raw_response.create(model="gpt-4o-mini", messages=HI,
                                                                          max_tokens=30)
     completion = raw.parse()  # the OpenAI SDK reads Claude's answer, translated
@@ -179,7 +167,7 @@ def test_configured_fallback_openai_to_claude_through_translation(gw: Gateway, f
 
 def test_streamed_call_failing_before_its_first_byte_falls_back_and_arrives_whole(
         gw: Gateway, fake: FakeProvider, exec_id: str) -> None:
-    faults(fake, {"prefix": "/openai", "model": "gpt-4o-mini", "status": 502, "times": 2})
+    fake.program_faults({"prefix": "/openai", "model": "gpt-4o-mini", "status": 502, "times": 2})
     with client(gw, exec_id).chat.completions.with_streaming_response.create(
             model="gpt-4o-mini", messages=HI, max_tokens=30, stream=True,
             stream_options={"include_usage": True}) as response:
@@ -193,7 +181,7 @@ def test_streamed_call_failing_before_its_first_byte_falls_back_and_arrives_whol
 
 
 def test_retried_stream_without_include_usage_gets_no_usage_chunk(gw: Gateway, fake: FakeProvider, exec_id: str) -> None:
-    faults(fake, {"prefix": "/openai", "model": "gpt-4o", "status": 500, "times": 1})
+    fake.program_faults({"prefix": "/openai", "model": "gpt-4o", "status": 500, "times": 1})
     stream = client(gw, exec_id).chat.completions.create(model="gpt-4o", messages=HI, stream=True)
     chunks = list(stream)
     assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
@@ -203,7 +191,7 @@ def test_retried_stream_without_include_usage_gets_no_usage_chunk(gw: Gateway, f
 
 
 def test_stream_broken_after_its_first_byte_is_not_retried(gw: Gateway, fake: FakeProvider, exec_id: str) -> None:
-    faults(fake, {"prefix": "/openai", "model": "gpt-4o", "broken": True, "times": 1})
+    fake.program_faults({"prefix": "/openai", "model": "gpt-4o", "broken": True, "times": 1})
     with pytest.raises((openai.APIError, httpx.HTTPError)):
         list(client(gw, exec_id).chat.completions.create(model="gpt-4o", messages=HI, stream=True))
     time.sleep(0.5)
@@ -213,7 +201,7 @@ def test_stream_broken_after_its_first_byte_is_not_retried(gw: Gateway, fake: Fa
 
 
 def test_header_fallback_to_gemini_and_the_header_is_not_forwarded(gw: Gateway, fake: FakeProvider, exec_id: str) -> None:
-    faults(fake, {"prefix": "/openai", "model": "gpt-4o", "status": 500, "times": 2})
+    fake.program_faults({"prefix": "/openai", "model": "gpt-4o", "status": 500, "times": 2})
     raw = client(gw, exec_id, **{"x-tokensense-fallbacks": "gemini-2.5-flash"}).chat.completions.with_raw_response \
         .create(model="gpt-4o", messages=HI)
     assert raw.parse().choices[0].message.content
@@ -227,7 +215,7 @@ def test_header_fallback_to_gemini_and_the_header_is_not_forwarded(gw: Gateway, 
 
 def test_native_messages_call_falls_back_only_to_models_served_natively(
         gw: Gateway, fake: FakeProvider, exec_id: str) -> None:
-    faults(fake, {"prefix": "/anthropic", "model": "claude-haiku-4-5", "status": 529, "times": 2})
+    fake.program_faults({"prefix": "/anthropic", "model": "claude-haiku-4-5", "status": 529, "times": 2})
     claude = anthropic.Anthropic(base_url=gw.url, api_key=gw.key, max_retries=0, default_headers={
         "x-execution-id": exec_id, "x-tokensense-fallbacks": "gpt-4o-mini,claude-sonnet-4-6"})
     raw = claude.messages.with_raw_response.create(model="claude-haiku-4-5", max_tokens=20, messages=HI)
@@ -239,7 +227,7 @@ def test_native_messages_call_falls_back_only_to_models_served_natively(
 
 
 def test_a_fallback_the_key_may_not_use_is_skipped(gw: Gateway, fake: FakeProvider, exec_id: str) -> None:
-    faults(fake, {"prefix": "/openai", "model": "gpt-4o", "status": 503, "times": 2})
+    fake.program_faults({"prefix": "/openai", "model": "gpt-4o", "status": 503, "times": 2})
     raw = client(gw, exec_id, gw.extra["limited"], **{"x-tokensense-fallbacks": "claude-haiku-4-5,gemini-2.5-flash"}) \
         .chat.completions.with_raw_response.create(model="gpt-4o", messages=HI)
     assert raw.parse().choices[0].message.content
@@ -251,7 +239,7 @@ def test_a_fallback_the_key_may_not_use_is_skipped(gw: Gateway, fake: FakeProvid
 def test_a_fallback_reserves_its_own_budget(gw: Gateway, fake: FakeProvider, exec_id: str) -> None:
     # The key's $0.01 covers gpt-4o-mini's largest cost (2000 output tokens, about $0.0012) but not, on top of
     # it, gpt-4o's (about $0.02): the call goes, and its fallback's own reservation is refused, so it is skipped.
-    faults(fake, {"prefix": "/openai", "model": "gpt-4o-mini", "status": 503, "times": 2})
+    fake.program_faults({"prefix": "/openai", "model": "gpt-4o-mini", "status": 503, "times": 2})
     with pytest.raises(openai.InternalServerError) as e:
         client(gw, exec_id, gw.extra["broke"], **{"x-tokensense-fallbacks": "gpt-4o"}) \
             .chat.completions.create(model="gpt-4o-mini", messages=HI, max_tokens=2000)
@@ -265,7 +253,7 @@ def test_a_fallback_to_an_unpriced_model_is_refused_for_a_key_with_a_budget(
         gw: Gateway, fake: FakeProvider, exec_id: str) -> None:
     """Issue 22: fallbacks were policed by a second copy of the policy that lacked the unpriced-model refusal,
     so a budgeted key reached, through `x-tokensense-fallbacks`, a model whose cost cannot be counted."""
-    faults(fake, {"prefix": "/openai", "model": "gpt-4o-mini", "status": 503, "times": 2})
+    fake.program_faults({"prefix": "/openai", "model": "gpt-4o-mini", "status": 503, "times": 2})
     with pytest.raises(openai.InternalServerError) as e:
         client(gw, exec_id, gw.extra["broke"], **{"x-tokensense-fallbacks": "unpriced/local-model"}) \
             .chat.completions.create(model="gpt-4o-mini", messages=HI, max_tokens=10)
@@ -275,7 +263,7 @@ def test_a_fallback_to_an_unpriced_model_is_refused_for_a_key_with_a_budget(
         "for the model `unpriced/local-model`" in gw.log()
     assert [r[0] for r in attempts_of(gw, exec_id, 2)] == [1, 2]
     # The same fallback for a key without a budget is tried (and answers): only the missing price refuses it.
-    faults(fake, {"prefix": "/openai", "model": "gpt-4o-mini", "status": 503, "times": 2})
+    fake.program_faults({"prefix": "/openai", "model": "gpt-4o-mini", "status": 503, "times": 2})
     answer = client(gw, exec_id, **{"x-tokensense-fallbacks": "unpriced/local-model"}) \
         .chat.completions.with_raw_response.create(model="gpt-4o-mini", messages=HI, max_tokens=10)
     assert answer.headers["x-tokensense-served-by"] == "unpriced/local-model"
@@ -287,7 +275,7 @@ def _mistral_keys(fake: FakeProvider) -> list[str]:
 
 
 def test_pool_key_rate_limited_cools_down_and_comes_back(gw: Gateway, fake: FakeProvider, exec_id: str) -> None:
-    faults(fake, {"prefix": "/mistral", "key": "mis-a", "status": 429, "retry_after": 2, "times": 1})
+    fake.program_faults({"prefix": "/mistral", "key": "mis-a", "status": 429, "retry_after": 2, "times": 1})
     mistral = client(gw, exec_id)
     for _ in range(2):  # round-robin: one of these starts on mis-a, is limited, and goes on at once on mis-b
         mistral.chat.completions.create(model="mistral-small-latest", messages=HI)
@@ -306,7 +294,7 @@ def test_pool_key_rate_limited_cools_down_and_comes_back(gw: Gateway, fake: Fake
 
 
 def test_pool_key_refused_is_taken_out_until_restored(gw: Gateway, fake: FakeProvider, exec_id: str) -> None:
-    faults(fake, {"prefix": "/mistral", "key": "mis-b", "status": 401, "times": 1})
+    fake.program_faults({"prefix": "/mistral", "key": "mis-b", "status": 401, "times": 1})
     mistral = client(gw, exec_id)
     for _ in range(2):
         mistral.chat.completions.create(model="mistral-small-latest", messages=HI)
