@@ -79,6 +79,56 @@ class GuardsConfig(BaseModel):
     max_calls_per_execution: int | None = Field(default=None, ge=1)  # calls one execution may make
 
 
+class BudgetRule(BaseModel):
+    """One budget on attribution (`[[budgets]]`, or `[[budgets.limits]]` beside `[budgets] reserve`).
+
+    Exactly one of `project`, `workflow`, `source` names what it limits, or `each_execution = true`
+    (every `x-execution-id` may spend at most `usd`, optionally only the runs of one `workflow`).
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    usd: float = Field(gt=0)  # the limit, in US dollars
+    period: Literal["day", "week", "month", "total"] = "total"  # UTC calendar periods, or never reset
+    project: str | None = None
+    workflow: str | None = None
+    source: str | None = None
+    each_execution: bool = False  # a limit for every execution (run), with `workflow` for one workflow's runs
+
+    @model_validator(mode="after")
+    def _one_level(self) -> BudgetRule:
+        named = [n for n in ("project", "workflow", "source") if getattr(self, n)]
+        if self.each_execution:
+            if set(named) - {"workflow"}:
+                raise ValueError("each_execution budgets may name a workflow, not a project or source")
+        elif len(named) != 1:
+            raise ValueError("a budget names exactly one of project, workflow or source (or each_execution = true)")
+        return self
+
+
+class BudgetsConfig(BaseModel):
+    """`[budgets]`: how calls reserve budget, and budgets on attribution (docs/budgets-and-limits.md).
+
+    `reserve = "cap"` (the default) reserves each call's largest cost: a budget is never overspent.
+    `reserve = "typical"` reserves the smaller of the request's own output cap and the 99th
+    percentile of the model's recent outputs, with a bounded overspend.
+    Budgets are `[[budgets]]` tables, or `[[budgets.limits]]` when `[budgets]` sets `reserve`.
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    reserve: Literal["cap", "typical"] = "cap"  # what a call reserves against its budgets
+    limits: list[BudgetRule] = Field(default_factory=list)  # budgets on project, workflow, source, executions
+
+    @model_validator(mode="before")
+    @classmethod
+    def _array_of_tables(cls, value: object) -> object:
+        # `[[budgets]]` (an array of tables) is the short form of `[[budgets.limits]]`.
+        if isinstance(value, list):
+            return {"limits": value}
+        return value
+
+
 class RetentionConfig(BaseModel):
     """`[retention]`: how long raw usage records are kept (docs/analytics.md).
 
@@ -199,6 +249,7 @@ class FileConfig(BaseModel):
     providers: dict[str, ProviderConfig] = Field(default_factory=dict)
     retention: RetentionConfig = Field(default_factory=RetentionConfig)
     guards: GuardsConfig = Field(default_factory=GuardsConfig)  # the runaway guard: repeats and calls per execution
+    budgets: BudgetsConfig = Field(default_factory=BudgetsConfig)  # reservation mode and budgets on attribution
 
     @model_validator(mode="after")
     def _check_providers(self) -> FileConfig:
