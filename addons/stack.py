@@ -14,6 +14,7 @@ from addons.metering import Metering
 from addons.observability import Observability
 from addons.policy import Policy
 from addons.provider_auth import ProviderAuth
+from addons.realtime import RealtimeSockets
 from addons.recording import Recording
 from addons.reliability import Reliability
 from addons.request_records import RequestRecords
@@ -34,6 +35,7 @@ def tokensense_addons(runtime: Runtime | None = None) -> list[object]:
         RequestArrived(client_timeouts),  # first: the body is whole, however long the gates after take
         Intercept(runtime),  # before Admit: intercepted calls never meet the gateway's key check
         ResponsesWebSocket(runtime),  # the Responses WebSocket handshake, answered here; its frames served over HTTP
+        RealtimeSockets(runtime),  # realtime sessions (voice): the handshake admitted here, frames relayed and metered
         Admit(runtime),  # requestheaders: key, route, body limit
         RequestRecords(runtime),  # GET /v1/tokensense/requests/{id}, answered before routing
         Router(runtime),  # request: parse, resolve, prepare the upstream request

@@ -39,6 +39,9 @@ class Settings(BaseSettings):
     responses_ttl_days: float = Field(default=30.0, gt=0)
     # The Responses API over WebSocket (Codex CLI); off: the handshake gets a 426 and Codex uses HTTP.
     responses_websocket: bool = True
+    # Seconds a realtime session (OpenAI Realtime, Gemini Live over WebSocket) may pass without a frame either way;
+    # then both sides get a close frame.
+    realtime_idle_timeout: float = Field(default=300.0, gt=0)
     config_file: Path | None = None  # the config.toml to read (default: config.toml in the home)
     # Prometheus: distinct values a client-chosen label (workflow, project, model) may take before folding into `other`.
     metrics_max_label_values: int = 100

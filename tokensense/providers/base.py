@@ -24,6 +24,7 @@ from tokensense.providers.routes import ClientRoute, ErrorPath, Route
 
 if TYPE_CHECKING:
     from tokensense.providers.model_lists import ModelListShape
+    from tokensense.providers.sockets import SocketProtocol
 
 
 def _int(value: Any) -> int:
@@ -283,6 +284,10 @@ class Provider(ABC):
 
     # Models only served on free routes (moderations): not in the price catalog, listed by `GET /v1/models` as free.
     free_models: ClassVar[tuple[str, ...]] = ()
+
+    def socket_protocols(self) -> tuple[SocketProtocol, ...]:
+        """Its realtime WebSocket protocols (voice sessions: one socket, many billable responses)."""
+        return ()
 
     def model_list_shape(self) -> ModelListShape | None:
         """The shape its own SDKs read `GET /v1/models` in (None: none of their own)."""

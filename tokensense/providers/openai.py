@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from tokensense.core.endpoints import RESPONSES_ENDPOINTS, Endpoint
 from tokensense.core.errors import ErrorShape
@@ -12,8 +12,12 @@ from tokensense.providers.audio_format import AUDIO
 from tokensense.providers.base import MediaRoute, ProviderAdapter, ResponsesStreamReader, StreamUsage, Upstream
 from tokensense.providers.images_format import check_image_request, images_answer_usage
 from tokensense.providers.model_lists import ListedModel, ModelListShape
+from tokensense.providers.openai_realtime import OpenAIRealtime
 from tokensense.providers.openai_usage import service_tier_of, usage_from_openai
 from tokensense.providers.routes import ClientRoute
+
+if TYPE_CHECKING:
+    from tokensense.providers.sockets import SocketProtocol
 
 __all__ = ["FIM", "MISTRAL_ROUTES", "OPENAI_ERRORS", "OPENAI_ROUTES", "MistralAdapter", "OpenAIAdapter", "XAIAdapter", "usage_from_openai"]
 
@@ -40,6 +44,7 @@ class OpenAIErrors(ErrorShape):
 
 
 OPENAI_ERRORS = OpenAIErrors()
+OPENAI_REALTIME = OpenAIRealtime(OPENAI_ERRORS)  # the Realtime API's WebSocket (voice sessions)
 
 
 def _openai_route(path: str, endpoint: Endpoint, *, method: str = "POST", **properties: Any) -> ClientRoute:
@@ -151,6 +156,10 @@ class OpenAIAdapter(ProviderAdapter):
         "o1": 100_000,
         "o3": 100_000,
         "o4-mini": 100_000,
+        # A realtime response writes at most 4,096 tokens (its `max_output_tokens: "inf"`).
+        "gpt-realtime": 4_096,
+        "gpt-4o-realtime": 4_096,
+        "gpt-4o-mini-realtime": 4_096,
     }
 
     free_models: ClassVar[tuple[str, ...]] = ("omni-moderation-latest", "omni-moderation-2024-09-26",
@@ -158,6 +167,9 @@ class OpenAIAdapter(ProviderAdapter):
 
     def model_list_shape(self) -> ModelListShape | None:
         return MODEL_LIST
+
+    def socket_protocols(self) -> tuple[SocketProtocol, ...]:
+        return (OPENAI_REALTIME,)
 
     def media_route(self, endpoint: Endpoint, model: str, *, declared: bool) -> MediaRoute | None:
         if endpoint is Endpoint.IMAGES and (declared or model.startswith(("dall-e-", "gpt-image-", "chatgpt-image"))):

@@ -14,7 +14,8 @@ whose `usage` counts, like the real API:
 - output: the transcript's text tokens, and audio at 20 tokens a second of the
   PCM16 audio sent (each word is 0.25 s of audio).
 
-Each `response.create` is logged like an HTTP request (`"transport": "realtime"`).
+Each `response.create` is logged like an HTTP request (`"transport": "realtime"`), each handshake
+that reaches the fake as `"transport": "realtime.handshake"`.
 The handshake's `x-fake-chunk-delay-ms` paces the deltas (to cut a session mid-response).
 """
 
@@ -105,6 +106,8 @@ def _error(message: str, *, code: str | None = None, event_id: str | None = None
 
 async def serve(request: web.Request, *, log: deque, state: dict[str, Any]) -> web.StreamResponse:
     prefix = request.path.rstrip("/").removesuffix("/realtime").removesuffix("/v1")
+    log.append({"method": "GET", "path": request.path, "prefix": prefix.strip("/"), "provider": "openai",
+                "transport": "realtime.handshake", "query": dict(request.query), "time": time.time()})
     key, subprotocol = _subprotocol_key(request)
     controls = handshake.check(request, openai_format, prefix=prefix, state=state, other_key=bool(key))
     if isinstance(controls, web.Response):

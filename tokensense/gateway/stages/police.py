@@ -42,6 +42,9 @@ class Target:
     model: str
     requested: str | None = None
     body: dict[str, Any] | None = None  # the JSON body as it goes upstream (None: not JSON, e.g. a form upload)
+    # The attempt's largest usage when the body cannot say it (a realtime response: its prompt is the
+    # session's, its output may be audio); None: read from the body.
+    reservation: TokenUsage | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -157,7 +160,10 @@ def _largest_cost(call: CallContext, target: Target, prices: PriceBook) -> float
     else the model's maximum, at the target model's price."""
     body = target.body
     priced = call if call.model == target.model else replace(call, provider=target.provider, model=target.model)
-    reservation = call_reservation(priced, body) if isinstance(body, dict) else TokenUsage()
+    if target.reservation is not None:
+        reservation = target.reservation
+    else:
+        reservation = call_reservation(priced, body) if isinstance(body, dict) else TokenUsage()
     return estimate_cost(prices, target.provider, target.model, reservation)
 
 
