@@ -161,3 +161,17 @@ def test_client_killed_mid_response_still_leaves_a_record(gw: Gateway, exec_id: 
     assert row["status"] == 499 and row["model"] == "gpt-realtime"
     assert row["cost_usd"] is None  # tokens were generated that nobody counted: unpriced, not $0
     assert "closed before the response ended" in row["error"]
+
+
+def test_client_secrets_pass_through_for_a_tokensense_key_recorded_free(gw: Gateway, exec_id: str) -> None:
+    client = _client(gw, exec_id)
+    secret = client.realtime.client_secrets.create(session={"type": "realtime", "model": "gpt-realtime"},
+                                                   expires_after={"anchor": "created_at", "seconds": 600})
+    assert secret.value.startswith("ek_") and secret.session.model == "gpt-realtime"
+    (row,) = gw.wait_records(1, execution_id=exec_id)
+    assert row["endpoint"] == "realtime.client_secrets" and row["status"] == 200 and row["cost_usd"] == 0
+    seen = gw.fake.last("openai")
+    assert seen["path"] == "/openai/v1/realtime/client_secrets"
+    assert seen["headers"]["authorization"] == "Bearer sk-test-openai"
+    with pytest.raises(openai.AuthenticationError):
+        _client(gw, exec_id, key="tsk_unknown").realtime.client_secrets.create(session={"type": "realtime"})

@@ -12,7 +12,7 @@ from tokensense.providers.audio_format import AUDIO
 from tokensense.providers.base import MediaRoute, ProviderAdapter, ResponsesStreamReader, StreamUsage, Upstream
 from tokensense.providers.images_format import check_image_request, images_answer_usage
 from tokensense.providers.model_lists import ListedModel, ModelListShape
-from tokensense.providers.openai_realtime import OpenAIRealtime
+from tokensense.providers.openai_realtime import REALTIME_CLIENT_SECRETS, REALTIME_DEFAULT_MODEL, OpenAIRealtime
 from tokensense.providers.openai_usage import service_tier_of, usage_from_openai
 from tokensense.providers.routes import ClientRoute
 
@@ -78,6 +78,10 @@ OPENAI_ROUTES: tuple[ClientRoute, ...] = (
     _openai_route(_RESPONSE_ID, Endpoint.RESPONSES_DELETE, method="DELETE"),
     _openai_route(_RESPONSE_ID + "/cancel", Endpoint.RESPONSES_CANCEL),
     _openai_route(_RESPONSE_ID + "/input_items", Endpoint.RESPONSES_INPUT_ITEMS, method="GET"),
+    # Ephemeral keys for browsers' realtime sessions: free (recorded at cost 0). The model is in the body's
+    # `session`, not where the route table reads models: the record names the Realtime API's default model.
+    _openai_route(r"/v1/realtime/client_secrets", REALTIME_CLIENT_SECRETS, free=True, model_in_body=False,
+                  parse=lambda entry, match: entry.route(model=REALTIME_DEFAULT_MODEL)),
 )
 
 
@@ -134,7 +138,7 @@ class OpenAIAdapter(ProviderAdapter):
     native: ClassVar[frozenset[Endpoint]] = frozenset({
         Endpoint.CHAT, Endpoint.EMBEDDINGS, Endpoint.IMAGES, Endpoint.SPEECH, Endpoint.TRANSCRIPTIONS,
         Endpoint.TRANSLATIONS, Endpoint.IMAGE_EDITS, Endpoint.IMAGE_VARIATIONS, Endpoint.COMPLETIONS,
-        Endpoint.MODERATIONS, *RESPONSES_ENDPOINTS,
+        Endpoint.MODERATIONS, *RESPONSES_ENDPOINTS, REALTIME_CLIENT_SECRETS,
     })
     openai_format: ClassVar[bool] = True
     client_routes: ClassVar[tuple[ClientRoute, ...]] = OPENAI_ROUTES
@@ -170,6 +174,12 @@ class OpenAIAdapter(ProviderAdapter):
 
     def socket_protocols(self) -> tuple[SocketProtocol, ...]:
         return (OPENAI_REALTIME,)
+
+    def upstream(self, endpoint: Endpoint, model: str, *, stream: bool, action: str | None = None,
+                 version: str | None = None) -> Upstream:
+        if endpoint is REALTIME_CLIENT_SECRETS:
+            return Upstream(endpoint, "/v1/realtime/client_secrets")
+        return super().upstream(endpoint, model, stream=stream, action=action, version=version)
 
     def media_route(self, endpoint: Endpoint, model: str, *, declared: bool) -> MediaRoute | None:
         if endpoint is Endpoint.IMAGES and (declared or model.startswith(("dall-e-", "gpt-image-", "chatgpt-image"))):

@@ -33,6 +33,10 @@ from tokensense.providers.sockets import (
 )
 
 REALTIME = Endpoint("realtime")
+# `POST /v1/realtime/client_secrets`: an ephemeral key for a browser's session (free; the session's responses
+# are billed, and metered, on the socket).
+REALTIME_CLIENT_SECRETS = Endpoint("realtime.client_secrets")
+REALTIME_DEFAULT_MODEL = "gpt-realtime"  # the model a client secret's session uses when it names none
 
 # The largest output of one realtime response (`max_output_tokens: "inf"` is this many).
 REALTIME_MAX_OUTPUT_TOKENS = 4_096

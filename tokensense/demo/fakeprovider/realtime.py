@@ -33,6 +33,7 @@ from typing import Any
 from aiohttp import WSMsgType, web
 
 from tokensense.demo.fakeprovider import handshake, openai_format
+from tokensense.demo.fakeprovider.replies import BodyReply, FakeError, FakeRequest, json_reply
 
 SUBPROTOCOL_KEY_PREFIX = "openai-insecure-api-key."
 SAMPLE_RATE = 24_000  # PCM16 mono, as the Realtime API's default audio format
@@ -257,3 +258,19 @@ async def _respond(socket: web.WebSocketResponse, session: _Session, options: di
         await socket.send_str(_event("response.output_item.done", response_id=response_id, output_index=0,
                                      item=item))
     await socket.send_str(_event("response.done", response=done))
+
+
+def client_secrets(req: FakeRequest) -> BodyReply:
+    """`POST /v1/realtime/client_secrets`: an ephemeral key (`ek_...`) for a browser's session (free: no usage).
+    The fake accepts it as a provider key on the realtime handshake like any other."""
+    body = req.body if isinstance(req.body, dict) else {}
+    session = body.get("session") if isinstance(body.get("session"), dict) else {}
+    if session.get("type") not in (None, "realtime", "transcription"):
+        raise FakeError(400, "Invalid value for 'session.type'.", param="session.type")
+    seconds = (body.get("expires_after") or {}).get("seconds", 600) if isinstance(body.get("expires_after"), dict) \
+        else 600
+    expires = int(time.time()) + int(seconds)
+    model = session.get("model") or "gpt-realtime"
+    return json_reply({"value": "ek_" + uuid.uuid4().hex, "expires_at": expires,
+                       "session": {**_Session(str(model)).session_object(), **session, "expires_at": expires}})
+
