@@ -1,17 +1,19 @@
-"""OpenAI Realtime over WebSocket through a real gateway, with the openai SDK's realtime client: relayed, admitted at
-the handshake, policed before each response, one record per `response.done` priced per modality."""
+"""OpenAI Realtime and Gemini Live over WebSocket through a real gateway, with the official SDKs' realtime clients:
+relayed, admitted at the handshake, policed before each response, one record per response priced per modality."""
 
 from __future__ import annotations
 
 import base64
 import json
 from collections.abc import Iterator
+from typing import Any
 
 import openai
 import pytest
 import websockets
 import websockets.sync.client
 from conftest import FakeProvider, Gateway, start_gateway, stop
+from websockets.typing import Subprotocol
 
 # gpt-realtime's list prices, USD per million tokens, by modality (platform.openai.com/docs/pricing).
 TEXT_IN, CACHED_IN, AUDIO_IN, TEXT_OUT, AUDIO_OUT = 4.0, 0.4, 32.0, 16.0, 64.0
@@ -37,7 +39,7 @@ def _client(gw: Gateway, execution_id: str, key: str | None = None) -> openai.Op
                          default_headers={"x-execution-id": execution_id, "x-workflow-tag": "voice-agent"})
 
 
-def _until_done(connection) -> tuple[list[str], object]:
+def _until_done(connection: Any) -> tuple[list[str], Any]:
     kinds = []
     for event in connection:
         kinds.append(event.type)
@@ -97,7 +99,7 @@ def test_two_responses_in_one_session_are_two_records_priced_per_modality(gw: Ga
 
 def test_browser_subprotocol_key_is_swapped(gw: Gateway, exec_id: str) -> None:
     url = gw.url.replace("http://", "ws://") + "/v1/realtime?model=gpt-realtime"
-    with websockets.sync.client.connect(url, subprotocols=["realtime", f"openai-insecure-api-key.{gw.key}"],
+    with websockets.sync.client.connect(url, subprotocols=[Subprotocol("realtime"), Subprotocol(f"openai-insecure-api-key.{gw.key}")],
                                         additional_headers={"x-execution-id": exec_id}, open_timeout=10) as socket:
         assert socket.subprotocol == "realtime"
         assert json.loads(socket.recv(timeout=10))["type"] == "session.created"
@@ -167,7 +169,7 @@ def test_client_secrets_pass_through_for_a_tokensense_key_recorded_free(gw: Gate
     client = _client(gw, exec_id)
     secret = client.realtime.client_secrets.create(session={"type": "realtime", "model": "gpt-realtime"},
                                                    expires_after={"anchor": "created_at", "seconds": 600})
-    assert secret.value.startswith("ek_") and secret.session.model == "gpt-realtime"
+    assert secret.value.startswith("ek_") and getattr(secret.session, "model", None) == "gpt-realtime"
     (row,) = gw.wait_records(1, execution_id=exec_id)
     assert row["endpoint"] == "realtime.client_secrets" and row["status"] == 200 and row["cost_usd"] == 0
     seen = gw.fake.last("openai")
@@ -175,3 +177,76 @@ def test_client_secrets_pass_through_for_a_tokensense_key_recorded_free(gw: Gate
     assert seen["headers"]["authorization"] == "Bearer sk-test-openai"
     with pytest.raises(openai.AuthenticationError):
         _client(gw, exec_id, key="tsk_unknown").realtime.client_secrets.create(session={"type": "realtime"})
+
+
+# --- Gemini Live ---------------------------------------------------------------------------------
+
+# gemini-live-2.5-flash's list prices, USD per million tokens, by modality (ai.google.dev/gemini-api/docs/pricing).
+LIVE_TEXT_IN, LIVE_AUDIO_IN, LIVE_TEXT_OUT, LIVE_AUDIO_OUT = 0.5, 3.0, 2.0, 12.0
+LIVE_MODEL = "gemini-live-2.5-flash-preview"
+
+
+def _live_client(gw: Gateway, execution_id: str, key: str | None = None):
+    from google import genai
+
+    client = genai.Client(api_key=key or gw.key, http_options={"base_url": gw.url,
+                                                              "headers": {"x-execution-id": execution_id}})
+    # google-genai always opens wss://; the test gateway listens on plain HTTP.
+    client._api_client._websocket_base_url = lambda *_: gw.url.replace("http://", "ws://")  # type: ignore[method-assign]
+    client._api_client._websocket_ssl_ctx = {}
+    return client
+
+
+async def _live_turn(session: Any) -> tuple[list, Any]:
+    messages = []
+    async for message in session.receive():
+        messages.append(message)
+        if message.server_content is not None and message.server_content.turn_complete:
+            return messages, message.usage_metadata
+    raise AssertionError("the turn did not complete")
+
+
+def _live_price(usage) -> float:
+    prompt = {d.modality.name: d.token_count for d in usage.prompt_tokens_details or []}
+    response = {d.modality.name: d.token_count for d in usage.response_tokens_details or []}
+    return (prompt.get("TEXT", 0) * LIVE_TEXT_IN + prompt.get("AUDIO", 0) * LIVE_AUDIO_IN
+            + response.get("TEXT", 0) * LIVE_TEXT_OUT + response.get("AUDIO", 0) * LIVE_AUDIO_OUT) / 1e6
+
+
+async def test_gemini_live_turns_are_records_priced_per_modality(gw: Gateway, exec_id: str) -> None:
+    from google.genai import types
+
+    client = _live_client(gw, exec_id)
+    async with client.aio.live.connect(model=LIVE_MODEL, config={"response_modalities": ["AUDIO"]}) as session:
+        await session.send_client_content(turns={"role": "user", "parts": [{"text": "Hello there friend"}]})
+        messages, first = await _live_turn(session)
+        assert any(m.data for m in messages)  # the audio passed through
+        await session.send_realtime_input(audio=types.Blob(data=bytes(2 * 16_000), mime_type="audio/pcm;rate=16000"))
+        await session.send_realtime_input(audio_stream_end=True)
+        _, second = await _live_turn(session)
+    rows = gw.wait_records(2, execution_id=exec_id)
+    assert len(rows) == 2
+    for row, usage in zip(rows, (first, second), strict=True):
+        assert row["provider"] == "gemini" and row["model"] == LIVE_MODEL and row["endpoint"] == "gemini.live"
+        assert row["status"] == 200 and row["input_tokens"] == usage.prompt_token_count
+        assert row["output_tokens"] == usage.response_token_count
+        assert json.loads(row["details"])["transport"] == "websocket"
+        assert abs(row["cost_usd"] - _live_price(usage)) < 1e-6, (row["cost_usd"], _live_price(usage))
+    seen = [r for r in gw.fake.requests() if r.get("transport") == "live"
+            and r["headers"].get("x-execution-id") == exec_id]
+    assert len(seen) == 2 and seen[0]["headers"]["x-goog-api-key"] == "gm-test-gemini"
+
+
+async def test_gemini_live_a_spent_key_is_closed_at_setup(gw: Gateway, exec_id: str) -> None:
+    """The Live API has no error message: like Google's own refusals, the socket closes with 1008 and the reason
+    (google-genai raises it as an APIError). The handshake names no model, so the setup message is policed."""
+    from google.genai import errors
+
+    client = _live_client(gw, exec_id, key=gw.extra["spent"])
+    with pytest.raises(errors.APIError) as closed:
+        async with client.aio.live.connect(model=LIVE_MODEL, config={"response_modalities": ["TEXT"]}) as session:
+            await session.send_client_content(turns={"role": "user", "parts": [{"text": "Hi"}]})
+            await _live_turn(session)
+    assert closed.value.code == 1008 and "budget" in str(closed.value)
+    assert not [r for r in gw.fake.requests() if r.get("transport") == "live"
+                and r["headers"].get("x-execution-id") == exec_id]

@@ -168,6 +168,8 @@ def on_server_frame(runtime: Runtime, session: Session, frame: ServerFrame) -> N
                 return
     if not (frame.started or frame.usage is not None or frame.done):
         return
+    if frame.usage is None and not frame.started and not session.responses:
+        return  # the end of a turn nobody asked for and nothing was said in: nothing to book
     current = _current(session)
     if frame.started:
         current.started = True

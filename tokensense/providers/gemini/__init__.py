@@ -9,9 +9,11 @@ from tokensense.core.endpoints import Endpoint
 from tokensense.core.errors import ErrorShape, GatewayError
 from tokensense.core.usage import TokenUsage
 from tokensense.providers.base import MediaRoute, ProviderAdapter, StreamUsage, Translator, Upstream, model_segment
+from tokensense.providers.gemini.live import GeminiLive
 from tokensense.providers.gemini.usage import usage_from_gemini
 from tokensense.providers.model_lists import ModelListShape
 from tokensense.providers.routes import ClientRoute, ErrorPath, error_path
+from tokensense.providers.sockets import SocketProtocol
 
 __all__ = ["GOOGLE_ERRORS", "NATIVE", "GeminiAdapter", "GeminiStreamUsage", "usage_from_gemini"]
 
@@ -45,6 +47,7 @@ class GoogleErrors(ErrorShape):
 
 
 GOOGLE_ERRORS = GoogleErrors()
+GEMINI_LIVE = GeminiLive(GOOGLE_ERRORS)  # the Live API's WebSocket (voice sessions)
 
 GEMINI_ROUTES: tuple[ClientRoute, ...] = (
     # The model names the path; the action, not the body, says whether the answer streams; countTokens is free.
@@ -107,12 +110,19 @@ class GeminiAdapter(ProviderAdapter):
         "gemini-2.0": 8_192,
         "gemini-2.5": 65_536,
         "gemini-3": 65_536,
+        # The Live API's models answer a turn with at most 8,192 tokens.
+        "gemini-live": 8_192,
+        "gemini-2.5-flash-native-audio": 8_192,
+        "gemini-2.0-flash-live": 8_192,
     }
 
     def model_list_shape(self) -> ModelListShape | None:
         from tokensense.providers.gemini.models import MODEL_LIST
 
         return MODEL_LIST
+
+    def socket_protocols(self) -> tuple[SocketProtocol, ...]:
+        return (GEMINI_LIVE,)
 
     def auth_headers(self, api_key: str) -> dict[str, str]:
         return {"x-goog-api-key": api_key}
