@@ -84,10 +84,6 @@ class RealtimeSockets:
         self._sweeper: asyncio.Task | None = None
         runtime.inflight.on_drain.append(self._drain)
 
-    @property
-    def open_sessions(self) -> int:
-        return len(self._open)
-
     # --- the handshake -----------------------------------------------------------------------------
 
     async def requestheaders(self, flow: http.HTTPFlow) -> None:
@@ -157,6 +153,7 @@ class RealtimeSockets:
         if session is None:
             return
         self._open[flow.id] = (flow, session)
+        self.runtime.open_sessions = len(self._open)
         self.runtime.inflight.started(self._marker(flow))  # a shutdown waits for it (and closes it in time)
         if self._sweeper is None or self._sweeper.done():
             self._sweeper = asyncio.get_running_loop().create_task(self._sweep())
@@ -223,6 +220,7 @@ class RealtimeSockets:
         entry = self._open.pop(flow.id, None)
         if entry is None:
             return
+        self.runtime.open_sessions = len(self._open)
         session = entry[1]
         by_client = bool(flow.websocket and flow.websocket.closed_by_client)
         try:
