@@ -27,7 +27,9 @@ narrow patches of its HTTP layer change that:
   Without this, mitmproxy relays the close to a server connection it never
   opened and the connection crashes.
 
-- `WebsocketLayer.relay_messages` also takes a close that an addon asks for (`close_websocket`: an idle
+- `WebsocketLayer.relay_messages` stops a relayed client message that outgrows the flow's
+  `flowmeta.WS_FRAME_LIMIT` while it arrives (close 1009), rather than buffering it whole; and it
+  also takes a close that an addon asks for (`close_websocket`: an idle
   realtime session, a frame over the limit, a shutdown's drain): both sides get a close frame with the
   code and reason, and the websocket_end hook runs, as when a side closes. mitmproxy can inject
   messages but not a close.
@@ -208,7 +210,8 @@ def close_websocket(flow: http.HTTPFlow, code: int, reason: str) -> bool:
     proxyserver = ctx.master.addons.get("proxyserver")
     if proxyserver is None or flow.websocket is None or flow.websocket.timestamp_end is not None:
         return False
-    flow.metadata[flowmeta.WS_CLOSE] = (code, reason)
+    # A close frame's reason is at most 123 bytes.
+    flow.metadata[flowmeta.WS_CLOSE] = (code, reason.encode()[:123].decode(errors="ignore"))
     try:
         proxyserver.inject_event(WebSocketMessageInjected(flow, WebSocketMessage(Opcode.CLOSE, False, b"")))
     except ValueError:  # the connection is gone already
@@ -226,8 +229,16 @@ def _ws_relay(self, event):  # type: ignore[no-untyped-def]
         event = mitm_events.DataReceived(self.context.server, b"")
     if self.flow.metadata.get(flowmeta.WS_TERMINATED):
         yield from _filtered(self, _original_ws_relay(self, event))
-    else:
-        yield from _original_ws_relay(self, event)
+        return
+    yield from _original_ws_relay(self, event)
+    limit = self.flow.metadata.get(flowmeta.WS_FRAME_LIMIT)
+    if limit is not None and isinstance(event, mitm_events.DataReceived) and event.connection == self.context.client \
+            and self.server_ws.state is ConnectionState.OPEN and sum(map(len, self.client_ws.frame_buf)) > limit:
+        # A client message outgrew the limit while it arrives: not buffered further, the socket is closed (1009).
+        self.client_ws.frame_buf = [b""]
+        reason = f"A frame over the limit of {limit / 1048576:g} MB (TOKENSENSE_MAX_BODY_MB)."
+        self.server_ws._events.append(wsproto.events.CloseConnection(code=1009, reason=reason))
+        yield from _original_ws_relay(self, mitm_events.DataReceived(self.context.server, b""))
 
 
 def install() -> None:

@@ -24,6 +24,7 @@ import logging
 import time
 
 from mitmproxy import ctx, http
+from mitmproxy.websocket import WebSocketMessage
 
 from addons.admit import admitted_key
 from addons.common import (
@@ -39,7 +40,7 @@ from tokensense.core.errors import GatewayError
 from tokensense.gateway import sessions
 from tokensense.gateway.auth import client_key
 from tokensense.gateway.call import CallContext
-from tokensense.gateway.flowmeta import CALL, refuse_body
+from tokensense.gateway.flowmeta import CALL, WS_FRAME_LIMIT, refuse_body
 from tokensense.gateway.forward import PendingUpstream
 from tokensense.gateway.guards import take_max_cost_header
 from tokensense.gateway.runtime import Runtime
@@ -127,6 +128,7 @@ class RealtimeSockets:
         pending = PendingUpstream(provider, credential.base_url, credential.api_key or "",
                                   Upstream(protocol.endpoint, handshake.upstream_path))
         apply_upstream(flow, pending)
+        flow.metadata[WS_FRAME_LIMIT] = int(self.runtime.settings.max_body_mb * _MB)  # see mitmproxy_compat
         self._opening[flow.id] = session
 
     @staticmethod
@@ -170,10 +172,25 @@ class RealtimeSockets:
         if message.injected:
             return  # the gateway's own error events
         session.last_activity = time.monotonic()
-        protocol = session.protocol
         if not message.from_client:
-            sessions.on_server_frame(self.runtime, session, protocol.server_frame(message.content, message.is_text))
+            try:
+                sessions.on_server_frame(self.runtime, session,
+                                         session.protocol.server_frame(message.content, message.is_text))
+            except Exception:  # the frame still reaches the client; its metering is what failed
+                log.exception("realtime session: a server frame could not be metered")
             return
+        try:
+            await self._client_frame(flow, session, message)
+        except Exception:
+            # Fail closed: a client frame whose checks failed is not forwarded.
+            log.exception("realtime session: a client frame could not be checked")
+            message.drop()
+            self._tell(flow, session, GatewayError(500, "TokenSense had an internal error and did not forward "
+                                                   "the event.", code="internal_error"), None)
+
+    async def _client_frame(self, flow: http.HTTPFlow, session: sessions.Session,
+                            message: WebSocketMessage) -> None:
+        protocol = session.protocol
         limit = self.runtime.settings.max_body_mb * _MB
         if len(message.content) > limit:
             message.drop()
@@ -210,6 +227,11 @@ class RealtimeSockets:
         call.policed = refused.held
         call.error = error.message
         settle(self.runtime, call, error.status)
+        self._tell(flow, session, error, event_id)
+
+    @staticmethod
+    def _tell(flow: http.HTTPFlow, session: sessions.Session, error: GatewayError, event_id: str | None) -> None:
+        """The protocol's error event to the client, or a close where the protocol has none."""
         data = session.protocol.error_frame(error.status, error.message, code=error.code, event_id=event_id)
         if data is None:
             close_websocket(flow, CLOSE_POLICY, error.message[:120])

@@ -53,6 +53,26 @@ def test_a_frame_over_the_limit_closes_the_session_with_1009(gw: Gateway, exec_i
     assert closed.rcvd is not None and closed.rcvd.code == 1009 and "TOKENSENSE_MAX_BODY_MB" in closed.rcvd.reason
 
 
+def test_a_fragmented_message_is_cut_off_while_it_arrives(gw: Gateway, exec_id: str) -> None:
+    """A message sent in fragments is not buffered whole before its size is checked: the relay closes the socket
+    (1009) once what arrived outgrows the limit, long before 8 MB have been sent."""
+    socket = _connect(gw, exec_id)
+    piece = "A" * 32_768
+
+    def fragments() -> Iterator[str]:
+        yield '{"type": "input_audio_buffer.append", "audio": "'
+        for _ in range(256):
+            yield piece
+            time.sleep(0.002)
+        yield '"}'
+
+    with pytest.raises(ConnectionClosed) as closed:
+        socket.send(fragments())
+        socket.recv(timeout=10)
+    assert closed.value.rcvd is not None and closed.value.rcvd.code == 1009
+    assert closed.value.rcvd.reason.startswith("A frame over the limit")
+
+
 def test_an_idle_session_is_closed(gw: Gateway, exec_id: str) -> None:
     socket = _connect(gw, exec_id)
     started = time.monotonic()
