@@ -39,10 +39,11 @@ from addons.mitmproxy_compat import close_websocket
 from tokensense.core.errors import GatewayError
 from tokensense.gateway import sessions
 from tokensense.gateway.auth import client_key
-from tokensense.gateway.call import CallContext
+from tokensense.gateway.call import CallContext, Record
 from tokensense.gateway.flowmeta import CALL, WS_FRAME_LIMIT, refuse_body
 from tokensense.gateway.forward import PendingUpstream
 from tokensense.gateway.guards import take_max_cost_header
+from tokensense.gateway.reliability import prepare_first_attempt
 from tokensense.gateway.runtime import Runtime
 from tokensense.gateway.stages.police import Refused
 from tokensense.gateway.stages.settle import settle
@@ -127,6 +128,10 @@ class RealtimeSockets:
             return
         pending = PendingUpstream(provider, credential.base_url, credential.api_key or "",
                                   Upstream(protocol.endpoint, handshake.upstream_path))
+        # The provider key from its pool, as for an HTTP call's first attempt (a socket is not retried).
+        opening = CallContext(protocol.endpoint, protocol.errors, method="GET", key=key, provider=provider,
+                              model=session.model, pending=pending, record_state=Record.NONE)
+        await prepare_first_attempt(self.runtime, flow, opening)
         apply_upstream(flow, pending)
         flow.metadata[WS_FRAME_LIMIT] = int(self.runtime.settings.max_body_mb * _MB)  # see mitmproxy_compat
         self._opening[flow.id] = session

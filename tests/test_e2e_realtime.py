@@ -150,6 +150,27 @@ def test_a_budget_for_one_response_answers_the_second_with_an_error_event(gw: Ga
     assert len(_fake_saw(gw.fake, "realtime", exec_id)) == 1  # the refused response.create was not forwarded
 
 
+def test_the_cost_cap_of_the_handshake_applies_to_each_response(gw: Gateway, exec_id: str) -> None:
+    """x-tokensense-max-cost-usd on the handshake caps each response's largest cost: 4,096 audio tokens at $64 per
+    million ($0.26) do not fit $0.01, 100 do ($0.0064)."""
+    url = gw.url.replace("http://", "ws://") + "/v1/realtime?model=gpt-realtime"
+    headers = {"authorization": f"Bearer {gw.key}", "x-execution-id": exec_id, "x-tokensense-max-cost-usd": "0.01"}
+    with websockets.sync.client.connect(url, additional_headers=headers, open_timeout=10) as socket:
+        assert json.loads(socket.recv(timeout=10))["type"] == "session.created"
+        socket.send(json.dumps({"type": "response.create", "event_id": "evt_big",
+                                "response": {"output_modalities": ["text"]}}))
+        error = json.loads(socket.recv(timeout=10))
+        assert error["type"] == "error" and error["error"]["code"] == "max_cost_exceeded"
+        assert error["error"]["event_id"] == "evt_big"
+        socket.send(json.dumps({"type": "response.create", "response": {"max_output_tokens": 100}}))
+        while json.loads(socket.recv(timeout=10))["type"] != "response.done":
+            pass
+    rows = gw.wait_records(2, execution_id=exec_id)
+    assert [r["status"] for r in rows] == [402, 200]
+    seen = _fake_saw(gw.fake, "realtime", exec_id)
+    assert len(seen) == 1 and "x-tokensense-max-cost-usd" not in seen[0]["headers"]
+
+
 def test_client_killed_mid_response_still_leaves_a_record(gw: Gateway, exec_id: str) -> None:
     url = gw.url.replace("http://", "ws://") + "/v1/realtime?model=gpt-realtime"
     headers = {"authorization": f"Bearer {gw.key}", "x-execution-id": exec_id, "x-fake-chunk-delay-ms": "200"}
