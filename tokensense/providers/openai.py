@@ -242,7 +242,17 @@ FIM = Endpoint("fim.completions")
 MISTRAL_ROUTES: tuple[ClientRoute, ...] = (
     *OPENAI_ROUTES,
     _openai_route(r"/v1/fim/completions", FIM, intercepted=True, genai_operation="text_completion"),
+    _openai_route(r"/v1/ocr", Endpoint.OCR, intercepted=True),
 )
+
+
+def ocr_usage(answer: Any) -> TokenUsage:
+    """An OCR answer's pages processed (`usage_info.pages_processed`), kept in the record's counters."""
+    info = answer.get("usage_info") if isinstance(answer, dict) else None
+    pages = info.get("pages_processed") if isinstance(info, dict) else None
+    if isinstance(pages, bool) or not isinstance(pages, int) or pages < 0:
+        pages = 0
+    return TokenUsage(counters={"pages": pages} if pages else {})
 
 
 class MistralAdapter(OpenAIAdapter):
@@ -257,7 +267,7 @@ class MistralAdapter(OpenAIAdapter):
     )
     hosts: ClassVar[tuple[str, ...]] = ("api.mistral.ai",)
     native: ClassVar[frozenset[Endpoint]] = frozenset({Endpoint.CHAT, Endpoint.EMBEDDINGS, Endpoint.TRANSCRIPTIONS,
-                                                       FIM})
+                                                       FIM, Endpoint.OCR})
     client_routes: ClassVar[tuple[ClientRoute, ...]] = MISTRAL_ROUTES
 
     output_caps: ClassVar[Mapping[str, int]] = {"mistral": 32_768, "codestral": 32_768}
@@ -272,10 +282,12 @@ class MistralAdapter(OpenAIAdapter):
     def media_route(self, endpoint: Endpoint, model: str, *, declared: bool) -> MediaRoute | None:
         if endpoint is Endpoint.TRANSCRIPTIONS:
             return MediaRoute("transcription", "/v1/audio/transcriptions", audio=AUDIO)
+        if endpoint is Endpoint.OCR and (declared or model.startswith("mistral-ocr-")):
+            return MediaRoute("pages", "/v1/ocr", answer_usage=ocr_usage)
         return None
 
     def media_models(self, endpoint: Endpoint) -> str | None:
-        return "Mistral" if endpoint is Endpoint.TRANSCRIPTIONS else None
+        return {Endpoint.TRANSCRIPTIONS: "Mistral", Endpoint.OCR: "Mistral mistral-ocr-*"}.get(endpoint)
 
 
 # --- Responses API (/v1/responses): usage of answers and streams ---------------------------------
