@@ -13,9 +13,20 @@ from tokensense.providers.base import MediaRoute, ProviderAdapter, ResponsesStre
 from tokensense.providers.images_format import check_image_request, images_answer_usage
 from tokensense.providers.model_lists import ListedModel, ModelListShape
 from tokensense.providers.openai_usage import service_tier_of, usage_from_openai
+from tokensense.providers.openai_videos import (
+    VIDEOS,
+    VIDEOS_CONTENT,
+    VIDEOS_DELETE,
+    VIDEOS_LIST,
+    VIDEOS_RETRIEVE,
+    VideoJobs,
+    video_routes,
+)
+from tokensense.providers.owned import OwnedRules
 from tokensense.providers.routes import ClientRoute
 
-__all__ = ["FIM", "MISTRAL_ROUTES", "OPENAI_ERRORS", "OPENAI_ROUTES", "MistralAdapter", "OpenAIAdapter", "XAIAdapter", "usage_from_openai"]
+__all__ = ["FIM", "MISTRAL_ROUTES", "OPENAI_ERRORS", "OPENAI_ROUTES", "VIDEO_ROUTES", "MistralAdapter", "OpenAIAdapter",
+           "XAIAdapter", "usage_from_openai"]
 
 
 class OpenAIErrors(ErrorShape):
@@ -76,6 +87,12 @@ OPENAI_ROUTES: tuple[ClientRoute, ...] = (
 )
 
 
+# OpenAI's own: the videos API (Sora 2), its jobs kept to the key that started them.
+VIDEO_ROUTES = video_routes(OPENAI_ERRORS)
+VIDEO_JOBS = VideoJobs()
+_VIDEO_ENDPOINTS = frozenset({VIDEOS, VIDEOS_RETRIEVE, VIDEOS_CONTENT, VIDEOS_LIST, VIDEOS_DELETE})
+
+
 class OpenAIModelList(ModelListShape):
     """OpenAI's model list, the shape of the gateway's own catalog (with its `pricing` extension): the list every
     client gets that no other SDK's shape claims, naming every model (chat is translated for the others)."""
@@ -123,7 +140,7 @@ class OpenAIAdapter(ProviderAdapter):
     prices_id: ClassVar[str] = "openai"
     model_prefixes: ClassVar[tuple[str, ...]] = (
         "gpt-", "o1", "o3", "o4", "chatgpt-", "text-embedding-", "dall-e-", "gpt-image-", "tts-", "whisper-",
-        "omni-moderation-", "text-moderation-", "davinci-", "babbage-",
+        "omni-moderation-", "text-moderation-", "davinci-", "babbage-", "sora-",
     )
     hosts: ClassVar[tuple[str, ...]] = ("api.openai.com",)
     native: ClassVar[frozenset[Endpoint]] = frozenset({
@@ -132,7 +149,7 @@ class OpenAIAdapter(ProviderAdapter):
         Endpoint.MODERATIONS, *RESPONSES_ENDPOINTS,
     })
     openai_format: ClassVar[bool] = True
-    client_routes: ClassVar[tuple[ClientRoute, ...]] = OPENAI_ROUTES
+    client_routes: ClassVar[tuple[ClientRoute, ...]] = (*OPENAI_ROUTES, *VIDEO_ROUTES)
 
     def auth_headers(self, api_key: str) -> dict[str, str]:
         return {"authorization": f"Bearer {api_key}"}
@@ -174,6 +191,9 @@ class OpenAIAdapter(ProviderAdapter):
         if endpoint is Endpoint.IMAGE_VARIATIONS and (declared or model.startswith("dall-e-2")):
             return MediaRoute("images", "/v1/images/variations", answer_usage=images_answer_usage)
         return None
+
+    def owned_rules(self, endpoint: Endpoint) -> OwnedRules | None:
+        return VIDEO_JOBS if endpoint in _VIDEO_ENDPOINTS and self.name == "openai" else None
 
     def media_models(self, endpoint: Endpoint) -> str | None:
         return {Endpoint.IMAGES: "OpenAI dall-e-*/gpt-image-*", Endpoint.SPEECH: "OpenAI tts-*/gpt-4o-mini-tts",
@@ -217,6 +237,7 @@ class XAIAdapter(OpenAIAdapter):
     env_key: ClassVar[str] = "XAI_API_KEY"
     prices_id: ClassVar[str] = "x-ai"
     model_prefixes: ClassVar[tuple[str, ...]] = ("grok-",)
+    client_routes: ClassVar[tuple[ClientRoute, ...]] = OPENAI_ROUTES
     reasoning_outside_completion: ClassVar[bool] = True
     aliases: ClassVar[tuple[str, ...]] = ("x-ai", "grok")
     hosts: ClassVar[tuple[str, ...]] = ("api.x.ai",)
