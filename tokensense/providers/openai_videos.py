@@ -89,7 +89,9 @@ class VideoJobs(OwnedRules):
         seconds = answer.get("seconds", state.get("seconds"))
         size = answer.get("size", state.get("size"))
         try:
-            billed = float(seconds)
-        except (TypeError, ValueError):
+            billed = float(seconds) if isinstance(seconds, str | int | float) else None
+        except ValueError:
+            billed = None
+        if billed is None or billed < 0:
             return None
         return Metered(billed, size if isinstance(size, str) else None)
