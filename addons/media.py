@@ -288,18 +288,24 @@ class Media:
                                                               quality=quality)
 
     def _meter_pages(self, response: http.Response, call: CallContext, state: MediaCall) -> None:
-        """A document OCR answer: priced per page processed, as the answer's usage says."""
-        assert call.model is not None
+        """A document OCR answer: priced per page processed, as the answer's usage says (the catalog's page rate,
+        else the media table's `per_thousand_pages` for a model only config.toml knows)."""
+        assert call.provider is not None and call.model is not None
         try:
             answer = json.loads(response.content or b"")
         except (ValueError, UnicodeDecodeError):
             answer = None
         usage = state.answer_usage(answer) if state.answer_usage is not None else TokenUsage()
-        call.usage = usage
-        pages = usage.counters.get("pages", 0)
+        if not isinstance(answer, dict):
+            call.usage_unknown = True  # a page count it cannot read: unpriced, never $0
+        if self.runtime.prices.knows(call.provider.prices_id, call.model):
+            call.usage = usage  # the pages are a unit the catalog prices
+            return
+        pages = usage.units.get("input_document_pages", 0)
+        call.usage = TokenUsage(counters={"input_document_pages": pages} if pages else {})
         call.media_cost = self.prices.page_cost(call.model, pages)
-        if call.media_cost is None or not isinstance(answer, dict):
-            call.usage_unknown = True  # a page count or a page price it cannot read: unpriced, never $0
+        if call.media_cost is None:
+            call.usage_unknown = True
 
     def _finish_speech(self, call: CallContext, state: MediaCall, meter: media.AudioMeter) -> None:
         assert call.provider is not None and call.model is not None

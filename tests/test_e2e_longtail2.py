@@ -28,7 +28,7 @@ def forwarded(gw: Gateway, prefix: str, path: str) -> dict:
     return req
 
 
-# --- Mistral OCR: per page (media table: mistral-ocr-latest $2 per 1,000 pages) -------------------------------
+# --- Mistral OCR: per page (genai-prices: mistral-ocr-latest, now OCR 4.1, $4 per 1,000 pages) ------------------
 
 
 def test_ocr_priced_per_page_processed(gateway: Gateway, exec_id: str) -> None:
@@ -43,8 +43,8 @@ def test_ocr_priced_per_page_processed(gateway: Gateway, exec_id: str) -> None:
     [record] = gateway.wait_records(execution_id=exec_id)
     assert (record["provider"], record["model"], record["endpoint"], record["status"]) == \
         ("mistral", "mistral-ocr-latest", "ocr", 200)
-    assert json.loads(record["details"])["counters"] == {"pages": 7}
-    assert record["cost_usd"] == pytest.approx(7 * 2.0 / 1000, abs=MICRO)
+    assert json.loads(record["details"])["units"] == {"input_document_pages": 7}
+    assert record["cost_usd"] == pytest.approx(7 * 4.0 / 1000, abs=MICRO)
     assert float(r.headers["x-tokensense-cost-usd"]) == pytest.approx(record["cost_usd"], abs=MICRO)
 
 

@@ -433,9 +433,8 @@ def test_answers_tokensense_made_itself_are_not_translated_as_provider_errors() 
 
 
 def test_pages_seconds_and_storage_prices() -> None:
-    table = MediaPriceTable({"sora-2": {"per_second/1280x720": 0.2}, "mistral-ocr-2505": {"per_thousand_pages": 3}})
-    assert table.page_cost("mistral-ocr-latest", 7) == pytest.approx(0.014)
-    assert table.page_cost("mistral-ocr-2505", 1000) == pytest.approx(3.0)  # overridden
+    table = MediaPriceTable({"sora-2": {"per_second/1280x720": 0.2}, "ocr-local": {"per_thousand_pages": 3}})
+    assert table.page_cost("ocr-local", 1000) == pytest.approx(3.0)  # declared in config.toml
     assert table.page_cost("dall-e-2", 3) is None  # no page price: unpriced, not $0
     assert table.video_cost("sora-2", seconds=8, size="720x1280") == pytest.approx(0.8)
     assert table.video_cost("sora-2", seconds=8, size="1280x720") == pytest.approx(1.6)

@@ -124,16 +124,8 @@ DEFAULT_MEDIA_PRICES: dict[str, MediaPrice] = {
     "whisper-1": MediaPrice(per_minute=0.006),
     "gpt-4o-transcribe": MediaPrice(per_minute=0.006),
     "gpt-4o-mini-transcribe": MediaPrice(per_minute=0.003),
-    # Mistral OCR, per 1,000 pages processed (`usage_info.pages_processed`).
-    # Source: https://mistral.ai/pricing#api-pricing ("Document AI & OCR": Mistral OCR 25.05 $1 / 1K pages)
-    # and https://mistral.ai/news/mistral-ocr-3 (OCR 3, mistral-ocr-2512: $2 / 1K pages), entered 2026-12-06.
-    # `mistral-ocr-latest` is priced as OCR 3, the version it named when entered; override in config.toml.
-    **{model: MediaPrice(per_thousand_pages=usd, source=src) for model, usd, src in (
-        ("mistral-ocr-2503", 1.0, "https://mistral.ai/pricing#api-pricing (Mistral OCR: $1 / 1K pages)"),
-        ("mistral-ocr-2505", 1.0, "https://mistral.ai/pricing#api-pricing (Mistral OCR 25.05: $1 / 1K pages)"),
-        ("mistral-ocr-2512", 2.0, "https://mistral.ai/news/mistral-ocr-3 (Mistral OCR 3: $2 / 1K pages)"),
-        ("mistral-ocr-latest", 2.0, "https://mistral.ai/news/mistral-ocr-3 (Mistral OCR 3: $2 / 1K pages)"),
-    )},
+    # Document OCR (Mistral's `mistral-ocr-*`) is priced per page by the genai-prices catalog
+    # (`input_document_kpages`, with Mistral's sources); `per_thousand_pages` here is for models it lacks.
     # OpenAI Sora 2 videos, per second of the requested duration, by output size.
     # Source: https://platform.openai.com/docs/pricing ("Video": sora-2 $0.10/s at 720x1280 and 1280x720;
     # sora-2-pro $0.30/s at 720x1280 and 1280x720, $0.50/s at 1024x1792 and 1792x1024), entered 2026-12-06.

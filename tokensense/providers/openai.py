@@ -268,12 +268,12 @@ MISTRAL_ROUTES: tuple[ClientRoute, ...] = (
 
 
 def ocr_usage(answer: Any) -> TokenUsage:
-    """An OCR answer's pages processed (`usage_info.pages_processed`), kept in the record's counters."""
+    """An OCR answer's pages processed (`usage_info.pages_processed`), the unit the catalog prices OCR by."""
     info = answer.get("usage_info") if isinstance(answer, dict) else None
     pages = info.get("pages_processed") if isinstance(info, dict) else None
     if isinstance(pages, bool) or not isinstance(pages, int) or pages < 0:
         pages = 0
-    return TokenUsage(counters={"pages": pages} if pages else {})
+    return TokenUsage(units={"input_document_pages": pages} if pages else {})
 
 
 class MistralAdapter(OpenAIAdapter):
