@@ -48,6 +48,36 @@ def test_ocr_priced_per_page_processed(gateway: Gateway, exec_id: str) -> None:
     assert float(r.headers["x-tokensense-cost-usd"]) == pytest.approx(record["cost_usd"], abs=MICRO)
 
 
+def test_an_ocr_answer_is_read_wherever_it_is_metered() -> None:
+    """Intercept mode and `tokensense reprice` read answers with `usage_from_answer`: OCR's pages are found too."""
+    from tokensense.metering.pricing import PriceBook
+    from tokensense.metering.usage_extract import usage_from_answer
+    from tokensense.providers import PROVIDERS
+
+    answer = json.dumps({"pages": [], "model": "mistral-ocr-2505",
+                         "usage_info": {"pages_processed": 12, "doc_size_bytes": 1}}).encode()
+    usage = usage_from_answer(PROVIDERS["mistral"], answer)
+    assert usage.units == {"input_document_pages": 12}
+    assert PriceBook({}).cost("mistral", "mistral-ocr-2505", usage) == pytest.approx(12 * 1.0 / 1000)
+
+
+def test_reprice_of_an_ocr_call_equals_its_recorded_cost(tmp_path, fake_provider) -> None:
+    record_file = tmp_path / "calls.flows"
+    gw = start_gateway(tmp_path, fake_provider, serve_args=["--record", str(record_file)])
+    try:
+        r = httpx.post(f"{gw.url}/v1/ocr", timeout=30,
+                       headers={"authorization": f"Bearer {gw.key}", "x-fake-pages": "3", "x-workflow-tag": "ocr"},
+                       json={"model": "mistral-ocr-2512", "document": {"type": "document_url", "document_url": "x"}})
+        assert r.status_code == 200
+        [record] = gw.wait_records(workflow="ocr")
+    finally:
+        stop(gw.process)
+    assert record["cost_usd"] == pytest.approx(3 * 2.0 / 1000, abs=MICRO)  # OCR 3: $2 per 1,000 pages
+    reprice = json.loads(gw.cli("reprice", str(record_file), "--json").stdout)
+    [group] = [g for g in reprice["by_workflow"] if g["workflow"] == "ocr"]
+    assert group["cost_usd"] == pytest.approx(record["cost_usd"], abs=1e-9)
+
+
 def test_ocr_with_a_chat_model_is_a_400_that_never_leaves(gateway: Gateway) -> None:
     before = len(gateway.fake.requests())
     r = httpx.post(f"{gateway.url}/v1/ocr", headers={"authorization": f"Bearer {gateway.key}"},

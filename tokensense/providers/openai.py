@@ -300,6 +300,12 @@ class MistralAdapter(OpenAIAdapter):
             return Upstream(FIM, "/v1/fim/completions")
         return super().upstream(endpoint, model, stream=stream, action=action, version=version)
 
+    def usage_from_body(self, body: Any) -> TokenUsage | None:
+        # An OCR answer has `usage_info` (pages), no `usage`: read wherever an answer is (intercept mode, reprice).
+        if isinstance(body, dict) and "usage" not in body and isinstance(body.get("usage_info"), dict):
+            return ocr_usage(body)
+        return super().usage_from_body(body)
+
     def media_route(self, endpoint: Endpoint, model: str, *, declared: bool) -> MediaRoute | None:
         if endpoint is Endpoint.TRANSCRIPTIONS:
             return MediaRoute("transcription", "/v1/audio/transcriptions", audio=AUDIO)
