@@ -216,3 +216,11 @@ def test_context_cache_storage_booked_from_its_ttl_and_its_extension(gateway: Ga
     client.caches.delete(name=cache.name)
     records = gateway.wait_records(5, execution_id=exec_id)
     assert [r["cost_usd"] for r in records[2:]] == [0, 0, 0]  # get, list and delete are free
+
+
+def test_model_list_names_the_video_models_as_media_priced(gateway: Gateway) -> None:
+    listed = httpx.get(f"{gateway.url}/v1/models", headers={"authorization": f"Bearer {gateway.key}"}).json()
+    pricing = {m["id"]: m.get("pricing") for m in listed["data"]}
+    assert pricing["sora-2"] == "media" and pricing["sora-2-pro"] == "media"
+    assert pricing["gemini-2.5-flash"] == "catalog"  # a storage rate does not make a chat model a media model
+    assert pricing["mistral-ocr-latest"] == "catalog"
