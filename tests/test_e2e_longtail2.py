@@ -174,6 +174,12 @@ def test_a_video_the_budget_cannot_cover_is_refused_before_the_provider(gateway:
     assert refused.value.status_code in (402, 429)
     assert len(gateway.fake.requests()) == before
     assert poor.videos.create(model="sora-2", prompt="Short", seconds="4").id  # $0.40 fits
+    capped = openai_client(gateway, new_key(gateway, "--max-call-usd", "1"))
+    with pytest.raises(openai.APIStatusError) as over_cap:
+        capped.videos.create(model="sora-2-pro", prompt="Long", seconds="4", size="1792x1024")  # $2.00 > $1 cap
+    assert over_cap.value.status_code == 402
+    assert len(gateway.fake.requests()) == before + 1
+    assert capped.videos.create(model="sora-2", prompt="Short", seconds="8").id  # $0.80 within the cap
 
 
 # --- Gemini context caches: storage = tokens x hours x the model's rate ($1.00 per 1M tokens per hour, Flash) -----
