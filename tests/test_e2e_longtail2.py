@@ -230,3 +230,23 @@ def test_model_list_names_the_video_models_as_media_priced(gateway: Gateway) -> 
     assert pricing["sora-2"] == "media" and pricing["sora-2-pro"] == "media"
     assert pricing["gemini-2.5-flash"] == "catalog"  # a storage rate does not make a chat model a media model
     assert pricing["mistral-ocr-latest"] == "catalog"
+
+
+def test_reprice_of_context_cache_calls_equals_their_recorded_storage(tmp_path, fake_provider) -> None:
+    record_file = tmp_path / "calls.flows"
+    gw = start_gateway(tmp_path, fake_provider, serve_args=["--record", str(record_file)])
+    try:
+        client = genai_client(gw, **{"x-workflow-tag": "cache"})
+        cache = client.caches.create(model="gemini-2.5-pro", config={
+            "contents": [{"role": "user", "parts": [{"text": "a long document " * 400}]}], "ttl": "7200s"})
+        client.caches.update(name=cache.name, config={"ttl": "9000s"})
+        client.caches.get(name=cache.name)
+        records = gw.wait_records(3, workflow="cache")
+    finally:
+        stop(gw.process)
+    recorded = sum(r["cost_usd"] for r in records)
+    assert records[0]["cost_usd"] == pytest.approx(1200 / 1e6 * 2 * 4.50, abs=1e-9)  # 1,200 tokens, 2 h, Pro
+    reprice = json.loads(gw.cli("reprice", str(record_file), "--json").stdout)
+    [group] = [g for g in reprice["by_workflow"] if g["workflow"] == "cache"]
+    assert group["requests"] == 3 and group["cost_usd"] == pytest.approx(recorded, abs=1e-9)
+    assert reprice["total"]["unpriced"] == 0
