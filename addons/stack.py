@@ -12,6 +12,7 @@ from addons.lifecycle import Lifecycle
 from addons.media import Media
 from addons.metering import Metering
 from addons.observability import Observability
+from addons.owned import OwnedResources
 from addons.policy import Policy
 from addons.provider_auth import ProviderAuth
 from addons.realtime import RealtimeSockets
@@ -40,6 +41,7 @@ def tokensense_addons(runtime: Runtime | None = None) -> list[object]:
         RequestRecords(runtime),  # GET /v1/tokensense/requests/{id}, answered before routing
         Router(runtime),  # request: parse, resolve, prepare the upstream request
         Responses(runtime),  # the Responses API: parse, ownership, answers (before Translation and Metering)
+        OwnedResources(runtime),  # video jobs and context caches: ownership, storage and job bookings
         Media(runtime),
         Policy(runtime),  # request: access, rate, budget
         ProviderAuth(),  # request: short-lived provider tokens (Vertex AI), fetched off the event loop

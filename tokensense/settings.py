@@ -47,6 +47,8 @@ class Settings(BaseSettings):
     metrics_max_label_values: int = 100
     # Opens `tokensense dashboard --web` (as do admin keys); at least 16 characters. Not passed to the dashboard's processes.
     dashboard_token: str | None = None
+    # Dashboard processes `tokensense dashboard --web` runs at once (one a browser tab); a tab beyond it gets a 503 page.
+    dashboard_max_processes: int = Field(default=8, ge=1)
     # Use only environment provider keys (the demo points them at its fake providers).
     ignore_stored_providers: bool = False
 

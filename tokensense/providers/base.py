@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any, ClassVar, NamedTuple
 from tokensense.core.endpoints import Endpoint
 from tokensense.core.paths import path_segment
 from tokensense.core.usage import TokenUsage
+from tokensense.providers.owned import OwnedRules
 from tokensense.providers.routes import ClientRoute, ErrorPath, Route
 
 if TYPE_CHECKING:
@@ -225,6 +226,11 @@ class Provider(ABC):
 
     def media_route(self, endpoint: Endpoint, model: str, *, declared: bool) -> MediaRoute | None:
         """Where a media request for `model` goes (images, speech, transcriptions), or None if not served."""
+        return None
+
+    def owned_rules(self, endpoint: Endpoint) -> OwnedRules | None:
+        """The `OwnedRules` (providers/owned.py) of the resources a call on `endpoint` makes or names (video jobs,
+        context caches), or None where the provider has none."""
         return None
 
     def intercept_route(self, method: str, path: str) -> Route | None:

@@ -14,12 +14,23 @@ from tokensense.providers.images_format import check_image_request, images_answe
 from tokensense.providers.model_lists import ListedModel, ModelListShape
 from tokensense.providers.openai_realtime import REALTIME_CLIENT_SECRETS, REALTIME_DEFAULT_MODEL, OpenAIRealtime
 from tokensense.providers.openai_usage import service_tier_of, usage_from_openai
+from tokensense.providers.openai_videos import (
+    VIDEOS,
+    VIDEOS_CONTENT,
+    VIDEOS_DELETE,
+    VIDEOS_LIST,
+    VIDEOS_RETRIEVE,
+    VideoJobs,
+    video_routes,
+)
+from tokensense.providers.owned import OwnedRules
 from tokensense.providers.routes import ClientRoute
 
 if TYPE_CHECKING:
     from tokensense.providers.sockets import SocketProtocol
 
-__all__ = ["FIM", "MISTRAL_ROUTES", "OPENAI_ERRORS", "OPENAI_ROUTES", "MistralAdapter", "OpenAIAdapter", "XAIAdapter", "usage_from_openai"]
+__all__ = ["FIM", "MISTRAL_ROUTES", "OPENAI_ERRORS", "OPENAI_ROUTES", "VIDEO_ROUTES", "MistralAdapter", "OpenAIAdapter",
+           "XAIAdapter", "usage_from_openai"]
 
 
 class OpenAIErrors(ErrorShape):
@@ -85,6 +96,12 @@ OPENAI_ROUTES: tuple[ClientRoute, ...] = (
 )
 
 
+# OpenAI's own: the videos API (Sora 2), its jobs kept to the key that started them.
+VIDEO_ROUTES = video_routes(OPENAI_ERRORS)
+VIDEO_JOBS = VideoJobs()
+_VIDEO_ENDPOINTS = frozenset({VIDEOS, VIDEOS_RETRIEVE, VIDEOS_CONTENT, VIDEOS_LIST, VIDEOS_DELETE})
+
+
 class OpenAIModelList(ModelListShape):
     """OpenAI's model list, the shape of the gateway's own catalog (with its `pricing` extension): the list every
     client gets that no other SDK's shape claims, naming every model (chat is translated for the others)."""
@@ -132,7 +149,7 @@ class OpenAIAdapter(ProviderAdapter):
     prices_id: ClassVar[str] = "openai"
     model_prefixes: ClassVar[tuple[str, ...]] = (
         "gpt-", "o1", "o3", "o4", "chatgpt-", "text-embedding-", "dall-e-", "gpt-image-", "tts-", "whisper-",
-        "omni-moderation-", "text-moderation-", "davinci-", "babbage-",
+        "omni-moderation-", "text-moderation-", "davinci-", "babbage-", "sora-",
     )
     hosts: ClassVar[tuple[str, ...]] = ("api.openai.com",)
     native: ClassVar[frozenset[Endpoint]] = frozenset({
@@ -141,7 +158,7 @@ class OpenAIAdapter(ProviderAdapter):
         Endpoint.MODERATIONS, *RESPONSES_ENDPOINTS, REALTIME_CLIENT_SECRETS,
     })
     openai_format: ClassVar[bool] = True
-    client_routes: ClassVar[tuple[ClientRoute, ...]] = OPENAI_ROUTES
+    client_routes: ClassVar[tuple[ClientRoute, ...]] = (*OPENAI_ROUTES, *VIDEO_ROUTES)
 
     def auth_headers(self, api_key: str) -> dict[str, str]:
         return {"authorization": f"Bearer {api_key}"}
@@ -197,6 +214,9 @@ class OpenAIAdapter(ProviderAdapter):
             return MediaRoute("images", "/v1/images/variations", answer_usage=images_answer_usage)
         return None
 
+    def owned_rules(self, endpoint: Endpoint) -> OwnedRules | None:
+        return VIDEO_JOBS if endpoint in _VIDEO_ENDPOINTS and self.name == "openai" else None
+
     def media_models(self, endpoint: Endpoint) -> str | None:
         return {Endpoint.IMAGES: "OpenAI dall-e-*/gpt-image-*", Endpoint.SPEECH: "OpenAI tts-*/gpt-4o-mini-tts",
                 Endpoint.TRANSCRIPTIONS: "OpenAI whisper-*/gpt-4o-*transcribe",
@@ -239,6 +259,7 @@ class XAIAdapter(OpenAIAdapter):
     env_key: ClassVar[str] = "XAI_API_KEY"
     prices_id: ClassVar[str] = "x-ai"
     model_prefixes: ClassVar[tuple[str, ...]] = ("grok-",)
+    client_routes: ClassVar[tuple[ClientRoute, ...]] = OPENAI_ROUTES
     reasoning_outside_completion: ClassVar[bool] = True
     aliases: ClassVar[tuple[str, ...]] = ("x-ai", "grok")
     hosts: ClassVar[tuple[str, ...]] = ("api.x.ai",)
@@ -264,7 +285,17 @@ FIM = Endpoint("fim.completions")
 MISTRAL_ROUTES: tuple[ClientRoute, ...] = (
     *OPENAI_ROUTES,
     _openai_route(r"/v1/fim/completions", FIM, intercepted=True, genai_operation="text_completion"),
+    _openai_route(r"/v1/ocr", Endpoint.OCR, intercepted=True),
 )
+
+
+def ocr_usage(answer: Any) -> TokenUsage:
+    """An OCR answer's pages processed (`usage_info.pages_processed`), the unit the catalog prices OCR by."""
+    info = answer.get("usage_info") if isinstance(answer, dict) else None
+    pages = info.get("pages_processed") if isinstance(info, dict) else None
+    if isinstance(pages, bool) or not isinstance(pages, int) or pages < 0:
+        pages = 0
+    return TokenUsage(units={"input_document_pages": pages} if pages else {})
 
 
 class MistralAdapter(OpenAIAdapter):
@@ -279,7 +310,7 @@ class MistralAdapter(OpenAIAdapter):
     )
     hosts: ClassVar[tuple[str, ...]] = ("api.mistral.ai",)
     native: ClassVar[frozenset[Endpoint]] = frozenset({Endpoint.CHAT, Endpoint.EMBEDDINGS, Endpoint.TRANSCRIPTIONS,
-                                                       FIM})
+                                                       FIM, Endpoint.OCR})
     client_routes: ClassVar[tuple[ClientRoute, ...]] = MISTRAL_ROUTES
 
     output_caps: ClassVar[Mapping[str, int]] = {"mistral": 32_768, "codestral": 32_768}
@@ -291,13 +322,21 @@ class MistralAdapter(OpenAIAdapter):
             return Upstream(FIM, "/v1/fim/completions")
         return super().upstream(endpoint, model, stream=stream, action=action, version=version)
 
+    def usage_from_body(self, body: Any) -> TokenUsage | None:
+        # An OCR answer has `usage_info` (pages), no `usage`: read wherever an answer is (intercept mode, reprice).
+        if isinstance(body, dict) and "usage" not in body and isinstance(body.get("usage_info"), dict):
+            return ocr_usage(body)
+        return super().usage_from_body(body)
+
     def media_route(self, endpoint: Endpoint, model: str, *, declared: bool) -> MediaRoute | None:
         if endpoint is Endpoint.TRANSCRIPTIONS:
             return MediaRoute("transcription", "/v1/audio/transcriptions", audio=AUDIO)
+        if endpoint is Endpoint.OCR and (declared or model.startswith("mistral-ocr-")):
+            return MediaRoute("pages", "/v1/ocr", answer_usage=ocr_usage)
         return None
 
     def media_models(self, endpoint: Endpoint) -> str | None:
-        return "Mistral" if endpoint is Endpoint.TRANSCRIPTIONS else None
+        return {Endpoint.TRANSCRIPTIONS: "Mistral", Endpoint.OCR: "Mistral mistral-ocr-*"}.get(endpoint)
 
 
 # --- Responses API (/v1/responses): usage of answers and streams ---------------------------------

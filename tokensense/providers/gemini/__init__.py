@@ -9,9 +9,11 @@ from tokensense.core.endpoints import Endpoint
 from tokensense.core.errors import ErrorShape, GatewayError
 from tokensense.core.usage import TokenUsage
 from tokensense.providers.base import MediaRoute, ProviderAdapter, StreamUsage, Translator, Upstream, model_segment
+from tokensense.providers.gemini.caches import CACHE_ENDPOINTS, ContextCaches, cache_routes
 from tokensense.providers.gemini.live import GeminiLive
 from tokensense.providers.gemini.usage import usage_from_gemini
 from tokensense.providers.model_lists import ModelListShape
+from tokensense.providers.owned import OwnedRules
 from tokensense.providers.routes import ClientRoute, ErrorPath, error_path
 from tokensense.providers.sockets import SocketProtocol
 
@@ -59,6 +61,8 @@ GEMINI_ROUTES: tuple[ClientRoute, ...] = (
     # google-genai's model list and single model (answered by the gateway, in Google's shape).
     ClientRoute(("GET",), "/v1beta/models", Endpoint.MODELS, GOOGLE_ERRORS),
     ClientRoute(("GET",), r"/v1beta/models/(?P<resource>[^/:]+)", Endpoint.MODEL, GOOGLE_ERRORS),
+    # Context caches: kept to the key that made them, their storage booked by the hour (caches.py).
+    *cache_routes(GOOGLE_ERRORS),
 )
 
 
@@ -158,6 +162,9 @@ class GeminiAdapter(ProviderAdapter):
     def media_models(self, endpoint: Endpoint) -> str | None:
         return "Google imagen-*" if endpoint is Endpoint.IMAGES else None
 
+    def owned_rules(self, endpoint: Endpoint) -> OwnedRules | None:
+        return _CACHES if endpoint in CACHE_ENDPOINTS else None
+
     usage_key: ClassVar[bytes | None] = b"usageMetadata"
 
     def usage_from_object(self, usage: dict) -> TokenUsage | None:
@@ -205,3 +212,6 @@ def _chat_translator() -> Translator:
 
 
 _CHAT = _chat_translator()
+
+
+_CACHES = ContextCaches()
