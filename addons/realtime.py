@@ -114,6 +114,8 @@ class RealtimeSockets:
             who = attribution(req.headers)
             if not who.get("project"):
                 who["project"] = key.project
+            if not who.get("execution_id"):
+                who["execution_id"] = f"session-{request_id}"  # a session is one execution: its responses grouped
             session = sessions.Session(key=key, provider=provider, protocol=protocol, model=handshake.model,
                                        attribution=who, request_id=request_id,
                                        max_cost_usd=take_max_cost_header(req.headers))

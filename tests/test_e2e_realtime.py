@@ -113,6 +113,21 @@ def test_browser_subprotocol_key_is_swapped(gw: Gateway, exec_id: str) -> None:
     assert gw.key not in json.dumps(seen)
 
 
+def test_a_session_without_an_execution_id_is_one_execution(gw: Gateway) -> None:
+    url = gw.url.replace("http://", "ws://") + "/v1/realtime?model=gpt-realtime"
+    with websockets.sync.client.connect(url, additional_headers={"authorization": f"Bearer {gw.key}"},
+                                        open_timeout=10) as socket:
+        assert socket.response is not None
+        session = socket.response.headers["x-tokensense-request-id"]
+        assert json.loads(socket.recv(timeout=10))["type"] == "session.created"
+        for _ in range(2):
+            socket.send(json.dumps({"type": "response.create", "response": {"output_modalities": ["text"]}}))
+            while json.loads(socket.recv(timeout=10))["type"] != "response.done":
+                pass
+    rows = gw.wait_records(2, execution_id=f"session-{session}")
+    assert len(rows) == 2 and all(r["status"] == 200 for r in rows)
+
+
 def test_a_spent_key_is_refused_at_the_handshake_with_nothing_opened_upstream(gw: Gateway, exec_id: str) -> None:
     gw.fake.clear()
     client = _client(gw, exec_id, key=gw.extra["spent"])
