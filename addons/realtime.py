@@ -181,8 +181,10 @@ class RealtimeSockets:
         session.last_activity = time.monotonic()
         if not message.from_client:
             try:
-                sessions.on_server_frame(self.runtime, session,
-                                         session.protocol.server_frame(message.content, message.is_text))
+                named = sessions.on_server_frame(self.runtime, session,
+                                                 session.protocol.server_frame(message.content, message.is_text))
+                if named:  # a handshake that named no model (a WebRTC call's sideband): policed now
+                    await self._police_session(flow, session, message)
             except Exception:  # the frame still reaches the client; its metering is what failed
                 log.exception("realtime session: a server frame could not be metered")
             return
@@ -208,11 +210,7 @@ class RealtimeSockets:
         sessions.on_client_frame(session, frame)
         if frame.model is not None and frame.model == session.model and not frame.starts_response:
             # The protocol names its model in a frame (its setup): policed as the handshake would have been.
-            try:
-                await sessions.police_response(self.runtime, session, None, handshake=True)
-            except Refused as refused:
-                message.drop()
-                close_websocket(flow, CLOSE_POLICY, refused.error.message[:120])
+            await self._police_session(flow, session, message)
             return
         if not frame.starts_response or session.model is None:
             return
@@ -226,6 +224,20 @@ class RealtimeSockets:
             self._refuse_response(flow, session, call, refused, frame.event_id)
             return
         sessions.asked(session, call, frame)
+
+    async def _police_session(self, flow: http.HTTPFlow, session: sessions.Session,
+                              message: WebSocketMessage) -> None:
+        """The session's model is known only now: policed as its handshake would have been; a refusal drops the
+        frame, tells the client and closes the socket (1008)."""
+        try:
+            await sessions.police_response(self.runtime, session, None, handshake=True)
+        except Refused as refused:
+            message.drop()
+            data = session.protocol.error_frame(refused.error.status, refused.error.message,
+                                                code=refused.error.code, event_id=None)
+            if data is not None and flow.websocket is not None and flow.websocket.timestamp_end is None:
+                ctx.master.commands.call("inject.websocket", flow, True, data, True)
+            close_websocket(flow, CLOSE_POLICY, refused.error.message)
 
     def _refuse_response(self, flow: http.HTTPFlow, session: sessions.Session, call: CallContext, refused: Refused,
                          event_id: str | None) -> None:
@@ -241,7 +253,7 @@ class RealtimeSockets:
         """The protocol's error event to the client, or a close where the protocol has none."""
         data = session.protocol.error_frame(error.status, error.message, code=error.code, event_id=event_id)
         if data is None:
-            close_websocket(flow, CLOSE_POLICY, error.message[:120])
+            close_websocket(flow, CLOSE_POLICY, error.message)
         elif flow.websocket is not None and flow.websocket.timestamp_end is None:
             ctx.master.commands.call("inject.websocket", flow, True, data, True)
 

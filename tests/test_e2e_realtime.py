@@ -128,6 +128,30 @@ def test_a_session_without_an_execution_id_is_one_execution(gw: Gateway) -> None
     assert len(rows) == 2 and all(r["status"] == 200 for r in rows)
 
 
+def test_a_webrtc_calls_sideband_is_metered(gw: Gateway, exec_id: str) -> None:
+    """A WebRTC call's media goes between the browser and OpenAI; its server opens the call's sideband socket
+    (`?call_id=`) through the gateway, which learns the model from the session and meters each response on it."""
+    url = gw.url.replace("http://", "ws://") + "/v1/realtime?call_id=rtc_test_call_1"
+    headers = {"authorization": f"Bearer {gw.key}", "x-execution-id": exec_id}
+    with websockets.sync.client.connect(url, additional_headers=headers, open_timeout=10) as socket:
+        assert json.loads(socket.recv(timeout=10))["type"] == "session.created"
+        socket.send(json.dumps({"type": "response.create", "response": {"output_modalities": ["text"]}}))
+        while json.loads(socket.recv(timeout=10))["type"] != "response.done":
+            pass
+    (row,) = gw.wait_records(1, execution_id=exec_id)
+    assert row["model"] == "gpt-realtime" and row["status"] == 200 and row["cost_usd"] > 0
+    (seen,) = _fake_saw(gw.fake, "realtime", exec_id)
+    assert seen["query"] == {"call_id": "rtc_test_call_1"}
+
+    spent = {"authorization": f"Bearer {gw.extra['spent']}", "x-execution-id": exec_id + "-spent"}
+    with websockets.sync.client.connect(url, additional_headers=spent, open_timeout=10) as socket:
+        error = json.loads(socket.recv(timeout=10))
+        assert error["type"] == "error" and error["error"]["code"] == "budget_exceeded"
+        with pytest.raises(websockets.exceptions.ConnectionClosed) as closed:
+            socket.recv(timeout=10)
+        assert closed.value.rcvd is not None and closed.value.rcvd.code == 1008
+
+
 def test_a_spent_key_is_refused_at_the_handshake_with_nothing_opened_upstream(gw: Gateway, exec_id: str) -> None:
     gw.fake.clear()
     client = _client(gw, exec_id, key=gw.extra["spent"])

@@ -41,6 +41,13 @@ def test_openai_handshake_needs_a_model() -> None:
     with pytest.raises(GatewayError) as missing:
         OPENAI_REALTIME.handshake("/v1/realtime", {})
     assert missing.value.status == 400
+    sideband = OPENAI_REALTIME.handshake("/v1/realtime", {"call_id": "rtc_abc"})  # a WebRTC call's server side
+    assert sideband.model is None
+    with pytest.raises(GatewayError):
+        OPENAI_REALTIME.handshake("/v1/realtime", {"call_id": "../x"})
+    created = OPENAI_REALTIME.server_frame(_bytes({"type": "session.created", "session": {"model": "gpt-realtime"}}),
+                                           True)
+    assert created.model == "gpt-realtime"
 
 
 def test_openai_client_frames() -> None:

@@ -156,8 +156,13 @@ def asked(session: Session, call: CallContext, frame: ClientFrame) -> None:
     session.responses.append(Response(call, event_id=frame.event_id))
 
 
-def on_server_frame(runtime: Runtime, session: Session, frame: ServerFrame) -> None:
-    """Book what a server frame reports: a response started, its usage, its end (one record), a refused ask."""
+def on_server_frame(runtime: Runtime, session: Session, frame: ServerFrame) -> bool:
+    """Book what a server frame reports: a response started, its usage, its end (one record), a refused ask.
+    True when the frame named the session's model for the first time (the session is then to be policed)."""
+    if frame.model is not None and session.model is None:
+        session.model = frame.model
+        session.provider = serving_provider(session.provider, session.protocol, frame.model)
+        return True
     if frame.failed_event_id is not None:
         for response in list(session.responses):
             if response.event_id == frame.failed_event_id and not response.started:
@@ -165,11 +170,11 @@ def on_server_frame(runtime: Runtime, session: Session, frame: ServerFrame) -> N
                 session.responses.remove(response)
                 response.call.record_state = Record.NONE
                 settle_counters(runtime.counters, response.call, response.call.policed, tokens=0, cost=0.0)
-                return
+                return False
     if not (frame.started or frame.usage is not None or frame.done):
-        return
+        return False
     if frame.usage is None and not frame.started and not session.responses:
-        return  # the end of a turn nobody asked for and nothing was said in: nothing to book
+        return False  # the end of a turn nobody asked for and nothing was said in: nothing to book
     current = _current(session)
     if frame.started:
         current.started = True
@@ -180,6 +185,7 @@ def on_server_frame(runtime: Runtime, session: Session, frame: ServerFrame) -> N
         session.responses.remove(current)
         _record(runtime, session, current, 502 if frame.status == "failed" else 200,
                 error=f"The response ended with status `{frame.status}`." if frame.status == "failed" else None)
+    return False
 
 
 def _current(session: Session) -> Response:

@@ -9,7 +9,9 @@ with text and audio tokens). Browsers cannot set headers on a WebSocket: they
 send the key as the subprotocol `openai-insecure-api-key.KEY`. Errors are
 events `{"type": "error", "error": {"type", "code", "message", "param",
 "event_id"}}`, where `event_id` names the client event that caused it; the
-socket stays open.
+socket stays open. A WebRTC call's server side opens the same socket with `?call_id=rtc_...` (its
+"sideband") instead of a model: the session's events name the model, and every response of the call,
+the ones the browser's voice starts included, ends on it with its usage.
 """
 
 from __future__ import annotations
@@ -40,6 +42,7 @@ REALTIME_DEFAULT_MODEL = "gpt-realtime"  # the model a client secret's session u
 
 # The largest output of one realtime response (`max_output_tokens: "inf"` is this many).
 REALTIME_MAX_OUTPUT_TOKENS = 4_096
+_CALL_ID = re.compile(r"rtc_[A-Za-z0-9_-]{1,200}")
 
 
 def _cap(value: Any) -> int | None:
@@ -66,13 +69,20 @@ class OpenAIRealtime(SocketProtocol):
     paths = re.compile(r"/v1/realtime/?")
     key_subprotocol = "openai-insecure-api-key."
     client_markers = (b'"response.create"', b'"session.update"')
-    server_markers = (b'"response.done"', b'"response.created"', b'"error"')
+    server_markers = (b'"response.done"', b'"response.created"', b'"error"', b'"session.created"',
+                      b'"session.updated"')
 
     def __init__(self, errors: ErrorShape) -> None:
         self.errors = errors
 
     def handshake(self, path: str, query: Mapping[str, str]) -> Handshake:
         model = query.get("model") or ""
+        call_id = query.get("call_id")
+        if not model and call_id is not None:
+            # A WebRTC call's sideband (the server's control socket): the session names its model.
+            if not _CALL_ID.fullmatch(call_id):
+                raise GatewayError(400, "Invalid value for 'call_id'.", code="invalid_value", param="call_id")
+            return Handshake(model=None, upstream_path="/v1/realtime")
         if not model:
             raise GatewayError(400, "Missing required parameter: 'model' (wss://.../v1/realtime?model=gpt-realtime).",
                                code="missing_required_parameter", param="model")
@@ -106,6 +116,10 @@ class OpenAIRealtime(SocketProtocol):
         kind = event.get("type")
         if kind == "response.created":
             return ServerFrame(started=True)
+        if kind in ("session.created", "session.updated"):
+            session = event.get("session")
+            model = session.get("model") if isinstance(session, dict) else None
+            return ServerFrame(model=model) if isinstance(model, str) and model else NOTHING_SERVER
         if kind == "response.done":
             response = event.get("response")
             response = response if isinstance(response, dict) else {}

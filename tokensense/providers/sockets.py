@@ -55,6 +55,7 @@ class ServerFrame:
     done: bool = False  # the current response ended (its usage is final)
     status: str | None = None  # how it ended, in the provider's words ("completed", "cancelled", ...)
     failed_event_id: str | None = None  # an error about this client frame: its response will not come
+    model: str | None = None  # the session's model, as the server names it (a handshake that named none)
 
 
 NOTHING_CLIENT = ClientFrame()

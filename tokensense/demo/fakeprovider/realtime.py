@@ -16,7 +16,8 @@ whose `usage` counts, like the real API:
 
 Each `response.create` is logged like an HTTP request (`"transport": "realtime"`), each handshake
 that reaches the fake as `"transport": "realtime.handshake"`.
-The handshake's `x-fake-chunk-delay-ms` paces the deltas (to cut a session mid-response).
+The handshake's `x-fake-chunk-delay-ms` paces the deltas (to cut a session mid-response). `?call_id=rtc_...`
+instead of `model` opens a WebRTC call's sideband socket (its session's model: gpt-realtime).
 """
 
 from __future__ import annotations
@@ -113,7 +114,9 @@ async def serve(request: web.Request, *, log: deque, state: dict[str, Any]) -> w
     controls = handshake.check(request, openai_format, prefix=prefix, state=state, other_key=bool(key))
     if isinstance(controls, web.Response):
         return controls
-    model = request.query.get("model", "")
+    # `?call_id=rtc_...`: the sideband of a WebRTC call (the server's control socket): the call's session, whose
+    # model the fake takes to be gpt-realtime (the browser chose it in its SDP exchange).
+    model = request.query.get("model", "") or ("gpt-realtime" if request.query.get("call_id") else "")
     if not model:
         return handshake.refusal(openai_format.error(400, "Missing required parameter: 'model'.", "model"))
     socket = web.WebSocketResponse(max_msg_size=16 * 1024 * 1024, protocols=(subprotocol,) if subprotocol else ())
