@@ -17,6 +17,7 @@ from tokensense.gateway.keys import KeyStore
 from tokensense.gateway.limits import CounterStore
 from tokensense.gateway.shared_counters import hub_socket_from_env, make_counters
 from tokensense.gateway.shutdown import InFlight
+from tokensense.gateway.typical_output import OutputHistory, recent_outputs
 from tokensense.metering.hub_recorder import HubRecorder
 from tokensense.metering.pricing import PriceBook
 from tokensense.metering.recorder import UsageRecorder, describe_error, usage_recorder
@@ -47,6 +48,7 @@ class Runtime:
         self.config: FileConfig = FileConfig()
         self.prices = PriceBook()
         self.guard = LoopGuard(repeat_limit=None)  # the runaway guard ([guards] of config.toml, set at start)
+        self.typical: OutputHistory | None = None  # the outputs seen per model with [budgets] reserve = "typical"
         self.keys: KeyStore | None = None
         self.recorder: UsageRecorder | HubRecorder | None = None
         self.retention: RetentionWorker | None = None  # prunes old records where this process writes them
@@ -97,12 +99,20 @@ class Runtime:
             if not hub and self.config.retention.raw_days is not None:
                 self.retention = RetentionWorker(self.engine, raw_days=self.config.retention.raw_days).start()
             self.counters = make_counters(self.settings.redis_url, settings=self.settings)
+            self._start_typical()
             from tokensense.gateway.key_pool import KeyPools
             from tokensense.gateway.retry import pool_policy
 
             self.pools = KeyPools(pool_policy(self.config.routing), redis_url=self.settings.redis_url,
                                   on_take_out=self._take_out)
             self.started = True
+
+    def _start_typical(self) -> None:
+        """`[budgets] reserve = "typical"`: the outputs seen per model, seeded from the recent records in a thread."""
+        if self.config.budgets.reserve == "typical":
+            engine = self.engine
+            self.typical = OutputHistory()
+            self.typical.start_seeding(lambda: recent_outputs(engine))
 
     def upstream_client(self) -> UpstreamClient:
         """The httpx client of retries and fallbacks (made on first use, on the event loop)."""

@@ -1,0 +1,147 @@
+"""`[budgets] reserve = "typical"` (issue 26, item 3): the percentile, the history, and the overspend bound."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import threading
+
+import pytest
+
+from tokensense.gateway.limits import MemoryCounters, budget_decision
+from tokensense.gateway.reservation import reservation_usage
+from tokensense.gateway.typical_output import MIN_SAMPLES, OutputHistory, admission, percentile
+
+
+def test_percentile_is_nearest_rank() -> None:
+    assert percentile(range(1, 101)) == 99
+    assert percentile(range(1, 21)) == 20, "of 20 outputs the 99th percentile is the largest"
+    assert percentile(range(1, 501)) == 495
+    assert percentile([7]) == 7
+    assert percentile([3, 1, 2], 0.5) == 2
+    with pytest.raises(ValueError):
+        percentile([])
+
+
+def test_history_waits_for_enough_outputs_then_takes_the_99th_percentile() -> None:
+    history = OutputHistory()
+    for i in range(MIN_SAMPLES - 1):
+        history.observe("openai", "gpt-4o-mini", 100 + i)
+    assert history.typical("openai", "gpt-4o-mini") is None, "the cap alone until 20 outputs were seen"
+    history.observe("openai", "GPT-4o-mini", 5000)  # one long answer: of 20 it is the 99th percentile
+    assert history.typical("OpenAI", "gpt-4o-mini") == 5000
+    for _ in range(80):
+        history.observe("openai", "gpt-4o-mini", 200)
+    assert history.typical("openai", "gpt-4o-mini") == 200, "one long answer in 100 is above the 99th percentile"
+    assert history.typical("anthropic", "gpt-4o-mini") is None, "per provider and model"
+    history.observe("openai", "gpt-4o-mini", 0)  # no output (an error, a refusal): not an output
+    assert history.samples("openai", "gpt-4o-mini") == 100
+
+
+def test_history_is_a_rolling_window_per_choice() -> None:
+    history = OutputHistory(window=50, min_samples=20)
+    for _ in range(50):
+        history.observe("p", "m", 10_000)
+    for _ in range(50):
+        history.observe("p", "m", 300, choices=3)  # 100 per choice
+    assert history.samples("p", "m") == 50
+    assert history.typical("p", "m") == 100, "the older outputs left the window"
+
+
+def test_seed_comes_before_the_outputs_seen_since() -> None:
+    history = OutputHistory(window=30, min_samples=20)
+    for _ in range(10):
+        history.observe("p", "m", 50)  # seen while the seed was read: more recent than the records
+    history.seed([("p", "m", 9000)] * 25 + [("p", "other", 0), (None, None, 5)])
+    assert history.samples("p", "m") == 30
+    assert history.typical("p", "m") == 9000  # 20 of the 25 seeded outputs kept, then the 10 live ones
+
+
+def test_seeding_runs_in_a_thread_and_survives_a_failing_database() -> None:
+    history = OutputHistory()
+    release = threading.Event()
+
+    def slow() -> list[tuple[str, str, int]]:
+        release.wait(5)
+        return [("p", "m", 42)] * 20
+
+    thread = history.start_seeding(slow)
+    assert history.typical("p", "m") is None and not history.seeded.is_set(), "start does not wait for it"
+    release.set()
+    thread.join(5)
+    assert history.typical("p", "m") == 42
+
+    def broken() -> list[tuple[str, str, int]]:
+        raise OSError("database unreachable")
+
+    failing = OutputHistory()
+    failing.start_seeding(broken).join(5)
+    assert failing.seeded.is_set() and failing.typical("p", "m") is None
+
+
+def test_reservation_at_the_typical_output_never_exceeds_the_cap() -> None:
+    body = {"model": "claude-sonnet-4-5", "max_tokens": 32_000, "messages": [{"role": "user", "content": "hi"}]}
+    assert reservation_usage(body, max_output_tokens=None, model_max_output=64_000).output_tokens == 32_000
+    assert (
+        reservation_usage(body, max_output_tokens=None, model_max_output=64_000, typical_output=900).output_tokens
+        == 900
+    )
+    assert (
+        reservation_usage(
+            {**body, "max_tokens": 500}, max_output_tokens=None, model_max_output=64_000, typical_output=900
+        ).output_tokens
+        == 500
+    ), "the request's own cap when smaller"
+    assert (
+        reservation_usage(
+            {**body, "n": 2}, max_output_tokens=None, model_max_output=None, typical_output=900
+        ).output_tokens
+        == 1800
+    )
+
+
+def test_admission_holds_the_largest_against_a_raised_budget() -> None:
+    assert admission(1.0, None) == (1.0, 0.0)
+    assert admission(1.0, 1.5) == (1.0, 0.0)
+    admit_on, slack = admission(1.0, 0.1)
+    assert (admit_on, round(slack, 9)) == (0.1, 0.9)
+    # Reserving the largest (1.0) against budget + slack admits exactly when spent + reserved + typical fits.
+    for spent, reserved in [(0.0, 0.0), (0.5, 0.4), (0.5, 0.41), (0.95, 0.0), (1.0, 0.0), (0.0, 2.0)]:
+        raised = budget_decision(1.0 + slack, spent, reserved, 1.0).allowed
+        assert raised == budget_decision(1.0, spent, reserved, admit_on).allowed, (spent, reserved)
+
+
+@pytest.mark.parametrize("seed", range(20))
+def test_parallel_calls_overspend_at_most_one_calls_excess(seed: int) -> None:
+    """Many calls in flight, each admitted on its typical cost and settling anywhere up to its largest (the
+    worst: all at their largest): the budget is exceeded by at most the largest (largest - typical) of a call."""
+    rng = random.Random(seed)
+    budget = rng.uniform(0.3, 3.0)
+
+    async def run() -> tuple[float, float, int]:
+        counters = MemoryCounters()
+        in_flight: list[tuple[float, float]] = []
+        excess, admitted = 0.0, 0
+        for _ in range(400):
+            if in_flight and rng.random() < 0.4:  # one call ends: anywhere up to its largest cost
+                held, largest = in_flight.pop(rng.randrange(len(in_flight)))
+                actual = largest if rng.random() < 0.7 else rng.uniform(0, largest)
+                await counters.settle_budget("k", "w", held, actual)
+                continue
+            largest = rng.uniform(0.001, 0.8)
+            typical = largest * rng.uniform(0.001, 1.0) if rng.random() < 0.9 else None
+            admit_on, slack = admission(largest, typical)
+            decision = await counters.reserve_budget("k", "w", budget + slack, largest, lambda: 0.0, None)
+            if decision.allowed:
+                admitted += 1
+                excess = max(excess, largest - admit_on)
+                in_flight.append((largest, largest))
+        for held, largest in in_flight:
+            await counters.settle_budget("k", "w", held, largest)
+        spent, reserved = counters._budgets[("k", "w")]
+        assert reserved == pytest.approx(0.0, abs=1e-9)
+        return spent, excess, admitted
+
+    spent, excess, admitted = asyncio.run(run())
+    assert admitted > 1
+    assert spent <= budget + excess + 1e-9
