@@ -12,7 +12,7 @@ from sqlalchemy import text
 from sqlalchemy.engine import Engine
 
 from tokensense.config import FileConfig, load_config
-from tokensense.gateway.guards import LoopGuard
+from tokensense.gateway.guards import LoopGuard, SharedLoopCounts
 from tokensense.gateway.keys import KeyStore
 from tokensense.gateway.limits import CounterStore
 from tokensense.gateway.shared_counters import hub_socket_from_env, make_counters
@@ -80,7 +80,8 @@ class Runtime:
 
             guards = self.config.guards
             self.guard = LoopGuard(repeat_limit=guards.repeat_limit, repeat_window_s=guards.repeat_window_s,
-                                   max_calls_per_execution=guards.max_calls_per_execution)
+                                   max_calls_per_execution=guards.max_calls_per_execution,
+                                   shared=self._shared_loop_counts())
             self.prices = PriceBook(self.config.models, snapshot=install_catalog(self.settings.home))
             try:
                 if self._engine is None:
@@ -106,6 +107,13 @@ class Runtime:
             self.pools = KeyPools(pool_policy(self.config.routing), redis_url=self.settings.redis_url,
                                   on_take_out=self._take_out)
             self.started = True
+
+    def _shared_loop_counts(self) -> SharedLoopCounts | None:
+        """The loop guard's counts in Redis when it is configured (and the guard is on): shared by every instance."""
+        guards = self.config.guards
+        if not self.settings.redis_url or (guards.repeat_limit is None and guards.max_calls_per_execution is None):
+            return None
+        return SharedLoopCounts(self.settings.redis_url, timeout=self.settings.redis_timeout)
 
     def _start_typical(self) -> None:
         """`[budgets] reserve = "typical"`: the outputs seen per model, seeded from the recent records in a thread."""
@@ -206,6 +214,7 @@ class Runtime:
         await asyncio.to_thread(self.close, grace)
         if self.counters is not None:
             await self.counters.close()
+        await self.guard.aclose()
         if self.pools is not None:
             await self.pools.close()
         if self.upstream is not None:

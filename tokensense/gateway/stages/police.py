@@ -111,7 +111,7 @@ async def police(call: CallContext, target: Target, *, prices: PriceBook, counte
         if largest > cap:
             raise Refused(max_cost_refusal(largest, cap, target.requested or target.model), amount=largest)
     if count_request and guard is not None and guard.active:
-        loop = guard.check(key.id, key.name, call.attribution.get("execution_id"), body)
+        loop = await guard.admit(key.id, key.name, call.attribution.get("execution_id"), body)
         if loop is not None:
             raise Refused(loop)
     limits = limits_for(key)
