@@ -48,6 +48,18 @@ def test_history_is_a_rolling_window_per_choice() -> None:
     assert history.typical("p", "m") == 100, "the older outputs left the window"
 
 
+def test_the_sorted_window_gives_the_percentile_of_the_window() -> None:
+    rng = random.Random(7)
+    history = OutputHistory(window=50, min_samples=20)
+    seen: list[int] = []
+    for _ in range(400):
+        tokens = rng.choice([rng.randint(1, 500), rng.randint(1, 32_000)])
+        history.observe("p", "m", tokens)
+        seen.append(tokens)
+        expected = percentile(seen[-50:]) if len(seen) >= 20 else None
+        assert history.typical("p", "m") == expected
+
+
 def test_seed_comes_before_the_outputs_seen_since() -> None:
     history = OutputHistory(window=30, min_samples=20)
     for _ in range(10):
@@ -145,3 +157,71 @@ def test_parallel_calls_overspend_at_most_one_calls_excess(seed: int) -> None:
     spent, excess, admitted = asyncio.run(run())
     assert admitted > 1
     assert spent <= budget + excess + 1e-9
+
+
+# --- shared through Redis ---------------------------------------------------------------------------
+
+
+@pytest.fixture
+async def redis_prefix():
+    import os
+    import uuid
+
+    import redis.asyncio as redis
+
+    from tests.conftest import service_missing
+
+    url = os.environ.get("TOKENSENSE_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
+    client = redis.Redis.from_url(url, socket_timeout=2, socket_connect_timeout=2)
+    try:
+        await client.ping()
+    except Exception as e:
+        await client.aclose()
+        service_missing(f"Redis at {url} is not reachable ({type(e).__name__})")
+    prefix = f"ts-test-{uuid.uuid4().hex[:10]}"
+    yield url, prefix
+    keys = [k async for k in client.scan_iter(f"{prefix}:*")]
+    if keys:
+        await client.delete(*keys)
+    await client.aclose()
+
+
+@pytest.mark.redis
+async def test_instances_share_their_outputs_through_redis(redis_prefix: tuple[str, str]) -> None:
+    from tokensense.gateway.typical_output import SharedOutputs
+
+    url, prefix = redis_prefix
+    a = OutputHistory(shared=SharedOutputs(url, prefix=prefix, every=3600))
+    b = OutputHistory(shared=SharedOutputs(url, prefix=prefix, every=3600))
+    try:
+        for i in range(12):
+            a.observe("openai", "gpt-4o-mini", 100 + i)
+            b.observe("openai", "gpt-4o-mini", 300 + i)
+        assert a.typical("openai", "gpt-4o-mini") is None  # 12 outputs each: too few alone
+        for history in (a, b, a):
+            assert history.shared is not None
+            await history.shared.sync(history)
+        for history in (a, b):
+            assert history.samples("openai", "gpt-4o-mini") == 24
+            assert history.typical("openai", "gpt-4o-mini") == 311
+        seeded = OutputHistory(shared=SharedOutputs(url, prefix=prefix, every=3600))
+        seeded.seed([("openai", "gpt-4o-mini", 7)] * 100)
+        assert seeded.shared is not None
+        await seeded.shared.sync(seeded)
+        assert seeded.samples("openai", "gpt-4o-mini") == 100, "a shorter list in Redis does not replace the seed"
+    finally:
+        for history in (a, b):
+            assert history.shared is not None
+            await history.shared.close()
+
+
+async def test_redis_down_keeps_the_process_history() -> None:
+    from tokensense.gateway.typical_output import SharedOutputs
+
+    history = OutputHistory(shared=SharedOutputs("redis://127.0.0.1:1/0", timeout=0.2))
+    for _ in range(MIN_SAMPLES):
+        history.observe("p", "m", 50)
+    assert history.shared is not None
+    await history.shared.sync(history)
+    assert history.typical("p", "m") == 50
+    await history.shared.close()

@@ -17,7 +17,7 @@ from tokensense.gateway.keys import KeyStore
 from tokensense.gateway.limits import CounterStore
 from tokensense.gateway.shared_counters import hub_socket_from_env, make_counters
 from tokensense.gateway.shutdown import InFlight
-from tokensense.gateway.typical_output import OutputHistory, recent_outputs
+from tokensense.gateway.typical_output import OutputHistory, SharedOutputs, recent_outputs
 from tokensense.metering.hub_recorder import HubRecorder
 from tokensense.metering.pricing import PriceBook
 from tokensense.metering.recorder import UsageRecorder, describe_error, usage_recorder
@@ -119,7 +119,9 @@ class Runtime:
         """`[budgets] reserve = "typical"`: the outputs seen per model, seeded from the recent records in a thread."""
         if self.config.budgets.reserve == "typical":
             engine = self.engine
-            self.typical = OutputHistory()
+            shared = SharedOutputs(self.settings.redis_url, timeout=self.settings.redis_timeout) \
+                if self.settings.redis_url else None
+            self.typical = OutputHistory(shared=shared)
             self.typical.start_seeding(lambda: recent_outputs(engine))
 
     def upstream_client(self) -> UpstreamClient:
@@ -215,6 +217,8 @@ class Runtime:
         if self.counters is not None:
             await self.counters.close()
         await self.guard.aclose()
+        if self.typical is not None and self.typical.shared is not None:
+            await self.typical.shared.close()
         if self.pools is not None:
             await self.pools.close()
         if self.upstream is not None:

@@ -21,12 +21,15 @@ spent + reserved + typical <= budget, one atomic decision in every store.
 
 from __future__ import annotations
 
+import asyncio
+import bisect
 import logging
 import math
 import threading
+import time
 from collections import deque
 from collections.abc import Callable, Iterable
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from tokensense.gateway.call import CallContext
 from tokensense.gateway.reservation import call_generates, output_choices
@@ -62,15 +65,23 @@ class OutputHistory:
     """The recent output tokens (per choice) of each model through this gateway, and their 99th percentile.
 
     `observe` runs on the event loop for each settled call; `seed` in a thread at start. A lock guards both
-    (never held across I/O); the percentile is computed again only after a new output.
+    (never held across I/O). Each model's window is also kept sorted (bisect), so its percentile is one index.
     """
 
-    def __init__(self, *, window: int = WINDOW, min_samples: int = MIN_SAMPLES, q: float = PERCENTILE) -> None:
+    def __init__(
+        self,
+        *,
+        window: int = WINDOW,
+        min_samples: int = MIN_SAMPLES,
+        q: float = PERCENTILE,
+        shared: SharedOutputs | None = None,
+    ) -> None:
+        self.shared = shared  # Redis, when configured: every instance's outputs
         self.window = window
         self.min_samples = min_samples
         self.q = q
-        self._outputs: dict[tuple[str, str], deque[int]] = {}
-        self._typical: dict[tuple[str, str], int | None] = {}
+        self._outputs: dict[tuple[str, str], deque[int]] = {}  # per model, oldest first
+        self._sorted: dict[tuple[str, str], list[int]] = {}  # the same outputs, sorted (kept with bisect)
         self._lock = threading.Lock()
         self.seeded = threading.Event()
 
@@ -79,23 +90,43 @@ class OutputHistory:
         if output_tokens <= 0 or not model:
             return
         name = model_key(provider, model)
+        tokens = math.ceil(output_tokens / max(choices, 1))
         with self._lock:
             outputs = self._outputs.get(name)
             if outputs is None:
                 outputs = self._outputs[name] = deque(maxlen=self.window)
-            outputs.append(math.ceil(output_tokens / max(choices, 1)))
-            self._typical.pop(name, None)
+                self._sorted[name] = []
+            ordered = self._sorted[name]
+            if len(outputs) == outputs.maxlen:  # the oldest leaves the window
+                del ordered[bisect.bisect_left(ordered, outputs[0])]
+            outputs.append(tokens)
+            bisect.insort(ordered, tokens)
+        if self.shared is not None:
+            self.shared.push(name, tokens, self)
 
     def typical(self, provider: str | None, model: str | None) -> int | None:
         """The 99th percentile of the model's recent outputs per choice; None until `min_samples` were seen."""
         name = model_key(provider, model)
         with self._lock:
-            if name in self._typical:
-                return self._typical[name]
-            outputs = self._outputs.get(name)
-            value = percentile(outputs, self.q) if outputs is not None and len(outputs) >= self.min_samples else None
-            self._typical[name] = value
-            return value
+            ordered = self._sorted.get(name)
+            if ordered is None or len(ordered) < self.min_samples:
+                return None
+            return ordered[max(1, math.ceil(self.q * len(ordered))) - 1]  # `percentile`, on the sorted window
+
+    def replace(self, name: tuple[str, str], outputs: list[int]) -> None:
+        """The outputs of a model as Redis holds them (every instance's, oldest first), unless this process
+        holds more (its history seeded from the records, and a Redis that was emptied)."""
+        with self._lock:
+            if len(outputs) >= len(self._outputs.get(name, ())):
+                self._set(name, outputs)
+
+    def _set(self, name: tuple[str, str], outputs: list[int]) -> None:
+        kept = self._outputs[name] = deque(outputs, maxlen=self.window)
+        self._sorted[name] = sorted(kept)
+
+    def models(self) -> list[tuple[str, str]]:
+        with self._lock:
+            return list(self._outputs)
 
     def samples(self, provider: str | None, model: str | None) -> int:
         with self._lock:
@@ -111,9 +142,7 @@ class OutputHistory:
                 count += 1
         with self._lock:
             for name, past in older.items():
-                live = self._outputs.get(name, ())
-                self._outputs[name] = deque([*past, *live], maxlen=self.window)
-                self._typical.pop(name, None)
+                self._set(name, [*past, *self._outputs.get(name, ())])
         return count
 
     def start_seeding(self, load: Callable[[], Iterable[tuple[str | None, str | None, int]]]) -> threading.Thread:
@@ -131,6 +160,90 @@ class OutputHistory:
         thread = threading.Thread(target=run, name="tokensense-typical-seed", daemon=True)
         thread.start()
         return thread
+
+
+class SharedOutputs:
+    """The outputs of every model shared through Redis (`TOKENSENSE_REDIS_URL`): one list per model (the last
+    `WINDOW`, newest first) and the set of models. Each process pushes its outputs and reads the lists back
+    every `every` seconds, in a task on the event loop started by the first output; Redis unreachable: the
+    process keeps its own history (one warning a minute)."""
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        prefix: str = "tokensense",
+        timeout: float | None = None,
+        every: float = 2.0,
+        window: int = WINDOW,
+    ) -> None:
+        import redis.asyncio as redis
+
+        options: dict[str, Any] = {}
+        if timeout is not None:
+            options.update(socket_timeout=timeout, socket_connect_timeout=timeout)
+        self.redis = redis.Redis.from_url(url, decode_responses=True, **options)
+        self.prefix = prefix
+        self.every = every
+        self.window = window
+        self._pending: dict[tuple[str, str], list[int]] = {}
+        self._task: asyncio.Task | None = None
+        self._warned = -math.inf
+
+    def _list(self, name: tuple[str, str]) -> str:
+        return f"{self.prefix}:outputs:{name[0]}/{name[1]}"
+
+    def push(self, name: tuple[str, str], tokens: int, history: OutputHistory) -> None:
+        """Queue an output for Redis (sent by the next sync); start the sync task on first use."""
+        self._pending.setdefault(name, []).append(tokens)
+        if self._task is None:
+            try:
+                self._task = asyncio.get_running_loop().create_task(self._run(history))
+            except RuntimeError:  # no event loop (a test, a script): synced by whoever calls `sync`
+                pass
+
+    async def _run(self, history: OutputHistory) -> None:
+        while True:
+            await self.sync(history)
+            await asyncio.sleep(self.every)
+
+    async def sync(self, history: OutputHistory) -> None:
+        """Send the queued outputs, then read every model's list back into `history`."""
+        pending, self._pending = self._pending, {}
+        try:
+            async with self.redis.pipeline(transaction=False) as pipe:
+                for name, outputs in pending.items():
+                    pipe.lpush(self._list(name), *outputs)
+                    pipe.ltrim(self._list(name), 0, self.window - 1)
+                    pipe.expire(self._list(name), 7 * 86400)
+                    pipe.sadd(f"{self.prefix}:outputs:models", f"{name[0]}/{name[1]}")
+                await pipe.execute()
+            members = await self.redis.smembers(f"{self.prefix}:outputs:models")
+            names: set[tuple[str, str]] = set(history.models())
+            for member in members:
+                provider, _, model = str(member).partition("/")
+                names.add((provider, model))
+            ordered = sorted(names)
+            async with self.redis.pipeline(transaction=False) as pipe:
+                for name in ordered:
+                    pipe.lrange(self._list(name), 0, self.window - 1)
+                lists = await pipe.execute()
+        except Exception as e:  # Redis unreachable: this process's own history meanwhile
+            now = time.monotonic()
+            if now - self._warned >= 60:
+                self._warned = now
+                log.warning(
+                    "typical reservations: Redis unavailable (%s), using this process's outputs", type(e).__name__
+                )
+            return
+        for name, values in zip(ordered, lists, strict=True):
+            if values:
+                history.replace(name, [int(v) for v in reversed(values)])
+
+    async def close(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+        await self.redis.aclose()
 
 
 def observe_output(history: OutputHistory, call: CallContext, record: UsageCreate) -> None:
