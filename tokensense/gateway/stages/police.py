@@ -170,9 +170,9 @@ def _largest_cost(call: CallContext, target: Target, prices: PriceBook) -> float
 def _typical_cost(call: CallContext, target: Target, prices: PriceBook,
                   typical: OutputHistory | None) -> float | None:
     """The attempt's cost at its model's typical output (`reserve = "typical"`); None: only its largest applies
-    (cap mode, a model with too few outputs seen, a body that is not JSON)."""
+    (cap mode, a model with too few outputs seen, a body that is not JSON, media priced per unit)."""
     body = target.body
-    if typical is None or not isinstance(body, dict):
+    if typical is None or not isinstance(body, dict) or call.route_endpoint in MEDIA_ENDPOINTS:
         return None
     tokens = typical.typical(target.provider.name, target.model)
     if tokens is None:
