@@ -67,8 +67,10 @@ from bench import (  # scripts/bench.py: the same upstream, processes and load
 
 # The same body for every lane, with an output cap (what a budget reserves): the loop guard counts it as one
 # request repeated, under a repeat_limit no call reaches.
-BODY = json.dumps({"model": CHAT_MODEL, "max_tokens": 4096, "messages": [{"role": "user", "content": "Say hello"}]},
-                  separators=(",", ":"))
+BODY = json.dumps(
+    {"model": CHAT_MODEL, "max_tokens": 4096, "messages": [{"role": "user", "content": "Say hello"}]},
+    separators=(",", ":"),
+)
 NEVER = 1_000_000_000
 GUARDS = f"\n[guards]\nrepeat_limit = {NEVER}\nrepeat_window_s = 60\nmax_calls_per_execution = {NEVER}\n"
 DEFAULT_BUDGETS = '[[budgets]]\nworkflow = "bench"\nusd = 1000000000\nperiod = "day"\n'
@@ -113,24 +115,50 @@ LANES = [
 ]
 
 
-def load(client: str, tmp: Path, url: str, key: str, headers: dict[str, str], concurrency: int,
-         seconds: float) -> LoadResult:
+def load(
+    client: str, tmp: Path, url: str, key: str, headers: dict[str, str], concurrency: int, seconds: float
+) -> LoadResult:
     if client == "wrk":
         script = tmp / "enforcement.lua"
         if not script.exists():
             script.write_text(WRK_SCRIPT)
-        env = {**os.environ, "BENCH_BODY": BODY, "BENCH_KEY": key,
-               "BENCH_HEADERS": "\n".join(f"{k}:{v}" for k, v in headers.items())}
-        out = subprocess.run(["wrk", "-t1", f"-c{concurrency}", f"-d{max(1, math.ceil(seconds))}s", "--timeout", "30s",
-                              "--latency", "-s", str(script), url], capture_output=True, text=True, env=env)
+        env = {
+            **os.environ,
+            "BENCH_BODY": BODY,
+            "BENCH_KEY": key,
+            "BENCH_HEADERS": "\n".join(f"{k}:{v}" for k, v in headers.items()),
+        }
+        out = subprocess.run(
+            [
+                "wrk",
+                "-t1",
+                f"-c{concurrency}",
+                f"-d{max(1, math.ceil(seconds))}s",
+                "--timeout",
+                "30s",
+                "--latency",
+                "-s",
+                str(script),
+                url,
+            ],
+            capture_output=True,
+            text=True,
+            env=env,
+        )
         line = next((ln for ln in out.stdout.splitlines() if ln.startswith("BENCH ")), None)
         if line is None:
             raise SystemExit(f"error: wrk failed:\n{out.stdout}\n{out.stderr}")
         data = json.loads(line[6:])
         secs = data["duration_us"] / 1e6
-        return LoadResult(requests=data["requests"], errors=data["errors"] + data["status_errors"], seconds=secs,
-                          rps=data["requests"] / secs if secs else 0.0, p50_ms=data["p50_us"] / 1000,
-                          p99_ms=data["p99_us"] / 1000, mean_ms=data["mean_us"] / 1000)
+        return LoadResult(
+            requests=data["requests"],
+            errors=data["errors"] + data["status_errors"],
+            seconds=secs,
+            rps=data["requests"] / secs if secs else 0.0,
+            p50_ms=data["p50_us"] / 1000,
+            p99_ms=data["p99_us"] / 1000,
+            mean_ms=data["mean_us"] / 1000,
+        )
     return asyncio.run(_asyncio_load(url, key, headers, concurrency, seconds))
 
 
@@ -161,13 +189,25 @@ async def _asyncio_load(url: str, key: str, headers: dict[str, str], concurrency
     def pct(p: float) -> float:
         return latencies[min(n - 1, int(p / 100 * n))] * 1000 if n else 0.0
 
-    return LoadResult(requests=n, errors=errors, seconds=elapsed, rps=n / elapsed if elapsed else 0.0,
-                      p50_ms=pct(50), p99_ms=pct(99), mean_ms=(sum(latencies) / n * 1000) if n else 0.0)
+    return LoadResult(
+        requests=n,
+        errors=errors,
+        seconds=elapsed,
+        rps=n / elapsed if elapsed else 0.0,
+        p50_ms=pct(50),
+        p99_ms=pct(99),
+        mean_ms=(sum(latencies) / n * 1000) if n else 0.0,
+    )
 
 
 def keys_create(env: dict[str, str], name: str, *extra: str) -> str:
-    out = subprocess.run([str(BIN / "tokensense"), "keys", "create", name, *extra, "--json"], env=env,
-                         capture_output=True, text=True, timeout=120)
+    out = subprocess.run(
+        [str(BIN / "tokensense"), "keys", "create", name, *extra, "--json"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     if out.returncode != 0:
         raise SystemExit(f"error: tokensense keys create failed:\n{out.stderr}")
     return json.loads(out.stdout)["key"]
@@ -187,28 +227,39 @@ def start(args: argparse.Namespace, procs: Processes) -> tuple[dict[str, tuple[s
         wait_port(port, nginx, "nginx", log)
         upstream, what = f"http://127.0.0.1:{port}", "nginx, fixed answer"
     else:
-        fake, log = procs.start("fake-provider", [sys.executable, "-m", "tokensense.demo.fakeprovider", "--host",
-                                                  "127.0.0.1", "--port", "0"], env)
+        fake, log = procs.start(
+            "fake-provider",
+            [sys.executable, "-m", "tokensense.demo.fakeprovider", "--host", "127.0.0.1", "--port", "0"],
+            env,
+        )
         deadline = time.monotonic() + 30
         while "listening on" not in log.read_text() and time.monotonic() < deadline:
             time.sleep(0.05)
         upstream, what = log.read_text().split("listening on", 1)[1].split()[0], "the fake provider"
-    ts_env = {**env, "TOKENSENSE_HOME": str(tmp / "home"), "OPENAI_API_KEY": "sk-bench-openai",
-              "TOKENSENSE_OPENAI_BASE_URL": upstream}
+    ts_env = {
+        **env,
+        "TOKENSENSE_HOME": str(tmp / "home"),
+        "OPENAI_API_KEY": "sk-bench-openai",
+        "TOKENSENSE_OPENAI_BASE_URL": upstream,
+    }
     if args.redis:
         ts_env["TOKENSENSE_REDIS_URL"] = args.redis
-    keys = {"plain": keys_create(ts_env, "bench"),
-            "budget": keys_create(ts_env, "bench-budget", "--budget-usd", str(NEVER), "--budget-period", "daily")}
+    keys = {
+        "plain": keys_create(ts_env, "bench"),
+        "budget": keys_create(ts_env, "bench-budget", "--budget-usd", str(NEVER), "--budget-period", "daily"),
+    }
     budgets = Path(args.budgets_config).read_text() if args.budgets_config else DEFAULT_BUDGETS
-    configs = {"main": GUARDS, "typical": '[budgets]\nreserve = "typical"\n',
-               "attribution": budgets}
+    configs = {"main": GUARDS, "typical": '[budgets]\nreserve = "typical"\n', "attribution": budgets}
     started = []
     for name, text in configs.items():
         config = tmp / f"{name}.toml"
         config.write_text(text)
         port = free_port()
-        proc, log = procs.start(f"tokensense-{name}", [str(BIN / "tokensense"), "serve", "--port", str(port)],
-                                {**ts_env, "TOKENSENSE_CONFIG_FILE": str(config)})
+        proc, log = procs.start(
+            f"tokensense-{name}",
+            [str(BIN / "tokensense"), "serve", "--port", str(port)],
+            {**ts_env, "TOKENSENSE_CONFIG_FILE": str(config)},
+        )
         started.append((name, proc, log, port))
     instances = {}
     for name, proc, log, port in started:
@@ -241,24 +292,45 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                     before = tree_cpu_seconds(pid) or 0.0
                     result = load(client, tmp, url, keys[lane.key], lane.headers, c, duration)
                     cpu = (tree_cpu_seconds(pid) or 0.0) - before
-                    results.setdefault((lane.instance, lane.name, c), []).append({
-                        "rps": result.rps, "p50_ms": result.p50_ms, "p99_ms": result.p99_ms, "errors": result.errors,
-                        "cpu_ms_per_req": cpu * 1000 / result.requests if result.requests else math.nan})
-                    print(f"round {r + 1}/{rounds} c={c:<3} {lane.instance:<12} {lane.name:<20} "
-                          f"{result.rps:7.0f} req/s  p50 {result.p50_ms:6.2f} ms  "
-                          f"CPU {results[(lane.instance, lane.name, c)][-1]['cpu_ms_per_req']:.3f} ms/req",
-                          flush=True)
+                    results.setdefault((lane.instance, lane.name, c), []).append(
+                        {
+                            "rps": result.rps,
+                            "p50_ms": result.p50_ms,
+                            "p99_ms": result.p99_ms,
+                            "errors": result.errors,
+                            "cpu_ms_per_req": cpu * 1000 / result.requests if result.requests else math.nan,
+                        }
+                    )
+                    print(
+                        f"round {r + 1}/{rounds} c={c:<3} {lane.instance:<12} {lane.name:<20} "
+                        f"{result.rps:7.0f} req/s  p50 {result.p50_ms:6.2f} ms  "
+                        f"CPU {results[(lane.instance, lane.name, c)][-1]['cpu_ms_per_req']:.3f} ms/req",
+                        flush=True,
+                    )
     finally:
         procs.stop_all()
         shutil.rmtree(tmp, ignore_errors=True)
-    return summarize(results, concurrency, rounds, {"upstream": upstream, "client": client, "rounds": rounds,
-                                                    "duration_s": duration, "machine": machine(),
-                                                    "command": " ".join(["scripts/bench_enforcement.py",
-                                                                         *sys.argv[1:]])})
+    return summarize(
+        results,
+        concurrency,
+        rounds,
+        {
+            "upstream": upstream,
+            "client": client,
+            "rounds": rounds,
+            "duration_s": duration,
+            "machine": machine(),
+            "command": " ".join(["scripts/bench_enforcement.py", *sys.argv[1:]]),
+        },
+    )
 
 
-def summarize(results: dict[tuple[str, str, int], list[dict[str, float]]], concurrency: list[int], rounds: int,
-              meta: dict[str, Any]) -> dict[str, Any]:
+def summarize(
+    results: dict[tuple[str, str, int], list[dict[str, float]]],
+    concurrency: list[int],
+    rounds: int,
+    meta: dict[str, Any],
+) -> dict[str, Any]:
     """Per lane and concurrency: medians over rounds, and ratios to its process's baseline taken within a round."""
     rows = []
     for lane in LANES:
@@ -266,31 +338,42 @@ def summarize(results: dict[tuple[str, str, int], list[dict[str, float]]], concu
             runs = results[(lane.instance, lane.name, c)]
             base = results[(lane.instance, "baseline", c)]
             p50_ratio = [run["p50_ms"] / b["p50_ms"] for run, b in zip(runs, base, strict=True) if b["p50_ms"]]
-            cpu_ratio = [run["cpu_ms_per_req"] / b["cpu_ms_per_req"] for run, b in zip(runs, base, strict=True)
-                         if b["cpu_ms_per_req"]]
-            rows.append({
-                "lane": lane.name, "instance": lane.instance, "c": c,
-                "rps": statistics.median(r["rps"] for r in runs),
-                "p50_ms": statistics.median(r["p50_ms"] for r in runs),
-                "p99_ms": statistics.median(r["p99_ms"] for r in runs),
-                "cpu_ms_per_req": statistics.median(r["cpu_ms_per_req"] for r in runs),
-                "errors": sum(r["errors"] for r in runs),
-                "p50_vs_baseline": statistics.median(p50_ratio) if p50_ratio else None,
-                "cpu_vs_baseline": statistics.median(cpu_ratio) if cpu_ratio else None,
-            })
+            cpu_ratio = [
+                run["cpu_ms_per_req"] / b["cpu_ms_per_req"]
+                for run, b in zip(runs, base, strict=True)
+                if b["cpu_ms_per_req"]
+            ]
+            rows.append(
+                {
+                    "lane": lane.name,
+                    "instance": lane.instance,
+                    "c": c,
+                    "rps": statistics.median(r["rps"] for r in runs),
+                    "p50_ms": statistics.median(r["p50_ms"] for r in runs),
+                    "p99_ms": statistics.median(r["p99_ms"] for r in runs),
+                    "cpu_ms_per_req": statistics.median(r["cpu_ms_per_req"] for r in runs),
+                    "errors": sum(r["errors"] for r in runs),
+                    "p50_vs_baseline": statistics.median(p50_ratio) if p50_ratio else None,
+                    "cpu_vs_baseline": statistics.median(cpu_ratio) if cpu_ratio else None,
+                }
+            )
     return {**meta, "rows": rows}
 
 
 def print_table(report: dict[str, Any]) -> None:
-    print(f"\nupstream: {report['upstream']}; load: {report['client']}; {report['rounds']} rounds of "
-          f"{report['duration_s']:g} s per lane\n")
+    print(
+        f"\nupstream: {report['upstream']}; load: {report['client']}; {report['rounds']} rounds of "
+        f"{report['duration_s']:g} s per lane\n"
+    )
     print("| enforcement | process | c | req/s | p50 ms | p99 ms | CPU ms/req | p50 / baseline | CPU / baseline |")
     print("|---|---|---:|---:|---:|---:|---:|---:|---:|")
     for row in report["rows"]:
         base = row["lane"] == "baseline"
         p50, cpu = ("", "") if base else (_ratio(row["p50_vs_baseline"]), _ratio(row["cpu_vs_baseline"]))
-        print(f"| {row['lane']} | {row['instance']} | {row['c']} | {row['rps']:.0f} | {row['p50_ms']:.2f} | "
-              f"{row['p99_ms']:.2f} | {row['cpu_ms_per_req']:.3f} | {p50} | {cpu} |")
+        print(
+            f"| {row['lane']} | {row['instance']} | {row['c']} | {row['rps']:.0f} | {row['p50_ms']:.2f} | "
+            f"{row['p99_ms']:.2f} | {row['cpu_ms_per_req']:.3f} | {p50} | {cpu} |"
+        )
 
 
 def _ratio(value: float | None) -> str:
@@ -321,8 +404,19 @@ async def stage_bench(args: argparse.Namespace) -> dict[str, Any]:
     prices, openai = PriceBook(), PROVIDERS["openai"]
     body = json.loads(BODY)
     target = Target(openai, CHAT_MODEL, CHAT_MODEL, body)
-    plain = KeyInfo(id=f"bench-{uuid.uuid4().hex[:8]}", name="bench", revoked=False, project=None, budget_usd=None,
-                    budget_period="daily", rpm=None, tpm=None, plan=None, allowed_models=(), allowed_providers=())
+    plain = KeyInfo(
+        id=f"bench-{uuid.uuid4().hex[:8]}",
+        name="bench",
+        revoked=False,
+        project=None,
+        budget_usd=None,
+        budget_period="daily",
+        rpm=None,
+        tpm=None,
+        plan=None,
+        allowed_models=(),
+        allowed_providers=(),
+    )
     budgeted = replace(plain, id=f"bench-b-{uuid.uuid4().hex[:8]}", budget_usd=float(NEVER))
     guard = LoopGuard(repeat_limit=NEVER, max_calls_per_execution=NEVER)
     history = OutputHistory()
@@ -338,10 +432,15 @@ async def stage_bench(args: argparse.Namespace) -> dict[str, Any]:
     closers = []
     if args.redis:
         shared_counters = ResilientCounters(RedisCounters(args.redis, timeout=0.5))
-        shared_guard = LoopGuard(repeat_limit=NEVER, max_calls_per_execution=NEVER,
-                                 shared=SharedLoopCounts(args.redis, prefix=f"bench-{uuid.uuid4().hex[:8]}"))
-        lanes["key budget (Redis)"] = {"key": replace(budgeted, id=f"bench-r-{uuid.uuid4().hex[:8]}"),
-                                       "counters": shared_counters}
+        shared_guard = LoopGuard(
+            repeat_limit=NEVER,
+            max_calls_per_execution=NEVER,
+            shared=SharedLoopCounts(args.redis, prefix=f"bench-{uuid.uuid4().hex[:8]}"),
+        )
+        lanes["key budget (Redis)"] = {
+            "key": replace(budgeted, id=f"bench-r-{uuid.uuid4().hex[:8]}"),
+            "counters": shared_counters,
+        }
         lanes["loop guard (Redis)"] = {"key": plain, "execution": "bench-run", "guard": shared_guard}
         closers += [shared_counters.close, shared_guard.aclose]
 
@@ -352,8 +451,15 @@ async def stage_bench(args: argparse.Namespace) -> dict[str, Any]:
         call.max_cost_usd = lane.get("cap")
         call.attribution = {"execution_id": lane.get("execution")}
         counters = lane.get("counters", memory)
-        policed = await police(call, target, prices=prices, counters=counters, spent_since=lambda *_: 0.0,
-                               guard=lane.get("guard"), typical=lane.get("typical"))
+        policed = await police(
+            call,
+            target,
+            prices=prices,
+            counters=counters,
+            spent_since=lambda *_: 0.0,
+            guard=lane.get("guard"),
+            typical=lane.get("typical"),
+        )
         settle_counters(counters, call, policed, tokens=10, cost=0.000001)
         if lane.get("typical") is not None:
             history.observe("openai", CHAT_MODEL, 3)
@@ -367,7 +473,7 @@ async def stage_bench(args: argparse.Namespace) -> dict[str, Any]:
                 await one(lane)
             await asyncio.sleep(0.05)
         for r in range(rounds):
-            for name in (lanes if r % 2 == 0 else reversed(list(lanes))):
+            for name in lanes if r % 2 == 0 else reversed(list(lanes)):
                 lane = lanes[name]
                 start = time.perf_counter()
                 for _ in range(calls):
@@ -380,10 +486,14 @@ async def stage_bench(args: argparse.Namespace) -> dict[str, Any]:
     rows = []
     for name in lanes:
         ratios = [t / b for t, b in zip(timings[name], timings["baseline"], strict=True)]
-        rows.append({"lane": name, "us_per_call": statistics.median(timings[name]),
-                     "added_us": statistics.median(t - b for t, b in zip(timings[name], timings["baseline"],
-                                                                         strict=True)),
-                     "vs_baseline": statistics.median(ratios)})
+        rows.append(
+            {
+                "lane": name,
+                "us_per_call": statistics.median(timings[name]),
+                "added_us": statistics.median(t - b for t, b in zip(timings[name], timings["baseline"], strict=True)),
+                "vs_baseline": statistics.median(ratios),
+            }
+        )
     return {"calls_per_round": calls, "rounds": rounds, "rows": rows}
 
 
@@ -398,17 +508,21 @@ def print_stage(stage: dict[str, Any]) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--quick", action="store_true", help="a smoke run (1 round of 1 s per lane)")
     parser.add_argument("--out", default="bench-enforcement.json", help="JSON results file (default: %(default)s)")
     parser.add_argument("--rounds", type=int, help="rounds of all lanes (default 3, quick 1)")
     parser.add_argument("--duration", type=float, help="seconds per lane and round (default 4, quick 1)")
     parser.add_argument("--concurrency", default="1,16", help="comma-separated (default: %(default)s)")
     parser.add_argument("--redis", metavar="URL", help="TOKENSENSE_REDIS_URL for the gateways (default: none)")
-    parser.add_argument("--budgets-config", metavar="FILE",
-                        help="config.toml of the attribution lane (default: a [[budgets]] workflow budget for "
-                             "`bench`, which the lane's x-workflow-tag names)")
+    parser.add_argument(
+        "--budgets-config",
+        metavar="FILE",
+        help="config.toml of the attribution lane (default: a [[budgets]] workflow budget for "
+        "`bench`, which the lane's x-workflow-tag names)",
+    )
     parser.add_argument("--client", choices=("auto", "wrk", "asyncio"), default="auto")
     parser.add_argument("--upstream", choices=("auto", "fake"), default="auto")
     parser.add_argument("--stage-only", action="store_true", help="only the police stage in this process (seconds)")

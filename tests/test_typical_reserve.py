@@ -225,3 +225,75 @@ async def test_redis_down_keeps_the_process_history() -> None:
     await history.shared.sync(history)
     assert history.typical("p", "m") == 50
     await history.shared.close()
+
+
+# --- in the police stage ----------------------------------------------------------------------------
+
+
+def _police_parts():
+    from tokensense.core.endpoints import Endpoint
+    from tokensense.gateway.call import CallContext
+    from tokensense.gateway.keys import KeyInfo
+    from tokensense.gateway.stages.police import Target
+    from tokensense.providers import PROVIDERS
+    from tokensense.providers.openai import OPENAI_ERRORS
+
+    openai = PROVIDERS["openai"]
+    key = KeyInfo(
+        id="k-typical",
+        name="agent",
+        revoked=False,
+        project=None,
+        budget_usd=0.005,
+        budget_period="total",
+        rpm=None,
+        tpm=None,
+        plan=None,
+        allowed_models=(),
+        allowed_providers=(),
+    )
+    body = {"model": "gpt-4o-mini", "max_tokens": 32_000, "messages": [{"role": "user", "content": "refactor"}]}
+
+    def call(cap: float | None = None) -> CallContext:
+        made = CallContext(Endpoint.CHAT, OPENAI_ERRORS)
+        made.key, made.provider, made.model, made.max_cost_usd = key, openai, "gpt-4o-mini", cap
+        made.attribution = {}
+        return made
+
+    return call, Target(openai, "gpt-4o-mini", "gpt-4o-mini", body)
+
+
+async def test_police_admits_on_the_typical_cost_and_holds_the_largest() -> None:
+    from tokensense.gateway.stages.police import Refused, _largest_cost, police
+    from tokensense.metering.pricing import PriceBook
+
+    call, target = _police_parts()
+    prices, counters = PriceBook(), MemoryCounters()
+    history = OutputHistory()
+    for _ in range(MIN_SAMPLES):
+        history.observe("openai", "gpt-4o-mini", 40)
+    largest = _largest_cost(call(), target, prices)
+    assert largest > 0.005, "at its cap the call does not fit in the budget"
+    with pytest.raises(Refused) as refused:  # cap mode
+        await police(call(), target, prices=prices, counters=counters, spent_since=lambda *_: 0.0)
+    assert refused.value.error.status == 402 and refused.value.budget is not None
+    assert refused.value.budget.reason == "insufficient"
+    policed = await police(
+        call(), target, prices=prices, counters=counters, spent_since=lambda *_: 0.0, typical=history
+    )
+    assert policed.budget is not None and policed.budget.amount == pytest.approx(largest), "it holds its largest"
+    with pytest.raises(Refused) as refused:  # the budget is held by the call in flight: 429, retry
+        await police(call(), target, prices=prices, counters=counters, spent_since=lambda *_: 0.0, typical=history)
+    assert refused.value.error.status == 429 and refused.value.budget is not None
+    assert refused.value.budget.reason == "reserved", "judged against the budget itself, on the typical cost"
+    # The per-call cost cap is a promise about the largest cost: the typical one does not lower it.
+    with pytest.raises(Refused) as refused:
+        await police(
+            call(cap=largest / 2),
+            target,
+            prices=prices,
+            counters=MemoryCounters(),
+            spent_since=lambda *_: 0.0,
+            typical=history,
+        )
+    assert refused.value.error.code == "max_cost_exceeded"
