@@ -1,9 +1,10 @@
 """What each enforcement costs per call: latency and CPU against a baseline in the same run (issue 26).
 
-    scripts/bench_enforcement.py                       # about 4 minutes: table on screen, bench-enforcement.json
-    scripts/bench_enforcement.py --quick               # smoke run (about 30 seconds)
-    scripts/bench_enforcement.py --redis redis://127.0.0.1:6379/0   # counters and loop guard in Redis
-    scripts/bench_enforcement.py --budgets-config my-budgets.toml   # the attribution lane's [[budgets]]
+    .venv/bin/python scripts/bench_enforcement.py                 # about 5 minutes: tables, bench-enforcement.json
+    .venv/bin/python scripts/bench_enforcement.py --quick         # smoke run (about a minute)
+    .venv/bin/python scripts/bench_enforcement.py --stage-only    # the police stage alone (seconds)
+    .venv/bin/python scripts/bench_enforcement.py --redis redis://127.0.0.1:6379/0   # counters, guard in Redis
+    .venv/bin/python scripts/bench_enforcement.py --budgets-config my-budgets.toml   # the attribution lane's
 
 docs/budgets-and-limits.md has the latest table. Everything runs on 127.0.0.1: nginx
 answering every POST with one fixed chat completion (the fake provider where nginx is
