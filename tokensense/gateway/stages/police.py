@@ -21,11 +21,12 @@ from tokensense.core.errors import GatewayError
 from tokensense.core.usage import TokenUsage
 from tokensense.gateway.call import CallContext
 from tokensense.gateway.guards import LoopGuard, call_cap, max_cost_refusal
-from tokensense.gateway.limits import BudgetDecision, CounterStore, RateDecision
+from tokensense.gateway.limits import BudgetDecision, CounterStore, RateDecision, budget_decision
 from tokensense.gateway.policy import budget_window, check_access, estimate_cost, estimate_usage, limits_for
 from tokensense.gateway.price_policy import unpriced_refusal
 from tokensense.gateway.reservation import budget_refusal, call_reservation
 from tokensense.gateway.routing import MEDIA_ENDPOINTS
+from tokensense.gateway.typical_output import OutputHistory, admission
 from tokensense.metering.pricing import PriceBook
 from tokensense.providers import ProviderAdapter
 
@@ -86,7 +87,7 @@ class Refused(Exception):
 
 async def police(call: CallContext, target: Target, *, prices: PriceBook, counters: CounterStore | None,
                  spent_since: Callable[[str, datetime | None], float], count_request: bool = True,
-                 guard: LoopGuard | None = None) -> Policed:
+                 guard: LoopGuard | None = None, typical: OutputHistory | None = None) -> Policed:
     """Check `target` for `call`'s key and reserve what it may cost; `Refused` if it may not go.
 
     `count_request`: the attempt counts against the key's requests and tokens per
@@ -94,6 +95,8 @@ async def police(call: CallContext, target: Target, *, prices: PriceBook, counte
     a retry or fallback of the same call does not).
     Each attempt reserves its own budget: its largest cost at its own model's price,
     which is also what its cost cap (header or key) is checked against.
+    `typical`: the outputs seen per model with `[budgets] reserve = "typical"` (None: "cap"); the attempt
+    still holds its largest cost, but is admitted on its typical cost (gateway/typical_output.py).
     """
     key = call.key
     if key is None:
@@ -116,7 +119,7 @@ async def police(call: CallContext, target: Target, *, prices: PriceBook, counte
         if largest > cap:
             raise Refused(max_cost_refusal(largest, cap, target.requested or target.model), amount=largest)
     if count_request and guard is not None and guard.active:
-        loop = guard.check(key.id, key.name, call.attribution.get("execution_id"), body)
+        loop = await guard.admit(key.id, key.name, call.attribution.get("execution_id"), body)
         if loop is not None:
             raise Refused(loop)
     limits = limits_for(key)
@@ -146,14 +149,17 @@ async def police(call: CallContext, target: Target, *, prices: PriceBook, counte
         assert key.budget_usd is not None
         window, start, resets_in = budget_window(key.budget_period)
         amount = largest if largest is not None else _largest_cost(call, target, prices)
+        admit_on, slack = admission(amount, _typical_cost(call, target, prices, typical))
         held = replace(policed, passed=False)
         try:
-            budget = await counters.reserve_budget(key.id, window, key.budget_usd, amount,
+            budget = await counters.reserve_budget(key.id, window, key.budget_usd + slack, amount,
                                                    lambda: spent_since(key.id, start), (resets_in or 0) + 3600)
         except Exception as e:
             log.warning("budget counters unavailable, refusing: %s", type(e).__name__)
             raise Refused(GatewayError(503, LIMITS_UNAVAILABLE, code="limits_unavailable"), held=held) from None
         if not budget.allowed:  # 429 while held by calls in flight, 402 once spent
+            if slack:  # why, against the budget itself
+                budget = budget_decision(key.budget_usd, budget.spent, budget.reserved, admit_on)
             error, headers = budget_refusal(key.name, key.budget_usd, key.budget_period, budget)
             raise Refused(error, headers=headers, held=held, budget=budget, amount=amount)
         policed = replace(policed, budget=BudgetHold(window, amount))
@@ -172,6 +178,20 @@ def _largest_cost(call: CallContext, target: Target, prices: PriceBook) -> float
     else:
         reservation = call_reservation(priced, body) if isinstance(body, dict) else TokenUsage()
     return estimate_cost(prices, target.provider, target.model, reservation)
+
+
+def _typical_cost(call: CallContext, target: Target, prices: PriceBook,
+                  typical: OutputHistory | None) -> float | None:
+    """The attempt's cost at its model's typical output (`reserve = "typical"`); None: only its largest applies
+    (cap mode, a model with too few outputs seen, a body that is not JSON, media priced per unit)."""
+    body = target.body
+    if typical is None or not isinstance(body, dict) or call.route_endpoint in MEDIA_ENDPOINTS:
+        return None
+    tokens = typical.typical(target.provider.name, target.model)
+    if tokens is None:
+        return None
+    priced = call if call.model == target.model else replace(call, provider=target.provider, model=target.model)
+    return estimate_cost(prices, target.provider, target.model, call_reservation(priced, body, tokens))
 
 
 def _checked(call: CallContext, target: Target, prices: PriceBook) -> GatewayError | None:

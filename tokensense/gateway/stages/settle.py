@@ -20,6 +20,7 @@ from tokensense.gateway.policy import budget_window
 from tokensense.gateway.record import build_record
 from tokensense.gateway.runtime import Runtime
 from tokensense.gateway.stages.police import settle_counters, spawn
+from tokensense.gateway.typical_output import observe_output
 from tokensense.metering.usage_extract import with_request_tier
 from tokensense.providers import ProviderAdapter
 from tokensense.storage.models import UsageCreate
@@ -52,6 +53,8 @@ def settle(runtime: Runtime, call: CallContext, status: int) -> UsageCreate | No
     record = build_record(call, status=status, prices=runtime.prices)
     settle_counters(runtime.counters, call, call.policed, tokens=record.input_tokens + record.output_tokens,
                     cost=record.cost_usd)
+    if runtime.typical is not None:  # [budgets] reserve = "typical": the model's outputs seen
+        observe_output(runtime.typical, call, record)
     _write(runtime, record, call.on_record)
     return record
 
