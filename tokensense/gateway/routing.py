@@ -15,12 +15,18 @@ from tokensense.providers import (
     get_provider,
     match_route,
     provider_for_model,
+    route_table,
 )
+from tokensense.providers.passthrough import passthrough_route, pin, provider_prefix
 
-__all__ = ["MEDIA_ENDPOINTS", "Endpoint", "Route", "classify", "join_url", "resolve_model"]
+__all__ = ["ENDPOINTS_LISTING", "MEDIA_ENDPOINTS", "Endpoint", "Route", "classify", "join_url", "resolve_model", "route_request"]
+
+# `GET /v1/tokensense/endpoints`: what the gateway serves, prices, passes through (addons/passthrough.py answers).
+ENDPOINTS_LISTING = Endpoint("tokensense.endpoints")
 
 # The gateway's own API; every other route is a provider's (tokensense/providers/routes.py).
 _GATEWAY_ROUTES = (
+    ClientRoute(("GET",), "/v1/tokensense/endpoints", ENDPOINTS_LISTING, DEFAULT_ERRORS),
     ClientRoute(("GET", "HEAD"), "/health|/", Endpoint.HEALTH, DEFAULT_ERRORS),
     ClientRoute(("GET",), "/(?:v1/)?models", Endpoint.MODELS, DEFAULT_ERRORS),
     ClientRoute(("GET",), r"/v1/models/(?P<resource>[^/:]+)", Endpoint.MODEL, DEFAULT_ERRORS),
@@ -43,6 +49,40 @@ def classify(method: str, path: str) -> Route:
     if route := match_route(method, path):
         return route
     raise GatewayError(404, f"TokenSense has no endpoint {method[:16]} {path[:200]}.", code="unknown_endpoint")
+
+
+def route_request(method: str, path: str) -> Route:
+    """The route of a client's `method path`: under a provider prefix (`/mistral/v1/...`) the route table pinned
+    to that provider, else the path as it is (`/openai/deployments/...` is Azure's), else the provider's
+    passthrough; without a prefix the route table, else the passthrough of a path the providers list.
+
+    A path nothing serves is a 404 GatewayError; a passthrough path that is not safe to forward is a 400.
+    """
+    prefixed = provider_prefix(path)
+    if prefixed is not None:
+        provider, rest = prefixed
+        for entry in provider.client_routes:  # the provider's own paths may start with its name (`/toy/v1/...`)
+            if route := entry.match(method, path, owner=provider.name):
+                return route
+        for entry in _GATEWAY_ROUTES:
+            if (route := entry.match(method, rest)) and (pinned := pin(route, provider.name)):
+                return pinned
+        for entry, owner in route_table():
+            route = entry.match(method, rest, owner=owner)
+            if route is not None and (pinned := pin(route, provider.name)) is not None:
+                return pinned
+        try:
+            return classify(method, path)
+        except GatewayError:
+            if route := passthrough_route(rest, provider):
+                return route
+            raise
+    try:
+        return classify(method, path)
+    except GatewayError:
+        if route := passthrough_route(path):
+            return route
+        raise
 
 
 def resolve_model(model: Any, prices: PriceBook, media_models: frozenset[str] = frozenset(), *,

@@ -37,6 +37,7 @@ class OpenAICompatibleProvider(OpenAIAdapter):
     configured = True
     native = frozenset({Endpoint.CHAT, Endpoint.EMBEDDINGS})
     accepts_any_model = True
+    passthrough_paths = ()  # its other paths only under its prefix (`/NAME/v1/...`)
 
     def __init__(self, name: str, table: ProviderConfig) -> None:
         # Instance attributes shadow OpenAIAdapter's class attributes of the same names.
