@@ -18,14 +18,11 @@ from mitmproxy import http
 from addons.common import answer_error, answer_json, get_call, prepare_upstream, require_credential, response_body
 from tokensense.core.errors import GatewayError
 from tokensense.gateway.call import CallContext, Record
-from tokensense.gateway.passthrough import endpoint_listing, passthrough_kind
+from tokensense.gateway.passthrough import endpoint_listing, parse_passthrough
 from tokensense.gateway.routing import ENDPOINTS_LISTING
 from tokensense.gateway.runtime import Runtime
-from tokensense.gateway.stages.parse import read_json
 from tokensense.metering.usage_extract import usage_from_answer
-from tokensense.providers import get_provider, provider_for_model
 from tokensense.providers.base import Upstream
-from tokensense.providers.passthrough import owner_of
 from tokensense.providers.routes import PassthroughPath
 
 
@@ -56,30 +53,16 @@ class Passthrough:
 
     def _prepare(self, flow: http.HTTPFlow, call: CallContext, path: PassthroughPath) -> None:
         req = flow.request
-        body = None
-        model: str | None = None
-        if req.raw_content and "json" in req.headers.get("content-type", "").lower():
-            body = read_json(req.raw_content)  # parsed once, with limits; a 400 says what is wrong
-            named = body.get("model")
-            model = named if isinstance(named, str) and named else None
-        named_provider = None
-        if model is not None:
-            named_provider = provider_for_model(model)
-            if named_provider is None and "/" in model:
-                named_provider = get_provider(model.split("/", 1)[0])
-        provider = owner_of(path, model, named_provider)
-        kind = passthrough_kind(self.runtime.config.passthrough, req.method, path.family)
+        parsed = parse_passthrough(self.runtime.config.passthrough, req.method, path,
+                                   req.headers.get("content-type", ""), req.raw_content)
         assert call.route is not None
-        call.route = call.route._replace(passthrough=path._replace(kind=kind))
-        call.free = kind == "free"
-        call.provider = provider
-        if model is not None:
-            call.requested_model = model
-            call.model = provider.catalog_model(model.removeprefix(f"{provider.name}/"))
-        call.sent_body = body
-        credential = require_credential(self.runtime, provider)
+        call.route = call.route._replace(passthrough=parsed.path)
+        call.free = parsed.path.kind == "free"
+        call.provider, call.model, call.requested_model = parsed.provider, parsed.model, parsed.requested
+        call.sent_body = parsed.body
+        credential = require_credential(self.runtime, parsed.provider)
         # The client's own bytes and query go; the path is the validated one, the auth the provider's key.
-        prepare_upstream(call, provider, credential, Upstream(call.route_endpoint, path.path))
+        prepare_upstream(call, parsed.provider, credential, Upstream(call.route_endpoint, parsed.path.path))
 
     def responseheaders(self, flow: http.HTTPFlow) -> None:
         call = get_call(flow)

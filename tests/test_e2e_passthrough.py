@@ -149,6 +149,22 @@ def test_fine_tuning_jobs_without_a_prefix(gw: Gateway, exec_id: str) -> None:
     assert (record["provider"], record["endpoint"], record["cost_usd"]) == ("openai", "fine_tuning", 0)
 
 
+def test_streamed_passthrough_is_streamed_and_priced_from_its_usage(gw: Gateway, exec_id: str) -> None:
+    client = openai.OpenAI(base_url=f"{gw.url}/v1", api_key=gw.key, max_retries=0,
+                           default_headers={"x-execution-id": exec_id})
+    with pytest.warns(DeprecationWarning):  # the Assistants API is deprecated in the SDK, and still served
+        stream = client.beta.threads.create_and_run(assistant_id="asst_1", model="gpt-4o-mini", stream=True)
+    events = [event.event for event in stream]
+    assert events == ["thread.created", "thread.run.created", "thread.run.completed"]
+    req = upstream(gw, exec_id)
+    assert req["path"] == "/openai/v1/threads/runs" and req["body"]["stream"] is True
+    record = one_record(gw, exec_id)
+    assert (record["endpoint"], record["model"], record["stream"]) == ("threads", "gpt-4o-mini", 1)
+    assert (record["input_tokens"], record["output_tokens"]) == (12, 8)
+    # gpt-4o-mini: $0.15 / 1M input, $0.60 / 1M output (genai-prices)
+    assert record["cost_usd"] == pytest.approx(12 * 0.15e-6 + 8 * 0.6e-6, abs=1e-9)
+
+
 def test_provider_errors_are_answered_as_the_provider_answered(gw: Gateway, exec_id: str) -> None:
     r = httpx.post(f"{gw.url}/v1/fine_tuning/jobs", json={"model": "gpt-4o-mini", "training_file": "file-x"},
                    headers={"authorization": f"Bearer {gw.key}", "x-execution-id": exec_id}, timeout=30)
@@ -181,6 +197,7 @@ def test_budgeted_key_is_refused_an_unpriced_path_but_not_a_free_one(gw: Gateway
     assert client.fine_tuning.jobs.list().data == []  # GET listings are free
     created = client.vector_stores.create(name="docs")  # config.toml: [passthrough] free = ["vector_stores"]
     assert created.id.startswith("vs_")
+    assert client.vector_stores.delete(created.id).deleted  # deletions are free
 
 
 def test_key_limited_to_endpoints(gw: Gateway) -> None:

@@ -11,13 +11,15 @@ their cost could not be counted against it.
 from __future__ import annotations
 
 from fnmatch import fnmatchcase
-from typing import Any, Literal
+from typing import Any, Literal, NamedTuple
 
 from tokensense.config import PassthroughConfig
 from tokensense.core.endpoints import Endpoint
 from tokensense.core.errors import GatewayError
+from tokensense.gateway.body import parse_json_body
 from tokensense.gateway.keys import KeyInfo
-from tokensense.providers import PROVIDERS, route_table
+from tokensense.providers import PROVIDERS, Provider, get_provider, provider_for_model, route_table
+from tokensense.providers.passthrough import owner_of
 from tokensense.providers.routes import PassthroughPath
 
 Kind = Literal["free", "priced", "unpriced"]
@@ -51,6 +53,37 @@ def endpoint_refusal(key: KeyInfo, endpoint: Endpoint) -> GatewayError | None:
                         f"(allowed: {', '.join(allowed)}).", code="endpoint_not_allowed")
 
 
+class PassthroughCall(NamedTuple):
+    """The parse of a passthrough call: who serves it, the model its body names, how it is paid for."""
+
+    provider: Provider
+    model: str | None  # as priced (the provider's catalog name); None: the body names none
+    requested: str | None  # as the body named it
+    body: dict[str, Any] | None  # the JSON body (None: not JSON, e.g. a file upload)
+    path: PassthroughPath  # with its `kind` set
+
+
+def parse_passthrough(config: PassthroughConfig, method: str, path: PassthroughPath, content_type: str,
+                      raw: bytes | None) -> PassthroughCall:
+    """The provider, model and kind of a passthrough call; a 400 for a bad JSON body or a shared path whose body
+    names no model of one of its providers."""
+    body = None
+    model: str | None = None
+    if raw and "json" in content_type.lower():
+        body = parse_json_body(raw)  # parsed once, with limits; a 400 says what is wrong
+        named = body.get("model")
+        model = named if isinstance(named, str) and named else None
+    named_provider = None
+    if model is not None:
+        named_provider = provider_for_model(model)
+        if named_provider is None and "/" in model:
+            named_provider = get_provider(model.split("/", 1)[0])
+    provider = owner_of(path, model, named_provider)
+    priced = provider.catalog_model(model.removeprefix(f"{provider.name}/")) if model is not None else None
+    return PassthroughCall(provider, priced, model, body,
+                           path._replace(kind=passthrough_kind(config, method, path.family)))
+
+
 def endpoint_listing(config: PassthroughConfig, *, prefix_url: str = "") -> dict[str, Any]:
     """What the gateway serves (`GET /v1/tokensense/endpoints`): the metered endpoints with their pricing, the
     passed-through families by provider with theirs, and the provider prefixes."""
@@ -74,5 +107,5 @@ def endpoint_listing(config: PassthroughConfig, *, prefix_url: str = "") -> dict
             "passthrough": passthrough, "prefixes": prefixes}
 
 
-__all__ = ["FREE_METHODS", "Kind", "endpoint_listing", "endpoint_refusal", "passthrough_kind",
-           "unpriced_path_refusal"]
+__all__ = ["FREE_METHODS", "Kind", "PassthroughCall", "endpoint_listing", "endpoint_refusal", "parse_passthrough",
+           "passthrough_kind", "unpriced_path_refusal"]

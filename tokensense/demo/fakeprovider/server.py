@@ -74,7 +74,7 @@ _GEMINI_FILES_PATH = re.compile(
     r"(?:/(?P<id>[^/:]+)(?::(?P<action>download|cancel))?)?$")
 _LONGTAIL_PATH = re.compile(
     r"^(?P<prefix>.*?)/(?P<kind>v1/videos|videos|v1beta/cachedContents|v1/cachedContents|v1/vector_stores|vector_stores"
-    r"|v1/fine_tuning/jobs|fine_tuning/jobs)(?:/(?P<id>[^/]+)(?:/(?P<action>content))?)?$")
+    r"|v1/fine_tuning/jobs|fine_tuning/jobs|v1/threads/runs|threads/runs)(?:/(?P<id>[^/]+)(?:/(?P<action>content))?)?$")
 _LONGTAIL_HANDLERS: dict[tuple[str, bool, str | None], dict[str, Handler]] = {
     ("videos", False, None): {"GET": longtail.videos, "POST": longtail.videos},
     ("videos", True, None): {"GET": longtail.video, "DELETE": longtail.video},
@@ -84,6 +84,8 @@ _LONGTAIL_HANDLERS: dict[tuple[str, bool, str | None], dict[str, Handler]] = {
                                      "DELETE": longtail.cached_content},
     ("vector_stores", False, None): {"GET": longtail.vector_stores, "POST": longtail.vector_stores},
     ("fine_tuning/jobs", False, None): {"GET": longtail.fine_tuning_jobs},
+    ("vector_stores", True, None): {"DELETE": longtail.vector_store},
+    ("threads/runs", False, None): {"POST": longtail.thread_runs},
 }
 # (kind, has id, action) -> {method: handler}
 _BATCH_HANDLERS: dict[tuple[str, bool, str | None], dict[str, Handler]] = {
