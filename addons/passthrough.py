@@ -53,8 +53,9 @@ class Passthrough:
 
     def _prepare(self, flow: http.HTTPFlow, call: CallContext, path: PassthroughPath) -> None:
         req = flow.request
-        parsed = parse_passthrough(self.runtime.config.passthrough, req.method, path,
-                                   req.headers.get("content-type", ""), req.raw_content)
+        parsed = parse_passthrough(
+            self.runtime.config.passthrough, req.method, path, req.headers.get("content-type", ""), req.raw_content
+        )
         assert call.route is not None
         call.route = call.route._replace(passthrough=parsed.path)
         call.free = parsed.path.kind == "free"

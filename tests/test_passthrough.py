@@ -23,32 +23,47 @@ from tokensense.providers.passthrough import MAX_PATH, validated_path
 
 
 def key(**changes: object) -> KeyInfo:
-    fields: dict = dict(id="k1", name="team", revoked=False, project=None, budget_usd=None, budget_period="total",
-                        rpm=None, tpm=None, plan=None, allowed_models=(), allowed_providers=())
+    fields: dict = dict(
+        id="k1",
+        name="team",
+        revoked=False,
+        project=None,
+        budget_usd=None,
+        budget_period="total",
+        rpm=None,
+        tpm=None,
+        plan=None,
+        allowed_models=(),
+        allowed_providers=(),
+    )
     return KeyInfo(**{**fields, **changes})
 
 
-@pytest.mark.parametrize(("method", "path", "endpoint", "provider", "prefix", "upstream"), [
-    # Known endpoints under a prefix: the usual route, pinned to the prefix's provider.
-    ("POST", "/openai/v1/chat/completions", "chat.completions", "openai", "openai", None),
-    ("POST", "/anthropic/v1/messages", "messages", "anthropic", "anthropic", None),
-    ("POST", "/anthropic/v1/chat/completions", "chat.completions", "anthropic", "anthropic", None),
-    ("POST", "/gemini/v1beta/models/gemini-2.5-flash:generateContent", "gemini", "gemini", "gemini", None),
-    ("POST", "/mistral/v1/fim/completions", "fim.completions", "mistral", "mistral", None),
-    ("GET", "/openai/v1/models", "models", None, "openai", None),
-    # Azure's own paths keep working: deployments as they are, its v1 API under its own prefix.
-    ("POST", "/openai/deployments/prod-4o/chat/completions", "chat.completions", "azure", None, None),
-    ("POST", "/azure/openai/v1/embeddings", "embeddings", "azure", "azure", None),
-    # Paths no route serves: passed through.
-    ("GET", "/openai/v1/vector_stores", "vector_stores", None, "openai", "/v1/vector_stores"),
-    ("POST", "/anthropic/v1/files", "files", None, "anthropic", "/v1/files"),
-    ("GET", "/v1/fine_tuning/jobs", "fine_tuning", None, None, "/v1/fine_tuning/jobs"),
-    ("GET", "/v1beta/cachedContents/abc", "cachedContents", None, None, "/v1beta/cachedContents/abc"),
-    ("POST", "/gemini/v1beta/batches/123:cancel", "batches", None, "gemini", "/v1beta/batches/123:cancel"),
-    ("DELETE", "/mistral/v1/fine_tuning/jobs/ft-1", "fine_tuning", None, "mistral", "/v1/fine_tuning/jobs/ft-1"),
-])
-def test_route_request(method: str, path: str, endpoint: str, provider: str | None, prefix: str | None,
-                       upstream: str | None) -> None:
+@pytest.mark.parametrize(
+    ("method", "path", "endpoint", "provider", "prefix", "upstream"),
+    [
+        # Known endpoints under a prefix: the usual route, pinned to the prefix's provider.
+        ("POST", "/openai/v1/chat/completions", "chat.completions", "openai", "openai", None),
+        ("POST", "/anthropic/v1/messages", "messages", "anthropic", "anthropic", None),
+        ("POST", "/anthropic/v1/chat/completions", "chat.completions", "anthropic", "anthropic", None),
+        ("POST", "/gemini/v1beta/models/gemini-2.5-flash:generateContent", "gemini", "gemini", "gemini", None),
+        ("POST", "/mistral/v1/fim/completions", "fim.completions", "mistral", "mistral", None),
+        ("GET", "/openai/v1/models", "models", None, "openai", None),
+        # Azure's own paths keep working: deployments as they are, its v1 API under its own prefix.
+        ("POST", "/openai/deployments/prod-4o/chat/completions", "chat.completions", "azure", None, None),
+        ("POST", "/azure/openai/v1/embeddings", "embeddings", "azure", "azure", None),
+        # Paths no route serves: passed through.
+        ("GET", "/openai/v1/vector_stores", "vector_stores", None, "openai", "/v1/vector_stores"),
+        ("POST", "/anthropic/v1/files", "files", None, "anthropic", "/v1/files"),
+        ("GET", "/v1/fine_tuning/jobs", "fine_tuning", None, None, "/v1/fine_tuning/jobs"),
+        ("GET", "/v1beta/cachedContents/abc", "cachedContents", None, None, "/v1beta/cachedContents/abc"),
+        ("POST", "/gemini/v1beta/batches/123:cancel", "batches", None, "gemini", "/v1beta/batches/123:cancel"),
+        ("DELETE", "/mistral/v1/fine_tuning/jobs/ft-1", "fine_tuning", None, "mistral", "/v1/fine_tuning/jobs/ft-1"),
+    ],
+)
+def test_route_request(
+    method: str, path: str, endpoint: str, provider: str | None, prefix: str | None, upstream: str | None
+) -> None:
     route = route_request(method, path)
     assert (route.endpoint.value, route.provider, route.prefix) == (endpoint, provider, prefix)
     assert (route.passthrough.path if route.passthrough else None) == upstream
@@ -61,21 +76,41 @@ def test_shared_and_single_owner_paths() -> None:
     assert vector is not None and vector.providers == ("openai",)
 
 
-@pytest.mark.parametrize(("method", "path"), [
-    ("GET", "/nothing/here"), ("GET", "/openai/x/y"), ("GET", "/v1/unknown_family"), ("GET", "/v1/messages"),
-    ("POST", "/v1beta/models/gemini-2.5-flash:deleteFile"), ("GET", "/bedrock/v1/x"), ("GET", "/v1/../x"),
-])
+@pytest.mark.parametrize(
+    ("method", "path"),
+    [
+        ("GET", "/nothing/here"),
+        ("GET", "/openai/x/y"),
+        ("GET", "/v1/unknown_family"),
+        ("GET", "/v1/messages"),
+        ("POST", "/v1beta/models/gemini-2.5-flash:deleteFile"),
+        ("GET", "/bedrock/v1/x"),
+        ("GET", "/v1/../x"),
+    ],
+)
 def test_paths_nothing_serves_are_404(method: str, path: str) -> None:
     with pytest.raises(GatewayError) as e:
         route_request(method, path)
     assert e.value.status == 404
 
 
-@pytest.mark.parametrize("path", [
-    "/openai/v1/../x", "/openai/v1/vector_stores/..", "/openai/v1/./x", "/openai/v1//evil.example",
-    "/openai/v1/a%2Fb", "/openai/v1/%2e%2e", "/openai/v1/a\\b", "/openai/v1/x#y", "/openai/v1/x?y",
-    "/openai/v1/" + "a" * (MAX_PATH + 1), "/openai/v1/" + "/".join("a" * 20), "/v1/vector_stores/%2e%2e",
-])
+@pytest.mark.parametrize(
+    "path",
+    [
+        "/openai/v1/../x",
+        "/openai/v1/vector_stores/..",
+        "/openai/v1/./x",
+        "/openai/v1//evil.example",
+        "/openai/v1/a%2Fb",
+        "/openai/v1/%2e%2e",
+        "/openai/v1/a\\b",
+        "/openai/v1/x#y",
+        "/openai/v1/x?y",
+        "/openai/v1/" + "a" * (MAX_PATH + 1),
+        "/openai/v1/" + "/".join("a" * 20),
+        "/v1/vector_stores/%2e%2e",
+    ],
+)
 def test_unsafe_passthrough_paths_are_400(path: str) -> None:
     with pytest.raises(GatewayError) as e:
         route_request("GET", path)

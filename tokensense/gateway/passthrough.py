@@ -38,10 +38,13 @@ def unpriced_path_refusal(key: KeyInfo, method: str, path: PassthroughPath) -> G
     if key.budget_usd is None or path.kind != "unpriced":
         return None
     return GatewayError(
-        403, f"The key `{key.name}` has a budget, and TokenSense cannot price {method} {path.path} (passed through "
+        403,
+        f"The key `{key.name}` has a budget, and TokenSense cannot price {method} {path.path} (passed through "
         f"to the provider, family `{path.family}`): its cost could not be counted against the budget. Mark the "
-        f"family free or priced in config.toml (`[passthrough] free = [\"{path.family}\"]` or `priced = [...]`), "
-        "or use a key without a budget.", code="path_unpriced")
+        f'family free or priced in config.toml (`[passthrough] free = ["{path.family}"]` or `priced = [...]`), '
+        "or use a key without a budget.",
+        code="path_unpriced",
+    )
 
 
 def endpoint_refusal(key: KeyInfo, endpoint: Endpoint) -> GatewayError | None:
@@ -49,8 +52,11 @@ def endpoint_refusal(key: KeyInfo, endpoint: Endpoint) -> GatewayError | None:
     allowed = key.allowed_endpoints
     if not allowed or any(fnmatchcase(endpoint.value, pattern) for pattern in allowed):
         return None
-    return GatewayError(403, f"The key `{key.name}` may not call the endpoint `{endpoint.value}` "
-                        f"(allowed: {', '.join(allowed)}).", code="endpoint_not_allowed")
+    return GatewayError(
+        403,
+        f"The key `{key.name}` may not call the endpoint `{endpoint.value}` (allowed: {', '.join(allowed)}).",
+        code="endpoint_not_allowed",
+    )
 
 
 class PassthroughCall(NamedTuple):
@@ -63,8 +69,9 @@ class PassthroughCall(NamedTuple):
     path: PassthroughPath  # with its `kind` set
 
 
-def parse_passthrough(config: PassthroughConfig, method: str, path: PassthroughPath, content_type: str,
-                      raw: bytes | None) -> PassthroughCall:
+def parse_passthrough(
+    config: PassthroughConfig, method: str, path: PassthroughPath, content_type: str, raw: bytes | None
+) -> PassthroughCall:
     """The provider, model and kind of a passthrough call; a 400 for a bad JSON body or a shared path whose body
     names no model of one of its providers."""
     body = None
@@ -80,8 +87,9 @@ def parse_passthrough(config: PassthroughConfig, method: str, path: PassthroughP
             named_provider = get_provider(model.split("/", 1)[0])
     provider = owner_of(path, model, named_provider)
     priced = provider.catalog_model(model.removeprefix(f"{provider.name}/")) if model is not None else None
-    return PassthroughCall(provider, priced, model, body,
-                           path._replace(kind=passthrough_kind(config, method, path.family)))
+    return PassthroughCall(
+        provider, priced, model, body, path._replace(kind=passthrough_kind(config, method, path.family))
+    )
 
 
 def endpoint_listing(config: PassthroughConfig, *, prefix_url: str = "") -> dict[str, Any]:
@@ -90,8 +98,9 @@ def endpoint_listing(config: PassthroughConfig, *, prefix_url: str = "") -> dict
     served: dict[str, dict[str, Any]] = {}
     for entry, owner in route_table():
         endpoint = entry.endpoint.value
-        item = served.setdefault(endpoint, {"endpoint": endpoint, "pricing": "free" if entry.free else "priced",
-                                            "providers": []})
+        item = served.setdefault(
+            endpoint, {"endpoint": endpoint, "pricing": "free" if entry.free else "priced", "providers": []}
+        )
         owners = [name for name, p in PROVIDERS.items() if entry in p.client_routes]
         item["providers"] = sorted({*item["providers"], *(owners or [owner])})
     passthrough = []
@@ -99,13 +108,35 @@ def endpoint_listing(config: PassthroughConfig, *, prefix_url: str = "") -> dict
         for listed in provider.passthrough_paths:
             family = listed.split("/", 1)[1]
             kind = "free" if family in config.free else "priced" if family in config.priced else "unpriced"
-            passthrough.append({"path": f"/{listed}", "family": family, "provider": name, "pricing": kind,
-                                "free_methods": sorted(FREE_METHODS)})
-    prefixes = [{"provider": name, "prefix": f"{prefix_url}/{name}", "api_versions": list(p.api_versions)}
-                for name, p in PROVIDERS.items() if p.api_versions or p.client_routes]
-    return {"object": "tokensense.endpoints", "served": sorted(served.values(), key=lambda e: e["endpoint"]),
-            "passthrough": passthrough, "prefixes": prefixes}
+            passthrough.append(
+                {
+                    "path": f"/{listed}",
+                    "family": family,
+                    "provider": name,
+                    "pricing": kind,
+                    "free_methods": sorted(FREE_METHODS),
+                }
+            )
+    prefixes = [
+        {"provider": name, "prefix": f"{prefix_url}/{name}", "api_versions": list(p.api_versions)}
+        for name, p in PROVIDERS.items()
+        if p.api_versions or p.client_routes
+    ]
+    return {
+        "object": "tokensense.endpoints",
+        "served": sorted(served.values(), key=lambda e: e["endpoint"]),
+        "passthrough": passthrough,
+        "prefixes": prefixes,
+    }
 
 
-__all__ = ["FREE_METHODS", "Kind", "PassthroughCall", "endpoint_listing", "endpoint_refusal", "parse_passthrough",
-           "passthrough_kind", "unpriced_path_refusal"]
+__all__ = [
+    "FREE_METHODS",
+    "Kind",
+    "PassthroughCall",
+    "endpoint_listing",
+    "endpoint_refusal",
+    "parse_passthrough",
+    "passthrough_kind",
+    "unpriced_path_refusal",
+]

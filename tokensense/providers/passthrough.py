@@ -66,19 +66,30 @@ def pin(route: Route, provider: str) -> Route | None:
 def validated_path(path: str) -> list[str]:
     """The segments of a path a client asked to pass through; a 400 naming what is wrong with it."""
     if len(path) > MAX_PATH:
-        raise GatewayError(400, f"The path is {len(path)} characters long; TokenSense passes through at most "
-                           f"{MAX_PATH}.", code="invalid_path")
+        raise GatewayError(
+            400,
+            f"The path is {len(path)} characters long; TokenSense passes through at most {MAX_PATH}.",
+            code="invalid_path",
+        )
     if "\\" in path or "%" in path:
-        raise GatewayError(400, "The path may not contain backslashes or percent-encoded characters "
-                           "(TokenSense passes plain path segments only).", code="invalid_path")
+        raise GatewayError(
+            400,
+            "The path may not contain backslashes or percent-encoded characters "
+            "(TokenSense passes plain path segments only).",
+            code="invalid_path",
+        )
     segments = path.split("/")[1:] if path.startswith("/") else []
     if not segments or len(segments) > MAX_SEGMENTS:
         raise GatewayError(400, f"A passthrough path has 1 to {MAX_SEGMENTS} segments.", code="invalid_path")
     for segment in segments:
         if segment in ("", ".", "..") or not _SEGMENT.match(segment):
             shown = "".join(c if c.isprintable() else "?" for c in segment[:60])
-            raise GatewayError(400, f"The path segment `{shown}` is not passed through: a segment is letters, digits "
-                               "and . _ ~ : @ + = , ! - (no empty, `.` or `..` segment).", code="invalid_path")
+            raise GatewayError(
+                400,
+                f"The path segment `{shown}` is not passed through: a segment is letters, digits "
+                "and . _ ~ : @ + = , ! - (no empty, `.` or `..` segment).",
+                code="invalid_path",
+            )
     return segments
 
 
@@ -118,11 +129,22 @@ def passthrough_route(path: str, provider: Provider | None = None) -> Route | No
     if not _FAMILY.match(family):
         raise GatewayError(400, f"`{family[:60]}` is not a resource of a provider API.", code="invalid_path")
     clean = "/" + "/".join(segments)
-    fmt = provider_errors(provider) if provider is not None else \
-        provider_errors(PROVIDERS[owners[0]]) if len(owners) == 1 else error_shape_for_path(clean)
-    return Route(family_endpoint(family), fmt, version=version, model_in_body=False, body_streams=False,
-                 prefix=provider.name if provider is not None else None,
-                 passthrough=PassthroughPath(clean, family, owners))
+    fmt = (
+        provider_errors(provider)
+        if provider is not None
+        else provider_errors(PROVIDERS[owners[0]])
+        if len(owners) == 1
+        else error_shape_for_path(clean)
+    )
+    return Route(
+        family_endpoint(family),
+        fmt,
+        version=version,
+        model_in_body=False,
+        body_streams=False,
+        prefix=provider.name if provider is not None else None,
+        passthrough=PassthroughPath(clean, family, owners),
+    )
 
 
 def prefixes_for(path: PassthroughPath) -> str:
@@ -142,10 +164,25 @@ def owner_of(path: PassthroughPath, model: str | None, model_provider: Provider 
     if model_provider is not None and model_provider.name in path.providers:
         return model_provider
     said = f"the model `{model[:100]}` is served by none of them" if model else "the request names no model"
-    raise GatewayError(400, f"Several providers have /{path.path.lstrip('/')} ({', '.join(path.providers)}) and "
-                       f"{said}: call it under the provider's prefix ({prefixes_for(path)}).",
-                       code="ambiguous_provider")
+    raise GatewayError(
+        400,
+        f"Several providers have /{path.path.lstrip('/')} ({', '.join(path.providers)}) and "
+        f"{said}: call it under the provider's prefix ({prefixes_for(path)}).",
+        code="ambiguous_provider",
+    )
 
 
-__all__ = ["MAX_PATH", "OTHER", "PassthroughPath", "Prefixed", "family_endpoint", "owner_of", "passthrough_route",
-           "pin", "prefixes_for", "provider_errors", "provider_prefix", "validated_path"]
+__all__ = [
+    "MAX_PATH",
+    "OTHER",
+    "PassthroughPath",
+    "Prefixed",
+    "family_endpoint",
+    "owner_of",
+    "passthrough_route",
+    "pin",
+    "prefixes_for",
+    "provider_errors",
+    "provider_prefix",
+    "validated_path",
+]
