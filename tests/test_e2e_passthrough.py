@@ -231,6 +231,15 @@ def test_budgeted_key_is_refused_an_unpriced_path_but_not_a_free_one(gw: Gateway
     assert client.vector_stores.delete(created.id).deleted  # deletions are free
 
 
+def test_capped_key_is_refused_a_path_whose_cost_cannot_be_bounded(gw: Gateway) -> None:
+    key = new_key(gw, "--max-call-usd", "0.5")
+    headers = {"authorization": f"Bearer {key}"}
+    r = httpx.post(f"{gw.url}/anthropic/v1/files", files={"file": ("a.txt", b"hi")}, headers=headers, timeout=30)
+    assert r.status_code == 402 and r.json()["error"]["type"] == "billing_error"
+    assert "/v1/files" in r.json()["error"]["message"]
+    assert httpx.get(f"{gw.url}/anthropic/v1/files", headers=headers, timeout=30).status_code == 200
+
+
 def test_key_limited_to_endpoints(gw: Gateway) -> None:
     key = new_key(gw, "--allow-endpoint", "chat.completions", "--allow-endpoint", "vector_*")
     client = openai.OpenAI(base_url=f"{gw.url}/openai/v1", api_key=key, max_retries=0)
@@ -316,6 +325,28 @@ NAMED_HOSTILE = [
 ]
 
 
+def test_absolute_form_target_and_host_header_do_not_choose_the_host(gw: Gateway) -> None:
+    gw.fake.clear()
+    parts = urlsplit(gw.url)
+    for target, host in (
+        ("http://evil.example/openai/v1/vector_stores", "evil.example"),
+        ("/openai/v1/vector_stores", "evil.example"),
+    ):
+        conn = http.client.HTTPConnection(parts.hostname or "127.0.0.1", parts.port, timeout=30)
+        try:
+            conn.putrequest("GET", target, skip_host=True, skip_accept_encoding=True)
+            conn.putheader("Host", host)
+            conn.putheader("Authorization", f"Bearer {gw.key}")
+            conn.endheaders()
+            response = conn.getresponse()
+            response.read()
+            assert response.status in (200, 400, 404)
+        finally:
+            conn.close()
+    assert_stayed_home(gw)
+    assert all(r["headers"].get("host") == urlsplit(gw.fake.url).netloc for r in gw.fake.requests())
+
+
 @pytest.mark.parametrize("path", NAMED_HOSTILE)
 def test_named_hostile_paths_never_leave_the_base_url(gw: Gateway, path: str) -> None:
     gw.fake.clear()
@@ -367,5 +398,15 @@ def test_endpoints_listing_and_usage_by_endpoint(gw: Gateway, exec_id: str) -> N
     httpx.get(f"{gw.url}/openai/v1/vector_stores", headers={"authorization": f"Bearer {gw.key}"}, timeout=30)
     gw.wait_records(endpoint="vector_stores")
     groups = json.loads(gw.cli("usage", "--by", "endpoint", "--json").stdout)
-    endpoints = {g["endpoint"] for g in groups}
-    assert {"vector_stores", "chat.completions"} <= endpoints
+    by_endpoint = {g["endpoint"]: g for g in groups}
+    assert by_endpoint["vector_stores"]["cost_usd"] == 0 and not by_endpoint["vector_stores"].get("unpriced")
+    httpx.post(
+        f"{gw.url}/anthropic/v1/files",
+        files={"file": ("b.txt", b"x")},
+        timeout=30,
+        headers={"authorization": f"Bearer {gw.key}", "x-execution-id": exec_id},
+    )
+    gw.wait_records(execution_id=exec_id)
+    text = gw.cli("usage", "--by", "endpoint").stdout
+    [files_line] = [line for line in text.splitlines() if line.startswith("files ")]
+    assert "unpriced" in files_line  # passed through unpriced: on its own line, counted apart from the total

@@ -47,6 +47,17 @@ def unpriced_path_refusal(key: KeyInfo, method: str, path: PassthroughPath) -> G
     )
 
 
+def capped_path_refusal(cap: float, method: str, path: PassthroughPath) -> GatewayError:
+    """The 402 for a passthrough call with a cost cap whose cost TokenSense cannot bound (unpriced, or no model)."""
+    return GatewayError(
+        402,
+        f"This call has a cost cap of ${cap:g}, and TokenSense cannot bound the cost of {method} {path.path} (passed "
+        f"through, family `{path.family}`). Mark the family free in config.toml (`[passthrough] free = "
+        f'["{path.family}"]`), or send it without a cap.',
+        code="max_cost_exceeded",
+    )
+
+
 def endpoint_refusal(key: KeyInfo, endpoint: Endpoint) -> GatewayError | None:
     """A 403 when `key` is limited to endpoints (`keys create --allow-endpoint`) and `endpoint` is not one of them."""
     allowed = key.allowed_endpoints
@@ -134,6 +145,7 @@ __all__ = [
     "FREE_METHODS",
     "Kind",
     "PassthroughCall",
+    "capped_path_refusal",
     "endpoint_listing",
     "endpoint_refusal",
     "parse_passthrough",

@@ -22,7 +22,7 @@ from tokensense.core.usage import TokenUsage
 from tokensense.gateway.call import CallContext
 from tokensense.gateway.guards import LoopGuard, call_cap, max_cost_refusal
 from tokensense.gateway.limits import BudgetDecision, CounterStore, RateDecision
-from tokensense.gateway.passthrough import endpoint_refusal, unpriced_path_refusal
+from tokensense.gateway.passthrough import capped_path_refusal, endpoint_refusal, unpriced_path_refusal
 from tokensense.gateway.policy import budget_window, check_access, estimate_cost, estimate_usage, limits_for
 from tokensense.gateway.price_policy import unpriced_refusal
 from tokensense.gateway.reservation import budget_refusal, call_reservation
@@ -177,6 +177,11 @@ def _checked(call: CallContext, target: Target, prices: PriceBook) -> GatewayErr
             check_access(call.key, target.provider, target.model, target.requested, model_named=bool(target.model))
         except GatewayError as e:
             return e
+        if call.free:
+            return None
+        cap = call_cap(call.max_cost_usd, call.key.max_call_usd)
+        if cap is not None and (route.passthrough.kind == "unpriced" or not target.model):
+            return capped_path_refusal(cap, call.method, route.passthrough)
         return unpriced_path_refusal(call.key, call.method, route.passthrough)
     try:
         check_access(call.key, target.provider, target.model, target.requested)
