@@ -16,6 +16,8 @@ import httpx
 import openai
 import pytest
 from conftest import PROVIDER_KEYS, STORED_ANTHROPIC_KEY, FakeProvider, Gateway, start_gateway, stop
+from google import genai
+from google.genai import types
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -98,6 +100,28 @@ def test_anthropic_prefix_serves_messages_and_refuses_another_providers_model(gw
     with pytest.raises(openai.NotFoundError) as e:  # pinned: `gpt-4o` is asked of Anthropic, which has no such model
         oai.chat.completions.create(model="gpt-4o", messages=[{"role": "user", "content": "Hi"}])
     assert "gpt-4o" in str(e.value)
+
+
+def test_gemini_prefix_and_the_responses_api_under_the_openai_prefix(gw: Gateway, exec_id: str) -> None:
+    gemini = genai.Client(
+        api_key=gw.key,
+        http_options=types.HttpOptions(
+            base_url=f"{gw.url}/gemini", api_version="v1beta", headers={"x-execution-id": exec_id}
+        ),
+    )
+    assert gemini.models.generate_content(model="gemini-2.5-flash", contents="Hi").text
+    req = upstream(gw, exec_id)
+    assert req["path"] == "/gemini/v1beta/models/gemini-2.5-flash:generateContent"
+    assert req["headers"]["x-goog-api-key"] == PROVIDER_KEYS["gemini"]
+    record = one_record(gw, exec_id)
+    assert (record["provider"], record["endpoint"]) == ("gemini", "gemini") and record["cost_usd"] > 0
+    other = f"exec-{uuid.uuid4().hex[:12]}"
+    client = openai.OpenAI(
+        base_url=f"{gw.url}/openai/v1", api_key=gw.key, max_retries=0, default_headers={"x-execution-id": other}
+    )
+    assert client.responses.create(model="gpt-4o-mini", input="Hi").output_text
+    record = one_record(gw, other)
+    assert (record["provider"], record["endpoint"]) == ("openai", "responses") and record["cost_usd"] > 0
 
 
 def test_configured_provider_has_a_prefix_too(gw: Gateway, exec_id: str) -> None:
