@@ -70,8 +70,8 @@ class Passthrough:
         response = flow.response
         if response is None or _passthrough(call) is None or response.stream:
             return
-        content_type = response.headers.get("content-type", "").lower()
-        if not content_type.startswith(("text/event-stream", "application/json")):
+        media_type = response.headers.get("content-type", "").partition(";")[0].strip().lower()
+        if media_type not in ("text/event-stream", "application/json"):
             response.stream = True  # a download (file content, media): passed on as it arrives, never buffered
 
     def response(self, flow: http.HTTPFlow) -> None:
@@ -91,8 +91,8 @@ class Passthrough:
             call.usage = usage
             if usage is not None and usage.has_tokens and call.model is None:
                 call.model = _answer_model(content)
-        if usage is None or not usage.has_tokens:
-            call.usage_unknown = True  # no usage to price it by: unpriced (NULL), never a silent $0
+        if usage is None or not usage.has_tokens or call.model is None:
+            call.usage_unknown = True  # no usage, or no model, to price it by: unpriced (NULL), never a silent $0
 
 
 def _answer_model(content: bytes) -> str | None:
@@ -101,5 +101,5 @@ def _answer_model(content: bytes) -> str | None:
         answer = json.loads(content)
     except (ValueError, UnicodeDecodeError):
         return None
-    model = answer.get("model") if isinstance(answer, dict) else None
+    model = (answer.get("model") or answer.get("modelVersion")) if isinstance(answer, dict) else None
     return model[:200] if isinstance(model, str) and model else None

@@ -207,6 +207,19 @@ def test_streamed_passthrough_is_streamed_and_priced_from_its_usage(gw: Gateway,
     assert record["cost_usd"] == pytest.approx(12 * 0.15e-6 + 8 * 0.6e-6, abs=1e-9)
 
 
+def test_download_is_streamed_through_unchanged(gw: Gateway, exec_id: str) -> None:
+    size = 5 * 1024 * 1024
+    headers = {"authorization": f"Bearer {gw.key}", "x-execution-id": exec_id, "x-fake-bytes": str(size)}
+    url = f"{gw.url}/openai/v1/containers/cntr_1/files/cfile_1/content"
+    with httpx.stream("GET", url, headers=headers, timeout=30) as r:
+        assert r.status_code == 200 and r.headers["content-type"] == "application/octet-stream"
+        body = b"".join(r.iter_bytes())
+    assert len(body) == size and body.startswith(b"cntr_1/cfile_1\n")
+    assert upstream(gw, exec_id)["path"] == "/openai/v1/containers/cntr_1/files/cfile_1/content"
+    record = one_record(gw, exec_id)
+    assert (record["endpoint"], record["status"], record["cost_usd"]) == ("containers", 200, 0)
+
+
 def test_provider_errors_are_answered_as_the_provider_answered(gw: Gateway, exec_id: str) -> None:
     r = httpx.post(
         f"{gw.url}/v1/fine_tuning/jobs",

@@ -18,7 +18,7 @@ from tokensense.core.endpoints import Endpoint
 from tokensense.core.errors import GatewayError
 from tokensense.gateway.body import parse_json_body
 from tokensense.gateway.keys import KeyInfo
-from tokensense.providers import PROVIDERS, Provider, get_provider, provider_for_model, route_table
+from tokensense.providers import PROVIDERS, Provider, get_provider, match_route, provider_for_model, route_table
 from tokensense.providers.passthrough import owner_of
 from tokensense.providers.routes import PassthroughPath
 
@@ -118,6 +118,8 @@ def endpoint_listing(config: PassthroughConfig, *, prefix_url: str = "") -> dict
     for name, provider in PROVIDERS.items():
         for listed in provider.passthrough_paths:
             family = listed.split("/", 1)[1]
+            if _served(f"/{listed}"):
+                continue  # a route serves it (and meters it): listed above
             kind = "free" if family in config.free else "priced" if family in config.priced else "unpriced"
             passthrough.append(
                 {
@@ -139,6 +141,17 @@ def endpoint_listing(config: PassthroughConfig, *, prefix_url: str = "") -> dict
         "passthrough": passthrough,
         "prefixes": prefixes,
     }
+
+
+def _served(path: str) -> bool:
+    """Whether a route of the table serves `path` itself (then the passthrough never sees it)."""
+    for method in ("GET", "POST"):
+        try:
+            if match_route(method, path) is not None:
+                return True
+        except GatewayError:
+            return True
+    return False
 
 
 __all__ = [

@@ -451,3 +451,11 @@ def thread_runs(req: FakeRequest) -> Reply:
     return StreamReply(200, [sse_event("thread.created", thread), sse_event("thread.run.created", run),
                              sse_event("thread.run.completed", completed), b"event: done\ndata: [DONE]\n\n"],
                        "text/event-stream")
+
+
+def container_file_content(req: FakeRequest) -> Reply:
+    """`/v1/containers/{id}/files/{file}/content`: a file's bytes (`x-fake-bytes` of them, default 1 MiB)."""
+    size_header = req.headers.get("x-fake-bytes", "")
+    size = int(size_header) if size_header.isdigit() else 1024 * 1024
+    pattern = f"{req.params.get('id', '')}/{req.params.get('file', '')}\n".encode()
+    return BodyReply(200, (pattern * (size // len(pattern) + 1))[:size], content_type="application/octet-stream")

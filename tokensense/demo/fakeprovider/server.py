@@ -75,6 +75,7 @@ _GEMINI_FILES_PATH = re.compile(
 _LONGTAIL_PATH = re.compile(
     r"^(?P<prefix>.*?)/(?P<kind>v1/videos|videos|v1beta/cachedContents|v1/cachedContents|v1/vector_stores|vector_stores"
     r"|v1/fine_tuning/jobs|fine_tuning/jobs|v1/threads/runs|threads/runs)(?:/(?P<id>[^/]+)(?:/(?P<action>content))?)?$")
+_CONTAINER_FILE_PATH = re.compile(r"^(?P<prefix>.*?)/v1/containers/(?P<id>[^/]+)/files/(?P<file>[^/]+)/content$")
 _LONGTAIL_HANDLERS: dict[tuple[str, bool, str | None], dict[str, Handler]] = {
     ("videos", False, None): {"GET": longtail.videos, "POST": longtail.videos},
     ("videos", True, None): {"GET": longtail.video, "DELETE": longtail.video},
@@ -140,6 +141,9 @@ def resolve_route(method: str, path: str, headers: Any) -> Route | None:
             handler = azure_format.OPERATIONS[match["operation"]] if method == "POST" else None
             params = {"deployment": match["deployment"]} if match["deployment"] else {}
             return Route(azure_format, handler, match["prefix"], params)
+    if "/containers/" in path and (match := _CONTAINER_FILE_PATH.match(path)):
+        handler = longtail.container_file_content if method == "GET" else None
+        return Route(openai_format, handler, match["prefix"], {"id": match["id"], "file": match["file"]})
     if ("/batches" in path or "/files" in path) and (route := _gemini_batch_route(method, path, headers)):
         return route
     if ":" in path:
