@@ -43,10 +43,7 @@ def classify(method: str, path: str) -> Route:
 
     A path nothing serves is a 404 GatewayError.
     """
-    for entry in _GATEWAY_ROUTES:
-        if route := entry.match(method, path):
-            return route
-    if route := match_route(method, path):
+    if route := _served(method, path):
         return route
     raise GatewayError(404, f"TokenSense has no endpoint {method[:16]} {path[:200]}.", code="unknown_endpoint")
 
@@ -71,18 +68,22 @@ def route_request(method: str, path: str) -> Route:
             route = entry.match(method, rest, owner=owner)
             if route is not None and (pinned := pin(route, provider.name)) is not None:
                 return pinned
-        try:
-            return classify(method, path)
-        except GatewayError:
-            if route := passthrough_route(rest, provider):
-                return route
-            raise
-    try:
-        return classify(method, path)
-    except GatewayError:
-        if route := passthrough_route(path):
+        # The path as it is (Azure's `/openai/deployments/...`), then the provider's passthrough. A route that
+        # claims a path but refuses its parts (an action it does not forward) stays a 404: never passed through.
+        route = _served(method, path) or passthrough_route(rest, provider)
+    else:
+        route = _served(method, path) or passthrough_route(path)
+    if route is None:
+        raise GatewayError(404, f"TokenSense has no endpoint {method[:16]} {path[:200]}.", code="unknown_endpoint")
+    return route
+
+
+def _served(method: str, path: str) -> Route | None:
+    """The gateway's own route or a provider's for `method path` (None: no route; a refused part: a 404)."""
+    for entry in _GATEWAY_ROUTES:
+        if route := entry.match(method, path):
             return route
-        raise
+    return match_route(method, path)
 
 
 def resolve_model(model: Any, prices: PriceBook, media_models: frozenset[str] = frozenset(), *,
