@@ -23,6 +23,7 @@ from tokensense.gateway.routing import ENDPOINTS_LISTING
 from tokensense.gateway.runtime import Runtime
 from tokensense.metering.usage_extract import usage_from_answer
 from tokensense.providers.base import Upstream
+from tokensense.providers.passthrough import family_endpoint
 from tokensense.providers.routes import PassthroughPath
 
 
@@ -58,6 +59,7 @@ class Passthrough:
         )
         assert call.route is not None
         call.route = call.route._replace(passthrough=parsed.path)
+        call.route_endpoint = family_endpoint(path.family)  # the key is known: an unlisted family is named now
         call.free = parsed.path.kind == "free"
         call.provider, call.model, call.requested_model = parsed.provider, parsed.model, parsed.requested
         call.sent_body = parsed.body

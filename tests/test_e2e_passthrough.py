@@ -230,6 +230,15 @@ def test_provider_errors_are_answered_as_the_provider_answered(gw: Gateway, exec
     assert r.status_code == 405  # the fake serves GET only there
     record = one_record(gw, exec_id)
     assert (record["endpoint"], record["status"], record["model"]) == ("fine_tuning", 405, "gpt-4o-mini")
+    other = f"exec-{uuid.uuid4().hex[:12]}"
+    r = httpx.get(
+        f"{gw.url}/openai/v1/organization/usage/completions",
+        headers={"authorization": f"Bearer {gw.key}", "x-execution-id": other},
+        timeout=30,
+    )
+    assert r.status_code == 404 and r.json()["error"]["code"] == "unknown_url"  # the fake's own 404
+    record = one_record(gw, other)
+    assert (record["provider"], record["endpoint"], record["status"]) == ("openai", "organization", 404)
 
 
 def test_shared_path_needs_a_model_or_a_prefix(gw: Gateway) -> None:

@@ -69,6 +69,15 @@ def test_route_request(
     assert (route.passthrough.path if route.passthrough else None) == upstream
 
 
+def test_unlisted_families_are_named_only_once_a_key_is_admitted() -> None:
+    from tokensense.providers.passthrough import OTHER, family_endpoint
+
+    route = route_request("GET", "/openai/v1/organization_unlisted_x/usage")
+    assert route.endpoint is OTHER and route.passthrough is not None
+    assert route.passthrough.family == "organization_unlisted_x"
+    assert family_endpoint("organization_unlisted_x").value == "organization_unlisted_x"
+
+
 def test_shared_and_single_owner_paths() -> None:
     files = route_request("POST", "/v1/files").passthrough
     assert files is not None and set(files.providers) == {"openai", "anthropic", "mistral", "xai"}

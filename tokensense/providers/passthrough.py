@@ -93,10 +93,19 @@ def validated_path(path: str) -> list[str]:
     return segments
 
 
+def _listed(family: str) -> bool:
+    return any(path.split("/", 1)[1] == family for p in PROVIDERS.values() for path in p.passthrough_paths)
+
+
+def route_endpoint(family: str) -> Endpoint:
+    """The endpoint of a passthrough route, before the key is known: the family's if a provider lists it, else
+    `passthrough` (an unauthenticated client cannot make endpoint ids; `family_endpoint` names it once admitted)."""
+    return Endpoint(family) if _listed(family) or family in _unlisted else OTHER
+
+
 def family_endpoint(family: str) -> Endpoint:
-    """The endpoint id the records of a passthrough family carry (`vector_stores`)."""
-    listed = any(path.split("/", 1)[1] == family for p in PROVIDERS.values() for path in p.passthrough_paths)
-    if listed or family in _unlisted:
+    """The endpoint id the records of a passthrough family carry (`vector_stores`), for an admitted call."""
+    if _listed(family) or family in _unlisted:
         return Endpoint(family)
     if len(_unlisted) < _MAX_UNLISTED_FAMILIES:
         _unlisted.add(family)
@@ -137,7 +146,7 @@ def passthrough_route(path: str, provider: Provider | None = None) -> Route | No
         else error_shape_for_path(clean)
     )
     return Route(
-        family_endpoint(family),
+        route_endpoint(family),
         fmt,
         version=version,
         model_in_body=False,
@@ -184,5 +193,6 @@ __all__ = [
     "prefixes_for",
     "provider_errors",
     "provider_prefix",
+    "route_endpoint",
     "validated_path",
 ]
