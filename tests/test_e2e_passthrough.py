@@ -232,7 +232,7 @@ def test_provider_errors_are_answered_as_the_provider_answered(gw: Gateway, exec
     assert (record["endpoint"], record["status"], record["model"]) == ("fine_tuning", 405, "gpt-4o-mini")
     other = f"exec-{uuid.uuid4().hex[:12]}"
     r = httpx.get(
-        f"{gw.url}/openai/v1/organization/usage/completions",
+        f"{gw.url}/openai/v1/organization/projects",
         headers={"authorization": f"Bearer {gw.key}", "x-execution-id": other},
         timeout=30,
     )
