@@ -42,8 +42,8 @@ class Router:
             if call.route_endpoint in (Endpoint.MODELS, Endpoint.MODEL):
                 self._answer_models(flow, call)
             elif call.route_endpoint not in MEDIA_ENDPOINTS and call.route_endpoint not in RESPONSES_ENDPOINTS \
-                    and not routed_by_passthrough(call):
-                self._route(flow, call)  # the media, responses and passthrough addons route the others
+                    and (call.route is None or call.route.owned is None) and not routed_by_passthrough(call):
+                self._route(flow, call)  # the media, responses, owned-resources and passthrough addons route the others
         except GatewayError as e:
             answer_error(flow, call.fmt, e)
 

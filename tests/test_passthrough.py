@@ -56,7 +56,7 @@ def key(**changes: object) -> KeyInfo:
         ("GET", "/openai/v1/vector_stores", "vector_stores", None, "openai", "/v1/vector_stores"),
         ("POST", "/anthropic/v1/files", "files", None, "anthropic", "/v1/files"),
         ("GET", "/v1/fine_tuning/jobs", "fine_tuning", None, None, "/v1/fine_tuning/jobs"),
-        ("GET", "/v1beta/cachedContents/abc", "cachedContents", None, None, "/v1beta/cachedContents/abc"),
+        ("GET", "/v1beta/tunedModels/abc", "tunedModels", None, None, "/v1beta/tunedModels/abc"),
         ("POST", "/gemini/v1beta/batches/123:cancel", "batches", None, "gemini", "/v1beta/batches/123:cancel"),
         ("DELETE", "/mistral/v1/fine_tuning/jobs/ft-1", "fine_tuning", None, "mistral", "/v1/fine_tuning/jobs/ft-1"),
     ],

@@ -52,6 +52,7 @@ class Runtime:
         self.retention: RetentionWorker | None = None  # prunes old records where this process writes them
         self.counters: CounterStore | None = None
         self.inflight = InFlight()
+        self.open_sessions = 0  # realtime WebSocket sessions open now (addons/realtime.py): /health and metrics
         self.pools: KeyPools | None = None  # the provider-key pools' health (retries, cool-downs, breakers)
         self.upstream: UpstreamClient | None = None  # retries and fallbacks are made with it (created lazily)
         self._take_outs: set[asyncio.Future] = set()
@@ -177,6 +178,7 @@ class Runtime:
                 body["status"], status = "failing", 503
         if self.counters is not None and hasattr(self.counters, "status"):
             body["limits"] = self.counters.status()
+        body["realtime_sessions"] = self.open_sessions
         if self.inflight.draining:
             body["status"], status = "shutting_down", 503
         return status, body

@@ -43,6 +43,9 @@ class Target:
     model: str
     requested: str | None = None
     body: dict[str, Any] | None = None  # the JSON body as it goes upstream (None: not JSON, e.g. a form upload)
+    # The attempt's largest usage when the body cannot say it (a realtime response: its prompt is the
+    # session's, its output may be audio); None: read from the body.
+    reservation: TokenUsage | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -100,9 +103,14 @@ async def police(call: CallContext, target: Target, *, prices: PriceBook, counte
     if check is not None:
         raise Refused(check)
     body = target.body
-    cap = None if call.free or call.route_endpoint in MEDIA_ENDPOINTS else call_cap(call.max_cost_usd, key.max_call_usd)
+    media = call.route_endpoint in MEDIA_ENDPOINTS or (call.media_priced and call.reserve_usd is None)
+    cap = None if call.free or media else call_cap(call.max_cost_usd, key.max_call_usd)
     largest: float | None = None
-    if cap is not None:
+    if cap is not None and call.reserve_usd is not None:  # a job priced by the media table: its expected cost
+        largest = call.reserve_usd
+        if largest > cap:
+            raise Refused(max_cost_refusal(largest, cap, target.requested or target.model), amount=largest)
+    elif cap is not None:
         largest = _largest_cost(call, target, prices)
         if prices.resolve(target.provider.prices_id, target.model) is None:
             raise Refused(max_cost_refusal(None, cap, target.requested or target.model), amount=largest)
@@ -156,9 +164,14 @@ async def police(call: CallContext, target: Target, *, prices: PriceBook, counte
 def _largest_cost(call: CallContext, target: Target, prices: PriceBook) -> float:
     """The largest cost the attempt can have (its budget reservation): its output cap as sent upstream,
     else the model's maximum, at the target model's price."""
+    if call.reserve_usd is not None:  # a job priced by the media table: what it will book if it completes
+        return call.reserve_usd
     body = target.body
     priced = call if call.model == target.model else replace(call, provider=target.provider, model=target.model)
-    reservation = call_reservation(priced, body) if isinstance(body, dict) else TokenUsage()
+    if target.reservation is not None:
+        reservation = target.reservation
+    else:
+        reservation = call_reservation(priced, body) if isinstance(body, dict) else TokenUsage()
     return estimate_cost(prices, target.provider, target.model, reservation)
 
 
@@ -187,7 +200,7 @@ def _checked(call: CallContext, target: Target, prices: PriceBook) -> GatewayErr
         check_access(call.key, target.provider, target.model, target.requested)
     except GatewayError as e:
         return e
-    if call.route_endpoint in MEDIA_ENDPOINTS or call.free:  # media: priced by the media table
+    if call.route_endpoint in MEDIA_ENDPOINTS or call.media_priced or call.free:  # media: priced by the media table
         return None
     return unpriced_refusal(call.key, prices, target.provider, target.model, target.requested)
 
