@@ -322,14 +322,15 @@ def test_body_limit_holds_on_the_passthrough(gw: Gateway) -> None:
 # --- hostile paths -----------------------------------------------------------------------------------------------------
 
 
-def raw_get(gw: Gateway, path: str) -> int:
-    """GET `path` byte for byte (httpx would normalise dot segments)."""
+def raw_get(gw: Gateway, path: str, method: str = "GET") -> int:
+    """`method path` byte for byte (httpx would normalise dot segments)."""
     parts = urlsplit(gw.url)
     conn = http.client.HTTPConnection(parts.hostname or "127.0.0.1", parts.port, timeout=30)
     try:
-        conn.putrequest("GET", path, skip_host=True, skip_accept_encoding=True)
+        conn.putrequest(method, path, skip_host=True, skip_accept_encoding=True)
         conn.putheader("Host", parts.netloc)
         conn.putheader("Authorization", f"Bearer {gw.key}")
+        conn.putheader("Content-Length", "0")
         conn.endheaders()
         response = conn.getresponse()
         response.read()
@@ -413,10 +414,13 @@ SEGMENT = st.one_of(
 @given(
     prefix=st.sampled_from(["/openai/v1/", "/anthropic/v1/", "/gemini/v1beta/", "/v1/vector_stores/", "/v1/"]),
     segments=st.lists(SEGMENT, min_size=1, max_size=6),
+    method=st.sampled_from(["GET", "DELETE", "POST", "PATCH"]),
 )
-def test_generated_hostile_paths_never_leave_the_base_url(gw: Gateway, prefix: str, segments: list[str]) -> None:
+def test_generated_hostile_paths_never_leave_the_base_url(
+    gw: Gateway, prefix: str, segments: list[str], method: str
+) -> None:
     gw.fake.clear()
-    status = raw_get(gw, prefix + "/".join(segments))
+    status = raw_get(gw, prefix + "/".join(segments), method)
     assert status != 500
     assert_stayed_home(gw)
 
