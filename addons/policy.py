@@ -19,8 +19,7 @@ class Policy:
         call = get_call(flow)
         if flow.response or flow.error or call is None or call.key is None or call.provider is None:
             return
-        assert call.model is not None
-        target = Target(call.provider, call.model, call.requested_model,
+        target = Target(call.provider, call.model or "", call.requested_model,  # "": a passthrough naming no model
                         call.sent_body if isinstance(call.sent_body, dict) else None)
         runtime = self.runtime
         try:

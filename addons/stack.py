@@ -13,6 +13,7 @@ from addons.media import Media
 from addons.metering import Metering
 from addons.observability import Observability
 from addons.owned import OwnedResources
+from addons.passthrough import Passthrough
 from addons.policy import Policy
 from addons.provider_auth import ProviderAuth
 from addons.realtime import RealtimeSockets
@@ -43,6 +44,7 @@ def tokensense_addons(runtime: Runtime | None = None) -> list[object]:
         Responses(runtime),  # the Responses API: parse, ownership, answers (before Translation and Metering)
         OwnedResources(runtime),  # video jobs and context caches: ownership, storage and job bookings
         Media(runtime),
+        Passthrough(runtime),  # paths no route serves: forwarded with the key swap, metered (before Metering)
         Policy(runtime),  # request: access, rate, budget
         ProviderAuth(),  # request: short-lived provider tokens (Vertex AI), fetched off the event loop
         Forward(runtime),  # request: picks the pool's key, writes the upstream request, only after every gate passed

@@ -84,7 +84,7 @@ def previous_schema() -> MetaData:
     indexes come along; the composite indexes of 0002 and 0003 are table arguments and do not.
     0003 also made `usage.cost_usd` nullable and replaced the plain `request_id` index.
     """
-    added = {("api_keys", "updated_at"), ("api_keys", "admin"), ("api_keys", "max_call_usd"), ("usage", "details"), ("usage", "attempt"), ("provider_credentials", "name"),
+    added = {("api_keys", "updated_at"), ("api_keys", "admin"), ("api_keys", "max_call_usd"), ("api_keys", "allowed_endpoints"), ("usage", "details"), ("usage", "attempt"), ("provider_credentials", "name"),
              ("provider_credentials", "disabled_at"), ("provider_credentials", "disabled_reason")}
     metadata = MetaData(naming_convention=dict(SQLModel.metadata.naming_convention))
     for table in SQLModel.metadata.sorted_tables:

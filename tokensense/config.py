@@ -144,6 +144,29 @@ class RetentionConfig(BaseModel):
     raw_days: float | None = Field(default=None, gt=0)
 
 
+class PassthroughConfig(BaseModel):
+    """`[passthrough]`: how passed-through paths (docs/providers.md) are paid for, by family (`vector_stores`).
+
+    A call on a family listed in `free` is recorded at cost 0 and a key with a budget may make it; one listed
+    in `priced` is priced from the `usage` its answer reports (a key with a budget may make it too). Any other
+    family's calls are recorded unpriced (cost NULL) and refused to a key with a budget, except `GET` listings
+    and `DELETE`s, which are free.
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    free: list[str] = Field(default_factory=list)
+    priced: list[str] = Field(default_factory=list)
+
+    @field_validator("free", "priced")
+    @classmethod
+    def _families(cls, value: list[str]) -> list[str]:
+        for family in value:
+            if not re.fullmatch(r"[A-Za-z][A-Za-z0-9_-]{0,63}", family):
+                raise ValueError(f"a passthrough family is a path segment such as \"vector_stores\", got {family!r}")
+        return value
+
+
 """Names a `[providers.NAME]` table may not take: they are built in and configured by their own settings."""
 
 _PROVIDER_NAME = re.compile(r"^[a-z][a-z0-9_\-]{0,31}$")
@@ -251,6 +274,7 @@ class FileConfig(BaseModel):
     retention: RetentionConfig = Field(default_factory=RetentionConfig)
     guards: GuardsConfig = Field(default_factory=GuardsConfig)  # the runaway guard: repeats and calls per execution
     budgets: BudgetsConfig = Field(default_factory=BudgetsConfig)  # reservation mode and budgets on attribution
+    passthrough: PassthroughConfig = Field(default_factory=PassthroughConfig)  # passed-through families: free, priced
 
     @model_validator(mode="after")
     def _check_providers(self) -> FileConfig:

@@ -176,6 +176,12 @@ class Provider(ABC):
     client_routes: ClassVar[tuple[ClientRoute, ...]] = ()
     # Path prefixes whose clients parse this provider's error shape (errors on paths no route serves).
     error_paths: ClassVar[tuple[ErrorPath, ...]] = ()
+    # The first path segments of its API (`v1`, `v1beta`): under its prefix (`/NAME/v1/...`) any path that starts
+    # with one of them and that no route serves is passed through, metered (none: no passthrough).
+    api_versions: ClassVar[tuple[str, ...]] = ()
+    # `version/family` paths of its API that no route serves and that clients call without a prefix
+    # (`v1/vector_stores`): passed through to it (a family several providers list: the body's model decides).
+    passthrough_paths: ClassVar[tuple[str, ...]] = ()
 
     def owns_model(self, model: str) -> bool:
         return model.startswith(self.model_prefixes)

@@ -38,6 +38,7 @@ class OpenAICompatibleProvider(OpenAIAdapter):
     native = frozenset({Endpoint.CHAT, Endpoint.EMBEDDINGS})
     accepts_any_model = True
     client_routes = OPENAI_ROUTES  # OpenAI's own paths (videos) stay OpenAI's
+    passthrough_paths = ()  # its other paths only under its prefix (`/NAME/v1/...`)
 
     def __init__(self, name: str, table: ProviderConfig) -> None:
         # Instance attributes shadow OpenAIAdapter's class attributes of the same names.

@@ -159,6 +159,12 @@ class OpenAIAdapter(ProviderAdapter):
     })
     openai_format: ClassVar[bool] = True
     client_routes: ClassVar[tuple[ClientRoute, ...]] = (*OPENAI_ROUTES, *VIDEO_ROUTES)
+    api_versions: ClassVar[tuple[str, ...]] = ("v1",)
+    # Its API's resources that no route meters (the batches and long-tail routes, where they exist, win).
+    passthrough_paths: ClassVar[tuple[str, ...]] = (
+        "v1/vector_stores", "v1/files", "v1/uploads", "v1/batches", "v1/fine_tuning", "v1/assistants", "v1/threads",
+        "v1/conversations", "v1/containers", "v1/evals", "v1/chatkit", "v1/videos",
+    )
 
     def auth_headers(self, api_key: str) -> dict[str, str]:
         return {"authorization": f"Bearer {api_key}"}
@@ -266,6 +272,7 @@ class XAIAdapter(OpenAIAdapter):
     native: ClassVar[frozenset[Endpoint]] = frozenset({Endpoint.CHAT, Endpoint.EMBEDDINGS, Endpoint.IMAGES,
                                                        *RESPONSES_ENDPOINTS})
 
+    passthrough_paths: ClassVar[tuple[str, ...]] = ("v1/files", "v1/tokenize-text", "v1/api-key", "v1/language-models")
     output_caps: ClassVar[Mapping[str, int]] = {"grok-3": 131_072, "grok-4": 131_072}
     free_models: ClassVar[tuple[str, ...]] = ()
 
@@ -312,6 +319,8 @@ class MistralAdapter(OpenAIAdapter):
     native: ClassVar[frozenset[Endpoint]] = frozenset({Endpoint.CHAT, Endpoint.EMBEDDINGS, Endpoint.TRANSCRIPTIONS,
                                                        FIM, Endpoint.OCR})
     client_routes: ClassVar[tuple[ClientRoute, ...]] = MISTRAL_ROUTES
+    # Its fine-tuning jobs (`/v1/fine_tuning`) and conversations share OpenAI's paths: `/mistral/v1/...` reaches them.
+    passthrough_paths: ClassVar[tuple[str, ...]] = ("v1/files", "v1/agents", "v1/libraries", "v1/batch", "v1/ocr")
 
     output_caps: ClassVar[Mapping[str, int]] = {"mistral": 32_768, "codestral": 32_768}
     free_models: ClassVar[tuple[str, ...]] = ()

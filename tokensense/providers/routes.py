@@ -44,6 +44,17 @@ class Route(NamedTuple):
     retried: bool = False  # the gateway may retry it and fall back (a whole JSON answer it can replace)
     default_model: str | None = None  # the model the provider uses when the body names none (moderations)
     owned: str | None = None  # an action on an owned resource (providers/owned.py): create, read, list, ...
+    prefix: str | None = None  # the provider prefix the client used (`/mistral/v1/...`): only that provider serves it
+    passthrough: PassthroughPath | None = None  # a path no route serves, forwarded as it is (metered passthrough)
+
+
+class PassthroughPath(NamedTuple):
+    """A path of a provider's API that no route serves, forwarded as asked: validated, and who may serve it."""
+
+    path: str  # the upstream path, rebuilt from validated segments (appended to the provider's base URL)
+    family: str  # its first segment after the API version (`vector_stores`): the endpoint its records carry
+    providers: tuple[str, ...]  # the providers whose API has it (several: the body's model decides, else a prefix)
+    kind: str = "unpriced"  # how it is paid for: "free", "priced" (from its answer's usage) or "unpriced"
 
 
 @dataclass(frozen=True, eq=False)
@@ -123,4 +134,4 @@ def error_path(prefix: str, shape: ErrorShape) -> ErrorPath:
     return ErrorPath(re.compile(prefix), shape)
 
 
-__all__ = ["ClientRoute", "ErrorPath", "Route", "error_path"]
+__all__ = ["ClientRoute", "ErrorPath", "PassthroughPath", "Route", "error_path"]

@@ -28,6 +28,9 @@ class ApiKeyBase(SQLModel):
     plan: str | None = None  # free | pro | enterprise
     allowed_models: list[str] = Field(default_factory=list, sa_column=Column(JSON, nullable=False, default=list))
     allowed_providers: list[str] = Field(default_factory=list, sa_column=Column(JSON, nullable=False, default=list))
+    # The endpoints it may call (patterns: `chat.completions`, `vector_stores`, `responses*`); empty: any.
+    allowed_endpoints: list[str] = Field(default_factory=list, sa_column=Column(JSON, nullable=False, default=list,
+                                                                                server_default="[]"))
     project: str | None = None
     # May read every record: opens `tokensense dashboard --web` (the browser dashboard).
     admin: bool = Field(default=False, sa_column_kwargs={"server_default": false()})

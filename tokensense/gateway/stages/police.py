@@ -22,6 +22,7 @@ from tokensense.core.usage import TokenUsage
 from tokensense.gateway.call import CallContext
 from tokensense.gateway.guards import LoopGuard, call_cap, max_cost_refusal
 from tokensense.gateway.limits import BudgetDecision, CounterStore, RateDecision, budget_decision
+from tokensense.gateway.passthrough import capped_path_refusal, endpoint_refusal, unpriced_path_refusal
 from tokensense.gateway.policy import budget_window, check_access, estimate_cost, estimate_usage, limits_for
 from tokensense.gateway.price_policy import unpriced_refusal
 from tokensense.gateway.reservation import budget_refusal, call_reservation
@@ -197,6 +198,24 @@ def _typical_cost(call: CallContext, target: Target, prices: PriceBook,
 def _checked(call: CallContext, target: Target, prices: PriceBook) -> GatewayError | None:
     """The refusal that needs no counter: access (403) and, for a key with a budget, an unpriced model (403)."""
     assert call.key is not None
+    route = call.route
+    if route is not None and route.prefix is not None and target.provider.name != route.prefix:
+        return GatewayError(400, f"The model `{target.requested or target.model}` is served by "
+                            f"{target.provider.display_name}, not by the provider of the prefix /{route.prefix}/: "
+                            "call it without the prefix or under its own.", code="provider_mismatch", param="model")
+    if (refused := endpoint_refusal(call.key, call.route_endpoint)) is not None:
+        return refused
+    if route is not None and route.passthrough is not None:  # a path no route serves, passed through
+        try:
+            check_access(call.key, target.provider, target.model, target.requested, model_named=bool(target.model))
+        except GatewayError as e:
+            return e
+        if call.free:
+            return None
+        cap = call_cap(call.max_cost_usd, call.key.max_call_usd)
+        if cap is not None and (route.passthrough.kind == "unpriced" or not target.model):
+            return capped_path_refusal(cap, call.method, route.passthrough)
+        return unpriced_path_refusal(call.key, call.method, route.passthrough)
     try:
         check_access(call.key, target.provider, target.model, target.requested)
     except GatewayError as e:

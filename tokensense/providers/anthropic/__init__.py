@@ -86,6 +86,8 @@ class AnthropicAdapter(ProviderAdapter):
     native: ClassVar[frozenset[Endpoint]] = frozenset({Endpoint.MESSAGES, Endpoint.COUNT_TOKENS})
     client_routes: ClassVar[tuple[ClientRoute, ...]] = ANTHROPIC_ROUTES
     error_paths: ClassVar[tuple[ErrorPath, ...]] = (error_path("/v1/messages", ANTHROPIC_ERRORS),)
+    api_versions: ClassVar[tuple[str, ...]] = ("v1",)
+    passthrough_paths: ClassVar[tuple[str, ...]] = ("v1/files", "v1/skills")
 
     # Largest output by model family (tokens), from Anthropic's models overview.
     output_caps: ClassVar[Mapping[str, int]] = {

@@ -107,6 +107,11 @@ class GeminiAdapter(ProviderAdapter):
     native: ClassVar[frozenset[Endpoint]] = frozenset({NATIVE})
     client_routes: ClassVar[tuple[ClientRoute, ...]] = GEMINI_ROUTES
     error_paths: ClassVar[tuple[ErrorPath, ...]] = (error_path(r"/v1beta/|/v1/models/.*:", GOOGLE_ERRORS),)
+    api_versions: ClassVar[tuple[str, ...]] = ("v1beta", "v1", "v1alpha")
+    passthrough_paths: ClassVar[tuple[str, ...]] = (
+        "v1beta/cachedContents", "v1beta/files", "v1beta/tunedModels", "v1beta/corpora", "v1beta/operations",
+        "v1beta/fileSearchStores", "v1beta/batches", "v1beta/generatedFiles",
+    )
 
     # Largest output by model family (tokens), from the Gemini API's model pages.
     output_caps: ClassVar[Mapping[str, int]] = {

@@ -1,7 +1,7 @@
 """Owned resources: `owned_resources`, the owner key of each video job and context cache made through TokenSense
 
 Revision ID: 0012_videos
-Revises: 0008_max_call_usd
+Revises: 0011_key_endpoints
 Created: 2026-12-06
 
 A video (`/v1/videos`) or context cache (`cachedContents`) is visible only to the key that made it; a video job
@@ -16,7 +16,7 @@ import sqlalchemy as sa
 from alembic import op
 
 revision: str = "0012_videos"
-down_revision: str | None = "0008_max_call_usd"
+down_revision: str | None = "0011_key_endpoints"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
