@@ -24,14 +24,36 @@ EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _SECOND = timedelta(seconds=1)
 
 DIMS: tuple[str, ...] = (
-    "key_id", "key_name", "project", "workflow", "step", "source", "provider", "model", "endpoint", "status",
+    "key_id",
+    "key_name",
+    "project",
+    "workflow",
+    "step",
+    "source",
+    "provider",
+    "model",
+    "endpoint",
+    "status",
 )
 """The attribution fields rollups can group by (every one a usage record has but the execution id)."""
 
 MEASURES: tuple[str, ...] = (
-    "requests", "errors", "unpriced", "input_tokens", "output_tokens", "cached_input_tokens", "cache_write_tokens",
-    "reasoning_tokens", "images", "characters", "seconds_us", "cost_units", "latency_count", "latency_us",
-    "ttft_count", "ttft_us",
+    "requests",
+    "errors",
+    "unpriced",
+    "input_tokens",
+    "output_tokens",
+    "cached_input_tokens",
+    "cache_write_tokens",
+    "reasoning_tokens",
+    "images",
+    "characters",
+    "seconds_us",
+    "cost_units",
+    "latency_count",
+    "latency_us",
+    "ttft_count",
+    "ttft_us",
 )
 """The sums a rollup row holds, in this order everywhere."""
 
@@ -85,10 +107,14 @@ def units_sql_text(value: str, scale: str, dialect: str) -> str:
     arithmetic, then floor (SQLite: CAST truncates toward zero, a floor for the non-negative operands; FLOOR
     is not always compiled in)."""
     if dialect == "sqlite":
-        return (f"CASE WHEN {value} IS NULL THEN 0 WHEN {value} < 0 THEN -CAST(-{value} * {scale} + 0.5 AS INTEGER) "
-                f"ELSE CAST({value} * {scale} + 0.5 AS INTEGER) END")
-    return (f"CASE WHEN {value} IS NULL THEN 0 WHEN {value} < 0 THEN -CAST(FLOOR(-{value} * {scale} + 0.5) AS BIGINT) "
-            f"ELSE CAST(FLOOR({value} * {scale} + 0.5) AS BIGINT) END")
+        return (
+            f"CASE WHEN {value} IS NULL THEN 0 WHEN {value} < 0 THEN -CAST(-{value} * {scale} + 0.5 AS INTEGER) "
+            f"ELSE CAST({value} * {scale} + 0.5 AS INTEGER) END"
+        )
+    return (
+        f"CASE WHEN {value} IS NULL THEN 0 WHEN {value} < 0 THEN -CAST(FLOOR(-{value} * {scale} + 0.5) AS BIGINT) "
+        f"ELSE CAST(FLOOR({value} * {scale} + 0.5) AS BIGINT) END"
+    )
 
 
 def bucket_sql_text(created: str, grain: str, dialect: str) -> str:
@@ -184,3 +210,37 @@ def window_parts(cut: Cut, since: datetime | None, *, grid: int | None = None) -
             parts.append(Part(None, since, from_epoch(hour)))
     parts.append(Part(HOUR, hour, None))
     return parts
+
+
+# --- what `tokensense usage --by` groups by -------------------------------------------------
+
+USAGE_GROUP_FIELDS: tuple[str, ...] = (
+    "workflow",
+    "step",
+    "execution_id",
+    "source",
+    "project",
+    "model",
+    "provider",
+    "key_name",
+    "endpoint",
+    "status",
+)
+USAGE_GROUP_ALIASES: dict[str, str] = {"key": "key_name"}
+
+
+def normalize_group_fields(by: Iterable[str]) -> list[str]:
+    """The usage fields to group by, aliases resolved; `ValueError` naming the allowed ones."""
+    fields: list[str] = []
+    for raw in by:
+        name = raw.strip().lower()
+        name = USAGE_GROUP_ALIASES.get(name, name)
+        if name not in USAGE_GROUP_FIELDS:
+            raise ValueError(
+                f"cannot group usage by {raw!r}; allowed fields: {', '.join(USAGE_GROUP_FIELDS)} (and key)"
+            )
+        if name not in fields:
+            fields.append(name)
+    if not fields:
+        raise ValueError(f"give at least one field to group by: {', '.join(USAGE_GROUP_FIELDS)}")
+    return fields
