@@ -20,6 +20,7 @@ MICROS = 10**6
 
 MINUTE = 60
 HOUR = 3600
+DAY = 86_400
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _SECOND = timedelta(seconds=1)
 
@@ -59,12 +60,15 @@ MEASURES: tuple[str, ...] = (
 
 
 class Cut(NamedTuple):
-    """A set of fields rollup rows are grouped by, and whether it has minute rows besides hour rows."""
+    """A set of fields rollup rows are grouped by, and the grains it has besides hour rows."""
 
     id: int
     name: str
     dims: tuple[str, ...]
     minutes: bool
+    """Minute rows: a window's partial first hour without reading an hour of records."""
+    days: bool = False
+    """Day rows (UTC days): a long window reads one row per combination and day, not per hour."""
 
 
 CUTS: tuple[Cut, ...] = (
@@ -74,11 +78,13 @@ CUTS: tuple[Cut, ...] = (
     Cut(3, "key", ("key_id", "key_name"), True),  # budgets, by key
     Cut(4, "model", ("provider", "model"), True),
     Cut(5, "workflow", ("workflow", "step"), True),  # by workflow, a workflow's steps
-    Cut(9, "all", DIMS, False),  # any other grouping or filter (hour rows; the leading partial hour from records)
+    # any other grouping or filter: hour and day rows; a window's partial first hour from records
+    Cut(9, "all", DIMS, False, days=True),
 )
 """Smallest first: a query reads the first cut that has every field it groups or filters by."""
 
 MINUTE_CUTS: tuple[int, ...] = tuple(cut.id for cut in CUTS if cut.minutes)
+DAY_CUTS: tuple[int, ...] = tuple(cut.id for cut in CUTS if cut.days)
 
 
 def cut_for(fields: Iterable[str]) -> Cut | None:
@@ -180,15 +186,17 @@ def window_parts(cut: Cut, since: datetime | None, *, grid: int | None = None) -
     """The records and rollup rows of `cut` whose sums are the window starting at `since` (already moved to its
     `effective_start`; None: everything), oldest first.
 
-    - Hour rows for the whole hours of the window.
+    - Hour rows for the whole hours of the window; for a cut with day rows (and no `grid`),
+      hour rows up to the next UTC midnight and day rows from there.
     - For a window that starts inside an hour: minute rows for its whole minutes up to the
       next hour, and the records of the partial first minute (at most a minute of records).
       A cut without minute rows (`all`): the records of the partial first hour.
     - `grid=MINUTE` (a sparkline with buckets under an hour): minute rows to the end (records
-      to the end for a cut without minute rows).
+      to the end for a cut without minute rows); `grid=HOUR`: no day rows.
     """
+    days = cut.days and grid is None
     if since is None:
-        return [Part(HOUR, None, None)]
+        return [Part(DAY if days else HOUR, None, None)]
     second = epoch_seconds(since)
     partial = as_utc(since).microsecond != 0
     parts: list[Part] = []
@@ -208,7 +216,13 @@ def window_parts(cut: Cut, since: datetime | None, *, grid: int | None = None) -
         hour = _ceil(second, partial, HOUR)
         if hour > second or partial:
             parts.append(Part(None, since, from_epoch(hour)))
-    parts.append(Part(HOUR, hour, None))
+    if days:
+        day = _ceil(hour, False, DAY)
+        if day > hour:
+            parts.append(Part(HOUR, hour, day))
+        parts.append(Part(DAY, day, None))
+    else:
+        parts.append(Part(HOUR, hour, None))
     return parts
 
 

@@ -44,6 +44,8 @@ from sqlalchemy.sql.functions import FunctionElement
 from tokensense.storage.cuts import (
     COST_UNITS_PER_USD,
     CUTS,
+    DAY,
+    DAY_CUTS,
     DIMS,
     EPOCH,
     HOUR,
@@ -62,7 +64,7 @@ from tokensense.storage.cuts import (
 from tokensense.storage.models import Usage, UsageRollup
 
 __all__ = [  # the cuts and time helpers live in cuts.py (no SQLAlchemy there); importers keep reading them here
-    "COST_UNITS_PER_USD", "CUTS", "DIMS", "EPOCH", "HOUR", "MEASURES", "MICROS", "MINUTE", "MINUTE_CUTS",
+    "COST_UNITS_PER_USD", "CUTS", "DAY", "DAY_CUTS", "DIMS", "EPOCH", "HOUR", "MEASURES", "MICROS", "MINUTE", "MINUTE_CUTS",
     "ROLLUP_COLUMNS", "Cut", "add_to_rollups", "bucket_sql", "cut_for", "dims_key", "dims_key_sql", "epoch_seconds",
     "from_epoch", "rebuild_rollups", "record_measures", "record_measures_sql", "rollup_deltas", "rollup_select",
     "to_units", "units_sql",
@@ -236,6 +238,14 @@ def rollup_deltas(rows: Iterable[Mapping[str, Any]], *, sign: int = 1,
             found = hours.get(row_key)
             hours[row_key] = sums if found is None else list(map(add, found, sums))
     out.update(hours)
+    # Day rows of the cuts that have them, from their hour rows.
+    days: dict[tuple[Any, ...], list[int]] = {}
+    for (cut_id, grain, bucket, cut_values), sums in out.items():
+        if grain == HOUR and cut_id in DAY_CUTS:
+            row_key = (cut_id, DAY, bucket - bucket % DAY, cut_values)
+            found = days.get(row_key)
+            days[row_key] = sums if found is None else list(map(add, found, sums))
+    out.update(days)
     keys: dict[tuple[Any, ...], str] = {}
     deltas = []
     for (cut_id, grain, bucket, cut_values), sums in out.items():
@@ -326,7 +336,7 @@ def rebuild_rollups(connection: Connection) -> int:
     written = 0
     for cut in CUTS:
         dims = [stage.c[name] for name in cut.dims]
-        for grain in (MINUTE, HOUR) if cut.minutes else (HOUR,):
+        for grain in (*((MINUTE,) if cut.minutes else ()), HOUR, *((DAY,) if cut.days else ())):
             bucket = stage.c.bucket if grain == MINUTE else stage.c.bucket - stage.c.bucket % grain
             query = (
                 select(literal(cut.id, Integer()), literal(grain, Integer()), bucket, dims_key_sql(dims), *dims,
