@@ -525,7 +525,9 @@ def test_upgrade_back_fills_the_day_rows_of_the_all_cut(engine: Engine) -> None:
     from tokensense.storage import analytics, repo
     from tokensense.storage.rollups import DAY
 
-    migrate.upgrade(engine, "0008_max_call_usd")
+    previous = migrate.script_directory().get_revision("0015_usage_rollup_days").down_revision
+    assert isinstance(previous, str)
+    migrate.upgrade(engine, previous)
     base = datetime(2025, 3, 30, 21, 30, tzinfo=UTC)
     usages = [UsageCreate(request_id=f"d{n}", created_at=base + timedelta(minutes=37 * n), model=f"m{n % 3}",
                           project=["web", None][n % 2], status=[200, 500][n % 5 == 0], input_tokens=n,
@@ -550,6 +552,6 @@ def test_upgrade_back_fills_the_day_rows_of_the_all_cut(engine: Engine) -> None:
     found = reports()
     assert found[0::2] == found[1::2]  # rollups (day rows) == records, for each grouping and window
     with engine.begin() as conn:
-        command.downgrade(migrate.alembic_config(conn), "0008_max_call_usd")
+        command.downgrade(migrate.alembic_config(conn), previous)
     with Session(engine) as session:
         assert session.exec(select(func.count()).select_from(UsageRollup).where(*day_rows)).one() == 0
