@@ -14,9 +14,23 @@ from pathlib import Path
 
 import pytest
 
-HEAVY = ("mitmproxy", "textual", "textual_serve", "alembic", "botocore", "google.auth", "genai_prices", "httpx",
-         "aiohttp", "tokensense.providers", "tokensense.gateway", "tokensense.metering.pricing", "opentelemetry",
-         "redis", "prometheus_client")
+HEAVY = (
+    "mitmproxy",
+    "textual",
+    "textual_serve",
+    "alembic",
+    "botocore",
+    "google.auth",
+    "genai_prices",
+    "httpx",
+    "aiohttp",
+    "tokensense.providers",
+    "tokensense.gateway",
+    "tokensense.metering.pricing",
+    "opentelemetry",
+    "redis",
+    "prometheus_client",
+)
 DATABASE = ("sqlalchemy", "sqlmodel", "tokensense.storage")
 
 _PROBE = """
@@ -30,8 +44,7 @@ print(json.dumps(sorted(sys.modules)), file=sys.stderr)
 def imported_by(tmp_path: Path, *argv: str) -> set[str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("TOKENSENSE_")}
     env["TOKENSENSE_HOME"] = str(tmp_path / "home")
-    result = subprocess.run([sys.executable, "-c", _PROBE, *argv], capture_output=True, text=True, env=env,
-                            timeout=120)
+    result = subprocess.run([sys.executable, "-c", _PROBE, *argv], capture_output=True, text=True, env=env, timeout=120)
     return set(json.loads(result.stderr.strip().splitlines()[-1]))
 
 
@@ -49,10 +62,30 @@ def test_help_imports_nothing_heavy(tmp_path: Path, argv: list[str]) -> None:
 
 def test_usage_and_report_import_the_database_only(tmp_path: Path) -> None:
     imported_by(tmp_path, "usage")  # the first command makes the database (Alembic's migrations run once)
-    for argv in (["usage", "--by", "workflow"], ["report", "--since", "7d"]):
+    for argv in (["usage"], ["usage", "--by", "execution_id"], ["report", "--since", "7d"]):
         modules = imported_by(tmp_path, *argv)
         assert _loaded(modules, HEAVY) == [], argv
         assert "sqlmodel" in modules
+
+
+LIGHT = ("sqlalchemy", "sqlmodel", "pydantic", "pydantic_settings", "tokensense.settings", "tokensense.storage.models")
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["usage", "--by", "workflow"],
+        ["usage", "--by", "model,project", "--since", "7d"],
+        ["usage", "--by", "key", "--since", "1h", "--csv"],
+    ],
+)
+def test_grouped_usage_reads_the_rollups_through_the_driver_alone(tmp_path: Path, argv: list[str]) -> None:
+    """`tokensense usage --by ... --since ...` on an existing database (the one TOKENSENSE_HOME names, found
+    without the settings model): neither SQLAlchemy nor pydantic is imported (storage/lite.py)."""
+    imported_by(tmp_path, "usage")  # creates the database (the full path: migrations)
+    modules = imported_by(tmp_path, *argv)
+    assert _loaded(modules, LIGHT) == [], argv
+    assert "sqlite3" in modules
 
 
 def test_dashboard_and_serve_still_load_what_they_need(tmp_path: Path) -> None:

@@ -27,7 +27,7 @@ from tokensense.storage.models import ApiKey, ProviderCredential, Usage, UsageCr
 from tokensense.storage.schema import INITIAL_REVISION, MIGRATIONS_DIR, VERSIONS_DIR, head_revision
 
 PG_URL = "postgresql://postgres@127.0.0.1:5432/test"
-HEAD = "0012_videos"
+HEAD = "0013_usage_rollup_days"
 NEXT = f"{int(HEAD[:4]) + 1:04d}"
 LATER_TABLES = {"stored_responses", "usage_rollup", "usage_retention", "owned_resources"}  # made by revisions after 0001
 NEW_INDEXES = {"ix_usage_key_id_created_at": ["key_id", "created_at"], "ix_usage_workflow_step_created_at": ["workflow", "step", "created_at"],
@@ -515,3 +515,43 @@ def test_upgrade_back_fills_the_rollups_from_the_records(engine: Engine) -> None
         assert analytics.report_totals(session=session).requests == 450
         assert (analytics.grouped_totals(session=session, fields=["workflow", "step"])
                 == analytics.grouped_totals(session=session, fields=["workflow", "step"], from_records=True))
+
+
+def test_upgrade_back_fills_the_day_rows_of_the_all_cut(engine: Engine) -> None:
+    """Revision 0013 sums the `all` cut's hour rows into day rows: reports by fields only that cut has (which
+    read day rows from the first UTC midnight of their window) equal the records again; downgrading drops them."""
+    from sqlalchemy import delete
+
+    from tokensense.storage import analytics, repo
+    from tokensense.storage.rollups import DAY
+
+    previous = migrate.script_directory().get_revision("0013_usage_rollup_days").down_revision
+    assert isinstance(previous, str)
+    migrate.upgrade(engine, previous)
+    base = datetime(2025, 3, 30, 21, 30, tzinfo=UTC)
+    usages = [UsageCreate(request_id=f"d{n}", created_at=base + timedelta(minutes=37 * n), model=f"m{n % 3}",
+                          project=["web", None][n % 2], status=[200, 500][n % 5 == 0], input_tokens=n,
+                          cost_usd=None if n % 7 == 0 else n / 3) for n in range(200)]  # five days
+    rollup = UsageRollup.__table__  # type: ignore[attr-defined]
+    day_rows = (rollup.c.cut == 9, rollup.c.grain == DAY)
+    with Session(engine) as session:
+        repo.record_usages(session=session, usages=usages)
+        session.exec(delete(rollup).where(*day_rows))  # type: ignore[call-overload]
+        session.commit()
+
+    db.init_db(engine)
+
+    def reports() -> list[object]:
+        with Session(engine) as session:
+            return [analytics.grouped_totals(session=session, fields=fields, since=since, from_records=source)
+                    for fields in (["model", "project"], ["status"]) for since in (None, base + timedelta(hours=30))
+                    for source in (False, True)]
+
+    with Session(engine) as session:
+        assert session.exec(select(func.count()).select_from(UsageRollup).where(*day_rows)).one() > 0
+    found = reports()
+    assert found[0::2] == found[1::2]  # rollups (day rows) == records, for each grouping and window
+    with engine.begin() as conn:
+        command.downgrade(migrate.alembic_config(conn), previous)
+    with Session(engine) as session:
+        assert session.exec(select(func.count()).select_from(UsageRollup).where(*day_rows)).one() == 0

@@ -20,7 +20,7 @@ from sqlalchemy.pool import StaticPool
 from sqlmodel import Session, SQLModel, create_engine
 
 from tests.conftest import service_missing
-from tokensense.storage import analytics, repo, retention, rollups
+from tokensense.storage import analytics, lite, repo, retention, rollups
 from tokensense.storage.db import make_engine, normalize_database_url
 from tokensense.storage.models import ApiKey, Usage, UsageCreate, UsageRetention, UsageRollup
 
@@ -167,6 +167,33 @@ windows = st.one_of(st.none(), st.integers(-10 * 60 * 10**6, SPAN_US + 60 * 10**
     lambda us: BASE + timedelta(microseconds=us)), st.sampled_from([BASE + timedelta(minutes=m) for m in (0, 1, 59, 60, 61, 150)]))
 
 
+def _lite(engine: Engine, fields: list[str], since: datetime | None, limit: int | None = None) -> list[dict]:
+    """`tokensense usage --by` through the driver alone (storage/lite.py), on the engine's database."""
+    connection = engine.raw_connection()
+    try:
+        rows, _ = lite.grouped_report(connection, engine.dialect.name, fields=fields, since=since, limit=limit)
+        return rows
+    finally:
+        connection.close()
+
+
+def _check_lite(engine: Engine, session: Session, fields: list[str], since: datetime | None) -> None:
+    """The driver-only path gives `analytics.grouped_totals`'s groups exactly: values, sums, floats, order, limit
+    (and `repo.query_usage`'s, which `tokensense usage --by` printed before)."""
+    if rollups.cut_for(fields) is None:
+        with pytest.raises(lite.Unsupported):
+            _lite(engine, fields, since)
+        return
+    for limit in (None, 2):
+        expected = [{**dict(zip(fields, values, strict=True)), "requests": t.requests, "input_tokens": t.input_tokens,
+                     "output_tokens": t.output_tokens, "cost_usd": t.cost_usd, "unpriced": t.unpriced}
+                    for values, t, _ in analytics.grouped_totals(session=session, fields=fields, since=since,
+                                                                 limit=limit)]
+        assert _lite(engine, fields, since, limit) == expected
+        if set(fields) <= set(repo.USAGE_GROUP_FIELDS):
+            assert expected == repo.query_usage(session=session, since=since, by=fields, limit=limit)
+
+
 def _check_everything(engine: Engine, stored: list[UsageCreate], since: datetime | None, fields: list[str],
                       filters: dict[str, Any]) -> None:
     """Every report, from the rollups and from the records, against the oracle (and each other, exactly)."""
@@ -177,6 +204,8 @@ def _check_everything(engine: Engine, stored: list[UsageCreate], since: datetime
                                                 from_records=True)
         assert _as_oracle(from_rollups) == expected
         assert from_rollups == from_records  # same order, same floats, same shares
+        if not filters:
+            _check_lite(engine, session, fields, since)
 
         (everything,) = _oracle(stored, fields=[], since=since, filters=filters).values() or [(0, 0, 0, 0, 0, 0)]
         for source in (False, True):
@@ -258,6 +287,7 @@ def test_pruned_records_leave_the_reports_exact(engine: Engine, data: list[dict]
             assert effective == since.replace(minute=0, second=0, microsecond=0)
         expected = _oracle(stored, fields=fields, since=effective, filters={})
         assert _as_oracle(analytics.grouped_totals(session=session, fields=fields, since=since)) == expected
+        _check_lite(engine, session, fields, since)
         (everything,) = _oracle(stored, fields=[], since=effective, filters={}).values() or [(0, 0, 0, 0, 0, 0)]
         totals = analytics.report_totals(session=session, since=since)
         assert (totals.requests, round(totals.cost_usd * rollups.COST_UNITS_PER_USD)) == (everything[0], everything[3])

@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
-
-from sqlalchemy import Engine
 
 from tokensense.cli.common import (
     FORMATTER,
@@ -21,8 +21,10 @@ from tokensense.cli.common import (
     print_json,
     print_table,
 )
-from tokensense.settings import get_settings
-from tokensense.storage import analytics, repo
+from tokensense.storage.cuts import USAGE_GROUP_FIELDS, as_utc, normalize_group_fields
+
+# `tokensense usage --by ... --since ...` answers from the rollups through the driver alone (storage/lite.py):
+# SQLAlchemy, SQLModel, pydantic and the settings model are imported only by the other paths.
 
 _AGGREGATES = ("requests", "input_tokens", "output_tokens", "cost_usd", "unpriced")
 
@@ -44,7 +46,7 @@ def _print_usage_records(records: list[dict[str, Any]]) -> None:
                "WORKFLOW", "STEP"]
     rows = [
         [
-            repo.as_utc(datetime.fromisoformat(r["created_at"])).strftime("%Y-%m-%d %H:%M:%S"),
+            as_utc(datetime.fromisoformat(r["created_at"])).strftime("%Y-%m-%d %H:%M:%S"),
             cell(r["key_name"]),
             cell(r["provider"]),
             cell(r["model"]),
@@ -93,14 +95,25 @@ def _print_usage_groups(fields: list[str], groups: list[dict[str, Any]]) -> None
 def _cmd_usage(args: argparse.Namespace) -> int:
     since = parse_since(args.since) if args.since else None
     by = [f for chunk in args.by or () for f in chunk.split(",") if f.strip()] or None
-    fields = repo.normalize_group_fields(by) if by else None
-    with open_session(args) as session:
-        rows = repo.query_usage(session=session, since=since, by=fields, limit=args.limit)
-        pruned = analytics.raw_records_before(session=session)
+    fields = normalize_group_fields(by) if by else None
+    quick = _grouped_from_rollups(args, fields, since) if fields else None
+    if quick is not None:
+        rows, pruned = quick
+    else:
+        from tokensense.storage import analytics, repo
+
+        with open_session(args) as session:
+            rows = repo.query_usage(session=session, since=since, by=fields, limit=args.limit)
+            pruned = analytics.raw_records_before(session=session)
     if args.json:
         print_json(rows)
     elif args.csv:
-        print_csv([*fields, *_AGGREGATES] if fields else repo.USAGE_RECORD_FIELDS, rows)
+        if fields:
+            print_csv([*fields, *_AGGREGATES], rows)
+        else:
+            from tokensense.storage.repo import USAGE_RECORD_FIELDS
+
+            print_csv(USAGE_RECORD_FIELDS, rows)
     elif not rows:
         print("No usage recorded" + (f" since {since:%Y-%m-%d %H:%M:%S} UTC." if since else " yet."))
     elif fields:
@@ -110,6 +123,66 @@ def _cmd_usage(args: argparse.Namespace) -> int:
     _warn_pruned(pruned, since, grouped=fields is not None)
     _warn_quarantined()
     return 0
+
+
+def _grouped_from_rollups(args: argparse.Namespace, fields: list[str],
+                          since: datetime | None) -> tuple[list[dict[str, Any]], datetime | None] | None:
+    """The groups and the retention horizon read by `storage.lite` (no SQLAlchemy), or None: take the full path
+    (a field only records have, a database to create or upgrade, a URL or error the full path must handle)."""
+    from tokensense.storage import lite
+
+    url = _database_url(args)
+    if url is None:
+        return None
+    try:
+        connection, dialect = lite.connect(url)
+    except lite.Unsupported:
+        return None
+    try:
+        if not lite.schema_is_current(connection):
+            return None
+        return lite.grouped_report(connection, dialect, fields=fields, since=since, limit=args.limit)
+    except Exception:  # lite.Unsupported, or a database error the full path reports in its own words
+        return None
+    finally:
+        connection.close()
+
+
+def _environment(name: str) -> str | None:
+    """`TOKENSENSE_<NAME>` as the settings model reads it (any case); `KeyError` when set twice in different cases."""
+    found = [value for key, value in os.environ.items() if key.lower() == f"tokensense_{name}"]
+    if len(found) > 1:
+        raise KeyError(name)
+    return found[0] if found else None
+
+
+def _home_from_environment() -> Path:
+    """TOKENSENSE_HOME as `Settings.home` reads it, without importing the settings model (pydantic)."""
+    home = _environment("home")
+    return Path(os.path.expanduser(home)) if home is not None else Path.home() / ".tokensense"
+
+
+def _home() -> Path:
+    try:
+        return _home_from_environment()
+    except KeyError:
+        from tokensense.settings import get_settings
+
+        return get_settings().home
+
+
+def _database_url(args: argparse.Namespace) -> str | None:
+    """The database `open_session` would open (`--database-url`, else `Settings.effective_database_url`);
+    None when only the settings model can tell."""
+    url = getattr(args, "database_url", None)
+    if url:
+        return str(url)
+    try:
+        url = _environment("database_url")
+        home = _home_from_environment()
+    except KeyError:
+        return None
+    return url or f"sqlite:///{home / 'tokensense.db'}"
 
 
 def _warn_pruned(pruned: datetime | None, since: datetime | None, *, grouped: bool) -> None:
@@ -136,6 +209,8 @@ def _cmd_usage_prune(args: argparse.Namespace) -> int:
         raise CliError(f"cannot read --older-than {args.older_than!r}; give an age such as 90d, 12w or 36h") from None
     if older_than <= timedelta(0):
         raise CliError(f"--older-than {args.older_than!r} is not in the past; give an age such as 90d")
+    from sqlalchemy import Engine
+
     with open_session(args) as session:
         engine = session.get_bind()
     assert isinstance(engine, Engine)
@@ -151,9 +226,9 @@ def _cmd_usage_prune(args: argparse.Namespace) -> int:
 
 def _warn_quarantined() -> None:
     """One line on stderr when records were quarantined (the report above does not hold them)."""
-    from tokensense.metering.spool import DEAD_LETTER_FILE, quarantined_count
+    from tokensense.metering.dead_letter import DEAD_LETTER_FILE, quarantined_count
 
-    home = get_settings().home
+    home = _home()
     count = quarantined_count(home)
     if count:
         print(f"{count} usage record{'s' if count != 1 else ''} quarantined: the database refused "
@@ -166,7 +241,7 @@ def add_usage_parser(commands: argparse._SubParsersAction, database: argparse.Ar
         "usage", parents=[database], help="report usage and cost", formatter_class=FORMATTER,
         description="Report usage records, or totals grouped by attribution fields. Times are UTC.",
         epilog=(
-            f"group fields: {', '.join(repo.USAGE_GROUP_FIELDS)} (key = key_name)\n\n"
+            f"group fields: {', '.join(USAGE_GROUP_FIELDS)} (key = key_name)\n\n"
             "examples:\n"
             "  tokensense usage --since 1h\n"
             "  tokensense usage --since 7d --by workflow,step\n"

@@ -30,12 +30,12 @@ from typing import BinaryIO
 
 from pydantic import ValidationError
 
+from tokensense.metering.dead_letter import DEAD_LETTER_FILE, quarantined_count  # noqa: F401 (re-exported)
 from tokensense.storage.models import UsageCreate
 
 log = logging.getLogger(__name__)
 
 SPOOL_DIRECTORY = "spool"
-DEAD_LETTER_FILE = "usage-dead-letter.jsonl"
 
 
 def _private_directory(path: Path) -> None:
@@ -260,13 +260,3 @@ class DeadLetters:
                 f.write(line)
             self.count += 1
         log.error("usage record %s quarantined in %s: %s", request_id, self.path, reason)
-
-
-def quarantined_count(home: Path) -> int:
-    """How many records the dead-letter file under `home` holds (0 if there is none)."""
-    path = home / DEAD_LETTER_FILE
-    try:
-        with open(path, "rb") as f:
-            return sum(chunk.count(b"\n") for chunk in iter(lambda: f.read(1 << 20), b""))
-    except FileNotFoundError:
-        return 0

@@ -21,6 +21,8 @@ from sqlalchemy.sql.elements import ColumnElement
 from sqlalchemy.sql.functions import FunctionElement
 from sqlmodel import Session, col, select
 
+from tokensense.storage import cuts
+from tokensense.storage.cuts import window_parts
 from tokensense.storage.models import ApiKey, Usage, UsageRetention, UsageRollup
 from tokensense.storage.rollups import (
     COST_UNITS_PER_USD,
@@ -277,18 +279,7 @@ def effective_start(*, session: Session, since: datetime | None) -> datetime | N
     """
     if since is None:
         return None
-    horizon = _raw_horizon(session)
-    second = epoch_seconds(since)
-    if horizon is not None and second < horizon:
-        return from_epoch(second - second % HOUR)
-    return as_utc(since)
-
-
-def _ceil(second: int, moment: datetime, grain: int) -> int:
-    """The first bucket boundary at or after `moment` (whose floor in seconds is `second`)."""
-    if second % grain == 0 and as_utc(moment).microsecond == 0:
-        return second
-    return second - second % grain + grain
+    return cuts.effective_start(since, _raw_horizon(session))
 
 
 def _rollup_part(cut: Cut, grain: int, low: int | None, high: int | None, fields: Sequence[str],
@@ -336,41 +327,21 @@ def _parts(session: Session, *, fields: Sequence[str], since: datetime | None, f
            grid: int | None = None, from_records: bool = False) -> list[Any]:
     """SELECTs whose rows, summed, are the records since `since` matching `filters`, per `fields`.
 
-    - Hour rollup rows for the whole hours of the window (all of it when `since` is None).
-    - For a window that starts inside an hour: minute rollup rows for its whole minutes
-      up to the next hour, and the records of the partial first minute (at most one
-      minute of records, read through `ix_usage_created_at`). The `all` cut has no minute
-      rows: the records of the partial first hour.
-    - `grid=MINUTE` (a sparkline with buckets under an hour): minute rows to the end.
-    - Records only when no cut has the fields (execution ids), or `from_records`.
-    With `grid`, each row has a time `t`: its bucket start (a record's minute).
+    The rollup rows and records `cuts.window_parts` names (hour rows; minute rows and at
+    most a minute of records for a window's start). Records only when no cut has the
+    fields (execution ids), or `from_records`. With `grid`, each row has a time `t`: its
+    bucket start (a record's minute).
     """
     timed = grid is not None
     cut = None if from_records else cut_for([*fields, *filters])
     if cut is None:
         return [_record_part(session, since, None, fields, filters, timed, window=True)]
-    if since is None:
-        return [_rollup_part(cut, HOUR, None, None, fields, filters, timed)]
-    since = effective_start(session=session, since=since)
-    assert since is not None
-    second = epoch_seconds(since)
     parts = []
-    if cut.minutes:
-        minute = _ceil(second, since, MINUTE)
-        hour = None if grid == MINUTE else _ceil(minute, from_epoch(minute), HOUR)
-        if minute > second or since.microsecond:
-            parts.append(_record_part(session, since, from_epoch(minute), fields, filters, timed))
-        if hour is None or hour > minute:
-            parts.append(_rollup_part(cut, MINUTE, minute, hour, fields, filters, timed))
-        if hour is not None:
-            parts.append(_rollup_part(cut, HOUR, hour, None, fields, filters, timed))
-    elif grid == MINUTE:
-        parts.append(_record_part(session, since, None, fields, filters, timed))
-    else:
-        hour = _ceil(second, since, HOUR)
-        if hour > second or since.microsecond:
-            parts.append(_record_part(session, since, from_epoch(hour), fields, filters, timed))
-        parts.append(_rollup_part(cut, HOUR, hour, None, fields, filters, timed))
+    for part in window_parts(cut, effective_start(session=session, since=since), grid=grid):
+        if part.grain is None:
+            parts.append(_record_part(session, part.low, part.high, fields, filters, timed))  # type: ignore[arg-type]
+        else:
+            parts.append(_rollup_part(cut, part.grain, part.low, part.high, fields, filters, timed))  # type: ignore[arg-type]
     return parts
 
 

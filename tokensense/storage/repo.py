@@ -15,24 +15,12 @@ from sqlmodel import Session, col, select
 
 from tokensense.crypto import decrypt_secret, encrypt_secret, hash_key, new_key
 from tokensense.storage.analytics import grouped_totals, report_totals
+from tokensense.storage.cuts import USAGE_GROUP_ALIASES, USAGE_GROUP_FIELDS, normalize_group_fields  # noqa: F401 (re-exported)
 from tokensense.storage.models import DEFAULT_KEY_NAME, ApiKey, ProviderCredential, Usage, UsageCreate
 from tokensense.storage.rollups import add_to_rollups
 
 BUDGET_PERIODS: tuple[str, ...] = ("total", "monthly", "daily")
 PLANS: tuple[str, ...] = ("free", "pro", "enterprise")
-USAGE_GROUP_FIELDS: tuple[str, ...] = (
-    "workflow",
-    "step",
-    "execution_id",
-    "source",
-    "project",
-    "model",
-    "provider",
-    "key_name",
-    "endpoint",
-    "status",
-)
-USAGE_GROUP_ALIASES: dict[str, str] = {"key": "key_name"}
 USAGE_RECORD_FIELDS: tuple[str, ...] = (
     "id",
     "created_at",
@@ -476,21 +464,6 @@ def usage_for_request(*, session: Session, request_id: str, key_id: str | None) 
         statement = statement.where(Usage.key_id == key_id)
     statement = statement.order_by(col(Usage.attempt), col(Usage.id))
     return [usage_record_dict(row) for row in session.exec(statement).all()]
-
-
-def normalize_group_fields(by: Iterable[str]) -> list[str]:
-    """The usage fields to group by, aliases resolved; `ValueError` naming the allowed ones."""
-    fields: list[str] = []
-    for raw in by:
-        name = raw.strip().lower()
-        name = USAGE_GROUP_ALIASES.get(name, name)
-        if name not in USAGE_GROUP_FIELDS:
-            raise ValueError(f"cannot group usage by {raw!r}; allowed fields: {', '.join(USAGE_GROUP_FIELDS)} (and key)")
-        if name not in fields:
-            fields.append(name)
-    if not fields:
-        raise ValueError(f"give at least one field to group by: {', '.join(USAGE_GROUP_FIELDS)}")
-    return fields
 
 
 def iso_utc(moment: datetime) -> str:

@@ -17,11 +17,9 @@ the same integers, so both give identical numbers.
 from __future__ import annotations
 
 import functools
-import math
 import operator
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from datetime import UTC, datetime, timedelta
-from typing import Any, NamedTuple
+from typing import Any
 
 from sqlalchemy import (
     BigInteger,
@@ -43,72 +41,34 @@ from sqlalchemy.ext.compiler import compiles
 from sqlalchemy.sql.elements import ColumnElement
 from sqlalchemy.sql.functions import FunctionElement
 
+from tokensense.storage.cuts import (
+    COST_UNITS_PER_USD,
+    CUTS,
+    DAY,
+    DAY_CUTS,
+    DIMS,
+    EPOCH,
+    HOUR,
+    MEASURES,
+    MICROS,
+    MINUTE,
+    MINUTE_CUTS,
+    Cut,
+    bucket_sql_text,
+    cut_for,
+    epoch_seconds,
+    from_epoch,
+    to_units,
+    units_sql_text,
+)
 from tokensense.storage.models import Usage, UsageRollup
 
-COST_UNITS_PER_USD = 10**10
-"""Rollups count cost in 1e-10 USD: `call_cost` rounds costs to 10 decimals."""
-MICROS = 10**6
-
-MINUTE = 60
-HOUR = 3600
-EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
-_SECOND = timedelta(seconds=1)
-
-DIMS: tuple[str, ...] = (
-    "key_id", "key_name", "project", "workflow", "step", "source", "provider", "model", "endpoint", "status",
-)
-"""The attribution fields rollups can group by (every one a usage record has but the execution id)."""
-
-MEASURES: tuple[str, ...] = (
-    "requests", "errors", "unpriced", "input_tokens", "output_tokens", "cached_input_tokens", "cache_write_tokens",
-    "reasoning_tokens", "images", "characters", "seconds_us", "cost_units", "latency_count", "latency_us",
-    "ttft_count", "ttft_us",
-)
-"""The sums a rollup row holds, in this order everywhere."""
-
-
-class Cut(NamedTuple):
-    """A set of fields rollup rows are grouped by, and whether it has minute rows besides hour rows."""
-
-    id: int
-    name: str
-    dims: tuple[str, ...]
-    minutes: bool
-
-
-CUTS: tuple[Cut, ...] = (
-    Cut(0, "total", (), True),  # header totals, sparkline, change marker
-    Cut(1, "project", ("project",), True),
-    Cut(2, "source", ("source",), True),
-    Cut(3, "key", ("key_id", "key_name"), True),  # budgets, by key
-    Cut(4, "model", ("provider", "model"), True),
-    Cut(5, "workflow", ("workflow", "step"), True),  # by workflow, a workflow's steps
-    Cut(9, "all", DIMS, False),  # any other grouping or filter (hour rows; the leading partial hour from records)
-)
-"""Smallest first: a query reads the first cut that has every field it groups or filters by."""
-
-MINUTE_CUTS: tuple[int, ...] = tuple(cut.id for cut in CUTS if cut.minutes)
-
-
-def cut_for(fields: Iterable[str]) -> Cut | None:
-    """The smallest cut that has every one of `fields`; None when only raw records have them (execution_id)."""
-    wanted = set(fields)
-    for cut in CUTS:
-        if wanted <= set(cut.dims):
-            return cut
-    return None
-
-
-# --- integer sums ----------------------------------------------------------------
-
-
-def to_units(value: float | None, scale: int) -> int:
-    """`value * scale` rounded half away from zero, as `_Units` computes it in SQL (0 for None)."""
-    if value is None:
-        return 0
-    if value < 0:
-        return -math.floor(-value * scale + 0.5)
-    return math.floor(value * scale + 0.5)
+__all__ = [  # the cuts and time helpers live in cuts.py (no SQLAlchemy there); importers keep reading them here
+    "COST_UNITS_PER_USD", "CUTS", "DAY", "DAY_CUTS", "DIMS", "EPOCH", "HOUR", "MEASURES", "MICROS", "MINUTE", "MINUTE_CUTS",
+    "ROLLUP_COLUMNS", "Cut", "add_to_rollups", "bucket_sql", "cut_for", "dims_key", "dims_key_sql", "epoch_seconds",
+    "from_epoch", "rebuild_rollups", "record_measures", "record_measures_sql", "rollup_deltas", "rollup_select",
+    "to_units", "units_sql",
+]
 
 
 class _Units(FunctionElement[int]):
@@ -122,16 +82,7 @@ class _Units(FunctionElement[int]):
 @compiles(_Units)
 def _units_default(element: _Units, compiler: Any, **kw: Any) -> str:
     value, scale = (compiler.process(clause, **kw) for clause in element.clauses)
-    return (f"CASE WHEN {value} IS NULL THEN 0 WHEN {value} < 0 THEN -CAST(FLOOR(-{value} * {scale} + 0.5) AS BIGINT) "
-            f"ELSE CAST(FLOOR({value} * {scale} + 0.5) AS BIGINT) END")
-
-
-@compiles(_Units, "sqlite")
-def _units_sqlite(element: _Units, compiler: Any, **kw: Any) -> str:
-    # CAST truncates toward zero: floor for the non-negative operands (FLOOR is not always compiled in).
-    value, scale = (compiler.process(clause, **kw) for clause in element.clauses)
-    return (f"CASE WHEN {value} IS NULL THEN 0 WHEN {value} < 0 THEN -CAST(-{value} * {scale} + 0.5 AS INTEGER) "
-            f"ELSE CAST({value} * {scale} + 0.5 AS INTEGER) END")
+    return units_sql_text(value, scale, compiler.dialect.name)
 
 
 def units_sql(column: Any, scale: int) -> ColumnElement[int]:
@@ -184,17 +135,6 @@ def record_measures(row: Mapping[str, Any]) -> tuple[int, ...]:
 # --- time buckets ------------------------------------------------------------------
 
 
-def epoch_seconds(moment: datetime) -> int:
-    """Whole UTC seconds since 1970 (floor); a naive `moment` is UTC. Integer arithmetic: no float rounding."""
-    if moment.tzinfo is None:
-        moment = moment.replace(tzinfo=UTC)
-    return (moment - EPOCH) // _SECOND
-
-
-def from_epoch(seconds: int) -> datetime:
-    return EPOCH + timedelta(seconds=seconds)
-
-
 class _Bucket(FunctionElement[int]):
     """The start (UTC epoch seconds) of the `grain`-second bucket a `usage.created_at` falls in."""
 
@@ -206,16 +146,7 @@ class _Bucket(FunctionElement[int]):
 @compiles(_Bucket)
 def _bucket_default(element: _Bucket, compiler: Any, **kw: Any) -> str:
     created, grain = (compiler.process(clause, **kw) for clause in element.clauses)
-    return f"CAST(FLOOR(EXTRACT(EPOCH FROM {created}) / {grain}) * {grain} AS BIGINT)"
-
-
-@compiles(_Bucket, "sqlite")
-def _bucket_sqlite(element: _Bucket, compiler: Any, **kw: Any) -> str:
-    # created_at is stored as 'YYYY-MM-DD HH:MM:SS.ffffff' (UTC). strftime('%s') would round
-    # 59.9999 seconds up into the next minute: cut the text at the minute instead.
-    created, grain = (compiler.process(clause, **kw) for clause in element.clauses)
-    minute = f"CAST(strftime('%s', substr({created}, 1, 16) || ':00') AS INTEGER)"
-    return f"({minute} - {minute} % {grain})"
+    return bucket_sql_text(created, grain, compiler.dialect.name)
 
 
 def bucket_sql(created: Any, grain: int) -> ColumnElement[int]:
@@ -307,6 +238,14 @@ def rollup_deltas(rows: Iterable[Mapping[str, Any]], *, sign: int = 1,
             found = hours.get(row_key)
             hours[row_key] = sums if found is None else list(map(add, found, sums))
     out.update(hours)
+    # Day rows of the cuts that have them, from their hour rows.
+    days: dict[tuple[Any, ...], list[int]] = {}
+    for (cut_id, grain, bucket, cut_values), sums in out.items():
+        if grain == HOUR and cut_id in DAY_CUTS:
+            row_key = (cut_id, DAY, bucket - bucket % DAY, cut_values)
+            found = days.get(row_key)
+            days[row_key] = sums if found is None else list(map(add, found, sums))
+    out.update(days)
     keys: dict[tuple[Any, ...], str] = {}
     deltas = []
     for (cut_id, grain, bucket, cut_values), sums in out.items():
@@ -397,7 +336,7 @@ def rebuild_rollups(connection: Connection) -> int:
     written = 0
     for cut in CUTS:
         dims = [stage.c[name] for name in cut.dims]
-        for grain in (MINUTE, HOUR) if cut.minutes else (HOUR,):
+        for grain in (*((MINUTE,) if cut.minutes else ()), HOUR, *((DAY,) if cut.days else ())):
             bucket = stage.c.bucket if grain == MINUTE else stage.c.bucket - stage.c.bucket % grain
             query = (
                 select(literal(cut.id, Integer()), literal(grain, Integer()), bucket, dims_key_sql(dims), *dims,
