@@ -1,0 +1,236 @@
+"""Budgets on attribution: the `budgets` table's repository, the spend subjects and periods they count.
+
+A budget limits the spend of the records matching a *subject*: a key (its id), or
+attribution fields (`{"project": "P"}`, `{"execution_id": "E", "workflow": "W"}`).
+A subject is spelled as one string (`spend_subject`), so the budget counters, the
+recorder's tally of records not written yet and the database agree on what they
+count: a plain key id, or the JSON of the fields.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from sqlmodel import Session, col, select
+
+from tokensense.storage.analytics import report_totals
+from tokensense.storage.models import BUDGET_LEVELS, BUDGET_PERIODS, Budget, UsageCreate, utcnow
+
+SUBJECT_FIELDS: tuple[str, ...] = ("project", "workflow", "source", "execution_id")
+"""The attribution fields a budget's subject can name (with `key_id`)."""
+
+KEY_PERIODS = {"daily": "day", "monthly": "month", "total": "total"}
+"""A key's budget periods (`keys create --budget-period`) in the words of budgets on attribution."""
+
+
+def spend_subject(filters: Mapping[str, str]) -> str:
+    """The subject string of records matching `filters`: a key id alone stays itself, else sorted JSON."""
+    if set(filters) == {"key_id"}:
+        return filters["key_id"]
+    return json.dumps(dict(sorted(filters.items())), separators=(",", ":"), ensure_ascii=False)
+
+
+def subject_filters(subject: str) -> dict[str, str]:
+    """The record filters of a subject string (`spend_subject`'s inverse)."""
+    if subject.startswith("{"):
+        data = json.loads(subject)
+        if isinstance(data, dict) and all(isinstance(v, str) for v in data.values()):
+            return {str(k): v for k, v in data.items()}
+        raise ValueError(f"not a spend subject: {subject!r}")
+    return {"key_id": subject}
+
+
+def record_subjects(record: UsageCreate) -> list[str]:
+    """Every subject a record's cost counts in: its key, and each attribution budget subject it matches."""
+    subjects = [record.key_id] if record.key_id else []
+    for name in ("project", "workflow", "source"):
+        value = getattr(record, name)
+        if value:
+            subjects.append(spend_subject({name: value}))
+    if record.execution_id:
+        subjects.append(spend_subject({"execution_id": record.execution_id}))
+        if record.workflow:
+            subjects.append(spend_subject({"execution_id": record.execution_id, "workflow": record.workflow}))
+    return subjects
+
+
+def subject_spent_since(*, session: Session, subject: str, since: datetime | None) -> float:
+    """What the records of `subject` cost since `since` (None: ever): the rollups for keys, projects,
+    workflows and sources; the records (index on execution_id) for an execution."""
+    return report_totals(session=session, since=since, filters=subject_filters(subject)).cost_usd
+
+
+# --- periods --------------------------------------------------------------------------
+
+
+def period_window(period: str, now: datetime | None = None) -> tuple[str, datetime | None, float | None]:
+    """(window id, UTC start, seconds until it resets) of a budget period; `total` never resets.
+
+    Periods: `day`, `week` (starts Monday), `month`, `total`; a key's `daily`, `monthly` too.
+    """
+    now = now or datetime.now(UTC)
+    period = KEY_PERIODS.get(period, period)
+    if period == "day":
+        start = now.replace(hour=0, minute=0, second=0, microsecond=0)
+        return f"day:{start:%Y-%m-%d}", start, (start + timedelta(days=1) - now).total_seconds()
+    if period == "week":
+        start = (now - timedelta(days=now.weekday())).replace(hour=0, minute=0, second=0, microsecond=0)
+        return f"week:{start:%Y-%m-%d}", start, (start + timedelta(days=7) - now).total_seconds()
+    if period == "month":
+        start = now.replace(day=1, hour=0, minute=0, second=0, microsecond=0)
+        nxt = start.replace(year=start.year + (start.month == 12), month=start.month % 12 + 1)
+        return f"month:{start:%Y-%m}", start, (nxt - now).total_seconds()
+    return "total", None, None
+
+
+# --- the table ----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class BudgetLimit:
+    """A budget on attribution, from the database (`budgets set`) or config.toml (`[[budgets]]`)."""
+
+    level: str  # project | workflow | source | execution
+    name: str | None  # the project, workflow or source; for `execution`: None (every run) or a workflow
+    usd: float
+    period: str = "total"
+    origin: str = "cli"  # cli | config
+
+    @property
+    def label(self) -> str:
+        """How messages name it: `workflow \"W\"`, `each execution of workflow \"W\"`, `each execution`."""
+        if self.level == "execution":
+            return "each execution" if self.name is None else f"each execution of workflow `{self.name}`"
+        return f"{self.level} `{self.name}`"
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"level": self.level, "name": self.name, "usd": self.usd, "period": self.period,
+                "origin": self.origin}
+
+
+def _check(level: str, name: str | None, usd: float, period: str) -> None:
+    if level not in BUDGET_LEVELS:
+        raise ValueError(f"a budget's level is one of {', '.join(BUDGET_LEVELS)}, not {level!r}")
+    if period not in BUDGET_PERIODS:
+        raise ValueError(f"a budget's period is one of {', '.join(BUDGET_PERIODS)}, not {period!r}")
+    if not (usd > 0 and usd < float("inf")):
+        raise ValueError(f"a budget is a positive amount of US dollars, not {usd!r}")
+    if level != "execution" and not name:
+        raise ValueError(f"a {level} budget names the {level} it limits")
+
+
+def _find(session: Session, level: str, name: str | None, period: str | None) -> list[Budget]:
+    statement = select(Budget).where(Budget.level == level)
+    statement = statement.where(col(Budget.name).is_(None) if name is None else Budget.name == name)
+    if period is not None:
+        statement = statement.where(Budget.period == period)
+    return list(session.exec(statement).all())
+
+
+def set_budget(*, session: Session, level: str, name: str | None, usd: float, period: str = "total") -> Budget:
+    """Create the budget of (level, name, period), or change its amount."""
+    _check(level, name, usd, period)
+    found = _find(session, level, name, period)
+    row = found[0] if found else Budget(level=level, name=name, usd=usd, period=period)
+    row.usd = usd
+    row.updated_at = utcnow()
+    session.add(row)
+    session.commit()
+    session.refresh(row)
+    return row
+
+
+def list_budgets(*, session: Session) -> list[Budget]:
+    return list(session.exec(select(Budget).order_by(Budget.level, Budget.name, Budget.period)).all())
+
+
+def remove_budgets(*, session: Session, level: str, name: str | None, period: str | None = None) -> int:
+    """Remove the budgets of (level, name) (of one period, if given); how many were removed."""
+    found = _find(session, level, name, period)
+    for row in found:
+        session.delete(row)
+    session.commit()
+    return len(found)
+
+
+def configured_limits(rules: Iterable[Any]) -> list[BudgetLimit]:
+    """The budgets of config.toml (`BudgetRule`s of `[[budgets]]`) as `BudgetLimit`s."""
+    out = []
+    for rule in rules:
+        if rule.each_execution:
+            out.append(BudgetLimit("execution", rule.workflow or None, rule.usd, rule.period, "config"))
+        else:
+            level = next(n for n in ("project", "workflow", "source") if getattr(rule, n))
+            out.append(BudgetLimit(level, getattr(rule, level), rule.usd, rule.period, "config"))
+    return out
+
+
+def counter_id(limit: BudgetLimit, execution: str | None = None) -> str:
+    """The id of a budget's counter (Redis key part, hub slot): its subject and period. Budgets of the same
+    subject and period (one in config.toml, one set by the CLI) share it: the smaller limit holds."""
+    return f"{limit_subject(limit, execution)}@{limit.period}"
+
+
+def limit_subject(limit: BudgetLimit, execution: str | None = None) -> str:
+    """The spend subject a budget counts: its project, workflow or source; for an each-execution budget
+    the execution `execution` (of the budget's workflow, when it names one)."""
+    if limit.level == "execution":
+        fields = {"execution_id": execution or ""}
+        if limit.name is not None:
+            fields["workflow"] = limit.name
+        return spend_subject(fields)
+    return spend_subject({limit.level: limit.name or ""})
+
+
+def stored_limits(session: Session) -> list[BudgetLimit]:
+    return [BudgetLimit(b.level, b.name, b.usd, b.period, "cli") for b in list_budgets(session=session)]
+
+
+def budgets_fingerprint(session: Session) -> tuple[Any, ...]:
+    """Changes whenever a budget is set or removed (the gateway reloads them then)."""
+    from sqlalchemy import func
+
+    return tuple(session.exec(select(func.count(), func.max(Budget.updated_at), func.min(Budget.id),
+                                     func.max(Budget.id))).one())
+
+
+# --- spend per budget (budgets list, the dashboard) ----------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class BudgetSpend:
+    """A budget and what was spent in its current period (an each-execution budget: its costliest run)."""
+
+    limit: BudgetLimit
+    window: str
+    start: datetime | None
+    spent_usd: float
+    execution: str | None = None  # each-execution budgets: the execution that spent the most this period
+
+    @property
+    def left_usd(self) -> float:
+        return max(self.limit.usd - self.spent_usd, 0.0)
+
+
+def budget_spend(*, session: Session, limit: BudgetLimit, now: datetime | None = None) -> BudgetSpend:
+    """The settled spend of `limit` in its current period, from the rollups (an each-execution budget:
+    the run that spent the most in the period's last 24 hours, from the records' time index)."""
+    now = now or datetime.now(UTC)
+    window, start, _ = period_window(limit.period, now)
+    if limit.level != "execution":
+        spent = subject_spent_since(session=session, subject=limit_subject(limit), since=start)
+        return BudgetSpend(limit, window, start, spent)
+    from tokensense.storage.analytics import grouped_totals
+
+    filters = {} if limit.name is None else {"workflow": limit.name}
+    recent = now - timedelta(hours=24)
+    rows = grouped_totals(session=session, fields=["execution_id"], since=recent if start is None else max(start, recent),
+                          filters=filters, limit=2)
+    for values, totals, _ in rows:
+        if values[0] is not None:
+            return BudgetSpend(limit, window, start, totals.cost_usd, values[0])
+    return BudgetSpend(limit, window, start, 0.0)
