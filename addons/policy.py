@@ -25,7 +25,8 @@ class Policy:
         runtime = self.runtime
         try:
             call.policed = await police(call, target, prices=runtime.prices, counters=runtime.counters,
-                                        spent_since=runtime.spent_since, guard=runtime.guard)
+                                        spent_since=runtime.spent_since, guard=runtime.guard,
+                                        budgets=runtime.budgets)
         except Refused as refused:
             call.policed = refused.held  # a rate entry it took is settled with its record
             if refused.held is not None and refused.held.rate is not None:

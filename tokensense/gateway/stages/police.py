@@ -14,20 +14,23 @@ import asyncio
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass, replace
+from functools import partial
 from datetime import datetime
 from typing import Any
 
 from tokensense.core.errors import GatewayError
 from tokensense.core.usage import TokenUsage
+from tokensense.gateway.budgets import AppliedBudget, BudgetBook, budgets_for
 from tokensense.gateway.call import CallContext
 from tokensense.gateway.guards import LoopGuard, call_cap, max_cost_refusal
 from tokensense.gateway.limits import BudgetDecision, CounterStore, RateDecision
 from tokensense.gateway.policy import budget_window, check_access, estimate_cost, estimate_usage, limits_for
 from tokensense.gateway.price_policy import unpriced_refusal
-from tokensense.gateway.reservation import budget_refusal, call_reservation
+from tokensense.gateway.reservation import call_reservation
 from tokensense.gateway.routing import MEDIA_ENDPOINTS
 from tokensense.metering.pricing import PriceBook
 from tokensense.providers import ProviderAdapter
+from tokensense.storage.budgets import period_window
 
 log = logging.getLogger(__name__)
 
@@ -46,10 +49,13 @@ class Target:
 
 @dataclass(frozen=True, slots=True)
 class BudgetHold:
-    """Budget reserved in the counters for an attempt in flight: `amount` in `window`, settled by its record."""
+    """Budget reserved in the counters for an attempt in flight: `amount` in `window` of the counter `counter`
+    (a key's id, or a budget on attribution's), settled by its record. `tag` names the budget (`level:name`)."""
 
     window: str
     amount: float
+    counter: str = ""
+    tag: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -60,20 +66,32 @@ class Policed:
     passed: bool = True  # False: refused, but it still holds a rate entry to settle (see `Refused.held`)
     rate: RateDecision | None = None  # the rate decision (for the x-ratelimit-* headers); None: no rate limit
     holds_rate: bool = False  # a rate-window entry of this request id is to be settled with its tokens
-    budget: BudgetHold | None = None
+    budgets: tuple[BudgetHold, ...] = ()  # every budget the attempt is counted against (key's first)
+
+    @property
+    def budget(self) -> BudgetHold | None:
+        """The first budget held (the key's, when it has one)."""
+        return self.budgets[0] if self.budgets else None
+
+    @property
+    def budget_tags(self) -> list[str]:
+        """The budgets the attempt is counted against, as `level:name` (its record's details.budgets)."""
+        return [hold.tag for hold in self.budgets]
 
 
 class Refused(Exception):
     """The police stage refused an attempt: the error to answer, its extra headers, and what it holds."""
 
     def __init__(self, error: GatewayError, *, headers: dict[str, str] | None = None, held: Policed | None = None,
-                 budget: BudgetDecision | None = None, amount: float | None = None) -> None:
+                 budget: BudgetDecision | None = None, amount: float | None = None,
+                 limit: AppliedBudget | None = None) -> None:
         super().__init__(error.message)
         self.error = error
         self.headers = headers or {}
         self.held = held  # counters the refused call holds anyway (its rate entry), settled with its record
         self.budget = budget  # the budget decision, when the budget refused it
         self.amount = amount  # the reservation the budget refused
+        self.limit = limit  # the budget that refused it
 
     @property
     def reason(self) -> str:
@@ -83,14 +101,16 @@ class Refused(Exception):
 
 async def police(call: CallContext, target: Target, *, prices: PriceBook, counters: CounterStore | None,
                  spent_since: Callable[[str, datetime | None], float], count_request: bool = True,
-                 guard: LoopGuard | None = None) -> Policed:
+                 guard: LoopGuard | None = None, budgets: BudgetBook | None = None) -> Policed:
     """Check `target` for `call`'s key and reserve what it may cost; `Refused` if it may not go.
 
     `count_request`: the attempt counts against the key's requests and tokens per
     minute and the loop guard's counts of its execution (the call's first attempt;
     a retry or fallback of the same call does not).
     Each attempt reserves its own budget: its largest cost at its own model's price,
-    which is also what its cost cap (header or key) is checked against.
+    which is also what its cost cap (header or key) is checked against, in every
+    budget that applies (the key's, and those of `budgets` on its project, workflow,
+    source and execution), or in none: the first that cannot hold it refuses the call.
     """
     key = call.key
     if key is None:
@@ -113,7 +133,9 @@ async def police(call: CallContext, target: Target, *, prices: PriceBook, counte
             raise Refused(loop)
     limits = limits_for(key)
     counts_rate = count_request and (limits.rpm is not None or limits.tpm is not None)
-    counts_budget = key.budget_usd is not None and not call.free  # a free call (count_tokens) spends nothing
+    # A free call (count_tokens) spends nothing.
+    applied = [] if call.free else budgets_for(key, call.attribution, budgets)
+    counts_budget = bool(applied)
     policed = Policed(target)
     if not counts_rate and not counts_budget:
         return policed
@@ -135,21 +157,42 @@ async def police(call: CallContext, target: Target, *, prices: PriceBook, counte
                 headers=decision.headers(), held=replace(policed, passed=False, rate=decision))
         policed = replace(policed, rate=decision, holds_rate=True)
     if counts_budget:
-        assert key.budget_usd is not None
-        window, start, resets_in = budget_window(key.budget_period)
         amount = largest if largest is not None else _largest_cost(call, target, prices)
-        held = replace(policed, passed=False)
+        policed = replace(policed, budgets=await _reserve(counters, applied, amount, spent_since,
+                                                          replace(policed, passed=False)))
+    return policed
+
+
+async def _reserve(counters: CounterStore, applied: list[AppliedBudget], amount: float,
+                   spent_since: Callable[[str, datetime | None], float], held: Policed) -> tuple[BudgetHold, ...]:
+    """Reserve `amount` in every budget of `applied`, or in none (`Refused`, naming the budget that refused)."""
+    holds: list[BudgetHold] = []
+    for budget in applied:
+        window, start, resets_in = budget_window(budget.period) if budget.level == "key" else \
+            period_window(budget.period)
+        subject = budget.subject
         try:
-            budget = await counters.reserve_budget(key.id, window, key.budget_usd, amount,
-                                                   lambda: spent_since(key.id, start), (resets_in or 0) + 3600)
+            decision = await counters.reserve_budget(budget.counter, window, budget.usd, amount,
+                                                     partial(spent_since, subject, start), (resets_in or 0) + 3600)
         except Exception as e:
             log.warning("budget counters unavailable, refusing: %s", type(e).__name__)
+            await _give_back(counters, holds)
             raise Refused(GatewayError(503, LIMITS_UNAVAILABLE, code="limits_unavailable"), held=held) from None
-        if not budget.allowed:  # 429 while held by calls in flight, 402 once spent
-            error, headers = budget_refusal(key.name, key.budget_usd, key.budget_period, budget)
-            raise Refused(error, headers=headers, held=held, budget=budget, amount=amount)
-        policed = replace(policed, budget=BudgetHold(window, amount))
-    return policed
+        if not decision.allowed:  # 429 while held by calls in flight, 402 once spent
+            await _give_back(counters, holds)
+            error, headers = budget.refusal(decision)
+            raise Refused(error, headers=headers, held=held, budget=decision, amount=amount, limit=budget)
+        holds.append(BudgetHold(window, amount, budget.counter, budget.tag))
+    return tuple(holds)
+
+
+async def _give_back(counters: CounterStore, holds: list[BudgetHold]) -> None:
+    """Release the reservations of a call another budget refused."""
+    for hold in holds:
+        try:
+            await counters.settle_budget(hold.counter, hold.window, hold.amount, 0.0)
+        except Exception as e:  # a counter that cannot be reached: its reservation expires with the window
+            log.warning("could not release a budget reservation: %s", type(e).__name__)
 
 
 def _largest_cost(call: CallContext, target: Target, prices: PriceBook) -> float:
@@ -205,12 +248,21 @@ def settle_counters(counters: CounterStore | None, call: CallContext, policed: P
         return
     if policed.holds_rate:
         spawn(counters.settle_tokens(key.id, call.request_id, tokens))
-    if policed.budget is not None:
-        spawn(counters.settle_budget(key.id, policed.budget.window, policed.budget.amount, cost or 0.0))
+    for hold in policed.budgets:
+        spawn(counters.settle_budget(hold.counter, hold.window, hold.amount, cost or 0.0))
 
 
 def release(counters: CounterStore | None, call: CallContext, policed: Policed) -> None:
     """Give back a budget reservation whose attempt's cost is booked elsewhere (a fallback that was not the answer)."""
-    key = call.key
-    if counters is not None and key is not None and policed.budget is not None:
-        spawn(counters.settle_budget(key.id, policed.budget.window, policed.budget.amount, 0.0))
+    if counters is not None and call.key is not None:
+        for hold in policed.budgets:
+            spawn(counters.settle_budget(hold.counter, hold.window, hold.amount, 0.0))
+
+
+def book_spend(counters: CounterStore | None, policed: Policed | None, cost: float | None) -> None:
+    """Add the cost of an attempt whose reservation was released already (a failed attempt a retry or fallback
+    followed, billed all the same) to every budget `policed` counts the call against."""
+    if counters is None or policed is None or not cost:
+        return
+    for hold in policed.budgets:
+        spawn(counters.settle_budget(hold.counter, hold.window, 0.0, cost))
