@@ -273,3 +273,38 @@ def test_workflow_budget_holds_across_two_instances_and_a_redis_restart(tmp_path
             stop(gw.process)
         with psycopg.connect(PG_URL, autocommit=True) as conn:
             conn.execute(f'DROP SCHEMA "{schema}" CASCADE')
+
+
+def test_alerts_fire_for_a_workflow_budget(tmp_path: Path, fake: FakeProvider) -> None:
+    """`[alerts]` thresholds fire for budgets on attribution too, once each, naming the level and the budget."""
+    from observability_receivers import WebhookReceiver
+
+    webhook = WebhookReceiver()
+    workflow = f"wf-{uuid.uuid4().hex[:6]}"
+
+    def prepare(gw: Gateway) -> None:
+        gw.home.mkdir(parents=True, exist_ok=True)
+        # $1 per token: each call costs its tokens (5), so a $40 budget crosses half after 4 calls.
+        (gw.home / "config.toml").write_text(
+            '[models."alert-model"]\nprovider = "openai"\ninput_per_mtok = 1000000\noutput_per_mtok = 1000000\n\n'
+            f'[alerts]\nwebhook_url = "{webhook.url}/hook"\nthresholds = [0.5, 1.0]\n\n'
+            f'[[budgets]]\nworkflow = "{workflow}"\nusd = 40\n')
+
+    gateway = start_gateway(tmp_path, fake, prepare=prepare)
+    try:
+        sdk = client(gateway)
+        for _ in range(5):
+            response = httpx.post(f"{gateway.url}/v1/chat/completions", timeout=30,
+                                  headers={"authorization": f"Bearer {gateway.key}", "x-workflow-tag": workflow},
+                                  json={"model": "alert-model", "max_tokens": 5,
+                                        "messages": [{"role": "user", "content": "hi"}]})
+            assert response.status_code == 200, response.text
+        bodies = webhook.wait_bodies(1)
+        assert bodies[0]["level"] == "workflow" and bodies[0]["key_name"] == workflow
+        assert bodies[0]["threshold"] == 0.5 and bodies[0]["budget_usd"] == 40
+        assert chat(sdk, workflow="unbudgeted")[0] == 200
+        time.sleep(1.0)
+        assert len(webhook.bodies) == 1  # once per threshold and period
+    finally:
+        stop(gateway.process)
+        webhook.close()
