@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import argparse
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
 
 from tokensense.cli.common import (
@@ -16,7 +16,7 @@ from tokensense.cli.common import (
     print_table,
     show_help,
 )
-from tokensense.storage.models import BUDGET_LEVELS, BUDGET_PERIODS
+from tokensense.storage.models import BUDGET_PERIODS
 
 
 def _level(args: argparse.Namespace) -> tuple[str, str | None]:
@@ -37,49 +37,11 @@ def budget_rows(session: Any, *, now: datetime | None = None) -> list[dict[str, 
     """Every budget on attribution (stored, then config.toml's) with its spend in its current period."""
     from tokensense.config import load_config
     from tokensense.settings import get_settings
-    from tokensense.storage.budgets import budget_spend, configured_limits, stored_limits
+    from tokensense.storage.budgets import budget_rows as rows
 
     settings = get_settings()
-    limits = stored_limits(session) + configured_limits(load_config(settings).budgets.limits)
-    limits.sort(key=lambda b: (BUDGET_LEVELS.index(b.level), b.name or "", BUDGET_PERIODS.index(b.period)))
-    now = now or datetime.now(UTC)
-    reserved = _reserved_reader(settings.redis_url)
-    rows = []
-    for limit in limits:
-        spend = budget_spend(session=session, limit=limit, now=now)
-        held = reserved(limit, spend.window, spend.execution) if reserved is not None else None
-        rows.append({
-            **limit.as_dict(),
-            "window": spend.window,
-            "period_start": spend.start.isoformat() if spend.start else None,
-            "spent_usd": round(spend.spent_usd, 10),
-            "reserved_usd": None if held is None else round(held, 10),
-            "left_usd": round(max(limit.usd - spend.spent_usd - (held or 0.0), 0.0), 10),
-            **({"execution": spend.execution} if limit.level == "execution" else {}),
-        })
-    return rows
-
-
-def _reserved_reader(redis_url: str | None):  # type: ignore[no-untyped-def]
-    """What calls in flight hold in a budget, read from Redis (None without Redis: the gateway's own memory)."""
-    if not redis_url:
-        return None
-    import redis
-
-    from tokensense.storage.budgets import counter_id
-
-    client = redis.Redis.from_url(redis_url, socket_timeout=2, socket_connect_timeout=2, decode_responses=True)
-
-    def read(limit: Any, window: str, execution: str | None) -> float | None:
-        if limit.level == "execution" and execution is None:
-            return 0.0
-        try:
-            fields = client.hgetall(f"tokensense:budget:{counter_id(limit, execution)}:{window}")
-        except Exception:
-            return None
-        return sum(max(float(v), 0.0) for k, v in fields.items() if k.startswith("r:"))
-
-    return read
+    return [row.as_dict() for row in rows(session, configured=load_config(settings).budgets.limits,
+                                          redis_url=settings.redis_url, now=now)]
 
 
 def _cmd_budgets_set(args: argparse.Namespace) -> int:

@@ -178,3 +178,4 @@ def budgets_for(key: KeyInfo, attribution: Mapping[str, str | None], book: Budge
     if book is not None:
         out += book.applicable(attribution)
     return out
+

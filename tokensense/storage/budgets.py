@@ -10,7 +10,7 @@ count: a plain key id, or the JSON of the fields.
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -22,6 +22,9 @@ from tokensense.storage.models import BUDGET_LEVELS, BUDGET_PERIODS, Budget, Usa
 
 SUBJECT_FIELDS: tuple[str, ...] = ("project", "workflow", "source", "execution_id")
 """The attribution fields a budget's subject can name (with `key_id`)."""
+
+COUNTERS_PREFIX = "tokensense"
+"""The prefix of the budget counters' keys in Redis (`tokensense.gateway.limits.RedisCounters`)."""
 
 KEY_PERIODS = {"daily": "day", "monthly": "month", "total": "total"}
 """A key's budget periods (`keys create --budget-period`) in the words of budgets on attribution."""
@@ -234,3 +237,68 @@ def budget_spend(*, session: Session, limit: BudgetLimit, now: datetime | None =
         if values[0] is not None:
             return BudgetSpend(limit, window, start, totals.cost_usd, values[0])
     return BudgetSpend(limit, window, start, 0.0)
+
+
+# --- what `budgets list` and the dashboard show ---------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class BudgetRow:
+    """A budget on attribution with its spend in its current period, and what calls in flight reserve in it."""
+
+    limit: BudgetLimit
+    window: str
+    start: datetime | None
+    spent_usd: float
+    reserved_usd: float | None  # None: not known here (no Redis: the gateway's own memory holds it)
+    execution: str | None = None  # each-execution budgets: the costliest run of the period's last 24 hours
+
+    @property
+    def left_usd(self) -> float:
+        return max(self.limit.usd - self.spent_usd - (self.reserved_usd or 0.0), 0.0)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            **self.limit.as_dict(),
+            "window": self.window,
+            "period_start": self.start.isoformat() if self.start else None,
+            "spent_usd": round(self.spent_usd, 10),
+            "reserved_usd": None if self.reserved_usd is None else round(self.reserved_usd, 10),
+            "left_usd": round(self.left_usd, 10),
+            **({"execution": self.execution} if self.limit.level == "execution" else {}),
+        }
+
+
+def budget_rows(session: Session, *, configured: Iterable[object] = (), redis_url: str | None = None,
+                now: datetime | None = None) -> list[BudgetRow]:
+    """Every budget on attribution (the database's, then config.toml's `configured`), by level, with its spend
+    (from the rollups) and, with Redis, what calls in flight reserve (blocking: reads the database and Redis)."""
+    limits = stored_limits(session) + configured_limits(configured)
+    limits.sort(key=lambda b: (BUDGET_LEVELS.index(b.level), b.name or "", BUDGET_PERIODS.index(b.period)))
+    reserved = _reserved_reader(redis_url)
+    rows = []
+    for limit in limits:
+        spend = budget_spend(session=session, limit=limit, now=now)
+        held = reserved(limit, spend.window, spend.execution) if reserved is not None else None
+        rows.append(BudgetRow(limit, spend.window, spend.start, spend.spent_usd, held, spend.execution))
+    return rows
+
+
+def _reserved_reader(redis_url: str | None) -> Callable[[BudgetLimit, str, str | None], float | None] | None:
+    """Reads what calls in flight hold in a budget's counter in Redis (every instance's share)."""
+    if not redis_url:
+        return None
+    import redis
+
+    client = redis.Redis.from_url(redis_url, socket_timeout=2, socket_connect_timeout=2, decode_responses=True)
+
+    def read(limit: BudgetLimit, window: str, execution: str | None) -> float | None:
+        if limit.level == "execution" and execution is None:
+            return 0.0
+        try:
+            fields = client.hgetall(f"{COUNTERS_PREFIX}:budget:{counter_id(limit, execution)}:{window}")
+        except Exception:  # Redis unreachable: not known
+            return None
+        return sum(max(float(v), 0.0) for k, v in fields.items() if k.startswith("r:"))
+
+    return read

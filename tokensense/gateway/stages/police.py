@@ -14,8 +14,8 @@ import asyncio
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass, replace
-from functools import partial
 from datetime import datetime
+from functools import partial
 from typing import Any
 
 from tokensense.core.errors import GatewayError
