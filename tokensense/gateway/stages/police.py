@@ -23,7 +23,7 @@ from tokensense.core.usage import TokenUsage
 from tokensense.gateway.budgets import AppliedBudget, BudgetBook, budgets_for
 from tokensense.gateway.call import CallContext
 from tokensense.gateway.guards import LoopGuard, call_cap, max_cost_refusal
-from tokensense.gateway.limits import BudgetDecision, CounterStore, RateDecision
+from tokensense.gateway.limits import BudgetDecision, CounterStore, MemoryCounters, RateDecision
 from tokensense.gateway.policy import budget_window, check_access, estimate_cost, estimate_usage, limits_for
 from tokensense.gateway.price_policy import unpriced_refusal
 from tokensense.gateway.reservation import call_reservation
@@ -165,25 +165,41 @@ async def police(call: CallContext, target: Target, *, prices: PriceBook, counte
 
 async def _reserve(counters: CounterStore, applied: list[AppliedBudget], amount: float,
                    spent_since: Callable[[str, datetime | None], float], held: Policed) -> tuple[BudgetHold, ...]:
-    """Reserve `amount` in every budget of `applied`, or in none (`Refused`, naming the budget that refused)."""
-    holds: list[BudgetHold] = []
-    for budget in applied:
-        window, start, resets_in = budget_window(budget.period) if budget.level == "key" else \
-            period_window(budget.period)
-        subject = budget.subject
-        try:
-            decision = await counters.reserve_budget(budget.counter, window, budget.usd, amount,
-                                                     partial(spent_since, subject, start), (resets_in or 0) + 3600)
-        except Exception as e:
-            log.warning("budget counters unavailable, refusing: %s", type(e).__name__)
-            await _give_back(counters, holds)
+    """Reserve `amount` in every budget of `applied`, or in none (`Refused`, naming the first budget that refused).
+
+    The budgets are asked at once (with Redis: one round trip's wait, not one per budget); when one refuses, the
+    reservations the others made are given back.
+    """
+    windows = [budget_window(b.period) if b.level == "key" else period_window(b.period) for b in applied]
+    asks = [counters.reserve_budget(budget.counter, window, budget.usd, amount,
+                                    partial(spent_since, budget.subject, start), (resets_in or 0) + 3600)
+            for budget, (window, start, resets_in) in zip(applied, windows, strict=True)]
+    answers: list[BudgetDecision | BaseException]
+    if len(asks) > 1 and not isinstance(counters, MemoryCounters):
+        answers = await asyncio.gather(*asks, return_exceptions=True)
+    else:  # in-process decisions do not wait (but to seed a window): one after the other costs less
+        answers = []
+        for ask in asks:
+            try:
+                answers.append(await ask)
+            except Exception as e:
+                answers.append(e)
+    holds = [BudgetHold(window, amount, budget.counter, budget.tag)
+             for budget, (window, _, _), answer in zip(applied, windows, answers, strict=True)
+             if isinstance(answer, BudgetDecision) and answer.allowed]
+    if len(holds) == len(applied):
+        return tuple(holds)
+    await _give_back(counters, holds)
+    for answer in answers:
+        if isinstance(answer, BaseException):
+            log.warning("budget counters unavailable, refusing: %s", type(answer).__name__)
             raise Refused(GatewayError(503, LIMITS_UNAVAILABLE, code="limits_unavailable"), held=held) from None
-        if not decision.allowed:  # 429 while held by calls in flight, 402 once spent
-            await _give_back(counters, holds)
-            error, headers = budget.refusal(decision)
-            raise Refused(error, headers=headers, held=held, budget=decision, amount=amount, limit=budget)
-        holds.append(BudgetHold(window, amount, budget.counter, budget.tag))
-    return tuple(holds)
+    for budget, answer in zip(applied, answers, strict=True):
+        assert isinstance(answer, BudgetDecision)
+        if not answer.allowed:  # 429 while held by calls in flight, 402 once spent
+            error, headers = budget.refusal(answer)
+            raise Refused(error, headers=headers, held=held, budget=answer, amount=amount, limit=budget)
+    raise AssertionError("a budget refused without a decision")
 
 
 async def _give_back(counters: CounterStore, holds: list[BudgetHold]) -> None:
