@@ -162,6 +162,14 @@ def test_config_budgets_apply_and_cli_lists_them(tmp_path: Path, fake: FakeProvi
         sdk = client(gateway)
         status, message, _ = chat(sdk, source="nightly-batch")
         assert status == 402 and "source `nightly-batch`" in message and "per day" in message
+        # The refusal in the client's own error shape: Anthropic's on /v1/messages.
+        anthropic = httpx.post(f"{gateway.url}/v1/messages", timeout=30,
+                               headers={"x-api-key": gateway.key, "anthropic-version": "2023-06-01",
+                                        "x-source": "nightly-batch"},
+                               json={"model": "claude-haiku-4-5", "max_tokens": 10,
+                                     "messages": [{"role": "user", "content": "hi"}]})
+        assert anthropic.status_code == 402
+        assert anthropic.json()["type"] == "error" and "source `nightly-batch`" in anthropic.json()["error"]["message"]
         status, _, request_id = chat(sdk, source="other")
         assert status == 200
         gateway.wait_records(1, request_id=request_id)
@@ -175,6 +183,32 @@ def test_config_budgets_apply_and_cli_lists_them(tmp_path: Path, fake: FakeProvi
         assert project["spent_usd"] > 0
         result = gateway.cli("budgets", "remove", "--source", "nightly-batch", check=False)
         assert result.returncode != 0 and "config.toml" in result.stderr
+    finally:
+        stop(gateway.process)
+
+
+def test_workflow_budget_holds_across_workers(tmp_path: Path, fake: FakeProvider) -> None:
+    """`serve --workers 2`: the supervisor's hub counts budgets on attribution for every worker."""
+    gateway = start_gateway(tmp_path, fake, serve_args=["--workers", "2"])
+    try:
+        reserved = reservation_of(gateway)
+        budget = round(reserved * 2.5, 10)
+        workflow = f"wf-{uuid.uuid4().hex[:6]}"
+        gateway.cli("budgets", "set", "--workflow", workflow, "--usd", repr(budget), "--period", "week")
+        time.sleep(2)
+        sdk = client(gateway)
+        with ThreadPoolExecutor(30) as pool:
+            results = list(pool.map(lambda i: chat(sdk, workflow=workflow), range(30)))
+        statuses = [r[0] for r in results]
+        assert 200 in statuses and (402 in statuses or 429 in statuses), statuses
+        codes: list[int] = []
+        while 402 not in codes:
+            codes.append(chat(sdk, workflow=workflow)[0])
+            assert len(codes) < 80, codes
+        served = statuses.count(200) + codes.count(200)
+        rows = gateway.wait_records(served, workflow=workflow, status=200)
+        assert len(rows) == served
+        assert sum(r["cost_usd"] for r in rows) <= budget + 1e-12
     finally:
         stop(gateway.process)
 
