@@ -30,7 +30,7 @@ from tokensense.core.endpoints import Endpoint
 from tokensense.gateway.budgets import BudgetBook
 from tokensense.gateway.call import CallContext
 from tokensense.gateway.keys import KeyInfo
-from tokensense.gateway.limits import MemoryCounters, RedisCounters, ResilientCounters
+from tokensense.gateway.limits import CounterStore, MemoryCounters, RedisCounters, ResilientCounters
 from tokensense.gateway.stages.police import Target, police
 from tokensense.metering.pricing import PriceBook
 from tokensense.providers import PROVIDERS
@@ -39,31 +39,58 @@ from tokensense.storage.budgets import BudgetLimit
 
 
 def key(budget: float | None) -> KeyInfo:
-    return KeyInfo(id=uuid.uuid4().hex[:16], name="bench", revoked=False, project="p", budget_usd=budget,
-                   budget_period="monthly", rpm=None, tpm=None, plan=None, allowed_models=(), allowed_providers=())
+    return KeyInfo(
+        id=uuid.uuid4().hex[:16],
+        name="bench",
+        revoked=False,
+        project="p",
+        budget_usd=budget,
+        budget_period="monthly",
+        rpm=None,
+        tpm=None,
+        plan=None,
+        allowed_models=(),
+        allowed_providers=(),
+    )
 
 
 def book(levels: int) -> BudgetBook:
-    limits = [BudgetLimit("project", "p", 1e6, "month"), BudgetLimit("workflow", "w", 1e6, "day"),
-              BudgetLimit("source", "s", 1e6, "week"), BudgetLimit("execution", None, 1e6, "total")][:levels]
+    limits = [
+        BudgetLimit("project", "p", 1e6, "month"),
+        BudgetLimit("workflow", "w", 1e6, "day"),
+        BudgetLimit("source", "s", 1e6, "week"),
+        BudgetLimit("execution", None, 1e6, "total"),
+    ][:levels]
     budgets = BudgetBook()
     budgets.configured = limits
     budgets._install([])
     return budgets
 
 
-async def lane(counters, info: KeyInfo, budgets: BudgetBook, calls: int, prices: PriceBook, new_runs: bool) -> float:
-    target = Target(PROVIDERS["openai"], "gpt-4o-mini", "gpt-4o-mini",
-                    {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 50})
+async def lane(
+    counters: CounterStore, info: KeyInfo, budgets: BudgetBook, calls: int, prices: PriceBook, new_runs: bool
+) -> float:
+    target = Target(
+        PROVIDERS["openai"],
+        "gpt-4o-mini",
+        "gpt-4o-mini",
+        {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 50},
+    )
     times = []
     run = uuid.uuid4().hex[:12]
     for number in range(calls + 20):  # the first 20 warm up (and seed the windows)
         call = CallContext(Endpoint.CHAT, OPENAI_ERRORS)
         call.key = info
-        call.attribution = {"project": "p", "workflow": "w", "source": "s", "execution_id": uuid.uuid4().hex[:12] if new_runs else run}
+        call.attribution = {
+            "project": "p",
+            "workflow": "w",
+            "source": "s",
+            "execution_id": uuid.uuid4().hex[:12] if new_runs else run,
+        }
         start = time.perf_counter()
-        policed = await police(call, target, prices=prices, counters=counters, spent_since=lambda s, t: 0.0,
-                               budgets=budgets)
+        policed = await police(
+            call, target, prices=prices, counters=counters, spent_since=lambda s, t: 0.0, budgets=budgets
+        )
         if number >= 20:  # what the call waits for; the gateway settles in the background after the answer
             times.append(time.perf_counter() - start)
         for hold in policed.budgets:
@@ -78,13 +105,18 @@ async def main() -> None:
     parser.add_argument("--rounds", type=int, default=5)
     args = parser.parse_args()
     prices = PriceBook()
+    counters: CounterStore
     if args.redis:
         shared = RedisCounters(args.redis, prefix=f"bench-{uuid.uuid4().hex[:8]}", timeout=2.0)
         counters = ResilientCounters(shared)
     else:
         counters = MemoryCounters()
-    lanes = [("none", None, 0, False), ("key", 1e6, 0, False), ("key+project+workflow+source+execution", 1e6, 4, False),
-             ("... new run each call", 1e6, 4, True)]
+    lanes = [
+        ("none", None, 0, False),
+        ("key", 1e6, 0, False),
+        ("key+project+workflow+source+execution", 1e6, 4, False),
+        ("... new run each call", 1e6, 4, True),
+    ]
     results: dict[str, list[float]] = {name: [] for name, _, _, _ in lanes}
     try:
         for _ in range(args.rounds):

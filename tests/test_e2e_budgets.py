@@ -35,8 +35,11 @@ def chat(sdk: openai.OpenAI, **headers: str) -> tuple[int, str, str | None]:
     """(status, error message or "", request id) of one chat call with these attribution headers."""
     try:
         raw = sdk.chat.completions.with_raw_response.create(
-            model="gpt-4o-mini", max_tokens=MAX_TOKENS, messages=[{"role": "user", "content": "say hi"}],
-            extra_headers={HEADERS[k]: v for k, v in headers.items()})
+            model="gpt-4o-mini",
+            max_tokens=MAX_TOKENS,
+            messages=[{"role": "user", "content": "say hi"}],
+            extra_headers={HEADERS[k]: v for k, v in headers.items()},
+        )
         return raw.http_response.status_code, "", raw.headers.get("x-tokensense-request-id")
     except openai.APIStatusError as e:
         return e.status_code, e.message, None
@@ -103,11 +106,17 @@ def test_workflow_budget_shared_by_two_keys_holds_under_50_parallel_calls(tmp_pa
         assert row["left_usd"] == pytest.approx(max(budget - row["spent_usd"], 0.0), abs=1e-9)
 
         request_id = next(rid for status, _, rid in results if status == 200)
-        body = httpx.get(f"{gateway.url}/v1/tokensense/requests/{request_id}", timeout=10,
-                         headers={"authorization": f"Bearer {gateway.key}"}).json()
+        body = httpx.get(
+            f"{gateway.url}/v1/tokensense/requests/{request_id}",
+            timeout=10,
+            headers={"authorization": f"Bearer {gateway.key}"},
+        ).json()
         if body.get("key_name") != "e2e":  # made with the other key: read with it
-            body = httpx.get(f"{gateway.url}/v1/tokensense/requests/{request_id}", timeout=10,
-                             headers={"authorization": f"Bearer {other}"}).json()
+            body = httpx.get(
+                f"{gateway.url}/v1/tokensense/requests/{request_id}",
+                timeout=10,
+                headers={"authorization": f"Bearer {other}"},
+            ).json()
         assert body["details"]["budgets"] == [f"workflow:{workflow}"]
     finally:
         stop(gateway.process)
@@ -121,8 +130,9 @@ def test_execution_budget_stops_one_run_not_the_next(tmp_path: Path, fake: FakeP
         gateway.cli("budgets", "set", "--each-execution", "--usd", repr(limit))
         workflow_runs = f"wf-{uuid.uuid4().hex[:6]}"
         # A tighter budget for one workflow's runs: a run of it stops after one call.
-        gateway.cli("budgets", "set", "--each-execution", "--workflow", workflow_runs, "--usd",
-                    repr(round(reserved * 1.05, 10)))
+        gateway.cli(
+            "budgets", "set", "--each-execution", "--workflow", workflow_runs, "--usd", repr(round(reserved * 1.05, 10))
+        )
         time.sleep(1.5)
         sdk = client(gateway)
         first, second = f"run-{uuid.uuid4().hex[:8]}", f"run-{uuid.uuid4().hex[:8]}"
@@ -152,10 +162,13 @@ def test_execution_budget_stops_one_run_not_the_next(tmp_path: Path, fake: FakeP
 
 def test_config_budgets_apply_and_cli_lists_them(tmp_path: Path, fake: FakeProvider) -> None:
     """`[[budgets]]` in config.toml: enforced at start, listed as from config; the CLI cannot remove it."""
+
     def prepare(gw: Gateway) -> None:
         gw.home.mkdir(parents=True, exist_ok=True)
-        (gw.home / "config.toml").write_text('[[budgets]]\nsource = "nightly-batch"\nusd = 0.0000001\n'
-                                             'period = "day"\n\n[[budgets]]\nproject = "proj-default"\nusd = 1000\n')
+        (gw.home / "config.toml").write_text(
+            '[[budgets]]\nsource = "nightly-batch"\nusd = 0.0000001\n'
+            'period = "day"\n\n[[budgets]]\nproject = "proj-default"\nusd = 1000\n'
+        )
 
     gateway = start_gateway(tmp_path, fake, prepare=prepare)
     try:
@@ -163,22 +176,28 @@ def test_config_budgets_apply_and_cli_lists_them(tmp_path: Path, fake: FakeProvi
         status, message, _ = chat(sdk, source="nightly-batch")
         assert status == 402 and "source `nightly-batch`" in message and "per day" in message
         # The refusal in the client's own error shape: Anthropic's on /v1/messages.
-        anthropic = httpx.post(f"{gateway.url}/v1/messages", timeout=30,
-                               headers={"x-api-key": gateway.key, "anthropic-version": "2023-06-01",
-                                        "x-source": "nightly-batch"},
-                               json={"model": "claude-haiku-4-5", "max_tokens": 10,
-                                     "messages": [{"role": "user", "content": "hi"}]})
+        anthropic = httpx.post(
+            f"{gateway.url}/v1/messages",
+            timeout=30,
+            headers={"x-api-key": gateway.key, "anthropic-version": "2023-06-01", "x-source": "nightly-batch"},
+            json={"model": "claude-haiku-4-5", "max_tokens": 10, "messages": [{"role": "user", "content": "hi"}]},
+        )
         assert anthropic.status_code == 402
         assert anthropic.json()["type"] == "error" and "source `nightly-batch`" in anthropic.json()["error"]["message"]
         status, _, request_id = chat(sdk, source="other")
         assert status == 200
         gateway.wait_records(1, request_id=request_id)
-        body = httpx.get(f"{gateway.url}/v1/tokensense/requests/{request_id}", timeout=10,
-                         headers={"authorization": f"Bearer {gateway.key}"}).json()
+        body = httpx.get(
+            f"{gateway.url}/v1/tokensense/requests/{request_id}",
+            timeout=10,
+            headers={"authorization": f"Bearer {gateway.key}"},
+        ).json()
         assert body["details"]["budgets"] == ["project:proj-default"]  # the key's project
         listed = json.loads(gateway.cli("budgets", "list", "--json").stdout)
         assert {(b["level"], b["name"], b["origin"]) for b in listed} == {
-            ("source", "nightly-batch", "config"), ("project", "proj-default", "config")}
+            ("source", "nightly-batch", "config"),
+            ("project", "proj-default", "config"),
+        }
         project = next(b for b in listed if b["level"] == "project")
         assert project["spent_usd"] > 0
         result = gateway.cli("budgets", "remove", "--source", "nightly-batch", check=False)
@@ -234,8 +253,9 @@ def limits_ok(gateway: Gateway) -> bool:
 
 
 @pytest.mark.redis
-def test_workflow_budget_holds_across_two_instances_and_a_redis_restart(tmp_path: Path, fake: FakeProvider,
-                                                                         own_redis: OwnRedis) -> None:
+def test_workflow_budget_holds_across_two_instances_and_a_redis_restart(
+    tmp_path: Path, fake: FakeProvider, own_redis: OwnRedis
+) -> None:
     """Two instances sharing PostgreSQL and Redis: parallel calls to both never spend more than the workflow's
     budget; once spent it stays refused with Redis down and after Redis restarts empty (seeded from the
     settled spend)."""
@@ -248,8 +268,11 @@ def test_workflow_budget_holds_across_two_instances_and_a_redis_restart(tmp_path
     except Exception as e:
         service_missing(f"PostgreSQL at {PG_URL} is not reachable ({type(e).__name__}: {e})")
         return
-    env = {"TOKENSENSE_DATABASE_URL": f"{PG_URL}?options=-csearch_path%3D{schema}",
-           "TOKENSENSE_REDIS_URL": own_redis.url, "TOKENSENSE_SECRET": "budgets-test-secret"}
+    env = {
+        "TOKENSENSE_DATABASE_URL": f"{PG_URL}?options=-csearch_path%3D{schema}",
+        "TOKENSENSE_REDIS_URL": own_redis.url,
+        "TOKENSENSE_SECRET": "budgets-test-secret",
+    }
     gateways: list[Gateway] = []
     try:
         for i in range(2):
@@ -322,16 +345,19 @@ def test_alerts_fire_for_a_workflow_budget(tmp_path: Path, fake: FakeProvider) -
         (gw.home / "config.toml").write_text(
             '[models."alert-model"]\nprovider = "openai"\ninput_per_mtok = 1000000\noutput_per_mtok = 1000000\n\n'
             f'[alerts]\nwebhook_url = "{webhook.url}/hook"\nthresholds = [0.5, 1.0]\n\n'
-            f'[[budgets]]\nworkflow = "{workflow}"\nusd = 40\n')
+            f'[[budgets]]\nworkflow = "{workflow}"\nusd = 40\n'
+        )
 
     gateway = start_gateway(tmp_path, fake, prepare=prepare)
     try:
         sdk = client(gateway)
         for _ in range(5):
-            response = httpx.post(f"{gateway.url}/v1/chat/completions", timeout=30,
-                                  headers={"authorization": f"Bearer {gateway.key}", "x-workflow-tag": workflow},
-                                  json={"model": "alert-model", "max_tokens": 5,
-                                        "messages": [{"role": "user", "content": "hi"}]})
+            response = httpx.post(
+                f"{gateway.url}/v1/chat/completions",
+                timeout=30,
+                headers={"authorization": f"Bearer {gateway.key}", "x-workflow-tag": workflow},
+                json={"model": "alert-model", "max_tokens": 5, "messages": [{"role": "user", "content": "hi"}]},
+            )
             assert response.status_code == 200, response.text
         bodies = webhook.wait_bodies(1)
         assert bodies[0]["level"] == "workflow" and bodies[0]["key_name"] == workflow

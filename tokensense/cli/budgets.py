@@ -40,8 +40,10 @@ def budget_rows(session: Any, *, now: datetime | None = None) -> list[dict[str, 
     from tokensense.storage.budgets import budget_rows as rows
 
     settings = get_settings()
-    return [row.as_dict() for row in rows(session, configured=load_config(settings).budgets.limits,
-                                          redis_url=settings.redis_url, now=now)]
+    return [
+        row.as_dict()
+        for row in rows(session, configured=load_config(settings).budgets.limits, redis_url=settings.redis_url, now=now)
+    ]
 
 
 def _cmd_budgets_set(args: argparse.Namespace) -> int:
@@ -57,14 +59,17 @@ def _cmd_budgets_set(args: argparse.Namespace) -> int:
         if args.json:
             print_json({"id": row.id, **limit.as_dict(), "updated_at": row.updated_at.isoformat()})
         else:
-            print(f"Budget of {limit.label.replace('`', '')}: {money(row.usd)} "
-                  f"{_period_words(row.period)} (running gateways apply it within seconds).")
+            print(
+                f"Budget of {limit.label.replace('`', '')}: {money(row.usd)} "
+                f"{_period_words(row.period)} (running gateways apply it within seconds)."
+            )
     return 0
 
 
 def _period_words(period: str) -> str:
     return {"day": "per day (UTC)", "week": "per week (UTC, from Monday)", "month": "per month (UTC)"}.get(
-        period, "in total")
+        period, "in total"
+    )
 
 
 def _cmd_budgets_list(args: argparse.Namespace) -> int:
@@ -82,8 +87,18 @@ def _cmd_budgets_list(args: argparse.Namespace) -> int:
         name = row["name"] or "(every run)"
         if row["level"] == "execution" and row.get("execution"):
             name += f" [top run {row['execution']}]"
-        table.append([row["level"], name, row["period"], money(row["usd"]), money(row["spent_usd"], 4),
-                      money(row["reserved_usd"], 4), money(row["left_usd"], 4), row["origin"]])
+        table.append(
+            [
+                row["level"],
+                name,
+                row["period"],
+                money(row["usd"]),
+                money(row["spent_usd"], 4),
+                money(row["reserved_usd"], 4),
+                money(row["left_usd"], 4),
+                row["origin"],
+            ]
+        )
     print_table(headers, table, right=["LIMIT", "SPENT", "RESERVED", "LEFT"])
     if any(r["reserved_usd"] is None for r in rows):
         print("(reserved: what calls in flight hold; shown with TOKENSENSE_REDIS_URL)")
@@ -102,8 +117,11 @@ def _cmd_budgets_remove(args: argparse.Namespace) -> int:
         removed = remove_budgets(session=session, level=level, name=name, period=args.period)
     label = BudgetLimit(level, name, 1.0).label.replace("`", "")
     if not removed:
-        in_config = [c for c in configured_limits(load_config(get_settings()).budgets.limits)
-                     if c.level == level and c.name == name and (args.period is None or c.period == args.period)]
+        in_config = [
+            c
+            for c in configured_limits(load_config(get_settings()).budgets.limits)
+            if c.level == level and c.name == name and (args.period is None or c.period == args.period)
+        ]
         if in_config:
             raise CliError(f"the budget of {label} is set in config.toml ([[budgets]]): remove it there")
         raise CliError(f"no budget of {label}" + (f" per {args.period}" if args.period else "") + " is set")
@@ -116,11 +134,18 @@ def _cmd_budgets_remove(args: argparse.Namespace) -> int:
 
 def _add_level_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--project", metavar="NAME", help="the budget of a project (x-project, or the key's project)")
-    parser.add_argument("--workflow", metavar="NAME", help="the budget of a workflow (x-workflow), whichever key "
-                        "calls it; with --each-execution: of each run of this workflow")
+    parser.add_argument(
+        "--workflow",
+        metavar="NAME",
+        help="the budget of a workflow (x-workflow), whichever key "
+        "calls it; with --each-execution: of each run of this workflow",
+    )
     parser.add_argument("--source", metavar="NAME", help="the budget of a source (x-source)")
-    parser.add_argument("--each-execution", action="store_true",
-                        help="the budget of every execution (x-execution-id): each run may spend at most --usd")
+    parser.add_argument(
+        "--each-execution",
+        action="store_true",
+        help="the budget of every execution (x-execution-id): each run may spend at most --usd",
+    )
 
 
 def add_budgets_parser(
@@ -128,7 +153,9 @@ def add_budgets_parser(
 ) -> None:
     """Register `budgets` and its subcommands."""
     budgets = commands.add_parser(
-        "budgets", help="budgets on projects, workflows, sources and each execution", formatter_class=FORMATTER,
+        "budgets",
+        help="budgets on projects, workflows, sources and each execution",
+        formatter_class=FORMATTER,
         description="Budgets on attribution: a call is admitted only if every budget that applies to it (its "
         "key's, its project's, workflow's, source's and execution's) can hold its largest cost. Running "
         "gateways apply changes within seconds. Budgets in config.toml ([[budgets]]) are listed too.",
@@ -137,7 +164,10 @@ def add_budgets_parser(
     sub = budgets.add_subparsers(title="commands", metavar="COMMAND")
 
     setting = sub.add_parser(
-        "set", parents=[database, as_json], help="set (or change) a budget", formatter_class=FORMATTER,
+        "set",
+        parents=[database, as_json],
+        help="set (or change) a budget",
+        formatter_class=FORMATTER,
         description="Set the budget of a project, workflow, source or of each execution, for a period (UTC).",
         epilog="examples:\n  tokensense budgets set --workflow triage --usd 20 --period day\n"
         "  tokensense budgets set --each-execution --usd 2\n"
@@ -145,19 +175,28 @@ def add_budgets_parser(
     )
     _add_level_options(setting)
     setting.add_argument("--usd", type=positive_float, required=True, help="the limit, in US dollars")
-    setting.add_argument("--period", choices=BUDGET_PERIODS, default="total",
-                         help="day, week (from Monday), month (UTC) or total (never resets; the default)")
+    setting.add_argument(
+        "--period",
+        choices=BUDGET_PERIODS,
+        default="total",
+        help="day, week (from Monday), month (UTC) or total (never resets; the default)",
+    )
     setting.set_defaults(handler=_cmd_budgets_set)
 
     listing = sub.add_parser(
-        "list", parents=[database, as_json], help="list budgets with spent, reserved and left",
+        "list",
+        parents=[database, as_json],
+        help="list budgets with spent, reserved and left",
         description="Every budget on attribution (set here or in config.toml) with what was spent in its "
         "current period, what calls in flight reserve (with Redis) and what is left.",
     )
     listing.set_defaults(handler=_cmd_budgets_list)
 
     remove = sub.add_parser(
-        "remove", parents=[database, as_json], help="remove a budget", formatter_class=FORMATTER,
+        "remove",
+        parents=[database, as_json],
+        help="remove a budget",
+        formatter_class=FORMATTER,
         description="Remove the budgets of a project, workflow, source or each execution (of every period, "
         "or of --period). Budgets in config.toml are removed there.",
         epilog="example:\n  tokensense budgets remove --workflow triage --period day",
@@ -165,4 +204,3 @@ def add_budgets_parser(
     _add_level_options(remove)
     remove.add_argument("--period", choices=BUDGET_PERIODS, help="only the budget of this period")
     remove.set_defaults(handler=_cmd_budgets_remove)
-

@@ -33,8 +33,7 @@ from tokensense.storage.budgets import (
 
 log = logging.getLogger(__name__)
 
-_PERIOD_WORDS = {"day": "per day", "daily": "per day", "week": "per week", "month": "per month",
-                 "monthly": "per month"}
+_PERIOD_WORDS = {"day": "per day", "daily": "per day", "week": "per week", "month": "per month", "monthly": "per month"}
 
 
 @dataclass(frozen=True, slots=True)
@@ -61,13 +60,16 @@ class AppliedBudget:
         what = f"The budget of {self.label} (${self.usd:g} {_PERIOD_WORDS.get(self.period, 'in total')})"
         money = f"${decision.spent:.6f} spent, ${decision.reserved:.6f} reserved by calls in flight"
         if decision.reason == "reserved":
-            return GatewayError(429, f"{what} is held by calls in flight ({money}); retry in a moment.",
-                                code="budget_reserved"), {"retry-after": str(BUDGET_RETRY_AFTER_SECONDS)}
+            return GatewayError(
+                429, f"{what} is held by calls in flight ({money}); retry in a moment.", code="budget_reserved"
+            ), {"retry-after": str(BUDGET_RETRY_AFTER_SECONDS)}
         if decision.reason == "insufficient":
             return GatewayError(
-                402, f"{what} has ${max(self.usd - decision.spent, 0):.6f} left ({money}), less than this call "
+                402,
+                f"{what} has ${max(self.usd - decision.spent, 0):.6f} left ({money}), less than this call "
                 f"can cost (${decision.amount:.6f} at its output cap); lower max_tokens.",
-                code="budget_exceeded"), {}
+                code="budget_exceeded",
+            ), {}
         return GatewayError(402, f"{what} is spent ({money}).", code="budget_exceeded"), {}
 
 
@@ -80,8 +82,9 @@ def key_budget(key: KeyInfo) -> AppliedBudget | None:
 class BudgetBook:
     """The budgets on attribution in force: config.toml's and the database's, reloaded when they change."""
 
-    def __init__(self, engine: Engine | None = None, configured: Iterable[object] = (), *,
-                 refresh_interval: float = 1.0) -> None:
+    def __init__(
+        self, engine: Engine | None = None, configured: Iterable[object] = (), *, refresh_interval: float = 1.0
+    ) -> None:
         self.engine = engine
         self.configured = configured_limits(configured)
         self.refresh_interval = refresh_interval
@@ -164,8 +167,15 @@ class BudgetBook:
             if earlier is not None and earlier.usd <= limit.usd:
                 continue
             label = limit.label if run is None else f"execution `{run}` ({limit.label})"
-            applied[counter] = AppliedBudget(limit.level, run if run is not None else limit.name, limit.usd,
-                                             limit.period, counter, limit_subject(limit, run), label)
+            applied[counter] = AppliedBudget(
+                limit.level,
+                run if run is not None else limit.name,
+                limit.usd,
+                limit.period,
+                counter,
+                limit_subject(limit, run),
+                label,
+            )
         return list(applied.values())
 
 
@@ -178,4 +188,3 @@ def budgets_for(key: KeyInfo, attribution: Mapping[str, str | None], book: Budge
     if book is not None:
         out += book.applicable(attribution)
     return out
-

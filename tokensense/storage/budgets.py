@@ -111,8 +111,7 @@ class BudgetLimit:
         return f"{self.level} `{self.name}`"
 
     def as_dict(self) -> dict[str, Any]:
-        return {"level": self.level, "name": self.name, "usd": self.usd, "period": self.period,
-                "origin": self.origin}
+        return {"level": self.level, "name": self.name, "usd": self.usd, "period": self.period, "origin": self.origin}
 
 
 def _check(level: str, name: str | None, usd: float, period: str) -> None:
@@ -148,7 +147,7 @@ def set_budget(*, session: Session, level: str, name: str | None, usd: float, pe
 
 
 def list_budgets(*, session: Session) -> list[Budget]:
-    return list(session.exec(select(Budget).order_by(Budget.level, Budget.name, Budget.period)).all())
+    return list(session.exec(select(Budget).order_by(col(Budget.level), col(Budget.name), col(Budget.period))).all())
 
 
 def remove_budgets(*, session: Session, level: str, name: str | None, period: str | None = None) -> int:
@@ -197,8 +196,9 @@ def budgets_fingerprint(session: Session) -> tuple[Any, ...]:
     """Changes whenever a budget is set or removed (the gateway reloads them then)."""
     from sqlalchemy import func
 
-    return tuple(session.exec(select(func.count(), func.max(Budget.updated_at), func.min(Budget.id),
-                                     func.max(Budget.id))).one())
+    return tuple(
+        session.exec(select(func.count(), func.max(Budget.updated_at), func.min(Budget.id), func.max(Budget.id))).one()
+    )
 
 
 # --- spend per budget (budgets list, the dashboard) ----------------------------------------
@@ -231,8 +231,13 @@ def budget_spend(*, session: Session, limit: BudgetLimit, now: datetime | None =
 
     filters = {} if limit.name is None else {"workflow": limit.name}
     recent = now - timedelta(hours=24)
-    rows = grouped_totals(session=session, fields=["execution_id"], since=recent if start is None else max(start, recent),
-                          filters=filters, limit=2)
+    rows = grouped_totals(
+        session=session,
+        fields=["execution_id"],
+        since=recent if start is None else max(start, recent),
+        filters=filters,
+        limit=2,
+    )
     for values, totals, _ in rows:
         if values[0] is not None:
             return BudgetSpend(limit, window, start, totals.cost_usd, values[0])
@@ -269,8 +274,9 @@ class BudgetRow:
         }
 
 
-def budget_rows(session: Session, *, configured: Iterable[object] = (), redis_url: str | None = None,
-                now: datetime | None = None) -> list[BudgetRow]:
+def budget_rows(
+    session: Session, *, configured: Iterable[object] = (), redis_url: str | None = None, now: datetime | None = None
+) -> list[BudgetRow]:
     """Every budget on attribution (the database's, then config.toml's `configured`), by level, with its spend
     (from the rollups) and, with Redis, what calls in flight reserve (blocking: reads the database and Redis)."""
     limits = stored_limits(session) + configured_limits(configured)
@@ -296,9 +302,11 @@ def _reserved_reader(redis_url: str | None) -> Callable[[BudgetLimit, str, str |
         if limit.level == "execution" and execution is None:
             return 0.0
         try:
-            fields = client.hgetall(f"{COUNTERS_PREFIX}:budget:{counter_id(limit, execution)}:{window}")
+            fields: dict[str, str] = client.hgetall(  # type: ignore[assignment]
+                f"{COUNTERS_PREFIX}:budget:{counter_id(limit, execution)}:{window}"
+            )
         except Exception:  # Redis unreachable: not known
             return None
-        return sum(max(float(v), 0.0) for k, v in fields.items() if k.startswith("r:"))
+        return sum((max(float(v), 0.0) for k, v in fields.items() if k.startswith("r:")), 0.0)
 
     return read

@@ -30,8 +30,13 @@ class LimitBar(Widget):
     }
     """
 
-    COMPONENT_CLASSES = {"limit-bar--ok", "limit-bar--warning", "limit-bar--over", "limit-bar--reserved",
-                         "limit-bar--track"}
+    COMPONENT_CLASSES = {
+        "limit-bar--ok",
+        "limit-bar--warning",
+        "limit-bar--over",
+        "limit-bar--reserved",
+        "limit-bar--track",
+    }
 
     row: reactive[BudgetRow | None] = reactive(None)
     """The budget and its spend; `None` before the first refresh."""
