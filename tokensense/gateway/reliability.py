@@ -284,7 +284,8 @@ async def _police(run: _Run, candidate: Candidate) -> str | None:
     except Refused as refused:
         budget, limit = refused.budget, refused.limit
         if budget is not None and limit is not None:
-            return (f"the budget of {limit.label} (${limit.usd:g}) cannot cover it (up to "
+            whose = f"the key `{key.name}`'s budget" if limit.level == "key" else f"the budget of {limit.label}"
+            return (f"{whose} of ${limit.usd:g} cannot cover it (up to "
                     f"${refused.amount or 0:.6f}; ${budget.spent:.6f} spent, ${budget.reserved:.6f} reserved)")
         return refused.reason
     run.holds.append(policed)
