@@ -325,6 +325,10 @@ def test_workflow_budget_holds_across_two_instances_and_a_redis_restart(
         assert float(own_redis.client().hget(redis_key, "spent")) >= total - 1e-12
         assert sum(costs(workflow=workflow, status=200)) <= budget + 1e-12
         assert chat(sdks[1], workflow="another")[0] == 200  # other workflows are not held
+        listed = json.loads(gateways[1].cli("budgets", "list", "--json").stdout)
+        (row,) = [b for b in listed if b["name"] == workflow]
+        assert row["reserved_usd"] == 0.0 and row["window"] == f"month:{window}"  # read from Redis: none in flight
+        assert row["spent_usd"] == pytest.approx(sum(costs(workflow=workflow, status=200)), abs=1e-9)
     finally:
         for gw in gateways:
             stop(gw.process)
