@@ -139,8 +139,8 @@ def test_set_list_remove_and_the_book_reloads(session: Session) -> None:
 
 def test_spend_of_a_budget_from_the_rollups_and_the_records(session: Session) -> None:
     records = [
-        UsageCreate(created_at=NOW - timedelta(hours=1), workflow="w", execution_id="a", cost_usd=0.25),
-        UsageCreate(created_at=NOW - timedelta(hours=2), workflow="w", execution_id="b", cost_usd=0.5),
+        UsageCreate(created_at=NOW - timedelta(minutes=30), workflow="w", execution_id="a", cost_usd=0.25),
+        UsageCreate(created_at=NOW - timedelta(minutes=20), workflow="w", execution_id="b", cost_usd=0.5),
         UsageCreate(created_at=NOW - timedelta(days=1), workflow="w", execution_id="a", cost_usd=1.0),
         UsageCreate(created_at=NOW - timedelta(hours=1), workflow="x", execution_id="c", cost_usd=2.0),
     ]
@@ -150,7 +150,8 @@ def test_spend_of_a_budget_from_the_rollups_and_the_records(session: Session) ->
     total = budget_spend(session=session, limit=BudgetLimit("workflow", "w", 10, "total"), now=NOW)
     assert total.spent_usd == pytest.approx(1.75)
     runs = budget_spend(session=session, limit=BudgetLimit("execution", "w", 10, "total"), now=NOW)
-    assert (runs.execution, runs.spent_usd) == ("a", pytest.approx(1.25))  # the costliest run of the last 24 hours
+    # The costliest of the runs of the last hour, with its spend in the period (the day before too).
+    assert (runs.execution, runs.spent_usd) == ("a", pytest.approx(1.25))
     assert repo.spent_since(session=session, key_id=spend_subject({"execution_id": "a"}), since=None) == pytest.approx(
         1.25
     )

@@ -103,7 +103,7 @@ def _cmd_budgets_list(args: argparse.Namespace) -> int:
     if any(r["reserved_usd"] is None for r in rows):
         print("(reserved: what calls in flight hold; shown with TOKENSENSE_REDIS_URL)")
     if any(r["level"] == "execution" for r in rows):
-        print("(each-execution budgets: SPENT is the costliest run of the period's last 24 hours)")
+        print("(each-execution budgets: SPENT is the costliest of the runs of the last hour)")
     return 0
 
 

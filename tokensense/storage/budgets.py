@@ -212,16 +212,21 @@ class BudgetSpend:
     window: str
     start: datetime | None
     spent_usd: float
-    execution: str | None = None  # each-execution budgets: the execution that spent the most this period
+    execution: str | None = None  # each-execution budgets: the costliest of the runs of the last hour
 
     @property
     def left_usd(self) -> float:
         return max(self.limit.usd - self.spent_usd, 0.0)
 
 
+RECENT_RUNS = timedelta(hours=1)
+"""Each-execution budgets show the costliest of the runs that made calls this recently."""
+
+
 def budget_spend(*, session: Session, limit: BudgetLimit, now: datetime | None = None) -> BudgetSpend:
-    """The settled spend of `limit` in its current period, from the rollups (an each-execution budget:
-    the run that spent the most in the period's last 24 hours, from the records' time index)."""
+    """The settled spend of `limit` in its current period, from the rollups. An each-execution budget: the run
+    that spent the most in the period among the runs of the last hour (found by the records' time index, each
+    run's spend then read by the execution index)."""
     now = now or datetime.now(UTC)
     window, start, _ = period_window(limit.period, now)
     if limit.level != "execution":
@@ -229,19 +234,22 @@ def budget_spend(*, session: Session, limit: BudgetLimit, now: datetime | None =
         return BudgetSpend(limit, window, start, spent)
     from tokensense.storage.analytics import grouped_totals
 
-    filters = {} if limit.name is None else {"workflow": limit.name}
-    recent = now - timedelta(hours=24)
+    recent = now - RECENT_RUNS
     rows = grouped_totals(
         session=session,
         fields=["execution_id"],
         since=recent if start is None else max(start, recent),
-        filters=filters,
-        limit=2,
+        filters={} if limit.name is None else {"workflow": limit.name},
+        limit=6,
     )
-    for values, totals, _ in rows:
-        if values[0] is not None:
-            return BudgetSpend(limit, window, start, totals.cost_usd, values[0])
-    return BudgetSpend(limit, window, start, 0.0)
+    best = BudgetSpend(limit, window, start, 0.0)
+    for values, _, _ in rows:
+        run = values[0]
+        if run is not None:
+            spent = subject_spent_since(session=session, subject=limit_subject(limit, run), since=start)
+            if best.execution is None or spent > best.spent_usd:
+                best = BudgetSpend(limit, window, start, spent, run)
+    return best
 
 
 # --- what `budgets list` and the dashboard show ---------------------------------------------------
@@ -256,7 +264,7 @@ class BudgetRow:
     start: datetime | None
     spent_usd: float
     reserved_usd: float | None  # None: not known here (no Redis: the gateway's own memory holds it)
-    execution: str | None = None  # each-execution budgets: the costliest run of the period's last 24 hours
+    execution: str | None = None  # each-execution budgets: the costliest of the runs of the last hour
 
     @property
     def left_usd(self) -> float:

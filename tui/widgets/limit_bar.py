@@ -48,7 +48,7 @@ class LimitBar(Widget):
     @staticmethod
     def title(row: BudgetRow) -> str:
         limit = row.limit
-        if limit.level == "execution":  # with the costliest run of the last 24 hours
+        if limit.level == "execution":  # with the costliest of the runs of the last hour
             title = "each run" + (f" of {limit.name}" if limit.name else "")
             return title + (f" ({row.execution})" if row.execution else "")
         return f"{limit.level} {limit.name}"
