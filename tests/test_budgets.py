@@ -63,7 +63,7 @@ def test_periods_start_at_utc_boundaries() -> None:
     assert period_window("month", NOW)[:2] == ("month:2026-12", datetime(2026, 12, 1, tzinfo=UTC))
     assert period_window("month", datetime(2026, 12, 31, 23, 59, tzinfo=UTC))[2] == 60
     assert period_window("total", NOW) == ("total", None, None)
-    assert period_window("daily", NOW)[0] == "day:2026-12-09"  # a key's period names
+    assert period_window("daily", NOW)[0] == "daily:2026-12-09"  # a key's periods keep their window names
 
 
 def test_subjects_spell_filters_and_back() -> None:
@@ -168,3 +168,29 @@ def test_unwritten_spend_counts_every_subject_of_a_record() -> None:
     unwritten.committed([record])
     assert unwritten.read(spend_subject({"workflow": "w"}), None, lambda: 1.0) == 1.0
     assert unwritten.keys == 0
+
+
+def test_key_windows_are_named_as_the_police_stage_names_them() -> None:
+    """`budgets list` reads a key's reservations in Redis under the window the police stage counts in."""
+    from tokensense.gateway.policy import budget_window
+
+    for period in ("daily", "monthly", "total"):
+        assert period_window(period, NOW) == budget_window(period, NOW)
+
+
+def test_budget_rows_list_keys_then_attribution(session: Session) -> None:
+    from tokensense.storage.budgets import budget_rows
+    from tokensense.storage.models import ApiKey
+
+    session.add(ApiKey(id="k1", name="ci", key_hash="h", key_prefix="tsk_", budget_usd=5.0, budget_period="daily"))
+    session.add(ApiKey(id="k2", name="free", key_hash="h2", key_prefix="tsk_"))
+    session.commit()
+    repo.record_usages(session=session, usages=[UsageCreate(created_at=NOW, key_id="k1", workflow="w", cost_usd=0.5)])
+    set_budget(session=session, level="workflow", name="w", usd=2)
+    rows = budget_rows(session, now=NOW, keys=True)
+    assert [(r.limit.level, r.limit.name, r.limit.origin, r.spent_usd) for r in rows] == [
+        ("key", "ci", "key", 0.5),
+        ("workflow", "w", "cli", 0.5),
+    ]
+    assert rows[0].window == "daily:2026-12-09" and rows[0].reserved_usd is None and rows[1].left_usd == 1.5
+    assert [r.limit.level for r in budget_rows(session, now=NOW)] == ["workflow"]

@@ -34,7 +34,8 @@ def _level(args: argparse.Namespace) -> tuple[str, str | None]:
 
 
 def budget_rows(session: Any, *, now: datetime | None = None) -> list[dict[str, Any]]:
-    """Every budget on attribution (stored, then config.toml's) with its spend in its current period."""
+    """Every budget: the keys', then those on attribution (stored, then config.toml's), with the spend of their
+    current period."""
     from tokensense.config import load_config
     from tokensense.settings import get_settings
     from tokensense.storage.budgets import budget_rows as rows
@@ -42,7 +43,9 @@ def budget_rows(session: Any, *, now: datetime | None = None) -> list[dict[str, 
     settings = get_settings()
     return [
         row.as_dict()
-        for row in rows(session, configured=load_config(settings).budgets.limits, redis_url=settings.redis_url, now=now)
+        for row in rows(
+            session, configured=load_config(settings).budgets.limits, redis_url=settings.redis_url, now=now, keys=True
+        )
     ]
 
 
@@ -79,7 +82,7 @@ def _cmd_budgets_list(args: argparse.Namespace) -> int:
         print_json(rows)
         return 0
     if not rows:
-        print("No budgets on attribution; set one with `tokensense budgets set --project NAME --usd X`.")
+        print("No budgets yet; set one with `tokensense budgets set --project NAME --usd X`.")
         return 0
     headers = ["LEVEL", "NAME", "PERIOD", "LIMIT", "SPENT", "RESERVED", "LEFT", "FROM"]
     table = []
@@ -187,8 +190,8 @@ def add_budgets_parser(
         "list",
         parents=[database, as_json],
         help="list budgets with spent, reserved and left",
-        description="Every budget on attribution (set here or in config.toml) with what was spent in its "
-        "current period, what calls in flight reserve (with Redis) and what is left.",
+        description="Every budget (the keys', then those on attribution set here or in config.toml) with what "
+        "was spent in its current period, what calls in flight reserve (with Redis) and what is left.",
     )
     listing.set_defaults(handler=_cmd_budgets_list)
 

@@ -76,17 +76,18 @@ def period_window(period: str, now: datetime | None = None) -> tuple[str, dateti
     Periods: `day`, `week` (starts Monday), `month`, `total`; a key's `daily`, `monthly` too.
     """
     now = now or datetime.now(UTC)
-    period = KEY_PERIODS.get(period, period)
-    if period == "day":
+    name = KEY_PERIODS.get(period, period)
+    prefix = period if period in KEY_PERIODS else name  # a key's windows keep their names (`daily:2026-05-01`)
+    if name == "day":
         start = now.replace(hour=0, minute=0, second=0, microsecond=0)
-        return f"day:{start:%Y-%m-%d}", start, (start + timedelta(days=1) - now).total_seconds()
-    if period == "week":
+        return f"{prefix}:{start:%Y-%m-%d}", start, (start + timedelta(days=1) - now).total_seconds()
+    if name == "week":
         start = (now - timedelta(days=now.weekday())).replace(hour=0, minute=0, second=0, microsecond=0)
         return f"week:{start:%Y-%m-%d}", start, (start + timedelta(days=7) - now).total_seconds()
-    if period == "month":
+    if name == "month":
         start = now.replace(day=1, hour=0, minute=0, second=0, microsecond=0)
         nxt = start.replace(year=start.year + (start.month == 12), month=start.month % 12 + 1)
-        return f"month:{start:%Y-%m}", start, (nxt - now).total_seconds()
+        return f"{prefix}:{start:%Y-%m}", start, (nxt - now).total_seconds()
     return "total", None, None
 
 
@@ -283,14 +284,20 @@ class BudgetRow:
 
 
 def budget_rows(
-    session: Session, *, configured: Iterable[object] = (), redis_url: str | None = None, now: datetime | None = None
+    session: Session,
+    *,
+    configured: Iterable[object] = (),
+    redis_url: str | None = None,
+    now: datetime | None = None,
+    keys: bool = False,
 ) -> list[BudgetRow]:
     """Every budget on attribution (the database's, then config.toml's `configured`), by level, with its spend
-    (from the rollups) and, with Redis, what calls in flight reserve (blocking: reads the database and Redis)."""
+    (from the rollups) and, with Redis, what calls in flight reserve (blocking: reads the database and Redis).
+    `keys`: the keys' budgets first (level `key`, origin `key`: changed with `keys update`)."""
     limits = stored_limits(session) + configured_limits(configured)
     limits.sort(key=lambda b: (BUDGET_LEVELS.index(b.level), b.name or "", BUDGET_PERIODS.index(b.period)))
     reserved = _reserved_reader(redis_url)
-    rows = []
+    rows = _key_rows(session, now or datetime.now(UTC), reserved) if keys else []
     for limit in limits:
         spend = budget_spend(session=session, limit=limit, now=now)
         held = reserved(limit, spend.window, spend.execution) if reserved is not None else None
@@ -298,7 +305,21 @@ def budget_rows(
     return rows
 
 
-def _reserved_reader(redis_url: str | None) -> Callable[[BudgetLimit, str, str | None], float | None] | None:
+def _key_rows(session: Session, now: datetime, reserved: Callable[..., float | None] | None) -> list[BudgetRow]:
+    from tokensense.storage.analytics import key_budgets
+
+    rows = []
+    for key in key_budgets(session=session, now=now):
+        if key.budget_usd is None:
+            continue
+        limit = BudgetLimit("key", key.name, key.budget_usd, key.budget_period, "key")
+        window, start, _ = period_window(key.budget_period, now)
+        held = reserved(limit, window, None, key.key_id) if reserved is not None else None
+        rows.append(BudgetRow(limit, window, start, key.spent_usd, held))
+    return rows
+
+
+def _reserved_reader(redis_url: str | None) -> Callable[..., float | None] | None:
     """Reads what calls in flight hold in a budget's counter in Redis (every instance's share)."""
     if not redis_url:
         return None
@@ -306,12 +327,13 @@ def _reserved_reader(redis_url: str | None) -> Callable[[BudgetLimit, str, str |
 
     client = redis.Redis.from_url(redis_url, socket_timeout=2, socket_connect_timeout=2, decode_responses=True)
 
-    def read(limit: BudgetLimit, window: str, execution: str | None) -> float | None:
+    def read(limit: BudgetLimit, window: str, execution: str | None, key_id: str | None = None) -> float | None:
         if limit.level == "execution" and execution is None:
             return 0.0
+        counter = key_id if key_id is not None else counter_id(limit, execution)
         try:
             fields: dict[str, str] = client.hgetall(  # type: ignore[assignment]
-                f"{COUNTERS_PREFIX}:budget:{counter_id(limit, execution)}:{window}"
+                f"{COUNTERS_PREFIX}:budget:{counter}:{window}"
             )
         except Exception:  # Redis unreachable: not known
             return None
