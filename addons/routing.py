@@ -41,8 +41,9 @@ class Router:
         try:
             if call.route_endpoint in (Endpoint.MODELS, Endpoint.MODEL):
                 self._answer_models(flow, call)
-            elif call.route_endpoint not in MEDIA_ENDPOINTS and call.route_endpoint not in RESPONSES_ENDPOINTS:
-                self._route(flow, call)  # the media and responses addons route the others
+            elif call.route_endpoint not in MEDIA_ENDPOINTS and call.route_endpoint not in RESPONSES_ENDPOINTS \
+                    and (call.route is None or call.route.owned is None):
+                self._route(flow, call)  # the media, responses and owned-resources addons route the others
         except GatewayError as e:
             answer_error(flow, call.fmt, e)
 

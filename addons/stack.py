@@ -12,8 +12,10 @@ from addons.lifecycle import Lifecycle
 from addons.media import Media
 from addons.metering import Metering
 from addons.observability import Observability
+from addons.owned import OwnedResources
 from addons.policy import Policy
 from addons.provider_auth import ProviderAuth
+from addons.realtime import RealtimeSockets
 from addons.recording import Recording
 from addons.reliability import Reliability
 from addons.request_records import RequestRecords
@@ -34,10 +36,12 @@ def tokensense_addons(runtime: Runtime | None = None) -> list[object]:
         RequestArrived(client_timeouts),  # first: the body is whole, however long the gates after take
         Intercept(runtime),  # before Admit: intercepted calls never meet the gateway's key check
         ResponsesWebSocket(runtime),  # the Responses WebSocket handshake, answered here; its frames served over HTTP
+        RealtimeSockets(runtime),  # realtime sessions (voice): the handshake admitted here, frames relayed and metered
         Admit(runtime),  # requestheaders: key, route, body limit
         RequestRecords(runtime),  # GET /v1/tokensense/requests/{id}, answered before routing
         Router(runtime),  # request: parse, resolve, prepare the upstream request
         Responses(runtime),  # the Responses API: parse, ownership, answers (before Translation and Metering)
+        OwnedResources(runtime),  # video jobs and context caches: ownership, storage and job bookings
         Media(runtime),
         Policy(runtime),  # request: access, rate, budget
         ProviderAuth(),  # request: short-lived provider tokens (Vertex AI), fetched off the event loop

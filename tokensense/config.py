@@ -65,7 +65,8 @@ class AlertsConfig(BaseModel):
 
 
 class GuardsConfig(BaseModel):
-    """`[guards]`: the runaway guard (docs/budgets-and-limits.md), counted per gateway instance.
+    """`[guards]`: the runaway guard (docs/budgets-and-limits.md), counted in Redis when
+    `TOKENSENSE_REDIS_URL` is set (every instance and worker alike), else per gateway process.
 
     Calls of one execution (`x-execution-id`, else the coding agent's session) are
     refused 429 `loop_detected` past `repeat_limit` identical bodies in
@@ -110,8 +111,8 @@ class BudgetsConfig(BaseModel):
     """`[budgets]`: how calls reserve budget, and budgets on attribution (docs/budgets-and-limits.md).
 
     `reserve = "cap"` (the default) reserves each call's largest cost: a budget is never overspent.
-    `reserve = "typical"` reserves the smaller of the request's own output cap and the 99th
-    percentile of the model's recent outputs, with a bounded overspend.
+    `reserve = "typical"` admits a call when the smaller of its own output cap and the 99th
+    percentile of the model's recent outputs fits; the budget is exceeded by at most one call's excess.
     Budgets are `[[budgets]]` tables, or `[[budgets.limits]]` when `[budgets]` sets `reserve`.
     """
 

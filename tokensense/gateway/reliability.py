@@ -280,7 +280,8 @@ async def _police(run: _Run, candidate: Candidate) -> str | None:
     try:
         # A fallback is part of the call the key's rate limits counted already; its budget is its own.
         policed = await police(call, parsed.target, prices=runtime.prices, counters=runtime.counters,
-                               spent_since=runtime.spent_since, count_request=False, budgets=runtime.budgets)
+                               spent_since=runtime.spent_since, count_request=False, budgets=runtime.budgets,
+                               typical=runtime.typical)
     except Refused as refused:
         budget, limit = refused.budget, refused.limit
         if budget is not None and limit is not None:

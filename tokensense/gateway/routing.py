@@ -29,7 +29,7 @@ _GATEWAY_ROUTES = (
 
 # Endpoints whose requests the media addon routes (multipart bodies, translated image APIs).
 MEDIA_ENDPOINTS = frozenset({Endpoint.IMAGES, Endpoint.SPEECH, Endpoint.TRANSCRIPTIONS, Endpoint.TRANSLATIONS,
-                             Endpoint.IMAGE_EDITS, Endpoint.IMAGE_VARIATIONS})
+                             Endpoint.IMAGE_EDITS, Endpoint.IMAGE_VARIATIONS, Endpoint.OCR})
 
 
 def classify(method: str, path: str) -> Route:

@@ -20,10 +20,12 @@ from typing import TYPE_CHECKING, Any, ClassVar, NamedTuple
 from tokensense.core.endpoints import Endpoint
 from tokensense.core.paths import path_segment
 from tokensense.core.usage import TokenUsage
+from tokensense.providers.owned import OwnedRules
 from tokensense.providers.routes import ClientRoute, ErrorPath, Route
 
 if TYPE_CHECKING:
     from tokensense.providers.model_lists import ModelListShape
+    from tokensense.providers.sockets import SocketProtocol
 
 
 def _int(value: Any) -> int:
@@ -226,6 +228,11 @@ class Provider(ABC):
         """Where a media request for `model` goes (images, speech, transcriptions), or None if not served."""
         return None
 
+    def owned_rules(self, endpoint: Endpoint) -> OwnedRules | None:
+        """The `OwnedRules` (providers/owned.py) of the resources a call on `endpoint` makes or names (video jobs,
+        context caches), or None where the provider has none."""
+        return None
+
     def intercept_route(self, method: str, path: str) -> Route | None:
         """Intercept mode: the route of a path this provider's own clients call natively (its `intercepted` client
         routes of the endpoints it serves natively), or None for a path TokenSense passes through unmetered."""
@@ -283,6 +290,10 @@ class Provider(ABC):
 
     # Models only served on free routes (moderations): not in the price catalog, listed by `GET /v1/models` as free.
     free_models: ClassVar[tuple[str, ...]] = ()
+
+    def socket_protocols(self) -> tuple[SocketProtocol, ...]:
+        """Its realtime WebSocket protocols (voice sessions: one socket, many billable responses)."""
+        return ()
 
     def model_list_shape(self) -> ModelListShape | None:
         """The shape its own SDKs read `GET /v1/models` in (None: none of their own)."""

@@ -109,6 +109,7 @@ _SUFFIX_ROUTES: list[tuple[str, str, ModuleType, Handler, bool]] = [
     ("/fim/completions", "POST", openai_format, longtail.fim, True),
     ("/images/edits", "POST", openai_format, longtail.image_edits, True),
     ("/moderations", "POST", openai_format, longtail.moderations, True),
+    ("/realtime/client_secrets", "POST", openai_format, realtime.client_secrets, True),
     ("/ocr", "POST", openai_format, longtail.ocr, True),
     ("/audio/transcriptions", "POST", openai_format, openai_format.transcriptions, True),
     ("/images/generations", "POST", openai_format, openai_format.images, True),

@@ -23,11 +23,12 @@ from tokensense.core.usage import TokenUsage
 from tokensense.gateway.budgets import AppliedBudget, BudgetBook, budgets_for
 from tokensense.gateway.call import CallContext
 from tokensense.gateway.guards import LoopGuard, call_cap, max_cost_refusal
-from tokensense.gateway.limits import BudgetDecision, CounterStore, MemoryCounters, RateDecision
+from tokensense.gateway.limits import BudgetDecision, CounterStore, MemoryCounters, RateDecision, budget_decision
 from tokensense.gateway.policy import budget_window, check_access, estimate_cost, estimate_usage, limits_for
 from tokensense.gateway.price_policy import unpriced_refusal
 from tokensense.gateway.reservation import call_reservation
 from tokensense.gateway.routing import MEDIA_ENDPOINTS
+from tokensense.gateway.typical_output import OutputHistory, admission
 from tokensense.metering.pricing import PriceBook
 from tokensense.providers import ProviderAdapter
 from tokensense.storage.budgets import period_window
@@ -45,6 +46,9 @@ class Target:
     model: str
     requested: str | None = None
     body: dict[str, Any] | None = None  # the JSON body as it goes upstream (None: not JSON, e.g. a form upload)
+    # The attempt's largest usage when the body cannot say it (a realtime response: its prompt is the
+    # session's, its output may be audio); None: read from the body.
+    reservation: TokenUsage | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -101,7 +105,8 @@ class Refused(Exception):
 
 async def police(call: CallContext, target: Target, *, prices: PriceBook, counters: CounterStore | None,
                  spent_since: Callable[[str, datetime | None], float], count_request: bool = True,
-                 guard: LoopGuard | None = None, budgets: BudgetBook | None = None) -> Policed:
+                 guard: LoopGuard | None = None, typical: OutputHistory | None = None,
+                 budgets: BudgetBook | None = None) -> Policed:
     """Check `target` for `call`'s key and reserve what it may cost; `Refused` if it may not go.
 
     `count_request`: the attempt counts against the key's requests and tokens per
@@ -111,6 +116,8 @@ async def police(call: CallContext, target: Target, *, prices: PriceBook, counte
     which is also what its cost cap (header or key) is checked against, in every
     budget that applies (the key's, and those of `budgets` on its project, workflow,
     source and execution), or in none: the first that cannot hold it refuses the call.
+    `typical`: the outputs seen per model with `[budgets] reserve = "typical"` (None: "cap"); the attempt
+    still holds its largest cost, but is admitted on its typical cost (gateway/typical_output.py).
     """
     key = call.key
     if key is None:
@@ -119,16 +126,21 @@ async def police(call: CallContext, target: Target, *, prices: PriceBook, counte
     if check is not None:
         raise Refused(check)
     body = target.body
-    cap = None if call.free or call.route_endpoint in MEDIA_ENDPOINTS else call_cap(call.max_cost_usd, key.max_call_usd)
+    media = call.route_endpoint in MEDIA_ENDPOINTS or (call.media_priced and call.reserve_usd is None)
+    cap = None if call.free or media else call_cap(call.max_cost_usd, key.max_call_usd)
     largest: float | None = None
-    if cap is not None:
+    if cap is not None and call.reserve_usd is not None:  # a job priced by the media table: its expected cost
+        largest = call.reserve_usd
+        if largest > cap:
+            raise Refused(max_cost_refusal(largest, cap, target.requested or target.model), amount=largest)
+    elif cap is not None:
         largest = _largest_cost(call, target, prices)
         if prices.resolve(target.provider.prices_id, target.model) is None:
             raise Refused(max_cost_refusal(None, cap, target.requested or target.model), amount=largest)
         if largest > cap:
             raise Refused(max_cost_refusal(largest, cap, target.requested or target.model), amount=largest)
     if count_request and guard is not None and guard.active:
-        loop = guard.check(key.id, key.name, call.attribution.get("execution_id"), body)
+        loop = await guard.admit(key.id, key.name, call.attribution.get("execution_id"), body)
         if loop is not None:
             raise Refused(loop)
     limits = limits_for(key)
@@ -158,20 +170,23 @@ async def police(call: CallContext, target: Target, *, prices: PriceBook, counte
         policed = replace(policed, rate=decision, holds_rate=True)
     if counts_budget:
         amount = largest if largest is not None else _largest_cost(call, target, prices)
-        policed = replace(policed, budgets=await _reserve(counters, applied, amount, spent_since,
+        admit_on, slack = admission(amount, _typical_cost(call, target, prices, typical))
+        policed = replace(policed, budgets=await _reserve(counters, applied, amount, admit_on, slack, spent_since,
                                                           replace(policed, passed=False)))
     return policed
 
 
-async def _reserve(counters: CounterStore, applied: list[AppliedBudget], amount: float,
-                   spent_since: Callable[[str, datetime | None], float], held: Policed) -> tuple[BudgetHold, ...]:
+async def _reserve(counters: CounterStore, applied: list[AppliedBudget], amount: float, admit_on: float,
+                   slack: float, spent_since: Callable[[str, datetime | None], float],
+                   held: Policed) -> tuple[BudgetHold, ...]:
     """Reserve `amount` in every budget of `applied`, or in none (`Refused`, naming the first budget that refused).
+    Admitted on `admit_on` (`[budgets] reserve = "typical"`: each budget is asked with `slack` more room).
 
     The budgets are asked at once (with Redis: one round trip's wait, not one per budget); when one refuses, the
     reservations the others made are given back.
     """
     windows = [budget_window(b.period) if b.level == "key" else period_window(b.period) for b in applied]
-    asks = [counters.reserve_budget(budget.counter, window, budget.usd, amount,
+    asks = [counters.reserve_budget(budget.counter, window, budget.usd + slack, amount,
                                     partial(spent_since, budget.subject, start), (resets_in or 0) + 3600)
             for budget, (window, start, resets_in) in zip(applied, windows, strict=True)]
     answers: list[BudgetDecision | BaseException]
@@ -197,6 +212,8 @@ async def _reserve(counters: CounterStore, applied: list[AppliedBudget], amount:
     for budget, answer in zip(applied, answers, strict=True):
         assert isinstance(answer, BudgetDecision)
         if not answer.allowed:  # 429 while held by calls in flight, 402 once spent
+            if slack:  # why, against the budget itself
+                answer = budget_decision(budget.usd, answer.spent, answer.reserved, admit_on)
             error, headers = budget.refusal(answer)
             raise Refused(error, headers=headers, held=held, budget=answer, amount=amount, limit=budget)
     raise AssertionError("a budget refused without a decision")
@@ -214,10 +231,29 @@ async def _give_back(counters: CounterStore, holds: list[BudgetHold]) -> None:
 def _largest_cost(call: CallContext, target: Target, prices: PriceBook) -> float:
     """The largest cost the attempt can have (its budget reservation): its output cap as sent upstream,
     else the model's maximum, at the target model's price."""
+    if call.reserve_usd is not None:  # a job priced by the media table: what it will book if it completes
+        return call.reserve_usd
     body = target.body
     priced = call if call.model == target.model else replace(call, provider=target.provider, model=target.model)
-    reservation = call_reservation(priced, body) if isinstance(body, dict) else TokenUsage()
+    if target.reservation is not None:
+        reservation = target.reservation
+    else:
+        reservation = call_reservation(priced, body) if isinstance(body, dict) else TokenUsage()
     return estimate_cost(prices, target.provider, target.model, reservation)
+
+
+def _typical_cost(call: CallContext, target: Target, prices: PriceBook,
+                  typical: OutputHistory | None) -> float | None:
+    """The attempt's cost at its model's typical output (`reserve = "typical"`); None: only its largest applies
+    (cap mode, a model with too few outputs seen, a body that is not JSON, media priced per unit)."""
+    body = target.body
+    if typical is None or not isinstance(body, dict) or call.route_endpoint in MEDIA_ENDPOINTS:
+        return None
+    tokens = typical.typical(target.provider.name, target.model)
+    if tokens is None:
+        return None
+    priced = call if call.model == target.model else replace(call, provider=target.provider, model=target.model)
+    return estimate_cost(prices, target.provider, target.model, call_reservation(priced, body, tokens))
 
 
 def _checked(call: CallContext, target: Target, prices: PriceBook) -> GatewayError | None:
@@ -227,7 +263,7 @@ def _checked(call: CallContext, target: Target, prices: PriceBook) -> GatewayErr
         check_access(call.key, target.provider, target.model, target.requested)
     except GatewayError as e:
         return e
-    if call.route_endpoint in MEDIA_ENDPOINTS or call.free:  # media: priced by the media table
+    if call.route_endpoint in MEDIA_ENDPOINTS or call.media_priced or call.free:  # media: priced by the media table
         return None
     return unpriced_refusal(call.key, prices, target.provider, target.model, target.requested)
 

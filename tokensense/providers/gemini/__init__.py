@@ -9,9 +9,13 @@ from tokensense.core.endpoints import Endpoint
 from tokensense.core.errors import ErrorShape, GatewayError
 from tokensense.core.usage import TokenUsage
 from tokensense.providers.base import MediaRoute, ProviderAdapter, StreamUsage, Translator, Upstream, model_segment
+from tokensense.providers.gemini.caches import CACHE_ENDPOINTS, ContextCaches, cache_routes
+from tokensense.providers.gemini.live import GeminiLive
 from tokensense.providers.gemini.usage import usage_from_gemini
 from tokensense.providers.model_lists import ModelListShape
+from tokensense.providers.owned import OwnedRules
 from tokensense.providers.routes import ClientRoute, ErrorPath, error_path
+from tokensense.providers.sockets import SocketProtocol
 
 __all__ = ["GOOGLE_ERRORS", "NATIVE", "GeminiAdapter", "GeminiStreamUsage", "usage_from_gemini"]
 
@@ -45,6 +49,7 @@ class GoogleErrors(ErrorShape):
 
 
 GOOGLE_ERRORS = GoogleErrors()
+GEMINI_LIVE = GeminiLive(GOOGLE_ERRORS)  # the Live API's WebSocket (voice sessions)
 
 GEMINI_ROUTES: tuple[ClientRoute, ...] = (
     # The model names the path; the action, not the body, says whether the answer streams; countTokens is free.
@@ -56,6 +61,8 @@ GEMINI_ROUTES: tuple[ClientRoute, ...] = (
     # google-genai's model list and single model (answered by the gateway, in Google's shape).
     ClientRoute(("GET",), "/v1beta/models", Endpoint.MODELS, GOOGLE_ERRORS),
     ClientRoute(("GET",), r"/v1beta/models/(?P<resource>[^/:]+)", Endpoint.MODEL, GOOGLE_ERRORS),
+    # Context caches: kept to the key that made them, their storage booked by the hour (caches.py).
+    *cache_routes(GOOGLE_ERRORS),
 )
 
 
@@ -107,12 +114,19 @@ class GeminiAdapter(ProviderAdapter):
         "gemini-2.0": 8_192,
         "gemini-2.5": 65_536,
         "gemini-3": 65_536,
+        # The Live API's models answer a turn with at most 8,192 tokens.
+        "gemini-live": 8_192,
+        "gemini-2.5-flash-native-audio": 8_192,
+        "gemini-2.0-flash-live": 8_192,
     }
 
     def model_list_shape(self) -> ModelListShape | None:
         from tokensense.providers.gemini.models import MODEL_LIST
 
         return MODEL_LIST
+
+    def socket_protocols(self) -> tuple[SocketProtocol, ...]:
+        return (GEMINI_LIVE,)
 
     def auth_headers(self, api_key: str) -> dict[str, str]:
         return {"x-goog-api-key": api_key}
@@ -147,6 +161,9 @@ class GeminiAdapter(ProviderAdapter):
 
     def media_models(self, endpoint: Endpoint) -> str | None:
         return "Google imagen-*" if endpoint is Endpoint.IMAGES else None
+
+    def owned_rules(self, endpoint: Endpoint) -> OwnedRules | None:
+        return _CACHES if endpoint in CACHE_ENDPOINTS else None
 
     usage_key: ClassVar[bytes | None] = b"usageMetadata"
 
@@ -195,3 +212,6 @@ def _chat_translator() -> Translator:
 
 
 _CHAT = _chat_translator()
+
+
+_CACHES = ContextCaches()
