@@ -185,3 +185,41 @@ async def test_idle_budget_windows_are_forgotten_and_seeded_again() -> None:
     # A key's earlier window goes when its new one is seeded, without looking at every other window.
     counters.seed_budget("new", "day:2026-12-07", 0.0, 0.0)
     assert ("new", "total") not in counters._budgets
+
+
+@pytest.mark.redis
+async def test_resilient_counters_forget_idle_windows_and_seed_them_again() -> None:
+    """Issue 26: with Redis, what this instance keeps per budget window (one per run with each-execution budgets)
+    is forgotten after an hour unused; the next call seeds the window again (max of Redis and the settled spend)."""
+    import os
+    import uuid
+
+    redis = pytest.importorskip("redis")
+    from tokensense.gateway import limits
+    from tokensense.gateway.limits import RedisCounters, ResilientCounters
+
+    url = os.environ.get("TOKENSENSE_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
+    shared = RedisCounters(url, prefix=f"test-{uuid.uuid4().hex[:8]}", timeout=2.0)
+    try:
+        await shared.redis.ping()
+    except redis.exceptions.ConnectionError as e:
+        from tests.conftest import service_missing
+
+        service_missing(f"no Redis at {url}: {e}")
+    now = [1000.0]
+    counters = ResilientCounters(shared, clock=lambda: now[0])
+    try:
+        first = await counters.reserve_budget("run-a", "total", 1.0, 0.1, lambda: 0.5, None)
+        assert first.allowed and first.spent == 0.5
+        await counters.settle_budget("run-a", "total", 0.1, 0.05)
+        counters._sweep_at = 2  # look for idle windows at the next new one
+        now[0] += limits.IDLE_FORGET + 1
+        assert (await counters.reserve_budget("run-b", "total", 1.0, 0.1, lambda: 0.0, None)).allowed
+        assert ("run-a", "total") not in counters._shared_seeded and "run-a" not in counters._windows
+        again = await counters.reserve_budget("run-a", "total", 1.0, 0.1, lambda: 0.2, None)
+        assert again.allowed and again.spent == pytest.approx(0.55)  # Redis kept more than the settled spend
+    finally:
+        keys = await shared.redis.keys(f"{shared.prefix}:*")
+        if keys:
+            await shared.redis.delete(*keys)
+        await counters.close()
