@@ -19,7 +19,7 @@ from tokensense.observability.worker import FinishedCall, ObservabilityWorker
 from tokensense.storage.models import UsageCreate
 
 if TYPE_CHECKING:  # imported when used: OpenTelemetry only when its environment asks for it
-    from tokensense.observability.alerts import BudgetWatcher, KeyBudget, WebhookSender
+    from tokensense.observability.alerts import AttributionBudgetWatcher, BudgetWatcher, KeyBudget, WebhookSender
     from tokensense.observability.tracing import GenAITracing
 
 log = logging.getLogger(__name__)
@@ -41,6 +41,7 @@ class Observability:
         self.metrics: GatewayMetrics | None = None
         self.tracing: GenAITracing | None = None
         self.budgets: BudgetWatcher | None = None
+        self.limits: AttributionBudgetWatcher | None = None  # alerts of budgets on attribution
         self.sender: WebhookSender | None = None
         self.worker: ObservabilityWorker | None = None
         self._settle_delay: float | None = None  # set when the recorder cannot say when records are written
@@ -108,6 +109,13 @@ class Observability:
             self.runtime.engine, config=self.runtime.config.alerts if self.sender else None,
             ledger=make_ledger(settings.home, settings.redis_url) if self.sender else None,
             send=self.sender.send if self.sender else None, on_budget=self._set_budget_gauges)
+        if self.sender is not None and self.runtime.budgets is not None:
+            from tokensense.observability.alerts import AttributionBudgetWatcher
+
+            assert self.budgets.ledger is not None
+            self.limits = AttributionBudgetWatcher(self.runtime.engine, config=self.runtime.config.alerts,
+                                                   ledger=self.budgets.ledger, send=self.sender.send,
+                                                   applicable=self.runtime.budgets.applicable)
         worker = self.worker
         assert worker is not None
         if not isinstance(recorder, UsageRecorder):
@@ -166,7 +174,7 @@ class Observability:
     def _handle_calls(self, calls: list[FinishedCall]) -> None:
         metrics, tracing = self.metrics, self.tracing
         if self._settle_delay is not None and self.budgets is not None and self.worker is not None:
-            spent = [c.record for c in calls if c.record.key_id and c.record.cost_usd]
+            spent = [c.record for c in calls if c.record.cost_usd]
             if spent:
                 timer = threading.Timer(self._settle_delay, self.worker.records_written, [spent])
                 timer.daemon = True
@@ -185,6 +193,8 @@ class Observability:
     def _handle_written(self, records: list[UsageCreate]) -> None:
         if self.budgets is not None:
             self.budgets.check(r.key_id for r in records if r.key_id and r.cost_usd)
+        if self.limits is not None:
+            self.limits.check(records)
 
     def _set_budget_gauges(self, state: KeyBudget) -> None:
         if self.metrics is not None:

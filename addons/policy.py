@@ -25,7 +25,7 @@ class Policy:
         try:
             call.policed = await police(call, target, prices=runtime.prices, counters=runtime.counters,
                                         spent_since=runtime.spent_since, guard=runtime.guard,
-                                        typical=runtime.typical)
+                                        budgets=runtime.budgets, typical=runtime.typical)
         except Refused as refused:
             call.policed = refused.held  # a rate entry it took is settled with its record
             if refused.held is not None and refused.held.rate is not None:

@@ -391,7 +391,9 @@ async def stage_bench(args: argparse.Namespace) -> dict[str, Any]:
     import uuid
     from dataclasses import replace
 
+    from tokensense.config import BudgetsConfig
     from tokensense.core.endpoints import Endpoint
+    from tokensense.gateway.budgets import BudgetBook
     from tokensense.gateway.call import CallContext
     from tokensense.gateway.guards import LoopGuard, SharedLoopCounts
     from tokensense.gateway.keys import KeyInfo
@@ -423,12 +425,20 @@ async def stage_bench(args: argparse.Namespace) -> dict[str, Any]:
     history = OutputHistory()
     history.seed([("openai", CHAT_MODEL, 3)] * 500)
     memory = MemoryCounters()
+    all_levels = {"workflow": "bench", "project": "bench", "source": "bench"}
+    # Budgets on attribution no call reaches: a workflow's; with an execution, a project's, a source's and each run's.
+    workflow_budgets = BudgetBook(None, BudgetsConfig.model_validate([
+        {"workflow": "bench", "usd": 1e9}, {"project": "bench", "usd": 1e9, "period": "month"},
+        {"source": "bench", "usd": 1e9, "period": "day"}, {"each_execution": True, "usd": 1e9}]).limits)
     lanes: dict[str, dict[str, Any]] = {
         "baseline": {"key": plain},
         "key budget": {"key": budgeted},
         "per-call cap": {"key": plain, "cap": 1000.0},
         "loop guard": {"key": plain, "execution": "bench-run", "guard": guard},
         "typical reserve": {"key": budgeted, "typical": history},
+        "attribution budget": {"key": plain, "attribution": {"workflow": "bench"}, "budgets": workflow_budgets},
+        "key + 4 budgets on attribution": {"key": budgeted, "attribution": all_levels, "execution": "bench-run",
+                                           "budgets": workflow_budgets},
     }
     closers = []
     if args.redis:
@@ -443,6 +453,10 @@ async def stage_bench(args: argparse.Namespace) -> dict[str, Any]:
             "counters": shared_counters,
         }
         lanes["loop guard (Redis)"] = {"key": plain, "execution": "bench-run", "guard": shared_guard}
+        lanes["key + 4 budgets on attribution (Redis)"] = {
+            "key": replace(budgeted, id=f"bench-r-{uuid.uuid4().hex[:8]}"), "attribution": all_levels,
+            "execution": f"bench-run-{uuid.uuid4().hex[:8]}", "budgets": workflow_budgets, "counters": shared_counters,
+        }
         closers += [shared_counters.close, shared_guard.aclose]
 
     async def one(lane: dict[str, Any]) -> None:
@@ -451,6 +465,7 @@ async def stage_bench(args: argparse.Namespace) -> dict[str, Any]:
         call.provider, call.model = openai, CHAT_MODEL  # as the routing stage leaves it
         call.max_cost_usd = lane.get("cap")
         call.attribution = {"execution_id": lane.get("execution")}
+        call.attribution.update(lane.get("attribution", {}))
         counters = lane.get("counters", memory)
         policed = await police(
             call,
@@ -460,6 +475,7 @@ async def stage_bench(args: argparse.Namespace) -> dict[str, Any]:
             spent_since=lambda *_: 0.0,
             guard=lane.get("guard"),
             typical=lane.get("typical"),
+            budgets=lane.get("budgets"),
         )
         settle_counters(counters, call, policed, tokens=10, cost=0.000001)
         if lane.get("typical") is not None:

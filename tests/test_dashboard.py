@@ -412,8 +412,46 @@ def test_snapshot_executions_at_80x24(snap_compare, tmp_path: Path) -> None:
     assert snap_compare(app, terminal_size=(80, 24), run_before=drill)
 
 
+def add_attribution_budgets(engine: Engine) -> list[object]:
+    """Budgets on a workflow, a project and each run in the database; one on a source from config.toml."""
+    from tokensense.config import BudgetRule
+    from tokensense.storage.budgets import set_budget
+
+    with Session(engine) as session:
+        set_budget(session=session, level="workflow", name="support-bot", usd=0.05, period="day")
+        set_budget(session=session, level="project", name="web", usd=1.0, period="month")
+        set_budget(session=session, level="execution", name=None, usd=0.03, period="total")
+    return [BudgetRule(source="cron", usd=0.02, period="week")]
+
+
+async def test_budgets_tab_lists_budgets_on_attribution(engine: Engine) -> None:
+    """Issue 26: the Budgets tab lists every budget on attribution: level, name, period, spent, limit, a bar."""
+    from tui.widgets import LimitBar
+
+    configured = add_attribution_budgets(engine)
+    app = DashboardApp(engine, clock=lambda: NOW, poll_interval=0.05, budgets_config=configured)
+    async with app.run_test(size=(100, 30)) as pilot:
+        await settle(pilot, app)
+        await pilot.press("b")
+        await idle(pilot, app)
+        bars = {LimitBar.title(bar.row): str(bar.render()) for bar in app.query(LimitBar) if bar.row}
+        assert list(bars) == ["project web", "workflow support-bot", "source cron", "each run (run-01)"]
+        today = sum(float(r["cost_usd"]) for r in RECORDS  # type: ignore[arg-type]
+                    if r["workflow"] == "support-bot" and NOW - timedelta(minutes=int(r["ago"])) >= NOW.replace(  # type: ignore[call-overload]
+                        hour=0, minute=0, second=0, microsecond=0))
+        assert f"{format_cost(today)} / $0.0500 today" in bars["workflow support-bot"]
+        assert "this month" in bars["project web"] and "this week" in bars["source cron"]
+        # The costliest of the runs of the last hour (pr-307, 3 hours ago, spent more).
+        assert "$0.0299 / $0.0300 total" in bars["each run (run-01)"]
+        assert app.query_one("#limits-title", Static).display
+
+
 def test_snapshot_budgets(snap_compare, tmp_path: Path) -> None:
-    app = snapshot_app(tmp_path)
+    engine = make_engine(f"sqlite:///{tmp_path / 'snapshot.db'}")
+    init_db(engine)
+    fill(engine)
+    configured = add_attribution_budgets(engine)
+    app = DashboardApp(engine, clock=lambda: NOW, poll_interval=0.05, budgets_config=configured)
 
     async def budgets(pilot: Pilot[None]) -> None:
         await settle(pilot, app)

@@ -164,3 +164,62 @@ async def test_redis_rate_and_budget(redis_counters: RedisCounters) -> None:
         await redis_counters.settle_budget("k", "total", 0.25, 0.3)
     d = await redis_counters.reserve_budget("k", "total", 1.0, 0.25, lambda: 0.0, None)
     assert not d.allowed and d.spent == pytest.approx(1.2) and d.reserved == pytest.approx(0.0)
+
+
+async def test_idle_budget_windows_are_forgotten_and_seeded_again() -> None:
+    """Issue 26: each-execution budgets make one window per run; an idle one must not stay in memory forever.
+    It is dropped after an hour unused with nothing reserved, and seeded again from the settled spend."""
+    from tokensense.gateway import limits
+
+    now = [1000.0]
+    counters = MemoryCounters(clock=lambda: now[0])
+    for i in range(limits.IDLE_SWEEP_MIN - 2):
+        counters.seed_budget(f"run-{i}", "total", 0.01, 0.0)
+    held = await counters.reserve_budget("held", "total", 1.0, 0.2, lambda: 0.0, None)  # in flight
+    assert held.allowed and len(counters._budgets) == limits.IDLE_SWEEP_MIN - 1
+    now[0] += limits.IDLE_FORGET + 1
+    counters.seed_budget("new", "total", 0.0, 0.0)  # the sweep runs: idle windows go, the one held stays
+    assert set(counters._budgets) == {("held", "total"), ("new", "total")}
+    again = await counters.reserve_budget("run-1", "total", 0.05, 0.045, lambda: 0.01, None)
+    assert not again.allowed and again.spent == 0.01  # seeded from the settled spend, not from zero
+    # A key's earlier window goes when its new one is seeded, without looking at every other window.
+    counters.seed_budget("new", "day:2026-12-07", 0.0, 0.0)
+    assert ("new", "total") not in counters._budgets
+
+
+@pytest.mark.redis
+async def test_resilient_counters_forget_idle_windows_and_seed_them_again() -> None:
+    """Issue 26: with Redis, what this instance keeps per budget window (one per run with each-execution budgets)
+    is forgotten after an hour unused; the next call seeds the window again (max of Redis and the settled spend)."""
+    import os
+    import uuid
+
+    redis = pytest.importorskip("redis")
+    from tokensense.gateway import limits
+    from tokensense.gateway.limits import RedisCounters, ResilientCounters
+
+    url = os.environ.get("TOKENSENSE_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
+    shared = RedisCounters(url, prefix=f"test-{uuid.uuid4().hex[:8]}", timeout=2.0)
+    try:
+        await shared.redis.ping()
+    except redis.exceptions.ConnectionError as e:
+        from tests.conftest import service_missing
+
+        service_missing(f"no Redis at {url}: {e}")
+    now = [1000.0]
+    counters = ResilientCounters(shared, clock=lambda: now[0])
+    try:
+        first = await counters.reserve_budget("run-a", "total", 1.0, 0.1, lambda: 0.5, None)
+        assert first.allowed and first.spent == 0.5
+        await counters.settle_budget("run-a", "total", 0.1, 0.05)
+        counters._sweep_at = 2  # look for idle windows at the next new one
+        now[0] += limits.IDLE_FORGET + 1
+        assert (await counters.reserve_budget("run-b", "total", 1.0, 0.1, lambda: 0.0, None)).allowed
+        assert ("run-a", "total") not in counters._shared_seeded and "run-a" not in counters._windows
+        again = await counters.reserve_budget("run-a", "total", 1.0, 0.1, lambda: 0.2, None)
+        assert again.allowed and again.spent == pytest.approx(0.55)  # Redis kept more than the settled spend
+    finally:
+        keys = await shared.redis.keys(f"{shared.prefix}:*")
+        if keys:
+            await shared.redis.delete(*keys)
+        await counters.close()

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
@@ -30,9 +30,10 @@ from tokensense.storage.analytics import (
     change_marker,
     dashboard_snapshot,
 )
+from tokensense.storage.budgets import BudgetRow, budget_rows, budgets_fingerprint
 from tui.formatting import format_cost, format_count, format_span, format_tokens
 from tui.messages import DashboardRefreshed, DatabaseUnavailable
-from tui.widgets import BudgetBar, ChoiceStrip, RequestLog, SpendTable
+from tui.widgets import BudgetBar, ChoiceStrip, LimitBar, RequestLog, SpendTable
 
 GROUPINGS: tuple[tuple[str, str, str], ...] = (
     # (usage field, text in the strip, key)
@@ -112,12 +113,16 @@ class DashboardApp(App[None]):
         grouping: str = "workflow",
         poll_interval: float = 0.5,
         stale_after: float = 5.0,
+        budgets_config: Sequence[object] = (),
+        redis_url: str | None = None,
     ) -> None:
         """`clock` gives the current time (aware, or naive UTC); tests freeze it.
 
         Every `poll_interval` seconds a worker reads a cheap change marker and
         runs the full queries only when it moved, when the view changed, or when
         the last full refresh is `stale_after` seconds old (the window slides).
+        `budgets_config` are config.toml's `[[budgets]]` (shown with the database's); with `redis_url`
+        the Budgets tab shows what calls in flight reserve.
         """
         super().__init__()
         if window not in WINDOWS:
@@ -130,6 +135,11 @@ class DashboardApp(App[None]):
         self.stale_after = stale_after
         self.set_reactive(DashboardApp.window, window)
         self.set_reactive(DashboardApp.grouping, grouping)
+        self.budgets_config = list(budgets_config)
+        self.redis_url = redis_url
+        self.limits: list[BudgetRow] = []
+        """The budgets on attribution on screen, with their spend."""
+        self._budgets_mark: tuple[Any, ...] | None = None
         self.snapshot: DashboardSnapshot | None = None
         """The numbers on screen (`None` until the first poll answered)."""
         self.refresh_count = 0
@@ -170,7 +180,10 @@ class DashboardApp(App[None]):
                 yield SpendTable(id="groups")
             with TabPane("Budgets", id="tab-budgets"):
                 yield Static("No keys yet: create one with `tokensense keys create NAME`.", id="no-keys")
-                yield VerticalScroll(id="budgets")
+                with VerticalScroll(id="budgets"):
+                    yield Vertical(id="key-budgets")
+                    yield Static("Budgets on projects, workflows, sources and runs", id="limits-title")
+                    yield Vertical(id="limits")
             with TabPane("Log", id="tab-log"):
                 yield RequestLog(id="log")
         yield Footer(compact=True)
@@ -235,15 +248,18 @@ class DashboardApp(App[None]):
         try:
             with Session(self.engine) as session:
                 marker = change_marker(session=session)
-                if marker == known:
+                budgets_mark = _budgets_mark(session)
+                if marker == known and budgets_mark == self._budgets_mark:
                     return
                 snapshot = dashboard_snapshot(session=session, query=query, now=now, marker=marker)
+                limits = budget_rows(session, configured=self.budgets_config, redis_url=self.redis_url, now=now) \
+                    if budgets_mark is not None else []
         except SQLAlchemyError as error:
             if not worker.is_cancelled:
                 self.post_message(DatabaseUnavailable(str(error).splitlines()[0]))
             return
         if not worker.is_cancelled:
-            self.post_message(DashboardRefreshed(snapshot, time.perf_counter() - started))
+            self.post_message(DashboardRefreshed(snapshot, time.perf_counter() - started, limits, budgets_mark))
 
     @on(DashboardRefreshed)
     def _show_snapshot(self, message: DashboardRefreshed) -> None:
@@ -264,6 +280,8 @@ class DashboardApp(App[None]):
         self._show_sparkline(snapshot)
         self.query_one("#groups", SpendTable).show_groups(snapshot.groups, field=snapshot.query.group_by)
         self._show_budgets(snapshot)
+        self._budgets_mark = message.budgets_mark
+        self._show_limits(message.limits)
         self.query_one("#log", RequestLog).show_records(snapshot.recent, now=snapshot.now)
 
     @on(DatabaseUnavailable)
@@ -320,8 +338,20 @@ class DashboardApp(App[None]):
             )
         )
 
+    def _show_limits(self, limits: list[BudgetRow]) -> None:
+        self.limits = limits
+        container = self.query_one("#limits", Vertical)
+        bars = list(container.query_children(LimitBar))
+        if [bar.row.limit if bar.row else None for bar in bars] == [row.limit for row in limits]:
+            for bar, row in zip(bars, limits):
+                bar.row = row
+        else:
+            container.remove_children()
+            container.mount_all(LimitBar(row) for row in limits)
+        self.query_one("#limits-title", Static).display = bool(limits)
+
     def _show_budgets(self, snapshot: DashboardSnapshot) -> None:
-        container = self.query_one("#budgets", VerticalScroll)
+        container = self.query_one("#key-budgets", Vertical)
         bars = list(container.query_children(BudgetBar))
         names = [bar.budget.key_id if bar.budget else None for bar in bars]
         if names == [budget.key_id for budget in snapshot.budgets]:
@@ -439,6 +469,15 @@ def read_only(engine: Engine) -> None:
         cursor.close()
 
 
+def _budgets_mark(session: Session) -> tuple[Any, ...] | None:
+    """Changes when a budget on attribution is set or removed; None without the budgets table (not upgraded)."""
+    try:
+        return budgets_fingerprint(session)
+    except SQLAlchemyError:
+        session.rollback()
+        return None
+
+
 def run(args: argparse.Namespace) -> int:
     """`tokensense dashboard`: open the database (`args.database_url`, else the settings') and show it."""
     from tokensense.settings import get_settings
@@ -463,7 +502,14 @@ def run(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
         return 1
-    app = DashboardApp(engine, window=window)
+    from tokensense.config import ConfigError, load_config
+
+    settings = get_settings()
+    try:
+        budgets_config: list[object] = list(load_config(settings).budgets.limits)
+    except ConfigError:
+        budgets_config = []
+    app = DashboardApp(engine, window=window, budgets_config=budgets_config, redis_url=settings.redis_url)
     try:
         app.run()
     finally:

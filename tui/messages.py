@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Any
 
 from textual.message import Message
 
 from tokensense.storage.analytics import DashboardSnapshot
+from tokensense.storage.budgets import BudgetRow
 
 
 @dataclass
@@ -16,6 +18,10 @@ class DashboardRefreshed(Message):
     snapshot: DashboardSnapshot
     seconds: float
     """How long the queries took."""
+    limits: list[BudgetRow] = field(default_factory=list)
+    """The budgets on attribution, with their spend (the Budgets tab)."""
+    budgets_mark: tuple[Any, ...] | None = None
+    """The budgets table's fingerprint when they were read."""
 
 
 @dataclass

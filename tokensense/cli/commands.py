@@ -1,6 +1,6 @@
 """The `tokensense` command line: the parser of every command group, and `main`.
 
-The groups live in their own modules (keys, providers, usage, report, db, run, prices, alerts); common.py holds
+The groups live in their own modules (keys, budgets, providers, usage, report, db, run, prices, alerts); common.py holds
 what they share. Only the module of the command being run is imported (with what it needs: SQLModel for the
 database commands, mitmproxy for `serve`, Textual for `dashboard`), so `tokensense --help` and `tokensense usage`
 start quickly; the other commands appear in the help by their one-line summary from `COMMANDS`.
@@ -35,6 +35,7 @@ Register = Callable[[argparse._SubParsersAction, argparse.ArgumentParser, argpar
 COMMANDS: dict[str, tuple[str, str]] = {
     # command: (the module that registers it, its one-line summary in `tokensense --help`)
     "keys": ("keys", "create, list, update and revoke TokenSense keys (tsk_...)"),
+    "budgets": ("budgets", "budgets on projects, workflows, sources and each execution"),
     "providers": ("providers", "store provider API keys (encrypted) and base URLs"),
     "usage": ("usage", "report usage and cost"),
     "report": ("report", "spend over a period by attribution, with totals and the change against the previous one"),

@@ -40,6 +40,8 @@ from typing import Protocol
 log = logging.getLogger(__name__)
 
 WINDOW = 60.0
+IDLE_FORGET = 3600.0  # seconds: an in-process budget window unused this long is dropped (and seeded if used again)
+IDLE_SWEEP_MIN = 10_000  # windows held before the first look for idle ones (then twice as many as were kept)
 
 
 @dataclass(slots=True)
@@ -159,6 +161,9 @@ class MemoryCounters:
         self._windows: dict[str, list[list]] = {}  # key_id -> [[ts, tokens, request_id], ...]
         self._budgets: dict[tuple[str, str], list[float]] = {}  # (key, window) -> [spent, reserved]
         self._init_locks: dict[tuple[str, str], asyncio.Lock] = {}
+        self._window_of: dict[str, str] = {}  # key -> its current window (earlier ones are dropped when it moves)
+        self._used: dict[tuple[str, str], float] = {}  # window -> when a call last reserved in it
+        self._sweep_at = IDLE_SWEEP_MIN
 
     def _window(self, key_id: str, now: float) -> list[list]:
         entries = self._windows.setdefault(key_id, [])
@@ -196,13 +201,33 @@ class MemoryCounters:
         decision = budget_decision(budget, counter[0], counter[1], amount)
         if decision.allowed:
             counter[1] += amount
+        self._used[slot] = self.clock()
         return decision
 
     def seed_budget(self, key_id: str, window: str, spent: float, reserved: float) -> None:
         """Start the window's counter at `spent` settled and `reserved` in flight; earlier windows of the key go."""
-        for old in [s for s in self._budgets if s[0] == key_id and s[1] != window]:
-            self._budgets.pop(old, None)
+        earlier = self._window_of.get(key_id)
+        if earlier is not None and earlier != window:
+            self._budgets.pop((key_id, earlier), None)
+            self._used.pop((key_id, earlier), None)
+            self._init_locks.pop((key_id, earlier), None)
+        self._window_of[key_id] = window
         self._budgets[(key_id, window)] = [spent, reserved]
+        self._used[(key_id, window)] = self.clock()
+        if len(self._budgets) >= self._sweep_at:
+            self._forget_idle()
+
+    def _forget_idle(self) -> None:
+        """Drop the windows no call has reserved in for `IDLE_FORGET` seconds and none holds (one per
+        execution with each-execution budgets): seeded again from the settled spend if used again."""
+        cut = self.clock() - IDLE_FORGET
+        for slot in [s for s, at in self._used.items() if at < cut and self._budgets.get(s, (0.0, 0.0))[1] <= 1e-12]:
+            self._budgets.pop(slot, None)
+            self._used.pop(slot, None)
+            self._init_locks.pop(slot, None)
+            if self._window_of.get(slot[0]) == slot[1]:
+                del self._window_of[slot[0]]
+        self._sweep_at = max(IDLE_SWEEP_MIN, 2 * len(self._budgets))
 
     async def settle_budget(self, key_id: str, window: str, reserved: float, actual: float) -> None:
         counter = self._budgets.get((key_id, window))
@@ -483,6 +508,8 @@ class ResilientCounters:
         self._seed_locks: dict[tuple[str, str, str], asyncio.Lock] = {}
         self._seed_retry_at: dict[tuple[str, str], float] = {}
         self._windows: dict[str, str] = {}  # key -> its latest budget window
+        self._used: dict[tuple[str, str], float] = {}  # window -> when a call last reserved in it
+        self._sweep_at = IDLE_SWEEP_MIN
 
     @property
     def shared_down(self) -> bool:
@@ -546,7 +573,10 @@ class ResilientCounters:
         slot = (key_id, window)
         if self._windows.get(key_id) != window:
             self._forget_earlier_windows(key_id, window)
+            if len(self._windows) >= self._sweep_at:
+                self._forget_idle()
         self._ttls[slot] = ttl
+        self._used[slot] = self.clock()
         if not self.shared_down:
             try:
                 decision = await self._reserve_shared(slot, budget, amount, load_spent, ttl)
@@ -644,12 +674,30 @@ class ResilientCounters:
         slot = (key_id, earlier)
         if not self._shared_held.get(slot) and not self._local_held.get(slot):
             for kept in (self._shared_seeded, self._local_seeded, self._ttls, self._seed_retry_at,
-                         self._shared_held, self._local_held, self._carried):
+                         self._shared_held, self._local_held, self._carried, self._used):
                 kept.pop(slot, None)
             for store in ("shared", "local"):
                 lock = self._seed_locks.get((store, *slot))
                 if lock is not None and not lock.locked():
                     del self._seed_locks[(store, *slot)]
+
+    def _forget_idle(self) -> None:
+        """Forget the windows no call has reserved in for `IDLE_FORGET` seconds and none holds (one per execution
+        with each-execution budgets): seeded again from the settled spend if used again."""
+        cut = self.clock() - IDLE_FORGET
+        for slot, at in list(self._used.items()):
+            if at >= cut or self._shared_held.get(slot) or self._local_held.get(slot):
+                continue
+            for kept in (self._shared_seeded, self._local_seeded, self._ttls, self._seed_retry_at,
+                         self._shared_held, self._local_held, self._carried, self._used):
+                kept.pop(slot, None)
+            for store in ("shared", "local"):
+                lock = self._seed_locks.get((store, *slot))
+                if lock is not None and not lock.locked():
+                    del self._seed_locks[(store, *slot)]
+            if self._windows.get(slot[0]) == slot[1]:
+                del self._windows[slot[0]]
+        self._sweep_at = max(IDLE_SWEEP_MIN, 2 * len(self._windows))
 
     def _seed_lock(self, store: str, slot: tuple[str, str]) -> asyncio.Lock:
         return self._seed_locks.setdefault((store, *slot), asyncio.Lock())

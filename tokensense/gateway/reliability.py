@@ -280,11 +280,13 @@ async def _police(run: _Run, candidate: Candidate) -> str | None:
     try:
         # A fallback is part of the call the key's rate limits counted already; its budget is its own.
         policed = await police(call, parsed.target, prices=runtime.prices, counters=runtime.counters,
-                               spent_since=runtime.spent_since, count_request=False, typical=runtime.typical)
+                               spent_since=runtime.spent_since, count_request=False, budgets=runtime.budgets,
+                               typical=runtime.typical)
     except Refused as refused:
-        budget = refused.budget
-        if budget is not None:
-            return (f"the key `{key.name}`'s budget of ${key.budget_usd:g} cannot cover it (up to "
+        budget, limit = refused.budget, refused.limit
+        if budget is not None and limit is not None:
+            whose = f"the key `{key.name}`'s budget" if limit.level == "key" else f"the budget of {limit.label}"
+            return (f"{whose} of ${limit.usd:g} cannot cover it (up to "
                     f"${refused.amount or 0:.6f}; ${budget.spent:.6f} spent, ${budget.reserved:.6f} reserved)")
         return refused.reason
     run.holds.append(policed)

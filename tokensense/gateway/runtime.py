@@ -12,6 +12,7 @@ from sqlalchemy import text
 from sqlalchemy.engine import Engine
 
 from tokensense.config import FileConfig, load_config
+from tokensense.gateway.budgets import BudgetBook
 from tokensense.gateway.guards import LoopGuard, SharedLoopCounts
 from tokensense.gateway.keys import KeyStore
 from tokensense.gateway.limits import CounterStore
@@ -53,6 +54,7 @@ class Runtime:
         self.recorder: UsageRecorder | HubRecorder | None = None
         self.retention: RetentionWorker | None = None  # prunes old records where this process writes them
         self.counters: CounterStore | None = None
+        self.budgets: BudgetBook | None = None  # budgets on attribution (config.toml and `tokensense budgets set`)
         self.inflight = InFlight()
         self.open_sessions = 0  # realtime WebSocket sessions open now (addons/realtime.py): /health and metrics
         self.pools: KeyPools | None = None  # the provider-key pools' health (retries, cool-downs, breakers)
@@ -92,6 +94,7 @@ class Runtime:
                     init_db(self._engine)
                     self.keys = KeyStore(self._engine, self.settings)
                     self.keys.start()
+                    self.budgets = BudgetBook(self._engine, self.config.budgets.limits).start()
             except Exception as e:
                 problem = describe_error(e)
             if problem is not None:
@@ -147,6 +150,7 @@ class Runtime:
 
     def spent_since(self, key_id: str, since: datetime | None) -> float:
         """The key's settled spend in the window, the seed of its budget counters (blocking: call from a thread).
+        `key_id` may be the spend subject of a budget on attribution (`tokensense.storage.budgets`).
 
         Settled means recorded: the database's sum, plus the records this process has
         submitted that the database has not committed yet (the recorder's queue, the
@@ -210,6 +214,8 @@ class Runtime:
             self.recorder.close(timeout=timeout)
         if self.keys:
             self.keys.stop()
+        if self.budgets:
+            self.budgets.stop()
 
     async def aclose(self, grace: float = 30.0) -> None:
         if self._take_outs:

@@ -125,7 +125,7 @@ async def police_response(runtime: Runtime, session: Session, frame: ClientFrame
     target = Target(session.provider, session.model, session.model, None,
                     reservation=TokenUsage() if handshake else reservation(runtime, session, cap))
     call.policed = await police(call, target, prices=runtime.prices, counters=runtime.counters,
-                                spent_since=runtime.spent_since)
+                                spent_since=runtime.spent_since, budgets=runtime.budgets)
     if handshake:
         call.record_state = Record.NONE
         settle_counters(runtime.counters, call, call.policed, tokens=0, cost=0.0)
@@ -139,7 +139,9 @@ def unpoliced_call(session: Session) -> CallContext:
     key = session.key
     if key.budget_usd is not None and session.model is not None:
         window, _, _ = budget_window(key.budget_period)
-        call.policed = Policed(Target(session.provider, session.model), budget=BudgetHold(window, 0.0))
+        # (Budgets on attribution learn its cost when their counters are next seeded from the records.)
+        call.policed = Policed(Target(session.provider, session.model),
+                               budgets=(BudgetHold(window, 0.0, key.id, f"key:{key.name}"),))
     return call
 
 

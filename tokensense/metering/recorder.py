@@ -37,6 +37,7 @@ from sqlmodel import Session
 
 from tokensense.metering.spool import DEAD_LETTER_FILE, SPOOL_DIRECTORY, DeadLetters, Spool
 from tokensense.settings import Settings
+from tokensense.storage.budgets import record_subjects
 from tokensense.storage.models import UsageCreate
 from tokensense.storage.repo import record_usages
 
@@ -85,34 +86,37 @@ class UnwrittenSpend:
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self.commit_lock = threading.Lock()
-        self._by_key: dict[str, dict[date, list[float]]] = {}  # key_id -> day -> [cost, records]
+        # subject (a key id, or a budget's `spend_subject`) -> day -> [cost, records]
+        self._by_key: dict[str, dict[date, list[float]]] = {}
 
     def add(self, records: Iterable[UsageCreate]) -> None:
         with self._lock:
             for record in records:
-                if record.key_id and record.cost_usd:
-                    bucket = self._by_key.setdefault(record.key_id, {}).setdefault(_utc_day(record.created_at),
-                                                                                    [0.0, 0])
-                    bucket[0] += record.cost_usd
-                    bucket[1] += 1
+                if record.cost_usd:
+                    day = _utc_day(record.created_at)
+                    for subject in record_subjects(record):  # its key, and its budgets on attribution
+                        bucket = self._by_key.setdefault(subject, {}).setdefault(day, [0.0, 0])
+                        bucket[0] += record.cost_usd
+                        bucket[1] += 1
 
     def committed(self, records: Iterable[UsageCreate]) -> None:
         """The database holds these records now (call with `commit_lock` held, right after the commit)."""
         with self._lock:
             for record in records:
-                if not (record.key_id and record.cost_usd):
+                if not record.cost_usd:
                     continue
-                days = self._by_key.get(record.key_id)
                 day = _utc_day(record.created_at)
-                bucket = days.get(day) if days else None
-                if days is None or bucket is None:
-                    continue
-                bucket[0] -= record.cost_usd
-                bucket[1] -= 1
-                if bucket[1] <= 0:  # the last one: no float residue left behind
-                    del days[day]
-                    if not days:
-                        del self._by_key[record.key_id]
+                for subject in record_subjects(record):
+                    days = self._by_key.get(subject)
+                    bucket = days.get(day) if days else None
+                    if days is None or bucket is None:
+                        continue
+                    bucket[0] -= record.cost_usd
+                    bucket[1] -= 1
+                    if bucket[1] <= 0:  # the last one: no float residue left behind
+                        del days[day]
+                        if not days:
+                            del self._by_key[subject]
 
     def pending(self, key_id: str, since: datetime | None) -> float:
         """The key's unwritten cost since `since`'s UTC day (None: all)."""

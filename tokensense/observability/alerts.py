@@ -18,7 +18,7 @@ import os
 import queue
 import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -31,7 +31,7 @@ from sqlmodel import Session
 from tokensense.config import AlertsConfig
 from tokensense.gateway.guards import LoopAlert
 from tokensense.gateway.policy import budget_window
-from tokensense.storage.models import ApiKey
+from tokensense.storage.models import ApiKey, UsageCreate
 from tokensense.storage.repo import spent_since
 
 log = logging.getLogger(__name__)
@@ -39,9 +39,11 @@ log = logging.getLogger(__name__)
 EVENT = "tokensense.budget.threshold_crossed"
 LOOP_EVENT = "tokensense.guard.loop_detected"
 LEDGER_FILE = "alerts-sent.json"
-_PERIOD_WORDS = {"daily": "today (UTC)", "monthly": "this month (UTC)", "total": "in total"}
+_PERIOD_WORDS = {"daily": "today (UTC)", "monthly": "this month (UTC)", "total": "in total", "day": "today (UTC)",
+                 "week": "this week (UTC)", "month": "this month (UTC)"}
 # How long a claim is kept, per period (a `total` budget never resets).
-_KEEP = {"daily": timedelta(days=3), "monthly": timedelta(days=40)}
+_KEEP = {"daily": timedelta(days=3), "monthly": timedelta(days=40), "day": timedelta(days=3),
+         "week": timedelta(days=10), "month": timedelta(days=40)}
 
 
 @dataclass(frozen=True, slots=True)
@@ -55,6 +57,7 @@ class BudgetAlert:
     threshold: float  # fraction of the budget
     at: datetime = field(default_factory=lambda: datetime.now(UTC))
     test: bool = False
+    level: str = "key"  # key | project | workflow | source | execution (`key_name` is then its name)
 
 
 def loop_alert_payload(alert: LoopAlert, fmt: str = "json") -> dict[str, Any]:
@@ -76,7 +79,7 @@ def alert_payload(alert: BudgetAlert | LoopAlert, fmt: str = "json") -> dict[str
     if fmt == "slack":
         prefix = "[test] " if alert.test else ""
         return {"text": (
-            f"{prefix}:warning: TokenSense budget alert: key `{alert.key_name}` has spent "
+            f"{prefix}:warning: TokenSense budget alert: {alert.level} `{alert.key_name}` has spent "
             f"${alert.spent_usd:,.4f} of its ${alert.budget_usd:,.2f} budget {_PERIOD_WORDS.get(alert.period, '')} "
             f"({fraction:.0%}; threshold {alert.threshold:.0%})."
         )}
@@ -326,6 +329,62 @@ class BudgetWatcher:
             log.warning("budget alert: key %s (%s) spent $%.6f of its $%g %s budget (threshold %g%%)",
                         state.key_name, state.key_id, state.spent_usd, state.budget_usd, state.period,
                         threshold * 100)
+            self.send(alert)
+            raised.append(alert)
+        return raised
+
+
+class AttributionBudgetWatcher:
+    """Alerts for budgets on attribution (project, workflow, source, execution) as their records are written:
+    the same thresholds, ledger and webhook as keys' budgets (`BudgetWatcher`)."""
+
+    def __init__(self, engine: Engine, *, config: AlertsConfig, ledger: AlertLedger,
+                 send: Callable[[BudgetAlert], None], applicable: Callable[[Mapping[str, Any]], list[Any]]) -> None:
+        self.engine = engine
+        self.config = config
+        self.ledger = ledger
+        self.send = send
+        self.applicable = applicable  # `BudgetBook.applicable`: the budgets a call with this attribution counts in
+
+    def check(self, records: Iterable[UsageCreate]) -> list[BudgetAlert]:
+        """Look at the budgets these records count in (after they were written); return the alerts raised."""
+        budgets: dict[str, Any] = {}
+        seen: set[tuple[str | None, ...]] = set()
+        for record in records:
+            if not record.cost_usd:
+                continue
+            attribution = (record.project, record.workflow, record.source, record.execution_id)
+            if attribution in seen:
+                continue
+            seen.add(attribution)
+            for budget in self.applicable(dict(zip(("project", "workflow", "source", "execution_id"), attribution,
+                                                   strict=True))):
+                budgets.setdefault(budget.counter, budget)
+        raised: list[BudgetAlert] = []
+        for budget in budgets.values():
+            try:
+                raised += self._alerts(budget)
+            except Exception as e:
+                log.warning("cannot read the spend of the %s budget %s: %s", budget.level, budget.name,
+                            type(e).__name__)
+        return raised
+
+    def _alerts(self, budget: Any) -> list[BudgetAlert]:
+        from tokensense.storage.budgets import period_window
+
+        window, start, _ = period_window(budget.period)
+        with Session(self.engine) as session:
+            spent = spent_since(session=session, key_id=budget.subject, since=start)
+        raised = []
+        for threshold in self.config.thresholds:
+            if spent + 1e-12 < threshold * budget.usd:
+                break
+            if not self.ledger.claim(budget.counter, window, threshold, budget.period):
+                continue
+            alert = BudgetAlert(key_id=budget.counter, key_name=budget.name or "", period=budget.period, window=window,
+                                spent_usd=spent, budget_usd=budget.usd, threshold=threshold, level=budget.level)
+            log.warning("budget alert: %s spent $%.6f of its $%g %s budget (threshold %g%%)",
+                        budget.label, spent, budget.usd, budget.period, threshold * 100)
             self.send(alert)
             raised.append(alert)
         return raised

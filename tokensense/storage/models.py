@@ -117,6 +117,8 @@ class Usage(UsageBase, table=True):
         # The dashboard's drill-down from a step to its executions reads records (no rollup has execution ids).
         Index("ix_usage_workflow_step_created_at", "workflow", "step", "created_at"),
         Index("ux_usage_request_id_attempt", "request_id", "attempt", unique=True),  # one record per attempt
+        # An execution's spend (each-execution budgets): no rollup has execution ids.
+        Index("ix_usage_execution_id_created_at", "execution_id", "created_at"),
     )
 
     id: int | None = Field(default=None, primary_key=True)
@@ -176,6 +178,31 @@ class UsageRetention(SQLModel, table=True):
     id: int = Field(default=1, primary_key=True)
     raw_before: int = Field(sa_column=Column(BigInteger, nullable=False))  # UTC epoch seconds, a whole hour
     pruned_at: datetime = Field(default_factory=utcnow)
+
+
+BUDGET_LEVELS: tuple[str, ...] = ("project", "workflow", "source", "execution")
+"""What a budget on attribution limits (a key's own budget is on its row in `api_keys`)."""
+BUDGET_PERIODS: tuple[str, ...] = ("day", "week", "month", "total")
+"""UTC calendar periods (weeks start on Monday), or `total`: never resets."""
+
+
+class Budget(SQLModel, table=True):
+    """A budget on attribution, set with `tokensense budgets set` (docs/budgets-and-limits.md).
+
+    `level` is project, workflow or source with `name` the value it limits; or `execution`: every
+    execution (`x-execution-id`) may spend at most `usd` in the period, `name` NULL for every run, or a
+    workflow's name for that workflow's runs only. One row per (level, name, period).
+    """
+
+    __tablename__ = "budgets"
+
+    id: str = Field(default_factory=new_id, primary_key=True)
+    level: str = Field(index=True)
+    name: str | None = None
+    usd: float
+    period: str = "total"
+    created_at: datetime = Field(default_factory=utcnow)
+    updated_at: datetime = Field(default_factory=utcnow)
 
 
 class StoredResponse(SQLModel, table=True):

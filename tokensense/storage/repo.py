@@ -522,5 +522,8 @@ def query_usage(
 
 def spent_since(*, session: Session, key_id: str, since: datetime | None) -> float:
     """What a key has spent (USD) since `since` (None: ever), from the rollups (its hour rows, and the
-    minute rows and records of a window's partial first hour)."""
-    return report_totals(session=session, since=since, filters={"key_id": key_id}).cost_usd
+    minute rows and records of a window's partial first hour). `key_id` may also be the subject of a
+    budget on attribution (`tokensense.storage.budgets.spend_subject`)."""
+    from tokensense.storage.budgets import subject_filters
+
+    return report_totals(session=session, since=since, filters=subject_filters(key_id)).cost_usd

@@ -15,21 +15,24 @@ import logging
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from datetime import datetime
+from functools import partial
 from typing import Any
 
 from tokensense.core.errors import GatewayError
 from tokensense.core.usage import TokenUsage
+from tokensense.gateway.budgets import AppliedBudget, BudgetBook, budgets_for
 from tokensense.gateway.call import CallContext
 from tokensense.gateway.guards import LoopGuard, call_cap, max_cost_refusal
-from tokensense.gateway.limits import BudgetDecision, CounterStore, RateDecision, budget_decision
+from tokensense.gateway.limits import BudgetDecision, CounterStore, MemoryCounters, RateDecision, budget_decision
 from tokensense.gateway.passthrough import capped_path_refusal, endpoint_refusal, unpriced_path_refusal
 from tokensense.gateway.policy import budget_window, check_access, estimate_cost, estimate_usage, limits_for
 from tokensense.gateway.price_policy import unpriced_refusal
-from tokensense.gateway.reservation import budget_refusal, call_reservation
+from tokensense.gateway.reservation import call_reservation
 from tokensense.gateway.routing import MEDIA_ENDPOINTS
 from tokensense.gateway.typical_output import OutputHistory, admission
 from tokensense.metering.pricing import PriceBook
 from tokensense.providers import ProviderAdapter
+from tokensense.storage.budgets import period_window
 
 log = logging.getLogger(__name__)
 
@@ -51,10 +54,13 @@ class Target:
 
 @dataclass(frozen=True, slots=True)
 class BudgetHold:
-    """Budget reserved in the counters for an attempt in flight: `amount` in `window`, settled by its record."""
+    """Budget reserved in the counters for an attempt in flight: `amount` in `window` of the counter `counter`
+    (a key's id, or a budget on attribution's), settled by its record. `tag` names the budget (`level:name`)."""
 
     window: str
     amount: float
+    counter: str = ""
+    tag: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -65,20 +71,32 @@ class Policed:
     passed: bool = True  # False: refused, but it still holds a rate entry to settle (see `Refused.held`)
     rate: RateDecision | None = None  # the rate decision (for the x-ratelimit-* headers); None: no rate limit
     holds_rate: bool = False  # a rate-window entry of this request id is to be settled with its tokens
-    budget: BudgetHold | None = None
+    budgets: tuple[BudgetHold, ...] = ()  # every budget the attempt is counted against (key's first)
+
+    @property
+    def budget(self) -> BudgetHold | None:
+        """The first budget held (the key's, when it has one)."""
+        return self.budgets[0] if self.budgets else None
+
+    @property
+    def budget_tags(self) -> list[str]:
+        """The budgets the attempt is counted against, as `level:name` (its record's details.budgets)."""
+        return [hold.tag for hold in self.budgets]
 
 
 class Refused(Exception):
     """The police stage refused an attempt: the error to answer, its extra headers, and what it holds."""
 
     def __init__(self, error: GatewayError, *, headers: dict[str, str] | None = None, held: Policed | None = None,
-                 budget: BudgetDecision | None = None, amount: float | None = None) -> None:
+                 budget: BudgetDecision | None = None, amount: float | None = None,
+                 limit: AppliedBudget | None = None) -> None:
         super().__init__(error.message)
         self.error = error
         self.headers = headers or {}
         self.held = held  # counters the refused call holds anyway (its rate entry), settled with its record
         self.budget = budget  # the budget decision, when the budget refused it
         self.amount = amount  # the reservation the budget refused
+        self.limit = limit  # the budget that refused it
 
     @property
     def reason(self) -> str:
@@ -88,14 +106,17 @@ class Refused(Exception):
 
 async def police(call: CallContext, target: Target, *, prices: PriceBook, counters: CounterStore | None,
                  spent_since: Callable[[str, datetime | None], float], count_request: bool = True,
-                 guard: LoopGuard | None = None, typical: OutputHistory | None = None) -> Policed:
+                 guard: LoopGuard | None = None, typical: OutputHistory | None = None,
+                 budgets: BudgetBook | None = None) -> Policed:
     """Check `target` for `call`'s key and reserve what it may cost; `Refused` if it may not go.
 
     `count_request`: the attempt counts against the key's requests and tokens per
     minute and the loop guard's counts of its execution (the call's first attempt;
     a retry or fallback of the same call does not).
     Each attempt reserves its own budget: its largest cost at its own model's price,
-    which is also what its cost cap (header or key) is checked against.
+    which is also what its cost cap (header or key) is checked against, in every
+    budget that applies (the key's, and those of `budgets` on its project, workflow,
+    source and execution), or in none: the first that cannot hold it refuses the call.
     `typical`: the outputs seen per model with `[budgets] reserve = "typical"` (None: "cap"); the attempt
     still holds its largest cost, but is admitted on its typical cost (gateway/typical_output.py).
     """
@@ -125,7 +146,9 @@ async def police(call: CallContext, target: Target, *, prices: PriceBook, counte
             raise Refused(loop)
     limits = limits_for(key)
     counts_rate = count_request and (limits.rpm is not None or limits.tpm is not None)
-    counts_budget = key.budget_usd is not None and not call.free  # a free call (count_tokens) spends nothing
+    # A free call (count_tokens) spends nothing.
+    applied = [] if call.free else budgets_for(key, call.attribution, budgets)
+    counts_budget = bool(applied)
     policed = Policed(target)
     if not counts_rate and not counts_budget:
         return policed
@@ -147,24 +170,63 @@ async def police(call: CallContext, target: Target, *, prices: PriceBook, counte
                 headers=decision.headers(), held=replace(policed, passed=False, rate=decision))
         policed = replace(policed, rate=decision, holds_rate=True)
     if counts_budget:
-        assert key.budget_usd is not None
-        window, start, resets_in = budget_window(key.budget_period)
         amount = largest if largest is not None else _largest_cost(call, target, prices)
         admit_on, slack = admission(amount, _typical_cost(call, target, prices, typical))
-        held = replace(policed, passed=False)
-        try:
-            budget = await counters.reserve_budget(key.id, window, key.budget_usd + slack, amount,
-                                                   lambda: spent_since(key.id, start), (resets_in or 0) + 3600)
-        except Exception as e:
-            log.warning("budget counters unavailable, refusing: %s", type(e).__name__)
-            raise Refused(GatewayError(503, LIMITS_UNAVAILABLE, code="limits_unavailable"), held=held) from None
-        if not budget.allowed:  # 429 while held by calls in flight, 402 once spent
-            if slack:  # why, against the budget itself
-                budget = budget_decision(key.budget_usd, budget.spent, budget.reserved, admit_on)
-            error, headers = budget_refusal(key.name, key.budget_usd, key.budget_period, budget)
-            raise Refused(error, headers=headers, held=held, budget=budget, amount=amount)
-        policed = replace(policed, budget=BudgetHold(window, amount))
+        policed = replace(policed, budgets=await _reserve(counters, applied, amount, admit_on, slack, spent_since,
+                                                          replace(policed, passed=False)))
     return policed
+
+
+async def _reserve(counters: CounterStore, applied: list[AppliedBudget], amount: float, admit_on: float,
+                   slack: float, spent_since: Callable[[str, datetime | None], float],
+                   held: Policed) -> tuple[BudgetHold, ...]:
+    """Reserve `amount` in every budget of `applied`, or in none (`Refused`, naming the first budget that refused).
+    Admitted on `admit_on` (`[budgets] reserve = "typical"`: each budget is asked with `slack` more room).
+
+    The budgets are asked at once (with Redis: one round trip's wait, not one per budget); when one refuses, the
+    reservations the others made are given back.
+    """
+    windows = [budget_window(b.period) if b.level == "key" else period_window(b.period) for b in applied]
+    asks = [counters.reserve_budget(budget.counter, window, budget.usd + slack, amount,
+                                    partial(spent_since, budget.subject, start), (resets_in or 0) + 3600)
+            for budget, (window, start, resets_in) in zip(applied, windows, strict=True)]
+    answers: list[BudgetDecision | BaseException]
+    if len(asks) > 1 and not isinstance(counters, MemoryCounters):
+        answers = await asyncio.gather(*asks, return_exceptions=True)
+    else:  # in-process decisions do not wait (but to seed a window): one after the other costs less
+        answers = []
+        for ask in asks:
+            try:
+                answers.append(await ask)
+            except Exception as e:
+                answers.append(e)
+    holds = [BudgetHold(window, amount, budget.counter, budget.tag)
+             for budget, (window, _, _), answer in zip(applied, windows, answers, strict=True)
+             if isinstance(answer, BudgetDecision) and answer.allowed]
+    if len(holds) == len(applied):
+        return tuple(holds)
+    await _give_back(counters, holds)
+    for answer in answers:
+        if isinstance(answer, BaseException):
+            log.warning("budget counters unavailable, refusing: %s", type(answer).__name__)
+            raise Refused(GatewayError(503, LIMITS_UNAVAILABLE, code="limits_unavailable"), held=held) from None
+    for budget, answer in zip(applied, answers, strict=True):
+        assert isinstance(answer, BudgetDecision)
+        if not answer.allowed:  # 429 while held by calls in flight, 402 once spent
+            if slack:  # why, against the budget itself
+                answer = budget_decision(budget.usd, answer.spent, answer.reserved, admit_on)
+            error, headers = budget.refusal(answer)
+            raise Refused(error, headers=headers, held=held, budget=answer, amount=amount, limit=budget)
+    raise AssertionError("a budget refused without a decision")
+
+
+async def _give_back(counters: CounterStore, holds: list[BudgetHold]) -> None:
+    """Release the reservations of a call another budget refused."""
+    for hold in holds:
+        try:
+            await counters.settle_budget(hold.counter, hold.window, hold.amount, 0.0)
+        except Exception as e:  # a counter that cannot be reached: its reservation expires with the window
+            log.warning("could not release a budget reservation: %s", type(e).__name__)
 
 
 def _largest_cost(call: CallContext, target: Target, prices: PriceBook) -> float:
@@ -257,12 +319,21 @@ def settle_counters(counters: CounterStore | None, call: CallContext, policed: P
         return
     if policed.holds_rate:
         spawn(counters.settle_tokens(key.id, call.request_id, tokens))
-    if policed.budget is not None:
-        spawn(counters.settle_budget(key.id, policed.budget.window, policed.budget.amount, cost or 0.0))
+    for hold in policed.budgets:
+        spawn(counters.settle_budget(hold.counter, hold.window, hold.amount, cost or 0.0))
 
 
 def release(counters: CounterStore | None, call: CallContext, policed: Policed) -> None:
     """Give back a budget reservation whose attempt's cost is booked elsewhere (a fallback that was not the answer)."""
-    key = call.key
-    if counters is not None and key is not None and policed.budget is not None:
-        spawn(counters.settle_budget(key.id, policed.budget.window, policed.budget.amount, 0.0))
+    if counters is not None and call.key is not None:
+        for hold in policed.budgets:
+            spawn(counters.settle_budget(hold.counter, hold.window, hold.amount, 0.0))
+
+
+def book_spend(counters: CounterStore | None, policed: Policed | None, cost: float | None) -> None:
+    """Add the cost of an attempt whose reservation was released already (a failed attempt a retry or fallback
+    followed, billed all the same) to every budget `policed` counts the call against."""
+    if counters is None or policed is None or not cost:
+        return
+    for hold in policed.budgets:
+        spawn(counters.settle_budget(hold.counter, hold.window, 0.0, cost))

@@ -19,7 +19,7 @@ from tokensense.gateway.call import CallContext, Record
 from tokensense.gateway.policy import budget_window
 from tokensense.gateway.record import build_record
 from tokensense.gateway.runtime import Runtime
-from tokensense.gateway.stages.police import settle_counters, spawn
+from tokensense.gateway.stages.police import book_spend, settle_counters, spawn
 from tokensense.gateway.typical_output import observe_output
 from tokensense.metering.usage_extract import with_request_tier
 from tokensense.providers import ProviderAdapter
@@ -51,6 +51,9 @@ def settle(runtime: Runtime, call: CallContext, status: int) -> UsageCreate | No
         usage = call.usage or (call.stream_usage.result() if call.stream_usage else None)
         call.usage = with_request_tier(usage, call.sent_body)
     record = build_record(call, status=status, prices=runtime.prices)
+    if call.policed is not None and call.policed.passed and call.policed.budgets:
+        # `/v1/tokensense/requests/{id}` shows which budgets the call was counted against.
+        record.details = {**(record.details or {}), "budgets": call.policed.budget_tags}
     settle_counters(runtime.counters, call, call.policed, tokens=record.input_tokens + record.output_tokens,
                     cost=record.cost_usd)
     if runtime.typical is not None:  # [budgets] reserve = "typical": the model's outputs seen
@@ -67,10 +70,7 @@ def settle_failed(runtime: Runtime, call: CallContext, attempt: FailedAttempt) -
                        on_attempt_record=[], watchdog=None, attempt=attempt.number)
     record = build_record(snapshot, status=attempt.status, prices=runtime.prices)
     _write(runtime, record, call.on_attempt_record)
-    key = call.key
-    if record.cost_usd and key is not None and key.budget_usd is not None and runtime.counters is not None:
-        window, _, _ = budget_window(key.budget_period)
-        spawn(runtime.counters.settle_budget(key.id, window, 0.0, record.cost_usd))
+    book_spend(runtime.counters, call.policed, record.cost_usd)  # its budgets (the call's), billed all the same
     return record
 
 
