@@ -123,6 +123,7 @@ class _Runtime:
         self.prices = PriceBook()
         self.counters = None
         self.recorder = None
+        self.typical = None  # [budgets] reserve = "cap": no output history
 
 
 def test_a_response_reserves_its_output_cap_as_audio_and_the_last_input() -> None:
