@@ -33,16 +33,19 @@ def passthrough_kind(config: PassthroughConfig, method: str, family: str) -> Kin
     return "priced" if family in config.priced else "unpriced"
 
 
-def unpriced_path_refusal(key: KeyInfo, method: str, path: PassthroughPath) -> GatewayError | None:
-    """A 403 naming the path when `key` has a budget and the call is an unpriced passthrough; None otherwise."""
-    if key.budget_usd is None or path.kind != "unpriced":
+def unpriced_path_refusal(key: KeyInfo, method: str, path: PassthroughPath, *,
+                          budget: str | None = None) -> GatewayError | None:
+    """A 403 naming the path when `key` has a budget, or the call counts against `budget` (a budget on its
+    attribution, named as refusals name it), and the call is an unpriced passthrough; None otherwise."""
+    if (key.budget_usd is None and budget is None) or path.kind != "unpriced":
         return None
+    holder = f"The key `{key.name}` has a budget" if key.budget_usd is not None else f"The call counts against the budget of {budget}"
     return GatewayError(
         403,
-        f"The key `{key.name}` has a budget, and TokenSense cannot price {method} {path.path} (passed through "
+        f"{holder}, and TokenSense cannot price {method} {path.path} (passed through "
         f"to the provider, family `{path.family}`): its cost could not be counted against the budget. Mark the "
         f'family free or priced in config.toml (`[passthrough] free = ["{path.family}"]` or `priced = [...]`), '
-        "or use a key without a budget.",
+        "or call it outside budgets.",
         code="path_unpriced",
     )
 

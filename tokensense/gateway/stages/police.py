@@ -123,7 +123,9 @@ async def police(call: CallContext, target: Target, *, prices: PriceBook, counte
     key = call.key
     if key is None:
         raise Refused(GatewayError(401, "No TokenSense key.", code="missing_api_key"))
-    check = _checked(call, target, prices)
+    applied = [] if call.free else budgets_for(key, call.attribution, budgets)  # a free call spends nothing
+    others = [budget.label for budget in applied if budget.level != "key"]
+    check = _checked(call, target, prices, others[0] if others else None)
     if check is not None:
         raise Refused(check)
     body = target.body
@@ -146,8 +148,6 @@ async def police(call: CallContext, target: Target, *, prices: PriceBook, counte
             raise Refused(loop)
     limits = limits_for(key)
     counts_rate = count_request and (limits.rpm is not None or limits.tpm is not None)
-    # A free call (count_tokens) spends nothing.
-    applied = [] if call.free else budgets_for(key, call.attribution, budgets)
     counts_budget = bool(applied)
     policed = Policed(target)
     if not counts_rate and not counts_budget:
@@ -257,8 +257,9 @@ def _typical_cost(call: CallContext, target: Target, prices: PriceBook,
     return estimate_cost(prices, target.provider, target.model, call_reservation(priced, body, tokens))
 
 
-def _checked(call: CallContext, target: Target, prices: PriceBook) -> GatewayError | None:
-    """The refusal that needs no counter: access (403) and, for a key with a budget, an unpriced model (403)."""
+def _checked(call: CallContext, target: Target, prices: PriceBook, budget: str | None) -> GatewayError | None:
+    """The refusal that needs no counter: access (403) and, for a key with a budget or a call counted against
+    `budget` (a budget on its attribution), an unpriced model or path (403)."""
     assert call.key is not None
     route = call.route
     if route is not None and route.prefix is not None and target.provider.name != route.prefix:
@@ -277,14 +278,14 @@ def _checked(call: CallContext, target: Target, prices: PriceBook) -> GatewayErr
         cap = call_cap(call.max_cost_usd, call.key.max_call_usd)
         if cap is not None and (route.passthrough.kind == "unpriced" or not target.model):
             return capped_path_refusal(cap, call.method, route.passthrough)
-        return unpriced_path_refusal(call.key, call.method, route.passthrough)
+        return unpriced_path_refusal(call.key, call.method, route.passthrough, budget=budget)
     try:
         check_access(call.key, target.provider, target.model, target.requested)
     except GatewayError as e:
         return e
     if call.route_endpoint in MEDIA_ENDPOINTS or call.media_priced or call.free:  # media: priced by the media table
         return None
-    return unpriced_refusal(call.key, prices, target.provider, target.model, target.requested)
+    return unpriced_refusal(call.key, prices, target.provider, target.model, target.requested, budget=budget)
 
 
 # --- settling what the police stage reserved ------------------------------------------------------
