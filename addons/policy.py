@@ -19,6 +19,8 @@ class Policy:
         call = get_call(flow)
         if flow.response or flow.error or call is None or call.key is None or call.provider is None:
             return
+        if call.policed is not None:  # policed already by the addon that routed it (batch jobs and files)
+            return
         assert call.model is not None
         target = Target(call.provider, call.model, call.requested_model,
                         call.sent_body if isinstance(call.sent_body, dict) else None)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from addons.admit import Admit
+from addons.batches import Batches
 from addons.chain import TokenSenseChain
 from addons.client_timeouts import ClientTimeouts, RequestArrived
 from addons.forward import Forward
@@ -38,6 +39,7 @@ def tokensense_addons(runtime: Runtime | None = None) -> list[object]:
         RequestRecords(runtime),  # GET /v1/tokensense/requests/{id}, answered before routing
         Router(runtime),  # request: parse, resolve, prepare the upstream request
         Responses(runtime),  # the Responses API: parse, ownership, answers (before Translation and Metering)
+        Batches(runtime),  # batch jobs and files: owned per key, uploads streamed, jobs reserved and followed
         Media(runtime),
         Policy(runtime),  # request: access, rate, budget
         ProviderAuth(),  # request: short-lived provider tokens (Vertex AI), fetched off the event loop

@@ -23,6 +23,7 @@ from tokensense.core.usage import TokenUsage
 from tokensense.providers.routes import ClientRoute, ErrorPath, Route
 
 if TYPE_CHECKING:
+    from tokensense.providers.batch_api import BatchApi
     from tokensense.providers.model_lists import ModelListShape
 
 
@@ -174,6 +175,8 @@ class Provider(ABC):
     client_routes: ClassVar[tuple[ClientRoute, ...]] = ()
     # Path prefixes whose clients parse this provider's error shape (errors on paths no route serves).
     error_paths: ClassVar[tuple[ErrorPath, ...]] = ()
+    # Its batch jobs and files (providers/batch_api.py), when its batch and file routes are in `client_routes`.
+    batch_api: ClassVar[BatchApi | None] = None
 
     def owns_model(self, model: str) -> bool:
         return model.startswith(self.model_prefixes)

@@ -10,8 +10,10 @@ from tokensense.core.errors import ErrorShape
 from tokensense.core.usage import TokenUsage
 from tokensense.providers.audio_format import AUDIO
 from tokensense.providers.base import MediaRoute, ProviderAdapter, ResponsesStreamReader, StreamUsage, Upstream
+from tokensense.providers.batch_api import BatchApi
 from tokensense.providers.images_format import check_image_request, images_answer_usage
 from tokensense.providers.model_lists import ListedModel, ModelListShape
+from tokensense.providers.openai_batches import OPENAI_BATCHES, openai_batch_routes
 from tokensense.providers.openai_usage import service_tier_of, usage_from_openai
 from tokensense.providers.routes import ClientRoute
 
@@ -132,7 +134,9 @@ class OpenAIAdapter(ProviderAdapter):
         Endpoint.MODERATIONS, *RESPONSES_ENDPOINTS,
     })
     openai_format: ClassVar[bool] = True
-    client_routes: ClassVar[tuple[ClientRoute, ...]] = OPENAI_ROUTES
+    # Its Files and Batch APIs too (providers/openai_batches.py); OpenAI-compatible providers list OPENAI_ROUTES only.
+    client_routes: ClassVar[tuple[ClientRoute, ...]] = (*OPENAI_ROUTES, *openai_batch_routes(OPENAI_ERRORS))
+    batch_api: ClassVar[BatchApi | None] = OPENAI_BATCHES
 
     def auth_headers(self, api_key: str) -> dict[str, str]:
         return {"authorization": f"Bearer {api_key}"}
@@ -220,6 +224,8 @@ class XAIAdapter(OpenAIAdapter):
     reasoning_outside_completion: ClassVar[bool] = True
     aliases: ClassVar[tuple[str, ...]] = ("x-ai", "grok")
     hosts: ClassVar[tuple[str, ...]] = ("api.x.ai",)
+    client_routes: ClassVar[tuple[ClientRoute, ...]] = OPENAI_ROUTES
+    batch_api: ClassVar[BatchApi | None] = None
     native: ClassVar[frozenset[Endpoint]] = frozenset({Endpoint.CHAT, Endpoint.EMBEDDINGS, Endpoint.IMAGES,
                                                        *RESPONSES_ENDPOINTS})
 
@@ -259,6 +265,7 @@ class MistralAdapter(OpenAIAdapter):
     native: ClassVar[frozenset[Endpoint]] = frozenset({Endpoint.CHAT, Endpoint.EMBEDDINGS, Endpoint.TRANSCRIPTIONS,
                                                        FIM})
     client_routes: ClassVar[tuple[ClientRoute, ...]] = MISTRAL_ROUTES
+    batch_api: ClassVar[BatchApi | None] = None
 
     output_caps: ClassVar[Mapping[str, int]] = {"mistral": 32_768, "codestral": 32_768}
     free_models: ClassVar[tuple[str, ...]] = ()

@@ -15,6 +15,7 @@ from sqlmodel import Session, col, select
 
 from tokensense.crypto import decrypt_secret, encrypt_secret, hash_key, new_key
 from tokensense.storage.analytics import grouped_totals, report_totals
+from tokensense.storage.batches import held_by_jobs
 from tokensense.storage.models import DEFAULT_KEY_NAME, ApiKey, ProviderCredential, Usage, UsageCreate
 from tokensense.storage.rollups import add_to_rollups
 
@@ -536,5 +537,7 @@ def query_usage(
 
 def spent_since(*, session: Session, key_id: str, since: datetime | None) -> float:
     """What a key has spent (USD) since `since` (None: ever), from the rollups (its hour rows, and the
-    minute rows and records of a window's partial first hour)."""
-    return report_totals(session=session, since=since, filters={"key_id": key_id}).cost_usd
+    minute rows and records of a window's partial first hour), plus what its batch jobs not booked yet hold
+    (their largest cost, until their lines' records replace it)."""
+    spent = report_totals(session=session, since=since, filters={"key_id": key_id}).cost_usd
+    return spent + held_by_jobs(session=session, key_id=key_id, since=since)

@@ -83,14 +83,15 @@ class Refused(Exception):
 
 async def police(call: CallContext, target: Target, *, prices: PriceBook, counters: CounterStore | None,
                  spent_since: Callable[[str, datetime | None], float], count_request: bool = True,
-                 guard: LoopGuard | None = None) -> Policed:
+                 guard: LoopGuard | None = None, reserve_usd: float | None = None) -> Policed:
     """Check `target` for `call`'s key and reserve what it may cost; `Refused` if it may not go.
 
     `count_request`: the attempt counts against the key's requests and tokens per
     minute and the loop guard's counts of its execution (the call's first attempt;
     a retry or fallback of the same call does not).
     Each attempt reserves its own budget: its largest cost at its own model's price,
-    which is also what its cost cap (header or key) is checked against.
+    which is also what its cost cap (header or key) is checked against; `reserve_usd` gives that largest
+    cost when the caller knows it better than one body can say (a batch job: every line at the batch price).
     """
     key = call.key
     if key is None:
@@ -100,9 +101,10 @@ async def police(call: CallContext, target: Target, *, prices: PriceBook, counte
         raise Refused(check)
     body = target.body
     cap = None if call.free or call.route_endpoint in MEDIA_ENDPOINTS else call_cap(call.max_cost_usd, key.max_call_usd)
-    largest: float | None = None
+    largest: float | None = reserve_usd
     if cap is not None:
-        largest = _largest_cost(call, target, prices)
+        if largest is None:
+            largest = _largest_cost(call, target, prices)
         if prices.resolve(target.provider.prices_id, target.model) is None:
             raise Refused(max_cost_refusal(None, cap, target.requested or target.model), amount=largest)
         if largest > cap:

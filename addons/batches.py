@@ -1,0 +1,320 @@
+"""Batch jobs and files: owned per key, uploads streamed to the provider, jobs reserved at creation and followed.
+
+Upload (`files.upload`, requestheaders): every gate runs on the headers (the key was
+admitted, the body limit set), the upstream request is written, and the body streams
+to the provider through an `InputScanner` that sums the requests of its lines (never
+buffered). The answer's file id is recorded with its owner and that sum.
+
+The other routes (request): a file or job id in the path must belong to the call's
+key (404 otherwise, nothing forwarded). Creating a job reserves its largest cost at
+the batch price with the one police function (402 before the provider when it does
+not fit); the answer's job id is recorded with the create call's key and attribution,
+and the reservation is held until the follower (gateway/batches.py) books the lines.
+Lists are cut to the key's own ids; links to the provider in answers point at the gateway.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+from mitmproxy import http
+from sqlmodel import Session
+
+from addons.common import answer_error, apply_upstream, get_call, prepare_upstream, require_credential, response_body
+from tokensense.core.endpoints import BATCH_ENDPOINTS, Endpoint
+from tokensense.core.errors import GatewayError
+from tokensense.gateway.batches import BatchFollower, InputScanner, job_reservation, summary_of
+from tokensense.gateway.call import CallContext
+from tokensense.gateway.flowmeta import BODY_LIMIT, RATE, refuse_body
+from tokensense.gateway.policy import check_access
+from tokensense.gateway.runtime import Runtime
+from tokensense.gateway.stages.parse import read_json
+from tokensense.gateway.stages.police import Policed, Refused, Target, police, spawn
+from tokensense.providers import Provider, get_provider
+from tokensense.providers.base import Upstream
+from tokensense.providers.batch_api import BatchApi
+from tokensense.storage import batches as store
+from tokensense.storage.models import BatchFile, BatchJob
+
+log = logging.getLogger(__name__)
+
+META = "tokensense.batches"
+_FILE_ROUTES = frozenset({Endpoint.FILES_RETRIEVE, Endpoint.FILES_DELETE, Endpoint.FILES_CONTENT})
+_JOB_ROUTES = frozenset({Endpoint.BATCHES_RETRIEVE, Endpoint.BATCHES_CANCEL, Endpoint.BATCHES_RESULTS,
+                         Endpoint.BATCHES_DELETE})
+_STREAMED_ANSWERS = frozenset({Endpoint.FILES_CONTENT, Endpoint.BATCHES_RESULTS})
+
+
+@dataclass(slots=True)
+class BatchCall:
+    """What the answer hooks need to know about a batch or file call."""
+
+    provider: Provider
+    api: BatchApi
+    origin: str  # the gateway's own origin as the client called it (links in answers point there)
+    scanner: InputScanner | None = None  # an upload's line sums
+    summary: dict[str, Any] = field(default_factory=dict)  # a job's requests, summed
+    reserved: float = 0.0  # a job's largest cost at the batch price
+    input_file: str | None = None
+
+
+def _not_found(what: str, ident: str) -> GatewayError:
+    return GatewayError(404, f"No {what} with id '{ident[:100]}' was made with this TokenSense key.",
+                        code="not_found", param="id")
+
+
+class Batches:
+    def __init__(self, runtime: Runtime) -> None:
+        self.runtime = runtime
+        self.follower: BatchFollower | None = None
+
+    def running(self) -> None:
+        if self.follower is None and self.runtime.started:
+            self.follower = BatchFollower(self.runtime, interval=self.runtime.settings.batch_poll_seconds)
+            self.follower.start()
+
+    async def done(self) -> None:
+        if self.follower is not None:
+            await self.follower.stop()
+            self.follower = None
+
+    def _session(self) -> Session:
+        return Session(self.runtime.engine)
+
+    def _read(self, fn: Any, **kwargs: Any) -> Any:
+        with self._session() as session:
+            return fn(session=session, **kwargs)
+
+    async def _db(self, fn: Any, **kwargs: Any) -> Any:
+        return await asyncio.to_thread(self._read, fn, **kwargs)
+
+    @staticmethod
+    def _served(flow: http.HTTPFlow) -> CallContext | None:
+        call = get_call(flow)
+        if flow.response or flow.error or call is None or call.key is None or call.intercepted \
+                or call.route_endpoint not in BATCH_ENDPOINTS:
+            return None
+        return call
+
+    @staticmethod
+    def _provider(call: CallContext) -> tuple[Provider, BatchApi]:
+        provider = get_provider(call.path_provider or "")
+        if provider is None or provider.batch_api is None:
+            raise GatewayError(404, "TokenSense serves no batch API on this path.", code="unknown_endpoint")
+        return provider, provider.batch_api
+
+    @staticmethod
+    def _origin(flow: http.HTTPFlow) -> str:
+        req = flow.request
+        host = req.headers.get("host") or f"{req.host}:{req.port}"
+        return f"{req.scheme}://{host}"
+
+    # --- upload: every gate on the headers, the body streamed ----------------------------------------
+
+    def requestheaders(self, flow: http.HTTPFlow) -> None:
+        call = self._served(flow)
+        if call is None or call.route_endpoint is not Endpoint.FILES_UPLOAD:
+            return
+        try:
+            provider, api = self._provider(call)
+            credential = require_credential(self.runtime, provider)
+            origin = self._origin(flow)
+            call.provider = provider
+            prepare_upstream(call, provider, credential,
+                             Upstream(call.route_endpoint, api.upstream_path(call.route_endpoint, None)))
+            call.policed = Policed(Target(provider, ""))  # an upload costs nothing; a job made from it is policed
+            assert call.pending is not None
+            apply_upstream(flow, call.pending)
+            call.forwarded = True
+        except GatewayError as e:
+            answer_error(flow, call.fmt, e)
+            refuse_body(flow)
+            return
+        scanner = InputScanner(api, flow.metadata.get(BODY_LIMIT))
+        flow.request.stream = scanner
+        flow.metadata[META] = BatchCall(provider, api, origin, scanner=scanner)
+
+    # --- the other routes: ownership, the job's reservation ------------------------------------------
+
+    async def request(self, flow: http.HTTPFlow) -> None:
+        call = self._served(flow)
+        if call is None or call.route_endpoint is Endpoint.FILES_UPLOAD:
+            return
+        try:
+            await self._route(flow, call)
+        except GatewayError as e:
+            answer_error(flow, call.fmt, e)
+        except Refused as refused:
+            call.policed = refused.held
+            if refused.held is not None and refused.held.rate is not None:
+                flow.metadata[RATE] = refused.held.rate
+            answer_error(flow, call.fmt, refused.error, headers=refused.headers)
+
+    async def _route(self, flow: http.HTTPFlow, call: CallContext) -> None:
+        assert call.key is not None
+        provider, api = self._provider(call)
+        endpoint = call.route_endpoint
+        resource = call.resource
+        call.provider = provider
+        meta = BatchCall(provider, api, self._origin(flow))
+        if endpoint in _FILE_ROUTES:
+            owner = await self._db(store.owned_file, file_id=resource or "", key_id=call.key.id)
+            if owner is None:
+                raise _not_found("file", resource or "")
+        elif endpoint in _JOB_ROUTES:
+            job = await self._db(store.owned_job, job_id=resource or "", key_id=call.key.id)
+            if job is None:
+                raise _not_found("batch", resource or "")
+            call.model = job.models[0] if len(job.models) == 1 else None
+        elif endpoint is Endpoint.BATCHES_CREATE:
+            await self._create(flow, call, meta)
+        credential = require_credential(self.runtime, provider)
+        path = api.upstream_path(endpoint, resource, model=call.path_model, action=call.action)
+        prepare_upstream(call, provider, credential, Upstream(endpoint, path))
+        if call.policed is None:
+            call.policed = Policed(Target(provider, call.model or ""))  # managing jobs and files costs nothing
+        flow.metadata[META] = meta
+
+    async def _create(self, flow: http.HTTPFlow, call: CallContext, meta: BatchCall) -> None:
+        """The job's requests (its input file's sums, or inline), its largest cost, and the police stage on it."""
+        assert call.key is not None and call.provider is not None
+        body = read_json(flow.request.raw_content)
+        if not isinstance(body, dict):
+            raise GatewayError(400, "The request body must be a JSON object.", code="invalid_request")
+        api, provider = meta.api, meta.provider
+        input_file = api.input_file(body)
+        if input_file is not None:
+            owner = await self._db(store.owned_file, file_id=input_file, key_id=call.key.id)
+            if not isinstance(owner, BatchFile):
+                raise _not_found("file", input_file)
+            summary = owner.lines or {}
+            meta.input_file = input_file
+        else:
+            inline = api.inline_requests(body, call.path_model)
+            if inline is None:
+                raise GatewayError(400, "The batch names no input file and no requests.", code="invalid_request")
+            summary = summary_of(inline)
+        models = sorted(m for m in (summary.get("models") or {}) if m)
+        if summary.get("unreadable") and call.key.budget_usd is not None:
+            raise GatewayError(400, "TokenSense could not read every line of the input file (a line over 8 MB), so "
+                               "it cannot reserve the job's cost against this key's budget.", code="invalid_request")
+        for model in models[1:]:
+            check_access(call.key, provider, model, model)
+        meta.summary = summary
+        meta.reserved = job_reservation(self.runtime.prices, provider, summary)
+        call.model = models[0] if models else None
+        call.requested_model = call.model
+        runtime = self.runtime
+        call.policed = await police(call, Target(provider, call.model or ""), prices=runtime.prices,
+                                    counters=runtime.counters, spent_since=runtime.spent_since, guard=runtime.guard,
+                                    reserve_usd=meta.reserved)
+        if call.policed.rate is not None:
+            flow.metadata[RATE] = call.policed.rate
+
+    # --- answers -------------------------------------------------------------------------------------
+
+    def responseheaders(self, flow: http.HTTPFlow) -> None:
+        call = get_call(flow)
+        response = flow.response
+        if call is None or response is None or META not in flow.metadata or not call.forwarded:
+            return
+        if call.route_endpoint in _STREAMED_ANSWERS and 200 <= response.status_code < 300:
+            response.stream = True  # result files pass through as they arrive, never buffered
+
+    async def response(self, flow: http.HTTPFlow) -> None:
+        call = get_call(flow)
+        meta: BatchCall | None = flow.metadata.get(META)
+        response = flow.response
+        if call is None or meta is None or response is None or not call.forwarded or call.key is None \
+                or response.stream:
+            return
+        if meta.scanner is not None and meta.scanner.too_large:
+            limit = flow.metadata.get(BODY_LIMIT) or 0
+            answer_error(flow, call.fmt, GatewayError(
+                413, f"The upload is larger than {limit / (1024 * 1024):g} MB, the most TokenSense accepts here "
+                "(TOKENSENSE_MAX_UPLOAD_MB).", code="request_too_large"))
+            return
+        if not 200 <= response.status_code < 300:
+            return
+        try:
+            answer = json.loads(response_body(response))
+        except (ValueError, UnicodeDecodeError):
+            return
+        endpoint = call.route_endpoint
+        try:
+            changed = await self._answered(call, meta, endpoint, answer)
+        except Exception:
+            log.exception("request %s: could not record the batch answer", call.request_id)
+            return
+        if changed is not None:
+            response.headers.pop("content-encoding", None)
+            response.content = json.dumps(changed).encode()
+
+    async def _answered(self, call: CallContext, meta: BatchCall, endpoint: Endpoint, answer: Any) -> Any | None:
+        """Record what the answer made (a file, a job); the answer to give instead (None: unchanged)."""
+        assert call.key is not None
+        api, provider = meta.api, meta.provider
+        if endpoint is Endpoint.FILES_UPLOAD:
+            file_id = api.file_id(answer)
+            if file_id is not None and meta.scanner is not None:
+                purpose = answer.get("purpose") if isinstance(answer, dict) else None
+                await self._db(store.remember_file, file_id=file_id, provider=provider.name, key_id=call.key.id,
+                               purpose=purpose if isinstance(purpose, str) else None, lines=meta.scanner.result())
+            return None
+        if endpoint is Endpoint.FILES_DELETE:
+            await self._db(store.forget_file, file_id=call.resource or "")
+            return None
+        if endpoint in (Endpoint.FILES_LIST, Endpoint.BATCHES_LIST):
+            if api.listed_ids(answer) is None:
+                return None
+            owned = await self._db(store.owned_ids, key_id=call.key.id)
+            return api.gateway_urls(api.keep_listed(answer, owned), meta.origin)
+        if endpoint is Endpoint.BATCHES_CREATE:
+            await self._follow(call, meta, answer)
+        elif endpoint in _JOB_ROUTES:
+            status = api.status(answer)
+            if status.files:
+                await self._db(store.note_job, job_id=call.resource or "", state=status.state, files=status.files)
+            if status.ended and self.follower is not None:
+                self.follower.wake()
+        rewritten = api.gateway_urls(answer, meta.origin)
+        return rewritten if rewritten is not answer else None
+
+    async def _follow(self, call: CallContext, meta: BatchCall, answer: Any) -> None:
+        """A job was made: follow it, and hold its reservation until its lines are booked."""
+        assert call.key is not None
+        job_id = meta.api.job_id(answer)
+        if job_id is None:
+            log.warning("request %s: the batch create answer names no job; it is not followed", call.request_id)
+            return
+        policed = call.policed
+        hold = policed.budget if policed is not None else None
+        attribution = call.attribution
+        job = BatchJob(id=job_id, provider=meta.provider.name, key_id=call.key.id, key_name=call.key.name,
+                       endpoint=_job_endpoint(answer, call), models=sorted(m for m in meta.summary.get("models", {}) if m),
+                       state=str(meta.api.status(answer).state or "created"), input_file_id=meta.input_file,
+                       workflow=attribution.get("workflow"), step=attribution.get("step"),
+                       execution_id=attribution.get("execution_id"), source=attribution.get("source"),
+                       project=attribution.get("project"),
+                       reserved_usd=hold.amount if hold is not None else meta.reserved,
+                       budget_window=hold.window if hold is not None else None)
+        if not await self._db(store.remember_job, job=job):
+            return
+        if hold is not None and policed is not None and self.runtime.counters is not None:
+            # The reservation outlives the create call: held as spent (and in the database's seed, `held_by_jobs`)
+            # until the lines are booked; the create call's own record settles nothing of it.
+            call.policed = replace(policed, budget=None)
+            spawn(self.runtime.counters.settle_budget(call.key.id, hold.window, hold.amount, hold.amount))
+        if self.follower is not None:
+            self.follower.wake()
+
+
+def _job_endpoint(answer: Any, call: CallContext) -> str:
+    """What the job's lines call: the answer's `endpoint` (OpenAI), else the create route's endpoint."""
+    if isinstance(answer, dict) and isinstance(answer.get("endpoint"), str):
+        return answer["endpoint"][:100]
+    return call.route_endpoint.value

@@ -1,0 +1,161 @@
+"""Batch jobs and files through the gateway, with the official SDKs as documented: owned per key, streamed uploads,
+each result line booked once at the batch price with the create call's attribution, the job's cost reserved."""
+
+from __future__ import annotations
+
+import io
+import json
+import sqlite3
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import openai
+import pytest
+
+from tests.conftest import FakeProvider, Gateway, start_gateway, stop
+from tokensense.core.usage import TokenUsage
+from tokensense.metering.pricing import PriceBook
+
+POLL = {"TOKENSENSE_BATCH_POLL_SECONDS": "0.3"}
+ATTRIBUTION = {"x-workflow-tag": "nightly-enrich", "x-step": "classify", "x-execution-id": "run-42",
+               "x-source": "cron", "x-project": "data"}
+
+
+def _jsonl(lines: list[dict]) -> io.BytesIO:
+    buffer = io.BytesIO(b"".join(json.dumps(line).encode() + b"\n" for line in lines))
+    buffer.name = "input.jsonl"
+    return buffer
+
+
+CHAT_LINES = [
+    {"custom_id": "first", "method": "POST", "url": "/v1/chat/completions",
+     "body": {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "Say hi to Ada"}], "max_tokens": 20}},
+    {"custom_id": "second", "method": "POST", "url": "/v1/chat/completions",
+     "body": {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "Count to three please"}],
+              "max_tokens": 40}},
+    {"custom_id": "broken", "method": "POST", "url": "/v1/chat/completions", "body": {"model": "gpt-4o-mini"}},
+]
+
+
+def openai_client(gateway: Gateway, key: str | None = None, **headers: str) -> openai.OpenAI:
+    return openai.OpenAI(base_url=f"{gateway.url}/v1", api_key=key or gateway.key, max_retries=0,
+                         default_headers=headers)
+
+
+def new_key(gateway: Gateway, name: str, *args: str) -> str:
+    return json.loads(gateway.cli("keys", "create", name, "--json", *args).stdout)["key"]
+
+
+def sdk_requests(fake: FakeProvider) -> list[dict]:
+    """What the fake received from the SDK through the gateway (not the follower's polls)."""
+    return [r for r in fake.requests() if "python-httpx" not in r["headers"].get("user-agent", "")]
+
+
+def jobs(gateway: Gateway) -> list[dict]:
+    conn = sqlite3.connect(gateway.db_path)
+    conn.row_factory = sqlite3.Row
+    try:
+        return [dict(r) for r in conn.execute("SELECT * FROM batch_jobs ORDER BY created_at")]
+    finally:
+        conn.close()
+
+
+def wait_booked(gateway: Gateway, job_id: str, timeout: float = 20.0) -> dict:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        for job in jobs(gateway):
+            if job["id"] == job_id and job["booked_at"] is not None:
+                return job
+        time.sleep(0.1)
+    raise AssertionError(f"job {job_id} was not booked: {jobs(gateway)}\n{gateway.log()[-3000:]}")
+
+
+@pytest.fixture
+def gw(tmp_path: Path, fake_provider: FakeProvider) -> Iterator[Gateway]:
+    gateway = start_gateway(tmp_path, fake_provider, extra_env=POLL)
+    yield gateway
+    stop(gateway.process)
+
+
+def _batch_cost(model: str, record: dict) -> float:
+    usage = TokenUsage(input_tokens=record["input_tokens"], output_tokens=record["output_tokens"],
+                       cached_input_tokens=record["cached_input_tokens"])
+    return PriceBook().cost("openai", model, usage) * 0.5  # type: ignore[operator]
+
+
+def test_openai_batch_is_booked_once_per_line_at_half_price_with_the_create_calls_attribution(
+        gw: Gateway, fake_provider: FakeProvider) -> None:
+    client = openai_client(gw, **ATTRIBUTION)
+    uploaded = client.files.create(file=_jsonl(CHAT_LINES), purpose="batch")
+    assert uploaded.id.startswith("file-") and uploaded.filename == "input.jsonl"
+    upstream = [r for r in fake_provider.requests() if r["path"].endswith("/v1/files")][-1]
+    assert "tsk_" not in json.dumps(upstream.get("headers", {}))
+    assert client.files.retrieve(uploaded.id).bytes == uploaded.bytes
+
+    job = client.batches.create(input_file_id=uploaded.id, endpoint="/v1/chat/completions", completion_window="24h")
+    booked = wait_booked(gw, job.id)
+    assert (booked["lines_booked"], booked["workflow"], booked["project"]) == (3, "nightly-enrich", "data")
+    assert booked["reserved_usd"] > 0
+
+    done = client.batches.retrieve(job.id)
+    assert done.status == "completed" and done.output_file_id
+    lines = [json.loads(line) for line in client.files.content(done.output_file_id).text.splitlines()]
+    assert [line["custom_id"] for line in lines] == ["first", "second"]
+    # The results fetched through the gateway and the next polls book nothing more.
+    time.sleep(1.0)
+    records = gw.records(endpoint="batch")
+    assert len(records) == 3
+    by_line = {json.loads(r["details"])["custom_id"]: r for r in records}
+    for line in lines:
+        record = by_line[line["custom_id"]]
+        usage = line["response"]["body"]["usage"]
+        assert (record["input_tokens"], record["output_tokens"]) == (usage["prompt_tokens"], usage["completion_tokens"])
+        assert record["cost_usd"] == pytest.approx(_batch_cost("gpt-4o-mini", record), abs=1e-6)
+        assert record["cost_usd"] > 0 and record["status"] == 200
+        assert (record["workflow"], record["step"], record["execution_id"], record["source"], record["project"]) == \
+            ("nightly-enrich", "classify", "run-42", "cron", "data")
+        assert record["key_name"] == "e2e" and record["provider"] == "openai" and record["model"] == "gpt-4o-mini"
+    failed = by_line["broken"]
+    assert failed["status"] == 400 and failed["cost_usd"] == 0 and failed["error"]
+    assert booked["booked_usd"] == pytest.approx(sum(r["cost_usd"] for r in records), abs=1e-9)
+    create = gw.records(endpoint="batches.create")
+    assert len(create) == 1 and create[0]["cost_usd"] == 0
+
+
+def test_another_key_gets_404_for_the_job_and_the_file_and_lists_only_its_own(gw: Gateway,
+                                                                             fake_provider: FakeProvider) -> None:
+    owner = openai_client(gw)
+    uploaded = owner.files.create(file=_jsonl(CHAT_LINES[:1]), purpose="batch")
+    job = owner.batches.create(input_file_id=uploaded.id, endpoint="/v1/chat/completions", completion_window="24h",
+                               extra_headers={"x-fake-batch-seconds": "3600"})
+    other = openai_client(gw, new_key(gw, "other"))
+    fake_provider.clear()
+    with pytest.raises(openai.NotFoundError):
+        other.batches.retrieve(job.id)
+    with pytest.raises(openai.NotFoundError):
+        other.batches.cancel(job.id)
+    with pytest.raises(openai.NotFoundError):
+        other.files.retrieve(uploaded.id)
+    with pytest.raises(openai.NotFoundError):
+        other.files.content(uploaded.id)
+    with pytest.raises(openai.NotFoundError):
+        other.batches.create(input_file_id=uploaded.id, endpoint="/v1/chat/completions", completion_window="24h")
+    assert sdk_requests(fake_provider) == []  # nothing forwarded
+    assert [b.id for b in other.batches.list()] == []
+    assert [f.id for f in other.files.list()] == []
+    assert [b.id for b in owner.batches.list()] == [job.id]
+    assert owner.batches.cancel(job.id).status == "cancelling"
+
+
+def test_a_budget_too_small_for_the_job_is_402_before_the_provider(gw: Gateway, fake_provider: FakeProvider) -> None:
+    key = new_key(gw, "tight", "--budget-usd", "0.0001")
+    client = openai_client(gw, key)
+    big = [{"custom_id": f"l{i}", "method": "POST", "url": "/v1/chat/completions",
+            "body": {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}]}} for i in range(5)]
+    uploaded = client.files.create(file=_jsonl(big), purpose="batch")
+    fake_provider.clear()
+    with pytest.raises(openai.APIStatusError) as refused:
+        client.batches.create(input_file_id=uploaded.id, endpoint="/v1/chat/completions", completion_window="24h")
+    assert refused.value.status_code == 402
+    assert not [r for r in sdk_requests(fake_provider) if r["path"].endswith("/v1/batches")]
