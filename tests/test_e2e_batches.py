@@ -6,6 +6,7 @@ from __future__ import annotations
 import io
 import json
 import sqlite3
+import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -159,3 +160,48 @@ def test_a_budget_too_small_for_the_job_is_402_before_the_provider(gw: Gateway, 
         client.batches.create(input_file_id=uploaded.id, endpoint="/v1/chat/completions", completion_window="24h")
     assert refused.value.status_code == 402
     assert not [r for r in sdk_requests(fake_provider) if r["path"].endswith("/v1/batches")]
+
+
+def restart(gateway: Gateway, tmp_path: Path) -> Gateway:
+    """The same home and environment, a new `tokensense serve` process (the old one stopped first)."""
+    from tests.conftest import BIN, free_port, wait_healthy
+
+    stop(gateway.process)
+    port = free_port()
+    log_path = tmp_path / f"gateway-{port}.log"
+    proc = subprocess.Popen([str(BIN / "tokensense"), "serve", "--port", str(port)], stdout=log_path.open("w"),
+                            stderr=subprocess.STDOUT, env=gateway.env, cwd=tmp_path)
+    url = f"http://127.0.0.1:{port}"
+    wait_healthy(f"{url}/health", proc, "the gateway")
+    return Gateway(url=url, home=gateway.home, env=gateway.env, process=proc, key=gateway.key, fake=gateway.fake,
+                   log_path=log_path)
+
+
+def test_a_restart_mid_job_books_each_line_once(tmp_path: Path, fake_provider: FakeProvider) -> None:
+    gateway = start_gateway(tmp_path, fake_provider, extra_env=POLL)
+    try:
+        client = openai_client(gateway, **ATTRIBUTION)
+        uploaded = client.files.create(file=_jsonl(CHAT_LINES), purpose="batch")
+        job = client.batches.create(input_file_id=uploaded.id, endpoint="/v1/chat/completions",
+                                    completion_window="24h", extra_headers={"x-fake-batch-seconds": "3"})
+        time.sleep(0.8)
+        assert [j["booked_at"] for j in jobs(gateway) if j["id"] == job.id] == [None]  # polled, still running
+        gateway = restart(gateway, tmp_path)
+        booked = wait_booked(gateway, job.id)
+        assert booked["lines_booked"] == 3
+        # The results fetched through the gateway, and a follower that books the job again (a crash between the
+        # records and the job's row, another instance): each line stays one record.
+        client = openai_client(gateway)
+        output = client.batches.retrieve(job.id).output_file_id
+        assert output and len(client.files.content(output).text.splitlines()) == 2
+        conn = sqlite3.connect(gateway.db_path)
+        conn.execute("UPDATE batch_jobs SET booked_at = NULL WHERE id = ?", (job.id,))
+        conn.commit()
+        conn.close()
+        again = wait_booked(gateway, job.id)
+        assert again["booked_usd"] == pytest.approx(booked["booked_usd"], abs=1e-12)
+        records = gateway.records(endpoint="batch")
+        assert len(records) == 3 and len({r["request_id"] for r in records}) == 3
+        assert {r["workflow"] for r in records} == {"nightly-enrich"}
+    finally:
+        stop(gateway.process)

@@ -212,6 +212,14 @@ class BatchFollower:
         if self._client is not None:
             await self._client.aclose()
             self._client = None
+        try:  # another process may take over at once (a restart, a rolling deploy)
+            await asyncio.to_thread(self._release)
+        except Exception as e:
+            log.warning("batch follower: could not release its lease: %s", type(e).__name__)
+
+    def _release(self) -> None:
+        with self._session() as session:
+            store.release_lease(session=session, name=LEASE, holder=self.holder)
 
     async def _run(self) -> None:
         while True:
