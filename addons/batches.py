@@ -109,9 +109,16 @@ class Batches:
 
     @staticmethod
     def _origin(flow: http.HTTPFlow) -> str:
+        """The gateway as this client reached it: a proxy in front says so (X-Forwarded-*), else the socket."""
         req = flow.request
-        host = req.headers.get("host") or f"{req.host}:{req.port}"
-        return f"{req.scheme}://{host}"
+        forwarded = req.headers.get("x-forwarded-host", "").split(",")[0].strip()
+        scheme = req.headers.get("x-forwarded-proto", "").split(",")[0].strip() or \
+            ("https" if flow.client_conn.tls_established else "http")
+        if forwarded:
+            return f"{scheme}://{forwarded}"
+        host, port = (flow.client_conn.sockname or ("127.0.0.1", 8080))[:2]
+        host = f"[{host}]" if ":" in str(host) else host
+        return f"{scheme}://{host}:{port}"
 
     # --- upload: every gate on the headers, the body streamed ----------------------------------------
 
@@ -295,7 +302,7 @@ class Batches:
         hold = policed.budget if policed is not None else None
         attribution = call.attribution
         job = BatchJob(id=job_id, provider=meta.provider.name, key_id=call.key.id, key_name=call.key.name,
-                       endpoint=_job_endpoint(answer, call), models=sorted(m for m in meta.summary.get("models", {}) if m),
+                       endpoint=_job_endpoint(answer, meta.api, call), models=sorted(m for m in meta.summary.get("models", {}) if m),
                        state=str(meta.api.status(answer).state or "created"), input_file_id=meta.input_file,
                        workflow=attribution.get("workflow"), step=attribution.get("step"),
                        execution_id=attribution.get("execution_id"), source=attribution.get("source"),
@@ -313,8 +320,8 @@ class Batches:
             self.follower.wake()
 
 
-def _job_endpoint(answer: Any, call: CallContext) -> str:
-    """What the job's lines call: the answer's `endpoint` (OpenAI), else the create route's endpoint."""
+def _job_endpoint(answer: Any, api: BatchApi, call: CallContext) -> str:
+    """What the job's lines call: the answer's `endpoint` (OpenAI), else the provider's one path for them."""
     if isinstance(answer, dict) and isinstance(answer.get("endpoint"), str):
         return answer["endpoint"][:100]
-    return call.route_endpoint.value
+    return api.lines_path or call.route_endpoint.value

@@ -11,6 +11,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import anthropic
 import openai
 import pytest
 
@@ -205,3 +206,57 @@ def test_a_restart_mid_job_books_each_line_once(tmp_path: Path, fake_provider: F
         assert {r["workflow"] for r in records} == {"nightly-enrich"}
     finally:
         stop(gateway.process)
+
+
+def anthropic_client(gateway: Gateway, key: str | None = None, **headers: str) -> anthropic.Anthropic:
+    return anthropic.Anthropic(base_url=gateway.url, api_key=key or gateway.key, max_retries=0,
+                               default_headers=headers)
+
+
+CLAUDE_REQUESTS = [
+    {"custom_id": "a", "params": {"model": "claude-sonnet-4-5", "max_tokens": 50,
+                                  "messages": [{"role": "user", "content": "Hello there"}]}},
+    {"custom_id": "b", "params": {"model": "claude-sonnet-4-5", "messages": [{"role": "user", "content": "x"}]}},
+]
+
+
+def test_anthropic_message_batch_booked_at_half_price_results_fetched_through_the_gateway(
+        gw: Gateway, fake_provider: FakeProvider) -> None:
+    client = anthropic_client(gw, **ATTRIBUTION)
+    job = client.messages.batches.create(requests=CLAUDE_REQUESTS)  # type: ignore[arg-type]
+    booked = wait_booked(gw, job.id)
+    assert booked["endpoint"] == "/v1/messages" and booked["lines_booked"] == 2
+    ended = client.messages.batches.retrieve(job.id)
+    assert ended.processing_status == "ended" and ended.results_url == f"{gw.url}/v1/messages/batches/{job.id}/results"
+    fake_provider.clear()
+    results = {r.custom_id: r.result for r in client.messages.batches.results(job.id)}
+    assert results["a"].type == "succeeded" and results["b"].type == "errored"
+    assert [r["path"] for r in sdk_requests(fake_provider)][-1].endswith(f"/v1/messages/batches/{job.id}/results")
+    assert all(r["headers"].get("x-api-key") == "sk-ant-stored-key" for r in sdk_requests(fake_provider))
+    records = {json.loads(r["details"])["custom_id"]: r for r in gw.records(endpoint="batch")}
+    assert set(records) == {"a", "b"}
+    message = results["a"].message  # type: ignore[union-attr]
+    ok = records["a"]
+    assert (ok["input_tokens"], ok["output_tokens"]) == (message.usage.input_tokens, message.usage.output_tokens)
+    standard = PriceBook().cost("anthropic", "claude-sonnet-4-5",
+                                TokenUsage(input_tokens=ok["input_tokens"], output_tokens=ok["output_tokens"]))
+    assert ok["cost_usd"] == pytest.approx(standard * 0.5, abs=1e-6) and ok["cost_usd"] > 0  # type: ignore[operator]
+    assert (ok["workflow"], ok["step"], ok["execution_id"]) == ("nightly-enrich", "classify", "run-42")
+    assert records["b"]["cost_usd"] == 0 and records["b"]["status"] == 400 and records["b"]["error"]
+
+    other = anthropic_client(gw, new_key(gw, "other"))
+    with pytest.raises(anthropic.NotFoundError):
+        other.messages.batches.retrieve(job.id)
+    with pytest.raises(anthropic.NotFoundError):
+        list(other.messages.batches.results(job.id))
+    assert [b.id for b in other.messages.batches.list()] == []
+    assert [b.id for b in client.messages.batches.list()] == [job.id]
+
+
+def test_anthropic_cancelled_lines_are_not_booked(gw: Gateway) -> None:
+    client = anthropic_client(gw, **{"x-fake-batch-seconds": "3600"})
+    job = client.messages.batches.create(requests=CLAUDE_REQUESTS[:1])  # type: ignore[arg-type]
+    assert client.messages.batches.cancel(job.id).processing_status == "canceling"
+    booked = wait_booked(gw, job.id)
+    assert booked["lines_booked"] == 0 and booked["booked_usd"] == 0 and booked["state"] == "ended"
+    assert gw.records(endpoint="batch") == []

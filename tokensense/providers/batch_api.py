@@ -53,8 +53,8 @@ class JobStatus(NamedTuple):
 class BatchApi(ABC):
     """A provider's batch jobs: the provider implements these; nothing here does I/O."""
 
-    # The endpoint of the records of this provider's batch lines' requests (for `batch_endpoint` in their details).
-    line_endpoint: Endpoint = Endpoint.BATCH
+    # The path every line of a job calls when the job's answer does not say (`batch_endpoint` of the records).
+    lines_path: str | None = None
 
     @abstractmethod
     def upstream_path(self, endpoint: Endpoint, resource: str | None, *, model: str | None = None,
