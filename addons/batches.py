@@ -34,7 +34,7 @@ from tokensense.gateway.policy import check_access
 from tokensense.gateway.runtime import Runtime
 from tokensense.gateway.stages.parse import read_json
 from tokensense.gateway.stages.police import Policed, Refused, Target, police, spawn
-from tokensense.providers import Provider, get_provider
+from tokensense.providers import PROVIDERS, Provider, get_provider
 from tokensense.providers.base import Upstream
 from tokensense.providers.batch_api import BatchApi
 from tokensense.storage import batches as store
@@ -166,8 +166,8 @@ class Batches:
         provider, api = self._provider(call)
         endpoint = call.route_endpoint
         resource = call.resource
-        call.provider = provider
-        meta = BatchCall(provider, api, self._origin(flow))
+        if endpoint is Endpoint.BATCHES_LIST:  # one path, several SDKs: the provider whose SDK asks
+            provider, api = _claimant(flow.request.headers, provider, api)
         if endpoint in _FILE_ROUTES:
             owner = await self._db(store.owned_file, file_id=resource or "", key_id=call.key.id)
             if owner is None:
@@ -176,8 +176,13 @@ class Batches:
             job = await self._db(store.owned_job, job_id=resource or "", key_id=call.key.id)
             if job is None:
                 raise _not_found("batch", resource or "")
+            owner_provider = get_provider(job.provider)
+            if owner_provider is not None and owner_provider.batch_api is not None:
+                provider, api = owner_provider, owner_provider.batch_api  # the job's provider, whoever shares the path
             call.model = job.models[0] if len(job.models) == 1 else None
-        elif endpoint is Endpoint.BATCHES_CREATE:
+        call.provider = provider
+        meta = BatchCall(provider, api, self._origin(flow))
+        if endpoint is Endpoint.BATCHES_CREATE:
             await self._create(flow, call, meta)
         credential = require_credential(self.runtime, provider)
         path = api.upstream_path(endpoint, resource, model=call.path_model, action=call.action)
@@ -318,6 +323,14 @@ class Batches:
             spawn(self.runtime.counters.settle_budget(call.key.id, hold.window, hold.amount, hold.amount))
         if self.follower is not None:
             self.follower.wake()
+
+
+def _claimant(headers: Any, provider: Provider, api: BatchApi) -> tuple[Provider, BatchApi]:
+    """The provider whose SDK sent these headers, among those with a batch API; else the route's."""
+    for other in PROVIDERS.values():
+        if other.batch_api is not None and other.batch_api.claims_headers(headers):
+            return other, other.batch_api
+    return provider, api
 
 
 def _job_endpoint(answer: Any, api: BatchApi, call: CallContext) -> str:

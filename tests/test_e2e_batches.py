@@ -14,6 +14,8 @@ from pathlib import Path
 import anthropic
 import openai
 import pytest
+from google import genai
+from google.genai import errors as genai_errors
 
 from tests.conftest import FakeProvider, Gateway, start_gateway, stop
 from tokensense.core.usage import TokenUsage
@@ -260,3 +262,40 @@ def test_anthropic_cancelled_lines_are_not_booked(gw: Gateway) -> None:
     booked = wait_booked(gw, job.id)
     assert booked["lines_booked"] == 0 and booked["booked_usd"] == 0 and booked["state"] == "ended"
     assert gw.records(endpoint="batch") == []
+
+
+def gemini_client(gateway: Gateway, key: str | None = None, **headers: str) -> genai.Client:
+    return genai.Client(api_key=key or gateway.key, http_options={"base_url": gateway.url, "headers": headers})
+
+
+GEMINI_REQUEST = {"contents": [{"role": "user", "parts": [{"text": "Tell me about batches"}]}],
+                  "config": {"max_output_tokens": 64}}
+
+
+def test_gemini_inline_batch_booked_at_half_price(gw: Gateway) -> None:
+    client = gemini_client(gw, **ATTRIBUTION)
+    job = client.batches.create(model="gemini-2.5-flash",
+                                src=[GEMINI_REQUEST, {"contents": "Second question here"}],  # type: ignore[list-item]
+                                config={"display_name": "nightly"})
+    assert job.name and job.name.startswith("batches/")
+    job_id = job.name.removeprefix("batches/")
+    booked = wait_booked(gw, job_id)
+    assert booked["lines_booked"] == 2 and booked["models"] == '["gemini-2.5-flash"]'
+    done = client.batches.get(name=job.name)
+    assert done.state and done.state.name == "JOB_STATE_SUCCEEDED"
+    answers = done.dest.inlined_responses  # type: ignore[union-attr]
+    records = gw.records(endpoint="batch")
+    assert len(records) == 2 and answers is not None
+    assert sorted(r["output_tokens"] for r in records) == \
+        sorted(a.response.usage_metadata.candidates_token_count for a in answers)  # type: ignore[union-attr]
+    for record in records:
+        standard = PriceBook().cost("google", "gemini-2.5-flash", TokenUsage(
+            input_tokens=record["input_tokens"], output_tokens=record["output_tokens"]))
+        assert record["cost_usd"] == pytest.approx(standard * 0.5, abs=1e-6) and record["cost_usd"] > 0  # type: ignore[operator]
+        assert (record["workflow"], record["project"], record["provider"]) == ("nightly-enrich", "data", "gemini")
+    other = gemini_client(gw, new_key(gw, "other"))
+    with pytest.raises(genai_errors.ClientError) as missing:
+        other.batches.get(name=job.name)
+    assert missing.value.code == 404
+    assert [j.name for j in other.batches.list()] == []
+    assert [j.name for j in client.batches.list()] == [job.name]

@@ -9,6 +9,8 @@ from tokensense.core.endpoints import Endpoint
 from tokensense.core.errors import ErrorShape, GatewayError
 from tokensense.core.usage import TokenUsage
 from tokensense.providers.base import MediaRoute, ProviderAdapter, StreamUsage, Translator, Upstream, model_segment
+from tokensense.providers.batch_api import BatchApi
+from tokensense.providers.gemini.batches import GEMINI_BATCHES, gemini_batch_routes
 from tokensense.providers.gemini.usage import usage_from_gemini
 from tokensense.providers.model_lists import ModelListShape
 from tokensense.providers.routes import ClientRoute, ErrorPath, error_path
@@ -98,7 +100,9 @@ class GeminiAdapter(ProviderAdapter):
     aliases: ClassVar[tuple[str, ...]] = ("google",)
     hosts: ClassVar[tuple[str, ...]] = ("generativelanguage.googleapis.com",)
     native: ClassVar[frozenset[Endpoint]] = frozenset({NATIVE})
-    client_routes: ClassVar[tuple[ClientRoute, ...]] = GEMINI_ROUTES
+    # Batch mode first: `models/{model}:batchGenerateContent` is not one of the synchronous route's actions.
+    client_routes: ClassVar[tuple[ClientRoute, ...]] = (*gemini_batch_routes(GOOGLE_ERRORS), *GEMINI_ROUTES)
+    batch_api: ClassVar[BatchApi | None] = GEMINI_BATCHES
     error_paths: ClassVar[tuple[ErrorPath, ...]] = (error_path(r"/v1beta/|/v1/models/.*:", GOOGLE_ERRORS),)
 
     # Largest output by model family (tokens), from the Gemini API's model pages.
