@@ -299,3 +299,20 @@ def test_gemini_inline_batch_booked_at_half_price(gw: Gateway) -> None:
     assert missing.value.code == 404
     assert [j.name for j in other.batches.list()] == []
     assert [j.name for j in client.batches.list()] == [job.name]
+
+
+def test_batches_command_lists_followed_jobs_and_prices_show_the_batch_rate(gw: Gateway) -> None:
+    client = openai_client(gw, **ATTRIBUTION)
+    uploaded = client.files.create(file=_jsonl(CHAT_LINES[:2]), purpose="batch")
+    job = client.batches.create(input_file_id=uploaded.id, endpoint="/v1/chat/completions", completion_window="24h")
+    booked = wait_booked(gw, job.id)
+    listed = json.loads(gw.cli("batches", "--json").stdout)
+    assert [(j["id"], j["provider"], j["lines_booked"], j["workflow"]) for j in listed] == \
+        [(job.id, "openai", 2, "nightly-enrich")]
+    text = gw.cli("batches").stdout
+    assert job.id in text and "booked" in text and f"${booked['booked_usd']:,.6f}" in text
+    groups = json.loads(gw.cli("usage", "--by", "endpoint,workflow", "--json").stdout)
+    batch = [g for g in groups if g["endpoint"] == "batch"]
+    assert len(batch) == 1 and batch[0]["requests"] == 2 and batch[0]["workflow"] == "nightly-enrich"
+    assert batch[0]["cost_usd"] == pytest.approx(booked["booked_usd"], abs=1e-9)
+    assert json.loads(gw.cli("prices", "gpt-4o-mini", "--json").stdout)["batch"] == "catalog batch rate"
