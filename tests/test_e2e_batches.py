@@ -316,3 +316,37 @@ def test_batches_command_lists_followed_jobs_and_prices_show_the_batch_rate(gw: 
     assert len(batch) == 1 and batch[0]["requests"] == 2 and batch[0]["workflow"] == "nightly-enrich"
     assert batch[0]["cost_usd"] == pytest.approx(booked["booked_usd"], abs=1e-9)
     assert json.loads(gw.cli("prices", "gpt-4o-mini", "--json").stdout)["batch"] == "catalog batch rate"
+
+
+def test_an_open_job_holds_its_reservation_across_a_restart_and_releases_it_when_booked(
+        tmp_path: Path, fake_provider: FakeProvider) -> None:
+    gateway = start_gateway(tmp_path, fake_provider, extra_env=POLL)
+    try:
+        probe = openai_client(gateway)
+        uploaded = probe.files.create(file=_jsonl(CHAT_LINES[:2]), purpose="batch")
+        sample = probe.batches.create(input_file_id=uploaded.id, endpoint="/v1/chat/completions",
+                                      completion_window="24h")
+        reserved = next(j["reserved_usd"] for j in jobs(gateway) if j["id"] == sample.id)
+        assert reserved > 0
+        key = new_key(gateway, "budgeted", "--budget-usd", f"{reserved * 1.5:.8f}")
+        client = openai_client(gateway, key)
+        mine = client.files.create(file=_jsonl(CHAT_LINES[:2]), purpose="batch")
+        slow = {"x-fake-batch-seconds": "3600"}
+        first = client.batches.create(input_file_id=mine.id, endpoint="/v1/chat/completions",
+                                      completion_window="24h", extra_headers=slow)
+        with pytest.raises(openai.APIStatusError) as refused:
+            client.batches.create(input_file_id=mine.id, endpoint="/v1/chat/completions", completion_window="24h")
+        assert refused.value.status_code == 402
+        gateway = restart(gateway, tmp_path)  # the hold is in the database: a new process starts from it
+        client = openai_client(gateway, key)
+        with pytest.raises(openai.APIStatusError) as again:
+            client.batches.create(input_file_id=mine.id, endpoint="/v1/chat/completions", completion_window="24h")
+        assert again.value.status_code == 402
+        client.batches.cancel(first.id)
+        assert wait_booked(gateway, first.id)["booked_usd"] == 0  # cancelled before it ran: nothing booked
+        second = client.batches.create(input_file_id=mine.id, endpoint="/v1/chat/completions",
+                                       completion_window="24h")
+        booked = wait_booked(gateway, second.id)
+        assert 0 < booked["booked_usd"] < booked["reserved_usd"]
+    finally:
+        stop(gateway.process)
