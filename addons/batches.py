@@ -44,8 +44,9 @@ log = logging.getLogger(__name__)
 
 META = "tokensense.batches"
 _FILE_ROUTES = frozenset({Endpoint.FILES_RETRIEVE, Endpoint.FILES_DELETE, Endpoint.FILES_CONTENT})
-_JOB_ROUTES = frozenset({Endpoint.BATCHES_RETRIEVE, Endpoint.BATCHES_CANCEL, Endpoint.BATCHES_RESULTS,
-                         Endpoint.BATCHES_DELETE})
+_JOB_ROUTES = frozenset(
+    {Endpoint.BATCHES_RETRIEVE, Endpoint.BATCHES_CANCEL, Endpoint.BATCHES_RESULTS, Endpoint.BATCHES_DELETE}
+)
 _STREAMED_ANSWERS = frozenset({Endpoint.FILES_CONTENT, Endpoint.BATCHES_RESULTS})
 
 
@@ -63,8 +64,9 @@ class BatchCall:
 
 
 def _not_found(what: str, ident: str) -> GatewayError:
-    return GatewayError(404, f"No {what} with id '{ident[:100]}' was made with this TokenSense key.",
-                        code="not_found", param="id")
+    return GatewayError(
+        404, f"No {what} with id '{ident[:100]}' was made with this TokenSense key.", code="not_found", param="id"
+    )
 
 
 class Batches:
@@ -95,8 +97,14 @@ class Batches:
     @staticmethod
     def _served(flow: http.HTTPFlow) -> CallContext | None:
         call = get_call(flow)
-        if flow.response or flow.error or call is None or call.key is None or call.intercepted \
-                or call.route_endpoint not in BATCH_ENDPOINTS:
+        if (
+            flow.response
+            or flow.error
+            or call is None
+            or call.key is None
+            or call.intercepted
+            or call.route_endpoint not in BATCH_ENDPOINTS
+        ):
             return None
         return call
 
@@ -112,8 +120,9 @@ class Batches:
         """The gateway as this client reached it: a proxy in front says so (X-Forwarded-*), else the socket."""
         req = flow.request
         forwarded = req.headers.get("x-forwarded-host", "").split(",")[0].strip()
-        scheme = req.headers.get("x-forwarded-proto", "").split(",")[0].strip() or \
-            ("https" if flow.client_conn.tls_established else "http")
+        scheme = req.headers.get("x-forwarded-proto", "").split(",")[0].strip() or (
+            "https" if flow.client_conn.tls_established else "http"
+        )
         if forwarded:
             return f"{scheme}://{forwarded}"
         host, port = (flow.client_conn.sockname or ("127.0.0.1", 8080))[:2]
@@ -131,8 +140,9 @@ class Batches:
             credential = require_credential(self.runtime, provider)
             origin = self._origin(flow)
             call.provider = provider
-            prepare_upstream(call, provider, credential,
-                             Upstream(call.route_endpoint, api.upstream_path(call.route_endpoint, None)))
+            prepare_upstream(
+                call, provider, credential, Upstream(call.route_endpoint, api.upstream_path(call.route_endpoint, None))
+            )
             call.policed = Policed(Target(provider, ""))  # an upload costs nothing; a job made from it is policed
             assert call.pending is not None
             apply_upstream(flow, call.pending)
@@ -212,8 +222,12 @@ class Batches:
             summary = summary_of(inline)
         models = sorted(m for m in (summary.get("models") or {}) if m)
         if summary.get("unreadable") and call.key.budget_usd is not None:
-            raise GatewayError(400, "TokenSense could not read every line of the input file (a line over 8 MB), so "
-                               "it cannot reserve the job's cost against this key's budget.", code="invalid_request")
+            raise GatewayError(
+                400,
+                "TokenSense could not read every line of the input file (a line over 8 MB), so "
+                "it cannot reserve the job's cost against this key's budget.",
+                code="invalid_request",
+            )
         for model in models[1:]:
             check_access(call.key, provider, model, model)
         meta.summary = summary
@@ -221,9 +235,15 @@ class Batches:
         call.model = models[0] if models else None
         call.requested_model = call.model
         runtime = self.runtime
-        call.policed = await police(call, Target(provider, call.model or ""), prices=runtime.prices,
-                                    counters=runtime.counters, spent_since=runtime.spent_since, guard=runtime.guard,
-                                    reserve_usd=meta.reserved)
+        call.policed = await police(
+            call,
+            Target(provider, call.model or ""),
+            prices=runtime.prices,
+            counters=runtime.counters,
+            spent_since=runtime.spent_since,
+            guard=runtime.guard,
+            reserve_usd=meta.reserved,
+        )
         if call.policed.rate is not None:
             flow.metadata[RATE] = call.policed.rate
 
@@ -241,14 +261,27 @@ class Batches:
         call = get_call(flow)
         meta: BatchCall | None = flow.metadata.get(META)
         response = flow.response
-        if call is None or meta is None or response is None or not call.forwarded or call.key is None \
-                or response.stream:
+        if (
+            call is None
+            or meta is None
+            or response is None
+            or not call.forwarded
+            or call.key is None
+            or response.stream
+        ):
             return
         if meta.scanner is not None and meta.scanner.too_large:
             limit = flow.metadata.get(BODY_LIMIT) or 0
-            answer_error(flow, call.fmt, GatewayError(
-                413, f"The upload is larger than {limit / (1024 * 1024):g} MB, the most TokenSense accepts here "
-                "(TOKENSENSE_MAX_UPLOAD_MB).", code="request_too_large"))
+            answer_error(
+                flow,
+                call.fmt,
+                GatewayError(
+                    413,
+                    f"The upload is larger than {limit / (1024 * 1024):g} MB, the most TokenSense accepts here "
+                    "(TOKENSENSE_MAX_UPLOAD_MB).",
+                    code="request_too_large",
+                ),
+            )
             return
         if not 200 <= response.status_code < 300:
             return
@@ -274,8 +307,14 @@ class Batches:
             file_id = api.file_id(answer)
             if file_id is not None and meta.scanner is not None:
                 purpose = answer.get("purpose") if isinstance(answer, dict) else None
-                await self._db(store.remember_file, file_id=file_id, provider=provider.name, key_id=call.key.id,
-                               purpose=purpose if isinstance(purpose, str) else None, lines=meta.scanner.result())
+                await self._db(
+                    store.remember_file,
+                    file_id=file_id,
+                    provider=provider.name,
+                    key_id=call.key.id,
+                    purpose=purpose if isinstance(purpose, str) else None,
+                    lines=meta.scanner.result(),
+                )
             return None
         if endpoint is Endpoint.FILES_DELETE:
             await self._db(store.forget_file, file_id=call.resource or "")
@@ -306,14 +345,23 @@ class Batches:
         policed = call.policed
         hold = policed.budget if policed is not None else None
         attribution = call.attribution
-        job = BatchJob(id=job_id, provider=meta.provider.name, key_id=call.key.id, key_name=call.key.name,
-                       endpoint=_job_endpoint(answer, meta.api, call), models=sorted(m for m in meta.summary.get("models", {}) if m),
-                       state=str(meta.api.status(answer).state or "created"), input_file_id=meta.input_file,
-                       workflow=attribution.get("workflow"), step=attribution.get("step"),
-                       execution_id=attribution.get("execution_id"), source=attribution.get("source"),
-                       project=attribution.get("project"),
-                       reserved_usd=hold.amount if hold is not None else meta.reserved,
-                       budget_window=hold.window if hold is not None else None)
+        job = BatchJob(
+            id=job_id,
+            provider=meta.provider.name,
+            key_id=call.key.id,
+            key_name=call.key.name,
+            endpoint=_job_endpoint(answer, meta.api, call),
+            models=sorted(m for m in meta.summary.get("models", {}) if m),
+            state=str(meta.api.status(answer).state or "created"),
+            input_file_id=meta.input_file,
+            workflow=attribution.get("workflow"),
+            step=attribution.get("step"),
+            execution_id=attribution.get("execution_id"),
+            source=attribution.get("source"),
+            project=attribution.get("project"),
+            reserved_usd=hold.amount if hold is not None else meta.reserved,
+            budget_window=hold.window if hold is not None else None,
+        )
         if not await self._db(store.remember_job, job=job):
             return
         if hold is not None and policed is not None and self.runtime.counters is not None:

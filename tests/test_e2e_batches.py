@@ -21,9 +21,14 @@ from tests.conftest import FakeProvider, Gateway, start_gateway, stop
 from tokensense.core.usage import TokenUsage
 from tokensense.metering.pricing import PriceBook
 
-POLL = {"TOKENSENSE_BATCH_POLL_SECONDS": "0.3"}
-ATTRIBUTION = {"x-workflow-tag": "nightly-enrich", "x-step": "classify", "x-execution-id": "run-42",
-               "x-source": "cron", "x-project": "data"}
+POLL: dict[str, str | None] = {"TOKENSENSE_BATCH_POLL_SECONDS": "0.3"}
+ATTRIBUTION = {
+    "x-workflow-tag": "nightly-enrich",
+    "x-step": "classify",
+    "x-execution-id": "run-42",
+    "x-source": "cron",
+    "x-project": "data",
+}
 
 
 def _jsonl(lines: list[dict]) -> io.BytesIO:
@@ -33,18 +38,30 @@ def _jsonl(lines: list[dict]) -> io.BytesIO:
 
 
 CHAT_LINES = [
-    {"custom_id": "first", "method": "POST", "url": "/v1/chat/completions",
-     "body": {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "Say hi to Ada"}], "max_tokens": 20}},
-    {"custom_id": "second", "method": "POST", "url": "/v1/chat/completions",
-     "body": {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "Count to three please"}],
-              "max_tokens": 40}},
+    {
+        "custom_id": "first",
+        "method": "POST",
+        "url": "/v1/chat/completions",
+        "body": {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "Say hi to Ada"}], "max_tokens": 20},
+    },
+    {
+        "custom_id": "second",
+        "method": "POST",
+        "url": "/v1/chat/completions",
+        "body": {
+            "model": "gpt-4o-mini",
+            "messages": [{"role": "user", "content": "Count to three please"}],
+            "max_tokens": 40,
+        },
+    },
     {"custom_id": "broken", "method": "POST", "url": "/v1/chat/completions", "body": {"model": "gpt-4o-mini"}},
 ]
 
 
 def openai_client(gateway: Gateway, key: str | None = None, **headers: str) -> openai.OpenAI:
-    return openai.OpenAI(base_url=f"{gateway.url}/v1", api_key=key or gateway.key, max_retries=0,
-                         default_headers=headers)
+    return openai.OpenAI(
+        base_url=f"{gateway.url}/v1", api_key=key or gateway.key, max_retries=0, default_headers=headers
+    )
 
 
 def new_key(gateway: Gateway, name: str, *args: str) -> str:
@@ -83,13 +100,17 @@ def gw(tmp_path: Path, fake_provider: FakeProvider) -> Iterator[Gateway]:
 
 
 def _batch_cost(model: str, record: dict) -> float:
-    usage = TokenUsage(input_tokens=record["input_tokens"], output_tokens=record["output_tokens"],
-                       cached_input_tokens=record["cached_input_tokens"])
+    usage = TokenUsage(
+        input_tokens=record["input_tokens"],
+        output_tokens=record["output_tokens"],
+        cached_input_tokens=record["cached_input_tokens"],
+    )
     return PriceBook().cost("openai", model, usage) * 0.5  # type: ignore[operator]
 
 
 def test_openai_batch_is_booked_once_per_line_at_half_price_with_the_create_calls_attribution(
-        gw: Gateway, fake_provider: FakeProvider) -> None:
+    gw: Gateway, fake_provider: FakeProvider
+) -> None:
     client = openai_client(gw, **ATTRIBUTION)
     uploaded = client.files.create(file=_jsonl(CHAT_LINES), purpose="batch")
     assert uploaded.id.startswith("file-") and uploaded.filename == "input.jsonl"
@@ -117,8 +138,13 @@ def test_openai_batch_is_booked_once_per_line_at_half_price_with_the_create_call
         assert (record["input_tokens"], record["output_tokens"]) == (usage["prompt_tokens"], usage["completion_tokens"])
         assert record["cost_usd"] == pytest.approx(_batch_cost("gpt-4o-mini", record), abs=1e-6)
         assert record["cost_usd"] > 0 and record["status"] == 200
-        assert (record["workflow"], record["step"], record["execution_id"], record["source"], record["project"]) == \
-            ("nightly-enrich", "classify", "run-42", "cron", "data")
+        assert (record["workflow"], record["step"], record["execution_id"], record["source"], record["project"]) == (
+            "nightly-enrich",
+            "classify",
+            "run-42",
+            "cron",
+            "data",
+        )
         assert record["key_name"] == "e2e" and record["provider"] == "openai" and record["model"] == "gpt-4o-mini"
     failed = by_line["broken"]
     assert failed["status"] == 400 and failed["cost_usd"] == 0 and failed["error"]
@@ -127,12 +153,17 @@ def test_openai_batch_is_booked_once_per_line_at_half_price_with_the_create_call
     assert len(create) == 1 and create[0]["cost_usd"] == 0
 
 
-def test_another_key_gets_404_for_the_job_and_the_file_and_lists_only_its_own(gw: Gateway,
-                                                                             fake_provider: FakeProvider) -> None:
+def test_another_key_gets_404_for_the_job_and_the_file_and_lists_only_its_own(
+    gw: Gateway, fake_provider: FakeProvider
+) -> None:
     owner = openai_client(gw)
     uploaded = owner.files.create(file=_jsonl(CHAT_LINES[:1]), purpose="batch")
-    job = owner.batches.create(input_file_id=uploaded.id, endpoint="/v1/chat/completions", completion_window="24h",
-                               extra_headers={"x-fake-batch-seconds": "3600"})
+    job = owner.batches.create(
+        input_file_id=uploaded.id,
+        endpoint="/v1/chat/completions",
+        completion_window="24h",
+        extra_headers={"x-fake-batch-seconds": "3600"},
+    )
     other = openai_client(gw, new_key(gw, "other"))
     fake_provider.clear()
     with pytest.raises(openai.NotFoundError):
@@ -155,8 +186,15 @@ def test_another_key_gets_404_for_the_job_and_the_file_and_lists_only_its_own(gw
 def test_a_budget_too_small_for_the_job_is_402_before_the_provider(gw: Gateway, fake_provider: FakeProvider) -> None:
     key = new_key(gw, "tight", "--budget-usd", "0.0001")
     client = openai_client(gw, key)
-    big = [{"custom_id": f"l{i}", "method": "POST", "url": "/v1/chat/completions",
-            "body": {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}]}} for i in range(5)]
+    big = [
+        {
+            "custom_id": f"l{i}",
+            "method": "POST",
+            "url": "/v1/chat/completions",
+            "body": {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}]},
+        }
+        for i in range(5)
+    ]
     uploaded = client.files.create(file=_jsonl(big), purpose="batch")
     fake_provider.clear()
     with pytest.raises(openai.APIStatusError) as refused:
@@ -172,12 +210,18 @@ def restart(gateway: Gateway, tmp_path: Path) -> Gateway:
     stop(gateway.process)
     port = free_port()
     log_path = tmp_path / f"gateway-{port}.log"
-    proc = subprocess.Popen([str(BIN / "tokensense"), "serve", "--port", str(port)], stdout=log_path.open("w"),
-                            stderr=subprocess.STDOUT, env=gateway.env, cwd=tmp_path)
+    proc = subprocess.Popen(
+        [str(BIN / "tokensense"), "serve", "--port", str(port)],
+        stdout=log_path.open("w"),
+        stderr=subprocess.STDOUT,
+        env=gateway.env,
+        cwd=tmp_path,
+    )
     url = f"http://127.0.0.1:{port}"
     wait_healthy(f"{url}/health", proc, "the gateway")
-    return Gateway(url=url, home=gateway.home, env=gateway.env, process=proc, key=gateway.key, fake=gateway.fake,
-                   log_path=log_path)
+    return Gateway(
+        url=url, home=gateway.home, env=gateway.env, process=proc, key=gateway.key, fake=gateway.fake, log_path=log_path
+    )
 
 
 def test_a_restart_mid_job_books_each_line_once(tmp_path: Path, fake_provider: FakeProvider) -> None:
@@ -185,8 +229,12 @@ def test_a_restart_mid_job_books_each_line_once(tmp_path: Path, fake_provider: F
     try:
         client = openai_client(gateway, **ATTRIBUTION)
         uploaded = client.files.create(file=_jsonl(CHAT_LINES), purpose="batch")
-        job = client.batches.create(input_file_id=uploaded.id, endpoint="/v1/chat/completions",
-                                    completion_window="24h", extra_headers={"x-fake-batch-seconds": "3"})
+        job = client.batches.create(
+            input_file_id=uploaded.id,
+            endpoint="/v1/chat/completions",
+            completion_window="24h",
+            extra_headers={"x-fake-batch-seconds": "3"},
+        )
         time.sleep(0.8)
         assert [j["booked_at"] for j in jobs(gateway) if j["id"] == job.id] == [None]  # polled, still running
         gateway = restart(gateway, tmp_path)
@@ -211,19 +259,25 @@ def test_a_restart_mid_job_books_each_line_once(tmp_path: Path, fake_provider: F
 
 
 def anthropic_client(gateway: Gateway, key: str | None = None, **headers: str) -> anthropic.Anthropic:
-    return anthropic.Anthropic(base_url=gateway.url, api_key=key or gateway.key, max_retries=0,
-                               default_headers=headers)
+    return anthropic.Anthropic(base_url=gateway.url, api_key=key or gateway.key, max_retries=0, default_headers=headers)
 
 
 CLAUDE_REQUESTS = [
-    {"custom_id": "a", "params": {"model": "claude-sonnet-4-5", "max_tokens": 50,
-                                  "messages": [{"role": "user", "content": "Hello there"}]}},
+    {
+        "custom_id": "a",
+        "params": {
+            "model": "claude-sonnet-4-5",
+            "max_tokens": 50,
+            "messages": [{"role": "user", "content": "Hello there"}],
+        },
+    },
     {"custom_id": "b", "params": {"model": "claude-sonnet-4-5", "messages": [{"role": "user", "content": "x"}]}},
 ]
 
 
 def test_anthropic_message_batch_booked_at_half_price_results_fetched_through_the_gateway(
-        gw: Gateway, fake_provider: FakeProvider) -> None:
+    gw: Gateway, fake_provider: FakeProvider
+) -> None:
     client = anthropic_client(gw, **ATTRIBUTION)
     job = client.messages.batches.create(requests=CLAUDE_REQUESTS)  # type: ignore[arg-type]
     booked = wait_booked(gw, job.id)
@@ -240,8 +294,9 @@ def test_anthropic_message_batch_booked_at_half_price_results_fetched_through_th
     message = results["a"].message  # type: ignore[union-attr]
     ok = records["a"]
     assert (ok["input_tokens"], ok["output_tokens"]) == (message.usage.input_tokens, message.usage.output_tokens)
-    standard = PriceBook().cost("anthropic", "claude-sonnet-4-5",
-                                TokenUsage(input_tokens=ok["input_tokens"], output_tokens=ok["output_tokens"]))
+    standard = PriceBook().cost(
+        "anthropic", "claude-sonnet-4-5", TokenUsage(input_tokens=ok["input_tokens"], output_tokens=ok["output_tokens"])
+    )
     assert ok["cost_usd"] == pytest.approx(standard * 0.5, abs=1e-6) and ok["cost_usd"] > 0  # type: ignore[operator]
     assert (ok["workflow"], ok["step"], ok["execution_id"]) == ("nightly-enrich", "classify", "run-42")
     assert records["b"]["cost_usd"] == 0 and records["b"]["status"] == 400 and records["b"]["error"]
@@ -268,15 +323,19 @@ def gemini_client(gateway: Gateway, key: str | None = None, **headers: str) -> g
     return genai.Client(api_key=key or gateway.key, http_options={"base_url": gateway.url, "headers": headers})
 
 
-GEMINI_REQUEST = {"contents": [{"role": "user", "parts": [{"text": "Tell me about batches"}]}],
-                  "config": {"max_output_tokens": 64}}
+GEMINI_REQUEST = {
+    "contents": [{"role": "user", "parts": [{"text": "Tell me about batches"}]}],
+    "config": {"max_output_tokens": 64},
+}
 
 
 def test_gemini_inline_batch_booked_at_half_price(gw: Gateway) -> None:
     client = gemini_client(gw, **ATTRIBUTION)
-    job = client.batches.create(model="gemini-2.5-flash",
-                                src=[GEMINI_REQUEST, {"contents": "Second question here"}],  # type: ignore[list-item]
-                                config={"display_name": "nightly"})
+    job = client.batches.create(
+        model="gemini-2.5-flash",
+        src=[GEMINI_REQUEST, {"contents": "Second question here"}],  # type: ignore[arg-type]
+        config={"display_name": "nightly"},
+    )
     assert job.name and job.name.startswith("batches/")
     job_id = job.name.removeprefix("batches/")
     booked = wait_booked(gw, job_id)
@@ -286,11 +345,14 @@ def test_gemini_inline_batch_booked_at_half_price(gw: Gateway) -> None:
     answers = done.dest.inlined_responses  # type: ignore[union-attr]
     records = gw.records(endpoint="batch")
     assert len(records) == 2 and answers is not None
-    assert sorted(r["output_tokens"] for r in records) == \
-        sorted(a.response.usage_metadata.candidates_token_count for a in answers)  # type: ignore[union-attr]
+    written = [a.response.usage_metadata.candidates_token_count for a in answers]  # type: ignore[union-attr]
+    assert sorted(r["output_tokens"] for r in records) == sorted(written)  # type: ignore[type-var]
     for record in records:
-        standard = PriceBook().cost("google", "gemini-2.5-flash", TokenUsage(
-            input_tokens=record["input_tokens"], output_tokens=record["output_tokens"]))
+        standard = PriceBook().cost(
+            "google",
+            "gemini-2.5-flash",
+            TokenUsage(input_tokens=record["input_tokens"], output_tokens=record["output_tokens"]),
+        )
         assert record["cost_usd"] == pytest.approx(standard * 0.5, abs=1e-6) and record["cost_usd"] > 0  # type: ignore[operator]
         assert (record["workflow"], record["project"], record["provider"]) == ("nightly-enrich", "data", "gemini")
     other = gemini_client(gw, new_key(gw, "other"))
@@ -307,8 +369,9 @@ def test_batches_command_lists_followed_jobs_and_prices_show_the_batch_rate(gw: 
     job = client.batches.create(input_file_id=uploaded.id, endpoint="/v1/chat/completions", completion_window="24h")
     booked = wait_booked(gw, job.id)
     listed = json.loads(gw.cli("batches", "--json").stdout)
-    assert [(j["id"], j["provider"], j["lines_booked"], j["workflow"]) for j in listed] == \
-        [(job.id, "openai", 2, "nightly-enrich")]
+    assert [(j["id"], j["provider"], j["lines_booked"], j["workflow"]) for j in listed] == [
+        (job.id, "openai", 2, "nightly-enrich")
+    ]
     text = gw.cli("batches").stdout
     assert job.id in text and "booked" in text and f"${booked['booked_usd']:,.6f}" in text
     groups = json.loads(gw.cli("usage", "--by", "endpoint,workflow", "--json").stdout)
@@ -319,21 +382,24 @@ def test_batches_command_lists_followed_jobs_and_prices_show_the_batch_rate(gw: 
 
 
 def test_an_open_job_holds_its_reservation_across_a_restart_and_releases_it_when_booked(
-        tmp_path: Path, fake_provider: FakeProvider) -> None:
+    tmp_path: Path, fake_provider: FakeProvider
+) -> None:
     gateway = start_gateway(tmp_path, fake_provider, extra_env=POLL)
     try:
         probe = openai_client(gateway)
         uploaded = probe.files.create(file=_jsonl(CHAT_LINES[:2]), purpose="batch")
-        sample = probe.batches.create(input_file_id=uploaded.id, endpoint="/v1/chat/completions",
-                                      completion_window="24h")
+        sample = probe.batches.create(
+            input_file_id=uploaded.id, endpoint="/v1/chat/completions", completion_window="24h"
+        )
         reserved = next(j["reserved_usd"] for j in jobs(gateway) if j["id"] == sample.id)
         assert reserved > 0
         key = new_key(gateway, "budgeted", "--budget-usd", f"{reserved * 1.5:.8f}")
         client = openai_client(gateway, key)
         mine = client.files.create(file=_jsonl(CHAT_LINES[:2]), purpose="batch")
         slow = {"x-fake-batch-seconds": "3600"}
-        first = client.batches.create(input_file_id=mine.id, endpoint="/v1/chat/completions",
-                                      completion_window="24h", extra_headers=slow)
+        first = client.batches.create(
+            input_file_id=mine.id, endpoint="/v1/chat/completions", completion_window="24h", extra_headers=slow
+        )
         with pytest.raises(openai.APIStatusError) as refused:
             client.batches.create(input_file_id=mine.id, endpoint="/v1/chat/completions", completion_window="24h")
         assert refused.value.status_code == 402
@@ -344,8 +410,7 @@ def test_an_open_job_holds_its_reservation_across_a_restart_and_releases_it_when
         assert again.value.status_code == 402
         client.batches.cancel(first.id)
         assert wait_booked(gateway, first.id)["booked_usd"] == 0  # cancelled before it ran: nothing booked
-        second = client.batches.create(input_file_id=mine.id, endpoint="/v1/chat/completions",
-                                       completion_window="24h")
+        second = client.batches.create(input_file_id=mine.id, endpoint="/v1/chat/completions", completion_window="24h")
         booked = wait_booked(gateway, second.id)
         assert 0 < booked["booked_usd"] < booked["reserved_usd"]
     finally:

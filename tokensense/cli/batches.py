@@ -29,26 +29,39 @@ def _cmd_batches(args: argparse.Namespace) -> int:
     table = []
     for job in rows:
         booked = job.booked_at is not None
-        table.append([
-            job.provider, job.id, job.state, "booked" if booked else "followed",
-            str(job.lines_booked) if booked else "-",
-            money(job.booked_usd, 6) if booked else "-",
-            "-" if booked else money(job.reserved_usd, 6),
-            cell(job.workflow), cell(job.key_name), format_time(job.created_at),
-        ])
-    print_table(["provider", "job", "state", "tokensense", "lines", "booked", "held", "workflow", "key", "created"],
-                table, right=["lines", "booked", "held"])
+        table.append(
+            [
+                job.provider,
+                job.id,
+                job.state,
+                "booked" if booked else "followed",
+                str(job.lines_booked) if booked else "-",
+                money(job.booked_usd, 6) if booked else "-",
+                "-" if booked else money(job.reserved_usd, 6),
+                cell(job.workflow),
+                cell(job.key_name),
+                format_time(job.created_at),
+            ]
+        )
+    print_table(
+        ["provider", "job", "state", "tokensense", "lines", "booked", "held", "workflow", "key", "created"],
+        table,
+        right=["lines", "booked", "held"],
+    )
     errors = [job for job in rows if job.error and job.booked_at is None]
     for job in errors:
         print(f"{job.id}: {job.error}")
     return 0
 
 
-def add_batches_parser(commands: argparse._SubParsersAction, database: argparse.ArgumentParser,
-                       as_json: argparse.ArgumentParser) -> None:
+def add_batches_parser(
+    commands: argparse._SubParsersAction, database: argparse.ArgumentParser, as_json: argparse.ArgumentParser
+) -> None:
     """Register `batches`."""
     batches = commands.add_parser(
-        "batches", parents=[database, as_json], help="batch jobs the gateway follows, their state and booked cost",
+        "batches",
+        parents=[database, as_json],
+        help="batch jobs the gateway follows, their state and booked cost",
         formatter_class=FORMATTER,
         description="Batch jobs created through TokenSense, newest first: the provider's state, whether their "
         "lines are booked (one usage record per line, endpoint `batch`, at the batch price), what they cost, "

@@ -59,8 +59,9 @@ RECORDS_PER_WRITE = 500
 def add_line(summary: dict[str, Any], line: LineRequest) -> None:
     """Add one request's largest usage to a file's sum (`{"lines": n, "models": {model: {...}}}`)."""
     model = line.model or ""
-    usage = reservation_usage(line.body, max_output_tokens=None, model_max_output=model_max_output(model),
-                              generates=line.generates)
+    usage = reservation_usage(
+        line.body, max_output_tokens=None, model_max_output=model_max_output(model), generates=line.generates
+    )
     entry = summary.setdefault("models", {}).setdefault(model, {"lines": 0, "input_tokens": 0, "output_tokens": 0})
     entry["lines"] += 1
     entry["input_tokens"] += usage.input_tokens
@@ -142,7 +143,9 @@ def job_reservation(prices: PriceBook, provider: Provider, summary: dict[str, An
     for model, entry in (summary.get("models") or {}).items():
         if not model:
             continue
-        usage = TokenUsage(input_tokens=int(entry.get("input_tokens", 0)), output_tokens=int(entry.get("output_tokens", 0)))
+        usage = TokenUsage(
+            input_tokens=int(entry.get("input_tokens", 0)), output_tokens=int(entry.get("output_tokens", 0))
+        )
         total += batch_token_cost(prices, provider.prices_id, provider.catalog_model(model), usage)
     return round(total, 10)
 
@@ -156,8 +159,7 @@ def line_request_id(job_id: str, line_key: str) -> str:
     return f"batch-{digest}"
 
 
-def line_record(prices: PriceBook, provider: Provider, job: BatchJob, line: ResultLine,
-                now: datetime) -> UsageCreate:
+def line_record(prices: PriceBook, provider: Provider, job: BatchJob, line: ResultLine, now: datetime) -> UsageCreate:
     """The usage record of one result line: its usage at the batch price, the create call's key and attribution."""
     usage = line.usage or TokenUsage()
     model = line.model or (job.models[0] if len(job.models) == 1 else None)
@@ -172,13 +174,28 @@ def line_record(prices: PriceBook, provider: Provider, job: BatchJob, line: Resu
     if source:
         details["price"] = source
     return UsageCreate(
-        request_id=line_request_id(job.id, line.key), attempt=1, key_id=job.key_id, key_name=job.key_name,
-        provider=provider.name, model=clean_text(model, MAX_NAME), endpoint=Endpoint.BATCH.value, status=line.status,
-        error=clean_text(line.error, MAX_ERROR), input_tokens=usage.input_tokens, output_tokens=usage.output_tokens,
-        cached_input_tokens=usage.cached_input_tokens, cache_write_tokens=usage.cache_write_tokens,
-        reasoning_tokens=usage.reasoning_tokens, cost_usd=cost, details=details, created_at=now,
-        **{name: clean_text(getattr(job, name), MAX_ATTRIBUTE)
-           for name in ("workflow", "step", "execution_id", "source", "project")},
+        request_id=line_request_id(job.id, line.key),
+        attempt=1,
+        key_id=job.key_id,
+        key_name=job.key_name,
+        provider=provider.name,
+        model=clean_text(model, MAX_NAME),
+        endpoint=Endpoint.BATCH.value,
+        status=line.status,
+        error=clean_text(line.error, MAX_ERROR),
+        input_tokens=usage.input_tokens,
+        output_tokens=usage.output_tokens,
+        cached_input_tokens=usage.cached_input_tokens,
+        cache_write_tokens=usage.cache_write_tokens,
+        reasoning_tokens=usage.reasoning_tokens,
+        cost_usd=cost,
+        details=details,
+        created_at=now,
+        workflow=clean_text(job.workflow, MAX_ATTRIBUTE),
+        step=clean_text(job.step, MAX_ATTRIBUTE),
+        execution_id=clean_text(job.execution_id, MAX_ATTRIBUTE),
+        source=clean_text(job.source, MAX_ATTRIBUTE),
+        project=clean_text(job.project, MAX_ATTRIBUTE),
     )
 
 
@@ -240,8 +257,9 @@ class BatchFollower:
 
     def _lease(self) -> bool:
         with self._session() as session:
-            return store.take_lease(session=session, name=LEASE, holder=self.holder,
-                                    seconds=max(3 * self.interval, 30.0), now=time.time())
+            return store.take_lease(
+                session=session, name=LEASE, holder=self.holder, seconds=max(3 * self.interval, 30.0), now=time.time()
+            )
 
     def _open_jobs(self) -> list[BatchJob]:
         with self._session() as session:
@@ -278,8 +296,9 @@ class BatchFollower:
         api = provider.batch_api if provider is not None else None
         keys = self.runtime.keys
         if provider is None or api is None or keys is None:
-            await asyncio.to_thread(self._note, job.id, error=f"no provider `{job.provider}` serves batch jobs",
-                                    polled=True)
+            await asyncio.to_thread(
+                self._note, job.id, error=f"no provider `{job.provider}` serves batch jobs", polled=True
+            )
             return 0
         credential = keys.credential(provider.name)
         headers = {**provider.default_headers(), **provider.auth_headers(credential.api_key or "")}
@@ -290,8 +309,9 @@ class BatchFollower:
             await asyncio.to_thread(self._book, provider, job, "not_found", [])
             return 1
         if answer.status_code != 200:
-            await asyncio.to_thread(self._note, job.id, error=f"the provider answered {answer.status_code}",
-                                    polled=True)
+            await asyncio.to_thread(
+                self._note, job.id, error=f"the provider answered {answer.status_code}", polled=True
+            )
             return 0
         status = api.status(answer.json())
         if not status.ended:
@@ -329,7 +349,7 @@ class BatchFollower:
         records = [line_record(self.runtime.prices, provider, job, line, now) for line in lines if line.booked]
         for start in range(0, len(records), RECORDS_PER_WRITE):
             with self._session() as session:
-                record_usages(session=session, usages=records[start:start + RECORDS_PER_WRITE])
+                record_usages(session=session, usages=records[start : start + RECORDS_PER_WRITE])
         cost = sum(r.cost_usd or 0.0 for r in records)
         with self._session() as session:
             booked = store.mark_booked(session=session, job_id=job.id, state=state, lines=len(records), cost=cost)
@@ -358,5 +378,12 @@ class BatchFollower:
             log.warning("batch job %s: could not settle its budget hold: %s", job.id, type(e).__name__)
 
 
-__all__ = ["BatchFollower", "InputScanner", "add_line", "job_reservation", "line_record", "line_request_id",
-           "summary_of"]
+__all__ = [
+    "BatchFollower",
+    "InputScanner",
+    "add_line",
+    "job_reservation",
+    "line_record",
+    "line_request_id",
+    "summary_of",
+]

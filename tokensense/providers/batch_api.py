@@ -21,6 +21,15 @@ if TYPE_CHECKING:
     from tokensense.providers.base import Provider
 
 
+def as_dict(value: Any) -> dict[str, Any]:
+    """`value` when it is a JSON object, else an empty one (reading answers of any shape)."""
+    return value if isinstance(value, dict) else {}
+
+
+def as_str(value: Any) -> str | None:
+    return value if isinstance(value, str) else None
+
+
 class LineRequest(NamedTuple):
     """One request of a job (an input file's line, or an inline request): what its reservation needs."""
 
@@ -57,8 +66,9 @@ class BatchApi(ABC):
     lines_path: str | None = None
 
     @abstractmethod
-    def upstream_path(self, endpoint: Endpoint, resource: str | None, *, model: str | None = None,
-                      action: str | None = None) -> str:
+    def upstream_path(
+        self, endpoint: Endpoint, resource: str | None, *, model: str | None = None, action: str | None = None
+    ) -> str:
         """The provider's path of a batch or file call (`resource`: the job or file id, validated)."""
 
     @abstractmethod
@@ -110,4 +120,4 @@ class BatchApi(ABC):
         return answer
 
 
-__all__ = ["BatchApi", "JobStatus", "LineRequest", "ResultLine"]
+__all__ = ["BatchApi", "JobStatus", "LineRequest", "ResultLine", "as_dict", "as_str"]

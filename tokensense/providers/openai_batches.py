@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING, Any
 from tokensense.core.endpoints import Endpoint
 from tokensense.core.errors import ErrorShape
 from tokensense.core.paths import path_segment
-from tokensense.providers.batch_api import BatchApi, JobStatus, LineRequest, ResultLine
+from tokensense.providers.batch_api import BatchApi, JobStatus, LineRequest, ResultLine, as_dict, as_str
 from tokensense.providers.routes import ClientRoute
 
 if TYPE_CHECKING:
@@ -25,8 +25,9 @@ def openai_batch_routes(errors: ErrorShape) -> tuple[ClientRoute, ...]:
     """`/v1/files` and `/v1/batches`: the call goes to the provider that lists these routes (names_provider)."""
 
     def route(methods: tuple[str, ...], pattern: str, endpoint: Endpoint) -> ClientRoute:
-        return ClientRoute(methods, pattern, endpoint, errors, model_in_body=False, body_streams=False,
-                           names_provider=True)
+        return ClientRoute(
+            methods, pattern, endpoint, errors, model_in_body=False, body_streams=False, names_provider=True
+        )
 
     return (
         route(("POST",), r"/v1/files", Endpoint.FILES_UPLOAD),
@@ -42,16 +43,21 @@ def openai_batch_routes(errors: ErrorShape) -> tuple[ClientRoute, ...]:
 
 
 _PATHS = {
-    Endpoint.FILES_UPLOAD: "/v1/files", Endpoint.FILES_LIST: "/v1/files", Endpoint.FILES_RETRIEVE: "/v1/files/{id}",
-    Endpoint.FILES_DELETE: "/v1/files/{id}", Endpoint.FILES_CONTENT: "/v1/files/{id}/content",
-    Endpoint.BATCHES_CREATE: "/v1/batches", Endpoint.BATCHES_LIST: "/v1/batches",
-    Endpoint.BATCHES_RETRIEVE: "/v1/batches/{id}", Endpoint.BATCHES_CANCEL: "/v1/batches/{id}/cancel",
+    Endpoint.FILES_UPLOAD: "/v1/files",
+    Endpoint.FILES_LIST: "/v1/files",
+    Endpoint.FILES_RETRIEVE: "/v1/files/{id}",
+    Endpoint.FILES_DELETE: "/v1/files/{id}",
+    Endpoint.FILES_CONTENT: "/v1/files/{id}/content",
+    Endpoint.BATCHES_CREATE: "/v1/batches",
+    Endpoint.BATCHES_LIST: "/v1/batches",
+    Endpoint.BATCHES_RETRIEVE: "/v1/batches/{id}",
+    Endpoint.BATCHES_CANCEL: "/v1/batches/{id}/cancel",
 }
 
 
 def _error_text(error: Any) -> str | None:
     if isinstance(error, dict):
-        inner = error.get("error") if isinstance(error.get("error"), dict) else error
+        inner = as_dict(error.get("error")) or error
         message = inner.get("message")
         code = inner.get("code")
         if isinstance(message, str):
@@ -63,8 +69,9 @@ class OpenAIBatchApi(BatchApi):
     """Jobs read from an uploaded JSONL file (`custom_id`, `method`, `url`, `body`); results in output and
     error files (`custom_id`, `response: {status_code, body}`, `error`)."""
 
-    def upstream_path(self, endpoint: Endpoint, resource: str | None, *, model: str | None = None,
-                      action: str | None = None) -> str:
+    def upstream_path(
+        self, endpoint: Endpoint, resource: str | None, *, model: str | None = None, action: str | None = None
+    ) -> str:
         template = _PATHS[endpoint]
         if "{id}" in template:
             return template.format(id=path_segment(resource or "", what="id"))
@@ -89,8 +96,11 @@ class OpenAIBatchApi(BatchApi):
 
     def status(self, answer: Any) -> JobStatus:
         state = str(answer.get("status") or "") if isinstance(answer, dict) else ""
-        files = tuple(f for f in (answer.get("output_file_id"), answer.get("error_file_id"))
-                      if isinstance(f, str)) if isinstance(answer, dict) else ()
+        files = (
+            tuple(f for f in (answer.get("output_file_id"), answer.get("error_file_id")) if isinstance(f, str))
+            if isinstance(answer, dict)
+            else ()
+        )
         ended = state in ENDED
         paths = tuple(f"/v1/files/{path_segment(f, what='id')}/content" for f in files) if ended else ()
         return JobStatus(state, ended, paths, files)
@@ -102,18 +112,19 @@ class OpenAIBatchApi(BatchApi):
         if not isinstance(body, dict):
             return None
         model = body.get("model")
-        return LineRequest(model if isinstance(model, str) else None, body,
-                           generates=line.get("url") not in NO_OUTPUT_URLS)
+        return LineRequest(
+            model if isinstance(model, str) else None, body, generates=line.get("url") not in NO_OUTPUT_URLS
+        )
 
     def result_line(self, provider: Provider, line: Any, index: int) -> ResultLine | None:
         if not isinstance(line, dict):
             return None
-        key = line.get("custom_id") if isinstance(line.get("custom_id"), str) else f"#{index}"
-        response = line.get("response") if isinstance(line.get("response"), dict) else None
-        body = response.get("body") if response is not None else None
-        status = response.get("status_code") if response is not None else None
-        status = status if isinstance(status, int) else 400
-        model = body.get("model") if isinstance(body, dict) and isinstance(body.get("model"), str) else None
+        key = as_str(line.get("custom_id")) or f"#{index}"
+        response = as_dict(line.get("response"))
+        body = response.get("body")
+        code = response.get("status_code")
+        status = code if isinstance(code, int) else 400
+        model = as_str(as_dict(body).get("model"))
         if status == 200 and isinstance(body, dict):
             return ResultLine(key, model, 200, provider.usage_from_body(body))
         error = _error_text(line.get("error")) or _error_text(body) or f"status {status}"
@@ -126,8 +137,12 @@ class OpenAIBatchApi(BatchApi):
 
     def keep_listed(self, answer: Any, keep: set[str]) -> Any:
         data = [item for item in answer.get("data", []) if isinstance(item, dict) and item.get("id") in keep]
-        return {**answer, "data": data, "first_id": data[0]["id"] if data else None,
-                "last_id": data[-1]["id"] if data else None}
+        return {
+            **answer,
+            "data": data,
+            "first_id": data[0]["id"] if data else None,
+            "last_id": data[-1]["id"] if data else None,
+        }
 
 
 OPENAI_BATCHES = OpenAIBatchApi()

@@ -25,13 +25,15 @@ def _now() -> datetime:
     return datetime.now(UTC)
 
 
-def remember_file(*, session: Session, file_id: str, provider: str, key_id: str | None, purpose: str | None,
-                  lines: dict | None) -> None:
+def remember_file(
+    *, session: Session, file_id: str, provider: str, key_id: str | None, purpose: str | None, lines: dict | None
+) -> None:
     """Record the owner of an uploaded file (the first owner keeps it)."""
     if session.get(BatchFile, file_id) is not None:
         return
-    session.add(BatchFile(id=file_id, provider=provider, key_id=key_id, purpose=purpose, lines=lines,
-                          created_at=_now()))
+    session.add(
+        BatchFile(id=file_id, provider=provider, key_id=key_id, purpose=purpose, lines=lines, created_at=_now())
+    )
     session.commit()
 
 
@@ -40,8 +42,9 @@ def owned_file(*, session: Session, file_id: str, key_id: str | None) -> BatchFi
     row = session.get(BatchFile, file_id)
     if row is not None:
         return row if row.key_id == key_id else None
-    for job in session.exec(select(BatchJob).where(col(BatchJob.key_id) == key_id)
-                            .order_by(col(BatchJob.created_at).desc()).limit(1000)):
+    for job in session.exec(
+        select(BatchJob).where(col(BatchJob.key_id) == key_id).order_by(col(BatchJob.created_at).desc()).limit(1000)
+    ):
         if file_id in (job.files or []):
             return job
     return None
@@ -81,8 +84,15 @@ def owned_job(*, session: Session, job_id: str, key_id: str | None) -> BatchJob 
     return row if row is not None and row.key_id == key_id else None
 
 
-def note_job(*, session: Session, job_id: str, state: str | None = None, files: Iterable[str] = (),
-             error: str | None = None, polled: bool = False) -> None:
+def note_job(
+    *,
+    session: Session,
+    job_id: str,
+    state: str | None = None,
+    files: Iterable[str] = (),
+    error: str | None = None,
+    polled: bool = False,
+) -> None:
     """Update what the provider last said of a job (its state, the files it wrote), or why booking failed."""
     row = session.get(BatchJob, job_id)
     if row is None:
@@ -108,9 +118,11 @@ def open_jobs(*, session: Session, limit: int = 100) -> list[BatchJob]:
 
 def mark_booked(*, session: Session, job_id: str, state: str, lines: int, cost: float) -> bool:
     """The job's lines are all recorded: it stops holding its reservation. False if it was booked already."""
-    result = session.exec(update(BatchJob).where(col(BatchJob.id) == job_id, col(BatchJob.booked_at).is_(None))  # type: ignore[call-overload]
-                          .values(state=state, lines_booked=lines, booked_usd=round(cost, 10), booked_at=_now(),
-                                  error=None))
+    result = session.exec(
+        update(BatchJob)
+        .where(col(BatchJob.id) == job_id, col(BatchJob.booked_at).is_(None))  # type: ignore[call-overload]
+        .values(state=state, lines_booked=lines, booked_usd=round(cost, 10), booked_at=_now(), error=None)
+    )
     session.commit()
     return bool(result.rowcount)
 
@@ -122,12 +134,15 @@ def list_jobs(*, session: Session, limit: int = 100) -> list[BatchJob]:
 def held_by_jobs(*, session: Session, key_id: str, since: datetime | None) -> float:
     """What the key's jobs not booked yet hold of its budget (their reservations), made since `since`."""
     statement = select(func.coalesce(func.sum(BatchJob.reserved_usd), 0.0)).where(
-        col(BatchJob.key_id) == key_id, col(BatchJob.booked_at).is_(None))
+        col(BatchJob.key_id) == key_id, col(BatchJob.booked_at).is_(None)
+    )
     if since is not None:
-        created = BatchJob.__table__.c.created_at
+        created = BatchJob.__table__.c.created_at  # type: ignore[attr-defined]
         moment = since if since.tzinfo is not None else since.replace(tzinfo=UTC)
-        statement = statement.where(col(BatchJob.created_at) >= (moment if getattr(created.type, "timezone", False)
-                                                                 else moment.replace(tzinfo=None)))
+        statement = statement.where(
+            col(BatchJob.created_at)
+            >= (moment if getattr(created.type, "timezone", False) else moment.replace(tzinfo=None))
+        )
     return float(session.exec(statement).one() or 0.0)
 
 
@@ -136,9 +151,13 @@ def held_by_jobs(*, session: Session, key_id: str, since: datetime | None) -> fl
 
 def take_lease(*, session: Session, name: str, holder: str, seconds: float, now: float) -> bool:
     """Hold the lease `name` for `seconds` if it is free, expired or ours already; True when we hold it."""
-    result = session.exec(update(Lease).where(  # type: ignore[call-overload]
-        col(Lease.name) == name, (col(Lease.holder) == holder) | (col(Lease.expires_at) < now))
-        .values(holder=holder, expires_at=now + seconds))
+    result = session.exec(
+        update(Lease)
+        .where(  # type: ignore[call-overload]
+            col(Lease.name) == name, (col(Lease.holder) == holder) | (col(Lease.expires_at) < now)
+        )
+        .values(holder=holder, expires_at=now + seconds)
+    )
     session.commit()
     if result.rowcount:
         return True
@@ -154,8 +173,11 @@ def take_lease(*, session: Session, name: str, holder: str, seconds: float, now:
 
 
 def release_lease(*, session: Session, name: str, holder: str) -> None:
-    session.exec(update(Lease).where(col(Lease.name) == name, col(Lease.holder) == holder)  # type: ignore[call-overload]
-                 .values(expires_at=0.0))
+    session.exec(
+        update(Lease)
+        .where(col(Lease.name) == name, col(Lease.holder) == holder)  # type: ignore[call-overload]
+        .values(expires_at=0.0)
+    )
     session.commit()
 
 

@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING, Any
 from tokensense.core.endpoints import Endpoint
 from tokensense.core.errors import ErrorShape
 from tokensense.core.paths import path_segment
-from tokensense.providers.batch_api import BatchApi, JobStatus, LineRequest, ResultLine
+from tokensense.providers.batch_api import BatchApi, JobStatus, LineRequest, ResultLine, as_dict, as_str
 from tokensense.providers.routes import ClientRoute
 
 if TYPE_CHECKING:
@@ -16,15 +16,23 @@ if TYPE_CHECKING:
 _ID = r"(?P<resource>[^/]+)"
 _BASE = "/v1/messages/batches"
 # A result's type, and the status its record carries (`errored`: the error's own type decides).
-_ERROR_STATUS = {"invalid_request_error": 400, "authentication_error": 401, "permission_error": 403,
-                 "not_found_error": 404, "request_too_large": 413, "rate_limit_error": 429, "api_error": 500,
-                 "overloaded_error": 529}
+_ERROR_STATUS = {
+    "invalid_request_error": 400,
+    "authentication_error": 401,
+    "permission_error": 403,
+    "not_found_error": 404,
+    "request_too_large": 413,
+    "rate_limit_error": 429,
+    "api_error": 500,
+    "overloaded_error": 529,
+}
 
 
 def message_batch_routes(errors: ErrorShape) -> tuple[ClientRoute, ...]:
     def route(methods: tuple[str, ...], pattern: str, endpoint: Endpoint) -> ClientRoute:
-        return ClientRoute(methods, pattern, endpoint, errors, model_in_body=False, body_streams=False,
-                           names_provider=True)
+        return ClientRoute(
+            methods, pattern, endpoint, errors, model_in_body=False, body_streams=False, names_provider=True
+        )
 
     return (
         route(("POST",), _BASE, Endpoint.BATCHES_CREATE),
@@ -36,8 +44,12 @@ def message_batch_routes(errors: ErrorShape) -> tuple[ClientRoute, ...]:
     )
 
 
-_SUFFIX = {Endpoint.BATCHES_RETRIEVE: "", Endpoint.BATCHES_DELETE: "", Endpoint.BATCHES_CANCEL: "/cancel",
-           Endpoint.BATCHES_RESULTS: "/results"}
+_SUFFIX = {
+    Endpoint.BATCHES_RETRIEVE: "",
+    Endpoint.BATCHES_DELETE: "",
+    Endpoint.BATCHES_CANCEL: "/cancel",
+    Endpoint.BATCHES_RESULTS: "/results",
+}
 
 
 class MessageBatchApi(BatchApi):
@@ -45,8 +57,9 @@ class MessageBatchApi(BatchApi):
 
     lines_path = "/v1/messages"
 
-    def upstream_path(self, endpoint: Endpoint, resource: str | None, *, model: str | None = None,
-                      action: str | None = None) -> str:
+    def upstream_path(
+        self, endpoint: Endpoint, resource: str | None, *, model: str | None = None, action: str | None = None
+    ) -> str:
         if endpoint in (Endpoint.BATCHES_CREATE, Endpoint.BATCHES_LIST):
             return _BASE
         return f"{_BASE}/{path_segment(resource or '', what='id')}{_SUFFIX[endpoint]}"
@@ -90,9 +103,9 @@ class MessageBatchApi(BatchApi):
             return ResultLine(key, model, 200, provider.usage_from_body(message))
         if kind in ("canceled", "expired"):
             return ResultLine(key, None, 499, None, kind, booked=False)
-        error = result.get("error") if isinstance(result.get("error"), dict) else {}
-        inner = error.get("error") if isinstance(error.get("error"), dict) else error
-        message_text = inner.get("message") if isinstance(inner.get("message"), str) else str(kind)
+        error = as_dict(result.get("error"))
+        inner = as_dict(error.get("error")) or error
+        message_text = as_str(inner.get("message")) or str(kind)
         return ResultLine(key, None, _ERROR_STATUS.get(str(inner.get("type")), 400), None, message_text)
 
     def listed_ids(self, answer: Any) -> list[str] | None:
@@ -102,14 +115,20 @@ class MessageBatchApi(BatchApi):
 
     def keep_listed(self, answer: Any, keep: set[str]) -> Any:
         data = [item for item in answer.get("data", []) if isinstance(item, dict) and item.get("id") in keep]
-        return {**answer, "data": data, "first_id": data[0]["id"] if data else None,
-                "last_id": data[-1]["id"] if data else None}
+        return {
+            **answer,
+            "data": data,
+            "first_id": data[0]["id"] if data else None,
+            "last_id": data[-1]["id"] if data else None,
+        }
 
     def gateway_urls(self, answer: Any, gateway_origin: str) -> Any:
         """`results_url` points at the gateway: the SDK fetches the results through it, with the TokenSense key."""
         if isinstance(answer, dict) and isinstance(answer.get("data"), list):
             data = [self.gateway_urls(item, gateway_origin) for item in answer["data"]]
-            return answer if all(a is b for a, b in zip(data, answer["data"], strict=True)) else {**answer, "data": data}
+            return (
+                answer if all(a is b for a, b in zip(data, answer["data"], strict=True)) else {**answer, "data": data}
+            )
         if not isinstance(answer, dict) or not answer.get("results_url") or self.job_id(answer) is None:
             return answer
         return {**answer, "results_url": f"{gateway_origin}{self.job_path(answer['id'])}/results"}

@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING, Any
 from tokensense.core.endpoints import Endpoint
 from tokensense.core.errors import ErrorShape
 from tokensense.core.paths import path_segment
-from tokensense.providers.batch_api import BatchApi, JobStatus, LineRequest, ResultLine
+from tokensense.providers.batch_api import BatchApi, JobStatus, LineRequest, ResultLine, as_dict, as_str
 from tokensense.providers.routes import ClientRoute
 
 if TYPE_CHECKING:
@@ -18,23 +18,46 @@ VERSION = "v1beta"  # the version TokenSense calls upstream
 # routes go to the job's provider, and a list to the provider whose SDK asks (`claims_headers`).
 _VERSIONS = "(?:v1beta|v1)"
 _ID = r"(?P<resource>[^/:]+)"
-ENDED = frozenset({"BATCH_STATE_SUCCEEDED", "BATCH_STATE_FAILED", "BATCH_STATE_CANCELLED", "BATCH_STATE_EXPIRED",
-                   "JOB_STATE_SUCCEEDED", "JOB_STATE_FAILED", "JOB_STATE_CANCELLED", "JOB_STATE_EXPIRED"})
-_GRPC_STATUS = {"INVALID_ARGUMENT": 400, "FAILED_PRECONDITION": 400, "OUT_OF_RANGE": 400, "UNAUTHENTICATED": 401,
-                "PERMISSION_DENIED": 403, "NOT_FOUND": 404, "RESOURCE_EXHAUSTED": 429, "INTERNAL": 500,
-                "UNAVAILABLE": 503, "DEADLINE_EXCEEDED": 504}
+ENDED = frozenset(
+    {
+        "BATCH_STATE_SUCCEEDED",
+        "BATCH_STATE_FAILED",
+        "BATCH_STATE_CANCELLED",
+        "BATCH_STATE_EXPIRED",
+        "JOB_STATE_SUCCEEDED",
+        "JOB_STATE_FAILED",
+        "JOB_STATE_CANCELLED",
+        "JOB_STATE_EXPIRED",
+    }
+)
+_GRPC_STATUS = {
+    "INVALID_ARGUMENT": 400,
+    "FAILED_PRECONDITION": 400,
+    "OUT_OF_RANGE": 400,
+    "UNAUTHENTICATED": 401,
+    "PERMISSION_DENIED": 403,
+    "NOT_FOUND": 404,
+    "RESOURCE_EXHAUSTED": 429,
+    "INTERNAL": 500,
+    "UNAVAILABLE": 503,
+    "DEADLINE_EXCEEDED": 504,
+}
 
 
 def gemini_batch_routes(errors: ErrorShape) -> tuple[ClientRoute, ...]:
     """Listed before the `models/{model}:{action}` route, which forwards only the synchronous actions."""
 
     def route(methods: tuple[str, ...], pattern: str, endpoint: Endpoint) -> ClientRoute:
-        return ClientRoute(methods, pattern, endpoint, errors, model_in_body=False, body_streams=False,
-                           names_provider=True)
+        return ClientRoute(
+            methods, pattern, endpoint, errors, model_in_body=False, body_streams=False, names_provider=True
+        )
 
     return (
-        route(("POST",), r"/(?P<version>v1beta|v1)/models/(?P<model>[^:/]+):(?P<action>batchGenerateContent)",
-              Endpoint.BATCHES_CREATE),
+        route(
+            ("POST",),
+            r"/(?P<version>v1beta|v1)/models/(?P<model>[^:/]+):(?P<action>batchGenerateContent)",
+            Endpoint.BATCHES_CREATE,
+        ),
         route(("GET",), rf"/{_VERSIONS}/batches", Endpoint.BATCHES_LIST),
         route(("GET",), rf"/{_VERSIONS}/batches/{_ID}", Endpoint.BATCHES_RETRIEVE),
         route(("DELETE",), rf"/{_VERSIONS}/batches/{_ID}", Endpoint.BATCHES_DELETE),
@@ -60,8 +83,9 @@ class GeminiBatchApi(BatchApi):
     def claims_headers(self, headers: Any) -> bool:
         return "google-genai-sdk/" in headers.get("x-goog-api-client", "") or "x-goog-api-key" in headers
 
-    def upstream_path(self, endpoint: Endpoint, resource: str | None, *, model: str | None = None,
-                      action: str | None = None) -> str:
+    def upstream_path(
+        self, endpoint: Endpoint, resource: str | None, *, model: str | None = None, action: str | None = None
+    ) -> str:
         if endpoint is Endpoint.BATCHES_CREATE:
             return f"/{VERSION}/models/{path_segment(model or '')}:batchGenerateContent"
         if endpoint is Endpoint.BATCHES_LIST:
@@ -79,18 +103,18 @@ class GeminiBatchApi(BatchApi):
     def status(self, answer: Any) -> JobStatus:
         if not isinstance(answer, dict):
             return JobStatus("", False)
-        metadata = answer.get("metadata") if isinstance(answer.get("metadata"), dict) else answer
+        metadata = as_dict(answer.get("metadata")) or answer
         state = str(metadata.get("state") or "")
         ended = bool(answer.get("done")) or state in ENDED
         if not ended:
             return JobStatus(state, False)
-        output = answer.get("response") if isinstance(answer.get("response"), dict) else metadata.get("output") or {}
-        inline = output.get("inlinedResponses") if isinstance(output, dict) else None
+        output = as_dict(answer.get("response")) or as_dict(metadata.get("output"))
+        inline = output.get("inlinedResponses")
         if isinstance(inline, dict):
             inline = inline.get("inlinedResponses")
         paths: tuple[str, ...] = ()
         files: tuple[str, ...] = ()
-        responses_file = output.get("responsesFile") if isinstance(output, dict) else None
+        responses_file = output.get("responsesFile")
         if isinstance(responses_file, str) and responses_file.startswith("files/"):
             file_id = path_segment(responses_file.removeprefix("files/"), what="id")
             files = (file_id,)
@@ -103,8 +127,11 @@ class GeminiBatchApi(BatchApi):
         requests = (config.get("requests") or {}).get("requests") if isinstance(config, dict) else None
         if not isinstance(requests, list):
             return None
-        return [LineRequest(path_model, item["request"]) for item in requests
-                if isinstance(item, dict) and isinstance(item.get("request"), dict)]
+        return [
+            LineRequest(path_model, item["request"])
+            for item in requests
+            if isinstance(item, dict) and isinstance(item.get("request"), dict)
+        ]
 
     def input_file(self, create_body: dict[str, Any]) -> str | None:
         batch = create_body.get("batch")
@@ -115,16 +142,16 @@ class GeminiBatchApi(BatchApi):
     def result_line(self, provider: Provider, line: Any, index: int) -> ResultLine | None:
         if not isinstance(line, dict):
             return None
-        metadata = line.get("metadata") if isinstance(line.get("metadata"), dict) else {}
-        key = line.get("key") or metadata.get("key")
-        key = key if isinstance(key, str) else f"#{index}"
+        metadata = as_dict(line.get("metadata"))
+        key = as_str(line.get("key")) or as_str(metadata.get("key")) or f"#{index}"
         response = line.get("response")
         if isinstance(response, dict):
             model = response.get("modelVersion") if isinstance(response.get("modelVersion"), str) else None
             return ResultLine(key, model, 200, provider.usage_from_body(response))
-        error = line.get("error") if isinstance(line.get("error"), dict) else {}
-        status = error.get("code") if isinstance(error.get("code"), int) else _GRPC_STATUS.get(str(error.get("status")), 400)
-        message = error.get("message") if isinstance(error.get("message"), str) else "the request failed"
+        error = as_dict(line.get("error"))
+        code = error.get("code")
+        status = code if isinstance(code, int) else _GRPC_STATUS.get(str(error.get("status")), 400)
+        message = as_str(error.get("message")) or "the request failed"
         return ResultLine(key, None, status if status >= 400 else 400, None, message)
 
     def listed_ids(self, answer: Any) -> list[str] | None:
