@@ -21,7 +21,7 @@ from tests.conftest import FakeProvider, Gateway, start_gateway, stop
 from tokensense.core.usage import TokenUsage
 from tokensense.metering.pricing import PriceBook
 
-POLL: dict[str, str | None] = {"TOKENSENSE_BATCH_POLL_SECONDS": "0.3"}
+POLL: dict[str, str | None] = {"TOKENSENSE_BATCH_POLL_SECONDS": "0.3", "TOKENSENSE_MAX_UPLOAD_MB": "1"}
 ATTRIBUTION = {
     "x-workflow-tag": "nightly-enrich",
     "x-step": "classify",
@@ -415,3 +415,31 @@ def test_an_open_job_holds_its_reservation_across_a_restart_and_releases_it_when
         assert 0 < booked["booked_usd"] < booked["reserved_usd"]
     finally:
         stop(gateway.process)
+
+
+def test_uploads_stream_within_the_upload_limit(gw: Gateway, fake_provider: FakeProvider) -> None:
+    """TOKENSENSE_MAX_UPLOAD_MB=1: a 0.9 MB input file streams through (its lines summed on the way), 1.5 MB is 413."""
+    client = openai_client(gw)
+    line = {
+        "custom_id": "x",
+        "method": "POST",
+        "url": "/v1/chat/completions",
+        "body": {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "y" * 9000}], "max_tokens": 5},
+    }
+    lines = [{**line, "custom_id": f"l{i}"} for i in range(100)]
+    uploaded = client.files.create(file=_jsonl(lines), purpose="batch")
+    assert 850_000 < uploaded.bytes < 1_000_000
+    job = client.batches.create(
+        input_file_id=uploaded.id,
+        endpoint="/v1/chat/completions",
+        completion_window="24h",
+        extra_headers={"x-fake-batch-seconds": "3600"},
+    )
+    reserved = next(j["reserved_usd"] for j in jobs(gw) if j["id"] == job.id)
+    usage = TokenUsage(input_tokens=100 * (9000 // 3 + 1 + 8), output_tokens=100 * 5)
+    assert reserved == pytest.approx(PriceBook().cost("openai", "gpt-4o-mini", usage) * 0.5, rel=0.01)  # type: ignore[operator]
+    fake_provider.clear()
+    with pytest.raises(openai.APIStatusError) as refused:
+        client.files.create(file=_jsonl(lines + lines[:70]), purpose="batch")
+    assert refused.value.status_code == 413
+    assert not [r for r in sdk_requests(fake_provider) if r["path"].endswith("/v1/files")]
