@@ -203,11 +203,10 @@ def test_a_budget_too_small_for_the_job_is_402_before_the_provider(gw: Gateway, 
     assert not [r for r in sdk_requests(fake_provider) if r["path"].endswith("/v1/batches")]
 
 
-def restart(gateway: Gateway, tmp_path: Path) -> Gateway:
-    """The same home and environment, a new `tokensense serve` process (the old one stopped first)."""
+def spawn(gateway: Gateway, tmp_path: Path) -> Gateway:
+    """Another `tokensense serve` process on the same home and database (an instance more, or a restart)."""
     from tests.conftest import BIN, free_port, wait_healthy
 
-    stop(gateway.process)
     port = free_port()
     log_path = tmp_path / f"gateway-{port}.log"
     proc = subprocess.Popen(
@@ -220,8 +219,19 @@ def restart(gateway: Gateway, tmp_path: Path) -> Gateway:
     url = f"http://127.0.0.1:{port}"
     wait_healthy(f"{url}/health", proc, "the gateway")
     return Gateway(
-        url=url, home=gateway.home, env=gateway.env, process=proc, key=gateway.key, fake=gateway.fake, log_path=log_path
+        url=url,
+        home=gateway.home,
+        env=gateway.env,
+        process=proc,
+        key=gateway.key,
+        fake=gateway.fake,
+        log_path=log_path,
     )
+
+
+def restart(gateway: Gateway, tmp_path: Path) -> Gateway:
+    stop(gateway.process)
+    return spawn(gateway, tmp_path)
 
 
 def test_a_restart_mid_job_books_each_line_once(tmp_path: Path, fake_provider: FakeProvider) -> None:
@@ -443,3 +453,32 @@ def test_uploads_stream_within_the_upload_limit(gw: Gateway, fake_provider: Fake
         client.files.create(file=_jsonl(lines + lines[:70]), purpose="batch")
     assert refused.value.status_code == 413
     assert not [r for r in sdk_requests(fake_provider) if r["path"].endswith("/v1/files")]
+
+
+def test_two_instances_on_one_database_book_each_line_once(tmp_path: Path, fake_provider: FakeProvider) -> None:
+    """Both instances run a follower; the lease lets one poll at a time, the database keeps each line once."""
+    first = start_gateway(tmp_path, fake_provider, extra_env=POLL)
+    second = spawn(first, tmp_path)
+    try:
+        made = []
+        for gateway in (first, second, first):
+            client = openai_client(gateway, **ATTRIBUTION)
+            uploaded = client.files.create(file=_jsonl(CHAT_LINES), purpose="batch")
+            made.append(
+                client.batches.create(
+                    input_file_id=uploaded.id,
+                    endpoint="/v1/chat/completions",
+                    completion_window="24h",
+                    extra_headers={"x-fake-batch-seconds": "1"},
+                )
+            )
+        for job in made:
+            assert wait_booked(first, job.id)["lines_booked"] == 3
+        time.sleep(1.0)  # more polls from both: nothing more is booked
+        records = first.records(endpoint="batch")
+        assert len(records) == 9 and len({r["request_id"] for r in records}) == 9
+        # Each instance serves the other's jobs to their key (ownership is in the database).
+        assert openai_client(second).batches.retrieve(made[0].id).status == "completed"
+    finally:
+        stop(second.process)
+        stop(first.process)
