@@ -18,19 +18,31 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import secrets
+import time
 from dataclasses import dataclass, field, replace
 from typing import Any
 
 from mitmproxy import http
 from sqlmodel import Session
 
-from addons.common import answer_error, apply_upstream, get_call, prepare_upstream, require_credential, response_body
+from addons.common import (
+    answer_error,
+    apply_upstream,
+    get_call,
+    intercepting,
+    prepare_upstream,
+    require_credential,
+    response_body,
+)
 from tokensense.core.endpoints import BATCH_ENDPOINTS, Endpoint
 from tokensense.core.errors import GatewayError
 from tokensense.gateway.batches import BatchFollower, InputScanner, job_reservation, summary_of
 from tokensense.gateway.call import CallContext
-from tokensense.gateway.flowmeta import BODY_LIMIT, RATE, refuse_body
+from tokensense.gateway.flowmeta import BODY_LIMIT, CALL, RATE, refuse_body, set_call
+from tokensense.gateway.keys import KeyInfo
 from tokensense.gateway.policy import check_access
+from tokensense.gateway.routing import classify
 from tokensense.gateway.runtime import Runtime
 from tokensense.gateway.stages.parse import read_json
 from tokensense.gateway.stages.police import Policed, Refused, Target, police, spawn
@@ -58,6 +70,7 @@ class BatchCall:
     api: BatchApi
     origin: str  # the gateway's own origin as the client called it (links in answers point there)
     scanner: InputScanner | None = None  # an upload's line sums
+    upload_token: str | None = None  # the resumable upload session its bytes belong to
     summary: dict[str, Any] = field(default_factory=dict)  # a job's requests, summed
     reserved: float = 0.0  # a job's largest cost at the batch price
     input_file: str | None = None
@@ -69,10 +82,27 @@ def _not_found(what: str, ident: str) -> GatewayError:
     )
 
 
+@dataclass(slots=True)
+class UploadSession:
+    """A resumable upload started through the gateway: its bytes follow on the session URL, without a key."""
+
+    provider: Provider
+    api: BatchApi
+    key: KeyInfo
+    upload_id: str  # the provider's
+    attribution: dict[str, str | None]
+    scanner: InputScanner
+    expires: float
+
+
+UPLOAD_SESSION_SECONDS = 3600.0
+
+
 class Batches:
     def __init__(self, runtime: Runtime) -> None:
         self.runtime = runtime
         self.follower: BatchFollower | None = None
+        self.uploads: dict[str, UploadSession] = {}  # session token (given to the client) -> session
 
     def running(self) -> None:
         if self.follower is None and self.runtime.started:
@@ -137,6 +167,8 @@ class Batches:
             return
         try:
             provider, api = self._provider(call)
+            if api.upload_starts(flow.request.headers):
+                return  # a resumable upload's start: metadata only (routed in `request`); the bytes follow
             credential = require_credential(self.runtime, provider)
             origin = self._origin(flow)
             call.provider = provider
@@ -159,7 +191,7 @@ class Batches:
 
     async def request(self, flow: http.HTTPFlow) -> None:
         call = self._served(flow)
-        if call is None or call.route_endpoint is Endpoint.FILES_UPLOAD:
+        if call is None or call.forwarded:  # an upload streamed to the provider: routed in requestheaders
             return
         try:
             await self._route(flow, call)
@@ -176,12 +208,15 @@ class Batches:
         provider, api = self._provider(call)
         endpoint = call.route_endpoint
         resource = call.resource
-        if endpoint is Endpoint.BATCHES_LIST:  # one path, several SDKs: the provider whose SDK asks
+        if endpoint in (Endpoint.BATCHES_LIST, Endpoint.FILES_LIST):  # one path, several SDKs: whose SDK asks
             provider, api = _claimant(flow.request.headers, provider, api)
         if endpoint in _FILE_ROUTES:
             owner = await self._db(store.owned_file, file_id=resource or "", key_id=call.key.id)
             if owner is None:
                 raise _not_found("file", resource or "")
+            owner_provider = get_provider(owner.provider)
+            if owner_provider is not None and owner_provider.batch_api is not None:
+                provider, api = owner_provider, owner_provider.batch_api  # the file's provider, whoever shares the path
         elif endpoint in _JOB_ROUTES:
             job = await self._db(store.owned_job, job_id=resource or "", key_id=call.key.id)
             if job is None:
@@ -213,7 +248,11 @@ class Batches:
             owner = await self._db(store.owned_file, file_id=input_file, key_id=call.key.id)
             if not isinstance(owner, BatchFile):
                 raise _not_found("file", input_file)
-            summary = owner.lines or {}
+            summary = dict(owner.lines or {})
+            by_model = dict(summary.get("models") or {})
+            if "" in by_model and call.path_model:  # the file's lines name no model: the path does (Gemini)
+                by_model[call.path_model] = by_model.pop("")
+                summary["models"] = by_model
             meta.input_file = input_file
         else:
             inline = api.inline_requests(body, call.path_model)
@@ -270,6 +309,9 @@ class Batches:
             or response.stream
         ):
             return
+        if call.route_endpoint is Endpoint.FILES_UPLOAD and meta.scanner is None and 200 <= response.status_code < 300:
+            self._start_upload(flow, call, meta)
+            return
         if meta.scanner is not None and meta.scanner.too_large:
             limit = flow.metadata.get(BODY_LIMIT) or 0
             answer_error(
@@ -305,6 +347,8 @@ class Batches:
         api, provider = meta.api, meta.provider
         if endpoint is Endpoint.FILES_UPLOAD:
             file_id = api.file_id(answer)
+            if file_id is not None and meta.upload_token is not None:
+                self.uploads.pop(meta.upload_token, None)
             if file_id is not None and meta.scanner is not None:
                 purpose = answer.get("purpose") if isinstance(answer, dict) else None
                 await self._db(
@@ -334,6 +378,54 @@ class Batches:
                 self.follower.wake()
         rewritten = api.gateway_urls(answer, meta.origin)
         return rewritten if rewritten is not answer else None
+
+    def _start_upload(self, flow: http.HTTPFlow, call: CallContext, meta: BatchCall) -> None:
+        """A resumable upload started: its session URL points at the gateway, with a token of ours for the session."""
+        assert flow.response is not None and call.key is not None
+        upload_id = meta.api.upload_session(flow.response.headers)
+        if upload_id is None:
+            return
+        now = time.monotonic()
+        for token in [t for t, s in self.uploads.items() if s.expires < now]:
+            del self.uploads[token]
+        token = secrets.token_urlsafe(24)
+        limit = flow.metadata.get(BODY_LIMIT)
+        self.uploads[token] = UploadSession(
+            meta.provider,
+            meta.api,
+            call.key,
+            upload_id,
+            dict(call.attribution),
+            InputScanner(meta.api, limit),
+            now + UPLOAD_SESSION_SECONDS,
+        )
+        flow.response.headers["x-goog-upload-url"] = meta.api.upload_url(meta.origin, token)
+
+    def upload_bytes(self, flow: http.HTTPFlow, call: CallContext, token: str) -> bool:
+        """The bytes of a resumable upload, on its session URL: streamed to the provider's session with the key
+        that started it (addons/batches.BatchUploads admits them). False if the session is unknown or expired."""
+        session = self.uploads.get(token)
+        if session is None or session.expires < time.monotonic():
+            return False
+        call.key, call.attribution, call.provider = session.key, dict(session.attribution), session.provider
+        credential = require_credential(self.runtime, session.provider)
+        upstream = Upstream(
+            Endpoint.FILES_UPLOAD,
+            session.api.upstream_path(Endpoint.FILES_UPLOAD, None),
+            query=session.api.upload_query(session.upload_id),
+        )
+        prepare_upstream(call, session.provider, credential, upstream)
+        call.policed = Policed(Target(session.provider, ""))
+        assert call.pending is not None
+        apply_upstream(flow, call.pending)
+        call.forwarded = True
+        # A line may span two of the upload's requests: it is read whole once its end arrives.
+        session.scanner.flush_at_end = "finalize" in flow.request.headers.get("x-goog-upload-command", "")
+        flow.request.stream = session.scanner
+        flow.metadata[META] = BatchCall(
+            session.provider, session.api, self._origin(flow), scanner=session.scanner, upload_token=token
+        )
+        return True
 
     async def _follow(self, call: CallContext, meta: BatchCall, answer: Any) -> None:
         """A job was made: follow it, and hold its reservation until its lines are booked."""
@@ -386,3 +478,41 @@ def _job_endpoint(answer: Any, api: BatchApi, call: CallContext) -> str:
     if isinstance(answer, dict) and isinstance(answer.get("endpoint"), str):
         return answer["endpoint"][:100]
     return api.lines_path or call.route_endpoint.value
+
+
+class BatchUploads:
+    """Before the admit stage: the bytes of a resumable upload come on the session URL the gateway handed out,
+    without a key (the provider's own SDKs send none there); the session's token stands for the key that started
+    it. Any other request goes on to the admit stage."""
+
+    def __init__(self, batches: Batches) -> None:
+        self.batches = batches
+
+    def requestheaders(self, flow: http.HTTPFlow) -> None:
+        req = flow.request
+        if (
+            flow.response
+            or flow.error
+            or CALL in flow.metadata
+            or req.method != "POST"
+            or b"upload_id=" not in req.data.path
+            or intercepting(flow.client_conn.proxy_mode)
+        ):
+            return
+        token = req.query.get("upload_id", "")
+        if token not in self.batches.uploads:
+            return
+        try:
+            route = classify(req.method, req.path.partition("?")[0])
+        except GatewayError:
+            return
+        if route.endpoint is not Endpoint.FILES_UPLOAD:
+            return
+        call = CallContext.of_route(route, method=req.method)
+        set_call(flow, call)
+        try:
+            if not self.batches.upload_bytes(flow, call, token):
+                raise GatewayError(404, "No upload session with this id: start the upload again.", code="not_found")
+        except GatewayError as e:
+            answer_error(flow, call.fmt, e)
+            refuse_body(flow)

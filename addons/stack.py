@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from addons.admit import Admit
-from addons.batches import Batches
+from addons.batches import Batches, BatchUploads
 from addons.chain import TokenSenseChain
 from addons.client_timeouts import ClientTimeouts, RequestArrived
 from addons.forward import Forward
@@ -30,16 +30,18 @@ def tokensense_addons(runtime: Runtime | None = None) -> list[object]:
     """The TokenSense addons in hook order: each one's `request` runs after the ones before it."""
     runtime = runtime or Runtime()
     client_timeouts = ClientTimeouts(runtime.settings.client_idle_timeout)
+    batches = Batches(runtime)
     return [
         Lifecycle(runtime),
         RequestArrived(client_timeouts),  # first: the body is whole, however long the gates after take
         Intercept(runtime),  # before Admit: intercepted calls never meet the gateway's key check
         ResponsesWebSocket(runtime),  # the Responses WebSocket handshake, answered here; its frames served over HTTP
+        BatchUploads(batches),  # a resumable upload's bytes, on the session URL the gateway handed out (no key)
         Admit(runtime),  # requestheaders: key, route, body limit
         RequestRecords(runtime),  # GET /v1/tokensense/requests/{id}, answered before routing
         Router(runtime),  # request: parse, resolve, prepare the upstream request
         Responses(runtime),  # the Responses API: parse, ownership, answers (before Translation and Metering)
-        Batches(runtime),  # batch jobs and files: owned per key, uploads streamed, jobs reserved and followed
+        batches,  # batch jobs and files: owned per key, uploads streamed, jobs reserved and followed
         Media(runtime),
         Policy(runtime),  # request: access, rate, budget
         ProviderAuth(),  # request: short-lived provider tokens (Vertex AI), fetched off the event loop

@@ -17,7 +17,7 @@ import pytest
 from google import genai
 from google.genai import errors as genai_errors
 
-from tests.conftest import FakeProvider, Gateway, start_gateway, stop
+from tests.conftest import FakeProvider, Gateway, start_fake_provider, start_gateway, stop
 from tokensense.core.usage import TokenUsage
 from tokensense.metering.pricing import PriceBook
 
@@ -90,6 +90,20 @@ def wait_booked(gateway: Gateway, job_id: str, timeout: float = 20.0) -> dict:
                 return job
         time.sleep(0.1)
     raise AssertionError(f"job {job_id} was not booked: {jobs(gateway)}\n{gateway.log()[-3000:]}")
+
+
+@pytest.fixture(scope="module")
+def own_fake() -> Iterator[FakeProvider]:
+    """A fake provider of this module's own: the batches and files made here stay out of other files' lists."""
+    fake = start_fake_provider()
+    yield fake
+    stop(fake.process)
+
+
+@pytest.fixture
+def fake_provider(own_fake: FakeProvider) -> FakeProvider:
+    own_fake.clear()
+    return own_fake
 
 
 @pytest.fixture
@@ -482,3 +496,51 @@ def test_two_instances_on_one_database_book_each_line_once(tmp_path: Path, fake_
     finally:
         stop(second.process)
         stop(first.process)
+
+
+def test_gemini_file_upload_and_file_batch_through_the_gateway(gw: Gateway, fake_provider: FakeProvider) -> None:
+    """google-genai's resumable upload (its bytes come without a key, on the session URL the gateway handed out),
+    a batch from that file, and its results downloaded through the gateway; owned by the key."""
+    client = gemini_client(gw, **ATTRIBUTION)
+    request = {
+        "contents": [{"role": "user", "parts": [{"text": "Tell me about batches"}]}],
+        "generationConfig": {"maxOutputTokens": 50},
+    }
+    lines = [{"key": "k1", "request": request}, {"key": "k2", "request": request}]
+    uploaded = client.files.upload(file=_jsonl(lines), config={"mime_type": "application/jsonl"})
+    assert uploaded.name and uploaded.name.startswith("files/")
+    upstream = [r for r in fake_provider.requests() if "/upload/" in r["path"]]
+    assert len(upstream) == 2 and upstream[1]["query"].get("upload_id") != upstream[0]["query"].get("upload_id")
+    assert all("tsk_" not in json.dumps(r["headers"]) for r in upstream)
+    assert client.files.get(name=uploaded.name).size_bytes == uploaded.size_bytes
+    job = client.batches.create(model="gemini-2.5-flash", src=uploaded.name)
+    assert job.name
+    job_id = job.name.removeprefix("batches/")
+    booked = wait_booked(gw, job_id)
+    assert booked["lines_booked"] == 2 and booked["reserved_usd"] > 0
+    done = client.batches.get(name=job.name)
+    assert done.dest is not None and done.dest.file_name
+    results = [json.loads(line) for line in client.files.download(file=done.dest.file_name).splitlines()]
+    assert [r["key"] for r in results] == ["k1", "k2"]
+    records = {json.loads(r["details"])["custom_id"]: r for r in gw.records(endpoint="batch")}
+    assert set(records) == {"k1", "k2"}
+    for result in results:
+        record = records[result["key"]]
+        assert record["output_tokens"] == result["response"]["usageMetadata"]["candidatesTokenCount"]
+        standard = PriceBook().cost(
+            "google",
+            "gemini-2.5-flash",
+            TokenUsage(input_tokens=record["input_tokens"], output_tokens=record["output_tokens"]),
+        )
+        assert record["cost_usd"] == pytest.approx(standard * 0.5, abs=1e-6) and record["workflow"] == "nightly-enrich"  # type: ignore[operator]
+    other = gemini_client(gw, new_key(gw, "other"))
+    for attempt in (
+        lambda: other.files.get(name=uploaded.name),
+        lambda: other.files.download(file=done.dest.file_name),  # type: ignore[union-attr]
+        lambda: other.batches.create(model="gemini-2.5-flash", src=uploaded.name),
+    ):
+        with pytest.raises(genai_errors.ClientError) as missing:
+            attempt()
+        assert missing.value.code == 404
+    assert [f.name for f in other.files.list()] == []
+    assert uploaded.name in [f.name for f in client.files.list()]

@@ -84,6 +84,7 @@ class InputScanner:
         self.summary: dict[str, Any] = {"lines": 0, "models": {}}
         self.unreadable = False
         self.too_large = False
+        self.flush_at_end = True  # the body's end is the file's (a resumable upload's last request)
         self._partial = bytearray()
 
     def __call__(self, chunk: bytes) -> bytes:
@@ -94,8 +95,9 @@ class InputScanner:
             self.too_large = True
             return b""
         if not chunk:
-            self._line(bytes(self._partial))
-            self._partial.clear()
+            if self.flush_at_end:
+                self._line(bytes(self._partial))
+                self._partial.clear()
             return chunk
         start = 0
         while (end := chunk.find(b"\n", start)) != -1:

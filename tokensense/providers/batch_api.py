@@ -107,6 +107,23 @@ class BatchApi(ABC):
         """The id of the file an upload's answer describes."""
         return None
 
+    # A resumable upload (its bytes follow the `start` call on a session URL, without a key): None when not.
+    def upload_starts(self, headers: Any) -> bool:
+        """Whether an upload request is the `start` of a resumable upload (its body: metadata, not the file)."""
+        return False
+
+    def upload_session(self, headers: Any) -> str | None:
+        """The provider's upload session id in a `start` answer's headers."""
+        return None
+
+    def upload_url(self, gateway_origin: str, token: str) -> str:
+        """The session URL the client gets: the gateway's, with TokenSense's session token."""
+        raise NotImplementedError
+
+    def upload_query(self, upload_id: str) -> tuple[tuple[str, str], ...]:
+        """The query of an upload's bytes upstream, for the provider's session id."""
+        raise NotImplementedError
+
     def listed_ids(self, answer: Any) -> list[str] | None:
         """The ids a list answer holds, in order (None: not a list answer)."""
         return None

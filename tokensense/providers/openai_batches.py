@@ -18,7 +18,7 @@ ENDED = frozenset({"completed", "failed", "expired", "cancelled"})
 # The endpoints a batch line may call that write no output tokens.
 NO_OUTPUT_URLS = frozenset({"/v1/embeddings", "/v1/moderations"})
 
-_ID = r"(?P<resource>[^/]+)"
+_ID = r"(?P<resource>[^/:]+)"  # no `:`: `/v1/files/{id}:download` is Gemini's
 
 
 def openai_batch_routes(errors: ErrorShape) -> tuple[ClientRoute, ...]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from typing import TYPE_CHECKING, Any
 
 from tokensense.core.endpoints import Endpoint
@@ -62,7 +63,22 @@ def gemini_batch_routes(errors: ErrorShape) -> tuple[ClientRoute, ...]:
         route(("GET",), rf"/{_VERSIONS}/batches/{_ID}", Endpoint.BATCHES_RETRIEVE),
         route(("DELETE",), rf"/{_VERSIONS}/batches/{_ID}", Endpoint.BATCHES_DELETE),
         route(("POST",), rf"/{_VERSIONS}/batches/{_ID}:cancel", Endpoint.BATCHES_CANCEL),
+        # Files: the resumable upload (a `start` with the key, then the bytes to the session's URL), and the files.
+        route(("POST",), rf"/upload/{_VERSIONS}/files", Endpoint.FILES_UPLOAD),
+        route(("GET",), rf"/(?:download/)?{_VERSIONS}/files/{_ID}:download", Endpoint.FILES_CONTENT),
+        route(("GET",), rf"/{_VERSIONS}/files", Endpoint.FILES_LIST),
+        route(("GET",), rf"/{_VERSIONS}/files/{_ID}", Endpoint.FILES_RETRIEVE),
+        route(("DELETE",), rf"/{_VERSIONS}/files/{_ID}", Endpoint.FILES_DELETE),
     )
+
+
+_UPLOAD_ID = re.compile(r"[A-Za-z0-9_.~-]{1,512}")
+
+
+def _bare(item: Any) -> str | None:
+    """A job's or file's id without its `batches/` or `files/` prefix."""
+    name = _job_name(item) or as_str(as_dict(item).get("name"))
+    return name.split("/", 1)[1] if name and "/" in name else None
 
 
 def _job_name(answer: Any) -> str | None:
@@ -90,6 +106,14 @@ class GeminiBatchApi(BatchApi):
             return f"/{VERSION}/models/{path_segment(model or '')}:batchGenerateContent"
         if endpoint is Endpoint.BATCHES_LIST:
             return f"/{VERSION}/batches"
+        if endpoint is Endpoint.FILES_UPLOAD:
+            return f"/upload/{VERSION}/files"
+        if endpoint is Endpoint.FILES_LIST:
+            return f"/{VERSION}/files"
+        if endpoint is Endpoint.FILES_CONTENT:
+            return f"/{VERSION}/files/{path_segment(resource or '', what='id')}:download"
+        if endpoint in (Endpoint.FILES_RETRIEVE, Endpoint.FILES_DELETE):
+            return f"/{VERSION}/files/{path_segment(resource or '', what='id')}"
         suffix = ":cancel" if endpoint is Endpoint.BATCHES_CANCEL else ""
         return f"/{VERSION}/batches/{path_segment(resource or '', what='id')}{suffix}"
 
@@ -157,15 +181,42 @@ class GeminiBatchApi(BatchApi):
     def listed_ids(self, answer: Any) -> list[str] | None:
         if not isinstance(answer, dict):
             return None
-        operations = answer.get("operations", answer.get("batches"))
-        if not isinstance(operations, list):
+        field = next((f for f in ("operations", "batches", "files") if f in answer), None)
+        if field is None or not isinstance(answer[field], list):
             return [] if not answer else None
-        return [job for item in operations if (job := self.job_id(item)) is not None]
+        return [ident for item in answer[field] if (ident := _bare(item)) is not None]
 
     def keep_listed(self, answer: Any, keep: set[str]) -> Any:
-        field = "operations" if "operations" in answer else "batches"
-        items = [item for item in answer.get(field, []) if self.job_id(item) in keep]
-        return {**answer, field: items}
+        field = next((f for f in ("operations", "batches", "files") if f in answer), "operations")
+        return {**answer, field: [item for item in answer.get(field, []) if _bare(item) in keep]}
+
+    def file_id(self, answer: Any) -> str | None:
+        entry = as_dict(as_dict(answer).get("file")) or as_dict(answer)
+        name = as_str(entry.get("name"))
+        return name.removeprefix("files/") if name and name.startswith("files/") else None
+
+    def input_line(self, line: Any) -> LineRequest | None:
+        """A line of a batch input file: `{"key": ..., "request": {...}}` (the job's path names the model)."""
+        request = as_dict(line).get("request")
+        return LineRequest(None, request) if isinstance(request, dict) else None
+
+    # The resumable upload: the `start` answer's session URL, on which the bytes follow without a key.
+    def upload_starts(self, headers: Any) -> bool:
+        return "start" in headers.get("x-goog-upload-command", "")
+
+    def upload_session(self, headers: Any) -> str | None:
+        """The provider's upload id in a `start` answer's `x-goog-upload-url`."""
+        from urllib.parse import parse_qs, urlsplit
+
+        url = headers.get("x-goog-upload-url", "")
+        ids = parse_qs(urlsplit(url).query).get("upload_id") if url else None
+        return ids[0] if ids and _UPLOAD_ID.fullmatch(ids[0]) else None
+
+    def upload_url(self, gateway_origin: str, token: str) -> str:
+        return f"{gateway_origin}/upload/{VERSION}/files?upload_id={token}&upload_protocol=resumable"
+
+    def upload_query(self, upload_id: str) -> tuple[tuple[str, str], ...]:
+        return (("upload_id", upload_id), ("upload_protocol", "resumable"))
 
 
 GEMINI_BATCHES = GeminiBatchApi()
