@@ -407,6 +407,15 @@ class Batches:
         session = self.uploads.get(token)
         if session is None or session.expires < time.monotonic():
             return False
+        declared = flow.request.headers.get("content-length", "")
+        limit = session.scanner.limit
+        if declared.isdigit() and limit is not None and session.scanner.size + int(declared) > limit:
+            raise GatewayError(
+                413,
+                f"The upload is larger than {limit / (1024 * 1024):g} MB, the most TokenSense "
+                "accepts here (TOKENSENSE_MAX_UPLOAD_MB).",
+                code="request_too_large",
+            )
         call.key, call.attribution, call.provider = session.key, dict(session.attribution), session.provider
         credential = require_credential(self.runtime, session.provider)
         upstream = Upstream(

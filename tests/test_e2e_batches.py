@@ -544,3 +544,13 @@ def test_gemini_file_upload_and_file_batch_through_the_gateway(gw: Gateway, fake
         assert missing.value.code == 404
     assert [f.name for f in other.files.list()] == []
     assert uploaded.name in [f.name for f in client.files.list()]
+
+
+def test_a_gemini_upload_over_the_limit_is_413_before_the_provider(gw: Gateway, fake_provider: FakeProvider) -> None:
+    client = gemini_client(gw)
+    big = io.BytesIO(b"x" * 1_500_000)
+    big.name = "big.jsonl"
+    with pytest.raises(genai_errors.ClientError) as refused:
+        client.files.upload(file=big, config={"mime_type": "application/jsonl"})
+    assert refused.value.code == 413
+    assert not [r for r in fake_provider.requests() if r["query"].get("upload_id")]
