@@ -4,11 +4,17 @@ the follower's lease, each line's record and request id."""
 from __future__ import annotations
 
 import json
-from datetime import UTC, datetime
+import uuid
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
+import pytest
+from sqlalchemy import Engine
 from sqlalchemy.pool import StaticPool
 from sqlmodel import Session, SQLModel, create_engine
 
+from tests.conftest import service_missing
 from tokensense.core.usage import TokenUsage
 from tokensense.gateway.batches import InputScanner, job_reservation, line_record, line_request_id, summary_of
 from tokensense.metering.batch_prices import HALF_PRICE, batch_cost
@@ -20,6 +26,7 @@ from tokensense.storage.models import BatchJob
 
 _OPENAI = get_provider("openai")
 assert _OPENAI is not None and _OPENAI.batch_api is not None
+PG_URL = "postgresql://postgres@127.0.0.1:5432/test"
 OPENAI: Provider = _OPENAI
 API: BatchApi = _OPENAI.batch_api
 LINES = [
@@ -121,3 +128,66 @@ def test_a_lines_record_has_the_same_request_id_whoever_books_it_and_the_create_
     assert record.details is not None and record.details["custom_id"] == "first"
     failed = line_record(PriceBook(), OPENAI, job, ResultLine("x", None, 400, None, "bad"), datetime.now(UTC))  # type: ignore[arg-type]
     assert (failed.cost_usd, failed.status, failed.error) == (0.0, 400, "bad")
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def migrated(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Engine]:
+    """A database upgraded by the migrations (0010 included): SQLite, and PostgreSQL when it is reachable."""
+    from tokensense.storage import db
+
+    if request.param == "sqlite":
+        engine = db.make_engine(f"sqlite:///{tmp_path / 'tokensense.db'}")
+        db.init_db(engine)
+        yield engine
+        engine.dispose()
+        return
+    import psycopg
+
+    schema = f"ts_batches_{uuid.uuid4().hex[:10]}"
+    try:
+        with psycopg.connect(PG_URL, connect_timeout=3, autocommit=True) as conn:
+            conn.execute(f'CREATE SCHEMA "{schema}"')
+    except Exception as e:
+        service_missing(f"PostgreSQL at {PG_URL} is not reachable ({type(e).__name__}: {e})")
+    engine = db.make_engine(f"{PG_URL}?options=-csearch_path%3D{schema}")
+    try:
+        db.init_db(engine)
+        yield engine
+    finally:
+        engine.dispose()
+        with psycopg.connect(PG_URL, autocommit=True) as conn:
+            conn.execute(f'DROP SCHEMA "{schema}" CASCADE')
+
+
+def test_a_jobs_hold_counts_in_its_keys_spend_until_booked_and_each_line_is_stored_once(migrated: Engine) -> None:
+    from tokensense.storage.repo import record_usages, spent_since
+
+    now = datetime.now(UTC)
+    job = BatchJob(
+        id="batch_pg",
+        provider="openai",
+        key_id="k1",
+        key_name="team",
+        models=["gpt-4o-mini"],
+        reserved_usd=0.5,
+        budget_window="total",
+        created_at=now,
+    )
+    with Session(migrated) as session:
+        assert store.remember_job(session=session, job=job)
+        assert not store.remember_job(session=session, job=BatchJob(id="batch_pg", provider="openai", key_id="k2"))
+        assert store.owned_job(session=session, job_id="batch_pg", key_id="k2") is None
+        assert spent_since(session=session, key_id="k1", since=None) == pytest.approx(0.5)
+        assert spent_since(session=session, key_id="k1", since=now - timedelta(hours=1)) == pytest.approx(0.5)
+        assert spent_since(session=session, key_id="k1", since=now + timedelta(hours=1)) == 0
+        line = ResultLine("first", "gpt-4o-mini", 200, TokenUsage(input_tokens=1000, output_tokens=100))
+        record = line_record(PriceBook(), OPENAI, job, line, datetime.now(UTC))
+        record_usages(session=session, usages=[record])
+        record_usages(session=session, usages=[record])  # booked again (a restart, another instance): stored once
+        assert store.mark_booked(
+            session=session, job_id="batch_pg", state="completed", lines=1, cost=record.cost_usd or 0
+        )
+        assert not store.mark_booked(session=session, job_id="batch_pg", state="completed", lines=1, cost=0)
+        assert spent_since(session=session, key_id="k1", since=None) == pytest.approx(record.cost_usd)
+        assert store.take_lease(session=session, name="batch_follower", holder="a", seconds=30, now=1.0)
+        assert not store.take_lease(session=session, name="batch_follower", holder="b", seconds=30, now=2.0)
