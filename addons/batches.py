@@ -166,7 +166,7 @@ class Batches:
         if call is None or call.route_endpoint is not Endpoint.FILES_UPLOAD:
             return
         try:
-            provider, api = self._provider(call)
+            provider, api = _asking(flow.request.headers, call.route_endpoint, *self._provider(call))
             if api.upload_starts(flow.request.headers):
                 return  # a resumable upload's start: metadata only (routed in `request`); the bytes follow
             credential = require_credential(self.runtime, provider)
@@ -208,8 +208,9 @@ class Batches:
         provider, api = self._provider(call)
         endpoint = call.route_endpoint
         resource = call.resource
+        asking, asking_api = _asking(flow.request.headers, endpoint, provider, api)
         if endpoint in (Endpoint.BATCHES_LIST, Endpoint.FILES_LIST):  # one path, several SDKs: whose SDK asks
-            provider, api = _claimant(flow.request.headers, provider, api)
+            provider, api = asking, asking_api
         if endpoint in _FILE_ROUTES:
             owner = await self._db(store.owned_file, file_id=resource or "", key_id=call.key.id)
             if owner is None:
@@ -474,11 +475,21 @@ class Batches:
             self.follower.wake()
 
 
-def _claimant(headers: Any, provider: Provider, api: BatchApi) -> tuple[Provider, BatchApi]:
-    """The provider whose SDK sent these headers, among those with a batch API; else the route's."""
+def _asking(headers: Any, endpoint: Endpoint, provider: Provider, api: BatchApi) -> tuple[Provider, BatchApi]:
+    """The provider whose own SDK sent the request (one path, several SDKs: `/v1/files`, `/v1/batches`), by the
+    headers only its SDKs send (the model lists' markers); the route's provider when none claims it. 404 when
+    that SDK's provider has no batch API here (nothing is forwarded to another provider)."""
     for other in PROVIDERS.values():
-        if other.batch_api is not None and other.batch_api.claims_headers(headers):
-            return other, other.batch_api
+        shape = other.model_list_shape()
+        if other is provider or shape is None or shape.fallback or not shape.claims_headers(headers):
+            continue
+        if other.batch_api is None or not any(entry.endpoint is endpoint for entry in other.client_routes):
+            raise GatewayError(
+                404,
+                f"TokenSense does not serve {other.display_name}'s batch or file API on this path.",
+                code="unknown_endpoint",
+            )
+        return other, other.batch_api
     return provider, api
 
 

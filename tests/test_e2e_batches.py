@@ -554,3 +554,13 @@ def test_a_gemini_upload_over_the_limit_is_413_before_the_provider(gw: Gateway, 
         client.files.upload(file=big, config={"mime_type": "application/jsonl"})
     assert refused.value.code == 413
     assert not [r for r in fake_provider.requests() if r["query"].get("upload_id")]
+
+
+def test_another_sdks_files_call_on_a_shared_path_is_not_sent_to_openai(
+    gw: Gateway, fake_provider: FakeProvider
+) -> None:
+    """`POST /v1/files` from the anthropic SDK (its Files API) is a 404: the file never reaches OpenAI."""
+    client = anthropic_client(gw)
+    with pytest.raises(anthropic.NotFoundError):
+        client.beta.files.upload(file=("notes.txt", b"private notes", "text/plain"))
+    assert not [r for r in sdk_requests(fake_provider) if r["path"].endswith("/v1/files")]

@@ -87,10 +87,6 @@ class BatchApi(ABC):
     def result_line(self, provider: Provider, line: Any, index: int) -> ResultLine | None:
         """One result line (a JSONL line parsed, or an inline result); None if it is not a result."""
 
-    def claims_headers(self, headers: Any) -> bool:
-        """Whether the request comes from this provider's own SDK (a path several providers' SDKs call: `/v1/batches`)."""
-        return False
-
     def input_line(self, line: Any) -> LineRequest | None:
         """One line of an uploaded input file (JSONL, parsed); None if it is not a request line."""
         return None

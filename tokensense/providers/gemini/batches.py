@@ -16,7 +16,7 @@ if TYPE_CHECKING:
 
 VERSION = "v1beta"  # the version TokenSense calls upstream
 # google-genai calls `v1` (or `v1beta` when told); `GET /v1/batches[/{id}]` is also OpenAI's path: a job's own
-# routes go to the job's provider, and a list to the provider whose SDK asks (`claims_headers`).
+# routes go to the job's provider, and a list to the provider whose SDK asks (its model list's marker header).
 _VERSIONS = "(?:v1beta|v1)"
 _ID = r"(?P<resource>[^/:]+)"
 ENDED = frozenset(
@@ -95,9 +95,6 @@ class GeminiBatchApi(BatchApi):
     """Jobs of inline requests (or an uploaded JSONL file); the job answers as a long-running operation."""
 
     lines_path = "generateContent"
-
-    def claims_headers(self, headers: Any) -> bool:
-        return "google-genai-sdk/" in headers.get("x-goog-api-client", "") or "x-goog-api-key" in headers
 
     def upstream_path(
         self, endpoint: Endpoint, resource: str | None, *, model: str | None = None, action: str | None = None
