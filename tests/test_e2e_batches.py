@@ -7,6 +7,7 @@ import io
 import json
 import sqlite3
 import subprocess
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -564,3 +565,47 @@ def test_another_sdks_files_call_on_a_shared_path_is_not_sent_to_openai(
     with pytest.raises(anthropic.NotFoundError):
         client.beta.files.upload(file=("notes.txt", b"private notes", "text/plain"))
     assert not [r for r in sdk_requests(fake_provider) if r["path"].endswith("/v1/files")]
+
+
+def _rss_mb(pid: int) -> float:
+    with open(f"/proc/{pid}/status") as f:
+        return next(int(line.split()[1]) / 1024 for line in f if line.startswith("VmRSS"))
+
+
+def test_an_upload_streams_through_the_gateway_without_being_buffered(
+    tmp_path: Path, fake_provider: FakeProvider
+) -> None:
+    """50 MB through the gateway: its memory stays flat (the fake provider, not the gateway, holds the file)."""
+    gateway = start_gateway(tmp_path, fake_provider, extra_env={**POLL, "TOKENSENSE_MAX_UPLOAD_MB": "100"})
+    try:
+        client = openai_client(gateway)
+        client.files.create(file=_jsonl(CHAT_LINES[:1]), purpose="batch")  # warm: the route's code paths loaded
+        pid = gateway.process.pid
+        before = _rss_mb(pid)
+        peak = [before]
+        sending = threading.Event()
+        sending.set()
+
+        def watch() -> None:
+            while sending.is_set():
+                peak.append(_rss_mb(pid))
+                time.sleep(0.02)
+
+        watcher = threading.Thread(target=watch)
+        watcher.start()
+        line = {
+            **CHAT_LINES[0],
+            "body": {**CHAT_LINES[0]["body"], "messages": [{"role": "user", "content": "y" * 2000}]},
+        }
+        data = b"".join(json.dumps({**line, "custom_id": f"l{i}"}).encode() + b"\n" for i in range(24_000))
+        big = io.BytesIO(data)
+        big.name = "big.jsonl"
+        try:
+            uploaded = client.files.create(file=big, purpose="batch")
+        finally:
+            sending.clear()
+            watcher.join()
+        assert uploaded.bytes == len(data) > 48_000_000
+        assert max(peak) - before < 25, f"the gateway grew from {before:.0f} MB to {max(peak):.0f} MB"
+    finally:
+        stop(gateway.process)
