@@ -593,10 +593,8 @@ def test_an_upload_streams_through_the_gateway_without_being_buffered(
 
         watcher = threading.Thread(target=watch)
         watcher.start()
-        line = {
-            **CHAT_LINES[0],
-            "body": {**CHAT_LINES[0]["body"], "messages": [{"role": "user", "content": "y" * 2000}]},
-        }
+        body = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "y" * 2000}], "max_tokens": 20}
+        line = {"method": "POST", "url": "/v1/chat/completions", "body": body}
         data = b"".join(json.dumps({**line, "custom_id": f"l{i}"}).encode() + b"\n" for i in range(24_000))
         big = io.BytesIO(data)
         big.name = "big.jsonl"
