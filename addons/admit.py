@@ -21,7 +21,7 @@ from tokensense.gateway.flowmeta import BODY_LIMIT, CALL, refuse_body, set_call
 from tokensense.gateway.guards import take_max_cost_header
 from tokensense.gateway.keys import KeyInfo
 from tokensense.gateway.model_lists import shape_for
-from tokensense.gateway.routing import classify
+from tokensense.gateway.routing import route_request
 from tokensense.gateway.runtime import Runtime
 from tokensense.gateway.stages import admit as admit_stage
 from tokensense.gateway.stages.admit import Admitted, oversize_refusal
@@ -45,10 +45,14 @@ class Admit:
         strip_client_keys(req)
         path = req.path.partition("?")[0]
         try:
-            route = classify(req.method, path)
+            route = route_request(req.method, path)
         except GatewayError as e:
             await self._unknown_endpoint(flow, path, presented, e)
             return
+        if route.prefix is not None:  # `/mistral/v1/...`: the stages see the provider's own path
+            path = path.removeprefix(f"/{route.prefix}")
+            query = req.data.path.partition(b"?")[2]
+            req.data.path = path.encode() + (b"?" + query if query else b"")
         fmt = route.fmt
         if route.endpoint in (Endpoint.MODELS, Endpoint.MODEL):  # one path, three SDKs: errors in the asking SDK's shape
             fmt = shape_for(path, req.headers).error_format

@@ -275,6 +275,7 @@ class Batches:
         call.model = models[0] if models else None
         call.requested_model = call.model
         runtime = self.runtime
+        call.reserve_usd = meta.reserved  # the job's largest cost: its budget reservation and cost cap
         call.policed = await police(
             call,
             Target(provider, call.model or ""),
@@ -282,7 +283,6 @@ class Batches:
             counters=runtime.counters,
             spent_since=runtime.spent_since,
             guard=runtime.guard,
-            reserve_usd=meta.reserved,
         )
         if call.policed.rate is not None:
             flow.metadata[RATE] = call.policed.rate
@@ -486,7 +486,8 @@ def _asking(headers: Any, endpoint: Endpoint, provider: Provider, api: BatchApi)
         if other.batch_api is None or not any(entry.endpoint is endpoint for entry in other.client_routes):
             raise GatewayError(
                 404,
-                f"TokenSense does not serve {other.display_name}'s batch or file API on this path.",
+                f"TokenSense serves {provider.display_name}'s files and batches on this path; call "
+                f"{other.display_name}'s under its prefix (/{other.name}/...).",
                 code="unknown_endpoint",
             )
         return other, other.batch_api

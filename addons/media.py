@@ -1,5 +1,5 @@
 """Routes, translates and meters the media endpoints (images, image edits and variations, speech, transcriptions,
-translations) by the providers' media rules."""
+translations, document OCR) by the providers' media rules."""
 
 from __future__ import annotations
 
@@ -235,6 +235,8 @@ class Media:
                 self._translate_images(response, call, state)
             elif response.status_code < 300 and state.kind == "images":
                 self._meter_images(response, call, state)
+            elif response.status_code < 300 and state.kind == "pages":
+                self._meter_pages(response, call, state)
             elif response.status_code < 300 and state.kind == "transcription":
                 self._finish_audio(call, state, content=response.content or b"",
                                    content_type=response.headers.get("content-type", ""))
@@ -284,6 +286,26 @@ class Media:
             quality = _str(answer.get("quality")) or state.quality
             call.media_cost = self.prices.image_cost(call.model, count=usage.images, size=size,
                                                               quality=quality)
+
+    def _meter_pages(self, response: http.Response, call: CallContext, state: MediaCall) -> None:
+        """A document OCR answer: priced per page processed, as the answer's usage says (the catalog's page rate,
+        else the media table's `per_thousand_pages` for a model only config.toml knows)."""
+        assert call.provider is not None and call.model is not None
+        try:
+            answer = json.loads(response.content or b"")
+        except (ValueError, UnicodeDecodeError):
+            answer = None
+        usage = state.answer_usage(answer) if state.answer_usage is not None else TokenUsage()
+        if not isinstance(answer, dict):
+            call.usage_unknown = True  # a page count it cannot read: unpriced, never $0
+        if self.runtime.prices.knows(call.provider.prices_id, call.model):
+            call.usage = usage  # the pages are a unit the catalog prices
+            return
+        pages = usage.units.get("input_document_pages", 0)
+        call.usage = TokenUsage(counters={"input_document_pages": pages} if pages else {})
+        call.media_cost = self.prices.page_cost(call.model, pages)
+        if call.media_cost is None:
+            call.usage_unknown = True
 
     def _finish_speech(self, call: CallContext, state: MediaCall, meter: media.AudioMeter) -> None:
         assert call.provider is not None and call.model is not None

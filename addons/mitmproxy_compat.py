@@ -27,7 +27,14 @@ narrow patches of its HTTP layer change that:
   Without this, mitmproxy relays the close to a server connection it never
   opened and the connection crashes.
 
-All four are written against mitmproxy 12's internals: `install()` refuses to run on
+- `WebsocketLayer.relay_messages` stops a relayed client message that outgrows the flow's
+  `flowmeta.WS_FRAME_LIMIT` while it arrives (close 1009), rather than buffering it whole; and it
+  also takes a close that an addon asks for (`close_websocket`: an idle
+  realtime session, a frame over the limit, a shutdown's drain): both sides get a close frame with the
+  code and reason, and the websocket_end hook runs, as when a side closes. mitmproxy can inject
+  messages but not a close.
+
+All five are written against mitmproxy 12's internals: `install()` refuses to run on
 another major version, loudly, rather than patching code it was not written for.
 HTTP/2 clients still get mitmproxy's own error responses (the SDKs speak HTTP/1.1).
 """
@@ -44,6 +51,7 @@ from mitmproxy import http
 from mitmproxy import version as mitm_version
 from mitmproxy.net.http import http1
 from mitmproxy.proxy import commands
+from mitmproxy.proxy import events as mitm_events
 from mitmproxy.proxy.layers import http as http_layers
 from mitmproxy.proxy.layers.http import ErrorCode, HttpErrorHook, HttpStream, _http1
 from mitmproxy.proxy.layers.http._events import (
@@ -52,8 +60,11 @@ from mitmproxy.proxy.layers.http._events import (
     RequestTrailers,
     ResponseProtocolError,
 )
-from mitmproxy.proxy.layers.websocket import WebsocketLayer
+from mitmproxy.proxy.layers.websocket import WebsocketLayer, WebSocketMessageInjected
 from mitmproxy.proxy.utils import expect
+from mitmproxy.websocket import WebSocketMessage
+from wsproto import ConnectionState
+from wsproto.frame_protocol import Opcode
 
 from tokensense.core.errors import ErrorShape, error_bytes
 from tokensense.gateway import flowmeta
@@ -192,11 +203,42 @@ def _ws_start(self, event):  # type: ignore[no-untyped-def]
         self.server_ws.send2 = to_no_server
 
 
+def close_websocket(flow: http.HTTPFlow, code: int, reason: str) -> bool:
+    """Close a relayed WebSocket from the gateway: a close frame to the client and the server (False: not live)."""
+    from mitmproxy import ctx
+
+    proxyserver = ctx.master.addons.get("proxyserver")
+    if proxyserver is None or flow.websocket is None or flow.websocket.timestamp_end is not None:
+        return False
+    # A close frame's reason is at most 123 bytes.
+    flow.metadata[flowmeta.WS_CLOSE] = (code, reason.encode()[:123].decode(errors="ignore"))
+    try:
+        proxyserver.inject_event(WebSocketMessageInjected(flow, WebSocketMessage(Opcode.CLOSE, False, b"")))
+    except ValueError:  # the connection is gone already
+        return False
+    return True
+
+
 def _ws_relay(self, event):  # type: ignore[no-untyped-def]
+    if isinstance(event, WebSocketMessageInjected) and event.message.type == Opcode.CLOSE:
+        close = self.flow.metadata.pop(flowmeta.WS_CLOSE, None)
+        if close is None or self.server_ws.state is not ConnectionState.OPEN:
+            return
+        # As if the server had closed: the layer sends the close on to both sides and ends the flow.
+        self.server_ws._events.append(wsproto.events.CloseConnection(code=close[0], reason=close[1]))
+        event = mitm_events.DataReceived(self.context.server, b"")
     if self.flow.metadata.get(flowmeta.WS_TERMINATED):
         yield from _filtered(self, _original_ws_relay(self, event))
-    else:
-        yield from _original_ws_relay(self, event)
+        return
+    yield from _original_ws_relay(self, event)
+    limit = self.flow.metadata.get(flowmeta.WS_FRAME_LIMIT)
+    if limit is not None and isinstance(event, mitm_events.DataReceived) and event.connection == self.context.client \
+            and self.server_ws.state is ConnectionState.OPEN and sum(map(len, self.client_ws.frame_buf)) > limit:
+        # A client message outgrew the limit while it arrives: not buffered further, the socket is closed (1009).
+        self.client_ws.frame_buf = [b""]
+        reason = f"A frame over the limit of {limit / 1048576:g} MB (TOKENSENSE_MAX_BODY_MB)."
+        self.server_ws._events.append(wsproto.events.CloseConnection(code=1009, reason=reason))
+        yield from _original_ws_relay(self, mitm_events.DataReceived(self.context.server, b""))
 
 
 def install() -> None:

@@ -63,7 +63,8 @@ class Observability:
             return
         if self.metrics is None:
             self.metrics = GatewayMetrics(max_label_values=self.runtime.settings.metrics_max_label_values,
-                                          get_recorder=lambda: self.runtime.recorder)
+                                          get_recorder=lambda: self.runtime.recorder,
+                                          get_sessions=lambda: self.runtime.open_sessions)
         try:
             self.metrics.serve(port, ctx.options.tokensense_metrics_host)
         except OSError as e:

@@ -21,13 +21,13 @@ class Policy:
             return
         if call.policed is not None:  # policed already by the addon that routed it (batch jobs and files)
             return
-        assert call.model is not None
-        target = Target(call.provider, call.model, call.requested_model,
+        target = Target(call.provider, call.model or "", call.requested_model,  # "": a passthrough naming no model
                         call.sent_body if isinstance(call.sent_body, dict) else None)
         runtime = self.runtime
         try:
             call.policed = await police(call, target, prices=runtime.prices, counters=runtime.counters,
-                                        spent_since=runtime.spent_since, guard=runtime.guard)
+                                        spent_since=runtime.spent_since, guard=runtime.guard,
+                                        typical=runtime.typical)
         except Refused as refused:
             call.policed = refused.held  # a rate entry it took is settled with its record
             if refused.held is not None and refused.held.rate is not None:

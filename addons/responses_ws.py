@@ -126,6 +126,8 @@ class ResponsesWebSocket:
 
     def websocket_message(self, flow: http.HTTPFlow) -> None:
         assert flow.websocket is not None
+        if not flow.metadata.get(WS_TERMINATED):
+            return  # a socket relayed to a provider (addons/realtime.py), not one this addon answers
         message = flow.websocket.messages[-1]
         if not message.from_client:
             return  # what the gateway sends (there is no upstream socket)

@@ -16,7 +16,7 @@ from tokensense.gateway.call import CallContext, Record
 from tokensense.gateway.catalog import list_models
 from tokensense.gateway.model_lists import find, listed, served_in, shape_for
 from tokensense.gateway.policy import model_allowed
-from tokensense.gateway.routing import MEDIA_ENDPOINTS
+from tokensense.gateway.routing import ENDPOINTS_LISTING, MEDIA_ENDPOINTS
 from tokensense.gateway.runtime import Runtime
 from tokensense.gateway.stages.parse import (
     check_output_caps,
@@ -42,8 +42,9 @@ class Router:
             if call.route_endpoint in (Endpoint.MODELS, Endpoint.MODEL):
                 self._answer_models(flow, call)
             elif call.route_endpoint not in MEDIA_ENDPOINTS and call.route_endpoint not in RESPONSES_ENDPOINTS \
-                    and call.route_endpoint not in BATCH_ENDPOINTS:
-                self._route(flow, call)  # the media, responses and batches addons route the others
+                    and call.route_endpoint not in BATCH_ENDPOINTS \
+                    and (call.route is None or call.route.owned is None) and not routed_by_passthrough(call):
+                self._route(flow, call)  # the media, responses, batches, owned-resources and passthrough addons route the others
         except GatewayError as e:
             answer_error(flow, call.fmt, e)
 
@@ -103,6 +104,11 @@ class Router:
             parsed.client_wants_usage, parsed.translator, parsed.sent_body
         prepare_upstream(call, adapter, credential, parsed.upstream, body=parsed.body,
                          content_type=parsed.content_type, drop_header_prefixes=parsed.drop_header_prefixes)
+
+
+def routed_by_passthrough(call: CallContext) -> bool:
+    """A path passed through, or the endpoint listing: addons/passthrough.py handles it."""
+    return call.route_endpoint is ENDPOINTS_LISTING or (call.route is not None and call.route.passthrough is not None)
 
 
 def _pricing_kind(prices: PriceBook, provider: str, model: str) -> str:

@@ -13,8 +13,11 @@ from addons.lifecycle import Lifecycle
 from addons.media import Media
 from addons.metering import Metering
 from addons.observability import Observability
+from addons.owned import OwnedResources
+from addons.passthrough import Passthrough
 from addons.policy import Policy
 from addons.provider_auth import ProviderAuth
+from addons.realtime import RealtimeSockets
 from addons.recording import Recording
 from addons.reliability import Reliability
 from addons.request_records import RequestRecords
@@ -37,12 +40,15 @@ def tokensense_addons(runtime: Runtime | None = None) -> list[object]:
         Intercept(runtime),  # before Admit: intercepted calls never meet the gateway's key check
         ResponsesWebSocket(runtime),  # the Responses WebSocket handshake, answered here; its frames served over HTTP
         BatchUploads(batches),  # a resumable upload's bytes, on the session URL the gateway handed out (no key)
+        RealtimeSockets(runtime),  # realtime sessions (voice): the handshake admitted here, frames relayed and metered
         Admit(runtime),  # requestheaders: key, route, body limit
         RequestRecords(runtime),  # GET /v1/tokensense/requests/{id}, answered before routing
         Router(runtime),  # request: parse, resolve, prepare the upstream request
         Responses(runtime),  # the Responses API: parse, ownership, answers (before Translation and Metering)
         batches,  # batch jobs and files: owned per key, uploads streamed, jobs reserved and followed
+        OwnedResources(runtime),  # video jobs and context caches: ownership, storage and job bookings
         Media(runtime),
+        Passthrough(runtime),  # paths no route serves: forwarded with the key swap, metered (before Metering)
         Policy(runtime),  # request: access, rate, budget
         ProviderAuth(),  # request: short-lived provider tokens (Vertex AI), fetched off the event loop
         Forward(runtime),  # request: picks the pool's key, writes the upstream request, only after every gate passed

@@ -188,6 +188,17 @@ def test_keys_update(run) -> None:
     assert (cleared["allowed_models"], cleared["plan"], cleared["project"], cleared["rpm"]) == ([], None, "p1", 120)
     assert "Updated key 'ci'" in run("keys", "update", "ci", "--tpm", "99").out
     _assert_user_error(run("keys", "update", "ci"), "nothing to change")
+
+
+def test_keys_endpoint_rules(run) -> None:
+    """`--allow-endpoint` limits a key to endpoints as `--allow-model` does to models (issue 25)."""
+    created = run("keys", "create", "ep", "--allow-endpoint", "chat.completions", "--allow-endpoint", "vector_*")
+    assert "endpoints chat.completions, vector_*" in created.out
+    assert _json(run("keys", "list", "--json"))[0]["allowed_endpoints"] == ["chat.completions", "vector_*"]
+    updated = _json(run("keys", "update", "ep", "--json", "--allow-endpoint", "messages"))
+    assert updated["allowed_endpoints"] == ["messages"]
+    assert _json(run("keys", "update", "ep", "--json", "--allow-any-endpoint"))["allowed_endpoints"] == []
+    _assert_user_error(run("keys", "update", "ep", "--allow-endpoint", " "), "allowed-endpoint pattern")
     _assert_user_error(run("keys", "update", "nope", "--rpm", "1"), "no key named or with id 'nope'")
     _assert_user_error(run("keys", "update", "ci", "--allow-provider", "openia"), "unknown provider 'openia'")
     _assert_user_error(run("keys", "update", "ci", "--allow-model", "x", "--allow-any-model"), "not allowed with argument")

@@ -184,3 +184,45 @@ def test_web_sessions_read_postgresql_read_only() -> None:
         with pytest.raises(Exception, match="read-only transaction"):
             connection.execute(text("CREATE TABLE ts_dashboard_read_only_probe (x integer)"))
     engine.dispose()
+
+
+def test_dashboard_processes_are_capped_with_a_clear_page(tmp_path: Path) -> None:
+    """Each tab is a dashboard process: beyond TOKENSENSE_DASHBOARD_MAX_PROCESSES a tab gets a 503 page saying so,
+    and its WebSocket a 503, until a tab closes."""
+    import asyncio
+
+    import aiohttp
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith("TOKENSENSE_")}
+    env.update(TOKENSENSE_HOME=str(tmp_path / "home"), TOKENSENSE_DASHBOARD_TOKEN=DASHBOARD_TOKEN,
+               TOKENSENSE_DASHBOARD_MAX_PROCESSES="1")
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    log_path = tmp_path / "web.log"
+    with log_path.open("w") as log:
+        process = subprocess.Popen([str(BIN / "tokensense"), "dashboard", "--web", "--port", str(port)],
+                                   stdout=log, stderr=subprocess.STDOUT, env=env)
+
+    async def tabs() -> None:
+        async with aiohttp.ClientSession(cookie_jar=aiohttp.CookieJar(unsafe=True)) as session:  # an IP host
+            assert (await session.get(f"{url}/?token={DASHBOARD_TOKEN}")).status == 200  # redirected, cookie kept
+            origin = {"Origin": url}
+            first = await session.ws_connect(f"{url}/ws?width=80&height=24", headers=origin)
+            await first.receive(timeout=30)  # the first tab's process is up and drawing
+            busy = await session.get(f"{url}/")
+            assert busy.status == 503 and "TOKENSENSE_DASHBOARD_MAX_PROCESSES" in await busy.text()
+            with pytest.raises(aiohttp.WSServerHandshakeError) as refused:
+                await session.ws_connect(f"{url}/ws", headers=origin)
+            assert refused.value.status == 503
+            await first.close()
+            for _ in range(100):  # the process stops once its tab has gone
+                if (await session.get(f"{url}/")).status == 200:
+                    return
+                await asyncio.sleep(0.1)
+            raise AssertionError("the page stayed busy after the tab closed")
+
+    try:
+        _wait_listening(url, process, log_path)
+        asyncio.run(tabs())
+    finally:
+        stop(process)

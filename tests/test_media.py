@@ -295,7 +295,8 @@ def test_speech_and_minute_prices() -> None:
 def test_every_default_price_is_positive() -> None:
     for model, price in DEFAULT_MEDIA_PRICES.items():
         values = [price.per_image, price.per_megapixel, price.per_million_characters, price.per_minute,
-                  *price.per_image_by_size.values()]
+                  price.per_thousand_pages, price.per_second, price.per_mtok_hour,
+                  *price.per_image_by_size.values(), *price.per_second_by_size.values()]
         assert any(v for v in values if v is not None) and all(v is None or v > 0 for v in values), model
 
 
@@ -429,3 +430,20 @@ def test_answers_tokensense_made_itself_are_not_translated_as_provider_errors() 
     addon.responseheaders(flow)
     addon.response(flow)
     assert json.loads(flow.response.content)["error"]["message"] == "The key `k` has spent its budget."
+
+
+def test_pages_seconds_and_storage_prices() -> None:
+    table = MediaPriceTable({"sora-2": {"per_second/1280x720": 0.2}, "ocr-local": {"per_thousand_pages": 3}})
+    assert table.page_cost("ocr-local", 1000) == pytest.approx(3.0)  # declared in config.toml
+    assert table.page_cost("dall-e-2", 3) is None  # no page price: unpriced, not $0
+    assert table.video_cost("sora-2", seconds=8, size="720x1280") == pytest.approx(0.8)
+    assert table.video_cost("sora-2", seconds=8, size="1280x720") == pytest.approx(1.6)
+    assert table.video_cost("sora-2", seconds=4, size=None) == pytest.approx(0.4)  # the default size
+    assert table.video_cost("sora-2-pro", seconds=12, size="1792x1024") == pytest.approx(6.0)
+    assert table.video_cost("sora-2", seconds=4, size="1792x1024") is None  # a size sora-2 has no price for
+    assert table.storage_cost("gemini-2.5-flash", tokens=1_000_000, seconds=1800) == pytest.approx(0.5)
+    assert table.storage_cost("gemini-2.5-pro", tokens=200_000, seconds=3600) == pytest.approx(0.9)
+    # A chat model with a storage rate is no media model (the catalog prices its calls).
+    assert "gemini-2.5-flash" not in table.models and "sora-2" in table.models
+    assert table.get("sora-2-pro").source.startswith("https://platform.openai.com/docs/pricing")
+    assert table.get("sora-2").source == "config.toml [media_prices]"  # overridden: the source says so

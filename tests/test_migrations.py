@@ -27,9 +27,10 @@ from tokensense.storage.models import ApiKey, ProviderCredential, Usage, UsageCr
 from tokensense.storage.schema import INITIAL_REVISION, MIGRATIONS_DIR, VERSIONS_DIR, head_revision
 
 PG_URL = "postgresql://postgres@127.0.0.1:5432/test"
-HEAD = "0010_batch_jobs"
+HEAD = "0013_batch_jobs"
 NEXT = f"{int(HEAD[:4]) + 1:04d}"
-LATER_TABLES = {"stored_responses", "usage_rollup", "usage_retention", "batch_files", "batch_jobs", "leases"}  # made by revisions after 0001
+LATER_TABLES = {"stored_responses", "usage_rollup", "usage_retention", "owned_resources", "batch_files", "batch_jobs",
+                "leases"}  # made by revisions after 0001
 NEW_INDEXES = {"ix_usage_key_id_created_at": ["key_id", "created_at"], "ix_usage_workflow_step_created_at": ["workflow", "step", "created_at"],
                "ux_usage_request_id_attempt": ["request_id", "attempt"]}
 
@@ -84,7 +85,7 @@ def previous_schema() -> MetaData:
     indexes come along; the composite indexes of 0002 and 0003 are table arguments and do not.
     0003 also made `usage.cost_usd` nullable and replaced the plain `request_id` index.
     """
-    added = {("api_keys", "updated_at"), ("api_keys", "admin"), ("api_keys", "max_call_usd"), ("usage", "details"), ("usage", "attempt"), ("provider_credentials", "name"),
+    added = {("api_keys", "updated_at"), ("api_keys", "admin"), ("api_keys", "max_call_usd"), ("api_keys", "allowed_endpoints"), ("usage", "details"), ("usage", "attempt"), ("provider_credentials", "name"),
              ("provider_credentials", "disabled_at"), ("provider_credentials", "disabled_reason")}
     metadata = MetaData(naming_convention=dict(SQLModel.metadata.naming_convention))
     for table in SQLModel.metadata.sorted_tables:

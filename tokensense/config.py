@@ -65,7 +65,8 @@ class AlertsConfig(BaseModel):
 
 
 class GuardsConfig(BaseModel):
-    """`[guards]`: the runaway guard (docs/budgets-and-limits.md), counted per gateway instance.
+    """`[guards]`: the runaway guard (docs/budgets-and-limits.md), counted in Redis when
+    `TOKENSENSE_REDIS_URL` is set (every instance and worker alike), else per gateway process.
 
     Calls of one execution (`x-execution-id`, else the coding agent's session) are
     refused 429 `loop_detected` past `repeat_limit` identical bodies in
@@ -110,8 +111,8 @@ class BudgetsConfig(BaseModel):
     """`[budgets]`: how calls reserve budget, and budgets on attribution (docs/budgets-and-limits.md).
 
     `reserve = "cap"` (the default) reserves each call's largest cost: a budget is never overspent.
-    `reserve = "typical"` reserves the smaller of the request's own output cap and the 99th
-    percentile of the model's recent outputs, with a bounded overspend.
+    `reserve = "typical"` admits a call when the smaller of its own output cap and the 99th
+    percentile of the model's recent outputs fits; the budget is exceeded by at most one call's excess.
     Budgets are `[[budgets]]` tables, or `[[budgets.limits]]` when `[budgets]` sets `reserve`.
     """
 
@@ -141,6 +142,29 @@ class RetentionConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     raw_days: float | None = Field(default=None, gt=0)
+
+
+class PassthroughConfig(BaseModel):
+    """`[passthrough]`: how passed-through paths (docs/providers.md) are paid for, by family (`vector_stores`).
+
+    A call on a family listed in `free` is recorded at cost 0 and a key with a budget may make it; one listed
+    in `priced` is priced from the `usage` its answer reports (a key with a budget may make it too). Any other
+    family's calls are recorded unpriced (cost NULL) and refused to a key with a budget, except `GET` listings
+    and `DELETE`s, which are free.
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    free: list[str] = Field(default_factory=list)
+    priced: list[str] = Field(default_factory=list)
+
+    @field_validator("free", "priced")
+    @classmethod
+    def _families(cls, value: list[str]) -> list[str]:
+        for family in value:
+            if not re.fullmatch(r"[A-Za-z][A-Za-z0-9_-]{0,63}", family):
+                raise ValueError(f"a passthrough family is a path segment such as \"vector_stores\", got {family!r}")
+        return value
 
 
 """Names a `[providers.NAME]` table may not take: they are built in and configured by their own settings."""
@@ -250,6 +274,7 @@ class FileConfig(BaseModel):
     retention: RetentionConfig = Field(default_factory=RetentionConfig)
     guards: GuardsConfig = Field(default_factory=GuardsConfig)  # the runaway guard: repeats and calls per execution
     budgets: BudgetsConfig = Field(default_factory=BudgetsConfig)  # reservation mode and budgets on attribution
+    passthrough: PassthroughConfig = Field(default_factory=PassthroughConfig)  # passed-through families: free, priced
 
     @model_validator(mode="after")
     def _check_providers(self) -> FileConfig:

@@ -41,11 +41,16 @@ class Settings(BaseSettings):
     batch_poll_seconds: float = Field(default=30.0, gt=0)
     # The Responses API over WebSocket (Codex CLI); off: the handshake gets a 426 and Codex uses HTTP.
     responses_websocket: bool = True
+    # Seconds a realtime session (OpenAI Realtime, Gemini Live over WebSocket) may pass without a frame either way;
+    # then both sides get a close frame.
+    realtime_idle_timeout: float = Field(default=300.0, gt=0)
     config_file: Path | None = None  # the config.toml to read (default: config.toml in the home)
     # Prometheus: distinct values a client-chosen label (workflow, project, model) may take before folding into `other`.
     metrics_max_label_values: int = 100
     # Opens `tokensense dashboard --web` (as do admin keys); at least 16 characters. Not passed to the dashboard's processes.
     dashboard_token: str | None = None
+    # Dashboard processes `tokensense dashboard --web` runs at once (one a browser tab); a tab beyond it gets a 503 page.
+    dashboard_max_processes: int = Field(default=8, ge=1)
     # Use only environment provider keys (the demo points them at its fake providers).
     ignore_stored_providers: bool = False
 

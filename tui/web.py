@@ -35,6 +35,11 @@ SESSION_SECONDS = 12 * 3600
 MIN_TOKEN_LENGTH = 16
 DEFAULT_PORT = 8090
 
+_BUSY = """<!DOCTYPE html><html><head><title>TokenSense dashboard</title></head><body>
+<h1>TokenSense dashboard</h1><p>The dashboard is open in {count} tabs already, the most this server runs at once
+(<code>TOKENSENSE_DASHBOARD_MAX_PROCESSES</code>, each tab is a process of its own). Close a tab and reload this
+page.</p></body></html>"""
+
 _DENIED = """<!DOCTYPE html><html><head><title>TokenSense dashboard</title></head><body>
 <h1>TokenSense dashboard</h1><p>{reason}</p>
 <p>Open this page with <code>?token=</code> and the dashboard token (<code>TOKENSENSE_DASHBOARD_TOKEN</code> of the
@@ -121,16 +126,33 @@ def _same_origin(request: web.Request) -> bool:
 class DashboardServer(Server):
     """textual-serve's server with the dashboard token in front of every route."""
 
-    def __init__(self, command: str, *, host: str, port: int, tokens: TokenCheck) -> None:
+    def __init__(self, command: str, *, host: str, port: int, tokens: TokenCheck, max_processes: int = 8) -> None:
         super().__init__(command, host=host, port=port, title="TokenSense",
                          templates_path=Path(__file__).resolve().parent / "templates")
         self.tokens = tokens
         self.sessions: dict[str, Holder] = {}
+        self.max_processes = max_processes
+        self.processes = 0  # dashboard processes running: one per open WebSocket (a browser tab)
 
     async def _make_app(self) -> web.Application:
         app = await super()._make_app()
         app.middlewares.append(self._require_token)
         return app
+
+    def _busy(self) -> web.Response:
+        return web.Response(status=503, text=_BUSY.format(count=self.processes), content_type="text/html",
+                            headers={"Cache-Control": "no-store", "Retry-After": "30"})
+
+    async def handle_websocket(self, request: web.Request) -> web.WebSocketResponse:
+        """One dashboard process per WebSocket, at most `max_processes` at once (the check and the count are on
+        the event loop, with no wait between them: a burst of tabs cannot overshoot it)."""
+        if self.processes >= self.max_processes:
+            return self._busy()  # type: ignore[return-value]  (aiohttp answers the handshake with the 503)
+        self.processes += 1
+        try:
+            return await super().handle_websocket(request)
+        finally:
+            self.processes -= 1
 
     def _denied(self, reason: str) -> web.Response:
         return web.Response(status=401, text=_DENIED.format(reason=reason), content_type="text/html",
@@ -172,8 +194,12 @@ class DashboardServer(Server):
         return await handler(request)
 
     async def handle_index(self, request: web.Request) -> web.StreamResponse:
-        """textual-serve's page, with its URLs on the host the browser used (so the session cookie goes along)."""
+        """textual-serve's page, with its URLs on the host the browser used (so the session cookie goes along); a
+        page that says so when every dashboard process is taken."""
         import aiohttp_jinja2
+
+        if self.processes >= self.max_processes:
+            return self._busy()
 
         origin = f"{request.scheme}://{request.host}"
         context: dict[str, Any] = {
@@ -241,7 +267,8 @@ def run_web(args: argparse.Namespace) -> int:
               "HTTP; put a TLS proxy in front of it", file=sys.stderr)
     os.environ["TOKENSENSE_DATABASE_URL"] = url  # the dashboard processes read it from there, not from `ps`
     command = shlex.join([sys.executable, "-m", "tokensense.cli", "dashboard", "--read-only"])
-    server = DashboardServer(command, host=args.host, port=args.port, tokens=tokens)
+    server = DashboardServer(command, host=args.host, port=args.port, tokens=tokens,
+                             max_processes=get_settings().dashboard_max_processes)
     try:
         server.serve()
     finally:

@@ -41,6 +41,7 @@ def key_summary(key: ApiKey) -> dict[str, Any]:
         "plan": key.plan,
         "allowed_models": list(key.allowed_models),
         "allowed_providers": list(key.allowed_providers),
+        "allowed_endpoints": list(key.allowed_endpoints or ()),
         "project": key.project,
         "admin": key.admin,
         "created_at": iso(key.created_at),
@@ -64,6 +65,8 @@ def _describe_limits(key: ApiKey) -> str:
         parts.append(f"models {', '.join(key.allowed_models)}")
     if key.allowed_providers:
         parts.append(f"providers {', '.join(key.allowed_providers)}")
+    if key.allowed_endpoints:
+        parts.append(f"endpoints {', '.join(key.allowed_endpoints)}")
     if key.project:
         parts.append(f"project {key.project}")
     described = "; ".join(parts) if parts else "no limits"
@@ -90,6 +93,7 @@ def _cmd_keys_create(args: argparse.Namespace) -> int:
             project=args.project,
             admin=args.admin,
             max_call_usd=args.max_call_usd,
+            allowed_endpoints=args.allow_endpoint or (),
         )
         if args.json:
             print_json({"id": key.id, "name": key.name, "key": plaintext})
@@ -158,6 +162,8 @@ def _cmd_keys_update(args: argparse.Namespace) -> int:
         changes["allowed_models"] = [] if args.allow_any_model else args.allow_model
     if hasattr(args, "allow_provider") or args.allow_any_provider:
         changes["allowed_providers"] = [] if args.allow_any_provider else _allowed_providers(args.allow_provider)
+    if hasattr(args, "allow_endpoint") or args.allow_any_endpoint:
+        changes["allowed_endpoints"] = [] if args.allow_any_endpoint else args.allow_endpoint
     if not changes:
         raise CliError("nothing to change; give at least one option (see `tokensense keys update --help`)")
     with open_session(args) as session:
@@ -220,6 +226,16 @@ def _add_key_options(parser: argparse.ArgumentParser, *, update: bool) -> None:
     )
     if update:
         providers.add_argument("--allow-any-provider", action="store_true", help="remove the provider restriction")
+    endpoints = limits.add_mutually_exclusive_group() if update else limits
+    endpoints.add_argument(
+        "--allow-endpoint", metavar="GLOB", action="append",
+        help="allow only endpoints matching GLOB (e.g. 'chat.completions', 'vector_stores', 'responses*'; "
+        "GET /v1/tokensense/endpoints lists them); repeat for more"
+        + ("; replaces the current list" if update else "; default: all endpoints"),
+        **keep,
+    )
+    if update:
+        endpoints.add_argument("--allow-any-endpoint", action="store_true", help="remove the endpoint restriction")
     limits.add_argument(
         "--project", metavar="P", type=or_none(str) if update else str,
         help=f"project that usage is attributed to when a request has no x-project header{clear}", **keep,

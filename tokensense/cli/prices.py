@@ -103,6 +103,9 @@ def _print_description(d: dict[str, Any]) -> None:
         print(f"  batch jobs: {d['batch']}")
     if d.get("comments"):
         print(f"  note: {d['comments']}")
+    for key, value in d.get("storage", {}).items():
+        print(f"  {'cache storage' if key == 'per_mtok_hour' else key}: {value}"
+              + (" USD per 1M tokens per hour" if key == "per_mtok_hour" else ""))
 
 
 def cmd_prices(args: argparse.Namespace) -> int:
@@ -133,7 +136,12 @@ def cmd_prices(args: argparse.Namespace) -> int:
         print(f"error: no provider serves `{requested}`; name one with --provider or as provider/model",
               file=__import__("sys").stderr)
         return EXIT_FAILED
-    description = describe_price(prices, adapter.prices_id, model) or _media_description(model)
+    media = _media_description(model)
+    description = describe_price(prices, adapter.prices_id, model)
+    if description is None:
+        description = media
+    elif media is not None:  # a catalog model with a rate of the media table too (context-cache storage)
+        description["storage"] = media["media"]
     if description is None:
         message = (f"{model}: unpriced. No price is known ({prices.catalog_origin}, TokenSense overrides, "
                    "config.toml): calls are recorded with no cost. Declare its prices under "

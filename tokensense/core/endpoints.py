@@ -53,6 +53,7 @@ class Endpoint(str):
     IMAGE_VARIATIONS: ClassVar[Endpoint]
     COMPLETIONS: ClassVar[Endpoint]
     MODERATIONS: ClassVar[Endpoint]
+    OCR: ClassVar[Endpoint]
     MODELS: ClassVar[Endpoint]
     MODEL: ClassVar[Endpoint]
     RESPONSES: ClassVar[Endpoint]
@@ -91,6 +92,7 @@ Endpoint.IMAGE_EDITS = Endpoint("images.edits")
 Endpoint.IMAGE_VARIATIONS = Endpoint("images.variations")
 Endpoint.COMPLETIONS = Endpoint("completions")  # legacy text completions (`/v1/completions`)
 Endpoint.MODERATIONS = Endpoint("moderations")
+Endpoint.OCR = Endpoint("ocr")  # document OCR, priced per page processed (Mistral's `/v1/ocr`)
 Endpoint.MODELS = Endpoint("models")
 Endpoint.MODEL = Endpoint("models.retrieve")
 Endpoint.RESPONSES = Endpoint("responses")

@@ -16,6 +16,7 @@ UNIT_KEYS = frozenset({
     "input_image_tokens", "cache_image_read_tokens", "output_image_tokens",
     "input_video_tokens", "output_video_tokens",
     "web_searches",
+    "input_document_pages",  # document OCR pages processed (a count of its own, not part of a column)
 })
 
 # Service tiers that are billed at the standard price (what `service_tier` answers say for them).

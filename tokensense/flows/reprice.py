@@ -253,7 +253,19 @@ def price_flow(flow: http.HTTPFlow, prices: PriceBook, media: MediaPriceTable,
         # characters spoken, images made); the record is where they are.
         usage = usage.model_copy(update={name: record.get(name) or getattr(usage, name) for name in _MEDIA_FIELDS})
     cost: float | None = 0.0
-    if adapter is not None and model:
+    owned = adapter.owned_rules(Endpoint(endpoint)) if adapter is not None and endpoint else None
+    if owned is not None and record is not None:
+        # A video job's calls cost nothing of their own (its booking is a record with no flow); a context cache's
+        # create or update costs the storage its record metered (seconds, cached tokens), at today's rate.
+        usage, source = _usage_from_record(record), "record"
+        tokens = usage.counters.get("cached_tokens")
+        if owned.job or (usage.seconds == 0 and record.get("cost_usd") is not None):
+            cost = 0.0  # a job's own calls; a cache read, list or delete (nothing stored metered)
+        elif not model or tokens is None:
+            cost = None  # unpriced when recorded, unpriced again
+        else:
+            cost = media.storage_cost(model, tokens=tokens, seconds=usage.seconds)
+    elif adapter is not None and model:
         cost = call_cost(prices, adapter.prices_id, model, usage,
                          media_cost(media, adapter, model, endpoint, usage, request, _answer_json(flow)))
         if not usage.has_tokens and _uncounted_input(adapter, flow.request.path, model, request):

@@ -79,6 +79,8 @@ class CallContext:
     requested_model: str | None = None  # the model as the client named it (`provider/model` included)
     on_record: list[Callable[[UsageCreate], None]] = field(default_factory=list)  # run once the call is recorded
     media_cost: float | None = None  # images, speech, transcription: priced by the media addon
+    media_priced: bool = False  # priced by the media table, not the catalog (owned resources: videos, caches)
+    reserve_usd: float | None = None  # a job's expected cost (a video): its budget reservation and cost cap
     free: bool = False  # the provider charges nothing for this call (count_tokens): recorded at cost 0, not policed by budget
     usage_unknown: bool = False  # tokens were used but could not be counted: recorded unpriced (cost NULL)
     timeout: float | None = None  # seconds the provider has to answer (upstream watchdog)

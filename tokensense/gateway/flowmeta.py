@@ -20,6 +20,8 @@ MEDIA = "tokensense.media"  # what the media response hooks need to know about t
 RECORD = "tokensense.record"  # the usage record, for saved flows
 RECORDING = "tokensense.recording"  # how a saved flow was recorded
 WS_TERMINATED = "tokensense.ws_terminated"  # a WebSocket the gateway answers itself (no server connection)
+WS_FRAME_LIMIT = "tokensense.ws_frame_limit"  # bytes a relayed client WebSocket message may have
+WS_CLOSE = "tokensense.ws_close"  # (code, reason) of a close the gateway asked for (addons/mitmproxy_compat.py)
 NO_ANSWER = "tokensense.no_answer"  # why a forwarded request got no answer (before a retry replaces it)
 
 _REQUEST_ATTR = "_tokensense_call"  # also set on the Request object, which mitmproxy's HTTP/1 layer holds

@@ -44,6 +44,7 @@ class KeyInfo:
     created_at: datetime | None = None
     max_call_usd: float | None = None  # the largest cost (reservation) one call of the key may have
     admin: bool = False  # may read every record (`keys create --admin`): the web dashboard, any request's record
+    allowed_endpoints: tuple[str, ...] = ()  # endpoint patterns it may call (`keys create --allow-endpoint`); empty: any
 
     @classmethod
     def from_row(cls, row: ApiKey) -> KeyInfo:
@@ -62,6 +63,7 @@ class KeyInfo:
             created_at=row.created_at,
             max_call_usd=row.max_call_usd,
             admin=bool(row.admin),
+            allowed_endpoints=tuple(row.allowed_endpoints or ()),
         )
 
 

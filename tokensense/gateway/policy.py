@@ -42,14 +42,18 @@ def limits_for(key: KeyInfo) -> Limits:
                   tpm=key.tpm if key.tpm is not None else plan.tpm)
 
 
-def check_access(key: KeyInfo, adapter: ProviderAdapter, model: str, requested: str | None = None) -> None:
-    """403 if the key may not use this provider or model; the message names what was refused."""
+def check_access(key: KeyInfo, adapter: ProviderAdapter, model: str, requested: str | None = None, *,
+                 model_named: bool = True) -> None:
+    """403 if the key may not use this provider or model; the message names what was refused.
+
+    `model_named=False`: a passed-through call that names no model (model rules then do not apply; endpoint
+    rules do, `gateway/passthrough.py`)."""
     if key.allowed_providers:
         allowed = {(found.name if (found := get_provider(p)) else p) for p in key.allowed_providers}
         if adapter.name not in allowed:
             raise GatewayError(403, f"The key `{key.name}` may not use the provider `{adapter.name}` "
                                f"(allowed: {', '.join(sorted(allowed))}).", code="provider_not_allowed")
-    if key.allowed_models:
+    if key.allowed_models and model_named:
         names = {model, requested or model, f"{adapter.name}/{model}"}
         if not any(fnmatchcase(n, pattern) for n in names for pattern in key.allowed_models):
             raise GatewayError(403, f"The key `{key.name}` may not use the model `{requested or model}` "

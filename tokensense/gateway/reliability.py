@@ -280,7 +280,7 @@ async def _police(run: _Run, candidate: Candidate) -> str | None:
     try:
         # A fallback is part of the call the key's rate limits counted already; its budget is its own.
         policed = await police(call, parsed.target, prices=runtime.prices, counters=runtime.counters,
-                               spent_since=runtime.spent_since, count_request=False)
+                               spent_since=runtime.spent_since, count_request=False, typical=runtime.typical)
     except Refused as refused:
         budget = refused.budget
         if budget is not None:

@@ -85,19 +85,23 @@ def _choices(body: dict[str, Any]) -> int:
 
 
 def reservation_usage(body_sent_upstream: dict[str, Any], *, max_output_tokens: int | None,
-                      model_max_output: int | None, generates: bool = True) -> TokenUsage:
+                      model_max_output: int | None, generates: bool = True,
+                      typical_output: int | None = None) -> TokenUsage:
     """The most tokens a call can use: its prompt, and its output cap (or the model's largest output).
 
     `body_sent_upstream` is the body as it goes to the provider (after any
     translation); `max_output_tokens` the cap sent, if the caller knows it
     (else it is read from the body); `model_max_output` the model's largest
     output, for a request that sets no cap; `generates` False for an endpoint
-    that writes no tokens (embeddings).
+    that writes no tokens (embeddings); `typical_output` the model's typical
+    output per choice (`[budgets] reserve = "typical"`), used when below the cap.
     """
     input_tokens = prompt_tokens(body_sent_upstream)
     if not generates:
         return TokenUsage(input_tokens=input_tokens, output_tokens=0)
     cap = max_output_tokens or output_cap(body_sent_upstream) or model_max_output or DEFAULT_MAX_OUTPUT_TOKENS
+    if typical_output is not None:
+        cap = min(cap, typical_output)
     return TokenUsage(input_tokens=input_tokens, output_tokens=cap * _choices(body_sent_upstream))
 
 
@@ -126,10 +130,20 @@ def budget_refusal(key_name: str, budget_usd: float, period: str, decision: Budg
 
 _NO_OUTPUT_ACTIONS = frozenset({"embedContent", "batchEmbedContents", "countTokens"})
 
-def call_reservation(call: CallContext, body_sent_upstream: dict[str, Any]) -> TokenUsage:
-    """`reservation_usage` for a call: its model's largest output, and whether its endpoint writes tokens."""
-    generates = call.route_endpoint not in (Endpoint.EMBEDDINGS, Endpoint.COUNT_TOKENS) \
+def output_choices(body: dict[str, Any]) -> int:
+    """How many choices (`n`, `candidateCount`) `body` asks for: a call's output is shared among them."""
+    return _choices(body)
+
+
+def call_generates(call: CallContext) -> bool:
+    """Whether the call's endpoint writes tokens (not embeddings, token counts)."""
+    return call.route_endpoint not in (Endpoint.EMBEDDINGS, Endpoint.COUNT_TOKENS) \
         and call.action not in _NO_OUTPUT_ACTIONS
+
+
+def call_reservation(call: CallContext, body_sent_upstream: dict[str, Any],
+                     typical_output: int | None = None) -> TokenUsage:
+    """`reservation_usage` for a call: its model's largest output, and whether its endpoint writes tokens."""
     return reservation_usage(body_sent_upstream, max_output_tokens=None,
                              model_max_output=model_max_output(call.model, call.provider),
-                             generates=generates)
+                             generates=call_generates(call), typical_output=typical_output)

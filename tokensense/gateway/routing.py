@@ -15,12 +15,18 @@ from tokensense.providers import (
     get_provider,
     match_route,
     provider_for_model,
+    route_table,
 )
+from tokensense.providers.passthrough import passthrough_route, pin, provider_prefix
 
-__all__ = ["MEDIA_ENDPOINTS", "Endpoint", "Route", "classify", "join_url", "resolve_model"]
+__all__ = ["ENDPOINTS_LISTING", "MEDIA_ENDPOINTS", "Endpoint", "Route", "classify", "join_url", "resolve_model", "route_request"]
+
+# `GET /v1/tokensense/endpoints`: what the gateway serves, prices, passes through (addons/passthrough.py answers).
+ENDPOINTS_LISTING = Endpoint("tokensense.endpoints")
 
 # The gateway's own API; every other route is a provider's (tokensense/providers/routes.py).
 _GATEWAY_ROUTES = (
+    ClientRoute(("GET",), "/v1/tokensense/endpoints", ENDPOINTS_LISTING, DEFAULT_ERRORS),
     ClientRoute(("GET", "HEAD"), "/health|/", Endpoint.HEALTH, DEFAULT_ERRORS),
     ClientRoute(("GET",), "/(?:v1/)?models", Endpoint.MODELS, DEFAULT_ERRORS),
     ClientRoute(("GET",), r"/v1/models/(?P<resource>[^/:]+)", Endpoint.MODEL, DEFAULT_ERRORS),
@@ -29,7 +35,7 @@ _GATEWAY_ROUTES = (
 
 # Endpoints whose requests the media addon routes (multipart bodies, translated image APIs).
 MEDIA_ENDPOINTS = frozenset({Endpoint.IMAGES, Endpoint.SPEECH, Endpoint.TRANSCRIPTIONS, Endpoint.TRANSLATIONS,
-                             Endpoint.IMAGE_EDITS, Endpoint.IMAGE_VARIATIONS})
+                             Endpoint.IMAGE_EDITS, Endpoint.IMAGE_VARIATIONS, Endpoint.OCR})
 
 
 def classify(method: str, path: str) -> Route:
@@ -37,12 +43,47 @@ def classify(method: str, path: str) -> Route:
 
     A path nothing serves is a 404 GatewayError.
     """
+    if route := _served(method, path):
+        return route
+    raise GatewayError(404, f"TokenSense has no endpoint {method[:16]} {path[:200]}.", code="unknown_endpoint")
+
+
+def route_request(method: str, path: str) -> Route:
+    """The route of a client's `method path`: under a provider prefix (`/mistral/v1/...`) the route table pinned
+    to that provider, else the path as it is (`/openai/deployments/...` is Azure's), else the provider's
+    passthrough; without a prefix the route table, else the passthrough of a path the providers list.
+
+    A path nothing serves is a 404 GatewayError; a passthrough path that is not safe to forward is a 400.
+    """
+    prefixed = provider_prefix(path)
+    if prefixed is not None:
+        provider, rest = prefixed
+        for entry in provider.client_routes:  # the provider's own paths may start with its name (`/toy/v1/...`)
+            if route := entry.match(method, path, owner=provider.name):
+                return route
+        for entry in _GATEWAY_ROUTES:
+            if (route := entry.match(method, rest)) and (pinned := pin(route, provider.name)):
+                return pinned
+        for entry, owner in route_table():
+            route = entry.match(method, rest, owner=owner)
+            if route is not None and (pinned := pin(route, provider.name)) is not None:
+                return pinned
+        # The path as it is (Azure's `/openai/deployments/...`), then the provider's passthrough. A route that
+        # claims a path but refuses its parts (an action it does not forward) stays a 404: never passed through.
+        route = _served(method, path) or passthrough_route(rest, provider)
+    else:
+        route = _served(method, path) or passthrough_route(path)
+    if route is None:
+        raise GatewayError(404, f"TokenSense has no endpoint {method[:16]} {path[:200]}.", code="unknown_endpoint")
+    return route
+
+
+def _served(method: str, path: str) -> Route | None:
+    """The gateway's own route or a provider's for `method path` (None: no route; a refused part: a 404)."""
     for entry in _GATEWAY_ROUTES:
         if route := entry.match(method, path):
             return route
-    if route := match_route(method, path):
-        return route
-    raise GatewayError(404, f"TokenSense has no endpoint {method[:16]} {path[:200]}.", code="unknown_endpoint")
+    return match_route(method, path)
 
 
 def resolve_model(model: Any, prices: PriceBook, media_models: frozenset[str] = frozenset(), *,

@@ -12,11 +12,12 @@ from sqlalchemy import text
 from sqlalchemy.engine import Engine
 
 from tokensense.config import FileConfig, load_config
-from tokensense.gateway.guards import LoopGuard
+from tokensense.gateway.guards import LoopGuard, SharedLoopCounts
 from tokensense.gateway.keys import KeyStore
 from tokensense.gateway.limits import CounterStore
 from tokensense.gateway.shared_counters import hub_socket_from_env, make_counters
 from tokensense.gateway.shutdown import InFlight
+from tokensense.gateway.typical_output import OutputHistory, SharedOutputs, recent_outputs
 from tokensense.metering.hub_recorder import HubRecorder
 from tokensense.metering.pricing import PriceBook
 from tokensense.metering.recorder import UsageRecorder, describe_error, usage_recorder
@@ -47,11 +48,13 @@ class Runtime:
         self.config: FileConfig = FileConfig()
         self.prices = PriceBook()
         self.guard = LoopGuard(repeat_limit=None)  # the runaway guard ([guards] of config.toml, set at start)
+        self.typical: OutputHistory | None = None  # the outputs seen per model with [budgets] reserve = "typical"
         self.keys: KeyStore | None = None
         self.recorder: UsageRecorder | HubRecorder | None = None
         self.retention: RetentionWorker | None = None  # prunes old records where this process writes them
         self.counters: CounterStore | None = None
         self.inflight = InFlight()
+        self.open_sessions = 0  # realtime WebSocket sessions open now (addons/realtime.py): /health and metrics
         self.pools: KeyPools | None = None  # the provider-key pools' health (retries, cool-downs, breakers)
         self.upstream: UpstreamClient | None = None  # retries and fallbacks are made with it (created lazily)
         self._take_outs: set[asyncio.Future] = set()
@@ -78,7 +81,8 @@ class Runtime:
 
             guards = self.config.guards
             self.guard = LoopGuard(repeat_limit=guards.repeat_limit, repeat_window_s=guards.repeat_window_s,
-                                   max_calls_per_execution=guards.max_calls_per_execution)
+                                   max_calls_per_execution=guards.max_calls_per_execution,
+                                   shared=self._shared_loop_counts())
             self.prices = PriceBook(self.config.models, snapshot=install_catalog(self.settings.home))
             try:
                 if self._engine is None:
@@ -97,12 +101,29 @@ class Runtime:
             if not hub and self.config.retention.raw_days is not None:
                 self.retention = RetentionWorker(self.engine, raw_days=self.config.retention.raw_days).start()
             self.counters = make_counters(self.settings.redis_url, settings=self.settings)
+            self._start_typical()
             from tokensense.gateway.key_pool import KeyPools
             from tokensense.gateway.retry import pool_policy
 
             self.pools = KeyPools(pool_policy(self.config.routing), redis_url=self.settings.redis_url,
                                   on_take_out=self._take_out)
             self.started = True
+
+    def _shared_loop_counts(self) -> SharedLoopCounts | None:
+        """The loop guard's counts in Redis when it is configured (and the guard is on): shared by every instance."""
+        guards = self.config.guards
+        if not self.settings.redis_url or (guards.repeat_limit is None and guards.max_calls_per_execution is None):
+            return None
+        return SharedLoopCounts(self.settings.redis_url, timeout=self.settings.redis_timeout)
+
+    def _start_typical(self) -> None:
+        """`[budgets] reserve = "typical"`: the outputs seen per model, seeded from the recent records in a thread."""
+        if self.config.budgets.reserve == "typical":
+            engine = self.engine
+            shared = SharedOutputs(self.settings.redis_url, timeout=self.settings.redis_timeout) \
+                if self.settings.redis_url else None
+            self.typical = OutputHistory(shared=shared)
+            self.typical.start_seeding(lambda: recent_outputs(engine))
 
     def upstream_client(self) -> UpstreamClient:
         """The httpx client of retries and fallbacks (made on first use, on the event loop)."""
@@ -177,6 +198,7 @@ class Runtime:
                 body["status"], status = "failing", 503
         if self.counters is not None and hasattr(self.counters, "status"):
             body["limits"] = self.counters.status()
+        body["realtime_sessions"] = self.open_sessions
         if self.inflight.draining:
             body["status"], status = "shutting_down", 503
         return status, body
@@ -196,6 +218,9 @@ class Runtime:
         await asyncio.to_thread(self.close, grace)
         if self.counters is not None:
             await self.counters.close()
+        await self.guard.aclose()
+        if self.typical is not None and self.typical.shared is not None:
+            await self.typical.shared.close()
         if self.pools is not None:
             await self.pools.close()
         if self.upstream is not None:

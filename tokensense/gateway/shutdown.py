@@ -24,6 +24,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
@@ -41,6 +42,9 @@ class InFlight:
         self._ids: set[str] = set()
         self._empty: asyncio.Event | None = None
         self.draining = False
+        # Run with the grace (seconds) when a drain starts: holders of long-lived connections (realtime
+        # sessions) close them in time for their records to be flushed.
+        self.on_drain: list[Callable[[float], None]] = []
 
     def __len__(self) -> int:
         return len(self._ids)
@@ -86,6 +90,11 @@ async def drain_and_close(runtime: Runtime) -> None:
     deadline = time.monotonic() + grace
     inflight = runtime.inflight
     inflight.draining = True
+    for hook in inflight.on_drain:
+        try:
+            hook(grace)
+        except Exception:
+            log.exception("a drain hook failed")
     await stop_listening()
     waiting = len(inflight)
     if waiting:

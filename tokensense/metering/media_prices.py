@@ -1,4 +1,5 @@
-"""The media price table (images, speech, transcription, fal megapixels), overridable from config.toml."""
+"""The media price table (images, speech, transcription, fal megapixels, document pages, video seconds, context-cache
+storage), overridable from config.toml."""
 
 from __future__ import annotations
 
@@ -23,7 +24,9 @@ MEGAPIXEL = 1024 * 1024
 SPEECH_CHARACTERS_PER_SECOND = 15.0
 
 _SIZE_KEY = re.compile(r"^\d{2,5}x\d{2,5}(/[a-z]+)?$")
-_UNIT_KEYS = ("per_image", "per_megapixel", "per_million_characters", "per_minute")
+_UNIT_KEYS = ("per_image", "per_megapixel", "per_million_characters", "per_minute", "per_thousand_pages",
+              "per_second", "per_mtok_hour")
+_SECOND_KEY = re.compile(r"^per_second/\d{2,5}x\d{2,5}$")
 
 
 class MediaPrice(BaseModel):
@@ -40,6 +43,18 @@ class MediaPrice(BaseModel):
     # What OpenAI uses when the request leaves `size` / `quality` out (or says "auto").
     default_size: str | None = None
     default_quality: str | None = None
+    per_thousand_pages: float | None = None  # document OCR, per page processed
+    per_second: float | None = None  # video, per second of the requested duration
+    per_second_by_size: dict[str, float] = {}  # "WIDTHxHEIGHT" -> USD per second (video)
+    per_mtok_hour: float | None = None  # context-cache storage, per 1M tokens per hour stored
+    source: str | None = None  # where the rate is published (shown by `tokensense prices MODEL`)
+
+    @property
+    def storage_only(self) -> bool:
+        """Only a context-cache storage rate: the model itself is priced elsewhere (the catalog)."""
+        return self.per_mtok_hour is not None and not any((
+            self.per_image, self.per_image_by_size, self.per_megapixel, self.per_million_characters,
+            self.per_minute, self.per_thousand_pages, self.per_second, self.per_second_by_size))
 
 
 def _sizes(prices: Mapping[tuple[str, str], float]) -> dict[str, float]:
@@ -109,6 +124,28 @@ DEFAULT_MEDIA_PRICES: dict[str, MediaPrice] = {
     "whisper-1": MediaPrice(per_minute=0.006),
     "gpt-4o-transcribe": MediaPrice(per_minute=0.006),
     "gpt-4o-mini-transcribe": MediaPrice(per_minute=0.003),
+    # Document OCR (Mistral's `mistral-ocr-*`) is priced per page by the genai-prices catalog
+    # (`input_document_kpages`, with Mistral's sources); `per_thousand_pages` here is for models it lacks.
+    # OpenAI Sora 2 videos, per second of the requested duration, by output size.
+    # Source: https://platform.openai.com/docs/pricing ("Video": sora-2 $0.10/s at 720x1280 and 1280x720;
+    # sora-2-pro $0.30/s at 720x1280 and 1280x720, $0.50/s at 1024x1792 and 1792x1024), entered 2026-12-06.
+    "sora-2": MediaPrice(per_second_by_size={"720x1280": 0.10, "1280x720": 0.10}, default_size="720x1280",
+                         source="https://platform.openai.com/docs/pricing (Video: sora-2 $0.10 per second)"),
+    "sora-2-pro": MediaPrice(
+        per_second_by_size={"720x1280": 0.30, "1280x720": 0.30, "1024x1792": 0.50, "1792x1024": 0.50},
+        default_size="720x1280",
+        source="https://platform.openai.com/docs/pricing (Video: sora-2-pro $0.30 per second at 720p, "
+               "$0.50 at 1024x1792 and 1792x1024)"),
+    # Gemini context caches: storage per 1M cached tokens per hour of their TTL. genai-prices has the cache
+    # read rates but no storage rate. Source: https://ai.google.dev/gemini-api/docs/pricing ("Context caching
+    # price ... storage price": Pro models $4.50, Flash and Flash-Lite $1.00 / 1,000,000 tokens per hour),
+    # entered 2026-12-06.
+    **{model: MediaPrice(per_mtok_hour=usd, source="https://ai.google.dev/gemini-api/docs/pricing (context caching "
+                         f"storage: ${usd:.2f} / 1,000,000 tokens per hour)") for model, usd in (
+        ("gemini-3-pro-preview", 4.50), ("gemini-2.5-pro", 4.50), ("gemini-2.5-flash", 1.00),
+        ("gemini-2.5-flash-lite", 1.00), ("gemini-2.0-flash", 1.00), ("gemini-2.0-flash-001", 1.00),
+        ("gemini-1.5-pro", 4.50), ("gemini-1.5-flash", 1.00),
+    )},
 }
 
 
@@ -129,20 +166,25 @@ def parse_overrides(raw: Mapping[str, Mapping[str, float]]) -> dict[str, MediaPr
             raise MediaPriceError(f'[media_prices."{model}"] must be a table of prices')
         fields: dict[str, object] = {}
         sizes: dict[str, float] = {}
+        seconds: dict[str, float] = {}
         for key, value in table.items():
             if isinstance(value, bool) or not isinstance(value, int | float) or value < 0:
                 raise MediaPriceError(f'[media_prices."{model}"] {key} must be a price in USD (a number >= 0), '
                                       f"not {value!r}")
             if key in _UNIT_KEYS:
                 fields[key] = float(value)
+            elif _SECOND_KEY.match(key):
+                seconds[key.removeprefix("per_second/")] = float(value)
             elif _SIZE_KEY.match(key):
                 sizes[key] = float(value)
             else:
                 raise MediaPriceError(
                     f'[media_prices."{model}"] has an unknown key {key!r}: use {", ".join(_UNIT_KEYS)}, '
-                    '"WIDTHxHEIGHT" or "WIDTHxHEIGHT/QUALITY"')
+                    '"WIDTHxHEIGHT", "WIDTHxHEIGHT/QUALITY" or "per_second/WIDTHxHEIGHT"')
         if sizes:
             fields["per_image_by_size"] = sizes
+        if seconds:
+            fields["per_second_by_size"] = seconds
         parsed[model] = MediaPrice(**fields)  # type: ignore[arg-type]
     return parsed
 
@@ -160,8 +202,13 @@ class MediaPriceTable:
             update = override.model_dump(exclude_unset=True)
             if "per_image_by_size" in update:
                 update["per_image_by_size"] = {**base.per_image_by_size, **update["per_image_by_size"]}
+            if "per_second_by_size" in update:
+                update["per_second_by_size"] = {**base.per_second_by_size, **update["per_second_by_size"]}
+            update.setdefault("source", "config.toml [media_prices]")
             self.prices[model] = base.model_copy(update=update)
-        self.models = frozenset(self.prices)
+        # The media models (listed by /v1/models as `media`, resolved by the media routes): every model but those
+        # whose only price is context-cache storage (chat models the catalog prices; storage is their side cost).
+        self.models = frozenset(m for m, p in self.prices.items() if not p.storage_only)
         self.declared = self.models - DEFAULT_MEDIA_PRICES.keys()  # models only config.toml knows
 
     def get(self, model: str) -> MediaPrice | None:
@@ -206,6 +253,31 @@ class MediaPriceTable:
         if price is None or price.per_minute is None:
             return 0.0
         return seconds / 60 * price.per_minute
+
+
+    def page_cost(self, model: str, pages: int) -> float | None:
+        """USD for `pages` pages of document OCR (None: the model has no page price)."""
+        price = self.prices.get(model)
+        if price is None or price.per_thousand_pages is None:
+            return None
+        return max(pages, 0) * price.per_thousand_pages / 1000
+
+    def video_cost(self, model: str, *, seconds: float, size: str | None) -> float | None:
+        """USD for a video of `seconds` at `size` (None: no per-second price for that model and size)."""
+        price = self.prices.get(model)
+        if price is None:
+            return None
+        rate = price.per_second_by_size.get(size or price.default_size or "") if price.per_second_by_size else None
+        if rate is None:
+            rate = price.per_second
+        return None if rate is None else max(seconds, 0.0) * rate
+
+    def storage_cost(self, model: str, *, tokens: int, seconds: float) -> float | None:
+        """USD for storing `tokens` for `seconds` (context caches; None: the model has no storage price)."""
+        price = self.prices.get(model)
+        if price is None or price.per_mtok_hour is None:
+            return None
+        return max(tokens, 0) / 1_000_000 * max(seconds, 0.0) / 3600 * price.per_mtok_hour
 
 
 def load_media_prices(overrides: Mapping[str, Mapping[str, float]] | None) -> tuple[MediaPriceTable, str | None]:

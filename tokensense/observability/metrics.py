@@ -153,7 +153,7 @@ class GatewayMetrics:
     """The gateway's metrics in their own registry; `observe` adds one finished call."""
 
     def __init__(self, *, max_label_values: int = 100, get_recorder: Callable[[], object | None] | None = None,
-                 process_metrics: bool = True) -> None:
+                 process_metrics: bool = True, get_sessions: Callable[[], int] | None = None) -> None:
         disable_created_metrics()  # no `_created` twin of every counter series
         self.registry = CollectorRegistry()
         r = self.registry
@@ -197,6 +197,11 @@ class GatewayMetrics:
         self.budget_remaining = Gauge("tokensense_budget_remaining_usd",
                                       "What is left of each key's budget for its current period (never below 0).",
                                       ["key", "period"], registry=r)
+        self.realtime_sessions = Gauge(
+            "tokensense_realtime_sessions", "Realtime sessions (OpenAI Realtime, Gemini Live WebSockets) open now.",
+            registry=r)
+        if get_sessions is not None:
+            self.realtime_sessions.set_function(get_sessions)
         r.register(RecorderCollector(get_recorder or (lambda: None)))
         if process_metrics:
             ProcessCollector(registry=r)

@@ -11,6 +11,7 @@ from tokensense.providers.fal import FalAdapter
 from tokensense.providers.gemini import GeminiAdapter
 from tokensense.providers.openai import OPENAI_ERRORS, MistralAdapter, OpenAIAdapter, XAIAdapter
 from tokensense.providers.routes import ClientRoute, Route
+from tokensense.providers.sockets import SocketProtocol
 from tokensense.providers.vertex import VertexAdapter
 
 PROVIDERS: dict[str, Provider] = {}
@@ -68,6 +69,15 @@ def match_route(method: str, path: str) -> Route | None:
         route = entry.match(method, path, owner=owner)
         if route is not None:
             return route
+    return None
+
+
+def socket_protocol(path: str) -> tuple[Provider, SocketProtocol] | None:
+    """The provider and realtime WebSocket protocol whose handshake `path` (without its query) is; None if none."""
+    for provider in PROVIDERS.values():
+        for protocol in provider.socket_protocols():
+            if protocol.matches(path):
+                return provider, protocol
     return None
 
 

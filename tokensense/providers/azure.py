@@ -98,6 +98,8 @@ class AzureOpenAIAdapter(OpenAIAdapter):
     hosts: ClassVar[tuple[str, ...]] = ()
     native: ClassVar[frozenset[Endpoint]] = frozenset({Endpoint.CHAT, Endpoint.EMBEDDINGS})
     client_routes: ClassVar[tuple[ClientRoute, ...]] = AZURE_ROUTES
+    api_versions: ClassVar[tuple[str, ...]] = ()  # no passthrough: its paths are per deployment
+    passthrough_paths: ClassVar[tuple[str, ...]] = ()
 
     def __init__(self, deployments: dict[str, str] | None = None, api_version: str | None = None) -> None:
         self.deployments = dict(deployments or {})

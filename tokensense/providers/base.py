@@ -20,11 +20,13 @@ from typing import TYPE_CHECKING, Any, ClassVar, NamedTuple
 from tokensense.core.endpoints import Endpoint
 from tokensense.core.paths import path_segment
 from tokensense.core.usage import TokenUsage
+from tokensense.providers.owned import OwnedRules
 from tokensense.providers.routes import ClientRoute, ErrorPath, Route
 
 if TYPE_CHECKING:
     from tokensense.providers.batch_api import BatchApi
     from tokensense.providers.model_lists import ModelListShape
+    from tokensense.providers.sockets import SocketProtocol
 
 
 def _int(value: Any) -> int:
@@ -177,6 +179,12 @@ class Provider(ABC):
     error_paths: ClassVar[tuple[ErrorPath, ...]] = ()
     # Its batch jobs and files (providers/batch_api.py), when its batch and file routes are in `client_routes`.
     batch_api: ClassVar[BatchApi | None] = None
+    # The first path segments of its API (`v1`, `v1beta`): under its prefix (`/NAME/v1/...`) any path that starts
+    # with one of them and that no route serves is passed through, metered (none: no passthrough).
+    api_versions: ClassVar[tuple[str, ...]] = ()
+    # `version/family` paths of its API that no route serves and that clients call without a prefix
+    # (`v1/vector_stores`): passed through to it (a family several providers list: the body's model decides).
+    passthrough_paths: ClassVar[tuple[str, ...]] = ()
 
     def owns_model(self, model: str) -> bool:
         return model.startswith(self.model_prefixes)
@@ -227,6 +235,11 @@ class Provider(ABC):
 
     def media_route(self, endpoint: Endpoint, model: str, *, declared: bool) -> MediaRoute | None:
         """Where a media request for `model` goes (images, speech, transcriptions), or None if not served."""
+        return None
+
+    def owned_rules(self, endpoint: Endpoint) -> OwnedRules | None:
+        """The `OwnedRules` (providers/owned.py) of the resources a call on `endpoint` makes or names (video jobs,
+        context caches), or None where the provider has none."""
         return None
 
     def intercept_route(self, method: str, path: str) -> Route | None:
@@ -286,6 +299,10 @@ class Provider(ABC):
 
     # Models only served on free routes (moderations): not in the price catalog, listed by `GET /v1/models` as free.
     free_models: ClassVar[tuple[str, ...]] = ()
+
+    def socket_protocols(self) -> tuple[SocketProtocol, ...]:
+        """Its realtime WebSocket protocols (voice sessions: one socket, many billable responses)."""
+        return ()
 
     def model_list_shape(self) -> ModelListShape | None:
         """The shape its own SDKs read `GET /v1/models` in (None: none of their own)."""

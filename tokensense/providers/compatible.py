@@ -24,7 +24,7 @@ from tokensense.metering.pricing import FREE_PRICES_PREFIX
 from tokensense.providers.azure import AzureOpenAIAdapter
 from tokensense.providers.base import ProviderAdapter
 from tokensense.providers.bedrock import BedrockAdapter
-from tokensense.providers.openai import OpenAIAdapter
+from tokensense.providers.openai import OPENAI_ROUTES, OpenAIAdapter
 from tokensense.providers.vertex import VertexAdapter
 
 if TYPE_CHECKING:  # the configuration is read above the providers; they only take its tables
@@ -37,6 +37,8 @@ class OpenAICompatibleProvider(OpenAIAdapter):
     configured = True
     native = frozenset({Endpoint.CHAT, Endpoint.EMBEDDINGS})
     accepts_any_model = True
+    client_routes = OPENAI_ROUTES  # OpenAI's own paths (videos) stay OpenAI's
+    passthrough_paths = ()  # its other paths only under its prefix (`/NAME/v1/...`)
 
     def __init__(self, name: str, table: ProviderConfig) -> None:
         # Instance attributes shadow OpenAIAdapter's class attributes of the same names.

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from tokensense.core.endpoints import RESPONSES_ENDPOINTS, Endpoint
 from tokensense.core.errors import ErrorShape
@@ -14,10 +14,25 @@ from tokensense.providers.batch_api import BatchApi
 from tokensense.providers.images_format import check_image_request, images_answer_usage
 from tokensense.providers.model_lists import ListedModel, ModelListShape
 from tokensense.providers.openai_batches import OPENAI_BATCHES, openai_batch_routes
+from tokensense.providers.openai_realtime import REALTIME_CLIENT_SECRETS, REALTIME_DEFAULT_MODEL, OpenAIRealtime
 from tokensense.providers.openai_usage import service_tier_of, usage_from_openai
+from tokensense.providers.openai_videos import (
+    VIDEOS,
+    VIDEOS_CONTENT,
+    VIDEOS_DELETE,
+    VIDEOS_LIST,
+    VIDEOS_RETRIEVE,
+    VideoJobs,
+    video_routes,
+)
+from tokensense.providers.owned import OwnedRules
 from tokensense.providers.routes import ClientRoute
 
-__all__ = ["FIM", "MISTRAL_ROUTES", "OPENAI_ERRORS", "OPENAI_ROUTES", "MistralAdapter", "OpenAIAdapter", "XAIAdapter", "usage_from_openai"]
+if TYPE_CHECKING:
+    from tokensense.providers.sockets import SocketProtocol
+
+__all__ = ["FIM", "MISTRAL_ROUTES", "OPENAI_ERRORS", "OPENAI_ROUTES", "VIDEO_ROUTES", "MistralAdapter", "OpenAIAdapter",
+           "XAIAdapter", "usage_from_openai"]
 
 
 class OpenAIErrors(ErrorShape):
@@ -42,6 +57,7 @@ class OpenAIErrors(ErrorShape):
 
 
 OPENAI_ERRORS = OpenAIErrors()
+OPENAI_REALTIME = OpenAIRealtime(OPENAI_ERRORS)  # the Realtime API's WebSocket (voice sessions)
 
 
 def _openai_route(path: str, endpoint: Endpoint, *, method: str = "POST", **properties: Any) -> ClientRoute:
@@ -75,7 +91,17 @@ OPENAI_ROUTES: tuple[ClientRoute, ...] = (
     _openai_route(_RESPONSE_ID, Endpoint.RESPONSES_DELETE, method="DELETE"),
     _openai_route(_RESPONSE_ID + "/cancel", Endpoint.RESPONSES_CANCEL),
     _openai_route(_RESPONSE_ID + "/input_items", Endpoint.RESPONSES_INPUT_ITEMS, method="GET"),
+    # Ephemeral keys for browsers' realtime sessions: free (recorded at cost 0). The model is in the body's
+    # `session`, not where the route table reads models: the record names the Realtime API's default model.
+    _openai_route(r"/v1/realtime/client_secrets", REALTIME_CLIENT_SECRETS, free=True, model_in_body=False,
+                  parse=lambda entry, match: entry.route(model=REALTIME_DEFAULT_MODEL)),
 )
+
+
+# OpenAI's own: the videos API (Sora 2), its jobs kept to the key that started them.
+VIDEO_ROUTES = video_routes(OPENAI_ERRORS)
+VIDEO_JOBS = VideoJobs()
+_VIDEO_ENDPOINTS = frozenset({VIDEOS, VIDEOS_RETRIEVE, VIDEOS_CONTENT, VIDEOS_LIST, VIDEOS_DELETE})
 
 
 class OpenAIModelList(ModelListShape):
@@ -125,18 +151,24 @@ class OpenAIAdapter(ProviderAdapter):
     prices_id: ClassVar[str] = "openai"
     model_prefixes: ClassVar[tuple[str, ...]] = (
         "gpt-", "o1", "o3", "o4", "chatgpt-", "text-embedding-", "dall-e-", "gpt-image-", "tts-", "whisper-",
-        "omni-moderation-", "text-moderation-", "davinci-", "babbage-",
+        "omni-moderation-", "text-moderation-", "davinci-", "babbage-", "sora-",
     )
     hosts: ClassVar[tuple[str, ...]] = ("api.openai.com",)
     native: ClassVar[frozenset[Endpoint]] = frozenset({
         Endpoint.CHAT, Endpoint.EMBEDDINGS, Endpoint.IMAGES, Endpoint.SPEECH, Endpoint.TRANSCRIPTIONS,
         Endpoint.TRANSLATIONS, Endpoint.IMAGE_EDITS, Endpoint.IMAGE_VARIATIONS, Endpoint.COMPLETIONS,
-        Endpoint.MODERATIONS, *RESPONSES_ENDPOINTS,
+        Endpoint.MODERATIONS, *RESPONSES_ENDPOINTS, REALTIME_CLIENT_SECRETS,
     })
     openai_format: ClassVar[bool] = True
     # Its Files and Batch APIs too (providers/openai_batches.py); OpenAI-compatible providers list OPENAI_ROUTES only.
-    client_routes: ClassVar[tuple[ClientRoute, ...]] = (*OPENAI_ROUTES, *openai_batch_routes(OPENAI_ERRORS))
+    client_routes: ClassVar[tuple[ClientRoute, ...]] = (*OPENAI_ROUTES, *VIDEO_ROUTES, *openai_batch_routes(OPENAI_ERRORS))
     batch_api: ClassVar[BatchApi | None] = OPENAI_BATCHES
+    api_versions: ClassVar[tuple[str, ...]] = ("v1",)
+    # Its API's resources that no route meters (the batches and long-tail routes, where they exist, win).
+    passthrough_paths: ClassVar[tuple[str, ...]] = (
+        "v1/vector_stores", "v1/files", "v1/uploads", "v1/batches", "v1/fine_tuning", "v1/assistants", "v1/threads",
+        "v1/conversations", "v1/containers", "v1/evals", "v1/chatkit", "v1/videos",
+    )
 
     def auth_headers(self, api_key: str) -> dict[str, str]:
         return {"authorization": f"Bearer {api_key}"}
@@ -155,6 +187,10 @@ class OpenAIAdapter(ProviderAdapter):
         "o1": 100_000,
         "o3": 100_000,
         "o4-mini": 100_000,
+        # A realtime response writes at most 4,096 tokens (its `max_output_tokens: "inf"`).
+        "gpt-realtime": 4_096,
+        "gpt-4o-realtime": 4_096,
+        "gpt-4o-mini-realtime": 4_096,
     }
 
     free_models: ClassVar[tuple[str, ...]] = ("omni-moderation-latest", "omni-moderation-2024-09-26",
@@ -162,6 +198,15 @@ class OpenAIAdapter(ProviderAdapter):
 
     def model_list_shape(self) -> ModelListShape | None:
         return MODEL_LIST
+
+    def socket_protocols(self) -> tuple[SocketProtocol, ...]:
+        return (OPENAI_REALTIME,)
+
+    def upstream(self, endpoint: Endpoint, model: str, *, stream: bool, action: str | None = None,
+                 version: str | None = None) -> Upstream:
+        if endpoint is REALTIME_CLIENT_SECRETS:
+            return Upstream(endpoint, "/v1/realtime/client_secrets")
+        return super().upstream(endpoint, model, stream=stream, action=action, version=version)
 
     def media_route(self, endpoint: Endpoint, model: str, *, declared: bool) -> MediaRoute | None:
         if endpoint is Endpoint.IMAGES and (declared or model.startswith(("dall-e-", "gpt-image-", "chatgpt-image"))):
@@ -178,6 +223,9 @@ class OpenAIAdapter(ProviderAdapter):
         if endpoint is Endpoint.IMAGE_VARIATIONS and (declared or model.startswith("dall-e-2")):
             return MediaRoute("images", "/v1/images/variations", answer_usage=images_answer_usage)
         return None
+
+    def owned_rules(self, endpoint: Endpoint) -> OwnedRules | None:
+        return VIDEO_JOBS if endpoint in _VIDEO_ENDPOINTS and self.name == "openai" else None
 
     def media_models(self, endpoint: Endpoint) -> str | None:
         return {Endpoint.IMAGES: "OpenAI dall-e-*/gpt-image-*", Endpoint.SPEECH: "OpenAI tts-*/gpt-4o-mini-tts",
@@ -221,14 +269,15 @@ class XAIAdapter(OpenAIAdapter):
     env_key: ClassVar[str] = "XAI_API_KEY"
     prices_id: ClassVar[str] = "x-ai"
     model_prefixes: ClassVar[tuple[str, ...]] = ("grok-",)
+    client_routes: ClassVar[tuple[ClientRoute, ...]] = OPENAI_ROUTES
     reasoning_outside_completion: ClassVar[bool] = True
     aliases: ClassVar[tuple[str, ...]] = ("x-ai", "grok")
     hosts: ClassVar[tuple[str, ...]] = ("api.x.ai",)
-    client_routes: ClassVar[tuple[ClientRoute, ...]] = OPENAI_ROUTES
     batch_api: ClassVar[BatchApi | None] = None
     native: ClassVar[frozenset[Endpoint]] = frozenset({Endpoint.CHAT, Endpoint.EMBEDDINGS, Endpoint.IMAGES,
                                                        *RESPONSES_ENDPOINTS})
 
+    passthrough_paths: ClassVar[tuple[str, ...]] = ("v1/files", "v1/tokenize-text", "v1/api-key", "v1/language-models")
     output_caps: ClassVar[Mapping[str, int]] = {"grok-3": 131_072, "grok-4": 131_072}
     free_models: ClassVar[tuple[str, ...]] = ()
 
@@ -248,7 +297,17 @@ FIM = Endpoint("fim.completions")
 MISTRAL_ROUTES: tuple[ClientRoute, ...] = (
     *OPENAI_ROUTES,
     _openai_route(r"/v1/fim/completions", FIM, intercepted=True, genai_operation="text_completion"),
+    _openai_route(r"/v1/ocr", Endpoint.OCR, intercepted=True),
 )
+
+
+def ocr_usage(answer: Any) -> TokenUsage:
+    """An OCR answer's pages processed (`usage_info.pages_processed`), the unit the catalog prices OCR by."""
+    info = answer.get("usage_info") if isinstance(answer, dict) else None
+    pages = info.get("pages_processed") if isinstance(info, dict) else None
+    if isinstance(pages, bool) or not isinstance(pages, int) or pages < 0:
+        pages = 0
+    return TokenUsage(units={"input_document_pages": pages} if pages else {})
 
 
 class MistralAdapter(OpenAIAdapter):
@@ -263,9 +322,11 @@ class MistralAdapter(OpenAIAdapter):
     )
     hosts: ClassVar[tuple[str, ...]] = ("api.mistral.ai",)
     native: ClassVar[frozenset[Endpoint]] = frozenset({Endpoint.CHAT, Endpoint.EMBEDDINGS, Endpoint.TRANSCRIPTIONS,
-                                                       FIM})
+                                                       FIM, Endpoint.OCR})
     client_routes: ClassVar[tuple[ClientRoute, ...]] = MISTRAL_ROUTES
     batch_api: ClassVar[BatchApi | None] = None
+    # Its fine-tuning jobs (`/v1/fine_tuning`) and conversations share OpenAI's paths: `/mistral/v1/...` reaches them.
+    passthrough_paths: ClassVar[tuple[str, ...]] = ("v1/files", "v1/agents", "v1/libraries", "v1/batch", "v1/ocr")
 
     output_caps: ClassVar[Mapping[str, int]] = {"mistral": 32_768, "codestral": 32_768}
     free_models: ClassVar[tuple[str, ...]] = ()
@@ -276,13 +337,21 @@ class MistralAdapter(OpenAIAdapter):
             return Upstream(FIM, "/v1/fim/completions")
         return super().upstream(endpoint, model, stream=stream, action=action, version=version)
 
+    def usage_from_body(self, body: Any) -> TokenUsage | None:
+        # An OCR answer has `usage_info` (pages), no `usage`: read wherever an answer is (intercept mode, reprice).
+        if isinstance(body, dict) and "usage" not in body and isinstance(body.get("usage_info"), dict):
+            return ocr_usage(body)
+        return super().usage_from_body(body)
+
     def media_route(self, endpoint: Endpoint, model: str, *, declared: bool) -> MediaRoute | None:
         if endpoint is Endpoint.TRANSCRIPTIONS:
             return MediaRoute("transcription", "/v1/audio/transcriptions", audio=AUDIO)
+        if endpoint is Endpoint.OCR and (declared or model.startswith("mistral-ocr-")):
+            return MediaRoute("pages", "/v1/ocr", answer_usage=ocr_usage)
         return None
 
     def media_models(self, endpoint: Endpoint) -> str | None:
-        return "Mistral" if endpoint is Endpoint.TRANSCRIPTIONS else None
+        return {Endpoint.TRANSCRIPTIONS: "Mistral", Endpoint.OCR: "Mistral mistral-ocr-*"}.get(endpoint)
 
 
 # --- Responses API (/v1/responses): usage of answers and streams ---------------------------------

@@ -46,7 +46,9 @@ def usage_from_openai(usage: Any, *, provider: str = "openai", reasoning_outside
     else:
         key = "input_token_details" if "input_token_details" in usage else "input_tokens_details"
         prompt, prompt_path = r.obj(usage, key), key + "."
-        completion, completion_path = r.obj(usage, "output_tokens_details"), "output_tokens_details."
+        # The Realtime API's `response.done` names it `output_token_details`, like its `input_token_details`.
+        out_key = "output_token_details" if "output_token_details" in usage else "output_tokens_details"
+        completion, completion_path = r.obj(usage, out_key), out_key + "."
     cached = r.count(prompt, "cached_tokens", prompt_path)
     cached_details = r.obj(prompt, "cached_tokens_details", prompt_path)
     reasoning = r.count(completion, "reasoning_tokens", completion_path)

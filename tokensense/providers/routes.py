@@ -43,6 +43,18 @@ class Route(NamedTuple):
     free: bool = False  # the provider charges nothing for it (token counting): recorded at cost 0, no budget
     retried: bool = False  # the gateway may retry it and fall back (a whole JSON answer it can replace)
     default_model: str | None = None  # the model the provider uses when the body names none (moderations)
+    owned: str | None = None  # an action on an owned resource (providers/owned.py): create, read, list, ...
+    prefix: str | None = None  # the provider prefix the client used (`/mistral/v1/...`): only that provider serves it
+    passthrough: PassthroughPath | None = None  # a path no route serves, forwarded as it is (metered passthrough)
+
+
+class PassthroughPath(NamedTuple):
+    """A path of a provider's API that no route serves, forwarded as asked: validated, and who may serve it."""
+
+    path: str  # the upstream path, rebuilt from validated segments (appended to the provider's base URL)
+    family: str  # its first segment after the API version (`vector_stores`): the endpoint its records carry
+    providers: tuple[str, ...]  # the providers whose API has it (several: the body's model decides, else a prefix)
+    kind: str = "unpriced"  # how it is paid for: "free", "priced" (from its answer's usage) or "unpriced"
 
 
 @dataclass(frozen=True, eq=False)
@@ -66,6 +78,9 @@ class ClientRoute:
     intercepted: bool = False  # intercept mode meters this path on its owner's own hosts
     genai_operation: str | None = None  # `gen_ai.operation.name` (OpenTelemetry GenAI conventions)
     default_model: str | None = None  # the model the provider uses when the body names none (sent explicitly)
+    # An action on a resource the client made and reads by id (a video job, a context cache: providers/owned.py),
+    # kept to the key that made it and booked apart; such routes name their provider (`names_provider`).
+    owned: str | None = None
     # The route from the match when the pattern's groups are not enough (None: no route, a 404).
     parse: Callable[[ClientRoute, re.Match[str]], Route | None] | None = None
     regex: re.Pattern[str] = field(init=False, repr=False)
@@ -105,7 +120,7 @@ class ClientRoute:
                      resource=resource, params=params, model_in_body=self.model_in_body,
                      stream=action in self.stream_actions, body_streams=self.body_streams,
                      free=self.free or action in self.free_actions, retried=self.retried,
-                     default_model=self.default_model)
+                     default_model=self.default_model, owned=self.owned)
 
 
 class ErrorPath(NamedTuple):
@@ -119,4 +134,4 @@ def error_path(prefix: str, shape: ErrorShape) -> ErrorPath:
     return ErrorPath(re.compile(prefix), shape)
 
 
-__all__ = ["ClientRoute", "ErrorPath", "Route", "error_path"]
+__all__ = ["ClientRoute", "ErrorPath", "PassthroughPath", "Route", "error_path"]

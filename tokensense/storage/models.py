@@ -28,6 +28,9 @@ class ApiKeyBase(SQLModel):
     plan: str | None = None  # free | pro | enterprise
     allowed_models: list[str] = Field(default_factory=list, sa_column=Column(JSON, nullable=False, default=list))
     allowed_providers: list[str] = Field(default_factory=list, sa_column=Column(JSON, nullable=False, default=list))
+    # The endpoints it may call (patterns: `chat.completions`, `vector_stores`, `responses*`); empty: any.
+    allowed_endpoints: list[str] = Field(default_factory=list, sa_column=Column(JSON, nullable=False, default=list,
+                                                                                server_default="[]"))
     project: str | None = None
     # May read every record: opens `tokensense dashboard --web` (the browser dashboard).
     admin: bool = Field(default=False, sa_column_kwargs={"server_default": false()})
@@ -256,3 +259,25 @@ class Lease(SQLModel, table=True):
     name: str = Field(primary_key=True)
     holder: str
     expires_at: float  # UTC epoch seconds
+
+class OwnedResource(SQLModel, table=True):
+    """A provider object made through TokenSense whose cost is booked apart from the call that made it: an
+    OpenAI video job (booked once, when it is seen completed), a Gemini context cache (its storage, booked by
+    the create and by each update that extends it).
+
+    Only the key that made it may read, update or delete it (another key gets 404, as if it did not exist).
+    `booked_at` is set once, by the one gateway instance whose update finds it NULL: a job is booked exactly
+    once, whoever sees it completed, across retrieves, restarts and instances.
+    """
+
+    __tablename__ = "owned_resources"
+
+    id: str = Field(primary_key=True)  # the provider's id (`video_...`, `cachedContents/...`)
+    kind: str  # the endpoint id of the call that made it (`videos`, `cached_contents`): its booked record's endpoint
+    key_id: str | None = Field(default=None, index=True)
+    provider: str
+    model: str | None = None
+    attribution: dict | None = Field(default=None, sa_column=Column(JSON, nullable=True))  # of the creating call
+    state: dict | None = Field(default=None, sa_column=Column(JSON, nullable=True))  # seconds and size, expire time
+    created_at: datetime = Field(default_factory=utcnow, index=True)
+    booked_at: datetime | None = None

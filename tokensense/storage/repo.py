@@ -130,6 +130,14 @@ def _validate_models(models: Iterable[str]) -> list[str]:
     return list(dict.fromkeys(patterns))
 
 
+def _validate_endpoints(endpoints: Iterable[str]) -> list[str]:
+    patterns = [e.strip() for e in endpoints]
+    if any(not e or any(c.isspace() for c in e) for e in patterns):
+        raise ValueError("an allowed-endpoint pattern is an endpoint id or glob such as 'chat.completions' or "
+                         "'vector_stores' (`GET /v1/tokensense/endpoints` lists them); it cannot be empty")
+    return list(dict.fromkeys(patterns))
+
+
 def _validate_providers(providers: Iterable[str]) -> list[str]:
     return list(dict.fromkeys(_provider_name(p) for p in providers))
 
@@ -160,6 +168,7 @@ def create_key(
     project: str | None = None,
     admin: bool = False,
     max_call_usd: float | None = None,
+    allowed_endpoints: Sequence[str] = (),
 ) -> tuple[ApiKey, str]:
     """Store a new key and return its row and the plaintext key (which is not kept anywhere).
 
@@ -178,6 +187,7 @@ def create_key(
         plan=_validate_plan(plan),
         allowed_models=_validate_models(allowed_models),
         allowed_providers=_validate_providers(allowed_providers),
+        allowed_endpoints=_validate_endpoints(allowed_endpoints),
         project=project or None,
         admin=admin,
         key_hash=hash_key(key),
@@ -241,6 +251,7 @@ def update_key(
     allowed_providers: Sequence[str] | _Unset = UNSET,
     project: str | None | _Unset = UNSET,
     max_call_usd: float | None | _Unset = UNSET,
+    allowed_endpoints: Sequence[str] | _Unset = UNSET,
 ) -> ApiKey:
     """Change the limits of a key; arguments left `UNSET` keep their value, `None` clears one."""
     row = get_key(session=session, name_or_id=name_or_id)
@@ -262,6 +273,8 @@ def update_key(
         row.project = project or None
     if max_call_usd is not UNSET:
         row.max_call_usd = _validate_max_call(max_call_usd)
+    if allowed_endpoints is not UNSET:
+        row.allowed_endpoints = _validate_endpoints(allowed_endpoints)
     row.updated_at = datetime.now(UTC)
     session.add(row)
     session.commit()

@@ -9,7 +9,8 @@ PCM16 16 kHz). The answer comes as `serverContent.modelTurn` parts (text, or
 `turnComplete` with the turn's `usageMetadata` by modality, like the real API:
 the prompt is the whole session so far (text by word count, audio at 32 tokens a
 second), the response its text tokens or its audio at 32 tokens a second.
-Each turn is logged like an HTTP request (`"transport": "live"`).
+Each turn is logged like an HTTP request (`"transport": "live"`), each handshake that reaches the
+fake as `"transport": "live.handshake"`.
 """
 
 from __future__ import annotations
@@ -47,6 +48,9 @@ def _get(obj: dict[str, Any], camel: str, snake: str) -> Any:
 
 async def serve(request: web.Request, *, log: deque, state: dict[str, Any]) -> web.StreamResponse:
     prefix = request.path[: request.path.index("/ws/")] if "/ws/" in request.path else ""
+    log.append({"method": "GET", "path": request.path, "prefix": prefix.strip("/"), "provider": "gemini",
+                "transport": "live.handshake", "query": {k: v for k, v in request.query.items() if k != "key"},
+                "time": time.time()})
     controls = handshake.check(request, gemini_format, prefix=prefix, state=state)
     if isinstance(controls, web.Response):
         return controls

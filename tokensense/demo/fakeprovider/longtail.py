@@ -21,6 +21,7 @@ from tokensense.demo.fakeprovider.replies import (
     StreamReply,
     json_reply,
     sse_data,
+    sse_event,
 )
 from tokensense.demo.fakeprovider.textgen import count_words, default_reply, new_id
 
@@ -418,3 +419,43 @@ def anthropic_files(req: FakeRequest) -> Reply:
     store[entry["id"]] = entry
     return json_reply(entry)
 
+
+
+def vector_store(req: FakeRequest) -> Reply:
+    """`/v1/vector_stores/{id}`: DELETE deletes (the fake keeps no stores: any id is deleted)."""
+    return json_reply({"id": req.params.get("id", ""), "object": "vector_store.deleted", "deleted": True})
+
+
+def thread_runs(req: FakeRequest) -> Reply:
+    """`/v1/threads/runs` (Assistants API, create a thread and run it): streamed, the run's events with its `usage`
+    on `thread.run.completed`; unstreamed, the queued run (no usage yet)."""
+    body = req.body if isinstance(req.body, dict) else {}
+    if not isinstance(body.get("assistant_id"), str):
+        raise FakeError(400, "Missing required parameter: 'assistant_id'.", param="assistant_id")
+    now = int(time.time())
+    thread = {"id": f"thread_{uuid.uuid4().hex[:24]}", "object": "thread", "created_at": now, "metadata": {},
+              "tool_resources": {}}
+    run: dict[str, Any] = {
+        "id": f"run_{uuid.uuid4().hex[:24]}", "object": "thread.run", "created_at": now, "thread_id": thread["id"],
+        "assistant_id": body["assistant_id"], "status": "queued", "model": body.get("model") or "gpt-4o-mini",
+        "instructions": "", "tools": [], "metadata": {}, "usage": None, "parallel_tool_calls": True,
+        "response_format": "auto", "tool_choice": "auto", "truncation_strategy": {"type": "auto", "last_messages": None},
+        "temperature": 1.0, "top_p": 1.0, "max_prompt_tokens": None, "max_completion_tokens": None,
+        "incomplete_details": None, "last_error": None, "required_action": None, "started_at": None,
+        "expires_at": None, "cancelled_at": None, "failed_at": None, "completed_at": None,
+    }
+    if not body.get("stream"):
+        return json_reply(run)
+    usage = req.controls.usage or {"prompt_tokens": 12, "completion_tokens": 8, "total_tokens": 20}
+    completed = {**run, "status": "completed", "started_at": now, "completed_at": now, "usage": usage}
+    return StreamReply(200, [sse_event("thread.created", thread), sse_event("thread.run.created", run),
+                             sse_event("thread.run.completed", completed), b"event: done\ndata: [DONE]\n\n"],
+                       "text/event-stream")
+
+
+def container_file_content(req: FakeRequest) -> Reply:
+    """`/v1/containers/{id}/files/{file}/content`: a file's bytes (`x-fake-bytes` of them, default 1 MiB)."""
+    size_header = req.headers.get("x-fake-bytes", "")
+    size = int(size_header) if size_header.isdigit() else 1024 * 1024
+    pattern = f"{req.params.get('id', '')}/{req.params.get('file', '')}\n".encode()
+    return BodyReply(200, (pattern * (size // len(pattern) + 1))[:size], content_type="application/octet-stream")

@@ -14,8 +14,10 @@ whose `usage` counts, like the real API:
 - output: the transcript's text tokens, and audio at 20 tokens a second of the
   PCM16 audio sent (each word is 0.25 s of audio).
 
-Each `response.create` is logged like an HTTP request (`"transport": "realtime"`).
-The handshake's `x-fake-chunk-delay-ms` paces the deltas (to cut a session mid-response).
+Each `response.create` is logged like an HTTP request (`"transport": "realtime"`), each handshake
+that reaches the fake as `"transport": "realtime.handshake"`.
+The handshake's `x-fake-chunk-delay-ms` paces the deltas (to cut a session mid-response). `?call_id=rtc_...`
+instead of `model` opens a WebRTC call's sideband socket (its session's model: gpt-realtime).
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ from typing import Any
 from aiohttp import WSMsgType, web
 
 from tokensense.demo.fakeprovider import handshake, openai_format
+from tokensense.demo.fakeprovider.replies import BodyReply, FakeError, FakeRequest, json_reply
 
 SUBPROTOCOL_KEY_PREFIX = "openai-insecure-api-key."
 SAMPLE_RATE = 24_000  # PCM16 mono, as the Realtime API's default audio format
@@ -105,11 +108,15 @@ def _error(message: str, *, code: str | None = None, event_id: str | None = None
 
 async def serve(request: web.Request, *, log: deque, state: dict[str, Any]) -> web.StreamResponse:
     prefix = request.path.rstrip("/").removesuffix("/realtime").removesuffix("/v1")
+    log.append({"method": "GET", "path": request.path, "prefix": prefix.strip("/"), "provider": "openai",
+                "transport": "realtime.handshake", "query": dict(request.query), "time": time.time()})
     key, subprotocol = _subprotocol_key(request)
     controls = handshake.check(request, openai_format, prefix=prefix, state=state, other_key=bool(key))
     if isinstance(controls, web.Response):
         return controls
-    model = request.query.get("model", "")
+    # `?call_id=rtc_...`: the sideband of a WebRTC call (the server's control socket): the call's session, whose
+    # model the fake takes to be gpt-realtime (the browser chose it in its SDP exchange).
+    model = request.query.get("model", "") or ("gpt-realtime" if request.query.get("call_id") else "")
     if not model:
         return handshake.refusal(openai_format.error(400, "Missing required parameter: 'model'.", "model"))
     socket = web.WebSocketResponse(max_msg_size=16 * 1024 * 1024, protocols=(subprotocol,) if subprotocol else ())
@@ -254,3 +261,19 @@ async def _respond(socket: web.WebSocketResponse, session: _Session, options: di
         await socket.send_str(_event("response.output_item.done", response_id=response_id, output_index=0,
                                      item=item))
     await socket.send_str(_event("response.done", response=done))
+
+
+def client_secrets(req: FakeRequest) -> BodyReply:
+    """`POST /v1/realtime/client_secrets`: an ephemeral key (`ek_...`) for a browser's session (free: no usage).
+    The fake accepts it as a provider key on the realtime handshake like any other."""
+    body = req.body if isinstance(req.body, dict) else {}
+    session = body.get("session") if isinstance(body.get("session"), dict) else {}
+    if session.get("type") not in (None, "realtime", "transcription"):
+        raise FakeError(400, "Invalid value for 'session.type'.", param="session.type")
+    seconds = (body.get("expires_after") or {}).get("seconds", 600) if isinstance(body.get("expires_after"), dict) \
+        else 600
+    expires = int(time.time()) + int(seconds)
+    model = session.get("model") or "gpt-realtime"
+    return json_reply({"value": "ek_" + uuid.uuid4().hex, "expires_at": expires,
+                       "session": {**_Session(str(model)).session_object(), **session, "expires_at": expires}})
+

@@ -74,7 +74,8 @@ _GEMINI_FILES_PATH = re.compile(
     r"(?:/(?P<id>[^/:]+)(?::(?P<action>download|cancel))?)?$")
 _LONGTAIL_PATH = re.compile(
     r"^(?P<prefix>.*?)/(?P<kind>v1/videos|videos|v1beta/cachedContents|v1/cachedContents|v1/vector_stores|vector_stores"
-    r"|v1/fine_tuning/jobs|fine_tuning/jobs)(?:/(?P<id>[^/]+)(?:/(?P<action>content))?)?$")
+    r"|v1/fine_tuning/jobs|fine_tuning/jobs|v1/threads/runs|threads/runs)(?:/(?P<id>[^/]+)(?:/(?P<action>content))?)?$")
+_CONTAINER_FILE_PATH = re.compile(r"^(?P<prefix>.*?)/v1/containers/(?P<id>[^/]+)/files/(?P<file>[^/]+)/content$")
 _LONGTAIL_HANDLERS: dict[tuple[str, bool, str | None], dict[str, Handler]] = {
     ("videos", False, None): {"GET": longtail.videos, "POST": longtail.videos},
     ("videos", True, None): {"GET": longtail.video, "DELETE": longtail.video},
@@ -84,6 +85,8 @@ _LONGTAIL_HANDLERS: dict[tuple[str, bool, str | None], dict[str, Handler]] = {
                                      "DELETE": longtail.cached_content},
     ("vector_stores", False, None): {"GET": longtail.vector_stores, "POST": longtail.vector_stores},
     ("fine_tuning/jobs", False, None): {"GET": longtail.fine_tuning_jobs},
+    ("vector_stores", True, None): {"DELETE": longtail.vector_store},
+    ("threads/runs", False, None): {"POST": longtail.thread_runs},
 }
 # (kind, has id, action) -> {method: handler}
 _BATCH_HANDLERS: dict[tuple[str, bool, str | None], dict[str, Handler]] = {
@@ -109,6 +112,7 @@ _SUFFIX_ROUTES: list[tuple[str, str, ModuleType, Handler, bool]] = [
     ("/fim/completions", "POST", openai_format, longtail.fim, True),
     ("/images/edits", "POST", openai_format, longtail.image_edits, True),
     ("/moderations", "POST", openai_format, longtail.moderations, True),
+    ("/realtime/client_secrets", "POST", openai_format, realtime.client_secrets, True),
     ("/ocr", "POST", openai_format, longtail.ocr, True),
     ("/audio/transcriptions", "POST", openai_format, openai_format.transcriptions, True),
     ("/images/generations", "POST", openai_format, openai_format.images, True),
@@ -138,6 +142,9 @@ def resolve_route(method: str, path: str, headers: Any) -> Route | None:
             handler = azure_format.OPERATIONS[match["operation"]] if method == "POST" else None
             params = {"deployment": match["deployment"]} if match["deployment"] else {}
             return Route(azure_format, handler, match["prefix"], params)
+    if "/containers/" in path and (match := _CONTAINER_FILE_PATH.match(path)):
+        handler = longtail.container_file_content if method == "GET" else None
+        return Route(openai_format, handler, match["prefix"], {"id": match["id"], "file": match["file"]})
     if ("/batches" in path or "/files" in path) and (route := _gemini_batch_route(method, path, headers)):
         return route
     if ":" in path:

@@ -112,7 +112,9 @@ def read_request(route: RouteReading, body: dict[str, Any], *, check_caps: bool 
     `check_caps`: an output cap that is no token count is a 400 (the gateway reserves budget from it).
     """
     if route.path_provider is not None:  # a path that names its provider (a cloud platform's own path)
-        named = route.path_model or body.get("model")
+        named = route.path_model or body.get("model") or route.default_model
+        if isinstance(named, str) and named.startswith(f"{route.path_provider}/"):  # `/openai/...` with `openai/gpt-4o`
+            named = named[len(route.path_provider) + 1:]
         requested = f"{route.path_provider}/{named}" if isinstance(named, str) and named else None
     elif not route.model_in_body:
         requested = route.path_model

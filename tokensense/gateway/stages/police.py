@@ -21,11 +21,13 @@ from tokensense.core.errors import GatewayError
 from tokensense.core.usage import TokenUsage
 from tokensense.gateway.call import CallContext
 from tokensense.gateway.guards import LoopGuard, call_cap, max_cost_refusal
-from tokensense.gateway.limits import BudgetDecision, CounterStore, RateDecision
+from tokensense.gateway.limits import BudgetDecision, CounterStore, RateDecision, budget_decision
+from tokensense.gateway.passthrough import capped_path_refusal, endpoint_refusal, unpriced_path_refusal
 from tokensense.gateway.policy import budget_window, check_access, estimate_cost, estimate_usage, limits_for
 from tokensense.gateway.price_policy import unpriced_refusal
 from tokensense.gateway.reservation import budget_refusal, call_reservation
 from tokensense.gateway.routing import MEDIA_ENDPOINTS
+from tokensense.gateway.typical_output import OutputHistory, admission
 from tokensense.metering.pricing import PriceBook
 from tokensense.providers import ProviderAdapter
 
@@ -42,6 +44,9 @@ class Target:
     model: str
     requested: str | None = None
     body: dict[str, Any] | None = None  # the JSON body as it goes upstream (None: not JSON, e.g. a form upload)
+    # The attempt's largest usage when the body cannot say it (a realtime response: its prompt is the
+    # session's, its output may be audio); None: read from the body.
+    reservation: TokenUsage | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -83,15 +88,16 @@ class Refused(Exception):
 
 async def police(call: CallContext, target: Target, *, prices: PriceBook, counters: CounterStore | None,
                  spent_since: Callable[[str, datetime | None], float], count_request: bool = True,
-                 guard: LoopGuard | None = None, reserve_usd: float | None = None) -> Policed:
+                 guard: LoopGuard | None = None, typical: OutputHistory | None = None) -> Policed:
     """Check `target` for `call`'s key and reserve what it may cost; `Refused` if it may not go.
 
     `count_request`: the attempt counts against the key's requests and tokens per
     minute and the loop guard's counts of its execution (the call's first attempt;
     a retry or fallback of the same call does not).
     Each attempt reserves its own budget: its largest cost at its own model's price,
-    which is also what its cost cap (header or key) is checked against; `reserve_usd` gives that largest
-    cost when the caller knows it better than one body can say (a batch job: every line at the batch price).
+    which is also what its cost cap (header or key) is checked against.
+    `typical`: the outputs seen per model with `[budgets] reserve = "typical"` (None: "cap"); the attempt
+    still holds its largest cost, but is admitted on its typical cost (gateway/typical_output.py).
     """
     key = call.key
     if key is None:
@@ -100,17 +106,21 @@ async def police(call: CallContext, target: Target, *, prices: PriceBook, counte
     if check is not None:
         raise Refused(check)
     body = target.body
-    cap = None if call.free or call.route_endpoint in MEDIA_ENDPOINTS else call_cap(call.max_cost_usd, key.max_call_usd)
-    largest: float | None = reserve_usd
-    if cap is not None:
-        if largest is None:
-            largest = _largest_cost(call, target, prices)
+    media = call.route_endpoint in MEDIA_ENDPOINTS or (call.media_priced and call.reserve_usd is None)
+    cap = None if call.free or media else call_cap(call.max_cost_usd, key.max_call_usd)
+    largest: float | None = None
+    if cap is not None and call.reserve_usd is not None:  # a job priced by the media table: its expected cost
+        largest = call.reserve_usd
+        if largest > cap:
+            raise Refused(max_cost_refusal(largest, cap, target.requested or target.model), amount=largest)
+    elif cap is not None:
+        largest = _largest_cost(call, target, prices)
         if prices.resolve(target.provider.prices_id, target.model) is None:
             raise Refused(max_cost_refusal(None, cap, target.requested or target.model), amount=largest)
         if largest > cap:
             raise Refused(max_cost_refusal(largest, cap, target.requested or target.model), amount=largest)
     if count_request and guard is not None and guard.active:
-        loop = guard.check(key.id, key.name, call.attribution.get("execution_id"), body)
+        loop = await guard.admit(key.id, key.name, call.attribution.get("execution_id"), body)
         if loop is not None:
             raise Refused(loop)
     limits = limits_for(key)
@@ -140,14 +150,17 @@ async def police(call: CallContext, target: Target, *, prices: PriceBook, counte
         assert key.budget_usd is not None
         window, start, resets_in = budget_window(key.budget_period)
         amount = largest if largest is not None else _largest_cost(call, target, prices)
+        admit_on, slack = admission(amount, _typical_cost(call, target, prices, typical))
         held = replace(policed, passed=False)
         try:
-            budget = await counters.reserve_budget(key.id, window, key.budget_usd, amount,
+            budget = await counters.reserve_budget(key.id, window, key.budget_usd + slack, amount,
                                                    lambda: spent_since(key.id, start), (resets_in or 0) + 3600)
         except Exception as e:
             log.warning("budget counters unavailable, refusing: %s", type(e).__name__)
             raise Refused(GatewayError(503, LIMITS_UNAVAILABLE, code="limits_unavailable"), held=held) from None
         if not budget.allowed:  # 429 while held by calls in flight, 402 once spent
+            if slack:  # why, against the budget itself
+                budget = budget_decision(key.budget_usd, budget.spent, budget.reserved, admit_on)
             error, headers = budget_refusal(key.name, key.budget_usd, key.budget_period, budget)
             raise Refused(error, headers=headers, held=held, budget=budget, amount=amount)
         policed = replace(policed, budget=BudgetHold(window, amount))
@@ -157,20 +170,57 @@ async def police(call: CallContext, target: Target, *, prices: PriceBook, counte
 def _largest_cost(call: CallContext, target: Target, prices: PriceBook) -> float:
     """The largest cost the attempt can have (its budget reservation): its output cap as sent upstream,
     else the model's maximum, at the target model's price."""
+    if call.reserve_usd is not None:  # a job priced by the media table: what it will book if it completes
+        return call.reserve_usd
     body = target.body
     priced = call if call.model == target.model else replace(call, provider=target.provider, model=target.model)
-    reservation = call_reservation(priced, body) if isinstance(body, dict) else TokenUsage()
+    if target.reservation is not None:
+        reservation = target.reservation
+    else:
+        reservation = call_reservation(priced, body) if isinstance(body, dict) else TokenUsage()
     return estimate_cost(prices, target.provider, target.model, reservation)
+
+
+def _typical_cost(call: CallContext, target: Target, prices: PriceBook,
+                  typical: OutputHistory | None) -> float | None:
+    """The attempt's cost at its model's typical output (`reserve = "typical"`); None: only its largest applies
+    (cap mode, a model with too few outputs seen, a body that is not JSON, media priced per unit)."""
+    body = target.body
+    if typical is None or not isinstance(body, dict) or call.route_endpoint in MEDIA_ENDPOINTS:
+        return None
+    tokens = typical.typical(target.provider.name, target.model)
+    if tokens is None:
+        return None
+    priced = call if call.model == target.model else replace(call, provider=target.provider, model=target.model)
+    return estimate_cost(prices, target.provider, target.model, call_reservation(priced, body, tokens))
 
 
 def _checked(call: CallContext, target: Target, prices: PriceBook) -> GatewayError | None:
     """The refusal that needs no counter: access (403) and, for a key with a budget, an unpriced model (403)."""
     assert call.key is not None
+    route = call.route
+    if route is not None and route.prefix is not None and target.provider.name != route.prefix:
+        return GatewayError(400, f"The model `{target.requested or target.model}` is served by "
+                            f"{target.provider.display_name}, not by the provider of the prefix /{route.prefix}/: "
+                            "call it without the prefix or under its own.", code="provider_mismatch", param="model")
+    if (refused := endpoint_refusal(call.key, call.route_endpoint)) is not None:
+        return refused
+    if route is not None and route.passthrough is not None:  # a path no route serves, passed through
+        try:
+            check_access(call.key, target.provider, target.model, target.requested, model_named=bool(target.model))
+        except GatewayError as e:
+            return e
+        if call.free:
+            return None
+        cap = call_cap(call.max_cost_usd, call.key.max_call_usd)
+        if cap is not None and (route.passthrough.kind == "unpriced" or not target.model):
+            return capped_path_refusal(cap, call.method, route.passthrough)
+        return unpriced_path_refusal(call.key, call.method, route.passthrough)
     try:
         check_access(call.key, target.provider, target.model, target.requested)
     except GatewayError as e:
         return e
-    if call.route_endpoint in MEDIA_ENDPOINTS or call.free:  # media: priced by the media table
+    if call.route_endpoint in MEDIA_ENDPOINTS or call.media_priced or call.free:  # media: priced by the media table
         return None
     return unpriced_refusal(call.key, prices, target.provider, target.model, target.requested)
 

@@ -13,11 +13,14 @@ import logging
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, replace
 
+from tokensense.core.endpoints import Endpoint
+from tokensense.core.usage import TokenUsage
 from tokensense.gateway.call import CallContext, Record
 from tokensense.gateway.policy import budget_window
 from tokensense.gateway.record import build_record
 from tokensense.gateway.runtime import Runtime
 from tokensense.gateway.stages.police import settle_counters, spawn
+from tokensense.gateway.typical_output import observe_output
 from tokensense.metering.usage_extract import with_request_tier
 from tokensense.providers import ProviderAdapter
 from tokensense.storage.models import UsageCreate
@@ -50,6 +53,8 @@ def settle(runtime: Runtime, call: CallContext, status: int) -> UsageCreate | No
     record = build_record(call, status=status, prices=runtime.prices)
     settle_counters(runtime.counters, call, call.policed, tokens=record.input_tokens + record.output_tokens,
                     cost=record.cost_usd)
+    if runtime.typical is not None:  # [budgets] reserve = "typical": the model's outputs seen
+        observe_output(runtime.typical, call, record)
     _write(runtime, record, call.on_record)
     return record
 
@@ -61,6 +66,27 @@ def settle_failed(runtime: Runtime, call: CallContext, attempt: FailedAttempt) -
                        first_byte=attempt.first_byte, first_token=None, media_cost=None, on_record=[],
                        on_attempt_record=[], watchdog=None, attempt=attempt.number)
     record = build_record(snapshot, status=attempt.status, prices=runtime.prices)
+    _write(runtime, record, call.on_attempt_record)
+    key = call.key
+    if record.cost_usd and key is not None and key.budget_usd is not None and runtime.counters is not None:
+        window, _, _ = budget_window(key.budget_period)
+        spawn(runtime.counters.settle_budget(key.id, window, 0.0, record.cost_usd))
+    return record
+
+
+def settle_booking(runtime: Runtime, call: CallContext, *, request_id: str, endpoint: Endpoint, model: str | None,
+                   attribution: dict[str, str | None], usage: TokenUsage, cost: float | None) -> UsageCreate:
+    """Write the record of a job booked apart from the call that saw it finish (a video job, once, when an answer
+    shows it completed), and charge its cost to the key's budget.
+
+    Its request id is the job's id (with attempt 1: stored once, whichever instance writes it), its attribution the
+    creating call's; `cost` None: unpriced.
+    """
+    snapshot = replace(call, request_id=request_id, attempt=1, route_endpoint=endpoint, model=model, usage=usage,
+                       stream_usage=None, translator=None, media_cost=cost, usage_unknown=cost is None, free=False,
+                       attribution=dict(attribution), error=None, status=200, stream=False, first_token=None,
+                       on_record=[], on_attempt_record=[], watchdog=None)
+    record = build_record(snapshot, status=200, prices=runtime.prices)
     _write(runtime, record, call.on_attempt_record)
     key = call.key
     if record.cost_usd and key is not None and key.budget_usd is not None and runtime.counters is not None:

@@ -89,6 +89,8 @@ class AnthropicAdapter(ProviderAdapter):
     client_routes: ClassVar[tuple[ClientRoute, ...]] = (*ANTHROPIC_ROUTES, *message_batch_routes(ANTHROPIC_ERRORS))
     batch_api: ClassVar[BatchApi | None] = MESSAGE_BATCHES
     error_paths: ClassVar[tuple[ErrorPath, ...]] = (error_path("/v1/messages", ANTHROPIC_ERRORS),)
+    api_versions: ClassVar[tuple[str, ...]] = ("v1",)
+    passthrough_paths: ClassVar[tuple[str, ...]] = ("v1/files", "v1/skills")
 
     # Largest output by model family (tokens), from Anthropic's models overview.
     output_caps: ClassVar[Mapping[str, int]] = {

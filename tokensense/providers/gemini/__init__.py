@@ -11,9 +11,13 @@ from tokensense.core.usage import TokenUsage
 from tokensense.providers.base import MediaRoute, ProviderAdapter, StreamUsage, Translator, Upstream, model_segment
 from tokensense.providers.batch_api import BatchApi
 from tokensense.providers.gemini.batches import GEMINI_BATCHES, gemini_batch_routes
+from tokensense.providers.gemini.caches import CACHE_ENDPOINTS, ContextCaches, cache_routes
+from tokensense.providers.gemini.live import GeminiLive
 from tokensense.providers.gemini.usage import usage_from_gemini
 from tokensense.providers.model_lists import ModelListShape
+from tokensense.providers.owned import OwnedRules
 from tokensense.providers.routes import ClientRoute, ErrorPath, error_path
+from tokensense.providers.sockets import SocketProtocol
 
 __all__ = ["GOOGLE_ERRORS", "NATIVE", "GeminiAdapter", "GeminiStreamUsage", "usage_from_gemini"]
 
@@ -47,6 +51,7 @@ class GoogleErrors(ErrorShape):
 
 
 GOOGLE_ERRORS = GoogleErrors()
+GEMINI_LIVE = GeminiLive(GOOGLE_ERRORS)  # the Live API's WebSocket (voice sessions)
 
 GEMINI_ROUTES: tuple[ClientRoute, ...] = (
     # The model names the path; the action, not the body, says whether the answer streams; countTokens is free.
@@ -58,6 +63,8 @@ GEMINI_ROUTES: tuple[ClientRoute, ...] = (
     # google-genai's model list and single model (answered by the gateway, in Google's shape).
     ClientRoute(("GET",), "/v1beta/models", Endpoint.MODELS, GOOGLE_ERRORS),
     ClientRoute(("GET",), r"/v1beta/models/(?P<resource>[^/:]+)", Endpoint.MODEL, GOOGLE_ERRORS),
+    # Context caches: kept to the key that made them, their storage booked by the hour (caches.py).
+    *cache_routes(GOOGLE_ERRORS),
 )
 
 
@@ -104,6 +111,11 @@ class GeminiAdapter(ProviderAdapter):
     client_routes: ClassVar[tuple[ClientRoute, ...]] = (*gemini_batch_routes(GOOGLE_ERRORS), *GEMINI_ROUTES)
     batch_api: ClassVar[BatchApi | None] = GEMINI_BATCHES
     error_paths: ClassVar[tuple[ErrorPath, ...]] = (error_path(r"/v1beta/|/v1/models/.*:", GOOGLE_ERRORS),)
+    api_versions: ClassVar[tuple[str, ...]] = ("v1beta", "v1", "v1alpha")
+    passthrough_paths: ClassVar[tuple[str, ...]] = (
+        "v1beta/cachedContents", "v1beta/files", "v1beta/tunedModels", "v1beta/corpora", "v1beta/operations",
+        "v1beta/fileSearchStores", "v1beta/batches", "v1beta/generatedFiles",
+    )
 
     # Largest output by model family (tokens), from the Gemini API's model pages.
     output_caps: ClassVar[Mapping[str, int]] = {
@@ -111,12 +123,19 @@ class GeminiAdapter(ProviderAdapter):
         "gemini-2.0": 8_192,
         "gemini-2.5": 65_536,
         "gemini-3": 65_536,
+        # The Live API's models answer a turn with at most 8,192 tokens.
+        "gemini-live": 8_192,
+        "gemini-2.5-flash-native-audio": 8_192,
+        "gemini-2.0-flash-live": 8_192,
     }
 
     def model_list_shape(self) -> ModelListShape | None:
         from tokensense.providers.gemini.models import MODEL_LIST
 
         return MODEL_LIST
+
+    def socket_protocols(self) -> tuple[SocketProtocol, ...]:
+        return (GEMINI_LIVE,)
 
     def auth_headers(self, api_key: str) -> dict[str, str]:
         return {"x-goog-api-key": api_key}
@@ -151,6 +170,9 @@ class GeminiAdapter(ProviderAdapter):
 
     def media_models(self, endpoint: Endpoint) -> str | None:
         return "Google imagen-*" if endpoint is Endpoint.IMAGES else None
+
+    def owned_rules(self, endpoint: Endpoint) -> OwnedRules | None:
+        return _CACHES if endpoint in CACHE_ENDPOINTS else None
 
     usage_key: ClassVar[bytes | None] = b"usageMetadata"
 
@@ -199,3 +221,6 @@ def _chat_translator() -> Translator:
 
 
 _CHAT = _chat_translator()
+
+
+_CACHES = ContextCaches()

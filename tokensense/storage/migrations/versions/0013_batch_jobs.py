@@ -1,7 +1,7 @@
 """Batch jobs and files: their owner keys, the jobs the gateway follows until booked, and the follower's lease
 
-Revision ID: 0010_batch_jobs
-Revises: 0008_max_call_usd
+Revision ID: 0013_batch_jobs
+Revises: 0012_videos
 Created: 2026-12-06
 
 `batch_files`: a file uploaded through TokenSense, the key that owns it and what its lines ask for (for the
@@ -17,8 +17,8 @@ from collections.abc import Sequence
 import sqlalchemy as sa
 from alembic import op
 
-revision: str = "0010_batch_jobs"
-down_revision: str | None = "0008_max_call_usd"
+revision: str = "0013_batch_jobs"
+down_revision: str | None = "0012_videos"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 

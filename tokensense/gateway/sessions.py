@@ -1,0 +1,228 @@
+"""Realtime sessions over WebSocket: admitted at the handshake, each response policed before it is asked for,
+one usage record per response when it ends.
+
+A realtime session (a voice agent's socket) carries many billable responses. The
+gateway relays its frames unchanged (addons/realtime.py); this module keeps the
+session's books, asking the provider's `SocketProtocol` what each frame means:
+
+- the handshake: the key, the model's access, the rate and whether the budget can
+  hold one response (the same `police` as every HTTP call), before anything is
+  opened upstream;
+- each client frame that asks for a response: policed again, reserving that
+  response's largest cost (its output cap, else the session's, else the model's
+  largest output, priced as the dearer of text and audio, plus the last
+  response's input, which the next one reads at least);
+- each response's end: its usage becomes one record through the settle stage,
+  which settles the reservation;
+- the session's end: a response still in progress is recorded with what the
+  provider reported (no usage: it never said), and its reservation is released.
+
+No provider is named here: paths, events and usage are the protocol's.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections import deque
+from dataclasses import dataclass, field
+
+from tokensense.core.usage import TokenUsage
+from tokensense.gateway.call import CallContext, Record
+from tokensense.gateway.keys import KeyInfo
+from tokensense.gateway.policy import budget_window
+from tokensense.gateway.reservation import model_max_output
+from tokensense.gateway.runtime import Runtime
+from tokensense.gateway.stages.police import BudgetHold, Policed, Target, police, settle_counters
+from tokensense.gateway.stages.settle import settle
+from tokensense.providers import ProviderAdapter, provider_for_model
+from tokensense.providers.sockets import ClientFrame, ServerFrame, SocketProtocol
+
+log = logging.getLogger(__name__)
+
+TRANSPORT = "websocket"
+CUT_MESSAGE = "The session closed before the response ended; the provider reported no usage for it."
+
+
+@dataclass(slots=True)
+class Response:
+    """One billable response of a session: its call (record), what it holds in the counters, how far it got."""
+
+    call: CallContext
+    event_id: str | None = None  # the client frame that asked for it (a server error may name it)
+    started: bool = False
+    usage: TokenUsage | None = None  # the usage reported so far
+
+
+@dataclass(slots=True)
+class Session:
+    """One relayed realtime socket."""
+
+    key: KeyInfo
+    provider: ProviderAdapter
+    protocol: SocketProtocol
+    model: str | None
+    attribution: dict[str, str | None]
+    request_id: str  # the handshake's
+    max_cost_usd: float | None = None
+    output_cap: int | None = None  # the session's output cap per response (None: the model's largest)
+    last_input: TokenUsage | None = None  # the input of the last response that ended
+    responses: deque[Response] = field(default_factory=deque)  # asked for (or started), oldest first
+    last_activity: float = field(default_factory=time.monotonic)
+    closing: bool = False
+
+
+def serving_provider(provider: ProviderAdapter, protocol: SocketProtocol, model: str | None) -> ProviderAdapter:
+    """The provider that serves `model` on this protocol: the model's own provider when it speaks the protocol
+    (protocols are shared by providers of one format), else the protocol's owner."""
+    owner = provider_for_model(model) if model else None
+    if owner is not None and owner is not provider and protocol in owner.socket_protocols():
+        return owner
+    return provider
+
+
+def new_call(session: Session) -> CallContext:
+    """The call (and so the record) of one response of `session`."""
+    call = CallContext(session.protocol.endpoint, session.protocol.errors, method="GET")
+    call.key = session.key
+    call.provider = session.provider
+    call.model = session.model
+    call.requested_model = session.model
+    call.attribution = dict(session.attribution)
+    call.transport = TRANSPORT
+    call.stream = True
+    call.max_cost_usd = session.max_cost_usd
+    return call
+
+
+def reservation(runtime: Runtime, session: Session, cap: int | None) -> TokenUsage:
+    """The largest usage of the next response: the last response's input (the next reads at least that much)
+    and its output cap, as text or as audio, whichever the model's price makes dearer."""
+    output = cap or session.output_cap or model_max_output(session.model, session.provider)
+    last = session.last_input or TokenUsage()
+    base = TokenUsage(input_tokens=last.input_tokens, cached_input_tokens=last.cached_input_tokens,
+                      units={k: v for k, v in last.units.items() if k.startswith(("input_", "cache_"))},
+                      output_tokens=output)
+    audio = base.model_copy(update={"units": {**base.units, "output_audio_tokens": output}})
+    prices_id, model = session.provider.prices_id, session.model or ""
+    if runtime.prices.token_cost(prices_id, model, audio) >= runtime.prices.token_cost(prices_id, model, base):
+        return audio
+    return base
+
+
+async def police_response(runtime: Runtime, session: Session, frame: ClientFrame | None, *,
+                          call: CallContext | None = None, handshake: bool = False) -> CallContext:
+    """Police one response of `session` (or, `handshake`, whether one would pass now): access, rate, budget.
+
+    Returns the response's call (`call`, else a new one), holding its reservation (`call.policed`); raises
+    `Refused`. At the handshake its rate entry is settled at once (no tokens).
+    """
+    call = call or new_call(session)
+    assert session.model is not None
+    cap = frame.max_output_tokens if frame is not None else None
+    # The handshake reserves nothing (the socket costs nothing): a spent budget, or one held whole by calls
+    # in flight, refuses it; whether a response fits is asked of each response.
+    target = Target(session.provider, session.model, session.model, None,
+                    reservation=TokenUsage() if handshake else reservation(runtime, session, cap))
+    call.policed = await police(call, target, prices=runtime.prices, counters=runtime.counters,
+                                spent_since=runtime.spent_since)
+    if handshake:
+        call.record_state = Record.NONE
+        settle_counters(runtime.counters, call, call.policed, tokens=0, cost=0.0)
+    return call
+
+
+def unpoliced_call(session: Session) -> CallContext:
+    """The call of a response the provider started by itself (voice activity detection): nothing was reserved,
+    but its cost is booked in the key's budget when it settles."""
+    call = new_call(session)
+    key = session.key
+    if key.budget_usd is not None and session.model is not None:
+        window, _, _ = budget_window(key.budget_period)
+        call.policed = Policed(Target(session.provider, session.model), budget=BudgetHold(window, 0.0))
+    return call
+
+
+def on_client_frame(session: Session, frame: ClientFrame) -> None:
+    """What a forwarded client frame changes in the session (its output cap, its model)."""
+    if frame.session_max_output_tokens is not None:
+        session.output_cap = frame.session_max_output_tokens
+    if frame.model and session.model is None:
+        session.model = frame.model
+
+
+def asked(session: Session, call: CallContext, frame: ClientFrame) -> None:
+    """A policed response was asked for (its frame is forwarded)."""
+    session.responses.append(Response(call, event_id=frame.event_id))
+
+
+def on_server_frame(runtime: Runtime, session: Session, frame: ServerFrame) -> bool:
+    """Book what a server frame reports: a response started, its usage, its end (one record), a refused ask.
+    True when the frame named the session's model for the first time (the session is then to be policed)."""
+    if frame.model is not None and session.model is None:
+        session.model = frame.model
+        session.provider = serving_provider(session.provider, session.protocol, frame.model)
+        return True
+    if frame.failed_event_id is not None:
+        for response in list(session.responses):
+            if response.event_id == frame.failed_event_id and not response.started:
+                # The provider refused the ask (a response already in progress, ...): nothing to bill.
+                session.responses.remove(response)
+                response.call.record_state = Record.NONE
+                settle_counters(runtime.counters, response.call, response.call.policed, tokens=0, cost=0.0)
+                return False
+    if not (frame.started or frame.usage is not None or frame.done):
+        return False
+    if frame.usage is None and not frame.started and not session.responses:
+        return False  # the end of a turn nobody asked for and nothing was said in: nothing to book
+    current = _current(session)
+    if frame.started:
+        current.started = True
+        current.call.mark_first_token()
+    if frame.usage is not None:
+        current.usage = frame.usage
+    if frame.done:
+        session.responses.remove(current)
+        _record(runtime, session, current, 502 if frame.status == "failed" else 200,
+                error=f"The response ended with status `{frame.status}`." if frame.status == "failed" else None)
+    return False
+
+
+def _current(session: Session) -> Response:
+    """The response a server frame is about: the oldest one started, else the oldest asked for, else a new one
+    the provider started by itself."""
+    for response in session.responses:
+        if response.started:
+            return response
+    for response in session.responses:
+        return response
+    response = Response(unpoliced_call(session))
+    session.responses.append(response)
+    return response
+
+
+def end(runtime: Runtime, session: Session, *, by_client: bool) -> int:
+    """The session ended: each response not finished is recorded with what was reported; how many were."""
+    count = 0
+    while session.responses:
+        response = session.responses.popleft()
+        if response.usage is None and not response.started:
+            # Asked for, never begun: the provider billed nothing; the reservation is given back.
+            response.call.usage = None
+        count += 1
+        _record(runtime, session, response, 499 if by_client else 502, error=CUT_MESSAGE, cut=True)
+    return count
+
+
+def _record(runtime: Runtime, session: Session, response: Response, status: int, *, error: str | None = None,
+            cut: bool = False) -> None:
+    call = response.call
+    call.model = call.model or session.model
+    call.usage = response.usage
+    if cut and response.usage is None and response.started:
+        # It generated tokens nobody counted: recorded unpriced (cost NULL), never as a silent $0.
+        call.usage_unknown = True
+    call.error = error
+    if response.usage is not None:
+        session.last_input = response.usage.model_copy(update={"output_tokens": 0, "reasoning_tokens": 0})
+    settle(runtime, call, status)
