@@ -26,6 +26,8 @@ class Forward:
         call = get_call(flow)
         if call is None:
             return  # intercept mode: not a provider call, TokenSense leaves it alone
+        if call.forwarded and not call.intercepted:
+            return  # an upload streamed to the provider: written in requestheaders, after its gates (addons/batches.py)
         if call.intercepted:
             # The client's own destination and key; only the gates can stop it.
             if call.key is not None and not call.may_send:

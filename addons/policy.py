@@ -19,6 +19,8 @@ class Policy:
         call = get_call(flow)
         if flow.response or flow.error or call is None or call.key is None or call.provider is None:
             return
+        if call.policed is not None:  # policed already by the addon that routed it (batch jobs and files)
+            return
         target = Target(call.provider, call.model or "", call.requested_model,  # "": a passthrough naming no model
                         call.sent_body if isinstance(call.sent_body, dict) else None)
         runtime = self.runtime

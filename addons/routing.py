@@ -10,7 +10,7 @@ from __future__ import annotations
 from mitmproxy import http
 
 from addons.common import answer_error, answer_json, get_call, prepare_upstream, require_credential
-from tokensense.core.endpoints import RESPONSES_ENDPOINTS, Endpoint
+from tokensense.core.endpoints import BATCH_ENDPOINTS, RESPONSES_ENDPOINTS, Endpoint
 from tokensense.core.errors import GatewayError
 from tokensense.gateway.call import CallContext, Record
 from tokensense.gateway.catalog import list_models
@@ -42,8 +42,9 @@ class Router:
             if call.route_endpoint in (Endpoint.MODELS, Endpoint.MODEL):
                 self._answer_models(flow, call)
             elif call.route_endpoint not in MEDIA_ENDPOINTS and call.route_endpoint not in RESPONSES_ENDPOINTS \
+                    and call.route_endpoint not in BATCH_ENDPOINTS \
                     and (call.route is None or call.route.owned is None) and not routed_by_passthrough(call):
-                self._route(flow, call)  # the media, responses, owned-resources and passthrough addons route the others
+                self._route(flow, call)  # the media, responses, batches, owned-resources and passthrough addons route the others
         except GatewayError as e:
             answer_error(flow, call.fmt, e)
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from addons.admit import Admit
+from addons.batches import Batches, BatchUploads
 from addons.chain import TokenSenseChain
 from addons.client_timeouts import ClientTimeouts, RequestArrived
 from addons.forward import Forward
@@ -32,16 +33,19 @@ def tokensense_addons(runtime: Runtime | None = None) -> list[object]:
     """The TokenSense addons in hook order: each one's `request` runs after the ones before it."""
     runtime = runtime or Runtime()
     client_timeouts = ClientTimeouts(runtime.settings.client_idle_timeout)
+    batches = Batches(runtime)
     return [
         Lifecycle(runtime),
         RequestArrived(client_timeouts),  # first: the body is whole, however long the gates after take
         Intercept(runtime),  # before Admit: intercepted calls never meet the gateway's key check
         ResponsesWebSocket(runtime),  # the Responses WebSocket handshake, answered here; its frames served over HTTP
+        BatchUploads(batches),  # a resumable upload's bytes, on the session URL the gateway handed out (no key)
         RealtimeSockets(runtime),  # realtime sessions (voice): the handshake admitted here, frames relayed and metered
         Admit(runtime),  # requestheaders: key, route, body limit
         RequestRecords(runtime),  # GET /v1/tokensense/requests/{id}, answered before routing
         Router(runtime),  # request: parse, resolve, prepare the upstream request
         Responses(runtime),  # the Responses API: parse, ownership, answers (before Translation and Metering)
+        batches,  # batch jobs and files: owned per key, uploads streamed, jobs reserved and followed
         OwnedResources(runtime),  # video jobs and context caches: ownership, storage and job bookings
         Media(runtime),
         Passthrough(runtime),  # paths no route serves: forwarded with the key swap, metered (before Metering)

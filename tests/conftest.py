@@ -314,7 +314,7 @@ FILE_SECONDS = {
     "test_demo.py": 13, "test_migrations.py": 13, "test_e2e_cloud_providers.py": 13, "test_e2e_agent_calls.py": 12,
     "test_e2e_observability.py": 12, "test_e2e_multi.py": 30, "test_e2e_hostile.py": 11, "test_e2e_intercept.py": 11,
     "test_responses_ws.py": 10, "test_e2e_pricing_golden.py": 10, "test_stream_framing.py": 9, "test_e2e_media.py": 9,
-    "test_e2e_native.py": 9, "test_e2e_openai.py": 9, "test_recorder.py": 9, "test_analytics.py": 9,
+    "test_e2e_native.py": 9, "test_e2e_openai.py": 9, "test_e2e_batches.py": 60, "test_recorder.py": 9, "test_analytics.py": 9,
     "test_e2e_mitmdump.py": 8, "test_fake_cloud_providers.py": 8,
 }
 

@@ -243,7 +243,7 @@ def test_provider_errors_are_answered_as_the_provider_answered(gw: Gateway, exec
 
 def test_shared_path_needs_a_model_or_a_prefix(gw: Gateway) -> None:
     r = httpx.post(
-        f"{gw.url}/v1/files",
+        f"{gw.url}/v1/files/file-abc",  # POST /v1/files itself is OpenAI's upload route (batch files)
         files={"file": ("a.jsonl", b"{}\n")},
         data={"purpose": "batch"},
         headers={"authorization": f"Bearer {gw.key}"},
@@ -436,7 +436,7 @@ def test_endpoints_listing_and_usage_by_endpoint(gw: Gateway, exec_id: str) -> N
     assert served["chat.completions"]["pricing"] == "priced" and served["moderations"]["pricing"] == "free"
     passthrough = {(p["provider"], p["family"]): p["pricing"] for p in listing["passthrough"]}
     assert passthrough[("openai", "vector_stores")] == "free"  # [passthrough] free in config.toml
-    assert passthrough[("openai", "fine_tuning")] == "unpriced" and passthrough[("anthropic", "files")] == "unpriced"
+    assert passthrough[("openai", "fine_tuning")] == "unpriced" and passthrough[("mistral", "agents")] == "unpriced"
     assert {p["provider"] for p in listing["prefixes"]} >= {
         "openai",
         "anthropic",

@@ -57,7 +57,8 @@ def key(**changes: object) -> KeyInfo:
         ("POST", "/anthropic/v1/files", "files", None, "anthropic", "/v1/files"),
         ("GET", "/v1/fine_tuning/jobs", "fine_tuning", None, None, "/v1/fine_tuning/jobs"),
         ("GET", "/v1beta/tunedModels/abc", "tunedModels", None, None, "/v1beta/tunedModels/abc"),
-        ("POST", "/gemini/v1beta/batches/123:cancel", "batches", None, "gemini", "/v1beta/batches/123:cancel"),
+        # Batch jobs are routes (addons/batches.py: owned, reserved, booked), under a prefix too.
+        ("POST", "/gemini/v1beta/batches/123:cancel", "batches.cancel", "gemini", "gemini", None),
         ("DELETE", "/mistral/v1/fine_tuning/jobs/ft-1", "fine_tuning", None, "mistral", "/v1/fine_tuning/jobs/ft-1"),
     ],
 )
@@ -79,7 +80,9 @@ def test_unlisted_families_are_named_only_once_a_key_is_admitted() -> None:
 
 
 def test_shared_and_single_owner_paths() -> None:
-    files = route_request("POST", "/v1/files").passthrough
+    # POST /v1/files is OpenAI's upload (a route: batch files owned per key); the family's other paths stay shared.
+    assert route_request("POST", "/v1/files").endpoint is Endpoint.FILES_UPLOAD
+    files = route_request("POST", "/v1/files/file-abc").passthrough
     assert files is not None and set(files.providers) == {"openai", "anthropic", "mistral", "xai"}
     vector = route_request("GET", "/v1/vector_stores").passthrough
     assert vector is not None and vector.providers == ("openai",)
@@ -152,7 +155,7 @@ def test_kind_of_a_call() -> None:
 
 def test_parse_picks_the_provider_by_the_body_model_on_a_shared_path() -> None:
     config = PassthroughConfig()
-    path = route_request("POST", "/v1/files").passthrough
+    path = route_request("POST", "/v1/files/file-abc").passthrough
     assert path is not None
     parsed = parse_passthrough(config, "POST", path, "application/json", b'{"model": "mistral-small-latest"}')
     assert (parsed.provider.name, parsed.model, parsed.path.kind) == ("mistral", "mistral-small-latest", "unpriced")
@@ -184,5 +187,5 @@ def test_listing_shows_served_priced_free_and_passed_through() -> None:
     served = {e["endpoint"]: e["pricing"] for e in listing["served"]}
     assert served["chat.completions"] == "priced" and served["messages.count_tokens"] == "free"
     passthrough = {(p["provider"], p["family"]): p["pricing"] for p in listing["passthrough"]}
-    assert passthrough[("openai", "vector_stores")] == "free" and passthrough[("anthropic", "files")] == "unpriced"
+    assert passthrough[("openai", "vector_stores")] == "free" and passthrough[("mistral", "agents")] == "unpriced"
     assert {p["provider"] for p in listing["prefixes"]} >= {"openai", "anthropic", "gemini", "mistral", "xai"}

@@ -39,6 +39,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "providers": ("providers", "store provider API keys (encrypted) and base URLs"),
     "usage": ("usage", "report usage and cost"),
     "report": ("report", "spend over a period by attribution, with totals and the change against the previous one"),
+    "batches": ("batches", "batch jobs the gateway follows, their state and booked cost"),
     "db": ("db", "show or upgrade the database schema revision"),
     "serve": ("run", "run the gateway (mitmproxy in reverse-proxy mode)"),
     "addon-path": ("run", "print the path of the mitmproxy script (mitmdump -s \"$(tokensense addon-path)\")"),

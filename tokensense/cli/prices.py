@@ -99,6 +99,8 @@ def _print_description(d: dict[str, Any]) -> None:
         print(f"  when {when}:" + ("" if variant["rates"] else " standard rates"))
         for rate in variant["rates"]:
             print(f"    ${rate['usd']} per {rate['per']}  [{rate['key']}]")
+    if d.get("batch"):
+        print(f"  batch jobs: {d['batch']}")
     if d.get("comments"):
         print(f"  note: {d['comments']}")
     for key, value in d.get("storage", {}).items():
@@ -147,6 +149,11 @@ def cmd_prices(args: argparse.Namespace) -> int:
         print(json.dumps({"model": model, "provider": adapter.name, "source": "unpriced"}) if args.json else message)
         return EXIT_FAILED
     description["provider"] = adapter.name
+    if description.get("source") != "media":
+        from tokensense.metering.batch_prices import batch_source
+
+        # The lines of batch jobs (`tokensense batches`) are booked at this rate.
+        description["batch"] = batch_source(prices, adapter.prices_id, model)
     if args.json:
         print(json.dumps(description, indent=2))
     else:

@@ -63,6 +63,18 @@ class Endpoint(str):
     RESPONSES_INPUT_ITEMS: ClassVar[Endpoint]
     RESPONSES_INPUT_TOKENS: ClassVar[Endpoint]
     RESPONSES_COMPACT: ClassVar[Endpoint]
+    FILES_UPLOAD: ClassVar[Endpoint]
+    FILES_LIST: ClassVar[Endpoint]
+    FILES_RETRIEVE: ClassVar[Endpoint]
+    FILES_DELETE: ClassVar[Endpoint]
+    FILES_CONTENT: ClassVar[Endpoint]
+    BATCHES_CREATE: ClassVar[Endpoint]
+    BATCHES_LIST: ClassVar[Endpoint]
+    BATCHES_RETRIEVE: ClassVar[Endpoint]
+    BATCHES_CANCEL: ClassVar[Endpoint]
+    BATCHES_RESULTS: ClassVar[Endpoint]
+    BATCHES_DELETE: ClassVar[Endpoint]
+    BATCH: ClassVar[Endpoint]
     HEALTH: ClassVar[Endpoint]
     REQUEST_RECORD: ClassVar[Endpoint]
     UNKNOWN: ClassVar[Endpoint]
@@ -90,6 +102,19 @@ Endpoint.RESPONSES_CANCEL = Endpoint("responses.cancel")
 Endpoint.RESPONSES_INPUT_ITEMS = Endpoint("responses.input_items")
 Endpoint.RESPONSES_INPUT_TOKENS = Endpoint("responses.input_tokens")
 Endpoint.RESPONSES_COMPACT = Endpoint("responses.compact")
+# Batch jobs and their files (addons/batches.py): the calls that manage them, and `batch`, the records of their lines.
+Endpoint.FILES_UPLOAD = Endpoint("files.upload")
+Endpoint.FILES_LIST = Endpoint("files.list")
+Endpoint.FILES_RETRIEVE = Endpoint("files.retrieve")
+Endpoint.FILES_DELETE = Endpoint("files.delete")
+Endpoint.FILES_CONTENT = Endpoint("files.content")
+Endpoint.BATCHES_CREATE = Endpoint("batches.create")
+Endpoint.BATCHES_LIST = Endpoint("batches.list")
+Endpoint.BATCHES_RETRIEVE = Endpoint("batches.retrieve")
+Endpoint.BATCHES_CANCEL = Endpoint("batches.cancel")
+Endpoint.BATCHES_RESULTS = Endpoint("batches.results")
+Endpoint.BATCHES_DELETE = Endpoint("batches.delete")
+Endpoint.BATCH = Endpoint("batch")  # one line of a batch job, booked when the job ended
 Endpoint.HEALTH = Endpoint("health")
 Endpoint.REQUEST_RECORD = Endpoint("tokensense.request")  # GET /v1/tokensense/requests/{id}: a call's usage record
 Endpoint.UNKNOWN = Endpoint("unknown")
@@ -104,9 +129,20 @@ RESPONSES_ENDPOINTS = RESPONSE_ID_ENDPOINTS | {
     Endpoint.RESPONSES, Endpoint.RESPONSES_INPUT_TOKENS, Endpoint.RESPONSES_COMPACT,
 }
 
-# Endpoints whose body is a multipart upload (audio, images): limited by TOKENSENSE_MAX_UPLOAD_MB, not the body limit.
+# Every batch and file route (handled by addons/batches.py).
+FILE_ENDPOINTS = frozenset({
+    Endpoint.FILES_UPLOAD, Endpoint.FILES_LIST, Endpoint.FILES_RETRIEVE, Endpoint.FILES_DELETE, Endpoint.FILES_CONTENT,
+})
+BATCH_ENDPOINTS = FILE_ENDPOINTS | {
+    Endpoint.BATCHES_CREATE, Endpoint.BATCHES_LIST, Endpoint.BATCHES_RETRIEVE, Endpoint.BATCHES_CANCEL,
+    Endpoint.BATCHES_RESULTS, Endpoint.BATCHES_DELETE,
+}
+
+# Endpoints whose body is a multipart upload (audio, images, files): limited by TOKENSENSE_MAX_UPLOAD_MB, not the
+# body limit.
 UPLOAD_ENDPOINTS = frozenset({
     Endpoint.TRANSCRIPTIONS, Endpoint.TRANSLATIONS, Endpoint.IMAGE_EDITS, Endpoint.IMAGE_VARIATIONS,
+    Endpoint.FILES_UPLOAD,
 })
 # Endpoints whose OpenAI-format streams report usage only when asked (`stream_options.include_usage`).
 USAGE_ON_REQUEST_ENDPOINTS = frozenset({Endpoint.CHAT, Endpoint.COMPLETIONS})

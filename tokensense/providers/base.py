@@ -24,6 +24,7 @@ from tokensense.providers.owned import OwnedRules
 from tokensense.providers.routes import ClientRoute, ErrorPath, Route
 
 if TYPE_CHECKING:
+    from tokensense.providers.batch_api import BatchApi
     from tokensense.providers.model_lists import ModelListShape
     from tokensense.providers.sockets import SocketProtocol
 
@@ -176,6 +177,8 @@ class Provider(ABC):
     client_routes: ClassVar[tuple[ClientRoute, ...]] = ()
     # Path prefixes whose clients parse this provider's error shape (errors on paths no route serves).
     error_paths: ClassVar[tuple[ErrorPath, ...]] = ()
+    # Its batch jobs and files (providers/batch_api.py), when its batch and file routes are in `client_routes`.
+    batch_api: ClassVar[BatchApi | None] = None
     # The first path segments of its API (`v1`, `v1beta`): under its prefix (`/NAME/v1/...`) any path that starts
     # with one of them and that no route serves is passed through, metered (none: no passthrough).
     api_versions: ClassVar[tuple[str, ...]] = ()

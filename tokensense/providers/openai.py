@@ -10,8 +10,10 @@ from tokensense.core.errors import ErrorShape
 from tokensense.core.usage import TokenUsage
 from tokensense.providers.audio_format import AUDIO
 from tokensense.providers.base import MediaRoute, ProviderAdapter, ResponsesStreamReader, StreamUsage, Upstream
+from tokensense.providers.batch_api import BatchApi
 from tokensense.providers.images_format import check_image_request, images_answer_usage
 from tokensense.providers.model_lists import ListedModel, ModelListShape
+from tokensense.providers.openai_batches import OPENAI_BATCHES, openai_batch_routes
 from tokensense.providers.openai_realtime import REALTIME_CLIENT_SECRETS, REALTIME_DEFAULT_MODEL, OpenAIRealtime
 from tokensense.providers.openai_usage import service_tier_of, usage_from_openai
 from tokensense.providers.openai_videos import (
@@ -158,7 +160,9 @@ class OpenAIAdapter(ProviderAdapter):
         Endpoint.MODERATIONS, *RESPONSES_ENDPOINTS, REALTIME_CLIENT_SECRETS,
     })
     openai_format: ClassVar[bool] = True
-    client_routes: ClassVar[tuple[ClientRoute, ...]] = (*OPENAI_ROUTES, *VIDEO_ROUTES)
+    # Its Files and Batch APIs too (providers/openai_batches.py); OpenAI-compatible providers list OPENAI_ROUTES only.
+    client_routes: ClassVar[tuple[ClientRoute, ...]] = (*OPENAI_ROUTES, *VIDEO_ROUTES, *openai_batch_routes(OPENAI_ERRORS))
+    batch_api: ClassVar[BatchApi | None] = OPENAI_BATCHES
     api_versions: ClassVar[tuple[str, ...]] = ("v1",)
     # Its API's resources that no route meters (the batches and long-tail routes, where they exist, win).
     passthrough_paths: ClassVar[tuple[str, ...]] = (
@@ -269,6 +273,7 @@ class XAIAdapter(OpenAIAdapter):
     reasoning_outside_completion: ClassVar[bool] = True
     aliases: ClassVar[tuple[str, ...]] = ("x-ai", "grok")
     hosts: ClassVar[tuple[str, ...]] = ("api.x.ai",)
+    batch_api: ClassVar[BatchApi | None] = None
     native: ClassVar[frozenset[Endpoint]] = frozenset({Endpoint.CHAT, Endpoint.EMBEDDINGS, Endpoint.IMAGES,
                                                        *RESPONSES_ENDPOINTS})
 
@@ -319,6 +324,7 @@ class MistralAdapter(OpenAIAdapter):
     native: ClassVar[frozenset[Endpoint]] = frozenset({Endpoint.CHAT, Endpoint.EMBEDDINGS, Endpoint.TRANSCRIPTIONS,
                                                        FIM, Endpoint.OCR})
     client_routes: ClassVar[tuple[ClientRoute, ...]] = MISTRAL_ROUTES
+    batch_api: ClassVar[BatchApi | None] = None
     # Its fine-tuning jobs (`/v1/fine_tuning`) and conversations share OpenAI's paths: `/mistral/v1/...` reaches them.
     passthrough_paths: ClassVar[tuple[str, ...]] = ("v1/files", "v1/agents", "v1/libraries", "v1/batch", "v1/ocr")
 

@@ -227,6 +227,66 @@ class StoredResponse(SQLModel, table=True):
     created_at: datetime = Field(default_factory=utcnow, index=True)
 
 
+class BatchFile(SQLModel, table=True):
+    """A file uploaded through TokenSense (`POST /v1/files`): the key that owns it, and what its lines ask for.
+
+    `lines` sums the requests of a batch input file as it streamed past, by model
+    (`{"models": {model: {"lines", "input_tokens", "output_tokens"}}, "lines": n}`): the
+    reservation of a job made from it, without reading the file back.
+    """
+
+    __tablename__ = "batch_files"
+
+    id: str = Field(primary_key=True)  # the provider's file id
+    provider: str
+    key_id: str | None = Field(default=None, index=True)
+    purpose: str | None = None
+    lines: dict | None = Field(default=None, sa_column=Column(JSON, nullable=True))
+    created_at: datetime = Field(default_factory=utcnow)
+
+
+class BatchJob(SQLModel, table=True):
+    """A batch job created through TokenSense, followed until each of its result lines is booked once.
+
+    The create call's key and attribution go to every line's record; `reserved_usd` is the job's largest
+    cost, held against the key's budget (`budget_window`) until `booked_at`, when the lines' records replace it.
+    """
+
+    __tablename__ = "batch_jobs"
+
+    id: str = Field(primary_key=True)  # the provider's job id
+    provider: str
+    key_id: str | None = Field(default=None, index=True)
+    key_name: str | None = None
+    endpoint: str | None = None  # what the lines call (`/v1/chat/completions`, `messages`, ...)
+    models: list[str] = Field(default_factory=list, sa_column=Column(JSON, nullable=False, default=list))
+    state: str = "created"  # the provider's last word on it
+    files: list[str] = Field(default_factory=list, sa_column=Column(JSON, nullable=False, default=list))
+    input_file_id: str | None = None
+    workflow: str | None = None
+    step: str | None = None
+    execution_id: str | None = None
+    source: str | None = None
+    project: str | None = None
+    reserved_usd: float = 0.0
+    budget_window: str | None = None
+    lines_booked: int = 0
+    booked_usd: float | None = None
+    error: str | None = None  # why the follower could not book it yet (last failure)
+    created_at: datetime = Field(default_factory=utcnow, index=True)
+    polled_at: datetime | None = None
+    booked_at: datetime | None = Field(default=None, index=True)  # None: still followed
+
+
+class Lease(SQLModel, table=True):
+    """A task only one process of a deployment runs (the batch follower): who holds it, until when."""
+
+    __tablename__ = "leases"
+
+    name: str = Field(primary_key=True)
+    holder: str
+    expires_at: float  # UTC epoch seconds
+
 class OwnedResource(SQLModel, table=True):
     """A provider object made through TokenSense whose cost is booked apart from the call that made it: an
     OpenAI video job (booked once, when it is seen completed), a Gemini context cache (its storage, booked by

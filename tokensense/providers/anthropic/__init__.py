@@ -8,8 +8,10 @@ from typing import Any, ClassVar
 from tokensense.core.endpoints import Endpoint
 from tokensense.core.errors import ErrorShape
 from tokensense.core.usage import TokenUsage
+from tokensense.providers.anthropic.batches import MESSAGE_BATCHES, message_batch_routes
 from tokensense.providers.anthropic.usage import usage_from_anthropic
 from tokensense.providers.base import ProviderAdapter, StreamUsage, Translator, Upstream
+from tokensense.providers.batch_api import BatchApi
 from tokensense.providers.model_lists import ModelListShape
 from tokensense.providers.routes import ClientRoute, ErrorPath, error_path
 
@@ -84,7 +86,8 @@ class AnthropicAdapter(ProviderAdapter):
     aliases: ClassVar[tuple[str, ...]] = ("claude",)
     hosts: ClassVar[tuple[str, ...]] = ("api.anthropic.com",)
     native: ClassVar[frozenset[Endpoint]] = frozenset({Endpoint.MESSAGES, Endpoint.COUNT_TOKENS})
-    client_routes: ClassVar[tuple[ClientRoute, ...]] = ANTHROPIC_ROUTES
+    client_routes: ClassVar[tuple[ClientRoute, ...]] = (*ANTHROPIC_ROUTES, *message_batch_routes(ANTHROPIC_ERRORS))
+    batch_api: ClassVar[BatchApi | None] = MESSAGE_BATCHES
     error_paths: ClassVar[tuple[ErrorPath, ...]] = (error_path("/v1/messages", ANTHROPIC_ERRORS),)
     api_versions: ClassVar[tuple[str, ...]] = ("v1",)
     passthrough_paths: ClassVar[tuple[str, ...]] = ("v1/files", "v1/skills")

@@ -9,6 +9,8 @@ from tokensense.core.endpoints import Endpoint
 from tokensense.core.errors import ErrorShape, GatewayError
 from tokensense.core.usage import TokenUsage
 from tokensense.providers.base import MediaRoute, ProviderAdapter, StreamUsage, Translator, Upstream, model_segment
+from tokensense.providers.batch_api import BatchApi
+from tokensense.providers.gemini.batches import GEMINI_BATCHES, gemini_batch_routes
 from tokensense.providers.gemini.caches import CACHE_ENDPOINTS, ContextCaches, cache_routes
 from tokensense.providers.gemini.live import GeminiLive
 from tokensense.providers.gemini.usage import usage_from_gemini
@@ -105,7 +107,9 @@ class GeminiAdapter(ProviderAdapter):
     aliases: ClassVar[tuple[str, ...]] = ("google",)
     hosts: ClassVar[tuple[str, ...]] = ("generativelanguage.googleapis.com",)
     native: ClassVar[frozenset[Endpoint]] = frozenset({NATIVE})
-    client_routes: ClassVar[tuple[ClientRoute, ...]] = GEMINI_ROUTES
+    # Batch mode first: `models/{model}:batchGenerateContent` is not one of the synchronous route's actions.
+    client_routes: ClassVar[tuple[ClientRoute, ...]] = (*gemini_batch_routes(GOOGLE_ERRORS), *GEMINI_ROUTES)
+    batch_api: ClassVar[BatchApi | None] = GEMINI_BATCHES
     error_paths: ClassVar[tuple[ErrorPath, ...]] = (error_path(r"/v1beta/|/v1/models/.*:", GOOGLE_ERRORS),)
     api_versions: ClassVar[tuple[str, ...]] = ("v1beta", "v1", "v1alpha")
     passthrough_paths: ClassVar[tuple[str, ...]] = (

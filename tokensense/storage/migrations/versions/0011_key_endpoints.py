@@ -1,7 +1,7 @@
 """Endpoint access rules: `api_keys.allowed_endpoints`, the endpoints a key may call (empty: any)
 
 Revision ID: 0011_key_endpoints
-Revises: 0009_budgets
+Revises: 0010_batch_jobs
 Created: 2026-12-06
 
 `tokensense keys create NAME --allow-endpoint chat.completions --allow-endpoint vector_stores` limits a key to
@@ -17,7 +17,7 @@ import sqlalchemy as sa
 from alembic import op
 
 revision: str = "0011_key_endpoints"
-down_revision: str | None = "0009_budgets"
+down_revision: str | None = "0010_batch_jobs"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
