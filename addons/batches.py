@@ -445,7 +445,8 @@ class Batches:
             log.warning("request %s: the batch create answer names no job; it is not followed", call.request_id)
             return
         policed = call.policed
-        hold = policed.budget if policed is not None else None
+        # The key's own budget (counter: the key's id) is settled by the follower when the lines are booked.
+        hold = next((h for h in policed.budgets if h.counter in ("", call.key.id)), None) if policed is not None else None
         attribution = call.attribution
         job = BatchJob(
             id=job_id,
@@ -469,8 +470,12 @@ class Batches:
         if hold is not None and policed is not None and self.runtime.counters is not None:
             # The reservation outlives the create call: held as spent (and in the database's seed, `held_by_jobs`)
             # until the lines are booked; the create call's own record settles nothing of it.
-            call.policed = replace(policed, budget=None)
-            spawn(self.runtime.counters.settle_budget(call.key.id, hold.window, hold.amount, hold.amount))
+            # Every budget the create was counted against (the key's, and those on its attribution) keeps it as spent;
+            # the follower settles the key's to the booked cost, the others are seeded from the booked records.
+            call.policed = replace(policed, budgets=())
+            for held in policed.budgets:
+                spawn(self.runtime.counters.settle_budget(held.counter or call.key.id, held.window, held.amount,
+                                                          held.amount))
         if self.follower is not None:
             self.follower.wake()
 

@@ -15,8 +15,8 @@ from sqlmodel import Session, col, select
 
 from tokensense.crypto import decrypt_secret, encrypt_secret, hash_key, new_key
 from tokensense.storage.analytics import grouped_totals, report_totals
-from tokensense.storage.cuts import USAGE_GROUP_ALIASES, USAGE_GROUP_FIELDS, normalize_group_fields  # noqa: F401 (re-exported)
 from tokensense.storage.batches import held_by_jobs
+from tokensense.storage.cuts import USAGE_GROUP_ALIASES, USAGE_GROUP_FIELDS, normalize_group_fields  # noqa: F401 (re-exported)
 from tokensense.storage.models import DEFAULT_KEY_NAME, ApiKey, ProviderCredential, Usage, UsageCreate
 from tokensense.storage.rollups import add_to_rollups
 
@@ -523,12 +523,10 @@ def query_usage(
 
 def spent_since(*, session: Session, key_id: str, since: datetime | None) -> float:
     """What a key has spent (USD) since `since` (None: ever), from the rollups (its hour rows, and the
-    minute rows and records of a window's partial first hour). `key_id` may also be the subject of a
+    minute rows and records of a window's partial first hour), plus what its batch jobs not booked yet hold
+    (their largest cost, until their lines' records replace it). `key_id` may also be the subject of a
     budget on attribution (`tokensense.storage.budgets.spend_subject`)."""
     from tokensense.storage.budgets import subject_filters
 
-    return report_totals(session=session, since=since, filters=subject_filters(key_id)).cost_usd
-    minute rows and records of a window's partial first hour), plus what its batch jobs not booked yet hold
-    (their largest cost, until their lines' records replace it)."""
-    spent = report_totals(session=session, since=since, filters={"key_id": key_id}).cost_usd
+    spent = report_totals(session=session, since=since, filters=subject_filters(key_id)).cost_usd
     return spent + held_by_jobs(session=session, key_id=key_id, since=since)
