@@ -4,6 +4,7 @@ Gemini context caches) through the gateway, with the official SDKs as clients (h
 from __future__ import annotations
 
 import json
+import shutil
 import time
 import uuid
 
@@ -152,6 +153,9 @@ def test_video_booked_once_across_instances_sharing_the_database(gateway: Gatewa
     video = client.videos.create(model="sora-2-pro", prompt="Waves", seconds="4", size="1792x1024",
                                  extra_headers={"x-fake-batch-seconds": "0.5"})
     assert video.status == "queued"
+    # Instances sharing a database share its secret (docs/operations.md): the second stores the provider key too.
+    (tmp_path / "home").mkdir()
+    shutil.copy(gateway.home / "secret.key", tmp_path / "home" / "secret.key")
     second = start_gateway(tmp_path, gateway.fake, key_name="e2e-second",
                            extra_env={"TOKENSENSE_DATABASE_URL": f"sqlite:///{gateway.db_path}"})
     try:
