@@ -10,6 +10,7 @@ their cost could not be counted against it.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from fnmatch import fnmatchcase
 from typing import Any, Literal, NamedTuple
 
@@ -106,6 +107,40 @@ def parse_passthrough(
     )
 
 
+# Client headers never passed through: credentials for the gateway itself (a proxy's, the client's cookies).
+CLIENT_ONLY_HEADERS = ("proxy-authorization", "cookie")
+_BODYLESS = frozenset({"GET", "HEAD", "OPTIONS"})
+
+
+def streams_upload(method: str, headers: Mapping[str, str]) -> bool:
+    """Whether a passthrough call's body is streamed to the provider as it arrives: a body that is not JSON (a
+    multipart upload, raw bytes) has no model to read, so it is never buffered, and TOKENSENSE_MAX_UPLOAD_MB
+    (not the JSON body limit) bounds it."""
+    if method in _BODYLESS or "json" in (headers.get("content-type") or "").lower():
+        return False
+    length = headers.get("content-length") or ""
+    return (length.isdigit() and int(length) > 0) or "chunked" in (headers.get("transfer-encoding") or "").lower()
+
+
+class UploadLimit:
+    """`flow.request.stream` of a streamed passthrough upload: chunks pass on untouched up to `limit` bytes; past it
+    nothing more is sent and `too_large` is set (the call is answered 413)."""
+
+    def __init__(self, limit: int | None) -> None:
+        self.limit = limit
+        self.size = 0
+        self.too_large = False
+
+    def __call__(self, chunk: bytes) -> bytes:
+        if self.too_large:
+            return b""
+        self.size += len(chunk)
+        if self.limit is not None and self.size > self.limit:
+            self.too_large = True
+            return b""
+        return chunk
+
+
 def endpoint_listing(config: PassthroughConfig, *, prefix_url: str = "") -> dict[str, Any]:
     """What the gateway serves (`GET /v1/tokensense/endpoints`): the metered endpoints with their pricing, the
     passed-through families by provider with theirs, and the provider prefixes."""
@@ -158,6 +193,7 @@ def _served(path: str) -> bool:
 
 
 __all__ = [
+    "CLIENT_ONLY_HEADERS",
     "FREE_METHODS",
     "Kind",
     "PassthroughCall",
@@ -166,5 +202,7 @@ __all__ = [
     "endpoint_refusal",
     "parse_passthrough",
     "passthrough_kind",
+    "streams_upload",
+    "UploadLimit",
     "unpriced_path_refusal",
 ]

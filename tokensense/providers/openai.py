@@ -169,6 +169,10 @@ class OpenAIAdapter(ProviderAdapter):
         "v1/vector_stores", "v1/files", "v1/uploads", "v1/batches", "v1/fine_tuning", "v1/assistants", "v1/threads",
         "v1/conversations", "v1/containers", "v1/evals", "v1/chatkit", "v1/videos",
     )
+    # The openai SDKs: `OpenAI/Python 1.x`, `OpenAI/JS 4.x`; Stainless' `x-stainless-*` headers (a browser sets no
+    # User-Agent) are a hint only: the anthropic SDKs send them too.
+    sdk_user_agents: ClassVar[tuple[str, ...]] = ("OpenAI/",)
+    sdk_hint_headers: ClassVar[tuple[str, ...]] = ("x-stainless-lang", "x-stainless-package-version")
 
     def auth_headers(self, api_key: str) -> dict[str, str]:
         return {"authorization": f"Bearer {api_key}"}
@@ -278,6 +282,8 @@ class XAIAdapter(OpenAIAdapter):
                                                        *RESPONSES_ENDPOINTS})
 
     passthrough_paths: ClassVar[tuple[str, ...]] = ("v1/files", "v1/tokenize-text", "v1/api-key", "v1/language-models")
+    sdk_user_agents: ClassVar[tuple[str, ...]] = ()  # clients use the openai SDK
+    sdk_hint_headers: ClassVar[tuple[str, ...]] = ()
     output_caps: ClassVar[Mapping[str, int]] = {"grok-3": 131_072, "grok-4": 131_072}
     free_models: ClassVar[tuple[str, ...]] = ()
 
@@ -325,8 +331,13 @@ class MistralAdapter(OpenAIAdapter):
                                                        FIM, Endpoint.OCR})
     client_routes: ClassVar[tuple[ClientRoute, ...]] = MISTRAL_ROUTES
     batch_api: ClassVar[BatchApi | None] = None
-    # Its fine-tuning jobs (`/v1/fine_tuning`) and conversations share OpenAI's paths: `/mistral/v1/...` reaches them.
-    passthrough_paths: ClassVar[tuple[str, ...]] = ("v1/files", "v1/agents", "v1/libraries", "v1/batch", "v1/ocr")
+    # Its fine-tuning jobs and conversations share OpenAI's paths: the asking SDK (or the body's model) decides.
+    passthrough_paths: ClassVar[tuple[str, ...]] = (
+        "v1/files", "v1/agents", "v1/libraries", "v1/batch", "v1/ocr", "v1/fine_tuning", "v1/conversations",
+    )
+    # The mistralai SDKs (Speakeasy-made) send `mistral-client-python/1.9.0`, `mistral-client-typescript/1.7.0`.
+    sdk_user_agents: ClassVar[tuple[str, ...]] = ("mistral-client-",)
+    sdk_hint_headers: ClassVar[tuple[str, ...]] = ()
 
     output_caps: ClassVar[Mapping[str, int]] = {"mistral": 32_768, "codestral": 32_768}
     free_models: ClassVar[tuple[str, ...]] = ()
