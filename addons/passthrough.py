@@ -45,7 +45,6 @@ from tokensense.providers.base import Upstream
 from tokensense.providers.passthrough import family_endpoint
 from tokensense.providers.routes import PassthroughPath
 
-
 UPLOAD = "tokensense.passthrough_upload"  # the UploadLimit of a streamed upload
 
 
@@ -70,10 +69,16 @@ class Passthrough:
         try:
             self._prepare(flow, call, path)
             assert call.provider is not None
-            call.policed = await police(call, Target(call.provider, call.model or "", call.requested_model),
-                                        prices=runtime.prices, counters=runtime.counters,
-                                        spent_since=runtime.spent_since, guard=runtime.guard,
-                                        budgets=runtime.budgets, typical=runtime.typical)
+            call.policed = await police(
+                call,
+                Target(call.provider, call.model or "", call.requested_model),
+                prices=runtime.prices,
+                counters=runtime.counters,
+                spent_since=runtime.spent_since,
+                guard=runtime.guard,
+                budgets=runtime.budgets,
+                typical=runtime.typical,
+            )
         except GatewayError as e:
             answer_error(flow, call.fmt, e)
             refuse_body(flow)
@@ -113,7 +118,9 @@ class Passthrough:
     def _prepare(self, flow: http.HTTPFlow, call: CallContext, path: PassthroughPath) -> None:
         req = flow.request
         raw = None if req.stream else req.raw_content  # a streamed upload: no body here, none needed
-        parsed = parse_passthrough(self.runtime.config.passthrough, req.method, path, req.headers.get("content-type", ""), raw)
+        parsed = parse_passthrough(
+            self.runtime.config.passthrough, req.method, path, req.headers.get("content-type", ""), raw
+        )
         assert call.route is not None
         call.route = call.route._replace(passthrough=parsed.path)
         call.route_endpoint = family_endpoint(path.family)  # the key is known: an unlisted family is named now
@@ -122,8 +129,13 @@ class Passthrough:
         call.sent_body = parsed.body
         credential = require_credential(self.runtime, parsed.provider)
         # The client's own bytes and query go; the path is the validated one, the auth the provider's key.
-        prepare_upstream(call, parsed.provider, credential, Upstream(call.route_endpoint, parsed.path.path),
-                         drop_header_prefixes=CLIENT_ONLY_HEADERS)
+        prepare_upstream(
+            call,
+            parsed.provider,
+            credential,
+            Upstream(call.route_endpoint, parsed.path.path),
+            drop_header_prefixes=CLIENT_ONLY_HEADERS,
+        )
 
     def responseheaders(self, flow: http.HTTPFlow) -> None:
         call = get_call(flow)
@@ -142,9 +154,16 @@ class Passthrough:
         upload = flow.metadata.get(UPLOAD)
         if isinstance(upload, UploadLimit) and upload.too_large:
             limit = upload.limit or 0
-            answer_error(flow, call.fmt, GatewayError(
-                413, f"The upload is larger than {limit / (1024 * 1024):g} MB, the most TokenSense accepts here "
-                "(TOKENSENSE_MAX_UPLOAD_MB).", code="request_too_large"))
+            answer_error(
+                flow,
+                call.fmt,
+                GatewayError(
+                    413,
+                    f"The upload is larger than {limit / (1024 * 1024):g} MB, the most TokenSense accepts here "
+                    "(TOKENSENSE_MAX_UPLOAD_MB).",
+                    code="request_too_large",
+                ),
+            )
             return
         if call.free or not 200 <= response.status_code < 300:
             return  # free calls cost 0; an error answer costs nothing

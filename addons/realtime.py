@@ -50,6 +50,7 @@ from tokensense.gateway.stages.settle import settle
 from tokensense.metering.attribution import attribution
 from tokensense.providers import socket_protocol
 from tokensense.providers.base import Upstream
+from tokensense.providers.passthrough import prefixed_socket
 from tokensense.providers.sockets import CLOSE_GOING_AWAY, CLOSE_POLICY, CLOSE_TOO_BIG, SocketProtocol
 from tokensense.storage.models import new_id
 
@@ -96,9 +97,14 @@ class RealtimeSockets:
             return
         path = req.path.partition("?")[0]
         found = socket_protocol(path)
-        if found is None:
+        prefix = None
+        if found is None and (prefixed := prefixed_socket(path)) is not None:  # `/openai/v1/realtime`: pinned
+            owner, protocol, path = prefixed
+            prefix = owner
+        elif found is None:
             return
-        owner, protocol = found
+        else:
+            owner, protocol = found
         presented = client_key(req.headers, req.query if b"key=" in req.data.path else {})
         subprotocol_key = _take_subprotocol_key(req, protocol)
         presented = presented or subprotocol_key
@@ -111,6 +117,10 @@ class RealtimeSockets:
             key = await admitted_key(self.runtime, presented, missing=MISSING_KEY)
             handshake = protocol.handshake(path, req.query)
             provider = sessions.serving_provider(owner, protocol, handshake.model)
+            if prefix is not None and provider is not prefix:
+                raise GatewayError(400, f"The model `{handshake.model}` is served by {provider.display_name}, not by "
+                                   f"the provider of the prefix /{prefix.name}/: call it without the prefix or under "
+                                   "its own.", code="provider_mismatch", param="model")
             who = attribution(req.headers)
             if not who.get("project"):
                 who["project"] = key.project

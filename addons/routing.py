@@ -30,7 +30,6 @@ from tokensense.gateway.stages.parse import (
 from tokensense.metering.pricing import PriceBook
 from tokensense.providers import PROVIDERS, provider_for_model
 
-
 # The extra top-level field of `GET /v1/models` (OpenAI's list shape) that mirrors `GET /v1/tokensense/endpoints`;
 # SDKs read `data` and keep or ignore other fields.
 ENDPOINTS_FIELD = "tokensense_endpoints"

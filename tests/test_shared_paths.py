@@ -130,8 +130,9 @@ def azure() -> Iterator[AzureOpenAIAdapter]:
         ("/mistral/v1/chat/completions", "azure/prod-4o", False),  # Azure has no such path
     ],
 )
-def test_azure_deployment_under_the_openai_prefix(azure: AzureOpenAIAdapter, path: str, model: str | None,
-                                                  azure_served: bool) -> None:
+def test_azure_deployment_under_the_openai_prefix(
+    azure: AzureOpenAIAdapter, path: str, model: str | None, azure_served: bool
+) -> None:
     route = route_request("POST", path)
     assert route.prefix is not None
     rerouted = model_route("POST", route, path.removeprefix(f"/{route.prefix}"), model)
