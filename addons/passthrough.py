@@ -37,6 +37,7 @@ from tokensense.gateway.passthrough import (
     parse_passthrough,
     streams_upload,
 )
+from tokensense.gateway.reliability import prepare_first_attempt
 from tokensense.gateway.routing import ENDPOINTS_LISTING
 from tokensense.gateway.runtime import Runtime
 from tokensense.gateway.stages.police import Refused, Target, police
@@ -93,6 +94,7 @@ class Passthrough:
         if call.policed.rate is not None:
             flow.metadata[RATE] = call.policed.rate
         assert call.pending is not None
+        await prepare_first_attempt(runtime, flow, call)  # the pool's key, as the forward stage picks it
         apply_upstream(flow, call.pending)
         call.forwarded = True  # the forward stage leaves it: written here, after every gate passed
         limit = UploadLimit(flow.metadata.get(BODY_LIMIT))
