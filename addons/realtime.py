@@ -119,8 +119,7 @@ class RealtimeSockets:
             session = sessions.Session(key=key, provider=provider, protocol=protocol, model=handshake.model,
                                        attribution=who, request_id=request_id,
                                        max_cost_usd=take_max_cost_header(req.headers))
-            if session.model is not None:
-                await sessions.police_response(self.runtime, session, None, handshake=True)
+            await sessions.police_handshake(self.runtime, session)
             credential = require_credential(self.runtime, provider)
         except GatewayError as e:
             self._refuse_handshake(flow, protocol, e, request_id)
