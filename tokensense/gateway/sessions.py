@@ -70,7 +70,7 @@ class Response:
 class Session:
     """One relayed realtime socket."""
 
-    key: KeyInfo
+    key: KeyInfo | None  # None: an intercepted session without a TokenSense key (metered, not policed)
     provider: ProviderAdapter
     protocol: SocketProtocol
     model: str | None
@@ -127,6 +127,8 @@ async def police_handshake(runtime: Runtime, session: Session) -> None:
     """Police the handshake of `session`, before anything is opened upstream: with its model, whether a response
     would pass now; without one (the protocol names it in a later frame), what needs no model: the key's access to
     the provider, the rate, and every budget that applies not spent nor held whole. Raises `Refused`."""
+    if session.key is None:
+        return  # intercept mode without a TokenSense key: metered, with no key's policies to apply
     if session.model is not None:
         await police_response(runtime, session, None, handshake=True)
         return
@@ -149,6 +151,8 @@ async def police_response(runtime: Runtime, session: Session, frame: ClientFrame
     """
     call = call or new_call(session)
     assert session.model is not None
+    if session.key is None:
+        return call  # intercept mode without a TokenSense key: nothing to police
     cap = frame.max_output_tokens if frame is not None else None
     # The handshake reserves nothing (the socket costs nothing): a spent budget, or one held whole by calls
     # in flight, refuses it; whether a response fits is asked of each response.
@@ -168,7 +172,7 @@ def unpoliced_call(session: Session) -> CallContext:
     but its cost is booked in the key's budget when it settles."""
     call = new_call(session)
     key = session.key
-    if key.budget_usd is not None and session.model is not None:
+    if key is not None and key.budget_usd is not None and session.model is not None:
         window, _, _ = budget_window(key.budget_period)
         # (Budgets on attribution learn its cost when their counters are next seeded from the records.)
         call.policed = Policed(Target(session.provider, session.model),
