@@ -231,6 +231,7 @@ class RealtimeSockets:
         limit = self.runtime.settings.max_body_mb * _MB
         if len(message.content) > limit:
             message.drop()
+            session.closing = True
             close_websocket(flow, CLOSE_TOO_BIG, f"A frame of {len(message.content) / _MB:.1f} MB is over the "
                             f"limit of {limit / _MB:g} MB (TOKENSENSE_MAX_BODY_MB).")
             return
@@ -265,6 +266,7 @@ class RealtimeSockets:
                                                 code=refused.error.code, event_id=None)
             if data is not None and flow.websocket is not None and flow.websocket.timestamp_end is None:
                 ctx.master.commands.call("inject.websocket", flow, True, data, True)
+            session.closing = True
             close_websocket(flow, CLOSE_POLICY, refused.error.message)
 
     def _refuse_response(self, flow: http.HTTPFlow, session: sessions.Session, call: CallContext, refused: Refused,
@@ -281,6 +283,7 @@ class RealtimeSockets:
         """The protocol's error event to the client, or a close where the protocol has none."""
         data = session.protocol.error_frame(error.status, error.message, code=error.code, event_id=event_id)
         if data is None:
+            session.closing = True
             close_websocket(flow, CLOSE_POLICY, error.message)
         elif flow.websocket is not None and flow.websocket.timestamp_end is None:
             ctx.master.commands.call("inject.websocket", flow, True, data, True)

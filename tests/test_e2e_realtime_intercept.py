@@ -101,3 +101,39 @@ def test_a_proxy_that_requires_a_key_checks_it_at_the_handshake(proxies) -> None
     (seen,) = _seen(guarded, "realtime", exec_id)
     assert "x-tokensense-key" not in seen["headers"]
     assert seen["headers"]["authorization"] == f"Bearer {CLIENT_OPENAI_KEY}"
+
+
+def test_a_gemini_live_session_through_the_proxy_is_metered(proxies) -> None:
+    """A Live socket to generativelanguage.googleapis.com, keyed `?key=` with the app's own key, relayed as sent."""
+    import websockets.sync.client
+
+    proxy = proxies[0]
+    exec_id = f"exec-{uuid.uuid4().hex[:12]}"
+    model = "gemini-live-2.5-flash-preview"
+    url = (
+        "wss://generativelanguage.googleapis.com/ws/google.ai.generativelanguage.v1beta.GenerativeService"
+        ".BidiGenerateContent?key=AIza-client-own-gemini-0123456789"
+    )
+    context = ssl.create_default_context(cafile=str(proxy.ca_file))
+    with websockets.sync.client.connect(
+        url, proxy=proxy.proxy_url, ssl=context, additional_headers={"x-execution-id": exec_id}, open_timeout=10
+    ) as socket:
+        socket.send(
+            json.dumps({"setup": {"model": f"models/{model}", "generationConfig": {"responseModalities": ["TEXT"]}}})
+        )
+        assert "setupComplete" in json.loads(socket.recv(timeout=10))
+        socket.send(
+            json.dumps(
+                {"clientContent": {"turns": [{"role": "user", "parts": [{"text": "Hi there"}]}], "turnComplete": True}}
+            )
+        )
+        while True:
+            message = json.loads(socket.recv(timeout=10))
+            if (message.get("serverContent") or {}).get("turnComplete"):
+                usage = message["usageMetadata"]
+                break
+    (row,) = proxy.gateway.wait_records(1, execution_id=exec_id)
+    assert (row["provider"], row["model"], row["endpoint"], row["status"]) == ("gemini", model, "gemini.live", 200)
+    assert row["input_tokens"] == usage["promptTokenCount"] and row["cost_usd"] > 0
+    (seen,) = _seen(proxy, "live", exec_id)
+    assert seen["headers"]["host"] == "generativelanguage.googleapis.com"

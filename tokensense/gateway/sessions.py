@@ -81,7 +81,7 @@ class Session:
     last_input: TokenUsage | None = None  # the input of the last response that ended
     responses: deque[Response] = field(default_factory=deque)  # asked for (or started), oldest first
     last_activity: float = field(default_factory=time.monotonic)
-    closing: bool = False
+    closing: bool = False  # the gateway is closing it (idle, shutdown, a refusal, a frame too big)
     admitted: bool = False  # its handshake was policed without a model (counted as the session's request)
 
 
@@ -251,8 +251,8 @@ def end(runtime: Runtime, session: Session, *, by_client: bool) -> int:
     while session.responses:
         response = session.responses.popleft()
         count += 1
-        _record(runtime, session, response, 499 if by_client else 502, cut="client_closed" if by_client
-                else "provider_closed")
+        cut = "client_closed" if by_client else "gateway_closed" if session.closing else "provider_closed"
+        _record(runtime, session, response, 499 if by_client else 502, cut=cut)
     return count
 
 
