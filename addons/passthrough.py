@@ -43,7 +43,7 @@ from tokensense.gateway.runtime import Runtime
 from tokensense.gateway.stages.police import Refused, Target, police
 from tokensense.metering.usage_extract import usage_from_answer
 from tokensense.providers.base import Upstream
-from tokensense.providers.passthrough import family_endpoint
+from tokensense.providers.passthrough import OTHER, family_endpoint
 from tokensense.providers.routes import PassthroughPath
 
 UPLOAD = "tokensense.passthrough_upload"  # the UploadLimit of a streamed upload
@@ -125,9 +125,12 @@ class Passthrough:
         )
         assert call.route is not None
         call.route = call.route._replace(passthrough=parsed.path)
-        call.route_endpoint = family_endpoint(path.family)  # the key is known: an unlisted family is named now
+        if call.route.endpoint is OTHER or call.route.endpoint == path.family:  # a route's own (realtime.calls) stays
+            call.route_endpoint = family_endpoint(path.family)  # the key is known: an unlisted family is named now
         call.free = parsed.path.kind == "free"
-        call.provider, call.model, call.requested_model = parsed.provider, parsed.model, parsed.requested
+        call.provider = parsed.provider
+        call.model = parsed.model or call.route.model  # a route's model when the body names none (not JSON)
+        call.requested_model = parsed.requested or call.model
         call.sent_body = parsed.body
         credential = require_credential(self.runtime, parsed.provider)
         # The client's own bytes and query go; the path is the validated one, the auth the provider's key.

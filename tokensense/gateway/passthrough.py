@@ -102,9 +102,9 @@ def parse_passthrough(
             named_provider = get_provider(model.split("/", 1)[0])
     provider = owner_of(path, model, named_provider)
     priced = provider.catalog_model(model.removeprefix(f"{provider.name}/")) if model is not None else None
-    return PassthroughCall(
-        provider, priced, model, body, path._replace(kind=passthrough_kind(config, method, path.family))
-    )
+    # A route that passes its path through declares it free itself (a WebRTC call's SDP exchange); else config says.
+    kind = "free" if path.kind == "free" else passthrough_kind(config, method, path.family)
+    return PassthroughCall(provider, priced, model, body, path._replace(kind=kind))
 
 
 # Client headers never passed through: credentials for the gateway itself (a proxy's, the client's cookies).

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any, ClassVar
 
@@ -14,7 +15,12 @@ from tokensense.providers.batch_api import BatchApi
 from tokensense.providers.images_format import check_image_request, images_answer_usage
 from tokensense.providers.model_lists import ListedModel, ModelListShape
 from tokensense.providers.openai_batches import OPENAI_BATCHES, openai_batch_routes
-from tokensense.providers.openai_realtime import REALTIME_CLIENT_SECRETS, REALTIME_DEFAULT_MODEL, OpenAIRealtime
+from tokensense.providers.openai_realtime import (
+    REALTIME_CALLS,
+    REALTIME_CLIENT_SECRETS,
+    REALTIME_DEFAULT_MODEL,
+    OpenAIRealtime,
+)
 from tokensense.providers.openai_usage import service_tier_of, usage_from_openai
 from tokensense.providers.openai_videos import (
     VIDEOS,
@@ -26,7 +32,7 @@ from tokensense.providers.openai_videos import (
     video_routes,
 )
 from tokensense.providers.owned import OwnedRules
-from tokensense.providers.routes import ClientRoute
+from tokensense.providers.routes import ClientRoute, PassthroughPath, Route
 
 if TYPE_CHECKING:
     from tokensense.providers.sockets import SocketProtocol
@@ -98,6 +104,19 @@ OPENAI_ROUTES: tuple[ClientRoute, ...] = (
 )
 
 
+# OpenAI's own: a WebRTC call's SDP exchange (not JSON: an `application/sdp` offer or a multipart form) and its
+# actions (`/v1/realtime/calls/{call_id}/hangup`, ...), passed through as they are with the key swap and recorded
+# free (the call is metered on its sideband socket).
+def _realtime_call_route(entry: ClientRoute, match: re.Match[str]) -> Route:
+    path = PassthroughPath(match.group(0), "realtime", ("openai",), kind="free")
+    return entry.route(model=REALTIME_DEFAULT_MODEL, resource=match["call"])._replace(passthrough=path)
+
+
+REALTIME_CALLS_ROUTE = _openai_route(
+    r"/v1/realtime/calls(?:/(?P<call>rtc_[A-Za-z0-9_-]{1,200})/(?:hangup|accept|reject|refer))?", REALTIME_CALLS,
+    free=True, model_in_body=False, body_streams=False, parse=_realtime_call_route)
+
+
 # OpenAI's own: the videos API (Sora 2), its jobs kept to the key that started them.
 VIDEO_ROUTES = video_routes(OPENAI_ERRORS)
 VIDEO_JOBS = VideoJobs()
@@ -161,7 +180,8 @@ class OpenAIAdapter(ProviderAdapter):
     })
     openai_format: ClassVar[bool] = True
     # Its Files and Batch APIs too (providers/openai_batches.py); OpenAI-compatible providers list OPENAI_ROUTES only.
-    client_routes: ClassVar[tuple[ClientRoute, ...]] = (*OPENAI_ROUTES, *VIDEO_ROUTES, *openai_batch_routes(OPENAI_ERRORS))
+    client_routes: ClassVar[tuple[ClientRoute, ...]] = (*OPENAI_ROUTES, REALTIME_CALLS_ROUTE, *VIDEO_ROUTES,
+                                                        *openai_batch_routes(OPENAI_ERRORS))
     batch_api: ClassVar[BatchApi | None] = OPENAI_BATCHES
     api_versions: ClassVar[tuple[str, ...]] = ("v1",)
     # Its API's resources that no route meters (the batches and long-tail routes, where they exist, win).
