@@ -36,6 +36,8 @@ CURL = {"user-agent": "curl/8.5.0"}
         (GENAI, "gemini"),
         (CURL, None),
         ({}, None),
+        ({"user-agent": "Mozilla/5.0 (X11; Linux x86_64)", "x-stainless-lang": "js"}, "openai"),  # in a browser
+        ({"user-agent": "Groq/Python 0.30.0", "x-stainless-lang": "python"}, None),  # another Stainless-made SDK
     ],
 )
 def test_asking_sdk(headers: dict[str, str], expected: str | None) -> None:

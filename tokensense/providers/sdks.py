@@ -22,7 +22,8 @@ from tokensense.providers import PROVIDERS, Provider
 def asking_sdk(headers: Mapping[str, str]) -> Provider | None:
     """The provider whose own SDK sent a request with these headers (None: none can be told).
 
-    Every provider's User-Agent prefixes and own headers first, then the hint headers.
+    Every provider's User-Agent prefixes and own headers first, then the hint headers, which count only where
+    the User-Agent names no SDK (none, or a browser's): another Stainless-made SDK (`Groq/Python`) sends them too.
     """
     agent = headers.get("user-agent") or ""
     for provider in PROVIDERS.values():
@@ -30,6 +31,8 @@ def asking_sdk(headers: Mapping[str, str]) -> Provider | None:
             name in headers for name in provider.sdk_headers
         ):
             return provider
+    if agent and not agent.startswith("Mozilla/"):
+        return None
     for provider in PROVIDERS.values():
         if any(name in headers for name in provider.sdk_hint_headers):
             return provider
