@@ -229,6 +229,11 @@ class MemoryCounters:
                 del self._window_of[slot[0]]
         self._sweep_at = max(IDLE_SWEEP_MIN, 2 * len(self._budgets))
 
+    def held(self, key_id: str, window: str) -> float:
+        """What calls in flight of this process reserve in a budget counter (0: none, or not seeded here)."""
+        counter = self._budgets.get((key_id, window))
+        return 0.0 if counter is None else max(counter[1], 0.0)
+
     async def settle_budget(self, key_id: str, window: str, reserved: float, actual: float) -> None:
         counter = self._budgets.get((key_id, window))
         if counter is not None:
