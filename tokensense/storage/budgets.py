@@ -302,8 +302,8 @@ def budget_rows(
     rows = _key_rows(session, now or datetime.now(UTC), reserved) if keys else []
     for limit in limits:
         spend = budget_spend(session=session, limit=limit, now=now)
-        held = reserved(limit, spend.window, spend.execution) if reserved is not None else None
-        rows.append(BudgetRow(limit, spend.window, spend.start, spend.spent_usd, held, spend.execution))
+        in_flight = reserved(limit, spend.window, spend.execution) if reserved is not None else None
+        rows.append(BudgetRow(limit, spend.window, spend.start, spend.spent_usd, in_flight, spend.execution))
     return rows
 
 
