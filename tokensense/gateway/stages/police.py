@@ -24,7 +24,14 @@ from tokensense.gateway.budgets import AppliedBudget, BudgetBook, budgets_for
 from tokensense.gateway.call import CallContext
 from tokensense.gateway.guards import LoopGuard, call_cap, max_cost_refusal
 from tokensense.gateway.keys import KeyInfo
-from tokensense.gateway.limits import BudgetDecision, CounterStore, MemoryCounters, RateDecision, budget_decision
+from tokensense.gateway.limits import (
+    BudgetAsk,
+    BudgetDecision,
+    CounterStore,
+    MemoryCounters,
+    RateDecision,
+    budget_decision,
+)
 from tokensense.gateway.passthrough import capped_path_refusal, endpoint_refusal, unpriced_path_refusal
 from tokensense.gateway.policy import budget_window, check_access, estimate_cost, estimate_usage, limits_for
 from tokensense.gateway.price_policy import unpriced_refusal
@@ -188,6 +195,9 @@ async def _reserve(counters: CounterStore, applied: list[AppliedBudget], amount:
     reservations the others made are given back.
     """
     windows = [_window(b) for b in applied]
+    reserve_all = getattr(counters, "reserve_all", None)
+    if len(applied) > 1 and reserve_all is not None:  # Redis: one atomic script for all of them
+        return await _reserve_all(reserve_all, applied, windows, amount, admit_on, slack, spent_since, held)
     asks = [counters.reserve_budget(budget.counter, window, budget.usd + slack, amount,
                                     partial(spent_since, budget.subject, start), (resets_in or 0) + 3600)
             for budget, (window, start, resets_in) in zip(applied, windows, strict=True)]
@@ -224,6 +234,32 @@ async def _reserve(counters: CounterStore, applied: list[AppliedBudget], amount:
 def _window(budget: AppliedBudget, at: datetime | None = None) -> tuple[str, datetime | None, float | None]:
     """The window of `budget` at `at` (None: now): a key's as keys name theirs, the others' by their period."""
     return budget_window(budget.period, at) if budget.level == "key" else period_window(budget.period, at)
+
+
+async def _reserve_all(reserve_all: Callable[..., Any], applied: list[AppliedBudget],
+                       windows: list[tuple[str, datetime | None, float | None]], amount: float, admit_on: float,
+                       slack: float, spent_since: Callable[[str, datetime | None], float],
+                       held: Policed) -> tuple[BudgetHold, ...]:
+    """`_reserve` with a store that reserves in every budget or in none at once (`ResilientCounters.reserve_all`:
+    with Redis, one atomic script, one round trip)."""
+    asks = [BudgetAsk(budget.counter, window, budget.usd + slack, partial(spent_since, budget.subject, start),
+                      (resets_in or 0) + 3600)
+            for budget, (window, start, resets_in) in zip(applied, windows, strict=True)]
+    try:
+        answers: list[BudgetDecision] = await reserve_all(asks, amount)
+    except Exception as e:
+        log.warning("budget counters unavailable, refusing: %s", type(e).__name__)
+        raise Refused(GatewayError(503, LIMITS_UNAVAILABLE, code="limits_unavailable"), held=held) from None
+    if len(answers) == len(applied) and all(answer.allowed for answer in answers):
+        return tuple(BudgetHold(window, amount, budget.counter, budget.tag)
+                     for budget, (window, _, _) in zip(applied, windows, strict=True))
+    for budget, answer in zip(applied, answers, strict=False):
+        if not answer.allowed:  # 429 while held by calls in flight, 402 once spent
+            if slack:
+                answer = budget_decision(budget.usd, answer.spent, answer.reserved, admit_on)
+            error, headers = budget.refusal(answer)
+            raise Refused(error, headers=headers, held=held, budget=answer, amount=amount, limit=budget)
+    raise AssertionError("a budget refused without a decision")
 
 
 async def _give_back(counters: CounterStore, holds: list[BudgetHold]) -> None:
