@@ -38,6 +38,7 @@ from addons.common import (
 from tokensense.core.endpoints import BATCH_ENDPOINTS, Endpoint
 from tokensense.core.errors import GatewayError
 from tokensense.gateway.batches import BatchFollower, InputScanner, job_reservation, summary_of
+from tokensense.gateway.budgets import budgets_for
 from tokensense.gateway.call import CallContext
 from tokensense.gateway.flowmeta import BODY_LIMIT, CALL, RATE, refuse_body, set_call
 from tokensense.gateway.keys import KeyInfo
@@ -261,11 +262,11 @@ class Batches:
                 raise GatewayError(400, "The batch names no input file and no requests.", code="invalid_request")
             summary = summary_of(inline)
         models = sorted(m for m in (summary.get("models") or {}) if m)
-        if summary.get("unreadable") and call.key.budget_usd is not None:
+        if summary.get("unreadable") and budgets_for(call.key, call.attribution, self.runtime.budgets):
             raise GatewayError(
                 400,
                 "TokenSense could not read every line of the input file (a line over 8 MB), so "
-                "it cannot reserve the job's cost against this key's budget.",
+                "it cannot reserve the job's cost against its budgets.",
                 code="invalid_request",
             )
         for model in models[1:]:
@@ -283,6 +284,7 @@ class Batches:
             counters=runtime.counters,
             spent_since=runtime.spent_since,
             guard=runtime.guard,
+            budgets=runtime.budgets,  # the job counts against its attribution's budgets too
         )
         if call.policed.rate is not None:
             flow.metadata[RATE] = call.policed.rate
