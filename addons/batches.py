@@ -38,6 +38,7 @@ from addons.common import (
 from tokensense.core.endpoints import BATCH_ENDPOINTS, Endpoint
 from tokensense.core.errors import GatewayError
 from tokensense.gateway.batches import BatchFollower, InputScanner, job_reservation, summary_of
+from tokensense.gateway.budgets import budgets_for
 from tokensense.gateway.call import CallContext
 from tokensense.gateway.flowmeta import BODY_LIMIT, CALL, RATE, refuse_body, set_call
 from tokensense.gateway.keys import KeyInfo
@@ -261,11 +262,11 @@ class Batches:
                 raise GatewayError(400, "The batch names no input file and no requests.", code="invalid_request")
             summary = summary_of(inline)
         models = sorted(m for m in (summary.get("models") or {}) if m)
-        if summary.get("unreadable") and call.key.budget_usd is not None:
+        if summary.get("unreadable") and budgets_for(call.key, call.attribution, self.runtime.budgets):
             raise GatewayError(
                 400,
                 "TokenSense could not read every line of the input file (a line over 8 MB), so "
-                "it cannot reserve the job's cost against this key's budget.",
+                "it cannot reserve the job's cost against its budgets.",
                 code="invalid_request",
             )
         for model in models[1:]:
@@ -283,6 +284,7 @@ class Batches:
             counters=runtime.counters,
             spent_since=runtime.spent_since,
             guard=runtime.guard,
+            budgets=runtime.budgets,  # the job counts against its attribution's budgets too
         )
         if call.policed.rate is not None:
             flow.metadata[RATE] = call.policed.rate
@@ -445,8 +447,10 @@ class Batches:
             log.warning("request %s: the batch create answer names no job; it is not followed", call.request_id)
             return
         policed = call.policed
-        # The key's own budget (counter: the key's id) is settled by the follower when the lines are booked.
-        hold = next((h for h in policed.budgets if h.counter in ("", call.key.id)), None) if policed is not None else None
+        holds = policed.budgets if policed is not None else ()
+        # Every budget the create was counted against keeps the job's reservation as spent until the follower
+        # settles it to the booked cost (gateway/batches.py `job_holds`); the key's window is stored with the job.
+        hold = next((h for h in holds if h.counter in ("", call.key.id)), None)
         attribution = call.attribution
         job = BatchJob(
             id=job_id,
@@ -462,16 +466,16 @@ class Batches:
             execution_id=attribution.get("execution_id"),
             source=attribution.get("source"),
             project=attribution.get("project"),
-            reserved_usd=hold.amount if hold is not None else meta.reserved,
+            reserved_usd=holds[0].amount if holds else meta.reserved,
             budget_window=hold.window if hold is not None else None,
         )
         if not await self._db(store.remember_job, job=job):
             return
-        if hold is not None and policed is not None and self.runtime.counters is not None:
+        if holds and policed is not None and self.runtime.counters is not None:
             # The reservation outlives the create call: held as spent (and in the database's seed, `held_by_jobs`)
             # until the lines are booked; the create call's own record settles nothing of it.
             # Every budget the create was counted against (the key's, and those on its attribution) keeps it as spent;
-            # the follower settles the key's to the booked cost, the others are seeded from the booked records.
+            # the follower settles each to the booked cost.
             call.policed = replace(policed, budgets=())
             for held in policed.budgets:
                 spawn(self.runtime.counters.settle_budget(held.counter or call.key.id, held.window, held.amount,

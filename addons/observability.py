@@ -12,9 +12,10 @@ from typing import TYPE_CHECKING
 from mitmproxy import ctx, exceptions, http
 
 from addons.common import get_call
+from tokensense.gateway.limits import MemoryCounters
 from tokensense.gateway.runtime import Runtime
 from tokensense.metering.recorder import UsageRecorder
-from tokensense.observability.metrics import GatewayMetrics, upstream_error_kind
+from tokensense.observability.metrics import BudgetGauge, GatewayMetrics, budget_gauges, upstream_error_kind
 from tokensense.observability.worker import FinishedCall, ObservabilityWorker
 from tokensense.storage.models import UsageCreate
 
@@ -66,6 +67,7 @@ class Observability:
             self.metrics = GatewayMetrics(max_label_values=self.runtime.settings.metrics_max_label_values,
                                           get_recorder=lambda: self.runtime.recorder,
                                           get_sessions=lambda: self.runtime.open_sessions)
+            self.metrics.watch_budgets(self._budget_gauges)
         try:
             self.metrics.serve(port, ctx.options.tokensense_metrics_host)
         except OSError as e:
@@ -195,6 +197,16 @@ class Observability:
             self.budgets.check(r.key_id for r in records if r.key_id and r.cost_usd)
         if self.limits is not None:
             self.limits.check(records)
+
+    def _budget_gauges(self) -> list[BudgetGauge]:
+        """Every budget's gauges (in the metrics server's thread, when scraped)."""
+        runtime = self.runtime
+        if not runtime.started or getattr(runtime, "_engine", None) is None:
+            return []
+        counters = runtime.counters
+        held = counters.held if isinstance(counters, MemoryCounters) else None
+        return budget_gauges(runtime.engine, configured=runtime.config.budgets.limits,
+                             redis_url=runtime.settings.redis_url, held=held)
 
     def _set_budget_gauges(self, state: KeyBudget) -> None:
         if self.metrics is not None:

@@ -184,6 +184,10 @@ def test_metrics_spans_and_alerts_match_the_records(obs_gateway: Gateway,
     assert got("tokensense_budget_spent_usd", key="alerted", period="total") == pytest.approx(spent)
     assert got("tokensense_budget_remaining_usd", key="alerted", period="total") == 0.0
     assert got("tokensense_budget_usd", key="alerted", period="total") == BUDGET
+    # Every level's gauges (issue 26): the keys' too, read when scraped.
+    level = frozenset({"level": "key", "name": "alerted", "period": "total"}.items())
+    assert found.get(("tokensense_budget_level_limit_usd", level)) == BUDGET
+    assert found.get(("tokensense_budget_level_spent_usd", level)) == pytest.approx(spent)
     assert got("tokensense_recorder_queued_records") == 0
     assert got("tokensense_recorder_written_records_total") == len(rows)
     # The gateway's own port does not serve the metrics.

@@ -124,6 +124,7 @@ class _Runtime:
         self.counters = None
         self.recorder = None
         self.typical = None  # [budgets] reserve = "cap": no output history
+        self.budgets = None  # no budgets on attribution
 
 
 def test_a_response_reserves_its_output_cap_as_audio_and_the_last_input() -> None:

@@ -30,8 +30,10 @@ from sqlmodel import Session
 
 from tokensense.core.endpoints import Endpoint
 from tokensense.core.usage import TokenUsage
+from tokensense.gateway.budgets import BudgetBook
 from tokensense.gateway.reservation import model_max_output, reservation_usage
 from tokensense.gateway.routing import join_url
+from tokensense.gateway.stages.police import BudgetHold, add_spend, spend_holds
 from tokensense.metering.batch_prices import batch_cost, batch_token_cost
 from tokensense.metering.pricing import PriceBook
 from tokensense.metering.sanitize import MAX_ATTRIBUTE, MAX_ERROR, MAX_NAME, clean_text
@@ -361,11 +363,15 @@ class BatchFollower:
         return 1 if booked else 0
 
     def _settle_budget(self, job: BatchJob, cost: float) -> None:
-        """The job's hold in the budget counters becomes its real cost (the database already says so)."""
+        """The job's hold becomes its real cost (the database already says so) in every budget it was counted
+        against: its key's (`budget_window`) and those on its attribution, each in its window at the job's create."""
         counters = self.runtime.counters
-        if counters is None or job.key_id is None or job.budget_window is None:
+        if counters is None or job.key_id is None:
             return
-        coro = counters.settle_budget(job.key_id, job.budget_window, 0.0, cost - job.reserved_usd)
+        holds = job_holds(job, self.runtime.budgets)
+        if not holds or cost == job.reserved_usd:
+            return
+        coro = add_spend(counters, holds, cost - job.reserved_usd)
         try:
             loop = self._task.get_loop() if self._task is not None else None
         except Exception:
@@ -380,10 +386,26 @@ class BatchFollower:
             log.warning("batch job %s: could not settle its budget hold: %s", job.id, type(e).__name__)
 
 
+def job_holds(job: BatchJob, book: BudgetBook | None) -> tuple[BudgetHold, ...]:
+    """The budgets a batch job's create holds its reservation in until its lines are booked: its key's (when it has
+    one: `budget_window`) and every budget on its attribution, in its window when the job was made."""
+    key = (BudgetHold(job.budget_window, 0.0, job.key_id, f"key:{job.key_name}"),) if job.budget_window and job.key_id else ()
+    made = job.created_at if job.created_at.tzinfo is not None else job.created_at.replace(tzinfo=UTC)
+    return key + spend_holds(None, job_attribution(job), book, at=made)
+
+
+def job_attribution(job: BatchJob) -> dict[str, str | None]:
+    """The attribution of a job's create call (its lines' records')."""
+    return {"workflow": job.workflow, "step": job.step, "execution_id": job.execution_id, "source": job.source,
+            "project": job.project}
+
+
 __all__ = [
     "BatchFollower",
     "InputScanner",
     "add_line",
+    "job_attribution",
+    "job_holds",
     "job_reservation",
     "line_record",
     "line_request_id",

@@ -33,9 +33,9 @@ import asyncio
 import logging
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol
 
 log = logging.getLogger(__name__)
 
@@ -79,6 +79,18 @@ class BudgetDecision:
     reserved: float  # held by calls in flight (this one included when allowed)
     amount: float = 0.0  # this call's reservation
     reason: str | None = None  # when refused: "spent", "reserved" (by calls in flight) or "insufficient"
+
+
+@dataclass(frozen=True, slots=True)
+class BudgetAsk:
+    """One budget a call asks to reserve in (`ResilientCounters.reserve_all`): its counter and window, its limit,
+    how to read its settled spend to seed it, and how long its window is kept."""
+
+    key_id: str
+    window: str
+    budget: float
+    load_spent: Callable[[], float]
+    ttl: float | None
 
 
 def budget_decision(budget: float, spent: float, reserved: float, amount: float) -> BudgetDecision:
@@ -229,6 +241,11 @@ class MemoryCounters:
                 del self._window_of[slot[0]]
         self._sweep_at = max(IDLE_SWEEP_MIN, 2 * len(self._budgets))
 
+    def held(self, key_id: str, window: str) -> float:
+        """What calls in flight of this process reserve in a budget counter (0: none, or not seeded here)."""
+        counter = self._budgets.get((key_id, window))
+        return 0.0 if counter is None else max(counter[1], 0.0)
+
     async def settle_budget(self, key_id: str, window: str, reserved: float, actual: float) -> None:
         counter = self._budgets.get((key_id, window))
         if counter is not None:
@@ -288,6 +305,43 @@ end
 redis.call('HINCRBYFLOAT', key, 'r:' .. mine, amount)
 if ttl > 0 then redis.call('EXPIRE', key, ttl) end
 return {1, tostring(spent), tostring(reserved + amount)}
+"""
+
+# Every budget of one call at once (all or none): each window's hash is read as `_RESERVE_LUA` reads it; only
+# if every one holds `spent` (else -1: seeded first) and admits `amount` is it reserved in all of them.
+# ARGV: amount, this instance's field, then each budget's limit and ttl. Returns 1 (reserved) or 0, then
+# (status, spent, reserved) per budget: 1 admits, 0 refuses, -1 not seeded.
+_RESERVE_ALL_LUA = """
+local amount, mine = tonumber(ARGV[1]), ARGV[2]
+local out, admitted = {0}, true
+for k = 1, #KEYS do
+  local budget = tonumber(ARGV[1 + 2 * k])
+  local fields = redis.call('HGETALL', KEYS[k])
+  local spent, reserved = nil, 0
+  for i = 1, #fields, 2 do
+    local name, value = fields[i], tonumber(fields[i + 1]) or 0
+    if name == 'spent' then spent = value
+    elseif string.sub(name, 1, 2) == 'r:' and value > 0 then reserved = reserved + value end
+  end
+  if spent == nil then
+    admitted = false
+    table.insert(out, -1); table.insert(out, '0'); table.insert(out, '0')
+  elseif spent >= budget or spent + reserved + amount > budget then
+    admitted = false
+    table.insert(out, 0); table.insert(out, tostring(spent)); table.insert(out, tostring(reserved))
+  else
+    table.insert(out, 1); table.insert(out, tostring(spent)); table.insert(out, tostring(reserved))
+  end
+end
+if not admitted then return out end
+for k = 1, #KEYS do
+  redis.call('HINCRBYFLOAT', KEYS[k], 'r:' .. mine, amount)
+  local ttl = tonumber(ARGV[2 + 2 * k])
+  if ttl > 0 then redis.call('EXPIRE', KEYS[k], ttl) end
+  out[3 + 3 * (k - 1) + 1] = tostring(tonumber(out[3 + 3 * (k - 1) + 1]) + amount)
+end
+out[1] = 1
+return out
 """
 
 _SETTLE_LUA = """
@@ -359,6 +413,7 @@ class RedisCounters:
         self.instance = uuid.uuid4().hex[:16]  # this store's field for its reservations in flight
         self._rate = self.redis.register_script(_RATE_LUA)
         self._reserve = self.redis.register_script(_RESERVE_LUA)
+        self._reserve_all = self.redis.register_script(_RESERVE_ALL_LUA)
         self._settle = self.redis.register_script(_SETTLE_LUA)
         self._reconcile = self.redis.register_script(_RECONCILE_LUA)
         self._hold = self.redis.register_script(_HOLD_LUA)
@@ -408,6 +463,28 @@ class RedisCounters:
             return BudgetDecision(True, float(spent), float(reserved), amount)
         # Refused: the same reasoning as the script, on the numbers it saw.
         return budget_decision(budget, float(spent), float(reserved), amount)
+
+    async def try_reserve_all(self, asks: Sequence[BudgetAsk], amount: float) -> tuple[bool, list[BudgetDecision | None]]:
+        """Reserve `amount` in every budget of `asks` or in none, in one atomic script (one round trip): whether
+        it was reserved, and each budget's decision (None: Redis holds no settled spend for it; seed it first).
+        When it was not, the decisions that say allowed only mean that budget alone would have admitted it."""
+        args: list[Any] = [repr(float(amount)), self.instance]
+        for ask in asks:
+            args += [repr(float(ask.budget)), int(ask.ttl or 0)]
+        raw = await self._reserve_all(keys=[self._budget_key(ask.key_id, ask.window) for ask in asks], args=args)
+        decisions: list[BudgetDecision | None] = []
+        for i, ask in enumerate(asks):
+            status, spent, reserved = int(raw[1 + 3 * i]), float(raw[2 + 3 * i]), float(raw[3 + 3 * i])
+            if status < 0:
+                decisions.append(None)
+            elif status:
+                decisions.append(BudgetDecision(True, spent, reserved, amount))
+            else:  # refused: the script's reasoning on the numbers it saw (rounded as text: refused all the same)
+                decision = budget_decision(ask.budget, spent, reserved, amount)
+                if decision.allowed:
+                    decision = BudgetDecision(False, spent, reserved, amount, "reserved")
+                decisions.append(decision)
+        return bool(int(raw[0])), decisions
 
     async def reconcile_budget(self, key_id: str, window: str, spent: float, held: float | None,
                                ttl: float | None) -> float:
@@ -568,28 +645,95 @@ class ResilientCounters:
 
     # --- budgets ------------------------------------------------------------------------
 
-    async def reserve_budget(self, key_id: str, window: str, budget: float, amount: float,
-                             load_spent: Callable[[], float], ttl: float | None) -> BudgetDecision:
-        slot = (key_id, window)
+    def _note_use(self, slot: tuple[str, str], ttl: float | None) -> None:
+        key_id, window = slot
         if self._windows.get(key_id) != window:
             self._forget_earlier_windows(key_id, window)
             if len(self._windows) >= self._sweep_at:
                 self._forget_idle()
         self._ttls[slot] = ttl
         self._used[slot] = self.clock()
+
+    async def reserve_all(self, asks: Sequence[BudgetAsk], amount: float) -> list[BudgetDecision]:
+        """Reserve `amount` in every budget of `asks` or in none: in Redis, one atomic script for all of them (one
+        round trip once their windows are seeded); during an outage, in the local store (`limits_on_outage`).
+        Every decision allowed: reserved in all; else reserved in none (the refusing decisions say why; an allowed
+        one among them only says that budget alone would have admitted the call; the local store may stop at the
+        first refusal: fewer decisions than asks)."""
+        for ask in asks:
+            self._note_use((ask.key_id, ask.window), ask.ttl)
         if not self.shared_down:
             try:
-                decision = await self._reserve_shared(slot, budget, amount, load_spent, ttl)
+                decisions = await self._reserve_all_shared(asks, amount)
             except SeedUnavailable:
                 raise
             except Exception as e:
-                local = self._failed(e)
+                self._failed(e)
             else:
-                if decision.allowed:
-                    self._shared_held.setdefault(slot, []).append(amount)
-                return decision
+                if all(d.allowed for d in decisions):
+                    for ask in asks:
+                        self._shared_held.setdefault((ask.key_id, ask.window), []).append(amount)
+                return decisions
         else:
-            local = self._failed(None)
+            self._failed(None)
+        decisions = []
+        for ask in asks:  # on the event loop: nothing else reserves between these (but while a window is seeded)
+            decision = await self._reserve_local((ask.key_id, ask.window), ask.budget, amount, ask.load_spent,
+                                                 ask.ttl)
+            decisions.append(decision)
+            if not decision.allowed:
+                break
+        if not all(d.allowed for d in decisions):
+            for ask, decision in zip(asks, decisions, strict=False):
+                if decision.allowed:  # given back: reserved in none
+                    await self.settle_budget(ask.key_id, ask.window, amount, 0.0)
+        return decisions
+
+    async def _reserve_all_shared(self, asks: Sequence[BudgetAsk], amount: float) -> list[BudgetDecision]:
+        for _ in range(3):
+            if self._broken:
+                await self.shared.ping()
+                await self._new_epoch("rate-limit and budget counters available again (Redis)")
+            elif self._server_id is not None and self.shared.run_id != self._server_id:
+                await self._new_epoch("Redis restarted (another run id)")
+            run_id = self.shared.run_id
+            for ask in asks:
+                await self._seed_shared((ask.key_id, ask.window), ask.load_spent, ask.ttl)
+            reserved, decisions = await self.shared.try_reserve_all(asks, amount)
+            if run_id is not None and self.shared.run_id != run_id:
+                # Redis restarted under this call: undone, and decided again in a new epoch.
+                if reserved:
+                    for ask in asks:
+                        await self.shared.settle_budget(ask.key_id, ask.window, amount, 0.0)
+                await self._new_epoch("Redis restarted (another run id)")
+                continue
+            self._server_id = self.shared.run_id
+            missing = [ask for ask, decision in zip(asks, decisions, strict=True) if decision is None]
+            if missing:  # Redis does not hold these windows (expired, or lost): seed them, then decide
+                for ask in missing:
+                    await self._reconcile((ask.key_id, ask.window), await _seed(ask.load_spent), ask.ttl)
+                continue
+            return [d for d in decisions if d is not None]
+        raise ConnectionError("Redis restarted or lost the budget window while deciding, three times")
+
+    async def _seed_shared(self, slot: tuple[str, str], load_spent: Callable[[], float], ttl: float | None) -> None:
+        """Seed the window in Redis once per epoch (a database that cannot be read: decided on what Redis holds)."""
+        if self._shared_seeded.get(slot) == self.shared_epoch:
+            return
+        async with self._seed_lock("shared", slot):
+            if self._shared_seeded.get(slot) != self.shared_epoch and \
+                    self.clock() >= self._seed_retry_at.get(slot, 0.0):
+                try:
+                    spent = await _seed(load_spent)
+                except SeedUnavailable:
+                    # Redis may still hold the window (it counted all along): decide on it, seed later.
+                    self._seed_retry_at[slot] = self.clock() + self.retry_after
+                else:
+                    await self._reconcile(slot, spent, ttl)
+
+    async def _reserve_local(self, slot: tuple[str, str], budget: float, amount: float,
+                             load_spent: Callable[[], float], ttl: float | None) -> BudgetDecision:
+        key_id, window = slot
         if self._local_seeded.get(slot) != self.local_epoch:
             async with self._seed_lock("local", slot):
                 if self._local_seeded.get(slot) != self.local_epoch:
@@ -600,10 +744,29 @@ class ResilientCounters:
                     self._carried[slot] = carried
                     self.local.seed_budget(key_id, window, spent, sum(self._local_held.get(slot, ())) + sum(carried))
                     self._local_seeded[slot] = self.local_epoch
-        decision = await local.reserve_budget(key_id, window, budget, amount, load_spent, ttl)
+        decision = await self.local.reserve_budget(key_id, window, budget, amount, load_spent, ttl)
         if decision.allowed:
             self._local_held.setdefault(slot, []).append(amount)
         return decision
+
+    async def reserve_budget(self, key_id: str, window: str, budget: float, amount: float,
+                             load_spent: Callable[[], float], ttl: float | None) -> BudgetDecision:
+        slot = (key_id, window)
+        self._note_use(slot, ttl)
+        if not self.shared_down:
+            try:
+                decision = await self._reserve_shared(slot, budget, amount, load_spent, ttl)
+            except SeedUnavailable:
+                raise
+            except Exception as e:
+                self._failed(e)
+            else:
+                if decision.allowed:
+                    self._shared_held.setdefault(slot, []).append(amount)
+                return decision
+        else:
+            self._failed(None)
+        return await self._reserve_local(slot, budget, amount, load_spent, ttl)
 
     async def _reserve_shared(self, slot: tuple[str, str], budget: float, amount: float,
                               load_spent: Callable[[], float], ttl: float | None) -> BudgetDecision:
@@ -615,17 +778,7 @@ class ResilientCounters:
             elif self._server_id is not None and self.shared.run_id != self._server_id:
                 await self._new_epoch("Redis restarted (another run id)")
             run_id = self.shared.run_id
-            if self._shared_seeded.get(slot) != self.shared_epoch:
-                async with self._seed_lock("shared", slot):
-                    if self._shared_seeded.get(slot) != self.shared_epoch and \
-                            self.clock() >= self._seed_retry_at.get(slot, 0.0):
-                        try:
-                            spent = await _seed(load_spent)
-                        except SeedUnavailable:
-                            # Redis may still hold the window (it counted all along): decide on it, seed later.
-                            self._seed_retry_at[slot] = self.clock() + self.retry_after
-                        else:
-                            await self._reconcile(slot, spent, ttl)
+            await self._seed_shared(slot, load_spent, ttl)
             decision = await self.shared.try_reserve(key_id, window, budget, amount, ttl)
             if run_id is not None and self.shared.run_id != run_id:
                 # Redis restarted under this call: the decision was taken on figures not seeded yet. Undone,

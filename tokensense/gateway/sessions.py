@@ -32,17 +32,10 @@ from dataclasses import dataclass, field
 from tokensense.core.usage import TokenUsage
 from tokensense.gateway.call import CallContext, Record
 from tokensense.gateway.keys import KeyInfo
-from tokensense.gateway.policy import budget_window, estimate_cost
+from tokensense.gateway.policy import estimate_cost
 from tokensense.gateway.reservation import model_max_output
 from tokensense.gateway.runtime import Runtime
-from tokensense.gateway.stages.police import (
-    BudgetHold,
-    Policed,
-    Target,
-    police,
-    police_unnamed,
-    settle_counters,
-)
+from tokensense.gateway.stages.police import Policed, Target, police, police_unnamed, settle_counters, spend_holds
 from tokensense.gateway.stages.settle import settle
 from tokensense.providers import ProviderAdapter, provider_for_model
 from tokensense.providers.sockets import ClientFrame, ServerFrame, SocketProtocol
@@ -167,16 +160,14 @@ async def police_response(runtime: Runtime, session: Session, frame: ClientFrame
     return call
 
 
-def unpoliced_call(session: Session) -> CallContext:
+def unpoliced_call(runtime: Runtime, session: Session) -> CallContext:
     """The call of a response the provider started by itself (voice activity detection): nothing was reserved,
-    but its cost is booked in the key's budget when it settles."""
+    but its cost is booked when it settles in every budget its key and attribution count in."""
     call = new_call(session)
-    key = session.key
-    if key is not None and key.budget_usd is not None and session.model is not None:
-        window, _, _ = budget_window(key.budget_period)
-        # (Budgets on attribution learn its cost when their counters are next seeded from the records.)
-        call.policed = Policed(Target(session.provider, session.model),
-                               budgets=(BudgetHold(window, 0.0, key.id, f"key:{key.name}"),))
+    if session.model is not None:
+        holds = spend_holds(session.key, call.attribution, runtime.budgets)
+        if holds:
+            call.policed = Policed(Target(session.provider, session.model), budgets=holds)
     return call
 
 
@@ -215,7 +206,7 @@ def on_server_frame(runtime: Runtime, session: Session, frame: ServerFrame) -> b
         return False
     if frame.usage is None and not frame.started and not session.responses:
         return False  # the end of a turn nobody asked for and nothing was said in: nothing to book
-    current = _current(session)
+    current = _current(runtime, session)
     if frame.started:
         current.started = True
         current.call.mark_first_token()
@@ -228,7 +219,7 @@ def on_server_frame(runtime: Runtime, session: Session, frame: ServerFrame) -> b
     return False
 
 
-def _current(session: Session) -> Response:
+def _current(runtime: Runtime, session: Session) -> Response:
     """The response a server frame is about: the oldest one started, else the oldest asked for, else a new one
     the provider started by itself."""
     for response in session.responses:
@@ -236,7 +227,7 @@ def _current(session: Session) -> Response:
             return response
     for response in session.responses:
         return response
-    response = Response(unpoliced_call(session))
+    response = Response(unpoliced_call(runtime, session))
     session.responses.append(response)
     return response
 

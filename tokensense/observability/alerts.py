@@ -43,7 +43,9 @@ _PERIOD_WORDS = {"daily": "today (UTC)", "monthly": "this month (UTC)", "total":
                  "week": "this week (UTC)", "month": "this month (UTC)"}
 # How long a claim is kept, per period (a `total` budget never resets).
 _KEEP = {"daily": timedelta(days=3), "monthly": timedelta(days=40), "day": timedelta(days=3),
-         "week": timedelta(days=10), "month": timedelta(days=40)}
+         "week": timedelta(days=10), "month": timedelta(days=40), "hour": timedelta(hours=2)}
+RUN_ALERTS_EVERY = timedelta(hours=1)
+"""Each-execution budgets alert at most once per budget and threshold in this time (a summary of the runs)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -58,6 +60,10 @@ class BudgetAlert:
     at: datetime = field(default_factory=lambda: datetime.now(UTC))
     test: bool = False
     level: str = "key"  # key | project | workflow | source | execution (`key_name` is then its name)
+    # Each-execution budgets (`key_name`: the latest run that crossed): how many runs crossed the threshold
+    # since the budget's last alert of this threshold, and the workflow whose runs it limits ("" for every run).
+    runs: int | None = None
+    workflow: str | None = None
 
 
 def loop_alert_payload(alert: LoopAlert, fmt: str = "json") -> dict[str, Any]:
@@ -78,6 +84,13 @@ def alert_payload(alert: BudgetAlert | LoopAlert, fmt: str = "json") -> dict[str
     fraction = alert.spent_usd / alert.budget_usd if alert.budget_usd else 0.0
     if fmt == "slack":
         prefix = "[test] " if alert.test else ""
+        if alert.runs is not None:
+            which = f"of workflow `{alert.workflow}`" if alert.workflow else "of every run"
+            return {"text": (
+                f"{prefix}:warning: TokenSense budget alert: {alert.runs} run(s) crossed {alert.threshold:.0%} of "
+                f"the ${alert.budget_usd:,.2f} each-execution budget {which} since its last alert (latest "
+                f"`{alert.key_name}`: ${alert.spent_usd:,.4f})."
+            )}
         return {"text": (
             f"{prefix}:warning: TokenSense budget alert: {alert.level} `{alert.key_name}` has spent "
             f"${alert.spent_usd:,.4f} of its ${alert.budget_usd:,.2f} budget {_PERIOD_WORDS.get(alert.period, '')} "
@@ -339,12 +352,17 @@ class AttributionBudgetWatcher:
     the same thresholds, ledger and webhook as keys' budgets (`BudgetWatcher`)."""
 
     def __init__(self, engine: Engine, *, config: AlertsConfig, ledger: AlertLedger,
-                 send: Callable[[BudgetAlert], None], applicable: Callable[[Mapping[str, Any]], list[Any]]) -> None:
+                 send: Callable[[BudgetAlert], None], applicable: Callable[[Mapping[str, Any]], list[Any]],
+                 clock: Callable[[], datetime] = lambda: datetime.now(UTC)) -> None:
         self.engine = engine
         self.config = config
         self.ledger = ledger
         self.send = send
         self.applicable = applicable  # `BudgetBook.applicable`: the budgets a call with this attribution counts in
+        self.clock = clock
+        # Each-execution budgets: the runs that crossed a threshold and were not in an alert yet, per
+        # (budget, threshold) (this instance's; an alert reports them, at most one per hour: `RUN_ALERTS_EVERY`).
+        self._runs: dict[tuple[str, float], list[str]] = {}
 
     def check(self, records: Iterable[UsageCreate]) -> list[BudgetAlert]:
         """Look at the budgets these records count in (after they were written); return the alerts raised."""
@@ -379,7 +397,15 @@ class AttributionBudgetWatcher:
         for threshold in self.config.thresholds:
             if spent + 1e-12 < threshold * budget.usd:
                 break
-            if not self.ledger.claim(budget.counter, window, threshold, budget.period):
+            # A run's own claim (counted once in the summaries) is kept days, not forever: runs are many.
+            keep = "day" if budget.level == "execution" and budget.period == "total" else budget.period
+            if not self.ledger.claim(budget.counter, window, threshold, keep):
+                continue
+            if budget.level == "execution":  # one alert per run would be noise: a summary, at most hourly
+                alert = self._run_alert(budget, window, spent, threshold)
+                if alert is not None:
+                    self.send(alert)
+                    raised.append(alert)
                 continue
             alert = BudgetAlert(key_id=budget.counter, key_name=budget.name or "", period=budget.period, window=window,
                                 spent_usd=spent, budget_usd=budget.usd, threshold=threshold, level=budget.level)
@@ -388,6 +414,31 @@ class AttributionBudgetWatcher:
             self.send(alert)
             raised.append(alert)
         return raised
+
+
+    def _run_alert(self, budget: Any, window: str, spent: float, threshold: float) -> BudgetAlert | None:
+        """A run of an each-execution budget crossed `threshold`: the alert summarising the runs that did since the
+        budget's last alert of this threshold, if none was sent in the last hour (every instance's, in the ledger);
+        else None, and the run is reported with the next one."""
+        from tokensense.storage.budgets import subject_filters
+
+        workflow = subject_filters(budget.subject).get("workflow", "")
+        identity = f"execution:{workflow or '*'}@{budget.period}"
+        pending = self._runs.setdefault((identity, threshold), [])
+        pending.append(budget.name or "")
+        now = self.clock()
+        slot = int(now.timestamp() // RUN_ALERTS_EVERY.total_seconds())
+        if not self.ledger.claim(identity, f"hour:{slot}", threshold, "hour"):
+            log.info("budget alert held back: run %s crossed %g%% of the each-execution budget %s (%d runs "
+                     "since its last alert)", budget.name, threshold * 100, identity, len(pending))
+            return None
+        runs = len(pending)
+        pending.clear()
+        log.warning("budget alert: %d run(s) crossed %g%% of the $%g each-execution budget %s (latest %s: $%.6f)",
+                    runs, threshold * 100, budget.usd, identity, budget.name, spent)
+        return BudgetAlert(key_id=identity, key_name=budget.name or "", period=budget.period, window=window,
+                           spent_usd=spent, budget_usd=budget.usd, threshold=threshold, level="execution",
+                           runs=runs, workflow=workflow, at=now)
 
 
 def sample_alert(threshold: float = 0.8) -> BudgetAlert:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -141,6 +142,81 @@ class RecorderCollector(Collector):
 
 
 @dataclass(frozen=True, slots=True)
+class BudgetGauge:
+    """One budget as the budget gauges show it. An each-execution budget is one series, not one per run: its
+    `name` is its workflow ("" for every run), its spent the costliest recent run's (as `budgets list` shows)."""
+
+    level: str  # key | project | workflow | source | execution
+    name: str
+    period: str
+    limit_usd: float
+    spent_usd: float
+    reserved_usd: float | None  # None: not known in this process (a worker of `serve --workers N` without Redis)
+
+
+BUDGET_LEVEL_LABELS = ("level", "name", "period")
+
+
+class BudgetCollector(Collector):
+    """`tokensense_budget_level_{limit,spent,reserved}_usd`: every budget (keys' and those on attribution), read at
+    scrape time in the metrics server's thread, at most once per `ttl` seconds (the rows cost a few queries)."""
+
+    def __init__(self, read: Callable[[], list[BudgetGauge]], *, ttl: float = 15.0,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self.read = read
+        self.ttl = ttl
+        self.clock = clock
+        self._rows: list[BudgetGauge] = []
+        self._at: float | None = None
+        self._lock = threading.Lock()
+
+    def rows(self) -> list[BudgetGauge]:
+        with self._lock:
+            now = self.clock()
+            if self._at is None or now - self._at >= self.ttl:
+                try:
+                    self._rows = self.read()
+                except Exception as e:  # the database briefly unavailable: the last rows stand
+                    log.warning("cannot read the budgets for the metrics: %s", type(e).__name__)
+                self._at = now
+            return self._rows
+
+    def collect(self) -> Iterator[Metric]:
+        labels = list(BUDGET_LEVEL_LABELS)
+        limit = GaugeMetricFamily("tokensense_budget_level_limit_usd",
+                                  "Each budget's limit (key, project, workflow, source, execution) for its period, "
+                                  "in US dollars; an each-execution budget's is per run.", labels=labels)
+        spent = GaugeMetricFamily("tokensense_budget_level_spent_usd",
+                                  "What each budget spent in its current period (settled records); an "
+                                  "each-execution budget: its costliest run of the last hour.", labels=labels)
+        reserved = GaugeMetricFamily("tokensense_budget_level_reserved_usd",
+                                     "What calls in flight reserve in each budget now.", labels=labels)
+        for row in self.rows():
+            values = [row.level, row.name, row.period]
+            limit.add_metric(values, row.limit_usd)
+            spent.add_metric(values, row.spent_usd)
+            if row.reserved_usd is not None:
+                reserved.add_metric(values, row.reserved_usd)
+        yield limit
+        yield spent
+        yield reserved
+
+
+def budget_gauges(engine: Any, *, configured: Any = (), redis_url: str | None = None,
+                  held: Callable[[str, str], float] | None = None) -> list[BudgetGauge]:
+    """Every budget with its spend and reservations now (blocking: reads the database, and Redis when set;
+    `held`: this process's own counters without Redis)."""
+    from sqlmodel import Session
+
+    from tokensense.storage.budgets import budget_rows
+
+    with Session(engine) as session:
+        rows = budget_rows(session, configured=configured, redis_url=redis_url, keys=True, held=held)
+    return [BudgetGauge(row.limit.level, row.limit.name or "", row.limit.period, row.limit.usd, row.spent_usd,
+                        row.reserved_usd) for row in rows]
+
+
+@dataclass(frozen=True, slots=True)
 class _CallSeries:
     requests: Any
     tokens: tuple[Any, ...]
@@ -258,6 +334,12 @@ class GatewayMetrics:
         self.budget.labels(key_name, period).set(budget_usd)
         self.budget_spent.labels(key_name, period).set(spent_usd)
         self.budget_remaining.labels(key_name, period).set(max(budget_usd - spent_usd, 0.0))
+
+    def watch_budgets(self, read: Callable[[], list[BudgetGauge]], *, ttl: float = 15.0) -> BudgetCollector:
+        """Show every budget's limit, spent and reserved (`BudgetCollector`), read with `read` when scraped."""
+        collector = BudgetCollector(read, ttl=ttl)
+        self.registry.register(collector)
+        return collector
 
     def serve(self, port: int, host: str = "127.0.0.1") -> None:
         """Serve `/metrics` on host:port from a thread of its own (OSError if the port is taken)."""

@@ -8,7 +8,7 @@ a second instance or a second poll never counts a line twice.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
@@ -131,11 +131,18 @@ def list_jobs(*, session: Session, limit: int = 100) -> list[BatchJob]:
     return list(session.exec(select(BatchJob).order_by(col(BatchJob.created_at).desc()).limit(limit)))
 
 
-def held_by_jobs(*, session: Session, key_id: str, since: datetime | None) -> float:
-    """What the key's jobs not booked yet hold of its budget (their reservations), made since `since`."""
-    statement = select(func.coalesce(func.sum(BatchJob.reserved_usd), 0.0)).where(
-        col(BatchJob.key_id) == key_id, col(BatchJob.booked_at).is_(None)
-    )
+def held_by_jobs(*, session: Session, key_id: str | None = None, since: datetime | None,
+                 filters: Mapping[str, str] | None = None) -> float:
+    """What the jobs not booked yet hold (their reservations), made since `since`: a key's (`key_id`), or those
+    whose create matched `filters` (a budget subject's: key_id, project, workflow, source, execution_id)."""
+    matching = dict(filters or {})
+    if key_id is not None:
+        matching["key_id"] = key_id
+    statement = select(func.coalesce(func.sum(BatchJob.reserved_usd), 0.0)).where(col(BatchJob.booked_at).is_(None))
+    for name, value in matching.items():
+        if name not in BatchJob.model_fields:  # a field jobs do not keep: no job matches it
+            return 0.0
+        statement = statement.where(col(getattr(BatchJob, name)) == value)
     if since is not None:
         created = BatchJob.__table__.c.created_at  # type: ignore[attr-defined]
         moment = since if since.tzinfo is not None else since.replace(tzinfo=UTC)

@@ -290,18 +290,20 @@ def budget_rows(
     redis_url: str | None = None,
     now: datetime | None = None,
     keys: bool = False,
+    held: Callable[[str, str], float | None] | None = None,
 ) -> list[BudgetRow]:
     """Every budget on attribution (the database's, then config.toml's `configured`), by level, with its spend
     (from the rollups) and, with Redis, what calls in flight reserve (blocking: reads the database and Redis).
-    `keys`: the keys' budgets first (level `key`, origin `key`: changed with `keys update`)."""
+    `keys`: the keys' budgets first (level `key`, origin `key`: changed with `keys update`).
+    `held`: without Redis, what calls in flight reserve in a counter (counter id, window), when this process knows."""
     limits = stored_limits(session) + configured_limits(configured)
     limits.sort(key=lambda b: (BUDGET_LEVELS.index(b.level), b.name or "", BUDGET_PERIODS.index(b.period)))
-    reserved = _reserved_reader(redis_url)
+    reserved = _reserved_reader(redis_url) if redis_url or held is None else _held_reader(held)
     rows = _key_rows(session, now or datetime.now(UTC), reserved) if keys else []
     for limit in limits:
         spend = budget_spend(session=session, limit=limit, now=now)
-        held = reserved(limit, spend.window, spend.execution) if reserved is not None else None
-        rows.append(BudgetRow(limit, spend.window, spend.start, spend.spent_usd, held, spend.execution))
+        in_flight = reserved(limit, spend.window, spend.execution) if reserved is not None else None
+        rows.append(BudgetRow(limit, spend.window, spend.start, spend.spent_usd, in_flight, spend.execution))
     return rows
 
 
@@ -317,6 +319,17 @@ def _key_rows(session: Session, now: datetime, reserved: Callable[..., float | N
         held = reserved(limit, window, None, key.key_id) if reserved is not None else None
         rows.append(BudgetRow(limit, window, start, key.spent_usd, held))
     return rows
+
+
+def _held_reader(held: Callable[[str, str], float | None]) -> Callable[..., float | None]:
+    """`_reserved_reader`'s answer from this process's own counters (`held(counter id, window)`)."""
+
+    def read(limit: BudgetLimit, window: str, execution: str | None, key_id: str | None = None) -> float | None:
+        if limit.level == "execution" and execution is None:
+            return 0.0
+        return held(key_id if key_id is not None else counter_id(limit, execution), window)
+
+    return read
 
 
 def _reserved_reader(redis_url: str | None) -> Callable[..., float | None] | None:

@@ -528,5 +528,6 @@ def spent_since(*, session: Session, key_id: str, since: datetime | None) -> flo
     budget on attribution (`tokensense.storage.budgets.spend_subject`)."""
     from tokensense.storage.budgets import subject_filters
 
-    spent = report_totals(session=session, since=since, filters=subject_filters(key_id)).cost_usd
-    return spent + held_by_jobs(session=session, key_id=key_id, since=since)
+    filters = subject_filters(key_id)
+    spent = report_totals(session=session, since=since, filters=filters).cost_usd
+    return spent + held_by_jobs(session=session, filters=filters, since=since)

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, replace
 from datetime import datetime
 from functools import partial
@@ -23,7 +23,15 @@ from tokensense.core.usage import TokenUsage
 from tokensense.gateway.budgets import AppliedBudget, BudgetBook, budgets_for
 from tokensense.gateway.call import CallContext
 from tokensense.gateway.guards import LoopGuard, call_cap, max_cost_refusal
-from tokensense.gateway.limits import BudgetDecision, CounterStore, MemoryCounters, RateDecision, budget_decision
+from tokensense.gateway.keys import KeyInfo
+from tokensense.gateway.limits import (
+    BudgetAsk,
+    BudgetDecision,
+    CounterStore,
+    MemoryCounters,
+    RateDecision,
+    budget_decision,
+)
 from tokensense.gateway.passthrough import capped_path_refusal, endpoint_refusal, unpriced_path_refusal
 from tokensense.gateway.policy import budget_window, check_access, estimate_cost, estimate_usage, limits_for
 from tokensense.gateway.price_policy import unpriced_refusal
@@ -229,7 +237,10 @@ async def _reserve(counters: CounterStore, applied: list[AppliedBudget], amount:
     The budgets are asked at once (with Redis: one round trip's wait, not one per budget); when one refuses, the
     reservations the others made are given back.
     """
-    windows = [budget_window(b.period) if b.level == "key" else period_window(b.period) for b in applied]
+    windows = [_window(b) for b in applied]
+    reserve_all = getattr(counters, "reserve_all", None)
+    if len(applied) > 1 and reserve_all is not None:  # Redis: one atomic script for all of them
+        return await _reserve_all(reserve_all, applied, windows, amount, admit_on, slack, spent_since, held)
     asks = [counters.reserve_budget(budget.counter, window, budget.usd + slack, amount,
                                     partial(spent_since, budget.subject, start), (resets_in or 0) + 3600)
             for budget, (window, start, resets_in) in zip(applied, windows, strict=True)]
@@ -257,6 +268,37 @@ async def _reserve(counters: CounterStore, applied: list[AppliedBudget], amount:
         assert isinstance(answer, BudgetDecision)
         if not answer.allowed:  # 429 while held by calls in flight, 402 once spent
             if slack:  # why, against the budget itself
+                answer = budget_decision(budget.usd, answer.spent, answer.reserved, admit_on)
+            error, headers = budget.refusal(answer)
+            raise Refused(error, headers=headers, held=held, budget=answer, amount=amount, limit=budget)
+    raise AssertionError("a budget refused without a decision")
+
+
+def _window(budget: AppliedBudget, at: datetime | None = None) -> tuple[str, datetime | None, float | None]:
+    """The window of `budget` at `at` (None: now): a key's as keys name theirs, the others' by their period."""
+    return budget_window(budget.period, at) if budget.level == "key" else period_window(budget.period, at)
+
+
+async def _reserve_all(reserve_all: Callable[..., Any], applied: list[AppliedBudget],
+                       windows: list[tuple[str, datetime | None, float | None]], amount: float, admit_on: float,
+                       slack: float, spent_since: Callable[[str, datetime | None], float],
+                       held: Policed) -> tuple[BudgetHold, ...]:
+    """`_reserve` with a store that reserves in every budget or in none at once (`ResilientCounters.reserve_all`:
+    with Redis, one atomic script, one round trip)."""
+    asks = [BudgetAsk(budget.counter, window, budget.usd + slack, partial(spent_since, budget.subject, start),
+                      (resets_in or 0) + 3600)
+            for budget, (window, start, resets_in) in zip(applied, windows, strict=True)]
+    try:
+        answers: list[BudgetDecision] = await reserve_all(asks, amount)
+    except Exception as e:
+        log.warning("budget counters unavailable, refusing: %s", type(e).__name__)
+        raise Refused(GatewayError(503, LIMITS_UNAVAILABLE, code="limits_unavailable"), held=held) from None
+    if len(answers) == len(applied) and all(answer.allowed for answer in answers):
+        return tuple(BudgetHold(window, amount, budget.counter, budget.tag)
+                     for budget, (window, _, _) in zip(applied, windows, strict=True))
+    for budget, answer in zip(applied, answers, strict=False):
+        if not answer.allowed:  # 429 while held by calls in flight, 402 once spent
+            if slack:
                 answer = budget_decision(budget.usd, answer.spent, answer.reserved, admit_on)
             error, headers = budget.refusal(answer)
             raise Refused(error, headers=headers, held=held, budget=answer, amount=amount, limit=budget)
@@ -374,10 +416,26 @@ def release(counters: CounterStore | None, call: CallContext, policed: Policed) 
             spawn(counters.settle_budget(hold.counter, hold.window, hold.amount, 0.0))
 
 
-def book_spend(counters: CounterStore | None, policed: Policed | None, cost: float | None) -> None:
-    """Add the cost of an attempt whose reservation was released already (a failed attempt a retry or fallback
-    followed, billed all the same) to every budget `policed` counts the call against."""
-    if counters is None or policed is None or not cost:
+def spend_holds(key: KeyInfo | None, attribution: Mapping[str, str | None], book: BudgetBook | None, *,
+                at: datetime | None = None) -> tuple[BudgetHold, ...]:
+    """Every budget a record of `key` (None: its attribution's only) with `attribution` counts in, each in its
+    window at `at` (None: now), holding nothing: where spend booked apart from a call's own settle goes (a video
+    job, a response the provider started by itself, a batch job's lines), so that every budget sees it at once."""
+    applied = budgets_for(key, attribution, book) if key is not None else (book.applicable(attribution) if book else [])
+    return tuple(BudgetHold(_window(budget, at)[0], 0.0, budget.counter, budget.tag) for budget in applied)
+
+
+async def add_spend(counters: CounterStore, holds: Iterable[BudgetHold], cost: float) -> None:
+    """Add `cost` as spent to the budgets `holds` (each of its counter and window), awaited (a thread's booking)."""
+    for hold in holds:
+        await counters.settle_budget(hold.counter, hold.window, 0.0, cost)
+
+
+def book_spend(counters: CounterStore | None, holds: Policed | Iterable[BudgetHold] | None, cost: float | None) -> None:
+    """Add `cost` to every budget of `holds` (a call's, `Policed`: of an attempt whose reservation was released
+    already, a failed attempt a retry or fallback followed, billed all the same; else `spend_holds`)."""
+    if counters is None or holds is None or not cost:
         return
-    for hold in policed.budgets:
+    budgets = holds.budgets if isinstance(holds, Policed) else tuple(holds)
+    for hold in budgets:
         spawn(counters.settle_budget(hold.counter, hold.window, 0.0, cost))

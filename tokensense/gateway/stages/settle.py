@@ -16,10 +16,9 @@ from dataclasses import dataclass, replace
 from tokensense.core.endpoints import Endpoint
 from tokensense.core.usage import TokenUsage
 from tokensense.gateway.call import CallContext, Record
-from tokensense.gateway.policy import budget_window
 from tokensense.gateway.record import build_record
 from tokensense.gateway.runtime import Runtime
-from tokensense.gateway.stages.police import book_spend, settle_counters, spawn
+from tokensense.gateway.stages.police import book_spend, settle_counters, spend_holds
 from tokensense.gateway.typical_output import observe_output
 from tokensense.metering.usage_extract import with_request_tier
 from tokensense.providers import ProviderAdapter
@@ -77,7 +76,7 @@ def settle_failed(runtime: Runtime, call: CallContext, attempt: FailedAttempt) -
 def settle_booking(runtime: Runtime, call: CallContext, *, request_id: str, endpoint: Endpoint, model: str | None,
                    attribution: dict[str, str | None], usage: TokenUsage, cost: float | None) -> UsageCreate:
     """Write the record of a job booked apart from the call that saw it finish (a video job, once, when an answer
-    shows it completed), and charge its cost to the key's budget.
+    shows it completed), and charge its cost to every budget its key and attribution count in (`spend_holds`).
 
     Its request id is the job's id (with attempt 1: stored once, whichever instance writes it), its attribution the
     creating call's; `cost` None: unpriced.
@@ -88,10 +87,8 @@ def settle_booking(runtime: Runtime, call: CallContext, *, request_id: str, endp
                        on_record=[], on_attempt_record=[], watchdog=None)
     record = build_record(snapshot, status=200, prices=runtime.prices)
     _write(runtime, record, call.on_attempt_record)
-    key = call.key
-    if record.cost_usd and key is not None and key.budget_usd is not None and runtime.counters is not None:
-        window, _, _ = budget_window(key.budget_period)
-        spawn(runtime.counters.settle_budget(key.id, window, 0.0, record.cost_usd))
+    if record.cost_usd and call.key is not None and runtime.counters is not None:
+        book_spend(runtime.counters, spend_holds(call.key, attribution, runtime.budgets), record.cost_usd)
     return record
 
 
