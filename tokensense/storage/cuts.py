@@ -246,6 +246,18 @@ USAGE_GROUP_FIELDS: tuple[str, ...] = (
 )
 USAGE_GROUP_ALIASES: dict[str, str] = {"key": "key_name"}
 
+GROUP_FIELDS: tuple[str, ...] = (
+    "workflow",
+    "step",
+    "execution_id",
+    "model",
+    "provider",
+    "project",
+    "source",
+    "key_name",
+)
+"""The usage fields the dashboard (and `tokensense report`) group and filter spend by (`analytics.GROUP_FIELDS`)."""
+
 
 def normalize_group_fields(by: Iterable[str]) -> list[str]:
     """The usage fields to group by, aliases resolved; `ValueError` naming the allowed ones."""
