@@ -373,3 +373,20 @@ def test_writers_at_once_add_exactly_and_never_deadlock(engine: Engine, tmp_path
 def _schema(engine: Engine) -> str:
     with engine.connect() as connection:
         return str(connection.exec_driver_sql("SELECT current_schema()").scalar())
+
+
+def test_any_text_in_a_field_reaches_its_rollup_row(engine: Engine) -> None:
+    """Quotes, backslashes, commas, braces, the word NULL, spaces and non-ASCII text in attribution fields (sent
+    to PostgreSQL as array literals) land in rollup rows of exactly that value, apart from NULL and ''."""
+    _empty(engine)
+    names = ['a"b', "back\\slash", "x,y", "{z}", "NULL", "null", " ", "", None, "ünï ✓", "'q'", "\\\"", "tab\there"]
+    usages = [UsageCreate(request_id=f"t{n}", created_at=BASE + timedelta(minutes=n), workflow=name, step=name,
+                          project=name, source=name, endpoint=name or "", model=name, key_id=name, key_name=name,
+                          input_tokens=n + 1, cost_usd=n / 10) for n, name in enumerate(names)]
+    stored = _write(engine, [usages])
+    with Session(engine) as session:
+        for fields in (["workflow"], ["workflow", "step"], ["project"], ["source"], ["endpoint"], ["model"],
+                       ["key_name"], ["status"], ["model", "project"], ["key_id", "status"]):
+            expected = _oracle(stored, fields=fields, since=None, filters={})
+            assert _as_oracle(analytics.grouped_totals(session=session, fields=fields)) == expected, fields
+            _check_lite(engine, session, fields, BASE + timedelta(minutes=2, seconds=30))
