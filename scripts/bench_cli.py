@@ -39,13 +39,13 @@ def _lane_env(tree: Path | None, url: str | None) -> dict[str, str]:
 
 
 def _run(env: dict[str, str], args: list[str]) -> tuple[float, float]:
-    """(wall ms, import ms) of one `tokensense usage ARGS` process."""
-    command = [sys.executable, "-X", "importtime", "-m", "tokensense.cli", "usage", *args]
+    """(wall ms, import ms) of one `tokensense ARGS` process."""
+    command = [sys.executable, "-X", "importtime", "-m", "tokensense.cli", *args]
     started = time.perf_counter()
     result = subprocess.run(command, env=env, cwd="/tmp", capture_output=True, text=True, check=False)
     wall = (time.perf_counter() - started) * 1000
     if result.returncode:
-        raise SystemExit(f"tokensense usage {' '.join(args)} failed:\n{result.stderr[-2000:]}")
+        raise SystemExit(f"tokensense {' '.join(args)} failed:\n{result.stderr[-2000:]}")
     imports = sum(int(m.group(1)) for m in map(_IMPORT.match, result.stderr.splitlines()) if m and m.group(2) != "site")
     return wall, imports / 1000
 
@@ -53,6 +53,7 @@ def _run(env: dict[str, str], args: list[str]) -> tuple[float, float]:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     parser.add_argument("commands", nargs="+", help="arguments of `tokensense usage`, one quoted string per command")
+    parser.add_argument("--command", default="usage", help="the tokensense command (default usage; '' for none: --help)")
     parser.add_argument("--database-url", help="the database (default: TOKENSENSE_DATABASE_URL, else the home's)")
     parser.add_argument("--before", type=Path, help="a source tree of the code to compare with (its package folder)")
     parser.add_argument("--before-database-url", help="the database the older tree reads (a copy at its revision)")
@@ -70,7 +71,7 @@ def main(argv: list[str] | None = None) -> int:
         found: dict[str, list[tuple[float, float]]] = {name: [] for name in lanes}
         for _ in range(args.runs):
             for name, env in lanes.items():
-                found[name].append(_run(env, spec.split()))
+                found[name].append(_run(env, [*args.command.split(), *spec.split()]))
         cells = []
         for name, runs in found.items():
             walls = [w for w, _ in runs]
@@ -78,7 +79,7 @@ def main(argv: list[str] | None = None) -> int:
                 f"{name} {statistics.median(walls):,.0f} ms (fastest {min(walls):,.0f}, "
                 f"imports {min(i for _, i in runs):,.0f} ms)"
             )
-        print(f"usage {spec}: " + "; ".join(cells) + f"  [load {os.getloadavg()[0]:.1f}]", flush=True)
+        print(f"{args.command} {spec}: ".lstrip() + "; ".join(cells) + f"  [load {os.getloadavg()[0]:.1f}]", flush=True)
     return 0
 
 

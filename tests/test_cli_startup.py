@@ -62,7 +62,8 @@ def test_help_imports_nothing_heavy(tmp_path: Path, argv: list[str]) -> None:
 
 def test_usage_and_report_import_the_database_only(tmp_path: Path) -> None:
     imported_by(tmp_path, "usage")  # the first command makes the database (Alembic's migrations run once)
-    for argv in (["usage"], ["usage", "--by", "execution_id"], ["report", "--since", "7d"]):
+    # Execution ids are only in the records: the full path (SQLAlchemy), and nothing heavier.
+    for argv in (["usage", "--by", "execution_id"], ["report", "--since", "7d", "--by", "execution_id"]):
         modules = imported_by(tmp_path, *argv)
         assert _loaded(modules, HEAVY) == [], argv
         assert "sqlmodel" in modules
@@ -77,14 +78,23 @@ LIGHT = ("sqlalchemy", "sqlmodel", "pydantic", "pydantic_settings", "tokensense.
         ["usage", "--by", "workflow"],
         ["usage", "--by", "model,project", "--since", "7d"],
         ["usage", "--by", "key", "--since", "1h", "--csv"],
+        ["usage", "--by", "status", "--since", "30d"],
+        ["usage"],
+        ["usage", "--since", "1h", "--json"],
+        ["usage", "--since", "7d", "--limit", "20", "--csv"],
+        ["report"],
+        ["report", "--since", "7d", "--by", "workflow,model", "--format", "csv"],
+        ["report", "--since", "30d", "--by", "key", "--format", "json"],
     ],
 )
-def test_grouped_usage_reads_the_rollups_through_the_driver_alone(tmp_path: Path, argv: list[str]) -> None:
-    """`tokensense usage --by ... --since ...` on an existing database (the one TOKENSENSE_HOME names, found
-    without the settings model): neither SQLAlchemy nor pydantic is imported (storage/lite.py)."""
+def test_usage_and_report_read_through_the_driver_alone(tmp_path: Path, argv: list[str]) -> None:
+    """`tokensense usage --by ... --since ...`, record listings (JSON, CSV, the table) and `tokensense report` on
+    an existing database (the one TOKENSENSE_HOME names, found without the settings model): neither SQLAlchemy
+    nor pydantic is imported (storage/lite.py), nor anything heavy."""
     imported_by(tmp_path, "usage")  # creates the database (the full path: migrations)
     modules = imported_by(tmp_path, *argv)
     assert _loaded(modules, LIGHT) == [], argv
+    assert _loaded(modules, HEAVY) == [], argv
     assert "sqlite3" in modules
 
 

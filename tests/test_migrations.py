@@ -27,7 +27,7 @@ from tokensense.storage.models import ApiKey, ProviderCredential, Usage, UsageCr
 from tokensense.storage.schema import INITIAL_REVISION, MIGRATIONS_DIR, VERSIONS_DIR, head_revision
 
 PG_URL = "postgresql://postgres@127.0.0.1:5432/test"
-HEAD = "0013_usage_rollup_days"
+HEAD = "0014_usage_rollup_cuts"
 NEXT = f"{int(HEAD[:4]) + 1:04d}"
 LATER_TABLES = {"stored_responses", "usage_rollup", "usage_retention", "owned_resources", "budgets", "batch_files",
                 "batch_jobs", "leases"}  # made by revisions after 0001
@@ -557,3 +557,44 @@ def test_upgrade_back_fills_the_day_rows_of_the_all_cut(engine: Engine) -> None:
         command.downgrade(migrate.alembic_config(conn), previous)
     with Session(engine) as session:
         assert session.exec(select(func.count()).select_from(UsageRollup).where(*day_rows)).one() == 0
+
+
+def test_upgrade_back_fills_the_outcome_and_attribution_cuts(engine: Engine) -> None:
+    """Revision 0014 sums the `all` cut's hour and day rows into the hour and day rows of cuts 6 and 7: exactly
+    the rows the record writer adds (compared row by row), and reports by status, endpoint or model and project
+    equal the records; downgrading drops them."""
+    from sqlalchemy import delete
+
+    from tokensense.storage import analytics, repo
+
+    previous = migrate.script_directory().get_revision("0014_usage_rollup_cuts").down_revision
+    assert isinstance(previous, str)
+    migrate.upgrade(engine, previous)
+    base = datetime(2025, 3, 30, 21, 30, tzinfo=UTC)
+    usages = [UsageCreate(request_id=f"c{n}", created_at=base + timedelta(minutes=37 * n), model=f"m{n % 3}",
+                          provider=["p1", "p2"][n % 2], endpoint=["/a", "", "/b"][n % 3], source=[None, "api"][n % 4 == 0],
+                          project=["web", None][n % 2], workflow=[None, "", "w"][n % 3], step=[None, "s"][n % 5 == 0],
+                          status=[200, 500, 402][n % 3], input_tokens=n, latency_ms=n * 1.5,
+                          cost_usd=None if n % 7 == 0 else n / 3) for n in range(200)]  # five days
+    rollup = UsageRollup.__table__  # type: ignore[attr-defined]
+    new_rows = (rollup.c.cut.in_([6, 7]),)
+    order = (rollup.c.cut, rollup.c.grain, rollup.c.bucket, rollup.c.dims_key)
+    with Session(engine) as session:
+        repo.record_usages(session=session, usages=usages)
+        written = session.execute(select(rollup).where(*new_rows).order_by(*order)).all()
+        session.exec(delete(rollup).where(*new_rows))  # type: ignore[call-overload]
+        session.commit()
+    assert {row.grain for row in written} == {3600, 86_400}
+
+    db.init_db(engine)
+
+    with Session(engine) as session:
+        assert session.execute(select(rollup).where(*new_rows).order_by(*order)).all() == written
+        for fields in (["status"], ["endpoint"], ["provider", "status"], ["model", "project"], ["workflow", "model"]):
+            for since in (None, base + timedelta(hours=30, seconds=7.5)):
+                assert (analytics.grouped_totals(session=session, fields=fields, since=since)
+                        == analytics.grouped_totals(session=session, fields=fields, since=since, from_records=True))
+    with engine.begin() as conn:
+        command.downgrade(migrate.alembic_config(conn), previous)
+    with Session(engine) as session:
+        assert session.exec(select(func.count()).select_from(UsageRollup).where(*new_rows)).one() == 0

@@ -160,11 +160,25 @@ def _as_oracle(rows: list[tuple[tuple, analytics.Totals, float]]) -> dict[tuple,
 
 GROUPINGS = [["workflow"], ["step"], ["workflow", "step"], ["key_name"], ["model"], ["provider"], ["project"],
              ["source"], ["endpoint"], ["status"], ["model", "project"], ["key_id", "status"], ["execution_id"],
-             ["workflow", "execution_id"]]
+             ["workflow", "execution_id"], ["provider", "status"], ["source", "endpoint"], ["workflow", "model"],
+             ["project", "workflow", "step"]]
 FILTERS = [{}, {"workflow": "support"}, {"workflow": None}, {"workflow": ""}, {"workflow": "support", "step": "answer"},
            {"key_id": "k1"}, {"model": "gpt-4o"}, {"status": 402}, {"execution_id": "e1"}]
 windows = st.one_of(st.none(), st.integers(-10 * 60 * 10**6, SPAN_US + 60 * 10**6).map(
     lambda us: BASE + timedelta(microseconds=us)), st.sampled_from([BASE + timedelta(minutes=m) for m in (0, 1, 59, 60, 61, 150)]))
+
+
+def test_every_usage_field_and_the_common_pairs_read_a_small_cut() -> None:
+    """`tokensense usage --by F` for every field but the execution id (which only records have), and the common
+    pairs, reads a cut with few rows per hour and day, never the `all` cut (one row per combination of every field)."""
+    pairs = [["workflow", "step"], ["model", "project"], ["workflow", "model"], ["provider", "status"],
+             ["model", "status"], ["source", "status"], ["endpoint", "status"], ["project", "workflow"]]
+    for fields in [[name] for name in repo.USAGE_GROUP_FIELDS if name != "execution_id"] + pairs:
+        cut = rollups.cut_for(fields)
+        assert cut is not None and cut.name != "all" and len(cut.dims) <= 5, fields
+    assert rollups.cut_for(["status"]).name == "outcome"  # type: ignore[union-attr]
+    assert rollups.cut_for(["model", "project"]).name == "attribution"  # type: ignore[union-attr]
+    assert rollups.cut_for(["model"]).name == "model"  # type: ignore[union-attr]  # the smallest that has it
 
 
 def _lite(engine: Engine, fields: list[str], since: datetime | None, limit: int | None = None) -> list[dict]:
@@ -359,3 +373,20 @@ def test_writers_at_once_add_exactly_and_never_deadlock(engine: Engine, tmp_path
 def _schema(engine: Engine) -> str:
     with engine.connect() as connection:
         return str(connection.exec_driver_sql("SELECT current_schema()").scalar())
+
+
+def test_any_text_in_a_field_reaches_its_rollup_row(engine: Engine) -> None:
+    """Quotes, backslashes, commas, braces, the word NULL, spaces and non-ASCII text in attribution fields (sent
+    to PostgreSQL as array literals) land in rollup rows of exactly that value, apart from NULL and ''."""
+    _empty(engine)
+    names = ['a"b', "back\\slash", "x,y", "{z}", "NULL", "null", " ", "", None, "ünï ✓", "'q'", "\\\"", "tab\there"]
+    usages = [UsageCreate(request_id=f"t{n}", created_at=BASE + timedelta(minutes=n), workflow=name, step=name,
+                          project=name, source=name, endpoint=name or "", model=name, key_id=name, key_name=name,
+                          input_tokens=n + 1, cost_usd=n / 10) for n, name in enumerate(names)]
+    stored = _write(engine, [usages])
+    with Session(engine) as session:
+        for fields in (["workflow"], ["workflow", "step"], ["project"], ["source"], ["endpoint"], ["model"],
+                       ["key_name"], ["status"], ["model", "project"], ["key_id", "status"]):
+            expected = _oracle(stored, fields=fields, since=None, filters={})
+            assert _as_oracle(analytics.grouped_totals(session=session, fields=fields)) == expected, fields
+            _check_lite(engine, session, fields, BASE + timedelta(minutes=2, seconds=30))

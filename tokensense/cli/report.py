@@ -15,7 +15,7 @@ import json
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from tokensense.cli.common import FORMATTER, CliError, as_utc, open_session, parse_since
 
@@ -82,7 +82,7 @@ def change(current: float, previous: float) -> float | None:
 
 def group_fields(by: Iterable[str]) -> list[str]:
     """`workflow,model` → the analytics fields, aliases resolved; CliError naming the allowed ones."""
-    from tokensense.storage.analytics import GROUP_FIELDS
+    from tokensense.storage.cuts import GROUP_FIELDS  # analytics.GROUP_FIELDS, without importing SQLAlchemy
 
     fields: list[str] = []
     for raw in by:
@@ -96,34 +96,80 @@ def group_fields(by: Iterable[str]) -> list[str]:
     return fields
 
 
-def _grouped(session: Session, fields: Sequence[str], since: datetime,
-             filters: Mapping[str, str | None] | None = None) -> dict[Key, Amounts]:
-    """Amounts since `since` for every combination of `fields` that has records (one query per level)."""
-    from tokensense.storage.analytics import group_usage
+class Reader(Protocol):
+    """Where a report's figures come from: the amounts of every combination of `fields`, and the totals
+    (`requests`, `input_tokens`, `output_tokens`, `cost_usd`, `unpriced`), since a time."""
 
-    found: dict[Key, Amounts] = {}
-    for row in group_usage(session=session, by=fields[0], since=since, filters=filters, limit=None):
-        amounts = Amounts(row.requests, row.input_tokens, row.output_tokens, row.cost_usd)
-        if len(fields) == 1:
-            found[(row.value,)] = amounts
-            continue
-        deeper = _grouped(session, fields[1:], since, {**(filters or {}), fields[0]: row.value})
-        found.update({(row.value, *key): value for key, value in deeper.items()})
-    return found
+    def grouped(self, fields: Sequence[str], since: datetime) -> dict[Key, Amounts]: ...
+
+    def totals(self, since: datetime) -> Any: ...
 
 
-def build_report(*, session: Session, fields: list[str], start: datetime, end: datetime) -> Report:
-    """Spend by `fields` from `start` to now (`end`), and in the period of the same length before it."""
-    from tokensense.storage.analytics import usage_totals
+class SessionReader:
+    """Through `tokensense.storage.analytics` (SQLAlchemy): `group_usage` level by level, `usage_totals`."""
 
+    def __init__(self, session: Session) -> None:
+        self.session = session
+
+    def grouped(self, fields: Sequence[str], since: datetime,
+                filters: Mapping[str, str | None] | None = None) -> dict[Key, Amounts]:
+        """Amounts since `since` for every combination of `fields` that has records (one query per level)."""
+        from tokensense.storage.analytics import group_usage
+
+        found: dict[Key, Amounts] = {}
+        for row in group_usage(session=self.session, by=fields[0], since=since, filters=filters, limit=None):
+            amounts = Amounts(row.requests, row.input_tokens, row.output_tokens, row.cost_usd)
+            if len(fields) == 1:
+                found[(row.value,)] = amounts
+                continue
+            deeper = self.grouped(fields[1:], since, {**(filters or {}), fields[0]: row.value})
+            found.update({(row.value, *key): value for key, value in deeper.items()})
+        return found
+
+    def totals(self, since: datetime) -> Any:
+        from tokensense.storage.analytics import usage_totals
+
+        return usage_totals(session=self.session, since=since)
+
+
+class LiteReader:
+    """Through `tokensense.storage.lite` (the database driver alone, no SQLAlchemy): every combination of
+    `fields` in one grouped query of the rollups; `Unsupported` for execution ids (only records have them)."""
+
+    def __init__(self, connection: Any, dialect: str) -> None:
+        self.connection = connection
+        self.dialect = dialect
+
+    def grouped(self, fields: Sequence[str], since: datetime) -> dict[Key, Amounts]:
+        from tokensense.storage import lite
+
+        rows, _ = lite.grouped_report(self.connection, self.dialect, fields=fields, since=since)
+        return {tuple(row[name] for name in fields): Amounts(row["requests"], row["input_tokens"],
+                                                            row["output_tokens"], row["cost_usd"]) for row in rows}
+
+    def totals(self, since: datetime) -> Any:
+        from types import SimpleNamespace
+
+        from tokensense.storage import lite
+
+        return SimpleNamespace(**lite.totals(self.connection, self.dialect, since=since))
+
+
+def build_report(*, session: Session | None = None, reader: Reader | None = None, fields: list[str],
+                 start: datetime, end: datetime) -> Report:
+    """Spend by `fields` from `start` to now (`end`), and in the period of the same length before it (read through
+    `reader`, else `session`)."""
+    if reader is None:
+        assert session is not None, "give a session or a reader"
+        reader = SessionReader(session)
     start, end = as_utc(start), as_utc(end)
     previous_start = start - (end - start)
     for _ in range(_READS):
-        current = _grouped(session, fields, start)
-        current_totals = usage_totals(session=session, since=start)
-        both = _grouped(session, fields, previous_start)
-        both_totals = usage_totals(session=session, since=previous_start)
-        if _grouped(session, fields, start) == current and usage_totals(session=session, since=start) == current_totals:
+        current = reader.grouped(fields, start)
+        current_totals = reader.totals(start)
+        both = reader.grouped(fields, previous_start)
+        both_totals = reader.totals(previous_start)
+        if reader.grouped(fields, start) == current and reader.totals(start) == current_totals:
             break  # nothing was written meanwhile: `both` holds exactly `current` of this period
     else:
         raise CliError("records kept arriving while the report was read; run it again")
@@ -255,8 +301,15 @@ def _cmd_report(args: argparse.Namespace) -> int:
     start = parse_since(args.since, now=end)
     if start >= end:
         raise CliError(f"--since {args.since!r} is not in the past")
-    with open_session(args) as session:
-        report = build_report(session=session, fields=fields, start=start, end=end)
+    from tokensense.cli.usage import lite_read
+
+    # The rollups through the driver alone (no SQLAlchemy: a quick start); else (execution ids, a database to
+    # create or upgrade, an error to report) the full path.
+    report = lite_read(args, lambda connection, dialect: build_report(
+        reader=LiteReader(connection, dialect), fields=fields, start=start, end=end))
+    if report is None:
+        with open_session(args) as session:
+            report = build_report(session=session, fields=fields, start=start, end=end)
     print(FORMATTERS[args.format](report))
     return 0
 

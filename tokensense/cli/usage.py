@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -21,7 +22,7 @@ from tokensense.cli.common import (
     print_json,
     print_table,
 )
-from tokensense.storage.cuts import USAGE_GROUP_FIELDS, as_utc, normalize_group_fields
+from tokensense.storage.cuts import USAGE_GROUP_FIELDS, as_utc, from_epoch, normalize_group_fields
 
 # `tokensense usage --by ... --since ...` answers from the rollups through the driver alone (storage/lite.py):
 # SQLAlchemy, SQLModel, pydantic and the settings model are imported only by the other paths.
@@ -96,7 +97,7 @@ def _cmd_usage(args: argparse.Namespace) -> int:
     since = parse_since(args.since) if args.since else None
     by = [f for chunk in args.by or () for f in chunk.split(",") if f.strip()] or None
     fields = normalize_group_fields(by) if by else None
-    quick = _grouped_from_rollups(args, fields, since) if fields else None
+    quick = _grouped_from_rollups(args, fields, since) if fields else _records_lite(args, since)
     if quick is not None:
         rows, pruned = quick
     else:
@@ -111,9 +112,9 @@ def _cmd_usage(args: argparse.Namespace) -> int:
         if fields:
             print_csv([*fields, *_AGGREGATES], rows)
         else:
-            from tokensense.storage.repo import USAGE_RECORD_FIELDS
+            from tokensense.storage.lite import USAGE_COLUMNS
 
-            print_csv(USAGE_RECORD_FIELDS, rows)
+            print_csv([*USAGE_COLUMNS, "unpriced"], rows)  # repo.USAGE_RECORD_FIELDS (no SQLModel import)
     elif not rows:
         print("No usage recorded" + (f" since {since:%Y-%m-%d %H:%M:%S} UTC." if since else " yet."))
     elif fields:
@@ -125,10 +126,10 @@ def _cmd_usage(args: argparse.Namespace) -> int:
     return 0
 
 
-def _grouped_from_rollups(args: argparse.Namespace, fields: list[str],
-                          since: datetime | None) -> tuple[list[dict[str, Any]], datetime | None] | None:
-    """The groups and the retention horizon read by `storage.lite` (no SQLAlchemy), or None: take the full path
-    (a field only records have, a database to create or upgrade, a URL or error the full path must handle)."""
+def lite_read[T](args: argparse.Namespace, read: Callable[[Any, str], T]) -> T | None:
+    """`read(connection, dialect)` on the command's database through `storage.lite` (the driver alone: no
+    SQLAlchemy, SQLModel or pydantic), or None: take the full path (a field only records have, a database to
+    create or upgrade, a URL or error the full path must handle)."""
     from tokensense.storage import lite
 
     url = _database_url(args)
@@ -141,11 +142,32 @@ def _grouped_from_rollups(args: argparse.Namespace, fields: list[str],
     try:
         if not lite.schema_is_current(connection):
             return None
-        return lite.grouped_report(connection, dialect, fields=fields, since=since, limit=args.limit)
+        return read(connection, dialect)
     except Exception:  # lite.Unsupported, or a database error the full path reports in its own words
         return None
     finally:
         connection.close()
+
+
+def _grouped_from_rollups(args: argparse.Namespace, fields: list[str],
+                          since: datetime | None) -> tuple[list[dict[str, Any]], datetime | None] | None:
+    """The groups and the retention horizon read by `storage.lite`, or None (the full path)."""
+    from tokensense.storage import lite
+
+    return lite_read(args, lambda connection, dialect: lite.grouped_report(
+        connection, dialect, fields=fields, since=since, limit=args.limit))
+
+
+def _records_lite(args: argparse.Namespace, since: datetime | None) -> tuple[list[dict[str, Any]], datetime | None] | None:
+    """The records (newest first) and the retention horizon read by `storage.lite`, or None (the full path)."""
+    from tokensense.storage import lite
+
+    def read(connection: Any, dialect: str) -> tuple[list[dict[str, Any]], datetime | None]:
+        horizon = lite.raw_horizon(connection)
+        rows = lite.records(connection, dialect, since=since, limit=args.limit)
+        return rows, None if horizon is None else from_epoch(horizon)
+
+    return lite_read(args, read)
 
 
 def _environment(name: str) -> str | None:

@@ -22,6 +22,7 @@ from sqlalchemy.sql.functions import FunctionElement
 from sqlmodel import Session, col, select
 
 from tokensense.storage import cuts
+from tokensense.storage.cuts import GROUP_FIELDS as GROUP_FIELDS  # defined there: `tokensense report` (no SQLAlchemy)
 from tokensense.storage.cuts import window_parts
 from tokensense.storage.models import ApiKey, Usage, UsageRetention, UsageRollup
 from tokensense.storage.rollups import (
@@ -38,18 +39,6 @@ from tokensense.storage.rollups import (
     from_epoch,
     record_measures_sql,
 )
-
-GROUP_FIELDS: tuple[str, ...] = (
-    "workflow",
-    "step",
-    "execution_id",
-    "model",
-    "provider",
-    "project",
-    "source",
-    "key_name",
-)
-"""The usage fields the dashboard groups and filters spend by."""
 
 REPORT_FIELDS: tuple[str, ...] = (*DIMS, "execution_id")
 """Every field a report can group or filter by (`tokensense usage --by`): the rollups' and the execution id."""

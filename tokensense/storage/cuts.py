@@ -78,6 +78,10 @@ CUTS: tuple[Cut, ...] = (
     Cut(3, "key", ("key_id", "key_name"), True),  # budgets, by key
     Cut(4, "model", ("provider", "model"), True),
     Cut(5, "workflow", ("workflow", "step"), True),  # by workflow, a workflow's steps
+    # by status, endpoint, and pairs of source, provider, model, endpoint, status (migration 0014)
+    Cut(6, "outcome", ("source", "provider", "model", "endpoint", "status"), False, days=True),
+    # by model and project, workflow and model, ... (migration 0014)
+    Cut(7, "attribution", ("project", "workflow", "step", "provider", "model"), False, days=True),
     # any other grouping or filter: hour and day rows; a window's partial first hour from records
     Cut(9, "all", DIMS, False, days=True),
 )
@@ -241,6 +245,18 @@ USAGE_GROUP_FIELDS: tuple[str, ...] = (
     "status",
 )
 USAGE_GROUP_ALIASES: dict[str, str] = {"key": "key_name"}
+
+GROUP_FIELDS: tuple[str, ...] = (
+    "workflow",
+    "step",
+    "execution_id",
+    "model",
+    "provider",
+    "project",
+    "source",
+    "key_name",
+)
+"""The usage fields the dashboard (and `tokensense report`) group and filter spend by (`analytics.GROUP_FIELDS`)."""
 
 
 def normalize_group_fields(by: Iterable[str]) -> list[str]:

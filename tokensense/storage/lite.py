@@ -100,22 +100,12 @@ def _bound(moment: datetime, dialect: str) -> Any:
     return utc
 
 
-def grouped_report(
-    connection: Any, dialect: str, *, fields: Sequence[str], since: datetime | None, limit: int | None = None
-) -> tuple[list[dict[str, Any]], datetime | None]:
-    """(`repo.query_usage(by=fields, since=since, limit=limit)`'s groups, the retention horizon) from the rollups.
-
-    `Unsupported` when no cut has `fields` (execution ids are only in the records).
-    """
-    cut = cuts.cut_for(fields)
-    if cut is None or not fields:
-        raise Unsupported(f"no rollup cut has {', '.join(fields)}")
-    horizon = raw_horizon(connection)
-    start = None if since is None else cuts.effective_start(since, horizon)
+def _window_rows(cut: cuts.Cut, fields: Sequence[str], start: datetime | None, dialect: str) -> tuple[str, list[Any]]:
+    """The SQL (a UNION ALL of records and rollup rows, columns `fields` then `ROLLUP_SUMS`) of `cut`'s window
+    from `start`, and its parameters: `cuts.window_parts`, as `analytics` reads it."""
     mark = "?" if dialect == "sqlite" else "%s"
     params: list[Any] = []
     selects = []
-    keys = ", ".join(fields)
     record_measures = _record_measures(dialect)
     for part in cuts.window_parts(cut, start):
         if part.grain is None:
@@ -134,29 +124,127 @@ def grouped_report(
             if part.high is not None:
                 conditions.append(f"bucket < {int(part.high)}")  # type: ignore[arg-type]
             selects.append(
-                f"SELECT {keys}, {', '.join(ROLLUP_SUMS)} FROM usage_rollup WHERE {' AND '.join(conditions)}"
+                f"SELECT {', '.join((*fields, *ROLLUP_SUMS))} FROM usage_rollup WHERE {' AND '.join(conditions)}"
             )
+    return " UNION ALL ".join(selects), params
+
+
+def _sums(row: Sequence[Any]) -> dict[str, Any]:
+    requests, input_tokens, output_tokens, cost_units, unpriced = (int(v or 0) for v in row)
+    return {
+        "requests": requests,
+        "input_tokens": input_tokens,
+        "output_tokens": output_tokens,
+        "cost_usd": cost_units / cuts.COST_UNITS_PER_USD,
+        "unpriced": unpriced,
+    }
+
+
+def grouped_report(
+    connection: Any, dialect: str, *, fields: Sequence[str], since: datetime | None, limit: int | None = None
+) -> tuple[list[dict[str, Any]], datetime | None]:
+    """(`repo.query_usage(by=fields, since=since, limit=limit)`'s groups, the retention horizon) from the rollups.
+
+    `Unsupported` when no cut has `fields` (execution ids are only in the records).
+    """
+    cut = cuts.cut_for(fields)
+    if cut is None or not fields:
+        raise Unsupported(f"no rollup cut has {', '.join(fields)}")
+    horizon = raw_horizon(connection)
+    start = None if since is None else cuts.effective_start(since, horizon)
+    rows, params = _window_rows(cut, fields, start, dialect)
+    keys = ", ".join(fields)
     sums = ", ".join(f"COALESCE(SUM({name}), 0)" for name in ROLLUP_SUMS)
     sql = (
-        f"SELECT {keys}, {sums} FROM ({' UNION ALL '.join(selects)}) AS parts GROUP BY {keys} "
+        f"SELECT {keys}, {sums} FROM ({rows}) AS parts GROUP BY {keys} "
         f"ORDER BY SUM(cost_units) DESC, SUM(requests) DESC, {keys}"
     )
     if limit is not None:
         sql += f" LIMIT {int(limit)}"
     cursor = connection.cursor()
     cursor.execute(sql, params)
-    out = []
     width = len(fields)
-    for row in cursor.fetchall():
-        requests, input_tokens, output_tokens, cost_units, unpriced = (int(v or 0) for v in row[width:])
-        out.append(
-            {
-                **dict(zip(fields, row[:width], strict=True)),
-                "requests": requests,
-                "input_tokens": input_tokens,
-                "output_tokens": output_tokens,
-                "cost_usd": cost_units / cuts.COST_UNITS_PER_USD,
-                "unpriced": unpriced,
-            }
-        )
+    out = [{**dict(zip(fields, row[:width], strict=True)), **_sums(row[width:])} for row in cursor.fetchall()]
     return out, None if horizon is None else cuts.from_epoch(horizon)
+
+
+def totals(connection: Any, dialect: str, *, since: datetime | None) -> dict[str, Any]:
+    """`analytics.usage_totals(since=since)`'s requests, tokens, cost and unpriced count, from the `total` cut."""
+    start = None if since is None else cuts.effective_start(since, raw_horizon(connection))
+    rows, params = _window_rows(cuts.CUTS[0], (), start, dialect)
+    sums = ", ".join(f"COALESCE(SUM({name}), 0)" for name in ROLLUP_SUMS)
+    cursor = connection.cursor()
+    cursor.execute(f"SELECT {sums} FROM ({rows}) AS parts", params)
+    return _sums(cursor.fetchone())
+
+
+# --- record listings (`tokensense usage` without --by) -----------------------------------------------
+
+USAGE_COLUMNS: tuple[str, ...] = (
+    "id",
+    "created_at",
+    "request_id",
+    "attempt",
+    "key_id",
+    "key_name",
+    "provider",
+    "model",
+    "endpoint",
+    "status",
+    "error",
+    "stream",
+    "input_tokens",
+    "output_tokens",
+    "cached_input_tokens",
+    "cache_write_tokens",
+    "reasoning_tokens",
+    "images",
+    "characters",
+    "seconds",
+    "cost_usd",
+    "latency_ms",
+    "ttft_ms",
+    "workflow",
+    "step",
+    "execution_id",
+    "source",
+    "project",
+    "details",
+)
+"""`repo.USAGE_RECORD_FIELDS` but `unpriced` (tests/test_lite_reports.py checks they agree)."""
+
+
+def _iso_utc(value: Any) -> str:
+    """`repo.iso_utc` of a `created_at` as the driver returns it (SQLite: SQLAlchemy's text, PostgreSQL: a datetime)."""
+    moment = value if isinstance(value, datetime) else datetime.fromisoformat(value)
+    return cuts.as_utc(moment).isoformat()
+
+
+def records(connection: Any, dialect: str, *, since: datetime | None, limit: int | None = None) -> list[dict[str, Any]]:
+    """`repo.query_usage(since=since, limit=limit)` without `by`: one dict per record, newest first, the same
+    values and types (`created_at` ISO 8601 in UTC, `stream` a bool, `details` parsed, `unpriced`)."""
+    import json
+
+    sql = f"SELECT {', '.join(USAGE_COLUMNS)} FROM usage"
+    params: list[Any] = []
+    if since is not None:
+        sql += " WHERE created_at >= " + ("?" if dialect == "sqlite" else "%s")
+        params.append(_bound(since, dialect))
+    sql += " ORDER BY created_at DESC, id DESC"
+    if limit is not None:
+        sql += f" LIMIT {int(limit)}"
+    cursor = connection.cursor()
+    cursor.execute(sql, params)
+    out = []
+    for row in cursor.fetchall():
+        record = dict(zip(USAGE_COLUMNS, row, strict=True))
+        record["created_at"] = _iso_utc(record["created_at"])
+        record["stream"] = bool(record["stream"])
+        if isinstance(record["details"], str):
+            record["details"] = json.loads(record["details"])
+        for name in ("seconds", "cost_usd", "latency_ms", "ttft_ms"):
+            if record[name] is not None:
+                record[name] = float(record[name])
+        record["unpriced"] = record["cost_usd"] is None
+        out.append(record)
+    return out
