@@ -122,3 +122,70 @@ def test_a_resumable_upload_goes_on_at_another_instance_on_the_same_database(
         assert refused.status_code in (401, 404)
     finally:
         stop(second.process)
+
+
+def test_booked_lines_are_counted_by_the_metrics_and_fire_budget_alerts(
+    tmp_path: Path, fake_provider: FakeProvider
+) -> None:
+    """The follower's records go through the same observers as any call's: Prometheus counts each line
+    (endpoint `batch`) with its cost, and the `[alerts]` webhook fires for the workflow's budget they cross."""
+    import time
+
+    from observability_receivers import WebhookReceiver  # type: ignore[import-not-found]
+    from prometheus_client.parser import text_string_to_metric_families
+
+    from tests.conftest import free_port
+    from tests.test_e2e_batches import _jsonl, openai_client
+
+    webhook = WebhookReceiver()
+    metrics_port = free_port()
+
+    def prepare(gateway: Gateway) -> None:
+        gateway.home.mkdir(parents=True, exist_ok=True)
+        (gateway.home / "config.toml").write_text(  # $1 per token at the standard price: costs are easy to read
+            '[models."batch-model"]\nprovider = "openai"\ninput_per_mtok = 1000000\noutput_per_mtok = 1000000\n\n'
+            f'[alerts]\nwebhook_url = "{webhook.url}/hook"\nthresholds = [0.02, 1.0]\n\n'
+            '[[budgets]]\nworkflow = "wf-batch"\nusd = 100\n'
+        )
+
+    gateway = start_gateway(
+        tmp_path, fake_provider, extra_env=POLL, prepare=prepare, serve_args=["--metrics-port", str(metrics_port)]
+    )
+    try:
+        lines = [
+            {
+                "custom_id": f"line-{i}",
+                "method": "POST",
+                "url": "/v1/chat/completions",
+                "body": {"model": "batch-model", "max_tokens": 20, "messages": [{"role": "user", "content": "Hi"}]},
+            }
+            for i in range(2)
+        ]
+        client = openai_client(gateway, **{"x-workflow-tag": "wf-batch"})
+        uploaded = client.files.create(file=_jsonl(lines), purpose="batch")
+        job = client.batches.create(input_file_id=uploaded.id, endpoint="/v1/chat/completions", completion_window="24h")
+        booked = wait_booked(gateway, job.id)
+        assert booked["lines_booked"] == 2 and booked["booked_usd"] > 1
+        records = gateway.records(endpoint="batch")
+        deadline = time.monotonic() + 20
+        while True:
+            text = httpx.get(f"http://127.0.0.1:{metrics_port}/metrics", timeout=10).text
+            samples = [s for family in text_string_to_metric_families(text) for s in family.samples]
+            requests = sum(
+                s.value
+                for s in samples
+                if s.name == "tokensense_requests_total" and s.labels.get("endpoint") == "batch"
+            )
+            if requests == 2 or time.monotonic() > deadline:
+                break
+            time.sleep(0.2)
+        assert requests == 2
+        cost = sum(
+            s.value for s in samples if s.name == "tokensense_cost_usd_total" and s.labels.get("workflow") == "wf-batch"
+        )
+        assert cost == pytest.approx(sum(r["cost_usd"] for r in records), abs=1e-6)
+        alert = webhook.wait_bodies(1)[0]
+        assert alert["level"] == "workflow" and alert["key_name"] == "wf-batch" and alert["threshold"] == 0.02
+    finally:
+        stop(gateway.process)
+        webhook.close()
