@@ -239,8 +239,9 @@ class Batches:
                 raise _not_found("file", input_file)
             summary = dict(owner.lines or {})
             by_model = dict(summary.get("models") or {})
-            if "" in by_model and call.path_model:  # the file's lines name no model: the path does (Gemini)
-                by_model[call.path_model] = by_model.pop("")
+            job_model = call.path_model or api.job_model(body)
+            if "" in by_model and job_model:  # the lines name no model: the path (Gemini) or the job (Mistral) does
+                by_model[job_model] = by_model.pop("")
                 summary["models"] = by_model
             meta.input_file = input_file
         else:

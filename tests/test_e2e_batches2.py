@@ -189,3 +189,126 @@ def test_booked_lines_are_counted_by_the_metrics_and_fire_budget_alerts(
     finally:
         stop(gateway.process)
         webhook.close()
+
+
+MISTRAL_LINES = [
+    {"custom_id": "0", "body": {"max_tokens": 30, "messages": [{"role": "user", "content": "Say hi to Ada"}]}},
+    {"custom_id": "1", "body": {"max_tokens": 60, "messages": [{"role": "user", "content": "Count to three"}]}},
+]
+
+
+def test_mistral_batch_job_booked_at_half_price_with_the_create_calls_attribution(gw: Gateway) -> None:
+    """Mistral's wire format under `/mistral/v1/`: the input file (purpose batch), `/v1/batch/jobs` create, get,
+    list and cancel, the output file's download; each line booked once at the batch price, owned by the key."""
+    from tests.test_e2e_batches import ATTRIBUTION, new_key
+    from tokensense.core.usage import TokenUsage
+    from tokensense.metering.pricing import PriceBook
+
+    base = f"{gw.url}/mistral/v1"
+    auth = {"authorization": f"Bearer {gw.key}"}
+    data = b"".join(json.dumps(line).encode() + b"\n" for line in MISTRAL_LINES)
+    uploaded = httpx.post(
+        f"{base}/files", headers=auth, files={"file": ("input.jsonl", data)}, data={"purpose": "batch"}, timeout=30
+    )
+    assert uploaded.status_code == 200, uploaded.text
+    file_id = uploaded.json()["id"]
+    assert uploaded.json()["num_lines"] == 2 and uploaded.json()["purpose"] == "batch"
+    job = httpx.post(
+        f"{base}/batch/jobs",
+        headers={**auth, **ATTRIBUTION},
+        timeout=30,
+        json={
+            "input_files": [file_id],
+            "model": "mistral-small-latest",
+            "endpoint": "/v1/chat/completions",
+            "metadata": {"job": "nightly"},
+        },
+    )
+    assert job.status_code == 200, job.text
+    job_id = job.json()["id"]
+    assert job.json()["status"] in ("QUEUED", "RUNNING")
+    booked = wait_booked(gw, job_id)
+    assert booked["lines_booked"] == 2 and booked["reserved_usd"] > 0 and booked["provider"] == "mistral"
+    done = httpx.get(f"{base}/batch/jobs/{job_id}", headers=auth, timeout=30).json()
+    assert done["status"] == "SUCCESS" and done["output_file"]
+    results = [
+        json.loads(line)
+        for line in httpx.get(f"{base}/files/{done['output_file']}/content", headers=auth, timeout=30).text.splitlines()
+    ]
+    assert [r["custom_id"] for r in results] == ["0", "1"]
+    records = {json.loads(r["details"])["custom_id"]: r for r in gw.records(endpoint="batch")}
+    assert set(records) == {"0", "1"}
+    for result in results:
+        record = records[result["custom_id"]]
+        usage = result["response"]["body"]["usage"]
+        assert (record["input_tokens"], record["output_tokens"]) == (usage["prompt_tokens"], usage["completion_tokens"])
+        standard = PriceBook().cost(
+            "mistral",
+            record["model"],
+            TokenUsage(input_tokens=record["input_tokens"], output_tokens=record["output_tokens"]),
+        )
+        assert record["cost_usd"] == pytest.approx(standard * 0.5, abs=1e-9)  # type: ignore[operator]
+        assert record["workflow"] == "nightly-enrich" and record["provider"] == "mistral"
+    # Another key: 404 for the job, its files, a job from the file; lists show only its own.
+    other = {"authorization": f"Bearer {new_key(gw, 'other-mistral')}"}
+    assert httpx.get(f"{base}/batch/jobs/{job_id}", headers=other).status_code == 404
+    assert httpx.get(f"{base}/files/{done['output_file']}/content", headers=other).status_code == 404
+    assert (
+        httpx.post(
+            f"{base}/batch/jobs",
+            headers=other,
+            json={"input_files": [file_id], "model": "mistral-small-latest", "endpoint": "/v1/chat/completions"},
+        ).status_code
+        == 404
+    )
+    assert httpx.get(f"{base}/batch/jobs", headers=other).json()["data"] == []
+    listed = httpx.get(f"{base}/batch/jobs", headers=auth).json()
+    assert [j["id"] for j in listed["data"]] == [job_id] and listed["total"] == 1
+    # Cancel: a slow job, cancelled before it ran, books no line and releases what it held.
+    slow = httpx.post(
+        f"{base}/batch/jobs",
+        headers={**auth, "x-fake-batch-seconds": "60"},
+        timeout=30,
+        json={"input_files": [file_id], "model": "mistral-small-latest", "endpoint": "/v1/chat/completions"},
+    ).json()
+    cancelled = httpx.post(f"{base}/batch/jobs/{slow['id']}/cancel", headers=auth, timeout=30)
+    assert cancelled.status_code == 200 and cancelled.json()["status"] == "CANCELLATION_REQUESTED"
+    assert wait_booked(gw, slow["id"])["lines_booked"] == 0
+    assert len(gw.records(endpoint="batch")) == 2
+
+
+def test_mistral_sdk_batch_calls_through_the_gateway(gw: Gateway) -> None:
+    """The mistralai SDK as documented (files.upload purpose batch, batch.jobs.create/get/list/cancel,
+    files.download), its server URL the gateway's `/mistral` prefix; inline requests too."""
+    mistral_client = pytest.importorskip("mistralai.client")
+    client = mistral_client.Mistral(api_key=gw.key, server_url=f"{gw.url}/mistral")
+    data = b"".join(json.dumps(line).encode() + b"\n" for line in MISTRAL_LINES)
+    uploaded = client.files.upload(file={"file_name": "input.jsonl", "content": data}, purpose="batch")
+    assert uploaded.num_lines == 2 and uploaded.size_bytes == len(data)
+    job = client.batch.jobs.create(
+        input_files=[uploaded.id],
+        model="mistral-small-latest",
+        endpoint="/v1/chat/completions",
+        metadata={"job": "sdk"},
+    )
+    booked = wait_booked(gw, job.id)
+    assert booked["lines_booked"] == 2
+    done = client.batch.jobs.get(job_id=job.id)
+    assert done.status == "SUCCESS" and done.output_file and done.succeeded_requests == 2
+    lines = client.files.download(file_id=done.output_file).read().splitlines()
+    assert [json.loads(line)["custom_id"] for line in lines] == ["0", "1"]
+    assert [j.id for j in client.batch.jobs.list().data] == [job.id]
+    inline = client.batch.jobs.create(
+        requests=MISTRAL_LINES, model="mistral-small-latest", endpoint="/v1/chat/completions"
+    )
+    assert wait_booked(gw, inline.id)["lines_booked"] == 2
+    assert client.batch.jobs.get(job_id=inline.id).outputs
+    slow = client.batch.jobs.create(
+        input_files=[uploaded.id],
+        model="mistral-small-latest",
+        endpoint="/v1/chat/completions",
+        http_headers={"x-fake-batch-seconds": "60"},
+    )
+    assert client.batch.jobs.cancel(job_id=slow.id).status == "CANCELLATION_REQUESTED"
+    assert wait_booked(gw, slow.id)["lines_booked"] == 0
+    assert len(gw.records(endpoint="batch")) == 4
