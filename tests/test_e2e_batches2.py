@@ -275,6 +275,11 @@ def test_mistral_batch_job_booked_at_half_price_with_the_create_calls_attributio
     assert cancelled.status_code == 200 and cancelled.json()["status"] == "CANCELLATION_REQUESTED"
     assert wait_booked(gw, slow["id"])["lines_booked"] == 0
     assert len(gw.records(endpoint="batch")) == 2
+    # `tokensense usage --by batch`: each job's lines in one group (calls outside a batch: no batch id).
+    groups = {g["batch"]: g for g in json.loads(gw.cli("usage", "--by", "batch,workflow", "--json").stdout)}
+    assert groups[job_id]["requests"] == 2 and groups[job_id]["workflow"] == "nightly-enrich"
+    assert groups[job_id]["cost_usd"] == pytest.approx(sum(r["cost_usd"] for r in records.values()), abs=1e-9)
+    assert slow["id"] not in groups and None in groups
 
 
 def test_mistral_sdk_batch_calls_through_the_gateway(gw: Gateway) -> None:
