@@ -21,6 +21,7 @@ from tokensense.gateway.flowmeta import BODY_LIMIT, CALL, refuse_body, set_call
 from tokensense.gateway.guards import take_max_cost_header
 from tokensense.gateway.keys import KeyInfo
 from tokensense.gateway.model_lists import shape_for
+from tokensense.gateway.passthrough import streams_upload
 from tokensense.gateway.routing import route_request
 from tokensense.gateway.runtime import Runtime
 from tokensense.gateway.stages import admit as admit_stage
@@ -45,7 +46,7 @@ class Admit:
         strip_client_keys(req)
         path = req.path.partition("?")[0]
         try:
-            route = route_request(req.method, path)
+            route = route_request(req.method, path, req.headers)
         except GatewayError as e:
             await self._unknown_endpoint(flow, path, presented, e)
             return
@@ -119,9 +120,12 @@ async def admit(runtime: Runtime, flow: http.HTTPFlow, call: CallContext, presen
             return None
         if not call.attribution.get("project"):
             call.attribution["project"] = call.key.project
-    admitted = Admitted(call.key, body_limit(runtime, call.route_endpoint))
+    route = call.route
+    upload = route is not None and route.passthrough is not None and streams_upload(flow.request.method,
+                                                                                     flow.request.headers)
+    admitted = Admitted(call.key, body_limit(runtime, call.route_endpoint, upload=upload))
     refusal = oversize_refusal(flow.request.headers.get("content-length", ""), admitted.body_limit,
-                               call.route_endpoint)
+                               call.route_endpoint, upload=upload)
     if refusal is not None:
         answer_error(flow, call.fmt, refusal)
         refuse_body(flow)
@@ -141,8 +145,8 @@ async def admitted_key(runtime: Runtime, presented: str | None, *, missing: str 
     return await lookup_key(runtime, presented, where=where)
 
 
-def body_limit(runtime: Runtime, endpoint: Endpoint) -> int:
-    """Bytes a request body of `endpoint` may have: the options, else the settings."""
-    upload = getattr(ctx.options, "tokensense_max_upload_mb", None) if hasattr(ctx, "options") else None
+def body_limit(runtime: Runtime, endpoint: Endpoint, *, upload: bool = False) -> int:
+    """Bytes a request body of `endpoint` (an `upload`: streamed) may have: the options, else the settings."""
+    max_upload = getattr(ctx.options, "tokensense_max_upload_mb", None) if hasattr(ctx, "options") else None
     return admit_stage.body_limit(endpoint, max_body_mb=runtime.settings.max_body_mb,
-                                  max_upload_mb=upload or runtime.settings.max_upload_mb)
+                                  max_upload_mb=max_upload or runtime.settings.max_upload_mb, upload=upload)

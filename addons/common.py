@@ -108,8 +108,9 @@ def prepare_upstream(call: CallContext, adapter: ProviderAdapter, credential: Cr
 def strip_client_keys(req: http.Request) -> None:
     """Remove every header and query parameter that can carry a client's key (before anything can log it)."""
     headers = req.headers
-    if any(name.lower() in KEY_HEADER_NAMES for name, _ in headers.fields):
-        headers.fields = tuple(f for f in headers.fields if f[0].lower() not in KEY_HEADER_NAMES)
+    # `X_Api_Key` is `x-api-key` to servers that read `_` as `-`: every spelling goes.
+    if any(name.lower().replace(b"_", b"-") in KEY_HEADER_NAMES for name, _ in headers.fields):
+        headers.fields = tuple(f for f in headers.fields if f[0].lower().replace(b"_", b"-") not in KEY_HEADER_NAMES)
     if b"key=" in req.data.path:
         req.query.pop("key", None)
 

@@ -14,6 +14,7 @@ from mitmproxy.proxy.layers.tls import parse_client_hello
 
 from addons.admit import admit, take_cost_cap
 from addons.common import CALL, answer_error, asks_for_websocket, get_call, intercepting
+from addons.realtime import INTERCEPTED_SOCKET, intercepted_protocol
 from tokensense.core.errors import GatewayError
 from tokensense.gateway.flowmeta import refuse_body, set_call
 from tokensense.gateway.intercept import (
@@ -125,9 +126,14 @@ class Intercept:
         if adapter is None:
             flow.metadata[CALL] = None  # not a provider: leave it alone
             return
+        if asks_for_websocket(req) and intercepted_protocol(adapter, req.path.partition("?")[0]) is not None:
+            # A realtime session (OpenAI Realtime, Gemini Live): metered frame by frame by addons/realtime.py,
+            # which takes the TokenSense key header off too.
+            flow.metadata[INTERCEPTED_SOCKET] = adapter
+            return
         presented = req.headers.pop(KEY_HEADER, None)  # never forwarded to the provider
         if asks_for_websocket(req):
-            # A provider WebSocket (Codex's Responses socket, the Realtime API) would be relayed unmetered: refused.
+            # Another provider WebSocket (Codex's Responses socket) would be relayed unmetered: refused.
             # 426 makes Codex use HTTP for the session, which is metered here (see README "Intercept mode").
             flow.metadata[CALL] = None
             answer_error(flow, DEFAULT_ERRORS, GatewayError(

@@ -4,7 +4,10 @@ Parse: the body's model (JSON bodies), the provider (the path's only owner, the
 body model's, or the prefix's), how the call is paid for (`[passthrough]` of
 config.toml), and the upstream request from the validated path. The police stage
 then holds it like any call (access, endpoint rules, rate, budget); the forward
-stage sends it. Answers: a binary body is streamed as it arrives; a JSON answer
+stage sends it. An upload (a body that is not JSON: multipart, raw bytes) is parsed
+and policed on its headers and streamed to the provider as it arrives, bounded by
+TOKENSENSE_MAX_UPLOAD_MB. Client-only headers (Proxy-Authorization, Cookie) and every
+key header stay behind. Answers: a binary body is streamed as it arrives; a JSON answer
 with `usage` is priced from it, one without is recorded unpriced (cost NULL)
 unless the call is free. Also answers `GET /v1/tokensense/endpoints`.
 """
@@ -15,16 +18,35 @@ import json
 
 from mitmproxy import http
 
-from addons.common import answer_error, answer_json, get_call, prepare_upstream, require_credential, response_body
+from addons.common import (
+    answer_error,
+    answer_json,
+    apply_upstream,
+    get_call,
+    prepare_upstream,
+    require_credential,
+    response_body,
+)
 from tokensense.core.errors import GatewayError
 from tokensense.gateway.call import CallContext, Record
-from tokensense.gateway.passthrough import endpoint_listing, parse_passthrough
+from tokensense.gateway.flowmeta import BODY_LIMIT, RATE, refuse_body
+from tokensense.gateway.passthrough import (
+    CLIENT_ONLY_HEADERS,
+    UploadLimit,
+    endpoint_listing,
+    parse_passthrough,
+    streams_upload,
+)
+from tokensense.gateway.reliability import prepare_first_attempt
 from tokensense.gateway.routing import ENDPOINTS_LISTING
 from tokensense.gateway.runtime import Runtime
+from tokensense.gateway.stages.police import Refused, Target, police
 from tokensense.metering.usage_extract import usage_from_answer
 from tokensense.providers.base import Upstream
-from tokensense.providers.passthrough import family_endpoint
+from tokensense.providers.passthrough import OTHER, family_endpoint
 from tokensense.providers.routes import PassthroughPath
+
+UPLOAD = "tokensense.passthrough_upload"  # the UploadLimit of a streamed upload
 
 
 def _passthrough(call: CallContext | None) -> PassthroughPath | None:
@@ -36,9 +58,52 @@ class Passthrough:
     def __init__(self, runtime: Runtime) -> None:
         self.runtime = runtime
 
-    def request(self, flow: http.HTTPFlow) -> None:
+    async def requestheaders(self, flow: http.HTTPFlow) -> None:
+        """An upload (a body that is not JSON): parsed and policed on the headers, then streamed to the provider."""
         call = get_call(flow)
         if flow.response or flow.error or call is None or call.key is None or call.intercepted:
+            return
+        path = _passthrough(call)
+        if path is None or not streams_upload(flow.request.method, flow.request.headers):
+            return
+        runtime = self.runtime
+        try:
+            self._prepare(flow, call, path)
+            assert call.provider is not None
+            call.policed = await police(
+                call,
+                Target(call.provider, call.model or "", call.requested_model),
+                prices=runtime.prices,
+                counters=runtime.counters,
+                spent_since=runtime.spent_since,
+                guard=runtime.guard,
+                budgets=runtime.budgets,
+                typical=runtime.typical,
+            )
+        except GatewayError as e:
+            answer_error(flow, call.fmt, e)
+            refuse_body(flow)
+            return
+        except Refused as refused:
+            call.policed = refused.held  # a rate entry it took is settled with its record
+            if refused.held is not None and refused.held.rate is not None:
+                flow.metadata[RATE] = refused.held.rate
+            answer_error(flow, call.fmt, refused.error, headers=refused.headers)
+            refuse_body(flow)
+            return
+        if call.policed.rate is not None:
+            flow.metadata[RATE] = call.policed.rate
+        assert call.pending is not None
+        await prepare_first_attempt(runtime, flow, call)  # the pool's key, as the forward stage picks it
+        apply_upstream(flow, call.pending)
+        call.forwarded = True  # the forward stage leaves it: written here, after every gate passed
+        limit = UploadLimit(flow.metadata.get(BODY_LIMIT))
+        flow.request.stream = limit
+        flow.metadata[UPLOAD] = limit
+
+    def request(self, flow: http.HTTPFlow) -> None:
+        call = get_call(flow)
+        if flow.response or flow.error or call is None or call.key is None or call.intercepted or call.forwarded:
             return
         if call.route_endpoint is ENDPOINTS_LISTING:
             call.record_state = Record.NONE  # answered by TokenSense: not a provider call
@@ -54,18 +119,28 @@ class Passthrough:
 
     def _prepare(self, flow: http.HTTPFlow, call: CallContext, path: PassthroughPath) -> None:
         req = flow.request
+        raw = None if req.stream else req.raw_content  # a streamed upload: no body here, none needed
         parsed = parse_passthrough(
-            self.runtime.config.passthrough, req.method, path, req.headers.get("content-type", ""), req.raw_content
+            self.runtime.config.passthrough, req.method, path, req.headers.get("content-type", ""), raw
         )
         assert call.route is not None
         call.route = call.route._replace(passthrough=parsed.path)
-        call.route_endpoint = family_endpoint(path.family)  # the key is known: an unlisted family is named now
+        if call.route.endpoint is OTHER or call.route.endpoint == path.family:  # a route's own (realtime.calls) stays
+            call.route_endpoint = family_endpoint(path.family)  # the key is known: an unlisted family is named now
         call.free = parsed.path.kind == "free"
-        call.provider, call.model, call.requested_model = parsed.provider, parsed.model, parsed.requested
+        call.provider = parsed.provider
+        call.model = parsed.model or call.route.model  # a route's model when the body names none (not JSON)
+        call.requested_model = parsed.requested or call.model
         call.sent_body = parsed.body
         credential = require_credential(self.runtime, parsed.provider)
         # The client's own bytes and query go; the path is the validated one, the auth the provider's key.
-        prepare_upstream(call, parsed.provider, credential, Upstream(call.route_endpoint, parsed.path.path))
+        prepare_upstream(
+            call,
+            parsed.provider,
+            credential,
+            Upstream(call.route_endpoint, parsed.path.path),
+            drop_header_prefixes=CLIENT_ONLY_HEADERS,
+        )
 
     def responseheaders(self, flow: http.HTTPFlow) -> None:
         call = get_call(flow)
@@ -80,6 +155,20 @@ class Passthrough:
         call = get_call(flow)
         response = flow.response
         if call is None or call.recorded or response is None or call.provider is None or _passthrough(call) is None:
+            return
+        upload = flow.metadata.get(UPLOAD)
+        if isinstance(upload, UploadLimit) and upload.too_large:
+            limit = upload.limit or 0
+            answer_error(
+                flow,
+                call.fmt,
+                GatewayError(
+                    413,
+                    f"The upload is larger than {limit / (1024 * 1024):g} MB, the most TokenSense accepts here "
+                    "(TOKENSENSE_MAX_UPLOAD_MB).",
+                    code="request_too_large",
+                ),
+            )
             return
         if call.free or not 200 <= response.status_code < 300:
             return  # free calls cost 0; an error answer costs nothing

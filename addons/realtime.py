@@ -43,13 +43,16 @@ from tokensense.gateway.call import CallContext, Record
 from tokensense.gateway.flowmeta import CALL, WS_FRAME_LIMIT, refuse_body
 from tokensense.gateway.forward import PendingUpstream
 from tokensense.gateway.guards import take_max_cost_header
+from tokensense.gateway.intercept import KEY_HEADER
+from tokensense.gateway.keys import KeyInfo
 from tokensense.gateway.reliability import prepare_first_attempt
 from tokensense.gateway.runtime import Runtime
 from tokensense.gateway.stages.police import Refused
 from tokensense.gateway.stages.settle import settle
 from tokensense.metering.attribution import attribution
-from tokensense.providers import socket_protocol
+from tokensense.providers import ProviderAdapter, socket_protocol
 from tokensense.providers.base import Upstream
+from tokensense.providers.passthrough import prefixed_socket
 from tokensense.providers.sockets import CLOSE_GOING_AWAY, CLOSE_POLICY, CLOSE_TOO_BIG, SocketProtocol
 from tokensense.storage.models import new_id
 
@@ -57,7 +60,16 @@ log = logging.getLogger(__name__)
 
 _MB = 1024 * 1024
 MISSING_KEY = "No TokenSense key: send it as `Authorization: Bearer tsk_...` (or the key subprotocol, ?key=)."
+INTERCEPT_MISSING_KEY = (f"This TokenSense proxy requires a TokenSense key: send it in the `{KEY_HEADER}` header "
+                         "(your provider key stays in its usual header).")
+# Set by addons/intercept.py on a provider host's WebSocket handshake in intercept mode: the host's provider.
+INTERCEPTED_SOCKET = "tokensense.intercepted_socket"
 SHUTTING_DOWN = "TokenSense is shutting down; connect again."
+
+
+def intercepted_protocol(adapter: ProviderAdapter, path: str) -> SocketProtocol | None:
+    """The realtime protocol of `adapter` that claims `path` (a socket to the provider's own host)."""
+    return next((protocol for protocol in adapter.socket_protocols() if protocol.matches(path)), None)
 
 
 def _take_subprotocol_key(req: http.Request, protocol: SocketProtocol) -> str | None:
@@ -89,44 +101,70 @@ class RealtimeSockets:
     # --- the handshake -----------------------------------------------------------------------------
 
     async def requestheaders(self, flow: http.HTTPFlow) -> None:
-        if flow.response or flow.error or CALL in flow.metadata or intercepting(flow.client_conn.proxy_mode):
+        if flow.response or flow.error or CALL in flow.metadata:
             return
         req = flow.request
         if not asks_for_websocket(req):
             return
         path = req.path.partition("?")[0]
-        found = socket_protocol(path)
-        if found is None:
-            return
-        owner, protocol = found
-        presented = client_key(req.headers, req.query if b"key=" in req.data.path else {})
-        subprotocol_key = _take_subprotocol_key(req, protocol)
-        presented = presented or subprotocol_key
-        strip_client_keys(req)
+        intercepted = intercepting(flow.client_conn.proxy_mode)
+        prefix: ProviderAdapter | None = None
+        if intercepted:
+            # A provider host's socket in intercept mode (addons/intercept.py left it here): the client's own
+            # destination and provider key; the TokenSense key, if any, in its header.
+            adapter: ProviderAdapter | None = flow.metadata.get(INTERCEPTED_SOCKET)
+            protocol_found = intercepted_protocol(adapter, path) if adapter is not None else None
+            if adapter is None or protocol_found is None:
+                return
+            owner, protocol = adapter, protocol_found
+            presented = req.headers.pop(KEY_HEADER, None)
+        else:
+            found = socket_protocol(path)
+            if found is None and (prefixed := prefixed_socket(path)) is not None:  # `/openai/v1/realtime`: pinned
+                owner, protocol, path = prefixed
+                prefix = owner
+            elif found is None:
+                return
+            else:
+                owner, protocol = found
+            presented = client_key(req.headers, req.query if b"key=" in req.data.path else {})
+            subprotocol_key = _take_subprotocol_key(req, protocol)
+            presented = presented or subprotocol_key
+            strip_client_keys(req)
         flow.metadata[CALL] = None  # the other stages leave this flow alone: its books are kept here
         request_id = new_id()
         try:
             if self.runtime.inflight.draining:
                 raise GatewayError(503, SHUTTING_DOWN, code="shutting_down")
-            key = await admitted_key(self.runtime, presented, missing=MISSING_KEY)
+            key: KeyInfo | None = None
+            if not intercepted or presented is not None or ctx.options.tokensense_intercept_require_key:
+                key = await admitted_key(self.runtime, presented, missing=INTERCEPT_MISSING_KEY if intercepted
+                                         else MISSING_KEY, where=f" in `{KEY_HEADER}`" if intercepted else "")
             handshake = protocol.handshake(path, req.query)
             provider = sessions.serving_provider(owner, protocol, handshake.model)
+            if prefix is not None and provider is not prefix:
+                raise GatewayError(400, f"The model `{handshake.model}` is served by {provider.display_name}, not by "
+                                   f"the provider of the prefix /{prefix.name}/: call it without the prefix or under "
+                                   "its own.", code="provider_mismatch", param="model")
             who = attribution(req.headers)
-            if not who.get("project"):
+            if not who.get("project") and key is not None:
                 who["project"] = key.project
             if not who.get("execution_id"):
                 who["execution_id"] = f"session-{request_id}"  # a session is one execution: its responses grouped
             session = sessions.Session(key=key, provider=provider, protocol=protocol, model=handshake.model,
                                        attribution=who, request_id=request_id,
                                        max_cost_usd=take_max_cost_header(req.headers))
-            if session.model is not None:
-                await sessions.police_response(self.runtime, session, None, handshake=True)
-            credential = require_credential(self.runtime, provider)
+            await sessions.police_handshake(self.runtime, session)
+            credential = None if intercepted else require_credential(self.runtime, provider)
         except GatewayError as e:
             self._refuse_handshake(flow, protocol, e, request_id)
             return
         except Refused as refused:
             self._refuse_handshake(flow, protocol, refused.error, request_id, refused.headers)
+            return
+        if credential is None:  # intercepted: it goes where the client sent it, with the client's own key
+            flow.metadata[WS_FRAME_LIMIT] = int(self.runtime.settings.max_body_mb * _MB)
+            self._opening[flow.id] = session
             return
         pending = PendingUpstream(provider, credential.base_url, credential.api_key or "",
                                   Upstream(protocol.endpoint, handshake.upstream_path))
@@ -203,6 +241,7 @@ class RealtimeSockets:
         limit = self.runtime.settings.max_body_mb * _MB
         if len(message.content) > limit:
             message.drop()
+            session.closing = True
             close_websocket(flow, CLOSE_TOO_BIG, f"A frame of {len(message.content) / _MB:.1f} MB is over the "
                             f"limit of {limit / _MB:g} MB (TOKENSENSE_MAX_BODY_MB).")
             return
@@ -237,6 +276,7 @@ class RealtimeSockets:
                                                 code=refused.error.code, event_id=None)
             if data is not None and flow.websocket is not None and flow.websocket.timestamp_end is None:
                 ctx.master.commands.call("inject.websocket", flow, True, data, True)
+            session.closing = True
             close_websocket(flow, CLOSE_POLICY, refused.error.message)
 
     def _refuse_response(self, flow: http.HTTPFlow, session: sessions.Session, call: CallContext, refused: Refused,
@@ -253,6 +293,7 @@ class RealtimeSockets:
         """The protocol's error event to the client, or a close where the protocol has none."""
         data = session.protocol.error_frame(error.status, error.message, code=error.code, event_id=event_id)
         if data is None:
+            session.closing = True
             close_websocket(flow, CLOSE_POLICY, error.message)
         elif flow.websocket is not None and flow.websocket.timestamp_end is None:
             ctx.master.commands.call("inject.websocket", flow, True, data, True)

@@ -15,8 +15,9 @@ from tokensense.core.errors import GatewayError
 from tokensense.gateway.call import CallContext, Record
 from tokensense.gateway.catalog import list_models
 from tokensense.gateway.model_lists import find, listed, served_in, shape_for
+from tokensense.gateway.passthrough import endpoint_listing
 from tokensense.gateway.policy import model_allowed
-from tokensense.gateway.routing import ENDPOINTS_LISTING, MEDIA_ENDPOINTS
+from tokensense.gateway.routing import ENDPOINTS_LISTING, MEDIA_ENDPOINTS, model_route
 from tokensense.gateway.runtime import Runtime
 from tokensense.gateway.stages.parse import (
     check_output_caps,
@@ -28,6 +29,10 @@ from tokensense.gateway.stages.parse import (
 )
 from tokensense.metering.pricing import PriceBook
 from tokensense.providers import PROVIDERS, provider_for_model
+
+# The extra top-level field of `GET /v1/models` (OpenAI's list shape) that mirrors `GET /v1/tokensense/endpoints`;
+# SDKs read `data` and keep or ignore other fields.
+ENDPOINTS_FIELD = "tokensense_endpoints"
 
 
 class Router:
@@ -69,7 +74,10 @@ class Router:
         shape = shape_for(req.path.partition("?")[0], req.headers)
         models = served_in(shape, listed(catalog))
         if call.route_endpoint is Endpoint.MODELS:
-            answer_json(flow, 200, shape.listing(models, req.query))
+            listing = shape.listing(models, req.query)
+            if shape.fallback:  # the catalog's own list: what is served, priced, free or passed through, too
+                listing[ENDPOINTS_FIELD] = endpoint_listing(self.runtime.config.passthrough)
+            answer_json(flow, 200, listing)
             return
         model = find(models, call.resource or "")
         if model is None:
@@ -90,8 +98,13 @@ class Router:
         return by_provider
 
     def _route(self, flow: http.HTTPFlow, call: CallContext) -> None:
+        body = read_json(flow.request.raw_content)
+        if call.route is not None and call.route.prefix is not None and (rerouted := model_route(
+                call.method, call.route, flow.request.path.partition("?")[0], body.get("model"))) is not None:
+            call.route, call.path_provider, call.path_model, call.path_params = \
+                rerouted, rerouted.provider, rerouted.model, rerouted.params  # another provider's own path
         route = reading_of(call)
-        request = read_request(route, read_json(flow.request.raw_content), check_caps=False)
+        request = read_request(route, body, check_caps=False)
         call.stream = request.stream
         call.requested_model = request.requested  # kept by a refused call's record (a bad output cap's 400 too)
         check_output_caps(route, request.body)

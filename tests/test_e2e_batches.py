@@ -18,7 +18,7 @@ import pytest
 from google import genai
 from google.genai import errors as genai_errors
 
-from tests.conftest import FakeProvider, Gateway, start_fake_provider, start_gateway, stop
+from tests.conftest import STORED_ANTHROPIC_KEY, FakeProvider, Gateway, start_fake_provider, start_gateway, stop
 from tokensense.core.usage import TokenUsage
 from tokensense.metering.pricing import PriceBook
 
@@ -560,11 +560,12 @@ def test_a_gemini_upload_over_the_limit_is_413_before_the_provider(gw: Gateway, 
 def test_another_sdks_files_call_on_a_shared_path_is_not_sent_to_openai(
     gw: Gateway, fake_provider: FakeProvider
 ) -> None:
-    """`POST /v1/files` from the anthropic SDK (its Files API) is a 404: the file never reaches OpenAI."""
+    """`POST /v1/files` from the anthropic SDK (its Files API) goes to Anthropic (its SDK's `anthropic-version`
+    names it): the file never reaches OpenAI."""
     client = anthropic_client(gw)
-    with pytest.raises(anthropic.NotFoundError):
-        client.beta.files.upload(file=("notes.txt", b"private notes", "text/plain"))
-    assert not [r for r in sdk_requests(fake_provider) if r["path"].endswith("/v1/files")]
+    client.beta.files.upload(file=("notes.txt", b"private notes", "text/plain"))
+    [upload] = [r for r in sdk_requests(fake_provider) if r["path"].endswith("/v1/files")]
+    assert upload["path"] == "/anthropic/v1/files" and upload["headers"]["x-api-key"] == STORED_ANTHROPIC_KEY
 
 
 def _rss_mb(pid: int) -> float:

@@ -12,7 +12,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.conftest import FakeProvider, Gateway, start_gateway, stop
+from tests.conftest import FakeProvider, Gateway, start_fake_provider, start_gateway, stop
 from tests.test_e2e_batches import POLL, gemini_client, spawn, wait_booked
 
 GEMINI_LINE = {
@@ -77,6 +77,20 @@ def file_lines(db: Path, file_id: str) -> dict:
         return json.loads(lines)
     finally:
         conn.close()
+
+
+@pytest.fixture(scope="module")
+def own_fake() -> Iterator[FakeProvider]:
+    """A fake provider of this module's own: the jobs and files made here stay out of other files' lists."""
+    fake = start_fake_provider()
+    yield fake
+    stop(fake.process)
+
+
+@pytest.fixture
+def fake_provider(own_fake: FakeProvider) -> FakeProvider:
+    own_fake.clear()
+    return own_fake
 
 
 @pytest.fixture

@@ -265,7 +265,7 @@ def test_budgeted_key_is_refused_an_unpriced_path_but_not_a_free_one(gw: Gateway
         f"{gw.url}/v1/fine_tuning/jobs",
         json={"training_file": "file-abc"},
         timeout=30,
-        headers={"authorization": f"Bearer {key}"},
+        headers={"authorization": f"Bearer {key}", "user-agent": "OpenAI/Python 1.99.0"},  # Mistral has it too
     )
     assert r.status_code == 403 and r.json()["error"]["code"] == "path_unpriced"
     assert "/v1/fine_tuning/jobs" in r.json()["error"]["message"]

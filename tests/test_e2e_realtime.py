@@ -143,13 +143,12 @@ def test_a_webrtc_calls_sideband_is_metered(gw: Gateway, exec_id: str) -> None:
     (seen,) = _fake_saw(gw.fake, "realtime", exec_id)
     assert seen["query"] == {"call_id": "rtc_test_call_1"}
 
+    # A spent budget needs no model: refused at the handshake (tests/test_e2e_realtime_refusals.py).
     spent = {"authorization": f"Bearer {gw.extra['spent']}", "x-execution-id": exec_id + "-spent"}
-    with websockets.sync.client.connect(url, additional_headers=spent, open_timeout=10) as socket:
-        error = json.loads(socket.recv(timeout=10))
-        assert error["type"] == "error" and error["error"]["code"] == "budget_exceeded"
-        with pytest.raises(websockets.exceptions.ConnectionClosed) as closed:
-            socket.recv(timeout=10)
-        assert closed.value.rcvd is not None and closed.value.rcvd.code == 1008
+    with pytest.raises(websockets.exceptions.InvalidStatus) as refused:
+        websockets.sync.client.connect(url, additional_headers=spent, open_timeout=10)
+    assert refused.value.response.status_code == 402
+    assert json.loads(refused.value.response.body)["error"]["code"] == "budget_exceeded"
 
 
 def test_a_spent_key_is_refused_at_the_handshake_with_nothing_opened_upstream(gw: Gateway, exec_id: str) -> None:
@@ -221,7 +220,11 @@ def test_client_killed_mid_response_still_leaves_a_record(gw: Gateway, exec_id: 
     socket.socket.close()  # no close frame: the client is gone
     (row,) = gw.wait_records(1, execution_id=exec_id)
     assert row["status"] == 499 and row["model"] == "gpt-realtime"
-    assert row["cost_usd"] is None  # tokens were generated that nobody counted: unpriced, not $0
+    # The provider never said what it used: the response's reservation (4,096 audio tokens at $64 per million,
+    # its largest cost) is its cost, never $0 (cutting responses would dodge a budget) nor NULL.
+    assert row["cost_usd"] == pytest.approx(4_096 * AUDIO_OUT / 1e6, abs=1e-6)
+    details = json.loads(row["details"])
+    assert details["cut"] == "client_closed" and details["charged"] == "reservation"
     assert "closed before the response ended" in row["error"]
 
 
@@ -297,16 +300,15 @@ async def test_gemini_live_turns_are_records_priced_per_modality(gw: Gateway, ex
     assert len(seen) == 2 and seen[0]["headers"]["x-goog-api-key"] == "gm-test-gemini"
 
 
-async def test_gemini_live_a_spent_key_is_closed_at_setup(gw: Gateway, exec_id: str) -> None:
-    """The Live API has no error message: like Google's own refusals, the socket closes with 1008 and the reason
-    (google-genai raises it as an APIError). The handshake names no model, so the setup message is policed."""
-    from google.genai import errors
-
+async def test_gemini_live_a_spent_key_is_refused_at_the_handshake(gw: Gateway, exec_id: str) -> None:
+    """The handshake names no model, but a spent budget needs none: 402 with Google's error body, nothing opened
+    upstream (tests/test_e2e_realtime_refusals.py covers the other refusals, and those at `setup`)."""
+    gw.fake.clear()
     client = _live_client(gw, exec_id, key=gw.extra["spent"])
-    with pytest.raises(errors.APIError) as closed:
+    with pytest.raises(websockets.exceptions.InvalidStatus) as refused:
         async with client.aio.live.connect(model=LIVE_MODEL, config={"response_modalities": ["TEXT"]}) as session:
             await session.send_client_content(turns={"role": "user", "parts": [{"text": "Hi"}]})
             await _live_turn(session)
-    assert closed.value.code == 1008 and "budget" in str(closed.value)
-    assert not [r for r in gw.fake.requests() if r.get("transport") == "live"
-                and r["headers"].get("x-execution-id") == exec_id]
+    assert refused.value.response.status_code == 402
+    assert "budget" in json.loads(refused.value.response.body)["error"]["message"]
+    assert not [r for r in gw.fake.requests() if r.get("transport") in ("live", "live.handshake")]

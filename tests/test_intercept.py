@@ -15,6 +15,7 @@ from mitmproxy.test import taddons, tflow
 
 from addons.common import CALL
 from addons.intercept import Intercept
+from addons.realtime import INTERCEPTED_SOCKET
 from addons.recording import Recording
 from tokensense.core.usage import TokenUsage
 from tokensense.flows.recording import (
@@ -231,13 +232,19 @@ async def test_intercept_meters_provider_hosts_and_leaves_others_alone() -> None
 
 
 async def test_provider_websockets_are_refused_not_relayed_unmetered() -> None:
-    """Codex's Responses socket (or the Realtime API) through the intercepting proxy: 426, so Codex uses HTTP,
-    which is metered; a WebSocket to any other host is left alone."""
+    """Codex's Responses socket through the intercepting proxy: 426, so Codex uses HTTP, which is metered; a
+    realtime session (the Realtime API) is left to addons/realtime.py, which meters it (tests/test_e2e_realtime_
+    intercept.py); a WebSocket to any other host is left alone."""
     addon = Intercept(Runtime())
     upgrade = {"upgrade": "websocket", "connection": "Upgrade", "sec-websocket-version": "13",
                "sec-websocket-key": "dGhlIHNhbXBsZSBub25jZQ==", KEY_HEADER: "tsk_x"}
     with taddons.context(addon):
-        for path in ("/v1/responses", "/v1/realtime?model=gpt-realtime"):
+        realtime = _provider_flow(path="/v1/realtime?model=gpt-realtime", **upgrade)
+        realtime.request.method, realtime.request.content = "GET", b""
+        await addon.request(realtime)
+        assert realtime.response is None and CALL not in realtime.metadata
+        assert realtime.metadata[INTERCEPTED_SOCKET].name == "openai"
+        for path in ("/v1/responses",):
             flow = _provider_flow(path=path, **upgrade)
             flow.request.method, flow.request.content = "GET", b""
             await addon.request(flow)

@@ -324,6 +324,9 @@ def test_a_resumable_upload_goes_on_at_the_other_worker(workers_gateway: Gateway
     summary = file_lines(gw.db_path, uploaded["name"].removeprefix("files/"))
     assert summary["lines"] == 5 and not summary["unreadable"]
     assert summary["models"][""]["lines"] == 5
+    # The fake provider is the session's: the file goes, so other files' lists do not see it.
+    gone = httpx.delete(f"{gw.url}/v1beta/{uploaded['name']}", headers={"x-goog-api-key": gw.key}, timeout=30)
+    assert gone.status_code == 200, gone.text
 
 
 def test_sigterm_stops_every_worker(workers_gateway: Gateway, fake_provider: FakeProvider) -> None:

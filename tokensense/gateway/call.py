@@ -87,6 +87,7 @@ class CallContext:
     watchdog: asyncio.TimerHandle | None = None
     # Retries and fallbacks (tokensense/gateway/reliability.py):
     transport: str | None = None  # "websocket": a response of the Responses WebSocket (addons/responses_ws.py)
+    details: dict[str, Any] | None = None  # added to its record's details (why a cut realtime response cost what)
     attempt: int = 1  # the upstream attempt this call's own record is (retries and fallbacks record the others)
     provider_key: str | None = None  # the name of the provider key (of the provider's pool) the attempt used
     fallbacks: tuple[str, ...] | None = None  # the x-tokensense-fallbacks header's models (None: no header)

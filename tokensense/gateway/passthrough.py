@@ -10,6 +10,7 @@ their cost could not be counted against it.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from fnmatch import fnmatchcase
 from typing import Any, Literal, NamedTuple
 
@@ -101,9 +102,43 @@ def parse_passthrough(
             named_provider = get_provider(model.split("/", 1)[0])
     provider = owner_of(path, model, named_provider)
     priced = provider.catalog_model(model.removeprefix(f"{provider.name}/")) if model is not None else None
-    return PassthroughCall(
-        provider, priced, model, body, path._replace(kind=passthrough_kind(config, method, path.family))
-    )
+    # A route that passes its path through declares it free itself (a WebRTC call's SDP exchange); else config says.
+    kind = "free" if path.kind == "free" else passthrough_kind(config, method, path.family)
+    return PassthroughCall(provider, priced, model, body, path._replace(kind=kind))
+
+
+# Client headers never passed through: credentials for the gateway itself (a proxy's, the client's cookies).
+CLIENT_ONLY_HEADERS = ("proxy-authorization", "cookie")
+_BODYLESS = frozenset({"GET", "HEAD", "OPTIONS"})
+
+
+def streams_upload(method: str, headers: Mapping[str, str]) -> bool:
+    """Whether a passthrough call's body is streamed to the provider as it arrives: a body that is not JSON (a
+    multipart upload, raw bytes) has no model to read, so it is never buffered, and TOKENSENSE_MAX_UPLOAD_MB
+    (not the JSON body limit) bounds it."""
+    if method in _BODYLESS or "json" in (headers.get("content-type") or "").lower():
+        return False
+    length = headers.get("content-length") or ""
+    return (length.isdigit() and int(length) > 0) or "chunked" in (headers.get("transfer-encoding") or "").lower()
+
+
+class UploadLimit:
+    """`flow.request.stream` of a streamed passthrough upload: chunks pass on untouched up to `limit` bytes; past it
+    nothing more is sent and `too_large` is set (the call is answered 413)."""
+
+    def __init__(self, limit: int | None) -> None:
+        self.limit = limit
+        self.size = 0
+        self.too_large = False
+
+    def __call__(self, chunk: bytes) -> bytes:
+        if self.too_large:
+            return b""
+        self.size += len(chunk)
+        if self.limit is not None and self.size > self.limit:
+            self.too_large = True
+            return b""
+        return chunk
 
 
 def endpoint_listing(config: PassthroughConfig, *, prefix_url: str = "") -> dict[str, Any]:
@@ -158,6 +193,7 @@ def _served(path: str) -> bool:
 
 
 __all__ = [
+    "CLIENT_ONLY_HEADERS",
     "FREE_METHODS",
     "Kind",
     "PassthroughCall",
@@ -166,5 +202,7 @@ __all__ = [
     "endpoint_refusal",
     "parse_passthrough",
     "passthrough_kind",
+    "streams_upload",
+    "UploadLimit",
     "unpriced_path_refusal",
 ]

@@ -35,6 +35,9 @@ def build_record(call: CallContext, *, status: int, prices: PriceBook) -> UsageC
         cost = 0.0
     elif call.usage_unknown:  # tokens were used but could not be counted: unpriced, never a silent $0
         cost = None
+    details = {**(usage.details() or {}), "transport": call.transport} if call.transport else usage.details()
+    if call.details:
+        details = {**(details or {}), **call.details}
     end = time.perf_counter()
     first = call.first_token if call.stream else call.first_byte
     return UsageCreate(
@@ -58,7 +61,7 @@ def build_record(call: CallContext, *, status: int, prices: PriceBook) -> UsageC
         characters=usage.characters,
         seconds=usage.seconds,
         cost_usd=cost,
-        details={**(usage.details() or {}), "transport": call.transport} if call.transport else usage.details(),
+        details=details,
         latency_ms=round((end - call.started) * 1000, 3),
         ttft_ms=round((first - call.started) * 1000, 3) if first else None,
         # Every path that sets attribution goes through `attribution()`, but a record

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 from tokensense.core.endpoints import Endpoint
@@ -18,8 +19,10 @@ from tokensense.providers import (
     route_table,
 )
 from tokensense.providers.passthrough import passthrough_route, pin, provider_prefix
+from tokensense.providers.sdks import asking_sdk, providers_having, unclaimed_refusal
 
-__all__ = ["ENDPOINTS_LISTING", "MEDIA_ENDPOINTS", "Endpoint", "Route", "classify", "join_url", "resolve_model", "route_request"]
+__all__ = ["ENDPOINTS_LISTING", "MEDIA_ENDPOINTS", "Endpoint", "Route", "classify", "join_url", "model_route",
+           "resolve_model", "route_request"]
 
 # `GET /v1/tokensense/endpoints`: what the gateway serves, prices, passes through (addons/passthrough.py answers).
 ENDPOINTS_LISTING = Endpoint("tokensense.endpoints")
@@ -48,12 +51,14 @@ def classify(method: str, path: str) -> Route:
     raise GatewayError(404, f"TokenSense has no endpoint {method[:16]} {path[:200]}.", code="unknown_endpoint")
 
 
-def route_request(method: str, path: str) -> Route:
+def route_request(method: str, path: str, headers: Mapping[str, str] | None = None) -> Route:
     """The route of a client's `method path`: under a provider prefix (`/mistral/v1/...`) the route table pinned
     to that provider, else the path as it is (`/openai/deployments/...` is Azure's), else the provider's
-    passthrough; without a prefix the route table, else the passthrough of a path the providers list.
+    passthrough; without a prefix the route table, else the passthrough of a path the providers list. A path
+    several providers have goes to the provider whose SDK sent the request (`headers`, providers/sdks.py).
 
-    A path nothing serves is a 404 GatewayError; a passthrough path that is not safe to forward is a 400.
+    A path nothing serves is a 404 GatewayError; a passthrough path that is not safe to forward is a 400, and so
+    is a shared path when the asking SDK cannot be told and nothing else can decide.
     """
     prefixed = provider_prefix(path)
     if prefixed is not None:
@@ -73,9 +78,48 @@ def route_request(method: str, path: str) -> Route:
         route = _served(method, path) or passthrough_route(rest, provider)
     else:
         route = _served(method, path) or passthrough_route(path)
+        if route is not None and headers is not None and (route.provider or route.passthrough) is not None:
+            return _shared(method, path, route, headers)
     if route is None:
         raise GatewayError(404, f"TokenSense has no endpoint {method[:16]} {path[:200]}.", code="unknown_endpoint")
     return route
+
+
+def _shared(method: str, path: str, route: Route, headers: Mapping[str, str]) -> Route:
+    """`route` of an unprefixed path that names its provider or is passed through, when several providers have it:
+    the asking SDK's provider's route (as under its prefix), else `route` where a resource id (its owner) or the
+    body's model decides later, else a 400 naming the prefixes."""
+    having = providers_having(method, path)
+    if len(having) < 2:
+        return route
+    asking = asking_sdk(headers)
+    if asking is not None and asking in having:
+        return route if asking.name == route.provider else route_request(method, f"/{asking.name}{path}")
+    if route.passthrough is None and route.resource is None:
+        raise unclaimed_refusal(method, path, having)
+    return route
+
+
+def model_route(method: str, route: Route, path: str, model: object) -> Route | None:
+    """A prefixed call whose prefixed path is also another provider's own path, and whose body's `model` names that
+    provider (`azure/NAME`, a declared deployment: Azure's v1 API is `/openai/v1/chat/completions`): that provider's
+    route. None: the call stays as the prefix routed it. `path` is the path after the prefix."""
+    if route.prefix is None or not isinstance(model, str) or not model:
+        return None
+    full = f"/{route.prefix}{path}"
+    for entry, owner in route_table():
+        if owner == route.prefix or not entry.names_provider:
+            continue
+        try:
+            found = entry.match(method, full, owner=owner)
+        except GatewayError:
+            continue
+        provider = get_provider(owner)
+        if found is not None and provider is not None and provider.claims_model(model):
+            # `azure/NAME` names its provider itself: read as without a prefix (the body is rewritten to `NAME`);
+            # a bare deployment name is the path's provider's.
+            return found._replace(provider=None) if get_provider(model.partition("/")[0]) is provider else found
+    return None
 
 
 def _served(method: str, path: str) -> Route | None:

@@ -15,7 +15,9 @@ session's books, asking the provider's `SocketProtocol` what each frame means:
 - each response's end: its usage becomes one record through the settle stage,
   which settles the reservation;
 - the session's end: a response still in progress is recorded with what the
-  provider reported (no usage: it never said), and its reservation is released.
+  provider reported of it; when it reported nothing, the response's reservation
+  (its largest cost) is its cost, held as spent (`details.cut`, `details.charged`
+  say why): cutting a response never makes it free.
 
 No provider is named here: paths, events and usage are the protocol's.
 """
@@ -30,10 +32,17 @@ from dataclasses import dataclass, field
 from tokensense.core.usage import TokenUsage
 from tokensense.gateway.call import CallContext, Record
 from tokensense.gateway.keys import KeyInfo
-from tokensense.gateway.policy import budget_window
+from tokensense.gateway.policy import budget_window, estimate_cost
 from tokensense.gateway.reservation import model_max_output
 from tokensense.gateway.runtime import Runtime
-from tokensense.gateway.stages.police import BudgetHold, Policed, Target, police, settle_counters
+from tokensense.gateway.stages.police import (
+    BudgetHold,
+    Policed,
+    Target,
+    police,
+    police_unnamed,
+    settle_counters,
+)
 from tokensense.gateway.stages.settle import settle
 from tokensense.providers import ProviderAdapter, provider_for_model
 from tokensense.providers.sockets import ClientFrame, ServerFrame, SocketProtocol
@@ -42,6 +51,7 @@ log = logging.getLogger(__name__)
 
 TRANSPORT = "websocket"
 CUT_MESSAGE = "The session closed before the response ended; the provider reported no usage for it."
+CUT_PARTIAL = "The session closed before the response ended; recorded with the usage the provider reported so far."
 
 
 @dataclass(slots=True)
@@ -52,13 +62,15 @@ class Response:
     event_id: str | None = None  # the client frame that asked for it (a server error may name it)
     started: bool = False
     usage: TokenUsage | None = None  # the usage reported so far
+    reserved_usd: float | None = None  # its largest cost, as policed (charged if it is cut before any usage)
+    max_output_tokens: int | None = None  # the output cap its frame set
 
 
 @dataclass(slots=True)
 class Session:
     """One relayed realtime socket."""
 
-    key: KeyInfo
+    key: KeyInfo | None  # None: an intercepted session without a TokenSense key (metered, not policed)
     provider: ProviderAdapter
     protocol: SocketProtocol
     model: str | None
@@ -69,7 +81,8 @@ class Session:
     last_input: TokenUsage | None = None  # the input of the last response that ended
     responses: deque[Response] = field(default_factory=deque)  # asked for (or started), oldest first
     last_activity: float = field(default_factory=time.monotonic)
-    closing: bool = False
+    closing: bool = False  # the gateway is closing it (idle, shutdown, a refusal, a frame too big)
+    admitted: bool = False  # its handshake was policed without a model (counted as the session's request)
 
 
 def serving_provider(provider: ProviderAdapter, protocol: SocketProtocol, model: str | None) -> ProviderAdapter:
@@ -110,22 +123,44 @@ def reservation(runtime: Runtime, session: Session, cap: int | None) -> TokenUsa
     return base
 
 
+async def police_handshake(runtime: Runtime, session: Session) -> None:
+    """Police the handshake of `session`, before anything is opened upstream: with its model, whether a response
+    would pass now; without one (the protocol names it in a later frame), what needs no model: the key's access to
+    the provider, the rate, and every budget that applies not spent nor held whole. Raises `Refused`."""
+    if session.key is None:
+        return  # intercept mode without a TokenSense key: metered, with no key's policies to apply
+    if session.model is not None:
+        await police_response(runtime, session, None, handshake=True)
+        return
+    call = new_call(session)
+    call.request_id = session.request_id
+    policed = await police_unnamed(call, session.provider, counters=runtime.counters,
+                                   spent_since=runtime.spent_since, budgets=runtime.budgets)
+    session.admitted = True
+    call.record_state = Record.NONE
+    settle_counters(runtime.counters, call, policed, tokens=0, cost=0.0)
+
+
 async def police_response(runtime: Runtime, session: Session, frame: ClientFrame | None, *,
                           call: CallContext | None = None, handshake: bool = False) -> CallContext:
     """Police one response of `session` (or, `handshake`, whether one would pass now): access, rate, budget.
 
     Returns the response's call (`call`, else a new one), holding its reservation (`call.policed`); raises
-    `Refused`. At the handshake its rate entry is settled at once (no tokens).
+    `Refused`. At the handshake its rate entry is settled at once (no tokens); a session whose handshake was
+    admitted without a model (`police_handshake`) does not count its first frame as a second request.
     """
     call = call or new_call(session)
     assert session.model is not None
+    if session.key is None:
+        return call  # intercept mode without a TokenSense key: nothing to police
     cap = frame.max_output_tokens if frame is not None else None
     # The handshake reserves nothing (the socket costs nothing): a spent budget, or one held whole by calls
     # in flight, refuses it; whether a response fits is asked of each response.
     target = Target(session.provider, session.model, session.model, None,
                     reservation=TokenUsage() if handshake else reservation(runtime, session, cap))
     call.policed = await police(call, target, prices=runtime.prices, counters=runtime.counters,
-                                spent_since=runtime.spent_since, budgets=runtime.budgets)
+                                spent_since=runtime.spent_since, budgets=runtime.budgets,
+                                count_request=not (handshake and session.admitted))
     if handshake:
         call.record_state = Record.NONE
         settle_counters(runtime.counters, call, call.policed, tokens=0, cost=0.0)
@@ -137,7 +172,7 @@ def unpoliced_call(session: Session) -> CallContext:
     but its cost is booked in the key's budget when it settles."""
     call = new_call(session)
     key = session.key
-    if key.budget_usd is not None and session.model is not None:
+    if key is not None and key.budget_usd is not None and session.model is not None:
         window, _, _ = budget_window(key.budget_period)
         # (Budgets on attribution learn its cost when their counters are next seeded from the records.)
         call.policed = Policed(Target(session.provider, session.model),
@@ -155,7 +190,10 @@ def on_client_frame(session: Session, frame: ClientFrame) -> None:
 
 def asked(session: Session, call: CallContext, frame: ClientFrame) -> None:
     """A policed response was asked for (its frame is forwarded)."""
-    session.responses.append(Response(call, event_id=frame.event_id))
+    hold = call.policed.budget if call.policed is not None else None
+    reserved = round(hold.amount, 10) if hold is not None else None  # else priced when it is cut
+    session.responses.append(Response(call, event_id=frame.event_id, reserved_usd=reserved,
+                                      max_output_tokens=frame.max_output_tokens))
 
 
 def on_server_frame(runtime: Runtime, session: Session, frame: ServerFrame) -> bool:
@@ -204,27 +242,46 @@ def _current(session: Session) -> Response:
 
 
 def end(runtime: Runtime, session: Session, *, by_client: bool) -> int:
-    """The session ended: each response not finished is recorded with what was reported; how many were."""
+    """The session ended: each response not finished is recorded with what was reported; how many were.
+
+    A response forwarded to the provider is billable from then on: one the provider reported no usage for costs
+    its reservation (its largest cost, as policed; a response the provider started by itself: as it would have
+    been), held as spent in its budgets, so that cutting a response never makes it free."""
     count = 0
     while session.responses:
         response = session.responses.popleft()
-        if response.usage is None and not response.started:
-            # Asked for, never begun: the provider billed nothing; the reservation is given back.
-            response.call.usage = None
         count += 1
-        _record(runtime, session, response, 499 if by_client else 502, error=CUT_MESSAGE, cut=True)
+        cut = "client_closed" if by_client else "gateway_closed" if session.closing else "provider_closed"
+        _record(runtime, session, response, 499 if by_client else 502, cut=cut)
     return count
 
 
+def _charged_for_cut(runtime: Runtime, session: Session, response: Response) -> float:
+    """What a response cut before any usage costs: its reservation."""
+    if response.reserved_usd is not None:
+        return response.reserved_usd
+    if session.model is None:
+        return 0.0
+    usage = reservation(runtime, session, response.max_output_tokens)
+    return round(estimate_cost(runtime.prices, session.provider, session.model, usage), 10)
+
+
 def _record(runtime: Runtime, session: Session, response: Response, status: int, *, error: str | None = None,
-            cut: bool = False) -> None:
+            cut: str | None = None) -> None:
     call = response.call
     call.model = call.model or session.model
     call.usage = response.usage
-    if cut and response.usage is None and response.started:
-        # It generated tokens nobody counted: recorded unpriced (cost NULL), never as a silent $0.
-        call.usage_unknown = True
     call.error = error
+    if cut is not None:
+        if response.usage is not None:
+            call.error = CUT_PARTIAL
+            call.details = {"cut": cut, "charged": "usage_so_far"}
+        else:
+            # The provider never said what it used: the response's largest cost is charged (no tokens counted).
+            charged = _charged_for_cut(runtime, session, response)
+            call.media_cost = charged
+            call.error = CUT_MESSAGE + f" Charged its reservation (${charged:.6f}, its largest cost)."
+            call.details = {"cut": cut, "charged": "reservation", "charged_usd": charged}
     if response.usage is not None:
         session.last_input = response.usage.model_copy(update={"output_tokens": 0, "reasoning_tokens": 0})
     settle(runtime, call, status)

@@ -100,6 +100,8 @@ class AzureOpenAIAdapter(OpenAIAdapter):
     client_routes: ClassVar[tuple[ClientRoute, ...]] = AZURE_ROUTES
     api_versions: ClassVar[tuple[str, ...]] = ()  # no passthrough: its paths are per deployment
     passthrough_paths: ClassVar[tuple[str, ...]] = ()
+    sdk_user_agents: ClassVar[tuple[str, ...]] = ()
+    sdk_hint_headers: ClassVar[tuple[str, ...]] = ()
 
     def __init__(self, deployments: dict[str, str] | None = None, api_version: str | None = None) -> None:
         self.deployments = dict(deployments or {})
@@ -107,6 +109,10 @@ class AzureOpenAIAdapter(OpenAIAdapter):
 
     def owns_model(self, model: str) -> bool:
         return False  # OpenAI model names belong to OpenAI; use `azure/DEPLOYMENT`
+
+    def claims_model(self, model: str) -> bool:
+        # `/openai/v1/...` is the OpenAI prefix and Azure's v1 API: `azure/NAME` or a declared deployment is Azure's.
+        return super().claims_model(model) or model in self.deployments
 
     def auth_headers(self, api_key: str) -> dict[str, str]:
         return {"api-key": api_key}

@@ -185,9 +185,21 @@ class Provider(ABC):
     # `version/family` paths of its API that no route serves and that clients call without a prefix
     # (`v1/vector_stores`): passed through to it (a family several providers list: the body's model decides).
     passthrough_paths: ClassVar[tuple[str, ...]] = ()
+    # How its own SDKs are told apart on a path several providers share (`/v1/files`, providers/sdks.py):
+    # User-Agent prefixes and headers only they send, then (checked after every provider's) headers its SDKs send
+    # that another's might too.
+    sdk_user_agents: ClassVar[tuple[str, ...]] = ()
+    sdk_headers: ClassVar[tuple[str, ...]] = ()
+    sdk_hint_headers: ClassVar[tuple[str, ...]] = ()
 
     def owns_model(self, model: str) -> bool:
         return model.startswith(self.model_prefixes)
+
+    def claims_model(self, model: str) -> bool:
+        """Whether `model` names this provider explicitly (`NAME/model`, an alias too): its own paths serve it
+        where another provider's prefix has the same path (gateway/routing.py `model_route`)."""
+        name, slash, rest = model.partition("/")
+        return bool(slash and rest) and (name == self.name or name in self.aliases)
 
     @abstractmethod
     def auth_headers(self, api_key: str) -> dict[str, str]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any, ClassVar
 
@@ -15,7 +16,12 @@ from tokensense.providers.images_format import check_image_request, images_answe
 from tokensense.providers.mistral_batches import MISTRAL_BATCHES, mistral_batch_routes
 from tokensense.providers.model_lists import ListedModel, ModelListShape
 from tokensense.providers.openai_batches import OPENAI_BATCHES, openai_batch_routes
-from tokensense.providers.openai_realtime import REALTIME_CLIENT_SECRETS, REALTIME_DEFAULT_MODEL, OpenAIRealtime
+from tokensense.providers.openai_realtime import (
+    REALTIME_CALLS,
+    REALTIME_CLIENT_SECRETS,
+    REALTIME_DEFAULT_MODEL,
+    OpenAIRealtime,
+)
 from tokensense.providers.openai_usage import service_tier_of, usage_from_openai
 from tokensense.providers.openai_videos import (
     VIDEOS,
@@ -27,7 +33,7 @@ from tokensense.providers.openai_videos import (
     video_routes,
 )
 from tokensense.providers.owned import OwnedRules
-from tokensense.providers.routes import ClientRoute
+from tokensense.providers.routes import ClientRoute, PassthroughPath, Route
 
 if TYPE_CHECKING:
     from tokensense.providers.sockets import SocketProtocol
@@ -99,6 +105,19 @@ OPENAI_ROUTES: tuple[ClientRoute, ...] = (
 )
 
 
+# OpenAI's own: a WebRTC call's SDP exchange (not JSON: an `application/sdp` offer or a multipart form) and its
+# actions (`/v1/realtime/calls/{call_id}/hangup`, ...), passed through as they are with the key swap and recorded
+# free (the call is metered on its sideband socket).
+def _realtime_call_route(entry: ClientRoute, match: re.Match[str]) -> Route:
+    path = PassthroughPath(match.group(0), "realtime", ("openai",), kind="free")
+    return entry.route(model=REALTIME_DEFAULT_MODEL, resource=match["call"])._replace(passthrough=path)
+
+
+REALTIME_CALLS_ROUTE = _openai_route(
+    r"/v1/realtime/calls(?:/(?P<call>rtc_[A-Za-z0-9_-]{1,200})/(?:hangup|accept|reject|refer))?", REALTIME_CALLS,
+    free=True, model_in_body=False, body_streams=False, parse=_realtime_call_route)
+
+
 # OpenAI's own: the videos API (Sora 2), its jobs kept to the key that started them.
 VIDEO_ROUTES = video_routes(OPENAI_ERRORS)
 VIDEO_JOBS = VideoJobs()
@@ -162,7 +181,8 @@ class OpenAIAdapter(ProviderAdapter):
     })
     openai_format: ClassVar[bool] = True
     # Its Files and Batch APIs too (providers/openai_batches.py); OpenAI-compatible providers list OPENAI_ROUTES only.
-    client_routes: ClassVar[tuple[ClientRoute, ...]] = (*OPENAI_ROUTES, *VIDEO_ROUTES, *openai_batch_routes(OPENAI_ERRORS))
+    client_routes: ClassVar[tuple[ClientRoute, ...]] = (*OPENAI_ROUTES, REALTIME_CALLS_ROUTE, *VIDEO_ROUTES,
+                                                        *openai_batch_routes(OPENAI_ERRORS))
     batch_api: ClassVar[BatchApi | None] = OPENAI_BATCHES
     api_versions: ClassVar[tuple[str, ...]] = ("v1",)
     # Its API's resources that no route meters (the batches and long-tail routes, where they exist, win).
@@ -170,6 +190,10 @@ class OpenAIAdapter(ProviderAdapter):
         "v1/vector_stores", "v1/files", "v1/uploads", "v1/batches", "v1/fine_tuning", "v1/assistants", "v1/threads",
         "v1/conversations", "v1/containers", "v1/evals", "v1/chatkit", "v1/videos",
     )
+    # The openai SDKs: `OpenAI/Python 1.x`, `OpenAI/JS 4.x`; Stainless' `x-stainless-*` headers (a browser sets no
+    # User-Agent) are a hint only: the anthropic SDKs send them too.
+    sdk_user_agents: ClassVar[tuple[str, ...]] = ("OpenAI/",)
+    sdk_hint_headers: ClassVar[tuple[str, ...]] = ("x-stainless-lang", "x-stainless-package-version")
 
     def auth_headers(self, api_key: str) -> dict[str, str]:
         return {"authorization": f"Bearer {api_key}"}
@@ -279,6 +303,8 @@ class XAIAdapter(OpenAIAdapter):
                                                        *RESPONSES_ENDPOINTS})
 
     passthrough_paths: ClassVar[tuple[str, ...]] = ("v1/files", "v1/tokenize-text", "v1/api-key", "v1/language-models")
+    sdk_user_agents: ClassVar[tuple[str, ...]] = ()  # clients use the openai SDK
+    sdk_hint_headers: ClassVar[tuple[str, ...]] = ()
     output_caps: ClassVar[Mapping[str, int]] = {"grok-3": 131_072, "grok-4": 131_072}
     free_models: ClassVar[tuple[str, ...]] = ()
 
@@ -326,8 +352,13 @@ class MistralAdapter(OpenAIAdapter):
                                                        FIM, Endpoint.OCR})
     client_routes: ClassVar[tuple[ClientRoute, ...]] = (*MISTRAL_ROUTES, *mistral_batch_routes(OPENAI_ERRORS))
     batch_api: ClassVar[BatchApi | None] = MISTRAL_BATCHES  # `/v1/batch/jobs` and their files: metered, owned
-    # Its fine-tuning jobs (`/v1/fine_tuning`) and conversations share OpenAI's paths: `/mistral/v1/...` reaches them.
-    passthrough_paths: ClassVar[tuple[str, ...]] = ("v1/files", "v1/agents", "v1/libraries", "v1/batch", "v1/ocr")
+    # Its fine-tuning jobs and conversations share OpenAI's paths: the asking SDK (or the body's model) decides.
+    passthrough_paths: ClassVar[tuple[str, ...]] = (
+        "v1/files", "v1/agents", "v1/libraries", "v1/batch", "v1/ocr", "v1/fine_tuning", "v1/conversations",
+    )
+    # The mistralai SDKs (Speakeasy-made) send `mistral-client-python/1.9.0`, `mistral-client-typescript/1.7.0`.
+    sdk_user_agents: ClassVar[tuple[str, ...]] = ("mistral-client-",)
+    sdk_hint_headers: ClassVar[tuple[str, ...]] = ()
 
     output_caps: ClassVar[Mapping[str, int]] = {"mistral": 32_768, "codestral": 32_768}
     free_models: ClassVar[tuple[str, ...]] = ()

@@ -38,6 +38,10 @@ REALTIME = Endpoint("realtime")
 # `POST /v1/realtime/client_secrets`: an ephemeral key for a browser's session (free; the session's responses
 # are billed, and metered, on the socket).
 REALTIME_CLIENT_SECRETS = Endpoint("realtime.client_secrets")
+# `POST /v1/realtime/calls`: a WebRTC call's SDP exchange (an `application/sdp` offer, or multipart `sdp` and
+# `session`), answered with the SDP answer (201, `application/sdp`) and the call's id in `Location`. Free: the
+# call's responses are billed, and metered, on its sideband socket (`?call_id=`).
+REALTIME_CALLS = Endpoint("realtime.calls")
 REALTIME_DEFAULT_MODEL = "gpt-realtime"  # the model a client secret's session uses when it names none
 
 # The largest output of one realtime response (`max_output_tokens: "inf"` is this many).

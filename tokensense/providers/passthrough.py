@@ -23,6 +23,7 @@ from tokensense.core.endpoints import Endpoint
 from tokensense.core.errors import ErrorShape, GatewayError
 from tokensense.providers import DEFAULT_ERRORS, PROVIDERS, Provider, Route, error_shape_for_path, get_provider
 from tokensense.providers.routes import PassthroughPath
+from tokensense.providers.sockets import SocketProtocol
 
 MAX_PATH = 1024  # characters of a passthrough path
 MAX_SEGMENTS = 16
@@ -51,6 +52,18 @@ def provider_prefix(path: str) -> Prefixed | None:
     if not slash or name not in PROVIDERS:
         return None
     return Prefixed(PROVIDERS[name], "/" + rest)
+
+
+def prefixed_socket(path: str) -> tuple[Provider, SocketProtocol, str] | None:
+    """A realtime WebSocket handshake under a provider prefix (`/openai/v1/realtime`): the prefix's provider, its
+    protocol that claims the path after the prefix, and that path; None if it is none."""
+    prefixed = provider_prefix(path)
+    if prefixed is None:
+        return None
+    for protocol in prefixed.provider.socket_protocols():
+        if protocol.matches(prefixed.rest):
+            return prefixed.provider, protocol, prefixed.rest
+    return None
 
 
 def pin(route: Route, provider: str) -> Route | None:
@@ -190,6 +203,7 @@ __all__ = [
     "owner_of",
     "passthrough_route",
     "pin",
+    "prefixed_socket",
     "prefixes_for",
     "provider_errors",
     "provider_prefix",

@@ -8,6 +8,7 @@ from textual.widget import Widget
 
 from tokensense.storage.analytics import KeyBudget
 from tui.formatting import format_cost
+from tui.widgets.spend_bar import spend_line
 
 PERIOD_NAMES = {"total": "total", "monthly": "this month", "daily": "today"}
 
@@ -62,21 +63,8 @@ class BudgetBar(Widget):
                 no_wrap=True,
             )
 
-        if fraction >= 1:
-            level = "budget-bar--over"
-        elif fraction >= 0.75:
-            level = "budget-bar--warning"
-        else:
-            level = "budget-bar--ok"
-        style = self.get_component_rich_style(level)
-        info = f"{format_cost(budget.spent_usd)} / {format_cost(budget.budget_usd)} {period}"
-        bar_width = max(0, width - name.cell_len - 6 - info_width)
-        filled = min(bar_width, round(min(fraction, 1.0) * bar_width))
-        return Text.assemble(
-            name,
-            ("━" * filled, style),
-            ("━" * (bar_width - filled), self.get_component_rich_style("budget-bar--track")),
-            (f"{fraction * 100:5.0f}% ", style),
-            info[:info_width].ljust(info_width),
-            no_wrap=True,
+        return spend_line(
+            self, "budget-bar", name=budget.name, name_width=name_width,
+            info=f"{format_cost(budget.spent_usd)} / {format_cost(budget.budget_usd)} {period}",
+            info_width=info_width, fraction=fraction,
         )

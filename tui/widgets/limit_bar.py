@@ -8,6 +8,7 @@ from textual.widget import Widget
 
 from tokensense.storage.budgets import BudgetRow
 from tui.formatting import format_cost
+from tui.widgets.spend_bar import spend_line
 
 PERIOD_NAMES = {"total": "total", "month": "this month", "week": "this week", "day": "today"}
 
@@ -58,26 +59,13 @@ class LimitBar(Widget):
         if row is None:
             return Text()
         width = self.size.width
-        name_width = max(8, min(26, width // 3))
-        info_width = max(12, min(34, width // 3))
-        name = Text(self.title(row)[:name_width].ljust(name_width) + " ", style="bold", no_wrap=True)
         limit = row.limit.usd
-        fraction = row.spent_usd / limit if limit > 0 else 1.0
-        held = (row.reserved_usd or 0.0) / limit if limit > 0 else 0.0
-        level = "limit-bar--over" if fraction >= 1 else "limit-bar--warning" if fraction >= 0.75 else "limit-bar--ok"
-        style = self.get_component_rich_style(level)
         period = PERIOD_NAMES.get(row.limit.period, row.limit.period)
         reserved = "" if row.reserved_usd is None else f" +{format_cost(row.reserved_usd)} res"
-        info = f"{format_cost(row.spent_usd)}{reserved} / {format_cost(limit)} {period}"
-        bar_width = max(0, width - name.cell_len - 6 - info_width)
-        filled = min(bar_width, round(min(fraction, 1.0) * bar_width))
-        holding = min(bar_width - filled, round(min(held, 1.0) * bar_width))
-        return Text.assemble(
-            name,
-            ("━" * filled, style),
-            ("━" * holding, self.get_component_rich_style("limit-bar--reserved")),
-            ("━" * (bar_width - filled - holding), self.get_component_rich_style("limit-bar--track")),
-            (f"{fraction * 100:5.0f}% ", style),
-            info[:info_width].ljust(info_width),
-            no_wrap=True,
+        return spend_line(
+            self, "limit-bar", name=self.title(row), name_width=max(8, min(26, width // 3)),
+            info=f"{format_cost(row.spent_usd)}{reserved} / {format_cost(limit)} {period}",
+            info_width=max(12, min(34, width // 3)),
+            fraction=row.spent_usd / limit if limit > 0 else 1.0,
+            held=(row.reserved_usd or 0.0) / limit if limit > 0 else 0.0,
         )

@@ -17,7 +17,13 @@ whose `usage` counts, like the real API:
 Each `response.create` is logged like an HTTP request (`"transport": "realtime"`), each handshake
 that reaches the fake as `"transport": "realtime.handshake"`.
 The handshake's `x-fake-chunk-delay-ms` paces the deltas (to cut a session mid-response). `?call_id=rtc_...`
-instead of `model` opens a WebRTC call's sideband socket (its session's model: gpt-realtime).
+instead of `model` opens a WebRTC call's sideband socket (its session's model: the one its `POST
+/v1/realtime/calls` named, else gpt-realtime).
+
+`POST /v1/realtime/calls` is a WebRTC call's SDP exchange, as OpenAI answers it: the offer as the body
+(`application/sdp`) or a multipart form (`sdp`, and `session` as JSON), answered 201 with the SDP answer
+(`application/sdp`) and the call's path in `Location` (`/v1/realtime/calls/rtc_...`). An offer that is not an
+SDP (no `v=0` first line) is a 400. `POST /v1/realtime/calls/{call_id}/hangup` ends such a call (200, no body).
 """
 
 from __future__ import annotations
@@ -116,7 +122,9 @@ async def serve(request: web.Request, *, log: deque, state: dict[str, Any]) -> w
         return controls
     # `?call_id=rtc_...`: the sideband of a WebRTC call (the server's control socket): the call's session, whose
     # model the fake takes to be gpt-realtime (the browser chose it in its SDP exchange).
-    model = request.query.get("model", "") or ("gpt-realtime" if request.query.get("call_id") else "")
+    call_id = request.query.get("call_id")
+    called = state.get("realtime_calls", {}).get(call_id) if call_id else None
+    model = request.query.get("model", "") or ((called or "gpt-realtime") if call_id else "")
     if not model:
         return handshake.refusal(openai_format.error(400, "Missing required parameter: 'model'.", "model"))
     socket = web.WebSocketResponse(max_msg_size=16 * 1024 * 1024, protocols=(subprotocol,) if subprotocol else ())
@@ -261,6 +269,72 @@ async def _respond(socket: web.WebSocketResponse, session: _Session, options: di
         await socket.send_str(_event("response.output_item.done", response_id=response_id, output_index=0,
                                      item=item))
     await socket.send_str(_event("response.done", response=done))
+
+
+def _form_part(req: FakeRequest, name: str) -> str | None:
+    """A multipart part as text: a field, or a part sent as a file (with a filename)."""
+    body = req.body if isinstance(req.body, dict) else {}
+    fields = body.get("fields") if isinstance(body.get("fields"), dict) else {}
+    if name in fields:
+        return str(fields[name])
+    data = req.files.get(name)
+    return data.decode("utf-8", errors="replace") if data is not None else None
+
+
+def _sdp_answer(offer: str) -> str:
+    """An SDP answer to `offer`, as the Realtime API's looks: its media sections (by `mid`), one ICE candidate."""
+    sections: list[tuple[str, str]] = []  # (mid, media kind) of the offer's m= sections, in order
+    kind = "audio"
+    for line in offer.splitlines():
+        if line.startswith("m="):
+            kind = line[2:].split(" ", 1)[0]
+        elif line.startswith("a=mid:"):
+            sections.append((line[6:].strip(), kind))
+    sections = sections or [("0", "audio")]
+    session = uuid.uuid4().int % 10**10
+    lines = ["v=0", f"o=- {session} {int(time.time())} IN IP4 127.0.0.1", "s=-", "t=0 0",
+             f"a=group:BUNDLE {' '.join(mid for mid, _ in sections)}", "a=msid-semantic:WMS *",
+             "a=fingerprint:sha-256 " + ":".join(f"{b:02X}" for b in uuid.uuid4().bytes * 2)]
+    ufrag, pwd = uuid.uuid4().hex[:8], uuid.uuid4().hex
+    for mid, kind in sections:
+        lines += (["m=application 9 UDP/DTLS/SCTP webrtc-datachannel", "c=IN IP4 0.0.0.0", f"a=mid:{mid}",
+                   "a=sctp-port:5000"] if kind == "application" else
+                  ["m=audio 9 UDP/TLS/RTP/SAVPF 111", "c=IN IP4 0.0.0.0", f"a=mid:{mid}", "a=sendrecv",
+                   "a=rtcp-mux", "a=rtpmap:111 opus/48000/2"])
+        lines += [f"a=ice-ufrag:{ufrag}", f"a=ice-pwd:{pwd}", "a=setup:passive",
+                  f"a=candidate:1 1 udp 2130706431 127.0.0.1 3478 typ host ufrag {ufrag}"]
+    return "\r\n".join(lines) + "\r\n"
+
+
+def calls(req: FakeRequest) -> BodyReply:
+    """`POST /v1/realtime/calls`: the SDP answer (201, `application/sdp`), the call's path in `Location`."""
+    content_type = req.headers.get("content-type", "").lower()
+    if content_type.startswith("multipart/form-data"):
+        offer = _form_part(req, "sdp")
+        session_text = _form_part(req, "session")
+        try:
+            session = json.loads(session_text) if session_text else {}
+        except ValueError:
+            raise FakeError(400, "Invalid 'session': not a JSON object.", param="session") from None
+    elif content_type.startswith("application/sdp"):
+        offer, session = req.body if isinstance(req.body, str) else None, {}
+    else:
+        raise FakeError(400, "Unsupported content type: send application/sdp or multipart/form-data.")
+    if not offer or not offer.lstrip().startswith("v=0"):
+        raise FakeError(400, "Invalid SDP offer: missing 'v=0'.", param="sdp")
+    if not isinstance(session, dict) or session.get("type") not in (None, "realtime"):
+        raise FakeError(400, "Invalid value for 'session.type'.", param="session.type")
+    call_id = "rtc_" + uuid.uuid4().hex
+    req.state.setdefault("realtime_calls", {})[call_id] = str(session.get("model") or "gpt-realtime")
+    return BodyReply(status=201, body=_sdp_answer(offer).encode(), content_type="application/sdp",
+                     headers={"location": f"/v1/realtime/calls/{call_id}"})
+
+
+def hangup(req: FakeRequest) -> BodyReply:
+    """`POST /v1/realtime/calls/{call_id}/hangup`: ends a call the fake made (404 for another id); no body."""
+    if req.state.get("realtime_calls", {}).pop(req.params.get("id"), None) is None:
+        raise FakeError(404, f"Call '{req.params.get('id')}' not found.", param="call_id")
+    return BodyReply(status=200, body=b"", content_type="application/json")
 
 
 def client_secrets(req: FakeRequest) -> BodyReply:

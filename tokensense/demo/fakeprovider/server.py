@@ -56,6 +56,7 @@ class Route(NamedTuple):
     params: dict[str, str]
 
 
+_REALTIME_CALL_PATH = re.compile(r"(?P<prefix>.*?)(?:/v1)?/realtime/calls/(?P<id>rtc_[A-Za-z0-9_-]+)/(?P<action>hangup)\Z")
 _RESPONSES_PATH = re.compile(r"^(?P<prefix>.*?)(?:/v1)?/responses(?:/(?P<id>[^/]+)(?:/(?P<action>[^/]+))?)?/?$")
 _BEDROCK_PATH = re.compile(r"^(?P<prefix>.*?)/model/(?P<model>[^/]+)/(?P<action>converse|converse-stream|invoke|invoke-with-response-stream)$")
 _VERTEX_PATH = re.compile(
@@ -117,6 +118,7 @@ _SUFFIX_ROUTES: list[tuple[str, str, ModuleType, Handler, bool]] = [
     ("/images/edits", "POST", openai_format, longtail.image_edits, True),
     ("/moderations", "POST", openai_format, longtail.moderations, True),
     ("/realtime/client_secrets", "POST", openai_format, realtime.client_secrets, True),
+    ("/realtime/calls", "POST", openai_format, realtime.calls, True),
     ("/ocr", "POST", openai_format, longtail.ocr, True),
     ("/audio/transcriptions", "POST", openai_format, openai_format.transcriptions, True),
     ("/images/generations", "POST", openai_format, openai_format.images, True),
@@ -163,6 +165,8 @@ def resolve_route(method: str, path: str, headers: Any) -> Route | None:
             return route
     if route := _longtail_route(method, path):
         return route
+    if "/realtime/calls/" in path and (match := _REALTIME_CALL_PATH.match(path)):
+        return Route(openai_format, realtime.hangup if method == "POST" else None, match["prefix"], {"id": match["id"]})
     if "/responses" in path:
         match = _RESPONSES_PATH.match(path)
         if match:
@@ -281,6 +285,8 @@ async def _read_body(request: web.Request) -> tuple[Any, dict[str, bytes], bytes
                     name = f"{name}#{sum(1 for n in files if n.split('#')[0] == name)}"
                 files[name] = data
                 summary[name] = {"filename": value.filename, "size": len(data), "content_type": value.content_type}
+            elif isinstance(value, bytes | bytearray):  # a part with a content type of its own (JSON, SDP)
+                fields[name] = bytes(value).decode("utf-8", errors="replace")
             else:
                 fields[name] = str(value)
         return {"fields": fields, "files": summary}, files, b""

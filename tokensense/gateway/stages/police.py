@@ -177,6 +177,49 @@ async def police(call: CallContext, target: Target, *, prices: PriceBook, counte
     return policed
 
 
+async def police_unnamed(call: CallContext, provider: ProviderAdapter, *, counters: CounterStore | None,
+                         spent_since: Callable[[str, datetime | None], float],
+                         budgets: BudgetBook | None = None) -> Policed:
+    """Police an attempt whose model is not known yet (a realtime handshake whose protocol names the model in a
+    later frame): the key's access to `provider` and to the endpoint, the rate (one request), and whether a budget
+    that applies is spent or held whole by calls in flight. It reserves nothing (what needs the model is asked
+    when the model is known); `Refused` as `police`."""
+    key = call.key
+    if key is None:
+        raise Refused(GatewayError(401, "No TokenSense key.", code="missing_api_key"))
+    if (refused := endpoint_refusal(key, call.route_endpoint)) is not None:
+        raise Refused(refused)
+    try:
+        check_access(key, provider, "", model_named=False)
+    except GatewayError as e:
+        raise Refused(e) from None
+    policed = Policed(Target(provider, ""))
+    limits = limits_for(key)
+    counts_rate = limits.rpm is not None or limits.tpm is not None
+    applied = budgets_for(key, call.attribution, budgets)
+    if not counts_rate and not applied:
+        return policed
+    if counters is None:
+        raise Refused(GatewayError(503, LIMITS_UNAVAILABLE, code="limits_unavailable"))
+    if counts_rate:
+        try:
+            decision = await counters.acquire_rate(key.id, call.request_id, limits.rpm, limits.tpm, 0)
+        except Exception as e:  # counters unavailable: refuse rather than serve unchecked
+            log.warning("rate-limit counters unavailable, refusing: %s", type(e).__name__)
+            raise Refused(GatewayError(503, LIMITS_UNAVAILABLE, code="limits_unavailable")) from None
+        if not decision.allowed:
+            limit = f"{decision.rpm} requests" if decision.limited_by == "requests" else f"{decision.tpm} tokens"
+            raise Refused(GatewayError(
+                429, f"The key `{key.name}` reached its limit of {limit} per minute; "
+                f"retry after {decision.retry_after:.1f}s.", code="rate_limit_exceeded"),
+                headers=decision.headers(), held=replace(policed, passed=False, rate=decision))
+        policed = replace(policed, rate=decision, holds_rate=True)
+    if applied:
+        policed = replace(policed, budgets=await _reserve(counters, applied, 0.0, 0.0, 0.0, spent_since,
+                                                          replace(policed, passed=False)))
+    return policed
+
+
 async def _reserve(counters: CounterStore, applied: list[AppliedBudget], amount: float, admit_on: float,
                    slack: float, spent_since: Callable[[str, datetime | None], float],
                    held: Policed) -> tuple[BudgetHold, ...]:

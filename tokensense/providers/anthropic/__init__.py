@@ -91,6 +91,8 @@ class AnthropicAdapter(ProviderAdapter):
     error_paths: ClassVar[tuple[ErrorPath, ...]] = (error_path("/v1/messages", ANTHROPIC_ERRORS),)
     api_versions: ClassVar[tuple[str, ...]] = ("v1",)
     passthrough_paths: ClassVar[tuple[str, ...]] = ("v1/files", "v1/skills")
+    sdk_user_agents: ClassVar[tuple[str, ...]] = ("Anthropic/",)  # `Anthropic/Python 0.x`
+    sdk_headers: ClassVar[tuple[str, ...]] = ("anthropic-version",)
 
     # Largest output by model family (tokens), from Anthropic's models overview.
     output_caps: ClassVar[Mapping[str, int]] = {

@@ -116,6 +116,8 @@ class GeminiAdapter(ProviderAdapter):
         "v1beta/cachedContents", "v1beta/files", "v1beta/tunedModels", "v1beta/corpora", "v1beta/operations",
         "v1beta/fileSearchStores", "v1beta/batches", "v1beta/generatedFiles",
     )
+    sdk_user_agents: ClassVar[tuple[str, ...]] = ("google-genai-sdk/",)
+    sdk_headers: ClassVar[tuple[str, ...]] = ("x-goog-api-client",)
 
     # Largest output by model family (tokens), from the Gemini API's model pages.
     output_caps: ClassVar[Mapping[str, int]] = {
