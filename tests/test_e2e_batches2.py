@@ -331,3 +331,19 @@ def test_mistral_sdk_batch_calls_through_the_gateway(gw: Gateway) -> None:
     assert client.batch.jobs.cancel(job_id=slow.id).status == "CANCELLATION_REQUESTED"
     assert wait_booked(gw, slow.id)["lines_booked"] == 0
     assert len(gw.records(endpoint="batch")) == 4
+
+
+def test_mistral_sdk_without_the_prefix_reaches_mistral_batch_jobs(gw: Gateway) -> None:
+    """The mistralai SDK on the gateway's root (shared `/v1/files`: its User-Agent names Mistral)."""
+    mistral_client = pytest.importorskip("mistralai.client")
+    client = mistral_client.Mistral(api_key=gw.key, server_url=gw.url)
+    data = b"".join(json.dumps(line).encode() + b"\n" for line in MISTRAL_LINES)
+    uploaded = client.files.upload(file={"file_name": "input.jsonl", "content": data}, purpose="batch")
+    job = client.batch.jobs.create(
+        input_files=[uploaded.id], model="mistral-small-latest", endpoint="/v1/chat/completions"
+    )
+    assert wait_booked(gw, job.id)["lines_booked"] == 2
+    done = client.batch.jobs.get(job_id=job.id)
+    assert done.output_file is not None
+    assert len(client.files.download(file_id=done.output_file).read().splitlines()) == 2
+    assert {r["provider"] for r in gw.records(endpoint="batch")} == {"mistral"}
