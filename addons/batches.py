@@ -51,7 +51,7 @@ from tokensense.providers import PROVIDERS, Provider, get_provider
 from tokensense.providers.base import Upstream
 from tokensense.providers.batch_api import BatchApi
 from tokensense.storage import batches as store
-from tokensense.storage.models import BatchFile, BatchJob
+from tokensense.storage.models import BatchFile, BatchJob, UploadSession
 
 log = logging.getLogger(__name__)
 
@@ -83,19 +83,6 @@ def _not_found(what: str, ident: str) -> GatewayError:
     )
 
 
-@dataclass(slots=True)
-class UploadSession:
-    """A resumable upload started through the gateway: its bytes follow on the session URL, without a key."""
-
-    provider: Provider
-    api: BatchApi
-    key: KeyInfo
-    upload_id: str  # the provider's
-    attribution: dict[str, str | None]
-    scanner: InputScanner
-    expires: float
-
-
 UPLOAD_SESSION_SECONDS = 3600.0
 
 
@@ -103,7 +90,6 @@ class Batches:
     def __init__(self, runtime: Runtime) -> None:
         self.runtime = runtime
         self.follower: BatchFollower | None = None
-        self.uploads: dict[str, UploadSession] = {}  # session token (given to the client) -> session
 
     def running(self) -> None:
         if self.follower is None and self.runtime.started:
@@ -164,7 +150,9 @@ class Batches:
 
     def requestheaders(self, flow: http.HTTPFlow) -> None:
         call = self._served(flow)
-        if call is None or call.route_endpoint is not Endpoint.FILES_UPLOAD:
+        if (
+            call is None or call.route_endpoint is not Endpoint.FILES_UPLOAD or call.forwarded
+        ):  # forwarded: resumable bytes
             return
         try:
             provider, api = _asking(flow.request.headers, call.route_endpoint, *self._provider(call))
@@ -252,8 +240,9 @@ class Batches:
                 raise _not_found("file", input_file)
             summary = dict(owner.lines or {})
             by_model = dict(summary.get("models") or {})
-            if "" in by_model and call.path_model:  # the file's lines name no model: the path does (Gemini)
-                by_model[call.path_model] = by_model.pop("")
+            job_model = call.path_model or api.job_model(body)
+            if "" in by_model and job_model:  # the lines name no model: the path (Gemini) or the job (Mistral) does
+                by_model[job_model] = by_model.pop("")
                 summary["models"] = by_model
             meta.input_file = input_file
         else:
@@ -313,7 +302,7 @@ class Batches:
         ):
             return
         if call.route_endpoint is Endpoint.FILES_UPLOAD and meta.scanner is None and 200 <= response.status_code < 300:
-            self._start_upload(flow, call, meta)
+            await self._start_upload(flow, call, meta)
             return
         if meta.scanner is not None and meta.scanner.too_large:
             limit = flow.metadata.get(BODY_LIMIT) or 0
@@ -333,6 +322,17 @@ class Batches:
         try:
             answer = json.loads(response_body(response))
         except (ValueError, UnicodeDecodeError):
+            answer = None
+        if meta.upload_token is not None and meta.scanner is not None and meta.api.file_id(answer) is None:
+            # One request of a resumable upload, not its last: the next may come to another process of the
+            # deployment, which goes on from the scanner's state (saved before the client has this answer).
+            state, partial = meta.scanner.state()
+            try:
+                await self._db(store.save_upload, token=meta.upload_token, scanner=state, partial=partial)
+            except Exception:
+                log.exception("request %s: could not save the upload session", call.request_id)
+            return
+        if answer is None:
             return
         endpoint = call.route_endpoint
         try:
@@ -351,7 +351,7 @@ class Batches:
         if endpoint is Endpoint.FILES_UPLOAD:
             file_id = api.file_id(answer)
             if file_id is not None and meta.upload_token is not None:
-                self.uploads.pop(meta.upload_token, None)
+                await self._db(store.end_upload, token=meta.upload_token)
             if file_id is not None and meta.scanner is not None:
                 purpose = answer.get("purpose") if isinstance(answer, dict) else None
                 await self._db(
@@ -382,61 +382,81 @@ class Batches:
         rewritten = api.gateway_urls(answer, meta.origin)
         return rewritten if rewritten is not answer else None
 
-    def _start_upload(self, flow: http.HTTPFlow, call: CallContext, meta: BatchCall) -> None:
-        """A resumable upload started: its session URL points at the gateway, with a token of ours for the session."""
+    async def _start_upload(self, flow: http.HTTPFlow, call: CallContext, meta: BatchCall) -> None:
+        """A resumable upload started: its session URL points at the gateway, with a token of ours for the session
+        (in the database: the upload's next requests may come to any process of the deployment)."""
         assert flow.response is not None and call.key is not None
         upload_id = meta.api.upload_session(flow.response.headers)
         if upload_id is None:
             return
-        now = time.monotonic()
-        for token in [t for t, s in self.uploads.items() if s.expires < now]:
-            del self.uploads[token]
+        now = time.time()
         token = secrets.token_urlsafe(24)
         limit = flow.metadata.get(BODY_LIMIT)
-        self.uploads[token] = UploadSession(
-            meta.provider,
-            meta.api,
-            call.key,
-            upload_id,
-            dict(call.attribution),
-            InputScanner(meta.api, limit),
-            now + UPLOAD_SESSION_SECONDS,
+        row = UploadSession(
+            token=token,
+            provider=meta.provider.name,
+            key_id=call.key.id,
+            upload_id=upload_id,
+            attribution=dict(call.attribution),
+            size_limit=limit,
+            expires_at=now + UPLOAD_SESSION_SECONDS,
         )
+        try:
+            await self._db(store.start_upload, row=row, now=now)
+        except Exception:
+            log.exception("request %s: could not record the upload session", call.request_id)
+            error = GatewayError(
+                503, "TokenSense could not record the upload session; try again.", code="service_unavailable"
+            )
+            answer_error(flow, call.fmt, error)
+            return
         flow.response.headers["x-goog-upload-url"] = meta.api.upload_url(meta.origin, token)
 
-    def upload_bytes(self, flow: http.HTTPFlow, call: CallContext, token: str) -> bool:
+    async def upload_session(self, token: str) -> tuple[UploadSession, KeyInfo] | None:
+        """The upload session of `token` and the key that started it (None: unknown, expired, key gone)."""
+        found = await self._db(store.upload_session, token=token, now=time.time())
+        if found is None:
+            return None
+        row, key_row = found
+        key = KeyInfo.from_row(key_row)
+        return (row, key) if not key.revoked else None
+
+    def upload_bytes(
+        self, flow: http.HTTPFlow, call: CallContext, token: str, found: tuple[UploadSession, KeyInfo]
+    ) -> bool:
         """The bytes of a resumable upload, on its session URL: streamed to the provider's session with the key
-        that started it (addons/batches.BatchUploads admits them). False if the session is unknown or expired."""
-        session = self.uploads.get(token)
-        if session is None or session.expires < time.monotonic():
+        that started it (addons/batches.BatchUploads admits them). False if the session's provider is gone."""
+        session, key = found
+        provider = get_provider(session.provider)
+        api = provider.batch_api if provider is not None else None
+        if provider is None or api is None:
             return False
+        scanner = InputScanner.resumed(api, session.size_limit, session.scanner, session.partial)
         declared = flow.request.headers.get("content-length", "")
-        limit = session.scanner.limit
-        if declared.isdigit() and limit is not None and session.scanner.size + int(declared) > limit:
+        limit = scanner.limit
+        if declared.isdigit() and limit is not None and scanner.size + int(declared) > limit:
             raise GatewayError(
                 413,
                 f"The upload is larger than {limit / (1024 * 1024):g} MB, the most TokenSense "
                 "accepts here (TOKENSENSE_MAX_UPLOAD_MB).",
                 code="request_too_large",
             )
-        call.key, call.attribution, call.provider = session.key, dict(session.attribution), session.provider
-        credential = require_credential(self.runtime, session.provider)
+        call.key, call.attribution, call.provider = key, dict(session.attribution or {}), provider
+        credential = require_credential(self.runtime, provider)
         upstream = Upstream(
             Endpoint.FILES_UPLOAD,
-            session.api.upstream_path(Endpoint.FILES_UPLOAD, None),
-            query=session.api.upload_query(session.upload_id),
+            api.upstream_path(Endpoint.FILES_UPLOAD, None),
+            query=api.upload_query(session.upload_id),
         )
-        prepare_upstream(call, session.provider, credential, upstream)
-        call.policed = Policed(Target(session.provider, ""))
+        prepare_upstream(call, provider, credential, upstream)
+        call.policed = Policed(Target(provider, ""))
         assert call.pending is not None
         apply_upstream(flow, call.pending)
         call.forwarded = True
         # A line may span two of the upload's requests: it is read whole once its end arrives.
-        session.scanner.flush_at_end = "finalize" in flow.request.headers.get("x-goog-upload-command", "")
-        flow.request.stream = session.scanner
-        flow.metadata[META] = BatchCall(
-            session.provider, session.api, self._origin(flow), scanner=session.scanner, upload_token=token
-        )
+        scanner.flush_at_end = "finalize" in flow.request.headers.get("x-goog-upload-command", "")
+        flow.request.stream = scanner
+        flow.metadata[META] = BatchCall(provider, api, self._origin(flow), scanner=scanner, upload_token=token)
         return True
 
     async def _follow(self, call: CallContext, meta: BatchCall, answer: Any) -> None:
@@ -478,8 +498,11 @@ class Batches:
             # the follower settles each to the booked cost.
             call.policed = replace(policed, budgets=())
             for held in policed.budgets:
-                spawn(self.runtime.counters.settle_budget(held.counter or call.key.id, held.window, held.amount,
-                                                          held.amount))
+                spawn(
+                    self.runtime.counters.settle_budget(
+                        held.counter or call.key.id, held.window, held.amount, held.amount
+                    )
+                )
         if self.follower is not None:
             self.follower.wake()
 
@@ -518,7 +541,7 @@ class BatchUploads:
     def __init__(self, batches: Batches) -> None:
         self.batches = batches
 
-    def requestheaders(self, flow: http.HTTPFlow) -> None:
+    async def requestheaders(self, flow: http.HTTPFlow) -> None:
         req = flow.request
         if (
             flow.response
@@ -530,18 +553,23 @@ class BatchUploads:
         ):
             return
         token = req.query.get("upload_id", "")
-        if token not in self.batches.uploads:
-            return
         try:
             route = classify(req.method, req.path.partition("?")[0])
         except GatewayError:
             return
-        if route.endpoint is not Endpoint.FILES_UPLOAD:
+        if route.endpoint is not Endpoint.FILES_UPLOAD or not token:
+            return
+        try:
+            found = await self.batches.upload_session(token)
+        except Exception:
+            log.exception("could not read the upload session")
+            found = None
+        if found is None:
             return
         call = CallContext.of_route(route, method=req.method)
         set_call(flow, call)
         try:
-            if not self.batches.upload_bytes(flow, call, token):
+            if not self.batches.upload_bytes(flow, call, token, found):
                 raise GatewayError(404, "No upload session with this id: start the upload again.", code="not_found")
         except GatewayError as e:
             answer_error(flow, call.fmt, e)

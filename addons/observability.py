@@ -99,6 +99,7 @@ class Observability:
             self.worker = ObservabilityWorker(handle_calls=self._handle_calls, handle_written=self._handle_written,
                                               interval=self.runtime.settings.flush_interval)
             self._watch_budgets()
+            self.runtime.on_booked.append(self._booked)
 
     def _watch_budgets(self) -> None:
         recorder = self.runtime.recorder
@@ -170,6 +171,17 @@ class Observability:
                 event.response_body = response.raw_content  # decoded in the thread, if compressed
                 event.content_encoding = response.headers.get("content-encoding")
         worker.call_finished(event)
+
+    def _booked(self, records: list[UsageCreate]) -> None:
+        """Records written outside the recorder (a batch job's lines, booked by the follower, already in the
+        database): counted and checked against the budgets like any call's."""
+        worker = self.worker
+        if worker is None:
+            return
+        now = time.time_ns()
+        for record in records:
+            worker.call_finished(FinishedCall(record=record, start_ns=now, end_ns=now))
+        worker.records_written(records)
 
     # --- in the observability thread ---
 

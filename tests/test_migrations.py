@@ -27,10 +27,10 @@ from tokensense.storage.models import ApiKey, ProviderCredential, Usage, UsageCr
 from tokensense.storage.schema import INITIAL_REVISION, MIGRATIONS_DIR, VERSIONS_DIR, head_revision
 
 PG_URL = "postgresql://postgres@127.0.0.1:5432/test"
-HEAD = "0014_usage_rollup_cuts"
+HEAD = "0015_batches2"
 NEXT = f"{int(HEAD[:4]) + 1:04d}"
 LATER_TABLES = {"stored_responses", "usage_rollup", "usage_retention", "owned_resources", "budgets", "batch_files",
-                "batch_jobs", "leases"}  # made by revisions after 0001
+                "batch_jobs", "leases", "upload_sessions"}  # made by revisions after 0001
 NEW_INDEXES = {"ix_usage_key_id_created_at": ["key_id", "created_at"], "ix_usage_workflow_step_created_at": ["workflow", "step", "created_at"],
                "ux_usage_request_id_attempt": ["request_id", "attempt"],
                "ix_usage_execution_id_created_at": ["execution_id", "created_at"]}

@@ -154,7 +154,7 @@ def test_passthrough_uploads_are_streamed_and_bounded_by_the_upload_limit() -> N
     assert not streams_upload("POST", {"content-type": "application/json", "content-length": "20"})
     assert not streams_upload("GET", multipart)
     assert not streams_upload("POST", {"content-type": "text/plain", "content-length": "0"})
-    endpoint = route_request("POST", "/mistral/v1/files").endpoint
+    endpoint = route_request("POST", "/mistral/v1/libraries/lib-1/documents").endpoint  # a passthrough upload
     limit = body_limit(endpoint, max_body_mb=1, max_upload_mb=8, upload=True)
     assert limit == 8 * 1024 * 1024 and body_limit(endpoint, max_body_mb=1, max_upload_mb=8) == 1024 * 1024
     refusal = oversize_refusal(str(9 * 1024 * 1024), limit, endpoint, upload=True)

@@ -300,6 +300,35 @@ def test_a_burst_of_connections_is_shared_by_the_workers(workers_gateway: Gatewa
     pytest.fail(f"one worker took (almost) every connection of each burst: {spreads}")
 
 
+def test_a_resumable_upload_goes_on_at_the_other_worker(workers_gateway: Gateway) -> None:
+    """google-genai's upload starts on one worker and sends its bytes to the other (the session is in the
+    database, with the line sums so far): the file's sums are those of every line."""
+    from tests.test_e2e_batches2 import file_lines, gemini_jsonl, resumable_upload
+
+    gw = workers_gateway
+    pids = worker_pids(gw.process)
+    stopped: list[Only] = []
+
+    def only(n: int) -> None:  # the start and every other request on one worker, the rest on the other
+        if stopped:
+            stopped.pop().__exit__()
+        stopped.append(Only(pids, pids[n % 2]))
+        stopped[-1].__enter__()
+
+    data = gemini_jsonl(5)
+    try:
+        uploaded = resumable_upload([gw.url], gw.key, data, chunk=131, between=only)
+    finally:
+        if stopped:
+            stopped.pop().__exit__()
+    summary = file_lines(gw.db_path, uploaded["name"].removeprefix("files/"))
+    assert summary["lines"] == 5 and not summary["unreadable"]
+    assert summary["models"][""]["lines"] == 5
+    # The fake provider is the session's: the file goes, so other files' lists do not see it.
+    gone = httpx.delete(f"{gw.url}/v1beta/{uploaded['name']}", headers={"x-goog-api-key": gw.key}, timeout=30)
+    assert gone.status_code == 200, gone.text
+
+
 def test_sigterm_stops_every_worker(workers_gateway: Gateway, fake_provider: FakeProvider) -> None:
     """Last in the file on purpose: the module's gateway, stopped with SIGTERM while a call is in flight."""
     gw = workers_gateway

@@ -239,10 +239,12 @@ def _cmd_usage_prune(args: argparse.Namespace) -> int:
     result = prune_usage(engine, older_than=older_than, now=now, batch=args.batch)
     if args.json:
         print_json({"raw_before": result.raw_before.isoformat(), "records": result.records,
-                    "minute_rollup_rows": result.minute_rows})
+                    "minute_rollup_rows": result.minute_rows, "resource_rows": result.resource_rows})
     else:
         print(f"Deleted {result.records} usage records from before {result.raw_before:%Y-%m-%d %H:%M} UTC "
               f"(and {result.minute_rows} minute rollup rows); reports keep counting them from the hour rollups.")
+        if result.resource_rows:
+            print(f"Deleted {result.resource_rows} rows of batch jobs, batch files and owned objects of that age.")
     return 0
 
 

@@ -133,6 +133,26 @@ class InputScanner:
     def result(self) -> dict[str, Any]:
         return {**self.summary, "unreadable": self.unreadable}
 
+    def state(self) -> tuple[dict[str, Any], bytes]:
+        """What a resumable upload's next request needs to go on summing (saved between its requests): the sums,
+        the bytes seen, and the unfinished line (at most `MAX_SCANNED_LINE`)."""
+        return {"summary": self.summary, "size": self.size, "unreadable": self.unreadable}, bytes(self._partial)
+
+    @classmethod
+    def resumed(
+        cls, api: BatchApi, limit: int | None, state: dict[str, Any] | None, partial: bytes | None
+    ) -> InputScanner:
+        """A scanner that goes on from `state()` saved after the upload's previous request."""
+        scanner = cls(api, limit)
+        if state:
+            summary = state.get("summary")
+            if isinstance(summary, dict):
+                scanner.summary = summary
+            scanner.size = int(state.get("size") or 0)
+            scanner.unreadable = bool(state.get("unreadable"))
+        scanner._partial = bytearray(partial or b"")
+        return scanner
+
 
 def summary_of(lines: Iterable[LineRequest]) -> dict[str, Any]:
     summary: dict[str, Any] = {"lines": 0, "models": {}}
@@ -360,7 +380,17 @@ class BatchFollower:
         if booked:
             log.info("batch job %s (%s) booked: %d lines, $%.6f", job.id, provider.name, len(records), cost)
             self._settle_budget(job, cost)
+            self._observe(records)
         return 1 if booked else 0
+
+    def _observe(self, records: list[UsageCreate]) -> None:
+        """The booked lines go to the record observers like any call's record (Prometheus, budget alerts): once,
+        by the process whose `mark_booked` booked the job."""
+        for observe in self.runtime.on_booked:
+            try:
+                observe(records)
+            except Exception:
+                log.exception("batch records observer failed")
 
     def _settle_budget(self, job: BatchJob, cost: float) -> None:
         """The job's hold becomes its real cost (the database already says so) in every budget it was counted

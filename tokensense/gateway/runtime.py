@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import threading
+from collections.abc import Callable
 from datetime import datetime
 from typing import TYPE_CHECKING
 
@@ -28,6 +29,7 @@ from tokensense.storage.retention import RetentionWorker
 if TYPE_CHECKING:
     from tokensense.gateway.key_pool import KeyPools
     from tokensense.gateway.upstream_client import UpstreamClient
+    from tokensense.storage.models import UsageCreate
 
 log = logging.getLogger(__name__)
 
@@ -60,6 +62,8 @@ class Runtime:
         self.pools: KeyPools | None = None  # the provider-key pools' health (retries, cool-downs, breakers)
         self.upstream: UpstreamClient | None = None  # retries and fallbacks are made with it (created lazily)
         self._take_outs: set[asyncio.Future] = set()
+        # Observers of records written outside the recorder (batch lines the follower booked): metrics, alerts.
+        self.on_booked: list[Callable[[list[UsageCreate]], None]] = []
         self.started = False
         self._lock = threading.Lock()
 

@@ -95,6 +95,10 @@ class BatchApi(ABC):
         """The id of the uploaded input file a create call names (None: the requests are inline)."""
         return None
 
+    def job_model(self, create_body: dict[str, Any]) -> str | None:
+        """The model a create call names for every line of the job (None: the lines, or the path, name it)."""
+        return None
+
     def inline_requests(self, create_body: dict[str, Any], path_model: str | None) -> list[LineRequest] | None:
         """The requests a create call carries inline; None when it names an input file instead."""
         return None

@@ -13,6 +13,7 @@ from tokensense.providers.audio_format import AUDIO
 from tokensense.providers.base import MediaRoute, ProviderAdapter, ResponsesStreamReader, StreamUsage, Upstream
 from tokensense.providers.batch_api import BatchApi
 from tokensense.providers.images_format import check_image_request, images_answer_usage
+from tokensense.providers.mistral_batches import MISTRAL_BATCHES, mistral_batch_routes
 from tokensense.providers.model_lists import ListedModel, ModelListShape
 from tokensense.providers.openai_batches import OPENAI_BATCHES, openai_batch_routes
 from tokensense.providers.openai_realtime import (
@@ -349,8 +350,8 @@ class MistralAdapter(OpenAIAdapter):
     hosts: ClassVar[tuple[str, ...]] = ("api.mistral.ai",)
     native: ClassVar[frozenset[Endpoint]] = frozenset({Endpoint.CHAT, Endpoint.EMBEDDINGS, Endpoint.TRANSCRIPTIONS,
                                                        FIM, Endpoint.OCR})
-    client_routes: ClassVar[tuple[ClientRoute, ...]] = MISTRAL_ROUTES
-    batch_api: ClassVar[BatchApi | None] = None
+    client_routes: ClassVar[tuple[ClientRoute, ...]] = (*MISTRAL_ROUTES, *mistral_batch_routes(OPENAI_ERRORS))
+    batch_api: ClassVar[BatchApi | None] = MISTRAL_BATCHES  # `/v1/batch/jobs` and their files: metered, owned
     # Its fine-tuning jobs and conversations share OpenAI's paths: the asking SDK (or the body's model) decides.
     passthrough_paths: ClassVar[tuple[str, ...]] = (
         "v1/files", "v1/agents", "v1/libraries", "v1/batch", "v1/ocr", "v1/fine_tuning", "v1/conversations",

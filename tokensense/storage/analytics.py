@@ -40,8 +40,18 @@ from tokensense.storage.rollups import (
     record_measures_sql,
 )
 
-REPORT_FIELDS: tuple[str, ...] = (*DIMS, "execution_id")
-"""Every field a report can group or filter by (`tokensense usage --by`): the rollups' and the execution id."""
+REPORT_FIELDS: tuple[str, ...] = (*DIMS, "execution_id", "batch")
+"""Every field a report can group or filter by (`tokensense usage --by`): the rollups', the execution id and the
+batch job (both read from the records)."""
+
+RECORD_DETAILS: dict[str, str] = {"batch": "batch_id"}
+"""Report fields kept in the records' `details` (not a column of their own), by their key there."""
+
+
+def _record_column(table: Any, name: str) -> Any:
+    """A record's value of the report field `name`: its column, or its key in `details` (a string or NULL)."""
+    key = RECORD_DETAILS.get(name)
+    return table.c[name] if key is None else table.c.details[key].as_string()
 
 _ROLLUP: Any = UsageRollup.__table__  # type: ignore[attr-defined]
 _USAGE: Any = Usage.__table__  # type: ignore[attr-defined]
@@ -290,7 +300,7 @@ def _rollup_part(cut: Cut, grain: int, low: int | None, high: int | None, fields
 def _record_part(session: Session, low: datetime | None, high: datetime | None, fields: Sequence[str],
                  filters: Filters, timed: bool, *, window: bool = False) -> Any:
     table = _USAGE
-    columns = [table.c[name].label(name) for name in fields]
+    columns = [_record_column(table, name).label(name) for name in fields]
     if timed:
         columns.append(bucket_sql(table.c.created_at, MINUTE).label("t"))
     measures = record_measures_sql()
@@ -307,7 +317,7 @@ def _record_part(session: Session, low: datetime | None, high: datetime | None, 
 def _filter_conditions(table: Any, filters: Filters) -> list[ColumnElement[bool]]:
     conditions = []
     for name, value in filters.items():
-        column = table.c[name]
+        column = _record_column(table, name) if table is _USAGE else table.c[name]
         conditions.append(column.is_(None) if value is None else column == value)
     return conditions
 

@@ -12,11 +12,11 @@ from collections.abc import Iterable, Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import func, insert, update
+from sqlalchemy import delete, func, insert, update
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session, col, select
 
-from tokensense.storage.models import BatchFile, BatchJob, Lease
+from tokensense.storage.models import ApiKey, BatchFile, BatchJob, Lease, UploadSession
 
 TERMINAL = "booked"
 
@@ -151,6 +151,44 @@ def held_by_jobs(*, session: Session, key_id: str | None = None, since: datetime
             >= (moment if getattr(created.type, "timezone", False) else moment.replace(tzinfo=None))
         )
     return float(session.exec(statement).one() or 0.0)
+
+
+# --- resumable upload sessions ------------------------------------------------------------------
+
+
+def start_upload(*, session: Session, row: UploadSession, now: float) -> None:
+    """Remember an upload session (and forget the expired ones)."""
+    session.exec(delete(UploadSession).where(col(UploadSession.expires_at) < now))  # type: ignore[call-overload]
+    session.add(row)
+    session.commit()
+
+
+def upload_session(*, session: Session, token: str, now: float) -> tuple[UploadSession, ApiKey] | None:
+    """The upload session of `token` and the key that started it; None if unknown, expired or the key is gone."""
+    row = session.get(UploadSession, token)
+    if row is None or row.expires_at < now:
+        return None
+    key = session.get(ApiKey, row.key_id)
+    if key is None:
+        return None
+    session.expunge(row)
+    session.expunge(key)
+    return row, key
+
+
+def save_upload(*, session: Session, token: str, scanner: dict[str, Any], partial: bytes) -> None:
+    """The scanner's state after one of the upload's requests: the next may be taken by another process."""
+    session.exec(
+        update(UploadSession)
+        .where(col(UploadSession.token) == token)  # type: ignore[call-overload]
+        .values(scanner=scanner, partial=partial or None)
+    )
+    session.commit()
+
+
+def end_upload(*, session: Session, token: str) -> None:
+    session.exec(delete(UploadSession).where(col(UploadSession.token) == token))  # type: ignore[call-overload]
+    session.commit()
 
 
 # --- the follower's lease ------------------------------------------------------------------------

@@ -243,6 +243,7 @@ USAGE_GROUP_FIELDS: tuple[str, ...] = (
     "key_name",
     "endpoint",
     "status",
+    "batch",  # the batch job a record's line belongs to (its details' `batch_id`; read from the records)
 )
 USAGE_GROUP_ALIASES: dict[str, str] = {"key": "key_name"}
 

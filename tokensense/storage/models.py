@@ -5,7 +5,7 @@ from __future__ import annotations
 import uuid
 from datetime import UTC, datetime
 
-from sqlalchemy import JSON, BigInteger, Column, Float, Index, Integer, SmallInteger, String, false
+from sqlalchemy import JSON, BigInteger, Column, Float, Index, Integer, LargeBinary, SmallInteger, String, false
 from sqlmodel import Field, SQLModel
 
 
@@ -286,6 +286,25 @@ class Lease(SQLModel, table=True):
     name: str = Field(primary_key=True)
     holder: str
     expires_at: float  # UTC epoch seconds
+
+
+class UploadSession(SQLModel, table=True):
+    """A resumable upload started through TokenSense: its token (in the session URL handed to the client) stands
+    for the key that started it. The input scanner's state is saved after each of its requests, so the next one may
+    land on any worker or instance of the deployment."""
+
+    __tablename__ = "upload_sessions"
+
+    token: str = Field(primary_key=True)
+    provider: str
+    key_id: str
+    upload_id: str  # the provider's
+    attribution: dict | None = Field(default=None, sa_column=Column(JSON, nullable=True))
+    size_limit: int | None = Field(default=None, sa_column=Column(BigInteger, nullable=True))
+    scanner: dict | None = Field(default=None, sa_column=Column(JSON, nullable=True))  # summary, size, unreadable
+    partial: bytes | None = Field(default=None, sa_column=Column(LargeBinary, nullable=True))  # an unfinished line
+    expires_at: float = Field(index=True)  # UTC epoch seconds
+
 
 class OwnedResource(SQLModel, table=True):
     """A provider object made through TokenSense whose cost is booked apart from the call that made it: an

@@ -1,5 +1,8 @@
 """Retention: raw usage records (and minute rollups) older than `[retention] raw_days` are deleted in small batches.
 
+What the gateway remembers of provider objects (batch jobs booked and files, video jobs, context caches) goes
+with the records of the same age (`prune_resources`).
+
 Hour rollups are kept, so reports over any window stay exact (a window that starts
 before the retention horizon counts from the start of that hour, see
 `analytics.effective_start`). The horizon is recorded *before* anything is deleted,
@@ -18,10 +21,19 @@ import threading
 import time
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 from sqlalchemy import Engine, delete, func, select, update
 
-from tokensense.storage.models import Usage, UsageRetention, UsageRollup
+from tokensense.storage.models import (
+    BatchFile,
+    BatchJob,
+    OwnedResource,
+    UploadSession,
+    Usage,
+    UsageRetention,
+    UsageRollup,
+)
 from tokensense.storage.rollups import HOUR, MINUTE, MINUTE_CUTS, epoch_seconds, from_epoch
 
 log = logging.getLogger(__name__)
@@ -40,6 +52,8 @@ class PruneResult:
     """Records deleted by this run."""
     minute_rows: int
     """Minute rollup rows deleted by this run."""
+    resource_rows: int = 0
+    """Rows of batch jobs and files, and of owned provider objects, deleted by this run (`prune_resources`)."""
 
 
 def horizon_for(older_than: timedelta, *, now: datetime | None = None) -> datetime:
@@ -96,10 +110,37 @@ def prune_usage(engine: Engine, *, older_than: timedelta, now: datetime | None =
         if pause:
             time.sleep(pause)
     minute_rows = _prune_minute_rows(engine, epoch_seconds(horizon), pause=pause, stop=stop)
-    if records or minute_rows:
-        log.info("retention: deleted %d usage records and %d minute rollup rows from before %s",
-                 records, minute_rows, horizon.isoformat())
-    return PruneResult(horizon, records, minute_rows)
+    resource_rows = prune_resources(engine, horizon)
+    if records or minute_rows or resource_rows:
+        log.info("retention: deleted %d usage records, %d minute rollup rows and %d batch and owned resource rows "
+                 "from before %s", records, minute_rows, resource_rows, horizon.isoformat())
+    return PruneResult(horizon, records, minute_rows, resource_rows)
+
+
+def _bound(column: Any, moment: datetime) -> datetime:
+    return moment if getattr(column.type, "timezone", False) else moment.replace(tzinfo=None)
+
+
+def prune_resources(engine: Engine, horizon: datetime, *, now: float | None = None) -> int:
+    """Delete what the gateway remembers of provider objects past retention, with their records: batch jobs
+    booked before `horizon`, batch files uploaded before it (but the input of a job still followed), owned
+    resources (video jobs, context caches) made before it, and upload sessions that expired. Their owners get 404
+    for them from then on, as for an object the provider deleted."""
+    jobs = BatchJob.__table__  # type: ignore[attr-defined]
+    files = BatchFile.__table__  # type: ignore[attr-defined]
+    owned = OwnedResource.__table__  # type: ignore[attr-defined]
+    uploads = UploadSession.__table__  # type: ignore[attr-defined]
+    deleted = 0
+    with engine.begin() as connection:
+        deleted += connection.execute(delete(jobs).where(
+            jobs.c.booked_at.is_not(None), jobs.c.booked_at < _bound(jobs.c.booked_at, horizon))).rowcount or 0
+        still_read = select(jobs.c.input_file_id).where(jobs.c.booked_at.is_(None), jobs.c.input_file_id.is_not(None))
+        deleted += connection.execute(delete(files).where(
+            files.c.created_at < _bound(files.c.created_at, horizon), files.c.id.not_in(still_read))).rowcount or 0
+        deleted += connection.execute(delete(owned).where(
+            owned.c.created_at < _bound(owned.c.created_at, horizon))).rowcount or 0
+        connection.execute(delete(uploads).where(uploads.c.expires_at < (time.time() if now is None else now)))
+    return deleted
 
 
 def _prune_minute_rows(engine: Engine, horizon: int, *, pause: float, stop: threading.Event | None) -> int:

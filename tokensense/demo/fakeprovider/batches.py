@@ -82,8 +82,24 @@ def _new_file(req: FakeRequest, data: bytes, filename: str, purpose: str) -> dic
     return entry
 
 
+def _mistral(req: FakeRequest) -> bool:
+    """Under a `/mistral` prefix the files answer in Mistral's shape (`UploadFileOut`, `ListFilesOut`)."""
+    return req.prefix.rstrip("/").endswith("/mistral")
+
+
+def _mistral_file_object(entry: dict[str, Any]) -> dict[str, Any]:
+    lines = sum(1 for raw in entry["data"].splitlines() if raw.strip())
+    return {"id": entry["id"], "object": "file", "bytes": entry["bytes"], "created_at": entry["created_at"],
+            "filename": entry["filename"], "purpose": entry["purpose"],
+            "sample_type": "batch_result" if entry["purpose"] == "batch_output" else "batch_request",
+            "num_lines": lines, "mimetype": "application/jsonl", "source": "mistral" if entry["purpose"] ==
+            "batch_output" else "upload", "signature": None}
+
+
 def files(req: FakeRequest) -> Reply:
     """`/v1/files`: POST uploads (multipart `file` + `purpose`), GET lists."""
+    if _mistral(req):
+        return mistral_files(req)
     if req.method == "GET":
         purpose = req.query.get("purpose")
         data = [_file_object(f) for f in _store(req, FILES).values() if purpose in (None, f["purpose"])]
@@ -115,7 +131,7 @@ def file(req: FakeRequest) -> Reply:
     if req.method == "DELETE":
         del _store(req, FILES)[entry["id"]]
         return json_reply({"id": entry["id"], "object": "file", "deleted": True})
-    return json_reply(_file_object(entry))
+    return json_reply(_mistral_file_object(entry) if _mistral(req) else _file_object(entry))
 
 
 def file_content(req: FakeRequest) -> Reply:
@@ -530,3 +546,131 @@ def gemini_batch_cancel(req: FakeRequest) -> Reply:
     if job["state"] == "BATCH_STATE_PENDING":
         job.update(state="BATCH_STATE_CANCELLED", updateTime=_rfc3339(time.time()), output={})
     return json_reply({})
+
+
+# --- Mistral batch jobs (https://docs.mistral.ai/capabilities/batch/) ----------------------------
+
+MISTRAL_BATCHES = "mistral_batches"
+# The endpoints a Mistral job may name, and the handler that answers each line (the job's model in its body).
+MISTRAL_BATCH_ENDPOINTS: dict[str, Callable[[FakeRequest], Reply]] = {
+    "/v1/chat/completions": openai_format.chat,
+    "/v1/embeddings": openai_format.embeddings,
+}
+
+
+def mistral_files(req: FakeRequest) -> Reply:
+    """Mistral's `/v1/files`: POST uploads (multipart `file`, `purpose` batch, fine-tune or ocr), GET lists."""
+    if req.method == "GET":
+        data = [_mistral_file_object(f) for f in _store(req, FILES).values()]
+        data.sort(key=lambda f: f["created_at"], reverse=True)
+        return json_reply({"data": data, "object": "list", "total": len(data)})
+    form = req.body if isinstance(req.body, dict) else {}
+    purpose = form.get("fields", {}).get("purpose", "fine-tune")
+    if "file" not in req.files:
+        raise FakeError(422, "file: Field required", param="file")
+    if purpose not in ("batch", "fine-tune", "ocr"):
+        raise FakeError(422, f"purpose: Input should be 'fine-tune', 'batch' or 'ocr', not '{purpose}'")
+    filename = form.get("files", {}).get("file", {}).get("filename") or "upload"
+    entry = _mistral_file(req, req.files["file"], filename, purpose)
+    return json_reply(_mistral_file_object(entry))
+
+
+def _mistral_file(req: FakeRequest, data: bytes, filename: str, purpose: str) -> dict[str, Any]:
+    """A file with Mistral's kind of id (a UUID)."""
+    entry = _new_file(req, data, filename, purpose)
+    store = _store(req, FILES)
+    del store[entry["id"]]
+    entry["id"] = str(uuid.uuid4())
+    store[entry["id"]] = entry
+    return entry
+
+
+def _mistral_job_object(job: dict[str, Any]) -> dict[str, Any]:
+    return {key: value for key, value in job.items() if not key.startswith("_")}
+
+
+def mistral_batch_jobs(req: FakeRequest) -> Reply:
+    """`/v1/batch/jobs`: POST creates a job (`input_files`, `model`, `endpoint`), GET lists (`BatchJobsOut`)."""
+    store = _store(req, MISTRAL_BATCHES)
+    if req.method == "GET":
+        data = [_mistral_job_object(_advance_mistral(req, job)) for job in store.values()]
+        data.sort(key=lambda job: job["created_at"], reverse=True)
+        return json_reply({"data": data, "object": "list", "total": len(data)})
+    body = req.body if isinstance(req.body, dict) else {}
+    endpoint, model, input_files = body.get("endpoint"), body.get("model"), body.get("input_files")
+    if endpoint not in MISTRAL_BATCH_ENDPOINTS:
+        raise FakeError(422, f"endpoint: Input should be one of {sorted(MISTRAL_BATCH_ENDPOINTS)}")
+    if not isinstance(model, str) or not model:
+        raise FakeError(422, "model: Field required")
+    inline = body.get("requests")
+    if inline is not None:  # inline requests: their results come back in the job's `outputs`
+        if not isinstance(inline, list) or not all(isinstance(r, dict) and isinstance(r.get("custom_id"), str)
+                                                   and isinstance(r.get("body"), dict) for r in inline):
+            raise FakeError(422, "requests: each needs custom_id and body")
+        input_files = []
+    elif not isinstance(input_files, list) or not input_files:
+        raise FakeError(422, "input_files: Field required")
+    requests = len(inline or [])
+    for file_id in input_files:
+        source = _store(req, FILES).get(file_id) if isinstance(file_id, str) else None
+        if source is None or source["purpose"] != "batch":
+            raise FakeError(404, f"File {file_id} not found or not uploaded with purpose 'batch'.")
+        requests += len(_jsonl(source["data"]))
+    now = _now()
+    job = {
+        "id": str(uuid.uuid4()), "object": "batch", "input_files": input_files, "metadata": body.get("metadata"),
+        "endpoint": endpoint, "model": model, "agent_id": None, "output_file": None, "error_file": None,
+        "errors": [], "outputs": None, "status": "QUEUED", "created_at": now, "total_requests": requests,
+        "completed_requests": 0, "succeeded_requests": 0, "failed_requests": 0, "started_at": None,
+        "completed_at": None, "_finish_at": time.time() + finish_after(req), "_requests": inline,
+    }
+    store[job["id"]] = job
+    return json_reply(_mistral_job_object(job))
+
+
+def _advance_mistral(req: FakeRequest, job: dict[str, Any]) -> dict[str, Any]:
+    """Run the job once its time has come: each input line answered for the job's model."""
+    if job["status"] == "CANCELLATION_REQUESTED":
+        job.update(status="CANCELLED", completed_at=_now())
+    if job["status"] not in ("QUEUED", "RUNNING") or time.time() < job["_finish_at"]:
+        if job["status"] == "QUEUED":
+            job.update(status="RUNNING", started_at=_now())
+        return job
+    handler = MISTRAL_BATCH_ENDPOINTS[job["endpoint"]]
+    output, errors = [], []
+    lines = job["_requests"] or [line for file_id in job["input_files"]
+                                 for line in _jsonl(_store(req, FILES)[file_id]["data"])]
+    for line in lines:
+        body = line.get("body")
+        status, answer = _answer(handler, req, {**body, "model": job["model"]} if isinstance(body, dict) else None)
+        result = {"id": f"batch-{uuid.uuid4().hex[:16]}", "custom_id": line["custom_id"],
+                  "response": {"status_code": status, "body": answer}, "error": None}
+        if status != 200:
+            result["error"] = {"message": json.dumps(answer)[:500], "code": status}
+        (output if status == 200 else errors).append(result)
+    if job["_requests"]:
+        job["outputs"] = output + errors
+    elif output:
+        entry = _mistral_file(req, _dump_jsonl(output), f"{job['id']}.jsonl", "batch_output")
+        job["output_file"] = entry["id"]
+    if errors and not job["_requests"]:
+        entry = _mistral_file(req, _dump_jsonl(errors), f"{job['id']}_error.jsonl", "batch_output")
+        job["error_file"] = entry["id"]
+    now = _now()
+    job.update(status="SUCCESS", started_at=job["started_at"] or now, completed_at=now,
+               completed_requests=len(output) + len(errors), succeeded_requests=len(output),
+               failed_requests=len(errors))
+    return job
+
+
+def mistral_batch_job(req: FakeRequest) -> Reply:
+    """`/v1/batch/jobs/{id}`: GET retrieves (and runs a job whose time has come)."""
+    return json_reply(_mistral_job_object(_advance_mistral(req, _find_batch(req, MISTRAL_BATCHES, "batch job"))))
+
+
+def mistral_batch_cancel(req: FakeRequest) -> Reply:
+    """`/v1/batch/jobs/{id}/cancel`: an unfinished job goes to `CANCELLATION_REQUESTED` (then `CANCELLED`)."""
+    job = _find_batch(req, MISTRAL_BATCHES, "batch job")
+    if job["status"] in ("QUEUED", "RUNNING"):
+        job["status"] = "CANCELLATION_REQUESTED"
+    return json_reply(_mistral_job_object(job))

@@ -67,6 +67,7 @@ _AZURE_PATH = re.compile(
     r"^(?P<prefix>.*?)/openai/(?:deployments/(?P<deployment>[^/]+)|v1)/(?P<operation>chat/completions|embeddings)$"
 )
 _GEMINI_PATH = re.compile(r"^(?P<prefix>.*?)/(?:v1beta|v1alpha|v1)/models/(?P<model>[^/:]+):(?P<action>[A-Za-z]+)$")
+_MISTRAL_BATCH_PATH = re.compile(r"^(?P<prefix>.*?)/v1/batch/jobs(?:/(?P<id>[^/]+)(?:/(?P<action>cancel))?)?$")
 _MESSAGE_BATCHES_PATH = re.compile(r"^(?P<prefix>.*?)/v1/messages/batches(?:/(?P<id>[^/]+)(?:/(?P<action>cancel|results))?)?$")
 _OPENAI_BATCH_PATH = re.compile(
     r"^(?P<prefix>.*?)(?:/v1)?/(?P<kind>files|batches)(?:/(?P<id>[^/]+)(?:/(?P<action>content|cancel))?)?$")
@@ -101,6 +102,9 @@ _BATCH_HANDLERS: dict[tuple[str, bool, str | None], dict[str, Handler]] = {
     ("message_batches", True, None): {"GET": batches.message_batch, "DELETE": batches.message_batch},
     ("message_batches", True, "cancel"): {"POST": batches.cancel_message_batch},
     ("message_batches", True, "results"): {"GET": batches.message_batch_results},
+    ("batch/jobs", False, None): {"GET": batches.mistral_batch_jobs, "POST": batches.mistral_batch_jobs},
+    ("batch/jobs", True, None): {"GET": batches.mistral_batch_job},
+    ("batch/jobs", True, "cancel"): {"POST": batches.mistral_batch_cancel},
 }
 
 # (suffix, method, format, handler, whether a "/v1" just before the suffix belongs to it).
@@ -156,7 +160,7 @@ def resolve_route(method: str, path: str, headers: Any) -> Route | None:
             if match["action"] == "batchGenerateContent" and method == "POST":
                 handler = batches.gemini_batch_create
             return Route(gemini_format, handler, match["prefix"], {"model": match["model"], "action": match["action"]})
-    if "/batches" in path or "/files" in path:
+    if "/batches" in path or "/files" in path or "/batch/jobs" in path:
         if route := _batch_route(method, path, headers):
             return route
     if route := _longtail_route(method, path):
@@ -227,6 +231,8 @@ def _batch_route(method: str, path: str, headers: Any) -> Route | None:
                      path.removesuffix("/v1/files"), {})
     if match := _MESSAGE_BATCHES_PATH.match(path):
         fmt, kind = anthropic_format, "message_batches"
+    elif match := _MISTRAL_BATCH_PATH.match(path):
+        fmt, kind = openai_format, "batch/jobs"
     elif (match := _OPENAI_BATCH_PATH.match(path)) and not match["prefix"].endswith(("/v1beta", "/v1alpha", "/upload")):
         fmt, kind = openai_format, match["kind"]
         if (kind, match["action"]) in (("files", "cancel"), ("batches", "content")):
