@@ -190,9 +190,15 @@ class ResponseStore:
         if self._last_purge is not None and now - self._last_purge < PURGE_INTERVAL:
             return
         self._last_purge = now
-        task = loop.create_task(asyncio.to_thread(self.purge_expired))
+        task = loop.create_task(self._purge_after(list(self._pending)))
         self._pending.add(task)
         task.add_done_callback(self._pending.discard)
+
+    async def _purge_after(self, writes: list[asyncio.Task]) -> None:
+        """Delete the expired rows once the writes in flight are done: one writer at a time (a SQLite delete racing
+        an insert of the same process can fail at once, busy timeout or not, and would wait for the next interval)."""
+        await asyncio.gather(*writes, return_exceptions=True)
+        await asyncio.to_thread(self.purge_expired)
 
     def purge_expired(self) -> int:
         """Delete the expired rows (blocking: run it in a thread). How many went; 0 if the database failed."""
