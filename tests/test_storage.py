@@ -16,7 +16,7 @@ from sqlmodel import Session, SQLModel, select
 from tests.conftest import service_missing
 from tokensense import crypto
 from tokensense.settings import reset_settings
-from tokensense.storage import db, repo
+from tokensense.storage import db, repo, rollups
 from tokensense.storage.models import ApiKey, ProviderCredential, UsageCreate
 
 PG_URL = "postgresql://postgres@127.0.0.1:5432/test"
@@ -282,7 +282,7 @@ def test_provider_key_under_another_secret_is_a_clear_error(session: Session, mo
 
 
 def test_record_usages_is_one_batched_insert(session: Session) -> None:
-    """One executemany INSERT for the records, one for their rollup rows (both in one transaction)."""
+    """One executemany INSERT for the records, one upsert per rollup cut for their rollup rows (one transaction)."""
     statements: list[str] = []
 
     def count(conn, cursor, statement, parameters, context, executemany) -> None:
@@ -296,7 +296,10 @@ def test_record_usages_is_one_batched_insert(session: Session) -> None:
     finally:
         event.remove(engine, "before_cursor_execute", count)
     assert written == 25
-    assert [s.split("(")[0].strip() for s in statements] == ["INSERT INTO usage", "INSERT INTO usage_rollup"]
+    tables = [s.split("(")[0].strip() for s in statements]
+    # The records in one executemany; their rollup rows in one upsert per cut (each with the cut's own fields).
+    assert tables[0] == "INSERT INTO usage" and tables.count("INSERT INTO usage") == 1
+    assert set(tables[1:]) == {"INSERT INTO usage_rollup"} and len(tables) - 1 <= len(rollups.CUTS)
     assert repo.record_usages(session=session, usages=[]) == 0
     assert len(repo.query_usage(session=session)) == 25
 
