@@ -10,66 +10,27 @@ from __future__ import annotations
 
 from typing import Any
 
-from tokensense.core.endpoints import Endpoint
 from tokensense.core.errors import ErrorShape
 from tokensense.core.paths import path_segment
 from tokensense.providers.batch_api import JobStatus, LineRequest, as_dict, as_str
-from tokensense.providers.openai_batches import OpenAIBatchApi
+from tokensense.providers.openai_batches import OpenAIBatchApi, openai_batch_routes
 from tokensense.providers.routes import ClientRoute
 
 # A job's terminal states: no line runs any more, its result files are final.
 ENDED = frozenset({"SUCCESS", "FAILED", "TIMEOUT_EXCEEDED", "CANCELLED"})
 
-_ID = r"(?P<resource>[^/:]+)"
+JOBS = "/v1/batch/jobs"
 
 
 def mistral_batch_routes(errors: ErrorShape) -> tuple[ClientRoute, ...]:
     """`/v1/files` and `/v1/batch/jobs` (under `/mistral/` the call goes to Mistral)."""
-
-    def route(methods: tuple[str, ...], pattern: str, endpoint: Endpoint) -> ClientRoute:
-        return ClientRoute(
-            methods, pattern, endpoint, errors, model_in_body=False, body_streams=False, names_provider=True
-        )
-
-    return (
-        route(("POST",), r"/v1/files", Endpoint.FILES_UPLOAD),
-        route(("GET",), r"/v1/files", Endpoint.FILES_LIST),
-        route(("GET",), rf"/v1/files/{_ID}", Endpoint.FILES_RETRIEVE),
-        route(("DELETE",), rf"/v1/files/{_ID}", Endpoint.FILES_DELETE),
-        route(("GET",), rf"/v1/files/{_ID}/content", Endpoint.FILES_CONTENT),
-        route(("POST",), r"/v1/batch/jobs", Endpoint.BATCHES_CREATE),
-        route(("GET",), r"/v1/batch/jobs", Endpoint.BATCHES_LIST),
-        route(("GET",), rf"/v1/batch/jobs/{_ID}", Endpoint.BATCHES_RETRIEVE),
-        route(("POST",), rf"/v1/batch/jobs/{_ID}/cancel", Endpoint.BATCHES_CANCEL),
-    )
-
-
-_PATHS = {
-    Endpoint.FILES_UPLOAD: "/v1/files",
-    Endpoint.FILES_LIST: "/v1/files",
-    Endpoint.FILES_RETRIEVE: "/v1/files/{id}",
-    Endpoint.FILES_DELETE: "/v1/files/{id}",
-    Endpoint.FILES_CONTENT: "/v1/files/{id}/content",
-    Endpoint.BATCHES_CREATE: "/v1/batch/jobs",
-    Endpoint.BATCHES_LIST: "/v1/batch/jobs",
-    Endpoint.BATCHES_RETRIEVE: "/v1/batch/jobs/{id}",
-    Endpoint.BATCHES_CANCEL: "/v1/batch/jobs/{id}/cancel",
-}
+    return openai_batch_routes(errors, JOBS)
 
 
 class MistralBatchApi(OpenAIBatchApi):
     """Jobs read from uploaded JSONL files (`custom_id`, `body`), for the job's one model."""
 
-    def upstream_path(
-        self, endpoint: Endpoint, resource: str | None, *, model: str | None = None, action: str | None = None
-    ) -> str:
-        template = _PATHS[endpoint]
-        if "{id}" in template:
-            return template.format(id=path_segment(resource or "", what="id"))
-        return template
-
-    def job_path(self, job_id: str) -> str:
-        return f"/v1/batch/jobs/{path_segment(job_id, what='id')}"
+    jobs = JOBS
 
     def input_file(self, create_body: dict[str, Any]) -> str | None:
         """The job's input file (a job of several files is reserved from its first: see docs/batches.md)."""

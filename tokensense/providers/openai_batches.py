@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from typing import TYPE_CHECKING, Any
 
 from tokensense.core.endpoints import Endpoint
@@ -21,38 +22,34 @@ NO_OUTPUT_URLS = frozenset({"/v1/embeddings", "/v1/moderations"})
 _ID = r"(?P<resource>[^/:]+)"  # no `:`: `/v1/files/{id}:download` is Gemini's
 
 
-def openai_batch_routes(errors: ErrorShape) -> tuple[ClientRoute, ...]:
-    """`/v1/files` and `/v1/batches`: the call goes to the provider that lists these routes (names_provider)."""
+def openai_batch_routes(errors: ErrorShape, jobs: str = "/v1/batches") -> tuple[ClientRoute, ...]:
+    """`/v1/files` and the jobs' path (`/v1/batches`; Mistral's `/v1/batch/jobs`): the call goes to the provider
+    that lists these routes (names_provider)."""
 
     def route(methods: tuple[str, ...], pattern: str, endpoint: Endpoint) -> ClientRoute:
         return ClientRoute(
             methods, pattern, endpoint, errors, model_in_body=False, body_streams=False, names_provider=True
         )
 
-    return (
-        route(("POST",), r"/v1/files", Endpoint.FILES_UPLOAD),
-        route(("GET",), r"/v1/files", Endpoint.FILES_LIST),
-        route(("GET",), rf"/v1/files/{_ID}", Endpoint.FILES_RETRIEVE),
-        route(("DELETE",), rf"/v1/files/{_ID}", Endpoint.FILES_DELETE),
-        route(("GET",), rf"/v1/files/{_ID}/content", Endpoint.FILES_CONTENT),
-        route(("POST",), r"/v1/batches", Endpoint.BATCHES_CREATE),
-        route(("GET",), r"/v1/batches", Endpoint.BATCHES_LIST),
-        route(("GET",), rf"/v1/batches/{_ID}", Endpoint.BATCHES_RETRIEVE),
-        route(("POST",), rf"/v1/batches/{_ID}/cancel", Endpoint.BATCHES_CANCEL),
+    return tuple(
+        route((method,), re.escape(path).replace(re.escape("{id}"), _ID), endpoint)
+        for endpoint, (method, path) in batch_paths(jobs).items()
     )
 
 
-_PATHS = {
-    Endpoint.FILES_UPLOAD: "/v1/files",
-    Endpoint.FILES_LIST: "/v1/files",
-    Endpoint.FILES_RETRIEVE: "/v1/files/{id}",
-    Endpoint.FILES_DELETE: "/v1/files/{id}",
-    Endpoint.FILES_CONTENT: "/v1/files/{id}/content",
-    Endpoint.BATCHES_CREATE: "/v1/batches",
-    Endpoint.BATCHES_LIST: "/v1/batches",
-    Endpoint.BATCHES_RETRIEVE: "/v1/batches/{id}",
-    Endpoint.BATCHES_CANCEL: "/v1/batches/{id}/cancel",
-}
+def batch_paths(jobs: str) -> dict[Endpoint, tuple[str, str]]:
+    """The method and path of each Files and Batch API operation, with the jobs under `jobs`."""
+    return {
+        Endpoint.FILES_UPLOAD: ("POST", "/v1/files"),
+        Endpoint.FILES_LIST: ("GET", "/v1/files"),
+        Endpoint.FILES_RETRIEVE: ("GET", "/v1/files/{id}"),
+        Endpoint.FILES_DELETE: ("DELETE", "/v1/files/{id}"),
+        Endpoint.FILES_CONTENT: ("GET", "/v1/files/{id}/content"),
+        Endpoint.BATCHES_CREATE: ("POST", jobs),
+        Endpoint.BATCHES_LIST: ("GET", jobs),
+        Endpoint.BATCHES_RETRIEVE: ("GET", f"{jobs}/{{id}}"),
+        Endpoint.BATCHES_CANCEL: ("POST", f"{jobs}/{{id}}/cancel"),
+    }
 
 
 def _error_text(error: Any) -> str | None:
@@ -69,16 +66,18 @@ class OpenAIBatchApi(BatchApi):
     """Jobs read from an uploaded JSONL file (`custom_id`, `method`, `url`, `body`); results in output and
     error files (`custom_id`, `response: {status_code, body}`, `error`)."""
 
+    jobs = "/v1/batches"  # where the jobs are (Mistral: `/v1/batch/jobs`)
+
     def upstream_path(
         self, endpoint: Endpoint, resource: str | None, *, model: str | None = None, action: str | None = None
     ) -> str:
-        template = _PATHS[endpoint]
+        template = batch_paths(self.jobs)[endpoint][1]
         if "{id}" in template:
             return template.format(id=path_segment(resource or "", what="id"))
         return template
 
     def job_path(self, job_id: str) -> str:
-        return f"/v1/batches/{path_segment(job_id, what='id')}"
+        return f"{self.jobs}/{path_segment(job_id, what='id')}"
 
     def job_id(self, answer: Any) -> str | None:
         if isinstance(answer, dict) and answer.get("object") == "batch" and isinstance(answer.get("id"), str):
