@@ -174,6 +174,8 @@ def test_refusals() -> None:
     refusal = unpriced_path_refusal(key(budget_usd=5.0), "POST", unpriced)
     assert refusal is not None and refusal.status == 403 and "/v1/fine_tuning/jobs" in refusal.message
     assert unpriced_path_refusal(key(), "POST", unpriced) is None
+    refusal = unpriced_path_refusal(key(), "POST", unpriced, budget="workflow `nightly`")  # a budget on attribution
+    assert refusal is not None and refusal.status == 403 and "workflow `nightly`" in refusal.message
     assert unpriced_path_refusal(key(budget_usd=5.0), "GET", path._replace(kind="free")) is None
     limited = key(allowed_endpoints=("chat.completions", "vector_*"))
     assert endpoint_refusal(limited, Endpoint("vector_stores")) is None

@@ -138,6 +138,26 @@ async def test_police_refuses_access_and_unpriced_models_for_a_budget() -> None:
     assert (await _police(media, unpriced)).passed
 
 
+async def test_police_refuses_unpriced_models_for_a_budget_on_the_calls_attribution() -> None:
+    """A key without a budget, in a workflow with one: an unpriced model could not be counted against the workflow's
+    budget, so it is refused as for a key with a budget, naming the workflow's budget."""
+    from tokensense.config import BudgetsConfig
+    from tokensense.gateway.budgets import BudgetBook
+
+    book = BudgetBook(None, BudgetsConfig.model_validate([{"workflow": "nightly", "usd": 5}]).limits)
+    body = {"model": "gpt-nonexistent-9", "messages": [], "max_tokens": 10}
+    unpriced = Target(PROVIDERS["openai"], "gpt-nonexistent-9", "openai/gpt-nonexistent-9", body)
+    call = _call(_key())
+    call.attribution = {"workflow": "nightly"}
+    with pytest.raises(Refused) as e:
+        await _police(call, unpriced, budgets=book)
+    assert e.value.error.status == 403 and e.value.error.code == "model_unpriced"
+    assert "workflow `nightly`" in e.value.reason
+    other = _call(_key())
+    other.attribution = {"workflow": "daytime"}  # no budget applies: nothing to count it against
+    assert (await _police(other, unpriced, budgets=book)).passed
+
+
 async def test_police_reserves_the_budget_and_counts_the_rate_of_the_first_attempt_only() -> None:
     counters = MemoryCounters()
     target = Target(PROVIDERS["openai"], "gpt-4o-mini", "gpt-4o-mini",
