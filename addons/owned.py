@@ -24,10 +24,11 @@ from tokensense.core.paths import path_segment
 from tokensense.core.usage import TokenUsage
 from tokensense.gateway import media
 from tokensense.gateway.call import CallContext
+from tokensense.gateway.owned_jobs import media_table, owned_price
 from tokensense.gateway.runtime import Runtime
 from tokensense.gateway.stages.parse import read_json, resolve
 from tokensense.gateway.stages.settle import settle_booking
-from tokensense.metering.media_prices import MediaPriceTable, load_media_prices
+from tokensense.metering.media_prices import MediaPriceTable
 from tokensense.providers import get_provider
 from tokensense.providers.base import Upstream
 from tokensense.providers.owned import CREATE, DELETE, LIST, READ, UPDATE, Metered, OwnedRules
@@ -68,18 +69,12 @@ class OwnedResources:
     @property
     def prices(self) -> MediaPriceTable:
         if self._prices is None:
-            self._prices, error = load_media_prices(self.runtime.config.media_prices)
-            if error:
-                log.error("%s; owned resources are priced with the built-in table", error)
+            self._prices = media_table(self.runtime)
         return self._prices
 
     def price(self, model: str | None, metered: Metered | None) -> float | None:
         """USD for what an owned resource's answer metered (None: unpriced)."""
-        if metered is None or not model:
-            return None
-        if metered.tokens is not None:
-            return self.prices.storage_cost(model, tokens=metered.tokens, seconds=metered.seconds)
-        return self.prices.video_cost(model, seconds=metered.seconds, size=metered.size)
+        return owned_price(self.prices, model, metered)
 
     # --- parse stage ---------------------------------------------------------------------------
 

@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import json
 import shutil
+import sqlite3
 import time
 import uuid
+from contextlib import closing
 
 import httpx
 import openai
@@ -168,6 +170,57 @@ def test_video_booked_once_across_instances_sharing_the_database(gateway: Gatewa
         assert len(booked(gateway, video.id)) == 1
     finally:
         stop(second.process)
+
+
+def test_a_video_never_retrieved_through_the_gateway_is_booked_by_the_follower(tmp_path, fake_provider,
+                                                                               exec_id: str) -> None:
+    # The client learns of the end elsewhere (a webhook): the gateway's own poll (batch follower) books it, once.
+    gw = start_gateway(tmp_path, fake_provider, extra_env={"TOKENSENSE_BATCH_POLL_SECONDS": "0.3"})
+    try:
+        client = openai_client(gw, **{"x-execution-id": exec_id, "x-workflow-tag": "webhook", "x-project": "ads"})
+        video = client.videos.create(model="sora-2", prompt="A dog surfing", seconds="12", size="720x1280",
+                                     extra_headers={"x-fake-batch-seconds": "0.5"})
+        failed = client.videos.create(model="sora-2", prompt="Broken", seconds="8",
+                                      extra_headers={"x-fake-batch-seconds": "0.5", "x-fake-video-fail": "1"})
+        assert video.status == failed.status == "queued"
+        [record] = gw.wait_records(request_id=video.id)
+        assert (record["provider"], record["model"], record["endpoint"], record["status"]) == \
+            ("openai", "sora-2", "videos", 200)
+        assert record["seconds"] == 12 and record["key_name"] == "e2e"
+        assert (record["execution_id"], record["workflow"], record["project"]) == (exec_id, "webhook", "ads")
+        assert record["cost_usd"] == pytest.approx(12 * 0.10, abs=MICRO)
+        polls = [r for r in gw.fake.requests() if r["path"] == f"/openai/v1/videos/{video.id}"]
+        assert polls and all(r["headers"]["authorization"] == f"Bearer {PROVIDER_KEYS['openai']}" for r in polls)
+        assert all(gw.key not in json.dumps(r) for r in polls)
+
+        # The failed one books nothing and is no longer polled; the booked one neither.
+        def polled(video_id: str) -> int:
+            return len([r for r in gw.fake.requests() if r["path"] == f"/openai/v1/videos/{video_id}"])
+
+        def settled(video_id: str) -> bool:
+            with closing(sqlite3.connect(gw.db_path)) as conn:
+                row = conn.execute("SELECT booked_at FROM owned_resources WHERE id = ?", (video_id,)).fetchone()
+            return bool(row and row[0])
+
+        deadline = time.monotonic() + 10
+        while not settled(failed.id) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert settled(failed.id) and polled(failed.id) >= 1
+        seen = polled(failed.id), polled(video.id)
+        time.sleep(1.2)  # four polls' time
+        assert (polled(failed.id), polled(video.id)) == seen, "an ended video is no longer polled"
+        assert not booked(gw, failed.id)
+
+        # A retrieve afterwards sees it completed: never booked again.
+        assert client.videos.retrieve(video.id).status == "completed"
+        assert client.videos.retrieve(failed.id).status == "failed"
+        gw.wait_records(4, execution_id=exec_id)  # the two creates and the two retrieves
+        time.sleep(0.5)
+        assert len(booked(gw, video.id)) == 1
+        priced = [r for r in gw.records(execution_id=exec_id) if r["cost_usd"]]
+        assert [r["request_id"] for r in priced] == [video.id]
+    finally:
+        stop(gw.process)
 
 
 def test_a_video_the_budget_cannot_cover_is_refused_before_the_provider(gateway: Gateway) -> None:

@@ -10,7 +10,8 @@
   key, how each open job is doing; once a job ended it reads the result lines and
   writes one usage record per line (request id derived from the job and the line: a
   second write of the same line is skipped by the database), then marks the job
-  booked, which releases what it held of its key's budget.
+  booked, which releases what it held of its key's budget. In the same tick it polls the owned jobs no client
+  retrieves through the gateway (a video: gateway/owned_jobs.py) and books each finished one once.
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ from sqlmodel import Session
 from tokensense.core.endpoints import Endpoint
 from tokensense.core.usage import TokenUsage
 from tokensense.gateway.budgets import BudgetBook
+from tokensense.gateway.owned_jobs import OwnedJobs
 from tokensense.gateway.reservation import model_max_output, reservation_usage
 from tokensense.gateway.routing import join_url
 from tokensense.gateway.stages.police import BudgetHold, add_spend, spend_holds
@@ -233,6 +235,7 @@ class BatchFollower:
         self._task: asyncio.Task | None = None
         self._client: Any = None
         self._wake = asyncio.Event()
+        self.owned = OwnedJobs(runtime)
 
     def start(self) -> None:
         if self._task is None:
@@ -290,7 +293,8 @@ class BatchFollower:
             return store.open_jobs(session=session)
 
     async def tick(self) -> int:
-        """Poll every open job once (if this process holds the lease); how many jobs were booked."""
+        """Poll every open job, batch or owned (a video), once (if this process holds the lease); how many jobs
+        were booked."""
         if not self.runtime.started or not await asyncio.to_thread(self._lease):
             return 0
         booked = 0
@@ -302,7 +306,7 @@ class BatchFollower:
             except Exception as e:
                 log.warning("batch job %s: could not follow it: %s: %s", job.id, type(e).__name__, str(e)[:200])
                 await asyncio.to_thread(self._note, job.id, error=f"{type(e).__name__}: {str(e)[:200]}")
-        return booked
+        return booked + await self.owned.tick(self.client())
 
     def _note(self, job_id: str, **kwargs: Any) -> None:
         with self._session() as session:

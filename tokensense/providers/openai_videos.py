@@ -3,13 +3,15 @@
 A video is a job: `POST /v1/videos` starts it (multipart or JSON: `prompt`, `model`, `seconds`, `size`), `GET
 /v1/videos/{id}` follows it until `status` is `completed`, `GET /v1/videos/{id}/content` downloads it. OpenAI
 bills the requested duration at the model's rate for the requested size, for a completed video; TokenSense books
-that once, when an answer through the gateway first shows the job completed (the SDK's `create_and_poll` polls
-through the gateway), whoever's retrieve it is.
+that once, when an answer first shows the job completed: a retrieve through the gateway (the SDK's
+`create_and_poll` polls through it), or the batch follower's own poll (`status_path`) for a client that never
+retrieves it (webhooks); whoever sees it first. A failed video books nothing.
 """
 
 from __future__ import annotations
 
 from typing import Any
+from urllib.parse import quote
 
 from tokensense.core.endpoints import Endpoint
 from tokensense.core.errors import GatewayError
@@ -59,6 +61,12 @@ class VideoJobs(OwnedRules):
 
     def stored_id(self, resource: str) -> str:
         return resource
+
+    def status_path(self, resource_id: str) -> str | None:
+        return f"/v1/videos/{quote(resource_id, safe='')}"
+
+    def ended_unbilled(self, answer: dict[str, Any]) -> bool:
+        return answer.get("status") in ("failed", "expired", "cancelled")
 
     def resource_id(self, answer: dict[str, Any]) -> str | None:
         found = answer.get("id")

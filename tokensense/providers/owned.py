@@ -76,6 +76,15 @@ class OwnedRules(ABC):
         """A job: what to book when `answer` shows it finished (None: not finished, or nothing to book)."""
         return None
 
+    def status_path(self, resource_id: str) -> str | None:
+        """A job: the provider's path that answers how it is doing (the batch follower polls it with the stored
+        provider key until it is booked, for clients that never retrieve it through the gateway); None: not polled."""
+        return None
+
+    def ended_unbilled(self, answer: dict[str, Any]) -> bool:
+        """A job: `answer` shows it ended with nothing to book (failed, expired): it is no longer polled."""
+        return False
+
     def stored(self, answer: dict[str, Any], state: dict[str, Any] | None) -> tuple[Metered | None, dict[str, Any]]:
         """Storage: what a create (`state` None) or update answer books, and the state to keep."""
         return None, {}

@@ -86,6 +86,16 @@ def claim_booking(*, session: Session, resource_id: str) -> bool:
     return int(result.rowcount or 0) == 1
 
 
+def open_jobs(*, session: Session, kinds: list[str], limit: int = 500) -> list[Owned]:
+    """Jobs of `kinds` not booked yet (oldest first): what the batch follower polls."""
+    if not kinds:
+        return []
+    rows = session.exec(select(OwnedResource).where(col(OwnedResource.kind).in_(kinds),
+                                                    col(OwnedResource.booked_at).is_(None))
+                        .order_by(col(OwnedResource.created_at)).limit(limit))
+    return [_owned(row) for row in rows.all()]
+
+
 def forget_owned(*, session: Session, resource_id: str) -> bool:
     row = session.get(OwnedResource, resource_id)
     if row is None:

@@ -253,8 +253,11 @@ VIDEOS = "openai_videos"
 
 def _video_object(video: dict[str, Any]) -> dict[str, Any]:
     if video["status"] in ("queued", "in_progress") and time.time() >= video["_finish_at"]:
-        video.update(status="completed", progress=100, completed_at=int(time.time()),
-                     expires_at=int(time.time()) + 3600)
+        if video.get("_fail"):  # `x-fake-video-fail: 1`: the job fails instead (OpenAI bills nothing)
+            video.update(status="failed", error={"code": "video_generation_failed", "message": "The fake failed."})
+        else:
+            video.update(status="completed", progress=100, completed_at=int(time.time()),
+                         expires_at=int(time.time()) + 3600)
     return {k: v for k, v in video.items() if not k.startswith("_")}
 
 
@@ -279,7 +282,8 @@ def videos(req: FakeRequest) -> Reply:
     video = {"id": f"video_{uuid.uuid4().hex[:24]}", "object": "video", "model": fields.get("model") or "sora-2",
              "status": "queued", "progress": 0, "created_at": int(time.time()), "completed_at": None,
              "expires_at": None, "prompt": prompt, "remixed_from_video_id": None, "seconds": seconds, "size": size,
-             "error": None, "_finish_at": time.time() + batches.finish_after(req)}
+             "error": None, "_finish_at": time.time() + batches.finish_after(req),
+             "_fail": req.headers.get("x-fake-video-fail") == "1"}
     store[video["id"]] = video
     return json_reply(_video_object(video))
 
