@@ -7,7 +7,8 @@ from pathlib import Path
 
 from sqlmodel import Session, SQLModel, create_engine
 
-from tokensense.storage.owned import claim_booking, owned, owned_ids, remember_owned
+from tokensense.gateway.owned_jobs import job_kinds
+from tokensense.storage.owned import claim_booking, open_jobs, owned, owned_ids, remember_owned
 
 
 def test_a_job_is_claimed_for_booking_exactly_once_by_concurrent_claimers(tmp_path: Path) -> None:
@@ -41,3 +42,16 @@ def test_a_job_is_claimed_for_booking_exactly_once_by_concurrent_claimers(tmp_pa
         assert found is not None and found.booked
         assert claim_booking(session=session, resource_id="video_1") is False  # after a restart too
     engine.dispose()
+
+
+def test_the_follower_polls_only_unbooked_jobs_of_job_kinds(tmp_path: Path) -> None:
+    engine = create_engine(f"sqlite:///{tmp_path / 'owned.db'}")
+    SQLModel.metadata.create_all(engine)
+    with Session(engine) as session:
+        for resource, kind in (("video_a", "videos"), ("video_b", "videos"), ("cachedContents/c", "cached_contents")):
+            remember_owned(session=session, resource_id=resource, kind=kind, key_id="k1", provider="openai",
+                           model=None, attribution=None, state=None)
+        assert claim_booking(session=session, resource_id="video_b")
+        assert [job.id for job in open_jobs(session=session, kinds=["videos"])] == ["video_a"]
+        assert open_jobs(session=session, kinds=[]) == []
+    assert job_kinds() == ["videos"]  # the built-in providers' jobs: OpenAI's videos (a cache is not a job)

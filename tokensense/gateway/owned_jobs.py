@@ -102,8 +102,7 @@ class OwnedJobs:
             except asyncio.CancelledError:
                 raise
             except Exception as e:
-                log.warning("%s job %s: could not follow it: %s: %s", job.kind, job.id, type(e).__name__,
-                            str(e)[:200])
+                log.warning("%s job %s: could not follow it: %s: %s", job.kind, job.id, type(e).__name__, str(e)[:200])
         return booked
 
     async def _follow(self, client: Any, job: Owned) -> int:
@@ -140,16 +139,30 @@ class OwnedJobs:
         self._settle(provider, rules, job, key, metered)
         return 1
 
-    def _settle(self, provider: Provider, rules: OwnedRules, job: Owned, key: KeyInfo | None,
-                metered: Metered) -> None:
+    def _settle(self, provider: Provider, rules: OwnedRules, job: Owned, key: KeyInfo | None, metered: Metered) -> None:
         cost = owned_price(self.prices, job.model, metered)
         if cost is None:
             log.warning("no price for %s at %s: its booked record is unpriced", job.model, metered.size)
         fmt = next((route.errors for route in provider.client_routes if route.endpoint is rules.kind), DEFAULT_ERRORS)
-        call = CallContext(rules.kind, fmt, key=key, provider=provider, model=job.model, media_priced=True,
-                           on_attempt_record=[self._observe])
-        settle_booking(self.runtime, call, request_id=job.id, endpoint=rules.kind, model=job.model,
-                       attribution=job.attribution, usage=TokenUsage(seconds=round(metered.seconds, 3)), cost=cost)
+        call = CallContext(
+            rules.kind,
+            fmt,
+            key=key,
+            provider=provider,
+            model=job.model,
+            media_priced=True,
+            on_attempt_record=[self._observe],
+        )
+        settle_booking(
+            self.runtime,
+            call,
+            request_id=job.id,
+            endpoint=rules.kind,
+            model=job.model,
+            attribution=job.attribution,
+            usage=TokenUsage(seconds=round(metered.seconds, 3)),
+            cost=cost,
+        )
         log.info("%s job %s (%s) booked by the follower: $%s", job.kind, job.id, provider.name, cost)
 
     def _observe(self, record: UsageCreate) -> None:
@@ -159,4 +172,3 @@ class OwnedJobs:
                 observe([record])
             except Exception:
                 log.exception("owned job record observer failed")
-
