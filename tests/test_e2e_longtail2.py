@@ -101,6 +101,11 @@ def openai_client(gw: Gateway, key: str | None = None, **headers: str) -> openai
     return openai.OpenAI(base_url=f"{gw.url}/v1", api_key=key or gw.key, max_retries=0, default_headers=headers)
 
 
+def sent(gw: Gateway) -> list[dict]:
+    """What clients' calls sent the fake: not the batch follower's own polls of open videos (its httpx client)."""
+    return [r for r in gw.fake.requests() if not r["headers"].get("user-agent", "").startswith("python-httpx")]
+
+
 def booked(gw: Gateway, video_id: str) -> list[dict]:
     return gw.records(request_id=video_id)
 
@@ -136,14 +141,14 @@ def test_a_video_is_visible_only_to_the_key_that_made_it(gateway: Gateway, exec_
     video = owner.videos.create(model="sora-2", prompt="Slow", extra_headers={"x-fake-batch-seconds": "3600"})
     assert video.status == "queued"
     other = openai_client(gateway, new_key(gateway))
-    before = len(gateway.fake.requests())
+    before = len(sent(gateway))
     with pytest.raises(openai.NotFoundError):
         other.videos.retrieve(video.id)
     with pytest.raises(openai.NotFoundError):
         other.videos.download_content(video.id)
     with pytest.raises(openai.NotFoundError):
         other.videos.delete(video.id)
-    assert len(gateway.fake.requests()) == before, "another key's video id never reaches the provider"
+    assert len(sent(gateway)) == before, "another key's video id never reaches the provider"
     assert video.id not in [v.id for v in other.videos.list()]
     assert owner.videos.retrieve(video.id).status == "queued"
     assert owner.videos.delete(video.id).deleted is True
@@ -191,6 +196,7 @@ def test_a_video_never_retrieved_through_the_gateway_is_booked_by_the_follower(t
         assert record["cost_usd"] == pytest.approx(12 * 0.10, abs=MICRO)
         polls = [r for r in gw.fake.requests() if r["path"] == f"/openai/v1/videos/{video.id}"]
         assert polls and all(r["headers"]["authorization"] == f"Bearer {PROVIDER_KEYS['openai']}" for r in polls)
+        assert not any(r in sent(gw) for r in polls), "the follower's polls are told apart from the clients' calls"
         assert all(gw.key not in json.dumps(r) for r in polls)
 
         # The failed one books nothing and is no longer polled; the booked one neither.
@@ -225,17 +231,17 @@ def test_a_video_never_retrieved_through_the_gateway_is_booked_by_the_follower(t
 
 def test_a_video_the_budget_cannot_cover_is_refused_before_the_provider(gateway: Gateway) -> None:
     poor = openai_client(gateway, new_key(gateway, "--budget-usd", "0.5"))
-    before = len(gateway.fake.requests())
+    before = len(sent(gateway))
     with pytest.raises(openai.APIStatusError) as refused:
         poor.videos.create(model="sora-2", prompt="Long", seconds="12")  # $1.20 reserved > $0.50
     assert refused.value.status_code in (402, 429)
-    assert len(gateway.fake.requests()) == before
+    assert len(sent(gateway)) == before
     assert poor.videos.create(model="sora-2", prompt="Short", seconds="4").id  # $0.40 fits
     capped = openai_client(gateway, new_key(gateway, "--max-call-usd", "1"))
     with pytest.raises(openai.APIStatusError) as over_cap:
         capped.videos.create(model="sora-2-pro", prompt="Long", seconds="4", size="1792x1024")  # $2.00 > $1 cap
     assert over_cap.value.status_code == 402
-    assert len(gateway.fake.requests()) == before + 1
+    assert len(sent(gateway)) == before + 1
     assert capped.videos.create(model="sora-2", prompt="Short", seconds="8").id  # $0.80 within the cap
 
 

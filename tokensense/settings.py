@@ -37,7 +37,7 @@ class Settings(BaseSettings):
     client_idle_timeout: float = 60.0  # seconds a client connection may sit idle or half-sent
     # Days a Responses API response id stays owned by its key (and a translated conversation kept): OpenAI's 30.
     responses_ttl_days: float = Field(default=30.0, gt=0)
-    # Seconds between two polls of the batch jobs the gateway follows (one process of a deployment polls).
+    # Seconds between two polls of the batch and video jobs the gateway follows (one process of a deployment polls).
     batch_poll_seconds: float = Field(default=30.0, gt=0)
     # The Responses API over WebSocket (Codex CLI); off: the handshake gets a 426 and Codex uses HTTP.
     responses_websocket: bool = True
