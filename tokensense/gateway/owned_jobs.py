@@ -133,9 +133,10 @@ class OwnedJobs:
                 log.info("%s job %s ended %s: nothing to book", job.kind, job.id, str(body.get("status"))[:40])
                 await self.store.claim_booking(job.id)
             return 0
+        # The key is read before the claim: nothing may fail between the claim and the record.
+        key = await asyncio.to_thread(self._key, job.key_id)
         if not await self.store.claim_booking(job.id):
             return 0  # a retrieve (or another process) booked it first
-        key = await asyncio.to_thread(self._key, job.key_id)
         self._settle(provider, rules, job, key, metered)
         return 1
 
