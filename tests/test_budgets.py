@@ -5,6 +5,7 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 
 import pytest
+from keyinfo import key_info
 from sqlalchemy.pool import StaticPool
 from sqlmodel import Session, SQLModel, create_engine
 
@@ -38,21 +39,7 @@ def session():
 
 
 def _key(**changes: object) -> KeyInfo:
-    fields: dict = dict(
-        id="k1",
-        name="ci",
-        revoked=False,
-        project=None,
-        budget_usd=None,
-        budget_period="total",
-        rpm=None,
-        tpm=None,
-        plan=None,
-        allowed_models=(),
-        allowed_providers=(),
-    )
-    fields.update(changes)
-    return KeyInfo(**fields)
+    return key_info(**{"name": "ci", **changes})
 
 
 def test_periods_start_at_utc_boundaries() -> None:

@@ -9,6 +9,7 @@ import uuid
 from collections.abc import AsyncIterator
 
 import pytest
+from keyinfo import key_info
 
 from tests.conftest import free_port, service_missing
 from tokensense.core.endpoints import Endpoint
@@ -79,19 +80,7 @@ async def test_parallel_calls_over_shared_budgets_are_all_or_none(shared: RedisC
 
 
 def _key() -> KeyInfo:
-    return KeyInfo(
-        id=uuid.uuid4().hex[:16],
-        name="ci",
-        revoked=False,
-        project=None,
-        budget_usd=10.0,
-        budget_period="total",
-        rpm=None,
-        tpm=None,
-        plan=None,
-        allowed_models=(),
-        allowed_providers=(),
-    )
+    return key_info(id=uuid.uuid4().hex[:16], name="ci", budget_usd=10.0)
 
 
 async def test_police_asks_redis_once_for_every_budget_of_a_call(shared: RedisCounters) -> None:

@@ -7,6 +7,7 @@ import asyncio
 from datetime import UTC, datetime, timedelta
 
 import pytest
+from keyinfo import key_info
 from sqlalchemy.pool import StaticPool
 from sqlmodel import Session, SQLModel, create_engine
 
@@ -34,19 +35,7 @@ RUN = {"project": "p", "workflow": "w", "execution_id": "run-1", "source": None,
 
 
 def _key(budget: float | None = None) -> KeyInfo:
-    return KeyInfo(
-        id="k1",
-        name="team",
-        revoked=False,
-        project=None,
-        budget_usd=budget,
-        budget_period="total",
-        rpm=None,
-        tpm=None,
-        plan=None,
-        allowed_models=(),
-        allowed_providers=(),
-    )
+    return key_info(budget_usd=budget)
 
 
 def _book() -> BudgetBook:

@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
-from dataclasses import replace
-
 import pytest
+from keyinfo import key_info
 from mitmproxy.http import Headers
 
 from tokensense.config import FileConfig, GuardsConfig
@@ -24,10 +23,7 @@ PRICES = PriceBook()
 OPENAI = PROVIDERS["openai"]
 
 
-def _key(**changes: object) -> KeyInfo:
-    key = KeyInfo(id="k1", name="team", revoked=False, project=None, budget_usd=None, budget_period="total",
-                  rpm=None, tpm=None, plan=None, allowed_models=(), allowed_providers=())
-    return replace(key, **changes)  # type: ignore[arg-type]
+_key = key_info
 
 
 def _call(key: KeyInfo, *, cap: float | None = None, execution: str | None = None) -> CallContext:

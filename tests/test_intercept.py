@@ -8,6 +8,7 @@ import json
 from pathlib import Path
 
 import pytest
+from keyinfo import key_info
 from mitmproxy import http
 from mitmproxy.io import FlowReader
 from mitmproxy.proxy.mode_specs import ProxyMode
@@ -192,8 +193,7 @@ class _Keys:
 
 
 def _key_info() -> KeyInfo:
-    return KeyInfo(id="k1", name="team", revoked=False, project="proj-key", budget_usd=None, budget_period="total",
-                   rpm=None, tpm=None, plan=None, allowed_models=(), allowed_providers=())
+    return key_info(project="proj-key")
 
 
 def _provider_flow(host: str = "api.openai.com", path: str = "/v1/chat/completions", body: dict | None = None,

@@ -8,6 +8,7 @@ import uuid
 from datetime import UTC, datetime
 
 import pytest
+from keyinfo import key_info
 
 from tests.conftest import service_missing
 from tokensense.core.errors import GatewayError
@@ -20,10 +21,7 @@ REDIS_URL = os.environ.get("TOKENSENSE_TEST_REDIS_URL", "redis://127.0.0.1:6379/
 
 
 def key(**kw) -> KeyInfo:
-    base = dict(id="k1", name="k", revoked=False, project=None, budget_usd=None, budget_period="total", rpm=None,
-                tpm=None, plan=None, allowed_models=(), allowed_providers=())
-    base.update(kw)
-    return KeyInfo(**base)
+    return key_info(**{"name": "k", **kw})
 
 
 def test_plan_defaults_apply_only_where_the_key_sets_nothing() -> None:

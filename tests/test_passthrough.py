@@ -6,11 +6,11 @@ from __future__ import annotations
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
+from keyinfo import key_info
 
 from tokensense.config import PassthroughConfig
 from tokensense.core.endpoints import Endpoint
 from tokensense.core.errors import GatewayError
-from tokensense.gateway.keys import KeyInfo
 from tokensense.gateway.passthrough import (
     endpoint_listing,
     endpoint_refusal,
@@ -21,22 +21,7 @@ from tokensense.gateway.passthrough import (
 from tokensense.gateway.routing import route_request
 from tokensense.providers.passthrough import MAX_PATH, validated_path
 
-
-def key(**changes: object) -> KeyInfo:
-    fields: dict = dict(
-        id="k1",
-        name="team",
-        revoked=False,
-        project=None,
-        budget_usd=None,
-        budget_period="total",
-        rpm=None,
-        tpm=None,
-        plan=None,
-        allowed_models=(),
-        allowed_providers=(),
-    )
-    return KeyInfo(**{**fields, **changes})
+key = key_info
 
 
 @pytest.mark.parametrize(

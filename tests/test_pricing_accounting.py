@@ -9,6 +9,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
+from keyinfo import key_info
 from pydantic import ValidationError
 
 from tokensense.config import FileConfig, ModelPrice
@@ -31,8 +32,7 @@ from tokensense.providers.usage_fields import reset_warnings
 
 
 def _key(budget: float | None = None, name: str = "k", key_id: str = "key1") -> KeyInfo:
-    return KeyInfo(id=key_id, name=name, budget_usd=budget, budget_period="total", rpm=None, tpm=None, plan=None,
-                   allowed_models=(), allowed_providers=(), project=None, revoked=False)
+    return key_info(id=key_id, name=name, budget_usd=budget)
 
 
 # -- usage readers ------------------------------------------------------------------------------

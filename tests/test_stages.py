@@ -10,9 +10,9 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator
-from dataclasses import replace
 
 import pytest
+from keyinfo import key_info
 from mitmproxy.test import taddons
 from sqlmodel import Session
 from test_pipeline import CHAT, assert_not_forwarded, error_of, gateway_flow, run_gates
@@ -41,10 +41,7 @@ PRICES = PriceBook()
 CHAT_ROUTE = RouteReading(Endpoint.CHAT)
 
 
-def _key(**changes: object) -> KeyInfo:
-    key = KeyInfo(id="k1", name="team", revoked=False, project=None, budget_usd=None, budget_period="total",
-                  rpm=None, tpm=None, plan=None, allowed_models=(), allowed_providers=())
-    return replace(key, **changes)  # type: ignore[arg-type]
+_key = key_info
 
 
 # -- parse ------------------------------------------------------------------------------------------
