@@ -501,8 +501,9 @@ def _request_bytes(url: str, key: str, body: str, extra: dict[str, str] | None =
     return parsed.hostname or "127.0.0.1", parsed.port or 80, head.encode() + body.encode()
 
 
-async def _asyncio_load(url: str, concurrency: int, key: str, *, seconds: float, requests: int) -> LoadResult:
-    host, port, raw = _request_bytes(url, key, REQUEST_BODY)
+async def _asyncio_load(url: str, concurrency: int, key: str, *, seconds: float, requests: int,
+                        body: str = REQUEST_BODY, headers: dict[str, str] | None = None) -> LoadResult:
+    host, port, raw = _request_bytes(url, key, body, headers)
     latencies: list[float] = []
     errors = 0
     remaining = requests

@@ -54,8 +54,7 @@ from bench import (  # scripts/bench.py: the same upstream, processes and load
     CHAT_PATH,
     LoadResult,
     Processes,
-    _read_response,
-    _request_bytes,
+    _asyncio_load,
     clean_env,
     free_port,
     machine,
@@ -160,45 +159,7 @@ def load(
             p99_ms=data["p99_us"] / 1000,
             mean_ms=data["mean_us"] / 1000,
         )
-    return asyncio.run(_asyncio_load(url, key, headers, concurrency, seconds))
-
-
-async def _asyncio_load(url: str, key: str, headers: dict[str, str], concurrency: int, seconds: float) -> LoadResult:
-    host, port, raw = _request_bytes(url, key, BODY, headers)
-    latencies: list[float] = []
-    errors = 0
-    start = time.perf_counter()
-
-    async def connection() -> None:
-        nonlocal errors
-        reader, writer = await asyncio.open_connection(host, port)
-        try:
-            while time.perf_counter() < start + seconds:
-                t0 = time.perf_counter()
-                writer.write(raw)
-                status = await _read_response(reader)
-                latencies.append(time.perf_counter() - t0)
-                errors += status >= 300
-        finally:
-            writer.close()
-
-    await asyncio.gather(*(connection() for _ in range(concurrency)))
-    elapsed = time.perf_counter() - start
-    latencies.sort()
-    n = len(latencies)
-
-    def pct(p: float) -> float:
-        return latencies[min(n - 1, int(p / 100 * n))] * 1000 if n else 0.0
-
-    return LoadResult(
-        requests=n,
-        errors=errors,
-        seconds=elapsed,
-        rps=n / elapsed if elapsed else 0.0,
-        p50_ms=pct(50),
-        p99_ms=pct(99),
-        mean_ms=(sum(latencies) / n * 1000) if n else 0.0,
-    )
+    return asyncio.run(_asyncio_load(url, concurrency, key, seconds=seconds, requests=0, body=BODY, headers=headers))
 
 
 def keys_create(env: dict[str, str], name: str, *extra: str) -> str:
