@@ -165,24 +165,32 @@ async def police(call: CallContext, target: Target, *, prices: PriceBook, counte
     estimate = estimate_usage(body) if isinstance(body, dict) else TokenUsage()
     if counts_rate:
         tokens = estimate.input_tokens + estimate.output_tokens
-        try:
-            decision = await counters.acquire_rate(key.id, call.request_id, limits.rpm, limits.tpm, tokens)
-        except Exception as e:  # counters unavailable: refuse rather than serve unchecked
-            log.warning("rate-limit counters unavailable, refusing: %s", type(e).__name__)
-            raise Refused(GatewayError(503, LIMITS_UNAVAILABLE, code="limits_unavailable")) from None
-        if not decision.allowed:
-            limit = f"{decision.rpm} requests" if decision.limited_by == "requests" else f"{decision.tpm} tokens"
-            raise Refused(GatewayError(
-                429, f"The key `{key.name}` reached its limit of {limit} per minute; "
-                f"retry after {decision.retry_after:.1f}s.", code="rate_limit_exceeded"),
-                headers=decision.headers(), held=replace(policed, passed=False, rate=decision))
-        policed = replace(policed, rate=decision, holds_rate=True)
+        policed = await _acquire_rate(counters, call, key, tokens, policed)
     if counts_budget:
         amount = largest if largest is not None else _largest_cost(call, target, prices)
         admit_on, slack = admission(amount, _typical_cost(call, target, prices, typical))
         policed = replace(policed, budgets=await _reserve(counters, applied, amount, admit_on, slack, spent_since,
                                                           replace(policed, passed=False)))
     return policed
+
+
+async def _acquire_rate(counters: CounterStore, call: CallContext, key: KeyInfo, tokens: int,
+                        policed: Policed) -> Policed:
+    """Count the attempt (`tokens` of it) in the key's requests and tokens per minute: `policed` holding its
+    rate entry, or `Refused` (429 past a limit, 503 when the counters cannot be reached)."""
+    limits = limits_for(key)
+    try:
+        decision = await counters.acquire_rate(key.id, call.request_id, limits.rpm, limits.tpm, tokens)
+    except Exception as e:  # counters unavailable: refuse rather than serve unchecked
+        log.warning("rate-limit counters unavailable, refusing: %s", type(e).__name__)
+        raise Refused(GatewayError(503, LIMITS_UNAVAILABLE, code="limits_unavailable")) from None
+    if not decision.allowed:
+        limit = f"{decision.rpm} requests" if decision.limited_by == "requests" else f"{decision.tpm} tokens"
+        raise Refused(GatewayError(
+            429, f"The key `{key.name}` reached its limit of {limit} per minute; "
+            f"retry after {decision.retry_after:.1f}s.", code="rate_limit_exceeded"),
+            headers=decision.headers(), held=replace(policed, passed=False, rate=decision))
+    return replace(policed, rate=decision, holds_rate=True)
 
 
 async def police_unnamed(call: CallContext, provider: ProviderAdapter, *, counters: CounterStore | None,
@@ -210,18 +218,7 @@ async def police_unnamed(call: CallContext, provider: ProviderAdapter, *, counte
     if counters is None:
         raise Refused(GatewayError(503, LIMITS_UNAVAILABLE, code="limits_unavailable"))
     if counts_rate:
-        try:
-            decision = await counters.acquire_rate(key.id, call.request_id, limits.rpm, limits.tpm, 0)
-        except Exception as e:  # counters unavailable: refuse rather than serve unchecked
-            log.warning("rate-limit counters unavailable, refusing: %s", type(e).__name__)
-            raise Refused(GatewayError(503, LIMITS_UNAVAILABLE, code="limits_unavailable")) from None
-        if not decision.allowed:
-            limit = f"{decision.rpm} requests" if decision.limited_by == "requests" else f"{decision.tpm} tokens"
-            raise Refused(GatewayError(
-                429, f"The key `{key.name}` reached its limit of {limit} per minute; "
-                f"retry after {decision.retry_after:.1f}s.", code="rate_limit_exceeded"),
-                headers=decision.headers(), held=replace(policed, passed=False, rate=decision))
-        policed = replace(policed, rate=decision, holds_rate=True)
+        policed = await _acquire_rate(counters, call, key, 0, policed)
     if applied:
         policed = replace(policed, budgets=await _reserve(counters, applied, 0.0, 0.0, 0.0, spent_since,
                                                           replace(policed, passed=False)))
