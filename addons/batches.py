@@ -305,17 +305,7 @@ class Batches:
             await self._start_upload(flow, call, meta)
             return
         if meta.scanner is not None and meta.scanner.too_large:
-            limit = flow.metadata.get(BODY_LIMIT) or 0
-            answer_error(
-                flow,
-                call.fmt,
-                GatewayError(
-                    413,
-                    f"The upload is larger than {limit / (1024 * 1024):g} MB, the most TokenSense accepts here "
-                    "(TOKENSENSE_MAX_UPLOAD_MB).",
-                    code="request_too_large",
-                ),
-            )
+            answer_error(flow, call.fmt, meta.scanner.too_large_refusal())
             return
         if not 200 <= response.status_code < 300:
             return
@@ -435,12 +425,7 @@ class Batches:
         declared = flow.request.headers.get("content-length", "")
         limit = scanner.limit
         if declared.isdigit() and limit is not None and scanner.size + int(declared) > limit:
-            raise GatewayError(
-                413,
-                f"The upload is larger than {limit / (1024 * 1024):g} MB, the most TokenSense "
-                "accepts here (TOKENSENSE_MAX_UPLOAD_MB).",
-                code="request_too_large",
-            )
+            raise scanner.too_large_refusal()
         call.key, call.attribution, call.provider = key, dict(session.attribution or {}), provider
         credential = require_credential(self.runtime, provider)
         upstream = Upstream(

@@ -158,17 +158,7 @@ class Passthrough:
             return
         upload = flow.metadata.get(UPLOAD)
         if isinstance(upload, UploadLimit) and upload.too_large:
-            limit = upload.limit or 0
-            answer_error(
-                flow,
-                call.fmt,
-                GatewayError(
-                    413,
-                    f"The upload is larger than {limit / (1024 * 1024):g} MB, the most TokenSense accepts here "
-                    "(TOKENSENSE_MAX_UPLOAD_MB).",
-                    code="request_too_large",
-                ),
-            )
+            answer_error(flow, call.fmt, upload.too_large_refusal())
             return
         if call.free or not 200 <= response.status_code < 300:
             return  # free calls cost 0; an error answer costs nothing

@@ -31,6 +31,7 @@ from sqlmodel import Session
 
 from tokensense.core.endpoints import Endpoint
 from tokensense.core.usage import TokenUsage
+from tokensense.gateway.body import UploadLimit
 from tokensense.gateway.budgets import BudgetBook
 from tokensense.gateway.owned_jobs import OwnedJobs
 from tokensense.gateway.reservation import model_max_output, reservation_usage
@@ -73,7 +74,7 @@ def add_line(summary: dict[str, Any], line: LineRequest) -> None:
     summary["lines"] = summary.get("lines", 0) + 1
 
 
-class InputScanner:
+class InputScanner(UploadLimit):
     """`flow.request.stream` for an upload: passes every chunk on untouched, summing the JSONL lines it carries.
 
     The multipart framing around the file (boundaries, part headers, other fields) is
@@ -82,21 +83,17 @@ class InputScanner:
     """
 
     def __init__(self, api: BatchApi, limit: int | None = None) -> None:
+        super().__init__(limit)
         self.api = api
-        self.limit = limit
-        self.size = 0
         self.summary: dict[str, Any] = {"lines": 0, "models": {}}
         self.unreadable = False
-        self.too_large = False
         self.flush_at_end = True  # the body's end is the file's (a resumable upload's last request)
         self._partial = bytearray()
 
     def __call__(self, chunk: bytes) -> bytes:
-        if self.too_large:
+        if chunk and not super().__call__(chunk):  # over the limit: nothing more is sent or summed
             return b""
-        self.size += len(chunk)
-        if self.limit is not None and self.size > self.limit:
-            self.too_large = True
+        if self.too_large:
             return b""
         if not chunk:
             if self.flush_at_end:

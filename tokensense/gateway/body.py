@@ -94,3 +94,31 @@ def optional_token_count(body: dict[str, Any], *names: str) -> int | None:
                                    code="invalid_value", param=name)
             return value
     return None
+
+
+class UploadLimit:
+    """`flow.request.stream` of a streamed upload: chunks pass on untouched up to `limit` bytes; past it nothing
+    more is sent and `too_large` is set (the call is answered `too_large_refusal`, 413)."""
+
+    def __init__(self, limit: int | None) -> None:
+        self.limit = limit
+        self.size = 0
+        self.too_large = False
+
+    def __call__(self, chunk: bytes) -> bytes:
+        if self.too_large:
+            return b""
+        self.size += len(chunk)
+        if self.limit is not None and self.size > self.limit:
+            self.too_large = True
+            return b""
+        return chunk
+
+    def too_large_refusal(self) -> GatewayError:
+        """The 413 of a streamed upload that went over its limit (its Content-Length did not say so in advance)."""
+        return GatewayError(
+            413,
+            f"The upload is larger than {(self.limit or 0) / (1024 * 1024):g} MB, the most TokenSense accepts here "
+            "(TOKENSENSE_MAX_UPLOAD_MB).",
+            code="request_too_large",
+        )

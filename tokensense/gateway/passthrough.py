@@ -17,7 +17,7 @@ from typing import Any, Literal, NamedTuple
 from tokensense.config import PassthroughConfig
 from tokensense.core.endpoints import Endpoint
 from tokensense.core.errors import GatewayError
-from tokensense.gateway.body import parse_json_body
+from tokensense.gateway.body import UploadLimit, parse_json_body
 from tokensense.gateway.keys import KeyInfo
 from tokensense.providers import PROVIDERS, Provider, get_provider, match_route, provider_for_model, route_table
 from tokensense.providers.passthrough import owner_of
@@ -120,25 +120,6 @@ def streams_upload(method: str, headers: Mapping[str, str]) -> bool:
         return False
     length = headers.get("content-length") or ""
     return (length.isdigit() and int(length) > 0) or "chunked" in (headers.get("transfer-encoding") or "").lower()
-
-
-class UploadLimit:
-    """`flow.request.stream` of a streamed passthrough upload: chunks pass on untouched up to `limit` bytes; past it
-    nothing more is sent and `too_large` is set (the call is answered 413)."""
-
-    def __init__(self, limit: int | None) -> None:
-        self.limit = limit
-        self.size = 0
-        self.too_large = False
-
-    def __call__(self, chunk: bytes) -> bytes:
-        if self.too_large:
-            return b""
-        self.size += len(chunk)
-        if self.limit is not None and self.size > self.limit:
-            self.too_large = True
-            return b""
-        return chunk
 
 
 def endpoint_listing(config: PassthroughConfig, *, prefix_url: str = "") -> dict[str, Any]:
