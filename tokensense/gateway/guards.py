@@ -28,6 +28,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from tokensense.core.errors import GatewayError
+from tokensense.gateway.limits import shared_redis
 
 log = logging.getLogger(__name__)
 
@@ -275,12 +276,7 @@ class SharedLoopCounts:
     def __init__(self, url: str, *, prefix: str = "tokensense", timeout: float | None = None,
                  retry_after: float = 5.0, warn_every: float = 60.0,
                  clock: Callable[[], float] = time.monotonic) -> None:
-        import redis.asyncio as redis
-
-        options: dict[str, Any] = {}
-        if timeout is not None:
-            options.update(socket_timeout=timeout, socket_connect_timeout=timeout)
-        self.redis = redis.Redis.from_url(url, decode_responses=True, **options)
+        self.redis = shared_redis(url, timeout)
         self.prefix = prefix
         self.retry_after = retry_after
         self.warn_every = warn_every

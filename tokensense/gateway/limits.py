@@ -388,27 +388,33 @@ return 1
 """
 
 
+def shared_redis(url: str, timeout: float | None, **options: Any) -> Any:
+    """The asyncio Redis client of what instances share (counters, the loop guard, output histories).
+
+    A frozen Redis costs a call at most `timeout` (a timeout is not retried: the caller falls back). A
+    broken connection is retried once, at once, on a new one: after a Redis restart the pool's
+    connections are dead, and the first command on one must not send this instance to local counts.
+    """
+    import redis.asyncio as redis
+
+    if timeout is not None:
+        from redis.asyncio.retry import Retry
+        from redis.backoff import NoBackoff
+        from redis.exceptions import ConnectionError as RedisConnectionError
+
+        options.update(socket_timeout=timeout, socket_connect_timeout=timeout,
+                       retry=Retry(NoBackoff(), 1, supported_errors=(RedisConnectionError,)))
+    return redis.Redis.from_url(url, decode_responses=True, **options)
+
+
 class RedisCounters:
     """Counters in Redis, shared by every instance; each decision is one atomic Lua script."""
 
     def __init__(self, url: str, prefix: str = "tokensense", timeout: float | None = None) -> None:
-        import redis.asyncio as redis
-
         # Every new connection reads the server's run id: a Redis that restarted (empty, or from an old
         # snapshot) is known before the first command on it answers, even when redis-py reconnects silently.
-        options: dict = {"redis_connect_func": self._on_connect}
-        if timeout is not None:
-            # A frozen Redis costs a call at most `timeout` (a timeout is not retried: the caller falls back). A
-            # broken connection is retried once, at once, on a new one: after a Redis restart the pool's
-            # connections are dead, and the first command on one must not send this instance to local counters.
-            from redis.asyncio.retry import Retry
-            from redis.backoff import NoBackoff
-            from redis.exceptions import ConnectionError as RedisConnectionError
-
-            options.update(socket_timeout=timeout, socket_connect_timeout=timeout,
-                           retry=Retry(NoBackoff(), 1, supported_errors=(RedisConnectionError,)))
         self.run_id: str | None = None
-        self.redis = redis.Redis.from_url(url, decode_responses=True, **options)
+        self.redis = shared_redis(url, timeout, redis_connect_func=self._on_connect)
         self.prefix = prefix
         self.instance = uuid.uuid4().hex[:16]  # this store's field for its reservations in flight
         self._rate = self.redis.register_script(_RATE_LUA)

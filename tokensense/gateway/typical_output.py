@@ -29,9 +29,10 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable, Iterable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from tokensense.gateway.call import CallContext
+from tokensense.gateway.limits import shared_redis
 from tokensense.gateway.reservation import call_generates, output_choices
 
 if TYPE_CHECKING:
@@ -177,12 +178,7 @@ class SharedOutputs:
         every: float = 2.0,
         window: int = WINDOW,
     ) -> None:
-        import redis.asyncio as redis
-
-        options: dict[str, Any] = {}
-        if timeout is not None:
-            options.update(socket_timeout=timeout, socket_connect_timeout=timeout)
-        self.redis = redis.Redis.from_url(url, decode_responses=True, **options)
+        self.redis = shared_redis(url, timeout)
         self.prefix = prefix
         self.every = every
         self.window = window
