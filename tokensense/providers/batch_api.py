@@ -137,4 +137,22 @@ class BatchApi(ABC):
         return answer
 
 
-__all__ = ["BatchApi", "JobStatus", "LineRequest", "ResultLine", "as_dict", "as_str"]
+class DataListBatchApi(BatchApi):
+    """A batch API whose lists are `{"data": [...], "first_id", "last_id", ...}` (OpenAI's and Anthropic's)."""
+
+    def listed_ids(self, answer: Any) -> list[str] | None:
+        if not isinstance(answer, dict) or not isinstance(answer.get("data"), list):
+            return None
+        return [item["id"] for item in answer["data"] if isinstance(item, dict) and isinstance(item.get("id"), str)]
+
+    def keep_listed(self, answer: Any, keep: set[str]) -> Any:
+        data = [item for item in answer.get("data", []) if isinstance(item, dict) and item.get("id") in keep]
+        return {
+            **answer,
+            "data": data,
+            "first_id": data[0]["id"] if data else None,
+            "last_id": data[-1]["id"] if data else None,
+        }
+
+
+__all__ = ["BatchApi", "DataListBatchApi", "JobStatus", "LineRequest", "ResultLine", "as_dict", "as_str"]

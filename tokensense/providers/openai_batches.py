@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Any
 from tokensense.core.endpoints import Endpoint
 from tokensense.core.errors import ErrorShape
 from tokensense.core.paths import path_segment
-from tokensense.providers.batch_api import BatchApi, JobStatus, LineRequest, ResultLine, as_dict, as_str
+from tokensense.providers.batch_api import DataListBatchApi, JobStatus, LineRequest, ResultLine, as_dict, as_str
 from tokensense.providers.routes import ClientRoute
 
 if TYPE_CHECKING:
@@ -62,7 +62,7 @@ def _error_text(error: Any) -> str | None:
     return None
 
 
-class OpenAIBatchApi(BatchApi):
+class OpenAIBatchApi(DataListBatchApi):
     """Jobs read from an uploaded JSONL file (`custom_id`, `method`, `url`, `body`); results in output and
     error files (`custom_id`, `response: {status_code, body}`, `error`)."""
 
@@ -128,20 +128,6 @@ class OpenAIBatchApi(BatchApi):
             return ResultLine(key, model, 200, provider.usage_from_body(body))
         error = _error_text(line.get("error")) or _error_text(body) or f"status {status}"
         return ResultLine(key, model, status if status >= 400 else 400, None, error)
-
-    def listed_ids(self, answer: Any) -> list[str] | None:
-        if not isinstance(answer, dict) or not isinstance(answer.get("data"), list):
-            return None
-        return [item["id"] for item in answer["data"] if isinstance(item, dict) and isinstance(item.get("id"), str)]
-
-    def keep_listed(self, answer: Any, keep: set[str]) -> Any:
-        data = [item for item in answer.get("data", []) if isinstance(item, dict) and item.get("id") in keep]
-        return {
-            **answer,
-            "data": data,
-            "first_id": data[0]["id"] if data else None,
-            "last_id": data[-1]["id"] if data else None,
-        }
 
 
 OPENAI_BATCHES = OpenAIBatchApi()

@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING, Any
 from tokensense.core.endpoints import Endpoint
 from tokensense.core.errors import ErrorShape
 from tokensense.core.paths import path_segment
-from tokensense.providers.batch_api import BatchApi, JobStatus, LineRequest, ResultLine, as_dict, as_str
+from tokensense.providers.batch_api import DataListBatchApi, JobStatus, LineRequest, ResultLine, as_dict, as_str
 from tokensense.providers.routes import ClientRoute
 
 if TYPE_CHECKING:
@@ -52,7 +52,7 @@ _SUFFIX = {
 }
 
 
-class MessageBatchApi(BatchApi):
+class MessageBatchApi(DataListBatchApi):
     """Jobs of inline `requests` (`custom_id`, `params`); results as JSONL at the job's `results_url`."""
 
     lines_path = "/v1/messages"
@@ -107,20 +107,6 @@ class MessageBatchApi(BatchApi):
         inner = as_dict(error.get("error")) or error
         message_text = as_str(inner.get("message")) or str(kind)
         return ResultLine(key, None, _ERROR_STATUS.get(str(inner.get("type")), 400), None, message_text)
-
-    def listed_ids(self, answer: Any) -> list[str] | None:
-        if not isinstance(answer, dict) or not isinstance(answer.get("data"), list):
-            return None
-        return [item["id"] for item in answer["data"] if isinstance(item, dict) and isinstance(item.get("id"), str)]
-
-    def keep_listed(self, answer: Any, keep: set[str]) -> Any:
-        data = [item for item in answer.get("data", []) if isinstance(item, dict) and item.get("id") in keep]
-        return {
-            **answer,
-            "data": data,
-            "first_id": data[0]["id"] if data else None,
-            "last_id": data[-1]["id"] if data else None,
-        }
 
     def gateway_urls(self, answer: Any, gateway_origin: str) -> Any:
         """`results_url` points at the gateway: the SDK fetches the results through it, with the TokenSense key."""
