@@ -824,6 +824,16 @@ class ResilientCounters:
         self._server_id = self.shared.run_id
         log.warning("%s; budgets are seeded anew from the settled spend", why)
 
+    def _drop_slot(self, slot: tuple[str, str]) -> None:
+        """Forget all that is kept for the window `slot` (a counter's id and window) but a seed lock in use."""
+        for kept in (self._shared_seeded, self._local_seeded, self._ttls, self._seed_retry_at,
+                     self._shared_held, self._local_held, self._carried, self._used):
+            kept.pop(slot, None)
+        for store in ("shared", "local"):
+            lock = self._seed_locks.get((store, *slot))
+            if lock is not None and not lock.locked():
+                del self._seed_locks[(store, *slot)]
+
     def _forget_earlier_windows(self, key_id: str, window: str) -> None:
         """A key's new period began: drop what was kept for its earlier windows (but calls still in flight)."""
         earlier = self._windows.get(key_id)
@@ -832,13 +842,7 @@ class ResilientCounters:
             return
         slot = (key_id, earlier)
         if not self._shared_held.get(slot) and not self._local_held.get(slot):
-            for kept in (self._shared_seeded, self._local_seeded, self._ttls, self._seed_retry_at,
-                         self._shared_held, self._local_held, self._carried, self._used):
-                kept.pop(slot, None)
-            for store in ("shared", "local"):
-                lock = self._seed_locks.get((store, *slot))
-                if lock is not None and not lock.locked():
-                    del self._seed_locks[(store, *slot)]
+            self._drop_slot(slot)
 
     def _forget_idle(self) -> None:
         """Forget the windows no call has reserved in for `IDLE_FORGET` seconds and none holds (one per execution
@@ -847,13 +851,7 @@ class ResilientCounters:
         for slot, at in list(self._used.items()):
             if at >= cut or self._shared_held.get(slot) or self._local_held.get(slot):
                 continue
-            for kept in (self._shared_seeded, self._local_seeded, self._ttls, self._seed_retry_at,
-                         self._shared_held, self._local_held, self._carried, self._used):
-                kept.pop(slot, None)
-            for store in ("shared", "local"):
-                lock = self._seed_locks.get((store, *slot))
-                if lock is not None and not lock.locked():
-                    del self._seed_locks[(store, *slot)]
+            self._drop_slot(slot)
             if self._windows.get(slot[0]) == slot[1]:
                 del self._windows[slot[0]]
         self._sweep_at = max(IDLE_SWEEP_MIN, 2 * len(self._windows))
